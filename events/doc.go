@@ -1,0 +1,11 @@
+// Package events is jetjob's append-only event log: the event envelope and its
+// codec, the subject of each job's history, and a Log that appends an event
+// only if the job's history has not moved since the writer read it.
+//
+// Every job has its own subject in one JetStream stream (limits retention,
+// file storage). Append sets Nats-Expected-Last-Subject-Sequence to the last
+// sequence the writer saw for the job, so of several writers that read the
+// same history exactly one appends and the others get a *ConflictError.
+// Concurrent appends to different jobs are coalesced into JetStream atomic
+// batches, which the server commits with one fsync instead of one each.
+package events

@@ -1,0 +1,512 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/internal/provision"
+)
+
+// Defaults for Config.
+const (
+	MaxBatchDefault       = 100
+	FlushersDefault       = 4
+	PublishTimeoutDefault = 5 * time.Second
+	PublishRetriesDefault = 3
+	loadPageSize          = 512
+)
+
+// Config configures a Log.
+type Config struct {
+	// Stream is the events stream name. Default StreamDefault.
+	Stream string
+	// SubjectPrefix prefixes each job ID. Default SubjectPrefixDefault.
+	SubjectPrefix string
+	// MaxBatch caps how many concurrent appends go into one atomic batch;
+	// 1 turns coalescing off. Default MaxBatchDefault (at most 1,000, the
+	// server's limit).
+	MaxBatch int
+	// Flushers is how many batches may be in flight at once. Default FlushersDefault.
+	Flushers int
+	// PublishTimeout bounds one publish round trip. Default PublishTimeoutDefault.
+	PublishTimeout time.Duration
+	// PublishRetries is how many times a publish whose ack was lost is
+	// resent before Append gives up. Default PublishRetriesDefault.
+	PublishRetries int
+	// Logger; nil means no logging.
+	Logger *zap.Logger
+}
+
+func (c *Config) validate() error {
+	if c.Stream == "" {
+		c.Stream = StreamDefault
+	}
+	if c.SubjectPrefix == "" {
+		c.SubjectPrefix = SubjectPrefixDefault
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = MaxBatchDefault
+	}
+	if c.MaxBatch < 1 || c.MaxBatch > 1000 {
+		return fmt.Errorf("events config: max batch %d, expected 1-1000", c.MaxBatch)
+	}
+	if c.Flushers <= 0 {
+		c.Flushers = FlushersDefault
+	}
+	if c.PublishTimeout <= 0 {
+		c.PublishTimeout = PublishTimeoutDefault
+	}
+	if c.PublishRetries <= 0 {
+		c.PublishRetries = PublishRetriesDefault
+	}
+	return nil
+}
+
+// StreamConfig is the events stream: limits retention, file storage, one
+// subject per job, atomic batches allowed, direct gets for fast loads. Its
+// durability is the server's fsync setting (jetjob's embedded server fsyncs
+// every write before the ack by default).
+func StreamConfig(stream, subjectPrefix string) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:               stream,
+		Description:        "jetjob event log: the source of truth for every job",
+		Subjects:           []string{subjectPrefix + ">"},
+		Retention:          jetstream.LimitsPolicy,
+		Storage:            jetstream.FileStorage,
+		Discard:            jetstream.DiscardNew,
+		MaxMsgs:            -1,
+		MaxBytes:           -1,
+		MaxAge:             0,
+		Duplicates:         2 * time.Minute,
+		AllowDirect:        true,
+		AllowAtomicPublish: true,
+		AllowRollup:        false,
+		DenyDelete:         false,
+		DenyPurge:          false,
+		Replicas:           1,
+	}
+}
+
+// Log appends events to jobs' histories and reads them back.
+type Log struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	cfg    Config
+	logger *zap.Logger
+	reqs   chan *appendReq
+	done   chan struct{}
+	closed chan struct{}
+}
+
+// Open provisions the events stream (creating or upgrading it) and returns a
+// Log on it. Close stops its flushers.
+func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if _, err := provision.Stream(ctx, js, StreamConfig(cfg.Stream, cfg.SubjectPrefix)); err != nil {
+		return nil, err
+	}
+	l := &Log{
+		nc:     js.Conn(),
+		js:     js,
+		cfg:    cfg,
+		logger: logging.OrNop(cfg.Logger, "events"),
+		reqs:   make(chan *appendReq, cfg.MaxBatch*cfg.Flushers*4),
+		done:   make(chan struct{}),
+		closed: make(chan struct{}),
+	}
+	finished := make(chan struct{}, cfg.Flushers)
+	for range cfg.Flushers {
+		go func() {
+			l.flushLoop()
+			finished <- struct{}{}
+		}()
+	}
+	go func() {
+		for range cfg.Flushers {
+			<-finished
+		}
+		close(l.closed)
+	}()
+	return l, nil
+}
+
+// Close stops the log's flushers after the appends in flight finish. Safe to call twice.
+func (l *Log) Close() {
+	select {
+	case <-l.done:
+	default:
+		close(l.done)
+	}
+	<-l.closed
+}
+
+// Stream is the events stream's name.
+func (l *Log) Stream() string { return l.cfg.Stream }
+
+// Subject is the subject holding a job's history.
+func (l *Log) Subject(jobID string) string { return l.cfg.SubjectPrefix + jobID }
+
+// SubjectPrefix prefixes every job's subject.
+func (l *Log) SubjectPrefix() string { return l.cfg.SubjectPrefix }
+
+// JobIDFromSubject returns the job ID a subject belongs to.
+func (l *Log) JobIDFromSubject(subject string) (string, bool) {
+	if len(subject) <= len(l.cfg.SubjectPrefix) || subject[:len(l.cfg.SubjectPrefix)] != l.cfg.SubjectPrefix {
+		return "", false
+	}
+	return subject[len(l.cfg.SubjectPrefix):], true
+}
+
+// Append appends ev to its job's history if the history's last sequence is
+// still expectedSeq (0: the job has no events yet) and returns the event's
+// sequence. A moved history gives a *ConflictError. An append whose ack was
+// lost is resent with the same message ID and, if that is refused, read back
+// by event ID, so a landed event is never reported as a conflict.
+func (l *Log) Append(ctx context.Context, ev Event, expectedSeq uint64) (uint64, error) {
+	if err := ValidateJobID(ev.JobID); err != nil {
+		return 0, err
+	}
+	data, err := Encode(ev)
+	if err != nil {
+		return 0, fmt.Errorf("encode event %s: %w", ev.ID, err)
+	}
+	req := &appendReq{ctx: ctx, ev: ev, data: data, expected: expectedSeq, result: make(chan appendResult, 1)}
+	if l.cfg.MaxBatch == 1 {
+		seq, err := l.appendOne(ctx, req)
+		return seq, err
+	}
+	select {
+	case l.reqs <- req:
+	case <-ctx.Done():
+		return 0, fmt.Errorf("append to job %s: %w", ev.JobID, ctx.Err())
+	case <-l.done:
+		return 0, ErrClosed
+	}
+	select {
+	case r := <-req.result:
+		return r.seq, r.err
+	case <-ctx.Done():
+		// The flusher still completes the request; the caller stops waiting.
+		return 0, fmt.Errorf("append to job %s: %w", ev.JobID, ctx.Err())
+	}
+}
+
+type appendReq struct {
+	ctx      context.Context
+	ev       Event
+	data     []byte
+	expected uint64
+	result   chan appendResult
+}
+
+type appendResult struct {
+	seq uint64
+	err error
+}
+
+func (l *Log) msg(r *appendReq) *nats.Msg {
+	m := nats.NewMsg(l.Subject(r.ev.JobID))
+	m.Data = r.data
+	m.Header.Set(jetstream.MsgIDHeader, r.ev.ID)
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(r.expected, 10))
+	return m
+}
+
+// appendOne publishes one event on its own, resending it if its ack is lost.
+func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
+	var lastErr error
+	for try := 0; try < l.cfg.PublishRetries; try++ {
+		pctx, cancel := context.WithTimeout(ctx, l.cfg.PublishTimeout)
+		ack, err := l.js.PublishMsg(pctx, l.msg(r))
+		cancel()
+		if err == nil {
+			return ack.Sequence, nil
+		}
+		if isWrongLastSeq(err) {
+			// The refused message may be a resend of one that landed (its
+			// ack lost here or by the caller): the history decides.
+			if seq, found := l.findEvent(ctx, r.ev.JobID, r.expected, r.ev.ID); found {
+				return seq, nil
+			}
+			return 0, &ConflictError{JobID: r.ev.JobID, Expected: r.expected}
+		}
+		if !isLostAck(err) || ctx.Err() != nil {
+			return 0, fmt.Errorf("append to job %s: %w", r.ev.JobID, err)
+		}
+		l.logger.Debug("append ack lost, resending", zap.String("job", r.ev.JobID), zap.Error(err))
+		lastErr = err
+	}
+	return 0, fmt.Errorf("append to job %s: no ack after %d tries: %w", r.ev.JobID, l.cfg.PublishRetries, lastErr)
+}
+
+func isWrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	return false
+}
+
+func isLostAck(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, nats.ErrConnectionReconnecting)
+}
+
+// findEvent looks for an event by ID in a job's history after a sequence.
+func (l *Log) findEvent(ctx context.Context, jobID string, after uint64, eventID string) (uint64, bool) {
+	recs, err := l.LoadAfter(ctx, jobID, after)
+	if err != nil {
+		return 0, false
+	}
+	for _, rec := range recs {
+		if rec.ID == eventID {
+			return rec.Seq, true
+		}
+	}
+	return 0, false
+}
+
+// flushLoop takes whatever appends are waiting, up to MaxBatch, at most one
+// per job, and commits them as one atomic batch.
+func (l *Log) flushLoop() {
+	var carry []*appendReq
+	for {
+		var batch []*appendReq
+		jobs := map[string]bool{}
+		take := func(r *appendReq) bool {
+			if jobs[r.ev.JobID] {
+				carry = append(carry, r)
+				return false
+			}
+			jobs[r.ev.JobID] = true
+			batch = append(batch, r)
+			return true
+		}
+		pending := carry
+		carry = nil
+		for _, r := range pending {
+			take(r)
+		}
+		if len(batch) == 0 {
+			select {
+			case r := <-l.reqs:
+				take(r)
+			case <-l.done:
+				l.drain()
+				return
+			}
+		}
+	fill:
+		for len(batch) < l.cfg.MaxBatch {
+			select {
+			case r := <-l.reqs:
+				take(r)
+			default:
+				break fill
+			}
+		}
+		l.commit(batch)
+	}
+}
+
+// drain answers the appends still queued at Close.
+func (l *Log) drain() {
+	for {
+		select {
+		case r := <-l.reqs:
+			r.result <- appendResult{err: ErrClosed}
+		default:
+			return
+		}
+	}
+}
+
+func (l *Log) commit(batch []*appendReq) {
+	live := batch[:0]
+	for _, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			r.result <- appendResult{err: fmt.Errorf("append to job %s: %w", r.ev.JobID, err)}
+			continue
+		}
+		live = append(live, r)
+	}
+	switch len(live) {
+	case 0:
+		return
+	case 1:
+		seq, err := l.appendOne(live[0].ctx, live[0])
+		live[0].result <- appendResult{seq, err}
+		return
+	}
+	first, err := l.publishAtomic(live)
+	if err == nil {
+		for i, r := range live {
+			r.result <- appendResult{seq: first + uint64(i)}
+		}
+		return
+	}
+	// One stale expectation fails the whole batch; each append then gets its
+	// own answer. A lost commit ack lands here too, and the per-event resend
+	// finds the events by message ID.
+	l.logger.Debug("atomic batch refused, appending one by one", zap.Int("size", len(live)), zap.Error(err))
+	for _, r := range live {
+		go func(r *appendReq) {
+			seq, err := l.appendOne(r.ctx, r)
+			r.result <- appendResult{seq, err}
+		}(r)
+	}
+}
+
+type batchAck struct {
+	Stream    string `json:"stream"`
+	Seq       uint64 `json:"seq"`
+	BatchSize int    `json:"count"`
+	Error     *struct {
+		Code        int    `json:"code"`
+		ErrCode     int    `json:"err_code"`
+		Description string `json:"description"`
+	} `json:"error,omitempty"`
+}
+
+// publishAtomic commits the appends as one JetStream atomic batch and returns
+// the sequence of the first.
+func (l *Log) publishAtomic(batch []*appendReq) (uint64, error) {
+	id := batch[0].ev.ID
+	for i, r := range batch {
+		m := l.msg(r)
+		m.Header.Set("Nats-Batch-Id", id)
+		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+		if i < len(batch)-1 {
+			if err := l.nc.PublishMsg(m); err != nil {
+				return 0, fmt.Errorf("publish batch message: %w", err)
+			}
+			continue
+		}
+		m.Header.Set("Nats-Batch-Commit", "1")
+		resp, err := l.nc.RequestMsg(m, l.cfg.PublishTimeout)
+		if err != nil {
+			return 0, fmt.Errorf("commit batch: %w", err)
+		}
+		var ack batchAck
+		if err := json.Unmarshal(resp.Data, &ack); err != nil {
+			return 0, fmt.Errorf("decode batch ack: %w", err)
+		}
+		if ack.Error != nil {
+			return 0, fmt.Errorf("commit batch: %s (%d)", ack.Error.Description, ack.Error.ErrCode)
+		}
+		if ack.BatchSize != len(batch) {
+			return 0, fmt.Errorf("commit batch: committed %d of %d", ack.BatchSize, len(batch))
+		}
+		return ack.Seq - uint64(len(batch)) + 1, nil
+	}
+	return 0, errors.New("empty batch")
+}
+
+// Load reads a job's whole history in order. A job with no events gives ErrNotFound.
+func (l *Log) Load(ctx context.Context, jobID string) ([]Record, error) {
+	recs, err := l.LoadAfter(ctx, jobID, 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("load job %s: %w", jobID, ErrNotFound)
+	}
+	return recs, nil
+}
+
+// LoadAfter reads a job's events with sequences above after, in order, in
+// one direct-get round trip per 512 events. Messages that are not events
+// come back as records with Err set.
+func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Record, error) {
+	if err := ValidateJobID(jobID); err != nil {
+		return nil, err
+	}
+	var out []Record
+	inbox := l.nc.NewRespInbox()
+	sub, err := l.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, fmt.Errorf("load job %s: %w", jobID, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	subject := l.Subject(jobID)
+	from := after + 1
+	for {
+		req, _ := json.Marshal(struct {
+			Seq     uint64 `json:"seq"`
+			NextFor string `json:"next_by_subj"`
+			Batch   int    `json:"batch"`
+		}{from, subject, loadPageSize})
+		if err := l.nc.PublishRequest("$JS.API.DIRECT.GET."+l.cfg.Stream, inbox, req); err != nil {
+			return nil, fmt.Errorf("load job %s: %w", jobID, err)
+		}
+		more := false
+		for {
+			mctx, cancel := context.WithTimeout(ctx, l.cfg.PublishTimeout)
+			m, err := sub.NextMsgWithContext(mctx)
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("load job %s: %w", jobID, err)
+			}
+			status := m.Header.Get("Status")
+			if status == "404" {
+				return out, nil
+			}
+			if status == "204" { // end of batch
+				more = m.Header.Get("Nats-Num-Pending") != "0"
+				break
+			}
+			if status != "" {
+				return nil, fmt.Errorf("load job %s: direct get status %s %s", jobID, status, m.Header.Get("Description"))
+			}
+			rec := RecordFromMsg(m.Header, m.Data, 0)
+			out = append(out, rec)
+			from = rec.Seq + 1
+		}
+		if !more {
+			return out, nil
+		}
+	}
+}
+
+// RecordFromMsg decodes a stored message. seq is used when the headers do not
+// carry the stream sequence (as for messages from a consumer).
+func RecordFromMsg(h nats.Header, data []byte, seq uint64) Record {
+	if s, err := strconv.ParseUint(h.Get(jetstream.SequenceHeader), 10, 64); err == nil {
+		seq = s
+	}
+	prev, _ := strconv.ParseUint(h.Get(jetstream.ExpectedLastSubjSeqHeader), 10, 64)
+	ev, err := Decode(data)
+	return Record{Event: ev, Seq: seq, PrevSeq: prev, Err: err}
+}
+
+// LastSeq returns the sequence of a job's last event, 0 if it has none.
+func (l *Log) LastSeq(ctx context.Context, jobID string) (uint64, error) {
+	if err := ValidateJobID(jobID); err != nil {
+		return 0, err
+	}
+	s, err := l.js.Stream(ctx, l.cfg.Stream)
+	if err != nil {
+		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, l.Subject(jobID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
+	}
+	return m.Sequence, nil
+}

@@ -1,0 +1,161 @@
+package events_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/natstest"
+)
+
+func openLog(t *testing.T, cfg events.Config) (*events.Log, *natstest.Env) {
+	t.Helper()
+	env := natstest.Start(t)
+	l, err := events.Open(context.Background(), env.JS, cfg)
+	require.NoError(t, err)
+	t.Cleanup(l.Close)
+	return l, env
+}
+
+func mustEvent(t *testing.T, job, typ string) events.Event {
+	t.Helper()
+	ev, err := events.New(job, typ, struct{}{})
+	require.NoError(t, err)
+	return ev
+}
+
+func TestAppendExpectsLastSequence(t *testing.T) {
+	ctx := context.Background()
+	l, _ := openLog(t, events.Config{})
+
+	seq1, err := l.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+
+	_, err = l.Append(ctx, mustEvent(t, "job1", events.TypeCanceled), 0)
+	require.ErrorIs(t, err, events.ErrConflict)
+	var ce *events.ConflictError
+	require.True(t, errors.As(err, &ce))
+	require.Equal(t, "job1", ce.JobID)
+
+	seq2, err := l.Append(ctx, mustEvent(t, "job1", events.TypeCanceled), seq1)
+	require.NoError(t, err)
+	require.Greater(t, seq2, seq1)
+
+	recs, err := l.Load(ctx, "job1")
+	require.NoError(t, err)
+	require.Len(t, recs, 2)
+	require.Equal(t, events.TypeSubmitted, recs[0].Type)
+	require.Equal(t, seq1, recs[0].Seq)
+	require.Equal(t, uint64(0), recs[0].PrevSeq)
+	require.Equal(t, seq2, recs[1].Seq)
+	require.Equal(t, seq1, recs[1].PrevSeq)
+
+	last, err := l.LastSeq(ctx, "job1")
+	require.NoError(t, err)
+	require.Equal(t, seq2, last)
+
+	_, err = l.Load(ctx, "nosuchjob")
+	require.ErrorIs(t, err, events.ErrNotFound)
+	_, err = l.Load(ctx, "bad.id")
+	require.ErrorIs(t, err, events.ErrInvalidJobID)
+}
+
+func TestResentEventIsNotAConflict(t *testing.T) {
+	ctx := context.Background()
+	l, env := openLog(t, events.Config{MaxBatch: 1})
+	ev := mustEvent(t, "job1", events.TypeSubmitted)
+	seq, err := l.Append(ctx, ev, 0)
+	require.NoError(t, err)
+	// The same event again, as after a lost ack: deduplicated by message ID.
+	again, err := l.Append(ctx, ev, 0)
+	require.NoError(t, err)
+	require.Equal(t, seq, again)
+	recs, err := l.Load(ctx, "job1")
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	_ = env
+}
+
+func TestConcurrentConflictingAppendsExactlyOneWins(t *testing.T) {
+	for _, maxBatch := range []int{1, 100} {
+		t.Run(fmt.Sprintf("maxbatch=%d", maxBatch), func(t *testing.T) {
+			ctx := context.Background()
+			l, _ := openLog(t, events.Config{MaxBatch: maxBatch})
+			seq, err := l.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
+			require.NoError(t, err)
+
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			wins, conflicts := 0, 0
+			for range 100 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, err := l.Append(ctx, mustEvent(t, "job1", events.TypeCanceled), seq)
+					mu.Lock()
+					defer mu.Unlock()
+					if err == nil {
+						wins++
+					} else if errors.Is(err, events.ErrConflict) {
+						conflicts++
+					} else {
+						t.Errorf("unexpected error: %v", err)
+					}
+				}()
+			}
+			wg.Wait()
+			require.Equal(t, 1, wins)
+			require.Equal(t, 99, conflicts)
+			recs, err := l.Load(ctx, "job1")
+			require.NoError(t, err)
+			require.Len(t, recs, 2)
+		})
+	}
+}
+
+func TestConcurrentAppendsToManyJobsAreBatched(t *testing.T) {
+	ctx := context.Background()
+	l, _ := openLog(t, events.Config{})
+	var wg sync.WaitGroup
+	seqs := make([]uint64, 500)
+	for i := range seqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			seq, err := l.Append(ctx, mustEvent(t, fmt.Sprintf("job%d", i), events.TypeSubmitted), 0)
+			require.NoError(t, err)
+			seqs[i] = seq
+		}()
+	}
+	wg.Wait()
+	seen := map[uint64]bool{}
+	for i, seq := range seqs {
+		require.False(t, seen[seq], "sequence %d given twice", seq)
+		seen[seq] = true
+		recs, err := l.Load(ctx, fmt.Sprintf("job%d", i))
+		require.NoError(t, err)
+		require.Len(t, recs, 1)
+		require.Equal(t, seq, recs[0].Seq)
+	}
+}
+
+func TestLoadReportsGarbageWithoutFailing(t *testing.T) {
+	ctx := context.Background()
+	l, env := openLog(t, events.Config{})
+	seq, err := l.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+	_, err = env.JS.PublishMsg(ctx, &nats.Msg{Subject: l.Subject("job1"), Data: []byte("not json")})
+	require.NoError(t, err)
+	recs, err := l.Load(ctx, "job1")
+	require.NoError(t, err)
+	require.Len(t, recs, 2)
+	require.NoError(t, recs[0].Err)
+	require.ErrorIs(t, recs[1].Err, events.ErrMalformed)
+	require.Greater(t, recs[1].Seq, seq)
+}

@@ -1,0 +1,124 @@
+// Package natsserver runs an embedded nats-server with JetStream file storage
+// for one jetjob process.
+package natsserver
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// Fsync policies for the JetStream store.
+const (
+	// FsyncAlways flushes every write to disk before the publish is acknowledged.
+	FsyncAlways = "always"
+	// FsyncInterval flushes on nats-server's own timer (every two minutes).
+	FsyncInterval = "interval"
+)
+
+// Defaults for Config.
+const (
+	ListenDefault       = "127.0.0.1:4222"
+	FsyncDefault        = FsyncAlways
+	StartTimeoutDefault = 10 * time.Second
+)
+
+// ErrInvalidConfig reports a Config that cannot start a server.
+var ErrInvalidConfig = errors.New("invalid embedded server config")
+
+// Config configures the embedded server.
+type Config struct {
+	// DataDir holds the JetStream store. Required.
+	DataDir string
+	// Listen is HOST:PORT for clients; port 0 picks a free port. Default ListenDefault.
+	Listen string
+	// Fsync is FsyncAlways (default) or FsyncInterval.
+	Fsync string
+	// StartTimeout bounds how long Start waits for the server to accept clients.
+	StartTimeout time.Duration
+	// Debug turns on the server's own logging to stderr.
+	Debug bool
+}
+
+func (c *Config) validate() error {
+	if c.DataDir == "" {
+		return fmt.Errorf("%w: data dir is empty", ErrInvalidConfig)
+	}
+	if c.Listen == "" {
+		c.Listen = ListenDefault
+	}
+	if c.Fsync == "" {
+		c.Fsync = FsyncDefault
+	}
+	if c.Fsync != FsyncAlways && c.Fsync != FsyncInterval {
+		return fmt.Errorf("%w: fsync %q, expected %q or %q", ErrInvalidConfig, c.Fsync, FsyncAlways, FsyncInterval)
+	}
+	if c.StartTimeout <= 0 {
+		c.StartTimeout = StartTimeoutDefault
+	}
+	return nil
+}
+
+// Server is a running embedded nats-server.
+type Server struct {
+	ns *server.Server
+}
+
+// Start starts the server and waits until it accepts clients.
+func Start(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	host, portStr, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("%w: listen %q, expected HOST:PORT: %v", ErrInvalidConfig, cfg.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("%w: listen port %q, expected 0-65535", ErrInvalidConfig, portStr)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	opts := &server.Options{
+		Host:      host,
+		Port:      port,
+		JetStream: true,
+		StoreDir:  cfg.DataDir,
+		NoSigs:    true,
+		NoLog:     !cfg.Debug,
+		// Large enough for a batch of 1,000 job payloads at the default limit.
+		MaxPayload: 8 << 20,
+		// Workers may keep many pull requests in flight.
+		MaxPending: 64 << 20,
+	}
+	if cfg.Fsync == FsyncAlways {
+		opts.SyncAlways = true
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("create nats server: %w", err)
+	}
+	if cfg.Debug {
+		ns.ConfigureLogger()
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(cfg.StartTimeout) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("nats server on %s not ready after %s", cfg.Listen, cfg.StartTimeout)
+	}
+	return &Server{ns: ns}, nil
+}
+
+// ClientURL is the URL clients connect to.
+func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// Shutdown stops the server and waits for it to finish. Safe to call twice.
+func (s *Server) Shutdown() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}

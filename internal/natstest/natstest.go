@@ -1,0 +1,77 @@
+// Package natstest starts an embedded NATS server with JetStream for one
+// test, with its store in the test's temporary directory.
+package natstest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/internal/natsserver"
+)
+
+// Env is a running server and a client connected to it.
+type Env struct {
+	Server *natsserver.Server
+	URL    string
+	NC     *nats.Conn
+	JS     jetstream.JetStream
+	Dir    string
+}
+
+// Start starts a fresh server on a random port; the test's cleanup stops it.
+func Start(t testing.TB) *Env {
+	t.Helper()
+	dir := t.TempDir()
+	env := &Env{Dir: dir}
+	env.start(t)
+	return env
+}
+
+func (e *Env) start(t testing.TB) {
+	t.Helper()
+	srv, err := natsserver.Start(natsserver.Config{DataDir: e.Dir, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	e.Server = srv
+	e.URL = srv.ClientURL()
+	e.NC, e.JS = Connect(t, e.URL)
+	t.Cleanup(func() {
+		e.NC.Close()
+		srv.Shutdown()
+	})
+}
+
+// Restart stops the server and starts a new one on the same store, as a
+// crash and restart would, and reconnects the client.
+func (e *Env) Restart(t testing.TB) {
+	t.Helper()
+	e.NC.Close()
+	e.Server.Shutdown()
+	e.start(t)
+}
+
+// Connect opens a client connection that the test's cleanup closes.
+func Connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	return nc, js
+}
+
+// Eventually polls cond until it holds or the deadline passes.
+func Eventually(t testing.TB, within time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: "+msg, append([]any{within}, args...)...)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,100 @@
+// Package provision creates JetStream streams and key-value buckets, or
+// upgrades them in place when their configuration has changed.
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stream creates the stream, or updates it to cfg when it exists. The server
+// refuses to change a stream's persist mode, so an existing stream keeps its
+// own; everything else is upgraded.
+func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	existing, err := js.Stream(ctx, cfg.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		s, err := js.CreateStream(ctx, cfg)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			// Another process created it first; fall through to an update.
+			return Stream(ctx, js, cfg)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
+		}
+		return s, nil
+	case err != nil:
+		return nil, fmt.Errorf("look up stream %s: %w", cfg.Name, err)
+	}
+	cfg.PersistMode = existing.CachedInfo().Config.PersistMode
+	s, err := js.UpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("update stream %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}
+
+// KeyValueConfig describes a bucket that provision lays out itself, so that
+// it can choose the stream's persist mode, which jetstream's own bucket
+// constructor does not expose.
+type KeyValueConfig struct {
+	Bucket  string
+	History uint8
+	// AsyncPersist flushes writes to disk asynchronously: only for buckets
+	// that can be rebuilt from the event log.
+	AsyncPersist bool
+	// TTL expires values this old; zero keeps them.
+	TTL time.Duration
+}
+
+// KeyValue creates or upgrades the bucket and binds to it.
+func KeyValue(ctx context.Context, js jetstream.JetStream, cfg KeyValueConfig) (jetstream.KeyValue, error) {
+	if cfg.History == 0 {
+		cfg.History = 1
+	}
+	dup := 2 * time.Minute
+	if cfg.TTL > 0 && cfg.TTL < dup {
+		dup = cfg.TTL
+	}
+	scfg := jetstream.StreamConfig{
+		Name:              "KV_" + cfg.Bucket,
+		Subjects:          []string{"$KV." + cfg.Bucket + ".>"},
+		MaxMsgsPerSubject: int64(cfg.History),
+		MaxBytes:          -1,
+		MaxMsgs:           -1,
+		MaxMsgSize:        -1,
+		MaxAge:            cfg.TTL,
+		MaxConsumers:      -1,
+		Storage:           jetstream.FileStorage,
+		Replicas:          1,
+		AllowRollup:       true,
+		DenyDelete:        true,
+		AllowDirect:       true,
+		Duplicates:        dup,
+		Discard:           jetstream.DiscardNew,
+	}
+	if cfg.AsyncPersist {
+		scfg.PersistMode = jetstream.AsyncPersistMode
+	}
+	if _, err := Stream(ctx, js, scfg); err != nil {
+		return nil, err
+	}
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("bind bucket %s: %w", cfg.Bucket, err)
+	}
+	return kv, nil
+}
+
+// IsNotFound reports whether err says a stream, consumer, bucket or key is missing.
+func IsNotFound(err error) bool {
+	return errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.Is(err, jetstream.ErrBucketNotFound) ||
+		errors.Is(err, jetstream.ErrConsumerNotFound) ||
+		errors.Is(err, jetstream.ErrKeyNotFound) ||
+		errors.Is(err, jetstream.ErrMsgNotFound)
+}
