@@ -1,0 +1,119 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetjob/jetjob/internal/provision"
+)
+
+// Heartbeat stream names, stable across versions.
+const (
+	HeartbeatStreamDefault        = "JJ_HEARTBEATS"
+	HeartbeatSubjectPrefixDefault = "jj.hb."
+)
+
+// Beat is a running attempt's latest sign of life. Only the last beat of each
+// job is kept, so heartbeats never grow a job's history.
+type Beat struct {
+	JobID    string    `json:"job"`
+	Lease    uint64    `json:"lease"`
+	WorkerID string    `json:"worker_id"`
+	At       time.Time `json:"at"`
+}
+
+// Heartbeats records and reads the last beat of each running job.
+type Heartbeats struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	prefix string
+}
+
+// HeartbeatStreamConfig keeps one beat per job, flushed asynchronously: a
+// beat lost in a crash only makes a job look idle for one interval longer.
+func HeartbeatStreamConfig(stream, prefix string) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:              stream,
+		Description:       "jetjob heartbeats: the last sign of life of each running job",
+		Subjects:          []string{prefix + "*"},
+		Retention:         jetstream.LimitsPolicy,
+		Storage:           jetstream.FileStorage,
+		MaxMsgsPerSubject: 1,
+		MaxMsgs:           -1,
+		MaxBytes:          -1,
+		AllowDirect:       true,
+		AllowRollup:       true,
+		PersistMode:       jetstream.AsyncPersistMode,
+		Replicas:          1,
+	}
+}
+
+// OpenHeartbeats provisions the heartbeat stream.
+func OpenHeartbeats(ctx context.Context, js jetstream.JetStream) (*Heartbeats, error) {
+	s, err := provision.Stream(ctx, js, HeartbeatStreamConfig(HeartbeatStreamDefault, HeartbeatSubjectPrefixDefault))
+	if err != nil {
+		return nil, err
+	}
+	return &Heartbeats{js: js, stream: s, prefix: HeartbeatSubjectPrefixDefault}, nil
+}
+
+// Stream is the heartbeat stream's name.
+func (h *Heartbeats) Stream() string { return HeartbeatStreamDefault }
+
+// Subject is the subject of a job's beats.
+func (h *Heartbeats) Subject(jobID string) string { return h.prefix + jobID }
+
+// JobIDFromSubject returns the job a beat subject belongs to.
+func (h *Heartbeats) JobIDFromSubject(subject string) (string, bool) {
+	if len(subject) <= len(h.prefix) || subject[:len(h.prefix)] != h.prefix {
+		return "", false
+	}
+	return subject[len(h.prefix):], true
+}
+
+// Record stores a beat.
+func (h *Heartbeats) Record(ctx context.Context, b Beat) error {
+	if err := ValidateJobID(b.JobID); err != nil {
+		return err
+	}
+	data, err := json.Marshal(b)
+	if err != nil {
+		return fmt.Errorf("encode beat: %w", err)
+	}
+	if _, err := h.js.Publish(ctx, h.Subject(b.JobID), data); err != nil {
+		return fmt.Errorf("record beat of job %s: %w", b.JobID, err)
+	}
+	return nil
+}
+
+// Last returns a job's last beat, and false when it has none.
+func (h *Heartbeats) Last(ctx context.Context, jobID string) (Beat, bool, error) {
+	if err := ValidateJobID(jobID); err != nil {
+		return Beat{}, false, err
+	}
+	m, err := h.stream.GetLastMsgForSubject(ctx, h.Subject(jobID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return Beat{}, false, nil
+	}
+	if err != nil {
+		return Beat{}, false, fmt.Errorf("last beat of job %s: %w", jobID, err)
+	}
+	var b Beat
+	if err := json.Unmarshal(m.Data, &b); err != nil {
+		return Beat{}, false, fmt.Errorf("%w: beat of job %s: %v", ErrMalformed, jobID, err)
+	}
+	return b, true, nil
+}
+
+// Forget drops a job's beats (when the job is purged).
+func (h *Heartbeats) Forget(ctx context.Context, jobID string) error {
+	if err := h.stream.Purge(ctx, jetstream.WithPurgeSubject(h.Subject(jobID))); err != nil {
+		return fmt.Errorf("forget beats of job %s: %w", jobID, err)
+	}
+	return nil
+}

@@ -1,0 +1,165 @@
+package statemachine
+
+import (
+	"encoding/json"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jetjob/jetjob/events"
+)
+
+// The deciders below are pure: given the job as it is and the time, they
+// return the one event to append, or why the command is refused.
+
+func decideSubmit(jobID string, p SubmitParams, now time.Time) (events.Event, error) {
+	d := events.Submitted{
+		Type: p.Type, Tags: p.Tags, Meta: p.Meta, Payload: p.Payload,
+		Priority: p.Priority, MaxAttempts: p.MaxAttempts, Key: p.Key,
+	}
+	if p.RunAt != nil && p.RunAt.After(now) {
+		t := p.RunAt.UTC()
+		d.RunAt = &t
+	}
+	if p.Backoff.Base > 0 || p.Backoff.Cap > 0 {
+		d.Backoff = &events.Backoff{Base: p.Backoff.Base, Cap: p.Backoff.Cap}
+	}
+	return newEvent(jobID, events.TypeSubmitted, d, now)
+}
+
+func newEvent(jobID, typ string, data any, now time.Time) (events.Event, error) {
+	ev, err := events.New(jobID, typ, data)
+	ev.Time = now.UTC()
+	return ev, err
+}
+
+func decideCancel(j Job, reason string, now time.Time) (events.Event, error) {
+	switch j.State {
+	case StatePending, StateScheduled:
+		return newEvent(j.ID, events.TypeCanceled, events.Canceled{Reason: reason, By: events.CanceledByOperator}, now)
+	case StateRunning:
+		return newEvent(j.ID, events.TypeCancelRequested, events.CancelRequested{Reason: reason}, now)
+	}
+	return events.Event{}, &IllegalTransitionError{JobID: j.ID, State: j.State, Transition: TransitionCancel}
+}
+
+// decidePendingCancel cancels only jobs that no worker has taken yet.
+func decidePendingCancel(j Job, reason string, now time.Time) (events.Event, error) {
+	if j.State != StatePending && j.State != StateScheduled {
+		return events.Event{}, &IllegalTransitionError{JobID: j.ID, State: j.State, Transition: TransitionCancel}
+	}
+	return decideCancel(j, reason, now)
+}
+
+func decidePromote(j Job, now time.Time) (events.Event, error) {
+	if _, err := Next(j.ID, j.State, TransitionPromote); err != nil {
+		return events.Event{}, err
+	}
+	return newEvent(j.ID, events.TypePromoted, events.Promoted{}, now)
+}
+
+func decideAcquire(j Job, workerID string, now time.Time) (events.Event, error) {
+	if _, err := Next(j.ID, j.State, TransitionAcquire); err != nil {
+		return events.Event{}, err
+	}
+	return newEvent(j.ID, events.TypeAcquired, events.Acquired{WorkerID: workerID, Attempt: j.Attempt + 1}, now)
+}
+
+// checkLease refuses a report from an attempt that no longer holds the job.
+func checkLease(j Job, lease uint64) error {
+	if lease == 0 || j.Lease != lease || (j.State != StateRunning && j.State != StateCanceling) {
+		return &LeaseLostError{JobID: j.ID, Lease: lease, Job: j}
+	}
+	return nil
+}
+
+func decideSucceed(j Job, lease uint64, result json.RawMessage, now time.Time) (events.Event, error) {
+	if err := checkLease(j, lease); err != nil {
+		return events.Event{}, err
+	}
+	if _, err := Next(j.ID, j.State, TransitionSucceed); err != nil {
+		return events.Event{}, err
+	}
+	return newEvent(j.ID, events.TypeSucceeded, events.Succeeded{Lease: lease, Result: result}, now)
+}
+
+// FailParams describes a failed attempt.
+type FailParams struct {
+	Error string
+	Code  string
+	// NoRetry fails the job for good even with attempts left.
+	NoRetry bool
+}
+
+func decideFail(j Job, lease uint64, p FailParams, cfg BackoffConfig, now time.Time) (events.Event, error) {
+	if err := checkLease(j, lease); err != nil {
+		return events.Event{}, err
+	}
+	if !p.NoRetry && j.Attempt < j.MaxAttempts {
+		if _, err := Next(j.ID, j.State, TransitionRetry); err != nil {
+			return events.Event{}, err
+		}
+		retryAt := now.Add(RetryDelay(j, cfg))
+		return newEvent(j.ID, events.TypeAttemptFailed, events.AttemptFailed{
+			Lease: lease, Attempt: j.Attempt, Error: p.Error, Code: p.Code, RetryAt: retryAt.UTC(),
+		}, now)
+	}
+	if _, err := Next(j.ID, j.State, TransitionFail); err != nil {
+		return events.Event{}, err
+	}
+	return newEvent(j.ID, events.TypeFailed, events.Failed{Lease: lease, Attempt: j.Attempt, Error: p.Error, Code: p.Code}, now)
+}
+
+// RetryDelay is the backoff after the job's current attempt: base doubled
+// per attempt, capped, with equal jitter (half fixed, half random), so that
+// delays grow from one attempt to the next and retries spread out.
+func RetryDelay(j Job, defaults BackoffConfig) time.Duration {
+	base, limit := j.Backoff.Base, j.Backoff.Cap
+	if base <= 0 {
+		base = defaults.Base
+	}
+	if limit <= 0 {
+		limit = defaults.Cap
+	}
+	if base <= 0 {
+		base = BackoffBaseDefault
+	}
+	if limit <= 0 {
+		limit = BackoffCapDefault
+	}
+	d := base
+	for i := 1; i < j.Attempt && d < limit; i++ {
+		d *= 2
+	}
+	if d > limit {
+		d = limit
+	}
+	half := d / 2
+	return half + time.Duration(rand.Int64N(int64(half)+1))
+}
+
+func decideAcknowledgeCancel(j Job, lease uint64, now time.Time) (events.Event, error) {
+	if err := checkLease(j, lease); err != nil {
+		return events.Event{}, err
+	}
+	if _, err := Next(j.ID, j.State, TransitionAcknowledgeCancel); err != nil {
+		return events.Event{}, err
+	}
+	return newEvent(j.ID, events.TypeCanceled, events.Canceled{Reason: j.CancelReason, By: events.CanceledByWorker, Lease: lease}, now)
+}
+
+func decideTerminateCanceling(j Job, reason string, now time.Time) (events.Event, error) {
+	if _, err := Next(j.ID, j.State, TransitionAcknowledgeCancel); err != nil {
+		return events.Event{}, err
+	}
+	return newEvent(j.ID, events.TypeCanceled, events.Canceled{Reason: reason, By: events.CanceledByTimeout}, now)
+}
+
+func decideRelease(j Job, lease uint64, reason string, now time.Time) (events.Event, error) {
+	if err := checkLease(j, lease); err != nil {
+		return events.Event{}, err
+	}
+	if _, err := Next(j.ID, j.State, TransitionRelease); err != nil {
+		return events.Event{}, err
+	}
+	return newEvent(j.ID, events.TypeReleased, events.Released{Lease: lease, Reason: reason}, now)
+}

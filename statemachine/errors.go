@@ -1,0 +1,75 @@
+package statemachine
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/jetjob/jetjob/events"
+)
+
+var (
+	// ErrIllegalTransition: the job's state does not allow the transition.
+	ErrIllegalTransition = errors.New("transition not allowed")
+	// ErrConflict: the job's history kept moving; matches events.ErrConflict too.
+	ErrConflict = events.ErrConflict
+	// ErrNotFound: no such job; matches events.ErrNotFound.
+	ErrNotFound = events.ErrNotFound
+	// ErrLeaseLost: a worker reported for an attempt that is no longer the
+	// job's current one (the job was canceled, declared dead or retried).
+	ErrLeaseLost = errors.New("lease lost: the job is no longer held by this attempt")
+	// ErrInvalid: a command's input is invalid.
+	ErrInvalid = errors.New("invalid input")
+	// ErrPayloadTooLarge: a payload over the configured limit; matches ErrInvalid.
+	ErrPayloadTooLarge = fmt.Errorf("%w: payload too large", ErrInvalid)
+)
+
+// IllegalTransitionError names the job, its state and the refused transition.
+type IllegalTransitionError struct {
+	JobID      string
+	State      State
+	Transition Transition
+}
+
+func (e *IllegalTransitionError) Error() string {
+	return fmt.Sprintf("job %s is %s: cannot %s", e.JobID, e.State, e.Transition)
+}
+
+// Is makes errors.Is(err, ErrIllegalTransition) true.
+func (e *IllegalTransitionError) Is(target error) bool { return target == ErrIllegalTransition }
+
+// LeaseLostError names the lease a worker reported with and the job's state.
+type LeaseLostError struct {
+	JobID string
+	Lease uint64
+	Job   Job
+}
+
+func (e *LeaseLostError) Error() string {
+	return fmt.Sprintf("job %s is %s (lease %d, attempt %d): report for lease %d refused: %v",
+		e.JobID, e.Job.State, e.Job.Lease, e.Job.Attempt, e.Lease, ErrLeaseLost)
+}
+
+// Is makes errors.Is(err, ErrLeaseLost) true.
+func (e *LeaseLostError) Is(target error) bool { return target == ErrLeaseLost }
+
+// ConflictError: the command lost a race. Job is the job as it now is; Cause,
+// when set, is why deciding again on it failed (for example an illegal
+// transition).
+type ConflictError struct {
+	JobID string
+	Job   Job
+	Cause error
+}
+
+func (e *ConflictError) Error() string {
+	if e.Cause != nil {
+		return fmt.Sprintf("job %s changed concurrently and is now %s: %v", e.JobID, e.Job.State, e.Cause)
+	}
+	return fmt.Sprintf("job %s kept changing concurrently (now %s, version %d): %v", e.JobID, e.Job.State, e.Job.Version, ErrConflict)
+}
+
+// Is makes errors.Is(err, ErrConflict) true.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// Unwrap gives the cause.
+func (e *ConflictError) Unwrap() error { return e.Cause }

@@ -1,0 +1,240 @@
+package statemachine
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jetjob/jetjob/events"
+)
+
+// AttemptError is the error of one failed attempt.
+type AttemptError struct {
+	Attempt int       `json:"attempt"`
+	Error   string    `json:"error"`
+	Code    string    `json:"code,omitempty"`
+	At      time.Time `json:"at"`
+}
+
+// Job is the fold of a job's events: everything known about it now.
+type Job struct {
+	ID          string
+	Type        string
+	Tags        map[string]string
+	Meta        map[string]string
+	Payload     []byte
+	Priority    int
+	MaxAttempts int
+	Key         string
+	Backoff     events.Backoff
+
+	State        State
+	Attempt      int
+	Lease        uint64
+	WorkerID     string
+	RunAt        *time.Time
+	Error        string
+	ErrorCode    string
+	Errors       []AttemptError
+	CancelReason string
+	Result       json.RawMessage
+
+	CreatedAt   time.Time
+	StartedAt   *time.Time
+	UpdatedAt   time.Time
+	CompletedAt *time.Time
+	CanceledAt  *time.Time
+
+	// Version is the stream sequence of the last message in the job's
+	// history, the expected sequence of its next append.
+	Version uint64
+	// Events counts the events folded; Quarantined the messages skipped.
+	Events      int
+	Quarantined int
+}
+
+// QuarantinedRecord is a message in a job's history that the fold skipped.
+type QuarantinedRecord struct {
+	Record events.Record
+	Reason error
+}
+
+// Fold folds a job's history. Messages that are not valid events, or that
+// record a transition the table does not allow, are skipped and returned.
+func Fold(recs []events.Record) (Job, []QuarantinedRecord) {
+	job := Job{State: StateNew}
+	var bad []QuarantinedRecord
+	for _, rec := range recs {
+		if err := job.Apply(rec); err != nil {
+			bad = append(bad, QuarantinedRecord{Record: rec, Reason: err})
+		}
+	}
+	return job, bad
+}
+
+func ptr(t time.Time) *time.Time { return &t }
+
+// Apply folds one more record into the job. A record that cannot be applied
+// leaves the job unchanged but for its version, and returns why.
+func (j *Job) Apply(rec events.Record) error {
+	if rec.Seq > j.Version {
+		j.Version = rec.Seq
+	}
+	if err := j.apply(rec); err != nil {
+		j.Quarantined++
+		return err
+	}
+	j.Events++
+	return nil
+}
+
+func (j *Job) apply(rec events.Record) error {
+	if rec.Err != nil {
+		return rec.Err
+	}
+	if j.ID != "" && rec.JobID != j.ID {
+		return fmt.Errorf("%w: event for job %s in job %s's history", events.ErrMalformed, rec.JobID, j.ID)
+	}
+	move := func(tr Transition) error {
+		dst, err := Next(rec.JobID, j.State, tr)
+		if err != nil {
+			return err
+		}
+		j.State = dst
+		j.UpdatedAt = rec.Time
+		return nil
+	}
+	fenced := func(lease uint64) error {
+		if lease != j.Lease {
+			return &LeaseLostError{JobID: rec.JobID, Lease: lease, Job: *j}
+		}
+		return nil
+	}
+	switch rec.Type {
+	case events.TypeSubmitted:
+		var d events.Submitted
+		if err := rec.DecodeData(&d); err != nil {
+			return err
+		}
+		tr := TransitionSubmit
+		if d.RunAt != nil && d.RunAt.After(rec.Time) {
+			tr = TransitionSchedule
+		}
+		if err := move(tr); err != nil {
+			return err
+		}
+		j.ID, j.Type, j.Tags, j.Meta, j.Payload = rec.JobID, d.Type, d.Tags, d.Meta, d.Payload
+		j.Priority, j.MaxAttempts, j.Key, j.RunAt = d.Priority, d.MaxAttempts, d.Key, d.RunAt
+		if d.Backoff != nil {
+			j.Backoff = *d.Backoff
+		}
+		j.CreatedAt = rec.Time
+	case events.TypePromoted:
+		return move(TransitionPromote)
+	case events.TypeAcquired:
+		var d events.Acquired
+		if err := rec.DecodeData(&d); err != nil {
+			return err
+		}
+		if err := move(TransitionAcquire); err != nil {
+			return err
+		}
+		j.Attempt, j.WorkerID, j.Lease = d.Attempt, d.WorkerID, rec.Seq
+		j.StartedAt = ptr(rec.Time)
+	case events.TypeCancelRequested:
+		var d events.CancelRequested
+		if err := rec.DecodeData(&d); err != nil {
+			return err
+		}
+		if err := move(TransitionRequestCancel); err != nil {
+			return err
+		}
+		j.CancelReason = d.Reason
+	case events.TypeCanceled:
+		var d events.Canceled
+		if err := rec.DecodeData(&d); err != nil {
+			return err
+		}
+		tr := TransitionCancel
+		if j.State == StateCanceling {
+			tr = TransitionAcknowledgeCancel
+			if d.By == events.CanceledByWorker {
+				if err := fenced(d.Lease); err != nil {
+					return err
+				}
+			}
+		}
+		if err := move(tr); err != nil {
+			return err
+		}
+		if d.Reason != "" {
+			j.CancelReason = d.Reason
+		}
+		j.CanceledAt, j.CompletedAt = ptr(rec.Time), ptr(rec.Time)
+	case events.TypeSucceeded:
+		var d events.Succeeded
+		if err := rec.DecodeData(&d); err != nil {
+			return err
+		}
+		if err := fenced(d.Lease); err != nil {
+			return err
+		}
+		if err := move(TransitionSucceed); err != nil {
+			return err
+		}
+		j.Result, j.Error, j.ErrorCode = d.Result, "", ""
+		j.CompletedAt = ptr(rec.Time)
+	case events.TypeAttemptFailed:
+		var d events.AttemptFailed
+		if err := rec.DecodeData(&d); err != nil {
+			return err
+		}
+		if err := fenced(d.Lease); err != nil {
+			return err
+		}
+		if err := move(TransitionRetry); err != nil {
+			return err
+		}
+		j.failed(d.Attempt, d.Error, d.Code, rec.Time)
+		j.RunAt = ptr(d.RetryAt)
+	case events.TypeFailed:
+		var d events.Failed
+		if err := rec.DecodeData(&d); err != nil {
+			return err
+		}
+		if err := fenced(d.Lease); err != nil {
+			return err
+		}
+		if err := move(TransitionFail); err != nil {
+			return err
+		}
+		j.failed(d.Attempt, d.Error, d.Code, rec.Time)
+		j.CompletedAt = ptr(rec.Time)
+	case events.TypeReleased:
+		var d events.Released
+		if err := rec.DecodeData(&d); err != nil {
+			return err
+		}
+		if err := fenced(d.Lease); err != nil {
+			return err
+		}
+		if err := move(TransitionRelease); err != nil {
+			return err
+		}
+		// A handed-back attempt does not count against max attempts.
+		j.Attempt--
+		j.Lease, j.WorkerID = 0, ""
+	default:
+		return fmt.Errorf("%w %q", events.ErrUnknownType, rec.Type)
+	}
+	return nil
+}
+
+func (j *Job) failed(attempt int, msg, code string, at time.Time) {
+	j.Error, j.ErrorCode = msg, code
+	j.Errors = append(j.Errors, AttemptError{Attempt: attempt, Error: msg, Code: code, At: at})
+	j.Lease = 0
+}
+
+// Runnable reports whether a worker may acquire the job now.
+func (j *Job) Runnable() bool { return j.State == StatePending }

@@ -1,0 +1,287 @@
+package statemachine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/logging"
+)
+
+// ConflictRetriesDefault is how many times a command decides again after
+// losing a race before it returns a *ConflictError.
+const ConflictRetriesDefault = 5
+
+// Config configures a Machine.
+type Config struct {
+	// MaxPayload is the largest payload Submit accepts. Default MaxPayloadDefault.
+	MaxPayload int
+	// ConflictRetries: see ConflictRetriesDefault.
+	ConflictRetries int
+	// Backoff is the retry delay for jobs that set none. Default 1 s base, 10 min cap.
+	Backoff BackoffConfig
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Logger; nil means no logging.
+	Logger *zap.Logger
+}
+
+func (c *Config) validate() error {
+	if c.MaxPayload == 0 {
+		c.MaxPayload = MaxPayloadDefault
+	}
+	if c.MaxPayload < 0 {
+		return fmt.Errorf("statemachine config: max payload %d, expected > 0", c.MaxPayload)
+	}
+	if c.ConflictRetries <= 0 {
+		c.ConflictRetries = ConflictRetriesDefault
+	}
+	if c.Backoff.Base <= 0 {
+		c.Backoff.Base = BackoffBaseDefault
+	}
+	if c.Backoff.Cap <= 0 {
+		c.Backoff.Cap = BackoffCapDefault
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Machine runs commands against jobs in an event log.
+type Machine struct {
+	log    *events.Log
+	cfg    Config
+	logger *zap.Logger
+}
+
+// New returns a Machine that reads and appends through log.
+func New(log *events.Log, cfg Config) (*Machine, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Machine{log: log, cfg: cfg, logger: logging.OrNop(cfg.Logger, "statemachine")}, nil
+}
+
+// Log is the event log the machine appends to.
+func (m *Machine) Log() *events.Log { return m.log }
+
+// MaxPayload is the largest payload Submit accepts.
+func (m *Machine) MaxPayload() int { return m.cfg.MaxPayload }
+
+// Load folds a job's history.
+func (m *Machine) Load(ctx context.Context, jobID string) (Job, error) {
+	recs, err := m.log.Load(ctx, jobID)
+	if err != nil {
+		return Job{}, err
+	}
+	job, bad := Fold(recs)
+	for _, q := range bad {
+		m.logger.Warn("skipped a message in a job's history", zap.String("job", jobID),
+			zap.Uint64("seq", q.Record.Seq), zap.Error(q.Reason))
+	}
+	if job.State == StateNew {
+		return Job{}, fmt.Errorf("load job %s: no valid submit event: %w", jobID, events.ErrNotFound)
+	}
+	return job, nil
+}
+
+type decider func(j Job, now time.Time) (events.Event, error)
+
+// apply decides on the job (on known when given, else as loaded), appends
+// the event with the job's version as the expected sequence and, when the
+// history moved meanwhile, reloads and decides again.
+func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide decider) (Job, error) {
+	var job Job
+	if known != nil {
+		job = *known
+	} else {
+		var err error
+		if job, err = m.Load(ctx, jobID); err != nil {
+			return Job{}, err
+		}
+	}
+	conflicted := false
+	for try := 0; ; try++ {
+		ev, err := decide(job, m.cfg.Now())
+		if err != nil {
+			if conflicted {
+				return job, &ConflictError{JobID: jobID, Job: job, Cause: err}
+			}
+			return job, err
+		}
+		seq, err := m.log.Append(ctx, ev, job.Version)
+		if err == nil {
+			prev := job.Version
+			if aerr := job.Apply(events.Record{Event: ev, Seq: seq, PrevSeq: prev}); aerr != nil {
+				// The decider and the fold disagree: a programming error.
+				panic(fmt.Sprintf("job %s: appended event %s does not fold: %v", jobID, ev.Type, aerr))
+			}
+			return job, nil
+		}
+		if !errors.Is(err, events.ErrConflict) {
+			return job, err
+		}
+		conflicted = true
+		fresh, lerr := m.Load(ctx, jobID)
+		if lerr != nil {
+			return job, lerr
+		}
+		job = fresh
+		if try+1 >= m.cfg.ConflictRetries {
+			return job, &ConflictError{JobID: jobID, Job: job}
+		}
+	}
+}
+
+// Submit appends a new job. With an idempotency key it returns the key's
+// first job, and existed is true when that job was already there.
+func (m *Machine) Submit(ctx context.Context, p SubmitParams) (job Job, existed bool, err error) {
+	if err := p.validate(m.cfg.MaxPayload); err != nil {
+		return Job{}, false, err
+	}
+	var jobID string
+	if p.Key != "" {
+		jobID = JobIDForKey(p.Key)
+	} else {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return Job{}, false, fmt.Errorf("new job ID: %w", err)
+		}
+		jobID = id.String()
+	}
+	ev, err := decideSubmit(jobID, p, m.cfg.Now())
+	if err != nil {
+		return Job{}, false, err
+	}
+	seq, err := m.log.Append(ctx, ev, 0)
+	if errors.Is(err, events.ErrConflict) && p.Key != "" {
+		job, err := m.Load(ctx, jobID)
+		return job, true, err
+	}
+	if err != nil {
+		return Job{}, false, fmt.Errorf("submit job: %w", err)
+	}
+	job = Job{State: StateNew}
+	if err := job.Apply(events.Record{Event: ev, Seq: seq}); err != nil {
+		panic(fmt.Sprintf("submitted event does not fold: %v", err))
+	}
+	return job, false, nil
+}
+
+// SubmitResult is one job of SubmitMany.
+type SubmitResult struct {
+	Job     Job
+	Existed bool
+	Err     error
+}
+
+// SubmitMany submits jobs concurrently, so that the log commits them in
+// atomic batches. Results are in the order of params; one job's error does
+// not stop the others.
+func (m *Machine) SubmitMany(ctx context.Context, params []SubmitParams) []SubmitResult {
+	out := make([]SubmitResult, len(params))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 1000)
+	for i := range params {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			job, existed, err := m.Submit(ctx, params[i])
+			out[i] = SubmitResult{Job: job, Existed: existed, Err: err}
+		}(i)
+	}
+	wg.Wait()
+	return out
+}
+
+// Cancel cancels a job: a pending or scheduled job is canceled at once, a
+// running one moves to canceling until its worker acknowledges.
+func (m *Machine) Cancel(ctx context.Context, jobID, reason string) (Job, error) {
+	return m.apply(ctx, jobID, nil, func(j Job, now time.Time) (events.Event, error) {
+		return decideCancel(j, reason, now)
+	})
+}
+
+// CancelPending cancels the job only if no worker has taken it yet.
+func (m *Machine) CancelPending(ctx context.Context, jobID, reason string) (Job, error) {
+	return m.apply(ctx, jobID, nil, func(j Job, now time.Time) (events.Event, error) {
+		return decidePendingCancel(j, reason, now)
+	})
+}
+
+// Promote makes a scheduled job pending.
+func (m *Machine) Promote(ctx context.Context, jobID string) (Job, error) {
+	return m.apply(ctx, jobID, nil, decidePromote)
+}
+
+// Acquire gives a pending job to a worker; the returned job's Lease fences
+// every later report of this attempt.
+func (m *Machine) Acquire(ctx context.Context, jobID, workerID string) (Job, error) {
+	return m.apply(ctx, jobID, nil, func(j Job, now time.Time) (events.Event, error) {
+		return decideAcquire(j, workerID, now)
+	})
+}
+
+// Succeed records the success of the attempt that holds the job.
+func (m *Machine) Succeed(ctx context.Context, held Job, result json.RawMessage) (Job, error) {
+	return m.apply(ctx, held.ID, &held, func(j Job, now time.Time) (events.Event, error) {
+		return decideSucceed(j, held.Lease, result, now)
+	})
+}
+
+// Fail records the failure of the attempt that holds the job: the job is
+// retried after a backoff while it has attempts left, else it fails.
+func (m *Machine) Fail(ctx context.Context, held Job, p FailParams) (Job, error) {
+	return m.apply(ctx, held.ID, &held, func(j Job, now time.Time) (events.Event, error) {
+		return decideFail(j, held.Lease, p, m.cfg.Backoff, now)
+	})
+}
+
+// AcknowledgeCancel records that the worker holding a canceling job stopped it.
+func (m *Machine) AcknowledgeCancel(ctx context.Context, held Job) (Job, error) {
+	return m.apply(ctx, held.ID, &held, func(j Job, now time.Time) (events.Event, error) {
+		return decideAcknowledgeCancel(j, held.Lease, now)
+	})
+}
+
+// Release hands a running job back unfinished; it does not use up an attempt.
+func (m *Machine) Release(ctx context.Context, held Job, reason string) (Job, error) {
+	return m.apply(ctx, held.ID, &held, func(j Job, now time.Time) (events.Event, error) {
+		return decideRelease(j, held.Lease, reason, now)
+	})
+}
+
+// TerminateCanceling finishes a canceling job whose worker never acknowledged.
+func (m *Machine) TerminateCanceling(ctx context.Context, jobID, reason string) (Job, error) {
+	return m.apply(ctx, jobID, nil, func(j Job, now time.Time) (events.Event, error) {
+		return decideTerminateCanceling(j, reason, now)
+	})
+}
+
+// FailStale fails the attempt identified by lease on behalf of a worker that
+// is gone (hung, lease expired); the expected sequence leaves a job that
+// moved on in the meantime alone.
+func (m *Machine) FailStale(ctx context.Context, jobID string, lease uint64, p FailParams) (Job, error) {
+	return m.apply(ctx, jobID, nil, func(j Job, now time.Time) (events.Event, error) {
+		return decideFail(j, lease, p, m.cfg.Backoff, now)
+	})
+}
+
+// CheckLease reports whether the attempt still holds the job, with the job
+// as it now is; a lost lease gives a *LeaseLostError.
+func (m *Machine) CheckLease(ctx context.Context, held Job) (Job, error) {
+	j, err := m.Load(ctx, held.ID)
+	if err != nil {
+		return Job{}, err
+	}
+	return j, checkLease(j, held.Lease)
+}

@@ -1,0 +1,125 @@
+package statemachine
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Submit limits and defaults.
+const (
+	MaxPayloadDefault  = 1 << 20
+	MaxAttemptsDefault = 3
+	PriorityMin        = 0
+	PriorityMax        = 9
+	PriorityDefault    = 0
+	BackoffBaseDefault = time.Second
+	BackoffCapDefault  = 10 * time.Minute
+	maxTagLen          = 128
+	maxTags            = 32
+)
+
+// idempotencyNamespace derives job IDs from idempotency keys, so that the
+// key's job ID is taken by the first submit forever, with no dedupe window.
+var idempotencyNamespace = uuid.MustParse("6f1c1f2e-8a3b-4b4e-9a57-6c1a5e0f2d10")
+
+// JobIDForKey is the job ID that a submit with the idempotency key gets.
+func JobIDForKey(key string) string {
+	return uuid.NewSHA1(idempotencyNamespace, []byte(key)).String()
+}
+
+// SubmitParams describes a job to submit.
+type SubmitParams struct {
+	// Type is the job type workers serve: letters, digits, '-' or '_'. Required.
+	Type string
+	// Tags: the job runs only on a worker that has every one of them.
+	Tags map[string]string
+	// Meta is free-form metadata for filtering (for example a template version).
+	Meta map[string]string
+	// Payload is handed to the worker; at most Config.MaxPayload bytes.
+	Payload []byte
+	// Priority: PriorityMin-PriorityMax, higher runs first.
+	Priority int
+	// MaxAttempts: how many times the job may run; 0 means MaxAttemptsDefault.
+	MaxAttempts int
+	// RunAt: not before this time; nil or past means now.
+	RunAt *time.Time
+	// Key: with it, every submit with the same key returns the first job.
+	Key string
+	// Backoff before a retry; zero fields take the defaults.
+	Backoff BackoffConfig
+}
+
+// BackoffConfig sets the retry delay: Base doubled per attempt, at most Cap,
+// with jitter.
+type BackoffConfig struct {
+	Base time.Duration
+	Cap  time.Duration
+}
+
+// ValidateToken checks a name that becomes part of a subject.
+func ValidateToken(what, s string) error {
+	if s == "" || len(s) > maxTagLen {
+		return fmt.Errorf("%w: %s %q, expected 1-%d letters, digits, '-' or '_'", ErrInvalid, what, s, maxTagLen)
+	}
+	for _, r := range s {
+		if !(r == '-' || r == '_' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')) {
+			return fmt.Errorf("%w: %s %q, expected 1-%d letters, digits, '-' or '_'", ErrInvalid, what, s, maxTagLen)
+		}
+	}
+	return nil
+}
+
+// ValidateLabels checks tags or metadata: keys are tokens, values printable,
+// at most 128 bytes, no '='.
+func ValidateLabels(what string, m map[string]string) error {
+	if len(m) > maxTags {
+		return fmt.Errorf("%w: %d %s, expected at most %d", ErrInvalid, len(m), what, maxTags)
+	}
+	for k, v := range m {
+		if err := ValidateToken(what+" key", k); err != nil {
+			return err
+		}
+		if len(v) > maxTagLen {
+			return fmt.Errorf("%w: %s %s value is %d bytes, expected at most %d", ErrInvalid, what, k, len(v), maxTagLen)
+		}
+		for _, r := range v {
+			if r < 0x20 || r == 0x7f {
+				return fmt.Errorf("%w: %s %s value has a control character", ErrInvalid, what, k)
+			}
+		}
+	}
+	return nil
+}
+
+func (p *SubmitParams) validate(maxPayload int) error {
+	if err := ValidateToken("type", p.Type); err != nil {
+		return err
+	}
+	if err := ValidateLabels("tag", p.Tags); err != nil {
+		return err
+	}
+	if err := ValidateLabels("meta", p.Meta); err != nil {
+		return err
+	}
+	if len(p.Payload) > maxPayload {
+		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, len(p.Payload), maxPayload)
+	}
+	if p.Priority < PriorityMin || p.Priority > PriorityMax {
+		return fmt.Errorf("%w: priority %d, expected %d-%d", ErrInvalid, p.Priority, PriorityMin, PriorityMax)
+	}
+	if p.MaxAttempts < 0 || p.MaxAttempts > 1000 {
+		return fmt.Errorf("%w: max attempts %d, expected 1-1000", ErrInvalid, p.MaxAttempts)
+	}
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = MaxAttemptsDefault
+	}
+	if p.Backoff.Base < 0 || p.Backoff.Cap < 0 {
+		return fmt.Errorf("%w: negative backoff", ErrInvalid)
+	}
+	if p.Key != "" && len(p.Key) > 256 {
+		return fmt.Errorf("%w: idempotency key is %d bytes, expected at most 256", ErrInvalid, len(p.Key))
+	}
+	return nil
+}
