@@ -116,6 +116,20 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error)
 	if _, err := provision.Stream(ctx, js, StreamConfig(cfg.Stream, cfg.SubjectPrefix)); err != nil {
 		return nil, err
 	}
+	return newLog(js, cfg), nil
+}
+
+// Attach returns a Log on an events stream that a server already
+// provisioned, without touching the stream's configuration: for short-lived
+// clients such as the CLI.
+func Attach(js jetstream.JetStream, cfg Config) (*Log, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return newLog(js, cfg), nil
+}
+
+func newLog(js jetstream.JetStream, cfg Config) *Log {
 	l := &Log{
 		nc:     js.Conn(),
 		js:     js,
@@ -138,7 +152,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error)
 		}
 		close(l.closed)
 	}()
-	return l, nil
+	return l
 }
 
 // Close stops the log's flushers after the appends in flight finish. Safe to call twice.

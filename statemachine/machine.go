@@ -285,3 +285,9 @@ func (m *Machine) CheckLease(ctx context.Context, held Job) (Job, error) {
 	}
 	return j, checkLease(j, held.Lease)
 }
+
+// Validate checks submit parameters as Submit would, filling in defaults,
+// so that a caller can refuse a whole batch before submitting any of it.
+func (m *Machine) Validate(p *SubmitParams) error {
+	return p.validate(m.cfg.MaxPayload)
+}
