@@ -44,6 +44,8 @@ type Job struct {
 	UpdatedAt   time.Time
 	CompletedAt *time.Time
 	CanceledAt  *time.Time
+	// CancelRequestedAt is when a cancel of the running job was asked for.
+	CancelRequestedAt *time.Time
 
 	// Version is the stream sequence of the last message in the job's
 	// history, the expected sequence of its next append.
@@ -150,6 +152,7 @@ func (j *Job) apply(rec events.Record) error {
 			return err
 		}
 		j.CancelReason = d.Reason
+		j.CancelRequestedAt = ptr(rec.Time)
 	case events.TypeCanceled:
 		var d events.Canceled
 		if err := rec.DecodeData(&d); err != nil {

@@ -1,0 +1,83 @@
+package maintenance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetjob/jetjob/internal/provision"
+)
+
+// Leadership defaults.
+const (
+	LeadersBucketDefault = "jj_leaders"
+	LeaderTTLDefault     = 6 * time.Second
+)
+
+// Leadership holds one named role among every server sharing a NATS: the
+// holder's key in a bucket whose values expire after the TTL; the holder
+// renews it with a compare-and-set on its revision, so when its server dies
+// the key expires and another server takes the role.
+type Leadership struct {
+	kv   jetstream.KeyValue
+	role string
+	id   string
+	ttl  time.Duration
+
+	mu  sync.Mutex
+	rev uint64
+}
+
+// NewLeadership provisions the leaders bucket. All contenders for a role must
+// use the same ttl.
+func NewLeadership(ctx context.Context, js jetstream.JetStream, role, id string, ttl time.Duration) (*Leadership, error) {
+	if ttl <= 0 {
+		ttl = LeaderTTLDefault
+	}
+	kv, err := provision.KeyValue(ctx, js, provision.KeyValueConfig{Bucket: LeadersBucketDefault, TTL: ttl, AsyncPersist: true})
+	if err != nil {
+		return nil, err
+	}
+	return &Leadership{kv: kv, role: role, id: id, ttl: ttl}, nil
+}
+
+// TryLead takes or keeps the role and reports whether this process holds it.
+// Call it more often than the TTL (every TTL/3) to keep the role.
+func (l *Leadership) TryLead(ctx context.Context) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.rev != 0 {
+		rev, err := l.kv.Update(ctx, l.role, []byte(l.id), l.rev)
+		if err == nil {
+			l.rev = rev
+			return true, nil
+		}
+		l.rev = 0
+		if !errors.Is(err, jetstream.ErrKeyExists) && !provision.IsNotFound(err) {
+			return false, fmt.Errorf("renew %s leadership: %w", l.role, err)
+		}
+	}
+	rev, err := l.kv.Create(ctx, l.role, []byte(l.id))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("take %s leadership: %w", l.role, err)
+	}
+	l.rev = rev
+	return true, nil
+}
+
+// Resign gives the role up at once, so another server need not wait the TTL.
+func (l *Leadership) Resign(ctx context.Context) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.rev != 0 {
+		_ = l.kv.Delete(ctx, l.role, jetstream.LastRevision(l.rev))
+		l.rev = 0
+	}
+}
