@@ -524,3 +524,19 @@ func (l *Log) LastSeq(ctx context.Context, jobID string) (uint64, error) {
 	}
 	return m.Sequence, nil
 }
+
+// Purge deletes a job's whole history. Only finished jobs past their
+// retention are purged; the caller checks that.
+func (l *Log) Purge(ctx context.Context, jobID string) error {
+	if err := ValidateJobID(jobID); err != nil {
+		return err
+	}
+	s, err := l.js.Stream(ctx, l.cfg.Stream)
+	if err != nil {
+		return fmt.Errorf("purge job %s: %w", jobID, err)
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(l.Subject(jobID))); err != nil {
+		return fmt.Errorf("purge job %s: %w", jobID, err)
+	}
+	return nil
+}
