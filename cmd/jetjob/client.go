@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+// client is a short-lived connection to a jetjob server.
+type client struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+	lg *events.Log
+	m  *statemachine.Machine
+}
+
+func dial(ctx context.Context, url string) (*client, error) {
+	nc, err := nats.Connect(url, nats.Name("jetjob-cli"), nats.Timeout(3*time.Second),
+		nats.RetryOnFailedConnect(false), nats.MaxReconnects(5))
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the jetjob server at %s (start one with 'jetjob server' or 'jetjob dev', or set --server): %v", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if _, err := js.Stream(ctx, events.StreamDefault); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("no jetjob event log at %s (is a 'jetjob server' running there?): %v", url, err)
+	}
+	lg, err := events.Attach(js, events.Config{})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	m, err := statemachine.New(lg, statemachine.Config{})
+	if err != nil {
+		lg.Close()
+		nc.Close()
+		return nil, err
+	}
+	return &client{nc: nc, js: js, lg: lg, m: m}, nil
+}
+
+func (c *client) close() {
+	c.lg.Close()
+	c.nc.Close()
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func writeJSONLine(w io.Writer, v any) error {
+	return json.NewEncoder(w).Encode(v)
+}

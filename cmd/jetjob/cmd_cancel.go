@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/jetjob/jetjob/projector"
+)
+
+func runCancel(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("cancel", "ID [--reason R] | --pending [--type T] [--tag k=v]... [--meta k=v]... [--meta-not k=v]... [--dry-run]", true)
+	reason := fs.String("reason", "", "why the job is canceled")
+	pending := fs.Bool("pending", false, "cancel every pending or scheduled job that matches the filters")
+	dryRun := fs.Bool("dry-run", false, "with --pending: list what would be canceled, change nothing")
+	filter, limit := filterFlags(fs)
+	*limit = 0
+	pos, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if *pending {
+		if len(pos) > 0 {
+			return usageErr("--pending cancels by filter; do not give a job ID")
+		}
+		f, err := filter()
+		if err != nil {
+			return err
+		}
+		if len(f.States) > 0 {
+			return usageErr("--pending selects pending and scheduled jobs; do not combine it with --state")
+		}
+		return bulkCancel(ctx, fs, f, *reason, *dryRun, out)
+	}
+	if *dryRun {
+		return usageErr("--dry-run needs --pending")
+	}
+	id, err := oneID(pos, "cancel")
+	if err != nil {
+		return err
+	}
+	c, err := dial(ctx, fs.server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	job, err := c.m.Cancel(ctx, id, *reason)
+	if err != nil {
+		return err
+	}
+	if fs.json() {
+		return writeJSON(out, projector.ViewOf(job, nil))
+	}
+	_, err = fmt.Fprintf(out, "%s %s\n", job.ID, job.State)
+	return err
+}

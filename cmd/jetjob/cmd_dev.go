@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
+	"github.com/jetjob/jetjob/workers"
+)
+
+type demoPayload struct {
+	Steps int  `json:"steps"`
+	Fail  bool `json:"fail_first_attempt,omitempty"`
+}
+
+// demoHandler logs a few steps a quarter second apart, failing the first
+// attempt when asked to, so that a retry shows up too.
+func demoHandler(ctx context.Context, job *workers.Job) error {
+	var p demoPayload
+	if err := json.Unmarshal(job.Payload, &p); err != nil || p.Steps <= 0 {
+		p.Steps = 3
+	}
+	for i := 1; i <= p.Steps; i++ {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(250 * time.Millisecond):
+		}
+		job.Logf("step %d of %d", i, p.Steps)
+		job.Progress(float64(i)/float64(p.Steps), fmt.Sprintf("step %d", i))
+	}
+	if p.Fail && job.Attempt == 1 {
+		return errors.New("demo failure on the first attempt")
+	}
+	return nil
+}
+
+func runDev(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("dev", "[--data DIR] [--listen HOST:PORT]", false)
+	var o serverOptions
+	finish := serverFlags(fs, &o, filepath.Join(".jetjob", "dev"))
+	verbose := fs.Bool("v", false, "debug logging")
+	pos, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("unexpected argument %q", pos[0])
+	}
+	if err := finish(); err != nil {
+		return err
+	}
+	o.logger = logging.New(*verbose)
+	defer func() { _ = o.logger.Sync() }()
+	if o.hangAfter == 0 {
+		o.hangAfter = 30 * time.Second
+	}
+	s, err := startServer(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+
+	pool, err := workers.NewPool(s.js, s.machine, workers.PoolConfig{
+		Types: []string{"demo"}, Tags: map[string]string{"region": "eu", "gpu": "true"}, Concurrency: 2,
+		ShutdownGrace: 2 * time.Second, Logger: o.logger,
+	}, demoHandler)
+	if err != nil {
+		return err
+	}
+	if err := pool.Start(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = pool.Stop(stopCtx)
+	}()
+
+	reader, err := projector.NewReader(ctx, s.js)
+	if err != nil {
+		return err
+	}
+	changes, err := reader.Watch(ctx, projector.Filter{Type: "demo"})
+	if err != nil {
+		return err
+	}
+	in := 3 * time.Second
+	demo := []statemachine.SubmitParams{
+		{Type: "demo", Payload: []byte(`{"steps":3}`)},
+		{Type: "demo", Tags: map[string]string{"region": "eu"}, Payload: []byte(`{"steps":4}`), Priority: 5},
+		{Type: "demo", Tags: map[string]string{"region": "eu", "gpu": "true"}, Payload: []byte(`{"steps":2,"fail_first_attempt":true}`),
+			Backoff: statemachine.BackoffConfig{Base: time.Second}},
+		{Type: "demo", Payload: []byte(`{"steps":2}`), RunAt: ptrTime(time.Now().Add(in))},
+		// Nothing serves region=us: this job waits, and shows what bulk cancel does.
+		{Type: "demo", Tags: map[string]string{"region": "us"}, Meta: map[string]string{"template_version": "v1"}},
+	}
+	for _, p := range demo {
+		if _, _, err := s.machine.Submit(ctx, p); err != nil {
+			return fmt.Errorf("submit demo job: %w", err)
+		}
+	}
+	fmt.Fprintf(out, `
+jetjob dev is running: NATS on %s, data in %s.
+A demo worker (type demo, tags gpu=true,region=eu) is running 5 demo jobs:
+one fails its first attempt and is retried, one is scheduled %s ahead, and one
+(region=us) waits for a worker that never comes.
+
+In another terminal (JETJOB_SERVER defaults to nats://127.0.0.1:4222):
+  go build -o jetjob ./cmd/jetjob
+  ./jetjob ls
+  ./jetjob submit --type demo --tag region=eu --payload '{"steps":5}'
+  ./jetjob logs -f <ID>
+  ./jetjob history <ID>
+  ./jetjob cancel --pending --meta template_version=v1 --dry-run
+  ./jetjob worker --type demo --tag region=us -- sh -c 'echo hello from $JETJOB_JOB_ID'
+  go test -race ./...
+
+Changes to demo jobs follow; Ctrl-C stops everything.
+`, s.url, o.dataDir, in)
+	for v := range changes {
+		fmt.Fprintf(out, "%s  %s  %-9s attempt %d/%d %s\n", v.UpdatedAt.Local().Format("15:04:05.000"), v.ID, v.State, v.Attempt, v.MaxAttempts, v.Error)
+	}
+	return nil
+}
+
+func ptrTime(t time.Time) *time.Time { return &t }

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/maintenance"
+	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/workers"
+)
+
+func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason string, dryRun bool, out io.Writer) error {
+	c, err := dial(ctx, fs.server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	r, err := projector.NewReader(ctx, c.js)
+	if err != nil {
+		return err
+	}
+	res, err := maintenance.CancelPending(ctx, r, c.m, f, maintenance.BulkCancelOptions{Reason: reason, DryRun: dryRun})
+	if err != nil {
+		return err
+	}
+	if fs.json() {
+		return writeJSON(out, res)
+	}
+	verb := "canceled"
+	if dryRun {
+		verb = "would cancel"
+	}
+	for _, id := range res.Canceled {
+		fmt.Fprintf(out, "%s %s\n", verb, id)
+	}
+	for _, s := range res.Skipped {
+		fmt.Fprintf(out, "skipped %s: %s\n", s.ID, s.Reason)
+	}
+	_, err = fmt.Fprintf(out, "%d %s, %d skipped\n", len(res.Canceled), verb, len(res.Skipped))
+	return err
+}
+
+func runLogs(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("logs", "ID [-f]", true)
+	follow := fs.Bool("f", false, "follow until the job ends")
+	pos, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	id, err := oneID(pos, "logs")
+	if err != nil {
+		return err
+	}
+	c, err := dial(ctx, fs.server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if _, err := c.m.Load(ctx, id); err != nil {
+		return err
+	}
+	logs, err := workers.AttachLogs(ctx, c.js)
+	if err != nil {
+		return err
+	}
+	print := func(l workers.LogLine) {
+		if fs.json() {
+			_ = writeJSONLine(out, l)
+			return
+		}
+		fmt.Fprintf(out, "%s [%d %s] %s\n", l.Time.Local().Format("15:04:05.000"), l.Attempt, l.Stream, l.Line)
+	}
+	if !*follow {
+		lines, err := logs.Read(ctx, id)
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			print(l)
+		}
+		return nil
+	}
+	return logs.Follow(ctx, id, print)
+}
+
+func runPurge(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("purge", "--older-than D [--state S]...", true)
+	olderThan := fs.String("older-than", "", "purge finished jobs that completed longer ago than this (required), e.g. 720h")
+	var states strs
+	fs.Var(&states, "state", "only jobs in this finished state (repeatable; default succeeded, failed and canceled)")
+	pos, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("unexpected argument %q", pos[0])
+	}
+	if *olderThan == "" {
+		return usageErr("--older-than is required")
+	}
+	age, err := parseDurationFlag("older-than", *olderThan)
+	if err != nil {
+		return err
+	}
+	st, err := parseStates(states)
+	if err != nil {
+		return err
+	}
+	c, err := dial(ctx, fs.server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	r, err := projector.NewReader(ctx, c.js)
+	if err != nil {
+		return err
+	}
+	hb, err := events.OpenHeartbeats(ctx, c.js)
+	if err != nil {
+		return err
+	}
+	logs, err := workers.AttachLogs(ctx, c.js)
+	if err != nil {
+		return err
+	}
+	lead, err := maintenance.NewLeadership(ctx, c.js, "purger", serverID(), 0)
+	if err != nil {
+		return err
+	}
+	p, err := maintenance.NewPurger(r, c.m, hb, logs, lead, maintenance.PurgerConfig{})
+	if err != nil {
+		return err
+	}
+	res, err := p.Purge(ctx, age, st)
+	if fs.json() {
+		if werr := writeJSON(out, res); werr != nil {
+			return werr
+		}
+	} else {
+		for _, id := range res.Purged {
+			fmt.Fprintf(out, "purged %s\n", id)
+		}
+		fmt.Fprintf(out, "%d purged\n", len(res.Purged))
+	}
+	return err
+}
+
+func runAdmin(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) == 0 || args[0] != "rebuild" {
+		return usageErr("expected 'jetjob admin rebuild'")
+	}
+	fs := newFlags("admin rebuild", "", true)
+	pos, err := fs.parse(args[1:])
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("unexpected argument %q", pos[0])
+	}
+	c, err := dial(ctx, fs.server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	hb, err := events.OpenHeartbeats(ctx, c.js)
+	if err != nil {
+		return err
+	}
+	proj, err := projector.New(c.js, c.lg, hb, projector.Config{})
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	stats, err := proj.Rebuild(ctx)
+	if err != nil {
+		return err
+	}
+	if fs.json() {
+		return writeJSON(out, stats)
+	}
+	_, err = fmt.Fprintf(out, "rebuilt the job views from the event log in %s: %+v\n", time.Since(start).Round(time.Millisecond), stats)
+	return err
+}

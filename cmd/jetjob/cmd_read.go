@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+func oneID(pos []string, what string) (string, error) {
+	if len(pos) != 1 {
+		return "", usageErr("expected exactly one job ID, got %d arguments", len(pos))
+	}
+	if err := events.ValidateJobID(pos[0]); err != nil {
+		return "", err
+	}
+	return pos[0], nil
+}
+
+func runGet(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("get", "ID", true)
+	pos, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	id, err := oneID(pos, "get")
+	if err != nil {
+		return err
+	}
+	c, err := dial(ctx, fs.server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	view, err := getView(ctx, c, id)
+	if err != nil {
+		return err
+	}
+	if fs.json() {
+		return writeJSON(out, view)
+	}
+	return printView(out, view)
+}
+
+// getView reads the projected view; a job whose view is not projected yet
+// is folded from its history, so that get right after submit finds it.
+func getView(ctx context.Context, c *client, id string) (projector.View, error) {
+	r, err := projector.NewReader(ctx, c.js)
+	if err != nil {
+		return projector.View{}, err
+	}
+	view, err := r.Get(ctx, id)
+	if err == nil {
+		return view, nil
+	}
+	job, lerr := c.m.Load(ctx, id)
+	if lerr != nil {
+		return projector.View{}, lerr
+	}
+	return projector.ViewOf(job, nil), nil
+}
+
+func printView(out io.Writer, v projector.View) error {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	row := func(k string, val any) { fmt.Fprintf(tw, "%s:\t%v\n", k, val) }
+	row("id", v.ID)
+	row("type", v.Type)
+	row("state", v.State)
+	if len(v.Tags) > 0 {
+		row("tags", labels(v.Tags).String())
+	}
+	if len(v.Meta) > 0 {
+		row("meta", labels(v.Meta).String())
+	}
+	row("priority", v.Priority)
+	row("attempt", fmt.Sprintf("%d of %d", v.Attempt, v.MaxAttempts))
+	if v.WorkerID != "" {
+		row("worker", v.WorkerID)
+	}
+	if v.Error != "" {
+		row("error", fmt.Sprintf("%s (%s)", v.Error, v.ErrorCode))
+	}
+	row("created", v.CreatedAt.Format(time.RFC3339))
+	row("updated", v.UpdatedAt.Format(time.RFC3339))
+	row("version", v.Version)
+	return tw.Flush()
+}
+
+func filterFlags(fs *flagSet) (func() (projector.Filter, error), *int) {
+	var states strs
+	tags, meta, metaNot := labels{}, labels{}, labels{}
+	fs.Var(&states, "state", "only jobs in this state (repeatable: any of them)")
+	typ := fs.String("type", "", "only jobs of this type")
+	fs.Var(tags, "tag", "only jobs with this tag k=v (repeatable: all of them)")
+	fs.Var(meta, "meta", "only jobs with this metadata k=v (repeatable: all of them)")
+	fs.Var(metaNot, "meta-not", "only jobs whose metadata k is not v (repeatable)")
+	limit := fs.Int("limit", 100, "at most this many jobs; 0 means no limit")
+	return func() (projector.Filter, error) {
+		st, err := parseStates(states)
+		if err != nil {
+			return projector.Filter{}, err
+		}
+		if *limit < 0 {
+			return projector.Filter{}, usageErr("--limit %d, expected 0 or more", *limit)
+		}
+		return projector.Filter{States: st, Type: *typ, Tags: tags, Meta: meta, MetaNot: metaNot, Limit: *limit}, nil
+	}, limit
+}
+
+func runList(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("ls", "[--state S]... [--type T] [--tag k=v]... [--meta k=v]... [--limit N]", true)
+	filter, _ := filterFlags(fs)
+	pos, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("unexpected argument %q", pos[0])
+	}
+	f, err := filter()
+	if err != nil {
+		return err
+	}
+	c, err := dial(ctx, fs.server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	r, err := projector.NewReader(ctx, c.js)
+	if err != nil {
+		return err
+	}
+	page, err := r.List(ctx, f)
+	if err != nil {
+		return err
+	}
+	if fs.json() {
+		if page.Views == nil {
+			page.Views = []projector.View{}
+		}
+		return writeJSON(out, page.Views)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTYPE\tSTATE\tATTEMPT\tTAGS\tUPDATED")
+	for _, v := range page.Views {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", v.ID, v.Type, v.State, v.Attempt, v.MaxAttempts,
+			labels(v.Tags).String(), v.UpdatedAt.Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func runWatch(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("watch", "[--state S]... [--type T] [--tag k=v]... [--meta k=v]...", true)
+	filter, _ := filterFlags(fs)
+	pos, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("unexpected argument %q", pos[0])
+	}
+	f, err := filter()
+	if err != nil {
+		return err
+	}
+	f.Limit = 0
+	c, err := dial(ctx, fs.server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	r, err := projector.NewReader(ctx, c.js)
+	if err != nil {
+		return err
+	}
+	ch, err := r.Watch(ctx, f)
+	if err != nil {
+		return err
+	}
+	for v := range ch {
+		if fs.json() {
+			err = writeJSONLine(out, v)
+		} else {
+			_, err = fmt.Fprintf(out, "%s %s %s attempt=%d/%d version=%d\n", v.UpdatedAt.Format(time.RFC3339Nano), v.ID, v.State, v.Attempt, v.MaxAttempts, v.Version)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// historyEvent is one event as `jetjob history -o json` prints it.
+type historyEvent struct {
+	Seq  uint64          `json:"seq"`
+	ID   string          `json:"id,omitempty"`
+	Type string          `json:"type"`
+	Time time.Time       `json:"time"`
+	Data json.RawMessage `json:"data,omitempty"`
+	Err  string          `json:"quarantined,omitempty"`
+}
+
+func runHistory(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("history", "ID", true)
+	pos, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	id, err := oneID(pos, "history")
+	if err != nil {
+		return err
+	}
+	c, err := dial(ctx, fs.server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	recs, err := c.lg.Load(ctx, id)
+	if err != nil {
+		return err
+	}
+	hist := make([]historyEvent, 0, len(recs))
+	for _, r := range recs {
+		h := historyEvent{Seq: r.Seq, ID: r.ID, Type: r.Type, Time: r.Time, Data: r.Data}
+		if r.Err != nil {
+			h.Err = r.Err.Error()
+		}
+		hist = append(hist, h)
+	}
+	if fs.json() {
+		return writeJSON(out, hist)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tTIME\tTYPE\tDATA")
+	for _, h := range hist {
+		data := strings.TrimSpace(string(h.Data))
+		if h.Err != "" {
+			data = "quarantined: " + h.Err
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", h.Seq, h.Time.Format(time.RFC3339Nano), h.Type, data)
+	}
+	return tw.Flush()
+}
+
+var _ = statemachine.StatePending

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+func runSubmit(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("submit", "--type T [--tag k=v]... [--meta k=v]... [--payload JSON | --payload-file F] [--priority N] [--max-attempts N] [--run-at RFC3339 | --delay D] [--key K] | --file jobs.ndjson", true)
+	tags, meta := labels{}, labels{}
+	typ := fs.String("type", "", "job type (required)")
+	fs.Var(tags, "tag", "tag k=v the worker must have (repeatable)")
+	fs.Var(meta, "meta", "metadata k=v for filtering (repeatable)")
+	payload := fs.String("payload", "", "payload as JSON")
+	payloadFile := fs.String("payload-file", "", "read the payload from a file ('-' for stdin)")
+	priority := fs.Int("priority", statemachine.PriorityDefault, fmt.Sprintf("priority %d-%d, higher runs first", statemachine.PriorityMin, statemachine.PriorityMax))
+	maxAttempts := fs.Int("max-attempts", statemachine.MaxAttemptsDefault, "how many times the job may run")
+	runAt := fs.String("run-at", "", "run not before this RFC 3339 time")
+	delay := fs.String("delay", "", "run not before this long from now, e.g. 30s")
+	key := fs.String("key", "", "idempotency key: every submit with it returns the first job")
+	backoffBase := fs.String("backoff-base", "", "retry backoff base (default 1s)")
+	backoffCap := fs.String("backoff-cap", "", "retry backoff cap (default 10m)")
+	file := fs.String("file", "", "submit one job per line of an NDJSON file ('-' for stdin)")
+	pos, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErr("unexpected argument %q", pos[0])
+	}
+	var params []statemachine.SubmitParams
+	if *file != "" {
+		if *typ != "" || len(tags) > 0 || *payload != "" {
+			return usageErr("--file takes the jobs from the file; do not combine it with --type, --tag or --payload")
+		}
+		if params, err = readJobsFile(*file); err != nil {
+			return err
+		}
+	} else {
+		if *typ == "" {
+			return usageErr("--type is required")
+		}
+		p := statemachine.SubmitParams{Type: *typ, Tags: tags, Meta: meta, Priority: *priority, MaxAttempts: *maxAttempts, Key: *key}
+		switch {
+		case *payload != "" && *payloadFile != "":
+			return usageErr("give --payload or --payload-file, not both")
+		case *payload != "":
+			if !json.Valid([]byte(*payload)) {
+				return usageErr("--payload is not valid JSON")
+			}
+			p.Payload = []byte(*payload)
+		case *payloadFile != "":
+			if p.Payload, err = readFileArg(*payloadFile); err != nil {
+				return err
+			}
+		}
+		if p.RunAt, err = parseRunAt(*runAt, *delay); err != nil {
+			return err
+		}
+		if *backoffBase != "" {
+			if p.Backoff.Base, err = parseDurationFlag("backoff-base", *backoffBase); err != nil {
+				return err
+			}
+		}
+		if *backoffCap != "" {
+			if p.Backoff.Cap, err = parseDurationFlag("backoff-cap", *backoffCap); err != nil {
+				return err
+			}
+		}
+		params = []statemachine.SubmitParams{p}
+	}
+	c, err := dial(ctx, fs.server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if len(params) == 1 && *file == "" {
+		job, _, err := c.m.Submit(ctx, params[0])
+		if err != nil {
+			return err
+		}
+		if fs.json() {
+			return writeJSON(out, projector.ViewOf(job, nil))
+		}
+		_, err = fmt.Fprintln(out, job.ID)
+		return err
+	}
+	for i := range params {
+		if err := c.m.Validate(&params[i]); err != nil {
+			return fmt.Errorf("job on line %d: %w (nothing was submitted)", i+1, err)
+		}
+	}
+	results := c.m.SubmitMany(ctx, params)
+	views := make([]projector.View, 0, len(results))
+	var firstErr error
+	for i, r := range results {
+		if r.Err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("job on line %d: %w", i+1, r.Err)
+			}
+			continue
+		}
+		views = append(views, projector.ViewOf(r.Job, nil))
+	}
+	if fs.json() {
+		if err := writeJSON(out, views); err != nil {
+			return err
+		}
+	} else {
+		w := bufio.NewWriter(out)
+		for _, v := range views {
+			fmt.Fprintln(w, v.ID)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	return firstErr
+}
+
+func readFileArg(name string) ([]byte, error) {
+	if name == "-" {
+		return io.ReadAll(os.Stdin)
+	}
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return nil, usageErr("cannot read %s: %v", name, err)
+	}
+	return b, nil
+}
+
+func parseRunAt(runAt, delay string) (*time.Time, error) {
+	switch {
+	case runAt != "" && delay != "":
+		return nil, usageErr("give --run-at or --delay, not both")
+	case runAt != "":
+		t, err := time.Parse(time.RFC3339, runAt)
+		if err != nil {
+			return nil, usageErr("--run-at %q, expected an RFC 3339 time such as 2026-01-02T15:04:05Z", runAt)
+		}
+		return &t, nil
+	case delay != "":
+		d, err := parseDurationFlag("delay", delay)
+		if err != nil {
+			return nil, err
+		}
+		t := time.Now().Add(d)
+		return &t, nil
+	}
+	return nil, nil
+}
+
+// jobLine is one line of a --file NDJSON.
+type jobLine struct {
+	Type        string            `json:"type"`
+	Tags        map[string]string `json:"tags"`
+	Meta        map[string]string `json:"meta"`
+	Payload     json.RawMessage   `json:"payload"`
+	Priority    int               `json:"priority"`
+	MaxAttempts int               `json:"max_attempts"`
+	RunAt       *time.Time        `json:"run_at"`
+	Delay       string            `json:"delay"`
+	Key         string            `json:"key"`
+}
+
+// readJobsFile reads every line before anything is submitted, so that a bad
+// line submits nothing.
+func readJobsFile(name string) ([]statemachine.SubmitParams, error) {
+	data, err := readFileArg(name)
+	if err != nil {
+		return nil, err
+	}
+	var out []statemachine.SubmitParams
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		var jl jobLine
+		dec := json.NewDecoder(bytes.NewReader(line))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&jl); err != nil {
+			return nil, usageErr("%s line %d: %v (expected a JSON object with type, tags, meta, payload, priority, max_attempts, run_at, delay, key)", name, n, err)
+		}
+		if jl.Type == "" {
+			return nil, usageErr("%s line %d: type is required", name, n)
+		}
+		p := statemachine.SubmitParams{Type: jl.Type, Tags: jl.Tags, Meta: jl.Meta, Priority: jl.Priority,
+			MaxAttempts: jl.MaxAttempts, RunAt: jl.RunAt, Key: jl.Key}
+		if len(jl.Payload) > 0 && string(jl.Payload) != "null" {
+			p.Payload = jl.Payload
+		}
+		if jl.Delay != "" {
+			if p.RunAt, err = parseRunAt("", jl.Delay); err != nil {
+				return nil, usageErr("%s line %d: %v", name, n, err)
+			}
+		}
+		out = append(out, p)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, usageErr("%s: %v", name, err)
+	}
+	if len(out) == 0 {
+		return nil, usageErr("%s holds no jobs", name)
+	}
+	return out, nil
+}

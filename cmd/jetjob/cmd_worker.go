@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/statemachine"
+	"github.com/jetjob/jetjob/workers"
+)
+
+func runWorker(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlags("worker", "--type T [--tag k=v]... [--concurrency N] [--grace D] -- CMD [ARGS...]", true)
+	var types strs
+	tags := labels{}
+	fs.Var(&types, "type", "job type to serve (repeatable)")
+	fs.Var(tags, "tag", "a tag this worker has, k=v (repeatable)")
+	concurrency := fs.Int("concurrency", 1, "jobs run at once")
+	grace := fs.String("grace", "10s", "after a cancel's SIGTERM, SIGKILL the command after this long; also the shutdown grace")
+	id := fs.String("id", "", "worker ID (default host-pid-random)")
+	verbose := fs.Bool("v", false, "debug logging")
+	pos, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 && pos[0] == "--" {
+		pos = pos[1:]
+	}
+	if len(pos) == 0 {
+		return usageErr("no command given: jetjob worker --type T -- CMD [ARGS...]")
+	}
+	if len(types) == 0 {
+		return usageErr("--type is required")
+	}
+	for _, t := range types {
+		if err := statemachine.ValidateToken("type", t); err != nil {
+			return err
+		}
+	}
+	if err := statemachine.ValidateLabels("tag", tags); err != nil {
+		return err
+	}
+	if *concurrency < 1 {
+		return usageErr("--concurrency %d, expected 1 or more", *concurrency)
+	}
+	g, err := parseDurationFlag("grace", *grace)
+	if err != nil {
+		return err
+	}
+	logger := logging.New(*verbose)
+	defer func() { _ = logger.Sync() }()
+
+	nc, err := nats.Connect(fs.server, nats.Name("jetjob-worker"), nats.MaxReconnects(-1))
+	if err != nil {
+		return fmt.Errorf("cannot reach the jetjob server at %s: %v", fs.server, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	lg, err := events.Attach(js, events.Config{Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer lg.Close()
+	m, err := statemachine.New(lg, statemachine.Config{Logger: logger})
+	if err != nil {
+		return err
+	}
+	handler := workers.ExecHandler(workers.ExecConfig{Command: pos, Grace: g, Logger: logger})
+	pool, err := workers.NewPool(js, m, workers.PoolConfig{
+		Types: types, Tags: tags, Concurrency: *concurrency, WorkerID: *id, ShutdownGrace: g, Logger: logger,
+	}, handler)
+	if err != nil {
+		return err
+	}
+	if err := pool.Start(ctx); err != nil {
+		return err
+	}
+	logger.Info(fmt.Sprintf("worker serving %v with tags %s, running %v; Ctrl-C stops it", []string(types), tags.String(), pos))
+	<-ctx.Done()
+	stopCtx, cancel := context.WithTimeout(context.Background(), g+5*time.Second)
+	defer cancel()
+	return pool.Stop(stopCtx)
+}

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+// errUsage marks bad usage or invalid input (exit 2).
+var errUsage = errors.New("bad usage")
+
+// errHelp: -h was asked for; the usage was printed.
+var errHelp = errors.New("help")
+
+func usageErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+}
+
+func exitCode(err error) int {
+	var illegal *statemachine.IllegalTransitionError
+	switch {
+	case errors.Is(err, errUsage), errors.Is(err, statemachine.ErrInvalid), errors.Is(err, events.ErrInvalidJobID):
+		return exitUsage
+	case errors.Is(err, events.ErrNotFound):
+		return exitNotFound
+	case errors.Is(err, statemachine.ErrConflict), errors.As(err, &illegal), errors.Is(err, statemachine.ErrLeaseLost):
+		return exitRefused
+	}
+	return exitFailure
+}
+
+
+// labels is a repeatable k=v flag.
+type labels map[string]string
+
+func (l labels) String() string {
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k + "=" + l[k])
+	}
+	return b.String()
+}
+
+func (l labels) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q is not k=v", s)
+	}
+	if _, dup := l[k]; dup {
+		return fmt.Errorf("%q given twice", k)
+	}
+	l[k] = v
+	return nil
+}
+
+// strs is a repeatable string flag.
+type strs []string
+
+func (s *strs) String() string     { return strings.Join(*s, ",") }
+func (s *strs) Set(v string) error { *s = append(*s, v); return nil }
+
+// flagSet builds a command's flags with the common client flags.
+type flagSet struct {
+	*flag.FlagSet
+	server string
+	output string
+}
+
+func newFlags(name, usageLine string, client bool) *flagSet {
+	fs := &flagSet{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError)}
+	fs.SetOutput(io.Discard)
+	if client {
+		def := os.Getenv("JETJOB_SERVER")
+		if def == "" {
+			def = "nats://127.0.0.1:4222"
+		}
+		fs.StringVar(&fs.server, "server", def, "NATS URL of the jetjob server (env JETJOB_SERVER)")
+		fs.StringVar(&fs.output, "o", "text", "output format: text or json")
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stdout, "usage: jetjob %s %s\n", name, usageLine)
+		fs.SetOutput(os.Stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	return fs
+}
+
+// parse parses flags that may come before or after positional arguments;
+// everything after a "--" is positional, verbatim (a worker's command).
+func (fs *flagSet) parse(args []string) ([]string, error) {
+	var tail []string
+	for i, a := range args {
+		if a == "--" {
+			args, tail = args[:i], args[i+1:]
+			break
+		}
+	}
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fs.Usage()
+				return nil, errHelp
+			}
+			return nil, usageErr("%v", err)
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	if fs.output != "" && fs.output != "text" && fs.output != "json" {
+		return nil, usageErr("-o %q, expected text or json", fs.output)
+	}
+	if tail != nil {
+		pos = append(pos, "--")
+		pos = append(pos, tail...)
+	}
+	return pos, nil
+}
+
+func (fs *flagSet) json() bool { return fs.output == "json" }
+
+func parseStates(in []string) ([]statemachine.State, error) {
+	var out []statemachine.State
+	for _, s := range in {
+		st, err := statemachine.ParseState(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func parseDurationFlag(name, v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, usageErr("--%s %q, expected a duration such as 30s or 5m", name, v)
+	}
+	return d, nil
+}

@@ -1,0 +1,102 @@
+// Command jetjob runs a jetjob server, workers and benchmarks, and is the
+// client for submitting, inspecting and canceling jobs.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+// Exit codes, documented in the README.
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitUsage    = 2
+	exitNotFound = 3
+	exitRefused  = 4
+)
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, args []string, out io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"server", "run the embedded NATS server (or connect to --nats) with the projector and maintenance services", runServer},
+		{"dev", "start a local server with a demo worker and demo jobs", runDev},
+		{"submit", "submit a job (or many with --file)", runSubmit},
+		{"get", "show a job's current view", runGet},
+		{"ls", "list jobs", runList},
+		{"watch", "print every change of matching jobs", runWatch},
+		{"history", "show a job's events", runHistory},
+		{"cancel", "cancel a job, or every matching pending job with --pending", runCancel},
+		{"logs", "print a job's log lines", runLogs},
+		{"worker", "run a command once per job", runWorker},
+		{"purge", "delete finished jobs older than an age", runPurge},
+		{"admin", "administration: rebuild", runAdmin},
+		{"bench", "measure throughput and latency", runBench},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: jetjob COMMAND [flags]")
+	fmt.Fprintln(w)
+	cmds := commands()
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Run 'jetjob COMMAND -h' for a command's flags.")
+	fmt.Fprintln(w, "Exit codes: 0 ok, 1 failure, 2 bad usage or input, 3 job not found, 4 transition refused.")
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stdout)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	for _, c := range commands() {
+		if c.name == args[0] {
+			err := c.run(ctx, args[1:], stdout)
+			if err == nil {
+				return exitOK
+			}
+			if errors.Is(err, errHelp) {
+				return exitOK
+			}
+			fmt.Fprintf(stderr, "jetjob %s: %s\n", c.name, oneLine(err))
+			return exitCode(err)
+		}
+	}
+	fmt.Fprintf(stderr, "jetjob: unknown command %q, expected one of %s\n", args[0], commandNames())
+	return exitUsage
+}
+
+func commandNames() string {
+	var names []string
+	for _, c := range commands() {
+		names = append(names, c.name)
+	}
+	return strings.Join(names, ", ")
+}
+
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
+}
