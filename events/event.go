@@ -48,6 +48,8 @@ type Record struct {
 	// Err is set, and Event is partial, when the stored message is not an
 	// event this version can read. Readers skip such records and report them.
 	Err error
+	// Raw is the stored message when Err is set, so it can be kept aside.
+	Raw []byte
 }
 
 type envelope struct {

@@ -503,7 +503,11 @@ func RecordFromMsg(h nats.Header, data []byte, seq uint64) Record {
 	}
 	prev, _ := strconv.ParseUint(h.Get(jetstream.ExpectedLastSubjSeqHeader), 10, 64)
 	ev, err := Decode(data)
-	return Record{Event: ev, Seq: seq, PrevSeq: prev, Err: err}
+	rec := Record{Event: ev, Seq: seq, PrevSeq: prev, Err: err}
+	if err != nil {
+		rec.Raw = data
+	}
+	return rec
 }
 
 // LastSeq returns the sequence of a job's last event, 0 if it has none.

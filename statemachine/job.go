@@ -23,6 +23,7 @@ type Job struct {
 	Tags        map[string]string
 	Meta        map[string]string
 	Payload     []byte
+	PayloadSize int
 	Priority    int
 	MaxAttempts int
 	Key         string
@@ -125,7 +126,7 @@ func (j *Job) apply(rec events.Record) error {
 		if err := move(tr); err != nil {
 			return err
 		}
-		j.ID, j.Type, j.Tags, j.Meta, j.Payload = rec.JobID, d.Type, d.Tags, d.Meta, d.Payload
+		j.ID, j.Type, j.Tags, j.Meta, j.Payload, j.PayloadSize = rec.JobID, d.Type, d.Tags, d.Meta, d.Payload, len(d.Payload)
 		j.Priority, j.MaxAttempts, j.Key, j.RunAt = d.Priority, d.MaxAttempts, d.Key, d.RunAt
 		if d.Backoff != nil {
 			j.Backoff = *d.Backoff
