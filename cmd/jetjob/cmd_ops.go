@@ -83,7 +83,11 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 		}
 		return nil
 	}
-	return logs.Follow(ctx, id, print)
+	finished := func(ctx context.Context) bool {
+		j, err := c.m.Load(ctx, id)
+		return err != nil || j.State.Finished()
+	}
+	return logs.Follow(ctx, id, finished, print)
 }
 
 func runPurge(ctx context.Context, args []string, out io.Writer) error {
@@ -126,11 +130,7 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	lead, err := maintenance.NewLeadership(ctx, c.js, "purger", serverID(), 0)
-	if err != nil {
-		return err
-	}
-	p, err := maintenance.NewPurger(r, c.m, hb, logs, lead, maintenance.PurgerConfig{})
+	p, err := maintenance.NewPurger(r, c.m, hb, logs, nil, maintenance.PurgerConfig{})
 	if err != nil {
 		return err
 	}

@@ -37,7 +37,6 @@ func exitCode(err error) int {
 	return exitFailure
 }
 
-
 // labels is a repeatable k=v flag.
 type labels map[string]string
 

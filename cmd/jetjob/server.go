@@ -86,7 +86,7 @@ func startServer(ctx context.Context, o serverOptions) (_ *jetjobServer, err err
 	if err := workers.EnsureTopology(ctx, s.js); err != nil {
 		return s, err
 	}
-	if s.logs, err = workers.OpenLogs(ctx, s.js); err != nil {
+	if s.logs, err = workers.AttachLogs(ctx, s.js); err != nil {
 		return s, err
 	}
 	proj, err := projector.New(s.js, s.log, s.hb, projector.Config{Logger: o.logger})
@@ -100,7 +100,7 @@ func startServer(ctx context.Context, o serverOptions) (_ *jetjobServer, err err
 	if s.reader, err = projector.NewReader(ctx, s.js); err != nil {
 		return s, err
 	}
-	enq, err := workers.NewEnqueuer(s.js, s.machine, workers.EnqueuerConfig{Logger: o.logger})
+	enq, err := workers.NewEnqueuer(s.js, s.machine, workers.EnqueuerConfig{Logger: o.logger, Lister: s.listQueued})
 	if err != nil {
 		return s, err
 	}
@@ -150,4 +150,25 @@ func (s *jetjobServer) stop() {
 func serverID() string {
 	host, _ := os.Hostname()
 	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), uuid.NewString()[:8])
+}
+
+// listQueued lists pending or scheduled jobs from the views, for the
+// enqueuer's repair of lost queue messages and timers.
+func (s *jetjobServer) listQueued(ctx context.Context, states []statemachine.State) ([]workers.QueuedJob, error) {
+	f := projector.Filter{States: states, Limit: 10_000}
+	var out []workers.QueuedJob
+	for {
+		page, err := s.reader.List(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range page.Views {
+			out = append(out, workers.QueuedJob{ID: v.ID, Type: v.Type, Tags: v.Tags, Priority: v.Priority,
+				State: v.State, RunAt: v.RunAt, UpdatedAt: v.UpdatedAt})
+		}
+		if page.Next == "" {
+			return out, nil
+		}
+		f.After = page.Next
+	}
 }

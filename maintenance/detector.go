@@ -1,0 +1,237 @@
+package maintenance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
+	"github.com/jetjob/jetjob/workers"
+)
+
+// Detector defaults.
+const (
+	HangAfterDefault   = 5 * time.Minute
+	CancelGraceDefault = time.Minute
+	MaxPerPassDefault  = 100
+	// ErrorCodeHung is the error code of an attempt failed as hung.
+	ErrorCodeHung = "hung"
+	// ErrorCodeCancelTimeout is the reason of a cancel no worker acknowledged.
+	ErrorCodeCancelTimeout = "cancel_timeout"
+)
+
+// DetectorConfig configures a Detector.
+type DetectorConfig struct {
+	// HangAfter: a running job with no sign of life for this long is hung.
+	HangAfter time.Duration
+	// CancelGrace: a canceling job that no worker acknowledged for this long
+	// is canceled by the detector.
+	CancelGrace time.Duration
+	// Every is the pause between passes. Default HangAfter/10, within 1-30 s.
+	Every time.Duration
+	// MaxPerPass bounds how many jobs one pass terminates, the longest silent first.
+	MaxPerPass int
+	// ServerID names this server in the leadership; default a random ID.
+	ServerID string
+	// LeaderTTL: see LeaderTTLDefault.
+	LeaderTTL time.Duration
+	Now       func() time.Time
+	Logger    *zap.Logger
+}
+
+func (c *DetectorConfig) validate() error {
+	if c.HangAfter == 0 {
+		c.HangAfter = HangAfterDefault
+	}
+	if c.CancelGrace == 0 {
+		c.CancelGrace = CancelGraceDefault
+	}
+	if c.HangAfter < 0 || c.CancelGrace < 0 {
+		return fmt.Errorf("%w: negative hang-after or cancel grace", ErrInvalidConfig)
+	}
+	if c.Every <= 0 {
+		c.Every = min(max(c.HangAfter/10, time.Second), 30*time.Second)
+	}
+	if c.MaxPerPass <= 0 {
+		c.MaxPerPass = MaxPerPassDefault
+	}
+	if c.LeaderTTL <= 0 {
+		c.LeaderTTL = LeaderTTLDefault
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Detector finds running jobs whose worker went silent (seed 003: the hung
+// job detector) and fails their attempts with the code "hung", so that they
+// are retried while attempts are left and their worker is fenced off; and it
+// finishes cancels that no worker acknowledged. One detector acts at a time
+// among the servers sharing a NATS.
+type Detector struct {
+	cfg    DetectorConfig
+	reader *projector.Reader
+	m      *statemachine.Machine
+	hb     *events.Heartbeats
+	logs   *workers.Logs
+	leader *Leadership
+	logger *zap.Logger
+
+	svc ledService
+}
+
+// NewDetector returns a detector; Start runs it.
+func NewDetector(ctx context.Context, reader *projector.Reader, m *statemachine.Machine, hb *events.Heartbeats, logs *workers.Logs, leader *Leadership, cfg DetectorConfig) (*Detector, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Detector{cfg: cfg, reader: reader, m: m, hb: hb, logs: logs, leader: leader,
+		logger: logging.OrNop(cfg.Logger, "detector")}, nil
+}
+
+// Start runs passes in the background while this server leads. Safe to call twice.
+func (d *Detector) Start(ctx context.Context) error {
+	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context) error {
+		_, err := d.runOnce(ctx)
+		return err
+	})
+	return nil
+}
+
+// Stop ends the passes and gives up the leadership. Safe to call twice.
+func (d *Detector) Stop() { d.svc.stop() }
+
+// PassResult says what one pass did.
+type PassResult struct {
+	Hung              []string
+	CancelsTerminated []string
+}
+
+type hungCandidate struct {
+	view     projector.View
+	lastSign time.Time
+}
+
+// runOnce fails the attempts of up to MaxPerPass hung jobs, the longest
+// silent first, and terminates unacknowledged cancels.
+func (d *Detector) runOnce(ctx context.Context) (PassResult, error) {
+	var res PassResult
+	now := d.cfg.Now()
+	running, err := d.listAll(ctx, statemachine.StateRunning)
+	if err != nil {
+		return res, err
+	}
+	var hung []hungCandidate
+	for _, v := range running {
+		last := v.UpdatedAt
+		if v.StartedAt != nil && v.StartedAt.After(last) {
+			last = *v.StartedAt
+		}
+		beat, ok, err := d.hb.Last(ctx, v.ID)
+		if err != nil {
+			d.logger.Warn("read heartbeat", zap.String("job", v.ID), zap.Error(err))
+			continue
+		}
+		if ok && beat.Lease == v.Lease && beat.At.After(last) {
+			last = beat.At
+		}
+		if now.Sub(last) >= d.cfg.HangAfter {
+			hung = append(hung, hungCandidate{view: v, lastSign: last})
+		}
+	}
+	sort.Slice(hung, func(i, j int) bool { return hung[i].lastSign.Before(hung[j].lastSign) })
+	if len(hung) > d.cfg.MaxPerPass {
+		hung = hung[:d.cfg.MaxPerPass]
+	}
+	for _, c := range hung {
+		if d.failHung(ctx, c, now) {
+			res.Hung = append(res.Hung, c.view.ID)
+		}
+	}
+	canceling, err := d.listAll(ctx, statemachine.StateCanceling)
+	if err != nil {
+		return res, err
+	}
+	budget := d.cfg.MaxPerPass
+	for _, v := range canceling {
+		if budget == 0 {
+			break
+		}
+		job, err := d.m.Load(ctx, v.ID)
+		if err != nil || job.State != statemachine.StateCanceling || job.CancelRequestedAt == nil {
+			continue
+		}
+		if now.Sub(*job.CancelRequestedAt) < d.cfg.CancelGrace {
+			continue
+		}
+		budget--
+		d.systemLog(ctx, job.ID, job.Attempt, fmt.Sprintf("cancel requested at %s was not acknowledged by worker %s within %s; the job is canceled without it",
+			job.CancelRequestedAt.Format(time.RFC3339), job.WorkerID, d.cfg.CancelGrace))
+		if _, err := d.m.TerminateCanceling(ctx, job.ID, ErrorCodeCancelTimeout); err != nil {
+			d.logger.Info("left a canceling job alone", zap.String("job", job.ID), zap.Error(err))
+			continue
+		}
+		res.CancelsTerminated = append(res.CancelsTerminated, job.ID)
+	}
+	return res, nil
+}
+
+func (d *Detector) failHung(ctx context.Context, c hungCandidate, now time.Time) bool {
+	v := c.view
+	// A beat is not an event, so the expected sequence cannot see one that
+	// arrived since the candidate was chosen: look again right before writing.
+	if beat, ok, err := d.hb.Last(ctx, v.ID); err == nil && ok && beat.Lease == v.Lease && now.Sub(beat.At) < d.cfg.HangAfter {
+		return false
+	}
+	silent := now.Sub(c.lastSign).Round(time.Second)
+	d.systemLog(ctx, v.ID, v.Attempt, fmt.Sprintf("attempt %d on worker %s detected as hung: no heartbeat since %s (%s ago, threshold %s)",
+		v.Attempt, v.WorkerID, c.lastSign.Format(time.RFC3339), silent, d.cfg.HangAfter))
+	_, err := d.m.FailStale(ctx, v.ID, v.Lease, statemachine.FailParams{
+		Error: fmt.Sprintf("hung: no heartbeat for %s", silent),
+		Code:  ErrorCodeHung,
+	})
+	if err != nil {
+		// The job moved on (finished, canceled, heartbeated into a new
+		// attempt): the expected sequence or the lease left it alone.
+		var lost *statemachine.LeaseLostError
+		if errors.As(err, &lost) || errors.Is(err, statemachine.ErrConflict) || errors.Is(err, statemachine.ErrIllegalTransition) {
+			d.systemLog(ctx, v.ID, v.Attempt, "the job moved on before it could be failed as hung; left alone")
+		} else {
+			d.logger.Warn("fail hung job", zap.String("job", v.ID), zap.Error(err))
+		}
+		return false
+	}
+	d.systemLog(ctx, v.ID, v.Attempt, fmt.Sprintf("attempt %d failed as hung", v.Attempt))
+	d.logger.Info("failed a hung attempt", zap.String("job", v.ID), zap.Int("attempt", v.Attempt), zap.Duration("silent", silent))
+	return true
+}
+
+func (d *Detector) systemLog(ctx context.Context, jobID string, attempt int, line string) {
+	if err := d.logs.Append(ctx, jobID, workers.LogLine{Time: d.cfg.Now().UTC(), Attempt: attempt, Stream: workers.StreamSystem, Line: line}); err != nil {
+		d.logger.Warn("append log line", zap.String("job", jobID), zap.Error(err))
+	}
+}
+
+func (d *Detector) listAll(ctx context.Context, state statemachine.State) ([]projector.View, error) {
+	f := projector.Filter{States: []statemachine.State{state}, Limit: 1000}
+	var out []projector.View
+	for {
+		page, err := d.reader.List(ctx, f)
+		if err != nil {
+			return nil, fmt.Errorf("list %s jobs: %w", state, err)
+		}
+		out = append(out, page.Views...)
+		if page.Next == "" {
+			return out, nil
+		}
+		f.After = page.Next
+	}
+}

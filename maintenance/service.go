@@ -1,0 +1,65 @@
+package maintenance
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// ledService runs a pass periodically while its server holds a leadership:
+// the Start/Stop half that Detector and Purger share.
+type ledService struct {
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// start runs pass every `every` while leader is held, renewing the
+// leadership at a third of its TTL. Safe to call twice.
+func (s *ledService) start(ctx context.Context, leader *Leadership, every time.Duration, logger *zap.Logger, pass func(context.Context) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cancel != nil {
+		return
+	}
+	ctx, s.cancel = context.WithCancel(ctx)
+	s.done = make(chan struct{})
+	go func() {
+		defer close(s.done)
+		tick := time.NewTicker(min(every, leader.ttl/3))
+		defer tick.Stop()
+		var last time.Time
+		for {
+			lead, err := leader.TryLead(ctx)
+			if err != nil && ctx.Err() == nil {
+				logger.Warn("leadership", zap.Error(err))
+			}
+			if lead && time.Since(last) >= every {
+				last = time.Now()
+				if err := pass(ctx); err != nil && ctx.Err() == nil {
+					logger.Warn("pass failed", zap.Error(err))
+				}
+			}
+			select {
+			case <-ctx.Done():
+				leader.Resign(context.Background())
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+}
+
+// stop ends the passes and resigns. Safe to call twice.
+func (s *ledService) stop() {
+	s.mu.Lock()
+	cancel, done := s.cancel, s.done
+	s.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	<-done
+}

@@ -1,0 +1,43 @@
+// Package workers moves jobs to the workers that can run them: it enqueues
+// every job that becomes pending, arms timers for scheduled jobs and retries,
+// lets pools of workers acquire the jobs whose type and tags they serve,
+// keeps their leases alive with heartbeats, tells them when a job is
+// canceled, streams their log lines, and reports their results.
+//
+// # Queue layout
+//
+// Every job that becomes pending gets one message in the work-queue stream
+// JJ_QUEUE on the subject
+//
+//	jj.q.<type>.<tagset>.<priority>.<job-id>
+//
+// where <tagset> is a short stable hash of the job's sorted tags ("none" for
+// no tags). Each (type, tagset, priority) has one durable pull consumer
+// filtered on jj.q.<type>.<tagset>.<priority>.*. Those filters never
+// overlap, so the work-queue stream accepts them however many tag sets and
+// workers there are, and all workers that can serve a tag set share its
+// consumer: JetStream hands each message to one of them. The tag sets in use
+// are registered in the KV bucket jj_tagsets; a worker watches it and pulls
+// from every consumer whose tags are a subset of its own (seed 004: a job
+// goes only to a worker that has every one of its tags).
+//
+// A queue message is only a hint. Acquiring is a state transition appended
+// with the job's expected sequence: a message whose job is no longer pending
+// (canceled, finished, taken) is dropped, and JetStream's redelivery never
+// decides a job's fate.
+//
+// # Waking, not polling
+//
+// The enqueuer publishes a core NATS wake-up on jj.wake.<type>.<tagset>.<prio>
+// after each enqueue. A Pool is one domain (seed 004): it fetches only when it
+// has free slots, and when every consumer it serves came back empty it waits
+// for a wake-up or a slow backup pass, so an idle pool sends no requests and
+// a lost wake-up never strands a job.
+//
+// # Crash safety
+//
+// The enqueuer is a durable consumer over the event log that acks an event
+// only after its queue message is stored (deduplicated by event), so a crash
+// between a submit and its enqueue is repaired by redelivery; Reconcile
+// re-enqueues pending jobs whose queue message was lost.
+package workers

@@ -1,0 +1,519 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+// Enqueuer defaults.
+const (
+	EnqueuerDurableDefault = "jj_enqueuer"
+	TimersDurableDefault   = "jj_timers"
+	EnqueueBatchDefault    = 512
+	ReconcileEveryDefault  = 30 * time.Second
+	// ReconcileAgeDefault: a pending job is checked for a lost queue message
+	// only when it has been pending at least this long.
+	ReconcileAgeDefault = 10 * time.Second
+	keyCacheMax         = 100_000
+)
+
+// QueuedJob is what Reconcile needs to know of a pending or scheduled job.
+type QueuedJob struct {
+	ID        string
+	Type      string
+	Tags      map[string]string
+	Priority  int
+	State     statemachine.State
+	RunAt     *time.Time
+	UpdatedAt time.Time
+}
+
+// JobLister lists the jobs in some states (the projector's views).
+type JobLister func(ctx context.Context, states []statemachine.State) ([]QueuedJob, error)
+
+// EnqueuerConfig configures an Enqueuer.
+type EnqueuerConfig struct {
+	Durable       string
+	TimersDurable string
+	Batch         int
+	// Lister, when set, lets the enqueuer repair lost queue messages and timers
+	// every ReconcileEvery.
+	Lister         JobLister
+	ReconcileEvery time.Duration
+	ReconcileAge   time.Duration
+	Logger         *zap.Logger
+}
+
+func (c *EnqueuerConfig) validate() error {
+	if c.Durable == "" {
+		c.Durable = EnqueuerDurableDefault
+	}
+	if c.TimersDurable == "" {
+		c.TimersDurable = TimersDurableDefault
+	}
+	if c.Batch <= 0 {
+		c.Batch = EnqueueBatchDefault
+	}
+	if c.ReconcileEvery <= 0 {
+		c.ReconcileEvery = ReconcileEveryDefault
+	}
+	if c.ReconcileAge <= 0 {
+		c.ReconcileAge = ReconcileAgeDefault
+	}
+	return nil
+}
+
+// Enqueuer turns the event log into queue messages and timers: every event
+// that leaves a job pending enqueues it, every future run-at or retry arms a
+// JetStream message schedule that promotes the job at its time.
+type Enqueuer struct {
+	js     jetstream.JetStream
+	nc     *nats.Conn
+	m      *statemachine.Machine
+	cfg    EnqueuerConfig
+	logger *zap.Logger
+
+	evCons  jetstream.Consumer
+	dueCons jetstream.Consumer
+	queue   jetstream.Stream
+	tagsets jetstream.KeyValue
+
+	mu       sync.Mutex
+	known    map[string]bool     // queue keys whose consumer exists
+	jobKeys  map[string]queueKey // job ID -> its queue key
+	started  bool
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	setupErr error
+}
+
+// NewEnqueuer returns an enqueuer; Start runs it.
+func NewEnqueuer(js jetstream.JetStream, m *statemachine.Machine, cfg EnqueuerConfig) (*Enqueuer, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Enqueuer{js: js, nc: js.Conn(), m: m, cfg: cfg, logger: logging.OrNop(cfg.Logger, "enqueuer"),
+		known: map[string]bool{}, jobKeys: map[string]queueKey{}}, nil
+}
+
+func (e *Enqueuer) setup(ctx context.Context) error {
+	if e.evCons != nil {
+		return nil
+	}
+	if err := EnsureTopology(ctx, e.js); err != nil {
+		return err
+	}
+	log := e.m.Log()
+	var err error
+	if e.evCons, err = e.js.CreateOrUpdateConsumer(ctx, log.Stream(), jetstream.ConsumerConfig{
+		Durable: e.cfg.Durable, AckPolicy: jetstream.AckAllPolicy, AckWait: 30 * time.Second,
+		MaxAckPending: e.cfg.Batch * 8, FilterSubject: log.SubjectPrefix() + ">",
+	}); err != nil {
+		return fmt.Errorf("create enqueuer consumer: %w", err)
+	}
+	if e.dueCons, err = e.js.CreateOrUpdateConsumer(ctx, TimersStream, jetstream.ConsumerConfig{
+		Durable: e.cfg.TimersDurable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,
+		FilterSubject: duePrefix + "*",
+	}); err != nil {
+		return fmt.Errorf("create timers consumer: %w", err)
+	}
+	if e.queue, err = e.js.Stream(ctx, QueueStream); err != nil {
+		return fmt.Errorf("bind queue: %w", err)
+	}
+	if e.tagsets, err = e.js.KeyValue(ctx, TagsetsBucket); err != nil {
+		return fmt.Errorf("bind tag sets: %w", err)
+	}
+	return nil
+}
+
+// Start runs the enqueuer until Stop. Safe to call twice.
+func (e *Enqueuer) Start(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.started {
+		return nil
+	}
+	if err := e.setup(ctx); err != nil {
+		return err
+	}
+	e.started = true
+	ctx, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	e.wg.Add(2)
+	go func() { defer e.wg.Done(); e.consume(ctx, e.evCons, e.cfg.Batch, e.processEvents) }()
+	go func() { defer e.wg.Done(); e.consume(ctx, e.dueCons, 64, e.processDue) }()
+	if e.cfg.Lister != nil {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			tick := time.NewTicker(e.cfg.ReconcileEvery)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					if _, err := e.Reconcile(ctx); err != nil && ctx.Err() == nil {
+						e.logger.Warn("reconcile", zap.Error(err))
+					}
+				}
+			}
+		}()
+	}
+	return nil
+}
+
+// Stop ends the enqueuer. Safe to call twice.
+func (e *Enqueuer) Stop() {
+	e.mu.Lock()
+	cancel := e.cancel
+	e.cancel = nil
+	e.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		e.wg.Wait()
+	}
+}
+
+// consume hands process what has arrived, blocking only for the first message.
+func (e *Enqueuer) consume(ctx context.Context, cons jetstream.Consumer, max int, process func(context.Context, []jetstream.Msg) error) {
+	msgs := make(chan jetstream.Msg, max*2)
+	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m }, jetstream.PullMaxMessages(max*2),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if ctx.Err() == nil {
+				e.logger.Debug("consume", zap.Error(err))
+			}
+		}))
+	if err != nil {
+		e.logger.Error("start consuming", zap.Error(err))
+		return
+	}
+	defer cc.Stop()
+	for {
+		var batch []jetstream.Msg
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-msgs:
+			batch = append(batch, m)
+		}
+	fill:
+		for len(batch) < max {
+			select {
+			case m := <-msgs:
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		for {
+			err := process(ctx, batch)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			e.logger.Warn("enqueue failed; retrying the batch", zap.Error(err))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// runOnce processes every event and due timer available now; tests call it
+// instead of Start.
+func (e *Enqueuer) runOnce(ctx context.Context) (int, error) {
+	if err := e.setup(ctx); err != nil {
+		return 0, err
+	}
+	total := 0
+	for _, c := range []struct {
+		cons    jetstream.Consumer
+		process func(context.Context, []jetstream.Msg) error
+	}{{e.evCons, e.processEvents}, {e.dueCons, e.processDue}} {
+		for {
+			b, err := c.cons.FetchNoWait(e.cfg.Batch)
+			if err != nil {
+				return total, err
+			}
+			var batch []jetstream.Msg
+			for m := range b.Messages() {
+				batch = append(batch, m)
+			}
+			if len(batch) == 0 {
+				break
+			}
+			if err := c.process(ctx, batch); err != nil {
+				return total, err
+			}
+			total += len(batch)
+		}
+	}
+	return total, nil
+}
+
+func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) error {
+	log := e.m.Log()
+	var acks []jetstream.PubAckFuture
+	wakes := map[string]bool{}
+	for _, msg := range msgs {
+		meta, err := msg.Metadata()
+		if err != nil {
+			continue
+		}
+		rec := events.RecordFromMsg(msg.Headers(), msg.Data(), meta.Sequence.Stream)
+		jobID, ok := log.JobIDFromSubject(msg.Subject())
+		if !ok || rec.Err != nil || rec.JobID != jobID {
+			continue
+		}
+		switch rec.Type {
+		case events.TypeSubmitted:
+			var d events.Submitted
+			if rec.DecodeData(&d) != nil || statemachine.ValidateToken("type", d.Type) != nil {
+				continue
+			}
+			key := queueKey{Type: d.Type, Tagset: TagsetID(d.Tags), Prio: d.Priority, Tags: d.Tags}
+			e.remember(jobID, key)
+			if d.RunAt != nil && d.RunAt.After(rec.Time) {
+				f, err := e.armTimer(jobID, *d.RunAt, rec.Seq)
+				if err != nil {
+					return err
+				}
+				acks = append(acks, f)
+				continue
+			}
+			f, err := e.enqueue(ctx, jobID, key, "e"+strconv.FormatUint(rec.Seq, 10))
+			if err != nil {
+				return err
+			}
+			acks = append(acks, f)
+			wakes[key.wake()] = true
+		case events.TypePromoted, events.TypeReleased:
+			key, err := e.keyOf(ctx, jobID)
+			if err != nil {
+				if errors.Is(err, events.ErrNotFound) {
+					continue
+				}
+				return err
+			}
+			f, err := e.enqueue(ctx, jobID, key, "e"+strconv.FormatUint(rec.Seq, 10))
+			if err != nil {
+				return err
+			}
+			acks = append(acks, f)
+			wakes[key.wake()] = true
+		case events.TypeAttemptFailed:
+			var d events.AttemptFailed
+			if rec.DecodeData(&d) != nil {
+				continue
+			}
+			f, err := e.armTimer(jobID, d.RetryAt, rec.Seq)
+			if err != nil {
+				return err
+			}
+			acks = append(acks, f)
+		case events.TypeSucceeded, events.TypeFailed, events.TypeCanceled:
+			e.forget(jobID)
+		}
+	}
+	if err := waitAcks(ctx, e.js, acks); err != nil {
+		return err
+	}
+	for w := range wakes {
+		_ = e.nc.Publish(w, nil)
+	}
+	// Ack-all: the last acknowledges the batch, after its messages are stored.
+	return msgs[len(msgs)-1].Ack()
+}
+
+func waitAcks(ctx context.Context, js jetstream.JetStream, acks []jetstream.PubAckFuture) error {
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("store queue message: %w", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Second):
+			return errors.New("store queue message: no ack within 10s")
+		}
+	}
+	return nil
+}
+
+func (e *Enqueuer) remember(jobID string, key queueKey) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.jobKeys) >= keyCacheMax {
+		e.jobKeys = map[string]queueKey{}
+	}
+	e.jobKeys[jobID] = key
+}
+
+func (e *Enqueuer) forget(jobID string) {
+	e.mu.Lock()
+	delete(e.jobKeys, jobID)
+	e.mu.Unlock()
+}
+
+// keyOf finds a job's queue key, from the cache or its history.
+func (e *Enqueuer) keyOf(ctx context.Context, jobID string) (queueKey, error) {
+	e.mu.Lock()
+	key, ok := e.jobKeys[jobID]
+	e.mu.Unlock()
+	if ok {
+		return key, nil
+	}
+	job, err := e.m.Load(ctx, jobID)
+	if err != nil {
+		return queueKey{}, err
+	}
+	key = queueKey{Type: job.Type, Tagset: TagsetID(job.Tags), Prio: job.Priority, Tags: job.Tags}
+	e.remember(jobID, key)
+	return key, nil
+}
+
+// ensureQueue creates the consumer of a new (type, tag set, priority) and
+// registers it for workers, once.
+func (e *Enqueuer) ensureQueue(ctx context.Context, key queueKey) error {
+	e.mu.Lock()
+	ok := e.known[key.name()]
+	e.mu.Unlock()
+	if ok {
+		return nil
+	}
+	if _, err := e.js.CreateOrUpdateConsumer(ctx, QueueStream, jetstream.ConsumerConfig{
+		Durable: key.consumer(), FilterSubject: key.filter(), AckPolicy: jetstream.AckExplicitPolicy,
+		AckWait: QueueAckWait, MaxDeliver: -1, MaxAckPending: 100_000,
+		MaxRequestBatch: 1000, InactiveThreshold: 0,
+	}); err != nil {
+		return fmt.Errorf("create queue consumer %s: %w", key.consumer(), err)
+	}
+	reg, _ := json.Marshal(key)
+	if _, err := e.tagsets.Put(ctx, key.name(), reg); err != nil {
+		return fmt.Errorf("register tag set %s: %w", key.name(), err)
+	}
+	e.mu.Lock()
+	e.known[key.name()] = true
+	e.mu.Unlock()
+	return nil
+}
+
+// enqueue publishes a job's queue message; dedupe makes a redelivered event
+// enqueue nothing twice.
+func (e *Enqueuer) enqueue(ctx context.Context, jobID string, key queueKey, dedupe string) (jetstream.PubAckFuture, error) {
+	if err := e.ensureQueue(ctx, key); err != nil {
+		return nil, err
+	}
+	m := nats.NewMsg(key.subject(jobID))
+	m.Header.Set(jetstream.MsgIDHeader, jobID+":"+dedupe)
+	f, err := e.js.PublishMsgAsync(m)
+	if err != nil {
+		return nil, fmt.Errorf("enqueue job %s: %w", jobID, err)
+	}
+	return f, nil
+}
+
+// armTimer schedules the job's promotion at its time with a JetStream
+// message schedule, which survives restarts and needs no polling.
+func (e *Enqueuer) armTimer(jobID string, at time.Time, seq uint64) (jetstream.PubAckFuture, error) {
+	m := nats.NewMsg(timerPrefix + jobID)
+	m.Data = []byte(jobID)
+	m.Header.Set("Nats-Schedule", "@at "+at.UTC().Format(time.RFC3339Nano))
+	m.Header.Set("Nats-Schedule-Target", duePrefix+jobID)
+	m.Header.Set(jetstream.MsgIDHeader, jobID+":t"+strconv.FormatUint(seq, 10))
+	f, err := e.js.PublishMsgAsync(m)
+	if err != nil {
+		return nil, fmt.Errorf("arm timer of job %s: %w", jobID, err)
+	}
+	return f, nil
+}
+
+// processDue promotes the jobs whose timer fired.
+func (e *Enqueuer) processDue(ctx context.Context, msgs []jetstream.Msg) error {
+	for _, msg := range msgs {
+		jobID := msg.Subject()[len(duePrefix):]
+		_, err := e.m.Promote(ctx, jobID)
+		switch {
+		case err == nil, errors.Is(err, statemachine.ErrIllegalTransition), errors.Is(err, events.ErrNotFound),
+			errors.Is(err, events.ErrInvalidJobID):
+			// Promoted, or no longer scheduled (canceled, promoted already, purged).
+			_ = msg.Ack()
+		default:
+			e.logger.Warn("promote", zap.String("job", jobID), zap.Error(err))
+			_ = msg.NakWithDelay(time.Second)
+		}
+	}
+	return nil
+}
+
+// ReconcileResult says what Reconcile repaired.
+type ReconcileResult struct {
+	Requeued []string
+	Promoted []string
+}
+
+// Reconcile re-enqueues pending jobs whose queue message is missing and
+// promotes scheduled jobs whose time passed without their timer firing.
+func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
+	var res ReconcileResult
+	if e.cfg.Lister == nil {
+		return res, nil
+	}
+	if err := e.setup(ctx); err != nil {
+		return res, err
+	}
+	jobs, err := e.cfg.Lister(ctx, []statemachine.State{statemachine.StatePending, statemachine.StateScheduled})
+	if err != nil {
+		return res, fmt.Errorf("reconcile: %w", err)
+	}
+	now := time.Now()
+	for _, j := range jobs {
+		if now.Sub(j.UpdatedAt) < e.cfg.ReconcileAge {
+			continue
+		}
+		if j.State == statemachine.StateScheduled {
+			if j.RunAt != nil && now.Sub(*j.RunAt) > e.cfg.ReconcileAge {
+				if _, err := e.m.Promote(ctx, j.ID); err == nil {
+					res.Promoted = append(res.Promoted, j.ID)
+				}
+			}
+			continue
+		}
+		key := queueKey{Type: j.Type, Tagset: TagsetID(j.Tags), Prio: j.Priority, Tags: j.Tags}
+		_, err := e.queue.GetLastMsgForSubject(ctx, key.subject(j.ID))
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return res, fmt.Errorf("reconcile job %s: %w", j.ID, err)
+		}
+		f, err := e.enqueue(ctx, j.ID, key, "r"+strconv.FormatInt(now.UnixNano(), 10))
+		if err != nil {
+			return res, err
+		}
+		if err := waitAcks(ctx, e.js, []jetstream.PubAckFuture{f}); err != nil {
+			return res, err
+		}
+		_ = e.nc.Publish(key.wake(), nil)
+		res.Requeued = append(res.Requeued, j.ID)
+		e.logger.Info("re-enqueued a pending job whose queue message was lost", zap.String("job", j.ID))
+	}
+	return res, nil
+}

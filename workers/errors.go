@@ -1,0 +1,40 @@
+package workers
+
+import (
+	"errors"
+)
+
+var (
+	// ErrInvalidConfig: a pool or service config that cannot run.
+	ErrInvalidConfig = errors.New("invalid workers config")
+	// ErrCanceled is the cause of a handler's context when its job was canceled.
+	ErrCanceled = errors.New("job canceled")
+	// ErrLeaseLost is the cause of a handler's context when its attempt lost the
+	// job (declared hung, or terminated).
+	ErrLeaseLost = errors.New("job lost: another attempt or the server took it over")
+	// ErrShutdown is the cause of a handler's context when the pool stopped
+	// before the handler finished within the grace period.
+	ErrShutdown = errors.New("worker shutting down")
+)
+
+// NoRetryError fails a job without retrying it, attempts left or not.
+type NoRetryError struct{ Err error }
+
+func (e *NoRetryError) Error() string { return e.Err.Error() }
+
+// Unwrap gives the wrapped error.
+func (e *NoRetryError) Unwrap() error { return e.Err }
+
+// NoRetry wraps err so that the job fails for good.
+func NoRetry(err error) error { return &NoRetryError{Err: err} }
+
+// CodedError gives a failed attempt an error code.
+type CodedError struct {
+	Code string
+	Err  error
+}
+
+func (e *CodedError) Error() string { return e.Err.Error() }
+
+// Unwrap gives the wrapped error.
+func (e *CodedError) Unwrap() error { return e.Err }

@@ -1,0 +1,127 @@
+package workers
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/jetjob/jetjob/internal/logging"
+)
+
+// Exec handler defaults and conventions.
+const (
+	ExecGraceDefault = 10 * time.Second
+	// ExitNoRetry: a command that exits with this code (EX_DATAERR) fails
+	// its job for good, without retrying it.
+	ExitNoRetry = 65
+	// ErrorCodeExit is the error code of an attempt whose command failed.
+	ErrorCodeExit = "exit"
+)
+
+// ExecConfig configures ExecHandler.
+type ExecConfig struct {
+	// Command and its arguments. Required.
+	Command []string
+	// Grace: after a cancel's SIGTERM, SIGKILL the process group after this.
+	Grace  time.Duration
+	Logger *zap.Logger
+}
+
+// ExecHandler runs a command once per job: the payload on its stdin,
+// JETJOB_JOB_ID, JETJOB_TYPE and JETJOB_ATTEMPT in its environment, every
+// line of its stdout and stderr in the job's log. Exit 0 succeeds the job;
+// ExitNoRetry fails it for good; any other exit fails the attempt with
+// "exit status N". A cancel sends SIGTERM to the command's process group and
+// SIGKILL after the grace period.
+func ExecHandler(cfg ExecConfig) Handler {
+	if cfg.Grace <= 0 {
+		cfg.Grace = ExecGraceDefault
+	}
+	logger := logging.OrNop(cfg.Logger, "exec")
+	return func(ctx context.Context, job *Job) error {
+		if len(cfg.Command) == 0 {
+			return NoRetry(errors.New("no command to run"))
+		}
+		cmd := exec.Command(cfg.Command[0], cfg.Command[1:]...)
+		cmd.Stdin = bytes.NewReader(job.Payload)
+		cmd.Env = append(os.Environ(),
+			"JETJOB_JOB_ID="+job.ID, "JETJOB_TYPE="+job.Type, "JETJOB_ATTEMPT="+strconv.Itoa(job.Attempt))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			return err
+		}
+		if err := cmd.Start(); err != nil {
+			job.logStream(StreamSystem, fmt.Sprintf("cannot start %q: %v", cfg.Command[0], err))
+			return NoRetry(&CodedError{Code: ErrorCodeExit, Err: fmt.Errorf("start command: %w", err)})
+		}
+		var lines sync.WaitGroup
+		lines.Add(2)
+		go copyLines(&lines, stdout, func(l string) { job.logStream(StreamStdout, l) })
+		go copyLines(&lines, stderr, func(l string) { job.logStream(StreamStderr, l) })
+		exited := make(chan error, 1)
+		go func() {
+			lines.Wait()
+			exited <- cmd.Wait()
+		}()
+		var waitErr error
+		select {
+		case waitErr = <-exited:
+		case <-ctx.Done():
+			pgid := cmd.Process.Pid
+			job.logStream(StreamSystem, fmt.Sprintf("stopping the command: %v; SIGTERM to its process group, SIGKILL in %s", context.Cause(ctx), cfg.Grace))
+			_ = syscall.Kill(-pgid, syscall.SIGTERM)
+			select {
+			case waitErr = <-exited:
+			case <-time.After(cfg.Grace):
+				_ = syscall.Kill(-pgid, syscall.SIGKILL)
+				waitErr = <-exited
+			}
+			logger.Debug("command stopped", zap.String("job", job.ID), zap.Error(waitErr))
+			return context.Cause(ctx)
+		}
+		var exitErr *exec.ExitError
+		switch {
+		case waitErr == nil:
+			return nil
+		case errors.As(waitErr, &exitErr):
+			code := exitErr.ExitCode()
+			if code < 0 {
+				err := &CodedError{Code: ErrorCodeExit, Err: fmt.Errorf("%s", exitErr.String())}
+				return err
+			}
+			err := &CodedError{Code: ErrorCodeExit, Err: fmt.Errorf("exit status %d", code)}
+			if code == ExitNoRetry {
+				return NoRetry(err)
+			}
+			return err
+		}
+		return waitErr
+	}
+}
+
+func copyLines(wg *sync.WaitGroup, r io.Reader, emit func(string)) {
+	defer wg.Done()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		emit(sc.Text())
+	}
+	// Drain anything past an over-long line so the command never blocks.
+	_, _ = io.Copy(io.Discard, r)
+}

@@ -1,0 +1,49 @@
+package workers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+// Handler runs one attempt of a job. Returning nil succeeds the job; an error
+// fails the attempt (retried with backoff while attempts are left; wrap it
+// with NoRetry to fail the job for good, or in a *CodedError to set its
+// code). Its context is canceled when the job is canceled (cause ErrCanceled),
+// when the attempt lost the job (ErrLeaseLost), or when the pool shuts down
+// past its grace period (ErrShutdown).
+type Handler func(ctx context.Context, job *Job) error
+
+// Job is the running attempt a handler gets.
+type Job struct {
+	ID       string
+	Type     string
+	Tags     map[string]string
+	Meta     map[string]string
+	Payload  []byte
+	Attempt  int
+	Lease    uint64
+	WorkerID string
+
+	held statemachine.Job
+	logs *Logs
+}
+
+// Log appends a line to the job's log.
+func (j *Job) Log(line string) {
+	j.logs.appendAsync(j.ID, LogLine{Time: time.Now().UTC(), Attempt: j.Attempt, Stream: StreamStdout, Line: line})
+}
+
+// Logf appends a formatted line to the job's log.
+func (j *Job) Logf(format string, args ...any) { j.Log(fmt.Sprintf(format, args...)) }
+
+func (j *Job) logStream(stream, line string) {
+	j.logs.appendAsync(j.ID, LogLine{Time: time.Now().UTC(), Attempt: j.Attempt, Stream: stream, Line: line})
+}
+
+// Progress records how far the job is, from 0 to 1, with a short message.
+func (j *Job) Progress(fraction float64, msg string) {
+	j.logs.appendAsync(j.ID, LogLine{Time: time.Now().UTC(), Attempt: j.Attempt, Stream: StreamProgress, Line: msg, Progress: &fraction})
+}

@@ -1,0 +1,152 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetjob/jetjob/events"
+)
+
+// Log line streams.
+const (
+	StreamStdout   = "stdout"
+	StreamStderr   = "stderr"
+	StreamSystem   = "system"
+	StreamProgress = "progress"
+	maxLineBytes   = 16 << 10
+)
+
+// LogLine is one line of a job's output.
+type LogLine struct {
+	Time     time.Time `json:"time"`
+	Attempt  int       `json:"attempt"`
+	Stream   string    `json:"stream"`
+	Line     string    `json:"line"`
+	Progress *float64  `json:"progress,omitempty"`
+}
+
+// Logs stores and reads job log lines, at most LogLinesPerJob per job.
+type Logs struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+}
+
+// AttachLogs binds to the logs stream that EnsureTopology created.
+func AttachLogs(ctx context.Context, js jetstream.JetStream) (*Logs, error) {
+	s, err := js.Stream(ctx, LogsStream)
+	if err != nil {
+		return nil, fmt.Errorf("bind job logs: %w", err)
+	}
+	return &Logs{js: js, stream: s}, nil
+}
+
+func logSubject(jobID string) string { return logPrefix + jobID }
+
+func encodeLine(l LogLine) []byte {
+	if len(l.Line) > maxLineBytes {
+		l.Line = l.Line[:maxLineBytes] + "…"
+	}
+	b, _ := json.Marshal(l)
+	return b
+}
+
+// Append stores a line and waits for it to be stored.
+func (l *Logs) Append(ctx context.Context, jobID string, line LogLine) error {
+	if err := events.ValidateJobID(jobID); err != nil {
+		return err
+	}
+	if _, err := l.js.Publish(ctx, logSubject(jobID), encodeLine(line)); err != nil {
+		return fmt.Errorf("append log line of job %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// appendAsync stores a line without waiting, so a chatty job is not slowed
+// down by the round trip; lines of one job stay in order.
+func (l *Logs) appendAsync(jobID string, line LogLine) {
+	_, _ = l.js.PublishAsync(logSubject(jobID), encodeLine(line))
+}
+
+// Read returns a job's stored lines in order.
+func (l *Logs) Read(ctx context.Context, jobID string) ([]LogLine, error) {
+	var out []LogLine
+	err := l.follow(ctx, jobID, nil, func(line LogLine) { out = append(out, line) })
+	return out, err
+}
+
+// Follow prints a job's lines, then new ones as they come, until finished
+// reports true (it is asked a few times a second) and every line stored by
+// then has been passed to fn, or until ctx ends.
+func (l *Logs) Follow(ctx context.Context, jobID string, finished func(context.Context) bool, fn func(LogLine)) error {
+	return l.follow(ctx, jobID, finished, fn)
+}
+
+func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.Context) bool, fn func(LogLine)) error {
+	if err := events.ValidateJobID(jobID); err != nil {
+		return err
+	}
+	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{logSubject(jobID)}})
+	if err != nil {
+		return fmt.Errorf("read logs of job %s: %w", jobID, err)
+	}
+	var delivered uint64
+	lastStored := func() uint64 {
+		m, err := l.stream.GetLastMsgForSubject(ctx, logSubject(jobID))
+		if err != nil {
+			return 0
+		}
+		return m.Sequence
+	}
+	target := uint64(0)
+	if finished == nil {
+		target = lastStored()
+		if target == 0 {
+			return nil
+		}
+	}
+	for {
+		if finished != nil && target == 0 && finished(ctx) {
+			if target = lastStored(); target == 0 || delivered >= target {
+				return nil
+			}
+		}
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(250*time.Millisecond))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read logs of job %s: %w", jobID, err)
+		}
+		for m := range batch.Messages() {
+			var line LogLine
+			if json.Unmarshal(m.Data(), &line) == nil {
+				fn(line)
+			}
+			if meta, err := m.Metadata(); err == nil {
+				delivered = meta.Sequence.Stream
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
+			return fmt.Errorf("read logs of job %s: %w", jobID, err)
+		}
+		if target != 0 && delivered >= target {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// Forget deletes a job's lines (when the job is purged).
+func (l *Logs) Forget(ctx context.Context, jobID string) error {
+	if err := l.stream.Purge(ctx, jetstream.WithPurgeSubject(logSubject(jobID))); err != nil {
+		return fmt.Errorf("forget logs of job %s: %w", jobID, err)
+	}
+	return nil
+}

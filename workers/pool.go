@@ -1,0 +1,584 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+// Pool defaults.
+const (
+	ConcurrencyDefault       = 10
+	HeartbeatIntervalDefault = 10 * time.Second
+	BackupPollDefault        = 5 * time.Second
+	ShutdownGraceDefault     = 30 * time.Second
+	// CancelWatchDelayDefault: a handler that runs longer than this gets a
+	// watcher on its job's history; shorter ones finish before it matters,
+	// and a cancel that came before the watcher is still read from the log.
+	CancelWatchDelayDefault = 50 * time.Millisecond
+)
+
+// PoolConfig configures a Pool.
+type PoolConfig struct {
+	// Types the pool serves. Required.
+	Types []string
+	// Tags the pool has; it runs jobs whose tags are all among them.
+	Tags map[string]string
+	// Concurrency is how many jobs run at once. Default ConcurrencyDefault.
+	Concurrency int
+	// WorkerID names the pool in events; default host-pid-random.
+	WorkerID          string
+	HeartbeatInterval time.Duration
+	// BackupPoll: an idle pool looks for work this often even without a
+	// wake-up, so a lost wake-up never strands a job.
+	BackupPoll time.Duration
+	// ShutdownGrace: Stop lets running handlers finish within it, then
+	// cancels them and hands their jobs back.
+	ShutdownGrace    time.Duration
+	CancelWatchDelay time.Duration
+	Logger           *zap.Logger
+}
+
+func (c *PoolConfig) validate() error {
+	if len(c.Types) == 0 {
+		return fmt.Errorf("%w: no job types", ErrInvalidConfig)
+	}
+	for _, t := range c.Types {
+		if err := statemachine.ValidateToken("type", t); err != nil {
+			return err
+		}
+	}
+	if err := statemachine.ValidateLabels("tag", c.Tags); err != nil {
+		return err
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = ConcurrencyDefault
+	}
+	if c.Concurrency < 0 {
+		return fmt.Errorf("%w: concurrency %d", ErrInvalidConfig, c.Concurrency)
+	}
+	if c.WorkerID == "" {
+		host, _ := os.Hostname()
+		c.WorkerID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), uuid.NewString()[:8])
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = HeartbeatIntervalDefault
+	}
+	if c.BackupPoll <= 0 {
+		c.BackupPoll = BackupPollDefault
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = ShutdownGraceDefault
+	}
+	if c.CancelWatchDelay <= 0 {
+		c.CancelWatchDelay = CancelWatchDelayDefault
+	}
+	return nil
+}
+
+// Pool runs a handler on the jobs its types and tags can serve.
+type Pool struct {
+	js      jetstream.JetStream
+	nc      *nats.Conn
+	m       *statemachine.Machine
+	hb      *events.Heartbeats
+	logs    *Logs
+	cfg     PoolConfig
+	handler Handler
+	logger  *zap.Logger
+	types   map[string]bool
+
+	startMu   sync.Mutex
+	mu        sync.Mutex
+	queues    map[string]*poolQueue
+	hot       map[string]bool
+	started   bool
+	stopping  bool
+	cancel    context.CancelFunc
+	loopDone  chan struct{}
+	runningWG sync.WaitGroup
+	running   map[string]context.CancelCauseFunc
+
+	busy  atomic.Int64
+	wake  chan struct{}
+	freed chan struct{}
+	rr    int
+	subs  []*nats.Subscription
+	watch jetstream.KeyWatcher
+}
+
+type poolQueue struct {
+	key  queueKey
+	cons jetstream.Consumer
+}
+
+// NewPool returns a pool; Start runs it.
+func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, handler Handler) (*Pool, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if handler == nil {
+		return nil, fmt.Errorf("%w: no handler", ErrInvalidConfig)
+	}
+	types := map[string]bool{}
+	for _, t := range cfg.Types {
+		types[t] = true
+	}
+	return &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
+		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
+		queues: map[string]*poolQueue{}, hot: map[string]bool{}, running: map[string]context.CancelCauseFunc{},
+		wake: make(chan struct{}, 1), freed: make(chan struct{}, 1)}, nil
+}
+
+// Start watches the tag set registry and wake-ups and starts acquiring.
+// Safe to call twice.
+func (p *Pool) Start(ctx context.Context) error {
+	p.startMu.Lock()
+	defer p.startMu.Unlock()
+	if p.started {
+		return nil
+	}
+	var err error
+	if p.hb, err = events.OpenHeartbeats(ctx, p.js); err != nil {
+		return err
+	}
+	if p.logs, err = AttachLogs(ctx, p.js); err != nil {
+		return err
+	}
+	for t := range p.types {
+		sub, err := p.nc.Subscribe(wakePrefix+t+".>", p.onWake)
+		if err != nil {
+			return fmt.Errorf("subscribe to wake-ups: %w", err)
+		}
+		p.subs = append(p.subs, sub)
+	}
+	kv, err := p.js.KeyValue(ctx, TagsetsBucket)
+	if err != nil {
+		return fmt.Errorf("bind tag sets: %w", err)
+	}
+	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	if p.watch, err = kv.WatchAll(loopCtx); err != nil {
+		cancel()
+		return fmt.Errorf("watch tag sets: %w", err)
+	}
+	// Take the registry as it is before the first pass.
+	for e := range p.watch.Updates() {
+		if e == nil {
+			break
+		}
+		p.addQueue(loopCtx, e)
+	}
+	p.mu.Lock()
+	p.started = true
+	p.cancel = cancel
+	p.loopDone = make(chan struct{})
+	p.mu.Unlock()
+	go p.watchRegistry(loopCtx)
+	go func() {
+		defer close(p.loopDone)
+		p.acquireLoop(loopCtx)
+	}()
+	return nil
+}
+
+func (p *Pool) watchRegistry(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-p.watch.Updates():
+			if !ok {
+				return
+			}
+			if e != nil && p.addQueue(ctx, e) {
+				p.signal(p.wake)
+			}
+		}
+	}
+}
+
+// addQueue binds to a registered queue this pool can serve.
+func (p *Pool) addQueue(ctx context.Context, e jetstream.KeyValueEntry) bool {
+	if e.Operation() != jetstream.KeyValuePut {
+		return false
+	}
+	var key queueKey
+	if json.Unmarshal(e.Value(), &key) != nil || !p.types[key.Type] || !subsetOf(key.Tags, p.cfg.Tags) {
+		return false
+	}
+	p.mu.Lock()
+	_, have := p.queues[key.name()]
+	p.mu.Unlock()
+	if have {
+		return false
+	}
+	cons, err := p.js.Consumer(ctx, QueueStream, key.consumer())
+	if err != nil {
+		p.logger.Warn("bind queue consumer", zap.String("queue", key.name()), zap.Error(err))
+		return false
+	}
+	p.mu.Lock()
+	p.queues[key.name()] = &poolQueue{key: key, cons: cons}
+	p.hot[key.name()] = true
+	p.mu.Unlock()
+	return true
+}
+
+func (p *Pool) onWake(m *nats.Msg) {
+	name := strings.TrimPrefix(m.Subject, wakePrefix)
+	p.mu.Lock()
+	_, serve := p.queues[name]
+	if serve {
+		p.hot[name] = true
+	}
+	p.mu.Unlock()
+	if serve {
+		p.signal(p.wake)
+	} else if key, ok := parseKeyName(name); ok && p.types[key.Type] {
+		// A tag set the registry watch has not shown yet: let it catch up.
+		_ = key
+	}
+}
+
+func (p *Pool) signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// acquireLoop fetches while there are free slots and work, then waits for a
+// wake-up, a freed slot or the backup poll.
+func (p *Pool) acquireLoop(ctx context.Context) {
+	backup := time.NewTimer(p.cfg.BackupPoll)
+	defer backup.Stop()
+	for {
+		if p.free() == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.freed:
+				continue
+			}
+		}
+		got := p.fetchRound(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if got > 0 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.wake:
+		case <-backup.C:
+			p.markAllHot()
+			backup.Reset(p.cfg.BackupPoll)
+		}
+	}
+}
+
+func (p *Pool) free() int { return p.cfg.Concurrency - int(p.busy.Load()) }
+
+func (p *Pool) markAllHot() {
+	p.mu.Lock()
+	for name := range p.queues {
+		p.hot[name] = true
+	}
+	p.mu.Unlock()
+}
+
+// fetchRound pulls from the hot queues, highest priority first and round
+// robin among tag sets of one priority, and starts what it got. A queue that
+// comes back empty is cold until a wake-up or the backup poll.
+func (p *Pool) fetchRound(ctx context.Context) int {
+	p.mu.Lock()
+	var hot []*poolQueue
+	for name := range p.hot {
+		if q := p.queues[name]; q != nil {
+			hot = append(hot, q)
+		}
+	}
+	p.rr++
+	rr := p.rr
+	p.mu.Unlock()
+	if len(hot) == 0 {
+		return 0
+	}
+	sort.Slice(hot, func(i, j int) bool {
+		if hot[i].key.Prio != hot[j].key.Prio {
+			return hot[i].key.Prio > hot[j].key.Prio
+		}
+		return hot[i].key.Tagset < hot[j].key.Tagset
+	})
+	// Rotate within each priority so no tag set starves another.
+	for start := 0; start < len(hot); {
+		end := start
+		for end < len(hot) && hot[end].key.Prio == hot[start].key.Prio {
+			end++
+		}
+		group := hot[start:end]
+		k := rr % len(group)
+		rotated := append(append([]*poolQueue{}, group[k:]...), group[:k]...)
+		copy(group, rotated)
+		start = end
+	}
+	got := 0
+	for _, q := range hot {
+		n := p.free()
+		if n <= 0 {
+			break
+		}
+		batch, err := q.cons.FetchNoWait(n)
+		if err != nil {
+			p.logger.Debug("fetch", zap.String("queue", q.key.name()), zap.Error(err))
+			continue
+		}
+		fetched := 0
+		for msg := range batch.Messages() {
+			fetched++
+			p.busy.Add(1)
+			p.runningWG.Add(1)
+			go p.take(ctx, msg)
+		}
+		got += fetched
+		if fetched < n {
+			p.mu.Lock()
+			delete(p.hot, q.key.name())
+			p.mu.Unlock()
+		}
+	}
+	return got
+}
+
+// take acquires the job of a queue message and runs it.
+func (p *Pool) take(ctx context.Context, msg jetstream.Msg) {
+	defer func() {
+		p.busy.Add(-1)
+		p.signal(p.freed)
+		p.runningWG.Done()
+	}()
+	subject := msg.Subject()
+	jobID := subject[strings.LastIndexByte(subject, '.')+1:]
+	held, err := p.m.Acquire(ctx, jobID, p.cfg.WorkerID)
+	if err != nil {
+		if errors.Is(err, statemachine.ErrIllegalTransition) || errors.Is(err, events.ErrNotFound) ||
+			errors.Is(err, events.ErrInvalidJobID) {
+			// Canceled, finished or taken by someone else: the message is stale.
+			_ = msg.Ack()
+			return
+		}
+		p.logger.Warn("acquire", zap.String("job", jobID), zap.Error(err))
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	_ = msg.Ack()
+	p.run(held)
+}
+
+// run runs the handler on an acquired job and reports its result, fenced by
+// the attempt's lease.
+func (p *Pool) run(held statemachine.Job) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	p.mu.Lock()
+	p.running[held.ID] = cancel
+	stopping := p.stopping
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.running, held.ID)
+		p.mu.Unlock()
+	}()
+	if stopping {
+		cancel(ErrShutdown)
+	}
+	job := &Job{ID: held.ID, Type: held.Type, Tags: held.Tags, Meta: held.Meta, Payload: held.Payload,
+		Attempt: held.Attempt, Lease: held.Lease, WorkerID: p.cfg.WorkerID, held: held, logs: p.logs}
+
+	watchDone := make(chan struct{})
+	go p.watchAttempt(ctx, held, cancel, watchDone)
+	err := p.callHandler(ctx, job)
+	cancel(nil) // stops the watcher; a cause set before stays
+	<-watchDone
+
+	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer rcancel()
+	p.report(rctx, held, context.Cause(ctx), err)
+}
+
+func (p *Pool) callHandler(ctx context.Context, job *Job) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("handler panicked: %v", r)
+		}
+	}()
+	return p.handler(ctx, job)
+}
+
+func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err error) {
+	var rerr error
+	switch {
+	case errors.Is(cause, ErrLeaseLost):
+		p.logger.Info("lost the job; its result is dropped", zap.String("job", held.ID))
+		return
+	case errors.Is(cause, ErrCanceled):
+		_, rerr = p.m.AcknowledgeCancel(ctx, held)
+	case errors.Is(cause, ErrShutdown):
+		_, rerr = p.m.Release(ctx, held, "worker shutting down")
+	case err == nil:
+		_, rerr = p.m.Succeed(ctx, held, nil)
+	default:
+		fp := statemachine.FailParams{Error: err.Error()}
+		var noRetry *NoRetryError
+		fp.NoRetry = errors.As(err, &noRetry)
+		var coded *CodedError
+		if errors.As(err, &coded) {
+			fp.Code = coded.Code
+		}
+		_, rerr = p.m.Fail(ctx, held, fp)
+	}
+	// A cancel that arrived after the handler returned: acknowledge it.
+	var illegal *statemachine.IllegalTransitionError
+	if errors.As(rerr, &illegal) && illegal.State == statemachine.StateCanceling {
+		_, rerr = p.m.AcknowledgeCancel(ctx, held)
+	}
+	if rerr != nil {
+		if errors.Is(rerr, statemachine.ErrLeaseLost) {
+			p.logger.Info("result refused: the attempt no longer holds the job", zap.String("job", held.ID), zap.Error(rerr))
+			return
+		}
+		p.logger.Warn("report result", zap.String("job", held.ID), zap.Error(rerr))
+	}
+}
+
+// watchAttempt keeps the lease alive with heartbeats and, once the handler
+// has run CancelWatchDelay, follows the job's own history from the lease on:
+// a cancel request cancels the handler with ErrCanceled, anything that ends
+// the attempt from outside with ErrLeaseLost. Reading the log (not a
+// message) means a cancel sent while the watcher was not yet running or was
+// reconnecting is still seen.
+func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel context.CancelCauseFunc, done chan<- struct{}) {
+	defer close(done)
+	delay := time.NewTimer(p.cfg.CancelWatchDelay)
+	defer delay.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-delay.C:
+	}
+	beat := func() {
+		err := p.hb.Record(ctx, events.Beat{JobID: held.ID, Lease: held.Lease, WorkerID: p.cfg.WorkerID, At: time.Now().UTC()})
+		if err != nil && ctx.Err() == nil {
+			p.logger.Debug("heartbeat", zap.String("job", held.ID), zap.Error(err))
+		}
+	}
+	beat()
+	lg := p.m.Log()
+	stream, err := p.js.Stream(ctx, lg.Stream())
+	var it jetstream.MessagesContext
+	if err == nil {
+		var cons jetstream.Consumer
+		cons, err = stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{lg.Subject(held.ID)}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq: held.Lease + 1,
+		})
+		if err == nil {
+			it, err = cons.Messages()
+		}
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			p.logger.Warn("watch job for cancels", zap.String("job", held.ID), zap.Error(err))
+		}
+	} else {
+		go func() {
+			<-ctx.Done()
+			it.Stop()
+		}()
+		go func() {
+			for {
+				m, err := it.Next()
+				if err != nil {
+					return
+				}
+				rec := events.RecordFromMsg(m.Headers(), m.Data(), 0)
+				switch rec.Type {
+				case events.TypeCancelRequested:
+					cancel(ErrCanceled)
+				case events.TypeAttemptFailed, events.TypeFailed, events.TypeCanceled, events.TypeSucceeded, events.TypeReleased:
+					cancel(ErrLeaseLost)
+				}
+			}
+		}()
+	}
+	tick := time.NewTicker(p.cfg.HeartbeatInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			beat()
+		}
+	}
+}
+
+// Stop stops acquiring, lets running handlers finish within ShutdownGrace
+// (or ctx), then cancels them and hands their jobs back. Safe to call twice.
+func (p *Pool) Stop(ctx context.Context) error {
+	p.startMu.Lock()
+	defer p.startMu.Unlock()
+	p.mu.Lock()
+	if !p.started || p.stopping {
+		p.mu.Unlock()
+		return nil
+	}
+	p.stopping = true
+	cancel, loopDone := p.cancel, p.loopDone
+	p.mu.Unlock()
+	cancel()
+	<-loopDone
+	for _, s := range p.subs {
+		_ = s.Unsubscribe()
+	}
+	_ = p.watch.Stop()
+	finished := make(chan struct{})
+	go func() { p.runningWG.Wait(); close(finished) }()
+	grace := time.NewTimer(p.cfg.ShutdownGrace)
+	defer grace.Stop()
+	select {
+	case <-finished:
+		return nil
+	case <-grace.C:
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	for _, c := range p.running {
+		c(ErrShutdown)
+	}
+	p.mu.Unlock()
+	select {
+	case <-finished:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("stop pool: %w", ctx.Err())
+	}
+}
