@@ -111,6 +111,15 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 	conflicted := false
 	for try := 0; ; try++ {
 		ev, err := decide(job, m.cfg.Now())
+		if err != nil && known != nil && !conflicted && try == 0 {
+			// The caller's copy may be stale: decide on the log's version.
+			fresh, lerr := m.Load(ctx, jobID)
+			if lerr != nil {
+				return job, lerr
+			}
+			job = fresh
+			ev, err = decide(job, m.cfg.Now())
+		}
 		if err != nil {
 			if conflicted {
 				return job, &ConflictError{JobID: jobID, Job: job, Cause: err}

@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/looplab/fsm"
-
 )
 
 // State is a job's state.
