@@ -488,6 +488,9 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		if now.Sub(j.UpdatedAt) < e.cfg.ReconcileAge {
 			continue
 		}
+		if j.State != statemachine.StatePending && j.State != statemachine.StateScheduled {
+			continue
+		}
 		if j.State == statemachine.StateScheduled {
 			if j.RunAt != nil && now.Sub(*j.RunAt) > e.cfg.ReconcileAge {
 				if _, err := e.m.Promote(ctx, j.ID); err == nil {

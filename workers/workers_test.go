@@ -1,0 +1,397 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+type fixture struct {
+	t   *testing.T
+	env *natstest.Env
+	log *events.Log
+	m   *statemachine.Machine
+	enq *Enqueuer
+}
+
+func newFixture(t *testing.T, startEnqueuer bool) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	env := natstest.Start(t)
+	lg, err := events.Open(ctx, env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	require.NoError(t, EnsureTopology(ctx, env.JS))
+	_, err = events.OpenHeartbeats(ctx, env.JS)
+	require.NoError(t, err)
+	enq, err := NewEnqueuer(env.JS, m, EnqueuerConfig{})
+	require.NoError(t, err)
+	f := &fixture{t: t, env: env, log: lg, m: m, enq: enq}
+	if startEnqueuer {
+		require.NoError(t, enq.Start(ctx))
+		t.Cleanup(enq.Stop)
+	}
+	return f
+}
+
+func (f *fixture) pool(cfg PoolConfig, h Handler) *Pool {
+	f.t.Helper()
+	if cfg.BackupPoll == 0 {
+		cfg.BackupPoll = 200 * time.Millisecond
+	}
+	p, err := NewPool(f.env.JS, f.m, cfg, h)
+	require.NoError(f.t, err)
+	require.NoError(f.t, p.Start(context.Background()))
+	f.t.Cleanup(func() { _ = p.Stop(context.Background()) })
+	return p
+}
+
+func (f *fixture) submit(p statemachine.SubmitParams) statemachine.Job {
+	f.t.Helper()
+	j, _, err := f.m.Submit(context.Background(), p)
+	require.NoError(f.t, err)
+	return j
+}
+
+func (f *fixture) waitState(id string, want statemachine.State) statemachine.Job {
+	f.t.Helper()
+	var j statemachine.Job
+	natstest.Eventually(f.t, 10*time.Second, func() bool {
+		var err error
+		j, err = f.m.Load(context.Background(), id)
+		return err == nil && j.State == want
+	}, "job %s %s (is %s)", id, want, func() statemachine.State { return j.State }())
+	return j
+}
+
+func (f *fixture) types(id string) []string {
+	f.t.Helper()
+	recs, err := f.log.Load(context.Background(), id)
+	require.NoError(f.t, err)
+	var out []string
+	for _, r := range recs {
+		out = append(out, r.Type)
+	}
+	return out
+}
+
+func noop(context.Context, *Job) error { return nil }
+
+func TestCanceledPendingJobIsNeverAcquired(t *testing.T) {
+	f := newFixture(t, true)
+	canceled := f.submit(statemachine.SubmitParams{Type: "build"})
+	_, err := f.m.Cancel(context.Background(), canceled.ID, "outdated")
+	require.NoError(t, err)
+	// Wait until the enqueuer has queued it, so that a worker meets its message.
+	later := f.submit(statemachine.SubmitParams{Type: "build"})
+	var mu sync.Mutex
+	ran := map[string]bool{}
+	f.pool(PoolConfig{Types: []string{"build"}}, func(_ context.Context, j *Job) error {
+		mu.Lock()
+		ran[j.ID] = true
+		mu.Unlock()
+		return nil
+	})
+	f.waitState(later.ID, statemachine.StateSucceeded)
+	mu.Lock()
+	require.False(t, ran[canceled.ID])
+	mu.Unlock()
+	require.Equal(t, []string{events.TypeSubmitted, events.TypeCanceled}, f.types(canceled.ID))
+}
+
+func TestTagContainment(t *testing.T) {
+	f := newFixture(t, true)
+	var mu sync.Mutex
+	ranOn := map[string]string{}
+	record := func(name string) Handler {
+		return func(_ context.Context, j *Job) error {
+			mu.Lock()
+			ranOn[j.ID] = name
+			mu.Unlock()
+			return nil
+		}
+	}
+	// The narrow pool starts first and idles: it must never take the job.
+	f.pool(PoolConfig{Types: []string{"provision"}, Tags: map[string]string{"scope": "organization"}}, record("narrow"))
+	job := f.submit(statemachine.SubmitParams{Type: "provision", Tags: map[string]string{"scope": "organization", "env": "gpu"}})
+	untagged := f.submit(statemachine.SubmitParams{Type: "provision"})
+	f.waitState(untagged.ID, statemachine.StateSucceeded)
+	j, err := f.m.Load(context.Background(), job.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StatePending, j.State)
+
+	f.pool(PoolConfig{Types: []string{"provision"}, Tags: map[string]string{"scope": "organization", "env": "gpu", "zone": "a"}}, record("wide"))
+	f.waitState(job.ID, statemachine.StateSucceeded)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, "wide", ranOn[job.ID])
+	require.Equal(t, "narrow", ranOn[untagged.ID])
+}
+
+func TestManyJobsOverlappingTagSetsRunExactlyOnce(t *testing.T) {
+	f := newFixture(t, true)
+	const jobs = 2000
+	pools := []map[string]string{
+		{"a": "1", "b": "1", "c": "1"},
+		{"a": "1", "b": "1"},
+		{"a": "1", "c": "1", "d": "1"},
+		{"b": "1", "c": "1", "d": "1", "a": "1"},
+	}
+	var mu sync.Mutex
+	runs := map[string]int{}
+	bad := []string{}
+	jobTags := map[string]map[string]string{}
+	for i, tags := range pools {
+		f.pool(PoolConfig{Types: []string{"t"}, Tags: tags, Concurrency: 20, WorkerID: fmt.Sprint("pool", i)}, func(_ context.Context, j *Job) error {
+			mu.Lock()
+			defer mu.Unlock()
+			runs[j.ID]++
+			if !subsetOf(j.Tags, tags) {
+				bad = append(bad, j.ID)
+			}
+			return nil
+		})
+	}
+	// Every subset of {a,b,c,d}: each is contained in the widest pool,
+	// some in several.
+	var sets []map[string]string
+	keys := []string{"a", "b", "c", "d"}
+	for mask := 0; mask < 16; mask++ {
+		tags := map[string]string{}
+		for i, k := range keys {
+			if mask&(1<<i) != 0 {
+				tags[k] = "1"
+			}
+		}
+		sets = append(sets, tags)
+	}
+	params := make([]statemachine.SubmitParams, jobs)
+	for i := range params {
+		params[i] = statemachine.SubmitParams{Type: "t", Tags: sets[i%len(sets)]}
+	}
+	start := time.Now()
+	results := f.m.SubmitMany(context.Background(), params)
+	ids := make([]string, 0, jobs)
+	for _, r := range results {
+		require.NoError(t, r.Err)
+		ids = append(ids, r.Job.ID)
+		jobTags[r.Job.ID] = r.Job.Tags
+	}
+	natstest.Eventually(t, 60*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(runs) == jobs
+	}, "all %d jobs ran", jobs)
+	t.Logf("%d jobs over %d tag sets on %d pools: %.0f jobs/s", jobs, len(sets), len(pools), float64(jobs)/time.Since(start).Seconds())
+	for _, id := range ids {
+		f.waitState(id, statemachine.StateSucceeded)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Empty(t, bad)
+	for id, n := range runs {
+		require.Equal(t, 1, n, "job %s ran %d times", id, n)
+	}
+}
+
+func TestIdlePoolStartsNewJobQuickly(t *testing.T) {
+	f := newFixture(t, true)
+	started := make(chan time.Time, 1)
+	f.pool(PoolConfig{Types: []string{"fast"}, BackupPoll: time.Minute}, func(_ context.Context, j *Job) error {
+		started <- time.Now()
+		return nil
+	})
+	// A first job registers the tag set; the pool then idles on wake-ups alone.
+	f.submit(statemachine.SubmitParams{Type: "fast"})
+	<-started
+	var lat []time.Duration
+	for i := 0; i < 50; i++ {
+		t0 := time.Now()
+		f.submit(statemachine.SubmitParams{Type: "fast"})
+		select {
+		case s := <-started:
+			lat = append(lat, s.Sub(t0))
+		case <-time.After(10 * time.Second):
+			t.Fatal("job not started within 10s: the wake-up was lost")
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	t.Logf("submit -> handler start: median %s, max %s", lat[len(lat)/2], lat[len(lat)-1])
+}
+
+func TestCancelRunningJob(t *testing.T) {
+	f := newFixture(t, true)
+	running := make(chan struct{})
+	causes := make(chan error, 1)
+	f.pool(PoolConfig{Types: []string{"long"}}, func(ctx context.Context, j *Job) error {
+		close(running)
+		<-ctx.Done()
+		causes <- context.Cause(ctx)
+		return ctx.Err()
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "long"})
+	<-running
+	got, err := f.m.Cancel(context.Background(), j.ID, "no longer needed")
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateCanceling, got.State)
+	select {
+	case c := <-causes:
+		require.ErrorIs(t, c, ErrCanceled)
+	case <-time.After(2 * time.Second):
+		t.Fatal("handler context not canceled within 2s")
+	}
+	done := f.waitState(j.ID, statemachine.StateCanceled)
+	require.Equal(t, "no longer needed", done.CancelReason)
+}
+
+func TestFailedAttemptKeepsErrorAndLogs(t *testing.T) {
+	f := newFixture(t, true)
+	f.pool(PoolConfig{Types: []string{"flaky"}}, func(_ context.Context, j *Job) error {
+		j.Log("first line")
+		j.Logf("attempt %d", j.Attempt)
+		return NoRetry(&CodedError{Code: "bad_input", Err: errors.New("input rejected")})
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "flaky", MaxAttempts: 3})
+	done := f.waitState(j.ID, statemachine.StateFailed)
+	require.Equal(t, "input rejected", done.Error)
+	require.Equal(t, "bad_input", done.ErrorCode)
+	require.Equal(t, 1, done.Attempt)
+	logs, err := AttachLogs(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		lines, err := logs.Read(context.Background(), j.ID)
+		return err == nil && len(lines) == 2 && lines[0].Line == "first line" && lines[1].Line == "attempt 1"
+	}, "two log lines")
+}
+
+func TestRetryAfterBackoff(t *testing.T) {
+	f := newFixture(t, true)
+	var mu sync.Mutex
+	var starts []time.Time
+	f.pool(PoolConfig{Types: []string{"retry"}}, func(_ context.Context, j *Job) error {
+		mu.Lock()
+		starts = append(starts, time.Now())
+		mu.Unlock()
+		return errors.New("try again")
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "retry", MaxAttempts: 3,
+		Backoff: statemachine.BackoffConfig{Base: 200 * time.Millisecond}})
+	done := f.waitState(j.ID, statemachine.StateFailed)
+	require.Equal(t, 3, done.Attempt)
+	require.Len(t, done.Errors, 3)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, starts, 3)
+	// Equal jitter: the first retry waits at least 100 ms, the second at least 200 ms.
+	require.GreaterOrEqual(t, starts[1].Sub(starts[0]), 100*time.Millisecond)
+	require.GreaterOrEqual(t, starts[2].Sub(starts[1]), 200*time.Millisecond)
+}
+
+func TestScheduledJobWaitsForItsTime(t *testing.T) {
+	f := newFixture(t, true)
+	started := make(chan time.Time, 1)
+	f.pool(PoolConfig{Types: []string{"later"}}, func(_ context.Context, j *Job) error {
+		started <- time.Now()
+		return nil
+	})
+	runAt := time.Now().Add(1500 * time.Millisecond)
+	j := f.submit(statemachine.SubmitParams{Type: "later", RunAt: &runAt})
+	require.Equal(t, statemachine.StateScheduled, j.State)
+	select {
+	case s := <-started:
+		require.False(t, s.Before(runAt), "started %s before its run-at", runAt.Sub(s))
+		require.Less(t, s.Sub(runAt), 2*time.Second)
+	case <-time.After(10 * time.Second):
+		t.Fatal("scheduled job never started")
+	}
+}
+
+func TestStaleWorkerCannotReport(t *testing.T) {
+	f := newFixture(t, false)
+	ctx := context.Background()
+	j := f.submit(statemachine.SubmitParams{Type: "t", MaxAttempts: 2})
+	held, err := f.m.Acquire(ctx, j.ID, "w1")
+	require.NoError(t, err)
+	// The server declares the attempt dead; the job is retried.
+	_, err = f.m.FailStale(ctx, j.ID, held.Lease, statemachine.FailParams{Error: "hung", Code: "hung"})
+	require.NoError(t, err)
+	_, err = f.m.Succeed(ctx, held, nil)
+	require.ErrorIs(t, err, statemachine.ErrLeaseLost)
+	require.NotContains(t, f.types(j.ID), events.TypeSucceeded)
+}
+
+func TestStopReleasesJobsPastTheGrace(t *testing.T) {
+	f := newFixture(t, true)
+	running := make(chan struct{}, 1)
+	p1, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"slow"}, ShutdownGrace: 100 * time.Millisecond}, func(ctx context.Context, j *Job) error {
+		running <- struct{}{}
+		<-ctx.Done()
+		return context.Cause(ctx)
+	})
+	require.NoError(t, err)
+	require.NoError(t, p1.Start(context.Background()))
+	j := f.submit(statemachine.SubmitParams{Type: "slow", MaxAttempts: 1})
+	<-running
+	require.NoError(t, p1.Stop(context.Background()))
+	require.NoError(t, p1.Stop(context.Background()))
+	released := f.waitState(j.ID, statemachine.StatePending)
+	require.Equal(t, 0, released.Attempt)
+	f.pool(PoolConfig{Types: []string{"slow"}}, noop)
+	done := f.waitState(j.ID, statemachine.StateSucceeded)
+	require.Equal(t, 1, done.Attempt)
+}
+
+func TestCrashBeforeEnqueueIsRepaired(t *testing.T) {
+	f := newFixture(t, false)
+	// The submit is acknowledged while no enqueuer runs, as after a crash
+	// between the event and the enqueue.
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	f.pool(PoolConfig{Types: []string{"t"}}, noop)
+	require.NoError(t, f.enq.Start(context.Background()))
+	t.Cleanup(f.enq.Stop)
+	f.waitState(j.ID, statemachine.StateSucceeded)
+}
+
+func TestLostQueueMessageIsRepaired(t *testing.T) {
+	f := newFixture(t, false)
+	ctx := context.Background()
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	_, err := f.enq.runOnce(ctx)
+	require.NoError(t, err)
+	q, err := f.env.JS.Stream(ctx, QueueStream)
+	require.NoError(t, err)
+	require.NoError(t, q.Purge(ctx))
+	lister := func(ctx context.Context, states []statemachine.State) ([]QueuedJob, error) {
+		cur, err := f.m.Load(ctx, j.ID)
+		if err != nil {
+			return nil, err
+		}
+		return []QueuedJob{{ID: cur.ID, Type: cur.Type, Tags: cur.Tags, State: cur.State, UpdatedAt: cur.UpdatedAt}}, nil
+	}
+	enq, err := NewEnqueuer(f.env.JS, f.m, EnqueuerConfig{Lister: lister, ReconcileAge: time.Nanosecond})
+	require.NoError(t, err)
+	res, err := enq.Reconcile(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{j.ID}, res.Requeued)
+	_, err = q.GetLastMsgForSubject(ctx, queueKey{Type: "t", Tagset: noTags}.subject(j.ID))
+	require.NoError(t, err)
+	f.pool(PoolConfig{Types: []string{"t"}}, noop)
+	f.waitState(j.ID, statemachine.StateSucceeded)
+	// A second pass finds nothing to repair.
+	res, err = enq.Reconcile(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Requeued)
+}
+
