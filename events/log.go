@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -105,6 +106,12 @@ type Log struct {
 	reqs   chan *appendReq
 	done   chan struct{}
 	closed chan struct{}
+
+	muxMu     sync.Mutex
+	muxSub    *nats.Subscription
+	muxPrefix string
+	muxChans  map[string]chan *nats.Msg
+	muxNext   uint64
 }
 
 // Open provisions the events stream (creating or upgrading it) and returns a
@@ -163,6 +170,12 @@ func (l *Log) Close() {
 		close(l.done)
 	}
 	<-l.closed
+	l.muxMu.Lock()
+	if l.muxSub != nil {
+		_ = l.muxSub.Unsubscribe()
+		l.muxSub = nil
+	}
+	l.muxMu.Unlock()
 }
 
 // Stream is the events stream's name.
@@ -449,12 +462,11 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 		return nil, err
 	}
 	var out []Record
-	inbox := l.nc.NewRespInbox()
-	sub, err := l.nc.SubscribeSync(inbox)
+	inbox, msgs, done, err := l.responses()
 	if err != nil {
 		return nil, fmt.Errorf("load job %s: %w", jobID, err)
 	}
-	defer func() { _ = sub.Unsubscribe() }()
+	defer done()
 	subject := l.Subject(jobID)
 	from := after + 1
 	for {
@@ -468,11 +480,13 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 		}
 		more := false
 		for {
-			mctx, cancel := context.WithTimeout(ctx, l.cfg.PublishTimeout)
-			m, err := sub.NextMsgWithContext(mctx)
-			cancel()
-			if err != nil {
-				return nil, fmt.Errorf("load job %s: %w", jobID, err)
+			var m *nats.Msg
+			select {
+			case m = <-msgs:
+			case <-ctx.Done():
+				return nil, fmt.Errorf("load job %s: %w", jobID, ctx.Err())
+			case <-time.After(l.cfg.PublishTimeout):
+				return nil, fmt.Errorf("load job %s: no answer within %s", jobID, l.cfg.PublishTimeout)
 			}
 			status := m.Header.Get("Status")
 			if status == "404" {
@@ -493,6 +507,43 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 			return out, nil
 		}
 	}
+}
+
+// responses gives a private inbox for one load, served by one wildcard
+// subscription for the whole log: a subscription per load would cost a round
+// trip and a large buffer each time.
+func (l *Log) responses() (string, <-chan *nats.Msg, func(), error) {
+	l.muxMu.Lock()
+	defer l.muxMu.Unlock()
+	if l.muxSub == nil {
+		l.muxPrefix = l.nc.NewInbox() + "."
+		l.muxChans = map[string]chan *nats.Msg{}
+		sub, err := l.nc.Subscribe(l.muxPrefix+"*", func(m *nats.Msg) {
+			token := m.Subject[len(l.muxPrefix):]
+			l.muxMu.Lock()
+			ch := l.muxChans[token]
+			l.muxMu.Unlock()
+			if ch != nil {
+				ch <- m
+			}
+		})
+		if err != nil {
+			return "", nil, nil, err
+		}
+		_ = sub.SetPendingLimits(-1, -1)
+		l.muxSub = sub
+	}
+	l.muxNext++
+	token := strconv.FormatUint(l.muxNext, 36)
+	// A page is at most loadPageSize messages and an end-of-batch marker, so
+	// the subscription's callback never blocks on this channel.
+	ch := make(chan *nats.Msg, loadPageSize+2)
+	l.muxChans[token] = ch
+	return l.muxPrefix + token, ch, func() {
+		l.muxMu.Lock()
+		delete(l.muxChans, token)
+		l.muxMu.Unlock()
+	}, nil
 }
 
 // RecordFromMsg decodes a stored message. seq is used when the headers do not

@@ -240,6 +240,15 @@ func (m *Machine) Acquire(ctx context.Context, jobID, workerID string) (Job, err
 	})
 }
 
+// AcquireFrom acquires a job starting from a snapshot of it (the one its
+// queue message carries), saving the read of its history; a snapshot that is
+// no longer current costs one refused append and a reload.
+func (m *Machine) AcquireFrom(ctx context.Context, snapshot Job, workerID string) (Job, error) {
+	return m.apply(ctx, snapshot.ID, &snapshot, func(j Job, now time.Time) (events.Event, error) {
+		return decideAcquire(j, workerID, now)
+	})
+}
+
 // Succeed records the success of the attempt that holds the job.
 func (m *Machine) Succeed(ctx context.Context, held Job, result json.RawMessage) (Job, error) {
 	return m.apply(ctx, held.ID, &held, func(j Job, now time.Time) (events.Event, error) {

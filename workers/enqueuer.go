@@ -27,7 +27,6 @@ const (
 	// ReconcileAgeDefault: a pending job is checked for a lost queue message
 	// only when it has been pending at least this long.
 	ReconcileAgeDefault = 10 * time.Second
-	keyCacheMax         = 100_000
 )
 
 // QueuedJob is what Reconcile needs to know of a pending or scheduled job.
@@ -92,8 +91,7 @@ type Enqueuer struct {
 	tagsets jetstream.KeyValue
 
 	mu       sync.Mutex
-	known    map[string]bool     // queue keys whose consumer exists
-	jobKeys  map[string]queueKey // job ID -> its queue key
+	known    map[string]bool // queue keys whose consumer exists
 	started  bool
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -106,7 +104,7 @@ func NewEnqueuer(js jetstream.JetStream, m *statemachine.Machine, cfg EnqueuerCo
 		return nil, err
 	}
 	return &Enqueuer{js: js, nc: js.Conn(), m: m, cfg: cfg, logger: logging.OrNop(cfg.Logger, "enqueuer"),
-		known: map[string]bool{}, jobKeys: map[string]queueKey{}}, nil
+		known: map[string]bool{}}, nil
 }
 
 func (e *Enqueuer) setup(ctx context.Context) error {
@@ -288,8 +286,6 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 			if rec.DecodeData(&d) != nil || statemachine.ValidateToken("type", d.Type) != nil {
 				continue
 			}
-			key := queueKey{Type: d.Type, Tagset: TagsetID(d.Tags), Prio: d.Priority, Tags: d.Tags}
-			e.remember(jobID, key)
 			if d.RunAt != nil && d.RunAt.After(rec.Time) {
 				f, err := e.armTimer(jobID, *d.RunAt, rec.Seq)
 				if err != nil {
@@ -298,21 +294,30 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 				acks = append(acks, f)
 				continue
 			}
-			f, err := e.enqueue(ctx, jobID, key, "e"+strconv.FormatUint(rec.Seq, 10))
+			job := statemachine.Job{State: statemachine.StateNew}
+			if job.Apply(rec) != nil {
+				continue
+			}
+			key := queueKey{Type: d.Type, Tagset: TagsetID(d.Tags), Prio: d.Priority, Tags: d.Tags}
+			f, err := e.enqueue(ctx, job, key, "e"+strconv.FormatUint(rec.Seq, 10))
 			if err != nil {
 				return err
 			}
 			acks = append(acks, f)
 			wakes[key.wake()] = true
 		case events.TypePromoted, events.TypeReleased:
-			key, err := e.keyOf(ctx, jobID)
+			job, err := e.m.Load(ctx, jobID)
+			if errors.Is(err, events.ErrNotFound) {
+				continue
+			}
 			if err != nil {
-				if errors.Is(err, events.ErrNotFound) {
-					continue
-				}
 				return err
 			}
-			f, err := e.enqueue(ctx, jobID, key, "e"+strconv.FormatUint(rec.Seq, 10))
+			if job.State != statemachine.StatePending {
+				continue // moved on since: nothing to run
+			}
+			key := queueKey{Type: job.Type, Tagset: TagsetID(job.Tags), Prio: job.Priority, Tags: job.Tags}
+			f, err := e.enqueue(ctx, job, key, "e"+strconv.FormatUint(rec.Seq, 10))
 			if err != nil {
 				return err
 			}
@@ -328,8 +333,6 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 				return err
 			}
 			acks = append(acks, f)
-		case events.TypeSucceeded, events.TypeFailed, events.TypeCanceled:
-			e.forget(jobID)
 		}
 	}
 	if err := waitAcks(ctx, e.js, acks); err != nil {
@@ -355,38 +358,6 @@ func waitAcks(ctx context.Context, js jetstream.JetStream, acks []jetstream.PubA
 		}
 	}
 	return nil
-}
-
-func (e *Enqueuer) remember(jobID string, key queueKey) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if len(e.jobKeys) >= keyCacheMax {
-		e.jobKeys = map[string]queueKey{}
-	}
-	e.jobKeys[jobID] = key
-}
-
-func (e *Enqueuer) forget(jobID string) {
-	e.mu.Lock()
-	delete(e.jobKeys, jobID)
-	e.mu.Unlock()
-}
-
-// keyOf finds a job's queue key, from the cache or its history.
-func (e *Enqueuer) keyOf(ctx context.Context, jobID string) (queueKey, error) {
-	e.mu.Lock()
-	key, ok := e.jobKeys[jobID]
-	e.mu.Unlock()
-	if ok {
-		return key, nil
-	}
-	job, err := e.m.Load(ctx, jobID)
-	if err != nil {
-		return queueKey{}, err
-	}
-	key = queueKey{Type: job.Type, Tagset: TagsetID(job.Tags), Prio: job.Priority, Tags: job.Tags}
-	e.remember(jobID, key)
-	return key, nil
 }
 
 // ensureQueue creates the consumer of a new (type, tag set, priority) and
@@ -415,13 +386,16 @@ func (e *Enqueuer) ensureQueue(ctx context.Context, key queueKey) error {
 	return nil
 }
 
-// enqueue publishes a job's queue message; dedupe makes a redelivered event
-// enqueue nothing twice.
-func (e *Enqueuer) enqueue(ctx context.Context, jobID string, key queueKey, dedupe string) (jetstream.PubAckFuture, error) {
+// enqueue publishes a job's queue message, carrying the job as folded so
+// that a worker can acquire it without reading its history; dedupe makes a
+// redelivered event enqueue nothing twice.
+func (e *Enqueuer) enqueue(ctx context.Context, job statemachine.Job, key queueKey, dedupe string) (jetstream.PubAckFuture, error) {
 	if err := e.ensureQueue(ctx, key); err != nil {
 		return nil, err
 	}
+	jobID := job.ID
 	m := nats.NewMsg(key.subject(jobID))
+	m.Data, _ = json.Marshal(job)
 	m.Header.Set(jetstream.MsgIDHeader, jobID+":"+dedupe)
 	f, err := e.js.PublishMsgAsync(m)
 	if err != nil {
@@ -507,7 +481,11 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		if !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return res, fmt.Errorf("reconcile job %s: %w", j.ID, err)
 		}
-		f, err := e.enqueue(ctx, j.ID, key, "r"+strconv.FormatInt(now.UnixNano(), 10))
+		job, err := e.m.Load(ctx, j.ID)
+		if err != nil || job.State != statemachine.StatePending {
+			continue
+		}
+		f, err := e.enqueue(ctx, job, key, "r"+strconv.FormatInt(now.UnixNano(), 10))
 		if err != nil {
 			return res, err
 		}

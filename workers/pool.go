@@ -377,7 +377,14 @@ func (p *Pool) take(ctx context.Context, msg jetstream.Msg) {
 	}()
 	subject := msg.Subject()
 	jobID := subject[strings.LastIndexByte(subject, '.')+1:]
-	held, err := p.m.Acquire(ctx, jobID, p.cfg.WorkerID)
+	var held statemachine.Job
+	var snapshot statemachine.Job
+	var err error
+	if json.Unmarshal(msg.Data(), &snapshot) == nil && snapshot.ID == jobID && snapshot.Version > 0 {
+		held, err = p.m.AcquireFrom(ctx, snapshot, p.cfg.WorkerID)
+	} else {
+		held, err = p.m.Acquire(ctx, jobID, p.cfg.WorkerID)
+	}
 	if err != nil {
 		if errors.Is(err, statemachine.ErrIllegalTransition) || errors.Is(err, events.ErrNotFound) ||
 			errors.Is(err, events.ErrInvalidJobID) {

@@ -394,4 +394,3 @@ func TestLostQueueMessageIsRepaired(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, res.Requeued)
 }
-
