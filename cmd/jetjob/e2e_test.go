@@ -1,0 +1,305 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/projector"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "jetjob-e2e")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "jetjob")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		panic(fmt.Sprintf("build jetjob: %v\n%s", err, out))
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// serverProc is a `jetjob server` child process.
+type serverProc struct {
+	t    *testing.T
+	dir  string
+	addr string
+	url  string
+	cmd  *exec.Cmd
+	args []string
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func startServerProc(t *testing.T, extra ...string) *serverProc {
+	t.Helper()
+	s := &serverProc{t: t, dir: t.TempDir(), addr: freeAddr(t), args: extra}
+	s.url = "nats://" + s.addr
+	s.start()
+	t.Cleanup(func() { s.kill() })
+	return s
+}
+
+func (s *serverProc) start() {
+	s.t.Helper()
+	args := append([]string{"server", "--data", s.dir, "--listen", s.addr}, s.args...)
+	s.cmd = exec.Command(binary, args...)
+	var out bytes.Buffer
+	s.cmd.Stdout, s.cmd.Stderr = &out, &out
+	require.NoError(s.t, s.cmd.Start())
+	natstest.Eventually(s.t, 20*time.Second, func() bool {
+		nc, err := nats.Connect(s.url)
+		if err != nil {
+			return false
+		}
+		defer nc.Close()
+		js, _ := jetstream.New(nc)
+		_, err = projector.NewReader(context.Background(), js)
+		return err == nil
+	}, "server up: %s", &out)
+}
+
+func (s *serverProc) kill() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Signal(syscall.SIGKILL)
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (s *serverProc) jetjob(args ...string) result {
+	s.t.Helper()
+	return runCLI(s.t, s.url, args...)
+}
+
+func runCLI(t *testing.T, url string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+url)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run jetjob %v: %v", args, err)
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+func (r result) ok(t *testing.T) string {
+	t.Helper()
+	require.Equal(t, 0, r.code, "stderr: %s", r.stderr)
+	return strings.TrimSpace(r.stdout)
+}
+
+type historyEntry struct {
+	Seq  uint64          `json:"seq"`
+	Type string          `json:"type"`
+	Time time.Time       `json:"time"`
+	Data json.RawMessage `json:"data"`
+}
+
+func history(t *testing.T, s *serverProc, id string) []historyEntry {
+	t.Helper()
+	var h []historyEntry
+	require.NoError(t, json.Unmarshal([]byte(s.jetjob("history", id, "-o", "json").ok(t)), &h))
+	return h
+}
+
+func TestConcurrentCancelsExactlyOneWins(t *testing.T) {
+	s := startServerProc(t)
+	id := s.jetjob("submit", "--type", "build").ok(t)
+	var wg sync.WaitGroup
+	codes := make([]int, 20)
+	stderrs := make([]string, 20)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := runCLI(t, s.url, "cancel", id, "--reason", "race")
+			codes[i], stderrs[i] = r.code, r.stderr
+		}()
+	}
+	wg.Wait()
+	wins := 0
+	for i, c := range codes {
+		switch c {
+		case 0:
+			wins++
+		case 4:
+			require.Contains(t, stderrs[i], "canceled", "a refused cancel names the state")
+			require.Equal(t, 1, strings.Count(strings.TrimSpace(stderrs[i]), "\n")+1, "one line: %q", stderrs[i])
+		default:
+			t.Fatalf("cancel exited %d: %s", c, stderrs[i])
+		}
+	}
+	require.Equal(t, 1, wins)
+	cancels := 0
+	for _, e := range history(t, s, id) {
+		if e.Type == "job.canceled" {
+			cancels++
+		}
+	}
+	require.Equal(t, 1, cancels)
+}
+
+func TestCanceledJobViewAndHistoryAgree(t *testing.T) {
+	s := startServerProc(t)
+	id := s.jetjob("submit", "--type", "build", "--tag", "region=eu", "--meta", "template_version=v1").ok(t)
+	s.jetjob("cancel", id).ok(t)
+	var view projector.View
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		r := s.jetjob("get", id, "-o", "json")
+		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &view) == nil && view.State == "canceled"
+	}, "canceled view")
+	h := history(t, s, id)
+	require.Len(t, h, 2)
+	require.Equal(t, "job.canceled", h[1].Type)
+	require.Equal(t, h[1].Seq, view.Version)
+	require.NotNil(t, view.CanceledAt)
+	require.True(t, view.CanceledAt.Equal(h[1].Time))
+	var listed []projector.View
+	require.NoError(t, json.Unmarshal([]byte(s.jetjob("ls", "--state", "canceled", "-o", "json").ok(t)), &listed))
+	require.Len(t, listed, 1)
+	require.Equal(t, id, listed[0].ID)
+	r := s.jetjob("cancel", id)
+	require.Equal(t, 4, r.code)
+	require.Contains(t, r.stderr, "is canceled")
+}
+
+func listAll(t *testing.T, s *serverProc) string {
+	t.Helper()
+	return s.jetjob("ls", "--limit", "0", "-o", "json").ok(t)
+}
+
+func TestKillAndRestartKeepsEveryJob(t *testing.T) {
+	s := startServerProc(t)
+	lines := &strings.Builder{}
+	for i := 0; i < 500; i++ {
+		fmt.Fprintf(lines, `{"type":"import","meta":{"n":"%d"}}`+"\n", i)
+	}
+	file := filepath.Join(t.TempDir(), "jobs.ndjson")
+	require.NoError(t, os.WriteFile(file, []byte(lines.String()), 0o600))
+	ids := strings.Fields(s.jetjob("submit", "--file", file).ok(t))
+	require.Len(t, ids, 500)
+	var before string
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		var views []projector.View
+		before = listAll(t, s)
+		return json.Unmarshal([]byte(before), &views) == nil && len(views) == 500
+	}, "500 views")
+	s.kill()
+	s.start()
+	natstest.Eventually(t, 10*time.Second, func() bool { return listAll(t, s) == before }, "identical views after kill -9")
+	for _, id := range ids[:20] {
+		require.Len(t, history(t, s, id), 1)
+	}
+}
+
+func TestDeletedViewsAreRebuiltIdentically(t *testing.T) {
+	s := startServerProc(t)
+	for i := 0; i < 30; i++ {
+		id := s.jetjob("submit", "--type", "t", "--tag", fmt.Sprintf("n=%d", i%3)).ok(t)
+		if i%4 == 0 {
+			s.jetjob("cancel", id).ok(t)
+		}
+	}
+	var before string
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		var views []projector.View
+		before = listAll(t, s)
+		if json.Unmarshal([]byte(before), &views) != nil || len(views) != 30 {
+			return false
+		}
+		canceled := 0
+		for _, v := range views {
+			if v.State == "canceled" {
+				canceled++
+			}
+		}
+		return canceled == 8
+	}, "30 projected views")
+	s.kill()
+	nc, err := nats.Connect(s.url)
+	if err == nil {
+		nc.Close()
+	}
+	// Delete the bucket with the server down: start it, delete, restart.
+	s.start()
+	nc, err = nats.Connect(s.url)
+	require.NoError(t, err)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	require.NoError(t, js.DeleteKeyValue(context.Background(), projector.BucketDefault))
+	nc.Close()
+	s.kill()
+	s.start()
+	natstest.Eventually(t, 10*time.Second, func() bool { return listAll(t, s) == before }, "identical views after rebuild")
+	r := s.jetjob("admin", "rebuild")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, before, listAll(t, s))
+}
+
+func TestBadInputExitCodes(t *testing.T) {
+	s := startServerProc(t)
+	big := strings.Repeat("x", 1<<20+10)
+	payloadFile := filepath.Join(t.TempDir(), "big.json")
+	require.NoError(t, os.WriteFile(payloadFile, []byte(`"`+big+`"`), 0o600))
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"ls", "--state", "exploded"}, 2, "unknown state"},
+		{[]string{"submit", "--type", "t", "--tag", "novalue"}, 2, "not k=v"},
+		{[]string{"submit", "--type", "t", "--tag", "bad key=v"}, 2, "tag key"},
+		{[]string{"submit", "--type", "t", "--payload-file", payloadFile}, 2, "payload too large"},
+		{[]string{"submit", "--type", "t", "--payload", "{not json"}, 2, "not valid JSON"},
+		{[]string{"submit", "--type", "t", "--priority", "42"}, 2, "priority"},
+		{[]string{"submit"}, 2, "--type is required"},
+		{[]string{"get", "01a20000-0000-7000-8000-000000000000"}, 3, "not found"},
+		{[]string{"history", "01a20000-0000-7000-8000-000000000000"}, 3, "not found"},
+		{[]string{"cancel", "01a20000-0000-7000-8000-000000000000"}, 3, "not found"},
+		{[]string{"get", "bad.id"}, 2, "invalid job ID"},
+		{[]string{"nosuchcommand"}, 2, "unknown command"},
+	} {
+		r := s.jetjob(tc.args...)
+		require.Equal(t, tc.code, r.code, "%v: %s", tc.args, r.stderr)
+		require.Contains(t, r.stderr, tc.want, "%v", tc.args)
+		require.Equal(t, 1, strings.Count(strings.TrimSpace(r.stderr), "\n")+1, "one line for %v: %q", tc.args, r.stderr)
+	}
+	// Nothing was submitted by the refused commands.
+	require.Equal(t, "[]", strings.TrimSpace(strings.ReplaceAll(listAll(t, s), "\n", "")))
+}
