@@ -1,0 +1,317 @@
+package maintenance
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
+	"github.com/jetjob/jetjob/workers"
+)
+
+type fixture struct {
+	t      *testing.T
+	env    *natstest.Env
+	log    *events.Log
+	hb     *events.Heartbeats
+	m      *statemachine.Machine
+	proj   *projector.Projector
+	reader *projector.Reader
+	logs   *workers.Logs
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	env := natstest.Start(t)
+	lg, err := events.Open(ctx, env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	hb, err := events.OpenHeartbeats(ctx, env.JS)
+	require.NoError(t, err)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	require.NoError(t, workers.EnsureTopology(ctx, env.JS))
+	logs, err := workers.AttachLogs(ctx, env.JS)
+	require.NoError(t, err)
+	proj, err := projector.New(env.JS, lg, hb, projector.Config{})
+	require.NoError(t, err)
+	require.NoError(t, proj.Start(ctx))
+	t.Cleanup(proj.Stop)
+	r, err := projector.NewReader(ctx, env.JS)
+	require.NoError(t, err)
+	return &fixture{t: t, env: env, log: lg, hb: hb, m: m, proj: proj, reader: r, logs: logs}
+}
+
+func (f *fixture) submit(p statemachine.SubmitParams) statemachine.Job {
+	f.t.Helper()
+	j, _, err := f.m.Submit(context.Background(), p)
+	require.NoError(f.t, err)
+	return j
+}
+
+// projected waits until the views show every job at its version.
+func (f *fixture) projected(jobs ...statemachine.Job) {
+	f.t.Helper()
+	for _, j := range jobs {
+		natstest.Eventually(f.t, 10*time.Second, func() bool {
+			v, err := f.reader.Get(context.Background(), j.ID)
+			return err == nil && v.Version >= j.Version
+		}, "job %s projected", j.ID)
+	}
+}
+
+func (f *fixture) detector(id string, now func() time.Time) *Detector {
+	f.t.Helper()
+	lead, err := NewLeadership(context.Background(), f.env.JS, "detector", id, 2*time.Second)
+	require.NoError(f.t, err)
+	d, err := NewDetector(context.Background(), f.reader, f.m, f.hb, f.logs, lead, DetectorConfig{
+		HangAfter: time.Minute, CancelGrace: time.Minute, ServerID: id, Now: now, MaxPerPass: 10})
+	require.NoError(f.t, err)
+	return d
+}
+
+func TestDetectorFailsHungAttemptsAndFencesThem(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	silent := f.submit(statemachine.SubmitParams{Type: "t", MaxAttempts: 2})
+	heldSilent, err := f.m.Acquire(ctx, silent.ID, "dead-worker")
+	require.NoError(t, err)
+	alive := f.submit(statemachine.SubmitParams{Type: "t"})
+	heldAlive, err := f.m.Acquire(ctx, alive.ID, "live-worker")
+	require.NoError(t, err)
+	later := time.Now().Add(2 * time.Minute)
+	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: alive.ID, Lease: heldAlive.Lease, WorkerID: "live-worker", At: later.Add(-10 * time.Second)}))
+	f.projected(heldSilent, heldAlive)
+
+	d := f.detector("s1", func() time.Time { return later })
+	res, err := d.runOnce(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{silent.ID}, res.Hung)
+	j, err := f.m.Load(ctx, silent.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateScheduled, j.State, "retried: attempts left")
+	require.Equal(t, ErrorCodeHung, j.ErrorCode)
+	lines, err := f.logs.Read(ctx, silent.ID)
+	require.NoError(t, err)
+	require.NotEmpty(t, lines)
+	require.Contains(t, lines[0].Line, "detected as hung")
+	// The dead attempt cannot report afterwards.
+	_, err = f.m.Succeed(ctx, heldSilent, nil)
+	require.ErrorIs(t, err, statemachine.ErrLeaseLost)
+	a, err := f.m.Load(ctx, alive.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateRunning, a.State)
+}
+
+func TestTwoDetectorsFailAHungJobOnce(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	j := f.submit(statemachine.SubmitParams{Type: "t", MaxAttempts: 1})
+	held, err := f.m.Acquire(ctx, j.ID, "w")
+	require.NoError(t, err)
+	f.projected(held)
+	later := func() time.Time { return time.Now().Add(time.Hour) }
+	d1, d2 := f.detector("s1", later), f.detector("s2", later)
+	require.NoError(t, d1.Start(ctx))
+	require.NoError(t, d2.Start(ctx))
+	t.Cleanup(d1.Stop)
+	t.Cleanup(d2.Stop)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		cur, err := f.m.Load(ctx, j.ID)
+		return err == nil && cur.State == statemachine.StateFailed
+	}, "hung job failed")
+	recs, err := f.log.Load(ctx, j.ID)
+	require.NoError(t, err)
+	failed := 0
+	for _, r := range recs {
+		if r.Type == events.TypeFailed || r.Type == events.TypeAttemptFailed {
+			failed++
+		}
+	}
+	require.Equal(t, 1, failed)
+	// Whichever led stops; the other takes over and fails the next hung job.
+	d1.Stop()
+	j2 := f.submit(statemachine.SubmitParams{Type: "t", MaxAttempts: 1})
+	held2, err := f.m.Acquire(ctx, j2.ID, "w")
+	require.NoError(t, err)
+	f.projected(held2)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		cur, err := f.m.Load(ctx, j2.ID)
+		return err == nil && cur.State == statemachine.StateFailed
+	}, "second hung job failed after failover")
+}
+
+func TestDetectorTerminatesUnacknowledgedCancels(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	_, err := f.m.Acquire(ctx, j.ID, "w")
+	require.NoError(t, err)
+	cj, err := f.m.Cancel(ctx, j.ID, "stop")
+	require.NoError(t, err)
+	f.projected(cj)
+	d := f.detector("s1", func() time.Time { return time.Now().Add(2 * time.Minute) })
+	res, err := d.runOnce(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{j.ID}, res.CancelsTerminated)
+	cur, err := f.m.Load(ctx, j.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateCanceled, cur.State)
+}
+
+func TestBulkCancelByTemplateVersion(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	var oldPending, others []statemachine.Job
+	var running []statemachine.Job
+	for i := 0; i < 200; i++ {
+		version := []string{"v1", "v2"}[i%2]
+		j := f.submit(statemachine.SubmitParams{Type: "build", Meta: map[string]string{"template_version": version}})
+		switch {
+		case version == "v1" && i%20 == 0:
+			held, err := f.m.Acquire(ctx, j.ID, "w")
+			require.NoError(t, err)
+			running = append(running, held)
+		case version == "v1":
+			oldPending = append(oldPending, j)
+		default:
+			others = append(others, j)
+		}
+	}
+	f.projected(append(append(append([]statemachine.Job{}, oldPending...), others...), running...)...)
+	filter := projector.Filter{MetaNot: map[string]string{"template_version": "v2"}}
+	dry, err := CancelPending(ctx, f.reader, f.m, filter, BulkCancelOptions{DryRun: true})
+	require.NoError(t, err)
+	require.Len(t, dry.Canceled, len(oldPending))
+	res, err := CancelPending(ctx, f.reader, f.m, filter, BulkCancelOptions{Reason: "outdated template"})
+	require.NoError(t, err)
+	want := make([]string, 0, len(oldPending))
+	for _, j := range oldPending {
+		want = append(want, j.ID)
+	}
+	sort.Strings(want)
+	sort.Strings(res.Canceled)
+	require.Equal(t, want, res.Canceled)
+	require.Empty(t, res.Skipped)
+	for _, j := range running {
+		cur, err := f.m.Load(ctx, j.ID)
+		require.NoError(t, err)
+		require.Equal(t, statemachine.StateRunning, cur.State)
+	}
+	for _, j := range others {
+		cur, err := f.m.Load(ctx, j.ID)
+		require.NoError(t, err)
+		require.Equal(t, statemachine.StatePending, cur.State)
+	}
+}
+
+func TestBulkCancelSkipsJobsAcquiredMeanwhile(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	var jobs []statemachine.Job
+	for i := 0; i < 100; i++ {
+		jobs = append(jobs, f.submit(statemachine.SubmitParams{Type: "build"}))
+	}
+	f.projected(jobs...)
+	// Workers take jobs while the bulk cancel runs: each job is either
+	// canceled or acquired, never both.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for _, j := range jobs {
+			_, _ = f.m.Acquire(ctx, j.ID, "w")
+		}
+	}()
+	res, err := CancelPending(ctx, f.reader, f.m, projector.Filter{Type: "build"}, BulkCancelOptions{})
+	require.NoError(t, err)
+	wg.Wait()
+	require.Equal(t, 100, len(res.Canceled)+len(res.Skipped)+countRunningNotListed(t, f, jobs, res))
+	for _, s := range res.Skipped {
+		require.Contains(t, s.Reason, "running")
+	}
+	for _, j := range jobs {
+		types := map[string]int{}
+		recs, err := f.log.Load(ctx, j.ID)
+		require.NoError(t, err)
+		for _, r := range recs {
+			types[r.Type]++
+		}
+		require.Equal(t, 1, types[events.TypeCanceled]+types[events.TypeAcquired], "job %s: %v", j.ID, types)
+	}
+}
+
+// countRunningNotListed counts jobs acquired before the bulk cancel listed them.
+func countRunningNotListed(t *testing.T, f *fixture, jobs []statemachine.Job, res BulkCancelResult) int {
+	seen := map[string]bool{}
+	for _, id := range res.Canceled {
+		seen[id] = true
+	}
+	for _, s := range res.Skipped {
+		seen[s.ID] = true
+	}
+	n := 0
+	for _, j := range jobs {
+		if !seen[j.ID] {
+			n++
+		}
+	}
+	return n
+}
+
+func TestPurgeRemovesOnlyOldFinishedJobs(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	var finished, unfinished []statemachine.Job
+	for i := 0; i < 6; i++ {
+		j := f.submit(statemachine.SubmitParams{Type: "t", Meta: map[string]string{"i": fmt.Sprint(i)}})
+		switch i % 3 {
+		case 0:
+			j, _ = f.m.Cancel(ctx, j.ID, "")
+			finished = append(finished, j)
+		case 1:
+			held, err := f.m.Acquire(ctx, j.ID, "w")
+			require.NoError(t, err)
+			require.NoError(t, f.logs.Append(ctx, j.ID, workers.LogLine{Time: time.Now(), Line: "hello"}))
+			unfinished = append(unfinished, held)
+		default:
+			unfinished = append(unfinished, j)
+		}
+	}
+	f.projected(append(append([]statemachine.Job{}, finished...), unfinished...)...)
+	p, err := NewPurger(f.reader, f.m, f.hb, f.logs, nil, PurgerConfig{Now: func() time.Time { return time.Now().Add(time.Hour) }})
+	require.NoError(t, err)
+	// Too young: nothing goes.
+	res, err := p.Purge(ctx, 2*time.Hour, nil)
+	require.NoError(t, err)
+	require.Empty(t, res.Purged)
+	res, err = p.Purge(ctx, 30*time.Minute, nil)
+	require.NoError(t, err)
+	require.Len(t, res.Purged, len(finished))
+	for _, j := range finished {
+		_, err := f.reader.Get(ctx, j.ID)
+		require.ErrorIs(t, err, events.ErrNotFound)
+		_, err = f.log.Load(ctx, j.ID)
+		require.ErrorIs(t, err, events.ErrNotFound)
+	}
+	for _, j := range unfinished {
+		_, err := f.reader.Get(ctx, j.ID)
+		require.NoError(t, err)
+		_, err = f.log.Load(ctx, j.ID)
+		require.NoError(t, err)
+	}
+	lines, err := f.logs.Read(ctx, unfinished[0].ID)
+	require.NoError(t, err)
+	require.Len(t, lines, 1)
+	_, err = p.Purge(ctx, time.Minute, []statemachine.State{statemachine.StateRunning})
+	require.ErrorIs(t, err, statemachine.ErrInvalid)
+}
