@@ -108,6 +108,7 @@ type Pool struct {
 	mu        sync.Mutex
 	queues    map[string]*poolQueue
 	hot       map[string]bool
+	recheck   map[string]int
 	started   bool
 	stopping  bool
 	cancel    context.CancelFunc
@@ -142,7 +143,7 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	}
 	return &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
-		queues: map[string]*poolQueue{}, hot: map[string]bool{}, running: map[string]context.CancelCauseFunc{},
+		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{}, running: map[string]context.CancelCauseFunc{},
 		wake: make(chan struct{}, 1), freed: make(chan struct{}, 1)}, nil
 }
 
@@ -277,25 +278,56 @@ func (p *Pool) acquireLoop(ctx context.Context) {
 				continue
 			}
 		}
-		got := p.fetchRound(ctx)
+		got, again := p.fetchRound(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		if got > 0 {
 			continue
 		}
+		var recheck <-chan time.Time
+		var timer *time.Timer
+		if again > 0 {
+			timer = time.NewTimer(again)
+			recheck = timer.C
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-p.wake:
+		case <-recheck:
+			p.markRecheck()
 		case <-backup.C:
 			p.markAllHot()
 			backup.Reset(p.cfg.BackupPoll)
+		}
+		if timer != nil {
+			timer.Stop()
 		}
 	}
 }
 
 func (p *Pool) free() int { return p.cfg.Concurrency - int(p.busy.Load()) }
+
+func (p *Pool) markHot(qs []*poolQueue) {
+	p.mu.Lock()
+	for _, q := range qs {
+		p.hot[q.key.name()] = true
+	}
+	p.mu.Unlock()
+}
+
+// recheckDelays space the second looks at a queue that was empty right
+// after a wake-up.
+var recheckDelays = []time.Duration{time.Millisecond, 5 * time.Millisecond, 25 * time.Millisecond, 100 * time.Millisecond}
+
+func (p *Pool) markRecheck() {
+	p.mu.Lock()
+	for name := range p.recheck {
+		p.hot[name] = true
+	}
+	p.mu.Unlock()
+}
 
 func (p *Pool) markAllHot() {
 	p.mu.Lock()
@@ -308,7 +340,9 @@ func (p *Pool) markAllHot() {
 // fetchRound pulls from the hot queues, highest priority first and round
 // robin among tag sets of one priority, and starts what it got. A queue that
 // comes back empty is cold until a wake-up or the backup poll.
-func (p *Pool) fetchRound(ctx context.Context) int {
+func (p *Pool) fetchRound(ctx context.Context) (int, time.Duration) {
+	// Take the hot set and clear it before fetching: a wake-up that arrives
+	// during the round marks its queue hot again, so it is never lost.
 	p.mu.Lock()
 	var hot []*poolQueue
 	for name := range p.hot {
@@ -316,11 +350,12 @@ func (p *Pool) fetchRound(ctx context.Context) int {
 			hot = append(hot, q)
 		}
 	}
+	p.hot = map[string]bool{}
 	p.rr++
 	rr := p.rr
 	p.mu.Unlock()
 	if len(hot) == 0 {
-		return 0
+		return 0, 0
 	}
 	sort.Slice(hot, func(i, j int) bool {
 		if hot[i].key.Prio != hot[j].key.Prio {
@@ -341,14 +376,18 @@ func (p *Pool) fetchRound(ctx context.Context) int {
 		start = end
 	}
 	got := 0
-	for _, q := range hot {
+	var again time.Duration
+	for i, q := range hot {
 		n := p.free()
 		if n <= 0 {
+			// Out of slots: the queues not yet asked stay hot.
+			p.markHot(hot[i:])
 			break
 		}
 		batch, err := q.cons.FetchNoWait(n)
 		if err != nil {
 			p.logger.Debug("fetch", zap.String("queue", q.key.name()), zap.Error(err))
+			p.markHot(hot[i : i+1])
 			continue
 		}
 		fetched := 0
@@ -359,13 +398,28 @@ func (p *Pool) fetchRound(ctx context.Context) int {
 			go p.take(ctx, msg)
 		}
 		got += fetched
-		if fetched < n {
-			p.mu.Lock()
-			delete(p.hot, q.key.name())
-			p.mu.Unlock()
+		p.mu.Lock()
+		switch {
+		case fetched == n:
+			p.hot[q.key.name()] = true // there may be more
+			delete(p.recheck, q.key.name())
+		case fetched > 0:
+			delete(p.recheck, q.key.name())
+		case p.recheck[q.key.name()] < len(recheckDelays):
+			// A wake-up can outrun the consumer's own count of pending
+			// messages, so an empty answer right after one is asked again
+			// a few times, shortly after.
+			d := recheckDelays[p.recheck[q.key.name()]]
+			p.recheck[q.key.name()]++
+			if again == 0 || d < again {
+				again = d
+			}
+		default:
+			delete(p.recheck, q.key.name())
 		}
+		p.mu.Unlock()
 	}
-	return got
+	return got, again
 }
 
 // take acquires the job of a queue message and runs it.

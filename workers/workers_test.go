@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natstest"
@@ -50,6 +52,9 @@ func (f *fixture) pool(cfg PoolConfig, h Handler) *Pool {
 	f.t.Helper()
 	if cfg.BackupPoll == 0 {
 		cfg.BackupPoll = 200 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zaptestLogger(f.t)
 	}
 	p, err := NewPool(f.env.JS, f.m, cfg, h)
 	require.NoError(f.t, err)
@@ -393,4 +398,8 @@ func TestLostQueueMessageIsRepaired(t *testing.T) {
 	res, err = enq.Reconcile(ctx)
 	require.NoError(t, err)
 	require.Empty(t, res.Requeued)
+}
+
+func zaptestLogger(t *testing.T) *zap.Logger {
+	return zaptest.NewLogger(t, zaptest.Level(zap.DebugLevel))
 }
