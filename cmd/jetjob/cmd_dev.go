@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/jetjob/jetjob/internal/server"
 	"io"
 	"path/filepath"
 	"time"
@@ -44,7 +45,7 @@ func demoHandler(ctx context.Context, job *workers.Job) error {
 
 func runDev(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("dev", "[--data DIR] [--listen HOST:PORT]", false)
-	var o serverOptions
+	var o server.Options
 	finish := serverFlags(fs, &o, filepath.Join(".jetjob", "dev"))
 	verbose := fs.Bool("v", false, "debug logging")
 	pos, err := fs.parse(args)
@@ -57,20 +58,20 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	if err := finish(); err != nil {
 		return err
 	}
-	o.logger = logging.New(*verbose)
-	defer func() { _ = o.logger.Sync() }()
-	if o.hangAfter == 0 {
-		o.hangAfter = 30 * time.Second
+	o.Logger = logging.New(*verbose)
+	defer func() { _ = o.Logger.Sync() }()
+	if o.HangAfter == 0 {
+		o.HangAfter = 30 * time.Second
 	}
-	s, err := startServer(ctx, o)
+	s, err := server.Start(ctx, o)
 	if err != nil {
 		return err
 	}
-	defer s.stop()
+	defer s.Stop()
 
-	pool, err := workers.NewPool(s.js, s.machine, workers.PoolConfig{
+	pool, err := workers.NewPool(s.JS, s.Machine, workers.PoolConfig{
 		Types: []string{"demo"}, Tags: map[string]string{"region": "eu", "gpu": "true"}, Concurrency: 2,
-		ShutdownGrace: 2 * time.Second, Logger: o.logger,
+		ShutdownGrace: 2 * time.Second, Logger: o.Logger,
 	}, demoHandler)
 	if err != nil {
 		return err
@@ -84,7 +85,7 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 		_ = pool.Stop(stopCtx)
 	}()
 
-	reader, err := projector.NewReader(ctx, s.js)
+	reader, err := projector.NewReader(ctx, s.JS)
 	if err != nil {
 		return err
 	}
@@ -103,7 +104,7 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 		{Type: "demo", Tags: map[string]string{"region": "us"}, Meta: map[string]string{"template_version": "v1"}},
 	}
 	for _, p := range demo {
-		if _, _, err := s.machine.Submit(ctx, p); err != nil {
+		if _, _, err := s.Machine.Submit(ctx, p); err != nil {
 			return fmt.Errorf("submit demo job: %w", err)
 		}
 	}
@@ -124,7 +125,7 @@ In another terminal (JETJOB_SERVER defaults to nats://127.0.0.1:4222):
   go test -race ./...
 
 Changes to demo jobs follow; Ctrl-C stops everything.
-`, s.url, o.dataDir, in)
+`, s.URL, o.DataDir, in)
 	for v := range changes {
 		fmt.Fprintf(out, "%s  %s  %-9s attempt %d/%d %s\n", v.UpdatedAt.Local().Format("15:04:05.000"), v.ID, v.State, v.Attempt, v.MaxAttempts, v.Error)
 	}

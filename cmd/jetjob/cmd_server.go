@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/jetjob/jetjob/internal/server"
 	"io"
 
 	"github.com/jetjob/jetjob/internal/logging"
@@ -10,32 +11,32 @@ import (
 	"github.com/jetjob/jetjob/maintenance"
 )
 
-func serverFlags(fs *flagSet, o *serverOptions, defaultData string) func() error {
-	fs.StringVar(&o.dataDir, "data", defaultData, "data directory of the embedded NATS server")
-	fs.StringVar(&o.listen, "listen", natsserver.ListenDefault, "HOST:PORT the embedded NATS server listens on")
-	fs.StringVar(&o.natsURL, "nats", "", "use the NATS server at this URL instead of an embedded one")
-	fs.StringVar(&o.fsync, "fsync", natsserver.FsyncAlways, "embedded server's event log durability: always (fsync before every ack) or interval (every 2 minutes)")
+func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() error {
+	fs.StringVar(&o.DataDir, "data", defaultData, "data directory of the embedded NATS server")
+	fs.StringVar(&o.Listen, "listen", natsserver.ListenDefault, "HOST:PORT the embedded NATS server listens on")
+	fs.StringVar(&o.NATSURL, "nats", "", "use the NATS server at this URL instead of an embedded one")
+	fs.StringVar(&o.Fsync, "fsync", natsserver.FsyncAlways, "embedded server's event log durability: always (fsync before every ack) or interval (every 2 minutes)")
 	hang := fs.String("hang-after", maintenance.HangAfterDefault.String(), "a running job with no heartbeat for this long is failed as hung")
 	grace := fs.String("cancel-grace", maintenance.CancelGraceDefault.String(), "a cancel no worker acknowledges within this is finished by the server")
 	retain := fs.String("retain", maintenance.RetainFinishedDefault.String(), "finished jobs older than this are purged")
 	every := fs.String("purge-every", maintenance.PurgeEveryDefault.String(), "pause between background purges")
 	return func() (err error) {
-		if o.hangAfter, err = parseDurationFlag("hang-after", *hang); err != nil {
+		if o.HangAfter, err = parseDurationFlag("hang-after", *hang); err != nil {
 			return err
 		}
-		if o.cancelGrace, err = parseDurationFlag("cancel-grace", *grace); err != nil {
+		if o.CancelGrace, err = parseDurationFlag("cancel-grace", *grace); err != nil {
 			return err
 		}
-		if o.retainFinished, err = parseDurationFlag("retain", *retain); err != nil {
+		if o.RetainFinished, err = parseDurationFlag("retain", *retain); err != nil {
 			return err
 		}
-		if o.purgeEvery, err = parseDurationFlag("purge-every", *every); err != nil {
+		if o.PurgeEvery, err = parseDurationFlag("purge-every", *every); err != nil {
 			return err
 		}
-		if o.fsync != natsserver.FsyncAlways && o.fsync != natsserver.FsyncInterval {
-			return usageErr("--fsync %q, expected always or interval", o.fsync)
+		if o.Fsync != natsserver.FsyncAlways && o.Fsync != natsserver.FsyncInterval {
+			return usageErr("--fsync %q, expected always or interval", o.Fsync)
 		}
-		if o.hangAfter == 0 || o.cancelGrace == 0 {
+		if o.HangAfter == 0 || o.CancelGrace == 0 {
 			return usageErr("--hang-after and --cancel-grace must be positive")
 		}
 		return nil
@@ -44,7 +45,7 @@ func serverFlags(fs *flagSet, o *serverOptions, defaultData string) func() error
 
 func runServer(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("server", "[--data DIR] [--listen HOST:PORT] [--nats URL] [--fsync always|interval] [--hang-after D]", false)
-	var o serverOptions
+	var o server.Options
 	finish := serverFlags(fs, &o, "jetjob-data")
 	verbose := fs.Bool("v", false, "debug logging")
 	pos, err := fs.parse(args)
@@ -57,16 +58,16 @@ func runServer(ctx context.Context, args []string, out io.Writer) error {
 	if err := finish(); err != nil {
 		return err
 	}
-	o.logger = logging.New(*verbose)
-	defer func() { _ = o.logger.Sync() }()
-	s, err := startServer(ctx, o)
+	o.Logger = logging.New(*verbose)
+	defer func() { _ = o.Logger.Sync() }()
+	s, err := server.Start(ctx, o)
 	if err != nil {
 		return err
 	}
-	o.logger.Info(fmt.Sprintf("jetjob server ready on %s (data %s, fsync %s); Ctrl-C stops it", s.url, o.dataDir, o.fsync))
+	o.Logger.Info(fmt.Sprintf("jetjob server ready on %s (data %s, fsync %s); Ctrl-C stops it", s.URL, o.DataDir, o.Fsync))
 	<-ctx.Done()
-	o.logger.Info("shutting down")
-	s.stop()
-	o.logger.Info("stopped")
+	o.Logger.Info("shutting down")
+	s.Stop()
+	o.Logger.Info("stopped")
 	return nil
 }

@@ -1,0 +1,185 @@
+// Package server runs a jetjob server in-process: NATS (embedded, or an
+// external URL), the event log, the projector, the enqueuer and timers, and
+// the maintenance services, so that the CLI, dev mode and benchmarks start
+// the same thing.
+package server
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/natsserver"
+	"github.com/jetjob/jetjob/maintenance"
+	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
+	"github.com/jetjob/jetjob/workers"
+)
+
+// Options configure a server.
+type Options struct {
+	// DataDir of the embedded NATS server.
+	DataDir string
+	// Listen is the embedded server's HOST:PORT (port 0: any free port).
+	Listen string
+	// NATSURL, when set, replaces the embedded server.
+	NATSURL string
+	// Fsync is natsserver.FsyncAlways (default) or natsserver.FsyncInterval.
+	Fsync          string
+	HangAfter      time.Duration
+	CancelGrace    time.Duration
+	RetainFinished time.Duration
+	PurgeEvery     time.Duration
+	// DetectEvery overrides the detector's pause between passes.
+	DetectEvery time.Duration
+	Logger      *zap.Logger
+}
+
+// Server is a running jetjob server.
+type Server struct {
+	embedded  *natsserver.Server
+	URL       string
+	NC        *nats.Conn
+	JS        jetstream.JetStream
+	Log       *events.Log
+	Heartbeat *events.Heartbeats
+	Machine   *statemachine.Machine
+	Reader    *projector.Reader
+	Logs      *workers.Logs
+	Projector *projector.Projector
+	stops     []func()
+}
+
+// Start starts everything; Stop stops it.
+func Start(ctx context.Context, o Options) (_ *Server, err error) {
+	s := &Server{}
+	defer func() {
+		if err != nil {
+			s.Stop()
+		}
+	}()
+	if o.NATSURL == "" {
+		srv, err := natsserver.Start(natsserver.Config{DataDir: o.DataDir, Listen: o.Listen, Fsync: o.Fsync})
+		if err != nil {
+			return s, err
+		}
+		s.embedded = srv
+		s.URL = srv.ClientURL()
+		s.stops = append(s.stops, srv.Shutdown)
+	} else {
+		s.URL = o.NATSURL
+	}
+	s.NC, err = nats.Connect(s.URL, nats.Name("jetjob-server"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		return s, fmt.Errorf("connect to NATS at %s: %w", s.URL, err)
+	}
+	s.stops = append(s.stops, s.NC.Close)
+	if s.JS, err = jetstream.New(s.NC); err != nil {
+		return s, err
+	}
+	if s.Log, err = events.Open(ctx, s.JS, events.Config{Logger: o.Logger}); err != nil {
+		return s, err
+	}
+	s.stops = append(s.stops, s.Log.Close)
+	if s.Heartbeat, err = events.OpenHeartbeats(ctx, s.JS); err != nil {
+		return s, err
+	}
+	if s.Machine, err = statemachine.New(s.Log, statemachine.Config{Logger: o.Logger}); err != nil {
+		return s, err
+	}
+	if err := workers.EnsureTopology(ctx, s.JS); err != nil {
+		return s, err
+	}
+	if s.Logs, err = workers.AttachLogs(ctx, s.JS); err != nil {
+		return s, err
+	}
+	s.Projector, err = projector.New(s.JS, s.Log, s.Heartbeat, projector.Config{Logger: o.Logger})
+	if err != nil {
+		return s, err
+	}
+	if err := s.Projector.Start(ctx); err != nil {
+		return s, err
+	}
+	s.stops = append(s.stops, s.Projector.Stop)
+	if s.Reader, err = projector.NewReader(ctx, s.JS); err != nil {
+		return s, err
+	}
+	enq, err := workers.NewEnqueuer(s.JS, s.Machine, workers.EnqueuerConfig{Logger: o.Logger, Lister: s.listQueued})
+	if err != nil {
+		return s, err
+	}
+	if err := enq.Start(ctx); err != nil {
+		return s, err
+	}
+	s.stops = append(s.stops, enq.Stop)
+
+	serverID := ID()
+	detLead, err := maintenance.NewLeadership(ctx, s.JS, "detector", serverID, 0)
+	if err != nil {
+		return s, err
+	}
+	det, err := maintenance.NewDetector(ctx, s.Reader, s.Machine, s.Heartbeat, s.Logs, detLead, maintenance.DetectorConfig{
+		HangAfter: o.HangAfter, CancelGrace: o.CancelGrace, Every: o.DetectEvery, ServerID: serverID, Logger: o.Logger})
+	if err != nil {
+		return s, err
+	}
+	if err := det.Start(ctx); err != nil {
+		return s, err
+	}
+	s.stops = append(s.stops, det.Stop)
+	purgeLead, err := maintenance.NewLeadership(ctx, s.JS, "purger", serverID, 0)
+	if err != nil {
+		return s, err
+	}
+	purger, err := maintenance.NewPurger(s.Reader, s.Machine, s.Heartbeat, s.Logs, purgeLead, maintenance.PurgerConfig{
+		OlderThan: o.RetainFinished, Every: o.PurgeEvery, ServerID: serverID, Logger: o.Logger})
+	if err != nil {
+		return s, err
+	}
+	if err := purger.Start(ctx); err != nil {
+		return s, err
+	}
+	s.stops = append(s.stops, purger.Stop)
+	return s, nil
+}
+
+// stop stops everything in the reverse order of starting. Safe to call twice.
+func (s *Server) Stop() {
+	for i := len(s.stops) - 1; i >= 0; i-- {
+		s.stops[i]()
+	}
+	s.stops = nil
+}
+
+func ID() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), uuid.NewString()[:8])
+}
+
+// listQueued lists pending or scheduled jobs from the views, for the
+// enqueuer's repair of lost queue messages and timers.
+func (s *Server) listQueued(ctx context.Context, states []statemachine.State) ([]workers.QueuedJob, error) {
+	f := projector.Filter{States: states, Limit: 10_000}
+	var out []workers.QueuedJob
+	for {
+		page, err := s.Reader.List(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range page.Views {
+			out = append(out, workers.QueuedJob{ID: v.ID, Type: v.Type, Tags: v.Tags, Priority: v.Priority,
+				State: v.State, RunAt: v.RunAt, UpdatedAt: v.UpdatedAt})
+		}
+		if page.Next == "" {
+			return out, nil
+		}
+		f.After = page.Next
+	}
+}
