@@ -19,8 +19,10 @@ import (
 
 // Defaults for Config.
 const (
-	MaxBatchDefault       = 100
-	FlushersDefault       = 4
+	MaxBatchDefault       = 1000
+	MaxBatchLimit         = 1000
+	MinBatchDefault       = 8
+	FlushersDefault       = 2
 	PublishTimeoutDefault = 5 * time.Second
 	PublishRetriesDefault = 3
 	loadPageSize          = 512
@@ -36,6 +38,12 @@ type Config struct {
 	// 1 turns coalescing off. Default MaxBatchDefault (at most 1,000, the
 	// server's limit).
 	MaxBatch int
+	// MinBatch is the fewest waiting appends worth an atomic batch: the
+	// server prepares a staging store for every batch, which costs more than
+	// a few separate appends, so fewer are pipelined one by one instead.
+	// Default MinBatchDefault; a value above MaxBatch never batches, which
+	// suits a server that does not fsync each append anyway.
+	MinBatch int
 	// Flushers is how many batches may be in flight at once. Default FlushersDefault.
 	Flushers int
 	// PublishTimeout bounds one publish round trip. Default PublishTimeoutDefault.
@@ -57,8 +65,11 @@ func (c *Config) validate() error {
 	if c.MaxBatch == 0 {
 		c.MaxBatch = MaxBatchDefault
 	}
-	if c.MaxBatch < 1 || c.MaxBatch > 1000 {
-		return fmt.Errorf("events config: max batch %d, expected 1-1000", c.MaxBatch)
+	if c.MaxBatch < 1 || c.MaxBatch > MaxBatchLimit {
+		return fmt.Errorf("events config: max batch %d, expected 1-%d", c.MaxBatch, MaxBatchLimit)
+	}
+	if c.MinBatch <= 0 {
+		c.MinBatch = MinBatchDefault
 	}
 	if c.Flushers <= 0 {
 		c.Flushers = FlushersDefault
@@ -370,12 +381,11 @@ func (l *Log) commit(batch []*appendReq) {
 		}
 		live = append(live, r)
 	}
-	switch len(live) {
-	case 0:
+	if len(live) == 0 {
 		return
-	case 1:
-		seq, err := l.appendOne(live[0].ctx, live[0])
-		live[0].result <- appendResult{seq, err}
+	}
+	if len(live) < l.cfg.MinBatch {
+		l.pipeline(live)
 		return
 	}
 	first, err := l.publishAtomic(live)
@@ -389,12 +399,48 @@ func (l *Log) commit(batch []*appendReq) {
 	// own answer. A lost commit ack lands here too, and the per-event resend
 	// finds the events by message ID.
 	l.logger.Debug("atomic batch refused, appending one by one", zap.Int("size", len(live)), zap.Error(err))
-	for _, r := range live {
-		go func(r *appendReq) {
-			seq, err := l.appendOne(r.ctx, r)
-			r.result <- appendResult{seq, err}
-		}(r)
+	l.pipeline(live)
+}
+
+// pipeline publishes appends each on its own, all in flight at once. The
+// server still checks each one's expectation; an append that is refused or
+// whose ack is lost takes the careful path of appendOne.
+func (l *Log) pipeline(reqs []*appendReq) {
+	futures := make([]jetstream.PubAckFuture, len(reqs))
+	for i, r := range reqs {
+		f, err := l.js.PublishMsgAsync(l.msg(r))
+		if err != nil {
+			futures[i] = nil
+			continue
+		}
+		futures[i] = f
 	}
+	timeout := time.NewTimer(l.cfg.PublishTimeout)
+	defer timeout.Stop()
+	for i, r := range reqs {
+		f := futures[i]
+		if f == nil {
+			go l.answerOne(r)
+			continue
+		}
+		select {
+		case ack := <-f.Ok():
+			r.result <- appendResult{seq: ack.Sequence}
+		case <-f.Err():
+			go l.answerOne(r)
+		case <-timeout.C:
+			go l.answerOne(r)
+			for _, rest := range reqs[i+1:] {
+				go l.answerOne(rest)
+			}
+			return
+		}
+	}
+}
+
+func (l *Log) answerOne(r *appendReq) {
+	seq, err := l.appendOne(r.ctx, r)
+	r.result <- appendResult{seq, err}
 }
 
 type batchAck struct {

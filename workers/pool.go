@@ -270,12 +270,19 @@ func (p *Pool) acquireLoop(ctx context.Context) {
 	backup := time.NewTimer(p.cfg.BackupPoll)
 	defer backup.Stop()
 	for {
-		if p.free() == 0 {
+		// Fetch for several slots at once when jobs are running: a fetch is a
+		// round trip, and jobs finish in bursts.
+		if p.free() == 0 || (p.busy.Load() > 0 && p.free() < p.fetchAtLeast()) {
 			select {
 			case <-ctx.Done():
 				return
 			case <-p.freed:
 				continue
+			case <-p.wake:
+				// New work while busy: take it with the slots there are.
+				if p.free() == 0 {
+					continue
+				}
 			}
 		}
 		got, again := p.fetchRound(ctx)
@@ -306,6 +313,8 @@ func (p *Pool) acquireLoop(ctx context.Context) {
 		}
 	}
 }
+
+func (p *Pool) fetchAtLeast() int { return max(1, p.cfg.Concurrency/8) }
 
 func (p *Pool) free() int { return p.cfg.Concurrency - int(p.busy.Load()) }
 

@@ -84,7 +84,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if s.JS, err = jetstream.New(s.NC); err != nil {
 		return s, err
 	}
-	if s.Log, err = events.Open(ctx, s.JS, events.Config{Logger: o.Logger}); err != nil {
+	if s.Log, err = events.Open(ctx, s.JS, logConfig(o)); err != nil {
 		return s, err
 	}
 	s.stops = append(s.stops, s.Log.Close)
@@ -182,4 +182,15 @@ func (s *Server) listQueued(ctx context.Context, states []statemachine.State) ([
 		}
 		f.After = page.Next
 	}
+}
+
+// logConfig coalesces appends into atomic batches only where the server
+// fsyncs every append: a batch saves fsyncs but costs the server a staging
+// store, so without per-append fsync, pipelined appends are faster.
+func logConfig(o Options) events.Config {
+	cfg := events.Config{Logger: o.Logger}
+	if o.Fsync == natsserver.FsyncInterval {
+		cfg.MinBatch = events.MaxBatchLimit + 1
+	}
+	return cfg
 }
