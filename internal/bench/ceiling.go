@@ -55,19 +55,21 @@ func (r *Runner) ceilingScenario(ctx context.Context) error {
 			r.addCeiling(fsync, "appends_one_at_a_time", float64(n)/time.Since(start).Seconds())
 			// Pipelined: many in flight, each its own ack (and its own fsync).
 			start = time.Now()
-			var futures []jetstream.PubAckFuture
-			for i := 0; i < n; i++ {
-				f, err := js.PublishMsgAsync(msg(i, "pipe", 0, false))
-				if err != nil {
-					return err
+			for lo := 0; lo < n; lo += 1000 {
+				var futures []jetstream.PubAckFuture
+				for i := lo; i < min(lo+1000, n); i++ {
+					f, err := js.PublishMsgAsync(msg(i, "pipe", 0, false))
+					if err != nil {
+						return err
+					}
+					futures = append(futures, f)
 				}
-				futures = append(futures, f)
-			}
-			for _, f := range futures {
-				select {
-				case <-f.Ok():
-				case err := <-f.Err():
-					return err
+				for _, f := range futures {
+					select {
+					case <-f.Ok():
+					case err := <-f.Err():
+						return err
+					}
 				}
 			}
 			r.addCeiling(fsync, "appends_pipelined", float64(n)/time.Since(start).Seconds())
@@ -122,16 +124,18 @@ func (r *Runner) fetchAck(ctx context.Context, js jetstream.JetStream, fsync str
 	if err != nil {
 		return err
 	}
-	var futures []jetstream.PubAckFuture
-	for i := 0; i < n; i++ {
-		f, err := js.PublishAsync("bench.wq.x", []byte("job"))
-		if err != nil {
-			return err
+	for lo := 0; lo < n; lo += 1000 {
+		var futures []jetstream.PubAckFuture
+		for i := lo; i < min(lo+1000, n); i++ {
+			f, err := js.PublishAsync("bench.wq.x", []byte("job"))
+			if err != nil {
+				return err
+			}
+			futures = append(futures, f)
 		}
-		futures = append(futures, f)
-	}
-	for _, f := range futures {
-		<-f.Ok()
+		for _, f := range futures {
+			<-f.Ok()
+		}
 	}
 	cons, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "bench", AckPolicy: jetstream.AckExplicitPolicy})
 	if err != nil {

@@ -81,7 +81,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, fmt.Errorf("connect to NATS at %s: %w", s.URL, err)
 	}
 	s.stops = append(s.stops, s.NC.Close)
-	if s.JS, err = jetstream.New(s.NC); err != nil {
+	if s.JS, err = jetstream.New(s.NC, jetstream.WithPublishAsyncMaxPending(1<<16)); err != nil {
 		return s, err
 	}
 	if s.Log, err = events.Open(ctx, s.JS, logConfig(o)); err != nil {
