@@ -12,7 +12,7 @@ import (
 
 // BulkCancelConcurrencyDefault is how many cancels are in flight at once; the
 // event log coalesces them into atomic batches.
-const BulkCancelConcurrencyDefault = 64
+const BulkCancelConcurrencyDefault = 512
 
 // Skipped is a job that matched but was not canceled, and why.
 type Skipped struct {
@@ -45,46 +45,34 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 		opts.Concurrency = BulkCancelConcurrencyDefault
 	}
 	f.States = []statemachine.State{statemachine.StatePending, statemachine.StateScheduled}
-	limit := f.Limit
-	f.Limit = 1000
 	res := BulkCancelResult{Canceled: []string{}, Skipped: []Skipped{}}
 	var mu sync.Mutex
 	sem := make(chan struct{}, opts.Concurrency)
 	var wg sync.WaitGroup
-	seen := 0
-	for {
-		page, err := r.List(ctx, f)
-		if err != nil {
-			wg.Wait()
-			return res, fmt.Errorf("bulk cancel: list pending jobs: %w", err)
+	// One pass over the views (f.Limit caps it, 0 means all): a paged
+	// listing would read the bucket once per page.
+	page, err := r.List(ctx, f)
+	if err != nil {
+		return res, fmt.Errorf("bulk cancel: list pending jobs: %w", err)
+	}
+	for _, v := range page.Views {
+		if opts.DryRun {
+			res.Canceled = append(res.Canceled, v.ID)
+			continue
 		}
-		for _, v := range page.Views {
-			if limit > 0 && seen >= limit {
-				break
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(v projector.View) {
+			defer func() { <-sem; wg.Done() }()
+			_, err := m.CancelPendingFrom(ctx, v.Job(), opts.Reason)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				res.Skipped = append(res.Skipped, Skipped{ID: v.ID, Reason: skipReason(err)})
+				return
 			}
-			seen++
-			if opts.DryRun {
-				res.Canceled = append(res.Canceled, v.ID)
-				continue
-			}
-			wg.Add(1)
-			sem <- struct{}{}
-			go func(id string) {
-				defer func() { <-sem; wg.Done() }()
-				_, err := m.CancelPending(ctx, id, opts.Reason)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					res.Skipped = append(res.Skipped, Skipped{ID: id, Reason: skipReason(err)})
-					return
-				}
-				res.Canceled = append(res.Canceled, id)
-			}(v.ID)
-		}
-		if page.Next == "" || (limit > 0 && seen >= limit) {
-			break
-		}
-		f.After = page.Next
+			res.Canceled = append(res.Canceled, v.ID)
+		}(v)
 	}
 	wg.Wait()
 	return res, nil

@@ -221,17 +221,9 @@ func (d *Detector) systemLog(ctx context.Context, jobID string, attempt int, lin
 }
 
 func (d *Detector) listAll(ctx context.Context, state statemachine.State) ([]projector.View, error) {
-	f := projector.Filter{States: []statemachine.State{state}, Limit: 1000}
-	var out []projector.View
-	for {
-		page, err := d.reader.List(ctx, f)
-		if err != nil {
-			return nil, fmt.Errorf("list %s jobs: %w", state, err)
-		}
-		out = append(out, page.Views...)
-		if page.Next == "" {
-			return out, nil
-		}
-		f.After = page.Next
+	page, err := d.reader.List(ctx, projector.Filter{States: []statemachine.State{state}})
+	if err != nil {
+		return nil, fmt.Errorf("list %s jobs: %w", state, err)
 	}
+	return page.Views, nil
 }

@@ -94,29 +94,23 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 		}
 	}
 	cutoff := p.cfg.Now().Add(-olderThan)
-	f := projector.Filter{States: states, Limit: 1000}
-	for {
-		page, err := p.reader.List(ctx, f)
-		if err != nil {
-			return res, fmt.Errorf("purge: list finished jobs: %w", err)
-		}
-		for _, v := range page.Views {
-			if v.CompletedAt == nil || v.CompletedAt.After(cutoff) {
-				continue
-			}
-			ok, err := p.purgeJob(ctx, v.ID, cutoff)
-			if err != nil {
-				return res, err
-			}
-			if ok {
-				res.Purged = append(res.Purged, v.ID)
-			}
-		}
-		if page.Next == "" {
-			return res, nil
-		}
-		f.After = page.Next
+	page, err := p.reader.List(ctx, projector.Filter{States: states})
+	if err != nil {
+		return res, fmt.Errorf("purge: list finished jobs: %w", err)
 	}
+	for _, v := range page.Views {
+		if v.CompletedAt == nil || v.CompletedAt.After(cutoff) {
+			continue
+		}
+		ok, err := p.purgeJob(ctx, v.ID, cutoff)
+		if err != nil {
+			return res, err
+		}
+		if ok {
+			res.Purged = append(res.Purged, v.ID)
+		}
+	}
+	return res, nil
 }
 
 // purgeJob re-checks the job on its log, then deletes the history first and

@@ -28,7 +28,7 @@ const (
 	BatchDefault            = 512
 	WritersDefault          = 32
 	AckWaitDefault          = 30 * time.Second
-	cacheMax                = 200_000
+	cacheMax                = 50_000
 )
 
 // Config configures a Projector.
@@ -352,7 +352,7 @@ func (p *Projector) projectJob(ctx context.Context, jb *jobBatch) error {
 		if err != nil {
 			return err
 		}
-		job := cur.view.job()
+		job := cur.view.Job()
 		if cur.rev == 0 {
 			job = statemachine.Job{State: statemachine.StateNew}
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
@@ -53,20 +54,55 @@ func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 	if err != nil {
 		return RebuildStats{}, err
 	}
-	batches := make([]*jobBatch, 0, len(jobs))
-	for id := range jobs {
-		batches = append(batches, &jobBatch{id: id})
-	}
-	err = p.parallel(ctx, batches, func(ctx context.Context, jb *jobBatch) error {
-		job := jobs[jb.id]
-		if job.State == statemachine.StateNew {
-			return nil
+	// Create every view with pipelined publishes that expect the key to be
+	// empty; a key the live projector wrote meanwhile takes the
+	// compare-and-set path, keeping whichever view is newer.
+	var contested []*jobBatch
+	ids := make([]string, 0, len(jobs))
+	for id, job := range jobs {
+		if job.State != statemachine.StateNew {
+			ids = append(ids, id)
 		}
+	}
+	for lo := 0; lo < len(ids); lo += 2000 {
+		chunk := ids[lo:min(lo+2000, len(ids))]
+		futures := make([]jetstream.PubAckFuture, len(chunk))
+		for i, id := range chunk {
+			var beat *events.Beat
+			if b, ok := beats[id]; ok {
+				beat = &b
+			}
+			data, err := json.Marshal(ViewOf(*jobs[id], beat))
+			if err != nil {
+				return RebuildStats{}, fmt.Errorf("rebuild: encode view of job %s: %w", id, err)
+			}
+			m := nats.NewMsg("$KV." + p.cfg.Bucket + "." + id)
+			m.Data = data
+			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+			if futures[i], err = p.js.PublishMsgAsync(m); err != nil {
+				futures[i] = nil
+			}
+		}
+		for i, f := range futures {
+			if f == nil {
+				contested = append(contested, &jobBatch{id: chunk[i]})
+				continue
+			}
+			select {
+			case <-f.Ok():
+			case <-f.Err():
+				contested = append(contested, &jobBatch{id: chunk[i]})
+			case <-ctx.Done():
+				return RebuildStats{}, ctx.Err()
+			}
+		}
+	}
+	err = p.parallel(ctx, contested, func(ctx context.Context, jb *jobBatch) error {
 		var beat *events.Beat
 		if b, ok := beats[jb.id]; ok {
 			beat = &b
 		}
-		v := ViewOf(*job, beat)
+		v := ViewOf(*jobs[jb.id], beat)
 		for try := 0; try < 20; try++ {
 			cur, err := p.load(ctx, jb.id)
 			if err != nil {

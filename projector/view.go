@@ -82,10 +82,10 @@ func (v *View) applyBeat(beat *events.Beat) bool {
 	return true
 }
 
-// job restores the fold that the view was rendered from, so that the next
-// event can be applied to it without reading the job's history again.
-// Only the payload itself is not kept (its size is).
-func (v View) job() statemachine.Job {
+// Job restores the fold that the view was rendered from, so that the next
+// event can be applied to it, or a command decided on it, without reading the
+// job's history again. Only the payload itself is not kept (its size is).
+func (v View) Job() statemachine.Job {
 	j := statemachine.Job{
 		ID: v.ID, Type: v.Type, Tags: v.Tags, Meta: v.Meta, PayloadSize: v.PayloadSize, Priority: v.Priority,
 		MaxAttempts: v.MaxAttempts, Key: v.Key, State: v.State, Attempt: v.Attempt, Lease: v.Lease,

@@ -227,6 +227,15 @@ func (m *Machine) CancelPending(ctx context.Context, jobID, reason string) (Job,
 	})
 }
 
+// CancelPendingFrom is CancelPending starting from a snapshot of the job (a
+// projected view), saving the read of its history; a stale snapshot costs
+// one refused append and a reload.
+func (m *Machine) CancelPendingFrom(ctx context.Context, snapshot Job, reason string) (Job, error) {
+	return m.apply(ctx, snapshot.ID, &snapshot, func(j Job, now time.Time) (events.Event, error) {
+		return decidePendingCancel(j, reason, now)
+	})
+}
+
 // Promote makes a scheduled job pending.
 func (m *Machine) Promote(ctx context.Context, jobID string) (Job, error) {
 	return m.apply(ctx, jobID, nil, decidePromote)
