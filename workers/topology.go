@@ -116,7 +116,8 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream) error {
 		AllowMsgSchedules: true,
 		AllowRollup:       true,
 		Discard:           jetstream.DiscardOld,
-		PersistMode:       jetstream.AsyncPersistMode,
+		// Fsync'd like the log: a timer lost in a crash would hold its job
+		// back until the enqueuer's reconcile pass notices.
 	}, {
 		Name:              LogsStream,
 		Description:       "jetjob job logs, bounded per job",
