@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/statemachine"
@@ -162,16 +163,9 @@ func (p *Projector) Start(ctx context.Context) error {
 	}
 	p.started = true
 	ctx, p.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	for _, loop := range []struct {
-		cons    jetstream.Consumer
-		process func(context.Context, []jetstream.Msg) error
-	}{{p.evCons, p.processEvents}, {p.hbCons, p.processBeats}} {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			p.consume(ctx, loop.cons, loop.process)
-		}()
-	}
+	p.wg.Add(2)
+	go func() { defer p.wg.Done(); consume.Loop(ctx, p.evCons, p.cfg.Batch, p.logger, p.processEvents) }()
+	go func() { defer p.wg.Done(); consume.Loop(ctx, p.hbCons, p.cfg.Batch, p.logger, p.processBeats) }()
 	return nil
 }
 
@@ -187,62 +181,6 @@ func (p *Projector) Stop() {
 	}
 }
 
-// consume feeds batches to process: it blocks for the first message and
-// takes whatever else has arrived, so a quiet system projects each event at
-// once and a busy one projects hundreds per write round.
-func (p *Projector) consume(ctx context.Context, cons jetstream.Consumer, process func(context.Context, []jetstream.Msg) error) {
-	msgs := make(chan jetstream.Msg, p.cfg.Batch*2)
-	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m },
-		jetstream.PullMaxMessages(p.cfg.Batch*2),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if ctx.Err() == nil {
-				p.logger.Debug("consume", zap.Error(err))
-			}
-		}))
-	if err != nil {
-		p.logger.Error("start consuming", zap.Error(err))
-		return
-	}
-	defer cc.Stop()
-	for {
-		var batch []jetstream.Msg
-		select {
-		case <-ctx.Done():
-			return
-		case m := <-msgs:
-			batch = append(batch, m)
-		}
-	fill:
-		for len(batch) < p.cfg.Batch {
-			select {
-			case m := <-msgs:
-				batch = append(batch, m)
-			default:
-				break fill
-			}
-		}
-		for {
-			err := process(ctx, batch)
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			p.logger.Warn("projection failed; retrying the batch", zap.Error(err))
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-		// Ack-all: acknowledging the last acknowledges the batch.
-		if err := batch[len(batch)-1].Ack(); err != nil {
-			p.logger.Debug("ack batch", zap.Error(err))
-		}
-	}
-}
-
 // runOnce projects every event and beat available now; tests call it
 // instead of Start.
 func (p *Projector) runOnce(ctx context.Context) (int, error) {
@@ -251,33 +189,12 @@ func (p *Projector) runOnce(ctx context.Context) (int, error) {
 			return 0, err
 		}
 	}
-	total := 0
-	for _, c := range []struct {
-		cons    jetstream.Consumer
-		process func(context.Context, []jetstream.Msg) error
-	}{{p.evCons, p.processEvents}, {p.hbCons, p.processBeats}} {
-		for {
-			b, err := c.cons.FetchNoWait(p.cfg.Batch)
-			if err != nil {
-				return total, err
-			}
-			var batch []jetstream.Msg
-			for m := range b.Messages() {
-				batch = append(batch, m)
-			}
-			if len(batch) == 0 {
-				break
-			}
-			if err := c.process(ctx, batch); err != nil {
-				return total, err
-			}
-			if err := batch[len(batch)-1].Ack(); err != nil {
-				return total, err
-			}
-			total += len(batch)
-		}
+	events, err := consume.Available(ctx, p.evCons, p.cfg.Batch, p.processEvents)
+	if err != nil {
+		return events, err
 	}
-	return total, nil
+	beats, err := consume.Available(ctx, p.hbCons, p.cfg.Batch, p.processBeats)
+	return events + beats, err
 }
 
 // jobBatch is one job's part of a batch, in stream order.
@@ -308,9 +225,20 @@ func (p *Projector) processEvents(ctx context.Context, msgs []jetstream.Msg) err
 		}
 		jb.recs = append(jb.recs, rec)
 	}
-	return p.parallel(ctx, order, func(ctx context.Context, jb *jobBatch) error {
+	if err := p.parallel(ctx, order, func(ctx context.Context, jb *jobBatch) error {
 		return p.projectJob(ctx, jb)
-	})
+	}); err != nil {
+		return err
+	}
+	return ackAll(msgs)
+}
+
+// ackAll acknowledges a batch: the consumers ack all up to the last.
+func ackAll(msgs []jetstream.Msg) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	return msgs[len(msgs)-1].Ack()
 }
 
 // parallel runs fn for every job batch on Writers goroutines.
@@ -378,12 +306,11 @@ func (p *Projector) projectJob(ctx context.Context, jb *jobBatch) error {
 			}
 			var bad []statemachine.QuarantinedRecord
 			job, bad = statemachine.Fold(recs)
-			fresh := map[uint64]bool{}
-			for _, r := range jb.recs {
-				fresh[r.Seq] = true
-			}
+			// Everything past the stored view is covered by this write and
+			// will be skipped when delivered: quarantine it now (the copy is
+			// deduplicated by sequence).
 			for _, q := range bad {
-				if fresh[q.Record.Seq] {
+				if q.Record.Seq > cur.view.Version {
 					p.quarantine(ctx, jb.id, p.log.Subject(jb.id), q.Record, q.Reason)
 				}
 			}
@@ -488,7 +415,7 @@ func (p *Projector) processBeats(ctx context.Context, msgs []jetstream.Msg) erro
 		}
 		latest[id] = b
 	}
-	return p.parallel(ctx, order, func(ctx context.Context, jb *jobBatch) error {
+	err := p.parallel(ctx, order, func(ctx context.Context, jb *jobBatch) error {
 		b := latest[jb.id]
 		for try := 0; try < 20; try++ {
 			cur, err := p.load(ctx, jb.id)
@@ -505,6 +432,10 @@ func (p *Projector) processBeats(ctx context.Context, msgs []jetstream.Msg) erro
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	return ackAll(msgs)
 }
 
 // quarantine copies a message that is not a valid event aside, once.

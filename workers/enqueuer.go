@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/statemachine"
 )
@@ -150,8 +151,8 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 	e.started = true
 	ctx, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	e.wg.Add(2)
-	go func() { defer e.wg.Done(); e.consume(ctx, e.evCons, e.cfg.Batch, e.processEvents) }()
-	go func() { defer e.wg.Done(); e.consume(ctx, e.dueCons, 64, e.processDue) }()
+	go func() { defer e.wg.Done(); consume.Loop(ctx, e.evCons, e.cfg.Batch, e.logger, e.processEvents) }()
+	go func() { defer e.wg.Done(); consume.Loop(ctx, e.dueCons, 64, e.logger, e.processDue) }()
 	if e.cfg.Lister != nil {
 		e.wg.Add(1)
 		go func() {
@@ -185,85 +186,18 @@ func (e *Enqueuer) Stop() {
 	}
 }
 
-// consume hands process what has arrived, blocking only for the first message.
-func (e *Enqueuer) consume(ctx context.Context, cons jetstream.Consumer, max int, process func(context.Context, []jetstream.Msg) error) {
-	msgs := make(chan jetstream.Msg, max*2)
-	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m }, jetstream.PullMaxMessages(max*2),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if ctx.Err() == nil {
-				e.logger.Debug("consume", zap.Error(err))
-			}
-		}))
-	if err != nil {
-		e.logger.Error("start consuming", zap.Error(err))
-		return
-	}
-	defer cc.Stop()
-	for {
-		var batch []jetstream.Msg
-		select {
-		case <-ctx.Done():
-			return
-		case m := <-msgs:
-			batch = append(batch, m)
-		}
-	fill:
-		for len(batch) < max {
-			select {
-			case m := <-msgs:
-				batch = append(batch, m)
-			default:
-				break fill
-			}
-		}
-		for {
-			err := process(ctx, batch)
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			e.logger.Warn("enqueue failed; retrying the batch", zap.Error(err))
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
-	}
-}
-
 // runOnce processes every event and due timer available now; tests call it
 // instead of Start.
 func (e *Enqueuer) runOnce(ctx context.Context) (int, error) {
 	if err := e.setup(ctx); err != nil {
 		return 0, err
 	}
-	total := 0
-	for _, c := range []struct {
-		cons    jetstream.Consumer
-		process func(context.Context, []jetstream.Msg) error
-	}{{e.evCons, e.processEvents}, {e.dueCons, e.processDue}} {
-		for {
-			b, err := c.cons.FetchNoWait(e.cfg.Batch)
-			if err != nil {
-				return total, err
-			}
-			var batch []jetstream.Msg
-			for m := range b.Messages() {
-				batch = append(batch, m)
-			}
-			if len(batch) == 0 {
-				break
-			}
-			if err := c.process(ctx, batch); err != nil {
-				return total, err
-			}
-			total += len(batch)
-		}
+	n, err := consume.Available(ctx, e.evCons, e.cfg.Batch, e.processEvents)
+	if err != nil {
+		return n, err
 	}
-	return total, nil
+	due, err := consume.Available(ctx, e.dueCons, e.cfg.Batch, e.processDue)
+	return n + due, err
 }
 
 func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) error {

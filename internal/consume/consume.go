@@ -1,0 +1,89 @@
+// Package consume feeds a JetStream consumer's messages, in batches, to the
+// long-running services that process them (projector, enqueuer).
+package consume
+
+import (
+	"context"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Process handles a batch and acknowledges what it handled. An error makes
+// Loop offer the same batch again.
+type Process func(ctx context.Context, batch []jetstream.Msg) error
+
+// retryPause spaces the retries of a failed batch.
+const retryPause = 200 * time.Millisecond
+
+// Loop runs until ctx ends: it blocks for the first message, takes whatever
+// else has arrived (up to max), and calls process, so a quiet system handles
+// each message at once and a busy one handles hundreds per round.
+func Loop(ctx context.Context, cons jetstream.Consumer, max int, logger *zap.Logger, process Process) {
+	msgs := make(chan jetstream.Msg, max*2)
+	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m }, jetstream.PullMaxMessages(max*2),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if ctx.Err() == nil {
+				logger.Debug("consume", zap.Error(err))
+			}
+		}))
+	if err != nil {
+		logger.Error("start consuming", zap.Error(err))
+		return
+	}
+	defer cc.Stop()
+	for {
+		var batch []jetstream.Msg
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-msgs:
+			batch = append(batch, m)
+		}
+	fill:
+		for len(batch) < max {
+			select {
+			case m := <-msgs:
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		for {
+			err := process(ctx, batch)
+			if err == nil || ctx.Err() != nil {
+				break
+			}
+			logger.Warn("batch failed; retrying it", zap.Error(err))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(retryPause):
+			}
+		}
+	}
+}
+
+// Available processes every message available now, in batches of up to max,
+// and returns how many there were. Tests call it instead of running Loop.
+func Available(ctx context.Context, cons jetstream.Consumer, max int, process Process) (int, error) {
+	total := 0
+	for {
+		b, err := cons.FetchNoWait(max)
+		if err != nil {
+			return total, err
+		}
+		var batch []jetstream.Msg
+		for m := range b.Messages() {
+			batch = append(batch, m)
+		}
+		if len(batch) == 0 {
+			return total, nil
+		}
+		if err := process(ctx, batch); err != nil {
+			return total, err
+		}
+		total += len(batch)
+	}
+}
