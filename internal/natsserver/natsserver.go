@@ -83,6 +83,14 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
+	} else {
+		// nats-server only logs a listen failure; check first so the caller
+		// gets the reason.
+		l, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("cannot listen on %s: %w", cfg.Listen, err)
+		}
+		_ = l.Close()
 	}
 	opts := &server.Options{
 		Host:      host,
