@@ -116,12 +116,13 @@ type Pool struct {
 	runningWG sync.WaitGroup
 	running   map[string]context.CancelCauseFunc
 
-	busy  atomic.Int64
-	wake  chan struct{}
-	freed chan struct{}
-	rr    int
-	subs  []*nats.Subscription
-	watch jetstream.KeyWatcher
+	busy     atomic.Int64
+	wake     chan struct{}
+	freed    chan struct{}
+	rr       int
+	subs     []*nats.Subscription
+	watch    jetstream.KeyWatcher
+	registry jetstream.KeyValue
 }
 
 type poolQueue struct {
@@ -173,6 +174,7 @@ func (p *Pool) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bind tag sets: %w", err)
 	}
+	p.registry = kv
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	if p.watch, err = kv.WatchAll(loopCtx); err != nil {
 		cancel()
@@ -191,6 +193,22 @@ func (p *Pool) Start(ctx context.Context) error {
 	p.loopDone = make(chan struct{})
 	p.mu.Unlock()
 	go p.watchRegistry(loopCtx)
+	// Wake-ups sent while the connection was down are lost: after a
+	// reconnect, look at every queue at once instead of at the backup poll.
+	reconnected := p.nc.StatusChanged(nats.CONNECTED)
+	go func() {
+		for {
+			select {
+			case <-loopCtx.Done():
+				p.nc.RemoveStatusListener(reconnected)
+				return
+			case <-reconnected:
+				p.markAllHot()
+				p.signal(p.wake)
+				go p.rescanRegistry()
+			}
+		}
+	}()
 	go func() {
 		defer close(p.loopDone)
 		p.acquireLoop(loopCtx)
@@ -252,8 +270,40 @@ func (p *Pool) onWake(m *nats.Msg) {
 	if serve {
 		p.signal(p.wake)
 	} else if key, ok := parseKeyName(name); ok && p.types[key.Type] {
-		// A tag set the registry watch has not shown yet: let it catch up.
-		_ = key
+		// A queue the registry watch has not shown yet (it may be catching
+		// up after a reconnect): read its registration directly.
+		go p.lookupQueue(name)
+	}
+}
+
+func (p *Pool) lookupQueue(name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e, err := p.registry.Get(ctx, name)
+	if err != nil {
+		return
+	}
+	if p.addQueue(ctx, e) {
+		p.signal(p.wake)
+	}
+}
+
+// rescanRegistry reads every registered queue, for when the watch may have
+// missed some (after a reconnect).
+func (p *Pool) rescanRegistry() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	keys, err := p.registry.ListKeys(ctx)
+	if err != nil {
+		return
+	}
+	for name := range keys.Keys() {
+		p.mu.Lock()
+		_, have := p.queues[name]
+		p.mu.Unlock()
+		if !have {
+			p.lookupQueue(name)
+		}
 	}
 }
 

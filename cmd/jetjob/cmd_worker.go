@@ -56,7 +56,7 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	logger := logging.New(*verbose)
 	defer func() { _ = logger.Sync() }()
 
-	nc, err := nats.Connect(fs.server, nats.Name("jetjob-worker"), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(fs.server, nats.Name("jetjob-worker"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
 	if err != nil {
 		return fmt.Errorf("cannot reach the jetjob server at %s: %v", fs.server, err)
 	}
