@@ -26,7 +26,7 @@ import (
 const (
 	ConcurrencyDefault       = 10
 	HeartbeatIntervalDefault = 10 * time.Second
-	BackupPollDefault        = 5 * time.Second
+	BackupPollDefault        = 30 * time.Second
 	ShutdownGraceDefault     = 30 * time.Second
 	// CancelWatchDelayDefault: a handler that runs longer than this gets a
 	// watcher on its job's history; shorter ones finish before it matters,
