@@ -35,7 +35,7 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 	if *dryRun {
 		return usageErr("--dry-run needs --pending")
 	}
-	id, err := oneID(pos, "cancel")
+	id, err := oneID(pos)
 	if err != nil {
 		return err
 	}

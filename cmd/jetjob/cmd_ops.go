@@ -46,48 +46,34 @@ func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason str
 func runLogs(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("logs", "ID [-f]", true)
 	follow := fs.Bool("f", false, "follow until the job ends")
-	pos, err := fs.parse(args)
-	if err != nil {
-		return err
-	}
-	id, err := oneID(pos, "logs")
-	if err != nil {
-		return err
-	}
-	c, err := dial(ctx, fs.server)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	if _, err := c.m.Load(ctx, id); err != nil {
-		return err
-	}
-	logs, err := workers.AttachLogs(ctx, c.js)
-	if err != nil {
-		return err
-	}
-	print := func(l workers.LogLine) {
-		if fs.json() {
-			_ = writeJSONLine(out, l)
-			return
+	return jobCommand(ctx, fs, args, func(c *client, id string) error {
+		if _, err := c.m.Load(ctx, id); err != nil {
+			return err
 		}
-		fmt.Fprintf(out, "%s [%d %s] %s\n", l.Time.Local().Format("15:04:05.000"), l.Attempt, l.Stream, l.Line)
-	}
-	if !*follow {
-		lines, err := logs.Read(ctx, id)
+		logs, err := workers.AttachLogs(ctx, c.js)
 		if err != nil {
 			return err
 		}
-		for _, l := range lines {
-			print(l)
+		print := func(l workers.LogLine) {
+			if fs.json() {
+				_ = writeJSONLine(out, l)
+				return
+			}
+			fmt.Fprintf(out, "%s [%d %s] %s\n", l.Time.Local().Format("15:04:05.000"), l.Attempt, l.Stream, l.Line)
 		}
-		return nil
-	}
-	finished := func(ctx context.Context) bool {
-		j, err := c.m.Load(ctx, id)
-		return err != nil || j.State.Finished()
-	}
-	return logs.Follow(ctx, id, finished, print)
+		if !*follow {
+			lines, err := logs.Read(ctx, id)
+			for _, l := range lines {
+				print(l)
+			}
+			return err
+		}
+		finished := func(ctx context.Context) bool {
+			j, err := c.m.Load(ctx, id)
+			return err != nil || j.State.Finished()
+		}
+		return logs.Follow(ctx, id, finished, print)
+	})
 }
 
 func runPurge(ctx context.Context, args []string, out io.Writer) error {

@@ -11,10 +11,27 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/projector"
-	"github.com/jetjob/jetjob/statemachine"
 )
 
-func oneID(pos []string, what string) (string, error) {
+// jobCommand parses a command that takes one job ID, connects, and runs fn.
+func jobCommand(ctx context.Context, fs *flagSet, args []string, fn func(c *client, id string) error) error {
+	pos, err := fs.parse(args)
+	if err != nil {
+		return err
+	}
+	id, err := oneID(pos)
+	if err != nil {
+		return err
+	}
+	c, err := dial(ctx, fs.server)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	return fn(c, id)
+}
+
+func oneID(pos []string) (string, error) {
 	if len(pos) != 1 {
 		return "", usageErr("expected exactly one job ID, got %d arguments", len(pos))
 	}
@@ -26,27 +43,16 @@ func oneID(pos []string, what string) (string, error) {
 
 func runGet(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("get", "ID", true)
-	pos, err := fs.parse(args)
-	if err != nil {
-		return err
-	}
-	id, err := oneID(pos, "get")
-	if err != nil {
-		return err
-	}
-	c, err := dial(ctx, fs.server)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	view, err := getView(ctx, c, id)
-	if err != nil {
-		return err
-	}
-	if fs.json() {
-		return writeJSON(out, view)
-	}
-	return printView(out, view)
+	return jobCommand(ctx, fs, args, func(c *client, id string) error {
+		view, err := getView(ctx, c, id)
+		if err != nil {
+			return err
+		}
+		if fs.json() {
+			return writeJSON(out, view)
+		}
+		return printView(out, view)
+	})
 }
 
 // getView reads the projected view; a job whose view is not projected yet
@@ -209,44 +215,31 @@ type historyEvent struct {
 
 func runHistory(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("history", "ID", true)
-	pos, err := fs.parse(args)
-	if err != nil {
-		return err
-	}
-	id, err := oneID(pos, "history")
-	if err != nil {
-		return err
-	}
-	c, err := dial(ctx, fs.server)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	recs, err := c.lg.Load(ctx, id)
-	if err != nil {
-		return err
-	}
-	hist := make([]historyEvent, 0, len(recs))
-	for _, r := range recs {
-		h := historyEvent{Seq: r.Seq, ID: r.ID, Type: r.Type, Time: r.Time, Data: r.Data}
-		if r.Err != nil {
-			h.Err = r.Err.Error()
+	return jobCommand(ctx, fs, args, func(c *client, id string) error {
+		recs, err := c.lg.Load(ctx, id)
+		if err != nil {
+			return err
 		}
-		hist = append(hist, h)
-	}
-	if fs.json() {
-		return writeJSON(out, hist)
-	}
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SEQ\tTIME\tTYPE\tDATA")
-	for _, h := range hist {
-		data := strings.TrimSpace(string(h.Data))
-		if h.Err != "" {
-			data = "quarantined: " + h.Err
+		hist := make([]historyEvent, 0, len(recs))
+		for _, r := range recs {
+			h := historyEvent{Seq: r.Seq, ID: r.ID, Type: r.Type, Time: r.Time, Data: r.Data}
+			if r.Err != nil {
+				h.Err = r.Err.Error()
+			}
+			hist = append(hist, h)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", h.Seq, h.Time.Format(time.RFC3339Nano), h.Type, data)
-	}
-	return tw.Flush()
+		if fs.json() {
+			return writeJSON(out, hist)
+		}
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SEQ\tTIME\tTYPE\tDATA")
+		for _, h := range hist {
+			data := strings.TrimSpace(string(h.Data))
+			if h.Err != "" {
+				data = "quarantined: " + h.Err
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", h.Seq, h.Time.Format(time.RFC3339Nano), h.Type, data)
+		}
+		return tw.Flush()
+	})
 }
-
-var _ = statemachine.StatePending
