@@ -303,3 +303,74 @@ func TestBadInputExitCodes(t *testing.T) {
 	// Nothing was submitted by the refused commands.
 	require.Equal(t, "[]", strings.TrimSpace(strings.ReplaceAll(listAll(t, s), "\n", "")))
 }
+
+// startWorker runs `jetjob worker` against the server until the test ends.
+func startWorker(t *testing.T, s *serverProc, args ...string) {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"worker", "--server", s.url}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+	})
+}
+
+func waitView(t *testing.T, s *serverProc, id string, cond func(projector.View) bool, what string) projector.View {
+	t.Helper()
+	var v projector.View
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		r := s.jetjob("get", id, "-o", "json")
+		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &v) == nil && cond(v)
+	}, "%s: %s", id, what)
+	return v
+}
+
+func TestCommandWorkerFailsWithExitStatusAndKeepsLogs(t *testing.T) {
+	s := startServerProc(t)
+	startWorker(t, s, "--type", "sh", "--", "sh", "-c", `echo "out $JETJOB_ATTEMPT"; cat; echo; echo err >&2; exit 1`)
+	id := s.jetjob("submit", "--type", "sh", "--max-attempts", "1", "--payload", `{"n":7}`).ok(t)
+	v := waitView(t, s, id, func(v projector.View) bool { return v.State == "failed" }, "failed")
+	require.Equal(t, "exit status 1", v.Error)
+	var logs string
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		logs = s.jetjob("logs", id).stdout
+		return strings.Contains(logs, "out 1") && strings.Contains(logs, `{"n":7}`) && strings.Contains(logs, "err")
+	}, "log lines: %s", logs)
+}
+
+func TestCanceledCommandGetsSIGTERM(t *testing.T) {
+	s := startServerProc(t)
+	script := filepath.Join(t.TempDir(), "trap.sh")
+	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\ntrap 'echo got SIGTERM; exit 143' TERM\necho started\nwhile :; do sleep 0.05; done\n"), 0o755))
+	startWorker(t, s, "--type", "long", "--grace", "5s", "--", script)
+	id := s.jetjob("submit", "--type", "long").ok(t)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		return strings.Contains(s.jetjob("logs", id).stdout, "started")
+	}, "command started")
+	require.Contains(t, s.jetjob("cancel", id).ok(t), "canceling")
+	waitView(t, s, id, func(v projector.View) bool { return v.State == "canceled" }, "canceled")
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		return strings.Contains(s.jetjob("logs", id).stdout, "got SIGTERM")
+	}, "SIGTERM in the logs")
+	require.Equal(t, 4, s.jetjob("cancel", id).code)
+}
+
+func TestPurgedJobIsGone(t *testing.T) {
+	s := startServerProc(t)
+	done := s.jetjob("submit", "--type", "t").ok(t)
+	s.jetjob("cancel", done).ok(t)
+	kept := s.jetjob("submit", "--type", "t").ok(t)
+	waitView(t, s, done, func(v projector.View) bool { return v.State == "canceled" }, "canceled")
+	waitView(t, s, kept, func(v projector.View) bool { return v.State == "pending" }, "pending")
+	r := s.jetjob("purge", "--older-than", "0s", "-o", "json")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, done)
+	require.NotContains(t, r.stdout, kept)
+	for _, cmd := range []string{"get", "history", "logs"} {
+		require.Equal(t, 3, s.jetjob(cmd, done).code, cmd)
+	}
+	require.Equal(t, 0, s.jetjob("get", kept).code)
+	require.Equal(t, 2, s.jetjob("purge", "--older-than", "1h", "--state", "running").code)
+}
