@@ -2,26 +2,43 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"strings"
 
 	"github.com/jetjob/jetjob/internal/bench"
 	"github.com/jetjob/jetjob/internal/natsserver"
 )
 
+// runBench runs `jetjob bench`: the scenarios of internal/bench on fresh
+// embedded servers (or an external NATS), a line per figure as it comes and
+// a table at the end.
 func runBench(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("bench", "[--server URL] [--n JOBS] [--scenario NAME]... [-o json] [--smoke] [--huge]", false)
-	server := fs.String("server", "", "run against this NATS instead of fresh embedded servers")
-	output := fs.String("o", "text", "output format: text or json")
+	fs := newFlags("bench", "[--server URL] [--n JOBS] [--scenario NAME]... [--fsync always|interval]... [-o json] [--smoke] [--huge]", false)
+	natsURL := fs.String("server", "", "measure on this NATS server instead of fresh embedded ones")
+	output := fs.String("o", "text", "output format: text (a line per figure and a table) or json (an object per figure)")
 	n := fs.Int("n", bench.JobsDefault, "jobs per e2e run")
 	producers := fs.Int("producers", bench.ProducersDefault, "producers submitting one at a time")
 	workers := fs.Int("workers", bench.WorkersDefault, "concurrent no-op handlers")
-	var scenarios strs
-	fs.Var(&scenarios, "scenario", "scenario to run (repeatable): ceiling, e2e, latency, backlog, tags, ops, memory")
-	var fsyncs strs
-	fs.Var(&fsyncs, "fsync", "durability setting to measure (repeatable): always, interval; default both")
-	smoke := fs.Bool("smoke", false, "every scenario with a few hundred jobs: that it works, not how fast")
-	huge := fs.Bool("huge", false, "backlog scenario with 1,000,000 pending jobs")
+	rate := fs.Int("rate", bench.RateDefault, "submit rate of the latency scenario, jobs/s")
+	var scenarios, fsyncs strs
+	fs.Var(&scenarios, "scenario", "scenario to run, repeatable: "+strings.Join(bench.Scenarios, ", ")+" (default all)")
+	fs.Var(&fsyncs, "fsync", "durability setting to measure, repeatable: always, interval (default both)")
+	smoke := fs.Bool("smoke", false, "every scenario with a few hundred jobs, for CI: that it works, not how fast")
+	huge := fs.Bool("huge", false, fmt.Sprintf("large backlog of %d pending jobs instead of %d", bench.BacklogHuge, bench.BacklogLargeDefault))
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run (server included) to this file")
+	// A bad flag gets one error line; the usage is for -h only.
+	usage := fs.Usage
+	fs.Usage = func() {}
 	pos, err := fs.parse(args)
+	if errors.Is(err, errHelp) {
+		usage()
+	}
 	if err != nil {
 		return err
 	}
@@ -31,31 +48,58 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	if *output != "text" && *output != "json" {
 		return usageErr("-o %q, expected text or json", *output)
 	}
-	cfg := bench.Config{Jobs: *n, Producers: *producers, Workers: *workers}
-	if *smoke {
-		cfg = bench.Smoke()
-	}
-	if *huge {
-		cfg.BacklogLarge = 1_000_000
-	}
-	if *n <= 0 || *producers <= 0 || *workers <= 0 {
-		return usageErr("--n, --producers and --workers must be positive")
+	for _, s := range scenarios {
+		if !slices.Contains(bench.Scenarios, s) {
+			return usageErr("--scenario %q, expected one of %s", s, strings.Join(bench.Scenarios, ", "))
+		}
 	}
 	for _, f := range fsyncs {
 		if f != natsserver.FsyncAlways && f != natsserver.FsyncInterval {
-			return usageErr("--fsync %q, expected always or interval", f)
+			return usageErr("--fsync %q, expected %s or %s", f, natsserver.FsyncAlways, natsserver.FsyncInterval)
 		}
 	}
-	for _, s := range scenarios {
-		known := false
-		for _, k := range bench.Scenarios {
-			known = known || s == k
-		}
-		if !known {
-			return usageErr("unknown scenario %q, expected one of ceiling, e2e, latency, backlog, tags, ops, memory", s)
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for name, v := range map[string]int{"n": *n, "producers": *producers, "workers": *workers, "rate": *rate} {
+		if v <= 0 {
+			return usageErr("--%s %d, expected a positive number", name, v)
 		}
 	}
-	cfg.Scenarios, cfg.Fsyncs, cfg.NATSURL, cfg.JSON = scenarios, fsyncs, *server, *output == "json"
+
+	cfg := bench.Config{}
+	if *smoke {
+		cfg = bench.Smoke()
+	}
+	// Flags given explicitly override the smoke sizes.
+	if !*smoke || set["n"] {
+		cfg.Jobs = *n
+	}
+	if !*smoke || set["producers"] {
+		cfg.Producers = *producers
+	}
+	if !*smoke || set["workers"] {
+		cfg.Workers = *workers
+	}
+	if !*smoke || set["rate"] {
+		cfg.Rate = *rate
+	}
+	if *huge {
+		cfg.BacklogLarge = bench.BacklogHuge
+	}
+	cfg.Scenarios, cfg.Fsyncs, cfg.NATSURL, cfg.JSON = scenarios, fsyncs, *natsURL, *output == "json"
+	cfg.Progress = os.Stderr
+
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("create CPU profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("start CPU profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	_, err = bench.Run(ctx, cfg, out)
 	return err
 }

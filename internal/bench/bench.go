@@ -1,7 +1,8 @@
-// Package bench measures jetjob the way `nats bench` and River's riverbench
-// measure their systems: throughput, start latency, backlog and tag set
-// scaling, operations, and memory, next to the raw JetStream ceiling of the
-// same machine in the same run.
+// Package bench measures jetjob against the targets of its benchmark issue
+// and against the raw JetStream ceiling of the same machine in the same run,
+// the way `nats bench` and River's riverbench measure their systems:
+// throughput, start latency, backlog and tag set scaling, operations, and
+// memory.
 package bench
 
 import (
@@ -10,6 +11,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,117 +41,157 @@ const (
 // Scenarios lists every scenario in run order.
 var Scenarios = []string{ScenarioCeiling, ScenarioE2E, ScenarioLatency, ScenarioBacklog, ScenarioTags, ScenarioOps, ScenarioMemory}
 
-// Defaults for Config.
+// Defaults for Config, as in the benchmark issue.
 const (
-	JobsDefault      = 20_000
-	ProducersDefault = 8
-	WorkersDefault   = 100
-	RateDefault      = 500
+	JobsDefault         = 20_000
+	ProducersDefault    = 8
+	WorkersDefault      = 100
+	RateDefault         = 500
+	LatencyJobsDefault  = 2_000
+	CancelJobsDefault   = 50
+	BacklogSmallDefault = 1_000
+	BacklogLargeDefault = 100_000
+	BacklogHuge         = 1_000_000
+	TagSetsDefault      = 1_000
+	TagPools            = 32
+	OpsJobsDefault      = 10_000
+	HangJobsDefault     = 1_000
+	// StallDefault: a run in which no job finishes for this long is broken,
+	// not slow, and fails instead of waiting out a long timeout.
+	StallDefault = time.Minute
+	// SubmitBatch is the batch size of batch submits (River's InsertMany
+	// calls in the peers' runs).
+	SubmitBatch = 1_000
 )
 
-// Config configures a run.
+// Config configures a run. Zero values take the defaults.
 type Config struct {
-	// Jobs per e2e run. Default JobsDefault.
+	// Jobs per e2e run.
 	Jobs int
-	// Producers submitting one at a time. Default ProducersDefault.
+	// Producers submitting one at a time.
 	Producers int
-	// Workers: concurrent handlers running no-op jobs. Default WorkersDefault.
+	// Workers: concurrent handlers running no-op jobs.
 	Workers int
-	// Rate of the latency scenario, jobs/s. Default RateDefault.
-	Rate int
-	// Backlog sizes: the small and the large one.
+	// Rate of the latency scenario, jobs/s, and how many jobs it submits.
+	Rate, LatencyJobs int
+	// CancelJobs: running jobs canceled for the cancel latency.
+	CancelJobs int
+	// BacklogSmall and BacklogLarge are the pending jobs drained.
 	BacklogSmall, BacklogLarge int
-	// TagSets: the many-tag-sets case. Default 1,000.
+	// TagSets: the many-tag-sets case, served by TagPools overlapping pools.
 	TagSets int
-	// OpsJobs: bulk cancel size; HangJobs: dead jobs for hang detection.
+	// OpsJobs: pending jobs bulk canceled; HangJobs: dead jobs for hang detection.
 	OpsJobs, HangJobs int
-	// Scenarios to run; empty means all.
+	// Stall fails a scenario in which no job finished for this long.
+	Stall time.Duration
+	// Scenarios to run, in Scenarios order; empty means all.
 	Scenarios []string
 	// NATSURL runs against an external NATS instead of fresh embedded servers.
 	NATSURL string
-	// Fsyncs: the durability settings to compare on embedded servers.
+	// Fsyncs: the durability settings compared on embedded servers; default
+	// both, the default (always) first. Scenarios that measure one setting
+	// use the first.
 	Fsyncs []string
-	// JSON prints one JSON object per figure instead of the text lines.
-	JSON   bool
-	Logger *zap.Logger
+	// JSON prints one JSON object per figure and no table.
+	JSON bool
+	// Progress, when set, gets a line as each run starts (the CLI's stderr).
+	Progress io.Writer
+	Logger   *zap.Logger
 }
 
-// Smoke is a configuration small enough for CI: every scenario, in seconds.
+// Smoke is small enough for CI: every scenario, each for a few hundred jobs,
+// in well under a minute on 2 cores. Its figures say that the harness works,
+// not how fast jetjob is.
 func Smoke() Config {
-	return Config{Jobs: 300, Producers: 4, Workers: 20, Rate: 200, BacklogSmall: 100, BacklogLarge: 400,
-		TagSets: 20, OpsJobs: 200, HangJobs: 50}
+	return Config{Jobs: 300, Producers: 4, Workers: 20, Rate: 200, LatencyJobs: 100, CancelJobs: 10,
+		BacklogSmall: 100, BacklogLarge: 400, TagSets: 20, OpsJobs: 200, HangJobs: 50}
 }
 
 func (c *Config) validate() error {
-	if c.Jobs == 0 {
-		c.Jobs = JobsDefault
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
 	}
-	if c.Producers == 0 {
-		c.Producers = ProducersDefault
+	def(&c.Jobs, JobsDefault)
+	def(&c.Producers, ProducersDefault)
+	def(&c.Workers, WorkersDefault)
+	def(&c.Rate, RateDefault)
+	def(&c.LatencyJobs, LatencyJobsDefault)
+	def(&c.CancelJobs, CancelJobsDefault)
+	def(&c.BacklogSmall, BacklogSmallDefault)
+	def(&c.BacklogLarge, BacklogLargeDefault)
+	def(&c.TagSets, TagSetsDefault)
+	def(&c.OpsJobs, OpsJobsDefault)
+	def(&c.HangJobs, HangJobsDefault)
+	if c.Stall == 0 {
+		c.Stall = StallDefault
 	}
-	if c.Workers == 0 {
-		c.Workers = WorkersDefault
+	for _, v := range []int{c.Jobs, c.Producers, c.Workers, c.Rate, c.LatencyJobs, c.CancelJobs,
+		c.BacklogSmall, c.BacklogLarge, c.TagSets, c.OpsJobs, c.HangJobs} {
+		if v < 0 {
+			return fmt.Errorf("bench config: negative size %d", v)
+		}
 	}
-	if c.Rate == 0 {
-		c.Rate = RateDefault
+	if c.HangJobs > c.OpsJobs {
+		c.HangJobs = c.OpsJobs
 	}
-	if c.BacklogSmall == 0 {
-		c.BacklogSmall = 1_000
-	}
-	if c.BacklogLarge == 0 {
-		c.BacklogLarge = 100_000
-	}
-	if c.TagSets == 0 {
-		c.TagSets = 1_000
-	}
-	if c.OpsJobs == 0 {
-		c.OpsJobs = 10_000
-	}
-	if c.HangJobs == 0 {
-		c.HangJobs = 1_000
-	}
-	if c.Jobs < 0 || c.Producers < 0 || c.Workers < 0 || c.Rate < 0 || c.BacklogSmall < 0 || c.BacklogLarge < 0 {
-		return fmt.Errorf("bench: negative size")
+	for _, s := range c.Scenarios {
+		if !slices.Contains(Scenarios, s) {
+			return fmt.Errorf("bench config: unknown scenario %q, expected one of %s", s, strings.Join(Scenarios, ", "))
+		}
 	}
 	if len(c.Scenarios) == 0 {
 		c.Scenarios = Scenarios
 	}
-	for _, s := range c.Scenarios {
-		known := false
-		for _, k := range Scenarios {
-			known = known || k == s
+	// Run order is Scenarios order: the ceiling first, so that the figures
+	// after it can be compared with it.
+	var ordered []string
+	for _, s := range Scenarios {
+		if slices.Contains(c.Scenarios, s) {
+			ordered = append(ordered, s)
 		}
-		if !known {
-			return fmt.Errorf("bench: unknown scenario %q, expected one of %s", s, strings.Join(Scenarios, ", "))
+	}
+	c.Scenarios = ordered
+	for _, f := range c.Fsyncs {
+		if f != natsserver.FsyncAlways && f != natsserver.FsyncInterval {
+			return fmt.Errorf("bench config: fsync %q, expected %s or %s", f, natsserver.FsyncAlways, natsserver.FsyncInterval)
 		}
 	}
 	if len(c.Fsyncs) == 0 {
 		c.Fsyncs = []string{natsserver.FsyncAlways, natsserver.FsyncInterval}
 	}
 	if c.NATSURL != "" {
-		c.Fsyncs = []string{"external"}
+		// The external server's own setting decides.
+		c.Fsyncs = []string{FsyncExternal}
 	}
 	return nil
 }
 
+// FsyncExternal labels figures measured on an external server.
+const FsyncExternal = "external"
+
 // Figure is one measured number.
 type Figure struct {
-	Scenario string  `json:"scenario"`
-	Fsync    string  `json:"fsync,omitempty"`
-	Metric   string  `json:"metric"`
-	Value    float64 `json:"value"`
-	Unit     string  `json:"unit,omitempty"`
+	Scenario string
+	Fsync    string
+	Metric   string
+	Value    float64
+	Unit     string
 	// Target, when set, is the issue's goal; Higher says which way is better.
-	Target float64 `json:"target,omitempty"`
-	Higher bool    `json:"higher_is_better,omitempty"`
-	// Ceiling is the raw JetStream figure this one is compared with.
-	Ceiling float64 `json:"ceiling,omitempty"`
-	Note    string  `json:"note,omitempty"`
+	Target float64
+	Higher bool
+	// CeilingMetric names the ceiling figure of the same durability this one
+	// is compared with; Ceiling is its value when the ceiling ran.
+	CeilingMetric string
+	Ceiling       float64
+	Note          string
 }
 
-// Gap is how far the figure is from its target, in percent (negative: missed).
+// Gap is how far the figure is from its target, in percent of the target:
+// negative when the target is missed.
 func (f Figure) Gap() (float64, bool) {
-	if f.Target == 0 {
+	if f.Target == 0 || f.Value == 0 && !f.Higher {
 		return 0, false
 	}
 	if f.Higher {
@@ -156,17 +200,70 @@ func (f Figure) Gap() (float64, bool) {
 	return (f.Target/f.Value - 1) * 100, true
 }
 
+// Ratio is the figure over its ceiling.
+func (f Figure) Ratio() (float64, bool) {
+	if f.Ceiling == 0 {
+		return 0, false
+	}
+	return f.Value / f.Ceiling, true
+}
+
+func (f Figure) targetOp() string {
+	if f.Higher {
+		return ">="
+	}
+	return "<="
+}
+
+// MarshalJSON gives the machine-readable form, with the gap and the ratio
+// worked out.
+func (f Figure) MarshalJSON() ([]byte, error) {
+	type out struct {
+		Scenario      string   `json:"scenario"`
+		Fsync         string   `json:"fsync,omitempty"`
+		Metric        string   `json:"metric"`
+		Value         float64  `json:"value"`
+		Unit          string   `json:"unit,omitempty"`
+		Target        *float64 `json:"target,omitempty"`
+		TargetOp      string   `json:"target_op,omitempty"`
+		GapPct        *float64 `json:"gap_pct,omitempty"`
+		Met           *bool    `json:"met,omitempty"`
+		CeilingMetric string   `json:"ceiling_metric,omitempty"`
+		Ratio         *float64 `json:"ratio_to_ceiling,omitempty"`
+		Note          string   `json:"note,omitempty"`
+	}
+	o := out{Scenario: f.Scenario, Fsync: f.Fsync, Metric: f.Metric, Value: round(f.Value), Unit: f.Unit, Note: f.Note}
+	if gap, ok := f.Gap(); ok {
+		t, g, met := f.Target, round(gap), gap >= 0
+		o.Target, o.TargetOp, o.GapPct, o.Met = &t, f.targetOp(), &g, &met
+	}
+	if ratio, ok := f.Ratio(); ok {
+		r := round(ratio)
+		o.CeilingMetric, o.Ratio = f.CeilingMetric, &r
+	}
+	return json.Marshal(o)
+}
+
+func round(v float64) float64 {
+	if v >= 100 || v <= -100 {
+		return float64(int64(v + 0.5))
+	}
+	f, _ := strconv.ParseFloat(strconv.FormatFloat(v, 'f', 3, 64), 64)
+	return f
+}
+
 // Runner runs scenarios and prints figures as they come.
 type Runner struct {
 	cfg     Config
 	out     io.Writer
 	logger  *zap.Logger
 	figures []Figure
+	// ceiling holds the ceiling figures by fsync and metric.
 	ceiling map[string]float64
 }
 
-// Run runs the configured scenarios, printing each figure as a line and a
-// table at the end.
+// Run runs the configured scenarios, each on fresh servers, printing each
+// figure as it is measured and a table at the end.
 func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -176,6 +273,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 		if err := ctx.Err(); err != nil {
 			return r.figures, err
 		}
+		resetPeakRSS()
 		var err error
 		switch s {
 		case ScenarioCeiling:
@@ -191,11 +289,15 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 		case ScenarioOps:
 			err = r.opsScenario(ctx)
 		case ScenarioMemory:
-			r.memoryScenario()
+			err = r.memoryScenario(ctx)
 		}
 		if err != nil {
 			return r.figures, fmt.Errorf("scenario %s: %w", s, err)
 		}
+		// The embedded server shares the process: this is server, clients
+		// and workers together.
+		r.add(Figure{Scenario: s, Metric: "peak_rss_mib", Value: peakRSS(), Unit: "MiB",
+			Note: "whole process: embedded server, projector, enqueuer, clients and workers"})
 	}
 	if !cfg.JSON {
 		r.table()
@@ -203,32 +305,36 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 	return r.figures, nil
 }
 
+func (r *Runner) progress(format string, args ...any) {
+	if r.cfg.Progress != nil {
+		fmt.Fprintf(r.cfg.Progress, "bench: "+format+"\n", args...)
+	}
+}
+
+// add records a figure and prints its line.
 func (r *Runner) add(f Figure) {
-	if c, ok := r.ceiling[f.Fsync+"/"+f.Note]; ok && f.Ceiling == 0 && f.Note != "" {
-		f.Ceiling = c
+	if f.CeilingMetric != "" && f.Ceiling == 0 {
+		f.Ceiling = r.ceiling[f.Fsync+"/"+f.CeilingMetric]
 	}
 	r.figures = append(r.figures, f)
 	if r.cfg.JSON {
-		_ = json.NewEncoder(r.out).Encode(f)
+		b, _ := json.Marshal(f)
+		fmt.Fprintf(r.out, "%s\n", b)
 		return
 	}
-	line := fmt.Sprintf("bench scenario=%s", f.Scenario)
+	var b strings.Builder
+	fmt.Fprintf(&b, "bench scenario=%s", f.Scenario)
 	if f.Fsync != "" {
-		line += " fsync=" + f.Fsync
+		fmt.Fprintf(&b, " fsync=%s", f.Fsync)
 	}
-	line += fmt.Sprintf(" metric=%s value=%s", f.Metric, num(f.Value))
-	if f.Target != 0 {
-		gap, _ := f.Gap()
-		cmp := ">="
-		if !f.Higher {
-			cmp = "<="
-		}
-		line += fmt.Sprintf(" target%s%s gap=%+.0f%%", cmp, num(f.Target), gap)
+	fmt.Fprintf(&b, " metric=%s value=%s", f.Metric, num(f.Value))
+	if gap, ok := f.Gap(); ok {
+		fmt.Fprintf(&b, " target%s%s gap=%+.0f%%", f.targetOp(), num(f.Target), gap)
 	}
-	if f.Ceiling != 0 {
-		line += fmt.Sprintf(" ratio_to_ceiling=%.2f", f.Value/f.Ceiling)
+	if ratio, ok := f.Ratio(); ok {
+		fmt.Fprintf(&b, " ceiling=%s ratio_to_ceiling=%.2f", f.CeilingMetric, ratio)
 	}
-	fmt.Fprintln(r.out, line)
+	fmt.Fprintln(r.out, b.String())
 }
 
 func num(v float64) string {
@@ -240,11 +346,11 @@ func num(v float64) string {
 
 func (r *Runner) table() {
 	tw := tabwriter.NewWriter(r.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nSCENARIO\tFSYNC\tMETRIC\tVALUE\tUNIT\tTARGET\tGAP")
+	fmt.Fprintln(tw, "\nSCENARIO\tFSYNC\tMETRIC\tVALUE\tUNIT\tTARGET\tGAP\tVS CEILING")
 	for _, f := range r.figures {
-		target, gap := "", ""
+		target, gap, ratio := "", "", ""
 		if g, ok := f.Gap(); ok {
-			target = num(f.Target)
+			target = f.targetOp() + num(f.Target)
 			gap = fmt.Sprintf("%+.0f%%", g)
 			if g >= 0 {
 				gap += " met"
@@ -252,21 +358,24 @@ func (r *Runner) table() {
 				gap += " MISSED"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Scenario, f.Fsync, f.Metric, num(f.Value), f.Unit, target, gap)
+		if x, ok := f.Ratio(); ok {
+			ratio = fmt.Sprintf("%.2f x %s", x, f.CeilingMetric)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Scenario, f.Fsync, f.Metric, num(f.Value), f.Unit, target, gap, ratio)
 	}
 	_ = tw.Flush()
 }
 
-// withServer runs fn against a fresh server with the given fsync setting
-// (embedded, in a temporary directory removed afterwards), or against the
-// external NATS.
+// withServer runs fn against a fresh jetjob server with the given fsync
+// setting: embedded, in a temporary data directory removed afterwards, or on
+// the external NATS.
 func (r *Runner) withServer(ctx context.Context, fsync string, opts server.Options, fn func(*server.Server) error) error {
 	if r.cfg.NATSURL != "" {
 		opts.NATSURL = r.cfg.NATSURL
 	} else {
 		dir, err := os.MkdirTemp("", "jetjob-bench-")
 		if err != nil {
-			return err
+			return fmt.Errorf("create data dir: %w", err)
 		}
 		defer os.RemoveAll(dir)
 		opts.DataDir, opts.Listen, opts.Fsync = dir, "127.0.0.1:0", fsync
@@ -274,47 +383,57 @@ func (r *Runner) withServer(ctx context.Context, fsync string, opts server.Optio
 	opts.Logger = r.logger
 	s, err := server.Start(ctx, opts)
 	if err != nil {
-		return err
+		return fmt.Errorf("start server: %w", err)
 	}
 	defer s.Stop()
 	return fn(s)
 }
 
-// percentiles of durations, in milliseconds.
-func percentiles(ds []time.Duration) (p50, p90, p99, max float64) {
+// percentiles of durations, in milliseconds (nearest rank).
+func percentiles(ds []time.Duration) (p50, p90, p99, top float64) {
 	if len(ds) == 0 {
 		return
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 	at := func(q float64) float64 {
-		i := int(q * float64(len(ds)-1))
-		return float64(ds[i]) / float64(time.Millisecond)
+		i := int(q*float64(len(ds))+0.5) - 1
+		return ms(ds[min(max(i, 0), len(ds)-1)])
 	}
-	return at(0.50), at(0.90), at(0.99), float64(ds[len(ds)-1]) / float64(time.Millisecond)
+	return at(0.50), at(0.90), at(0.99), ms(ds[len(ds)-1])
 }
 
-// peakRSS reads the process's peak resident set, in MiB, and resets it so
-// that the next scenario measures its own peak.
-func peakRSS(reset bool) float64 {
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// resetPeakRSS returns what the Go heap no longer uses to the system and
+// resets the kernel's peak resident set, so that the next peak is the next
+// scenario's own.
+func resetPeakRSS() {
+	settle()
+	_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
+}
+
+// settle collects garbage and returns the freed heap to the system.
+func settle() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+// peakRSS is the process's peak resident set since the last reset, in MiB.
+func peakRSS() float64 { return procStatus("VmHWM:") }
+
+// rss is the process's resident set now, in MiB.
+func rss() float64 { return procStatus("VmRSS:") }
+
+func procStatus(field string) float64 {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return 0
 	}
-	var kb float64
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			f := strings.Fields(line)
-			if len(f) >= 2 {
-				kb, _ = strconv.ParseFloat(f[1], 64)
-			}
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
 		}
 	}
-	if reset {
-		_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
-	}
-	return kb / 1024
-}
-
-func (r *Runner) rss(scenario string) {
-	r.add(Figure{Scenario: scenario, Metric: "peak_rss_mib", Value: peakRSS(true), Unit: "MiB"})
+	return 0
 }

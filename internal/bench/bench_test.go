@@ -3,8 +3,13 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -22,7 +27,8 @@ func TestSmokeRunsEveryScenario(t *testing.T) {
 	}
 	var out bytes.Buffer
 	cfg := Smoke()
-	cfg.Jobs, cfg.BacklogLarge, cfg.OpsJobs = 100, 200, 100
+	// Smaller still than the CLI's smoke run: the test suite runs with -race.
+	cfg.Jobs, cfg.LatencyJobs, cfg.BacklogLarge, cfg.OpsJobs = 100, 50, 200, 100
 	cfg.Fsyncs = []string{natsserver.FsyncInterval}
 	figures, err := Run(context.Background(), cfg, &out)
 	require.NoError(t, err, out.String())
@@ -33,8 +39,52 @@ func TestSmokeRunsEveryScenario(t *testing.T) {
 	for _, s := range Scenarios {
 		require.True(t, seen[s], "scenario %s printed no figure", s)
 	}
-	require.Contains(t, out.String(), "bench scenario=e2e fsync=interval metric=jobs_per_s_batch value=")
-	require.True(t, strings.Contains(out.String(), "SCENARIO"))
+	text := out.String()
+	require.Contains(t, text, "bench scenario=e2e fsync=interval metric=jobs_per_s_batch value=")
+	require.Contains(t, text, "target>=18000 gap=")
+	require.Contains(t, text, "ceiling=appends_batched ratio_to_ceiling=")
+	require.Contains(t, text, "SCENARIO")
+}
+
+func TestJSONFigures(t *testing.T) {
+	var out bytes.Buffer
+	r := &Runner{cfg: Config{JSON: true}, out: &out, ceiling: map[string]float64{"always/" + CeilingBatched: 20_000}}
+	r.add(Figure{Scenario: ScenarioE2E, Fsync: "always", Metric: "jobs_per_s_batch", Value: 7_000, Unit: "jobs/s",
+		Target: 14_000, Higher: true, CeilingMetric: CeilingBatched})
+	r.add(Figure{Scenario: ScenarioLatency, Fsync: "always", Metric: "start_p99_ms", Value: 2, Unit: "ms", Target: 4})
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	require.Len(t, lines, 2)
+	var e2e, lat map[string]any
+	require.NoError(t, json.Unmarshal([]byte(lines[0]), &e2e))
+	require.NoError(t, json.Unmarshal([]byte(lines[1]), &lat))
+	require.Equal(t, map[string]any{"scenario": "e2e", "fsync": "always", "metric": "jobs_per_s_batch", "value": 7000.0,
+		"unit": "jobs/s", "target": 14000.0, "target_op": ">=", "gap_pct": -50.0, "met": false,
+		"ceiling_metric": CeilingBatched, "ratio_to_ceiling": 0.35}, e2e)
+	require.Equal(t, 100.0, lat["gap_pct"])
+	require.Equal(t, true, lat["met"])
+}
+
+func TestTextFigure(t *testing.T) {
+	var out bytes.Buffer
+	r := &Runner{out: &out, ceiling: map[string]float64{}}
+	r.add(Figure{Scenario: ScenarioE2E, Fsync: "always", Metric: "jobs_per_s_one_at_a_time", Value: 2_310, Target: 3_000, Higher: true})
+	require.Equal(t, "bench scenario=e2e fsync=always metric=jobs_per_s_one_at_a_time value=2310 target>=3000 gap=-23%\n", out.String())
+}
+
+func TestPercentiles(t *testing.T) {
+	var ds []time.Duration
+	for i := 1; i <= 100; i++ {
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	p50, p90, p99, top := percentiles(ds)
+	require.Equal(t, []float64{50, 90, 99, 100}, []float64{p50, p90, p99, top})
+}
+
+func TestConfigRefusesUnknownScenario(t *testing.T) {
+	_, err := Run(context.Background(), Config{Scenarios: []string{"nope"}}, &bytes.Buffer{})
+	require.ErrorContains(t, err, `unknown scenario "nope"`)
+	_, err = Run(context.Background(), Config{Fsyncs: []string{"never"}}, &bytes.Buffer{})
+	require.ErrorContains(t, err, `fsync "never"`)
 }
 
 func benchServer(b testing.TB, fsync string) *server.Server {
@@ -45,46 +95,72 @@ func benchServer(b testing.TB, fsync string) *server.Server {
 	return s
 }
 
-// BenchmarkSubmitAcquireSucceed runs b.N no-op jobs through a pool of 100,
-// submitted in batches: the whole hot path, end to end.
+var fsyncs = []string{natsserver.FsyncAlways, natsserver.FsyncInterval}
+
+// BenchmarkSubmitAcquireSucceed runs b.N no-op jobs through a pool of 100
+// while they are submitted in batches: the whole hot path, end to end.
 func BenchmarkSubmitAcquireSucceed(b *testing.B) {
-	for _, fsync := range []string{natsserver.FsyncAlways, natsserver.FsyncInterval} {
+	for _, fsync := range fsyncs {
 		b.Run("fsync="+fsync, func(b *testing.B) {
 			s := benchServer(b, fsync)
-			r := &Runner{cfg: Config{Producers: 8, Workers: 100}, ceiling: map[string]float64{}}
-			params := make([]statemachine.SubmitParams, b.N)
-			for i := range params {
-				params[i] = statemachine.SubmitParams{Type: "noop"}
-			}
+			r := &Runner{cfg: Config{Producers: ProducersDefault, Stall: StallDefault}, ceiling: map[string]float64{}}
+			params := jobs(b.N, statemachine.SubmitParams{Type: "noop"})
 			b.ResetTimer()
 			rate, err := r.throughput(context.Background(), s, params,
-				[]workers.PoolConfig{{Types: []string{"noop"}, Concurrency: 100}}, true)
+				[]workers.PoolConfig{{Types: []string{"noop"}, Concurrency: WorkersDefault}}, ModeBatch)
 			require.NoError(b, err)
 			b.ReportMetric(rate, "jobs/s")
 		})
 	}
 }
 
-// BenchmarkAcquire measures acquiring pending jobs from their snapshots.
+// BenchmarkAcquire acquires pending jobs from their snapshots (as a worker
+// does from a queue message), from many goroutines at once so that the log
+// coalesces the appends, as a pool's slots do.
 func BenchmarkAcquire(b *testing.B) {
-	s := benchServer(b, natsserver.FsyncAlways)
-	ctx := context.Background()
-	params := make([]statemachine.SubmitParams, b.N)
-	for i := range params {
-		params[i] = statemachine.SubmitParams{Type: "t"}
+	for _, fsync := range fsyncs {
+		for _, par := range []int{1, 100} {
+			b.Run(fmt.Sprintf("fsync=%s/concurrent=%d", fsync, par), func(b *testing.B) {
+				s := benchServer(b, fsync)
+				ctx := context.Background()
+				var pending []statemachine.Job
+				for lo := 0; lo < b.N; lo += SubmitBatch {
+					for _, res := range s.Machine.SubmitMany(ctx, jobs(min(SubmitBatch, b.N-lo), statemachine.SubmitParams{Type: "t"})) {
+						require.NoError(b, res.Err)
+						pending = append(pending, res.Job)
+					}
+				}
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				b.ResetTimer()
+				for range par {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for i := next.Add(1) - 1; i < int64(len(pending)); i = next.Add(1) - 1 {
+							if _, err := s.Machine.AcquireFrom(ctx, pending[i], "w"); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "acquires/s")
+			})
+		}
 	}
-	res := s.Machine.SubmitMany(ctx, params)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			_ = i
-			i++
-		}
-	})
-	for _, r := range res {
-		if _, err := s.Machine.AcquireFrom(ctx, r.Job, "w"); err != nil {
-			b.Fatal(err)
-		}
+}
+
+// BenchmarkSubmit submits one job at a time from 8 producers.
+func BenchmarkSubmit(b *testing.B) {
+	for _, fsync := range fsyncs {
+		b.Run("fsync="+fsync, func(b *testing.B) {
+			s := benchServer(b, fsync)
+			b.ResetTimer()
+			err := submitAll(context.Background(), s.Machine, jobs(b.N, statemachine.SubmitParams{Type: "t"}), ProducersDefault, ModeOneAtATime)
+			require.NoError(b, err)
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "submits/s")
+		})
 	}
 }

@@ -14,150 +14,201 @@ import (
 	"github.com/jetjob/jetjob/internal/server"
 )
 
-// Ceiling figures the e2e figures are compared with.
+// Ceiling figures, per durability setting, that other figures are compared with.
 const (
-	ceilingAppendsBatched = "appends_batched"
+	CeilingOneAtATime = "appends_one_at_a_time"
+	CeilingPipelined  = "appends_pipelined"
+	CeilingBatched    = "appends_batched"
+	CeilingBatched1k  = "appends_batched_1000"
+	CeilingFetchAck   = "workqueue_fetch_ack"
 )
 
-// ceilingScenario measures raw JetStream on this machine: appends with an
-// expected last subject sequence to one subject per job (one at a time,
-// pipelined, in atomic batches of 100) and fetch+ack on a work-queue consumer.
+const (
+	ceilingStream   = "BENCH_CEILING"
+	ceilingPrefix   = "bench.ceiling."
+	workQueueStream = "BENCH_WQ"
+	// pipelineWindow bounds the appends in flight, as the log's own
+	// pipelining does.
+	pipelineWindow = 1000
+)
+
+// An event the size of a no-op job's submit event.
+var ceilingEvent = []byte(`{"v":1,"id":"01a1e5b4-8f3c-7d2e-9a6b-3c4d5e6f7a8b","job":"01a1e5b4-8f3c-7d2e-9a6b-3c4d5e6f7a8c","type":"job.submitted","time":"2026-11-22T17:00:00.000000000Z","data":{"type":"noop","priority":0,"max_attempts":3}}`)
+
+// ceilingScenario measures raw JetStream on this machine, now: appends with an
+// expected last subject sequence to one new subject per job (one at a time,
+// pipelined, in atomic batches of 100 and of 1,000) and fetch+ack on a
+// work-queue consumer, for each durability setting.
 func (r *Runner) ceilingScenario(ctx context.Context) error {
-	n := max(r.cfg.Jobs/4, 500)
+	n := max(r.cfg.Jobs/4, 1000)
 	for _, fsync := range r.cfg.Fsyncs {
+		r.progress("ceiling, fsync %s, %d messages per figure", fsync, n)
 		err := r.withServer(ctx, fsync, server.Options{}, func(s *server.Server) error {
-			js, nc := s.JS, s.NC
-			// A stream of its own, laid out as the event log.
-			cfg := events.StreamConfig("BENCH_CEILING", "bench.ceiling.")
-			if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-				return err
-			}
-			msg := func(i int, batch string, bseq int, commit bool) *nats.Msg {
-				m := nats.NewMsg("bench.ceiling." + batch + strconv.Itoa(i))
-				m.Data = []byte(`{"v":1,"id":"x","job":"j","type":"job.submitted","data":{"type":"t","max_attempts":3}}`)
-				m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
-				if bseq > 0 {
-					m.Header.Set("Nats-Batch-Id", batch)
-					m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(bseq))
-					if commit {
-						m.Header.Set("Nats-Batch-Commit", "1")
-					}
-				}
-				return m
-			}
-			// One at a time.
-			start := time.Now()
-			for i := 0; i < n; i++ {
-				if _, err := js.PublishMsg(ctx, msg(i, "one", 0, false)); err != nil {
-					return err
-				}
-			}
-			r.addCeiling(fsync, "appends_one_at_a_time", float64(n)/time.Since(start).Seconds())
-			// Pipelined: many in flight, each its own ack (and its own fsync).
-			start = time.Now()
-			for lo := 0; lo < n; lo += 1000 {
-				var futures []jetstream.PubAckFuture
-				for i := lo; i < min(lo+1000, n); i++ {
-					f, err := js.PublishMsgAsync(msg(i, "pipe", 0, false))
-					if err != nil {
-						return err
-					}
-					futures = append(futures, f)
-				}
-				for _, f := range futures {
-					select {
-					case <-f.Ok():
-					case err := <-f.Err():
-						return err
-					}
-				}
-			}
-			r.addCeiling(fsync, "appends_pipelined", float64(n)/time.Since(start).Seconds())
-			// Atomic batches of 100: one commit, one fsync, per batch.
-			start = time.Now()
-			const size = 100
-			batches := n / size
-			for b := 0; b < batches; b++ {
-				id := "b" + strconv.Itoa(b) + "x"
-				for i := 1; i <= size; i++ {
-					m := msg(i, id, i, i == size)
-					if i < size {
-						if err := nc.PublishMsg(m); err != nil {
-							return err
-						}
-						continue
-					}
-					resp, err := nc.RequestMsg(m, 5*time.Second)
-					if err != nil {
-						return err
-					}
-					var ack struct {
-						Error *struct {
-							Description string `json:"description"`
-						} `json:"error"`
-					}
-					if err := json.Unmarshal(resp.Data, &ack); err != nil || ack.Error != nil {
-						return fmt.Errorf("atomic batch: %v %+v", err, ack.Error)
-					}
-				}
-			}
-			r.addCeiling(fsync, ceilingAppendsBatched, float64(batches*size)/time.Since(start).Seconds())
-			return r.fetchAck(ctx, js, fsync, n)
+			defer func() {
+				// Leave nothing behind on an external server.
+				_ = s.JS.DeleteStream(context.WithoutCancel(ctx), ceilingStream)
+				_ = s.JS.DeleteStream(context.WithoutCancel(ctx), workQueueStream)
+			}()
+			return r.ceilingAppends(ctx, s, fsync, n)
 		})
 		if err != nil {
 			return err
 		}
 	}
-	r.rss(ScenarioCeiling)
 	return nil
 }
 
-func (r *Runner) addCeiling(fsync, metric string, v float64) {
-	r.ceiling[fsync+"/"+metric] = v
-	r.add(Figure{Scenario: ScenarioCeiling, Fsync: fsync, Metric: metric + "_per_s", Value: v, Unit: "msgs/s"})
-}
+func (r *Runner) ceilingAppends(ctx context.Context, s *server.Server, fsync string, n int) error {
+	// A stream of its own, configured as the event log.
+	if _, err := s.JS.CreateOrUpdateStream(ctx, events.StreamConfig(ceilingStream, ceilingPrefix)); err != nil {
+		return fmt.Errorf("create ceiling stream: %w", err)
+	}
+	msg := func(run string, i int) *nats.Msg {
+		m := nats.NewMsg(ceilingPrefix + run + "." + strconv.Itoa(i))
+		m.Data = ceilingEvent
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+		return m
+	}
 
-// fetchAck measures a work-queue consumer draining a backlog.
-func (r *Runner) fetchAck(ctx context.Context, js jetstream.JetStream, fsync string, n int) error {
-	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_WQ", Subjects: []string{"bench.wq.>"},
-		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage})
-	if err != nil {
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if _, err := s.JS.PublishMsg(ctx, msg("one", i)); err != nil {
+			return fmt.Errorf("append: %w", err)
+		}
+	}
+	r.addCeiling(fsync, CeilingOneAtATime, float64(n)/time.Since(start).Seconds(), "")
+
+	start = time.Now()
+	if err := publishWindowed(s.JS, n, func(i int) *nats.Msg { return msg("pipe", i) }); err != nil {
 		return err
 	}
-	for lo := 0; lo < n; lo += 1000 {
-		var futures []jetstream.PubAckFuture
-		for i := lo; i < min(lo+1000, n); i++ {
-			f, err := js.PublishAsync("bench.wq.x", []byte("job"))
-			if err != nil {
+	r.addCeiling(fsync, CeilingPipelined, float64(n)/time.Since(start).Seconds(), fmt.Sprintf("%d in flight", pipelineWindow))
+
+	for _, size := range []int{100, 1000} {
+		batches := max(n/size, 3)
+		start = time.Now()
+		for b := 0; b < batches; b++ {
+			run := fmt.Sprintf("b%d-%d", size, b)
+			batch := make([]*nats.Msg, size)
+			for i := range batch {
+				batch[i] = msg(run, i)
+			}
+			if err := publishAtomic(s.NC, run, batch); err != nil {
 				return err
+			}
+		}
+		metric := CeilingBatched
+		if size == 1000 {
+			metric = CeilingBatched1k
+		}
+		r.addCeiling(fsync, metric, float64(batches*size)/time.Since(start).Seconds(), fmt.Sprintf("atomic batches of %d, one at a time", size))
+	}
+	return r.ceilingFetchAck(ctx, s.JS, fsync, n)
+}
+
+// publishWindowed publishes n messages asynchronously, at most
+// pipelineWindow unacknowledged.
+func publishWindowed(js jetstream.JetStream, n int, msg func(i int) *nats.Msg) error {
+	for lo := 0; lo < n; lo += pipelineWindow {
+		futures := make([]jetstream.PubAckFuture, 0, pipelineWindow)
+		for i := lo; i < min(lo+pipelineWindow, n); i++ {
+			f, err := js.PublishMsgAsync(msg(i))
+			if err != nil {
+				return fmt.Errorf("publish: %w", err)
 			}
 			futures = append(futures, f)
 		}
 		for _, f := range futures {
-			<-f.Ok()
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				return fmt.Errorf("publish: %w", err)
+			case <-time.After(30 * time.Second):
+				return fmt.Errorf("publish: no ack within 30s")
+			}
 		}
 	}
-	cons, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "bench", AckPolicy: jetstream.AckExplicitPolicy})
+	return nil
+}
+
+// publishAtomic commits msgs as one JetStream atomic batch.
+func publishAtomic(nc *nats.Conn, id string, msgs []*nats.Msg) error {
+	for i, m := range msgs {
+		m.Header.Set("Nats-Batch-Id", id)
+		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+		if i < len(msgs)-1 {
+			if err := nc.PublishMsg(m); err != nil {
+				return fmt.Errorf("publish batch message: %w", err)
+			}
+			continue
+		}
+		m.Header.Set("Nats-Batch-Commit", "1")
+		resp, err := nc.RequestMsg(m, 30*time.Second)
+		if err != nil {
+			return fmt.Errorf("commit batch: %w", err)
+		}
+		var ack struct {
+			Count int `json:"count"`
+			Error *struct {
+				Description string `json:"description"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(resp.Data, &ack); err != nil {
+			return fmt.Errorf("decode batch ack: %w", err)
+		}
+		if ack.Error != nil {
+			return fmt.Errorf("commit batch: %s", ack.Error.Description)
+		}
+		if ack.Count != len(msgs) {
+			return fmt.Errorf("commit batch: %d of %d committed", ack.Count, len(msgs))
+		}
+	}
+	return nil
+}
+
+func (r *Runner) addCeiling(fsync, metric string, v float64, note string) {
+	r.ceiling[fsync+"/"+metric] = v
+	r.add(Figure{Scenario: ScenarioCeiling, Fsync: fsync, Metric: metric + "_per_s", Value: v, Unit: "msgs/s", Note: note})
+}
+
+// ceilingFetchAck measures one consumer draining a work-queue stream, 100
+// messages per fetch, each acknowledged.
+func (r *Runner) ceilingFetchAck(ctx context.Context, js jetstream.JetStream, fsync string, n int) error {
+	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: workQueueStream, Subjects: []string{"bench.wq.>"},
+		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage})
+	if err != nil {
+		return fmt.Errorf("create work-queue stream: %w", err)
+	}
+	err = publishWindowed(js, n, func(i int) *nats.Msg {
+		m := nats.NewMsg("bench.wq." + strconv.Itoa(i))
+		m.Data = ceilingEvent
+		return m
+	})
 	if err != nil {
 		return err
 	}
+	cons, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "bench", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		return fmt.Errorf("create consumer: %w", err)
+	}
 	start := time.Now()
-	got := 0
-	for got < n {
-		b, err := cons.Fetch(100, jetstream.FetchMaxWait(time.Second))
+	for got := 0; got < n; {
+		b, err := cons.Fetch(100, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			return err
+			return fmt.Errorf("fetch: %w", err)
 		}
+		fetched := 0
 		for m := range b.Messages() {
 			if err := m.Ack(); err != nil {
-				return err
+				return fmt.Errorf("ack: %w", err)
 			}
-			got++
+			fetched++
 		}
-		if b.Error() != nil && got < n {
-			return b.Error()
+		if fetched == 0 {
+			return fmt.Errorf("fetch: %d of %d messages: %v", got, n, b.Error())
 		}
+		got += fetched
 	}
-	r.addCeiling(fsync, "workqueue_fetch_ack", float64(n)/time.Since(start).Seconds())
+	r.addCeiling(fsync, CeilingFetchAck, float64(n)/time.Since(start).Seconds(), "fetches of 100")
 	return nil
 }

@@ -3,10 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
-	"sync"
+	"strconv"
 	"time"
 
-	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/maintenance"
 	"github.com/jetjob/jetjob/projector"
@@ -14,154 +13,26 @@ import (
 	"github.com/jetjob/jetjob/workers"
 )
 
-// latencyScenario: start latency (submit returned -> handler started) and
-// submit latency at a fixed rate with idle workers waiting; then cancel
-// latency (cancel returned -> handler context done) for running jobs.
-func (r *Runner) latencyScenario(ctx context.Context) error {
-	fsync := r.cfg.Fsyncs[0]
-	return r.withServer(ctx, fsync, server.Options{}, func(s *server.Server) error {
-		n := max(r.cfg.Jobs/10, 100)
-		var mu sync.Mutex
-		started := map[string]time.Time{}
-		all := make(chan struct{})
-		handler := func(_ context.Context, j *workers.Job) error {
-			mu.Lock()
-			started[j.ID] = time.Now()
-			if len(started) == n+1 {
-				close(all)
-			}
-			mu.Unlock()
-			return nil
-		}
-		stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{"lat"}, Concurrency: r.cfg.Workers}}, handler)
-		if err != nil {
-			return err
-		}
-		defer stop()
-		// A first job registers the queue; then the pool idles.
-		if _, _, err := s.Machine.Submit(ctx, statemachine.SubmitParams{Type: "lat"}); err != nil {
-			return err
-		}
-		returned := make(map[string]time.Time, n)
-		var submitLat []time.Duration
-		tick := time.NewTicker(time.Second / time.Duration(r.cfg.Rate))
-		for i := 0; i < n; i++ {
-			<-tick.C
-			t0 := time.Now()
-			j, _, err := s.Machine.Submit(ctx, statemachine.SubmitParams{Type: "lat"})
-			if err != nil {
-				tick.Stop()
-				return err
-			}
-			t1 := time.Now()
-			submitLat = append(submitLat, t1.Sub(t0))
-			returned[j.ID] = t1
-		}
-		tick.Stop()
-		select {
-		case <-all:
-		case <-time.After(time.Minute):
-			return fmt.Errorf("latency jobs did not all start")
-		}
-		var startLat []time.Duration
-		mu.Lock()
-		for id, t1 := range returned {
-			startLat = append(startLat, max(started[id].Sub(t1), 0))
-		}
-		mu.Unlock()
-		p50, p90, p99, mx := percentiles(startLat)
-		note := fmt.Sprintf("%d jobs at %d/s", n, r.cfg.Rate)
-		r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "start_p50_ms", Value: p50, Unit: "ms", Target: 1.4, Note: note})
-		r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "start_p90_ms", Value: p90, Unit: "ms", Note: note})
-		r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "start_p99_ms", Value: p99, Unit: "ms", Target: 4, Note: note})
-		r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "start_max_ms", Value: mx, Unit: "ms", Note: note})
-		p50, p90, p99, mx = percentiles(submitLat)
-		r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "submit_p50_ms", Value: p50, Unit: "ms", Note: note})
-		r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "submit_p90_ms", Value: p90, Unit: "ms", Note: note})
-		r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "submit_p99_ms", Value: p99, Unit: "ms", Note: note})
-		r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "submit_max_ms", Value: mx, Unit: "ms", Note: note})
-		if err := r.cancelLatency(ctx, s, fsync); err != nil {
-			return err
-		}
-		r.rss(ScenarioLatency)
-		return nil
-	})
-}
-
-func (r *Runner) cancelLatency(ctx context.Context, s *server.Server, fsync string) error {
-	n := min(50, r.cfg.Workers)
-	var mu sync.Mutex
-	done := map[string]time.Time{}
-	running := make(chan string, n)
-	handler := func(ctx context.Context, j *workers.Job) error {
-		running <- j.ID
-		<-ctx.Done()
-		mu.Lock()
-		done[j.ID] = time.Now()
-		mu.Unlock()
-		return context.Cause(ctx)
-	}
-	stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{"cancel"}, Concurrency: n}}, handler)
-	if err != nil {
-		return err
-	}
-	defer stop()
-	for i := 0; i < n; i++ {
-		if _, _, err := s.Machine.Submit(ctx, statemachine.SubmitParams{Type: "cancel"}); err != nil {
-			return err
-		}
-	}
-	returned := map[string]time.Time{}
-	for i := 0; i < n; i++ {
-		id := <-running
-		if _, err := s.Machine.Cancel(ctx, id, "bench"); err != nil {
-			return err
-		}
-		returned[id] = time.Now()
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		mu.Lock()
-		k := len(done)
-		mu.Unlock()
-		if k == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("only %d of %d canceled handlers stopped", k, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	var lat []time.Duration
-	mu.Lock()
-	for id, t := range returned {
-		lat = append(lat, max(done[id].Sub(t), 0))
-	}
-	mu.Unlock()
-	p50, _, p99, mx := percentiles(lat)
-	r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "cancel_p50_ms", Value: p50, Unit: "ms"})
-	r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "cancel_p99_ms", Value: p99, Unit: "ms"})
-	r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "cancel_max_ms", Value: mx, Unit: "ms"})
-	return nil
-}
-
-// backlogScenario: submit rate while a backlog grows, then drain rate, for a
-// small and a large backlog.
+// backlogScenario: the submit rate while a backlog grows (batch submits, no
+// workers), then the rate at which the workers drain it, for a small and a
+// large backlog, on the default durability.
 func (r *Runner) backlogScenario(ctx context.Context) error {
 	fsync := r.cfg.Fsyncs[0]
 	var drains []float64
 	for _, size := range []int{r.cfg.BacklogSmall, r.cfg.BacklogLarge} {
+		r.progress("backlog, fsync %s, %d pending jobs drained by %d workers", fsync, size, r.cfg.Workers)
 		err := r.withServer(ctx, fsync, server.Options{}, func(s *server.Server) error {
-			params := make([]statemachine.SubmitParams, size)
-			for i := range params {
-				params[i] = statemachine.SubmitParams{Type: "drain"}
-			}
 			start := time.Now()
-			if err := submitAll(ctx, s.Machine, params, r.cfg.Producers, true); err != nil {
+			if err := submitAll(ctx, s.Machine, jobs(size, statemachine.SubmitParams{Type: "drain"}), r.cfg.Producers, ModeBatch); err != nil {
 				return err
 			}
 			r.add(Figure{Scenario: ScenarioBacklog, Fsync: fsync, Metric: fmt.Sprintf("submit_per_s_backlog_%d", size),
-				Value: float64(size) / time.Since(start).Seconds(), Unit: "jobs/s"})
+				Value: float64(size) / time.Since(start).Seconds(), Unit: "jobs/s", CeilingMetric: CeilingBatched,
+				Note: fmt.Sprintf("batches of %d, no workers", SubmitBatch)})
+			// The drain starts from a backlog that is all enqueued.
+			if err := waitQueued(ctx, s, size, r.cfg.Stall); err != nil {
+				return err
+			}
 			counter, err := countSuccesses(s, size)
 			if err != nil {
 				return err
@@ -172,12 +43,13 @@ func (r *Runner) backlogScenario(ctx context.Context) error {
 			}
 			defer stop()
 			start = time.Now()
-			if err := counter.wait(ctx, 30*time.Minute); err != nil {
+			if err := counter.wait(ctx, r.cfg.Stall); err != nil {
 				return err
 			}
 			rate := float64(size) / time.Since(start).Seconds()
 			drains = append(drains, rate)
-			r.add(Figure{Scenario: ScenarioBacklog, Fsync: fsync, Metric: fmt.Sprintf("drain_per_s_backlog_%d", size), Value: rate, Unit: "jobs/s"})
+			r.add(Figure{Scenario: ScenarioBacklog, Fsync: fsync, Metric: fmt.Sprintf("drain_per_s_backlog_%d", size),
+				Value: rate, Unit: "jobs/s", CeilingMetric: CeilingFetchAck, Note: fmt.Sprintf("%d workers", r.cfg.Workers)})
 			return nil
 		})
 		if err != nil {
@@ -185,56 +57,90 @@ func (r *Runner) backlogScenario(ctx context.Context) error {
 		}
 	}
 	r.add(Figure{Scenario: ScenarioBacklog, Fsync: fsync, Metric: "drain_large_over_small_pct", Value: drains[1] / drains[0] * 100,
-		Unit: "%", Target: 80, Higher: true})
-	r.rss(ScenarioBacklog)
+		Unit: "%", Target: 80, Higher: true, Note: fmt.Sprintf("%d vs %d pending", r.cfg.BacklogLarge, r.cfg.BacklogSmall)})
 	return nil
 }
 
-// tagsScenario: throughput with one tag set, and with many distinct tag sets
-// served by 32 pools with overlapping tag sets.
+// waitQueued waits until the work queue holds n messages.
+func waitQueued(ctx context.Context, s *server.Server, n int, stall time.Duration) error {
+	st, err := s.JS.Stream(ctx, workers.QueueStream)
+	if err != nil {
+		return fmt.Errorf("bind queue stream: %w", err)
+	}
+	last, since := uint64(0), time.Now()
+	for {
+		info, err := st.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("queue stream info: %w", err)
+		}
+		if info.State.Msgs >= uint64(n) {
+			return nil
+		}
+		if info.State.Msgs != last {
+			last, since = info.State.Msgs, time.Now()
+		} else if time.Since(since) > stall {
+			return fmt.Errorf("stalled: %d of %d jobs enqueued", last, n)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// tagKeys: tag sets are the non-empty subsets of these keys (all with value
+// "1"), so that 1,000 distinct sets fit and pools can overlap on them.
+const tagKeys = 10
+
+func tagSet(bits int) map[string]string {
+	tags := map[string]string{}
+	for k := 0; k < tagKeys; k++ {
+		if bits&(1<<k) != 0 {
+			tags["k"+strconv.Itoa(k)] = "1"
+		}
+	}
+	return tags
+}
+
+// tagPools are TagPools pools with overlapping tag sets: two hold every key,
+// each other one lacks one key, so a job's tag set is served by the pools
+// that hold all of its keys.
+func (r *Runner) tagPools() []workers.PoolConfig {
+	var out []workers.PoolConfig
+	per := max(r.cfg.Workers/TagPools, 1)
+	for i := 0; i < TagPools; i++ {
+		bits := 1<<tagKeys - 1
+		if i >= 2 {
+			bits &^= 1 << (i % tagKeys)
+		}
+		out = append(out, workers.PoolConfig{Types: []string{"tags"}, Tags: tagSet(bits), Concurrency: per})
+	}
+	return out
+}
+
+// tagsScenario: throughput of the same overlapping pools with every job in
+// one tag set, then spread over many distinct tag sets.
 func (r *Runner) tagsScenario(ctx context.Context) error {
 	fsync := r.cfg.Fsyncs[0]
-	const keys = 10
-	allTags := map[string]string{}
-	for k := 0; k < keys; k++ {
-		allTags[fmt.Sprint("k", k)] = "1"
-	}
-	pools := func() []workers.PoolConfig {
-		var out []workers.PoolConfig
-		per := max(r.cfg.Workers/32, 1)
-		for i := 0; i < 32; i++ {
-			tags := map[string]string{}
-			for k, v := range allTags {
-				tags[k] = v
-			}
-			if i >= 2 { // all but two pools lack one key: overlapping, not equal
-				delete(tags, fmt.Sprint("k", i%keys))
-			}
-			out = append(out, workers.PoolConfig{Types: []string{"tags"}, Tags: tags, Concurrency: per})
-		}
-		return out
-	}
+	n := max(r.cfg.Jobs/2, 1)
 	var rates []float64
-	for _, sets := range []int{1, min(r.cfg.TagSets, 1<<keys)} {
+	for _, sets := range []int{1, min(r.cfg.TagSets, 1<<tagKeys-1)} {
+		r.progress("tags, fsync %s, %d jobs over %d tag sets, %d pools", fsync, n, sets, TagPools)
 		err := r.withServer(ctx, fsync, server.Options{}, func(s *server.Server) error {
-			n := r.cfg.Jobs / 2
 			params := make([]statemachine.SubmitParams, n)
 			for i := range params {
-				set := (i % sets) + 1
-				tags := map[string]string{}
-				for k := 0; k < keys; k++ {
-					if set&(1<<k) != 0 {
-						tags[fmt.Sprint("k", k)] = "1"
-					}
-				}
-				params[i] = statemachine.SubmitParams{Type: "tags", Tags: tags}
+				// Job i is in tag set (i mod sets)+1: the sets are spread
+				// evenly over the submits, as jobs of many tenants.
+				params[i] = statemachine.SubmitParams{Type: "tags", Tags: tagSet(i%sets + 1)}
 			}
-			rate, err := r.throughput(ctx, s, params, pools(), true)
+			rate, err := r.throughput(ctx, s, params, r.tagPools(), ModeBatch)
 			if err != nil {
-				return err
+				return fmt.Errorf("%d tag sets: %w", sets, err)
 			}
 			rates = append(rates, rate)
-			r.add(Figure{Scenario: ScenarioTags, Fsync: fsync, Metric: fmt.Sprintf("jobs_per_s_%d_tagsets", sets), Value: rate, Unit: "jobs/s"})
+			r.add(Figure{Scenario: ScenarioTags, Fsync: fsync, Metric: fmt.Sprintf("jobs_per_s_%d_tagsets", sets), Value: rate,
+				Unit: "jobs/s", Note: fmt.Sprintf("%d jobs, batch submit, %d pools of %d", n, TagPools, max(r.cfg.Workers/TagPools, 1))})
 			return nil
 		})
 		if err != nil {
@@ -243,88 +149,110 @@ func (r *Runner) tagsScenario(ctx context.Context) error {
 	}
 	r.add(Figure{Scenario: ScenarioTags, Fsync: fsync, Metric: "many_over_one_tagset_pct", Value: rates[1] / rates[0] * 100,
 		Unit: "%", Target: 50, Higher: true})
-	r.rss(ScenarioTags)
 	return nil
 }
 
-// opsScenario: bulk cancel, projection rebuild and hang detection.
+// opsScenario: bulk cancel of pending jobs, projection rebuild, and hang
+// detection of dead jobs, on the default durability.
 func (r *Runner) opsScenario(ctx context.Context) error {
 	fsync := r.cfg.Fsyncs[0]
-	hangAfter := time.Second
-	opts := server.Options{HangAfter: hangAfter, DetectEvery: 250 * time.Millisecond}
+	hangAfter, every := time.Second, 250*time.Millisecond
+	opts := server.Options{HangAfter: hangAfter, DetectEvery: every}
+	r.progress("ops, fsync %s: bulk cancel of %d, rebuild, hang detection of %d", fsync, r.cfg.OpsJobs, r.cfg.HangJobs)
 	return r.withServer(ctx, fsync, opts, func(s *server.Server) error {
 		n := r.cfg.OpsJobs
-		params := make([]statemachine.SubmitParams, n)
-		for i := range params {
-			params[i] = statemachine.SubmitParams{Type: "ops", Meta: map[string]string{"template_version": "v1"}}
-		}
-		if err := submitAll(ctx, s.Machine, params, r.cfg.Producers, true); err != nil {
+		params := jobs(n, statemachine.SubmitParams{Type: "ops", Meta: map[string]string{"template_version": "v1"}})
+		if err := submitAll(ctx, s.Machine, params, r.cfg.Producers, ModeBatch); err != nil {
 			return err
 		}
-		if err := waitListed(ctx, s.Reader, projector.Filter{Type: "ops", States: []statemachine.State{statemachine.StatePending}}, n); err != nil {
+		pending := projector.Filter{Type: "ops", States: []statemachine.State{statemachine.StatePending}}
+		if err := waitListed(ctx, s.Reader, pending, n, r.cfg.Stall); err != nil {
 			return err
 		}
 		start := time.Now()
-		res, err := maintenance.CancelPending(ctx, s.Reader, s.Machine, projector.Filter{Type: "ops"}, maintenance.BulkCancelOptions{})
+		res, err := maintenance.CancelPending(ctx, s.Reader, s.Machine, projector.Filter{Type: "ops"}, maintenance.BulkCancelOptions{Reason: "bench"})
 		if err != nil {
-			return err
+			return fmt.Errorf("bulk cancel: %w", err)
 		}
 		if len(res.Canceled) != n {
 			return fmt.Errorf("bulk cancel canceled %d of %d (skipped %d)", len(res.Canceled), n, len(res.Skipped))
 		}
 		r.add(Figure{Scenario: ScenarioOps, Fsync: fsync, Metric: "bulk_cancel_jobs_per_s", Value: float64(n) / time.Since(start).Seconds(),
-			Unit: "jobs/s", Target: 5000, Higher: true})
+			Unit: "jobs/s", Target: 5000, Higher: true, CeilingMetric: CeilingBatched, Note: fmt.Sprintf("%d pending jobs", n)})
 
-		other, err := projector.New(s.JS, s.Log, s.Heartbeat, projector.Config{Durable: "bench_rebuild", HeartbeatDurable: "bench_rebuild_hb"})
+		// A second projector rebuilds the views from the whole log while the
+		// server's own keeps running, as an operator's rebuild would.
+		other, err := projector.New(s.JS, s.Log, s.Heartbeat, projector.Config{Durable: "bench_rebuild", HeartbeatDurable: "bench_rebuild_hb", Logger: r.logger})
 		if err != nil {
-			return err
+			return fmt.Errorf("new projector: %w", err)
 		}
 		stats, err := other.Rebuild(ctx)
 		if err != nil {
-			return err
+			return fmt.Errorf("rebuild: %w", err)
 		}
 		r.add(Figure{Scenario: ScenarioOps, Fsync: fsync, Metric: "rebuild_events_per_s", Value: stats.EventsPerSec, Unit: "events/s",
-			Target: 50_000, Higher: true, Note: fmt.Sprintf("%d events, %d jobs", stats.Events, stats.Jobs)})
+			Target: 50_000, Higher: true, Note: fmt.Sprintf("%d events of %d jobs in %.2fs", stats.Events, stats.Jobs, stats.Seconds)})
 
-		// Hang detection: jobs acquired by a worker that then says nothing.
-		dead := r.cfg.HangJobs
-		for i := range params[:dead] {
-			params[i] = statemachine.SubmitParams{Type: "dead", MaxAttempts: 1}
-		}
-		var ids []string
-		for _, res := range s.Machine.SubmitMany(ctx, params[:dead]) {
-			if res.Err != nil {
-				return res.Err
-			}
-			if _, err := s.Machine.Acquire(ctx, res.Job.ID, "dead-worker"); err != nil {
-				return err
-			}
-			ids = append(ids, res.Job.ID)
-		}
-		start = time.Now()
-		if err := waitListed(ctx, s.Reader, projector.Filter{Type: "dead", States: []statemachine.State{statemachine.StateFailed}}, dead); err != nil {
-			return err
-		}
-		r.add(Figure{Scenario: ScenarioOps, Fsync: fsync, Metric: "hang_detect_all_failed_s", Value: time.Since(start).Seconds(), Unit: "s",
-			Note: fmt.Sprintf("%d dead jobs, hang-after %s, at most %d per pass", dead, hangAfter, maintenance.MaxPerPassDefault)})
-		r.rss(ScenarioOps)
-		return nil
+		return r.hangDetection(ctx, s, fsync, hangAfter, every)
 	})
 }
 
+// hangDetection: jobs acquired by a worker that then says nothing, until the
+// detector has failed them all.
+func (r *Runner) hangDetection(ctx context.Context, s *server.Server, fsync string, hangAfter, every time.Duration) error {
+	dead := r.cfg.HangJobs
+	var snapshots []statemachine.Job
+	for _, res := range s.Machine.SubmitMany(ctx, jobs(dead, statemachine.SubmitParams{Type: "dead", MaxAttempts: 1})) {
+		if res.Err != nil {
+			return fmt.Errorf("submit: %w", res.Err)
+		}
+		snapshots = append(snapshots, res.Job)
+	}
+	// Acquired concurrently, as a crowd of workers would, then abandoned.
+	errs := make(chan error, len(snapshots))
+	sem := make(chan struct{}, 256)
+	for _, j := range snapshots {
+		sem <- struct{}{}
+		go func(j statemachine.Job) {
+			defer func() { <-sem }()
+			_, err := s.Machine.AcquireFrom(ctx, j, "dead-worker")
+			errs <- err
+		}(j)
+	}
+	for range snapshots {
+		if err := <-errs; err != nil {
+			return fmt.Errorf("acquire: %w", err)
+		}
+	}
+	acquired := time.Now()
+	failed := projector.Filter{Type: "dead", States: []statemachine.State{statemachine.StateFailed}}
+	if err := waitListed(ctx, s.Reader, failed, dead, r.cfg.Stall+hangAfter); err != nil {
+		return err
+	}
+	// Eligible: the last acquire is hangAfter old.
+	took := time.Since(acquired) - hangAfter
+	r.add(Figure{Scenario: ScenarioOps, Fsync: fsync, Metric: "hang_detect_all_failed_s", Value: took.Seconds(), Unit: "s",
+		Note: fmt.Sprintf("%d dead jobs, from all eligible (hang-after %s) to all failed; passes every %s, at most %d jobs each",
+			dead, hangAfter, every, maintenance.MaxPerPassDefault)})
+	return nil
+}
+
 // waitListed waits until the views show n jobs matching the filter.
-func waitListed(ctx context.Context, reader *projector.Reader, f projector.Filter, n int) error {
-	deadline := time.Now().Add(5 * time.Minute)
+func waitListed(ctx context.Context, reader *projector.Reader, f projector.Filter, n int, stall time.Duration) error {
+	last, since := -1, time.Now()
 	for {
 		page, err := reader.List(ctx, f)
 		if err != nil {
-			return err
+			return fmt.Errorf("list views: %w", err)
 		}
-		if len(page.Views) >= n {
+		got := len(page.Views)
+		if got >= n {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("only %d of %d jobs listed", len(page.Views), n)
+		if got != last {
+			last, since = got, time.Now()
+		} else if time.Since(since) > stall {
+			return fmt.Errorf("stalled: %d of %d jobs listed", got, n)
 		}
 		select {
 		case <-ctx.Done():
@@ -334,24 +262,55 @@ func waitListed(ctx context.Context, reader *projector.Reader, f projector.Filte
 	}
 }
 
-// memoryScenario: the server's resident memory holding a large backlog.
-func (r *Runner) memoryScenario() {
-	fsync := natsserver.FsyncInterval
-	if r.cfg.NATSURL != "" {
-		fsync = "external"
-	}
-	_ = r.withServer(context.Background(), fsync, server.Options{}, func(s *server.Server) error {
-		peakRSS(true)
-		n := r.cfg.BacklogLarge
-		params := make([]statemachine.SubmitParams, n)
-		for i := range params {
-			params[i] = statemachine.SubmitParams{Type: "mem"}
-		}
-		if err := submitAll(context.Background(), s.Machine, params, r.cfg.Producers, true); err != nil {
+// memoryScenario: the process's memory while it holds a large backlog of
+// pending jobs, enqueued and projected.
+func (r *Runner) memoryScenario(ctx context.Context) error {
+	fsync := r.cfg.Fsyncs[0]
+	n := r.cfg.BacklogLarge
+	r.progress("memory, fsync %s, %d pending jobs", fsync, n)
+	return r.withServer(ctx, fsync, server.Options{}, func(s *server.Server) error {
+		if err := submitAll(ctx, s.Machine, jobs(n, statemachine.SubmitParams{Type: "mem"}), r.cfg.Producers, ModeBatch); err != nil {
 			return err
 		}
-		r.add(Figure{Scenario: ScenarioMemory, Fsync: fsync, Metric: fmt.Sprintf("peak_rss_mib_%d_pending", n), Value: peakRSS(true),
-			Unit: "MiB", Target: 512, Note: "server, projector, enqueuer and client in one process"})
+		if err := waitQueued(ctx, s, n, r.cfg.Stall); err != nil {
+			return err
+		}
+		if err := waitProjected(ctx, s, r.cfg.Stall); err != nil {
+			return err
+		}
+		note := "whole process: embedded server, projector, enqueuer and the client that submitted"
+		r.add(Figure{Scenario: ScenarioMemory, Fsync: fsync, Metric: fmt.Sprintf("peak_rss_mib_%d_pending", n), Value: peakRSS(),
+			Unit: "MiB", Target: 512, Note: note})
+		settle()
+		r.add(Figure{Scenario: ScenarioMemory, Fsync: fsync, Metric: fmt.Sprintf("rss_mib_%d_pending_idle", n), Value: rss(),
+			Unit: "MiB", Target: 512, Note: note + ", after a GC, idle"})
 		return nil
 	})
+}
+
+// waitProjected waits until the log's consumers (projector, enqueuer) have
+// nothing left to process.
+func waitProjected(ctx context.Context, s *server.Server, within time.Duration) error {
+	st, err := s.JS.Stream(ctx, s.Log.Stream())
+	if err != nil {
+		return fmt.Errorf("bind log: %w", err)
+	}
+	deadline := time.Now().Add(within)
+	for {
+		var behind uint64
+		for info := range st.ListConsumers(ctx).Info() {
+			behind += info.NumPending + uint64(info.NumAckPending)
+		}
+		if behind == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("log consumers still %d messages behind after %s", behind, within)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
