@@ -21,6 +21,10 @@ const (
 	CeilingBatched    = "appends_batched"
 	CeilingBatched1k  = "appends_batched_1000"
 	CeilingFetchAck   = "workqueue_fetch_ack"
+	// CeilingFetchAckAsync is fetch+ack on a work-queue stream that flushes
+	// asynchronously, as jetjob's own queue does: with fsync always, an ack
+	// (a delete in a work-queue stream) is otherwise fsync'd too.
+	CeilingFetchAckAsync = "workqueue_async_fetch_ack"
 )
 
 const (
@@ -103,7 +107,10 @@ func (r *Runner) ceilingAppends(ctx context.Context, s *server.Server, fsync str
 		}
 		r.addCeiling(fsync, metric, float64(batches*size)/time.Since(start).Seconds(), fmt.Sprintf("atomic batches of %d, one at a time", size))
 	}
-	return r.ceilingFetchAck(ctx, s.JS, fsync, n)
+	if err := r.ceilingFetchAck(ctx, s.JS, fsync, n, false); err != nil {
+		return err
+	}
+	return r.ceilingFetchAck(ctx, s.JS, fsync, n, true)
 }
 
 // publishWindowed publishes n messages asynchronously, at most
@@ -173,9 +180,15 @@ func (r *Runner) addCeiling(fsync, metric string, v float64, note string) {
 
 // ceilingFetchAck measures one consumer draining a work-queue stream, 100
 // messages per fetch, each acknowledged.
-func (r *Runner) ceilingFetchAck(ctx context.Context, js jetstream.JetStream, fsync string, n int) error {
-	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: workQueueStream, Subjects: []string{"bench.wq.>"},
-		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage})
+func (r *Runner) ceilingFetchAck(ctx context.Context, js jetstream.JetStream, fsync string, n int, async bool) error {
+	cfg := jetstream.StreamConfig{Name: workQueueStream, Subjects: []string{"bench.wq.>"},
+		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage}
+	metric := CeilingFetchAck
+	if async {
+		cfg.PersistMode, metric = jetstream.AsyncPersistMode, CeilingFetchAckAsync
+	}
+	_ = js.DeleteStream(ctx, workQueueStream)
+	st, err := js.CreateOrUpdateStream(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("create work-queue stream: %w", err)
 	}
@@ -209,6 +222,6 @@ func (r *Runner) ceilingFetchAck(ctx context.Context, js jetstream.JetStream, fs
 		}
 		got += fetched
 	}
-	r.addCeiling(fsync, CeilingFetchAck, float64(n)/time.Since(start).Seconds(), "fetches of 100")
+	r.addCeiling(fsync, metric, float64(n)/time.Since(start).Seconds(), "fetches of 100")
 	return nil
 }

@@ -49,7 +49,7 @@ func (r *Runner) backlogScenario(ctx context.Context) error {
 			rate := float64(size) / time.Since(start).Seconds()
 			drains = append(drains, rate)
 			r.add(Figure{Scenario: ScenarioBacklog, Fsync: fsync, Metric: fmt.Sprintf("drain_per_s_backlog_%d", size),
-				Value: rate, Unit: "jobs/s", CeilingMetric: CeilingFetchAck, Note: fmt.Sprintf("%d workers", r.cfg.Workers)})
+				Value: rate, Unit: "jobs/s", CeilingMetric: CeilingFetchAckAsync, Note: fmt.Sprintf("%d workers", r.cfg.Workers)})
 			return nil
 		})
 		if err != nil {
