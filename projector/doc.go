@@ -4,12 +4,21 @@
 //
 // The view of a job is a pure function of the fold of its events and of its
 // last heartbeat (ViewOf), so it can be deleted and rebuilt from the log with
-// an identical result. The projector is a durable consumer over the events
-// stream: it applies an event to the stored view when the event follows the
-// view's version (the event's expected-sequence header says which sequence it
-// followed), skips it when the view is already past it (redelivery), and
-// otherwise folds the job's whole history again. Views are written with the
-// bucket's compare-and-set, so two projectors (two servers) never write an
-// older view over a newer one. A message that is not a valid event is copied
-// to the quarantine stream and skipped; it never stalls the projection.
+// a byte-identical result (Rebuild, or Start on a missing bucket).
+//
+// The Projector is a durable consumer over the events stream. It takes the
+// messages in batches, groups them by job, applies each job's records in
+// order to its stored view when they follow the view's version (each
+// event's expected-sequence header says which sequence its writer saw),
+// skips those the view already has (a redelivery), and otherwise folds the
+// job's whole history again. Each changed view is written once per batch,
+// all writes in flight at once, each expecting the revision it was decided
+// on, so two projectors (two servers on one NATS) never write an older view
+// over a newer one: a refused write is decided again on the stored view. A
+// second consumer carries heartbeats into the views of running jobs.
+//
+// A message on an event subject that is not a valid event of its job
+// (malformed, of an unknown type, or an illegal transition) is logged,
+// copied to the quarantine stream and skipped; the view's version still
+// moves past it, and the projection never stalls on it.
 package projector

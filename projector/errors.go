@@ -2,5 +2,12 @@ package projector
 
 import "errors"
 
-// ErrNoViews: the job views bucket does not exist (no server provisioned it yet).
-var ErrNoViews = errors.New("no job views bucket: is a jetjob server running against this NATS?")
+var (
+	// ErrNoViews: the job views bucket does not exist (no server provisioned it yet).
+	ErrNoViews = errors.New("no job views bucket: is a jetjob server running against this NATS?")
+	// ErrInvalidConfig: a Config that cannot run a projector.
+	ErrInvalidConfig = errors.New("invalid projector config")
+	// errStale: another writer moved the view since it was read; the write
+	// is decided again on the new view.
+	errStale = errors.New("view changed concurrently")
+)

@@ -2,6 +2,7 @@ package projector_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -14,45 +15,100 @@ import (
 	"github.com/jetjob/jetjob/statemachine"
 )
 
-// The projector keeps one view per job; a Reader gets and lists them.
+// A projector keeps one view per job in a KV bucket; a Reader, which any
+// process connected to the same NATS can open, gets a job's view or lists
+// the views that match a filter, a page at a time.
 func Example() {
-	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "jetjob-example")
-	defer os.RemoveAll(dir)
-	srv, _ := natsserver.Start(natsserver.Config{DataDir: dir, Listen: "127.0.0.1:0"})
-	defer srv.Shutdown()
-	nc, _ := nats.Connect(srv.ClientURL())
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	lg, _ := events.Open(ctx, js, events.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel() // ends the watch
+	js, stop := embeddedServer()
+	defer stop()
+	lg, err := events.Open(ctx, js, events.Config{})
+	check(err)
 	defer lg.Close()
-	hb, _ := events.OpenHeartbeats(ctx, js)
-	m, _ := statemachine.New(lg, statemachine.Config{})
+	hb, err := events.OpenHeartbeats(ctx, js)
+	check(err)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	check(err)
 
-	proj, _ := projector.New(js, lg, hb, projector.Config{})
-	_ = proj.Start(ctx)
+	proj, err := projector.New(js, lg, hb, projector.Config{})
+	check(err)
+	check(proj.Start(ctx))
 	defer proj.Stop()
-	reader, _ := projector.NewReader(ctx, js)
-	changes, _ := reader.Watch(ctx, projector.Filter{Type: "build"})
+	reader, err := projector.NewReader(ctx, js)
+	check(err)
 
-	old, _, _ := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Meta: map[string]string{"template_version": "v1"}})
-	current, _, _ := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Meta: map[string]string{"template_version": "v2"}})
-	_, _ = m.Cancel(ctx, old.ID, "outdated template")
-	// Every change comes through the watch, in order per job.
-	var v projector.View
-	for seenCurrent := false; !seenCurrent || v.State != statemachine.StateCanceled; {
-		change := <-changes
-		seenCurrent = seenCurrent || change.ID == current.ID
-		if change.ID == old.ID {
-			v = change
+	// Views follow the log asynchronously: a dashboard watches them change.
+	changes, err := reader.Watch(ctx, projector.Filter{Type: "build"})
+	check(err)
+
+	submit := func(version string) statemachine.Job {
+		j, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Meta: map[string]string{"template_version": version}})
+		check(err)
+		return j
+	}
+	old, current, next := submit("v1"), submit("v2"), submit("v3")
+	canceled, err := m.Cancel(ctx, old.ID, "outdated template")
+	check(err)
+
+	// Wait until each job's view has its last event: a view's version is
+	// the stream sequence of that event.
+	want := map[string]uint64{old.ID: canceled.Version, current.ID: current.Version, next.ID: next.Version}
+	for len(want) > 0 {
+		v := <-changes
+		if want[v.ID] == v.Version {
+			delete(want, v.ID)
 		}
 	}
+	v, err := reader.Get(ctx, old.ID)
+	check(err)
+	fmt.Println("get:", v.State, v.CancelReason)
 
-	got, _ := reader.Get(ctx, old.ID)
-	fmt.Println(v.ID == old.ID, got.State, got.CancelReason, got.Version == v.Version)
-	page, _ := reader.List(ctx, projector.Filter{MetaNot: map[string]string{"template_version": "v1"}})
-	fmt.Println(len(page.Views), page.Views[0].State)
+	page, err := reader.List(ctx, projector.Filter{
+		States:  []statemachine.State{statemachine.StatePending},
+		MetaNot: map[string]string{"template_version": "v1"},
+		Limit:   1,
+	})
+	check(err)
+	fmt.Println("page 1:", page.Views[0].ID == current.ID, page.Views[0].Meta["template_version"], page.Next == current.ID)
+	page, err = reader.List(ctx, projector.Filter{
+		States:  []statemachine.State{statemachine.StatePending},
+		MetaNot: map[string]string{"template_version": "v1"},
+		Limit:   1,
+		After:   page.Next,
+	})
+	check(err)
+	fmt.Println("page 2:", page.Views[0].ID == next.ID, page.Views[0].Meta["template_version"], page.Next == "")
+
+	_, err = reader.Get(ctx, "01a20000-0000-7000-8000-000000000000")
+	fmt.Println("unknown job:", errors.Is(err, events.ErrNotFound))
 	// Output:
-	// true canceled outdated template true
-	// 1 pending
+	// get: canceled outdated template
+	// page 1: true v2 true
+	// page 2: true v3 true
+	// unknown job: true
+}
+
+// embeddedServer starts a NATS server with JetStream in a temporary
+// directory, as jetjob's dev mode does.
+func embeddedServer() (jetstream.JetStream, func()) {
+	dir, err := os.MkdirTemp("", "jetjob-example")
+	check(err)
+	srv, err := natsserver.Start(natsserver.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	check(err)
+	nc, err := nats.Connect(srv.ClientURL())
+	check(err)
+	js, err := jetstream.New(nc)
+	check(err)
+	return js, func() {
+		nc.Close()
+		srv.Shutdown()
+		_ = os.RemoveAll(dir)
+	}
+}
+
+func check(err error) {
+	if err != nil {
+		panic(err)
+	}
 }

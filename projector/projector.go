@@ -2,14 +2,12 @@ package projector
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -20,33 +18,66 @@ import (
 	"github.com/jetjob/jetjob/statemachine"
 )
 
-// Defaults for Config.
+// Names and defaults for Config. The names are stable across versions.
 const (
-	DurableDefault          = "jj_projector"
+	// BucketDefault is the KV bucket holding one view per job.
+	BucketDefault = "jj_jobs"
+	// DurableDefault names the consumer over the events stream; every
+	// server uses it, so servers share the work.
+	DurableDefault = "jj_projector"
+	// HeartbeatDurableDefault names the consumer over the heartbeat stream.
 	HeartbeatDurableDefault = "jj_projector_hb"
-	QuarantineStreamDefault = "JJ_QUARANTINE"
-	QuarantinePrefixDefault = "jj.quarantine."
-	BatchDefault            = 512
-	WritersDefault          = 32
-	AckWaitDefault          = 30 * time.Second
-	cacheMax                = 50_000
+	// QuarantineStream keeps a copy of every message on an event subject
+	// that is not a valid event, under QuarantinePrefix + job ID.
+	QuarantineStream = "JJ_QUARANTINE"
+	QuarantinePrefix = "jj.quarantine."
+	// BatchDefault is how many messages are projected together: a job with
+	// several events in a batch is written once, and the batch's writes
+	// are all in flight at once. BatchLimit bounds it.
+	BatchDefault = 1024
+	BatchLimit   = 10_000
+	// WritersDefault is how many histories or views are read concurrently
+	// when a batch needs them.
+	WritersDefault = 32
+	// AckWaitDefault: a message not acknowledged within it is delivered again.
+	AckWaitDefault = 30 * time.Second
+	// WriteTimeoutDefault bounds the wait for a batch's writes.
+	WriteTimeoutDefault = 10 * time.Second
+	// CheckEveryDefault is how often a running projector checks that its
+	// bucket and consumers still exist, to recreate them (and replay the
+	// log) when an operator deleted them.
+	CheckEveryDefault = 5 * time.Second
+	// CacheDefault is about how many unfinished jobs' views are kept in
+	// memory, so that their next event needs no read.
+	CacheDefault = 50_000
+	// casRetries bounds how often one job's write is redone after another
+	// writer moved its view.
+	casRetries = 20
 )
 
-// Config configures a Projector.
+// Config configures a Projector. Zero values take the defaults.
 type Config struct {
 	// Bucket holds the views. Default BucketDefault.
 	Bucket string
 	// Durable names the consumer over the events stream. Default DurableDefault.
 	Durable string
 	// HeartbeatDurable names the consumer over the heartbeat stream.
+	// Default HeartbeatDurableDefault.
 	HeartbeatDurable string
-	// Batch is how many events are projected together. Default BatchDefault.
+	// Batch: see BatchDefault (at most BatchLimit).
 	Batch int
-	// Writers is how many views are written concurrently. Default WritersDefault.
+	// Writers: see WritersDefault.
 	Writers int
-	// AckWait: an event not acknowledged within it is delivered again.
+	// AckWait: see AckWaitDefault.
 	AckWait time.Duration
-	Logger  *zap.Logger
+	// WriteTimeout: see WriteTimeoutDefault.
+	WriteTimeout time.Duration
+	// CheckEvery: see CheckEveryDefault.
+	CheckEvery time.Duration
+	// Cache: see CacheDefault; negative turns the cache off.
+	Cache int
+	// Logger; nil means no logging.
+	Logger *zap.Logger
 }
 
 func (c *Config) validate() error {
@@ -59,14 +90,34 @@ func (c *Config) validate() error {
 	if c.HeartbeatDurable == "" {
 		c.HeartbeatDurable = HeartbeatDurableDefault
 	}
-	if c.Batch <= 0 {
+	for what, name := range map[string]string{"bucket": c.Bucket, "durable": c.Durable, "heartbeat durable": c.HeartbeatDurable} {
+		if err := statemachine.ValidateToken(what, name); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+	}
+	if c.Durable == c.HeartbeatDurable {
+		return fmt.Errorf("%w: durable and heartbeat durable are both %q", ErrInvalidConfig, c.Durable)
+	}
+	if c.Batch == 0 {
 		c.Batch = BatchDefault
+	}
+	if c.Batch < 0 || c.Batch > BatchLimit {
+		return fmt.Errorf("%w: batch %d, expected 1-%d", ErrInvalidConfig, c.Batch, BatchLimit)
 	}
 	if c.Writers <= 0 {
 		c.Writers = WritersDefault
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = AckWaitDefault
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = WriteTimeoutDefault
+	}
+	if c.CheckEvery <= 0 {
+		c.CheckEvery = CheckEveryDefault
+	}
+	if c.Cache == 0 {
+		c.Cache = CacheDefault
 	}
 	return nil
 }
@@ -79,22 +130,25 @@ type Projector struct {
 	cfg    Config
 	logger *zap.Logger
 
-	kv     jetstream.KeyValue
-	evCons jetstream.Consumer
-	hbCons jetstream.Consumer
+	// setupMu guards the handles below, which setup replaces.
+	setupMu  sync.Mutex
+	kv       jetstream.Stream
+	evCons   jetstream.Consumer
+	hbCons   jetstream.Consumer
+	consumed [2]time.Time // creation times of evCons and hbCons
 
+	// cache holds the views of unfinished jobs as last written, in two
+	// generations (see remember).
 	cacheMu sync.Mutex
-	cache   map[string]cached
+	cache   map[string]stored
+	older   map[string]stored
 
-	mu      sync.Mutex
-	started bool
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-}
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
 
-type cached struct {
-	view View
-	rev  uint64
+	// refolds counts histories read again, for tests of the incremental path.
+	refolds atomic.Int64
 }
 
 // New returns a projector; Start provisions what it needs and runs it.
@@ -102,356 +156,346 @@ func New(js jetstream.JetStream, log *events.Log, hb *events.Heartbeats, cfg Con
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if js == nil || log == nil || hb == nil {
+		return nil, fmt.Errorf("%w: jetstream, log and heartbeats are required", ErrInvalidConfig)
+	}
 	return &Projector{js: js, log: log, hb: hb, cfg: cfg, logger: logging.OrNop(cfg.Logger, "projector"),
-		cache: map[string]cached{}}, nil
+		cache: map[string]stored{}}, nil
 }
 
-// setup binds or creates the bucket, the quarantine stream and the
-// consumers. A missing bucket means the views were lost: the consumers are
-// recreated from the start of the log so that every view is rebuilt.
-func (p *Projector) setup(ctx context.Context) error {
-	_, err := p.js.KeyValue(ctx, p.cfg.Bucket)
-	rebuild := errors.Is(err, jetstream.ErrBucketNotFound)
-	if err != nil && !rebuild {
-		return fmt.Errorf("look up views bucket: %w", err)
+func (p *Projector) kvSubject(id string) string { return "$KV." + p.cfg.Bucket + "." + id }
+func (p *Projector) kvStreamName() string       { return "KV_" + p.cfg.Bucket }
+
+// provisionStorage creates or upgrades the bucket and the quarantine stream;
+// lost is true when the bucket did not exist.
+func (p *Projector) provisionStorage(ctx context.Context) (lost bool, err error) {
+	_, err = p.js.Stream(ctx, p.kvStreamName())
+	lost = errors.Is(err, jetstream.ErrStreamNotFound)
+	if err != nil && !lost {
+		return false, fmt.Errorf("look up views bucket: %w", err)
 	}
-	if p.kv, err = provision.KeyValue(ctx, p.js, provision.KeyValueConfig{Bucket: p.cfg.Bucket, AsyncPersist: true}); err != nil {
-		return err
+	// Views are derived from the log and can be rebuilt, so they need no
+	// fsync before the ack.
+	if _, err := provision.KeyValue(ctx, p.js, provision.KeyValueConfig{Bucket: p.cfg.Bucket, AsyncPersist: true}); err != nil {
+		return false, err
+	}
+	kv, err := p.js.Stream(ctx, p.kvStreamName())
+	if err != nil {
+		return false, fmt.Errorf("bind views bucket: %w", err)
 	}
 	if _, err := provision.Stream(ctx, p.js, jetstream.StreamConfig{
-		Name: QuarantineStreamDefault, Subjects: []string{QuarantinePrefixDefault + ">"},
-		Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute, MaxMsgs: -1, MaxBytes: -1,
+		Name:        QuarantineStream,
+		Description: "jetjob quarantine: messages on event subjects that are not valid events",
+		Subjects:    []string{QuarantinePrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Duplicates:  2 * time.Minute,
+		MaxMsgs:     -1,
+		MaxBytes:    -1,
 	}); err != nil {
+		return false, err
+	}
+	p.setupMu.Lock()
+	p.kv = kv
+	p.setupMu.Unlock()
+	return lost, nil
+}
+
+// setup provisions the storage and binds the consumers. A missing bucket
+// means the views were lost: the consumers are recreated from the start of
+// both streams, so every view is projected again.
+func (p *Projector) setup(ctx context.Context) error {
+	lost, err := p.provisionStorage(ctx)
+	if err != nil {
 		return err
 	}
-	if rebuild {
-		p.logger.Info("views bucket missing: rebuilding every view from the event log")
+	if lost {
+		p.logger.Info("views bucket missing: projecting every view again from the start of the event log")
 		for _, d := range []struct{ stream, name string }{{p.log.Stream(), p.cfg.Durable}, {p.hb.Stream(), p.cfg.HeartbeatDurable}} {
 			if err := p.js.DeleteConsumer(ctx, d.stream, d.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 				return fmt.Errorf("reset consumer %s: %w", d.name, err)
 			}
 		}
-		p.cacheMu.Lock()
-		p.cache = map[string]cached{}
-		p.cacheMu.Unlock()
 	}
-	if p.evCons, err = p.js.CreateOrUpdateConsumer(ctx, p.log.Stream(), jetstream.ConsumerConfig{
-		Durable: p.cfg.Durable, AckPolicy: jetstream.AckAllPolicy, AckWait: p.cfg.AckWait,
-		MaxAckPending: p.cfg.Batch * 8, FilterSubject: p.log.SubjectPrefix() + ">", DeliverPolicy: jetstream.DeliverAllPolicy,
-	}); err != nil {
-		return fmt.Errorf("create projector consumer: %w", err)
+	p.clearCache()
+	ev, err := p.consumer(ctx, p.log.Stream(), jetstream.ConsumerConfig{
+		Durable: p.cfg.Durable, Description: "jetjob projector: job views from the event log",
+		FilterSubject: p.log.SubjectPrefix() + ">",
+	})
+	if err != nil {
+		return err
 	}
-	if p.hbCons, err = p.js.CreateOrUpdateConsumer(ctx, p.hb.Stream(), jetstream.ConsumerConfig{
-		Durable: p.cfg.HeartbeatDurable, AckPolicy: jetstream.AckAllPolicy, AckWait: p.cfg.AckWait,
-		MaxAckPending: p.cfg.Batch * 8, DeliverPolicy: jetstream.DeliverAllPolicy,
-	}); err != nil {
-		return fmt.Errorf("create projector heartbeat consumer: %w", err)
+	hb, err := p.consumer(ctx, p.hb.Stream(), jetstream.ConsumerConfig{
+		Durable: p.cfg.HeartbeatDurable, Description: "jetjob projector: heartbeats into job views",
+	})
+	if err != nil {
+		return err
 	}
+	p.setupMu.Lock()
+	p.evCons, p.hbCons = ev, hb
+	p.consumed = [2]time.Time{ev.CachedInfo().Created, hb.CachedInfo().Created}
+	p.setupMu.Unlock()
 	return nil
 }
 
-// Start provisions the bucket and consumers (rebuilding lost views) and
-// projects in the background until Stop. Safe to call twice.
+// consumer creates or binds a durable consumer. Acks are explicit, one per
+// message: with several servers sharing the durable, an ack-all from one
+// would also acknowledge messages another has in hand and may never finish.
+func (p *Projector) consumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	cfg.AckPolicy = jetstream.AckExplicitPolicy
+	cfg.AckWait = p.cfg.AckWait
+	cfg.MaxAckPending = p.cfg.Batch * 8
+	cfg.DeliverPolicy = jetstream.DeliverAllPolicy
+	old, err := p.js.Consumer(ctx, stream, cfg.Durable)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("look up consumer %s: %w", cfg.Durable, err)
+	case old.CachedInfo().Config.AckPolicy != cfg.AckPolicy:
+		// A consumer of an older version, whose ack policy cannot be
+		// updated: replace it, resuming where it had got to.
+		floor := old.CachedInfo().AckFloor.Stream
+		if err := p.js.DeleteConsumer(ctx, stream, cfg.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, fmt.Errorf("replace consumer %s: %w", cfg.Durable, err)
+		}
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
+		p.logger.Info("replaced a consumer of an older configuration", zap.String("consumer", cfg.Durable), zap.Uint64("from", floor+1))
+	default:
+		// Where a consumer starts cannot be updated either, and no longer matters.
+		cfg.DeliverPolicy, cfg.OptStartSeq = old.CachedInfo().Config.DeliverPolicy, old.CachedInfo().Config.OptStartSeq
+	}
+	c, err := p.js.CreateOrUpdateConsumer(ctx, stream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s: %w", cfg.Durable, err)
+	}
+	return c, nil
+}
+
+// Start provisions the bucket and consumers (projecting lost views again)
+// and projects in the background until Stop; ctx bounds only the setup.
+// Safe to call twice.
 func (p *Projector) Start(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.started {
+	if p.cancel != nil {
 		return nil
 	}
 	if err := p.setup(ctx); err != nil {
 		return err
 	}
-	p.started = true
-	ctx, p.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	p.wg.Add(2)
-	go func() { defer p.wg.Done(); consume.Loop(ctx, p.evCons, p.cfg.Batch, p.logger, p.processEvents) }()
-	go func() { defer p.wg.Done(); consume.Loop(ctx, p.hbCons, p.cfg.Batch, p.logger, p.processBeats) }()
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	p.cancel, p.done = cancel, make(chan struct{})
+	go p.supervise(runCtx, p.done)
 	return nil
 }
 
-// Stop ends the projection after the batch in hand. Safe to call twice.
+// Stop ends the projection after the batches in hand. Safe to call twice;
+// Start may be called again after it.
 func (p *Projector) Stop() {
 	p.mu.Lock()
-	cancel := p.cancel
-	p.cancel = nil
+	cancel, done := p.cancel, p.done
+	p.cancel, p.done = nil, nil
 	p.mu.Unlock()
 	if cancel != nil {
 		cancel()
-		p.wg.Wait()
+		<-done
 	}
 }
 
-// runOnce projects every event and beat available now; tests call it
-// instead of Start.
+// supervise runs the two consume loops and, when the bucket or a consumer
+// disappears under them (an operator deleted it, another server reset it),
+// stops them, sets up again and restarts them.
+func (p *Projector) supervise(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	for {
+		p.setupMu.Lock()
+		ev, hb := p.evCons, p.hbCons
+		p.setupMu.Unlock()
+		loopCtx, stop := context.WithCancel(ctx)
+		// A loop that ends on its own (its consumer could not be
+		// consumed) is restarted with the rest.
+		ended := make(chan struct{}, 2)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			consume.Loop(loopCtx, ev, p.cfg.Batch, p.logger, p.processEvents)
+			ended <- struct{}{}
+		}()
+		go func() {
+			defer wg.Done()
+			// Beats wait until the events are caught up: a beat for a view
+			// not projected yet costs a read of the job's history.
+			if p.waitCaughtUp(loopCtx, ev) {
+				consume.Loop(loopCtx, hb, p.cfg.Batch, p.logger, p.processBeats)
+			}
+			ended <- struct{}{}
+		}()
+		loopEnded := p.watchSetup(loopCtx, ended)
+		stop()
+		wg.Wait()
+		if loopEnded {
+			select { // do not spin on a consumer that cannot be consumed
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+		for ctx.Err() == nil {
+			err := p.setup(ctx)
+			if err == nil {
+				break
+			}
+			p.logger.Warn("set up again", zap.Error(err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(p.cfg.CheckEvery):
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// watchSetup returns when ctx ends, when a loop ended, or when the bucket
+// or a consumer is gone or was recreated.
+func (p *Projector) watchSetup(ctx context.Context, ended <-chan struct{}) (loopEnded bool) {
+	tick := time.NewTicker(p.cfg.CheckEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-ended:
+			if ctx.Err() == nil {
+				p.logger.Warn("a consume loop ended: setting up again")
+			}
+			return true
+		case <-tick.C:
+		}
+		if reason := p.setupLost(ctx); reason != "" && ctx.Err() == nil {
+			p.logger.Warn("setting up again", zap.String("why", reason))
+			return false
+		}
+	}
+}
+
+// setupLost says what is missing, or "" when all is in place (or the
+// server cannot be asked now: a disconnection is not a loss).
+func (p *Projector) setupLost(ctx context.Context) string {
+	_, err := p.js.Stream(ctx, p.kvStreamName())
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return "views bucket deleted"
+	}
+	p.setupMu.Lock()
+	created := p.consumed
+	p.setupMu.Unlock()
+	for i, c := range []struct{ stream, name string }{{p.log.Stream(), p.cfg.Durable}, {p.hb.Stream(), p.cfg.HeartbeatDurable}} {
+		cons, err := p.js.Consumer(ctx, c.stream, c.name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return "consumer " + c.name + " deleted"
+		}
+		if err == nil && !cons.CachedInfo().Created.Equal(created[i]) {
+			return "consumer " + c.name + " recreated"
+		}
+	}
+	return ""
+}
+
+// waitCaughtUp waits until the consumer has few messages left; false when
+// ctx ended first.
+func (p *Projector) waitCaughtUp(ctx context.Context, c jetstream.Consumer) bool {
+	for {
+		info, err := c.Info(ctx)
+		if err == nil && info.NumPending <= uint64(p.cfg.Batch) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// runOnce projects every event, then every beat, available now, and returns
+// how many messages it processed; tests call it instead of Start.
 func (p *Projector) runOnce(ctx context.Context) (int, error) {
-	if p.evCons == nil {
+	p.setupMu.Lock()
+	ready := p.evCons != nil
+	p.setupMu.Unlock()
+	if !ready {
 		if err := p.setup(ctx); err != nil {
 			return 0, err
 		}
 	}
-	events, err := consume.Available(ctx, p.evCons, p.cfg.Batch, p.processEvents)
+	p.setupMu.Lock()
+	ev, hb := p.evCons, p.hbCons
+	p.setupMu.Unlock()
+	n, err := consume.Available(ctx, ev, p.cfg.Batch, p.processEvents)
 	if err != nil {
-		return events, err
+		return n, err
 	}
-	beats, err := consume.Available(ctx, p.hbCons, p.cfg.Batch, p.processBeats)
-	return events + beats, err
+	m, err := consume.Available(ctx, hb, p.cfg.Batch, p.processBeats)
+	return n + m, err
 }
 
-// jobBatch is one job's part of a batch, in stream order.
-type jobBatch struct {
-	id   string
-	recs []events.Record
+// stored is a view as the bucket holds it.
+type stored struct {
+	view View
+	// rev is the key's revision, 0 when the key has no entry at all.
+	rev uint64
+	// ok: view holds the decoded view. False for a missing key, a delete
+	// marker (rev set) or a value that is not a view.
+	ok bool
 }
 
-func (p *Projector) processEvents(ctx context.Context, msgs []jetstream.Msg) error {
-	var order []*jobBatch
-	byJob := map[string]*jobBatch{}
-	for _, m := range msgs {
-		meta, err := m.Metadata()
-		if err != nil {
-			continue
-		}
-		rec := events.RecordFromMsg(m.Headers(), m.Data(), meta.Sequence.Stream)
-		id, ok := p.log.JobIDFromSubject(m.Subject())
-		if !ok || events.ValidateJobID(id) != nil {
-			p.quarantine(ctx, "unknown", m.Subject(), rec, fmt.Errorf("subject %q names no job", m.Subject()))
-			continue
-		}
-		jb := byJob[id]
-		if jb == nil {
-			jb = &jobBatch{id: id}
-			byJob[id] = jb
-			order = append(order, jb)
-		}
-		jb.recs = append(jb.recs, rec)
-	}
-	if err := p.parallel(ctx, order, func(ctx context.Context, jb *jobBatch) error {
-		return p.projectJob(ctx, jb)
-	}); err != nil {
-		return err
-	}
-	return ackAll(msgs)
-}
-
-// ackAll acknowledges a batch: the consumers ack all up to the last.
-func ackAll(msgs []jetstream.Msg) error {
-	if len(msgs) == 0 {
-		return nil
-	}
-	return msgs[len(msgs)-1].Ack()
-}
-
-// parallel runs fn for every job batch on Writers goroutines.
-func (p *Projector) parallel(ctx context.Context, jobs []*jobBatch, fn func(context.Context, *jobBatch) error) error {
-	var (
-		wg      sync.WaitGroup
-		errMu   sync.Mutex
-		firstEr error
-	)
-	work := make(chan *jobBatch)
-	for range min(p.cfg.Writers, len(jobs)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for jb := range work {
-				if err := fn(ctx, jb); err != nil {
-					errMu.Lock()
-					if firstEr == nil {
-						firstEr = err
-					}
-					errMu.Unlock()
-				}
-			}
-		}()
-	}
-	for _, jb := range jobs {
-		work <- jb
-	}
-	close(work)
-	wg.Wait()
-	return firstEr
-}
-
-// projectJob applies one job's new records to its view, folding the whole
-// history again when they do not follow the view's version.
-func (p *Projector) projectJob(ctx context.Context, jb *jobBatch) error {
-	for try := 0; ; try++ {
-		cur, err := p.load(ctx, jb.id)
-		if err != nil {
-			return err
-		}
-		job := cur.view.Job()
-		if cur.rev == 0 {
-			job = statemachine.Job{State: statemachine.StateNew}
-		}
-		beat := cur.view.beat()
-		changed, refold := false, false
-		for _, rec := range jb.recs {
-			if rec.Seq <= job.Version {
-				continue // delivered again, already in the view
-			}
-			if rec.PrevSeq != job.Version {
-				refold = true
-				break
-			}
-			if err := job.Apply(rec); err != nil {
-				p.quarantine(ctx, jb.id, p.log.Subject(jb.id), rec, err)
-			}
-			changed = true
-		}
-		if refold {
-			recs, err := p.log.Load(ctx, jb.id)
-			if err != nil && !errors.Is(err, events.ErrNotFound) {
-				return fmt.Errorf("project job %s: %w", jb.id, err)
-			}
-			var bad []statemachine.QuarantinedRecord
-			job, bad = statemachine.Fold(recs)
-			// Everything past the stored view is covered by this write and
-			// will be skipped when delivered: quarantine it now (the copy is
-			// deduplicated by sequence).
-			for _, q := range bad {
-				if q.Record.Seq > cur.view.Version {
-					p.quarantine(ctx, jb.id, p.log.Subject(jb.id), q.Record, q.Reason)
-				}
-			}
-			if b, ok, err := p.hb.Last(ctx, jb.id); err == nil && ok {
-				beat = &b
-			}
-			changed = job.Version > cur.view.Version || cur.rev == 0
-		}
-		if !changed || job.State == statemachine.StateNew {
-			return nil // nothing new, or no valid submit: no job to show
-		}
-		v := ViewOf(job, beat)
-		if v.ID == "" {
-			v.ID = jb.id
-		}
-		err = p.store(ctx, jb.id, v, cur.rev)
-		if errors.Is(err, errStale) && try < 20 {
-			continue
-		}
-		return err
-	}
-}
-
-var errStale = errors.New("view changed concurrently")
-
-// load returns the stored view and its revision (0: none), from the cache
-// when it has it.
-func (p *Projector) load(ctx context.Context, id string) (cached, error) {
+func (p *Projector) cached(id string) (stored, bool) {
 	p.cacheMu.Lock()
-	c, ok := p.cache[id]
-	p.cacheMu.Unlock()
-	if ok {
-		return c, nil
+	defer p.cacheMu.Unlock()
+	if s, ok := p.cache[id]; ok {
+		return s, true
 	}
-	e, err := p.kv.Get(ctx, id)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return cached{}, nil
-	}
-	if err != nil {
-		return cached{}, fmt.Errorf("read view of job %s: %w", id, err)
-	}
-	var v View
-	if err := json.Unmarshal(e.Value(), &v); err != nil {
-		// An unreadable view is rebuilt from the log.
-		return cached{rev: e.Revision()}, nil
-	}
-	return cached{view: v, rev: e.Revision()}, nil
+	s, ok := p.older[id]
+	return s, ok
 }
 
-// store writes the view if the stored one is still at rev; errStale when
-// another writer got there first (the cache entry is dropped, to reread).
-func (p *Projector) store(ctx context.Context, id string, v View, rev uint64) error {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encode view of job %s: %w", id, err)
+// remember caches a written view. Finished jobs are not kept: they rarely
+// get another event, and the cache is for the jobs still moving.
+func (p *Projector) remember(id string, s stored) {
+	if p.cfg.Cache < 0 {
+		return
 	}
-	var newRev uint64
-	if rev == 0 {
-		newRev, err = p.kv.Create(ctx, id, data)
-	} else {
-		newRev, err = p.kv.Update(ctx, id, data, rev)
+	p.cacheMu.Lock()
+	defer p.cacheMu.Unlock()
+	old, ok := p.cache[id]
+	if !ok {
+		old, ok = p.older[id]
 	}
-	if err != nil {
-		p.cacheMu.Lock()
+	if ok && old.rev > s.rev {
+		return // a newer write of this process got there first
+	}
+	delete(p.older, id)
+	if s.view.State.Finished() {
 		delete(p.cache, id)
-		p.cacheMu.Unlock()
-		if errors.Is(err, jetstream.ErrKeyExists) || isWrongLastSeq(err) {
-			return errStale
-		}
-		return fmt.Errorf("write view of job %s: %w", id, err)
+		return
 	}
+	if len(p.cache) >= max(p.cfg.Cache/2, 1) {
+		// Two generations: the views not touched for a whole generation
+		// are dropped, which keeps the busy ones without an LRU's upkeep.
+		p.older, p.cache = p.cache, make(map[string]stored, len(p.cache))
+	}
+	p.cache[id] = s
+}
+
+func (p *Projector) forget(id string) {
 	p.cacheMu.Lock()
-	if len(p.cache) >= cacheMax {
-		p.cache = map[string]cached{}
-	}
-	p.cache[id] = cached{view: v, rev: newRev}
+	delete(p.cache, id)
+	delete(p.older, id)
 	p.cacheMu.Unlock()
-	return nil
 }
 
-func isWrongLastSeq(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
-}
-
-// processBeats carries each job's newest beat into its view.
-func (p *Projector) processBeats(ctx context.Context, msgs []jetstream.Msg) error {
-	latest := map[string]events.Beat{}
-	var order []*jobBatch
-	for _, m := range msgs {
-		var b events.Beat
-		if err := json.Unmarshal(m.Data(), &b); err != nil {
-			continue
-		}
-		id, ok := p.hb.JobIDFromSubject(m.Subject())
-		if !ok || id != b.JobID {
-			continue
-		}
-		if _, seen := latest[id]; !seen {
-			order = append(order, &jobBatch{id: id})
-		}
-		latest[id] = b
-	}
-	err := p.parallel(ctx, order, func(ctx context.Context, jb *jobBatch) error {
-		b := latest[jb.id]
-		for try := 0; try < 20; try++ {
-			cur, err := p.load(ctx, jb.id)
-			if err != nil || cur.rev == 0 {
-				return err // no view yet: the event projection will read the beat
-			}
-			v := cur.view
-			if !v.applyBeat(&b) {
-				return nil
-			}
-			if err := p.store(ctx, jb.id, v, cur.rev); !errors.Is(err, errStale) {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return ackAll(msgs)
-}
-
-// quarantine copies a message that is not a valid event aside, once.
-func (p *Projector) quarantine(ctx context.Context, jobID, subject string, rec events.Record, reason error) {
-	p.logger.Warn("quarantined a message on an event subject", zap.String("job", jobID),
-		zap.Uint64("seq", rec.Seq), zap.Error(reason))
-	m := nats.NewMsg(QuarantinePrefixDefault + jobID)
-	m.Data = rec.Raw
-	if rec.Err == nil {
-		m.Data, _ = events.Encode(rec.Event)
-	}
-	m.Header.Set(jetstream.MsgIDHeader, "q-"+strconv.FormatUint(rec.Seq, 10))
-	m.Header.Set("Jetjob-Original-Seq", strconv.FormatUint(rec.Seq, 10))
-	m.Header.Set("Jetjob-Original-Subject", subject)
-	m.Header.Set("Jetjob-Reason", reason.Error())
-	if _, err := p.js.PublishMsg(ctx, m); err != nil {
-		p.logger.Warn("copy to quarantine", zap.Error(err))
-	}
+func (p *Projector) clearCache() {
+	p.cacheMu.Lock()
+	p.cache, p.older = map[string]stored{}, nil
+	p.cacheMu.Unlock()
 }

@@ -4,17 +4,22 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/statemachine"
 )
+
+const within = 10 * time.Second
 
 type fixture struct {
 	env *natstest.Env
@@ -35,22 +40,95 @@ func newFixture(t *testing.T) *fixture {
 	require.NoError(t, err)
 	m, err := statemachine.New(lg, statemachine.Config{})
 	require.NoError(t, err)
-	p, err := New(env.JS, lg, hb, Config{})
-	require.NoError(t, err)
-	return &fixture{env: env, log: lg, hb: hb, m: m, p: p}
+	f := &fixture{env: env, log: lg, hb: hb, m: m}
+	f.p = f.projector(t, Config{})
+	return f
 }
 
-// folded is the view the log says the job should have.
-func (f *fixture) folded(t *testing.T, id string) View {
+func (f *fixture) projector(t *testing.T, cfg Config) *Projector {
 	t.Helper()
-	recs, err := f.log.Load(context.Background(), id)
+	p, err := New(f.env.JS, f.log, f.hb, cfg)
+	require.NoError(t, err)
+	t.Cleanup(p.Stop)
+	return p
+}
+
+func (f *fixture) reader(t *testing.T) *Reader {
+	t.Helper()
+	r, err := NewReader(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	return r
+}
+
+// folded is the view the log says the job should have: the fold of its
+// history and its last beat.
+func (f *fixture) folded(t *testing.T, id string) string {
+	t.Helper()
+	ctx := context.Background()
+	recs, err := f.log.Load(ctx, id)
 	require.NoError(t, err)
 	job, _ := statemachine.Fold(recs)
 	var beat *events.Beat
-	if b, ok, err := f.hb.Last(context.Background(), id); err == nil && ok {
+	b, ok, err := f.hb.Last(ctx, id)
+	require.NoError(t, err)
+	if ok {
 		beat = &b
 	}
-	return ViewOf(job, beat)
+	return jsonOf(t, ViewOf(job, beat))
+}
+
+// stored is the view's bytes as the bucket holds them.
+func (f *fixture) stored(t *testing.T, id string) (string, bool) {
+	t.Helper()
+	kv, err := f.env.JS.KeyValue(context.Background(), BucketDefault)
+	require.NoError(t, err)
+	e, err := kv.Get(context.Background(), id)
+	if err != nil {
+		return "", false
+	}
+	return string(e.Value()), true
+}
+
+// requireFolded waits until every job's stored view is its fold, byte for byte.
+func (f *fixture) requireFolded(t *testing.T, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		var got, want string
+		natstest.Eventually(t, within, func() bool {
+			want = f.folded(t, id)
+			var ok bool
+			got, ok = f.stored(t, id)
+			return ok && got == want
+		}, "view of job %s equals its fold", id)
+	}
+}
+
+func (f *fixture) runOnce(t *testing.T) int {
+	t.Helper()
+	n, err := f.p.runOnce(context.Background())
+	require.NoError(t, err)
+	return n
+}
+
+// run projects until the projector has acknowledged the last message of
+// both streams: a message stored a moment ago may not be available to a
+// fetch yet.
+func (f *fixture) run(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	natstest.Eventually(t, within, func() bool {
+		f.runOnce(t)
+		for _, c := range []struct{ stream, durable string }{{f.log.Stream(), f.p.cfg.Durable}, {f.hb.Stream(), f.p.cfg.HeartbeatDurable}} {
+			s, err := f.env.JS.Stream(ctx, c.stream)
+			require.NoError(t, err)
+			cons, err := f.env.JS.Consumer(ctx, c.stream, c.durable)
+			require.NoError(t, err)
+			if cons.CachedInfo().AckFloor.Stream < s.CachedInfo().State.LastSeq {
+				return false
+			}
+		}
+		return true
+	}, "projector caught up")
 }
 
 func jsonOf(t *testing.T, v any) string {
@@ -60,8 +138,9 @@ func jsonOf(t *testing.T, v any) string {
 	return string(b)
 }
 
-// mixedJobs drives jobs through every kind of transition.
-func mixedJobs(t *testing.T, m *statemachine.Machine) []string {
+// scenario drives jobs through every kind of transition, calling between
+// after each command, and returns their IDs.
+func scenario(t *testing.T, m *statemachine.Machine, between func()) []string {
 	t.Helper()
 	ctx := context.Background()
 	var ids []string
@@ -69,171 +148,281 @@ func mixedJobs(t *testing.T, m *statemachine.Machine) []string {
 		j, _, err := m.Submit(ctx, p)
 		require.NoError(t, err)
 		ids = append(ids, j.ID)
+		between()
 		return j
 	}
-	submit(statemachine.SubmitParams{Type: "build", Tags: map[string]string{"region": "eu"}, Meta: map[string]string{"v": "1"}})
-	j := submit(statemachine.SubmitParams{Type: "build", Payload: []byte(`{"a":1}`)})
-	_, err := m.Cancel(ctx, j.ID, "not needed")
-	require.NoError(t, err)
+	step := func(j statemachine.Job, err error) statemachine.Job {
+		t.Helper()
+		require.NoError(t, err)
+		between()
+		return j
+	}
+	// Pending with tags, meta, payload, key and backoff.
+	submit(statemachine.SubmitParams{Type: "build", Tags: map[string]string{"region": "eu"}, Meta: map[string]string{"v": "1"},
+		Payload: []byte(`{"a":1}`), Key: "idem-1", Backoff: statemachine.BackoffConfig{Base: time.Second}})
+	// Canceled while pending.
+	j := submit(statemachine.SubmitParams{Type: "build"})
+	step(m.Cancel(ctx, j.ID, "not needed"))
+	// Succeeded with a result.
 	j = submit(statemachine.SubmitParams{Type: "render", Priority: 3})
-	held, err := m.Acquire(ctx, j.ID, "w1")
-	require.NoError(t, err)
-	_, err = m.Succeed(ctx, held, json.RawMessage(`{"ok":true}`))
-	require.NoError(t, err)
+	held := step(m.Acquire(ctx, j.ID, "w1"))
+	step(m.Succeed(ctx, held, json.RawMessage(`{"ok":true}`)))
+	// Retried, then failed for good.
 	j = submit(statemachine.SubmitParams{Type: "render", MaxAttempts: 2})
-	held, err = m.Acquire(ctx, j.ID, "w1")
-	require.NoError(t, err)
-	_, err = m.Fail(ctx, held, statemachine.FailParams{Error: "boom", Code: "exit"})
-	require.NoError(t, err)
+	held = step(m.Acquire(ctx, j.ID, "w1"))
+	step(m.Fail(ctx, held, statemachine.FailParams{Error: "boom", Code: "exit"}))
+	step(m.Promote(ctx, j.ID))
+	held = step(m.Acquire(ctx, j.ID, "w2"))
+	step(m.Fail(ctx, held, statemachine.FailParams{Error: "boom again"}))
+	// Cancel requested while running, acknowledged by the worker.
 	j = submit(statemachine.SubmitParams{Type: "import"})
-	_, err = m.Acquire(ctx, j.ID, "w2")
-	require.NoError(t, err)
-	_, err = m.Cancel(ctx, j.ID, "stop")
-	require.NoError(t, err)
+	held = step(m.Acquire(ctx, j.ID, "w2"))
+	step(m.Cancel(ctx, j.ID, "stop"))
+	step(m.AcknowledgeCancel(ctx, held))
+	// Cancel requested, never acknowledged: terminated.
+	j = submit(statemachine.SubmitParams{Type: "import"})
+	step(m.Acquire(ctx, j.ID, "w3"))
+	step(m.Cancel(ctx, j.ID, "stop"))
+	step(m.TerminateCanceling(ctx, j.ID, "no answer"))
+	// Released, then running again, then failed as hung.
+	j = submit(statemachine.SubmitParams{Type: "import", MaxAttempts: 1})
+	held = step(m.Acquire(ctx, j.ID, "w4"))
+	step(m.Release(ctx, held, "shutting down"))
+	held = step(m.Acquire(ctx, j.ID, "w5"))
+	step(m.FailStale(ctx, j.ID, held.Lease, statemachine.FailParams{Error: "hung", Code: "hung"}))
+	// Still running.
+	j = submit(statemachine.SubmitParams{Type: "import"})
+	step(m.Acquire(ctx, j.ID, "w6"))
+	// Scheduled.
 	runAt := time.Now().Add(time.Hour)
 	submit(statemachine.SubmitParams{Type: "import", RunAt: &runAt})
 	return ids
 }
 
-func TestViewsEqualTheFold(t *testing.T) {
-	ctx := context.Background()
+func TestViewsEqualTheFoldProjectedIncrementally(t *testing.T) {
 	f := newFixture(t)
-	ids := mixedJobs(t, f.m)
-	_, err := f.p.runOnce(ctx)
-	require.NoError(t, err)
-	r, err := NewReader(ctx, f.env.JS)
-	require.NoError(t, err)
-	for _, id := range ids {
-		v, err := r.Get(ctx, id)
-		require.NoError(t, err)
-		require.Equal(t, jsonOf(t, f.folded(t, id)), jsonOf(t, v), "job %s", id)
-	}
-	// Projecting again changes nothing.
-	n, err := f.p.runOnce(ctx)
-	require.NoError(t, err)
-	require.Zero(t, n)
+	ids := scenario(t, f.m, func() { f.run(t) })
+	f.requireFolded(t, ids)
+	require.Zero(t, f.p.refolds.Load(), "histories that follow their views are never read again")
+	require.Zero(t, f.runOnce(t), "nothing left to project")
 }
 
-func TestRedeliveryIsIdempotent(t *testing.T) {
-	ctx := context.Background()
+func TestViewsEqualTheFoldProjectedInOneBatch(t *testing.T) {
 	f := newFixture(t)
-	ids := mixedJobs(t, f.m)
-	_, err := f.p.runOnce(ctx)
+	ids := scenario(t, f.m, func() {})
+	f.run(t)
+	f.requireFolded(t, ids)
+	r := f.reader(t)
+	v, err := r.Get(context.Background(), ids[0])
 	require.NoError(t, err)
-	// A second projector on a fresh consumer sees every event again.
-	again, err := New(f.env.JS, f.log, f.hb, Config{Durable: "again", HeartbeatDurable: "again_hb"})
-	require.NoError(t, err)
-	_, err = again.runOnce(ctx)
-	require.NoError(t, err)
-	r, err := NewReader(ctx, f.env.JS)
-	require.NoError(t, err)
-	for _, id := range ids {
-		v, err := r.Get(ctx, id)
-		require.NoError(t, err)
-		require.Equal(t, jsonOf(t, f.folded(t, id)), jsonOf(t, v))
-	}
+	require.Equal(t, statemachine.StatePending, v.State)
+	require.Equal(t, map[string]string{"region": "eu"}, v.Tags)
+	require.Equal(t, 7, v.PayloadSize)
+	require.Equal(t, "idem-1", v.Key)
 }
 
-func TestGarbageIsQuarantinedAndDoesNotStall(t *testing.T) {
+func TestRedeliveryWritesNothing(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	ids := scenario(t, f.m, func() {})
+	f.run(t)
+	f.requireFolded(t, ids)
+	kv, err := f.env.JS.Stream(ctx, "KV_"+BucketDefault)
+	require.NoError(t, err)
+	before, err := kv.Info(ctx)
+	require.NoError(t, err)
+
+	// The consumer delivers the whole log again to this projector (its
+	// cache emptied) and to a second one with a consumer of its own.
+	require.NoError(t, f.env.JS.DeleteConsumer(ctx, f.log.Stream(), DurableDefault))
+	require.NoError(t, f.p.setup(ctx))
+	f.run(t)
+	again := f.projector(t, Config{Durable: "again", HeartbeatDurable: "again_hb"})
+	n, err := again.runOnce(ctx)
+	require.NoError(t, err)
+	require.Positive(t, n)
+
+	after, err := kv.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, before.State.LastSeq, after.State.LastSeq, "no view was written again")
+	f.requireFolded(t, ids)
+}
+
+func TestGarbageIsQuarantinedAndNeverStalls(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	require.NoError(t, f.p.Start(ctx))
-	t.Cleanup(f.p.Stop)
+	r := f.reader(t)
 	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "build"})
 	require.NoError(t, err)
-	for _, garbage := range []string{"not json", `{"v":1,"id":"x","job":"` + j.ID + `","type":"job.exploded"}`, `{"v":9}`} {
-		_, err = f.env.JS.PublishMsg(ctx, &nats.Msg{Subject: f.log.Subject(j.ID), Data: []byte(garbage)})
-		require.NoError(t, err)
-	}
-	_, err = f.env.JS.Publish(ctx, f.log.Subject("orphan"), []byte("junk"))
+	other, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "build"})
 	require.NoError(t, err)
-	// Later valid events are still projected.
+
+	last := j.Version
+	publish := func(subject string, data []byte, expect bool) uint64 {
+		m := nats.NewMsg(subject)
+		m.Data = data
+		if expect {
+			// As a writer that read the history would: the projector
+			// applies it to the view, and the fold refuses it.
+			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
+		}
+		ack, err := f.env.JS.PublishMsg(ctx, m)
+		require.NoError(t, err)
+		return ack.Sequence
+	}
+	encode := func(ev events.Event) []byte {
+		b, err := events.Encode(ev)
+		require.NoError(t, err)
+		return b
+	}
+	illegal, err := events.New(j.ID, events.TypeSucceeded, events.Succeeded{Lease: 42})
+	require.NoError(t, err)
+	foreign, err := events.New(other.ID, events.TypeCanceled, events.Canceled{})
+	require.NoError(t, err)
+	bad := map[uint64]string{}
+	for _, g := range []struct {
+		data   []byte
+		expect bool
+	}{
+		{[]byte("not json"), false},
+		{[]byte(`{"v":1,"id":"x","job":"` + j.ID + `","type":"job.exploded"}`), true},
+		{[]byte(`{"v":9}`), false},
+		{encode(illegal), true},  // a success for a pending job
+		{encode(foreign), false}, // another job's event on this job's subject
+	} {
+		last = publish(f.log.Subject(j.ID), g.data, g.expect)
+		bad[last] = f.log.Subject(j.ID)
+	}
+	bad[publish(f.log.Subject("orphan"), []byte("junk"), false)] = f.log.Subject("orphan")
+	bad[publish(f.log.SubjectPrefix()+"two.tokens", []byte("junk"), false)] = f.log.SubjectPrefix() + "two.tokens"
+
+	// The view moved past the garbage, and later events are still projected.
+	natstest.Eventually(t, within, func() bool {
+		v, err := r.Get(ctx, j.ID)
+		return err == nil && v.Version == last
+	}, "the view's version is the last bad message's")
 	canceled, err := f.m.Cancel(ctx, j.ID, "")
 	require.NoError(t, err)
-	r, err := NewReader(ctx, f.env.JS)
-	require.NoError(t, err)
-	natstest.Eventually(t, 5*time.Second, func() bool {
+	natstest.Eventually(t, within, func() bool {
 		v, err := r.Get(ctx, j.ID)
 		return err == nil && v.State == statemachine.StateCanceled && v.Version == canceled.Version
 	}, "canceled job projected past the garbage")
 	v, err := r.Get(ctx, j.ID)
 	require.NoError(t, err)
-	require.Equal(t, 3, v.Quarantined)
-	q, err := f.env.JS.Stream(ctx, QuarantineStreamDefault)
+	require.Equal(t, 5, v.Quarantined)
+	require.Equal(t, 2, v.Events)
+	_, err = r.Get(ctx, "orphan")
+	require.ErrorIs(t, err, events.ErrNotFound, "no valid submit, no view")
+
+	q, err := f.env.JS.Stream(ctx, QuarantineStream)
 	require.NoError(t, err)
-	natstest.Eventually(t, 5*time.Second, func() bool {
+	natstest.Eventually(t, within, func() bool {
 		info, err := q.Info(ctx)
-		return err == nil && info.State.Msgs == 4
-	}, "four quarantined messages")
+		return err == nil && info.State.Msgs == uint64(len(bad))
+	}, "%d quarantined messages", len(bad))
+	for seq := uint64(1); seq <= uint64(len(bad)); seq++ {
+		m, err := q.GetMsg(ctx, seq)
+		require.NoError(t, err)
+		orig, err := strconv.ParseUint(m.Header.Get(HeaderOriginalSeq), 10, 64)
+		require.NoError(t, err)
+		require.Equal(t, bad[orig], m.Header.Get(HeaderOriginalSubject))
+		require.Equal(t, f.log.Stream(), m.Header.Get(HeaderOriginalStream))
+		require.NotEmpty(t, m.Header.Get(HeaderReason))
+		src, err := f.env.JS.Stream(ctx, f.log.Stream())
+		require.NoError(t, err)
+		original, err := src.GetMsg(ctx, orig)
+		require.NoError(t, err)
+		require.Equal(t, string(original.Data), string(m.Data), "the original bytes are kept")
+	}
+	f.requireFolded(t, []string{other.ID})
 }
 
-func TestLostBucketIsRebuiltIdentically(t *testing.T) {
+func TestLostBucketIsProjectedAgainIdentically(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	ids := mixedJobs(t, f.m)
-	_, err := f.p.runOnce(ctx)
+	ids := scenario(t, f.m, func() {})
+	running := ids[len(ids)-2]
+	recs, err := f.log.Load(ctx, running)
 	require.NoError(t, err)
-	r, err := NewReader(ctx, f.env.JS)
-	require.NoError(t, err)
+	job, _ := statemachine.Fold(recs)
+	require.Equal(t, statemachine.StateRunning, job.State)
+	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: running, Lease: job.Lease, WorkerID: "w6", At: job.UpdatedAt.Add(time.Second)}))
+	f.run(t)
+	f.requireFolded(t, ids)
 	before := map[string]string{}
 	for _, id := range ids {
-		v, err := r.Get(ctx, id)
-		require.NoError(t, err)
-		before[id] = jsonOf(t, v)
+		before[id], _ = f.stored(t, id)
 	}
-	require.NoError(t, f.env.JS.DeleteKeyValue(ctx, BucketDefault))
+	require.Contains(t, before[running], `"heartbeat_at":"`)
 
-	p2, err := New(f.env.JS, f.log, f.hb, Config{})
-	require.NoError(t, err)
-	require.NoError(t, p2.Start(ctx))
-	t.Cleanup(p2.Stop)
-	r, err = NewReader(ctx, f.env.JS)
-	require.NoError(t, err)
+	require.NoError(t, f.env.JS.DeleteKeyValue(ctx, BucketDefault))
+	p := f.projector(t, Config{})
+	require.NoError(t, p.Start(ctx))
 	for _, id := range ids {
-		natstest.Eventually(t, 5*time.Second, func() bool {
-			v, err := r.Get(ctx, id)
-			return err == nil && jsonOf(t, v) == before[id]
-		}, "job %s rebuilt identically", id)
+		natstest.Eventually(t, within, func() bool {
+			got, ok := f.stored(t, id)
+			return ok && got == before[id]
+		}, "job %s projected again identically", id)
 	}
+}
+
+func TestBucketDeletedWhileRunningIsProjectedAgain(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	p := f.projector(t, Config{CheckEvery: 50 * time.Millisecond})
+	require.NoError(t, p.Start(ctx))
+	ids := scenario(t, f.m, func() {})
+	f.requireFolded(t, ids)
+	require.NoError(t, f.env.JS.DeleteKeyValue(ctx, BucketDefault))
+	natstest.Eventually(t, within, func() bool {
+		_, err := f.env.JS.KeyValue(ctx, BucketDefault)
+		return err == nil
+	}, "bucket recreated")
+	f.requireFolded(t, ids)
+	// The projection goes on.
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "after"})
+	require.NoError(t, err)
+	f.requireFolded(t, []string{j.ID})
 }
 
 func TestRebuildWhileSubmitting(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	require.NoError(t, f.p.Start(ctx))
-	t.Cleanup(f.p.Stop)
 	var mu sync.Mutex
 	var ids []string
-	submit := func(n int) {
-		for i := 0; i < n; i++ {
+	submit := func(from, n int) {
+		for i := from; i < from+n; i++ {
 			j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t", Meta: map[string]string{"i": fmt.Sprint(i)}})
 			require.NoError(t, err)
-			if i%3 == 0 {
+			switch i % 3 {
+			case 0:
 				_, err = f.m.Cancel(ctx, j.ID, "")
-				require.NoError(t, err)
+			case 1:
+				var held statemachine.Job
+				held, err = f.m.Acquire(ctx, j.ID, "w")
+				if err == nil {
+					err = f.hb.Record(ctx, events.Beat{JobID: j.ID, Lease: held.Lease, WorkerID: "w", At: time.Now().UTC()})
+				}
 			}
+			require.NoError(t, err)
 			mu.Lock()
 			ids = append(ids, j.ID)
 			mu.Unlock()
 		}
 	}
-	submit(200)
+	submit(0, 150)
 	done := make(chan struct{})
-	go func() { defer close(done); submit(200) }()
-	other, err := New(f.env.JS, f.log, f.hb, Config{})
-	require.NoError(t, err)
+	go func() { defer close(done); submit(150, 150) }()
+	other := f.projector(t, Config{Durable: "rebuild", HeartbeatDurable: "rebuild_hb"})
 	stats, err := other.Rebuild(ctx)
 	require.NoError(t, err)
-	require.Greater(t, stats.Events, 200)
+	require.GreaterOrEqual(t, stats.Events, 250, "at least the events of the first 150 jobs")
+	require.GreaterOrEqual(t, stats.Jobs, 150)
+	require.Positive(t, stats.EventsPerSec)
 	<-done
-	r, err := NewReader(ctx, f.env.JS)
-	require.NoError(t, err)
-	for _, id := range ids {
-		natstest.Eventually(t, 5*time.Second, func() bool {
-			v, err := r.Get(ctx, id)
-			return err == nil && jsonOf(t, v) == jsonOf(t, f.folded(t, id))
-		}, "job %s equals its fold after rebuild", id)
-	}
+	f.requireFolded(t, ids)
 }
 
 func TestListFiltersAndPages(t *testing.T) {
@@ -241,9 +430,12 @@ func TestListFiltersAndPages(t *testing.T) {
 	f := newFixture(t)
 	var ids []string
 	for i := 0; i < 10; i++ {
+		meta := map[string]string{"template_version": fmt.Sprint("v", i%3)}
+		if i == 9 {
+			meta = nil // no template version at all
+		}
 		j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "build",
-			Tags: map[string]string{"region": []string{"eu", "us"}[i%2]},
-			Meta: map[string]string{"template_version": fmt.Sprint("v", i%3)}})
+			Tags: map[string]string{"region": []string{"eu", "us"}[i%2]}, Meta: meta})
 		require.NoError(t, err)
 		ids = append(ids, j.ID)
 		if i < 3 {
@@ -251,88 +443,367 @@ func TestListFiltersAndPages(t *testing.T) {
 			require.NoError(t, err)
 		}
 	}
-	_, err := f.p.runOnce(ctx)
-	require.NoError(t, err)
-	r, err := NewReader(ctx, f.env.JS)
-	require.NoError(t, err)
+	f.run(t)
+	r := f.reader(t)
 	list := func(flt Filter) []string {
+		t.Helper()
 		page, err := r.List(ctx, flt)
 		require.NoError(t, err)
-		var out []string
+		out := []string{}
 		for _, v := range page.Views {
 			out = append(out, v.ID)
 		}
 		return out
 	}
-	require.Equal(t, ids, list(Filter{}))
-	require.Equal(t, ids[:3], list(Filter{States: []statemachine.State{statemachine.StateCanceled}}))
-	require.Len(t, list(Filter{States: []statemachine.State{statemachine.StateCanceled, statemachine.StatePending}}), 10)
+	states := func(s ...statemachine.State) []statemachine.State { return s }
+	require.Equal(t, ids, list(Filter{}), "in job ID order, which is submit order")
+	require.Equal(t, ids[:3], list(Filter{States: states(statemachine.StateCanceled)}))
+	require.Equal(t, ids, list(Filter{States: states(statemachine.StateCanceled, statemachine.StatePending)}))
+	require.Empty(t, list(Filter{States: states(statemachine.StateRunning)}))
 	require.Equal(t, []string{ids[0], ids[2], ids[4], ids[6], ids[8]}, list(Filter{Tags: map[string]string{"region": "eu"}}))
 	require.Equal(t, []string{ids[0], ids[6]}, list(Filter{Tags: map[string]string{"region": "eu"}, Meta: map[string]string{"template_version": "v0"}}))
-	require.Len(t, list(Filter{MetaNot: map[string]string{"template_version": "v0"}}), 6)
+	require.Equal(t, []string{ids[1], ids[2], ids[4], ids[5], ids[7], ids[8], ids[9]},
+		list(Filter{MetaNot: map[string]string{"template_version": "v0"}}), "a missing key is not equal")
+	require.Equal(t, []string{ids[4], ids[5], ids[7], ids[8], ids[9]},
+		list(Filter{States: states(statemachine.StatePending), MetaNot: map[string]string{"template_version": "v0"}}))
 	require.Empty(t, list(Filter{Type: "other"}))
-	page, err := r.List(ctx, Filter{Limit: 4})
-	require.NoError(t, err)
-	require.Len(t, page.Views, 4)
-	require.Equal(t, ids[3], page.Next)
-	require.Equal(t, ids[4:8], list(Filter{Limit: 4, After: page.Next}))
-	_, err = r.Get(ctx, "00000000-0000-0000-0000-000000000000")
+
+	var paged []string
+	flt := Filter{Limit: 4}
+	for pages := 0; ; pages++ {
+		require.Less(t, pages, 3)
+		page, err := r.List(ctx, flt)
+		require.NoError(t, err)
+		require.LessOrEqual(t, len(page.Views), 4)
+		for _, v := range page.Views {
+			paged = append(paged, v.ID)
+		}
+		if page.Next == "" {
+			break
+		}
+		require.Equal(t, paged[len(paged)-1], page.Next)
+		flt.After = page.Next
+	}
+	require.Equal(t, ids, paged)
+	require.Equal(t, ids[4:8], list(Filter{Limit: 4, After: ids[3]}))
+
+	_, err := r.Get(ctx, "01a20000-0000-7000-8000-000000000000")
 	require.ErrorIs(t, err, events.ErrNotFound)
 	_, err = r.Get(ctx, "bad.id")
 	require.ErrorIs(t, err, events.ErrInvalidJobID)
 }
 
-func TestWatchSeesChangesInOrder(t *testing.T) {
+func TestWatchSendsCurrentValuesThenEveryChangeInOrder(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	f := newFixture(t)
-	require.NoError(t, f.p.Start(ctx))
-	t.Cleanup(f.p.Stop)
-	r, err := NewReader(ctx, f.env.JS)
+	old, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "watched"})
 	require.NoError(t, err)
-	ch, err := r.Watch(ctx, Filter{Type: "watched"})
+	_, _, err = f.m.Submit(ctx, statemachine.SubmitParams{Type: "ignored"})
 	require.NoError(t, err)
-	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "watched"})
+	f.run(t)
+	ch, err := f.reader(t).Watch(ctx, Filter{Type: "watched"})
 	require.NoError(t, err)
-	held, err := f.m.Acquire(ctx, j.ID, "w")
-	require.NoError(t, err)
-	_, err = f.m.Succeed(ctx, held, nil)
-	require.NoError(t, err)
-	var last uint64
-	for {
+	next := func() View {
+		t.Helper()
 		select {
 		case v := <-ch:
-			require.Greater(t, v.Version, last, "versions increase")
-			last = v.Version
-			if v.State == statemachine.StateSucceeded {
-				return
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("no succeeded view within 5s")
+			return v
+		case <-time.After(within):
+			t.Fatal("no view within", within)
+			return View{}
 		}
+	}
+	require.Equal(t, old.ID, next().ID, "current values first")
+
+	// One command at a time, each projected before the next: every change
+	// is seen, in order.
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "watched"})
+	require.NoError(t, err)
+	f.run(t)
+	held, err := f.m.Acquire(ctx, j.ID, "w")
+	require.NoError(t, err)
+	f.run(t)
+	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: j.ID, Lease: held.Lease, WorkerID: "w", At: held.UpdatedAt.Add(time.Second)}))
+	f.run(t)
+	_, err = f.m.Succeed(ctx, held, nil)
+	require.NoError(t, err)
+	f.run(t)
+	var seen []string
+	for len(seen) < 4 {
+		v := next()
+		require.Equal(t, j.ID, v.ID)
+		beat := ""
+		if v.HeartbeatAt != nil {
+			beat = "+beat"
+		}
+		seen = append(seen, string(v.State)+beat)
+	}
+	require.Equal(t, []string{"pending", "running", "running+beat", "succeeded"}, seen)
+	cancel()
+	for range ch {
 	}
 }
 
-func TestHeartbeatMovesUpdatedAt(t *testing.T) {
+func TestHeartbeatsMoveUpdatedAt(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
 	require.NoError(t, err)
 	held, err := f.m.Acquire(ctx, j.ID, "w")
 	require.NoError(t, err)
-	_, err = f.p.runOnce(ctx)
-	require.NoError(t, err)
+	f.run(t)
+	r := f.reader(t)
+	beat := func(lease uint64, at time.Time) {
+		t.Helper()
+		require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: j.ID, Lease: lease, WorkerID: "w", At: at}))
+		f.run(t)
+	}
+	get := func() View {
+		t.Helper()
+		v, err := r.Get(ctx, j.ID)
+		require.NoError(t, err)
+		return v
+	}
 	at := held.UpdatedAt.Add(time.Minute)
-	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: j.ID, Lease: held.Lease, WorkerID: "w", At: at}))
-	// A beat from an attempt that does not hold the job counts for nothing.
-	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: j.ID, Lease: held.Lease + 99, WorkerID: "old", At: at.Add(time.Hour)}))
-	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: j.ID, Lease: held.Lease, WorkerID: "w", At: at}))
-	_, err = f.p.runOnce(ctx)
+	beat(held.Lease, at)
+	v := get()
+	require.True(t, v.UpdatedAt.Equal(at), "updated_at %s, want %s", v.UpdatedAt, at)
+	require.True(t, v.HeartbeatAt.Equal(at))
+	require.Equal(t, held.Version, v.Version, "a beat never changes the version")
+	f.requireFolded(t, []string{j.ID})
+
+	// A beat from an attempt that does not hold the job counts for
+	// nothing; being the job's last beat, it hides the earlier one.
+	beat(held.Lease+99, at.Add(time.Hour))
+	require.Nil(t, get().HeartbeatAt)
+	f.requireFolded(t, []string{j.ID})
+	beat(held.Lease, at.Add(time.Minute))
+	require.True(t, get().UpdatedAt.Equal(at.Add(time.Minute)))
+	f.requireFolded(t, []string{j.ID})
+
+	// Once the job is finished, beats are history.
+	_, err = f.m.Succeed(ctx, held, nil)
 	require.NoError(t, err)
-	r, err := NewReader(ctx, f.env.JS)
+	f.run(t)
+	require.Nil(t, get().HeartbeatAt)
+	f.requireFolded(t, []string{j.ID})
+}
+
+func TestBeatAheadOfTheEventsIsNotLost(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	beatsOnly := func() {
+		t.Helper()
+		require.NoError(t, f.p.setup(ctx))
+		_, err := consume.Available(ctx, f.p.hbCons, 100, f.p.processBeats)
+		require.NoError(t, err)
+	}
+	// The beat of an acquisition the view does not show yet.
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	f.run(t)
+	held, err := f.m.Acquire(ctx, j.ID, "w")
+	require.NoError(t, err)
+	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: j.ID, Lease: held.Lease, WorkerID: "w", At: held.UpdatedAt.Add(time.Second)}))
+	// The beat of a job that has no view at all yet.
+	k, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	heldK, err := f.m.Acquire(ctx, k.ID, "w")
+	require.NoError(t, err)
+	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: k.ID, Lease: heldK.Lease, WorkerID: "w", At: heldK.UpdatedAt.Add(time.Second)}))
+	beatsOnly()
+	for _, id := range []string{j.ID, k.ID} {
+		got, ok := f.stored(t, id)
+		require.True(t, ok)
+		require.Contains(t, got, `"heartbeat_at":"`)
+	}
+	f.run(t) // the events, now behind the views
+	f.requireFolded(t, []string{j.ID, k.ID})
+}
+
+func TestTwoProjectorsAgree(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	// Two servers share the durable consumers; a third projector has its
+	// own, and so writes every view too.
+	for _, cfg := range []Config{{}, {}, {Durable: "third", HeartbeatDurable: "third_hb", Batch: 7}} {
+		require.NoError(t, f.projector(t, cfg).Start(ctx))
+	}
+	var mu sync.Mutex
+	var ids []string
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got := scenario(t, f.m, func() {})
+			mu.Lock()
+			ids = append(ids, got...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	f.requireFolded(t, ids)
+}
+
+func TestForget(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	f.run(t)
+	r := f.reader(t)
+	require.NoError(t, r.Forget(ctx, j.ID))
+	require.NoError(t, r.Forget(ctx, j.ID), "forgetting twice is fine")
+	_, err = r.Get(ctx, j.ID)
+	require.ErrorIs(t, err, events.ErrNotFound)
+	page, err := r.List(ctx, Filter{})
+	require.NoError(t, err)
+	require.Empty(t, page.Views)
+	kv, err := f.env.JS.Stream(ctx, "KV_"+BucketDefault)
+	require.NoError(t, err)
+	info, err := kv.Info(ctx)
+	require.NoError(t, err)
+	require.Zero(t, info.State.Msgs, "no delete marker left behind")
+	require.ErrorIs(t, r.Forget(ctx, "bad.id"), events.ErrInvalidJobID)
+}
+
+func TestStartAndStopTwice(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	require.NoError(t, f.p.Start(ctx))
+	require.NoError(t, f.p.Start(ctx))
+	f.p.Stop()
+	f.p.Stop()
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	require.NoError(t, f.p.Start(ctx), "a stopped projector starts again")
+	f.requireFolded(t, []string{j.ID})
+	f.p.Stop()
+}
+
+func TestNoReaderWithoutBucket(t *testing.T) {
+	env := natstest.Start(t)
+	_, err := NewReader(context.Background(), env.JS)
+	require.ErrorIs(t, err, ErrNoViews)
+}
+
+func TestConsumerOfAnOlderVersionIsReplacedWhereItWas(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	for range 2 {
+		_, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+		require.NoError(t, err)
+	}
+	// An earlier projector, its views in place, acknowledged all up to
+	// the second event.
+	_, err := f.p.provisionStorage(ctx)
+	require.NoError(t, err)
+	old, err := f.env.JS.CreateOrUpdateConsumer(ctx, f.log.Stream(), jetstream.ConsumerConfig{
+		Durable: DurableDefault, AckPolicy: jetstream.AckAllPolicy, FilterSubject: f.log.SubjectPrefix() + ">"})
+	require.NoError(t, err)
+	batch, err := old.Fetch(2)
+	require.NoError(t, err)
+	var last jetstream.Msg
+	for m := range batch.Messages() {
+		last = m
+	}
+	require.NoError(t, last.DoubleAck(ctx))
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+
+	require.NoError(t, f.p.setup(ctx))
+	require.NoError(t, f.p.setup(ctx), "binding to the replacement again")
+	info, err := f.p.evCons.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, jetstream.AckExplicitPolicy, info.Config.AckPolicy)
+	f.run(t)
+	page, err := f.reader(t).List(ctx, Filter{})
+	require.NoError(t, err)
+	require.Len(t, page.Views, 1, "only the event after the old acknowledgements")
+	require.Equal(t, j.ID, page.Views[0].ID)
+}
+
+func TestAnotherBucket(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	p := f.projector(t, Config{Bucket: "other_views", Durable: "other", HeartbeatDurable: "other_hb"})
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	_, err = p.runOnce(ctx)
+	require.NoError(t, err)
+	r, err := NewReader(ctx, f.env.JS, WithBucket("other_views"))
 	require.NoError(t, err)
 	v, err := r.Get(ctx, j.ID)
 	require.NoError(t, err)
-	require.True(t, v.UpdatedAt.Equal(at), "updated_at %s, want %s", v.UpdatedAt, at)
-	require.Equal(t, jsonOf(t, f.folded(t, j.ID)), jsonOf(t, v))
+	require.Equal(t, j.Version, v.Version)
+	_, err = NewReader(ctx, f.env.JS)
+	require.ErrorIs(t, err, ErrNoViews, "the default bucket was never created")
+}
+
+// stallingJS refuses every other asynchronous publish, as a connection
+// whose window of unanswered publishes stays full does.
+type stallingJS struct {
+	jetstream.JetStream
+	mu    sync.Mutex
+	calls int
+}
+
+func (s *stallingJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	s.mu.Lock()
+	s.calls++
+	stall := s.calls%2 == 0
+	s.mu.Unlock()
+	if stall {
+		return nil, jetstream.ErrTooManyStalledMsgs
+	}
+	return s.JetStream.PublishMsgAsync(m, opts...)
+}
+
+func TestWritesWaitForAFullPublishWindow(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	p, err := New(&stallingJS{JetStream: f.env.JS}, f.log, f.hb, Config{})
+	require.NoError(t, err)
+	f.p = p
+	var ids []string
+	params := make([]statemachine.SubmitParams, 50)
+	for i := range params {
+		params[i] = statemachine.SubmitParams{Type: "t"}
+	}
+	for _, r := range f.m.SubmitMany(ctx, params) {
+		require.NoError(t, r.Err)
+		ids = append(ids, r.Job.ID)
+	}
+	f.run(t)
+	f.requireFolded(t, ids)
+	stats, err := p.Rebuild(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 50, stats.Jobs)
+	f.requireFolded(t, ids)
+}
+
+func TestConsumerDeletedWhileRunningIsRecreated(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	p := f.projector(t, Config{CheckEvery: 20 * time.Millisecond})
+	require.NoError(t, p.Start(ctx))
+	a, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	f.requireFolded(t, []string{a.ID})
+	require.NoError(t, f.env.JS.DeleteConsumer(ctx, f.log.Stream(), DurableDefault))
+	b, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	_, err = f.m.Cancel(ctx, a.ID, "")
+	require.NoError(t, err)
+	f.requireFolded(t, []string{a.ID, b.ID})
+
+	// Another server recreated the consumer (it found the bucket lost).
+	require.NoError(t, f.env.JS.DeleteConsumer(ctx, f.log.Stream(), DurableDefault))
+	other := f.projector(t, Config{})
+	require.NoError(t, other.setup(ctx))
+	c, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	f.requireFolded(t, []string{a.ID, b.ID, c.ID})
 }

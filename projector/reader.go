@@ -1,38 +1,60 @@
 package projector
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
 )
 
-// BucketDefault is the KV bucket holding one view per job.
-const BucketDefault = "jj_jobs"
-
-// Reader reads job views.
+// Reader reads job views. It needs no projector in its process: CLI
+// commands use it against a server's bucket.
 type Reader struct {
-	kv jetstream.KeyValue
+	bucket string
+	kv     jetstream.KeyValue
+	stream jetstream.Stream
 }
 
-// NewReader binds to the views bucket.
-func NewReader(ctx context.Context, js jetstream.JetStream) (*Reader, error) {
-	kv, err := js.KeyValue(ctx, BucketDefault)
+// ReaderOption configures a Reader.
+type ReaderOption func(*Reader)
+
+// WithBucket reads another bucket than BucketDefault (a projector's
+// Config.Bucket).
+func WithBucket(bucket string) ReaderOption {
+	return func(r *Reader) { r.bucket = bucket }
+}
+
+// NewReader binds to the views bucket; ErrNoViews when no server has
+// created it.
+func NewReader(ctx context.Context, js jetstream.JetStream, opts ...ReaderOption) (*Reader, error) {
+	r := &Reader{bucket: BucketDefault}
+	for _, o := range opts {
+		o(r)
+	}
+	kv, err := js.KeyValue(ctx, r.bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, ErrNoViews
 	}
 	if err != nil {
 		return nil, fmt.Errorf("bind job views: %w", err)
 	}
-	return &Reader{kv: kv}, nil
+	r.kv = kv
+	if r.stream, err = js.Stream(ctx, "KV_"+r.bucket); err != nil {
+		return nil, fmt.Errorf("bind job views: %w", err)
+	}
+	return r, nil
 }
 
-// Get returns a job's view.
+// Get returns a job's view: events.ErrInvalidJobID for an ID that cannot
+// name a job, events.ErrNotFound when the job has no view.
 func (r *Reader) Get(ctx context.Context, id string) (View, error) {
 	if err := events.ValidateJobID(id); err != nil {
 		return View{}, err
@@ -59,35 +81,66 @@ type Page struct {
 }
 
 // List returns the matching views in job ID order (submit order: IDs are
-// time-ordered UUIDs). It reads the bucket's current values in one stream
-// pass, never the event log.
+// time-ordered UUIDs), at most f.Limit of them. It reads the bucket's
+// current values in one pass over its stream, never the event log; a key
+// is not an index, so each page costs a pass: for everything at once, use
+// no limit.
 func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	w, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return Page{}, fmt.Errorf("list jobs: %w", err)
 	}
 	defer func() { _ = w.Stop() }()
-	var views []View
-	for {
-		var e jetstream.KeyValueEntry
-		select {
-		case <-ctx.Done():
-			return Page{}, fmt.Errorf("list jobs: %w", ctx.Err())
-		case e = <-w.Updates():
+	// Decoding the views is most of the cost of a listing: it is spread
+	// over every core while the stream delivers.
+	quick := f.prefilter()
+	values := make(chan []byte, 1024)
+	shards := runtime.GOMAXPROCS(0)
+	found := make([][]View, shards)
+	var wg sync.WaitGroup
+	for i := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for data := range values {
+				if !quick(data) {
+					continue
+				}
+				var v View
+				if err := json.Unmarshal(data, &v); err != nil {
+					continue // not a view: the projector folds its job again on its next event
+				}
+				if f.Matches(v) {
+					found[i] = append(found[i], v)
+				}
+			}
+		}()
+	}
+	err = func() error {
+		defer close(values)
+		for {
+			var e jetstream.KeyValueEntry
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("list jobs: %w", ctx.Err())
+			case e = <-w.Updates():
+			}
+			if e == nil { // every current value delivered
+				return nil
+			}
+			if f.After != "" && e.Key() <= f.After {
+				continue
+			}
+			values <- e.Value()
 		}
-		if e == nil { // all current values delivered
-			break
-		}
-		if f.After != "" && e.Key() <= f.After {
-			continue
-		}
-		var v View
-		if err := json.Unmarshal(e.Value(), &v); err != nil {
-			continue
-		}
-		if f.Matches(v) {
-			views = append(views, v)
-		}
+	}()
+	wg.Wait()
+	if err != nil {
+		return Page{}, err
+	}
+	views := []View{}
+	for _, part := range found {
+		views = append(views, part...)
 	}
 	sort.Slice(views, func(i, j int) bool { return views[i].ID < views[j].ID })
 	var next string
@@ -98,8 +151,11 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	return Page{Views: views, Next: next}, nil
 }
 
-// Watch sends the current view of every matching job, then every change, in
-// order, until ctx ends; then it closes the channel.
+// Watch sends the current view of every matching job, then every change of
+// a matching job, in the order the views were written, until ctx ends; then
+// it closes the channel. A job that stops matching (for example a filter on
+// pending and the job starts) is simply not sent again. A consumer that
+// falls behind may miss intermediate versions of a view, never the last.
 func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	w, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
@@ -118,7 +174,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 					return
 				}
 				if e == nil {
-					continue
+					continue // end of the current values
 				}
 				var v View
 				if err := json.Unmarshal(e.Value(), &v); err != nil || !f.Matches(v) {
@@ -135,10 +191,61 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	return out, nil
 }
 
-// Forget deletes a job's view (when the job is purged).
+// Forget deletes a job's view (when the job is purged). The key is purged
+// from the bucket's stream without leaving a delete marker, so purged jobs
+// do not slow List down.
 func (r *Reader) Forget(ctx context.Context, id string) error {
-	if err := r.kv.Purge(ctx, id); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if err := events.ValidateJobID(id); err != nil {
+		return err
+	}
+	if err := r.stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+r.bucket+"."+id)); err != nil {
 		return fmt.Errorf("forget view of job %s: %w", id, err)
 	}
 	return nil
+}
+
+// prefilter returns a test that rejects, without decoding, most stored
+// views the filter does not match. Views are compact JSON written by
+// MarshalJSON (or encoding/json, which writes the same bytes), so a view in
+// state s contains "state":"s", and likewise for its type, tags and meta;
+// the converse need not hold (a meta key named "state"), so a view that
+// passes is decoded and matched for real.
+func (f Filter) prefilter() func([]byte) bool {
+	var oneOf [][]byte // at least one of these
+	var allOf [][]byte // each of these
+	for _, st := range f.States {
+		oneOf = append(oneOf, field("state", string(st)))
+	}
+	if f.Type != "" {
+		allOf = append(allOf, field("type", f.Type))
+	}
+	for k, v := range f.Tags {
+		allOf = append(allOf, field(k, v))
+	}
+	for k, v := range f.Meta {
+		allOf = append(allOf, field(k, v))
+	}
+	return func(data []byte) bool {
+		for _, want := range allOf {
+			if !bytes.Contains(data, want) {
+				return false
+			}
+		}
+		if len(oneOf) == 0 {
+			return true
+		}
+		for _, want := range oneOf {
+			if bytes.Contains(data, want) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// field is "k":"v" as a view encodes it.
+func field(k, v string) []byte {
+	b := appendString(nil, k)
+	b = append(b, ':')
+	return appendString(b, v)
 }

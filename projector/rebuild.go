@@ -3,11 +3,11 @@ package projector
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
@@ -16,121 +16,120 @@ import (
 
 // RebuildStats reports a rebuild.
 type RebuildStats struct {
-	Events       int     `json:"events"`
+	// Events counts the messages of the log read, valid or not.
+	Events int `json:"events"`
+	// Jobs counts the views written or found newer.
 	Jobs         int     `json:"jobs"`
 	Seconds      float64 `json:"seconds"`
 	EventsPerSec float64 `json:"events_per_s"`
 }
 
+// rebuildWindow is how many view writes a rebuild keeps in flight: within
+// the connection's default window of unanswered publishes (4,000).
+const rebuildWindow = 2048
+
 // Rebuild drops every view and rebuilds it from the event log while the
 // system keeps running: it folds the whole log in one ordered pass, then
 // writes each job's view unless a live projector already wrote a newer one.
+// Events appended during the rebuild are the live projector's: they land
+// after the views were dropped, so it folds their jobs from the log.
 func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 	start := time.Now()
-	if p.kv == nil {
-		if err := p.setup(ctx); err != nil {
-			return RebuildStats{}, err
-		}
-	}
-	if err := p.kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(-1)); err != nil {
+	if _, err := p.provisionStorage(ctx); err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
-	s, err := p.js.Stream(ctx, "KV_"+p.cfg.Bucket)
-	if err != nil {
-		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
-	}
-	if err := s.Purge(ctx); err != nil {
+	p.setupMu.Lock()
+	kv := p.kv
+	p.setupMu.Unlock()
+	if err := kv.Purge(ctx); err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: drop views: %w", err)
 	}
-	p.cacheMu.Lock()
-	p.cache = map[string]cached{}
-	p.cacheMu.Unlock()
+	p.clearCache()
 
 	jobs, n, err := p.foldLog(ctx)
 	if err != nil {
-		return RebuildStats{}, err
+		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
 	beats, err := p.lastBeats(ctx)
 	if err != nil {
-		return RebuildStats{}, err
+		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
-	// Create every view with pipelined publishes that expect the key to be
-	// empty; a key the live projector wrote meanwhile takes the
-	// compare-and-set path, keeping whichever view is newer.
-	var contested []*jobBatch
-	ids := make([]string, 0, len(jobs))
-	for id, job := range jobs {
-		if job.State != statemachine.StateNew {
-			ids = append(ids, id)
-		}
-	}
-	for lo := 0; lo < len(ids); lo += 2000 {
-		chunk := ids[lo:min(lo+2000, len(ids))]
-		futures := make([]jetstream.PubAckFuture, len(chunk))
-		for i, id := range chunk {
-			var beat *events.Beat
-			if b, ok := beats[id]; ok {
-				beat = &b
-			}
-			data, err := json.Marshal(ViewOf(*jobs[id], beat))
-			if err != nil {
-				return RebuildStats{}, fmt.Errorf("rebuild: encode view of job %s: %w", id, err)
-			}
-			m := nats.NewMsg("$KV." + p.cfg.Bucket + "." + id)
-			m.Data = data
-			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
-			if futures[i], err = p.js.PublishMsgAsync(m); err != nil {
-				futures[i] = nil
-			}
-		}
-		for i, f := range futures {
-			if f == nil {
-				contested = append(contested, &jobBatch{id: chunk[i]})
-				continue
-			}
-			select {
-			case <-f.Ok():
-			case <-f.Err():
-				contested = append(contested, &jobBatch{id: chunk[i]})
-			case <-ctx.Done():
-				return RebuildStats{}, ctx.Err()
-			}
-		}
-	}
-	err = p.parallel(ctx, contested, func(ctx context.Context, jb *jobBatch) error {
-		var beat *events.Beat
-		if b, ok := beats[jb.id]; ok {
-			beat = &b
-		}
-		v := ViewOf(*jobs[jb.id], beat)
-		for try := 0; try < 20; try++ {
-			cur, err := p.load(ctx, jb.id)
-			if err != nil {
-				return err
-			}
-			if cur.rev != 0 && cur.view.Version >= v.Version {
-				return nil // the live projector is already past this fold
-			}
-			if err := p.store(ctx, jb.id, v, cur.rev); !errors.Is(err, errStale) {
-				return err
-			}
-		}
-		return nil
-	})
+	work, err := p.renderAll(jobs, beats)
 	if err != nil {
-		return RebuildStats{}, err
+		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
+	}
+	// Every view is created expecting its key to be empty; a key the live
+	// projector wrote meanwhile is decided again, keeping the newer view.
+	keepNewer := func(ctx context.Context, jw *jobWork, _ bool) error {
+		cur, err := p.read(ctx, jw.id)
+		if err != nil {
+			return err
+		}
+		jw.cur = cur
+		jw.write = !cur.ok || cur.view.Version < jw.view.Version
+		return nil
+	}
+	for lo := 0; lo < len(work); lo += rebuildWindow {
+		window := work[lo:min(lo+rebuildWindow, len(work))]
+		stale, err := p.writeAll(ctx, window)
+		if err != nil {
+			return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
+		}
+		if err := p.parallel(ctx, stale, func(ctx context.Context, jw *jobWork) error {
+			return p.retry(ctx, jw, keepNewer)
+		}); err != nil {
+			return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
+		}
 	}
 	el := time.Since(start).Seconds()
-	return RebuildStats{Events: n, Jobs: len(jobs), Seconds: el, EventsPerSec: float64(n) / el}, nil
+	return RebuildStats{Events: n, Jobs: len(work), Seconds: el, EventsPerSec: float64(n) / el}, nil
 }
 
-// foldLog folds every job in the events stream up to its current end.
+// renderAll encodes the view of every job that has one, on every core.
+func (p *Projector) renderAll(jobs map[string]*statemachine.Job, beats map[string]events.Beat) ([]*jobWork, error) {
+	work := make([]*jobWork, 0, len(jobs))
+	for id, j := range jobs {
+		if j.State != statemachine.StateNew {
+			work = append(work, &jobWork{id: id})
+		}
+	}
+	var (
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		first error
+	)
+	shards := runtime.GOMAXPROCS(0)
+	for s := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := s; i < len(work); i += shards {
+				jw := work[i]
+				var beat *events.Beat
+				if b, ok := beats[jw.id]; ok {
+					beat = &b
+				}
+				if err := jw.setView(ViewOf(*jobs[jw.id], beat)); err != nil {
+					errMu.Lock()
+					first = err
+					errMu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return work, first
+}
+
+// foldLog folds every job in the events stream up to the end it had when
+// the pass began, and counts the messages read.
 func (p *Projector) foldLog(ctx context.Context) (map[string]*statemachine.Job, int, error) {
 	jobs := map[string]*statemachine.Job{}
 	n := 0
 	err := orderedPass(ctx, p.js, p.log.Stream(), jetstream.DeliverAllPolicy, func(m jetstream.Msg, seq uint64) {
+		n++
 		id, ok := p.log.JobIDFromSubject(m.Subject())
-		if !ok {
+		if !ok || events.ValidateJobID(id) != nil {
 			return
 		}
 		j := jobs[id]
@@ -138,8 +137,10 @@ func (p *Projector) foldLog(ctx context.Context) (map[string]*statemachine.Job, 
 			j = &statemachine.Job{State: statemachine.StateNew}
 			jobs[id] = j
 		}
-		_ = j.Apply(events.RecordFromMsg(m.Headers(), m.Data(), seq))
-		n++
+		_ = j.Apply(checkJob(id, events.RecordFromMsg(m.Headers(), m.Data(), seq)))
+		// The view keeps only the payload's size: do not hold every
+		// payload of the log in memory.
+		j.Payload = nil
 	})
 	return jobs, n, err
 }
@@ -149,8 +150,8 @@ func (p *Projector) lastBeats(ctx context.Context) (map[string]events.Beat, erro
 	out := map[string]events.Beat{}
 	err := orderedPass(ctx, p.js, p.hb.Stream(), jetstream.DeliverLastPerSubjectPolicy, func(m jetstream.Msg, _ uint64) {
 		var b events.Beat
-		if json.Unmarshal(m.Data(), &b) == nil {
-			out[b.JobID] = b
+		if id, ok := p.hb.JobIDFromSubject(m.Subject()); ok && json.Unmarshal(m.Data(), &b) == nil && b.JobID == id {
+			out[id] = b
 		}
 	})
 	return out, err
@@ -162,8 +163,8 @@ func orderedPass(ctx context.Context, js jetstream.JetStream, stream string, pol
 	if err != nil {
 		return fmt.Errorf("read %s: %w", stream, err)
 	}
-	last := s.CachedInfo().State.LastSeq
-	if s.CachedInfo().State.Msgs == 0 {
+	state := s.CachedInfo().State
+	if state.Msgs == 0 {
 		return nil
 	}
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: policy})
@@ -175,9 +176,21 @@ func orderedPass(ctx context.Context, js jetstream.JetStream, stream string, pol
 		return fmt.Errorf("read %s: %w", stream, err)
 	}
 	defer it.Stop()
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-ctx.Done():
+			it.Stop() // unblocks Next
+		case <-stopped:
+		}
+	}()
 	for {
 		m, err := it.Next()
 		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("read %s: %w", stream, ctx.Err())
+			}
 			return fmt.Errorf("read %s: %w", stream, err)
 		}
 		meta, err := m.Metadata()
@@ -185,7 +198,7 @@ func orderedPass(ctx context.Context, js jetstream.JetStream, stream string, pol
 			continue
 		}
 		fn(m, meta.Sequence.Stream)
-		if meta.Sequence.Stream >= last || meta.NumPending == 0 {
+		if meta.Sequence.Stream >= state.LastSeq || meta.NumPending == 0 {
 			return nil
 		}
 	}

@@ -2,51 +2,63 @@ package projector
 
 import (
 	"encoding/json"
+	"slices"
 	"time"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/statemachine"
 )
 
-// View is the current state of a job as dashboards and the CLI see it.
+// View is the current state of a job as dashboards and the CLI see it. It is
+// stored as JSON, one key per job ID; every field is always present (null
+// when unset) so that readers need not know which are optional.
 type View struct {
-	ID                string                      `json:"id"`
-	Type              string                      `json:"type"`
-	Tags              map[string]string           `json:"tags"`
-	Meta              map[string]string           `json:"meta"`
-	State             statemachine.State          `json:"state"`
-	Priority          int                         `json:"priority"`
-	Attempt           int                         `json:"attempt"`
-	MaxAttempts       int                         `json:"max_attempts"`
-	WorkerID          string                      `json:"worker_id"`
-	Lease             uint64                      `json:"lease,omitempty"`
-	Error             string                      `json:"error"`
-	ErrorCode         string                      `json:"error_code"`
-	Errors            []statemachine.AttemptError `json:"errors,omitempty"`
-	CancelReason      string                      `json:"cancel_reason,omitempty"`
-	Key               string                      `json:"key,omitempty"`
-	PayloadSize       int                         `json:"payload_size"`
-	Result            json.RawMessage             `json:"result,omitempty"`
-	Backoff           *events.Backoff             `json:"backoff,omitempty"`
-	RunAt             *time.Time                  `json:"run_at,omitempty"`
-	CreatedAt         time.Time                   `json:"created_at"`
-	StartedAt         *time.Time                  `json:"started_at"`
-	UpdatedAt         time.Time                   `json:"updated_at"`
-	CompletedAt       *time.Time                  `json:"completed_at"`
-	CanceledAt        *time.Time                  `json:"canceled_at"`
-	CancelRequestedAt *time.Time                  `json:"cancel_requested_at,omitempty"`
-	HeartbeatAt       *time.Time                  `json:"heartbeat_at,omitempty"`
-	// LastEventAt is the time of the job's last event; UpdatedAt is the later
-	// of it and the running attempt's last heartbeat.
+	ID          string             `json:"id"`
+	Type        string             `json:"type"`
+	Tags        map[string]string  `json:"tags"`
+	Meta        map[string]string  `json:"meta"`
+	State       statemachine.State `json:"state"`
+	Priority    int                `json:"priority"`
+	Attempt     int                `json:"attempt"`
+	MaxAttempts int                `json:"max_attempts"`
+	WorkerID    string             `json:"worker_id"`
+	// Lease fences the running attempt: the stream sequence of its acquired
+	// event, 0 when no attempt holds the job.
+	Lease        uint64                      `json:"lease"`
+	Error        string                      `json:"error"`
+	ErrorCode    string                      `json:"error_code"`
+	Errors       []statemachine.AttemptError `json:"errors"`
+	CancelReason string                      `json:"cancel_reason"`
+	Key          string                      `json:"key"`
+	PayloadSize  int                         `json:"payload_size"`
+	Result       json.RawMessage             `json:"result,omitempty"`
+	Backoff      *events.Backoff             `json:"backoff,omitempty"`
+	RunAt        *time.Time                  `json:"run_at"`
+	CreatedAt    time.Time                   `json:"created_at"`
+	StartedAt    *time.Time                  `json:"started_at"`
+	// UpdatedAt is the later of LastEventAt and HeartbeatAt.
+	UpdatedAt         time.Time  `json:"updated_at"`
+	CompletedAt       *time.Time `json:"completed_at"`
+	CanceledAt        *time.Time `json:"canceled_at"`
+	CancelRequestedAt *time.Time `json:"cancel_requested_at,omitempty"`
+	// HeartbeatAt is the last beat of the attempt holding the job, when it
+	// is later than the job's last event.
+	HeartbeatAt *time.Time `json:"heartbeat_at"`
+	// LastEventAt is the time of the job's last event.
 	LastEventAt time.Time `json:"last_event_at"`
-	// Version is the stream sequence of the job's last event.
-	Version     uint64 `json:"version"`
-	Events      int    `json:"events"`
-	Quarantined int    `json:"quarantined,omitempty"`
+	// Version is the stream sequence of the last message in the job's
+	// history (the expected sequence of its next append).
+	Version uint64 `json:"version"`
+	// Events counts the events folded, Quarantined the messages skipped.
+	Events      int `json:"events"`
+	Quarantined int `json:"quarantined"`
 }
 
-// ViewOf renders a folded job and its last heartbeat (nil when none). A beat
-// counts only while the attempt that sent it still holds the job.
+// ViewOf renders a folded job and its last heartbeat (nil when none). It is
+// a pure function of its arguments, so a view rebuilt from the log is
+// byte-identical to the one projected live. The beat counts only while the
+// attempt that sent it still holds the job and only if it is later than the
+// job's last event.
 func ViewOf(j statemachine.Job, beat *events.Beat) View {
 	v := View{
 		ID: j.ID, Type: j.Type, Tags: nonNil(j.Tags), Meta: nonNil(j.Meta), State: j.State,
@@ -57,29 +69,28 @@ func ViewOf(j statemachine.Job, beat *events.Beat) View {
 		CanceledAt: j.CanceledAt, CancelRequestedAt: j.CancelRequestedAt, LastEventAt: j.UpdatedAt,
 		Version: j.Version, Events: j.Events, Quarantined: j.Quarantined,
 	}
+	if v.Errors == nil {
+		// A stored view decodes [] and null differently; one spelling keeps
+		// the round trip through the bucket exact.
+		v.Errors = []statemachine.AttemptError{}
+	}
 	if j.Backoff != (events.Backoff{}) {
 		b := j.Backoff
 		v.Backoff = &b
 	}
-	v.applyBeat(beat)
+	if beatCounts(j, beat) {
+		at := beat.At.UTC()
+		v.HeartbeatAt = &at
+		v.UpdatedAt = at
+	}
 	return v
 }
 
-// applyBeat sets the heartbeat of the attempt holding the job.
-func (v *View) applyBeat(beat *events.Beat) bool {
-	if beat == nil || v.Lease == 0 || beat.Lease != v.Lease ||
-		(v.State != statemachine.StateRunning && v.State != statemachine.StateCanceling) {
-		return false
-	}
-	if v.HeartbeatAt != nil && !beat.At.After(*v.HeartbeatAt) {
-		return false
-	}
-	at := beat.At.UTC()
-	v.HeartbeatAt = &at
-	if at.After(v.UpdatedAt) {
-		v.UpdatedAt = at
-	}
-	return true
+// beatCounts says whether a beat moves the job's updated_at.
+func beatCounts(j statemachine.Job, beat *events.Beat) bool {
+	return beat != nil && j.Lease != 0 && beat.Lease == j.Lease &&
+		(j.State == statemachine.StateRunning || j.State == statemachine.StateCanceling) &&
+		beat.At.After(j.UpdatedAt)
 }
 
 // Job restores the fold that the view was rendered from, so that the next
@@ -89,7 +100,9 @@ func (v View) Job() statemachine.Job {
 	j := statemachine.Job{
 		ID: v.ID, Type: v.Type, Tags: v.Tags, Meta: v.Meta, PayloadSize: v.PayloadSize, Priority: v.Priority,
 		MaxAttempts: v.MaxAttempts, Key: v.Key, State: v.State, Attempt: v.Attempt, Lease: v.Lease,
-		WorkerID: v.WorkerID, RunAt: v.RunAt, Error: v.Error, ErrorCode: v.ErrorCode, Errors: v.Errors,
+		// Clipped: the fold appends to Errors, and must not write into an
+		// array another copy of this view shares.
+		WorkerID: v.WorkerID, RunAt: v.RunAt, Error: v.Error, ErrorCode: v.ErrorCode, Errors: slices.Clip(v.Errors),
 		CancelReason: v.CancelReason, Result: v.Result, CreatedAt: v.CreatedAt, StartedAt: v.StartedAt,
 		UpdatedAt: v.LastEventAt, CompletedAt: v.CompletedAt, CanceledAt: v.CanceledAt,
 		CancelRequestedAt: v.CancelRequestedAt, Version: v.Version, Events: v.Events, Quarantined: v.Quarantined,
@@ -100,7 +113,9 @@ func (v View) Job() statemachine.Job {
 	return j
 }
 
-// beat is the heartbeat the view carries, to carry it over a new event.
+// beat is the heartbeat the view shows. Only the lease and time of a beat
+// enter a view, so this is all ViewOf needs to render the view again after
+// one more event.
 func (v View) beat() *events.Beat {
 	if v.HeartbeatAt == nil {
 		return nil
@@ -115,7 +130,26 @@ func nonNil(m map[string]string) map[string]string {
 	return m
 }
 
-// Matches reports whether the view passes the filter.
+// Filter selects views. Several States match any; all Tags, Meta and MetaNot
+// must hold.
+type Filter struct {
+	States []statemachine.State
+	Type   string
+	// Tags: the job's tags include each of these k=v.
+	Tags map[string]string
+	// Meta: the job's metadata includes each of these k=v.
+	Meta map[string]string
+	// MetaNot: for each k=v, the job's meta[k] is not v (a missing key counts
+	// as not equal), as in "every job not built from template version v2".
+	MetaNot map[string]string
+	// Limit caps a List page; 0 means no limit.
+	Limit int
+	// After continues a List after this job ID (a Page's Next).
+	After string
+}
+
+// Matches reports whether the view passes the filter (Limit and After are
+// List's paging, not part of the match).
 func (f Filter) Matches(v View) bool {
 	if len(f.States) > 0 {
 		ok := false
@@ -143,23 +177,9 @@ func (f Filter) Matches(v View) bool {
 		}
 	}
 	for k, not := range f.MetaNot {
-		if v.Meta[k] == not {
+		if got, ok := v.Meta[k]; ok && got == not {
 			return false
 		}
 	}
 	return true
-}
-
-// Filter selects views. Several States match any; all Tags, Meta and MetaNot
-// must hold (MetaNot: the meta key is missing or has another value).
-type Filter struct {
-	States  []statemachine.State
-	Type    string
-	Tags    map[string]string
-	Meta    map[string]string
-	MetaNot map[string]string
-	// Limit caps a List page; 0 means no limit.
-	Limit int
-	// After continues a List after this job ID (a Page's Next).
-	After string
 }
