@@ -224,6 +224,16 @@ func (l *Log) Append(ctx context.Context, ev Event, expectedSeq uint64) (uint64,
 		seq, err := l.appendOne(ctx, req)
 		return seq, err
 	}
+	// Checked before the select, which picks at random among ready cases:
+	// the queue's free room must not win over a closed log or a done context.
+	select {
+	case <-l.done:
+		return 0, ErrClosed
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("append to job %s: %w", ev.JobID, err)
+	}
 	select {
 	case l.reqs <- req:
 	case <-ctx.Done():
@@ -237,6 +247,15 @@ func (l *Log) Append(ctx context.Context, ev Event, expectedSeq uint64) (uint64,
 	case <-ctx.Done():
 		// The flusher still completes the request; the caller stops waiting.
 		return 0, fmt.Errorf("append to job %s: %w", ev.JobID, ctx.Err())
+	case <-l.closed:
+		// Every flusher has answered what it took; a request queued after
+		// the last drain was never published.
+		select {
+		case r := <-req.result:
+			return r.seq, r.err
+		default:
+			return 0, ErrClosed
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
@@ -158,4 +159,163 @@ func TestLoadReportsGarbageWithoutFailing(t *testing.T) {
 	require.NoError(t, recs[0].Err)
 	require.ErrorIs(t, recs[1].Err, events.ErrMalformed)
 	require.Greater(t, recs[1].Seq, seq)
+}
+
+// TestStaleAppendInABatchFailsAlone: one stale expectation among concurrent
+// appends to other jobs refuses that append only, whichever way the batch
+// is committed.
+func TestStaleAppendInABatchFailsAlone(t *testing.T) {
+	ctx := context.Background()
+	l, _ := openLog(t, events.Config{MinBatch: 2})
+	seq, err := l.Append(ctx, mustEvent(t, "old", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+	for round := 0; round < 5; round++ {
+		var wg sync.WaitGroup
+		errs := make([]error, 50)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if i == 25 {
+					_, errs[i] = l.Append(ctx, mustEvent(t, "old", events.TypeCanceled), 0)
+					return
+				}
+				_, errs[i] = l.Append(ctx, mustEvent(t, fmt.Sprintf("r%d-job%d", round, i), events.TypeSubmitted), 0)
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if i == 25 {
+				require.ErrorIs(t, err, events.ErrConflict)
+				continue
+			}
+			require.NoError(t, err)
+		}
+	}
+	last, err := l.LastSeq(ctx, "old")
+	require.NoError(t, err)
+	require.Equal(t, seq, last)
+	last, err = l.LastSeq(ctx, "never")
+	require.NoError(t, err)
+	require.Zero(t, last)
+}
+
+// TestSameJobAppendsInOneFlushAreOrdered: two appends to one job waiting
+// together go into different commits, so the second sees the first.
+func TestSameJobAppendsInOneFlushAreOrdered(t *testing.T) {
+	ctx := context.Background()
+	l, _ := openLog(t, events.Config{})
+	seq, err := l.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	res := make([]error, 20)
+	for i := range res {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, res[i] = l.Append(ctx, mustEvent(t, "job1", events.TypePromoted), seq)
+		}()
+	}
+	wg.Wait()
+	wins := 0
+	for _, err := range res {
+		if err == nil {
+			wins++
+		} else {
+			require.ErrorIs(t, err, events.ErrConflict)
+		}
+	}
+	require.Equal(t, 1, wins)
+}
+
+func TestLoadPagesThroughLongHistories(t *testing.T) {
+	ctx := context.Background()
+	l, env := openLog(t, events.Config{})
+	const n = 1300 // more than two pages of 512
+	for i := 0; i < n; i++ {
+		b, err := events.Encode(mustEvent(t, "long", events.TypePromoted))
+		require.NoError(t, err)
+		_, err = env.JS.PublishAsync(l.Subject("long"), b)
+		require.NoError(t, err)
+		if i%10 == 0 {
+			// An unrelated job interleaved in the stream.
+			_, err = env.JS.PublishAsync(l.Subject("other"), b)
+			require.NoError(t, err)
+		}
+	}
+	select {
+	case <-env.JS.PublishAsyncComplete():
+	case <-time.After(10 * time.Second):
+		t.Fatal("publishes not acknowledged")
+	}
+	recs, err := l.Load(ctx, "long")
+	require.NoError(t, err)
+	require.Len(t, recs, n)
+	for i := 1; i < n; i++ {
+		require.Greater(t, recs[i].Seq, recs[i-1].Seq)
+		require.NoError(t, recs[i].Err)
+		require.Equal(t, "long", recs[i].JobID)
+	}
+	tail, err := l.LoadAfter(ctx, "long", recs[n-3].Seq)
+	require.NoError(t, err)
+	require.Len(t, tail, 2)
+	require.Equal(t, recs[n-2].Seq, tail[0].Seq)
+	none, err := l.LoadAfter(ctx, "long", recs[n-1].Seq)
+	require.NoError(t, err)
+	require.Empty(t, none)
+}
+
+func TestAppendAfterCloseAndWithDoneContext(t *testing.T) {
+	l, _ := openLog(t, events.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := l.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
+	require.ErrorIs(t, err, context.Canceled)
+	_, err = l.Append(context.Background(), mustEvent(t, "bad.id", events.TypeSubmitted), 0)
+	require.ErrorIs(t, err, events.ErrInvalidJobID)
+	l.Close()
+	l.Close()
+	_, err = l.Append(context.Background(), mustEvent(t, "job1", events.TypeSubmitted), 0)
+	require.ErrorIs(t, err, events.ErrClosed)
+}
+
+func TestSubjects(t *testing.T) {
+	l, _ := openLog(t, events.Config{})
+	require.Equal(t, events.StreamDefault, l.Stream())
+	require.Equal(t, events.SubjectPrefixDefault+"job1", l.Subject("job1"))
+	id, ok := l.JobIDFromSubject(l.Subject("job1"))
+	require.True(t, ok)
+	require.Equal(t, "job1", id)
+	_, ok = l.JobIDFromSubject("other.job1")
+	require.False(t, ok)
+	_, ok = l.JobIDFromSubject(events.SubjectPrefixDefault)
+	require.False(t, ok)
+}
+
+// TestAcknowledgedAppendsSurviveARestart: an append that returned is in
+// the log after the server crashes and restarts.
+func TestAcknowledgedAppendsSurviveARestart(t *testing.T) {
+	ctx := context.Background()
+	l, env := openLog(t, events.Config{})
+	var wg sync.WaitGroup
+	seqs := make([]uint64, 200)
+	for i := range seqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			seq, err := l.Append(ctx, mustEvent(t, fmt.Sprintf("job%d", i), events.TypeSubmitted), 0)
+			require.NoError(t, err)
+			seqs[i] = seq
+		}()
+	}
+	wg.Wait()
+	env.Restart(t)
+	l2, err := events.Open(ctx, env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(l2.Close)
+	for i, seq := range seqs {
+		last, err := l2.LastSeq(ctx, fmt.Sprintf("job%d", i))
+		require.NoError(t, err)
+		require.Equal(t, seq, last)
+	}
 }

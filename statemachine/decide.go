@@ -128,6 +128,12 @@ func RetryDelay(j Job, defaults BackoffConfig) time.Duration {
 	}
 	d := base
 	for i := 1; i < j.Attempt && d < limit; i++ {
+		if d > limit/2 {
+			// Doubling would pass the cap, or overflow with a cap near the
+			// largest duration.
+			d = limit
+			break
+		}
 		d *= 2
 	}
 	if d > limit {

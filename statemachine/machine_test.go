@@ -3,9 +3,12 @@ package statemachine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetjob/jetjob/events"
@@ -13,162 +16,616 @@ import (
 	"github.com/jetjob/jetjob/statemachine"
 )
 
+// These tests run the Machine against a real embedded server: every
+// invariant of the state machine is checked on what the log holds.
+
+func testContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 func newMachine(t *testing.T) (*statemachine.Machine, *events.Log, *natstest.Env) {
 	t.Helper()
 	env := natstest.Start(t)
-	lg, err := events.Open(context.Background(), env.JS, events.Config{})
-	require.NoError(t, err)
-	t.Cleanup(lg.Close)
-	m, err := statemachine.New(lg, statemachine.Config{})
-	require.NoError(t, err)
+	m, lg := openMachine(t, env, statemachine.Config{})
 	return m, lg, env
 }
 
-func countTypes(t *testing.T, lg *events.Log, id string) map[string]int {
+// openMachine opens a log and a machine on env's current connection.
+func openMachine(t *testing.T, env *natstest.Env, cfg statemachine.Config) (*statemachine.Machine, *events.Log) {
+	t.Helper()
+	lg, err := events.Open(context.Background(), env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	m, err := statemachine.New(lg, cfg)
+	require.NoError(t, err)
+	return m, lg
+}
+
+// history lists the event types of a job's history, in order.
+func history(t *testing.T, lg *events.Log, id string) []string {
 	t.Helper()
 	recs, err := lg.Load(context.Background(), id)
 	require.NoError(t, err)
-	out := map[string]int{}
-	for _, r := range recs {
-		out[r.Type]++
+	out := make([]string, len(recs))
+	for i, r := range recs {
+		require.NoError(t, r.Err)
+		out[i] = r.Type
 	}
 	return out
 }
 
+func submit(t *testing.T, m *statemachine.Machine, p statemachine.SubmitParams) statemachine.Job {
+	t.Helper()
+	j, existed, err := m.Submit(testContext(t), p)
+	require.NoError(t, err)
+	require.False(t, existed)
+	return j
+}
+
+// race runs n calls at once and returns their errors.
+func race(n int, call func(i int) error) []error {
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = call(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return errs
+}
+
+// TestRacingTransitionsExactlyOneWins: of 100 conflicting transitions on one
+// job, exactly one is appended; every other caller gets a conflict carrying
+// the job's current state, or is told the transition is no longer allowed.
 func TestRacingTransitionsExactlyOneWins(t *testing.T) {
+	type racer func(ctx context.Context, m *statemachine.Machine, id string, i int) error
+	cancel := func(ctx context.Context, m *statemachine.Machine, id string, _ int) error {
+		_, err := m.Cancel(ctx, id, "race")
+		return err
+	}
+	acquire := func(ctx context.Context, m *statemachine.Machine, id string, i int) error {
+		_, err := m.Acquire(ctx, id, fmt.Sprintf("w%d", i))
+		return err
+	}
 	for _, tc := range []struct {
-		name   string
-		do     func(m *statemachine.Machine, id string) error
-		winner string
-		state  statemachine.State
+		name    string
+		running bool
+		runAt   time.Duration
+		racer   racer
+		winners []string // the event one of the racers appends
+		states  []statemachine.State
 	}{
-		{"acquire", func(m *statemachine.Machine, id string) error {
-			_, err := m.Acquire(context.Background(), id, "w")
+		{"100 cancels of a pending job", false, 0, cancel, []string{events.TypeCanceled}, []statemachine.State{statemachine.StateCanceled}},
+		{"100 acquires of a pending job", false, 0, acquire, []string{events.TypeAcquired}, []statemachine.State{statemachine.StateRunning}},
+		{"100 cancels of a running job", true, 0, cancel, []string{events.TypeCancelRequested}, []statemachine.State{statemachine.StateCanceling}},
+		{"100 promotes of a scheduled job", false, time.Hour, func(ctx context.Context, m *statemachine.Machine, id string, _ int) error {
+			_, err := m.Promote(ctx, id)
 			return err
-		}, events.TypeAcquired, statemachine.StateRunning},
-		{"cancel", func(m *statemachine.Machine, id string) error {
-			_, err := m.Cancel(context.Background(), id, "race")
+		}, []string{events.TypePromoted}, []statemachine.State{statemachine.StatePending}},
+		{"50 acquires against 50 bulk cancels (seed 000)", false, 0, func(ctx context.Context, m *statemachine.Machine, id string, i int) error {
+			if i%2 == 0 {
+				return acquire(ctx, m, id, i)
+			}
+			_, err := m.CancelPending(ctx, id, "outdated")
 			return err
-		}, events.TypeCanceled, statemachine.StateCanceled},
+		}, []string{events.TypeAcquired, events.TypeCanceled}, []statemachine.State{statemachine.StateRunning, statemachine.StateCanceled}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			ctx := testContext(t)
 			m, lg, _ := newMachine(t)
-			job, _, err := m.Submit(context.Background(), statemachine.SubmitParams{Type: "build"})
-			require.NoError(t, err)
-			var wg sync.WaitGroup
-			var mu sync.Mutex
-			wins := 0
-			for i := 0; i < 100; i++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					err := tc.do(m, job.ID)
-					mu.Lock()
-					defer mu.Unlock()
-					if err == nil {
-						wins++
-						return
-					}
-					var conflict *statemachine.ConflictError
-					if !errors.As(err, &conflict) {
-						t.Errorf("loser got %v, want a *ConflictError", err)
-						return
-					}
-					if !errors.Is(err, statemachine.ErrConflict) || conflict.Job.State != tc.state {
-						t.Errorf("conflict %v carries state %s, want %s", err, conflict.Job.State, tc.state)
-					}
-				}()
+			p := statemachine.SubmitParams{Type: "build"}
+			if tc.runAt > 0 {
+				at := time.Now().Add(tc.runAt)
+				p.RunAt = &at
 			}
-			wg.Wait()
+			job := submit(t, m, p)
+			before := []string{events.TypeSubmitted}
+			if tc.running {
+				_, err := m.Acquire(ctx, job.ID, "w")
+				require.NoError(t, err)
+				before = append(before, events.TypeAcquired)
+			}
+
+			errs := race(100, func(i int) error { return tc.racer(ctx, m, job.ID, i) })
+
+			final, err := m.Load(ctx, job.ID)
+			require.NoError(t, err)
+			require.Contains(t, tc.states, final.State)
+			hist := history(t, lg, job.ID)
+			require.Len(t, hist, len(before)+1, "exactly one resulting event: %v", hist)
+			require.Equal(t, before, hist[:len(before)])
+			require.Contains(t, tc.winners, hist[len(before)])
+			require.Zero(t, final.Quarantined)
+
+			wins := 0
+			for _, err := range errs {
+				if err == nil {
+					wins++
+					continue
+				}
+				var conflict *statemachine.ConflictError
+				var illegal *statemachine.IllegalTransitionError
+				switch {
+				case errors.As(err, &conflict):
+					// Lost the append: the conflict carries the job as it now is.
+					require.ErrorIs(t, err, statemachine.ErrConflict)
+					require.Equal(t, job.ID, conflict.JobID)
+					require.Equal(t, final.State, conflict.Job.State, "%v", err)
+					require.Equal(t, final.Version, conflict.Job.Version)
+					require.ErrorIs(t, conflict.Cause, statemachine.ErrIllegalTransition)
+				case errors.As(err, &illegal):
+					// Read the job after the winner: refused outright.
+					require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
+					require.Equal(t, job.ID, illegal.JobID)
+					require.Equal(t, final.State, illegal.State)
+				default:
+					t.Fatalf("a loser got %v, want a conflict or an illegal transition", err)
+				}
+			}
 			require.Equal(t, 1, wins)
-			require.Equal(t, 1, countTypes(t, lg, job.ID)[tc.winner])
 		})
 	}
 }
 
-func TestIdempotencyKeyReturnsTheFirstJob(t *testing.T) {
-	ctx := context.Background()
+// TestCancelRacingAcquireIsNeverLost (seed 002): whichever of a cancel and
+// an acquire lands first, the other decides on the state it left, so the
+// cancel is never overwritten: the job ends canceled, or canceling with its
+// worker told.
+func TestCancelRacingAcquireIsNeverLost(t *testing.T) {
+	ctx := testContext(t)
+	m, lg, _ := newMachine(t)
+	for round := 0; round < 5; round++ {
+		job := submit(t, m, statemachine.SubmitParams{Type: "build"})
+		errs := race(20, func(i int) error {
+			var err error
+			if i%2 == 0 {
+				_, err = m.Acquire(ctx, job.ID, "w")
+			} else {
+				_, err = m.Cancel(ctx, job.ID, "stop")
+			}
+			return err
+		})
+		for _, err := range errs {
+			if err != nil {
+				require.True(t, errors.Is(err, statemachine.ErrConflict) || errors.Is(err, statemachine.ErrIllegalTransition), "%v", err)
+			}
+		}
+		final, err := m.Load(ctx, job.ID)
+		require.NoError(t, err)
+		require.Zero(t, final.Quarantined)
+		switch hist := history(t, lg, job.ID); len(hist) {
+		case 2:
+			require.Equal(t, []string{events.TypeSubmitted, events.TypeCanceled}, hist)
+			require.Equal(t, statemachine.StateCanceled, final.State)
+		default:
+			require.Equal(t, []string{events.TypeSubmitted, events.TypeAcquired, events.TypeCancelRequested}, hist)
+			require.Equal(t, statemachine.StateCanceling, final.State)
+		}
+	}
+}
+
+func TestIdempotencyKeyReturnsTheFirstJobForever(t *testing.T) {
+	ctx := testContext(t)
 	m, lg, env := newMachine(t)
 	first, existed, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Key: "deploy-42"})
 	require.NoError(t, err)
 	require.False(t, existed)
+	require.Equal(t, statemachine.JobIDForKey("deploy-42"), first.ID)
+	require.Equal(t, "deploy-42", first.Key)
+
 	second, existed, err := m.Submit(ctx, statemachine.SubmitParams{Type: "other", Key: "deploy-42"})
 	require.NoError(t, err)
 	require.True(t, existed)
 	require.Equal(t, first.ID, second.ID)
-	require.Equal(t, "build", second.Type)
-	// Past any dedupe window: it is the key's job ID and expected sequence 0.
-	env.Restart(t)
-	lg2, err := events.Open(ctx, env.JS, events.Config{})
+	require.Equal(t, "build", second.Type, "the first job, not the second's parameters")
+
+	// A different key is a different job.
+	other, existed, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Key: "deploy-43"})
 	require.NoError(t, err)
-	t.Cleanup(lg2.Close)
-	m2, err := statemachine.New(lg2, statemachine.Config{})
+	require.False(t, existed)
+	require.NotEqual(t, first.ID, other.ID)
+
+	// Much later, and after the job moved on, the key still names it: there
+	// is no dedupe window, only the key's job ID and expected sequence 0.
+	later, _ := openMachine(t, env, statemachine.Config{Now: func() time.Time { return time.Now().Add(400 * 24 * time.Hour) }})
+	_, err = m.Cancel(ctx, first.ID, "done")
 	require.NoError(t, err)
-	third, existed, err := m2.Submit(ctx, statemachine.SubmitParams{Type: "build", Key: "deploy-42"})
+	third, existed, err := later.Submit(ctx, statemachine.SubmitParams{Type: "build", Key: "deploy-42"})
 	require.NoError(t, err)
 	require.True(t, existed)
 	require.Equal(t, first.ID, third.ID)
-	require.Equal(t, 1, countTypes(t, lg2, first.ID)[events.TypeSubmitted])
+	require.Equal(t, statemachine.StateCanceled, third.State)
+
+	// And after a crash and restart of the server.
+	env.Restart(t)
+	m2, lg2 := openMachine(t, env, statemachine.Config{})
+	fourth, existed, err := m2.Submit(ctx, statemachine.SubmitParams{Type: "build", Key: "deploy-42"})
+	require.NoError(t, err)
+	require.True(t, existed)
+	require.Equal(t, first.ID, fourth.ID)
+	require.Equal(t, []string{events.TypeSubmitted, events.TypeCanceled}, history(t, lg2, first.ID))
 	_ = lg
 }
 
-func TestRunningJobCancelAndFailures(t *testing.T) {
-	ctx := context.Background()
+func TestConcurrentSubmitsWithOneKeyMakeOneJob(t *testing.T) {
+	ctx := testContext(t)
 	m, lg, _ := newMachine(t)
-	job, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", MaxAttempts: 2})
+	ids := make([]string, 50)
+	fresh := make([]bool, 50)
+	errs := race(50, func(i int) error {
+		j, existed, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Key: "once"})
+		ids[i], fresh[i] = j.ID, !existed
+		return err
+	})
+	created := 0
+	for i, err := range errs {
+		require.NoError(t, err)
+		require.Equal(t, statemachine.JobIDForKey("once"), ids[i])
+		if fresh[i] {
+			created++
+		}
+	}
+	require.Equal(t, 1, created)
+	require.Equal(t, []string{events.TypeSubmitted}, history(t, lg, ids[0]))
+}
+
+// TestCanceledPendingJobIsNeverAcquired is seed 000: acquisition is a
+// transition validated against the job's state, so a canceled (or finished)
+// job is refused, even to a worker holding a stale pending snapshot.
+func TestCanceledPendingJobIsNeverAcquired(t *testing.T) {
+	ctx := testContext(t)
+	m, lg, _ := newMachine(t)
+	job := submit(t, m, statemachine.SubmitParams{Type: "build"})
+	snapshot := job
+
+	canceled, err := m.Cancel(ctx, job.ID, "outdated")
 	require.NoError(t, err)
+	require.Equal(t, statemachine.StateCanceled, canceled.State)
+	require.NotNil(t, canceled.CanceledAt)
+	require.NotNil(t, canceled.CompletedAt)
+	require.Nil(t, canceled.StartedAt)
+
+	_, err = m.Acquire(ctx, job.ID, "w1")
+	require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
+	var illegal *statemachine.IllegalTransitionError
+	require.ErrorAs(t, err, &illegal)
+	require.Equal(t, statemachine.IllegalTransitionError{JobID: job.ID, State: statemachine.StateCanceled, Transition: statemachine.TransitionAcquire}, *illegal)
+
+	// A queue message still carrying the pending job.
+	_, err = m.AcquireFrom(ctx, snapshot, "w2")
+	require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
+	require.ErrorAs(t, err, &illegal)
+	require.Equal(t, statemachine.StateCanceled, illegal.State)
+
+	// A bulk cancel of it again is refused too.
+	_, err = m.CancelPendingFrom(ctx, snapshot, "outdated")
+	require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
+
+	require.Equal(t, []string{events.TypeSubmitted, events.TypeCanceled}, history(t, lg, job.ID))
+
+	// Succeeded and failed jobs are never acquired either.
+	for _, finish := range []func(held statemachine.Job) (statemachine.Job, error){
+		func(held statemachine.Job) (statemachine.Job, error) { return m.Succeed(ctx, held, nil) },
+		func(held statemachine.Job) (statemachine.Job, error) {
+			return m.Fail(ctx, held, statemachine.FailParams{Error: "x", NoRetry: true})
+		},
+	} {
+		j := submit(t, m, statemachine.SubmitParams{Type: "build"})
+		held, err := m.Acquire(ctx, j.ID, "w")
+		require.NoError(t, err)
+		done, err := finish(held)
+		require.NoError(t, err)
+		require.True(t, done.State.Finished())
+		_, err = m.Acquire(ctx, j.ID, "w")
+		require.ErrorAs(t, err, &illegal)
+		require.Equal(t, done.State, illegal.State)
+		_, err = m.AcquireFrom(ctx, j, "w")
+		require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
+		require.Len(t, history(t, lg, j.ID), 3)
+	}
+}
+
+func TestRunningJobCancelGoesThroughCanceling(t *testing.T) {
+	ctx := testContext(t)
+	m, lg, _ := newMachine(t)
+	job := submit(t, m, statemachine.SubmitParams{Type: "build"})
+	held, err := m.Acquire(ctx, job.ID, "w1")
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateRunning, held.State)
+	require.Equal(t, "w1", held.WorkerID)
+	require.Equal(t, held.Version, held.Lease, "the lease is the acquired event's sequence")
+
+	j, err := m.Cancel(ctx, job.ID, "user asked")
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateCanceling, j.State)
+	require.Equal(t, "user asked", j.CancelReason)
+	require.NotNil(t, j.CancelRequestedAt)
+	require.Nil(t, j.CompletedAt)
+
+	// The worker learns it still holds the job, canceling.
+	j, err = m.CheckLease(ctx, held)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateCanceling, j.State)
+
+	_, err = m.Cancel(ctx, job.ID, "again")
+	require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
+	// A late success or failure is refused while canceling; the ack is not.
+	_, err = m.Succeed(ctx, held, nil)
+	require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
+	_, err = m.Fail(ctx, held, statemachine.FailParams{Error: "killed"})
+	require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
+
+	j, err = m.AcknowledgeCancel(ctx, held)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateCanceled, j.State)
+	require.Equal(t, "user asked", j.CancelReason)
+	require.NotNil(t, j.CanceledAt)
+	require.NotNil(t, j.CompletedAt)
+	require.Equal(t, []string{events.TypeSubmitted, events.TypeAcquired, events.TypeCancelRequested, events.TypeCanceled}, history(t, lg, job.ID))
+
+	// Once canceled the worker no longer holds it.
+	_, err = m.AcknowledgeCancel(ctx, held)
+	require.ErrorIs(t, err, statemachine.ErrLeaseLost)
+	_, err = m.CheckLease(ctx, held)
+	require.ErrorIs(t, err, statemachine.ErrLeaseLost)
+
+	// A worker that never acknowledges is terminated by the server.
+	job2 := submit(t, m, statemachine.SubmitParams{Type: "build"})
+	held2, err := m.Acquire(ctx, job2.ID, "w2")
+	require.NoError(t, err)
+	_, err = m.TerminateCanceling(ctx, job2.ID, "grace period over")
+	require.ErrorIs(t, err, statemachine.ErrIllegalTransition, "only a canceling job is terminated")
+	_, err = m.Cancel(ctx, job2.ID, "stop")
+	require.NoError(t, err)
+	j, err = m.TerminateCanceling(ctx, job2.ID, "grace period over")
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateCanceled, j.State)
+	_, err = m.AcknowledgeCancel(ctx, held2)
+	require.ErrorIs(t, err, statemachine.ErrLeaseLost)
+}
+
+func TestFailRetriesWithBackoffThenFails(t *testing.T) {
+	ctx := testContext(t)
+	env := natstest.Start(t)
+	m, lg := openMachine(t, env, statemachine.Config{Backoff: statemachine.BackoffConfig{Base: time.Minute, Cap: time.Hour}})
+	job := submit(t, m, statemachine.SubmitParams{Type: "build", MaxAttempts: 2})
+	require.Equal(t, 2, job.MaxAttempts)
+
 	held, err := m.Acquire(ctx, job.ID, "w1")
 	require.NoError(t, err)
 	require.Equal(t, 1, held.Attempt)
-	j, err := m.Fail(ctx, held, statemachine.FailParams{Error: "boom", Code: "exit"})
+	before := time.Now()
+	j, err := m.Fail(ctx, held, statemachine.FailParams{Error: "boom", Code: "exit_1"})
 	require.NoError(t, err)
 	require.Equal(t, statemachine.StateScheduled, j.State)
-	require.True(t, j.RunAt.After(j.UpdatedAt))
+	require.NotNil(t, j.RunAt)
+	require.True(t, j.RunAt.After(before.Add(29*time.Second)), "retry at %s, not after the backoff", j.RunAt)
+	require.True(t, j.RunAt.Before(before.Add(2*time.Minute)), "retry at %s", j.RunAt)
+	require.Zero(t, j.Lease)
+	require.Nil(t, j.CompletedAt)
+	require.Equal(t, "boom", j.Error)
+
+	// Not before its time: a scheduled job is promoted first.
+	_, err = m.Acquire(ctx, job.ID, "w2")
+	require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
 	_, err = m.Promote(ctx, job.ID)
 	require.NoError(t, err)
 	held, err = m.Acquire(ctx, job.ID, "w2")
 	require.NoError(t, err)
 	require.Equal(t, 2, held.Attempt)
-	j, err = m.Cancel(ctx, job.ID, "stop")
-	require.NoError(t, err)
-	require.Equal(t, statemachine.StateCanceling, j.State)
-	// The worker's late success is refused while canceling; its ack is not.
-	_, err = m.Succeed(ctx, held, nil)
-	require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
-	j, err = m.AcknowledgeCancel(ctx, held)
-	require.NoError(t, err)
-	require.Equal(t, statemachine.StateCanceled, j.State)
-	require.Len(t, j.Errors, 1)
-	require.Zero(t, countTypes(t, lg, job.ID)[events.TypeSucceeded])
 
-	last, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", MaxAttempts: 1})
-	require.NoError(t, err)
-	held, err = m.Acquire(ctx, last.ID, "w")
-	require.NoError(t, err)
-	j, err = m.Fail(ctx, held, statemachine.FailParams{Error: "final", Code: "exit"})
+	j, err = m.Fail(ctx, held, statemachine.FailParams{Error: "boom again", Code: "exit_2"})
 	require.NoError(t, err)
 	require.Equal(t, statemachine.StateFailed, j.State)
-	require.Equal(t, "final", j.Error)
+	require.Equal(t, "boom again", j.Error)
+	require.Equal(t, "exit_2", j.ErrorCode)
+	require.NotNil(t, j.CompletedAt)
+	require.Len(t, j.Errors, 2)
+	require.Equal(t, []string{"boom", "boom again"}, []string{j.Errors[0].Error, j.Errors[1].Error})
+	require.Equal(t, []string{"exit_1", "exit_2"}, []string{j.Errors[0].Code, j.Errors[1].Code})
+	require.Equal(t, []int{1, 2}, []int{j.Errors[0].Attempt, j.Errors[1].Attempt})
+
+	// What the machine returned is what the log folds to.
+	loaded, err := m.Load(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, j, loaded)
+	require.Equal(t, []string{
+		events.TypeSubmitted, events.TypeAcquired, events.TypeAttemptFailed, events.TypePromoted, events.TypeAcquired, events.TypeFailed,
+	}, history(t, lg, job.ID))
+
+	_, err = m.Acquire(ctx, job.ID, "w3")
+	require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
 }
 
-func TestAcknowledgedSubmitsSurviveARestart(t *testing.T) {
-	ctx := context.Background()
-	m, _, env := newMachine(t)
-	var ids []string
-	for i := 0; i < 50; i++ {
-		j, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
-		require.NoError(t, err)
-		ids = append(ids, j.ID)
+// TestStaleWorkerIsFenced: results are fenced by the attempt that acquired
+// the job; a worker that lost it records nothing.
+func TestStaleWorkerIsFenced(t *testing.T) {
+	ctx := testContext(t)
+	m, lg, _ := newMachine(t)
+	job := submit(t, m, statemachine.SubmitParams{Type: "build", MaxAttempts: 3})
+	first, err := m.Acquire(ctx, job.ID, "w1")
+	require.NoError(t, err)
+	// The first worker is declared dead and the job retried on another.
+	_, err = m.FailStale(ctx, job.ID, first.Lease, statemachine.FailParams{Error: "hung", Code: "hung"})
+	require.NoError(t, err)
+	_, err = m.FailStale(ctx, job.ID, first.Lease, statemachine.FailParams{Error: "hung", Code: "hung"})
+	require.ErrorIs(t, err, statemachine.ErrLeaseLost, "the same attempt is not failed twice")
+	_, err = m.Promote(ctx, job.ID)
+	require.NoError(t, err)
+	second, err := m.Acquire(ctx, job.ID, "w2")
+	require.NoError(t, err)
+	require.NotEqual(t, first.Lease, second.Lease)
+	before := history(t, lg, job.ID)
+
+	for name, report := range map[string]func() error{
+		"succeed": func() error { _, err := m.Succeed(ctx, first, []byte(`"late"`)); return err },
+		"fail":    func() error { _, err := m.Fail(ctx, first, statemachine.FailParams{Error: "late"}); return err },
+		"release": func() error { _, err := m.Release(ctx, first, "late"); return err },
+		"check":   func() error { _, err := m.CheckLease(ctx, first); return err },
+	} {
+		err := report()
+		require.ErrorIs(t, err, statemachine.ErrLeaseLost, name)
+		var lost *statemachine.LeaseLostError
+		require.ErrorAs(t, err, &lost, name)
+		require.Equal(t, job.ID, lost.JobID)
+		require.Equal(t, first.Lease, lost.Lease)
+		require.Equal(t, second.Lease, lost.Job.Lease, "it names the lease that holds the job")
+		require.Equal(t, statemachine.StateRunning, lost.Job.State)
 	}
+	require.Equal(t, before, history(t, lg, job.ID), "nothing recorded for the stale attempt")
+
+	done, err := m.Succeed(ctx, second, []byte(`{"ok":true}`))
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateSucceeded, done.State)
+	require.JSONEq(t, `{"ok":true}`, string(done.Result))
+	// Reporting again with the winning lease is refused too: the job is done.
+	_, err = m.Succeed(ctx, second, nil)
+	require.ErrorIs(t, err, statemachine.ErrLeaseLost)
+}
+
+func TestReleaseDoesNotUseAnAttempt(t *testing.T) {
+	ctx := testContext(t)
+	m, _, _ := newMachine(t)
+	job := submit(t, m, statemachine.SubmitParams{Type: "build", MaxAttempts: 1})
+	held, err := m.Acquire(ctx, job.ID, "w1")
+	require.NoError(t, err)
+	j, err := m.Release(ctx, held, "shutting down")
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StatePending, j.State)
+	require.Zero(t, j.Attempt)
+	require.Zero(t, j.Lease)
+	held, err = m.Acquire(ctx, job.ID, "w2")
+	require.NoError(t, err)
+	require.Equal(t, 1, held.Attempt)
+	j, err = m.Fail(ctx, held, statemachine.FailParams{Error: "x"})
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateFailed, j.State, "the only attempt was the second acquisition")
+}
+
+func TestGarbageInAHistoryDoesNotStallTheJob(t *testing.T) {
+	ctx := testContext(t)
+	m, lg, env := newMachine(t)
+	job := submit(t, m, statemachine.SubmitParams{Type: "build"})
+	_, err := env.JS.PublishMsg(ctx, &nats.Msg{Subject: lg.Subject(job.ID), Data: []byte("not an event")})
+	require.NoError(t, err)
+	forged, err := events.New(job.ID, "job.exploded", struct{}{})
+	require.NoError(t, err)
+	_, err = lg.Append(ctx, forged, job.Version+1)
+	require.NoError(t, err)
+
+	j, err := m.Load(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StatePending, j.State)
+	require.Equal(t, 2, j.Quarantined)
+	require.Greater(t, j.Version, job.Version)
+
+	j, err = m.Cancel(ctx, job.ID, "stop")
+	require.NoError(t, err, "the expected sequence counts the quarantined messages")
+	require.Equal(t, statemachine.StateCanceled, j.State)
+}
+
+func TestUnknownJobsAndBadInputGetClearErrors(t *testing.T) {
+	ctx := testContext(t)
+	env := natstest.Start(t)
+	m, lg := openMachine(t, env, statemachine.Config{MaxPayload: 16})
+	require.Equal(t, 16, m.MaxPayload())
+
+	_, err := m.Cancel(ctx, statemachine.JobIDForKey("never submitted"), "x")
+	require.ErrorIs(t, err, statemachine.ErrNotFound)
+	_, err = m.Acquire(ctx, "no.such>job", "w")
+	require.ErrorIs(t, err, events.ErrInvalidJobID)
+
+	_, _, err = m.Submit(ctx, statemachine.SubmitParams{Type: "build", Payload: make([]byte, 17)})
+	require.ErrorIs(t, err, statemachine.ErrPayloadTooLarge)
+	require.ErrorIs(t, err, statemachine.ErrInvalid)
+	_, _, err = m.Submit(ctx, statemachine.SubmitParams{Type: "build", Tags: map[string]string{"a.b": "x"}})
+	require.ErrorIs(t, err, statemachine.ErrInvalid)
+	_, _, err = m.Submit(ctx, statemachine.SubmitParams{Type: "build", Priority: 10})
+	require.ErrorIs(t, err, statemachine.ErrInvalid)
+
+	s, err := env.JS.Stream(ctx, lg.Stream())
+	require.NoError(t, err)
+	info, err := s.Info(ctx)
+	require.NoError(t, err)
+	require.Zero(t, info.State.Msgs, "nothing appended for refused input")
+
+	p := statemachine.SubmitParams{Type: "build", Payload: make([]byte, 16)}
+	require.NoError(t, m.Validate(&p))
+	require.Equal(t, statemachine.MaxAttemptsDefault, p.MaxAttempts)
+}
+
+// TestAcknowledgedSubmitsSurviveARestart: every submit that returned, one by
+// one or batched, is in the log after the server crashes and restarts, and
+// its jobs go on from there.
+func TestAcknowledgedSubmitsSurviveARestart(t *testing.T) {
+	ctx := testContext(t)
+	m, _, env := newMachine(t)
+	want := map[string]statemachine.Job{}
+	for i := 0; i < 20; i++ {
+		j := submit(t, m, statemachine.SubmitParams{Type: "t", Priority: i % 10})
+		want[j.ID] = j
+	}
+	params := make([]statemachine.SubmitParams, 300)
+	for i := range params {
+		params[i] = statemachine.SubmitParams{Type: "t", Tags: map[string]string{"n": fmt.Sprint(i)}}
+	}
+	for _, r := range m.SubmitMany(ctx, params) {
+		require.NoError(t, r.Err)
+		want[r.Job.ID] = r.Job
+	}
+	require.Len(t, want, 320)
+
 	env.Restart(t)
-	lg, err := events.Open(ctx, env.JS, events.Config{})
-	require.NoError(t, err)
-	t.Cleanup(lg.Close)
-	m2, err := statemachine.New(lg, statemachine.Config{})
-	require.NoError(t, err)
-	for _, id := range ids {
+	m2, _ := openMachine(t, env, statemachine.Config{})
+	for id, w := range want {
 		j, err := m2.Load(ctx, id)
 		require.NoError(t, err)
+		require.Equal(t, w.Version, j.Version)
 		require.Equal(t, statemachine.StatePending, j.State)
+		require.Equal(t, w.Tags, j.Tags)
+		require.Equal(t, w.Priority, j.Priority)
 	}
+	for id := range want {
+		_, err := m2.Acquire(ctx, id, "w")
+		require.NoError(t, err)
+		break
+	}
+}
+
+// TestHugeBackoffDoesNotCrashTheFailingWorker: Submit accepts any
+// non-negative backoff, so the failure report of a job with a cap near the
+// largest duration must be recorded, not panic in the worker's goroutine.
+func TestHugeBackoffDoesNotCrashTheFailingWorker(t *testing.T) {
+	ctx := testContext(t)
+	m, _, _ := newMachine(t)
+	const century = 100 * 365 * 24 * time.Hour
+	job := submit(t, m, statemachine.SubmitParams{Type: "build", MaxAttempts: 3,
+		Backoff: statemachine.BackoffConfig{Base: 2 * century, Cap: time.Duration(1<<63 - 1)}})
+	held, err := m.Acquire(ctx, job.ID, "w")
+	require.NoError(t, err)
+	_, err = m.Fail(ctx, held, statemachine.FailParams{Error: "first"})
+	require.NoError(t, err)
+	_, err = m.Promote(ctx, job.ID)
+	require.NoError(t, err)
+	held, err = m.Acquire(ctx, job.ID, "w")
+	require.NoError(t, err)
+	var panicked any
+	func() {
+		defer func() { panicked = recover() }()
+		var j statemachine.Job
+		j, err = m.Fail(ctx, held, statemachine.FailParams{Error: "second"})
+		require.NoError(t, err)
+		require.Equal(t, statemachine.StateScheduled, j.State)
+		require.True(t, j.RunAt.After(time.Now().Add(century)))
+	}()
+	require.Nil(t, panicked, "Fail panicked")
 }
