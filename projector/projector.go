@@ -245,27 +245,12 @@ func (p *Projector) consumer(ctx context.Context, stream string, cfg jetstream.C
 	cfg.AckWait = p.cfg.AckWait
 	cfg.MaxAckPending = p.cfg.Batch * 8
 	cfg.DeliverPolicy = jetstream.DeliverAllPolicy
-	old, err := p.js.Consumer(ctx, stream, cfg.Durable)
-	switch {
-	case errors.Is(err, jetstream.ErrConsumerNotFound):
-	case err != nil:
-		return nil, fmt.Errorf("look up consumer %s: %w", cfg.Durable, err)
-	case old.CachedInfo().Config.AckPolicy != cfg.AckPolicy:
-		// A consumer of an older version, whose ack policy cannot be
-		// updated: replace it, resuming where it had got to.
-		floor := old.CachedInfo().AckFloor.Stream
-		if err := p.js.DeleteConsumer(ctx, stream, cfg.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return nil, fmt.Errorf("replace consumer %s: %w", cfg.Durable, err)
-		}
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
-		p.logger.Info("replaced a consumer of an older configuration", zap.String("consumer", cfg.Durable), zap.Uint64("from", floor+1))
-	default:
-		// Where a consumer starts cannot be updated either, and no longer matters.
-		cfg.DeliverPolicy, cfg.OptStartSeq = old.CachedInfo().Config.DeliverPolicy, old.CachedInfo().Config.OptStartSeq
-	}
-	c, err := p.js.CreateOrUpdateConsumer(ctx, stream, cfg)
+	c, replacedFrom, err := provision.Consumer(ctx, p.js, stream, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("create consumer %s: %w", cfg.Durable, err)
+		return nil, err
+	}
+	if replacedFrom > 0 {
+		p.logger.Info("replaced a consumer of an older configuration", zap.String("consumer", cfg.Durable), zap.Uint64("from", replacedFrom))
 	}
 	return c, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/statemachine"
 )
 
@@ -117,17 +118,20 @@ func (e *Enqueuer) setup(ctx context.Context) error {
 	}
 	log := e.m.Log()
 	var err error
-	if e.evCons, err = e.js.CreateOrUpdateConsumer(ctx, log.Stream(), jetstream.ConsumerConfig{
-		Durable: e.cfg.Durable, AckPolicy: jetstream.AckAllPolicy, AckWait: 30 * time.Second,
+	// Acks are explicit, one per message: with several servers sharing the
+	// durable, an ack-all from one would also acknowledge events another
+	// has in hand and may never enqueue.
+	if e.evCons, _, err = provision.Consumer(ctx, e.js, log.Stream(), jetstream.ConsumerConfig{
+		Durable: e.cfg.Durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,
 		MaxAckPending: e.cfg.Batch * 8, FilterSubject: log.SubjectPrefix() + ">",
 	}); err != nil {
-		return fmt.Errorf("create enqueuer consumer: %w", err)
+		return fmt.Errorf("enqueuer: %w", err)
 	}
-	if e.dueCons, err = e.js.CreateOrUpdateConsumer(ctx, TimersStream, jetstream.ConsumerConfig{
+	if e.dueCons, _, err = provision.Consumer(ctx, e.js, TimersStream, jetstream.ConsumerConfig{
 		Durable: e.cfg.TimersDurable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,
 		FilterSubject: duePrefix + "*",
 	}); err != nil {
-		return fmt.Errorf("create timers consumer: %w", err)
+		return fmt.Errorf("enqueuer timers: %w", err)
 	}
 	if e.queue, err = e.js.Stream(ctx, QueueStream); err != nil {
 		return fmt.Errorf("bind queue: %w", err)
@@ -275,8 +279,11 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 	for w := range wakes {
 		_ = e.nc.Publish(w, nil)
 	}
-	// Ack-all: the last acknowledges the batch, after its messages are stored.
-	return msgs[len(msgs)-1].Ack()
+	// Acknowledged only once what they caused is stored.
+	for _, msg := range msgs {
+		_ = msg.Ack()
+	}
+	return nil
 }
 
 func waitAcks(ctx context.Context, js jetstream.JetStream, acks []jetstream.PubAckFuture) error {

@@ -98,3 +98,30 @@ func IsNotFound(err error) bool {
 		errors.Is(err, jetstream.ErrKeyNotFound) ||
 		errors.Is(err, jetstream.ErrMsgNotFound)
 }
+
+// Consumer creates the durable consumer cfg.Durable, or updates it to cfg.
+// What the server cannot update in place is handled so that no message is
+// skipped or replayed needlessly: a consumer whose ack policy differs is
+// replaced by one resuming after its ack floor, and where an existing
+// consumer starts is kept, since it no longer matters.
+func Consumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig) (c jetstream.Consumer, replacedFrom uint64, err error) {
+	old, err := js.Consumer(ctx, stream, cfg.Durable)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+	case err != nil:
+		return nil, 0, fmt.Errorf("look up consumer %s: %w", cfg.Durable, err)
+	case old.CachedInfo().Config.AckPolicy != cfg.AckPolicy:
+		floor := old.CachedInfo().AckFloor.Stream
+		if err := js.DeleteConsumer(ctx, stream, cfg.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, 0, fmt.Errorf("replace consumer %s: %w", cfg.Durable, err)
+		}
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
+		replacedFrom = floor + 1
+	default:
+		cfg.DeliverPolicy, cfg.OptStartSeq = old.CachedInfo().Config.DeliverPolicy, old.CachedInfo().Config.OptStartSeq
+	}
+	if c, err = js.CreateOrUpdateConsumer(ctx, stream, cfg); err != nil {
+		return nil, 0, fmt.Errorf("create consumer %s: %w", cfg.Durable, err)
+	}
+	return c, replacedFrom, nil
+}
