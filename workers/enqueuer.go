@@ -310,12 +310,8 @@ func (e *Enqueuer) ensureQueue(ctx context.Context, key queueKey) error {
 	if ok {
 		return nil
 	}
-	if _, err := e.js.CreateOrUpdateConsumer(ctx, QueueStream, jetstream.ConsumerConfig{
-		Durable: key.consumer(), FilterSubject: key.filter(), AckPolicy: jetstream.AckExplicitPolicy,
-		AckWait: QueueAckWait, MaxDeliver: -1, MaxAckPending: 100_000,
-		MaxRequestBatch: 1000, InactiveThreshold: 0,
-	}); err != nil {
-		return fmt.Errorf("create queue consumer %s: %w", key.consumer(), err)
+	if _, _, err := provision.Consumer(ctx, e.js, QueueStream, key.consumerConfig()); err != nil {
+		return fmt.Errorf("queue %s: %w", key.name(), err)
 	}
 	reg, _ := json.Marshal(key)
 	if _, err := e.tagsets.Put(ctx, key.name(), reg); err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/statemachine"
 )
 
@@ -104,11 +105,16 @@ type Pool struct {
 	logger  *zap.Logger
 	types   map[string]bool
 
-	startMu   sync.Mutex
-	mu        sync.Mutex
-	queues    map[string]*poolQueue
-	hot       map[string]bool
-	recheck   map[string]int
+	startMu sync.Mutex
+	mu      sync.Mutex
+	queues  map[string]*poolQueue
+	hot     map[string]bool
+	recheck map[string]int
+	// unserved holds registered queues whose tags this pool lacks, and
+	// looking the queues being read from the registry: a wake-up for either
+	// costs nothing, where it used to cost a registry read every time.
+	unserved  map[string]bool
+	looking   map[string]bool
 	started   bool
 	stopping  bool
 	cancel    context.CancelFunc
@@ -126,8 +132,9 @@ type Pool struct {
 }
 
 type poolQueue struct {
-	key  queueKey
-	cons jetstream.Consumer
+	key      queueKey
+	cons     jetstream.Consumer
+	remaking atomic.Bool
 }
 
 // NewPool returns a pool; Start runs it.
@@ -144,7 +151,8 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	}
 	return &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
-		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{}, running: map[string]context.CancelCauseFunc{},
+		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{},
+		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[string]context.CancelCauseFunc{},
 		wake: make(chan struct{}, 1), freed: make(chan struct{}, 1)}, nil
 }
 
@@ -237,17 +245,29 @@ func (p *Pool) addQueue(ctx context.Context, e jetstream.KeyValueEntry) bool {
 	if e.Operation() != jetstream.KeyValuePut {
 		return false
 	}
-	var key queueKey
-	if json.Unmarshal(e.Value(), &key) != nil || !p.types[key.Type] || !subsetOf(key.Tags, p.cfg.Tags) {
+	p.mu.Lock()
+	_, have := p.queues[e.Key()]
+	unserved := p.unserved[e.Key()]
+	p.mu.Unlock()
+	if have || unserved {
 		return false
 	}
-	p.mu.Lock()
-	_, have := p.queues[key.name()]
-	p.mu.Unlock()
-	if have {
+	var key queueKey
+	if json.Unmarshal(e.Value(), &key) != nil || key.name() != e.Key() {
+		return false
+	}
+	if !p.types[key.Type] || !subsetOf(key.Tags, p.cfg.Tags) {
+		// A queue's name fixes its type and tag set, so this never changes.
+		p.mu.Lock()
+		p.unserved[e.Key()] = true
+		p.mu.Unlock()
 		return false
 	}
 	cons, err := p.js.Consumer(ctx, QueueStream, key.consumer())
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// Held in memory, it did not outlive a restart of its server.
+		cons, _, err = provision.Consumer(ctx, p.js, QueueStream, key.consumerConfig())
+	}
 	if err != nil {
 		p.logger.Warn("bind queue consumer", zap.String("queue", key.name()), zap.Error(err))
 		return false
@@ -266,10 +286,11 @@ func (p *Pool) onWake(m *nats.Msg) {
 	if serve {
 		p.hot[name] = true
 	}
+	skip := serve || p.unserved[name] || p.looking[name]
 	p.mu.Unlock()
 	if serve {
 		p.signal(p.wake)
-	} else if key, ok := parseKeyName(name); ok && p.types[key.Type] {
+	} else if key, ok := parseKeyName(name); !skip && ok && p.types[key.Type] {
 		// A queue the registry watch has not shown yet (it may be catching
 		// up after a reconnect): read its registration directly.
 		go p.lookupQueue(name)
@@ -277,6 +298,18 @@ func (p *Pool) onWake(m *nats.Msg) {
 }
 
 func (p *Pool) lookupQueue(name string) {
+	p.mu.Lock()
+	if p.looking[name] {
+		p.mu.Unlock()
+		return
+	}
+	p.looking[name] = true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.looking, name)
+		p.mu.Unlock()
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	e, err := p.registry.Get(ctx, name)
@@ -457,6 +490,12 @@ func (p *Pool) fetchRound(ctx context.Context) (int, time.Duration) {
 			go p.take(ctx, msg)
 		}
 		got += fetched
+		if fetched == 0 && errors.Is(batch.Error(), nats.ErrNoResponders) {
+			// The consumer is gone (its server restarted): make it anew,
+			// then ask again.
+			go p.remakeConsumer(ctx, q)
+			continue
+		}
 		p.mu.Lock()
 		switch {
 		case fetched == n:
@@ -479,6 +518,21 @@ func (p *Pool) fetchRound(ctx context.Context) (int, time.Duration) {
 		p.mu.Unlock()
 	}
 	return got, again
+}
+
+func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
+	if !q.remaking.CompareAndSwap(false, true) {
+		return
+	}
+	defer q.remaking.Store(false)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, _, err := provision.Consumer(ctx, p.js, QueueStream, q.key.consumerConfig()); err != nil {
+		p.logger.Warn("remake queue consumer", zap.String("queue", q.key.name()), zap.Error(err))
+		return // cold until the backup poll
+	}
+	p.markHot([]*poolQueue{q})
+	p.signal(p.wake)
 }
 
 // take acquires the job of a queue message and runs it.

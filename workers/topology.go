@@ -66,6 +66,22 @@ func (k queueKey) subject(jobID string) string {
 }
 func (k queueKey) wake() string { return wakePrefix + k.name() }
 
+// consumerConfig is the consumer of the queue. Its state is held in memory,
+// not on disk: the queue stream is a work queue, so a message acknowledged
+// is gone from the stream, and one that was not is delivered again by a
+// consumer made anew after a restart, which is all a stored state would
+// have said (the state machine fences a second delivery of a job in hand).
+// Storing it cost every consumer a file write per flush, fsync'd on a
+// durable server: with many tag sets, more of the server's time than
+// anything else.
+func (k queueKey) consumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable: k.consumer(), FilterSubject: k.filter(), AckPolicy: jetstream.AckExplicitPolicy,
+		AckWait: QueueAckWait, MaxDeliver: -1, MaxAckPending: 100_000,
+		MaxRequestBatch: 1000, InactiveThreshold: 0, MemoryStorage: true,
+	}
+}
+
 func parseKeyName(name string) (queueKey, bool) {
 	parts := strings.Split(name, ".")
 	if len(parts) != 3 {

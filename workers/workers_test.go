@@ -28,8 +28,14 @@ type fixture struct {
 
 func newFixture(t *testing.T, startEnqueuer bool) *fixture {
 	t.Helper()
+	return fixtureOn(t, natstest.Start(t), startEnqueuer)
+}
+
+// fixtureOn builds the fixture on a running server, as a process started
+// after it would.
+func fixtureOn(t *testing.T, env *natstest.Env, startEnqueuer bool) *fixture {
+	t.Helper()
 	ctx := context.Background()
-	env := natstest.Start(t)
 	lg, err := events.Open(ctx, env.JS, events.Config{})
 	require.NoError(t, err)
 	t.Cleanup(lg.Close)
@@ -398,6 +404,77 @@ func TestLostQueueMessageIsRepaired(t *testing.T) {
 	res, err = enq.Reconcile(ctx)
 	require.NoError(t, err)
 	require.Empty(t, res.Requeued)
+}
+
+// queueConsumers names the consumers of the work queue.
+func (f *fixture) queueConsumers() []string {
+	f.t.Helper()
+	var names []string
+	stream, err := f.env.JS.Stream(context.Background(), QueueStream)
+	require.NoError(f.t, err)
+	lister := stream.ConsumerNames(context.Background())
+	for name := range lister.Name() {
+		names = append(names, name)
+	}
+	require.NoError(f.t, lister.Err())
+	return names
+}
+
+// TestQueuedJobsRunAfterTheServerRestarts: queue consumers hold their state
+// in memory, so a restart of the server loses them; the jobs queued before
+// it still run, each once.
+func TestQueuedJobsRunAfterTheServerRestarts(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	tags := map[string]string{"os": "linux"}
+	var ids []string
+	for i := 0; i < 5; i++ {
+		ids = append(ids, f.submit(statemachine.SubmitParams{Type: "build", Tags: tags}).ID)
+	}
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		s, err := f.env.JS.Stream(ctx, QueueStream)
+		return err == nil && s.CachedInfo().State.Msgs == uint64(len(ids))
+	}, "%d jobs queued", len(ids))
+	require.Len(t, f.queueConsumers(), 1)
+	f.enq.Stop()
+
+	f.env.Restart(t)
+	g := fixtureOn(t, f.env, true)
+	require.Empty(t, g.queueConsumers(), "a consumer held in memory outlived the restart")
+	var mu sync.Mutex
+	runs := map[string]int{}
+	g.pool(PoolConfig{Types: []string{"build"}, Tags: tags}, func(_ context.Context, j *Job) error {
+		mu.Lock()
+		runs[j.ID]++
+		mu.Unlock()
+		return nil
+	})
+	for _, id := range ids {
+		g.waitState(id, statemachine.StateSucceeded)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range ids {
+		require.Equal(t, 1, runs[id], "job %s", id)
+	}
+}
+
+// TestPoolRemakesAQueueConsumerLostUnderIt: a pool whose queue consumer
+// disappears while it runs (its server restarted, or an operator deleted
+// it) makes it anew and goes on taking jobs.
+func TestPoolRemakesAQueueConsumerLostUnderIt(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	f.pool(PoolConfig{Types: []string{"build"}}, noop)
+	first := f.submit(statemachine.SubmitParams{Type: "build"})
+	f.waitState(first.ID, statemachine.StateSucceeded)
+	names := f.queueConsumers()
+	require.Len(t, names, 1)
+	require.NoError(t, f.env.JS.DeleteConsumer(ctx, QueueStream, names[0]))
+
+	second := f.submit(statemachine.SubmitParams{Type: "build"})
+	f.waitState(second.ID, statemachine.StateSucceeded)
+	require.Equal(t, names, f.queueConsumers())
 }
 
 func zaptestLogger(t *testing.T) *zap.Logger {

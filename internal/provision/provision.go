@@ -101,22 +101,26 @@ func IsNotFound(err error) bool {
 
 // Consumer creates the durable consumer cfg.Durable, or updates it to cfg.
 // What the server cannot update in place is handled so that no message is
-// skipped or replayed needlessly: a consumer whose ack policy differs is
-// replaced by one resuming after its ack floor, and where an existing
-// consumer starts is kept, since it no longer matters.
+// skipped or replayed needlessly: a consumer whose ack policy or storage
+// differs is replaced by one resuming after its ack floor, and where an
+// existing consumer starts is kept, since it no longer matters.
 func Consumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig) (c jetstream.Consumer, replacedFrom uint64, err error) {
 	old, err := js.Consumer(ctx, stream, cfg.Durable)
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 	case err != nil:
 		return nil, 0, fmt.Errorf("look up consumer %s: %w", cfg.Durable, err)
-	case old.CachedInfo().Config.AckPolicy != cfg.AckPolicy:
+	case old.CachedInfo().Config.AckPolicy != cfg.AckPolicy, old.CachedInfo().Config.MemoryStorage != cfg.MemoryStorage:
 		floor := old.CachedInfo().AckFloor.Stream
 		if err := js.DeleteConsumer(ctx, stream, cfg.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, 0, fmt.Errorf("replace consumer %s: %w", cfg.Durable, err)
 		}
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
 		replacedFrom = floor + 1
+		// A work queue holds only what is not yet acknowledged, and takes
+		// only consumers that start at its beginning.
+		if st, err := js.Stream(ctx, stream); err != nil || st.CachedInfo().Config.Retention != jetstream.WorkQueuePolicy {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
+		}
 	default:
 		cfg.DeliverPolicy, cfg.OptStartSeq = old.CachedInfo().Config.DeliverPolicy, old.CachedInfo().Config.OptStartSeq
 	}

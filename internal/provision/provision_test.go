@@ -1,0 +1,75 @@
+package provision_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/internal/provision"
+)
+
+// TestConsumerReplacedWithoutLosingMessages: a consumer whose ack policy or
+// storage the server cannot change in place is replaced, and the new one
+// delivers every message the old one had not had acknowledged, on a limits
+// stream (resuming after the ack floor) and on a work queue (which only
+// takes consumers that start at its beginning).
+func TestConsumerReplacedWithoutLosingMessages(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		retention jetstream.RetentionPolicy
+		old, new  jetstream.ConsumerConfig
+	}{
+		{"ack policy on a limits stream", jetstream.LimitsPolicy,
+			jetstream.ConsumerConfig{AckPolicy: jetstream.AckAllPolicy},
+			jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy}},
+		{"storage on a limits stream", jetstream.LimitsPolicy,
+			jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy},
+			jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy, MemoryStorage: true}},
+		{"storage on a work queue", jetstream.WorkQueuePolicy,
+			jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy},
+			jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy, MemoryStorage: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			env := natstest.Start(t)
+			_, err := provision.Stream(ctx, env.JS, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}, Retention: tc.retention})
+			require.NoError(t, err)
+			for i := 1; i <= 10; i++ {
+				_, err := env.JS.Publish(ctx, fmt.Sprintf("s.%d", i), nil)
+				require.NoError(t, err)
+			}
+			tc.old.Durable, tc.new.Durable = "c", "c"
+			old, replacedFrom, err := provision.Consumer(ctx, env.JS, "S", tc.old)
+			require.NoError(t, err)
+			require.Zero(t, replacedFrom)
+			// Acknowledge the first four.
+			batch, err := old.FetchNoWait(4)
+			require.NoError(t, err)
+			for m := range batch.Messages() {
+				require.NoError(t, m.DoubleAck(ctx))
+			}
+
+			c, replacedFrom, err := provision.Consumer(ctx, env.JS, "S", tc.new)
+			require.NoError(t, err)
+			require.Equal(t, uint64(5), replacedFrom)
+			require.Equal(t, tc.new.AckPolicy, c.CachedInfo().Config.AckPolicy)
+			require.Equal(t, tc.new.MemoryStorage, c.CachedInfo().Config.MemoryStorage)
+			batch, err = c.FetchNoWait(100)
+			require.NoError(t, err)
+			var got []string
+			for m := range batch.Messages() {
+				got = append(got, m.Subject())
+			}
+			require.Equal(t, []string{"s.5", "s.6", "s.7", "s.8", "s.9", "s.10"}, got)
+
+			// Provisioning again with the same config changes nothing.
+			_, replacedFrom, err = provision.Consumer(ctx, env.JS, "S", tc.new)
+			require.NoError(t, err)
+			require.Zero(t, replacedFrom)
+		})
+	}
+}
