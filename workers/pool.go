@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -108,8 +107,11 @@ type Pool struct {
 	startMu sync.Mutex
 	mu      sync.Mutex
 	queues  map[string]*poolQueue
-	hot     map[string]bool
-	recheck map[string]int
+	// hot holds the queues to ask for jobs, by name and, in the order they
+	// became hot, by priority.
+	hot       map[string]bool
+	hotByPrio [statemachine.PriorityMax - statemachine.PriorityMin + 1][]*poolQueue
+	recheck   map[string]int
 	// unserved holds registered queues whose tags this pool lacks, and
 	// looking the queues being read from the registry: a wake-up for either
 	// costs nothing, where it used to cost a registry read every time.
@@ -125,7 +127,6 @@ type Pool struct {
 	busy     atomic.Int64
 	wake     chan struct{}
 	freed    chan struct{}
-	rr       int
 	subs     []*nats.Subscription
 	watch    jetstream.KeyWatcher
 	registry jetstream.KeyValue
@@ -133,6 +134,7 @@ type Pool struct {
 
 type poolQueue struct {
 	key      queueKey
+	name     string // key.name(), asked for on every fetch
 	cons     jetstream.Consumer
 	remaking atomic.Bool
 }
@@ -256,7 +258,8 @@ func (p *Pool) addQueue(ctx context.Context, e jetstream.KeyValueEntry) bool {
 	if json.Unmarshal(e.Value(), &key) != nil || key.name() != e.Key() {
 		return false
 	}
-	if !p.types[key.Type] || !subsetOf(key.Tags, p.cfg.Tags) {
+	if !p.types[key.Type] || !subsetOf(key.Tags, p.cfg.Tags) ||
+		key.Prio < statemachine.PriorityMin || key.Prio > statemachine.PriorityMax {
 		// A queue's name fixes its type and tag set, so this never changes.
 		p.mu.Lock()
 		p.unserved[e.Key()] = true
@@ -273,8 +276,9 @@ func (p *Pool) addQueue(ctx context.Context, e jetstream.KeyValueEntry) bool {
 		return false
 	}
 	p.mu.Lock()
-	p.queues[key.name()] = &poolQueue{key: key, cons: cons}
-	p.hot[key.name()] = true
+	q := &poolQueue{key: key, name: e.Key(), cons: cons}
+	p.queues[e.Key()] = q
+	p.setHotLocked(q)
 	p.mu.Unlock()
 	return true
 }
@@ -282,9 +286,9 @@ func (p *Pool) addQueue(ctx context.Context, e jetstream.KeyValueEntry) bool {
 func (p *Pool) onWake(m *nats.Msg) {
 	name := strings.TrimPrefix(m.Subject, wakePrefix)
 	p.mu.Lock()
-	_, serve := p.queues[name]
+	q, serve := p.queues[name]
 	if serve {
-		p.hot[name] = true
+		p.setHotLocked(q)
 	}
 	skip := serve || p.unserved[name] || p.looking[name]
 	p.mu.Unlock()
@@ -404,7 +408,7 @@ func (p *Pool) free() int { return p.cfg.Concurrency - int(p.busy.Load()) }
 func (p *Pool) markHot(qs []*poolQueue) {
 	p.mu.Lock()
 	for _, q := range qs {
-		p.hot[q.key.name()] = true
+		p.setHotLocked(q)
 	}
 	p.mu.Unlock()
 }
@@ -416,57 +420,85 @@ var recheckDelays = []time.Duration{time.Millisecond, 5 * time.Millisecond, 25 *
 func (p *Pool) markRecheck() {
 	p.mu.Lock()
 	for name := range p.recheck {
-		p.hot[name] = true
+		if q := p.queues[name]; q != nil {
+			p.setHotLocked(q)
+		}
 	}
 	p.mu.Unlock()
 }
 
 func (p *Pool) markAllHot() {
 	p.mu.Lock()
-	for name := range p.queues {
-		p.hot[name] = true
+	for _, q := range p.queues {
+		p.setHotLocked(q)
 	}
 	p.mu.Unlock()
 }
 
-// fetchRound pulls from the hot queues, highest priority first and round
-// robin among tag sets of one priority, and starts what it got. A queue that
-// comes back empty is cold until a wake-up or the backup poll.
+// fetchRound pulls from the hot queues, highest priority first, and starts
+// what it got, until the slots or the hot queues run out. A queue that comes
+// back empty is cold until a wake-up, a recheck or the backup poll.
 func (p *Pool) fetchRound(ctx context.Context) (int, time.Duration) {
-	// Take the hot set and clear it before fetching: a wake-up that arrives
-	// during the round marks its queue hot again, so it is never lost.
+	got := 0
+	var again time.Duration
+	// Queues whose fetch failed are hot again after the round, not within
+	// it, so a failing server is not asked again at once.
+	var failed []*poolQueue
+	defer func() { p.markHot(failed) }()
+	for ctx.Err() == nil {
+		n := p.free()
+		if n <= 0 {
+			return got, again
+		}
+		qs := p.takeHot(n)
+		if len(qs) == 0 {
+			return got, again
+		}
+		g, a := p.fetchFrom(ctx, qs, &failed)
+		got += g
+		if a > 0 && (again == 0 || a < again) {
+			again = a
+		}
+	}
+	return got, again
+}
+
+// setHotLocked marks q to be asked for jobs, behind the queues of its
+// priority marked before it, so that every tag set gets its turn.
+func (p *Pool) setHotLocked(q *poolQueue) {
+	if p.hot[q.name] {
+		return
+	}
+	p.hot[q.name] = true
+	i := q.key.Prio - statemachine.PriorityMin
+	p.hotByPrio[i] = append(p.hotByPrio[i], q)
+}
+
+// takeHot takes up to limit queues out of the hot set, highest priority
+// first and in the order they became hot, in time independent of how many
+// are hot: a pool with few free slots may have hundreds.
+func (p *Pool) takeHot(limit int) []*poolQueue {
 	p.mu.Lock()
-	var hot []*poolQueue
-	for name := range p.hot {
-		if q := p.queues[name]; q != nil {
-			hot = append(hot, q)
+	defer p.mu.Unlock()
+	var picked []*poolQueue
+	for i := len(p.hotByPrio) - 1; i >= 0 && len(picked) < limit; i-- {
+		fifo := p.hotByPrio[i]
+		k := min(limit-len(picked), len(fifo))
+		for _, q := range fifo[:k] {
+			delete(p.hot, q.name)
+			picked = append(picked, q)
+		}
+		if k == len(fifo) {
+			p.hotByPrio[i] = fifo[:0] // reuse the array
+		} else {
+			p.hotByPrio[i] = fifo[k:]
 		}
 	}
-	p.hot = map[string]bool{}
-	p.rr++
-	rr := p.rr
-	p.mu.Unlock()
-	if len(hot) == 0 {
-		return 0, 0
-	}
-	sort.Slice(hot, func(i, j int) bool {
-		if hot[i].key.Prio != hot[j].key.Prio {
-			return hot[i].key.Prio > hot[j].key.Prio
-		}
-		return hot[i].key.Tagset < hot[j].key.Tagset
-	})
-	// Rotate within each priority so no tag set starves another.
-	for start := 0; start < len(hot); {
-		end := start
-		for end < len(hot) && hot[end].key.Prio == hot[start].key.Prio {
-			end++
-		}
-		group := hot[start:end]
-		k := rr % len(group)
-		rotated := append(append([]*poolQueue{}, group[k:]...), group[:k]...)
-		copy(group, rotated)
-		start = end
-	}
+	return picked
+}
+
+// fetchFrom asks each queue for as many jobs as there are free slots.
+func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQueue) (int, time.Duration) {
 	got := 0
 	var again time.Duration
 	for i, q := range hot {
@@ -478,8 +510,8 @@ func (p *Pool) fetchRound(ctx context.Context) (int, time.Duration) {
 		}
 		batch, err := q.cons.FetchNoWait(n)
 		if err != nil {
-			p.logger.Debug("fetch", zap.String("queue", q.key.name()), zap.Error(err))
-			p.markHot(hot[i : i+1])
+			p.logger.Debug("fetch", zap.String("queue", q.name), zap.Error(err))
+			*failed = append(*failed, q)
 			continue
 		}
 		fetched := 0
@@ -499,21 +531,21 @@ func (p *Pool) fetchRound(ctx context.Context) (int, time.Duration) {
 		p.mu.Lock()
 		switch {
 		case fetched == n:
-			p.hot[q.key.name()] = true // there may be more
-			delete(p.recheck, q.key.name())
+			p.setHotLocked(q) // there may be more
+			delete(p.recheck, q.name)
 		case fetched > 0:
-			delete(p.recheck, q.key.name())
-		case p.recheck[q.key.name()] < len(recheckDelays):
+			delete(p.recheck, q.name)
+		case p.recheck[q.name] < len(recheckDelays):
 			// A wake-up can outrun the consumer's own count of pending
 			// messages, so an empty answer right after one is asked again
 			// a few times, shortly after.
-			d := recheckDelays[p.recheck[q.key.name()]]
-			p.recheck[q.key.name()]++
+			d := recheckDelays[p.recheck[q.name]]
+			p.recheck[q.name]++
 			if again == 0 || d < again {
 				again = d
 			}
 		default:
-			delete(p.recheck, q.key.name())
+			delete(p.recheck, q.name)
 		}
 		p.mu.Unlock()
 	}
@@ -528,7 +560,7 @@ func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if _, _, err := provision.Consumer(ctx, p.js, QueueStream, q.key.consumerConfig()); err != nil {
-		p.logger.Warn("remake queue consumer", zap.String("queue", q.key.name()), zap.Error(err))
+		p.logger.Warn("remake queue consumer", zap.String("queue", q.name), zap.Error(err))
 		return // cold until the backup poll
 	}
 	p.markHot([]*poolQueue{q})

@@ -477,6 +477,37 @@ func TestPoolRemakesAQueueConsumerLostUnderIt(t *testing.T) {
 	require.Equal(t, names, f.queueConsumers())
 }
 
+// TestHigherPriorityRunsFirst: a pool with one slot and a backlog in two
+// priorities runs every job of the higher one before any of the lower.
+func TestHigherPriorityRunsFirst(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	prio := map[string]int{}
+	for i := 0; i < 4; i++ {
+		for _, p := range []int{0, 5, 9} {
+			prio[f.submit(statemachine.SubmitParams{Type: "build", Priority: p}).ID] = p
+		}
+	}
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		s, err := f.env.JS.Stream(ctx, QueueStream)
+		return err == nil && s.CachedInfo().State.Msgs == uint64(len(prio))
+	}, "%d jobs queued", len(prio))
+	var mu sync.Mutex
+	var order []int
+	f.pool(PoolConfig{Types: []string{"build"}, Concurrency: 1}, func(_ context.Context, j *Job) error {
+		mu.Lock()
+		order = append(order, prio[j.ID])
+		mu.Unlock()
+		return nil
+	})
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(order) == len(prio)
+	}, "every job ran")
+	require.Equal(t, []int{9, 9, 9, 9, 5, 5, 5, 5, 0, 0, 0, 0}, order)
+}
+
 func zaptestLogger(t *testing.T) *zap.Logger {
 	return zaptest.NewLogger(t, zaptest.Level(zap.DebugLevel))
 }
