@@ -6,14 +6,17 @@
 //
 // # Queue layout
 //
-// Every job that becomes pending gets one message in the work-queue stream
-// JJ_QUEUE on the subject
+// Every job that becomes pending gets one message in a work-queue stream on
+// the subject
 //
-//	jj.q.<type>.<tagset>.<priority>.<job-id>
+//	jj.wq.<shard>.<type>.<tagset>.<priority>.<job-id>
 //
 // where <tagset> is a short stable hash of the job's sorted tags ("none" for
-// no tags). Each (type, tagset, priority) has one durable pull consumer
-// filtered on jj.q.<type>.<tagset>.<priority>.*. Those filters never
+// no tags) and <shard> a hash of type and tag set that picks one of the
+// QueueShards streams JJ_QUEUE_<shard>: the server's cost of an ack grows
+// with the consumers of the stream. Each (type, tagset, priority) has one
+// durable pull consumer, its state in memory, filtered on
+// jj.wq.<shard>.<type>.<tagset>.<priority>.*. Those filters never
 // overlap, so the work-queue stream accepts them however many tag sets and
 // workers there are, and all workers that can serve a tag set share its
 // consumer: JetStream hands each message to one of them. The tag sets in use

@@ -89,7 +89,7 @@ type Enqueuer struct {
 
 	evCons  jetstream.Consumer
 	dueCons jetstream.Consumer
-	queue   jetstream.Stream
+	queues  [QueueShards]jetstream.Stream
 	tagsets jetstream.KeyValue
 
 	mu       sync.Mutex
@@ -133,8 +133,10 @@ func (e *Enqueuer) setup(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("enqueuer timers: %w", err)
 	}
-	if e.queue, err = e.js.Stream(ctx, QueueStream); err != nil {
-		return fmt.Errorf("bind queue: %w", err)
+	for shard := range e.queues {
+		if e.queues[shard], err = e.js.Stream(ctx, QueueStream(shard)); err != nil {
+			return fmt.Errorf("bind queue: %w", err)
+		}
 	}
 	if e.tagsets, err = e.js.KeyValue(ctx, TagsetsBucket); err != nil {
 		return fmt.Errorf("bind tag sets: %w", err)
@@ -310,7 +312,7 @@ func (e *Enqueuer) ensureQueue(ctx context.Context, key queueKey) error {
 	if ok {
 		return nil
 	}
-	if _, _, err := provision.Consumer(ctx, e.js, QueueStream, key.consumerConfig()); err != nil {
+	if _, _, err := provision.Consumer(ctx, e.js, key.stream(), key.consumerConfig()); err != nil {
 		return fmt.Errorf("queue %s: %w", key.name(), err)
 	}
 	reg, _ := json.Marshal(key)
@@ -411,7 +413,7 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 			continue
 		}
 		key := queueKey{Type: j.Type, Tagset: TagsetID(j.Tags), Prio: j.Priority, Tags: j.Tags}
-		_, err := e.queue.GetLastMsgForSubject(ctx, key.subject(j.ID))
+		_, err := e.queues[key.shard()].GetLastMsgForSubject(ctx, key.subject(j.ID))
 		if err == nil {
 			continue
 		}

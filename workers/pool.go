@@ -266,10 +266,10 @@ func (p *Pool) addQueue(ctx context.Context, e jetstream.KeyValueEntry) bool {
 		p.mu.Unlock()
 		return false
 	}
-	cons, err := p.js.Consumer(ctx, QueueStream, key.consumer())
+	cons, err := p.js.Consumer(ctx, key.stream(), key.consumer())
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		// Held in memory, it did not outlive a restart of its server.
-		cons, _, err = provision.Consumer(ctx, p.js, QueueStream, key.consumerConfig())
+		cons, _, err = provision.Consumer(ctx, p.js, key.stream(), key.consumerConfig())
 	}
 	if err != nil {
 		p.logger.Warn("bind queue consumer", zap.String("queue", key.name()), zap.Error(err))
@@ -559,7 +559,7 @@ func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
 	defer q.remaking.Store(false)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, _, err := provision.Consumer(ctx, p.js, QueueStream, q.key.consumerConfig()); err != nil {
+	if _, _, err := provision.Consumer(ctx, p.js, q.key.stream(), q.key.consumerConfig()); err != nil {
 		p.logger.Warn("remake queue consumer", zap.String("queue", q.name), zap.Error(err))
 		return // cold until the backup poll
 	}

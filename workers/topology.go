@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,17 +19,28 @@ import (
 
 // Stream, bucket and subject names, stable across versions.
 const (
-	QueueStream    = "JJ_QUEUE"
-	queuePrefix    = "jj.q."
-	TimersStream   = "JJ_TIMERS"
-	timerPrefix    = "jj.timer."
-	duePrefix      = "jj.due."
-	LogsStream     = "JJ_LOGS"
-	logPrefix      = "jj.log."
-	TagsetsBucket  = "jj_tagsets"
-	wakePrefix     = "jj.wake."
-	noTags         = "none"
-	LogLinesPerJob = 10_000
+	// QueueShards is how many streams the work queue is spread over, by
+	// type and tag set. The server's cost of each ack on a work queue grows
+	// with the number of consumers of its stream (it asks each one whether
+	// it still wants the message), and there is one consumer per tag set:
+	// with 1,000 tag sets in one stream that was the server's largest cost.
+	QueueShards = 16
+	// queuePrefix is jj.wq.<shard>.<type>.<tagset>.<prio>.<job-id>.
+	queuePrefix       = "jj.wq."
+	queueStreamPrefix = "JJ_QUEUE_"
+	// legacyQueueStream held the whole queue before it was sharded; its
+	// messages are hints rebuilt from the log, so it is deleted on upgrade
+	// and the enqueuer's reconcile pass queues its jobs again.
+	legacyQueueStream = "JJ_QUEUE"
+	TimersStream      = "JJ_TIMERS"
+	timerPrefix       = "jj.timer."
+	duePrefix         = "jj.due."
+	LogsStream        = "JJ_LOGS"
+	logPrefix         = "jj.log."
+	TagsetsBucket     = "jj_tagsets"
+	wakePrefix        = "jj.wake."
+	noTags            = "none"
+	LogLinesPerJob    = 10_000
 	// QueueAckWait is how long a fetched queue message may stay unacknowledged
 	// (a worker died between fetch and acquire) before another worker gets it.
 	QueueAckWait = 30 * time.Second
@@ -60,9 +73,50 @@ type queueKey struct {
 
 func (k queueKey) name() string     { return fmt.Sprintf("%s.%s.%d", k.Type, k.Tagset, k.Prio) }
 func (k queueKey) consumer() string { return fmt.Sprintf("q_%s_%s_%d", k.Type, k.Tagset, k.Prio) }
-func (k queueKey) filter() string   { return queuePrefix + k.name() + ".*" }
+func (k queueKey) filter() string   { return k.prefix() + ".*" }
 func (k queueKey) subject(jobID string) string {
-	return queuePrefix + k.name() + "." + jobID
+	return k.prefix() + "." + jobID
+}
+func (k queueKey) prefix() string {
+	return fmt.Sprintf("%s%02d.%s", queuePrefix, k.shard(), k.name())
+}
+
+// shard spreads the tag sets of a type over the queue streams; the
+// priorities of a tag set share one.
+func (k queueKey) shard() int {
+	h := fnv.New32a()
+	h.Write([]byte(k.Type))
+	h.Write([]byte{0})
+	h.Write([]byte(k.Tagset))
+	return int(h.Sum32() % QueueShards)
+}
+
+func (k queueKey) stream() string { return QueueStream(k.shard()) }
+
+// QueueStream names the work-queue stream of one shard.
+func QueueStream(shard int) string { return fmt.Sprintf("%s%02d", queueStreamPrefix, shard) }
+
+// Queued counts the messages in the work queue: the jobs waiting for a
+// worker, and those fetched but not yet acquired.
+func Queued(ctx context.Context, js jetstream.JetStream) (uint64, error) {
+	var n uint64
+	for _, name := range QueueStreams() {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			return 0, fmt.Errorf("count queued jobs: %w", err)
+		}
+		n += st.CachedInfo().State.Msgs
+	}
+	return n, nil
+}
+
+// QueueStreams names every work-queue stream.
+func QueueStreams() []string {
+	names := make([]string, QueueShards)
+	for i := range names {
+		names[i] = QueueStream(i)
+	}
+	return names
 }
 func (k queueKey) wake() string { return wakePrefix + k.name() }
 
@@ -108,19 +162,26 @@ func subsetOf(job, worker map[string]string) bool {
 // the tag set registry. Everything in them can be rebuilt from the event log,
 // so they flush to disk asynchronously.
 func EnsureTopology(ctx context.Context, js jetstream.JetStream) error {
-	streams := []jetstream.StreamConfig{{
-		Name:              QueueStream,
-		Description:       "jetjob work queue: one message per pending job",
-		Subjects:          []string{queuePrefix + ">"},
-		Retention:         jetstream.WorkQueuePolicy,
-		Storage:           jetstream.FileStorage,
-		MaxMsgsPerSubject: 1,
-		MaxMsgs:           -1,
-		MaxBytes:          -1,
-		Duplicates:        2 * time.Minute,
-		AllowDirect:       true,
-		PersistMode:       jetstream.AsyncPersistMode,
-	}, {
+	if err := js.DeleteStream(ctx, legacyQueueStream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("delete the unsharded queue stream: %w", err)
+	}
+	var streams []jetstream.StreamConfig
+	for shard := range QueueShards {
+		streams = append(streams, jetstream.StreamConfig{
+			Name:              QueueStream(shard),
+			Description:       "jetjob work queue: one message per pending job",
+			Subjects:          []string{fmt.Sprintf("%s%02d.>", queuePrefix, shard)},
+			Retention:         jetstream.WorkQueuePolicy,
+			Storage:           jetstream.FileStorage,
+			MaxMsgsPerSubject: 1,
+			MaxMsgs:           -1,
+			MaxBytes:          -1,
+			Duplicates:        2 * time.Minute,
+			AllowDirect:       true,
+			PersistMode:       jetstream.AsyncPersistMode,
+		})
+	}
+	streams = append(streams, []jetstream.StreamConfig{{
 		Name:              TimersStream,
 		Description:       "jetjob timers: scheduled jobs and retries become pending here",
 		Subjects:          []string{timerPrefix + "*", duePrefix + "*"},
@@ -145,7 +206,7 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream) error {
 		MaxBytes:          -1,
 		AllowDirect:       true,
 		PersistMode:       jetstream.AsyncPersistMode,
-	}}
+	}}...)
 	for _, cfg := range streams {
 		if _, err := provision.Stream(ctx, js, cfg); err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -381,7 +382,8 @@ func TestLostQueueMessageIsRepaired(t *testing.T) {
 	j := f.submit(statemachine.SubmitParams{Type: "t"})
 	_, err := f.enq.runOnce(ctx)
 	require.NoError(t, err)
-	q, err := f.env.JS.Stream(ctx, QueueStream)
+	key := queueKey{Type: "t", Tagset: noTags}
+	q, err := f.env.JS.Stream(ctx, key.stream())
 	require.NoError(t, err)
 	require.NoError(t, q.Purge(ctx))
 	lister := func(ctx context.Context, states []statemachine.State) ([]QueuedJob, error) {
@@ -396,7 +398,7 @@ func TestLostQueueMessageIsRepaired(t *testing.T) {
 	res, err := enq.Reconcile(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []string{j.ID}, res.Requeued)
-	_, err = q.GetLastMsgForSubject(ctx, queueKey{Type: "t", Tagset: noTags}.subject(j.ID))
+	_, err = q.GetLastMsgForSubject(ctx, key.subject(j.ID))
 	require.NoError(t, err)
 	f.pool(PoolConfig{Types: []string{"t"}}, noop)
 	f.waitState(j.ID, statemachine.StateSucceeded)
@@ -406,35 +408,42 @@ func TestLostQueueMessageIsRepaired(t *testing.T) {
 	require.Empty(t, res.Requeued)
 }
 
-// queueConsumers names the consumers of the work queue.
-func (f *fixture) queueConsumers() []string {
+// queueConsumers names the consumers of the work queue, each with its
+// stream.
+func (f *fixture) queueConsumers() map[string]string {
 	f.t.Helper()
-	var names []string
-	stream, err := f.env.JS.Stream(context.Background(), QueueStream)
-	require.NoError(f.t, err)
-	lister := stream.ConsumerNames(context.Background())
-	for name := range lister.Name() {
-		names = append(names, name)
+	names := map[string]string{}
+	for _, name := range QueueStreams() {
+		stream, err := f.env.JS.Stream(context.Background(), name)
+		require.NoError(f.t, err)
+		lister := stream.ConsumerNames(context.Background())
+		for consumer := range lister.Name() {
+			names[consumer] = name
+		}
+		require.NoError(f.t, lister.Err())
 	}
-	require.NoError(f.t, lister.Err())
 	return names
+}
+
+// queued counts the messages in the work queue.
+func (f *fixture) queued() uint64 {
+	f.t.Helper()
+	n, err := Queued(context.Background(), f.env.JS)
+	require.NoError(f.t, err)
+	return n
 }
 
 // TestQueuedJobsRunAfterTheServerRestarts: queue consumers hold their state
 // in memory, so a restart of the server loses them; the jobs queued before
 // it still run, each once.
 func TestQueuedJobsRunAfterTheServerRestarts(t *testing.T) {
-	ctx := context.Background()
 	f := newFixture(t, true)
 	tags := map[string]string{"os": "linux"}
 	var ids []string
 	for i := 0; i < 5; i++ {
 		ids = append(ids, f.submit(statemachine.SubmitParams{Type: "build", Tags: tags}).ID)
 	}
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		s, err := f.env.JS.Stream(ctx, QueueStream)
-		return err == nil && s.CachedInfo().State.Msgs == uint64(len(ids))
-	}, "%d jobs queued", len(ids))
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == uint64(len(ids)) }, "%d jobs queued", len(ids))
 	require.Len(t, f.queueConsumers(), 1)
 	f.enq.Stop()
 
@@ -470,7 +479,9 @@ func TestPoolRemakesAQueueConsumerLostUnderIt(t *testing.T) {
 	f.waitState(first.ID, statemachine.StateSucceeded)
 	names := f.queueConsumers()
 	require.Len(t, names, 1)
-	require.NoError(t, f.env.JS.DeleteConsumer(ctx, QueueStream, names[0]))
+	for consumer, stream := range names {
+		require.NoError(t, f.env.JS.DeleteConsumer(ctx, stream, consumer))
+	}
 
 	second := f.submit(statemachine.SubmitParams{Type: "build"})
 	f.waitState(second.ID, statemachine.StateSucceeded)
@@ -480,7 +491,6 @@ func TestPoolRemakesAQueueConsumerLostUnderIt(t *testing.T) {
 // TestHigherPriorityRunsFirst: a pool with one slot and a backlog in two
 // priorities runs every job of the higher one before any of the lower.
 func TestHigherPriorityRunsFirst(t *testing.T) {
-	ctx := context.Background()
 	f := newFixture(t, true)
 	prio := map[string]int{}
 	for i := 0; i < 4; i++ {
@@ -488,10 +498,7 @@ func TestHigherPriorityRunsFirst(t *testing.T) {
 			prio[f.submit(statemachine.SubmitParams{Type: "build", Priority: p}).ID] = p
 		}
 	}
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		s, err := f.env.JS.Stream(ctx, QueueStream)
-		return err == nil && s.CachedInfo().State.Msgs == uint64(len(prio))
-	}, "%d jobs queued", len(prio))
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == uint64(len(prio)) }, "%d jobs queued", len(prio))
 	var mu sync.Mutex
 	var order []int
 	f.pool(PoolConfig{Types: []string{"build"}, Concurrency: 1}, func(_ context.Context, j *Job) error {
@@ -510,4 +517,50 @@ func TestHigherPriorityRunsFirst(t *testing.T) {
 
 func zaptestLogger(t *testing.T) *zap.Logger {
 	return zaptest.NewLogger(t, zaptest.Level(zap.DebugLevel))
+}
+
+// TestTopologyReplacesTheUnshardedQueue: a server upgraded from the single
+// queue stream deletes it (its messages are hints the reconcile pass
+// rebuilds) and spreads the queue over QueueShards streams.
+func TestTopologyReplacesTheUnshardedQueue(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	_, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: legacyQueueStream, Subjects: []string{"jj.q.>"},
+		Retention: jetstream.WorkQueuePolicy})
+	require.NoError(t, err)
+	_, err = env.JS.Publish(ctx, "jj.q.build.none.0.job1", nil)
+	require.NoError(t, err)
+
+	require.NoError(t, EnsureTopology(ctx, env.JS))
+	_, err = env.JS.Stream(ctx, legacyQueueStream)
+	require.ErrorIs(t, err, jetstream.ErrStreamNotFound)
+	for _, name := range QueueStreams() {
+		_, err := env.JS.Stream(ctx, name)
+		require.NoError(t, err, name)
+	}
+	require.NoError(t, EnsureTopology(ctx, env.JS), "a second run changes nothing")
+}
+
+// TestQueueShards: a queue's shard is part of its subjects on disk, so it
+// never changes between versions, and tag sets spread over every shard.
+func TestQueueShards(t *testing.T) {
+	key := queueKey{Type: "build", Tagset: noTags, Prio: 3}
+	require.Equal(t, 15, key.shard())
+	require.Equal(t, "JJ_QUEUE_15", key.stream())
+	require.Equal(t, "jj.wq.15.build.none.3.job1", key.subject("job1"))
+	require.Equal(t, "jj.wq.15.build.none.3.*", key.filter())
+	key.Prio = 7
+	require.Equal(t, 15, key.shard(), "the priorities of a tag set share a shard")
+
+	seen := map[int]int{}
+	for i := 0; i < 1000; i++ {
+		k := queueKey{Type: "build", Tagset: TagsetID(map[string]string{"tenant": fmt.Sprint(i)})}
+		require.GreaterOrEqual(t, k.shard(), 0)
+		require.Less(t, k.shard(), QueueShards)
+		seen[k.shard()]++
+	}
+	require.Len(t, seen, QueueShards)
+	for shard, n := range seen {
+		require.Greater(t, n, 1000/QueueShards/2, "shard %d has %d of 1,000 tag sets", shard, n)
+	}
 }

@@ -63,21 +63,17 @@ func (r *Runner) backlogScenario(ctx context.Context) error {
 
 // waitQueued waits until the work queue holds n messages.
 func waitQueued(ctx context.Context, s *server.Server, n int, stall time.Duration) error {
-	st, err := s.JS.Stream(ctx, workers.QueueStream)
-	if err != nil {
-		return fmt.Errorf("bind queue stream: %w", err)
-	}
 	last, since := uint64(0), time.Now()
 	for {
-		info, err := st.Info(ctx)
+		queued, err := workers.Queued(ctx, s.JS)
 		if err != nil {
-			return fmt.Errorf("queue stream info: %w", err)
+			return err
 		}
-		if info.State.Msgs >= uint64(n) {
+		if queued >= uint64(n) {
 			return nil
 		}
-		if info.State.Msgs != last {
-			last, since = info.State.Msgs, time.Now()
+		if queued != last {
+			last, since = queued, time.Now()
 		} else if time.Since(since) > stall {
 			return fmt.Errorf("stalled: %d of %d jobs enqueued", last, n)
 		}
