@@ -564,3 +564,23 @@ func TestQueueShards(t *testing.T) {
 		require.Greater(t, n, 1000/QueueShards/2, "shard %d has %d of 1,000 tag sets", shard, n)
 	}
 }
+
+// TestQueueConsumerOfAnOlderVersionIsReplaced: a queue consumer stored on
+// disk, as older versions made them, cannot be changed in place to hold
+// its state in memory; the enqueuer replaces it and the job runs.
+func TestQueueConsumerOfAnOlderVersionIsReplaced(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	key := queueKey{Type: "build", Tagset: noTags}
+	old := key.consumerConfig()
+	old.MemoryStorage = false
+	_, err := f.env.JS.CreateOrUpdateConsumer(ctx, key.stream(), old)
+	require.NoError(t, err)
+
+	f.pool(PoolConfig{Types: []string{"build"}}, noop)
+	j := f.submit(statemachine.SubmitParams{Type: "build"})
+	f.waitState(j.ID, statemachine.StateSucceeded)
+	c, err := f.env.JS.Consumer(ctx, key.stream(), key.consumer())
+	require.NoError(t, err)
+	require.True(t, c.CachedInfo().Config.MemoryStorage)
+}
