@@ -85,6 +85,10 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, err
 	}
 	if s.Log, err = events.Open(ctx, s.JS, logConfig(o)); err != nil {
+		if !s.NC.IsConnected() {
+			// Retrying the first connect hides why setup timed out.
+			return s, fmt.Errorf("connect to NATS at %s: not reachable (is it running?): %w", s.URL, err)
+		}
 		return s, err
 	}
 	s.stops = append(s.stops, s.Log.Close)
