@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -92,6 +93,11 @@ type Enqueuer struct {
 	queues  [QueueShards]jetstream.Stream
 	tagsets jetstream.KeyValue
 
+	// lastEventSeq and lastDueSeq are the last messages handled, where a
+	// lost consumer is made again from.
+	lastEventSeq atomic.Uint64
+	lastDueSeq   atomic.Uint64
+
 	mu       sync.Mutex
 	known    map[string]bool // queue keys whose consumer exists
 	started  bool
@@ -121,16 +127,10 @@ func (e *Enqueuer) setup(ctx context.Context) error {
 	// Acks are explicit, one per message: with several servers sharing the
 	// durable, an ack-all from one would also acknowledge events another
 	// has in hand and may never enqueue.
-	if e.evCons, _, err = provision.Consumer(ctx, e.js, log.Stream(), jetstream.ConsumerConfig{
-		Durable: e.cfg.Durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,
-		MaxAckPending: e.cfg.Batch * 8, FilterSubject: log.SubjectPrefix() + ">",
-	}); err != nil {
+	if e.evCons, _, err = provision.Consumer(ctx, e.js, log.Stream(), e.eventsConsumerConfig()); err != nil {
 		return fmt.Errorf("enqueuer: %w", err)
 	}
-	if e.dueCons, _, err = provision.Consumer(ctx, e.js, TimersStream, jetstream.ConsumerConfig{
-		Durable: e.cfg.TimersDurable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,
-		FilterSubject: duePrefix + "*",
-	}); err != nil {
+	if e.dueCons, _, err = provision.Consumer(ctx, e.js, TimersStream, e.timersConsumerConfig()); err != nil {
 		return fmt.Errorf("enqueuer timers: %w", err)
 	}
 	for shard := range e.queues {
@@ -142,6 +142,63 @@ func (e *Enqueuer) setup(ctx context.Context) error {
 		return fmt.Errorf("bind tag sets: %w", err)
 	}
 	return nil
+}
+
+func (e *Enqueuer) eventsConsumerConfig() jetstream.ConsumerConfig {
+	log := e.m.Log()
+	return jetstream.ConsumerConfig{
+		Durable: e.cfg.Durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,
+		MaxAckPending: e.cfg.Batch * 8, FilterSubject: log.SubjectPrefix() + ">",
+	}
+}
+
+func (e *Enqueuer) timersConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable: e.cfg.TimersDurable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,
+		FilterSubject: duePrefix + "*",
+	}
+}
+
+// superviseRetry spaces the attempts to make a lost consumer again.
+const superviseRetry = time.Second
+
+// supervise consumes cons until ctx ends. When the consumer is lost under it
+// (an operator deleted it, its server lost it), it makes the consumer again,
+// starting after the last message this enqueuer handled rather than at the
+// beginning of the stream, which would enqueue every job ever submitted
+// again; what another server sharing the durable had in hand in between is
+// left to the reconcile pass.
+func (e *Enqueuer) supervise(ctx context.Context, stream string, cons jetstream.Consumer, cfg jetstream.ConsumerConfig, last *atomic.Uint64,
+	batch int, process consume.Process) {
+	tracked := func(ctx context.Context, msgs []jetstream.Msg) error {
+		if err := process(ctx, msgs); err != nil {
+			return err
+		}
+		if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
+			last.Store(max(last.Load(), meta.Sequence.Stream))
+		}
+		return nil
+	}
+	for {
+		consume.Loop(ctx, cons, batch, e.logger, tracked)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(superviseRetry):
+			}
+			remake := cfg
+			if seq := last.Load(); seq > 0 {
+				remake.DeliverPolicy, remake.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq+1
+			}
+			var err error
+			if cons, _, err = provision.Consumer(ctx, e.js, stream, remake); err == nil {
+				e.logger.Info("made the lost consumer again", zap.String("consumer", cfg.Durable), zap.Uint64("from", remake.OptStartSeq))
+				break
+			}
+			e.logger.Warn("make the lost consumer again", zap.String("consumer", cfg.Durable), zap.Error(err))
+		}
+	}
 }
 
 // Start runs the enqueuer until Stop. Safe to call twice.
@@ -157,8 +214,14 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 	e.started = true
 	ctx, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	e.wg.Add(2)
-	go func() { defer e.wg.Done(); consume.Loop(ctx, e.evCons, e.cfg.Batch, e.logger, e.processEvents) }()
-	go func() { defer e.wg.Done(); consume.Loop(ctx, e.dueCons, 64, e.logger, e.processDue) }()
+	go func() {
+		defer e.wg.Done()
+		e.supervise(ctx, e.m.Log().Stream(), e.evCons, e.eventsConsumerConfig(), &e.lastEventSeq, e.cfg.Batch, e.processEvents)
+	}()
+	go func() {
+		defer e.wg.Done()
+		e.supervise(ctx, TimersStream, e.dueCons, e.timersConsumerConfig(), &e.lastDueSeq, 64, e.processDue)
+	}()
 	if e.cfg.Lister != nil {
 		e.wg.Add(1)
 		go func() {

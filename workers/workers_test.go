@@ -584,3 +584,25 @@ func TestQueueConsumerOfAnOlderVersionIsReplaced(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, c.CachedInfo().Config.MemoryStorage)
 }
+
+// TestEnqueuerMakesItsLostConsumerAgain: an enqueuer whose durable over the
+// log is deleted under it makes it again, from after the last event it
+// handled, and goes on enqueuing without waiting for the reconcile pass.
+func TestEnqueuerMakesItsLostConsumerAgain(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	first := f.submit(statemachine.SubmitParams{Type: "build"})
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == 1 }, "the first job queued")
+	require.NoError(t, f.env.JS.DeleteConsumer(ctx, f.log.Stream(), EnqueuerDurableDefault))
+
+	second := f.submit(statemachine.SubmitParams{Type: "build"})
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == 2 }, "the second job queued")
+	c, err := f.env.JS.Consumer(ctx, f.log.Stream(), EnqueuerDurableDefault)
+	require.NoError(t, err)
+	require.Equal(t, jetstream.DeliverByStartSequencePolicy, c.CachedInfo().Config.DeliverPolicy)
+	require.Greater(t, c.CachedInfo().Config.OptStartSeq, uint64(1), "made again from the start of the log")
+
+	f.pool(PoolConfig{Types: []string{"build"}}, noop)
+	f.waitState(first.ID, statemachine.StateSucceeded)
+	f.waitState(second.ID, statemachine.StateSucceeded)
+}

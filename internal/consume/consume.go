@@ -17,9 +17,11 @@ type Process func(ctx context.Context, batch []jetstream.Msg) error
 // retryPause spaces the retries of a failed batch.
 const retryPause = 200 * time.Millisecond
 
-// Loop runs until ctx ends: it blocks for the first message, takes whatever
-// else has arrived (up to max), and calls process, so a quiet system handles
-// each message at once and a busy one handles hundreds per round.
+// Loop runs until ctx ends, or until the consumer can no longer be consumed
+// (it was deleted): it blocks for the first message, takes whatever else has
+// arrived (up to max), and calls process, so a quiet system handles each
+// message at once and a busy one handles hundreds per round. The caller
+// decides what to do when it returns with ctx still live.
 func Loop(ctx context.Context, cons jetstream.Consumer, max int, logger *zap.Logger, process Process) {
 	msgs := make(chan jetstream.Msg, max*2)
 	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m }, jetstream.PullMaxMessages(max*2),
@@ -37,6 +39,9 @@ func Loop(ctx context.Context, cons jetstream.Consumer, max int, logger *zap.Log
 		var batch []jetstream.Msg
 		select {
 		case <-ctx.Done():
+			return
+		case <-cc.Closed():
+			logger.Warn("the consumer can no longer be consumed")
 			return
 		case m := <-msgs:
 			batch = append(batch, m)
