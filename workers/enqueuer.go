@@ -275,12 +275,13 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 	// first time can be made all at once rather than one round trip after
 	// another: 1,000 new tag sets in a batch were seconds of enqueuing
 	// stalled.
-	type submit struct {
-		data events.Submitted
-		key  queueKey
+	type item struct {
+		rec events.Record
+		// submitted and key are set for a job.submitted event.
+		submitted events.Submitted
+		key       queueKey
 	}
-	recs := make([]events.Record, 0, len(msgs))
-	submits := map[int]submit{}
+	items := make([]item, 0, len(msgs))
 	var fresh []queueKey
 	seen := map[string]bool{}
 	for _, msg := range msgs {
@@ -293,20 +294,20 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 		if !ok || rec.Err != nil || rec.JobID != jobID {
 			continue
 		}
+		it := item{rec: rec}
 		if rec.Type == events.TypeSubmitted {
-			var d events.Submitted
-			if rec.DecodeData(&d) != nil || statemachine.ValidateToken("type", d.Type) != nil {
+			d := &it.submitted
+			if rec.DecodeData(d) != nil || statemachine.ValidateToken("type", d.Type) != nil {
 				continue
 			}
-			key := queueKey{Type: d.Type, Tagset: TagsetID(d.Tags), Prio: d.Priority, Tags: d.Tags}
-			submits[len(recs)] = submit{data: d, key: key}
+			it.key = queueKey{Type: d.Type, Tagset: TagsetID(d.Tags), Prio: d.Priority, Tags: d.Tags}
 			scheduled := d.RunAt != nil && d.RunAt.After(rec.Time)
-			if !scheduled && !seen[key.name()] && !e.isKnown(key) {
-				seen[key.name()] = true
-				fresh = append(fresh, key)
+			if !scheduled && !seen[it.key.name()] && !e.isKnown(it.key) {
+				seen[it.key.name()] = true
+				fresh = append(fresh, it.key)
 			}
 		}
-		recs = append(recs, rec)
+		items = append(items, it)
 	}
 	if err := e.ensureQueues(ctx, fresh); err != nil {
 		return err
@@ -314,15 +315,11 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 
 	var acks []jetstream.PubAckFuture
 	wakes := map[string]bool{}
-	for i, rec := range recs {
-		jobID := rec.JobID
+	for _, it := range items {
+		rec, jobID := it.rec, it.rec.JobID
 		switch rec.Type {
 		case events.TypeSubmitted:
-			sub, ok := submits[i]
-			if !ok {
-				continue
-			}
-			d := sub.data
+			d := it.submitted
 			if d.RunAt != nil && d.RunAt.After(rec.Time) {
 				f, err := e.armTimer(jobID, *d.RunAt, rec.Seq)
 				if err != nil {
@@ -335,12 +332,12 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 			if job.Apply(rec) != nil {
 				continue
 			}
-			f, err := e.enqueue(ctx, job, sub.key, "e"+strconv.FormatUint(rec.Seq, 10))
+			f, err := e.enqueue(ctx, job, it.key, "e"+strconv.FormatUint(rec.Seq, 10))
 			if err != nil {
 				return err
 			}
 			acks = append(acks, f)
-			wakes[sub.key.wake()] = true
+			wakes[it.key.wake()] = true
 		case events.TypePromoted, events.TypeReleased:
 			job, err := e.m.Load(ctx, jobID)
 			if errors.Is(err, events.ErrNotFound) {
