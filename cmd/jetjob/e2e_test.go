@@ -374,3 +374,31 @@ func TestPurgedJobIsGone(t *testing.T) {
 	require.Equal(t, 0, s.jetjob("get", kept).code)
 	require.Equal(t, 2, s.jetjob("purge", "--older-than", "1h", "--state", "running").code)
 }
+
+// TestWorkerRunsThroughAServerCrash: a worker that stays up while the server
+// is killed and restarted goes on taking jobs, those queued before the crash
+// and those submitted after, though the queue consumers (held in memory) did
+// not survive the restart.
+func TestWorkerRunsThroughAServerCrash(t *testing.T) {
+	s := startServerProc(t)
+	// The first worker alone serves "after"; the second, started after the
+	// crash, alone serves the tagged jobs queued before it.
+	startWorker(t, s, "--type", "after", "--concurrency", "4", "--", "true")
+	first := s.jetjob("submit", "--type", "after").ok(t)
+	waitView(t, s, first, func(v projector.View) bool { return v.State == "succeeded" }, "succeeded before the crash")
+
+	// Queued while no worker serves the tag set, so they wait in the queue.
+	var queued []string
+	for i := 0; i < 5; i++ {
+		queued = append(queued, s.jetjob("submit", "--type", "crash", "--tag", "gpu=a100").ok(t))
+	}
+	s.kill()
+	s.start()
+	startWorker(t, s, "--type", "crash", "--tag", "gpu=a100", "--", "true")
+	for i := 0; i < 5; i++ {
+		queued = append(queued, s.jetjob("submit", "--type", "after").ok(t))
+	}
+	for _, id := range queued {
+		waitView(t, s, id, func(v projector.View) bool { return v.State == "succeeded" }, "succeeded after the crash")
+	}
+}
