@@ -77,9 +77,10 @@ func (k queueKey) filter() string   { return k.prefix() + ".*" }
 func (k queueKey) subject(jobID string) string {
 	return k.prefix() + "." + jobID
 }
-func (k queueKey) prefix() string {
-	return fmt.Sprintf("%s%02d.%s", queuePrefix, k.shard(), k.name())
-}
+func (k queueKey) prefix() string { return shardPrefix(k.shard()) + k.name() }
+
+// shardPrefix starts every subject of one queue stream.
+func shardPrefix(shard int) string { return fmt.Sprintf("%s%02d.", queuePrefix, shard) }
 
 // shard spreads the tag sets of a type over the queue streams; the
 // priorities of a tag set share one.
@@ -170,7 +171,7 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream) error {
 		streams = append(streams, jetstream.StreamConfig{
 			Name:              QueueStream(shard),
 			Description:       "jetjob work queue: one message per pending job",
-			Subjects:          []string{fmt.Sprintf("%s%02d.>", queuePrefix, shard)},
+			Subjects:          []string{shardPrefix(shard) + ">"},
 			Retention:         jetstream.WorkQueuePolicy,
 			Storage:           jetstream.FileStorage,
 			MaxMsgsPerSubject: 1,
