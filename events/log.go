@@ -21,8 +21,8 @@ import (
 const (
 	MaxBatchDefault       = 1000
 	MaxBatchLimit         = 1000
-	MinBatchDefault       = 8
-	FlushersDefault       = 2
+	MinBatchDefault       = 16
+	FlushersDefault       = 1
 	PublishTimeoutDefault = 5 * time.Second
 	PublishRetriesDefault = 3
 	loadPageSize          = 512
@@ -44,7 +44,11 @@ type Config struct {
 	// Default MinBatchDefault; a value above MaxBatch never batches, which
 	// suits a server that does not fsync each append anyway.
 	MinBatch int
-	// Flushers is how many batches may be in flight at once. Default FlushersDefault.
+	// Flushers is how many batches may be in flight at once. Default
+	// FlushersDefault: the server commits one stream's batches one after
+	// another, so a second flusher only splits what waits into two smaller
+	// batches, each paying the staging cost. Pipelined appends (MinBatch
+	// above MaxBatch) do gain from a second.
 	Flushers int
 	// PublishTimeout bounds one publish round trip. Default PublishTimeoutDefault.
 	PublishTimeout time.Duration

@@ -124,12 +124,17 @@ type Pool struct {
 	runningWG sync.WaitGroup
 	running   map[string]context.CancelCauseFunc
 
-	busy     atomic.Int64
-	wake     chan struct{}
-	freed    chan struct{}
-	subs     []*nats.Subscription
-	watch    jetstream.KeyWatcher
-	registry jetstream.KeyValue
+	busy atomic.Int64
+	// reporting holds a token per result being recorded after its slot
+	// was freed.
+	reporting chan struct{}
+	// recordResult is report; tests hold results back through it.
+	recordResult func(ctx context.Context, held statemachine.Job, cause, err error)
+	wake         chan struct{}
+	freed        chan struct{}
+	subs         []*nats.Subscription
+	watch        jetstream.KeyWatcher
+	registry     jetstream.KeyValue
 }
 
 type poolQueue struct {
@@ -151,11 +156,14 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	for _, t := range cfg.Types {
 		types[t] = true
 	}
-	return &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
+	p := &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
 		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{},
 		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[string]context.CancelCauseFunc{},
-		wake: make(chan struct{}, 1), freed: make(chan struct{}, 1)}, nil
+		reporting: make(chan struct{}, cfg.Concurrency),
+		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1)}
+	p.recordResult = p.report
+	return p, nil
 }
 
 // Start watches the tag set registry and wake-ups and starts acquiring.
@@ -569,9 +577,9 @@ func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
 
 // take acquires the job of a queue message and runs it.
 func (p *Pool) take(ctx context.Context, msg jetstream.Msg) {
+	slot := &slot{p: p}
 	defer func() {
-		p.busy.Add(-1)
-		p.signal(p.freed)
+		slot.free()
 		p.runningWG.Done()
 	}()
 	subject := msg.Subject()
@@ -596,12 +604,28 @@ func (p *Pool) take(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	_ = msg.Ack()
-	p.run(held)
+	p.run(held, slot)
+}
+
+// slot is one of the pool's Concurrency places to run a handler, held from
+// the fetch until the handler returns.
+type slot struct {
+	p     *Pool
+	freed bool
+}
+
+func (s *slot) free() {
+	if s.freed {
+		return
+	}
+	s.freed = true
+	s.p.busy.Add(-1)
+	s.p.signal(s.p.freed)
 }
 
 // run runs the handler on an acquired job and reports its result, fenced by
 // the attempt's lease.
-func (p *Pool) run(held statemachine.Job) {
+func (p *Pool) run(held statemachine.Job, slot *slot) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	p.mu.Lock()
@@ -625,9 +649,19 @@ func (p *Pool) run(held statemachine.Job) {
 	cancel(nil) // stops the watcher; a cause set before stays
 	<-watchDone
 
+	// The result is recorded while the slot runs the next job, as River's
+	// completer does: waiting for the commit would hold each slot idle for
+	// a whole batched, fsync'd append, which bounds throughput at the
+	// concurrency over the commit latency. A result not yet recorded when
+	// the process dies leaves the job running under a lease that lapses,
+	// the same as a crash inside the handler. At most Concurrency results
+	// wait at once; beyond that the slot waits too.
+	p.reporting <- struct{}{}
+	defer func() { <-p.reporting }()
+	slot.free()
 	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer rcancel()
-	p.report(rctx, held, context.Cause(ctx), err)
+	p.recordResult(rctx, held, context.Cause(ctx), err)
 }
 
 func (p *Pool) callHandler(ctx context.Context, job *Job) (err error) {

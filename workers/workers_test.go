@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -363,6 +364,87 @@ func TestStopReleasesJobsPastTheGrace(t *testing.T) {
 	f.pool(PoolConfig{Types: []string{"slow"}}, noop)
 	done := f.waitState(j.ID, statemachine.StateSucceeded)
 	require.Equal(t, 1, done.Attempt)
+}
+
+// holdResults makes the pool's results wait for release before they are
+// recorded, and counts how many are waiting.
+func holdResults(p *Pool) (release func(), waiting *atomic.Int64) {
+	gate := make(chan struct{})
+	waiting = &atomic.Int64{}
+	record := p.recordResult
+	p.recordResult = func(ctx context.Context, held statemachine.Job, cause, err error) {
+		waiting.Add(1)
+		<-gate
+		record(ctx, held, cause, err)
+		waiting.Add(-1)
+	}
+	var once sync.Once
+	return func() { once.Do(func() { close(gate) }) }, waiting
+}
+
+// A slot takes the next job while the result of the last one is being
+// recorded, up to Concurrency results waiting; beyond that the slots wait.
+func TestSlotsRunOnWhileResultsAreRecorded(t *testing.T) {
+	f := newFixture(t, true)
+	var handled atomic.Int64
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"quick"}, Concurrency: 2, BackupPoll: 100 * time.Millisecond},
+		func(context.Context, *Job) error {
+			handled.Add(1)
+			return nil
+		})
+	require.NoError(t, err)
+	release, waiting := holdResults(p)
+	require.NoError(t, p.Start(context.Background()))
+	t.Cleanup(func() { _ = p.Stop(context.Background()) })
+	t.Cleanup(release) // runs before Stop, which waits for the held results
+	var ids []string
+	for range 6 {
+		ids = append(ids, f.submit(statemachine.SubmitParams{Type: "quick", MaxAttempts: 1}).ID)
+	}
+	// Two results wait with their slots freed, two slots wait to hand theirs
+	// over, and the other two jobs stay queued.
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		return waiting.Load() == 2 && p.busy.Load() == 2 && handled.Load() == 4
+	}, "2 results waiting, 2 slots held, 4 jobs handled")
+	release()
+	for _, id := range ids {
+		f.waitState(id, statemachine.StateSucceeded)
+	}
+	require.Equal(t, int64(6), handled.Load())
+}
+
+// Stop returns only once every result whose handler returned is recorded.
+func TestStopWaitsForResultsBeingRecorded(t *testing.T) {
+	f := newFixture(t, true)
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"quick"}, Concurrency: 4, BackupPoll: 100 * time.Millisecond}, noop)
+	require.NoError(t, err)
+	release, waiting := holdResults(p)
+	t.Cleanup(release)
+	require.NoError(t, p.Start(context.Background()))
+	var ids []string
+	for range 3 {
+		ids = append(ids, f.submit(statemachine.SubmitParams{Type: "quick", MaxAttempts: 1}).ID)
+	}
+	natstest.Eventually(t, 10*time.Second, func() bool { return waiting.Load() == 3 }, "3 results waiting")
+	stopped := make(chan error, 1)
+	go func() { stopped <- p.Stop(context.Background()) }()
+	// Stop must still be waiting a while later (a Stop that did not wait
+	// returns within milliseconds); then the results go through.
+	holdFor := time.NewTimer(200 * time.Millisecond)
+	defer holdFor.Stop()
+	select {
+	case err := <-stopped:
+		t.Fatalf("Stop returned (%v) with %d results not recorded", err, waiting.Load())
+	case <-holdFor.C:
+	}
+	release()
+	require.NoError(t, <-stopped)
+	require.Zero(t, waiting.Load())
+	for _, id := range ids {
+		j, err := f.m.Load(context.Background(), id)
+		require.NoError(t, err)
+		require.Equal(t, statemachine.StateSucceeded, j.State, "job %s", id)
+	}
 }
 
 func TestCrashBeforeEnqueueIsRepaired(t *testing.T) {
