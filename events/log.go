@@ -23,6 +23,8 @@ const (
 	MaxBatchLimit         = 1000
 	MinBatchDefault       = 16
 	FlushersDefault       = 1
+	LingerDefault         = 500 * time.Microsecond
+	LingerLimit           = time.Second
 	PublishTimeoutDefault = 5 * time.Second
 	PublishRetriesDefault = 3
 	loadPageSize          = 512
@@ -50,6 +52,12 @@ type Config struct {
 	// batches, each paying the staging cost. Pipelined appends (MinBatch
 	// above MaxBatch) do gain from a second.
 	Flushers int
+	// Linger: after an atomic batch, the flusher waits up to this long for
+	// more appends before the next commit, so that the appends set off by
+	// the batch's answers go in one commit. Not after a commit of fewer than
+	// MinBatch, so a lightly loaded log adds no delay. Default
+	// LingerDefault, at most LingerLimit; negative turns it off.
+	Linger time.Duration
 	// PublishTimeout bounds one publish round trip. Default PublishTimeoutDefault.
 	PublishTimeout time.Duration
 	// PublishRetries is how many times a publish whose ack was lost is
@@ -77,6 +85,12 @@ func (c *Config) validate() error {
 	}
 	if c.Flushers <= 0 {
 		c.Flushers = FlushersDefault
+	}
+	if c.Linger == 0 {
+		c.Linger = LingerDefault
+	}
+	if c.Linger > LingerLimit {
+		return fmt.Errorf("events config: linger %s, expected at most %s", c.Linger, LingerLimit)
 	}
 	if c.PublishTimeout <= 0 {
 		c.PublishTimeout = PublishTimeoutDefault
@@ -344,43 +358,78 @@ func (l *Log) findEvent(ctx context.Context, jobID string, after uint64, eventID
 // per job, and commits them as one atomic batch.
 func (l *Log) flushLoop() {
 	var carry []*appendReq
+	busy := false
 	for {
-		var batch []*appendReq
-		jobs := map[string]bool{}
-		take := func(r *appendReq) bool {
-			if jobs[r.ev.JobID] {
-				carry = append(carry, r)
-				return false
-			}
-			jobs[r.ev.JobID] = true
-			batch = append(batch, r)
-			return true
+		batch, next, ok := l.gather(carry, busy)
+		if !ok {
+			l.drain()
+			return
 		}
-		pending := carry
-		carry = nil
-		for _, r := range pending {
-			take(r)
-		}
-		if len(batch) == 0 {
-			select {
-			case r := <-l.reqs:
-				take(r)
-			case <-l.done:
-				l.drain()
-				return
-			}
-		}
-	fill:
-		for len(batch) < l.cfg.MaxBatch {
-			select {
-			case r := <-l.reqs:
-				take(r)
-			default:
-				break fill
-			}
-		}
+		carry = next
+		busy = len(batch) >= l.cfg.MinBatch
 		l.commit(batch)
 	}
+}
+
+// gather collects the next commit: the appends carried over from the last
+// one, else the first to arrive; then whatever else waits, up to MaxBatch;
+// then, when busy, what arrives within Linger. A second append to a job
+// already in the batch is carried over to the next, since the server checks
+// each one's expectation against the stream before the batch. ok is false
+// when the log closed while waiting for the first.
+//
+// The linger runs only after a commit that was an atomic batch: under load,
+// the answers to one batch set off the next wave of appends (each acquired
+// job's result, each producer's next submit) within a fraction of a
+// millisecond, and a commit started just before that wave lands carries a
+// few appends at the full fixed cost of a batch, or of an fsync each, while
+// the wave waits for it.
+func (l *Log) gather(carry []*appendReq, busy bool) (batch, next []*appendReq, ok bool) {
+	jobs := map[string]bool{}
+	take := func(r *appendReq) {
+		if jobs[r.ev.JobID] {
+			next = append(next, r)
+			return
+		}
+		jobs[r.ev.JobID] = true
+		batch = append(batch, r)
+	}
+	for _, r := range carry {
+		take(r)
+	}
+	if len(batch) == 0 {
+		select {
+		case r := <-l.reqs:
+			take(r)
+		case <-l.done:
+			return nil, nil, false
+		}
+	}
+	for len(batch) < l.cfg.MaxBatch {
+		select {
+		case r := <-l.reqs:
+			take(r)
+			continue
+		default:
+		}
+		break
+	}
+	if !busy || l.cfg.Linger <= 0 {
+		return batch, next, true
+	}
+	linger := time.NewTimer(l.cfg.Linger)
+	defer linger.Stop()
+	for len(batch) < l.cfg.MaxBatch {
+		select {
+		case r := <-l.reqs:
+			take(r)
+		case <-linger.C:
+			return batch, next, true
+		case <-l.done:
+			return batch, next, true
+		}
+	}
+	return batch, next, true
 }
 
 // drain answers the appends still queued at Close.
