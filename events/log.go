@@ -295,6 +295,7 @@ func (l *Log) msg(r *appendReq) *nats.Msg {
 	m.Data = r.data
 	m.Header.Set(jetstream.MsgIDHeader, r.ev.ID)
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(r.expected, 10))
+	m.Header.Set(TypeHeader, r.ev.Type)
 	return m
 }
 
@@ -663,6 +664,13 @@ func (l *Log) responses() (string, <-chan *nats.Msg, func(), error) {
 		l.muxMu.Unlock()
 	}, nil
 }
+
+// TypeOf is the event type a stored message's header announces, so that a
+// reader that acts on a few types can pass over the rest without decoding
+// them. It is "" for events appended before the header was written, and
+// only the decoded body is authoritative: a reader that acts on a type must
+// decode the event.
+func TypeOf(h nats.Header) string { return h.Get(TypeHeader) }
 
 // RecordFromMsg decodes a stored message. seq is used when the headers do not
 // carry the stream sequence (as for messages from a consumer).

@@ -319,3 +319,33 @@ func TestAcknowledgedAppendsSurviveARestart(t *testing.T) {
 		require.Equal(t, seq, last)
 	}
 }
+
+func TestAppendedEventsCarryTheirTypeInAHeader(t *testing.T) {
+	ctx := context.Background()
+	l, env := openLog(t, events.Config{MinBatch: 2})
+	var wg sync.WaitGroup
+	for i := range 20 { // batched as well as single appends
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := l.Append(ctx, mustEvent(t, fmt.Sprintf("job%d", i), events.TypeSubmitted), 0)
+			require.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	seq, err := l.LastSeq(ctx, "job3")
+	require.NoError(t, err)
+	_, err = l.Append(ctx, mustEvent(t, "job3", events.TypeCanceled), seq)
+	require.NoError(t, err)
+	s, err := env.JS.Stream(ctx, l.Stream())
+	require.NoError(t, err)
+	for i := range 20 {
+		m, err := s.GetLastMsgForSubject(ctx, l.Subject(fmt.Sprintf("job%d", i)))
+		require.NoError(t, err)
+		want := events.TypeSubmitted
+		if i == 3 {
+			want = events.TypeCanceled
+		}
+		require.Equal(t, want, events.TypeOf(m.Header), "job%d", i)
+	}
+}

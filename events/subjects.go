@@ -6,7 +6,9 @@ import "fmt"
 const (
 	StreamDefault        = "JJ_EVENTS"
 	SubjectPrefixDefault = "jj.ev."
-	maxJobIDLen          = 64
+	// TypeHeader carries each event's type beside its body; see TypeOf.
+	TypeHeader  = "Jj-Event-Type"
+	maxJobIDLen = 64
 )
 
 // ValidateJobID checks that id can name a job's subject: 1-64 letters,

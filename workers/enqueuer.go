@@ -269,6 +269,12 @@ func (e *Enqueuer) runOnce(ctx context.Context) (int, error) {
 	return n + due, err
 }
 
+// makesPending holds the event types after which a job may be runnable now
+// or at a time to arm a timer for: the only ones the enqueuer acts on.
+var makesPending = map[string]bool{
+	events.TypeSubmitted: true, events.TypePromoted: true, events.TypeReleased: true, events.TypeAttemptFailed: true,
+}
+
 func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) error {
 	log := e.m.Log()
 	// Read the batch first, so that the queues its submits need for the
@@ -285,6 +291,9 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 	var fresh []queueKey
 	seen := map[string]bool{}
 	for _, msg := range msgs {
+		if t := events.TypeOf(msg.Headers()); t != "" && !makesPending[t] {
+			continue // two of a job's three events, not worth decoding
+		}
 		meta, err := msg.Metadata()
 		if err != nil {
 			continue

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
@@ -687,4 +688,31 @@ func TestEnqueuerMakesItsLostConsumerAgain(t *testing.T) {
 	f.pool(PoolConfig{Types: []string{"build"}}, noop)
 	f.waitState(first.ID, statemachine.StateSucceeded)
 	f.waitState(second.ID, statemachine.StateSucceeded)
+}
+
+// An event appended by a version that did not write the type header is
+// decoded to learn its type, so its job is still queued at once (not at the
+// reconcile pass), and the acquire and result that follow carry the header.
+func TestEventWithoutTypeHeaderIsEnqueued(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	ev, err := events.New("legacy-job", events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 1})
+	require.NoError(t, err)
+	data, err := events.Encode(ev)
+	require.NoError(t, err)
+	m := nats.NewMsg(f.log.Subject("legacy-job"))
+	m.Data = data
+	m.Header.Set(jetstream.MsgIDHeader, ev.ID)
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+	_, err = f.env.JS.PublishMsg(ctx, m)
+	require.NoError(t, err)
+
+	natstest.Eventually(t, 5*time.Second, func() bool { return f.queued() == 1 }, "the job queued")
+	f.pool(PoolConfig{Types: []string{"build"}}, noop)
+	f.waitState("legacy-job", statemachine.StateSucceeded)
+	s, err := f.env.JS.Stream(ctx, f.log.Stream())
+	require.NoError(t, err)
+	last, err := s.GetLastMsgForSubject(ctx, f.log.Subject("legacy-job"))
+	require.NoError(t, err)
+	require.Equal(t, events.TypeSucceeded, events.TypeOf(last.Header))
 }
