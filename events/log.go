@@ -406,14 +406,14 @@ func (l *Log) gather(carry []*appendReq, busy bool) (batch, next []*appendReq, o
 			return nil, nil, false
 		}
 	}
+fill:
 	for len(batch) < l.cfg.MaxBatch {
 		select {
 		case r := <-l.reqs:
 			take(r)
-			continue
 		default:
+			break fill
 		}
-		break
 	}
 	if !busy || l.cfg.Linger <= 0 {
 		return batch, next, true

@@ -653,9 +653,9 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	// completer does: waiting for the commit would hold each slot idle for
 	// a whole batched, fsync'd append, which bounds throughput at the
 	// concurrency over the commit latency. A result not yet recorded when
-	// the process dies leaves the job running under a lease that lapses,
-	// the same as a crash inside the handler. At most Concurrency results
-	// wait at once; beyond that the slot waits too.
+	// the process dies is lost as a crash inside the handler would lose it:
+	// the hang detector fails the attempt. At most Concurrency results wait
+	// at once; beyond that the slot waits too.
 	p.reporting <- struct{}{}
 	defer func() { <-p.reporting }()
 	slot.free()
