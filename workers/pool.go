@@ -181,13 +181,6 @@ func (p *Pool) Start(ctx context.Context) error {
 	if p.logs, err = AttachLogs(ctx, p.js); err != nil {
 		return err
 	}
-	for t := range p.types {
-		sub, err := p.nc.Subscribe(wakePrefix+t+".>", p.onWake)
-		if err != nil {
-			return fmt.Errorf("subscribe to wake-ups: %w", err)
-		}
-		p.subs = append(p.subs, sub)
-	}
 	kv, err := p.js.KeyValue(ctx, TagsetsBucket)
 	if err != nil {
 		return fmt.Errorf("bind tag sets: %w", err)
@@ -204,6 +197,18 @@ func (p *Pool) Start(ctx context.Context) error {
 			break
 		}
 		p.addQueue(loopCtx, e)
+	}
+	// Subscribed only now: a wake-up for a queue not yet known reads the
+	// registry, bound above. One sent before is not needed, since every
+	// queue known is asked on the first pass.
+	for t := range p.types {
+		sub, err := p.nc.Subscribe(wakePrefix+t+".>", p.onWake)
+		if err != nil {
+			cancel()
+			p.unsubscribe()
+			return fmt.Errorf("subscribe to wake-ups: %w", err)
+		}
+		p.subs = append(p.subs, sub)
 	}
 	p.mu.Lock()
 	p.started = true
@@ -350,6 +355,13 @@ func (p *Pool) rescanRegistry() {
 			p.lookupQueue(name)
 		}
 	}
+}
+
+func (p *Pool) unsubscribe() {
+	for _, s := range p.subs {
+		_ = s.Unsubscribe()
+	}
+	p.subs = nil
 }
 
 func (p *Pool) signal(ch chan struct{}) {
@@ -796,9 +808,7 @@ func (p *Pool) Stop(ctx context.Context) error {
 	p.mu.Unlock()
 	cancel()
 	<-loopDone
-	for _, s := range p.subs {
-		_ = s.Unsubscribe()
-	}
+	p.unsubscribe()
 	_ = p.watch.Stop()
 	finished := make(chan struct{})
 	go func() { p.runningWG.Wait(); close(finished) }()

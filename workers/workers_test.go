@@ -716,3 +716,28 @@ func TestEventWithoutTypeHeaderIsEnqueued(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, events.TypeSucceeded, events.TypeOf(last.Header))
 }
+
+// Wake-ups arriving while a pool starts, for queues it has not seen, find
+// its registry bound (they read it to learn the queue).
+func TestPoolStartsUnderAStormOfWakeUps(t *testing.T) {
+	f := newFixture(t, true)
+	stop := make(chan struct{})
+	stormed := make(chan struct{})
+	go func() {
+		defer close(stormed)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = f.env.NC.Publish(fmt.Sprintf("%sbuild.unknown%d.0", wakePrefix, i%50), nil)
+		}
+	}()
+	p := f.pool(PoolConfig{Types: []string{"build"}}, noop)
+	close(stop)
+	<-stormed
+	require.NotNil(t, p)
+	j := f.submit(statemachine.SubmitParams{Type: "build"})
+	f.waitState(j.ID, statemachine.StateSucceeded)
+}
