@@ -88,10 +88,14 @@ func TestGatherLingersOnlyAfterABatch(t *testing.T) {
 		require.Equal(t, []string{"a"}, jobsOf(g.batch))
 	})
 	t.Run("busy: the linger ends at its time", func(t *testing.T) {
-		l := gatherLog(t, Config{MaxBatch: 3, Linger: time.Millisecond})
+		const linger = 20 * time.Millisecond
+		l := gatherLog(t, Config{MaxBatch: 3, Linger: linger})
 		got := startGather(l, nil, true)
+		sent := time.Now()
 		send(t, l, req("a"))
 		require.Equal(t, []string{"a"}, jobsOf(recv(t, got).batch))
+		// A lower bound only: the commit waited for the linger, no less.
+		require.GreaterOrEqual(t, time.Since(sent), linger)
 	})
 	t.Run("busy: closing the log ends the linger, keeping what was taken", func(t *testing.T) {
 		l := gatherLog(t, Config{MaxBatch: 3, Linger: time.Hour})

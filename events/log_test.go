@@ -324,15 +324,22 @@ func TestAppendedEventsCarryTheirTypeInAHeader(t *testing.T) {
 	ctx := context.Background()
 	l, env := openLog(t, events.Config{MinBatch: 2})
 	var wg sync.WaitGroup
-	for i := range 20 { // batched as well as single appends
+	errs := make([]error, 20)
+	evs := make([]events.Event, 20)
+	for i := range evs {
+		evs[i] = mustEvent(t, fmt.Sprintf("job%d", i), events.TypeSubmitted)
+	}
+	for i := range evs { // batched as well as single appends
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := l.Append(ctx, mustEvent(t, fmt.Sprintf("job%d", i), events.TypeSubmitted), 0)
-			require.NoError(t, err)
+			_, errs[i] = l.Append(ctx, evs[i], 0)
 		}()
 	}
 	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
 	seq, err := l.LastSeq(ctx, "job3")
 	require.NoError(t, err)
 	_, err = l.Append(ctx, mustEvent(t, "job3", events.TypeCanceled), seq)

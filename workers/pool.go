@@ -122,7 +122,9 @@ type Pool struct {
 	cancel    context.CancelFunc
 	loopDone  chan struct{}
 	runningWG sync.WaitGroup
-	running   map[string]context.CancelCauseFunc
+	// running cancels the handlers running, by lease: one job can have a
+	// handler still running after losing its lease and a new attempt here.
+	running map[uint64]context.CancelCauseFunc
 
 	busy atomic.Int64
 	// reporting holds a token per result being recorded after its slot
@@ -159,7 +161,7 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	p := &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
 		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{},
-		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[string]context.CancelCauseFunc{},
+		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]context.CancelCauseFunc{},
 		reporting: make(chan struct{}, cfg.Concurrency),
 		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1)}
 	p.recordResult = p.report
@@ -206,6 +208,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		if err != nil {
 			cancel()
 			p.unsubscribe()
+			_ = p.watch.Stop()
 			return fmt.Errorf("subscribe to wake-ups: %w", err)
 		}
 		p.subs = append(p.subs, sub)
@@ -641,14 +644,9 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	p.mu.Lock()
-	p.running[held.ID] = cancel
+	p.running[held.Lease] = cancel
 	stopping := p.stopping
 	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		delete(p.running, held.ID)
-		p.mu.Unlock()
-	}()
 	if stopping {
 		cancel(ErrShutdown)
 	}
@@ -660,6 +658,9 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	err := p.callHandler(ctx, job)
 	cancel(nil) // stops the watcher; a cause set before stays
 	<-watchDone
+	p.mu.Lock()
+	delete(p.running, held.Lease)
+	p.mu.Unlock()
 
 	// The result is recorded while the slot runs the next job, as River's
 	// completer does: waiting for the commit would hold each slot idle for

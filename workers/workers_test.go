@@ -420,8 +420,9 @@ func TestStopWaitsForResultsBeingRecorded(t *testing.T) {
 	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"quick"}, Concurrency: 4, BackupPoll: 100 * time.Millisecond}, noop)
 	require.NoError(t, err)
 	release, waiting := holdResults(p)
-	t.Cleanup(release)
 	require.NoError(t, p.Start(context.Background()))
+	t.Cleanup(func() { _ = p.Stop(context.Background()) })
+	t.Cleanup(release) // runs before Stop, which waits for the held results
 	var ids []string
 	for range 3 {
 		ids = append(ids, f.submit(statemachine.SubmitParams{Type: "quick", MaxAttempts: 1}).ID)
@@ -439,7 +440,12 @@ func TestStopWaitsForResultsBeingRecorded(t *testing.T) {
 	case <-holdFor.C:
 	}
 	release()
-	require.NoError(t, <-stopped)
+	select {
+	case err := <-stopped:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not return once the results were released")
+	}
 	require.Zero(t, waiting.Load())
 	for _, id := range ids {
 		j, err := f.m.Load(context.Background(), id)
