@@ -383,25 +383,31 @@ func holdResults(p *Pool) (release func(), waiting *atomic.Int64) {
 	return func() { once.Do(func() { close(gate) }) }, waiting
 }
 
+// heldPool starts a pool of "quick" jobs whose results are held back (see
+// holdResults) and submits n of them.
+func (f *fixture) heldPool(concurrency, n int, h Handler) (p *Pool, release func(), waiting *atomic.Int64, ids []string) {
+	f.t.Helper()
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"quick"}, Concurrency: concurrency, BackupPoll: 100 * time.Millisecond}, h)
+	require.NoError(f.t, err)
+	release, waiting = holdResults(p)
+	require.NoError(f.t, p.Start(context.Background()))
+	f.t.Cleanup(func() { _ = p.Stop(context.Background()) })
+	f.t.Cleanup(release) // runs before Stop, which waits for the held results
+	for range n {
+		ids = append(ids, f.submit(statemachine.SubmitParams{Type: "quick", MaxAttempts: 1}).ID)
+	}
+	return p, release, waiting, ids
+}
+
 // A slot takes the next job while the result of the last one is being
 // recorded, up to Concurrency results waiting; beyond that the slots wait.
 func TestSlotsRunOnWhileResultsAreRecorded(t *testing.T) {
 	f := newFixture(t, true)
 	var handled atomic.Int64
-	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"quick"}, Concurrency: 2, BackupPoll: 100 * time.Millisecond},
-		func(context.Context, *Job) error {
-			handled.Add(1)
-			return nil
-		})
-	require.NoError(t, err)
-	release, waiting := holdResults(p)
-	require.NoError(t, p.Start(context.Background()))
-	t.Cleanup(func() { _ = p.Stop(context.Background()) })
-	t.Cleanup(release) // runs before Stop, which waits for the held results
-	var ids []string
-	for range 6 {
-		ids = append(ids, f.submit(statemachine.SubmitParams{Type: "quick", MaxAttempts: 1}).ID)
-	}
+	p, release, waiting, ids := f.heldPool(2, 6, func(context.Context, *Job) error {
+		handled.Add(1)
+		return nil
+	})
 	// Two results wait with their slots freed, two slots wait to hand theirs
 	// over, and the other two jobs stay queued.
 	natstest.Eventually(t, 10*time.Second, func() bool {
@@ -417,16 +423,7 @@ func TestSlotsRunOnWhileResultsAreRecorded(t *testing.T) {
 // Stop returns only once every result whose handler returned is recorded.
 func TestStopWaitsForResultsBeingRecorded(t *testing.T) {
 	f := newFixture(t, true)
-	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"quick"}, Concurrency: 4, BackupPoll: 100 * time.Millisecond}, noop)
-	require.NoError(t, err)
-	release, waiting := holdResults(p)
-	require.NoError(t, p.Start(context.Background()))
-	t.Cleanup(func() { _ = p.Stop(context.Background()) })
-	t.Cleanup(release) // runs before Stop, which waits for the held results
-	var ids []string
-	for range 3 {
-		ids = append(ids, f.submit(statemachine.SubmitParams{Type: "quick", MaxAttempts: 1}).ID)
-	}
+	p, release, waiting, ids := f.heldPool(4, 3, noop)
 	natstest.Eventually(t, 10*time.Second, func() bool { return waiting.Load() == 3 }, "3 results waiting")
 	stopped := make(chan error, 1)
 	go func() { stopped <- p.Stop(context.Background()) }()
