@@ -132,11 +132,13 @@ type Pool struct {
 	reporting chan struct{}
 	// recordResult is report; tests hold results back through it.
 	recordResult func(ctx context.Context, held statemachine.Job, cause, err error)
-	wake         chan struct{}
-	freed        chan struct{}
-	subs         []*nats.Subscription
-	watch        jetstream.KeyWatcher
-	registry     jetstream.KeyValue
+	// follow is followJob; tests make it fail through it.
+	follow   func(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error
+	wake     chan struct{}
+	freed    chan struct{}
+	subs     []*nats.Subscription
+	watch    jetstream.KeyWatcher
+	registry jetstream.KeyValue
 }
 
 type poolQueue struct {
@@ -165,6 +167,7 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 		reporting: make(chan struct{}, cfg.Concurrency),
 		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1)}
 	p.recordResult = p.report
+	p.follow = p.followJob
 	return p, nil
 }
 
@@ -375,54 +378,77 @@ func (p *Pool) signal(ch chan struct{}) {
 }
 
 // acquireLoop fetches while there are free slots and work, then waits for a
-// wake-up, a freed slot or the backup poll.
+// wake-up, a freed slot, a recheck or the backup poll.
+//
+// While jobs run, a slot freed alone waits up to fetchGather for others
+// before the round trip of a fetch: jobs finish in bursts, and one fetch for
+// several slots costs what one for a single slot does. The wait is bounded,
+// so a slot freed beside long-running jobs still takes a job that waits.
 func (p *Pool) acquireLoop(ctx context.Context) {
 	backup := time.NewTimer(p.cfg.BackupPoll)
 	defer backup.Stop()
+	recheck := time.NewTimer(time.Hour)
+	recheck.Stop()
+	defer recheck.Stop()
+	gather := time.NewTimer(time.Hour)
+	gather.Stop()
+	defer gather.Stop()
+	gathering := false
+	// now: fetch with the slots there are, as after a wake-up.
+	now := true
 	for {
-		// Fetch for several slots at once when jobs are running: a fetch is a
-		// round trip, and jobs finish in bursts.
-		if p.free() == 0 || (p.busy.Load() > 0 && p.free() < p.fetchAtLeast()) {
-			select {
-			case <-ctx.Done():
-				return
-			case <-p.freed:
-				continue
-			case <-p.wake:
-				// New work while busy: take it with the slots there are.
-				if p.free() == 0 {
-					continue
-				}
+		free := p.free()
+		switch {
+		case free == 0:
+		case !now && p.busy.Load() > 0 && free < p.fetchAtLeast():
+			if !gathering {
+				gathering = true
+				gather.Reset(fetchGather)
 			}
-		}
-		got, again := p.fetchRound(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if got > 0 {
-			continue
-		}
-		var recheck <-chan time.Time
-		var timer *time.Timer
-		if again > 0 {
-			timer = time.NewTimer(again)
-			recheck = timer.C
+		default:
+			if gathering {
+				gathering = false
+				gather.Stop()
+			}
+			now = false
+			got, again := p.fetchRound(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			if got > 0 {
+				continue
+			}
+			if again > 0 {
+				recheck.Reset(again)
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-p.freed:
 		case <-p.wake:
-		case <-recheck:
+			now = true
+		case <-gather.C:
+			gathering, now = false, true
+		case <-recheck.C:
 			p.markRecheck()
+			now = true
 		case <-backup.C:
 			p.markAllHot()
 			backup.Reset(p.cfg.BackupPoll)
+			now = true
 		}
-		if timer != nil {
-			timer.Stop()
+		if p.free() == 0 {
+			// What woke the loop is in the hot set; the slots that free
+			// next gather as usual.
+			now = false
 		}
 	}
 }
+
+// fetchGather bounds how long a slot freed while jobs run waits for others
+// to free before it fetches.
+const fetchGather = time.Millisecond
 
 func (p *Pool) fetchAtLeast() int { return max(1, p.cfg.Concurrency/8) }
 
@@ -744,44 +770,7 @@ func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel c
 		}
 	}
 	beat()
-	lg := p.m.Log()
-	stream, err := p.js.Stream(ctx, lg.Stream())
-	var it jetstream.MessagesContext
-	if err == nil {
-		var cons jetstream.Consumer
-		cons, err = stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{lg.Subject(held.ID)}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-			OptStartSeq: held.Lease + 1,
-		})
-		if err == nil {
-			it, err = cons.Messages()
-		}
-	}
-	if err != nil {
-		if ctx.Err() == nil {
-			p.logger.Warn("watch job for cancels", zap.String("job", held.ID), zap.Error(err))
-		}
-	} else {
-		go func() {
-			<-ctx.Done()
-			it.Stop()
-		}()
-		go func() {
-			for {
-				m, err := it.Next()
-				if err != nil {
-					return
-				}
-				rec := events.RecordFromMsg(m.Headers(), m.Data(), 0)
-				switch rec.Type {
-				case events.TypeCancelRequested:
-					cancel(ErrCanceled)
-				case events.TypeAttemptFailed, events.TypeFailed, events.TypeCanceled, events.TypeSucceeded, events.TypeReleased:
-					cancel(ErrLeaseLost)
-				}
-			}
-		}()
-	}
+	go p.watchCancels(ctx, held, cancel)
 	tick := time.NewTicker(p.cfg.HeartbeatInterval)
 	defer tick.Stop()
 	for {
@@ -790,6 +779,74 @@ func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel c
 			return
 		case <-tick.C:
 			beat()
+		}
+	}
+}
+
+// Retries of a job's watch that could not be made or broke, from the first
+// pause to the longest.
+const (
+	watchRetryFirst = 50 * time.Millisecond
+	watchRetryMax   = 5 * time.Second
+)
+
+// watchCancels follows the attempt's job in the log, and cancels the handler
+// on a cancel request or the end of the attempt, until ctx ends. A watch that
+// cannot be made (the server is busy or restarting) or that breaks is made
+// again from the next event not seen: without it, a canceled job would run
+// on to its end.
+func (p *Pool) watchCancels(ctx context.Context, held statemachine.Job, cancel context.CancelCauseFunc) {
+	from := held.Lease + 1
+	pause := watchRetryFirst
+	for {
+		err := p.follow(ctx, held.ID, &from, cancel)
+		if ctx.Err() != nil {
+			return
+		}
+		p.logger.Warn("watch job for cancels; trying again", zap.String("job", held.ID), zap.Duration("in", pause), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, watchRetryMax)
+	}
+}
+
+// followJob reads the job's events from *from on, moving *from past each, and
+// returns when ctx ends (nil) or the watch fails.
+func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error {
+	lg := p.m.Log()
+	cons, err := p.js.OrderedConsumer(ctx, lg.Stream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{lg.Subject(jobID)}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq: *from,
+	})
+	if err != nil {
+		return fmt.Errorf("make watch: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("make watch: %w", err)
+	}
+	defer it.Stop()
+	stopOnEnd := context.AfterFunc(ctx, it.Stop)
+	defer stopOnEnd()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read watch: %w", err)
+		}
+		if meta, err := m.Metadata(); err == nil {
+			*from = meta.Sequence.Stream + 1
+		}
+		switch events.RecordFromMsg(m.Headers(), m.Data(), 0).Type {
+		case events.TypeCancelRequested:
+			cancel(ErrCanceled)
+		case events.TypeAttemptFailed, events.TypeFailed, events.TypeCanceled, events.TypeSucceeded, events.TypeReleased:
+			cancel(ErrLeaseLost)
 		}
 	}
 }

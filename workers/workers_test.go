@@ -744,3 +744,89 @@ func TestPoolStartsUnderAStormOfWakeUps(t *testing.T) {
 	j := f.submit(statemachine.SubmitParams{Type: "build"})
 	f.waitState(j.ID, statemachine.StateSucceeded)
 }
+
+// A slot freed while the other slots keep running long jobs takes a job that
+// waits in the queue, though no new job wakes the pool: a pool that fetches
+// for several slots at once must not leave one idle beside pending work.
+func TestFreedSlotTakesAWaitingJobWhileOthersRun(t *testing.T) {
+	f := newFixture(t, true)
+	const concurrency = 16 // fetches wait for 2 free slots while jobs run
+	for range concurrency + 1 {
+		f.submit(statemachine.SubmitParams{Type: "long"})
+	}
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == concurrency+1 }, "every job queued")
+	started := make(chan string, concurrency+1)
+	finish := make(chan struct{})
+	release := map[string]chan struct{}{}
+	var mu sync.Mutex
+	f.pool(PoolConfig{Types: []string{"long"}, Concurrency: concurrency, BackupPoll: time.Hour}, func(ctx context.Context, j *Job) error {
+		done := make(chan struct{})
+		mu.Lock()
+		release[j.ID] = done
+		mu.Unlock()
+		started <- j.ID
+		select {
+		case <-done:
+		case <-finish:
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	t.Cleanup(func() { close(finish) })
+	var first string
+	for i := range concurrency {
+		select {
+		case id := <-started:
+			if i == 0 {
+				first = id
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d slots started a job", i, concurrency)
+		}
+	}
+	mu.Lock()
+	close(release[first])
+	mu.Unlock()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting job did not start in the freed slot")
+	}
+}
+
+// A handler whose watch for cancels could not be made at first (its server
+// busy or restarting) still learns of a cancel: the watch is made again.
+func TestCancelReachesAHandlerWhoseWatchFailedAtFirst(t *testing.T) {
+	f := newFixture(t, true)
+	running := make(chan struct{})
+	causes := make(chan error, 1)
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"long"}, Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
+		close(running)
+		<-ctx.Done()
+		causes <- context.Cause(ctx)
+		return ctx.Err()
+	})
+	require.NoError(t, err)
+	var failures atomic.Int64
+	p.follow = func(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error {
+		if failures.Add(1) <= 2 {
+			return errors.New("no responders")
+		}
+		return p.followJob(ctx, jobID, from, cancel)
+	}
+	require.NoError(t, p.Start(context.Background()))
+	t.Cleanup(func() { _ = p.Stop(context.Background()) })
+
+	j := f.submit(statemachine.SubmitParams{Type: "long"})
+	<-running
+	natstest.Eventually(t, 5*time.Second, func() bool { return failures.Load() > 2 }, "the watch was made again")
+	_, err = f.m.Cancel(context.Background(), j.ID, "no longer needed")
+	require.NoError(t, err)
+	select {
+	case c := <-causes:
+		require.ErrorIs(t, c, ErrCanceled)
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler context not canceled within 5s")
+	}
+	f.waitState(j.ID, statemachine.StateCanceled)
+}
