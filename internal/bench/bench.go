@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/google/uuid"
 	"io"
 	"os"
 	"runtime"
@@ -255,7 +256,10 @@ func round(v float64) float64 {
 
 // Runner runs scenarios and prints figures as they come.
 type Runner struct {
-	cfg     Config
+	cfg Config
+	// run names this run's job types, so that on a shared server its
+	// workers take, and its bulk cancel touches, none but its own jobs.
+	run     string
 	out     io.Writer
 	logger  *zap.Logger
 	figures []Figure
@@ -269,7 +273,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	r := &Runner{cfg: cfg, out: out, logger: logging.OrNop(cfg.Logger, "bench"), ceiling: map[string]float64{}}
+	r := &Runner{cfg: cfg, run: uuid.NewString()[:8], out: out, logger: logging.OrNop(cfg.Logger, "bench"), ceiling: map[string]float64{}}
 	for _, s := range cfg.Scenarios {
 		if err := ctx.Err(); err != nil {
 			return r.figures, err
@@ -297,14 +301,20 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 		}
 		// The embedded server shares the process: this is server, clients
 		// and workers together.
-		r.add(Figure{Scenario: s, Metric: "peak_rss_mib", Value: peakRSS(), Unit: "MiB",
-			Note: "whole process: embedded server, projector, enqueuer, clients and workers"})
+		note := "whole process: embedded server, projector, enqueuer, clients and workers"
+		if cfg.NATSURL != "" {
+			note = "this process: projector, enqueuer, clients and workers; not the external server"
+		}
+		r.add(Figure{Scenario: s, Metric: "peak_rss_mib", Value: peakRSS(), Unit: "MiB", Note: note})
 	}
 	if !cfg.JSON {
 		r.table()
 	}
 	return r.figures, nil
 }
+
+// jobType is this run's job type for a scenario's jobs.
+func (r *Runner) jobType(scenario string) string { return "bench_" + scenario + "_" + r.run }
 
 func (r *Runner) progress(format string, args ...any) {
 	if r.cfg.Progress != nil {

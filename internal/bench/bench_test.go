@@ -158,7 +158,7 @@ func BenchmarkSubmit(b *testing.B) {
 		b.Run("fsync="+fsync, func(b *testing.B) {
 			s := benchServer(b, fsync)
 			b.ResetTimer()
-			err := submitAll(context.Background(), s.Machine, jobs(b.N, statemachine.SubmitParams{Type: "t"}), ProducersDefault, ModeOneAtATime)
+			err := submitAll(context.Background(), s.Machine, jobs(b.N, statemachine.SubmitParams{Type: "t"}), ProducersDefault, ModeOneAtATime, nil)
 			require.NoError(b, err)
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "submits/s")
 		})

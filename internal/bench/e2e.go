@@ -32,23 +32,33 @@ var e2eTargets = map[string]map[string]float64{
 // e2eCeiling: the raw append figure each submit mode is compared with.
 var e2eCeiling = map[string]string{ModeBatch: CeilingBatched, ModeOneAtATime: CeilingPipelined}
 
-// successCounter counts job.succeeded events as the log stores them: a job
-// is done when its success is durable, not when its handler returns.
+// successCounter counts the job.succeeded events of the run's own jobs as
+// the log stores them: a job is done when its success is durable, not when
+// its handler returns. It counts only the jobs it was told of (expect), so
+// that other jobs finishing on a shared server do not end a run early; a
+// success may be stored before its submit returns, so one seen first waits
+// for its expect.
 type successCounter struct {
-	n    atomic.Int64
-	sub  *nats.Subscription
-	want int64
-	done chan struct{}
-	once sync.Once
+	mu     sync.Mutex
+	want   int
+	done   int
+	wanted map[string]bool
+	early  map[string]bool
+	n      atomic.Int64
+	sub    *nats.Subscription
+	all    chan struct{}
 }
 
 var succeededMarker = []byte(`"type":"` + events.TypeSucceeded + `"`)
 
 func countSuccesses(s *server.Server, want int) (*successCounter, error) {
-	c := &successCounter{want: int64(want), done: make(chan struct{})}
+	c := &successCounter{want: want, wanted: map[string]bool{}, early: map[string]bool{}, all: make(chan struct{})}
 	sub, err := s.NC.Subscribe(s.Log.SubjectPrefix()+">", func(m *nats.Msg) {
-		if bytes.Contains(m.Data, succeededMarker) && c.n.Add(1) == c.want {
-			c.once.Do(func() { close(c.done) })
+		if !bytes.Contains(m.Data, succeededMarker) {
+			return
+		}
+		if id, ok := s.Log.JobIDFromSubject(m.Subject); ok {
+			c.succeeded(id)
 		}
 	})
 	if err != nil {
@@ -60,6 +70,37 @@ func countSuccesses(s *server.Server, want int) (*successCounter, error) {
 	return c, nil
 }
 
+func (c *successCounter) succeeded(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.wanted[id] {
+		c.early[id] = true
+		return
+	}
+	delete(c.wanted, id)
+	c.count()
+}
+
+// expect makes a submitted job one of those counted.
+func (c *successCounter) expect(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.early[id] {
+		c.wanted[id] = true
+		return
+	}
+	delete(c.early, id)
+	c.count()
+}
+
+func (c *successCounter) count() {
+	c.done++
+	c.n.Store(int64(c.done))
+	if c.done == c.want {
+		close(c.all)
+	}
+}
+
 // wait returns when every job succeeded, or fails when none succeeded for
 // the stall duration: a broken run fails in a minute, not in an hour.
 func (c *successCounter) wait(ctx context.Context, stall time.Duration) error {
@@ -69,7 +110,7 @@ func (c *successCounter) wait(ctx context.Context, stall time.Duration) error {
 	last, since := int64(-1), time.Now()
 	for {
 		select {
-		case <-c.done:
+		case <-c.all:
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
@@ -121,14 +162,19 @@ func jobs(n int, p statemachine.SubmitParams) []statemachine.SubmitParams {
 
 // submitAll submits the jobs one at a time from producers goroutines, or in
 // batches of SubmitBatch through SubmitMany, and returns when every submit
-// has returned.
-func submitAll(ctx context.Context, m *statemachine.Machine, params []statemachine.SubmitParams, producers int, mode string) error {
+// has returned. submitted, when set, is told each job's ID as its submit
+// returns.
+func submitAll(ctx context.Context, m *statemachine.Machine, params []statemachine.SubmitParams, producers int, mode string, submitted func(id string)) error {
+	if submitted == nil {
+		submitted = func(string) {}
+	}
 	if mode == ModeBatch {
 		for i := 0; i < len(params); i += SubmitBatch {
 			for _, res := range m.SubmitMany(ctx, params[i:min(i+SubmitBatch, len(params))]) {
 				if res.Err != nil {
 					return fmt.Errorf("submit many: %w", res.Err)
 				}
+				submitted(res.Job.ID)
 			}
 		}
 		return nil
@@ -145,10 +191,12 @@ func submitAll(ctx context.Context, m *statemachine.Machine, params []statemachi
 				if i >= len(params) || ctx.Err() != nil {
 					return
 				}
-				if _, _, err := m.Submit(ctx, params[i]); err != nil {
+				j, _, err := m.Submit(ctx, params[i])
+				if err != nil {
 					errs <- fmt.Errorf("submit: %w", err)
 					return
 				}
+				submitted(j.ID)
 			}
 		}()
 	}
@@ -171,7 +219,7 @@ func (r *Runner) throughput(ctx context.Context, s *server.Server, params []stat
 	}
 	defer stop()
 	start := time.Now()
-	if err := submitAll(ctx, s.Machine, params, r.cfg.Producers, mode); err != nil {
+	if err := submitAll(ctx, s.Machine, params, r.cfg.Producers, mode, counter.expect); err != nil {
 		return 0, err
 	}
 	if err := counter.wait(ctx, r.cfg.Stall); err != nil {
@@ -187,8 +235,8 @@ func (r *Runner) e2eScenario(ctx context.Context) error {
 		for _, mode := range []string{ModeBatch, ModeOneAtATime} {
 			r.progress("e2e, fsync %s, %d jobs submitted %s, %d workers", fsync, r.cfg.Jobs, mode, r.cfg.Workers)
 			err := r.withServer(ctx, fsync, server.Options{}, func(s *server.Server) error {
-				pools := []workers.PoolConfig{{Types: []string{"noop"}, Concurrency: r.cfg.Workers}}
-				rate, err := r.throughput(ctx, s, jobs(r.cfg.Jobs, statemachine.SubmitParams{Type: "noop"}), pools, mode)
+				pools := []workers.PoolConfig{{Types: []string{r.jobType("noop")}, Concurrency: r.cfg.Workers}}
+				rate, err := r.throughput(ctx, s, jobs(r.cfg.Jobs, statemachine.SubmitParams{Type: r.jobType("noop")}), pools, mode)
 				if err != nil {
 					return fmt.Errorf("%s, fsync %s: %w", mode, fsync, err)
 				}

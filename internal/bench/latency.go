@@ -104,13 +104,13 @@ func (r *Runner) startLatency(ctx context.Context, s *server.Server, fsync strin
 		started.stamp(j.ID, time.Now())
 		return nil
 	}
-	stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{"lat"}, Concurrency: r.cfg.Workers}}, handler)
+	stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{r.jobType("latency")}, Concurrency: r.cfg.Workers}}, handler)
 	if err != nil {
 		return err
 	}
 	defer stop()
 	// A first job creates the queue; then the workers wait, idle.
-	if _, _, err := s.Machine.Submit(ctx, statemachine.SubmitParams{Type: "lat"}); err != nil {
+	if _, _, err := s.Machine.Submit(ctx, statemachine.SubmitParams{Type: r.jobType("latency")}); err != nil {
 		return fmt.Errorf("submit: %w", err)
 	}
 	for started.count() == 0 {
@@ -142,7 +142,7 @@ func (r *Runner) startLatency(ctx context.Context, s *server.Server, fsync strin
 		go func(i int) {
 			defer wg.Done()
 			t0 := time.Now()
-			j, _, err := s.Machine.Submit(ctx, statemachine.SubmitParams{Type: "lat"})
+			j, _, err := s.Machine.Submit(ctx, statemachine.SubmitParams{Type: r.jobType("latency")})
 			t1 := time.Now()
 			results[i] = submitted{id: j.ID, returned: t1, took: t1.Sub(t0), err: err}
 		}(i)
@@ -197,13 +197,13 @@ func (r *Runner) cancelLatency(ctx context.Context, s *server.Server, fsync stri
 		stopped.stamp(j.ID, time.Now())
 		return context.Cause(ctx)
 	}
-	stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{"cancel"}, Concurrency: n}}, handler)
+	stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{r.jobType("cancel")}, Concurrency: n}}, handler)
 	if err != nil {
 		return err
 	}
 	defer stop()
 	var ids []string
-	for _, res := range s.Machine.SubmitMany(ctx, jobs(n, statemachine.SubmitParams{Type: "cancel"})) {
+	for _, res := range s.Machine.SubmitMany(ctx, jobs(n, statemachine.SubmitParams{Type: r.jobType("cancel")})) {
 		if res.Err != nil {
 			return fmt.Errorf("submit: %w", res.Err)
 		}
