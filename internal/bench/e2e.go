@@ -70,26 +70,21 @@ func countSuccesses(s *server.Server, want int) (*successCounter, error) {
 	return c, nil
 }
 
-func (c *successCounter) succeeded(id string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.wanted[id] {
-		c.early[id] = true
-		return
-	}
-	delete(c.wanted, id)
-	c.count()
-}
+func (c *successCounter) succeeded(id string) { c.meet(id, c.early, c.wanted) }
 
 // expect makes a submitted job one of those counted.
-func (c *successCounter) expect(id string) {
+func (c *successCounter) expect(id string) { c.meet(id, c.wanted, c.early) }
+
+// meet counts a job once both its success and its submit's return are
+// known: the first to come waits in its own map for the other.
+func (c *successCounter) meet(id string, mine, other map[string]bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.early[id] {
-		c.wanted[id] = true
+	if !other[id] {
+		mine[id] = true
 		return
 	}
-	delete(c.early, id)
+	delete(other, id)
 	c.count()
 }
 
