@@ -283,9 +283,11 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 	// stalled.
 	type item struct {
 		rec events.Record
-		// submitted and key are set for a job.submitted event.
+		// submitted, key and later are set for a job.submitted event;
+		// later: it runs at a time still to come, so it waits for a timer.
 		submitted events.Submitted
 		key       queueKey
+		later     bool
 	}
 	items := make([]item, 0, len(msgs))
 	var fresh []queueKey
@@ -310,8 +312,8 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 				continue
 			}
 			it.key = queueKey{Type: d.Type, Tagset: TagsetID(d.Tags), Prio: d.Priority, Tags: d.Tags}
-			scheduled := d.RunAt != nil && d.RunAt.After(rec.Time)
-			if !scheduled && !seen[it.key.name()] && !e.isKnown(it.key) {
+			it.later = d.RunAt != nil && d.RunAt.After(rec.Time)
+			if !it.later && !seen[it.key.name()] && !e.isKnown(it.key) {
 				seen[it.key.name()] = true
 				fresh = append(fresh, it.key)
 			}
@@ -329,7 +331,7 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 		switch rec.Type {
 		case events.TypeSubmitted:
 			d := it.submitted
-			if d.RunAt != nil && d.RunAt.After(rec.Time) {
+			if it.later {
 				f, err := e.armTimer(jobID, *d.RunAt, rec.Seq)
 				if err != nil {
 					return err
