@@ -122,6 +122,7 @@ type Pool struct {
 	cancel    context.CancelFunc
 	loopDone  chan struct{}
 	runningWG sync.WaitGroup
+	runners   *runners
 	// running cancels the handlers running, by lease: one job can have a
 	// handler still running after losing its lease and a new attempt here.
 	running map[uint64]context.CancelCauseFunc
@@ -220,6 +221,7 @@ func (p *Pool) Start(ctx context.Context) error {
 	p.started = true
 	p.cancel = cancel
 	p.loopDone = make(chan struct{})
+	p.runners = newRunners(loopCtx, runnerIdleDefault)
 	p.mu.Unlock()
 	go p.watchRegistry(loopCtx)
 	// Wake-ups sent while the connection was down are lost: after a
@@ -568,7 +570,7 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 			fetched++
 			p.busy.Add(1)
 			p.runningWG.Add(1)
-			go p.take(ctx, msg)
+			p.runners.run(func() { p.take(ctx, msg) })
 		}
 		got += fetched
 		if fetched == 0 && errors.Is(batch.Error(), nats.ErrNoResponders) {
