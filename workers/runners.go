@@ -15,9 +15,9 @@ const runnerIdleDefault = 10 * time.Second
 // several times over; a fresh goroutine per job paid those copies on every
 // job, about 4% of a busy pool's CPU.
 type runners struct {
-	ctx     context.Context
-	work    chan func()
-	idle    time.Duration
+	ctx  context.Context
+	work chan func()
+	idle time.Duration
 	// started counts the goroutines started, live those not ended yet:
 	// tests read them.
 	started, live atomic.Int64
