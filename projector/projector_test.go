@@ -540,6 +540,15 @@ func TestWatchSendsCurrentValuesThenEveryChangeInOrder(t *testing.T) {
 		seen = append(seen, string(v.State)+beat)
 	}
 	require.Equal(t, []string{"pending", "running", "running+beat", "succeeded"}, seen)
+
+	// A rebuild writes every view again, unchanged: none is sent again, and
+	// the next change is the next thing seen.
+	_, err = f.p.Rebuild(ctx)
+	require.NoError(t, err)
+	after, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "watched"})
+	require.NoError(t, err)
+	f.run(t)
+	require.Equal(t, after.ID, next().ID)
 	cancel()
 	for range ch {
 	}

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -151,17 +152,30 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	return Page{Views: views, Next: next}, nil
 }
 
+// watchSeenLimit bounds how many jobs a watch remembers the last sent view
+// of; past it, it forgets them all, and a view rewritten unchanged may be
+// sent once more.
+const watchSeenLimit = 100_000
+
 // Watch sends the current view of every matching job, then every change of
-// a matching job, in the order the views were written, until ctx ends; then
+// a matching job, in the order the views were written, until ctx ends or the
+// watch cannot go on (the connection closed; ctx is then still live); then
 // it closes the channel. A job that stops matching (for example a filter on
-// pending and the job starts) is simply not sent again. A consumer that
-// falls behind may miss intermediate versions of a view, never the last.
+// pending and the job starts) is simply not sent again. Events projected
+// together make one change, and a consumer that falls behind may miss
+// intermediate versions of a view, never the last. A view written again
+// unchanged (a rebuild) is not sent again.
 func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	w, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("watch jobs: %w", err)
 	}
 	out := make(chan View, 256)
+	type sent struct {
+		version uint64
+		beat    time.Time
+	}
+	seen := map[string]sent{}
 	go func() {
 		defer close(out)
 		defer func() { _ = w.Stop() }()
@@ -180,6 +194,17 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 				if err := json.Unmarshal(e.Value(), &v); err != nil || !f.Matches(v) {
 					continue
 				}
+				now := sent{version: v.Version}
+				if v.HeartbeatAt != nil {
+					now.beat = *v.HeartbeatAt
+				}
+				if last, ok := seen[v.ID]; ok && last.version >= now.version && !now.beat.After(last.beat) {
+					continue
+				}
+				if len(seen) >= watchSeenLimit {
+					clear(seen)
+				}
+				seen[v.ID] = now
 				select {
 				case out <- v:
 				case <-ctx.Done():

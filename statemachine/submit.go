@@ -11,6 +11,8 @@ import (
 const (
 	MaxPayloadDefault  = 1 << 20
 	MaxAttemptsDefault = 3
+	// MaxAttemptsLimit is the most attempts a job may be given.
+	MaxAttemptsLimit   = 1000
 	PriorityMin        = 0
 	PriorityMax        = 9
 	PriorityDefault    = 0
@@ -109,8 +111,8 @@ func (p *SubmitParams) validate(maxPayload int) error {
 	if p.Priority < PriorityMin || p.Priority > PriorityMax {
 		return fmt.Errorf("%w: priority %d, expected %d-%d", ErrInvalid, p.Priority, PriorityMin, PriorityMax)
 	}
-	if p.MaxAttempts < 0 || p.MaxAttempts > 1000 {
-		return fmt.Errorf("%w: max attempts %d, expected 1-1000", ErrInvalid, p.MaxAttempts)
+	if p.MaxAttempts < 0 || p.MaxAttempts > MaxAttemptsLimit {
+		return fmt.Errorf("%w: max attempts %d, expected 1-%d", ErrInvalid, p.MaxAttempts, MaxAttemptsLimit)
 	}
 	if p.MaxAttempts == 0 {
 		p.MaxAttempts = MaxAttemptsDefault

@@ -2,23 +2,31 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/jetjob/jetjob/projector"
 )
 
 func runCancel(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("cancel", "ID [--reason R] | --pending [--type T] [--tag k=v]... [--meta k=v]... [--meta-not k=v]... [--dry-run]", true)
+	fs := newFlags("cancel", "ID [--reason R] | --pending [--type T] [--tag k=v]... [--meta k=v]... [--meta-not k=v]... [--limit N] [--reason R] [--dry-run]", true)
 	reason := fs.String("reason", "", "why the job is canceled")
 	pending := fs.Bool("pending", false, "cancel every pending or scheduled job that matches the filters")
 	dryRun := fs.Bool("dry-run", false, "with --pending: list what would be canceled, change nothing")
-	filter, limit := filterFlags(fs)
-	*limit = 0
+	filter := filterFlags(fs, false, 0)
 	pos, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
+	var filters []string
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "type", "tag", "meta", "meta-not", "limit":
+			filters = append(filters, "--"+f.Name)
+		}
+	})
 	if *pending {
 		if len(pos) > 0 {
 			return usageErr("--pending cancels by filter; do not give a job ID")
@@ -27,13 +35,13 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if len(f.States) > 0 {
-			return usageErr("--pending selects pending and scheduled jobs; do not combine it with --state")
-		}
 		return bulkCancel(ctx, fs, f, *reason, *dryRun, out)
 	}
 	if *dryRun {
 		return usageErr("--dry-run needs --pending")
+	}
+	if len(filters) > 0 {
+		return usageErr("filters (%s) select jobs for --pending; a cancel by ID takes none", strings.Join(filters, ", "))
 	}
 	id, err := oneID(pos)
 	if err != nil {

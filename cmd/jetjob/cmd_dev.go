@@ -114,7 +114,8 @@ A demo worker (type demo, tags gpu=true,region=eu) is running 5 demo jobs:
 one fails its first attempt and is retried, one is scheduled %s ahead, and one
 (region=us) waits for a worker that never comes.
 
-In another terminal (JETJOB_SERVER defaults to nats://127.0.0.1:4222):
+In another terminal:
+  export JETJOB_SERVER=%s
   go build -o jetjob ./cmd/jetjob
   ./jetjob ls
   ./jetjob submit --type demo --tag region=eu --payload '{"steps":5}'
@@ -125,7 +126,7 @@ In another terminal (JETJOB_SERVER defaults to nats://127.0.0.1:4222):
   go test -race ./...
 
 Changes to demo jobs follow; Ctrl-C stops everything.
-`, s.URL, o.DataDir, in)
+`, s.URL, o.DataDir, in, s.URL)
 	for v := range changes {
 		fmt.Fprintf(out, "%s  %s  %-9s attempt %d/%d %s\n", v.UpdatedAt.Local().Format("15:04:05.000"), v.ID, v.State, v.Attempt, v.MaxAttempts, v.Error)
 	}

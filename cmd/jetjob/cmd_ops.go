@@ -99,6 +99,11 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	for _, s := range st {
+		if !s.Finished() {
+			return usageErr("--state %s: only finished jobs are purged, expected succeeded, failed or canceled", s)
+		}
+	}
 	c, err := dial(ctx, fs.server)
 	if err != nil {
 		return err

@@ -99,15 +99,22 @@ func printView(out io.Writer, v projector.View) error {
 	return tw.Flush()
 }
 
-func filterFlags(fs *flagSet) (func() (projector.Filter, error), *int) {
+// filterFlags adds the job filter flags: --state only when withStates, and
+// --limit only when limitDefault is 0 or more.
+func filterFlags(fs *flagSet, withStates bool, limitDefault int) func() (projector.Filter, error) {
 	var states strs
 	tags, meta, metaNot := labels{}, labels{}, labels{}
-	fs.Var(&states, "state", "only jobs in this state (repeatable: any of them)")
+	if withStates {
+		fs.Var(&states, "state", "only jobs in this state (repeatable: any of them)")
+	}
 	typ := fs.String("type", "", "only jobs of this type")
 	fs.Var(tags, "tag", "only jobs with this tag k=v (repeatable: all of them)")
 	fs.Var(meta, "meta", "only jobs with this metadata k=v (repeatable: all of them)")
 	fs.Var(metaNot, "meta-not", "only jobs whose metadata k is not v (repeatable)")
-	limit := fs.Int("limit", 100, "at most this many jobs; 0 means no limit")
+	limit := new(int)
+	if limitDefault >= 0 {
+		fs.IntVar(limit, "limit", limitDefault, "at most this many jobs; 0 means no limit")
+	}
 	return func() (projector.Filter, error) {
 		st, err := parseStates(states)
 		if err != nil {
@@ -117,12 +124,12 @@ func filterFlags(fs *flagSet) (func() (projector.Filter, error), *int) {
 			return projector.Filter{}, usageErr("--limit %d, expected 0 or more", *limit)
 		}
 		return projector.Filter{States: st, Type: *typ, Tags: tags, Meta: meta, MetaNot: metaNot, Limit: *limit}, nil
-	}, limit
+	}
 }
 
 func runList(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("ls", "[--state S]... [--type T] [--tag k=v]... [--meta k=v]... [--limit N]", true)
-	filter, _ := filterFlags(fs)
+	fs := newFlags("ls", "[--state S]... [--type T] [--tag k=v]... [--meta k=v]... [--meta-not k=v]... [--limit N]", true)
+	filter := filterFlags(fs, true, 100)
 	pos, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -163,8 +170,8 @@ func runList(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func runWatch(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("watch", "[--state S]... [--type T] [--tag k=v]... [--meta k=v]...", true)
-	filter, _ := filterFlags(fs)
+	fs := newFlags("watch", "[--state S]... [--type T] [--tag k=v]... [--meta k=v]... [--meta-not k=v]...", true)
+	filter := filterFlags(fs, true, -1)
 	pos, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -176,7 +183,6 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	f.Limit = 0
 	c, err := dial(ctx, fs.server)
 	if err != nil {
 		return err
@@ -199,6 +205,9 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+	}
+	if ctx.Err() == nil {
+		return fmt.Errorf("watch ended: lost the connection to the jetjob server at %s", fs.server)
 	}
 	return nil
 }

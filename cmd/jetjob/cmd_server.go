@@ -3,8 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/jetjob/jetjob/internal/server"
 	"io"
+	"net"
+	"os"
+	"strconv"
+
+	"github.com/jetjob/jetjob/internal/server"
 
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
@@ -39,8 +43,38 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 		if o.HangAfter == 0 || o.CancelGrace == 0 {
 			return usageErr("--hang-after and --cancel-grace must be positive")
 		}
+		if o.NATSURL == "" {
+			return checkEmbedded(o)
+		}
 		return nil
 	}
+}
+
+// checkEmbedded refuses, before anything starts, what the embedded server
+// would otherwise fail on only after its start-up timeout.
+func checkEmbedded(o *server.Options) error {
+	host, port, err := net.SplitHostPort(o.Listen)
+	if err != nil {
+		return usageErr("--listen %q, expected HOST:PORT such as 127.0.0.1:4222", o.Listen)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return usageErr("--listen %q: port %q, expected 0-65535", o.Listen, port)
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		if _, err := net.LookupHost(host); err != nil {
+			return usageErr("--listen %q: unknown host %q, expected an IP address or a resolvable name", o.Listen, host)
+		}
+	}
+	if err := os.MkdirAll(o.DataDir, 0o755); err != nil {
+		return usageErr("--data %s: cannot create the data directory: %v", o.DataDir, err)
+	}
+	probe, err := os.CreateTemp(o.DataDir, ".write-check-*")
+	if err != nil {
+		return usageErr("--data %s: cannot write in the data directory: %v", o.DataDir, err)
+	}
+	_ = probe.Close()
+	_ = os.Remove(probe.Name())
+	return nil
 }
 
 func runServer(ctx context.Context, args []string, out io.Writer) error {

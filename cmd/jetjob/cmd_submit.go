@@ -5,9 +5,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jetjob/jetjob/projector"
@@ -21,7 +24,7 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 	fs.Var(tags, "tag", "tag k=v the worker must have (repeatable)")
 	fs.Var(meta, "meta", "metadata k=v for filtering (repeatable)")
 	payload := fs.String("payload", "", "payload as JSON")
-	payloadFile := fs.String("payload-file", "", "read the payload from a file ('-' for stdin)")
+	payloadFile := fs.String("payload-file", "", "read the JSON payload from a file ('-' for stdin)")
 	priority := fs.Int("priority", statemachine.PriorityDefault, fmt.Sprintf("priority %d-%d, higher runs first", statemachine.PriorityMin, statemachine.PriorityMax))
 	maxAttempts := fs.Int("max-attempts", statemachine.MaxAttemptsDefault, "how many times the job may run")
 	runAt := fs.String("run-at", "", "run not before this RFC 3339 time")
@@ -37,15 +40,28 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 	if len(pos) > 0 {
 		return usageErr("unexpected argument %q", pos[0])
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var params []statemachine.SubmitParams
+	// lines[i] is the file line of params[i], for errors.
+	var lines []int
 	if *file != "" {
-		if *typ != "" || len(tags) > 0 || *payload != "" {
-			return usageErr("--file takes the jobs from the file; do not combine it with --type, --tag or --payload")
+		var perJob []string
+		fs.VisitAll(func(f *flag.Flag) {
+			if set[f.Name] && f.Name != "file" && f.Name != "server" && f.Name != "o" {
+				perJob = append(perJob, "--"+f.Name)
+			}
+		})
+		if len(perJob) > 0 {
+			return usageErr("--file takes every job's fields from the file; do not combine it with %s", strings.Join(perJob, ", "))
 		}
-		if params, err = readJobsFile(*file); err != nil {
+		if params, lines, err = readJobsFile(*file); err != nil {
 			return err
 		}
 	} else {
+		if set["max-attempts"] && *maxAttempts < 1 {
+			return usageErr("--max-attempts %d, expected 1-%d", *maxAttempts, statemachine.MaxAttemptsLimit)
+		}
 		if *typ == "" {
 			return usageErr("--type is required")
 		}
@@ -61,6 +77,9 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		case *payloadFile != "":
 			if p.Payload, err = readFileArg(*payloadFile); err != nil {
 				return err
+			}
+			if !json.Valid(p.Payload) {
+				return usageErr("--payload-file %s does not hold valid JSON", *payloadFile)
 			}
 		}
 		if p.RunAt, err = parseRunAt(*runAt, *delay); err != nil {
@@ -96,7 +115,7 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 	}
 	for i := range params {
 		if err := c.m.Validate(&params[i]); err != nil {
-			return fmt.Errorf("job on line %d: %w (nothing was submitted)", i+1, err)
+			return fmt.Errorf("job on line %d: %w (nothing was submitted)", lines[i], err)
 		}
 	}
 	results := c.m.SubmitMany(ctx, params)
@@ -105,7 +124,7 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 	for i, r := range results {
 		if r.Err != nil {
 			if firstErr == nil {
-				firstErr = fmt.Errorf("job on line %d: %w", i+1, r.Err)
+				firstErr = fmt.Errorf("job on line %d: %w", lines[i], r.Err)
 			}
 			continue
 		}
@@ -174,12 +193,13 @@ type jobLine struct {
 
 // readJobsFile reads every line before anything is submitted, so that a bad
 // line submits nothing.
-func readJobsFile(name string) ([]statemachine.SubmitParams, error) {
+func readJobsFile(name string) ([]statemachine.SubmitParams, []int, error) {
 	data, err := readFileArg(name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var out []statemachine.SubmitParams
+	var lines []int
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for n := 1; sc.Scan(); n++ {
@@ -191,10 +211,13 @@ func readJobsFile(name string) ([]statemachine.SubmitParams, error) {
 		dec := json.NewDecoder(bytes.NewReader(line))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&jl); err != nil {
-			return nil, usageErr("%s line %d: %v (expected a JSON object with type, tags, meta, payload, priority, max_attempts, run_at, delay, key)", name, n, err)
+			return nil, nil, usageErr("%s line %d: %v (expected a JSON object with type, tags, meta, payload, priority, max_attempts, run_at, delay, key)", name, n, err)
+		}
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			return nil, nil, usageErr("%s line %d: text after the job's JSON object, expected one object per line", name, n)
 		}
 		if jl.Type == "" {
-			return nil, usageErr("%s line %d: type is required", name, n)
+			return nil, nil, usageErr("%s line %d: type is required", name, n)
 		}
 		p := statemachine.SubmitParams{Type: jl.Type, Tags: jl.Tags, Meta: jl.Meta, Priority: jl.Priority,
 			MaxAttempts: jl.MaxAttempts, RunAt: jl.RunAt, Key: jl.Key}
@@ -202,17 +225,24 @@ func readJobsFile(name string) ([]statemachine.SubmitParams, error) {
 			p.Payload = jl.Payload
 		}
 		if jl.Delay != "" {
-			if p.RunAt, err = parseRunAt("", jl.Delay); err != nil {
-				return nil, usageErr("%s line %d: %v", name, n, err)
+			if jl.RunAt != nil {
+				return nil, nil, usageErr("%s line %d: give run_at or delay, not both", name, n)
 			}
+			d, err := time.ParseDuration(jl.Delay)
+			if err != nil || d < 0 {
+				return nil, nil, usageErr("%s line %d: delay %q, expected a duration such as 30s or 5m", name, n, jl.Delay)
+			}
+			t := time.Now().Add(d)
+			p.RunAt = &t
 		}
 		out = append(out, p)
+		lines = append(lines, n)
 	}
 	if err := sc.Err(); err != nil {
-		return nil, usageErr("%s: %v", name, err)
+		return nil, nil, usageErr("%s: %v", name, err)
 	}
 	if len(out) == 0 {
-		return nil, usageErr("%s holds no jobs", name)
+		return nil, nil, usageErr("%s holds no jobs", name)
 	}
-	return out, nil
+	return out, lines, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -277,6 +278,11 @@ func TestBadInputExitCodes(t *testing.T) {
 	big := strings.Repeat("x", 1<<20+10)
 	payloadFile := filepath.Join(t.TempDir(), "big.json")
 	require.NoError(t, os.WriteFile(payloadFile, []byte(`"`+big+`"`), 0o600))
+	file := func(content string) string {
+		name := filepath.Join(t.TempDir(), "f")
+		require.NoError(t, os.WriteFile(name, []byte(content), 0o600))
+		return name
+	}
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -294,9 +300,21 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"cancel", "01a20000-0000-7000-8000-000000000000"}, 3, "not found"},
 		{[]string{"get", "bad.id"}, 2, "invalid job ID"},
 		{[]string{"nosuchcommand"}, 2, "unknown command"},
+		{[]string{"submit", "--type", "t", "--bogus"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"submit", "--type", "t", "--max-attempts", "0"}, 2, "--max-attempts 0, expected 1-1000"},
+		{[]string{"submit", "--type", "t", "--payload-file", file(`{"half`)}, 2, "does not hold valid JSON"},
+		{[]string{"submit", "--file", file(`{"type":"a"}{"type":"b"}`)}, 2, "line 1: text after the job's JSON object"},
+		{[]string{"submit", "--file", file("{\"type\":\"a\"}\n{\"type\":\"a\"} junk\n")}, 2, "line 2: text after"},
+		{[]string{"submit", "--file", file(`{"type":"a"}`), "--priority", "3", "--key", "k"}, 2, "do not combine it with --key, --priority"},
+		{[]string{"submit", "--file", file(`{"type":"a","delay":"5x"}`)}, 2, `line 1: delay "5x", expected a duration`},
+		{[]string{"submit", "--file", file("{\"type\":\"a\"}\n\n\n{\"type\":\"a\",\"tags\":{\"a.b\":\"x\"}}\n")}, 2, "job on line 4"},
+		{[]string{"purge", "--older-than", "1h", "--state", "pending"}, 2, "only finished jobs are purged"},
+		{[]string{"cancel", "--type", "t", "01a20000-0000-7000-8000-000000000000"}, 2, "a cancel by ID takes none"},
+		{[]string{"watch", "--limit", "5"}, 2, "flag provided but not defined: -limit"},
 	} {
 		r := s.jetjob(tc.args...)
 		require.Equal(t, tc.code, r.code, "%v: %s", tc.args, r.stderr)
+		require.Empty(t, r.stdout, "%v prints nothing on stdout", tc.args)
 		require.Contains(t, r.stderr, tc.want, "%v", tc.args)
 		require.Equal(t, 1, strings.Count(strings.TrimSpace(r.stderr), "\n")+1, "one line for %v: %q", tc.args, r.stderr)
 	}
@@ -401,4 +419,39 @@ func TestWorkerRunsThroughAServerCrash(t *testing.T) {
 	for _, id := range queued {
 		waitView(t, s, id, func(v projector.View) bool { return v.State == "succeeded" }, "succeeded after the crash")
 	}
+}
+
+// TestWatchFailsWhenTheServerIsGone: a dashboard must tell a lost server
+// from a watch that was stopped.
+func TestWatchFailsWhenTheServerIsGone(t *testing.T) {
+	s := startServerProc(t)
+	id := s.jetjob("submit", "--type", "watched").ok(t)
+	cmd := exec.Command(binary, "watch", "--type", "watched")
+	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+s.url)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	// The watch is under way once it printed the current view.
+	line := make([]byte, 512)
+	n, err := stdout.Read(line)
+	require.NoError(t, err)
+	require.Contains(t, string(line[:n]), id)
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+
+	s.kill()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err = <-exited:
+	case <-time.After(60 * time.Second):
+		t.Fatal("watch still running a minute after its server was killed")
+	}
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee)
+	require.Equal(t, 1, ee.ExitCode(), "stderr: %s", errb.String())
+	require.Contains(t, errb.String(), "lost the connection")
+	require.Equal(t, 1, strings.Count(strings.TrimSpace(errb.String()), "\n")+1, "one line: %q", errb.String())
 }

@@ -77,8 +77,9 @@ func (s *strs) Set(v string) error { *s = append(*s, v); return nil }
 // flagSet builds a command's flags with the common client flags.
 type flagSet struct {
 	*flag.FlagSet
-	server string
-	output string
+	server    string
+	output    string
+	usageLine string
 }
 
 func newFlags(name, usageLine string, client bool) *flagSet {
@@ -92,13 +93,18 @@ func newFlags(name, usageLine string, client bool) *flagSet {
 		fs.StringVar(&fs.server, "server", def, "NATS URL of the jetjob server (env JETJOB_SERVER)")
 		fs.StringVar(&fs.output, "o", "text", "output format: text or json")
 	}
-	fs.Usage = func() {
-		fmt.Fprintf(os.Stdout, "usage: jetjob %s %s\n", name, usageLine)
-		fs.SetOutput(os.Stdout)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
+	fs.usageLine = usageLine
+	// Parse calls Usage on every error: a bad flag gets one error line,
+	// and the usage is printed only when asked for.
+	fs.Usage = func() {}
 	return fs
+}
+
+func (fs *flagSet) printUsage() {
+	fmt.Fprintf(os.Stdout, "usage: jetjob %s %s\n", fs.Name(), fs.usageLine)
+	fs.SetOutput(os.Stdout)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
 }
 
 // parse parses flags that may come before or after positional arguments;
@@ -115,7 +121,7 @@ func (fs *flagSet) parse(args []string) ([]string, error) {
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				fs.Usage()
+				fs.printUsage()
 				return nil, errHelp
 			}
 			return nil, usageErr("%v", err)
