@@ -35,6 +35,11 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if len(pos) == 0 {
 		return usageErr("no command given: jetjob worker --type T -- CMD [ARGS...]")
 	}
+	// A command that cannot run would fail every job it is given: refuse it
+	// before connecting or taking any job.
+	if err := workers.CheckCommand(pos); err != nil {
+		return usageErr("%v", err)
+	}
 	if len(types) == 0 {
 		return usageErr("--type is required")
 	}

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestWorkerRefusesACommandItCannotRun: `jetjob worker` with a command that
+// is missing or not executable exits 2 with one line on stderr, before it
+// connects: the server address is a closed port, and a worker that tried to
+// connect would exit 1 saying it cannot reach it.
+func TestWorkerRefusesACommandItCannotRun(t *testing.T) {
+	url := "nats://" + freeAddr(t)
+	dir := t.TempDir()
+	plain := filepath.Join(dir, "plain.txt")
+	require.NoError(t, os.WriteFile(plain, []byte("not a program\n"), 0o644))
+	for _, tc := range []struct {
+		command []string
+		want    string
+	}{
+		{[]string{"/nonexistent/cmd"}, `command "/nonexistent/cmd" does not exist`},
+		{[]string{"/nonexistent/cmd", "arg"}, `command "/nonexistent/cmd" does not exist`},
+		{[]string{"jetjob-no-such-command"}, `command "jetjob-no-such-command" is not on $PATH`},
+		{[]string{plain}, "is not executable"},
+		{[]string{dir}, "is a directory"},
+	} {
+		args := append([]string{"worker", "--server", url, "--type", "nx", "--"}, tc.command...)
+		r := runCLI(t, url, args...)
+		require.Equal(t, exitUsage, r.code, "%v: stderr %q", tc.command, r.stderr)
+		line := strings.TrimSuffix(r.stderr, "\n")
+		require.NotContains(t, line, "\n", "one line for %v", tc.command)
+		require.True(t, strings.HasPrefix(line, "jetjob worker: "), "%q", line)
+		require.Contains(t, line, tc.want)
+		require.Contains(t, line, "expected")
+		require.Empty(t, r.stdout)
+	}
+	// A command that can run passes the check and the worker goes on to
+	// connect, which fails on the closed port.
+	r := runCLI(t, url, "worker", "--server", url, "--type", "nx", "--", "sh", "-c", "true")
+	require.Equal(t, exitFailure, r.code, "stderr %q", r.stderr)
+	require.Contains(t, r.stderr, "cannot reach the jetjob server")
+}

@@ -1,0 +1,179 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+func TestCheckCommand(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "run.sh")
+	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\nexit 0\n"), 0o755))
+	plain := filepath.Join(dir, "plain.txt")
+	require.NoError(t, os.WriteFile(plain, []byte("not a program\n"), 0o644))
+	for _, tc := range []struct {
+		name    string
+		command []string
+		want    string // "" for no error
+	}{
+		{"name on PATH", []string{"sh", "-c", "true"}, ""},
+		{"executable path", []string{script}, ""},
+		{"no command", nil, "no command given"},
+		{"empty name", []string{""}, "no command given"},
+		{"missing path", []string{"/nonexistent/cmd"}, "does not exist"},
+		{"name not on PATH", []string{"jetjob-no-such-command"}, "is not on $PATH"},
+		{"not executable", []string{plain}, "is not executable"},
+		{"directory", []string{dir}, "is a directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := CheckCommand(tc.command)
+			if tc.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			require.Contains(t, err.Error(), tc.want)
+			require.Contains(t, err.Error(), "expected")
+			require.NotContains(t, err.Error(), "\n")
+		})
+	}
+}
+
+// startFailures wraps ExecHandler and keeps what it returned per attempt;
+// after is called once the attempt's handler has returned.
+type startFailures struct {
+	mu   sync.Mutex
+	errs map[int]error
+}
+
+func (s *startFailures) handler(cfg ExecConfig, after func(*Job)) Handler {
+	h := ExecHandler(cfg)
+	s.errs = map[int]error{}
+	return func(ctx context.Context, j *Job) error {
+		err := h(ctx, j)
+		s.mu.Lock()
+		s.errs[j.Attempt] = err
+		s.mu.Unlock()
+		if after != nil {
+			after(j)
+		}
+		return err
+	}
+}
+
+func (s *startFailures) requireStartError(t *testing.T, attempt int) {
+	t.Helper()
+	s.mu.Lock()
+	err, ok := s.errs[attempt]
+	s.mu.Unlock()
+	require.True(t, ok, "attempt %d ran", attempt)
+	var coded *CodedError
+	require.ErrorAs(t, err, &coded, "attempt %d", attempt)
+	require.Equal(t, ErrorCodeStart, coded.Code)
+	var noRetry *NoRetryError
+	require.False(t, errors.As(err, &noRetry), "a start failure must not be NoRetry: %v", err)
+}
+
+// TestExecStartFailureIsRetried: a command that cannot be started fails the
+// attempt with the start code, and the job is retried until its attempts are
+// used up, then fails.
+func TestExecStartFailureIsRetried(t *testing.T) {
+	f := newFixture(t, true)
+	missing := filepath.Join(t.TempDir(), "gone", "cmd")
+	var sf startFailures
+	f.pool(PoolConfig{Types: []string{"nx"}}, sf.handler(ExecConfig{Command: []string{missing}}, nil))
+	j := f.submit(statemachine.SubmitParams{Type: "nx", MaxAttempts: 3,
+		Backoff: statemachine.BackoffConfig{Base: 20 * time.Millisecond, Cap: 50 * time.Millisecond}})
+	done := f.waitState(j.ID, statemachine.StateFailed)
+	require.Equal(t, 3, done.Attempt)
+	require.Equal(t, ErrorCodeStart, done.ErrorCode)
+	require.Contains(t, done.Error, "start command")
+	require.Contains(t, done.Error, missing)
+	require.Len(t, done.Errors, 3)
+	for i, e := range done.Errors {
+		require.Equal(t, i+1, e.Attempt)
+		require.Equal(t, ErrorCodeStart, e.Code, "attempt %d", e.Attempt)
+		sf.requireStartError(t, e.Attempt)
+	}
+	// Two retried attempts, then the final failure.
+	types := f.types(j.ID)
+	require.Equal(t, 2, count(types, events.TypeAttemptFailed), "%v", types)
+	require.Equal(t, 1, count(types, events.TypeFailed), "%v", types)
+	require.Equal(t, events.TypeFailed, types[len(types)-1])
+	logs, err := AttachLogs(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		lines, err := logs.Read(context.Background(), j.ID)
+		if err != nil || len(lines) != 3 {
+			return false
+		}
+		for _, l := range lines {
+			if l.Stream != StreamSystem || !strings.Contains(l.Line, "cannot start") {
+				return false
+			}
+		}
+		return true
+	}, "one 'cannot start' log line per attempt")
+}
+
+// TestExecStartFailureThenSuccess: a command that is missing on the first
+// attempt (being redeployed, say) and back by the second runs then: the
+// job succeeds on attempt 2.
+func TestExecStartFailureThenSuccess(t *testing.T) {
+	f := newFixture(t, true)
+	script := filepath.Join(t.TempDir(), "run.sh")
+	var sf startFailures
+	h := sf.handler(ExecConfig{Command: []string{script}}, func(j *Job) {
+		if j.Attempt != 1 {
+			return
+		}
+		// On the handler's goroutine: t.Errorf, not require.
+		if err := os.WriteFile(script, []byte("#!/bin/sh\necho ran attempt $JETJOB_ATTEMPT\n"), 0o755); err != nil {
+			t.Errorf("write the command: %v", err)
+		}
+	})
+	f.pool(PoolConfig{Types: []string{"redeploy"}}, h)
+	j := f.submit(statemachine.SubmitParams{Type: "redeploy", MaxAttempts: 2,
+		Backoff: statemachine.BackoffConfig{Base: 20 * time.Millisecond, Cap: 50 * time.Millisecond}})
+	done := f.waitState(j.ID, statemachine.StateSucceeded)
+	require.Equal(t, 2, done.Attempt)
+	require.Len(t, done.Errors, 1)
+	require.Equal(t, ErrorCodeStart, done.Errors[0].Code)
+	sf.requireStartError(t, 1)
+	logs, err := AttachLogs(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		lines, err := logs.Read(context.Background(), j.ID)
+		if err != nil {
+			return false
+		}
+		for _, l := range lines {
+			if l.Stream == StreamStdout && l.Line == "ran attempt 2" {
+				return true
+			}
+		}
+		return false
+	}, "the command ran on attempt 2")
+}
+
+func count(ss []string, s string) int {
+	n := 0
+	for _, x := range ss {
+		if x == s {
+			n++
+		}
+	}
+	return n
+}
