@@ -140,6 +140,10 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func runAdmin(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprintln(out, "usage: jetjob admin rebuild   # drop every job view and rebuild it from the event log")
+		return errHelp
+	}
 	if len(args) == 0 || args[0] != "rebuild" {
 		return usageErr("expected 'jetjob admin rebuild'")
 	}
@@ -172,6 +176,7 @@ func runAdmin(ctx context.Context, args []string, out io.Writer) error {
 	if fs.json() {
 		return writeJSON(out, stats)
 	}
-	_, err = fmt.Fprintf(out, "rebuilt the job views from the event log in %s: %+v\n", time.Since(start).Round(time.Millisecond), stats)
+	_, err = fmt.Fprintf(out, "rebuilt %d job views from %d events of the log in %s (%.0f events/s)\n",
+		stats.Jobs, stats.Events, time.Since(start).Round(time.Millisecond), stats.EventsPerSec)
 	return err
 }

@@ -90,11 +90,29 @@ func printView(out io.Writer, v projector.View) error {
 	if v.WorkerID != "" {
 		row("worker", v.WorkerID)
 	}
+	if v.Key != "" {
+		row("key", v.Key)
+	}
+	if v.RunAt != nil {
+		row("run at", v.RunAt.Format(time.RFC3339))
+	}
 	if v.Error != "" {
 		row("error", fmt.Sprintf("%s (%s)", v.Error, v.ErrorCode))
 	}
+	for _, e := range v.Errors {
+		row(fmt.Sprintf("attempt %d", e.Attempt), fmt.Sprintf("%s: %s (%s)", e.At.Format(time.RFC3339), e.Error, e.Code))
+	}
+	if v.CancelReason != "" {
+		row("cancel reason", v.CancelReason)
+	}
 	row("created", v.CreatedAt.Format(time.RFC3339))
+	if v.StartedAt != nil {
+		row("started", v.StartedAt.Format(time.RFC3339))
+	}
 	row("updated", v.UpdatedAt.Format(time.RFC3339))
+	if v.CompletedAt != nil {
+		row("completed", v.CompletedAt.Format(time.RFC3339))
+	}
 	row("version", v.Version)
 	return tw.Flush()
 }

@@ -103,9 +103,14 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 	}
 	defer c.close()
 	if len(params) == 1 && *file == "" {
-		job, _, err := c.m.Submit(ctx, params[0])
+		job, existed, err := c.m.Submit(ctx, params[0])
 		if err != nil {
 			return err
+		}
+		if existed {
+			// The ID alone on stdout, as for a new job, so scripts work
+			// either way; the difference is said where people look.
+			fmt.Fprintf(os.Stderr, "jetjob submit: key %q already names job %s (%s); nothing was submitted\n", job.Key, job.ID, job.State)
 		}
 		if fs.json() {
 			return writeJSON(out, projector.ViewOf(job, nil))

@@ -421,6 +421,17 @@ func TestWorkerRunsThroughAServerCrash(t *testing.T) {
 	}
 }
 
+func TestSubmitWithAKeyAlreadyUsedSaysSo(t *testing.T) {
+	s := startServerProc(t)
+	first := s.jetjob("submit", "--type", "t", "--key", "k1")
+	id := first.ok(t)
+	require.Empty(t, first.stderr)
+	again := s.jetjob("submit", "--type", "t", "--key", "k1")
+	require.Equal(t, id, again.ok(t))
+	require.Contains(t, again.stderr, "already names job "+id)
+	require.Contains(t, again.stderr, "nothing was submitted")
+}
+
 // TestWatchFailsWhenTheServerIsGone: a dashboard must tell a lost server
 // from a watch that was stopped.
 func TestWatchFailsWhenTheServerIsGone(t *testing.T) {
