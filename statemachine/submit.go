@@ -1,6 +1,7 @@
 package statemachine
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
@@ -119,6 +120,10 @@ func (p *SubmitParams) validate(maxPayload int) error {
 	}
 	if p.Backoff.Base < 0 || p.Backoff.Cap < 0 {
 		return fmt.Errorf("%w: negative backoff", ErrInvalid)
+	}
+	base, limit := cmp.Or(p.Backoff.Base, BackoffBaseDefault), cmp.Or(p.Backoff.Cap, BackoffCapDefault)
+	if base > limit {
+		return fmt.Errorf("%w: backoff base %s is above its cap %s, expected base <= cap", ErrInvalid, base, limit)
 	}
 	if p.Key != "" && len(p.Key) > 256 {
 		return fmt.Errorf("%w: idempotency key is %d bytes, expected at most 256", ErrInvalid, len(p.Key))

@@ -89,7 +89,11 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if err := pool.Start(ctx); err != nil {
 		return err
 	}
-	logger.Info(fmt.Sprintf("worker serving %v with tags %s, running %v; Ctrl-C stops it", []string(types), tags.String(), pos))
+	tagText := "no tags"
+	if len(tags) > 0 {
+		tagText = "tags " + tags.String()
+	}
+	logger.Info(fmt.Sprintf("worker serving %v with %s, running %v; Ctrl-C stops it", []string(types), tagText, pos))
 	<-ctx.Done()
 	stopCtx, cancel := context.WithTimeout(context.Background(), g+5*time.Second)
 	defer cancel()
