@@ -97,7 +97,8 @@ func NewDetector(ctx context.Context, reader *projector.Reader, m *statemachine.
 		logger: logging.OrNop(cfg.Logger, "detector")}, nil
 }
 
-// Start runs passes in the background while this server leads. Safe to call twice.
+// Start runs passes in the background while this server leads, until Stop;
+// ctx is not used past the call. Safe to call twice.
 func (d *Detector) Start(ctx context.Context) error {
 	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context) error {
 		_, err := d.runOnce(ctx)

@@ -150,6 +150,26 @@ func TestTwoDetectorsFailAHungJobOnce(t *testing.T) {
 	}, "second hung job failed after failover")
 }
 
+// The Start context bounds only the call: a detector started with one that
+// ends goes on detecting until Stop.
+func TestDetectorOutlivesItsStartContext(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	d := f.detector("s1", func() time.Time { return time.Now().Add(time.Hour) })
+	startCtx, cancel := context.WithCancel(ctx)
+	require.NoError(t, d.Start(startCtx))
+	t.Cleanup(d.Stop)
+	cancel()
+	j := f.submit(statemachine.SubmitParams{Type: "t", MaxAttempts: 1})
+	held, err := f.m.Acquire(ctx, j.ID, "w")
+	require.NoError(t, err)
+	f.projected(held)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		cur, err := f.m.Load(ctx, j.ID)
+		return err == nil && cur.State == statemachine.StateFailed
+	}, "hung job failed after the start context ended")
+}
+
 func TestDetectorTerminatesUnacknowledgedCancels(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)

@@ -141,7 +141,8 @@ func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time) (boo
 	return true, nil
 }
 
-// Start runs passes in the background while this server leads. Safe to call twice.
+// Start runs passes in the background while this server leads, until Stop;
+// ctx is not used past the call. Safe to call twice.
 func (p *Purger) Start(ctx context.Context) error {
 	p.svc.start(ctx, p.leader, p.cfg.Every, p.logger, func(ctx context.Context) error {
 		_, err := p.runOnce(ctx)

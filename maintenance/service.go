@@ -24,7 +24,10 @@ func (s *ledService) start(ctx context.Context, leader *Leadership, every time.D
 	if s.cancel != nil {
 		return
 	}
-	ctx, s.cancel = context.WithCancel(ctx)
+	// Runs until stop, as the projector, enqueuer and pools do: a Start
+	// context that ends (a timeout on the setup) must not silently turn
+	// hang detection or purging off.
+	ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.done = make(chan struct{})
 	go func() {
 		defer close(s.done)

@@ -627,12 +627,20 @@ func (p *Pool) take(ctx context.Context, msg jetstream.Msg) {
 	}()
 	subject := msg.Subject()
 	jobID := subject[strings.LastIndexByte(subject, '.')+1:]
+	// The acquire does not end with the pool's loop: an append handed to
+	// the log is committed whether its caller still waits or not, and a job
+	// acquired for a caller that gave up stayed running, never run, until
+	// the hang detector failed it. Once acquired, a stopping pool hands the
+	// job back (run).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), acquireTimeout)
+	defer cancel()
 	var held statemachine.Job
 	var snapshot statemachine.Job
 	var err error
 	if json.Unmarshal(msg.Data(), &snapshot) == nil && snapshot.ID == jobID && snapshot.Version > 0 {
 		held, err = p.m.AcquireFrom(ctx, snapshot, p.cfg.WorkerID)
 	} else {
+		snapshot = statemachine.Job{}
 		held, err = p.m.Acquire(ctx, jobID, p.cfg.WorkerID)
 	}
 	if err != nil {
@@ -642,12 +650,36 @@ func (p *Pool) take(ctx context.Context, msg jetstream.Msg) {
 			_ = msg.Ack()
 			return
 		}
-		p.logger.Warn("acquire", zap.String("job", jobID), zap.Error(err))
-		_ = msg.NakWithDelay(time.Second)
-		return
+		mine, ok := p.acquiredAnyway(jobID, snapshot.Version)
+		if !ok {
+			p.logger.Warn("acquire", zap.String("job", jobID), zap.Error(err))
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+		held = mine
 	}
 	_ = msg.Ack()
 	p.run(held, slot)
+}
+
+// acquireTimeout bounds an acquire, and the read that follows one whose
+// outcome is unknown.
+const acquireTimeout = 30 * time.Second
+
+// acquiredAnyway reads a job whose acquire failed without an answer (a
+// timeout, a lost connection): the append may have been committed all the
+// same, and then the job is this pool's to run or hand back.
+func (p *Pool) acquiredAnyway(jobID string, after uint64) (statemachine.Job, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), acquireTimeout)
+	defer cancel()
+	job, err := p.m.Load(ctx, jobID)
+	if err != nil || job.State != statemachine.StateRunning || job.WorkerID != p.cfg.WorkerID || job.Lease <= after {
+		return statemachine.Job{}, false
+	}
+	p.mu.Lock()
+	_, running := p.running[job.Lease]
+	p.mu.Unlock()
+	return job, !running
 }
 
 // slot is one of the pool's Concurrency places to run a handler, held from
@@ -672,11 +704,21 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	p.mu.Lock()
-	p.running[held.Lease] = cancel
 	stopping := p.stopping
+	if !stopping {
+		p.running[held.Lease] = cancel
+	}
 	p.mu.Unlock()
 	if stopping {
-		cancel(ErrShutdown)
+		// Acquired as the pool stopped: handed back without running, and
+		// without using up an attempt.
+		slot.free()
+		rctx, rcancel := context.WithTimeout(context.Background(), acquireTimeout)
+		defer rcancel()
+		if _, err := p.m.Release(rctx, held, "worker shutting down"); err != nil {
+			p.logger.Warn("hand back a job acquired while stopping", zap.String("job", held.ID), zap.Error(err))
+		}
+		return
 	}
 	job := &Job{ID: held.ID, Type: held.Type, Tags: held.Tags, Meta: held.Meta, Payload: held.Payload,
 		Attempt: held.Attempt, Lease: held.Lease, WorkerID: p.cfg.WorkerID, held: held, logs: p.logs}
@@ -722,10 +764,12 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 		return
 	case errors.Is(cause, ErrCanceled):
 		_, rerr = p.m.AcknowledgeCancel(ctx, held)
+	case err == nil:
+		// Also after a shutdown cancel: the handler finished the work, and
+		// handing the job back would run it twice.
+		_, rerr = p.m.Succeed(ctx, held, nil)
 	case errors.Is(cause, ErrShutdown):
 		_, rerr = p.m.Release(ctx, held, "worker shutting down")
-	case err == nil:
-		_, rerr = p.m.Succeed(ctx, held, nil)
 	default:
 		fp := statemachine.FailParams{Error: err.Error()}
 		var noRetry *NoRetryError

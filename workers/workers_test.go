@@ -367,6 +367,70 @@ func TestStopReleasesJobsPastTheGrace(t *testing.T) {
 	require.Equal(t, 1, done.Attempt)
 }
 
+// A handler that finishes its work after the shutdown grace, ignoring its
+// context, succeeded: handing the job back would run it a second time.
+func TestStopRecordsASuccessThatCameAfterTheGrace(t *testing.T) {
+	f := newFixture(t, true)
+	running, finish := make(chan struct{}, 1), make(chan struct{})
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"stubborn"}, ShutdownGrace: 50 * time.Millisecond}, func(ctx context.Context, j *Job) error {
+		running <- struct{}{}
+		<-ctx.Done()
+		<-finish // the work goes on past the cancel
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, p.Start(context.Background()))
+	j := f.submit(statemachine.SubmitParams{Type: "stubborn"})
+	<-running
+	stopped := make(chan error, 1)
+	go func() { stopped <- p.Stop(context.Background()) }()
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.running) == 1 && p.stopping
+	}, "stopping")
+	close(finish)
+	require.NoError(t, <-stopped)
+	done := f.waitState(j.ID, statemachine.StateSucceeded)
+	require.Equal(t, 1, done.Attempt)
+}
+
+// A pool stopped while it acquires leaves no job running that it never ran:
+// each job it took is run, or handed back unrun.
+func TestStopWhileAcquiringLeavesNoJobRunningUnrun(t *testing.T) {
+	f := newFixture(t, true)
+	var ids []string
+	for range 400 {
+		ids = append(ids, f.submit(statemachine.SubmitParams{Type: "churn", MaxAttempts: 1}).ID)
+	}
+	var ran sync.Map
+	for round := 0; round < 6; round++ {
+		var n atomic.Int64
+		p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"churn"}, Concurrency: 64}, func(_ context.Context, j *Job) error {
+			ran.Store(j.ID, true)
+			n.Add(1)
+			return nil
+		})
+		require.NoError(t, err)
+		require.NoError(t, p.Start(context.Background()))
+		natstest.Eventually(t, 10*time.Second, func() bool { return n.Load() >= 20 }, "20 jobs run")
+		require.NoError(t, p.Stop(context.Background()))
+	}
+	for _, id := range ids {
+		j, err := f.m.Load(context.Background(), id)
+		require.NoError(t, err)
+		_, didRun := ran.Load(id)
+		switch j.State {
+		case statemachine.StateSucceeded:
+			require.True(t, didRun, "job %s succeeded without running", id)
+		case statemachine.StatePending:
+			require.Equal(t, 0, j.Attempt, "job %s", id)
+		default:
+			t.Fatalf("job %s is %s after every pool stopped (ran: %v)", id, j.State, didRun)
+		}
+	}
+}
+
 // holdResults makes the pool's results wait for release before they are
 // recorded, and counts how many are waiting.
 func holdResults(p *Pool) (release func(), waiting *atomic.Int64) {

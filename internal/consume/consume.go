@@ -24,7 +24,14 @@ const retryPause = 200 * time.Millisecond
 // decides what to do when it returns with ctx still live.
 func Loop(ctx context.Context, cons jetstream.Consumer, max int, logger *zap.Logger, process Process) {
 	msgs := make(chan jetstream.Msg, max*2)
-	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m }, jetstream.PullMaxMessages(max*2),
+	stopped := make(chan struct{})
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-stopped:
+			_ = m.Nak()
+		}
+	}, jetstream.PullMaxMessages(max*2),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if ctx.Err() == nil {
 				logger.Debug("consume", zap.Error(err))
@@ -34,7 +41,27 @@ func Loop(ctx context.Context, cons jetstream.Consumer, max int, logger *zap.Log
 		logger.Error("start consuming", zap.Error(err))
 		return
 	}
-	defer cc.Stop()
+	// Messages received but not processed are handed back at once: left
+	// unacknowledged, they would wait AckWait (30 s) before another server,
+	// or this one restarted, got them.
+	defer func() {
+		close(stopped)
+		// Drain, unlike Stop, still hands the messages buffered in the
+		// client to the callback, which now gives them back.
+		cc.Drain()
+		select {
+		case <-cc.Closed():
+		case <-time.After(5 * time.Second):
+		}
+		for {
+			select {
+			case m := <-msgs:
+				_ = m.Nak()
+			default:
+				return
+			}
+		}
+	}()
 	for {
 		var batch []jetstream.Msg
 		select {
