@@ -18,7 +18,28 @@ var (
 	ErrUnknownType = errors.New("unknown event type")
 	// ErrClosed: the log was closed.
 	ErrClosed = errors.New("event log closed")
+	// ErrOutcomeUnknown: an append was sent but its answer never came (the
+	// caller's context ended, or acks were lost): it may have been stored.
+	ErrOutcomeUnknown = errors.New("outcome unknown: the append may have been stored")
 )
+
+// OutcomeUnknownError names the job whose append may have been stored; read
+// the job to know. It matches ErrOutcomeUnknown and unwraps to its cause
+// (context.Canceled, context.DeadlineExceeded, a timeout).
+type OutcomeUnknownError struct {
+	JobID string
+	Cause error
+}
+
+func (e *OutcomeUnknownError) Error() string {
+	return fmt.Sprintf("append to job %s: %v; the append may have been stored: read the job to know", e.JobID, e.Cause)
+}
+
+// Is makes errors.Is(err, ErrOutcomeUnknown) true.
+func (e *OutcomeUnknownError) Is(target error) bool { return target == ErrOutcomeUnknown }
+
+// Unwrap returns the cause.
+func (e *OutcomeUnknownError) Unwrap() error { return e.Cause }
 
 // ConflictError says which sequence the writer expected and which one the
 // job's history had.

@@ -264,7 +264,7 @@ func (l *Log) Append(ctx context.Context, ev Event, expectedSeq uint64) (uint64,
 		return r.seq, r.err
 	case <-ctx.Done():
 		// The flusher still completes the request; the caller stops waiting.
-		return 0, fmt.Errorf("append to job %s: %w", ev.JobID, ctx.Err())
+		return 0, &OutcomeUnknownError{JobID: ev.JobID, Cause: ctx.Err()}
 	case <-l.closed:
 		// Every flusher has answered what it took; a request queued after
 		// the last drain was never published.
@@ -317,13 +317,17 @@ func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 			}
 			return 0, &ConflictError{JobID: r.ev.JobID, Expected: r.expected}
 		}
-		if !isLostAck(err) || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			// The message may have gone out before the caller gave up.
+			return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: err}
+		}
+		if !isLostAck(err) {
 			return 0, fmt.Errorf("append to job %s: %w", r.ev.JobID, err)
 		}
 		l.logger.Debug("append ack lost, resending", zap.String("job", r.ev.JobID), zap.Error(err))
 		lastErr = err
 	}
-	return 0, fmt.Errorf("append to job %s: no ack after %d tries: %w", r.ev.JobID, l.cfg.PublishRetries, lastErr)
+	return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: fmt.Errorf("no ack after %d tries: %w", l.cfg.PublishRetries, lastErr)}
 }
 
 func isWrongLastSeq(err error) bool {

@@ -279,6 +279,44 @@ func TestAppendAfterCloseAndWithDoneContext(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrClosed)
 }
 
+// An append whose caller gives up while it is in flight may be stored: its
+// error says so and names the job, and no append that failed otherwise is
+// stored.
+func TestAppendsCutShortReportAnUnknownOutcome(t *testing.T) {
+	l, _ := openLog(t, events.Config{})
+	const n = 400
+	errs := make([]error, n)
+	ids := make([]string, n)
+	for round := 0; round < 10; round++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(round+1)*200*time.Microsecond)
+		var wg sync.WaitGroup
+		for i := range n {
+			ids[i] = fmt.Sprintf("cut%d-%d", round, i)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = l.Append(ctx, mustEvent(t, ids[i], events.TypeSubmitted), 0)
+			}()
+		}
+		wg.Wait()
+		cancel()
+		for i := range n {
+			_, lerr := l.Load(context.Background(), ids[i])
+			stored := lerr == nil
+			var unknown *events.OutcomeUnknownError
+			switch {
+			case errs[i] == nil:
+				require.True(t, stored, "acknowledged append of %s not stored", ids[i])
+			case errors.As(errs[i], &unknown):
+				require.Equal(t, ids[i], unknown.JobID)
+				require.ErrorIs(t, errs[i], context.DeadlineExceeded)
+			default:
+				require.False(t, stored, "append of %s failed (%v) yet is stored", ids[i], errs[i])
+			}
+		}
+	}
+}
+
 func TestSubjects(t *testing.T) {
 	l, _ := openLog(t, events.Config{})
 	require.Equal(t, events.StreamDefault, l.Stream())

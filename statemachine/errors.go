@@ -17,6 +17,11 @@ var (
 	// ErrLeaseLost: a worker reported for an attempt that is no longer the
 	// job's current one (the job was canceled, declared dead or retried).
 	ErrLeaseLost = errors.New("lease lost: the job is no longer held by this attempt")
+	// ErrOutcomeUnknown: the command's event was sent but its answer never
+	// came (the context ended): it may have been stored. Matches
+	// events.ErrOutcomeUnknown; errors.As with *events.OutcomeUnknownError
+	// gives the job's ID, to read it.
+	ErrOutcomeUnknown = events.ErrOutcomeUnknown
 	// ErrInvalid: a command's input is invalid.
 	ErrInvalid = errors.New("invalid input")
 	// ErrPayloadTooLarge: a payload over the configured limit; matches ErrInvalid.

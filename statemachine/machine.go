@@ -151,7 +151,10 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 }
 
 // Submit appends a new job. With an idempotency key it returns the key's
-// first job, and existed is true when that job was already there.
+// first job, and existed is true when that job was already there. An error
+// matching ErrOutcomeUnknown (ctx ended while the append was in flight)
+// means the job may exist all the same, under the ID the error carries; a
+// Key makes submitting again safe.
 func (m *Machine) Submit(ctx context.Context, p SubmitParams) (job Job, existed bool, err error) {
 	if err := p.validate(m.cfg.MaxPayload); err != nil {
 		return Job{}, false, err
