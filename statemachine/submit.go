@@ -74,8 +74,9 @@ func ValidateToken(what, s string) error {
 	return nil
 }
 
-// ValidateLabels checks tags or metadata: keys are tokens, values printable,
-// at most 128 bytes, no '='.
+// ValidateLabels checks tags or metadata: keys are tokens; values are at most
+// 128 bytes with no control characters ('=' is allowed: a k=v flag splits
+// at the first one).
 func ValidateLabels(what string, m map[string]string) error {
 	if len(m) > maxTags {
 		return fmt.Errorf("%w: %d %s, expected at most %d", ErrInvalid, len(m), what, maxTags)
