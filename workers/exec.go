@@ -91,8 +91,9 @@ type ExecConfig struct {
 // line of its stdout and stderr in the job's log. Exit 0 succeeds the job;
 // ExitNoRetry fails it for good; any other exit fails the attempt with
 // "exit status N" (ErrorCodeExit). A command that cannot be started fails
-// the attempt with ErrorCodeStart, retried while attempts remain. A cancel sends SIGTERM to the command's process group and
-// SIGKILL after the grace period.
+// the attempt with ErrorCodeStart, retried while attempts remain. A cancel
+// sends SIGTERM to the command's process group and SIGKILL after the grace
+// period.
 func ExecHandler(cfg ExecConfig) Handler {
 	if cfg.Grace <= 0 {
 		cfg.Grace = ExecGraceDefault

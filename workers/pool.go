@@ -49,7 +49,8 @@ type PoolConfig struct {
 	// wake-up, so a lost wake-up never strands a job.
 	BackupPoll time.Duration
 	// ShutdownGrace: Stop lets running handlers finish within it, then
-	// cancels them and hands their jobs back.
+	// cancels them and hands back the jobs of those that return an error
+	// (a nil return still succeeds the job).
 	ShutdownGrace    time.Duration
 	CancelWatchDelay time.Duration
 	Logger           *zap.Logger

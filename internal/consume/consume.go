@@ -47,7 +47,8 @@ func Loop(ctx context.Context, cons jetstream.Consumer, max int, logger *zap.Log
 	defer func() {
 		close(stopped)
 		// Drain, unlike Stop, still hands the messages buffered in the
-		// client to the callback, which now gives them back.
+		// client to the callback, which now gives them back. The wait is
+		// bounded: a stop must not hang on a broken connection.
 		cc.Drain()
 		select {
 		case <-cc.Closed():
