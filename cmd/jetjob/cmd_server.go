@@ -8,10 +8,9 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/jetjob/jetjob/internal/server"
-
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
+	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/maintenance"
 )
 

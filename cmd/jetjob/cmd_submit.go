@@ -41,17 +41,17 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		return usageErr("unexpected argument %q", pos[0])
 	}
 	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var perJob []string // the flags given that a --file line replaces
+	fs.Visit(func(f *flag.Flag) {
+		set[f.Name] = true
+		if f.Name != "file" && f.Name != "server" && f.Name != "o" {
+			perJob = append(perJob, "--"+f.Name)
+		}
+	})
 	var params []statemachine.SubmitParams
 	// lines[i] is the file line of params[i], for errors.
 	var lines []int
 	if *file != "" {
-		var perJob []string
-		fs.VisitAll(func(f *flag.Flag) {
-			if set[f.Name] && f.Name != "file" && f.Name != "server" && f.Name != "o" {
-				perJob = append(perJob, "--"+f.Name)
-			}
-		})
 		if len(perJob) > 0 {
 			return usageErr("--file takes every job's fields from the file; do not combine it with %s", strings.Join(perJob, ", "))
 		}
