@@ -115,21 +115,15 @@ func TestDetectorFailsHungAttemptsAndFencesThem(t *testing.T) {
 func TestTwoDetectorsFailAHungJobOnce(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	j := f.submit(statemachine.SubmitParams{Type: "t", MaxAttempts: 1})
-	held, err := f.m.Acquire(ctx, j.ID, "w")
-	require.NoError(t, err)
-	f.projected(held)
+	held := f.abandonedJob()
 	later := func() time.Time { return time.Now().Add(time.Hour) }
 	d1, d2 := f.detector("s1", later), f.detector("s2", later)
 	require.NoError(t, d1.Start(ctx))
 	require.NoError(t, d2.Start(ctx))
 	t.Cleanup(d1.Stop)
 	t.Cleanup(d2.Stop)
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		cur, err := f.m.Load(ctx, j.ID)
-		return err == nil && cur.State == statemachine.StateFailed
-	}, "hung job failed")
-	recs, err := f.log.Load(ctx, j.ID)
+	f.waitFailed(held.ID, "hung job failed")
+	recs, err := f.log.Load(ctx, held.ID)
 	require.NoError(t, err)
 	failed := 0
 	for _, r := range recs {
@@ -140,14 +134,7 @@ func TestTwoDetectorsFailAHungJobOnce(t *testing.T) {
 	require.Equal(t, 1, failed)
 	// Whichever led stops; the other takes over and fails the next hung job.
 	d1.Stop()
-	j2 := f.submit(statemachine.SubmitParams{Type: "t", MaxAttempts: 1})
-	held2, err := f.m.Acquire(ctx, j2.ID, "w")
-	require.NoError(t, err)
-	f.projected(held2)
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		cur, err := f.m.Load(ctx, j2.ID)
-		return err == nil && cur.State == statemachine.StateFailed
-	}, "second hung job failed after failover")
+	f.waitFailed(f.abandonedJob().ID, "second hung job failed after failover")
 }
 
 // The Start context bounds only the call: a detector started with one that
@@ -160,14 +147,26 @@ func TestDetectorOutlivesItsStartContext(t *testing.T) {
 	require.NoError(t, d.Start(startCtx))
 	t.Cleanup(d.Stop)
 	cancel()
+	f.waitFailed(f.abandonedJob().ID, "hung job failed after the start context ended")
+}
+
+// abandonedJob is a single-attempt job acquired by a worker that never
+// beats, projected.
+func (f *fixture) abandonedJob() statemachine.Job {
+	f.t.Helper()
 	j := f.submit(statemachine.SubmitParams{Type: "t", MaxAttempts: 1})
-	held, err := f.m.Acquire(ctx, j.ID, "w")
-	require.NoError(t, err)
+	held, err := f.m.Acquire(context.Background(), j.ID, "w")
+	require.NoError(f.t, err)
 	f.projected(held)
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		cur, err := f.m.Load(ctx, j.ID)
+	return held
+}
+
+func (f *fixture) waitFailed(id, what string) {
+	f.t.Helper()
+	natstest.Eventually(f.t, 10*time.Second, func() bool {
+		cur, err := f.m.Load(context.Background(), id)
 		return err == nil && cur.State == statemachine.StateFailed
-	}, "hung job failed after the start context ended")
+	}, what)
 }
 
 func TestDetectorTerminatesUnacknowledgedCancels(t *testing.T) {
