@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -261,7 +262,7 @@ func runHistory(ctx context.Context, args []string, out io.Writer) error {
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SEQ\tTIME\tTYPE\tDATA")
 		for _, h := range hist {
-			data := strings.TrimSpace(string(h.Data))
+			data := readableData(h.Type, h.Data)
 			if h.Err != "" {
 				data = "quarantined: " + h.Err
 			}
@@ -269,4 +270,26 @@ func runHistory(ctx context.Context, args []string, out io.Writer) error {
 		}
 		return tw.Flush()
 	})
+}
+
+// readableData renders an event's data for people. A submitted job's
+// payload is bytes, stored as base64; when those bytes are JSON, as the CLI
+// requires, they are shown as JSON. -o json keeps the data as stored.
+func readableData(eventType string, data json.RawMessage) string {
+	text := strings.TrimSpace(string(data))
+	if eventType != events.TypeSubmitted {
+		return text
+	}
+	var fields struct {
+		Payload json.RawMessage `json:"payload"`
+	}
+	var payload []byte
+	if json.Unmarshal(data, &fields) != nil || fields.Payload == nil || json.Unmarshal(fields.Payload, &payload) != nil {
+		return text
+	}
+	var compact bytes.Buffer
+	if json.Compact(&compact, payload) != nil {
+		return text
+	}
+	return strings.Replace(text, `"payload":`+string(fields.Payload), `"payload":`+compact.String(), 1)
 }

@@ -1,0 +1,33 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/events"
+)
+
+func TestHistoryShowsAJSONPayloadAsJSON(t *testing.T) {
+	for _, tc := range []struct {
+		name, eventType, data, want string
+	}{
+		{"json payload", events.TypeSubmitted,
+			`{"type":"render","payload":"eyAiZnJhbWUiOiA3IH0=","max_attempts":3}`,
+			`{"type":"render","payload":{"frame":7},"max_attempts":3}`},
+		{"payload that is not json stays as stored", events.TypeSubmitted,
+			`{"type":"render","payload":"AAEC","max_attempts":3}`,
+			`{"type":"render","payload":"AAEC","max_attempts":3}`},
+		{"no payload", events.TypeSubmitted,
+			`{"type":"render","max_attempts":3}`,
+			`{"type":"render","max_attempts":3}`},
+		{"other events as stored", events.TypeAcquired,
+			`{"worker_id":"w","attempt":1}`,
+			`{"worker_id":"w","attempt":1}`},
+		{"unreadable data as stored", events.TypeSubmitted, `{"payload":`, `{"payload":`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, readableData(tc.eventType, []byte(tc.data)))
+		})
+	}
+}
