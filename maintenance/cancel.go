@@ -36,7 +36,9 @@ type BulkCancelOptions struct {
 }
 
 // CancelPending cancels every pending or scheduled job that matches the
-// filter (its States are ignored) and that no worker has taken yet. Each
+// filter (its States are ignored) and that no worker has taken yet: a job
+// waiting for a retry, or handed back by a worker, is skipped, since its
+// earlier attempt may have done part of the work. Each
 // cancel is appended with the job's expected sequence, so a job acquired in
 // the meantime is skipped, not canceled; a failure on one job is reported
 // and does not stop the others.
@@ -56,6 +58,11 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 		return res, fmt.Errorf("bulk cancel: list pending jobs: %w", err)
 	}
 	for _, v := range page.Views {
+		if v.StartedAt != nil {
+			// The decider refuses it too; skipped here so a dry run agrees.
+			res.Skipped = append(res.Skipped, Skipped{ID: v.ID, Reason: skipTakenBefore})
+			continue
+		}
 		if opts.DryRun {
 			res.Canceled = append(res.Canceled, v.ID)
 			continue
@@ -78,10 +85,16 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 	return res, nil
 }
 
+// skipTakenBefore is the reason given for a job that waits for a retry or
+// was handed back: a worker ran it, so it may have done part of its work.
+const skipTakenBefore = "a worker took it before (cancel it by ID)"
+
 func skipReason(err error) string {
 	var conflict *statemachine.ConflictError
 	var illegal *statemachine.IllegalTransitionError
 	switch {
+	case errors.Is(err, statemachine.ErrTakenBefore):
+		return skipTakenBefore
 	case errors.As(err, &conflict):
 		return fmt.Sprintf("changed meanwhile, now %s", conflict.Job.State)
 	case errors.As(err, &illegal):

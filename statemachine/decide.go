@@ -2,6 +2,7 @@ package statemachine
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"time"
 
@@ -42,10 +43,16 @@ func decideCancel(j Job, reason string, now time.Time) (events.Event, error) {
 	return events.Event{}, &IllegalTransitionError{JobID: j.ID, State: j.State, Transition: TransitionCancel}
 }
 
-// decidePendingCancel cancels only jobs that no worker has taken yet.
+// decidePendingCancel cancels only jobs that no worker has taken yet: a job
+// waiting for a retry, or handed back by a worker, may have done part of its
+// work, which a cancel would leave behind unnoticed (seed 001 cancels only
+// jobs with no worker).
 func decidePendingCancel(j Job, reason string, now time.Time) (events.Event, error) {
 	if j.State != StatePending && j.State != StateScheduled {
 		return events.Event{}, &IllegalTransitionError{JobID: j.ID, State: j.State, Transition: TransitionCancel}
+	}
+	if j.StartedAt != nil {
+		return events.Event{}, fmt.Errorf("cancel job %s: %w", j.ID, ErrTakenBefore)
 	}
 	return decideCancel(j, reason, now)
 }

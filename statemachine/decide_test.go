@@ -63,16 +63,18 @@ func hist(parts ...[]any) []any {
 // One event each, as []any{type, data}. The acquired event is always the
 // second of its history, so the running attempt's lease is 2.
 var (
-	runAt     = t0.Add(time.Hour)
-	submitted = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 2}}
-	lastTry   = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 1}}
-	scheduled = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 2, RunAt: &runAt}}
-	acquired1 = []any{events.TypeAcquired, events.Acquired{WorkerID: "w1", Attempt: 1}}
-	cancelReq = []any{events.TypeCancelRequested, events.CancelRequested{Reason: "stop"}}
-	canceled  = []any{events.TypeCanceled, events.Canceled{By: events.CanceledByOperator}}
-	succeeded = []any{events.TypeSucceeded, events.Succeeded{Lease: 2}}
-	failed    = []any{events.TypeFailed, events.Failed{Lease: 2, Attempt: 1, Error: "x"}}
-	ackCancel = []any{events.TypeCanceled, events.Canceled{By: events.CanceledByWorker, Lease: 2}}
+	runAt      = t0.Add(time.Hour)
+	submitted  = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 2}}
+	lastTry    = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 1}}
+	scheduled  = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 2, RunAt: &runAt}}
+	acquired1  = []any{events.TypeAcquired, events.Acquired{WorkerID: "w1", Attempt: 1}}
+	cancelReq  = []any{events.TypeCancelRequested, events.CancelRequested{Reason: "stop"}}
+	canceled   = []any{events.TypeCanceled, events.Canceled{By: events.CanceledByOperator}}
+	succeeded  = []any{events.TypeSucceeded, events.Succeeded{Lease: 2}}
+	failed     = []any{events.TypeFailed, events.Failed{Lease: 2, Attempt: 1, Error: "x"}}
+	ackCancel  = []any{events.TypeCanceled, events.Canceled{By: events.CanceledByWorker, Lease: 2}}
+	retryLater = []any{events.TypeAttemptFailed, events.AttemptFailed{Lease: 2, Attempt: 1, Error: "x", RetryAt: t0.Add(time.Hour)}}
+	handedBack = []any{events.TypeReleased, events.Released{Lease: 2, Reason: "shutdown"}}
 )
 
 // histories reaches every state a job can be in, and the state before the
@@ -198,6 +200,7 @@ func TestDecide(t *testing.T) {
 		{"fail the last attempt", hist(lastTry, acquired1), failCmd.do, then{events.TypeFailed, TransitionFail, StateFailed, nil}},
 		{"fail without retry", hist(submitted, acquired1), failNoRetryCmd.do, then{events.TypeFailed, TransitionFail, StateFailed, nil}},
 		{"release", hist(submitted, acquired1), releaseCmd.do, then{events.TypeReleased, TransitionRelease, StatePending, nil}},
+		{"cancel by ID a job waiting for its retry", hist(submitted, acquired1, retryLater), cancelCmd.do, then{events.TypeCanceled, TransitionCancel, StateCanceled, nil}},
 
 		// Illegal transitions.
 		{"cancel canceled", histories[StateCanceled], cancelCmd.do, then{err: ErrIllegalTransition}},
@@ -206,6 +209,8 @@ func TestDecide(t *testing.T) {
 		{"cancel failed", histories[StateFailed], cancelCmd.do, then{err: ErrIllegalTransition}},
 		{"bulk cancel skips running", histories[StateRunning], cancelPendingCmd.do, then{err: ErrIllegalTransition}},
 		{"bulk cancel skips canceling", histories[StateCanceling], cancelPendingCmd.do, then{err: ErrIllegalTransition}},
+		{"bulk cancel skips a job waiting for its retry", hist(submitted, acquired1, retryLater), cancelPendingCmd.do, then{err: ErrTakenBefore}},
+		{"bulk cancel skips a job handed back", hist(submitted, acquired1, handedBack), cancelPendingCmd.do, then{err: ErrTakenBefore}},
 		{"acquire canceled (seed 000)", histories[StateCanceled], acquireCmd.do, then{err: ErrIllegalTransition}},
 		{"acquire acknowledged-canceled", hist(submitted, acquired1, cancelReq, ackCancel), acquireCmd.do, then{err: ErrIllegalTransition}},
 		{"acquire succeeded", histories[StateSucceeded], acquireCmd.do, then{err: ErrIllegalTransition}},

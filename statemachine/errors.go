@@ -22,6 +22,9 @@ var (
 	// events.ErrOutcomeUnknown; errors.As with *events.OutcomeUnknownError
 	// gives the job's ID, to read it.
 	ErrOutcomeUnknown = events.ErrOutcomeUnknown
+	// ErrTakenBefore: CancelPending refuses a job that a worker took
+	// before (it waits for a retry, or was handed back); Cancel cancels it.
+	ErrTakenBefore = errors.New("a worker already took the job once")
 	// ErrInvalid: a command's input is invalid.
 	ErrInvalid = errors.New("invalid input")
 	// ErrPayloadTooLarge: a payload over the configured limit; matches ErrInvalid.

@@ -223,7 +223,9 @@ func (m *Machine) Cancel(ctx context.Context, jobID, reason string) (Job, error)
 	})
 }
 
-// CancelPending cancels the job only if no worker has taken it yet.
+// CancelPending cancels the job only if it is pending or scheduled and no
+// worker has taken it yet: a job that waits for a retry, or was handed back,
+// gives ErrTakenBefore.
 func (m *Machine) CancelPending(ctx context.Context, jobID, reason string) (Job, error) {
 	return m.apply(ctx, jobID, nil, func(j Job, now time.Time) (events.Event, error) {
 		return decidePendingCancel(j, reason, now)
