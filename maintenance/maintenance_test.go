@@ -334,3 +334,48 @@ func TestPurgeRemovesOnlyOldFinishedJobs(t *testing.T) {
 	_, err = p.Purge(ctx, time.Minute, []statemachine.State{statemachine.StateRunning})
 	require.ErrorIs(t, err, statemachine.ErrInvalid)
 }
+
+// Seed 001 cancels only jobs no worker picked up, of the template versions
+// other than the active one: a job without a template version is not one of
+// them, and a job whose earlier attempt ran (waiting for its retry, or
+// handed back) may have done part of its work.
+func TestBulkCancelSparesJobsWithoutTheKeyAndJobsAWorkerTook(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	old := f.submit(statemachine.SubmitParams{Type: "build", Meta: map[string]string{"template_version": "v6"}})
+	active := f.submit(statemachine.SubmitParams{Type: "build", Meta: map[string]string{"template_version": "v7"}})
+	email := f.submit(statemachine.SubmitParams{Type: "email"})
+	retrying := f.submit(statemachine.SubmitParams{Type: "build", Meta: map[string]string{"template_version": "v6"},
+		MaxAttempts: 3, Backoff: statemachine.BackoffConfig{Base: time.Hour, Cap: time.Hour}})
+	held, err := f.m.Acquire(ctx, retrying.ID, "w1")
+	require.NoError(t, err)
+	retrying, err = f.m.Fail(ctx, held, statemachine.FailParams{Error: "half done"})
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateScheduled, retrying.State)
+	handedBack := f.submit(statemachine.SubmitParams{Type: "build", Meta: map[string]string{"template_version": "v6"}})
+	held, err = f.m.Acquire(ctx, handedBack.ID, "w2")
+	require.NoError(t, err)
+	handedBack, err = f.m.Release(ctx, held, "shutdown")
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StatePending, handedBack.State)
+	f.projected(old, active, email, retrying, handedBack)
+
+	filter := projector.Filter{MetaNot: map[string]string{"template_version": "v7"}}
+	for _, dry := range []bool{true, false} {
+		res, err := CancelPending(ctx, f.reader, f.m, filter, BulkCancelOptions{DryRun: dry})
+		require.NoError(t, err)
+		require.Equal(t, []string{old.ID}, res.Canceled, "dry run %v", dry)
+		sort.Slice(res.Skipped, func(i, k int) bool { return res.Skipped[i].ID < res.Skipped[k].ID })
+		want := []Skipped{{ID: retrying.ID, Reason: skipTakenBefore}, {ID: handedBack.ID, Reason: skipTakenBefore}}
+		sort.Slice(want, func(i, k int) bool { return want[i].ID < want[k].ID })
+		require.Equal(t, want, res.Skipped, "dry run %v", dry)
+	}
+	for _, j := range []statemachine.Job{active, email, retrying, handedBack} {
+		cur, err := f.m.Load(ctx, j.ID)
+		require.NoError(t, err)
+		require.Equal(t, j.State, cur.State, "job %s", j.ID)
+	}
+	// The machine refuses it too, whatever the view said.
+	_, err = f.m.CancelPending(ctx, retrying.ID, "")
+	require.ErrorIs(t, err, statemachine.ErrTakenBefore)
+}

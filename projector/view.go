@@ -139,8 +139,10 @@ type Filter struct {
 	Tags map[string]string
 	// Meta: the job's metadata includes each of these k=v.
 	Meta map[string]string
-	// MetaNot: for each k=v, the job's meta[k] is not v (a missing key counts
-	// as not equal), as in "every job not built from template version v2".
+	// MetaNot: for each k=v, the job has meta k and its value is not v, as
+	// in "every job built from a template version other than v2". A job
+	// without k does not match, as in SQL's meta->>'k' <> 'v': a bulk cancel
+	// by template version must not take the jobs that have none.
 	MetaNot map[string]string
 	// Limit caps a List page; 0 means no limit.
 	Limit int
@@ -177,7 +179,7 @@ func (f Filter) Matches(v View) bool {
 		}
 	}
 	for k, not := range f.MetaNot {
-		if got, ok := v.Meta[k]; ok && got == not {
+		if got, ok := v.Meta[k]; !ok || got == not {
 			return false
 		}
 	}

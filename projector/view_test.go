@@ -180,7 +180,7 @@ func TestFilterMatches(t *testing.T) {
 		{Filter{Meta: map[string]string{"template_version": "v2"}}, false},
 		{Filter{MetaNot: map[string]string{"template_version": "v2"}}, true},
 		{Filter{MetaNot: map[string]string{"template_version": "v1"}}, false},
-		{Filter{MetaNot: map[string]string{"owner": "x"}}, true},
+		{Filter{MetaNot: map[string]string{"owner": "x"}}, false}, // no owner: not another owner
 	} {
 		require.Equal(t, tc.want, tc.f.Matches(v), "%+v", tc.f)
 		raw, err := json.Marshal(v)

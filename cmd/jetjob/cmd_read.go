@@ -129,7 +129,7 @@ func filterFlags(fs *flagSet, withStates bool, limitDefault int) func() (project
 	typ := fs.String("type", "", "only jobs of this type")
 	fs.Var(tags, "tag", "only jobs with this tag k=v (repeatable: all of them)")
 	fs.Var(meta, "meta", "only jobs with this metadata k=v (repeatable: all of them)")
-	fs.Var(metaNot, "meta-not", "only jobs whose metadata k is not v (repeatable)")
+	fs.Var(metaNot, "meta-not", "only jobs that have metadata k with a value other than v (repeatable)")
 	limit := new(int)
 	if limitDefault >= 0 {
 		fs.IntVar(limit, "limit", limitDefault, "at most this many jobs; 0 means no limit")
