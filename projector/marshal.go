@@ -46,6 +46,10 @@ func (v View) MarshalJSON() ([]byte, error) {
 	}
 	b = append(b, `,"cancel_reason":`...)
 	b = appendString(b, v.CancelReason)
+	if v.CanceledBy != "" {
+		b = append(b, `,"canceled_by":`...)
+		b = appendString(b, v.CanceledBy)
+	}
 	b = append(b, `,"key":`...)
 	b = appendString(b, v.Key)
 	b = append(b, `,"payload_size":`...)

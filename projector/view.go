@@ -29,13 +29,15 @@ type View struct {
 	ErrorCode    string                      `json:"error_code"`
 	Errors       []statemachine.AttemptError `json:"errors"`
 	CancelReason string                      `json:"cancel_reason"`
-	Key          string                      `json:"key"`
-	PayloadSize  int                         `json:"payload_size"`
-	Result       json.RawMessage             `json:"result,omitempty"`
-	Backoff      *events.Backoff             `json:"backoff,omitempty"`
-	RunAt        *time.Time                  `json:"run_at"`
-	CreatedAt    time.Time                   `json:"created_at"`
-	StartedAt    *time.Time                  `json:"started_at"`
+	// CanceledBy is who finished the cancel: operator, worker or timeout.
+	CanceledBy  string          `json:"canceled_by,omitempty"`
+	Key         string          `json:"key"`
+	PayloadSize int             `json:"payload_size"`
+	Result      json.RawMessage `json:"result,omitempty"`
+	Backoff     *events.Backoff `json:"backoff,omitempty"`
+	RunAt       *time.Time      `json:"run_at"`
+	CreatedAt   time.Time       `json:"created_at"`
+	StartedAt   *time.Time      `json:"started_at"`
 	// UpdatedAt is the later of LastEventAt and HeartbeatAt.
 	UpdatedAt         time.Time  `json:"updated_at"`
 	CompletedAt       *time.Time `json:"completed_at"`
@@ -64,7 +66,7 @@ func ViewOf(j statemachine.Job, beat *events.Beat) View {
 		ID: j.ID, Type: j.Type, Tags: nonNil(j.Tags), Meta: nonNil(j.Meta), State: j.State,
 		Priority: j.Priority, Attempt: j.Attempt, MaxAttempts: j.MaxAttempts, WorkerID: j.WorkerID,
 		Lease: j.Lease, Error: j.Error, ErrorCode: j.ErrorCode, Errors: j.Errors, CancelReason: j.CancelReason,
-		Key: j.Key, PayloadSize: j.PayloadSize, Result: j.Result, RunAt: j.RunAt,
+		CanceledBy: j.CanceledBy, Key: j.Key, PayloadSize: j.PayloadSize, Result: j.Result, RunAt: j.RunAt,
 		CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, UpdatedAt: j.UpdatedAt, CompletedAt: j.CompletedAt,
 		CanceledAt: j.CanceledAt, CancelRequestedAt: j.CancelRequestedAt, LastEventAt: j.UpdatedAt,
 		Version: j.Version, Events: j.Events, Quarantined: j.Quarantined,
@@ -103,7 +105,7 @@ func (v View) Job() statemachine.Job {
 		// Clipped: the fold appends to Errors, and must not write into an
 		// array another copy of this view shares.
 		WorkerID: v.WorkerID, RunAt: v.RunAt, Error: v.Error, ErrorCode: v.ErrorCode, Errors: slices.Clip(v.Errors),
-		CancelReason: v.CancelReason, Result: v.Result, CreatedAt: v.CreatedAt, StartedAt: v.StartedAt,
+		CancelReason: v.CancelReason, CanceledBy: v.CanceledBy, Result: v.Result, CreatedAt: v.CreatedAt, StartedAt: v.StartedAt,
 		UpdatedAt: v.LastEventAt, CompletedAt: v.CompletedAt, CanceledAt: v.CanceledAt,
 		CancelRequestedAt: v.CancelRequestedAt, Version: v.Version, Events: v.Events, Quarantined: v.Quarantined,
 	}

@@ -116,6 +116,7 @@ func TestMarshalJSONIsEncodingJSON(t *testing.T) {
 		ViewOf(runningJob(t), &events.Beat{Lease: 20, At: t0.Add(time.Hour)}),
 		{}, // nil maps and slices
 		{Backoff: &events.Backoff{Cap: time.Minute}, CancelRequestedAt: &t0, Errors: []statemachine.AttemptError{{Attempt: 1}}},
+		{CancelReason: "outdated", CanceledBy: events.CanceledByTimeout},
 	}
 	for i, v := range views {
 		want, err := json.Marshal(plainView(v))

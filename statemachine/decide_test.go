@@ -425,6 +425,7 @@ func TestFoldCancels(t *testing.T) {
 	j := fold(t, given(t, hist(submitted, acquired1, cancelReq, ackCancel)...))
 	require.Equal(t, StateCanceled, j.State)
 	require.Equal(t, "stop", j.CancelReason, "the request's reason is kept")
+	require.Equal(t, events.CanceledByWorker, j.CanceledBy)
 	require.NotNil(t, j.CancelRequestedAt)
 	require.NotNil(t, j.CanceledAt)
 	require.Equal(t, j.CanceledAt, j.CompletedAt)
@@ -432,7 +433,16 @@ func TestFoldCancels(t *testing.T) {
 	j = fold(t, given(t, hist(submitted, []any{events.TypeCanceled, events.Canceled{Reason: "outdated", By: events.CanceledByOperator}})...))
 	require.Equal(t, StateCanceled, j.State)
 	require.Equal(t, "outdated", j.CancelReason)
+	require.Equal(t, events.CanceledByOperator, j.CanceledBy)
 	require.Nil(t, j.StartedAt)
+
+	timedOut := []any{events.TypeCanceled, events.Canceled{Reason: "cancel_timeout", By: events.CanceledByTimeout}}
+	j = fold(t, given(t, hist(submitted, acquired1, cancelReq, timedOut)...))
+	require.Equal(t, "stop", j.CancelReason, "the operator's reason outlives the server's code")
+	require.Equal(t, events.CanceledByTimeout, j.CanceledBy)
+	noReason := []any{events.TypeCancelRequested, events.CancelRequested{}}
+	j = fold(t, given(t, hist(submitted, acquired1, noReason, timedOut)...))
+	require.Equal(t, "cancel_timeout", j.CancelReason, "without an operator's reason, the server's")
 }
 
 func TestFoldQuarantinesBadRecordsButAdvancesVersion(t *testing.T) {

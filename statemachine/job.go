@@ -29,16 +29,21 @@ type Job struct {
 	Key         string
 	Backoff     events.Backoff
 
-	State        State
-	Attempt      int
-	Lease        uint64
-	WorkerID     string
-	RunAt        *time.Time
-	Error        string
-	ErrorCode    string
-	Errors       []AttemptError
+	State     State
+	Attempt   int
+	Lease     uint64
+	WorkerID  string
+	RunAt     *time.Time
+	Error     string
+	ErrorCode string
+	Errors    []AttemptError
+	// CancelReason is the reason the cancel was asked for with; when no
+	// reason was given, the one recorded by whoever finished the cancel.
 	CancelReason string
-	Result       json.RawMessage
+	// CanceledBy is who finished the cancel: events.CanceledByOperator (a
+	// job no worker held), CanceledByWorker or CanceledByTimeout.
+	CanceledBy string
+	Result     json.RawMessage
 
 	CreatedAt   time.Time
 	StartedAt   *time.Time
@@ -171,9 +176,12 @@ func (j *Job) apply(rec events.Record) error {
 		if err := move(tr); err != nil {
 			return err
 		}
-		if d.Reason != "" {
+		// The operator's reason stays: a cancel the server finished after
+		// the grace records its own code, which canceled_by already says.
+		if j.CancelReason == "" {
 			j.CancelReason = d.Reason
 		}
+		j.CanceledBy = d.By
 		j.CanceledAt, j.CompletedAt = ptr(rec.Time), ptr(rec.Time)
 	case events.TypeSucceeded:
 		var d events.Succeeded

@@ -106,6 +106,9 @@ func printView(out io.Writer, v projector.View) error {
 	if v.CancelReason != "" {
 		row("cancel reason", v.CancelReason)
 	}
+	if v.CanceledBy != "" {
+		row("canceled by", v.CanceledBy)
+	}
 	row("created", v.CreatedAt.Format(time.RFC3339))
 	if v.StartedAt != nil {
 		row("started", v.StartedAt.Format(time.RFC3339))
