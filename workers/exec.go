@@ -1,20 +1,19 @@
 package workers
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -33,6 +32,9 @@ const (
 	// be started (not found, not executable, no resources to fork). The
 	// command never ran, so the attempt is retried while attempts remain.
 	ErrorCodeStart = "start"
+	// execOutputDelay bounds how long a command's output is still read
+	// after it exited.
+	execOutputDelay = time.Second
 )
 
 // CheckCommand reports whether command[0] can be run: a name without a slash
@@ -93,7 +95,8 @@ type ExecConfig struct {
 // "exit status N" (ErrorCodeExit). A command that cannot be started fails
 // the attempt with ErrorCodeStart, retried while attempts remain. A cancel
 // sends SIGTERM to the command's process group and SIGKILL after the grace
-// period.
+// period. The job ends when the command exits, whatever it left running in
+// the background; on Linux the command is killed when the worker dies.
 func ExecHandler(cfg ExecConfig) Handler {
 	if cfg.Grace <= 0 {
 		cfg.Grace = ExecGraceDefault
@@ -108,7 +111,34 @@ func ExecHandler(cfg ExecConfig) Handler {
 		cmd.Env = append(os.Environ(),
 			"JETJOB_JOB_ID="+job.ID, "JETJOB_TYPE="+job.Type, "JETJOB_ATTEMPT="+strconv.Itoa(job.Attempt))
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		startFailed := func(err error) error {
+		dieWithWorker(cmd.SysProcAttr)
+		stdout := &lineWriter{emit: func(l string) { job.logStream(StreamStdout, l) }}
+		stderr := &lineWriter{emit: func(l string) { job.logStream(StreamStderr, l) }}
+		cmd.Stdout, cmd.Stderr = stdout, stderr
+		// Once the command exits, its output is read for at most this long:
+		// a process it left in the background may hold the pipes for hours,
+		// and the job must end when the command does.
+		cmd.WaitDelay = execOutputDelay
+		startErr := make(chan error, 1)
+		exited := make(chan error, 1)
+		go func() {
+			// Linux sends the death signal when the thread that started the
+			// command ends, not the process: the thread stays with this
+			// goroutine until the command is reaped, so Go never retires it
+			// while the command runs.
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			if err := cmd.Start(); err != nil {
+				startErr <- err
+				return
+			}
+			startErr <- nil
+			err := cmd.Wait()
+			stdout.flush()
+			stderr.flush()
+			exited <- err
+		}()
+		if err := <-startErr; err != nil {
 			job.logStream(StreamSystem, fmt.Sprintf("cannot start %q: %v", cfg.Command[0], err))
 			logger.Warn("cannot start the command; the attempt fails and is retried while attempts remain",
 				zap.String("job", job.ID), zap.Int("attempt", job.Attempt), zap.Error(err))
@@ -117,27 +147,6 @@ func ExecHandler(cfg ExecConfig) Handler {
 			// descriptors left) may be gone by the next attempt.
 			return &CodedError{Code: ErrorCodeStart, Err: fmt.Errorf("start command: %w", err)}
 		}
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			return startFailed(err)
-		}
-		stderr, err := cmd.StderrPipe()
-		if err != nil {
-			_ = stdout.Close()
-			return startFailed(err)
-		}
-		if err := cmd.Start(); err != nil {
-			return startFailed(err)
-		}
-		var lines sync.WaitGroup
-		lines.Add(2)
-		go copyLines(&lines, stdout, func(l string) { job.logStream(StreamStdout, l) })
-		go copyLines(&lines, stderr, func(l string) { job.logStream(StreamStderr, l) })
-		exited := make(chan error, 1)
-		go func() {
-			lines.Wait()
-			exited <- cmd.Wait()
-		}()
 		var waitErr error
 		select {
 		case waitErr = <-exited:
@@ -153,6 +162,10 @@ func ExecHandler(cfg ExecConfig) Handler {
 			}
 			logger.Debug("command stopped", zap.String("job", job.ID), zap.Error(waitErr))
 			return context.Cause(ctx)
+		}
+		if errors.Is(waitErr, exec.ErrWaitDelay) {
+			job.logStream(StreamSystem, fmt.Sprintf("the command exited 0, but a process it started still held its output after %s: no longer reading it", execOutputDelay))
+			return nil
 		}
 		var exitErr *exec.ExitError
 		switch {
@@ -174,13 +187,50 @@ func ExecHandler(cfg ExecConfig) Handler {
 	}
 }
 
-func copyLines(wg *sync.WaitGroup, r io.Reader, emit func(string)) {
-	defer wg.Done()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		emit(sc.Text())
+// lineWriter turns one output stream of a command into log lines: it splits
+// at newlines, keeps a partial line until its end arrives, and cuts a line
+// longer than a log line may be, dropping the rest of that line only.
+type lineWriter struct {
+	emit func(string)
+	buf  []byte
+	cut  bool // the current line was cut: the rest of it is dropped
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		end := bytes.IndexByte(p, '\n')
+		part := p
+		if end >= 0 {
+			part = p[:end]
+		}
+		if !w.cut {
+			if room := maxLineBytes - len(w.buf); len(part) > room {
+				for room > 0 && !utf8.RuneStart(part[room]) {
+					room-- // not in the middle of a character
+				}
+				w.emit(string(append(w.buf, part[:room]...)) + "…")
+				w.buf, w.cut = w.buf[:0], true
+			} else {
+				w.buf = append(w.buf, part...)
+			}
+		}
+		if end < 0 {
+			break
+		}
+		if !w.cut {
+			w.emit(string(bytes.TrimSuffix(w.buf, []byte("\r"))))
+		}
+		w.buf, w.cut = w.buf[:0], false
+		p = p[end+1:]
 	}
-	// Drain anything past an over-long line so the command never blocks.
-	_, _ = io.Copy(io.Discard, r)
+	return n, nil
+}
+
+// flush emits a last line that ended without a newline.
+func (w *lineWriter) flush() {
+	if len(w.buf) > 0 && !w.cut {
+		w.emit(string(bytes.TrimSuffix(w.buf, []byte("\r"))))
+	}
+	w.buf, w.cut = nil, false
 }

@@ -177,3 +177,73 @@ func count(ss []string, s string) int {
 	}
 	return n
 }
+
+func TestLineWriterSplitsAndCutsLines(t *testing.T) {
+	long := strings.Repeat("é", maxLineBytes) // two bytes each
+	for _, tc := range []struct {
+		name   string
+		writes []string
+		want   []string
+	}{
+		{"lines", []string{"a\nb\n"}, []string{"a", "b"}},
+		{"a line over several writes", []string{"he", "llo\nwor", "ld\n"}, []string{"hello", "world"}},
+		{"empty lines and carriage returns", []string{"\n\r\nx\r\n"}, []string{"", "", "x"}},
+		{"a last line without newline", []string{"a\nb"}, []string{"a", "b"}},
+		{"a long line is cut, the next ones kept", []string{"before\n", long, long, "\nafter\n"},
+			[]string{"before", long[:maxLineBytes] + "…", "after"}},
+		{"a cut never splits a character", []string{"x" + long[:maxLineBytes] + "\n"},
+			[]string{"x" + long[:maxLineBytes-2] + "…"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			w := &lineWriter{emit: func(l string) { got = append(got, l) }}
+			for _, s := range tc.writes {
+				n, err := w.Write([]byte(s))
+				require.NoError(t, err)
+				require.Equal(t, len(s), n)
+			}
+			w.flush()
+			require.Equal(t, tc.want, got)
+		})
+	}
+}
+
+// A command that exits 0 but leaves a process in the background holding
+// its output ends its job when it exits, not when that process does.
+func TestExecJobEndsWhenItsCommandExits(t *testing.T) {
+	f := newFixture(t, true)
+	f.pool(PoolConfig{Types: []string{"bg"}}, ExecHandler(ExecConfig{
+		Command: []string{"sh", "-c", "(sleep 30 &); echo started; exit 0"}}))
+	j := f.submit(statemachine.SubmitParams{Type: "bg"})
+	done := f.waitState(j.ID, statemachine.StateSucceeded)
+	took := done.CompletedAt.Sub(*done.StartedAt)
+	require.Less(t, took, 10*time.Second, "the command exited at once, the job ran %s", took)
+}
+
+// A line longer than a log line is cut; the lines after it are kept.
+func TestExecKeepsTheLinesAfterALongOne(t *testing.T) {
+	f := newFixture(t, true)
+	f.pool(PoolConfig{Types: []string{"longline"}}, ExecHandler(ExecConfig{
+		Command: []string{"sh", "-c", "echo before; head -c 2000000 /dev/zero | tr '\\0' x; echo; echo after"}}))
+	j := f.submit(statemachine.SubmitParams{Type: "longline"})
+	f.waitState(j.ID, statemachine.StateSucceeded)
+	logs, err := AttachLogs(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	var lines []string
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		ll, err := logs.Read(context.Background(), j.ID)
+		if err != nil {
+			return false
+		}
+		lines = lines[:0]
+		for _, l := range ll {
+			if l.Stream == StreamStdout {
+				lines = append(lines, l.Line)
+			}
+		}
+		return len(lines) == 3
+	}, "three stdout lines stored")
+	require.Equal(t, "before", lines[0])
+	require.Equal(t, strings.Repeat("x", maxLineBytes)+"…", lines[1])
+	require.Equal(t, "after", lines[2])
+}

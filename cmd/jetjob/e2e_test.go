@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -465,4 +466,46 @@ func TestWatchFailsWhenTheServerIsGone(t *testing.T) {
 	require.Equal(t, 1, ee.ExitCode(), "stderr: %s", errb.String())
 	require.Contains(t, errb.String(), "lost the connection")
 	require.Equal(t, 1, strings.Count(strings.TrimSpace(errb.String()), "\n")+1, "one line: %q", errb.String())
+}
+
+// A worker killed with SIGKILL takes its command with it: the job is retried
+// once the worker is found dead, and must not run next to an orphan.
+func TestCommandDiesWithItsWorker(t *testing.T) {
+	s := startServerProc(t)
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "pid")
+	script := filepath.Join(dir, "stubborn.sh")
+	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\ntrap '' TERM\necho $$ > "+pidFile+"\nwhile :; do sleep 0.05; done\n"), 0o755))
+	cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "stubborn", "--", script)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	s.jetjob("submit", "--type", "stubborn").ok(t)
+	var pid int
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		b, err := os.ReadFile(pidFile)
+		if err != nil {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	}, "the command wrote its PID")
+	require.True(t, alive(pid))
+	require.NoError(t, cmd.Process.Kill())
+	_ = cmd.Wait()
+	natstest.Eventually(t, 10*time.Second, func() bool { return !alive(pid) }, "command %d outlived its worker", pid)
+}
+
+// alive reports whether a process runs: one that exited but was not yet
+// reaped by its new parent is a zombie, not alive.
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
 }
