@@ -60,9 +60,6 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	}
 	o.Logger = logging.New(*verbose)
 	defer func() { _ = o.Logger.Sync() }()
-	if o.HangAfter == 0 {
-		o.HangAfter = 30 * time.Second
-	}
 	s, err := server.Start(ctx, o)
 	if err != nil {
 		return err
