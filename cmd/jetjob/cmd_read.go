@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -150,8 +151,9 @@ func filterFlags(fs *flagSet, withStates bool, limitDefault int) func() (project
 }
 
 func runList(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("ls", "[--state S]... [--type T] [--tag k=v]... [--meta k=v]... [--meta-not k=v]... [--limit N]", true)
+	fs := newFlags("ls", "[--state S]... [--type T] [--tag k=v]... [--meta k=v]... [--meta-not k=v]... [--limit N] [--after ID]", true)
 	filter := filterFlags(fs, true, 100)
+	after := fs.String("after", "", "only jobs after this job ID (job IDs sort in submit order): the next page")
 	pos, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -162,6 +164,12 @@ func runList(ctx context.Context, args []string, out io.Writer) error {
 	f, err := filter()
 	if err != nil {
 		return err
+	}
+	if *after != "" {
+		if err := events.ValidateJobID(*after); err != nil {
+			return usageErr("--after: %v", err)
+		}
+		f.After = *after
 	}
 	c, err := dial(ctx, fs.server)
 	if err != nil {
@@ -175,6 +183,10 @@ func runList(ctx context.Context, args []string, out io.Writer) error {
 	page, err := r.List(ctx, f)
 	if err != nil {
 		return err
+	}
+	if page.Next != "" {
+		// On stderr, so that the listing itself stays parseable.
+		fmt.Fprintf(os.Stderr, "jetjob ls: the first %d matching jobs; more with --after %s (or --limit 0 for all)\n", len(page.Views), page.Next)
 	}
 	if fs.json() {
 		if page.Views == nil {

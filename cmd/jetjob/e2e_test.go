@@ -509,3 +509,29 @@ func alive(pid int) bool {
 	i := bytes.LastIndexByte(stat, ')')
 	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
 }
+
+// ls shows a page and says on stderr how to get the next one.
+func TestListSaysWhenThereIsMore(t *testing.T) {
+	s := startServerProc(t)
+	var ids []string
+	for range 3 {
+		ids = append(ids, s.jetjob("submit", "--type", "page").ok(t))
+	}
+	var page []projector.View
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		r := s.jetjob("ls", "--type", "page", "-o", "json", "--limit", "0")
+		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &page) == nil && len(page) == 3
+	}, "three jobs listed")
+	first := s.jetjob("ls", "--type", "page", "--limit", "2", "-o", "json")
+	require.Equal(t, 0, first.code)
+	require.NoError(t, json.Unmarshal([]byte(first.stdout), &page))
+	require.Len(t, page, 2)
+	require.Contains(t, first.stderr, "--after "+ids[1])
+	rest := s.jetjob("ls", "--type", "page", "--limit", "2", "--after", ids[1], "-o", "json")
+	require.Equal(t, 0, rest.code)
+	require.NoError(t, json.Unmarshal([]byte(rest.stdout), &page))
+	require.Len(t, page, 1)
+	require.Equal(t, ids[2], page[0].ID)
+	require.Empty(t, rest.stderr, "the last page says nothing more")
+	require.Equal(t, 2, s.jetjob("ls", "--after", "not an id").code)
+}
