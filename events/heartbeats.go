@@ -110,9 +110,20 @@ func (h *Heartbeats) Last(ctx context.Context, jobID string) (Beat, bool, error)
 	return b, true, nil
 }
 
-// Forget drops a job's beats (when the job is purged).
-func (h *Heartbeats) Forget(ctx context.Context, jobID string) error {
-	if err := h.stream.Purge(ctx, jetstream.WithPurgeSubject(h.Subject(jobID))); err != nil {
+// Mark is the sequence of the last beat stored so far, for Forget.
+func (h *Heartbeats) Mark(ctx context.Context) (uint64, error) {
+	info, err := h.stream.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("mark beats: %w", err)
+	}
+	return info.State.LastSeq, nil
+}
+
+// Forget drops a job's beats stored up to mark (when the job is purged):
+// a job submitted again under the same key has the same ID, and its beats,
+// stored after the mark, stay.
+func (h *Heartbeats) Forget(ctx context.Context, jobID string, mark uint64) error {
+	if err := h.stream.Purge(ctx, jetstream.WithPurgeSubject(h.Subject(jobID)), jetstream.WithPurgeSequence(mark+1)); err != nil {
 		return fmt.Errorf("forget beats of job %s: %w", jobID, err)
 	}
 	return nil

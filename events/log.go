@@ -710,9 +710,12 @@ func (l *Log) LastSeq(ctx context.Context, jobID string) (uint64, error) {
 	return m.Sequence, nil
 }
 
-// Purge deletes a job's whole history. Only finished jobs past their
-// retention are purged; the caller checks that.
-func (l *Log) Purge(ctx context.Context, jobID string) error {
+// Purge deletes a job's history up to and including sequence through (its
+// version when the caller read it). Only finished jobs past their retention
+// are purged; the caller checks that. The bound keeps a history begun after
+// it: a job submitted again under the same key has the same ID, and a purge
+// decided on the old job must not take the new one.
+func (l *Log) Purge(ctx context.Context, jobID string, through uint64) error {
 	if err := ValidateJobID(jobID); err != nil {
 		return err
 	}
@@ -720,7 +723,7 @@ func (l *Log) Purge(ctx context.Context, jobID string) error {
 	if err != nil {
 		return fmt.Errorf("purge job %s: %w", jobID, err)
 	}
-	if err := s.Purge(ctx, jetstream.WithPurgeSubject(l.Subject(jobID))); err != nil {
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(l.Subject(jobID)), jetstream.WithPurgeSequence(through+1)); err != nil {
 		return fmt.Errorf("purge job %s: %w", jobID, err)
 	}
 	return nil

@@ -401,3 +401,61 @@ func TestTerminatedCancelKeepsTheOperatorsReason(t *testing.T) {
 	require.Equal(t, "outdated template version", cur.CancelReason)
 	require.Equal(t, events.CanceledByTimeout, cur.CanceledBy)
 }
+
+// A purge decided on a finished job must not take the job submitted again
+// under its key once its history is gone (the same ID): not through the
+// rest of the same pass (the views, lines and beats it forgets after the
+// history), nor through a second purger that read the old job before the
+// first one purged it.
+func TestPurgeSparesAJobSubmittedAgainUnderTheSameKey(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	old := f.submit(statemachine.SubmitParams{Type: "t", Key: "nightly"})
+	old, err := f.m.Cancel(ctx, old.ID, "")
+	require.NoError(t, err)
+	f.projected(old)
+	p, err := NewPurger(f.reader, f.m, f.hb, f.logs, nil, PurgerConfig{Now: func() time.Time { return time.Now().Add(time.Hour) }})
+	require.NoError(t, err)
+	marks := purgeMarks{}
+	marks.view, err = f.reader.Mark(ctx)
+	require.NoError(t, err)
+	marks.logs, err = f.logs.Mark(ctx)
+	require.NoError(t, err)
+	marks.beats, err = f.hb.Mark(ctx)
+	require.NoError(t, err)
+
+	// The history goes first; the same key then makes the job anew, which
+	// runs, logs and beats before the pass forgets the old job's rest.
+	require.NoError(t, f.log.Purge(ctx, old.ID, old.Version))
+	again, existed, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t", Key: "nightly"})
+	require.NoError(t, err)
+	require.False(t, existed)
+	require.Equal(t, old.ID, again.ID)
+	again, err = f.m.Acquire(ctx, again.ID, "w")
+	require.NoError(t, err)
+	require.NoError(t, f.logs.Append(ctx, again.ID, workers.LogLine{Time: time.Now(), Line: "second life"}))
+	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: again.ID, Lease: again.Lease, WorkerID: "w", At: time.Now()}))
+	f.projected(again)
+	ok, err := p.purgeJob(ctx, old.ID, time.Now().Add(time.Hour), marks)
+	require.NoError(t, err)
+	require.False(t, ok, "the job under that ID now runs: not purged")
+	require.NoError(t, f.logs.Forget(ctx, old.ID, marks.logs))
+	require.NoError(t, f.hb.Forget(ctx, old.ID, marks.beats))
+	require.NoError(t, f.reader.Forget(ctx, old.ID, marks.view))
+	// A second purger that read the old job before the first purged it.
+	require.NoError(t, f.log.Purge(ctx, old.ID, old.Version))
+
+	cur, err := f.m.Load(ctx, again.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateRunning, cur.State)
+	require.Equal(t, again.Version, cur.Version)
+	v, err := f.reader.Get(ctx, again.ID)
+	require.NoError(t, err)
+	require.Equal(t, again.Version, v.Version)
+	lines, err := f.logs.Read(ctx, again.ID)
+	require.NoError(t, err)
+	require.Len(t, lines, 1)
+	_, ok, err = f.hb.Last(ctx, again.ID)
+	require.NoError(t, err)
+	require.True(t, ok)
+}

@@ -83,7 +83,7 @@ type PurgeResult struct {
 
 // Purge deletes the finished jobs (of the given states, all finished states
 // when none) that completed more than olderThan ago.
-func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []statemachine.State) (PurgeResult, error) {
+func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []statemachine.State) (_ PurgeResult, err error) {
 	res := PurgeResult{Purged: []string{}}
 	if len(states) == 0 {
 		states = []statemachine.State{statemachine.StateSucceeded, statemachine.StateFailed, statemachine.StateCanceled}
@@ -94,6 +94,19 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 		}
 	}
 	cutoff := p.cfg.Now().Add(-olderThan)
+	// Taken before any history is purged: a job submitted again under a
+	// purged job's key (the same ID) can only write views, lines and beats
+	// after its history is gone, so after these marks.
+	var marks purgeMarks
+	if marks.view, err = p.reader.Mark(ctx); err != nil {
+		return res, fmt.Errorf("purge: %w", err)
+	}
+	if marks.logs, err = p.logs.Mark(ctx); err != nil {
+		return res, fmt.Errorf("purge: %w", err)
+	}
+	if marks.beats, err = p.hb.Mark(ctx); err != nil {
+		return res, fmt.Errorf("purge: %w", err)
+	}
 	page, err := p.reader.List(ctx, projector.Filter{States: states})
 	if err != nil {
 		return res, fmt.Errorf("purge: list finished jobs: %w", err)
@@ -102,7 +115,7 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 		if v.CompletedAt == nil || v.CompletedAt.After(cutoff) {
 			continue
 		}
-		ok, err := p.purgeJob(ctx, v.ID, cutoff)
+		ok, err := p.purgeJob(ctx, v.ID, cutoff, marks)
 		if err != nil {
 			return res, err
 		}
@@ -113,9 +126,15 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 	return res, nil
 }
 
+// purgeMarks bound what a pass deletes of the views, log lines and beats.
+type purgeMarks struct{ view, logs, beats uint64 }
+
 // purgeJob re-checks the job on its log, then deletes the history first and
 // the view last, so that a crash half way leaves a view the next pass finds.
-func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time) (bool, error) {
+// The history is purged only up to the version checked, and the rest up to
+// the pass's marks, so that a job submitted again under the same key keeps
+// all of its own.
+func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time, marks purgeMarks) (bool, error) {
 	job, err := p.m.Load(ctx, id)
 	switch {
 	case errors.Is(err, events.ErrNotFound):
@@ -125,17 +144,17 @@ func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time) (boo
 	case !job.State.Finished() || job.CompletedAt == nil || job.CompletedAt.After(cutoff):
 		return false, nil
 	default:
-		if err := p.m.Log().Purge(ctx, id); err != nil {
+		if err := p.m.Log().Purge(ctx, id, job.Version); err != nil {
 			return false, err
 		}
 	}
-	if err := p.logs.Forget(ctx, id); err != nil {
+	if err := p.logs.Forget(ctx, id, marks.logs); err != nil {
 		return false, err
 	}
-	if err := p.hb.Forget(ctx, id); err != nil {
+	if err := p.hb.Forget(ctx, id, marks.beats); err != nil {
 		return false, err
 	}
-	if err := p.reader.Forget(ctx, id); err != nil {
+	if err := p.reader.Forget(ctx, id, marks.view); err != nil {
 		return false, err
 	}
 	return true, nil

@@ -659,12 +659,14 @@ func TestTwoProjectorsAgree(t *testing.T) {
 func TestForget(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t", Key: "k"})
 	require.NoError(t, err)
 	f.run(t)
 	r := f.reader(t)
-	require.NoError(t, r.Forget(ctx, j.ID))
-	require.NoError(t, r.Forget(ctx, j.ID), "forgetting twice is fine")
+	mark, err := r.Mark(ctx)
+	require.NoError(t, err)
+	require.NoError(t, r.Forget(ctx, j.ID, mark))
+	require.NoError(t, r.Forget(ctx, j.ID, mark), "forgetting twice is fine")
 	_, err = r.Get(ctx, j.ID)
 	require.ErrorIs(t, err, events.ErrNotFound)
 	page, err := r.List(ctx, Filter{})
@@ -675,7 +677,20 @@ func TestForget(t *testing.T) {
 	info, err := kv.Info(ctx)
 	require.NoError(t, err)
 	require.Zero(t, info.State.Msgs, "no delete marker left behind")
-	require.ErrorIs(t, r.Forget(ctx, "bad.id"), events.ErrInvalidJobID)
+	require.ErrorIs(t, r.Forget(ctx, "bad.id", mark), events.ErrInvalidJobID)
+
+	// A view written after the mark stays: it is a new job's under the same
+	// key, so the same ID.
+	require.NoError(t, f.m.Log().Purge(ctx, j.ID, j.Version))
+	again, existed, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t", Key: "k"})
+	require.NoError(t, err)
+	require.False(t, existed)
+	require.Equal(t, j.ID, again.ID)
+	f.run(t)
+	require.NoError(t, r.Forget(ctx, j.ID, mark))
+	v, err := r.Get(ctx, j.ID)
+	require.NoError(t, err)
+	require.Equal(t, again.Version, v.Version)
 }
 
 func TestStartAndStopTwice(t *testing.T) {

@@ -216,14 +216,24 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	return out, nil
 }
 
-// Forget deletes a job's view (when the job is purged). The key is purged
-// from the bucket's stream without leaving a delete marker, so purged jobs
-// do not slow List down.
-func (r *Reader) Forget(ctx context.Context, id string) error {
+// Mark is the sequence of the last view written so far, for Forget.
+func (r *Reader) Mark(ctx context.Context) (uint64, error) {
+	info, err := r.stream.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("mark views: %w", err)
+	}
+	return info.State.LastSeq, nil
+}
+
+// Forget deletes a job's view written up to mark (when the job is purged):
+// a job submitted again under the same key has the same ID, and its view,
+// written after the mark, stays. The key is purged from the bucket's stream
+// without leaving a delete marker, so purged jobs do not slow List down.
+func (r *Reader) Forget(ctx context.Context, id string, mark uint64) error {
 	if err := events.ValidateJobID(id); err != nil {
 		return err
 	}
-	if err := r.stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+r.bucket+"."+id)); err != nil {
+	if err := r.stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+r.bucket+"."+id), jetstream.WithPurgeSequence(mark+1)); err != nil {
 		return fmt.Errorf("forget view of job %s: %w", id, err)
 	}
 	return nil

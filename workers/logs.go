@@ -143,9 +143,20 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 	}
 }
 
-// Forget deletes a job's lines (when the job is purged).
-func (l *Logs) Forget(ctx context.Context, jobID string) error {
-	if err := l.stream.Purge(ctx, jetstream.WithPurgeSubject(logSubject(jobID))); err != nil {
+// Mark is the sequence of the last line stored so far, for Forget.
+func (l *Logs) Mark(ctx context.Context) (uint64, error) {
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("mark logs: %w", err)
+	}
+	return info.State.LastSeq, nil
+}
+
+// Forget deletes a job's lines stored up to mark (when the job is purged):
+// a job submitted again under the same key has the same ID, and its lines,
+// stored after the mark, stay.
+func (l *Logs) Forget(ctx context.Context, jobID string, mark uint64) error {
+	if err := l.stream.Purge(ctx, jetstream.WithPurgeSubject(logSubject(jobID)), jetstream.WithPurgeSequence(mark+1)); err != nil {
 		return fmt.Errorf("forget logs of job %s: %w", jobID, err)
 	}
 	return nil
