@@ -16,6 +16,9 @@ var (
 	ErrMalformed = errors.New("malformed event")
 	// ErrUnknownType: an event whose type this version does not know.
 	ErrUnknownType = errors.New("unknown event type")
+	// ErrUnavailable: the events stream did not answer within the publish
+	// timeout (JetStream starting, or no jetjob server ever set it up).
+	ErrUnavailable = errors.New("the events stream does not answer: is JetStream up, and was a jetjob server started against this NATS?")
 	// ErrClosed: the log was closed.
 	ErrClosed = errors.New("event log closed")
 	// ErrOutcomeUnknown: an append was sent but its answer never came (the

@@ -28,6 +28,9 @@ const (
 	PublishTimeoutDefault = 5 * time.Second
 	PublishRetriesDefault = 3
 	loadPageSize          = 512
+	// unavailablePause spaces the loads asked again of a stream that is
+	// not served yet.
+	unavailablePause = 50 * time.Millisecond
 )
 
 // Config configures a Log.
@@ -592,6 +595,7 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 	defer done()
 	subject := l.Subject(jobID)
 	from := after + 1
+	var unavailableSince time.Time
 	for {
 		req, _ := json.Marshal(struct {
 			Seq     uint64 `json:"seq"`
@@ -614,6 +618,24 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 			status := m.Header.Get("Status")
 			if status == "404" {
 				return out, nil
+			}
+			if status == "503" {
+				// No responder: the stream is not served yet, as for a
+				// moment after the server restarts. The page is asked for
+				// again, for at most the publish timeout.
+				if unavailableSince.IsZero() {
+					unavailableSince = time.Now()
+				}
+				if time.Since(unavailableSince) > l.cfg.PublishTimeout {
+					return nil, fmt.Errorf("load job %s: %w", jobID, ErrUnavailable)
+				}
+				select {
+				case <-ctx.Done():
+					return nil, fmt.Errorf("load job %s: %w", jobID, ctx.Err())
+				case <-time.After(unavailablePause):
+				}
+				more = true
+				break
 			}
 			if status == "204" { // end of batch
 				more = m.Header.Get("Nats-Num-Pending") != "0"

@@ -394,3 +394,34 @@ func TestAppendedEventsCarryTheirTypeInAHeader(t *testing.T) {
 		require.Equal(t, want, events.TypeOf(m.Header), "job%d", i)
 	}
 }
+
+// A load asked of a stream not served yet (a moment after a restart) is asked
+// again until the publish timeout, then fails with ErrUnavailable.
+func TestLoadWaitsForTheStreamToBeServed(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	cfg := events.Config{Stream: "LATE", SubjectPrefix: "late.", PublishTimeout: 10 * time.Second}
+	early, err := events.Attach(env.JS, cfg)
+	require.NoError(t, err)
+	t.Cleanup(early.Close)
+	loaded := make(chan error, 1)
+	go func() {
+		_, err := early.Load(ctx, "job1")
+		loaded <- err
+	}()
+	l, err := events.Open(ctx, env.JS, cfg)
+	require.NoError(t, err)
+	t.Cleanup(l.Close)
+	select {
+	case err := <-loaded:
+		require.ErrorIs(t, err, events.ErrNotFound, "served now, and the job has no events")
+	case <-time.After(15 * time.Second):
+		t.Fatal("the load never returned")
+	}
+
+	never, err := events.Attach(env.JS, events.Config{Stream: "NEVER", SubjectPrefix: "never.", PublishTimeout: 200 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(never.Close)
+	_, err = never.Load(ctx, "job1")
+	require.ErrorIs(t, err, events.ErrUnavailable)
+}
