@@ -15,6 +15,9 @@ var (
 	// ErrShutdown is the cause of a handler's context when the pool stopped
 	// before the handler finished within the grace period.
 	ErrShutdown = errors.New("worker shutting down")
+	// ErrJobTimeout is the cause of a handler's context when it ran longer
+	// than the pool's JobTimeout; the attempt fails with ErrorCodeTimeout.
+	ErrJobTimeout = errors.New("job ran past its timeout")
 )
 
 // NoRetryError fails a job without retrying it, attempts left or not.

@@ -32,6 +32,9 @@ const (
 	// watcher on its job's history; shorter ones finish before it matters,
 	// and a cancel that came before the watcher is still read from the log.
 	CancelWatchDelayDefault = 50 * time.Millisecond
+	// ErrorCodeTimeout is the error code of an attempt that ran past the
+	// pool's JobTimeout.
+	ErrorCodeTimeout = "timeout"
 )
 
 // PoolConfig configures a Pool.
@@ -51,7 +54,13 @@ type PoolConfig struct {
 	// ShutdownGrace: Stop lets running handlers finish within it, then
 	// cancels them and hands back the jobs of those that return an error
 	// (a nil return still succeeds the job).
-	ShutdownGrace    time.Duration
+	ShutdownGrace time.Duration
+	// JobTimeout: a handler still running after this long has its context
+	// canceled with ErrJobTimeout, and unless it then returns nil its
+	// attempt fails with ErrorCodeTimeout, retried while attempts remain.
+	// Heartbeats prove a worker alive, not a handler making progress; this
+	// bounds a handler that hangs. 0 (the default) means no limit.
+	JobTimeout       time.Duration
 	CancelWatchDelay time.Duration
 	Logger           *zap.Logger
 }
@@ -73,6 +82,9 @@ func (c *PoolConfig) validate() error {
 	}
 	if c.Concurrency < 0 {
 		return fmt.Errorf("%w: concurrency %d", ErrInvalidConfig, c.Concurrency)
+	}
+	if c.JobTimeout < 0 {
+		return fmt.Errorf("%w: job timeout %s, expected 0 (none) or more", ErrInvalidConfig, c.JobTimeout)
 	}
 	if c.WorkerID == "" {
 		host, _ := os.Hostname()
@@ -724,6 +736,10 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	job := &Job{ID: held.ID, Type: held.Type, Tags: held.Tags, Meta: held.Meta, Payload: held.Payload,
 		Attempt: held.Attempt, Lease: held.Lease, WorkerID: p.cfg.WorkerID, held: held, logs: p.logs}
 
+	if p.cfg.JobTimeout > 0 {
+		timeout := time.AfterFunc(p.cfg.JobTimeout, func() { cancel(ErrJobTimeout) })
+		defer timeout.Stop()
+	}
 	watchDone := make(chan struct{})
 	go p.watchAttempt(ctx, held, cancel, watchDone)
 	err := p.callHandler(ctx, job)
@@ -771,6 +787,9 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 		_, rerr = p.m.Succeed(ctx, held, nil)
 	case errors.Is(cause, ErrShutdown):
 		_, rerr = p.m.Release(ctx, held, "worker shutting down")
+	case errors.Is(cause, ErrJobTimeout):
+		_, rerr = p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout,
+			Error: fmt.Sprintf("ran past the job timeout of %s: %v", p.cfg.JobTimeout, err)})
 	default:
 		fp := statemachine.FailParams{Error: err.Error()}
 		var noRetry *NoRetryError

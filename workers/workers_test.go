@@ -290,6 +290,36 @@ func TestFailedAttemptKeepsErrorAndLogs(t *testing.T) {
 	}, "two log lines")
 }
 
+// A handler that hangs past the pool's JobTimeout has its context canceled
+// with ErrJobTimeout, and its attempt fails with code timeout and is
+// retried; one that returns nil when told still succeeds.
+func TestJobTimeoutFailsAHungAttempt(t *testing.T) {
+	f := newFixture(t, true)
+	var mu sync.Mutex
+	causes := map[int]error{}
+	f.pool(PoolConfig{Types: []string{"slow"}, JobTimeout: 100 * time.Millisecond}, func(ctx context.Context, j *Job) error {
+		<-ctx.Done()
+		mu.Lock()
+		causes[j.Attempt] = context.Cause(ctx)
+		mu.Unlock()
+		if j.Attempt == 2 {
+			return nil // finished just as it was told to stop
+		}
+		return ctx.Err()
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "slow", MaxAttempts: 3,
+		Backoff: statemachine.BackoffConfig{Base: time.Millisecond, Cap: time.Millisecond}})
+	done := f.waitState(j.ID, statemachine.StateSucceeded)
+	require.Equal(t, 2, done.Attempt)
+	require.Len(t, done.Errors, 1)
+	require.Equal(t, ErrorCodeTimeout, done.Errors[0].Code)
+	require.Contains(t, done.Errors[0].Error, "job timeout of 100ms")
+	mu.Lock()
+	defer mu.Unlock()
+	require.ErrorIs(t, causes[1], ErrJobTimeout)
+	require.ErrorIs(t, causes[2], ErrJobTimeout)
+}
+
 func TestRetryAfterBackoff(t *testing.T) {
 	f := newFixture(t, true)
 	var mu sync.Mutex

@@ -16,13 +16,14 @@ import (
 )
 
 func runWorker(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("worker", "--type T [--tag k=v]... [--concurrency N] [--grace D] -- CMD [ARGS...]", true)
+	fs := newFlags("worker", "--type T [--tag k=v]... [--concurrency N] [--grace D] [--timeout D] -- CMD [ARGS...]", true)
 	var types strs
 	tags := labels{}
 	fs.Var(&types, "type", "job type to serve (repeatable)")
 	fs.Var(tags, "tag", "a tag this worker has, k=v (repeatable)")
 	concurrency := fs.Int("concurrency", 1, "jobs run at once")
 	grace := fs.String("grace", "10s", "after a cancel's SIGTERM, SIGKILL the command after this long; also the shutdown grace")
+	timeout := fs.String("timeout", "0s", "stop a command still running after this long (SIGTERM, then SIGKILL after --grace) and fail its attempt with code timeout; 0 means no limit")
 	id := fs.String("id", "", "worker ID (default host-pid-random)")
 	verbose := fs.Bool("v", false, "debug logging")
 	pos, err := fs.parse(args)
@@ -58,6 +59,10 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	jobTimeout, err := parseDurationFlag("timeout", *timeout)
+	if err != nil {
+		return err
+	}
 	logger := logging.New(*verbose)
 	defer func() { _ = logger.Sync() }()
 
@@ -81,7 +86,7 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	}
 	handler := workers.ExecHandler(workers.ExecConfig{Command: pos, Grace: g, Logger: logger})
 	pool, err := workers.NewPool(js, m, workers.PoolConfig{
-		Types: types, Tags: tags, Concurrency: *concurrency, WorkerID: *id, ShutdownGrace: g, Logger: logger,
+		Types: types, Tags: tags, Concurrency: *concurrency, WorkerID: *id, ShutdownGrace: g, JobTimeout: jobTimeout, Logger: logger,
 	}, handler)
 	if err != nil {
 		return err

@@ -535,3 +535,13 @@ func TestListSaysWhenThereIsMore(t *testing.T) {
 	require.Empty(t, rest.stderr, "the last page says nothing more")
 	require.Equal(t, 2, s.jetjob("ls", "--after", "not an id").code)
 }
+
+// worker --timeout stops a command that runs too long and fails its attempt.
+func TestWorkerTimeoutStopsAHungCommand(t *testing.T) {
+	s := startServerProc(t)
+	startWorker(t, s, "--type", "hang", "--timeout", "300ms", "--grace", "1s", "--", "sh", "-c", "sleep 30")
+	id := s.jetjob("submit", "--type", "hang", "--max-attempts", "1").ok(t)
+	v := waitView(t, s, id, func(v projector.View) bool { return v.State == "failed" }, "failed by the timeout")
+	require.Equal(t, "timeout", v.ErrorCode)
+	require.Equal(t, 2, s.jetjob("worker", "--type", "x", "--timeout", "-1s", "--", "true").code)
+}
