@@ -170,8 +170,8 @@ func scenario(t *testing.T, m *statemachine.Machine, between func()) []string {
 	// Retried, then failed for good.
 	j = submit(statemachine.SubmitParams{Type: "render", MaxAttempts: 2})
 	held = step(m.Acquire(ctx, j.ID, "w1"))
-	step(m.Fail(ctx, held, statemachine.FailParams{Error: "boom", Code: "exit"}))
-	step(m.Promote(ctx, j.ID))
+	retrying := step(m.Fail(ctx, held, statemachine.FailParams{Error: "boom", Code: "exit"}))
+	step(m.PromoteDue(ctx, j.ID, *retrying.RunAt))
 	held = step(m.Acquire(ctx, j.ID, "w2"))
 	step(m.Fail(ctx, held, statemachine.FailParams{Error: "boom again"}))
 	// Cancel requested while running, acknowledged by the worker.

@@ -57,9 +57,28 @@ func decidePendingCancel(j Job, reason string, now time.Time) (events.Event, err
 	return decideCancel(j, reason, now)
 }
 
-func decidePromote(j Job, now time.Time) (events.Event, error) {
+// PromoteEarlyTolerance: a promote with no timer's run-at to compare is
+// refused when the job's run-at is further ahead than this, which allows for
+// the clocks of the NATS server (whose timers fire) and of this process to
+// differ a little.
+const PromoteEarlyTolerance = 2 * time.Second
+
+// decidePromote makes a scheduled job pending when its time came. due is the
+// run-at the firing timer was armed for: a timer armed for another one (an
+// earlier schedule's, delivered again or replayed) is stale and does not
+// promote the job, whose own timer is still to fire. Without due, the job's
+// run-at itself must have come.
+func decidePromote(j Job, due *time.Time, now time.Time) (events.Event, error) {
 	if _, err := Next(j.ID, j.State, TransitionPromote); err != nil {
 		return events.Event{}, err
+	}
+	if j.RunAt != nil {
+		if due != nil && !due.Equal(*j.RunAt) {
+			return events.Event{}, &NotDueError{JobID: j.ID, RunAt: *j.RunAt}
+		}
+		if due == nil && j.RunAt.After(now.Add(PromoteEarlyTolerance)) {
+			return events.Event{}, &NotDueError{JobID: j.ID, RunAt: *j.RunAt}
+		}
 	}
 	return newEvent(j.ID, events.TypePromoted, events.Promoted{}, now)
 }

@@ -63,18 +63,21 @@ func hist(parts ...[]any) []any {
 // One event each, as []any{type, data}. The acquired event is always the
 // second of its history, so the running attempt's lease is 2.
 var (
-	runAt      = t0.Add(time.Hour)
-	submitted  = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 2}}
-	lastTry    = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 1}}
-	scheduled  = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 2, RunAt: &runAt}}
-	acquired1  = []any{events.TypeAcquired, events.Acquired{WorkerID: "w1", Attempt: 1}}
-	cancelReq  = []any{events.TypeCancelRequested, events.CancelRequested{Reason: "stop"}}
-	canceled   = []any{events.TypeCanceled, events.Canceled{By: events.CanceledByOperator}}
-	succeeded  = []any{events.TypeSucceeded, events.Succeeded{Lease: 2}}
-	failed     = []any{events.TypeFailed, events.Failed{Lease: 2, Attempt: 1, Error: "x"}}
-	ackCancel  = []any{events.TypeCanceled, events.Canceled{By: events.CanceledByWorker, Lease: 2}}
-	retryLater = []any{events.TypeAttemptFailed, events.AttemptFailed{Lease: 2, Attempt: 1, Error: "x", RetryAt: t0.Add(time.Hour)}}
-	handedBack = []any{events.TypeReleased, events.Released{Lease: 2, Reason: "shutdown"}}
+	runAt = t0.Add(time.Hour)
+	// dueBeforeNow: a run-at still to come when the job was submitted (at
+	// t0), but past by now.
+	dueBeforeNow = t0.Add(30 * time.Second)
+	submitted    = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 2}}
+	lastTry      = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 1}}
+	scheduled    = []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 2, RunAt: &runAt}}
+	acquired1    = []any{events.TypeAcquired, events.Acquired{WorkerID: "w1", Attempt: 1}}
+	cancelReq    = []any{events.TypeCancelRequested, events.CancelRequested{Reason: "stop"}}
+	canceled     = []any{events.TypeCanceled, events.Canceled{By: events.CanceledByOperator}}
+	succeeded    = []any{events.TypeSucceeded, events.Succeeded{Lease: 2}}
+	failed       = []any{events.TypeFailed, events.Failed{Lease: 2, Attempt: 1, Error: "x"}}
+	ackCancel    = []any{events.TypeCanceled, events.Canceled{By: events.CanceledByWorker, Lease: 2}}
+	retryLater   = []any{events.TypeAttemptFailed, events.AttemptFailed{Lease: 2, Attempt: 1, Error: "x", RetryAt: t0.Add(time.Hour)}}
+	handedBack   = []any{events.TypeReleased, events.Released{Lease: 2, Reason: "shutdown"}}
 )
 
 // histories reaches every state a job can be in, and the state before the
@@ -121,7 +124,10 @@ var (
 	cancelPendingCmd = command{"bulk cancel", false, always(TransitionCancel), func(j Job, now time.Time) (events.Event, error) {
 		return decidePendingCancel(j, "outdated", now)
 	}}
-	promoteCmd = command{"promote", false, always(TransitionPromote), decidePromote}
+	// promoteCmd is the job's own timer firing: armed for its run-at.
+	promoteCmd = command{"promote", false, always(TransitionPromote), func(j Job, now time.Time) (events.Event, error) {
+		return decidePromote(j, j.RunAt, now)
+	}}
 	acquireCmd = command{"acquire", false, always(TransitionAcquire), func(j Job, now time.Time) (events.Event, error) {
 		return decideAcquire(j, "w2", now)
 	}}
@@ -219,6 +225,15 @@ func TestDecide(t *testing.T) {
 		{"acquire canceling", histories[StateCanceling], acquireCmd.do, then{err: ErrIllegalTransition}},
 		{"acquire scheduled before its time", histories[StateScheduled], acquireCmd.do, then{err: ErrIllegalTransition}},
 		{"promote pending", histories[StatePending], promoteCmd.do, then{err: ErrIllegalTransition}},
+		{"a stale timer does not promote", scheduled, func(j Job, now time.Time) (events.Event, error) {
+			return decidePromote(j, &t0, now)
+		}, then{err: ErrNotDue}},
+		{"no promote before the run-at", scheduled, func(j Job, now time.Time) (events.Event, error) {
+			return decidePromote(j, nil, now)
+		}, then{err: ErrNotDue}},
+		{"a promote once the run-at came", []any{events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 2, RunAt: &dueBeforeNow}},
+			func(j Job, now time.Time) (events.Event, error) { return decidePromote(j, nil, now) },
+			then{events.TypePromoted, TransitionPromote, StatePending, nil}},
 		{"promote canceled", histories[StateCanceled], promoteCmd.do, then{err: ErrIllegalTransition}},
 		{"succeed while canceling", histories[StateCanceling], succeedCmd.do, then{err: ErrIllegalTransition}},
 		{"fail while canceling", histories[StateCanceling], failCmd.do, then{err: ErrIllegalTransition}},

@@ -3,6 +3,7 @@ package statemachine
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jetjob/jetjob/events"
 )
@@ -25,6 +26,9 @@ var (
 	// ErrTakenBefore: CancelPending refuses a job that a worker took
 	// before (it waits for a retry, or was handed back); Cancel cancels it.
 	ErrTakenBefore = errors.New("a worker already took the job once")
+	// ErrNotDue: a promote of a scheduled job whose run-at has not come,
+	// or from a timer armed for another run-at than the job's.
+	ErrNotDue = errors.New("the job's run-at has not come")
 	// ErrInvalid: a command's input is invalid.
 	ErrInvalid = errors.New("invalid input")
 	// ErrPayloadTooLarge: a payload over the configured limit; matches ErrInvalid.
@@ -81,3 +85,17 @@ func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 
 // Unwrap gives the cause.
 func (e *ConflictError) Unwrap() error { return e.Cause }
+
+// NotDueError names a scheduled job a promote came too early for, and its
+// run-at. It matches ErrNotDue.
+type NotDueError struct {
+	JobID string
+	RunAt time.Time
+}
+
+func (e *NotDueError) Error() string {
+	return fmt.Sprintf("job %s runs at %s: not promoted", e.JobID, e.RunAt.Format(time.RFC3339Nano))
+}
+
+// Is makes errors.Is(err, ErrNotDue) true.
+func (e *NotDueError) Is(target error) bool { return target == ErrNotDue }

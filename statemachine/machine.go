@@ -241,9 +241,22 @@ func (m *Machine) CancelPendingFrom(ctx context.Context, snapshot Job, reason st
 	})
 }
 
-// Promote makes a scheduled job pending.
+// Promote makes a scheduled job pending once its run-at has come (within
+// PromoteEarlyTolerance); before that it returns a *NotDueError.
 func (m *Machine) Promote(ctx context.Context, jobID string) (Job, error) {
-	return m.apply(ctx, jobID, nil, decidePromote)
+	return m.apply(ctx, jobID, nil, func(j Job, now time.Time) (events.Event, error) {
+		return decidePromote(j, nil, now)
+	})
+}
+
+// PromoteDue makes a scheduled job pending on behalf of a timer armed for
+// run-at due: only if due is still the job's run-at, so that a stale timer
+// (an earlier schedule's, delivered again) never starts a retry early. A
+// stale one gives a *NotDueError.
+func (m *Machine) PromoteDue(ctx context.Context, jobID string, due time.Time) (Job, error) {
+	return m.apply(ctx, jobID, nil, func(j Job, now time.Time) (events.Event, error) {
+		return decidePromote(j, &due, now)
+	})
 }
 
 // Acquire gives a pending job to a worker; the returned job's Lease fences

@@ -108,7 +108,11 @@ func TestRacingTransitionsExactlyOneWins(t *testing.T) {
 		{"100 acquires of a pending job", false, 0, acquire, []string{events.TypeAcquired}, []statemachine.State{statemachine.StateRunning}},
 		{"100 cancels of a running job", true, 0, cancel, []string{events.TypeCancelRequested}, []statemachine.State{statemachine.StateCanceling}},
 		{"100 promotes of a scheduled job", false, time.Hour, func(ctx context.Context, m *statemachine.Machine, id string, _ int) error {
-			_, err := m.Promote(ctx, id)
+			j, err := m.Load(ctx, id)
+			if err != nil {
+				return err
+			}
+			_, err = m.PromoteDue(ctx, id, *j.RunAt) // as its timer would
 			return err
 		}, []string{events.TypePromoted}, []statemachine.State{statemachine.StatePending}},
 		{"50 acquires against 50 bulk cancels (seed 000)", false, 0, func(ctx context.Context, m *statemachine.Machine, id string, i int) error {
@@ -414,10 +418,16 @@ func TestFailRetriesWithBackoffThenFails(t *testing.T) {
 	require.Nil(t, j.CompletedAt)
 	require.Equal(t, "boom", j.Error)
 
-	// Not before its time: a scheduled job is promoted first.
+	// Not before its time: a scheduled job is promoted first, by its timer.
 	_, err = m.Acquire(ctx, job.ID, "w2")
 	require.ErrorIs(t, err, statemachine.ErrIllegalTransition)
 	_, err = m.Promote(ctx, job.ID)
+	var notDue *statemachine.NotDueError
+	require.ErrorAs(t, err, &notDue, "its run-at has not come")
+	require.Equal(t, *j.RunAt, notDue.RunAt)
+	_, err = m.PromoteDue(ctx, job.ID, j.RunAt.Add(-time.Second))
+	require.ErrorIs(t, err, statemachine.ErrNotDue, "a timer armed for another run-at is stale")
+	_, err = m.PromoteDue(ctx, job.ID, *j.RunAt)
 	require.NoError(t, err)
 	held, err = m.Acquire(ctx, job.ID, "w2")
 	require.NoError(t, err)
@@ -455,11 +465,11 @@ func TestStaleWorkerIsFenced(t *testing.T) {
 	first, err := m.Acquire(ctx, job.ID, "w1")
 	require.NoError(t, err)
 	// The first worker is declared dead and the job retried on another.
-	_, err = m.FailStale(ctx, job.ID, first.Lease, statemachine.FailParams{Error: "hung", Code: "hung"})
+	retrying, err := m.FailStale(ctx, job.ID, first.Lease, statemachine.FailParams{Error: "hung", Code: "hung"})
 	require.NoError(t, err)
 	_, err = m.FailStale(ctx, job.ID, first.Lease, statemachine.FailParams{Error: "hung", Code: "hung"})
 	require.ErrorIs(t, err, statemachine.ErrLeaseLost, "the same attempt is not failed twice")
-	_, err = m.Promote(ctx, job.ID)
+	_, err = m.PromoteDue(ctx, job.ID, *retrying.RunAt)
 	require.NoError(t, err)
 	second, err := m.Acquire(ctx, job.ID, "w2")
 	require.NoError(t, err)
@@ -612,9 +622,9 @@ func TestHugeBackoffDoesNotCrashTheFailingWorker(t *testing.T) {
 		Backoff: statemachine.BackoffConfig{Base: 2 * century, Cap: time.Duration(1<<63 - 1)}})
 	held, err := m.Acquire(ctx, job.ID, "w")
 	require.NoError(t, err)
-	_, err = m.Fail(ctx, held, statemachine.FailParams{Error: "first"})
+	retrying, err := m.Fail(ctx, held, statemachine.FailParams{Error: "first"})
 	require.NoError(t, err)
-	_, err = m.Promote(ctx, job.ID)
+	_, err = m.PromoteDue(ctx, job.ID, *retrying.RunAt)
 	require.NoError(t, err)
 	held, err = m.Acquire(ctx, job.ID, "w")
 	require.NoError(t, err)

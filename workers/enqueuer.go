@@ -220,7 +220,7 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 	}()
 	go func() {
 		defer e.wg.Done()
-		e.supervise(ctx, TimersStream, e.dueCons, e.timersConsumerConfig(), &e.lastDueSeq, 64, e.processDue)
+		e.supervise(ctx, TimersStream, e.dueCons, e.timersConsumerConfig(), &e.lastDueSeq, e.cfg.Batch, e.processDue)
 	}()
 	if e.cfg.Lister != nil {
 		e.wg.Add(1)
@@ -275,21 +275,23 @@ var makesPending = map[string]bool{
 	events.TypeSubmitted: true, events.TypePromoted: true, events.TypeReleased: true, events.TypeAttemptFailed: true,
 }
 
+// eventItem is an event of a batch the enqueuer acts on.
+type eventItem struct {
+	rec events.Record
+	// submitted, key and later are set for a job.submitted event;
+	// later: it runs at a time still to come, so it waits for a timer.
+	submitted events.Submitted
+	key       queueKey
+	later     bool
+}
+
 func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) error {
 	log := e.m.Log()
 	// Read the batch first, so that the queues its submits need for the
 	// first time can be made all at once rather than one round trip after
 	// another: 1,000 new tag sets in a batch were seconds of enqueuing
 	// stalled.
-	type item struct {
-		rec events.Record
-		// submitted, key and later are set for a job.submitted event;
-		// later: it runs at a time still to come, so it waits for a timer.
-		submitted events.Submitted
-		key       queueKey
-		later     bool
-	}
-	items := make([]item, 0, len(msgs))
+	items := make([]eventItem, 0, len(msgs))
 	var fresh []queueKey
 	seen := map[string]bool{}
 	for _, msg := range msgs {
@@ -305,7 +307,7 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 		if !ok || rec.Err != nil || rec.JobID != jobID {
 			continue
 		}
-		it := item{rec: rec}
+		it := eventItem{rec: rec}
 		if rec.Type == events.TypeSubmitted {
 			d := &it.submitted
 			if rec.DecodeData(d) != nil || statemachine.ValidateToken("type", d.Type) != nil {
@@ -321,6 +323,10 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 		items = append(items, it)
 	}
 	if err := e.ensureQueues(ctx, fresh); err != nil {
+		return err
+	}
+	loaded, err := e.loadRunnable(ctx, items)
+	if err != nil {
 		return err
 	}
 
@@ -350,14 +356,8 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 			acks = append(acks, f)
 			wakes[it.key.wake()] = true
 		case events.TypePromoted, events.TypeReleased:
-			job, err := e.m.Load(ctx, jobID)
-			if errors.Is(err, events.ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if job.State != statemachine.StatePending {
+			job, ok := loaded[jobID]
+			if !ok || job.State != statemachine.StatePending {
 				continue // moved on since: nothing to run
 			}
 			key := queueKey{Type: job.Type, Tagset: TagsetID(job.Tags), Prio: job.Priority, Tags: job.Tags}
@@ -390,6 +390,46 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 		_ = msg.Ack()
 	}
 	return nil
+}
+
+// loadParallel bounds the histories read at once for a batch's promoted and
+// released jobs.
+const loadParallel = 64
+
+// loadRunnable reads the jobs that a batch's promoted and released events
+// may have made runnable, several at once: a retry storm promotes thousands
+// of jobs together, and reading them one after another delayed every one.
+// A job with no history (purged) is left out.
+func (e *Enqueuer) loadRunnable(ctx context.Context, items []eventItem) (map[string]statemachine.Job, error) {
+	loaded := map[string]statemachine.Job{}
+	var (
+		mu       sync.Mutex
+		wg       sync.WaitGroup
+		firstErr error
+	)
+	sem := make(chan struct{}, loadParallel)
+	for _, it := range items {
+		if it.rec.Type != events.TypePromoted && it.rec.Type != events.TypeReleased {
+			continue
+		}
+		id := it.rec.JobID
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			job, err := e.m.Load(ctx, id)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				loaded[id] = job
+			case !errors.Is(err, events.ErrNotFound) && firstErr == nil:
+				firstErr = err
+			}
+		}()
+	}
+	wg.Wait()
+	return loaded, firstErr
 }
 
 func waitAcks(ctx context.Context, js jetstream.JetStream, acks []jetstream.PubAckFuture) error {
@@ -484,6 +524,9 @@ func (e *Enqueuer) armTimer(jobID string, at time.Time, seq uint64) (jetstream.P
 	m := nats.NewMsg(timerPrefix + jobID)
 	m.Data = []byte(jobID)
 	m.Header.Set("Nats-Schedule", "@at "+at.UTC().Format(time.RFC3339Nano))
+	// Carried to the due message: the promote checks that the job still
+	// runs at this time, so a stale timer never starts a retry early.
+	m.Header.Set(dueAtHeader, at.UTC().Format(time.RFC3339Nano))
 	m.Header.Set("Nats-Schedule-Target", duePrefix+jobID)
 	m.Header.Set(jetstream.MsgIDHeader, jobID+":t"+strconv.FormatUint(seq, 10))
 	f, err := e.js.PublishMsgAsync(m)
@@ -493,22 +536,56 @@ func (e *Enqueuer) armTimer(jobID string, at time.Time, seq uint64) (jetstream.P
 	return f, nil
 }
 
-// processDue promotes the jobs whose timer fired.
+// dueAtHeader carries the run-at a timer was armed for.
+const dueAtHeader = "Jj-Due-At"
+
+// promoteParallel bounds the promotes in flight at once: thousands of jobs
+// due together are promoted in the log's atomic batches, not one fsync'd
+// append after another.
+const promoteParallel = 256
+
+// processDue promotes the jobs whose timer fired, several at once.
 func (e *Enqueuer) processDue(ctx context.Context, msgs []jetstream.Msg) error {
+	sem := make(chan struct{}, promoteParallel)
+	var wg sync.WaitGroup
 	for _, msg := range msgs {
-		jobID := msg.Subject()[len(duePrefix):]
-		_, err := e.m.Promote(ctx, jobID)
-		switch {
-		case err == nil, errors.Is(err, statemachine.ErrIllegalTransition), errors.Is(err, events.ErrNotFound),
-			errors.Is(err, events.ErrInvalidJobID):
-			// Promoted, or no longer scheduled (canceled, promoted already, purged).
-			_ = msg.Ack()
-		default:
-			e.logger.Warn("promote", zap.String("job", jobID), zap.Error(err))
-			_ = msg.NakWithDelay(time.Second)
-		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			e.promote(ctx, msg)
+		}()
 	}
+	wg.Wait()
 	return nil
+}
+
+// promote makes the job of a due message pending, if the message is its
+// current timer's (else the job's own timer is yet to fire) and its time came.
+func (e *Enqueuer) promote(ctx context.Context, msg jetstream.Msg) {
+	jobID := msg.Subject()[len(duePrefix):]
+	var err error
+	if due, perr := time.Parse(time.RFC3339Nano, msg.Headers().Get(dueAtHeader)); perr == nil {
+		_, err = e.m.PromoteDue(ctx, jobID, due)
+	} else {
+		_, err = e.m.Promote(ctx, jobID) // a timer armed before the header was written
+	}
+	var notDue *statemachine.NotDueError
+	switch {
+	case err == nil, errors.Is(err, statemachine.ErrIllegalTransition), errors.Is(err, events.ErrNotFound),
+		errors.Is(err, events.ErrInvalidJobID):
+		// Promoted, or no longer scheduled (canceled, promoted already, purged).
+		_ = msg.Ack()
+	case errors.As(err, &notDue):
+		// A stale timer, delivered again or replayed: the job now runs at
+		// another time, for which its own timer is armed (and the
+		// reconcile pass promotes a job whose time passed regardless).
+		e.logger.Debug("stale timer", zap.String("job", jobID), zap.Time("runs_at", notDue.RunAt))
+		_ = msg.Ack()
+	default:
+		e.logger.Warn("promote", zap.String("job", jobID), zap.Error(err))
+		_ = msg.NakWithDelay(time.Second)
+	}
 }
 
 // ReconcileResult says what Reconcile repaired.

@@ -924,3 +924,55 @@ func TestCancelReachesAHandlerWhoseWatchFailedAtFirst(t *testing.T) {
 	}
 	f.waitState(j.ID, statemachine.StateCanceled)
 }
+
+// A pool with more slots than one fetch may ask for still gets its jobs.
+func TestPoolWithThousandsOfSlotsGetsJobs(t *testing.T) {
+	f := newFixture(t, true)
+	ran := make(chan string, 10)
+	f.pool(PoolConfig{Types: []string{"wide"}, Concurrency: 1500}, func(_ context.Context, j *Job) error {
+		ran <- j.ID
+		return nil
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "wide"})
+	f.waitState(j.ID, statemachine.StateSucceeded)
+	require.Equal(t, j.ID, <-ran)
+}
+
+// A due message from an earlier schedule (delivered again, or replayed by a
+// timers consumer made anew) does not start a retry before its time; the
+// job's own timer does.
+func TestStaleTimerDoesNotPromoteEarly(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	j := f.submit(statemachine.SubmitParams{Type: "later", MaxAttempts: 3,
+		Backoff: statemachine.BackoffConfig{Base: 2 * time.Hour, Cap: 2 * time.Hour}})
+	held, err := f.m.Acquire(ctx, j.ID, "w")
+	require.NoError(t, err)
+	retrying, err := f.m.Fail(ctx, held, statemachine.FailParams{Error: "try later"})
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateScheduled, retrying.State)
+	_, err = f.enq.runOnce(ctx)
+	require.NoError(t, err)
+
+	due := func(at *time.Time) {
+		m := nats.NewMsg(duePrefix + j.ID)
+		m.Data = []byte(j.ID)
+		if at != nil {
+			m.Header.Set(dueAtHeader, at.UTC().Format(time.RFC3339Nano))
+		}
+		_, err := f.env.JS.PublishMsg(ctx, m)
+		require.NoError(t, err)
+		_, err = f.enq.runOnce(ctx)
+		require.NoError(t, err)
+	}
+	earlier := time.Now().Add(-time.Minute)
+	due(&earlier) // the first schedule's timer, replayed
+	due(nil)      // the same, armed before timers carried their time
+	cur, err := f.m.Load(ctx, j.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateScheduled, cur.State, "promoted %s before its run-at", time.Until(*retrying.RunAt))
+	due(retrying.RunAt) // its own timer
+	cur, err = f.m.Load(ctx, j.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StatePending, cur.State)
+}
