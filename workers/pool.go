@@ -572,6 +572,9 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 			p.markHot(hot[i:])
 			break
 		}
+		// A pool with more free slots than one fetch may ask for fills
+		// the rest on its next round: this queue stays hot when full.
+		n = min(n, queueMaxFetch)
 		batch, err := q.cons.FetchNoWait(n)
 		if err != nil {
 			p.logger.Debug("fetch", zap.String("queue", q.name), zap.Error(err))
@@ -591,6 +594,9 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 			// then ask again.
 			go p.remakeConsumer(ctx, q)
 			continue
+		}
+		if err := batch.Error(); fetched == 0 && err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			p.logger.Warn("fetch", zap.String("queue", q.name), zap.Error(err))
 		}
 		p.mu.Lock()
 		switch {

@@ -129,11 +129,14 @@ func (k queueKey) wake() string { return wakePrefix + k.name() }
 // Storing it cost every consumer a file write per flush, fsync'd on a
 // durable server: with many tag sets, more of the server's time than
 // anything else.
+// queueMaxFetch is the most messages one fetch from a queue may ask for.
+const queueMaxFetch = 1000
+
 func (k queueKey) consumerConfig() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable: k.consumer(), FilterSubject: k.filter(), AckPolicy: jetstream.AckExplicitPolicy,
 		AckWait: QueueAckWait, MaxDeliver: -1, MaxAckPending: 100_000,
-		MaxRequestBatch: 1000, InactiveThreshold: 0, MemoryStorage: true,
+		MaxRequestBatch: queueMaxFetch, InactiveThreshold: 0, MemoryStorage: true,
 	}
 }
 
