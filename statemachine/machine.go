@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -159,16 +160,27 @@ func (m *Machine) Submit(ctx context.Context, p SubmitParams) (job Job, existed 
 	if err := p.validate(m.cfg.MaxPayload); err != nil {
 		return Job{}, false, err
 	}
-	var jobID string
-	if p.Key != "" {
-		jobID = JobIDForKey(p.Key)
-	} else {
-		id, err := uuid.NewV7()
-		if err != nil {
-			return Job{}, false, fmt.Errorf("new job ID: %w", err)
-		}
-		jobID = id.String()
+	jobID, err := newJobID(p)
+	if err != nil {
+		return Job{}, false, err
 	}
+	return m.submit(ctx, jobID, p)
+}
+
+// newJobID is the key's job ID, else a new time-ordered one: IDs made one
+// after another sort in that order.
+func newJobID(p SubmitParams) (string, error) {
+	if p.Key != "" {
+		return JobIDForKey(p.Key), nil
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return "", fmt.Errorf("new job ID: %w", err)
+	}
+	return id.String(), nil
+}
+
+func (m *Machine) submit(ctx context.Context, jobID string, p SubmitParams) (job Job, existed bool, err error) {
 	ev, err := decideSubmit(jobID, p, m.cfg.Now())
 	if err != nil {
 		return Job{}, false, err
@@ -196,18 +208,33 @@ type SubmitResult struct {
 }
 
 // SubmitMany submits jobs concurrently, so that the log commits them in
-// atomic batches. Results are in the order of params; one job's error does
-// not stop the others.
+// atomic batches. Results are in the order of params, and so are the new
+// jobs' IDs (job IDs sort in submit order); one job's error does not stop
+// the others.
 func (m *Machine) SubmitMany(ctx context.Context, params []SubmitParams) []SubmitResult {
 	out := make([]SubmitResult, len(params))
+	ids := make([]string, len(params))
+	params = slices.Clone(params) // validate fills in defaults; the caller's stay as given
+	for i := range params {
+		if err := params[i].validate(m.cfg.MaxPayload); err != nil {
+			out[i].Err = err
+			continue
+		}
+		if ids[i], out[i].Err = newJobID(params[i]); out[i].Err != nil {
+			continue
+		}
+	}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 1000)
 	for i := range params {
+		if out[i].Err != nil {
+			continue
+		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func(i int) {
 			defer func() { <-sem; wg.Done() }()
-			job, existed, err := m.Submit(ctx, params[i])
+			job, existed, err := m.submit(ctx, ids[i], params[i])
 			out[i] = SubmitResult{Job: job, Existed: existed, Err: err}
 		}(i)
 	}

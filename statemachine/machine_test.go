@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -638,4 +639,29 @@ func TestHugeBackoffDoesNotCrashTheFailingWorker(t *testing.T) {
 		require.True(t, j.RunAt.After(time.Now().Add(century)))
 	}()
 	require.Nil(t, panicked, "Fail panicked")
+}
+
+// SubmitMany gives new jobs IDs in the order of its params, so that listing
+// by ID is listing in submit order; a bad job fails alone, and the params
+// given are left as they were.
+func TestSubmitManyKeepsTheOrderOfItsJobs(t *testing.T) {
+	ctx := testContext(t)
+	m, _, _ := newMachine(t)
+	params := make([]statemachine.SubmitParams, 500)
+	for i := range params {
+		params[i] = statemachine.SubmitParams{Type: "t"}
+	}
+	params[7] = statemachine.SubmitParams{Type: "bad type"}
+	results := m.SubmitMany(ctx, params)
+	var ids []string
+	for i, r := range results {
+		if i == 7 {
+			require.ErrorIs(t, r.Err, statemachine.ErrInvalid)
+			continue
+		}
+		require.NoError(t, r.Err)
+		ids = append(ids, r.Job.ID)
+	}
+	require.True(t, slices.IsSorted(ids), "IDs in submit order")
+	require.Zero(t, params[0].MaxAttempts, "defaults filled in a copy")
 }
