@@ -324,8 +324,16 @@ func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 			// The message may have gone out before the caller gave up.
 			return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: err}
 		}
-		if !isLostAck(err) {
+		var refused *jetstream.APIError
+		if errors.As(err, &refused) {
+			// The stream answered: it did not store this message.
 			return 0, fmt.Errorf("append to job %s: %w", r.ev.JobID, err)
+		}
+		if !isLostAck(err) {
+			// No answer from the stream, and no resend possible (the
+			// connection closed): this message, or an atomic batch that
+			// held it, may have been stored before the failure.
+			return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: err}
 		}
 		l.logger.Debug("append ack lost, resending", zap.String("job", r.ev.JobID), zap.Error(err))
 		lastErr = err

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetjob/jetjob/events"
@@ -424,4 +426,57 @@ func TestLoadWaitsForTheStreamToBeServed(t *testing.T) {
 	t.Cleanup(never.Close)
 	_, err = never.Load(ctx, "job1")
 	require.ErrorIs(t, err, events.ErrUnavailable)
+}
+
+// TestAppendsCutByALostConnectionReportAnUnknownOutcome: when the connection
+// closes under appends in flight, an append told it failed with a plain
+// error was not stored; the others are stored or say the outcome is unknown.
+func TestAppendsCutByALostConnectionReportAnUnknownOutcome(t *testing.T) {
+	env := natstest.Start(t)
+	ctx := context.Background()
+	setup, err := events.Open(ctx, env.JS, events.Config{})
+	require.NoError(t, err)
+	setup.Close()
+	for round := range 5 {
+		nc, err := nats.Connect(env.URL, nats.NoReconnect())
+		require.NoError(t, err)
+		js, err := jetstream.New(nc)
+		require.NoError(t, err)
+		l, err := events.Attach(js, events.Config{})
+		require.NoError(t, err)
+		const n = 2000
+		errs := make([]error, n)
+		ids := make([]string, n)
+		var wg sync.WaitGroup
+		var done atomic.Int64
+		for i := range n {
+			ids[i] = fmt.Sprintf("lost%d-%d", round, i)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = l.Append(ctx, mustEvent(t, ids[i], events.TypeSubmitted), 0)
+				done.Add(1)
+			}()
+		}
+		natstest.Eventually(t, 10*time.Second, func() bool { return done.Load() >= int64(100*(round+1)) }, "appends answered")
+		nc.Close() // mid-flight
+		wg.Wait()
+		l.Close()
+		var failed int
+		for i := range n {
+			_, lerr := setup.Load(ctx, ids[i])
+			stored := lerr == nil
+			var unknown *events.OutcomeUnknownError
+			switch {
+			case errs[i] == nil:
+				require.True(t, stored, "acknowledged append of %s not stored", ids[i])
+			case errors.As(errs[i], &unknown):
+				require.Equal(t, ids[i], unknown.JobID)
+			default:
+				failed++
+				require.False(t, stored, "append of %s failed (%v) yet is stored", ids[i], errs[i])
+			}
+		}
+		t.Logf("round %d: %d appends failed for sure", round, failed)
+	}
 }
