@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -125,15 +127,40 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 	}
 	results := c.m.SubmitMany(ctx, params)
 	views := make([]projector.View, 0, len(results))
-	var firstErr error
+	var existed, unknown, failed []int
+	var unknownErr, failedErr error
 	for i, r := range results {
-		if r.Err != nil {
-			if firstErr == nil {
-				firstErr = fmt.Errorf("job on line %d: %w", lines[i], r.Err)
-			}
+		switch {
+		case errors.Is(r.Err, statemachine.ErrOutcomeUnknown):
+			unknown = append(unknown, lines[i])
+			unknownErr = cmp.Or(unknownErr, r.Err)
 			continue
+		case r.Err != nil:
+			failed = append(failed, lines[i])
+			failedErr = cmp.Or(failedErr, r.Err)
+			continue
+		case r.Existed:
+			existed = append(existed, lines[i])
 		}
 		views = append(views, projector.ViewOf(r.Job, nil))
+	}
+	// Said where people look; stdout keeps the stored jobs' IDs, in order.
+	if len(existed) > 0 {
+		fmt.Fprintf(os.Stderr, "jetjob submit: key already names a job, nothing submitted for it: line %s (the job's ID is printed)\n", lineRanges(existed))
+	}
+	if len(unknown) > 0 {
+		fmt.Fprintf(os.Stderr, "jetjob submit: outcome unknown, the job may exist: line %s (%v)\n", lineRanges(unknown), errors.Unwrap(unknownErr))
+	}
+	if len(failed) > 0 {
+		fmt.Fprintf(os.Stderr, "jetjob submit: not submitted: line %s (%v)\n", lineRanges(failed), failedErr)
+	}
+	var firstErr error
+	if len(unknown)+len(failed) > 0 {
+		again := "submitting those lines again may make a second job of an unknown one: check them first"
+		if allKeyed(params) {
+			again = "every line has a key, so submitting the file again is safe"
+		}
+		firstErr = fmt.Errorf("%d of %d jobs stored, %d may be, %d not; %s", len(views), len(params), len(unknown), len(failed), again)
 	}
 	if fs.json() {
 		if err := writeJSON(out, views); err != nil {
@@ -250,4 +277,33 @@ func readJobsFile(name string) ([]statemachine.SubmitParams, []int, error) {
 		return nil, nil, usageErr("%s holds no jobs", name)
 	}
 	return out, lines, nil
+}
+
+// lineRanges writes ascending line numbers as "3, 7-9, 12".
+func lineRanges(lines []int) string {
+	var b strings.Builder
+	for i := 0; i < len(lines); {
+		j := i
+		for j+1 < len(lines) && lines[j+1] == lines[j]+1 {
+			j++
+		}
+		if b.Len() > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(strconv.Itoa(lines[i]))
+		if j > i {
+			b.WriteString("-" + strconv.Itoa(lines[j]))
+		}
+		i = j + 1
+	}
+	return b.String()
+}
+
+func allKeyed(params []statemachine.SubmitParams) bool {
+	for _, p := range params {
+		if p.Key == "" {
+			return false
+		}
+	}
+	return true
 }

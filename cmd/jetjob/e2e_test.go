@@ -545,3 +545,21 @@ func TestWorkerTimeoutStopsAHungCommand(t *testing.T) {
 	require.Equal(t, "timeout", v.ErrorCode)
 	require.Equal(t, 2, s.jetjob("worker", "--type", "x", "--timeout", "-1s", "--", "true").code)
 }
+
+// submit --file says which lines' keys already named a job.
+func TestSubmitFileSaysWhichKeysWereUsed(t *testing.T) {
+	s := startServerProc(t)
+	file := filepath.Join(t.TempDir(), "jobs.ndjson")
+	require.NoError(t, os.WriteFile(file, []byte(`{"type":"k","key":"a"}`+"\n"+`{"type":"k"}`+"\n"+`{"type":"k","key":"b"}`+"\n"), 0o644))
+	first := s.jetjob("submit", "--file", file)
+	require.Equal(t, 0, first.code, first.stderr)
+	require.Empty(t, first.stderr)
+	again := s.jetjob("submit", "--file", file)
+	require.Equal(t, 0, again.code, again.stderr)
+	require.Contains(t, again.stderr, "key already names a job, nothing submitted for it: line 1, 3")
+	firstIDs, againIDs := strings.Fields(first.stdout), strings.Fields(again.stdout)
+	require.Len(t, againIDs, 3)
+	require.Equal(t, firstIDs[0], againIDs[0])
+	require.NotEqual(t, firstIDs[1], againIDs[1], "no key: a new job")
+	require.Equal(t, firstIDs[2], againIDs[2])
+}

@@ -31,3 +31,9 @@ func TestHistoryShowsAJSONPayloadAsJSON(t *testing.T) {
 		})
 	}
 }
+
+func TestLineRanges(t *testing.T) {
+	require.Equal(t, "", lineRanges(nil))
+	require.Equal(t, "4", lineRanges([]int{4}))
+	require.Equal(t, "1-3, 5, 7-8", lineRanges([]int{1, 2, 3, 5, 7, 8}))
+}
