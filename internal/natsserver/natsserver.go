@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -29,6 +30,10 @@ const (
 
 // ErrInvalidConfig reports a Config that cannot start a server.
 var ErrInvalidConfig = errors.New("invalid embedded server config")
+
+// ErrDataDirInUse: another embedded server holds the data directory; two
+// servers writing one JetStream store would corrupt it.
+var ErrDataDirInUse = errors.New("data directory in use by another jetjob server")
 
 // Config configures the embedded server.
 type Config struct {
@@ -65,7 +70,8 @@ func (c *Config) validate() error {
 
 // Server is a running embedded nats-server.
 type Server struct {
-	ns *server.Server
+	ns     *server.Server
+	unlock func()
 }
 
 // Start starts the server and waits until it accepts clients.
@@ -92,6 +98,10 @@ func Start(cfg Config) (*Server, error) {
 		}
 		_ = l.Close()
 	}
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	opts := &server.Options{
 		Host:      host,
 		Port:      port,
@@ -109,6 +119,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
+		unlock()
 		return nil, fmt.Errorf("create nats server: %w", err)
 	}
 	if cfg.Debug {
@@ -117,9 +128,10 @@ func Start(cfg Config) (*Server, error) {
 	go ns.Start()
 	if !ns.ReadyForConnections(cfg.StartTimeout) {
 		ns.Shutdown()
+		unlock()
 		return nil, fmt.Errorf("nats server on %s not ready after %s", cfg.Listen, cfg.StartTimeout)
 	}
-	return &Server{ns: ns}, nil
+	return &Server{ns: ns, unlock: sync.OnceFunc(unlock)}, nil
 }
 
 // ClientURL is the URL clients connect to.
@@ -129,4 +141,5 @@ func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 func (s *Server) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
+	s.unlock()
 }
