@@ -97,6 +97,11 @@ func ValidateLabels(what string, m map[string]string) error {
 	return nil
 }
 
+// Validate checks the parameters as a Machine with the default Config would
+// (Machine.Validate checks them against its own), filling in defaults: for
+// tools that check input before they connect.
+func (p *SubmitParams) Validate() error { return p.validate(MaxPayloadDefault) }
+
 func (p *SubmitParams) validate(maxPayload int) error {
 	if err := ValidateToken("type", p.Type); err != nil {
 		return err

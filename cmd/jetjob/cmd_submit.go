@@ -57,7 +57,7 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		if len(perJob) > 0 {
 			return usageErr("--file takes every job's fields from the file; do not combine it with %s", strings.Join(perJob, ", "))
 		}
-		if params, lines, err = readJobsFile(*file); err != nil {
+		if params, lines, err = readJobsFile(*file, (*statemachine.SubmitParams).Validate); err != nil {
 			return err
 		}
 	} else {
@@ -119,11 +119,6 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		}
 		_, err = fmt.Fprintln(out, job.ID)
 		return err
-	}
-	for i := range params {
-		if err := c.m.Validate(&params[i]); err != nil {
-			return fmt.Errorf("job on line %d: %w (nothing was submitted)", lines[i], err)
-		}
 	}
 	results := c.m.SubmitMany(ctx, params)
 	views := make([]projector.View, 0, len(results))
@@ -217,21 +212,29 @@ type jobLine struct {
 	Meta        map[string]string `json:"meta"`
 	Payload     json.RawMessage   `json:"payload"`
 	Priority    int               `json:"priority"`
-	MaxAttempts int               `json:"max_attempts"`
-	RunAt       *time.Time        `json:"run_at"`
+	MaxAttempts *int              `json:"max_attempts"`
+	RunAt       string            `json:"run_at"`
 	Delay       string            `json:"delay"`
 	Key         string            `json:"key"`
+	BackoffBase string            `json:"backoff_base"`
+	BackoffCap  string            `json:"backoff_cap"`
 }
 
-// readJobsFile reads every line before anything is submitted, so that a bad
-// line submits nothing.
-func readJobsFile(name string) ([]statemachine.SubmitParams, []int, error) {
+const jobLineFields = "type, tags, meta, payload, priority, max_attempts, run_at, delay, key, backoff_base, backoff_cap"
+
+// badLinesShown caps the bad lines a refused file lists.
+const badLinesShown = 20
+
+// readJobsFile reads and checks every line before anything is submitted, so
+// that a bad line submits nothing; every bad line is said, one per line.
+func readJobsFile(name string, validate func(*statemachine.SubmitParams) error) ([]statemachine.SubmitParams, []int, error) {
 	data, err := readFileArg(name)
 	if err != nil {
 		return nil, nil, err
 	}
 	var out []statemachine.SubmitParams
 	var lines []int
+	var bad []string
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for n := 1; sc.Scan(); n++ {
@@ -239,33 +242,13 @@ func readJobsFile(name string) ([]statemachine.SubmitParams, []int, error) {
 		if len(line) == 0 {
 			continue
 		}
-		var jl jobLine
-		dec := json.NewDecoder(bytes.NewReader(line))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&jl); err != nil {
-			return nil, nil, usageErr("%s line %d: %v (expected a JSON object with type, tags, meta, payload, priority, max_attempts, run_at, delay, key)", name, n, err)
+		p, err := parseJobLine(line)
+		if err == nil {
+			err = validate(&p)
 		}
-		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-			return nil, nil, usageErr("%s line %d: text after the job's JSON object, expected one object per line", name, n)
-		}
-		if jl.Type == "" {
-			return nil, nil, usageErr("%s line %d: type is required", name, n)
-		}
-		p := statemachine.SubmitParams{Type: jl.Type, Tags: jl.Tags, Meta: jl.Meta, Priority: jl.Priority,
-			MaxAttempts: jl.MaxAttempts, RunAt: jl.RunAt, Key: jl.Key}
-		if len(jl.Payload) > 0 && string(jl.Payload) != "null" {
-			p.Payload = jl.Payload
-		}
-		if jl.Delay != "" {
-			if jl.RunAt != nil {
-				return nil, nil, usageErr("%s line %d: give run_at or delay, not both", name, n)
-			}
-			d, err := time.ParseDuration(jl.Delay)
-			if err != nil || d < 0 {
-				return nil, nil, usageErr("%s line %d: delay %q, expected a duration such as 30s or 5m", name, n, jl.Delay)
-			}
-			t := time.Now().Add(d)
-			p.RunAt = &t
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("%s line %d: %v", name, n, err))
+			continue
 		}
 		out = append(out, p)
 		lines = append(lines, n)
@@ -273,10 +256,107 @@ func readJobsFile(name string) ([]statemachine.SubmitParams, []int, error) {
 	if err := sc.Err(); err != nil {
 		return nil, nil, usageErr("%s: %v", name, err)
 	}
-	if len(out) == 0 {
+	switch {
+	case len(bad) == 1:
+		return nil, nil, usageErr("%s; nothing was submitted", bad[0])
+	case len(bad) > 1:
+		for _, b := range bad[:min(len(bad), badLinesShown)] {
+			fmt.Fprintf(os.Stderr, "jetjob submit: %s\n", b)
+		}
+		return nil, nil, usageErr("%s: %d bad lines (the first %d above); nothing was submitted", name, len(bad), min(len(bad), badLinesShown))
+	case len(out) == 0:
 		return nil, nil, usageErr("%s holds no jobs", name)
 	}
 	return out, lines, nil
+}
+
+// parseJobLine reads one line of a --file, saying in plain words what is
+// wrong with a bad one.
+func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
+	var jl jobLine
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&jl); err != nil {
+		return statemachine.SubmitParams{}, jobLineError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return statemachine.SubmitParams{}, errors.New("text after the job's JSON object, expected one object per line")
+	}
+	if jl.Type == "" {
+		return statemachine.SubmitParams{}, errors.New("type is required")
+	}
+	p := statemachine.SubmitParams{Type: jl.Type, Tags: jl.Tags, Meta: jl.Meta, Priority: jl.Priority, Key: jl.Key}
+	if jl.MaxAttempts != nil {
+		if *jl.MaxAttempts < 1 {
+			return p, fmt.Errorf("max_attempts %d, expected 1-%d (leave it out for %d)", *jl.MaxAttempts, statemachine.MaxAttemptsLimit, statemachine.MaxAttemptsDefault)
+		}
+		p.MaxAttempts = *jl.MaxAttempts
+	}
+	if len(jl.Payload) > 0 && string(jl.Payload) != "null" {
+		p.Payload = jl.Payload
+	}
+	switch {
+	case jl.RunAt != "" && jl.Delay != "":
+		return p, errors.New("give run_at or delay, not both")
+	case jl.RunAt != "":
+		t, err := time.Parse(time.RFC3339, jl.RunAt)
+		if err != nil {
+			return p, fmt.Errorf("run_at %q, expected an RFC 3339 time such as 2026-01-02T15:04:05Z", jl.RunAt)
+		}
+		p.RunAt = &t
+	case jl.Delay != "":
+		d, err := time.ParseDuration(jl.Delay)
+		if err != nil || d < 0 {
+			return p, fmt.Errorf("delay %q, expected a duration such as 30s or 5m", jl.Delay)
+		}
+		t := time.Now().Add(d)
+		p.RunAt = &t
+	}
+	for _, b := range []struct {
+		field, v string
+		to       *time.Duration
+	}{{"backoff_base", jl.BackoffBase, &p.Backoff.Base}, {"backoff_cap", jl.BackoffCap, &p.Backoff.Cap}} {
+		if b.v == "" {
+			continue
+		}
+		d, err := time.ParseDuration(b.v)
+		if err != nil || d <= 0 {
+			return p, fmt.Errorf("%s %q, expected a duration such as 1s or 10m", b.field, b.v)
+		}
+		*b.to = d
+	}
+	return p, nil
+}
+
+// jobLineError says what encoding/json found wrong, without Go's type names.
+func jobLineError(err error) error {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr) && typeErr.Field == "":
+		return fmt.Errorf("a JSON %s, expected a JSON object with %s", typeErr.Value, jobLineFields)
+	case errors.As(err, &typeErr):
+		return fmt.Errorf("%s is a JSON %s, expected %s", typeErr.Field, typeErr.Value, jsonKind(typeErr.Type.String()))
+	case errors.As(err, &syntaxErr):
+		return fmt.Errorf("not valid JSON at byte %d: %v", syntaxErr.Offset, syntaxErr)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errors.New("the JSON object is cut short")
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return fmt.Errorf("%s, expected only %s", strings.TrimPrefix(err.Error(), "json: "), jobLineFields)
+	}
+	return fmt.Errorf("%v, expected a JSON object with %s", err, jobLineFields)
+}
+
+func jsonKind(goType string) string {
+	switch {
+	case strings.Contains(goType, "int"):
+		return "a whole number"
+	case strings.HasPrefix(goType, "map["):
+		return "an object of string values"
+	case goType == "string":
+		return "a string"
+	}
+	return "another JSON value"
 }
 
 // lineRanges writes ascending line numbers as "3, 7-9, 12".

@@ -308,7 +308,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"submit", "--file", file("{\"type\":\"a\"}\n{\"type\":\"a\"} junk\n")}, 2, "line 2: text after"},
 		{[]string{"submit", "--file", file(`{"type":"a"}`), "--priority", "3", "--key", "k"}, 2, "do not combine it with --key, --priority"},
 		{[]string{"submit", "--file", file(`{"type":"a","delay":"5x"}`)}, 2, `line 1: delay "5x", expected a duration`},
-		{[]string{"submit", "--file", file("{\"type\":\"a\"}\n\n\n{\"type\":\"a\",\"tags\":{\"a.b\":\"x\"}}\n")}, 2, "job on line 4"},
+		{[]string{"submit", "--file", file("{\"type\":\"a\"}\n\n\n{\"type\":\"a\",\"tags\":{\"a.b\":\"x\"}}\n")}, 2, "f line 4: invalid input: tag key"},
 		{[]string{"purge", "--older-than", "1h", "--state", "pending"}, 2, "only finished jobs are purged"},
 		{[]string{"cancel", "--type", "t", "01a20000-0000-7000-8000-000000000000"}, 2, "a cancel by ID takes none"},
 		{[]string{"watch", "--limit", "5"}, 2, "flag provided but not defined: -limit"},
@@ -562,4 +562,26 @@ func TestSubmitFileSaysWhichKeysWereUsed(t *testing.T) {
 	require.Equal(t, firstIDs[0], againIDs[0])
 	require.NotEqual(t, firstIDs[1], againIDs[1], "no key: a new job")
 	require.Equal(t, firstIDs[2], againIDs[2])
+}
+
+// Every bad line of a --file is said, in plain words, and nothing is
+// submitted.
+func TestSubmitFileSaysEveryBadLine(t *testing.T) {
+	s := startServerProc(t)
+	file := filepath.Join(t.TempDir(), "jobs.ndjson")
+	require.NoError(t, os.WriteFile(file, []byte(`{"type":"ok"}
+{"type":"ok","priority":"3"}
+[1]
+{"type":"ok","max_attempts":0}
+{"type":"ok","backoff_base":"2s","backoff_cap":"1m"}
+`), 0o644))
+	r := s.jetjob("submit", "--file", file)
+	require.Equal(t, 2, r.code)
+	require.Contains(t, r.stderr, "line 2: priority is a JSON string, expected a whole number")
+	require.Contains(t, r.stderr, "line 3: a JSON array, expected a JSON object")
+	require.Contains(t, r.stderr, "line 4: max_attempts 0, expected 1-1000")
+	require.Contains(t, r.stderr, "3 bad lines")
+	require.NotContains(t, r.stderr, "line 5")
+	require.NotContains(t, r.stderr, "main.jobLine")
+	require.Equal(t, "[]", strings.TrimSpace(strings.ReplaceAll(listAll(t, s), "\n", "")), "nothing submitted")
 }
