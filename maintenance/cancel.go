@@ -24,6 +24,8 @@ type Skipped struct {
 type BulkCancelResult struct {
 	Canceled []string  `json:"canceled"`
 	Skipped  []Skipped `json:"skipped"`
+	// DryRun: Canceled lists what would have been canceled; nothing was.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // BulkCancelOptions tunes CancelPending.
@@ -47,7 +49,7 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 		opts.Concurrency = BulkCancelConcurrencyDefault
 	}
 	f.States = []statemachine.State{statemachine.StatePending, statemachine.StateScheduled}
-	res := BulkCancelResult{Canceled: []string{}, Skipped: []Skipped{}}
+	res := BulkCancelResult{Canceled: []string{}, Skipped: []Skipped{}, DryRun: opts.DryRun}
 	var mu sync.Mutex
 	sem := make(chan struct{}, opts.Concurrency)
 	var wg sync.WaitGroup

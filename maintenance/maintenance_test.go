@@ -211,8 +211,10 @@ func TestBulkCancelByTemplateVersion(t *testing.T) {
 	dry, err := CancelPending(ctx, f.reader, f.m, filter, BulkCancelOptions{DryRun: true})
 	require.NoError(t, err)
 	require.Len(t, dry.Canceled, len(oldPending))
+	require.True(t, dry.DryRun, "a dry run says so")
 	res, err := CancelPending(ctx, f.reader, f.m, filter, BulkCancelOptions{Reason: "outdated template"})
 	require.NoError(t, err)
+	require.False(t, res.DryRun)
 	want := make([]string, 0, len(oldPending))
 	for _, j := range oldPending {
 		want = append(want, j.ID)

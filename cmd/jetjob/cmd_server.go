@@ -97,7 +97,11 @@ func runServer(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	o.Logger.Info(fmt.Sprintf("jetjob server ready on %s (data %s, fsync %s); Ctrl-C stops it", s.URL, o.DataDir, o.Fsync))
+	where := fmt.Sprintf("data %s, fsync %s", o.DataDir, o.Fsync)
+	if o.NATSURL != "" {
+		where = "external NATS: its own storage and sync settings apply"
+	}
+	o.Logger.Info(fmt.Sprintf("jetjob server ready on %s (%s); Ctrl-C stops it", s.URL, where))
 	<-ctx.Done()
 	o.Logger.Info("shutting down")
 	s.Stop()
