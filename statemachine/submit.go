@@ -79,7 +79,7 @@ func ValidateToken(what, s string) error {
 // at the first one).
 func ValidateLabels(what string, m map[string]string) error {
 	if len(m) > maxTags {
-		return fmt.Errorf("%w: %d %s, expected at most %d", ErrInvalid, len(m), what, maxTags)
+		return fmt.Errorf("%w: %d %s entries, expected at most %d", ErrInvalid, len(m), what, maxTags)
 	}
 	for k, v := range m {
 		if err := ValidateToken(what+" key", k); err != nil {

@@ -39,8 +39,11 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 		if o.Fsync != natsserver.FsyncAlways && o.Fsync != natsserver.FsyncInterval {
 			return usageErr("--fsync %q, expected always or interval", o.Fsync)
 		}
-		if o.HangAfter == 0 || o.CancelGrace == 0 {
-			return usageErr("--hang-after and --cancel-grace must be positive")
+		if o.HangAfter == 0 {
+			return usageErr("--hang-after 0s, expected a duration above 0 such as 5m")
+		}
+		if o.CancelGrace == 0 {
+			return usageErr("--cancel-grace 0s, expected a duration above 0 such as 1m")
 		}
 		if o.NATSURL == "" {
 			return checkEmbedded(o)

@@ -124,7 +124,7 @@ func (fs *flagSet) parse(args []string) ([]string, error) {
 				fs.printUsage()
 				return nil, errHelp
 			}
-			return nil, usageErr("%v", err)
+			return nil, usageErr("%v", plainFlagError(err))
 		}
 		rest := fs.Args()
 		if len(rest) == 0 {
@@ -159,8 +159,27 @@ func parseStates(in []string) ([]statemachine.State, error) {
 
 func parseDurationFlag(name, v string) (time.Duration, error) {
 	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
+	switch {
+	case err != nil && strings.Contains(err.Error(), "invalid duration"):
 		return 0, usageErr("--%s %q, expected a duration such as 30s or 5m", name, v)
+	case err != nil:
+		return 0, usageErr("--%s %q: %v, expected a duration such as 30s or 5m", name, v, err)
+	case d < 0:
+		return 0, usageErr("--%s %q is negative, expected a duration of 0 or more such as 30s or 5m", name, v)
 	}
 	return d, nil
+}
+
+// plainFlagError rewords the flag package's "invalid value ... parse error"
+// as what was expected.
+func plainFlagError(err error) error {
+	var name, value string
+	if _, scanErr := fmt.Sscanf(err.Error(), "invalid value %q for flag -%s", &value, &name); scanErr != nil {
+		return err
+	}
+	name = strings.TrimSuffix(name, ":")
+	if strings.HasSuffix(err.Error(), "parse error") || strings.HasSuffix(err.Error(), "value out of range") {
+		return fmt.Errorf("--%s %q, expected a whole number", name, value)
+	}
+	return fmt.Errorf("--%s %q: %s", name, value, err.Error()[strings.LastIndex(err.Error(), ": ")+2:])
 }

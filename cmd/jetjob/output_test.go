@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -36,4 +38,22 @@ func TestLineRanges(t *testing.T) {
 	require.Equal(t, "", lineRanges(nil))
 	require.Equal(t, "4", lineRanges([]int{4}))
 	require.Equal(t, "1-3, 5, 7-8", lineRanges([]int{1, 2, 3, 5, 7, 8}))
+}
+
+func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"submit", "--type", "a", "--priority", "abc"}, `--priority "abc", expected a whole number`},
+		{[]string{"ls", "--limit", "1e99"}, `--limit "1e99", expected a whole number`},
+		{[]string{"submit", "--type", "a", "--delay", "-5s"}, `--delay "-5s" is negative`},
+		{[]string{"server", "--hang-after", "0s"}, `--hang-after 0s, expected a duration above 0`},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(tc.args, &stdout, &stderr)
+		require.Equal(t, exitUsage, code, "%v: %s", tc.args, stderr.String())
+		require.Contains(t, stderr.String(), tc.want, "%v", tc.args)
+		require.Equal(t, 1, strings.Count(stderr.String(), "\n"), "one line")
+	}
 }
