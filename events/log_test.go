@@ -302,21 +302,35 @@ func TestAppendsCutShortReportAnUnknownOutcome(t *testing.T) {
 		}
 		wg.Wait()
 		cancel()
-		for i := range n {
-			_, lerr := l.Load(context.Background(), ids[i])
-			stored := lerr == nil
-			var unknown *events.OutcomeUnknownError
-			switch {
-			case errs[i] == nil:
-				require.True(t, stored, "acknowledged append of %s not stored", ids[i])
-			case errors.As(errs[i], &unknown):
-				require.Equal(t, ids[i], unknown.JobID)
-				require.ErrorIs(t, errs[i], context.DeadlineExceeded)
-			default:
-				require.False(t, stored, "append of %s failed (%v) yet is stored", ids[i], errs[i])
+		requireOutcomes(t, l, ids, errs, context.DeadlineExceeded)
+	}
+}
+
+// requireOutcomes checks each append's answer against the log: an
+// acknowledged append is stored, one that failed plainly is not, and an
+// unknown outcome names its job and, when cause is set, wraps it. It returns
+// how many failed plainly.
+func requireOutcomes(t *testing.T, l *events.Log, ids []string, errs []error, cause error) int {
+	t.Helper()
+	failed := 0
+	for i := range ids {
+		_, lerr := l.Load(context.Background(), ids[i])
+		stored := lerr == nil
+		var unknown *events.OutcomeUnknownError
+		switch {
+		case errs[i] == nil:
+			require.True(t, stored, "acknowledged append of %s not stored", ids[i])
+		case errors.As(errs[i], &unknown):
+			require.Equal(t, ids[i], unknown.JobID)
+			if cause != nil {
+				require.ErrorIs(t, errs[i], cause)
 			}
+		default:
+			failed++
+			require.False(t, stored, "append of %s failed (%v) yet is stored", ids[i], errs[i])
 		}
 	}
+	return failed
 }
 
 func TestSubjects(t *testing.T) {
@@ -462,21 +476,7 @@ func TestAppendsCutByALostConnectionReportAnUnknownOutcome(t *testing.T) {
 		nc.Close() // mid-flight
 		wg.Wait()
 		l.Close()
-		var failed int
-		for i := range n {
-			_, lerr := setup.Load(ctx, ids[i])
-			stored := lerr == nil
-			var unknown *events.OutcomeUnknownError
-			switch {
-			case errs[i] == nil:
-				require.True(t, stored, "acknowledged append of %s not stored", ids[i])
-			case errors.As(errs[i], &unknown):
-				require.Equal(t, ids[i], unknown.JobID)
-			default:
-				failed++
-				require.False(t, stored, "append of %s failed (%v) yet is stored", ids[i], errs[i])
-			}
-		}
+		failed := requireOutcomes(t, setup, ids, errs, nil)
 		t.Logf("round %d: %d appends failed for sure", round, failed)
 	}
 }

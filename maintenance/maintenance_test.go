@@ -175,7 +175,7 @@ func TestDetectorTerminatesUnacknowledgedCancels(t *testing.T) {
 	j := f.submit(statemachine.SubmitParams{Type: "t"})
 	_, err := f.m.Acquire(ctx, j.ID, "w")
 	require.NoError(t, err)
-	cj, err := f.m.Cancel(ctx, j.ID, "stop")
+	cj, err := f.m.Cancel(ctx, j.ID, "outdated template version")
 	require.NoError(t, err)
 	f.projected(cj)
 	d := f.detector("s1", func() time.Time { return time.Now().Add(2 * time.Minute) })
@@ -185,6 +185,9 @@ func TestDetectorTerminatesUnacknowledgedCancels(t *testing.T) {
 	cur, err := f.m.Load(ctx, j.ID)
 	require.NoError(t, err)
 	require.Equal(t, statemachine.StateCanceled, cur.State)
+	// The operator's reason stays; the job says the server finished it.
+	require.Equal(t, "outdated template version", cur.CancelReason)
+	require.Equal(t, events.CanceledByTimeout, cur.CanceledBy)
 }
 
 func TestBulkCancelByTemplateVersion(t *testing.T) {
@@ -380,28 +383,6 @@ func TestBulkCancelSparesJobsWithoutTheKeyAndJobsAWorkerTook(t *testing.T) {
 	// The machine refuses it too, whatever the view said.
 	_, err = f.m.CancelPending(ctx, retrying.ID, "")
 	require.ErrorIs(t, err, statemachine.ErrTakenBefore)
-}
-
-// A cancel the detector finishes after the grace keeps the reason the
-// operator gave, and says the server finished it.
-func TestTerminatedCancelKeepsTheOperatorsReason(t *testing.T) {
-	ctx := context.Background()
-	f := newFixture(t)
-	j := f.submit(statemachine.SubmitParams{Type: "t"})
-	_, err := f.m.Acquire(ctx, j.ID, "dead-worker")
-	require.NoError(t, err)
-	cj, err := f.m.Cancel(ctx, j.ID, "outdated template version")
-	require.NoError(t, err)
-	f.projected(cj)
-	d := f.detector("s1", func() time.Time { return time.Now().Add(2 * time.Minute) })
-	res, err := d.runOnce(ctx)
-	require.NoError(t, err)
-	require.Equal(t, []string{j.ID}, res.CancelsTerminated)
-	cur, err := f.m.Load(ctx, j.ID)
-	require.NoError(t, err)
-	require.Equal(t, statemachine.StateCanceled, cur.State)
-	require.Equal(t, "outdated template version", cur.CancelReason)
-	require.Equal(t, events.CanceledByTimeout, cur.CanceledBy)
 }
 
 // A purge decided on a finished job must not take the job submitted again
