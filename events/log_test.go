@@ -286,24 +286,31 @@ func TestAppendAfterCloseAndWithDoneContext(t *testing.T) {
 // stored.
 func TestAppendsCutShortReportAnUnknownOutcome(t *testing.T) {
 	l, _ := openLog(t, events.Config{})
-	const n = 400
-	errs := make([]error, n)
-	ids := make([]string, n)
 	for round := 0; round < 10; round++ {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(round+1)*200*time.Microsecond)
-		var wg sync.WaitGroup
-		for i := range n {
-			ids[i] = fmt.Sprintf("cut%d-%d", round, i)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, errs[i] = l.Append(ctx, mustEvent(t, ids[i], events.TypeSubmitted), 0)
-			}()
-		}
-		wg.Wait()
+		ids, errs, _, wait := appendAll(t, ctx, l, fmt.Sprintf("cut%d", round), 400)
+		wait()
 		cancel()
 		requireOutcomes(t, l, ids, errs, context.DeadlineExceeded)
 	}
+}
+
+// appendAll starts n concurrent first appends, to jobs prefix-0 to
+// prefix-(n-1); answered counts those answered so far, and wait returns once
+// all are, their errors in errs.
+func appendAll(t *testing.T, ctx context.Context, l *events.Log, prefix string, n int) (ids []string, errs []error, answered *atomic.Int64, wait func()) {
+	ids, errs, answered = make([]string, n), make([]error, n), new(atomic.Int64)
+	var wg sync.WaitGroup
+	for i := range n {
+		ids[i] = fmt.Sprintf("%s-%d", prefix, i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = l.Append(ctx, mustEvent(t, ids[i], events.TypeSubmitted), 0)
+			answered.Add(1)
+		}()
+	}
+	return ids, errs, answered, wg.Wait
 }
 
 // requireOutcomes checks each append's answer against the log: an
@@ -458,23 +465,10 @@ func TestAppendsCutByALostConnectionReportAnUnknownOutcome(t *testing.T) {
 		require.NoError(t, err)
 		l, err := events.Attach(js, events.Config{})
 		require.NoError(t, err)
-		const n = 2000
-		errs := make([]error, n)
-		ids := make([]string, n)
-		var wg sync.WaitGroup
-		var done atomic.Int64
-		for i := range n {
-			ids[i] = fmt.Sprintf("lost%d-%d", round, i)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, errs[i] = l.Append(ctx, mustEvent(t, ids[i], events.TypeSubmitted), 0)
-				done.Add(1)
-			}()
-		}
-		natstest.Eventually(t, 10*time.Second, func() bool { return done.Load() >= int64(100*(round+1)) }, "appends answered")
+		ids, errs, answered, wait := appendAll(t, ctx, l, fmt.Sprintf("lost%d", round), 2000)
+		natstest.Eventually(t, 10*time.Second, func() bool { return answered.Load() >= int64(100*(round+1)) }, "appends answered")
 		nc.Close() // mid-flight
-		wg.Wait()
+		wait()
 		l.Close()
 		failed := requireOutcomes(t, setup, ids, errs, nil)
 		t.Logf("round %d: %d appends failed for sure", round, failed)
