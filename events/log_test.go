@@ -85,11 +85,20 @@ func TestResentEventIsNotAConflict(t *testing.T) {
 	_ = env
 }
 
+// appendModes are the ways a Log commits appends: one at a time, in atomic
+// batches (the default, for a server that fsyncs each append), and
+// streaming each as it comes (the embedded server with fsync interval).
+var appendModes = map[string]events.Config{
+	"one at a time": {MaxBatch: 1},
+	"batches":       {MaxBatch: 100},
+	"streaming":     {MinBatch: events.MaxBatchLimit + 1},
+}
+
 func TestConcurrentConflictingAppendsExactlyOneWins(t *testing.T) {
-	for _, maxBatch := range []int{1, 100} {
-		t.Run(fmt.Sprintf("maxbatch=%d", maxBatch), func(t *testing.T) {
+	for name, cfg := range appendModes {
+		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			l, _ := openLog(t, events.Config{MaxBatch: maxBatch})
+			l, _ := openLog(t, cfg)
 			seq, err := l.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
 			require.NoError(t, err)
 
@@ -122,9 +131,15 @@ func TestConcurrentConflictingAppendsExactlyOneWins(t *testing.T) {
 	}
 }
 
-func TestConcurrentAppendsToManyJobsAreBatched(t *testing.T) {
+func TestConcurrentAppendsToManyJobsGetTheirOwnSequences(t *testing.T) {
+	for name, cfg := range appendModes {
+		t.Run(name, func(t *testing.T) { testConcurrentAppendsToManyJobs(t, cfg) })
+	}
+}
+
+func testConcurrentAppendsToManyJobs(t *testing.T, cfg events.Config) {
 	ctx := context.Background()
-	l, _ := openLog(t, events.Config{})
+	l, _ := openLog(t, cfg)
 	var wg sync.WaitGroup
 	seqs := make([]uint64, 500)
 	for i := range seqs {
@@ -268,7 +283,13 @@ func TestLoadPagesThroughLongHistories(t *testing.T) {
 }
 
 func TestAppendAfterCloseAndWithDoneContext(t *testing.T) {
-	l, _ := openLog(t, events.Config{})
+	for name, cfg := range appendModes {
+		t.Run(name, func(t *testing.T) { testAppendAfterCloseAndWithDoneContext(t, cfg) })
+	}
+}
+
+func testAppendAfterCloseAndWithDoneContext(t *testing.T, cfg events.Config) {
+	l, _ := openLog(t, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err := l.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
@@ -285,7 +306,13 @@ func TestAppendAfterCloseAndWithDoneContext(t *testing.T) {
 // error says so and names the job, and no append that failed otherwise is
 // stored.
 func TestAppendsCutShortReportAnUnknownOutcome(t *testing.T) {
-	l, _ := openLog(t, events.Config{})
+	for name, cfg := range appendModes {
+		t.Run(name, func(t *testing.T) { testAppendsCutShort(t, cfg) })
+	}
+}
+
+func testAppendsCutShort(t *testing.T, cfg events.Config) {
+	l, _ := openLog(t, cfg)
 	for round := 0; round < 10; round++ {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(round+1)*200*time.Microsecond)
 		ids, errs, _, wait := appendAll(t, ctx, l, fmt.Sprintf("cut%d", round), 400)
@@ -453,6 +480,12 @@ func TestLoadWaitsForTheStreamToBeServed(t *testing.T) {
 // closes under appends in flight, an append told it failed with a plain
 // error was not stored; the others are stored or say the outcome is unknown.
 func TestAppendsCutByALostConnectionReportAnUnknownOutcome(t *testing.T) {
+	for name, cfg := range appendModes {
+		t.Run(name, func(t *testing.T) { testAppendsCutByALostConnection(t, cfg) })
+	}
+}
+
+func testAppendsCutByALostConnection(t *testing.T, cfg events.Config) {
 	env := natstest.Start(t)
 	ctx := context.Background()
 	setup, err := events.Open(ctx, env.JS, events.Config{})
@@ -463,11 +496,15 @@ func TestAppendsCutByALostConnectionReportAnUnknownOutcome(t *testing.T) {
 		require.NoError(t, err)
 		js, err := jetstream.New(nc)
 		require.NoError(t, err)
-		l, err := events.Attach(js, events.Config{})
+		// An ack that never comes must not be waited for until the
+		// publish timeout: the connection's end answers it.
+		cfg.PublishTimeout = time.Hour
+		l, err := events.Attach(js, cfg)
 		require.NoError(t, err)
 		ids, errs, answered, wait := appendAll(t, ctx, l, fmt.Sprintf("lost%d", round), 2000)
 		natstest.Eventually(t, 10*time.Second, func() bool { return answered.Load() >= int64(100*(round+1)) }, "appends answered")
 		nc.Close() // mid-flight
+		natstest.Eventually(t, time.Minute, func() bool { return answered.Load() == 2000 }, "every append answered after the connection closed")
 		wait()
 		l.Close()
 		failed := requireOutcomes(t, setup, ids, errs, nil)

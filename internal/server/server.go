@@ -194,13 +194,12 @@ func (s *Server) listQueued(ctx context.Context, states []statemachine.State) ([
 
 // logConfig coalesces appends into atomic batches only where the server
 // fsyncs every append: a batch saves fsyncs but costs the server a staging
-// store, so without per-append fsync, pipelined appends are faster, and two
-// flushers keep two rounds of them in flight.
+// store, so without per-append fsync, appends streamed one by one are faster.
 func logConfig(o Options) events.Config {
 	cfg := events.Config{Logger: o.Logger}
 	if o.Fsync == natsserver.FsyncInterval {
 		cfg.MinBatch = events.MaxBatchLimit + 1
-		cfg.Flushers = 2
+		cfg.Flushers = 1
 	}
 	return cfg
 }
