@@ -36,6 +36,17 @@ const (
 	// are all in flight at once. BatchLimit bounds it.
 	BatchDefault = 1024
 	BatchLimit   = 10_000
+	// LingerDefault is how long, once the projector is busy, it lets
+	// events gather before it projects the next batch: a job whose events
+	// arrive within it is written once, not once per event, which under
+	// load was about a tenth more jobs through the whole system
+	// (docs/BENCHMARKS.md). Views then trail the log by up to this much
+	// more, and only under load: after a batch of fewer than lingerAfter
+	// events, the next is projected as soon as it arrives. LingerLimit
+	// bounds it.
+	LingerDefault = 20 * time.Millisecond
+	LingerLimit   = time.Second
+	lingerAfter   = 16
 	// WritersDefault is how many histories or views are read concurrently
 	// when a batch needs them.
 	WritersDefault = 32
@@ -68,6 +79,8 @@ type Config struct {
 	Batch int
 	// Writers: see WritersDefault.
 	Writers int
+	// Linger: see LingerDefault; negative turns it off.
+	Linger time.Duration
 	// AckWait: see AckWaitDefault.
 	AckWait time.Duration
 	// WriteTimeout: see WriteTimeoutDefault.
@@ -103,6 +116,12 @@ func (c *Config) validate() error {
 	}
 	if c.Batch < 0 || c.Batch > BatchLimit {
 		return fmt.Errorf("%w: batch %d, expected 1-%d", ErrInvalidConfig, c.Batch, BatchLimit)
+	}
+	if c.Linger == 0 {
+		c.Linger = LingerDefault
+	}
+	if c.Linger > LingerLimit {
+		return fmt.Errorf("%w: linger %s, expected at most %s", ErrInvalidConfig, c.Linger, LingerLimit)
 	}
 	if c.Writers <= 0 {
 		c.Writers = WritersDefault
@@ -303,7 +322,7 @@ func (p *Projector) supervise(ctx context.Context, done chan struct{}) {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			consume.Loop(loopCtx, ev, p.cfg.Batch, p.logger, p.processEvents)
+			consume.Loop(loopCtx, ev, consume.Batching{Max: p.cfg.Batch, Linger: p.cfg.Linger, LingerAfter: lingerAfter}, p.logger, p.processEvents)
 			ended <- struct{}{}
 		}()
 		go func() {
@@ -311,7 +330,7 @@ func (p *Projector) supervise(ctx context.Context, done chan struct{}) {
 			// Beats wait until the events are caught up: a beat for a view
 			// not projected yet costs a read of the job's history.
 			if p.waitCaughtUp(loopCtx, ev) {
-				consume.Loop(loopCtx, hb, p.cfg.Batch, p.logger, p.processBeats)
+				consume.Loop(loopCtx, hb, consume.Batching{Max: p.cfg.Batch}, p.logger, p.processBeats)
 			}
 			ended <- struct{}{}
 		}()

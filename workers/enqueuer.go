@@ -180,7 +180,7 @@ func (e *Enqueuer) supervise(ctx context.Context, stream string, cons jetstream.
 		return nil
 	}
 	for {
-		consume.Loop(ctx, cons, batch, e.logger, tracked)
+		consume.Loop(ctx, cons, consume.Batching{Max: batch}, e.logger, tracked)
 		for {
 			select {
 			case <-ctx.Done():

@@ -14,15 +14,29 @@ import (
 // Loop offer the same batch again.
 type Process func(ctx context.Context, batch []jetstream.Msg) error
 
+// Batching says how Loop forms batches.
+type Batching struct {
+	// Max is the most messages in a batch.
+	Max int
+	// Linger, when positive, is how long Loop waits for more messages after
+	// a batch of at least LingerAfter, before it processes the next: under
+	// load, fewer and fuller batches cost less (a projector writes a job's
+	// view once for all of its events in a batch), while a quiet system,
+	// whose batches are small, is never kept waiting.
+	Linger      time.Duration
+	LingerAfter int
+}
+
 // retryPause spaces the retries of a failed batch.
 const retryPause = 200 * time.Millisecond
 
 // Loop runs until ctx ends, or until the consumer can no longer be consumed
 // (it was deleted): it blocks for the first message, takes whatever else has
-// arrived (up to max), and calls process, so a quiet system handles each
-// message at once and a busy one handles hundreds per round. The caller
-// decides what to do when it returns with ctx still live.
-func Loop(ctx context.Context, cons jetstream.Consumer, max int, logger *zap.Logger, process Process) {
+// arrived (up to b.Max, lingering as b says), and calls process, so a quiet
+// system handles each message at once and a busy one handles hundreds per
+// round. The caller decides what to do when it returns with ctx still live.
+func Loop(ctx context.Context, cons jetstream.Consumer, b Batching, logger *zap.Logger, process Process) {
+	max := b.Max
 	msgs := make(chan jetstream.Msg, max*2)
 	stopped := make(chan struct{})
 	cc, err := cons.Consume(func(m jetstream.Msg) {
@@ -63,6 +77,10 @@ func Loop(ctx context.Context, cons jetstream.Consumer, max int, logger *zap.Log
 			}
 		}
 	}()
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	defer linger.Stop()
+	busy := false
 	for {
 		var batch []jetstream.Msg
 		select {
@@ -83,6 +101,25 @@ func Loop(ctx context.Context, cons jetstream.Consumer, max int, logger *zap.Log
 				break fill
 			}
 		}
+		if busy {
+			linger.Reset(b.Linger)
+		wait:
+			for len(batch) < max {
+				select {
+				case m := <-msgs:
+					batch = append(batch, m)
+				case <-linger.C:
+					break wait
+				case <-ctx.Done():
+					for _, m := range batch {
+						_ = m.Nak() // handed back at once, as in the deferred drain
+					}
+					return
+				}
+			}
+			linger.Stop()
+		}
+		busy = b.Linger > 0 && len(batch) >= b.LingerAfter
 		for {
 			err := process(ctx, batch)
 			if err == nil || ctx.Err() != nil {

@@ -2,6 +2,8 @@ package consume
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,7 +35,7 @@ func TestStoppedLoopHandsBackWhatItDidNotProcess(t *testing.T) {
 	processed := 0
 	go func() {
 		defer close(ended)
-		Loop(loopCtx, cons, 4, zap.NewNop(), func(_ context.Context, batch []jetstream.Msg) error {
+		Loop(loopCtx, cons, Batching{Max: 4}, zap.NewNop(), func(_ context.Context, batch []jetstream.Msg) error {
 			if processed == 0 {
 				close(inFirst)
 				<-release
@@ -69,4 +71,60 @@ func TestStoppedLoopHandsBackWhatItDidNotProcess(t *testing.T) {
 		}
 		return got == 50-processed
 	}, "the unprocessed messages delivered again")
+}
+
+// After a batch of at least LingerAfter, the next batch waits for more
+// messages (up to Max, or Linger); after a smaller one, it goes at once.
+func TestLoopLingersOnlyAfterABusyBatch(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		lingerAfter int
+		want        []int
+	}{
+		{name: "busy", lingerAfter: 1, want: []int{1, 4}},
+		{name: "quiet", lingerAfter: 2, want: []int{1, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := natstest.Start(t)
+			ctx, stop := context.WithCancel(context.Background())
+			_, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}})
+			require.NoError(t, err)
+			cons, err := env.JS.CreateOrUpdateConsumer(ctx, "S", jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
+			require.NoError(t, err)
+			var mu sync.Mutex
+			var sizes []int
+			got := func() []int {
+				mu.Lock()
+				defer mu.Unlock()
+				return slices.Clone(sizes)
+			}
+			ended := make(chan struct{})
+			go func() {
+				defer close(ended)
+				// An hour's linger: a batch that lingers fills up to Max.
+				Loop(ctx, cons, Batching{Max: 4, Linger: time.Hour, LingerAfter: tc.lingerAfter}, zap.NewNop(),
+					func(_ context.Context, batch []jetstream.Msg) error {
+						mu.Lock()
+						sizes = append(sizes, len(batch))
+						mu.Unlock()
+						for _, m := range batch {
+							_ = m.Ack()
+						}
+						return nil
+					})
+			}()
+			t.Cleanup(func() { stop(); <-ended })
+			publish := func() {
+				_, err := env.JS.Publish(ctx, "s.x", []byte("m"))
+				require.NoError(t, err)
+			}
+			publish()
+			natstest.Eventually(t, 10*time.Second, func() bool { return len(got()) == 1 }, "the first batch processed")
+			for range tc.want[1] {
+				publish()
+			}
+			natstest.Eventually(t, 10*time.Second, func() bool { return len(got()) == 2 }, "the second batch processed")
+			require.Equal(t, tc.want, got())
+		})
+	}
 }
