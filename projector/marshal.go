@@ -141,6 +141,10 @@ func appendErrors(b []byte, errs []statemachine.AttemptError) ([]byte, error) {
 			b = append(b, `,"code":`...)
 			b = appendString(b, e.Code)
 		}
+		if e.WorkerID != "" {
+			b = append(b, `,"worker_id":`...)
+			b = appendString(b, e.WorkerID)
+		}
 		b = append(b, `,"at":`...)
 		var err error
 		if b, err = appendTime(b, &e.At); err != nil {

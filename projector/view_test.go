@@ -115,7 +115,7 @@ func TestMarshalJSONIsEncodingJSON(t *testing.T) {
 		ViewOf(job, nil),
 		ViewOf(runningJob(t), &events.Beat{Lease: 20, At: t0.Add(time.Hour)}),
 		{}, // nil maps and slices
-		{Backoff: &events.Backoff{Cap: time.Minute}, CancelRequestedAt: &t0, Errors: []statemachine.AttemptError{{Attempt: 1}}},
+		{Backoff: &events.Backoff{Cap: time.Minute}, CancelRequestedAt: &t0, Errors: []statemachine.AttemptError{{Attempt: 1}, {Attempt: 2, Code: "hung", WorkerID: "w<1>"}}},
 		{CancelReason: "outdated", CanceledBy: events.CanceledByTimeout},
 	}
 	for i, v := range views {

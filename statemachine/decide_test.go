@@ -414,6 +414,7 @@ func TestFoldTracksAttemptsLeasesAndErrors(t *testing.T) {
 	j = fold(t, recs[:3])
 	require.Equal(t, StateScheduled, j.State)
 	require.Zero(t, j.Lease, "a failed attempt holds nothing")
+	require.Empty(t, j.WorkerID, "a job waiting to retry is held by no one")
 	require.True(t, j.RunAt.Equal(t0.Add(time.Minute)))
 
 	j = fold(t, recs[:6])
@@ -427,9 +428,10 @@ func TestFoldTracksAttemptsLeasesAndErrors(t *testing.T) {
 	require.Equal(t, 2, j.Attempt)
 	require.Equal(t, "e2", j.Error)
 	require.Equal(t, "hung", j.ErrorCode)
+	require.Equal(t, "w3", j.WorkerID, "a failed job keeps its last worker")
 	require.Equal(t, []AttemptError{
-		{Attempt: 1, Error: "e1", Code: "exit", At: t0.Add(3 * time.Second)},
-		{Attempt: 2, Error: "e2", Code: "hung", At: t0.Add(8 * time.Second)},
+		{Attempt: 1, Error: "e1", Code: "exit", WorkerID: "w1", At: t0.Add(3 * time.Second)},
+		{Attempt: 2, Error: "e2", Code: "hung", WorkerID: "w3", At: t0.Add(8 * time.Second)},
 	}, j.Errors)
 	require.NotNil(t, j.CompletedAt)
 	require.Equal(t, uint64(8), j.Version)

@@ -10,10 +10,12 @@ import (
 
 // AttemptError is the error of one failed attempt.
 type AttemptError struct {
-	Attempt int       `json:"attempt"`
-	Error   string    `json:"error"`
-	Code    string    `json:"code,omitempty"`
-	At      time.Time `json:"at"`
+	Attempt int    `json:"attempt"`
+	Error   string `json:"error"`
+	Code    string `json:"code,omitempty"`
+	// WorkerID is the worker that held the attempt.
+	WorkerID string    `json:"worker_id,omitempty"`
+	At       time.Time `json:"at"`
 }
 
 // Job is the fold of a job's events: everything known about it now.
@@ -209,6 +211,9 @@ func (j *Job) apply(rec events.Record) error {
 		}
 		j.failed(d.Attempt, d.Error, d.Code, rec.Time)
 		j.RunAt = ptr(d.RetryAt)
+		// The worker goes with the attempt's error: a job waiting for its
+		// next attempt is held by no one.
+		j.WorkerID = ""
 	case events.TypeFailed:
 		var d events.Failed
 		if err := rec.DecodeData(&d); err != nil {
@@ -244,7 +249,7 @@ func (j *Job) apply(rec events.Record) error {
 
 func (j *Job) failed(attempt int, msg, code string, at time.Time) {
 	j.Error, j.ErrorCode = msg, code
-	j.Errors = append(j.Errors, AttemptError{Attempt: attempt, Error: msg, Code: code, At: at})
+	j.Errors = append(j.Errors, AttemptError{Attempt: attempt, Error: msg, Code: code, WorkerID: j.WorkerID, At: at})
 	j.Lease = 0
 }
 

@@ -102,7 +102,11 @@ func printView(out io.Writer, v projector.View) error {
 		row("error", fmt.Sprintf("%s (%s)", v.Error, v.ErrorCode))
 	}
 	for _, e := range v.Errors {
-		row(fmt.Sprintf("attempt %d", e.Attempt), fmt.Sprintf("%s: %s (%s)", e.At.Format(time.RFC3339), e.Error, e.Code))
+		by := ""
+		if e.WorkerID != "" {
+			by = ", on " + e.WorkerID
+		}
+		row(fmt.Sprintf("attempt %d", e.Attempt), fmt.Sprintf("%s: %s (%s%s)", e.At.Format(time.RFC3339), e.Error, e.Code, by))
 	}
 	if v.CancelReason != "" {
 		row("cancel reason", v.CancelReason)
