@@ -26,6 +26,8 @@ type fixture struct {
 	proj   *projector.Projector
 	reader *projector.Reader
 	logs   *workers.Logs
+	// leftovers of jobs in the queue and timers streams
+	leftovers *workers.Leftovers
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -48,7 +50,9 @@ func newFixture(t *testing.T) *fixture {
 	t.Cleanup(proj.Stop)
 	r, err := projector.NewReader(ctx, env.JS)
 	require.NoError(t, err)
-	return &fixture{t: t, env: env, log: lg, hb: hb, m: m, proj: proj, reader: r, logs: logs}
+	left, err := workers.AttachLeftovers(ctx, env.JS)
+	require.NoError(t, err)
+	return &fixture{t: t, env: env, log: lg, hb: hb, m: m, proj: proj, reader: r, logs: logs, leftovers: left}
 }
 
 func (f *fixture) submit(p statemachine.SubmitParams) statemachine.Job {
@@ -292,9 +296,22 @@ func countRunningNotListed(t *testing.T, f *fixture, jobs []statemachine.Job, re
 	return n
 }
 
+// queued waits until the work queue holds n messages.
+func (f *fixture) queued(n uint64) {
+	f.t.Helper()
+	natstest.Eventually(f.t, 10*time.Second, func() bool {
+		got, err := workers.Queued(context.Background(), f.env.JS)
+		return err == nil && got == n
+	}, "%d jobs queued", n)
+}
+
 func TestPurgeRemovesOnlyOldFinishedJobs(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
+	enq, err := workers.NewEnqueuer(f.env.JS, f.m, workers.EnqueuerConfig{})
+	require.NoError(t, err)
+	require.NoError(t, enq.Start(ctx))
+	t.Cleanup(enq.Stop)
 	var finished, unfinished []statemachine.Job
 	for i := 0; i < 6; i++ {
 		j := f.submit(statemachine.SubmitParams{Type: "t", Meta: map[string]string{"i": fmt.Sprint(i)}})
@@ -312,7 +329,9 @@ func TestPurgeRemovesOnlyOldFinishedJobs(t *testing.T) {
 		}
 	}
 	f.projected(append(append([]statemachine.Job{}, finished...), unfinished...)...)
-	p, err := NewPurger(f.reader, f.m, f.hb, f.logs, nil, PurgerConfig{Now: func() time.Time { return time.Now().Add(time.Hour) }})
+	// No worker ever fetched a message: the canceled jobs' stay queued.
+	f.queued(6)
+	p, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, PurgerConfig{Now: func() time.Time { return time.Now().Add(time.Hour) }})
 	require.NoError(t, err)
 	// Too young: nothing goes.
 	res, err := p.Purge(ctx, 2*time.Hour, nil)
@@ -321,6 +340,7 @@ func TestPurgeRemovesOnlyOldFinishedJobs(t *testing.T) {
 	res, err = p.Purge(ctx, 30*time.Minute, nil)
 	require.NoError(t, err)
 	require.Len(t, res.Purged, len(finished))
+	f.queued(uint64(6 - len(finished)))
 	for _, j := range finished {
 		_, err := f.reader.Get(ctx, j.ID)
 		require.ErrorIs(t, err, events.ErrNotFound)
@@ -397,7 +417,7 @@ func TestPurgeSparesAJobSubmittedAgainUnderTheSameKey(t *testing.T) {
 	old, err := f.m.Cancel(ctx, old.ID, "")
 	require.NoError(t, err)
 	f.projected(old)
-	p, err := NewPurger(f.reader, f.m, f.hb, f.logs, nil, PurgerConfig{Now: func() time.Time { return time.Now().Add(time.Hour) }})
+	p, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, PurgerConfig{Now: func() time.Time { return time.Now().Add(time.Hour) }})
 	require.NoError(t, err)
 	marks := purgeMarks{}
 	marks.view, err = f.reader.Mark(ctx)

@@ -53,8 +53,8 @@ func (c *PurgerConfig) validate() error {
 	return nil
 }
 
-// Purger deletes finished jobs past their retention: events, view, logs and
-// heartbeat together. Nothing unfinished is ever purged: the decision is
+// Purger deletes finished jobs past their retention: events, view, logs,
+// heartbeat and any queue or timer message left behind, together. Nothing unfinished is ever purged: the decision is
 // taken on the job folded from its log, and a finished job never changes.
 type Purger struct {
 	cfg    PurgerConfig
@@ -62,6 +62,7 @@ type Purger struct {
 	m      *statemachine.Machine
 	hb     *events.Heartbeats
 	logs   *workers.Logs
+	left   *workers.Leftovers
 	leader *Leadership
 	logger *zap.Logger
 
@@ -69,11 +70,11 @@ type Purger struct {
 }
 
 // NewPurger returns a purger; Start runs it in the background, Purge on demand.
-func NewPurger(reader *projector.Reader, m *statemachine.Machine, hb *events.Heartbeats, logs *workers.Logs, leader *Leadership, cfg PurgerConfig) (*Purger, error) {
+func NewPurger(reader *projector.Reader, m *statemachine.Machine, hb *events.Heartbeats, logs *workers.Logs, left *workers.Leftovers, leader *Leadership, cfg PurgerConfig) (*Purger, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Purger{cfg: cfg, reader: reader, m: m, hb: hb, logs: logs, leader: leader, logger: logging.OrNop(cfg.Logger, "purger")}, nil
+	return &Purger{cfg: cfg, reader: reader, m: m, hb: hb, logs: logs, left: left, leader: leader, logger: logging.OrNop(cfg.Logger, "purger")}, nil
 }
 
 // PurgeResult lists the purged job IDs.
@@ -129,8 +130,9 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 // purgeMarks bound what a pass deletes of the views, log lines and beats.
 type purgeMarks struct{ view, logs, beats uint64 }
 
-// purgeJob re-checks the job on its log, then deletes the history first and
-// the view last, so that a crash half way leaves a view the next pass finds.
+// purgeJob re-checks the job on its log, then deletes its queue leftovers and
+// history first and the view last, so that a crash half way leaves a view
+// the next pass finds.
 // The history is purged only up to the version checked, and the rest up to
 // the pass's marks, so that a job submitted again under the same key keeps
 // all of its own.
@@ -144,6 +146,11 @@ func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time, mark
 	case !job.State.Finished() || job.CompletedAt == nil || job.CompletedAt.After(cutoff):
 		return false, nil
 	default:
+		// Before the history: while it exists, nothing can enqueue or arm a
+		// timer under this ID again.
+		if err := p.left.Forget(ctx, job); err != nil {
+			return false, fmt.Errorf("purge job %s: %w", id, err)
+		}
 		if err := p.m.Log().Purge(ctx, id, job.Version); err != nil {
 			return false, err
 		}

@@ -121,7 +121,11 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	p, err := maintenance.NewPurger(r, c.m, hb, logs, nil, maintenance.PurgerConfig{})
+	leftovers, err := workers.AttachLeftovers(ctx, c.js)
+	if err != nil {
+		return err
+	}
+	p, err := maintenance.NewPurger(r, c.m, hb, logs, leftovers, nil, maintenance.PurgerConfig{})
 	if err != nil {
 		return err
 	}

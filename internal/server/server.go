@@ -146,7 +146,11 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if err != nil {
 		return s, err
 	}
-	purger, err := maintenance.NewPurger(s.Reader, s.Machine, s.Heartbeat, s.Logs, purgeLead, maintenance.PurgerConfig{
+	leftovers, err := workers.AttachLeftovers(ctx, s.JS)
+	if err != nil {
+		return s, err
+	}
+	purger, err := maintenance.NewPurger(s.Reader, s.Machine, s.Heartbeat, s.Logs, leftovers, purgeLead, maintenance.PurgerConfig{
 		OlderThan: o.RetainFinished, Every: o.PurgeEvery, ServerID: serverID, Logger: o.Logger})
 	if err != nil {
 		return s, err

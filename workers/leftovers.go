@@ -1,0 +1,61 @@
+package workers
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+// Leftovers deletes what a finished job may have left in the queue and
+// timers streams, for the purger: the queue message of a job canceled while
+// pending (only a worker of its tag set would fetch and drop it, and there
+// may never be one again), and the timer and due messages of a job that was
+// scheduled or retried (the timers stream keeps a fired timer's due message).
+type Leftovers struct {
+	queues [QueueShards]jetstream.Stream
+	timers jetstream.Stream
+}
+
+// AttachLeftovers binds to the queue and timers streams that EnsureTopology
+// created.
+func AttachLeftovers(ctx context.Context, js jetstream.JetStream) (*Leftovers, error) {
+	l := &Leftovers{}
+	var err error
+	for shard := range l.queues {
+		if l.queues[shard], err = js.Stream(ctx, QueueStream(shard)); err != nil {
+			return nil, fmt.Errorf("bind queue: %w", err)
+		}
+	}
+	if l.timers, err = js.Stream(ctx, TimersStream); err != nil {
+		return nil, fmt.Errorf("bind timers: %w", err)
+	}
+	return l, nil
+}
+
+// Forget deletes the queue, timer and due messages of a finished job. It
+// must run while the job's history still exists: until then no job can be
+// submitted again under its ID and enqueue a message Forget would delete.
+func (l *Leftovers) Forget(ctx context.Context, job statemachine.Job) error {
+	if err := events.ValidateJobID(job.ID); err != nil {
+		return err
+	}
+	if !job.State.Finished() {
+		return fmt.Errorf("%w: forget the queue messages of job %s: it is %s, not finished", statemachine.ErrInvalid, job.ID, job.State)
+	}
+	if statemachine.ValidateToken("type", job.Type) == nil {
+		key := queueKey{Type: job.Type, Tagset: TagsetID(job.Tags), Prio: job.Priority}
+		if err := l.queues[key.shard()].Purge(ctx, jetstream.WithPurgeSubject(key.subject(job.ID))); err != nil {
+			return fmt.Errorf("forget queue message of job %s: %w", job.ID, err)
+		}
+	}
+	for _, subject := range []string{timerPrefix + job.ID, duePrefix + job.ID} {
+		if err := l.timers.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
+			return fmt.Errorf("forget timers of job %s: %w", job.ID, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,76 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+func (f *fixture) waitQueued(want uint64) {
+	f.t.Helper()
+	natstest.Eventually(f.t, 10*time.Second, func() bool { return f.queued() == want }, "%d jobs queued", want)
+}
+
+func (f *fixture) timersOf(jobID string) int {
+	f.t.Helper()
+	s, err := f.env.JS.Stream(context.Background(), TimersStream)
+	require.NoError(f.t, err)
+	n := 0
+	for _, subject := range []string{timerPrefix + jobID, duePrefix + jobID} {
+		_, err := s.GetLastMsgForSubject(context.Background(), subject)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		require.NoError(f.t, err)
+		n++
+	}
+	return n
+}
+
+func TestLeftoversOfACanceledPendingJobAreForgotten(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	canceled := f.submit(statemachine.SubmitParams{Type: "build", Tags: map[string]string{"os": "linux"}, Priority: 3})
+	waiting := f.submit(statemachine.SubmitParams{Type: "build", Tags: map[string]string{"os": "linux"}, Priority: 3})
+	f.waitQueued(2)
+	job, err := f.m.Cancel(ctx, canceled.ID, "outdated")
+	require.NoError(t, err)
+
+	l, err := AttachLeftovers(ctx, f.env.JS)
+	require.NoError(t, err)
+	_, err = f.m.Load(ctx, waiting.ID)
+	require.NoError(t, err)
+	require.ErrorIs(t, l.Forget(ctx, waiting), statemachine.ErrInvalid, "a pending job's message is its own")
+	require.NoError(t, l.Forget(ctx, job))
+	f.waitQueued(1)
+	require.NoError(t, l.Forget(ctx, job), "forgetting twice is harmless")
+}
+
+func TestLeftoversOfARetriedJobAreForgotten(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	f.pool(PoolConfig{Types: []string{"flaky"}}, func(_ context.Context, j *Job) error {
+		if j.Attempt == 1 {
+			return errors.New("try again")
+		}
+		return nil
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "flaky", MaxAttempts: 2,
+		Backoff: statemachine.BackoffConfig{Base: 20 * time.Millisecond}})
+	done := f.waitState(j.ID, statemachine.StateSucceeded)
+	require.Equal(t, 2, done.Attempt)
+	require.Positive(t, f.timersOf(j.ID), "the fired retry timer left its due message")
+
+	l, err := AttachLeftovers(ctx, f.env.JS)
+	require.NoError(t, err)
+	require.NoError(t, l.Forget(ctx, done))
+	require.Zero(t, f.timersOf(j.ID))
+	f.waitQueued(0)
+}
