@@ -21,6 +21,9 @@ var (
 	ErrUnavailable = errors.New("the events stream does not answer: is JetStream up, and was a jetjob server started against this NATS?")
 	// ErrClosed: the log was closed.
 	ErrClosed = errors.New("event log closed")
+	// ErrNotSent: the connection closed before an append was sent: it was
+	// not stored, and appending it again is safe.
+	ErrNotSent = errors.New("not sent: the connection to NATS is closed")
 	// ErrOutcomeUnknown: an append was sent but its answer never came (the
 	// caller's context ended, or acks were lost): it may have been stored.
 	ErrOutcomeUnknown = errors.New("outcome unknown: the append may have been stored")

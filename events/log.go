@@ -343,6 +343,9 @@ type appendReq struct {
 	// published receives the ack future of an append a streaming log's
 	// flusher published (nil: the publish failed), instead of result.
 	published chan jetstream.PubAckFuture
+	// sent: the append may have reached the server (set before any publish
+	// that may have gone out); one that never did is known not stored.
+	sent bool
 }
 
 type appendResult struct {
@@ -363,6 +366,10 @@ func (l *Log) msg(r *appendReq) *nats.Msg {
 func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 	var lastErr error
 	for try := 0; try < l.cfg.PublishRetries; try++ {
+		if !r.sent && l.nc.IsClosed() {
+			return 0, fmt.Errorf("append to job %s: %w", r.ev.JobID, ErrNotSent)
+		}
+		r.sent = true
 		pctx, cancel := context.WithTimeout(ctx, l.cfg.PublishTimeout)
 		ack, err := l.js.PublishMsg(pctx, l.msg(r))
 		cancel()
@@ -527,6 +534,8 @@ func (l *Log) streamLoop() {
 			f, err := l.js.PublishMsgAsync(l.msg(r))
 			if err != nil {
 				f = nil
+			} else {
+				r.sent = true
 			}
 			r.published <- f
 		case <-l.done:
@@ -589,6 +598,7 @@ func (l *Log) pipeline(reqs []*appendReq) {
 			futures[i] = nil
 			continue
 		}
+		r.sent = true
 		futures[i] = f
 	}
 	timeout := time.NewTimer(l.cfg.PublishTimeout)
@@ -651,6 +661,10 @@ func (l *Log) publishAtomic(batch []*appendReq) (uint64, error) {
 			continue
 		}
 		m.Header.Set("Nats-Batch-Commit", "1")
+		// Staged messages are stored only with their commit.
+		for _, r := range batch {
+			r.sent = true
+		}
 		resp, err := l.nc.RequestMsg(m, l.cfg.PublishTimeout)
 		if err != nil {
 			return 0, fmt.Errorf("commit batch: %w", err)

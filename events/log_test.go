@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -508,6 +509,37 @@ func testAppendsCutByALostConnection(t *testing.T, cfg events.Config) {
 		wait()
 		l.Close()
 		failed := requireOutcomes(t, setup, ids, errs, nil)
-		t.Logf("round %d: %d appends failed for sure", round, failed)
+		for i, err := range errs {
+			var unknown *events.OutcomeUnknownError
+			if err != nil && !errors.As(err, &unknown) {
+				require.ErrorIs(t, err, events.ErrNotSent, "append of %s", ids[i])
+			}
+		}
+		t.Logf("round %d: %d appends not sent", round, failed)
+	}
+}
+
+// An append made after the connection closed is known not stored: it says
+// so, rather than that its outcome is unknown.
+func TestAppendAfterTheConnectionClosedIsNotSent(t *testing.T) {
+	env := natstest.Start(t)
+	setup, err := events.Open(context.Background(), env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(setup.Close)
+	for name, cfg := range appendModes {
+		nc, err := nats.Connect(env.URL, nats.NoReconnect())
+		require.NoError(t, err)
+		js, err := jetstream.New(nc)
+		require.NoError(t, err)
+		l, err := events.Attach(js, cfg)
+		require.NoError(t, err)
+		nc.Close()
+		id := "closed-" + strings.ReplaceAll(name, " ", "-")
+		_, err = l.Append(context.Background(), mustEvent(t, id, events.TypeSubmitted), 0)
+		require.ErrorIs(t, err, events.ErrNotSent, name)
+		require.NotErrorIs(t, err, events.ErrOutcomeUnknown, name)
+		l.Close()
+		_, err = setup.Load(context.Background(), id)
+		require.ErrorIs(t, err, events.ErrNotFound, name)
 	}
 }

@@ -23,6 +23,10 @@ var (
 	// events.ErrOutcomeUnknown; errors.As with *events.OutcomeUnknownError
 	// gives the job's ID, to read it.
 	ErrOutcomeUnknown = events.ErrOutcomeUnknown
+	// ErrNotSent: the connection to NATS closed before the command's event
+	// was sent: nothing was stored, and the command may be sent again.
+	// Matches events.ErrNotSent.
+	ErrNotSent = events.ErrNotSent
 	// ErrTakenBefore: CancelPending refuses a job that a worker took
 	// before (it waits for a retry, or was handed back); Cancel cancels it.
 	ErrTakenBefore = errors.New("a worker already took the job once")
