@@ -562,9 +562,10 @@ func TestRetryDelayGrowsWithinJitterAndCap(t *testing.T) {
 	require.LessOrEqual(t, got, BackoffCapDefault)
 }
 
-// TestRetryDelayDoesNotOverflow: Submit accepts any non-negative backoff,
-// so a cap near the largest duration must neither overflow the doubling nor
-// panic in the jitter (which would crash the worker reporting the failure).
+// TestRetryDelayDoesNotOverflow: Submit accepts no backoff over
+// BackoffLimit, but a log written before the limit may hold any, so a cap
+// near the largest duration must neither overflow the doubling nor panic in
+// the jitter (which would crash the worker reporting the failure).
 func TestRetryDelayDoesNotOverflow(t *testing.T) {
 	const huge = time.Duration(1<<63 - 1)
 	for _, tc := range []struct {
@@ -620,6 +621,13 @@ func TestSubmitValidation(t *testing.T) {
 		{"too many attempts", SubmitParams{Type: "t", MaxAttempts: 1001}, ErrInvalid, "max attempts"},
 		{"negative backoff", SubmitParams{Type: "t", Backoff: BackoffConfig{Base: -1}}, ErrInvalid, "backoff"},
 		{"key too long", SubmitParams{Type: "t", Key: strings.Repeat("k", 257)}, ErrInvalid, "idempotency key"},
+		{"key not UTF-8", SubmitParams{Type: "t", Key: "k\xff"}, ErrInvalid, "not valid UTF-8"},
+		{"tag value not UTF-8", SubmitParams{Type: "t", Tags: map[string]string{"k": "\xff"}}, ErrInvalid, "not valid UTF-8"},
+		{"meta value not UTF-8", SubmitParams{Type: "t", Meta: map[string]string{"k": "\xfe"}}, ErrInvalid, "not valid UTF-8"},
+		{"tag value with a comma", SubmitParams{Type: "t", Tags: map[string]string{"gpu": "true,region=eu"}}, ErrInvalid, "one k=v per tag"},
+		{"backoff base over the limit", SubmitParams{Type: "t", Backoff: BackoffConfig{Base: BackoffLimit + 1}}, ErrInvalid, "backoff"},
+		{"backoff cap over the limit", SubmitParams{Type: "t", Backoff: BackoffConfig{Cap: time.Duration(1<<63 - 1)}}, ErrInvalid, "backoff"},
+		{"run-at past what a timer can hold", SubmitParams{Type: "t", RunAt: ptr(time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC))}, ErrInvalid, "run-at 2300"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.p.validate(10)
@@ -631,6 +639,10 @@ func TestSubmitValidation(t *testing.T) {
 	// Only the payload limit matches ErrPayloadTooLarge.
 	p := SubmitParams{Type: "t", Priority: 99}
 	require.NotErrorIs(t, p.validate(10), ErrPayloadTooLarge)
+
+	p = SubmitParams{Type: "t", Meta: map[string]string{"note": "a, b"}, Backoff: BackoffConfig{Base: BackoffLimit, Cap: BackoffLimit},
+		RunAt: ptr(RunAtLimit.Add(-time.Second))}
+	require.NoError(t, p.validate(10), "a meta value may hold a comma; the limits themselves are fine")
 
 	p = SubmitParams{Type: "build-2_x", Tags: map[string]string{"scope": "organization", "gpu": "true"}, Payload: make([]byte, 10), Priority: PriorityMax}
 	require.NoError(t, p.validate(10), "a payload of exactly the limit is fine")

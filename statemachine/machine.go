@@ -210,7 +210,8 @@ type SubmitResult struct {
 // SubmitMany submits jobs concurrently, so that the log commits them in
 // atomic batches. Results are in the order of params, and so are the new
 // jobs' IDs (job IDs sort in submit order); one job's error does not stop
-// the others.
+// the others. Of several params with one key, the first makes the job and
+// the others find it (Existed), as with Submit called for each in turn.
 func (m *Machine) SubmitMany(ctx context.Context, params []SubmitParams) []SubmitResult {
 	out := make([]SubmitResult, len(params))
 	ids := make([]string, len(params))
@@ -226,14 +227,28 @@ func (m *Machine) SubmitMany(ctx context.Context, params []SubmitParams) []Submi
 	}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 1000)
+	// Jobs that share a key are submitted one after another, in order, so
+	// that the first one wins as it would in separate calls.
+	lastOfKey := map[string]chan struct{}{}
 	for i := range params {
 		if out[i].Err != nil {
 			continue
+		}
+		var prev, done chan struct{}
+		if key := params[i].Key; key != "" {
+			prev, done = lastOfKey[key], make(chan struct{})
+			lastOfKey[key] = done
 		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func(i int) {
 			defer func() { <-sem; wg.Done() }()
+			if done != nil {
+				defer close(done)
+			}
+			if prev != nil {
+				<-prev // it holds a slot taken before this one's, so it runs
+			}
 			job, existed, err := m.submit(ctx, ids[i], params[i])
 			out[i] = SubmitResult{Job: job, Existed: existed, Err: err}
 		}(i)

@@ -612,15 +612,16 @@ func TestAcknowledgedSubmitsSurviveARestart(t *testing.T) {
 	}
 }
 
-// TestHugeBackoffDoesNotCrashTheFailingWorker: Submit accepts any
-// non-negative backoff, so the failure report of a job with a cap near the
-// largest duration must be recorded, not panic in the worker's goroutine.
+// TestHugeBackoffDoesNotCrashTheFailingWorker: the failure report of a job
+// with the longest backoff Submit accepts must be recorded, not panic in the
+// worker's goroutine; a longer one is refused.
 func TestHugeBackoffDoesNotCrashTheFailingWorker(t *testing.T) {
 	ctx := testContext(t)
 	m, _, _ := newMachine(t)
-	const century = 100 * 365 * 24 * time.Hour
+	_, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Backoff: statemachine.BackoffConfig{Cap: time.Duration(1<<63 - 1)}})
+	require.ErrorIs(t, err, statemachine.ErrInvalid)
 	job := submit(t, m, statemachine.SubmitParams{Type: "build", MaxAttempts: 3,
-		Backoff: statemachine.BackoffConfig{Base: 2 * century, Cap: time.Duration(1<<63 - 1)}})
+		Backoff: statemachine.BackoffConfig{Base: statemachine.BackoffLimit, Cap: statemachine.BackoffLimit}})
 	held, err := m.Acquire(ctx, job.ID, "w")
 	require.NoError(t, err)
 	retrying, err := m.Fail(ctx, held, statemachine.FailParams{Error: "first"})
@@ -636,7 +637,7 @@ func TestHugeBackoffDoesNotCrashTheFailingWorker(t *testing.T) {
 		j, err = m.Fail(ctx, held, statemachine.FailParams{Error: "second"})
 		require.NoError(t, err)
 		require.Equal(t, statemachine.StateScheduled, j.State)
-		require.True(t, j.RunAt.After(time.Now().Add(century)))
+		require.True(t, j.RunAt.After(time.Now().Add(statemachine.BackoffLimit/2-time.Minute)))
 	}()
 	require.Nil(t, panicked, "Fail panicked")
 }
@@ -664,4 +665,31 @@ func TestSubmitManyKeepsTheOrderOfItsJobs(t *testing.T) {
 	}
 	require.True(t, slices.IsSorted(ids), "IDs in submit order")
 	require.Zero(t, params[0].MaxAttempts, "defaults filled in a copy")
+}
+
+// Of several jobs with one key in a SubmitMany, the first makes the job, as
+// if each were submitted in turn, and the others are told it existed.
+func TestSubmitManyWithOneKeyTwiceKeepsTheFirst(t *testing.T) {
+	ctx := testContext(t)
+	m, _, _ := newMachine(t)
+	for round := range 5 {
+		key := fmt.Sprintf("deploy-%d", round)
+		// The last one keyed too: Go runs the goroutine started last first.
+		params := make([]statemachine.SubmitParams, 5+round*10)
+		for i := range params {
+			params[i] = statemachine.SubmitParams{Type: "t", Meta: map[string]string{"line": fmt.Sprint(i)}}
+			if i%5 == 1 || i == len(params)-1 {
+				params[i].Key = key
+			}
+		}
+		results := m.SubmitMany(ctx, params)
+		for i, r := range results {
+			require.NoError(t, r.Err)
+			if params[i].Key == "" {
+				continue
+			}
+			require.Equal(t, "1", r.Job.Meta["line"], "the first line with the key made the job")
+			require.Equal(t, i != 1, r.Existed, "line %d", i)
+		}
+	}
 }

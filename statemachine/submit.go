@@ -3,7 +3,9 @@ package statemachine
 import (
 	"cmp"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -19,9 +21,15 @@ const (
 	PriorityDefault    = 0
 	BackoffBaseDefault = time.Second
 	BackoffCapDefault  = 10 * time.Minute
-	maxTagLen          = 128
-	maxTags            = 32
+	// BackoffLimit is the longest backoff base or cap a job may be given.
+	BackoffLimit = 365 * 24 * time.Hour
+	maxTagLen    = 128
+	maxTags      = 32
 )
+
+// RunAtLimit is the latest run-at a job may be given: NATS timers, like
+// Go's nanosecond clock, cannot represent a time past 2262-04-11.
+var RunAtLimit = time.Date(2262, time.January, 1, 0, 0, 0, 0, time.UTC)
 
 // idempotencyNamespace derives job IDs from idempotency keys, so that the
 // key's job ID is taken by the first submit forever, with no dedupe window.
@@ -75,8 +83,9 @@ func ValidateToken(what, s string) error {
 }
 
 // ValidateLabels checks tags or metadata: keys are tokens; values are at most
-// 128 bytes with no control characters ('=' is allowed: a k=v flag splits
-// at the first one).
+// 128 bytes of UTF-8 with no control characters ('=' is allowed: a k=v flag
+// splits at the first one). A tag value has no ',' either: tag sets are
+// written k=v,k=v, and a worker matches values exactly.
 func ValidateLabels(what string, m map[string]string) error {
 	if len(m) > maxTags {
 		return fmt.Errorf("%w: %d %s entries, expected at most %d", ErrInvalid, len(m), what, maxTags)
@@ -88,10 +97,16 @@ func ValidateLabels(what string, m map[string]string) error {
 		if len(v) > maxTagLen {
 			return fmt.Errorf("%w: %s %s value is %d bytes, expected at most %d", ErrInvalid, what, k, len(v), maxTagLen)
 		}
+		if !utf8.ValidString(v) {
+			return fmt.Errorf("%w: %s %s value is not valid UTF-8, expected UTF-8 text", ErrInvalid, what, k)
+		}
 		for _, r := range v {
 			if r < 0x20 || r == 0x7f {
 				return fmt.Errorf("%w: %s %s value has a control character", ErrInvalid, what, k)
 			}
+		}
+		if what == "tag" && strings.ContainsRune(v, ',') {
+			return fmt.Errorf("%w: tag %s value %q has a ',', expected one k=v per tag (repeat --tag for more)", ErrInvalid, k, v)
 		}
 	}
 	return nil
@@ -127,12 +142,21 @@ func (p *SubmitParams) validate(maxPayload int) error {
 	if p.Backoff.Base < 0 || p.Backoff.Cap < 0 {
 		return fmt.Errorf("%w: negative backoff", ErrInvalid)
 	}
+	if p.Backoff.Base > BackoffLimit || p.Backoff.Cap > BackoffLimit {
+		return fmt.Errorf("%w: backoff of %s, expected at most %s", ErrInvalid, max(p.Backoff.Base, p.Backoff.Cap), BackoffLimit)
+	}
+	if p.RunAt != nil && !p.RunAt.Before(RunAtLimit) {
+		return fmt.Errorf("%w: run-at %s, expected a time before %s", ErrInvalid, p.RunAt.UTC().Format(time.RFC3339), RunAtLimit.Format(time.RFC3339))
+	}
 	base, limit := cmp.Or(p.Backoff.Base, BackoffBaseDefault), cmp.Or(p.Backoff.Cap, BackoffCapDefault)
 	if base > limit {
 		return fmt.Errorf("%w: backoff base %s is above its cap %s, expected base <= cap", ErrInvalid, base, limit)
 	}
 	if p.Key != "" && len(p.Key) > 256 {
 		return fmt.Errorf("%w: idempotency key is %d bytes, expected at most 256", ErrInvalid, len(p.Key))
+	}
+	if !utf8.ValidString(p.Key) {
+		return fmt.Errorf("%w: idempotency key is not valid UTF-8, expected UTF-8 text", ErrInvalid)
 	}
 	return nil
 }

@@ -56,7 +56,9 @@ type EnqueuerConfig struct {
 	Lister         JobLister
 	ReconcileEvery time.Duration
 	ReconcileAge   time.Duration
-	Logger         *zap.Logger
+	// Now is the clock a firing timer is checked against; default time.Now.
+	Now    func() time.Time
+	Logger *zap.Logger
 }
 
 func (c *EnqueuerConfig) validate() error {
@@ -74,6 +76,9 @@ func (c *EnqueuerConfig) validate() error {
 	}
 	if c.ReconcileAge <= 0 {
 		c.ReconcileAge = ReconcileAgeDefault
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	return nil
 }
@@ -566,6 +571,15 @@ func (e *Enqueuer) promote(ctx context.Context, msg jetstream.Msg) {
 	jobID := msg.Subject()[len(duePrefix):]
 	var err error
 	if due, perr := time.Parse(time.RFC3339Nano, msg.Headers().Get(dueAtHeader)); perr == nil {
+		if due.After(e.cfg.Now().Add(statemachine.PromoteEarlyTolerance)) {
+			// NATS fires at once a timer armed past the time it can
+			// represent; submits refuse such run-ats and backoffs are
+			// bounded, but a log written before then may hold one. The job
+			// stays scheduled rather than run centuries early.
+			e.logger.Warn("timer fired before its time; the job stays scheduled", zap.String("job", jobID), zap.Time("due", due))
+			_ = msg.Ack()
+			return
+		}
 		_, err = e.m.PromoteDue(ctx, jobID, due)
 	} else {
 		_, err = e.m.Promote(ctx, jobID) // a timer armed before the header was written

@@ -971,7 +971,13 @@ func TestStaleTimerDoesNotPromoteEarly(t *testing.T) {
 	cur, err := f.m.Load(ctx, j.ID)
 	require.NoError(t, err)
 	require.Equal(t, statemachine.StateScheduled, cur.State, "promoted %s before its run-at", time.Until(*retrying.RunAt))
-	due(retrying.RunAt) // its own timer
+	due(retrying.RunAt) // its own timer, fired hours early
+	cur, err = f.m.Load(ctx, j.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateScheduled, cur.State, "promoted by a timer that fired %s early", time.Until(*retrying.RunAt))
+
+	f.enq.cfg.Now = func() time.Time { return retrying.RunAt.Add(time.Millisecond) }
+	due(retrying.RunAt) // its own timer, on time
 	cur, err = f.m.Load(ctx, j.ID)
 	require.NoError(t, err)
 	require.Equal(t, statemachine.StatePending, cur.State)

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,6 +26,9 @@ type client struct {
 }
 
 func dial(ctx context.Context, url string) (*client, error) {
+	if err := checkServerURL(url); err != nil {
+		return nil, err
+	}
 	nc, err := nats.Connect(url, nats.Name("jetjob-cli"), nats.Timeout(3*time.Second),
 		nats.RetryOnFailedConnect(false), nats.MaxReconnects(5))
 	if err != nil {
@@ -49,6 +55,36 @@ func dial(ctx context.Context, url string) (*client, error) {
 		return nil, err
 	}
 	return &client{nc: nc, js: js, lg: lg, m: m}, nil
+}
+
+// checkServerURL refuses a --server that is no NATS URL before connecting,
+// so that bad input is told apart from a server that does not answer.
+func checkServerURL(servers string) error {
+	const expected = "expected a NATS URL such as nats://127.0.0.1:4222 (several: comma-separated)"
+	if strings.TrimSpace(servers) == "" {
+		return usageErr("--server is empty, %s", expected)
+	}
+	for _, s := range strings.Split(servers, ",") {
+		s = strings.TrimSpace(s)
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s
+		}
+		u, err := url.Parse(s)
+		if err != nil || u.Hostname() == "" {
+			return usageErr("--server %q is not a URL, %s", servers, expected)
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return usageErr("--server %q has scheme %q, %s", servers, u.Scheme, expected)
+		}
+		if p := u.Port(); p != "" {
+			if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+				return usageErr("--server %q has port %s, expected a port of 1-65535", servers, p)
+			}
+		}
+	}
+	return nil
 }
 
 func (c *client) close() {

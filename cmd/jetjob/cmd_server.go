@@ -45,6 +45,13 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 		if o.CancelGrace == 0 {
 			return usageErr("--cancel-grace 0s, expected a duration above 0 such as 1m")
 		}
+		// 0 would mean the defaults below the flags: refused, not taken.
+		if o.RetainFinished == 0 {
+			return usageErr("--retain 0s, expected a duration above 0 such as 168h (a finished job is kept at least this long)")
+		}
+		if o.PurgeEvery == 0 {
+			return usageErr("--purge-every 0s, expected a duration above 0 such as 1m")
+		}
 		if o.NATSURL == "" {
 			return checkEmbedded(o)
 		}

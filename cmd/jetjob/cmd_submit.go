@@ -57,7 +57,7 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		if len(perJob) > 0 {
 			return usageErr("--file takes every job's fields from the file; do not combine it with %s", strings.Join(perJob, ", "))
 		}
-		if params, lines, err = readJobsFile(*file, (*statemachine.SubmitParams).Validate); err != nil {
+		if params, lines, err = readJobsFile(ctx, *file, (*statemachine.SubmitParams).Validate); err != nil {
 			return err
 		}
 	} else {
@@ -77,7 +77,7 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 			}
 			p.Payload = []byte(*payload)
 		case *payloadFile != "":
-			if p.Payload, err = readFileArg(*payloadFile); err != nil {
+			if p.Payload, err = readPayloadFile(ctx, *payloadFile); err != nil {
 				return err
 			}
 			if !json.Valid(p.Payload) {
@@ -96,6 +96,11 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 			if p.Backoff.Cap, err = parseDurationFlag("backoff-cap", *backoffCap); err != nil {
 				return err
 			}
+		}
+		// Checked before connecting: bad input is said as such even when
+		// no server answers.
+		if err := p.Validate(); err != nil {
+			return err
 		}
 		params = []statemachine.SubmitParams{p}
 	}
@@ -173,15 +178,65 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 	return firstErr
 }
 
-func readFileArg(name string) ([]byte, error) {
+// openArg opens a file argument, '-' being stdin.
+func openArg(name string) (io.ReadCloser, error) {
 	if name == "-" {
-		return io.ReadAll(os.Stdin)
+		return io.NopCloser(os.Stdin), nil
 	}
-	b, err := os.ReadFile(name)
+	f, err := os.Open(name)
 	if err != nil {
 		return nil, usageErr("cannot read %s: %v", name, err)
 	}
-	return b, nil
+	return f, nil
+}
+
+// readPayloadFile reads at most one byte past the payload limit: the file
+// may be a device or a pipe that never ends.
+func readPayloadFile(ctx context.Context, name string) ([]byte, error) {
+	limit := statemachine.MaxPayloadDefault
+	return interruptible(ctx, name, func() ([]byte, error) {
+		r, err := openArg(name)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		b, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
+		switch {
+		case err != nil:
+			return nil, usageErr("cannot read %s: %v", name, err)
+		case len(b) > limit:
+			return nil, fmt.Errorf("--payload-file %s: %w: over %d bytes, expected at most %d", displayName(name), statemachine.ErrPayloadTooLarge, limit, limit)
+		}
+		return b, nil
+	})
+}
+
+// interruptible runs read, a read of the named input that may block (a
+// terminal, a pipe), until it returns or ctx ends (Ctrl-C).
+func interruptible[T any](ctx context.Context, name string, read func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := read()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, fmt.Errorf("interrupted while reading %s; nothing was submitted", displayName(name))
+	}
+}
+
+func displayName(name string) string {
+	if name == "-" {
+		return "stdin"
+	}
+	return name
 }
 
 func parseRunAt(runAt, delay string) (*time.Time, error) {
@@ -225,49 +280,79 @@ const jobLineFields = "type, tags, meta, payload, priority, max_attempts, run_at
 // badLinesShown caps the bad lines a refused file lists.
 const badLinesShown = 20
 
+// Bounds of a --file, whose jobs are all held and checked before the first
+// is sent: a line holds at most a payload at its limit and the job's other
+// fields.
+const (
+	maxJobsPerFile = 1_000_000
+	maxJobLine     = 4 << 20
+)
+
+type jobsFile struct {
+	params []statemachine.SubmitParams
+	lines  []int
+}
+
 // readJobsFile reads and checks every line before anything is submitted, so
 // that a bad line submits nothing; every bad line is said, one per line.
-func readJobsFile(name string, validate func(*statemachine.SubmitParams) error) ([]statemachine.SubmitParams, []int, error) {
-	data, err := readFileArg(name)
+func readJobsFile(ctx context.Context, name string, validate func(*statemachine.SubmitParams) error) ([]statemachine.SubmitParams, []int, error) {
+	f, err := interruptible(ctx, name, func() (jobsFile, error) { return scanJobsFile(name, validate) })
+	return f.params, f.lines, err
+}
+
+func scanJobsFile(name string, validate func(*statemachine.SubmitParams) error) (jobsFile, error) {
+	r, err := openArg(name)
 	if err != nil {
-		return nil, nil, err
+		return jobsFile{}, err
 	}
+	defer r.Close()
 	var out []statemachine.SubmitParams
 	var lines []int
 	var bad []string
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for n := 1; sc.Scan(); n++ {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), maxJobLine)
+	n := 0
+	for sc.Scan() {
+		n++
 		line := bytes.TrimSpace(sc.Bytes())
+		if n == 1 {
+			line = bytes.TrimPrefix(line, []byte("\ufeff")) // a byte order mark some editors write
+		}
 		if len(line) == 0 {
 			continue
+		}
+		if len(out) == maxJobsPerFile {
+			return jobsFile{}, usageErr("%s holds more than %d jobs, expected at most %d per file: split it", displayName(name), maxJobsPerFile, maxJobsPerFile)
 		}
 		p, err := parseJobLine(line)
 		if err == nil {
 			err = validate(&p)
 		}
 		if err != nil {
-			bad = append(bad, fmt.Sprintf("%s line %d: %v", name, n, err))
+			bad = append(bad, fmt.Sprintf("%s line %d: %v", displayName(name), n, err))
 			continue
 		}
 		out = append(out, p)
 		lines = append(lines, n)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, nil, usageErr("%s: %v", name, err)
+	switch err := sc.Err(); {
+	case errors.Is(err, bufio.ErrTooLong):
+		return jobsFile{}, usageErr("%s line %d is over %d bytes, expected one job per line of at most %d; nothing was submitted", displayName(name), n+1, maxJobLine, maxJobLine)
+	case err != nil:
+		return jobsFile{}, usageErr("cannot read %s: %v", displayName(name), err)
 	}
 	switch {
 	case len(bad) == 1:
-		return nil, nil, usageErr("%s; nothing was submitted", bad[0])
+		return jobsFile{}, usageErr("%s; nothing was submitted", bad[0])
 	case len(bad) > 1:
 		for _, b := range bad[:min(len(bad), badLinesShown)] {
 			fmt.Fprintf(os.Stderr, "jetjob submit: %s\n", b)
 		}
-		return nil, nil, usageErr("%s: %d bad lines (the first %d above); nothing was submitted", name, len(bad), min(len(bad), badLinesShown))
+		return jobsFile{}, usageErr("%s: %d bad lines (the first %d above); nothing was submitted", displayName(name), len(bad), min(len(bad), badLinesShown))
 	case len(out) == 0:
-		return nil, nil, usageErr("%s holds no jobs", name)
+		return jobsFile{}, usageErr("%s holds no jobs", displayName(name))
 	}
-	return out, lines, nil
+	return jobsFile{params: out, lines: lines}, nil
 }
 
 // parseJobLine reads one line of a --file, saying in plain words what is

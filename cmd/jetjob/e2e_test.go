@@ -312,6 +312,19 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"purge", "--older-than", "1h", "--state", "pending"}, 2, "only finished jobs are purged"},
 		{[]string{"cancel", "--type", "t", "01a20000-0000-7000-8000-000000000000"}, 2, "a cancel by ID takes none"},
 		{[]string{"watch", "--limit", "5"}, 2, "flag provided but not defined: -limit"},
+		{[]string{"submit", "--type", "t", "--run-at", "2300-01-01T00:00:00Z"}, 2, "expected a time before 2262"},
+		{[]string{"submit", "--type", "t", "--delay", "2562047h"}, 2, "expected a time before 2262"},
+		{[]string{"submit", "--type", "t", "--backoff-cap", "100000h"}, 2, "backoff of 100000h0m0s, expected at most 8760h"},
+		{[]string{"submit", "--type", "t", "--tag", "gpu=true,region=eu"}, 2, "one k=v per tag"},
+		{[]string{"submit", "--type", "t", "--meta", "k=\xff"}, 2, "not valid UTF-8"},
+		{[]string{"submit", "--type", "t", "--priority", "010"}, 2, "priority 10, expected 0-9"},
+		{[]string{"submit", "--type", "t", "--max-attempts", "0x3"}, 2, `--max-attempts "0x3", expected a whole number`},
+		{[]string{"submit", "--type", "t", "--payload-file", "/dev/zero"}, 2, "payload too large"},
+		{[]string{"submit", "--file", "/dev/zero"}, 2, "line 1 is over 4194304 bytes"},
+		{[]string{"submit", "--file", file("\ufeff{\"type\":\"a\",\"priority\":12}\n")}, 2, "f line 1: invalid input: priority 12"},
+		{[]string{"ls", "--server", "nats://127.0.0.1:99999"}, 2, "expected a port of 1-65535"},
+		{[]string{"ls", "--server", ""}, 2, "--server is empty"},
+		{[]string{"server", "--retain", "0s"}, 2, "--retain 0s, expected a duration above 0"},
 	} {
 		r := s.jetjob(tc.args...)
 		require.Equal(t, tc.code, r.code, "%v: %s", tc.args, r.stderr)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,6 +67,37 @@ func (l labels) Set(s string) error {
 	}
 	l[k] = v
 	return nil
+}
+
+// decimal is an int flag read in base 10 only: the flag package's own reads
+// 010 as octal 8.
+type decimal int
+
+func (d *decimal) String() string { return strconv.Itoa(int(*d)) }
+
+func (d *decimal) Set(v string) error {
+	n, err := strconv.Atoi(v)
+	if errors.Is(err, strconv.ErrRange) {
+		return errors.New("value out of range")
+	}
+	if err != nil {
+		return errors.New("parse error")
+	}
+	*d = decimal(n)
+	return nil
+}
+
+// Int defines a decimal int flag.
+func (fs *flagSet) Int(name string, value int, usage string) *int {
+	p := new(int)
+	fs.IntVar(p, name, value, usage)
+	return p
+}
+
+// IntVar defines a decimal int flag stored in p.
+func (fs *flagSet) IntVar(p *int, name string, value int, usage string) {
+	*p = value
+	fs.Var((*decimal)(p), name, usage)
 }
 
 // strs is a repeatable string flag.
