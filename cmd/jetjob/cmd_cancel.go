@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/jetjob/jetjob/projector"
 )
@@ -19,6 +21,9 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 	pos, err := fs.parse(args)
 	if err != nil {
 		return err
+	}
+	if strings.ContainsFunc(*reason, unicode.IsControl) || !utf8.ValidString(*reason) {
+		return usageErr("--reason %q has a control character or is not UTF-8, expected one line of text", *reason)
 	}
 	var filters []string
 	fs.Visit(func(f *flag.Flag) {

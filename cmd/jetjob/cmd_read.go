@@ -13,6 +13,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
 )
 
 // jobCommand parses a command that takes one job ID, connects, and runs fn.
@@ -149,6 +150,19 @@ func filterFlags(fs *flagSet, withStates bool, limitDefault int) func() (project
 		}
 		if *limit < 0 {
 			return projector.Filter{}, usageErr("--limit %d, expected 0 or more", *limit)
+		}
+		// A filter no job can match is a typo, not an empty answer.
+		if *typ != "" {
+			if err := statemachine.ValidateToken("--type", *typ); err != nil {
+				return projector.Filter{}, err
+			}
+		}
+		for what, m := range map[string]labels{"--tag": tags, "--meta": meta, "--meta-not": metaNot} {
+			for k := range m {
+				if err := statemachine.ValidateToken(what+" key", k); err != nil {
+					return projector.Filter{}, err
+				}
+			}
 		}
 		return projector.Filter{States: st, Type: *typ, Tags: tags, Meta: meta, MetaNot: metaNot, Limit: *limit}, nil
 	}

@@ -30,9 +30,6 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 && pos[0] == "--" {
-		pos = pos[1:]
-	}
 	if len(pos) == 0 {
 		return usageErr("no command given: jetjob worker --type T -- CMD [ARGS...]")
 	}

@@ -325,6 +325,10 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"ls", "--server", "nats://127.0.0.1:99999"}, 2, "expected a port of 1-65535"},
 		{[]string{"ls", "--server", ""}, 2, "--server is empty"},
 		{[]string{"server", "--retain", "0s"}, 2, "--retain 0s, expected a duration above 0"},
+		{[]string{"ls", "--type", "a.b"}, 2, `--type "a.b", expected`},
+		{[]string{"cancel", "--pending", "--tag", "a*=1"}, 2, `--tag key "a*", expected`},
+		{[]string{"ls", "-o", ""}, 2, `-o "", expected text or json`},
+		{[]string{"cancel", "01a20000-0000-7000-8000-000000000000", "--reason", "two\nlines"}, 2, "expected one line of text"},
 	} {
 		r := s.jetjob(tc.args...)
 		require.Equal(t, tc.code, r.code, "%v: %s", tc.args, r.stderr)

@@ -111,6 +111,7 @@ type flagSet struct {
 	*flag.FlagSet
 	server    string
 	output    string
+	hasOutput bool // the command takes -o
 	usageLine string
 }
 
@@ -124,6 +125,7 @@ func newFlags(name, usageLine string, client bool) *flagSet {
 		}
 		fs.StringVar(&fs.server, "server", def, "NATS URL of the jetjob server (env JETJOB_SERVER)")
 		fs.StringVar(&fs.output, "o", "text", "output format: text or json")
+		fs.hasOutput = true
 	}
 	fs.usageLine = usageLine
 	// Parse calls Usage on every error: a bad flag gets one error line,
@@ -165,13 +167,10 @@ func (fs *flagSet) parse(args []string) ([]string, error) {
 		pos = append(pos, rest[0])
 		args = rest[1:]
 	}
-	if fs.output != "" && fs.output != "text" && fs.output != "json" {
+	if fs.hasOutput && fs.output != "text" && fs.output != "json" {
 		return nil, usageErr("-o %q, expected text or json", fs.output)
 	}
-	if tail != nil {
-		pos = append(pos, "--")
-		pos = append(pos, tail...)
-	}
+	pos = append(pos, tail...)
 	return pos, nil
 }
 
