@@ -794,8 +794,11 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 	case errors.Is(cause, ErrShutdown):
 		_, rerr = p.m.Release(ctx, held, "worker shutting down")
 	case errors.Is(cause, ErrJobTimeout):
-		_, rerr = p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout,
-			Error: fmt.Sprintf("ran past the job timeout of %s: %v", p.cfg.JobTimeout, err)})
+		msg := fmt.Sprintf("ran past the job timeout of %s", p.cfg.JobTimeout)
+		if err != nil && !errors.Is(err, ErrJobTimeout) {
+			msg += ": " + err.Error() // what the handler said as it stopped
+		}
+		_, rerr = p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout, Error: msg})
 	default:
 		fp := statemachine.FailParams{Error: err.Error()}
 		var noRetry *NoRetryError

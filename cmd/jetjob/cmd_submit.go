@@ -348,7 +348,11 @@ func scanJobsFile(name string, validate func(*statemachine.SubmitParams) error) 
 		for _, b := range bad[:min(len(bad), badLinesShown)] {
 			fmt.Fprintf(os.Stderr, "jetjob submit: %s\n", b)
 		}
-		return jobsFile{}, usageErr("%s: %d bad lines (the first %d above); nothing was submitted", displayName(name), len(bad), min(len(bad), badLinesShown))
+		shown := "listed above"
+		if len(bad) > badLinesShown {
+			shown = fmt.Sprintf("the first %d above", badLinesShown)
+		}
+		return jobsFile{}, usageErr("%s: %d bad lines (%s); nothing was submitted", displayName(name), len(bad), shown)
 	case len(out) == 0:
 		return jobsFile{}, usageErr("%s holds no jobs", displayName(name))
 	}
