@@ -19,6 +19,8 @@ var (
 	// ErrUnavailable: the events stream did not answer within the publish
 	// timeout (JetStream starting, or no jetjob server ever set it up).
 	ErrUnavailable = errors.New("the events stream does not answer: is JetStream up, and was a jetjob server started against this NATS?")
+	// ErrInvalidConfig: a Config a Log cannot run with.
+	ErrInvalidConfig = errors.New("invalid events config")
 	// ErrClosed: the log was closed.
 	ErrClosed = errors.New("event log closed")
 	// ErrNotSent: the connection closed before an append was sent: it was

@@ -82,7 +82,7 @@ func (c *Config) validate() error {
 		c.MaxBatch = MaxBatchDefault
 	}
 	if c.MaxBatch < 1 || c.MaxBatch > MaxBatchLimit {
-		return fmt.Errorf("events config: max batch %d, expected 1-%d", c.MaxBatch, MaxBatchLimit)
+		return fmt.Errorf("%w: max batch %d, expected 1-%d", ErrInvalidConfig, c.MaxBatch, MaxBatchLimit)
 	}
 	if c.MinBatch <= 0 {
 		c.MinBatch = MinBatchDefault
@@ -94,7 +94,7 @@ func (c *Config) validate() error {
 		c.Linger = LingerDefault
 	}
 	if c.Linger > LingerLimit {
-		return fmt.Errorf("events config: linger %s, expected at most %s", c.Linger, LingerLimit)
+		return fmt.Errorf("%w: linger %s, expected at most %s", ErrInvalidConfig, c.Linger, LingerLimit)
 	}
 	if c.PublishTimeout <= 0 {
 		c.PublishTimeout = PublishTimeoutDefault

@@ -543,3 +543,9 @@ func TestAppendAfterTheConnectionClosedIsNotSent(t *testing.T) {
 		require.ErrorIs(t, err, events.ErrNotFound, name)
 	}
 }
+
+func TestLogConfigThatCannotRunIsRefused(t *testing.T) {
+	env := natstest.Start(t)
+	_, err := events.Open(context.Background(), env.JS, events.Config{MaxBatch: events.MaxBatchLimit + 1})
+	require.ErrorIs(t, err, events.ErrInvalidConfig)
+}

@@ -43,7 +43,9 @@ type BulkCancelOptions struct {
 // earlier attempt may have done part of the work. Each
 // cancel is appended with the job's expected sequence, so a job acquired in
 // the meantime is skipped, not canceled; a failure on one job is reported
-// and does not stop the others.
+// and does not stop the others. f.Limit caps the jobs it tries to cancel
+// (0: no cap); the jobs it skips because a worker took them before do not
+// count against it.
 func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Machine, f projector.Filter, opts BulkCancelOptions) (BulkCancelResult, error) {
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = BulkCancelConcurrencyDefault
@@ -53,18 +55,25 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 	var mu sync.Mutex
 	sem := make(chan struct{}, opts.Concurrency)
 	var wg sync.WaitGroup
-	// One pass over the views (f.Limit caps it, 0 means all): a paged
-	// listing would read the bucket once per page.
+	// One pass over the views: a paged listing would read the bucket once
+	// per page. The limit counts the jobs tried, not the ones skipped.
+	limit := f.Limit
+	f.Limit = 0
 	page, err := r.List(ctx, f)
 	if err != nil {
 		return res, fmt.Errorf("bulk cancel: list pending jobs: %w", err)
 	}
+	tried := 0
 	for _, v := range page.Views {
+		if limit > 0 && tried == limit {
+			break
+		}
 		if v.StartedAt != nil {
 			// The decider refuses it too; skipped here so a dry run agrees.
 			res.Skipped = append(res.Skipped, Skipped{ID: v.ID, Reason: skipTakenBefore})
 			continue
 		}
+		tried++
 		if opts.DryRun {
 			res.Canceled = append(res.Canceled, v.ID)
 			continue

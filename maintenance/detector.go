@@ -98,7 +98,7 @@ func NewDetector(ctx context.Context, reader *projector.Reader, m *statemachine.
 }
 
 // Start runs passes in the background while this server leads, until Stop;
-// ctx is not used past the call. Safe to call twice.
+// ctx is not used past the call. Safe to call twice, and again after Stop.
 func (d *Detector) Start(ctx context.Context) error {
 	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context) error {
 		_, err := d.runOnce(ctx)

@@ -2,6 +2,7 @@ package maintenance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -405,6 +406,32 @@ func TestBulkCancelSparesJobsWithoutTheKeyAndJobsAWorkerTook(t *testing.T) {
 	require.ErrorIs(t, err, statemachine.ErrTakenBefore)
 }
 
+// The limit of a bulk cancel counts the jobs it tries, not the ones it skips
+// because a worker took them before.
+func TestBulkCancelLimitCountsOnlyJobsItTries(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	var all []statemachine.Job
+	for range 4 {
+		j := f.submit(statemachine.SubmitParams{Type: "build", MaxAttempts: 3, Backoff: statemachine.BackoffConfig{Base: time.Hour, Cap: time.Hour}})
+		held, err := f.m.Acquire(ctx, j.ID, "w")
+		require.NoError(t, err)
+		j, err = f.m.Fail(ctx, held, statemachine.FailParams{Error: "half done"})
+		require.NoError(t, err)
+		all = append(all, j)
+	}
+	for range 6 {
+		all = append(all, f.submit(statemachine.SubmitParams{Type: "build"}))
+	}
+	f.projected(all...)
+	for _, dry := range []bool{true, false} {
+		res, err := CancelPending(ctx, f.reader, f.m, projector.Filter{Type: "build", Limit: 5}, BulkCancelOptions{DryRun: dry})
+		require.NoError(t, err)
+		require.Len(t, res.Canceled, 5, "dry run %v", dry)
+		require.Len(t, res.Skipped, 4, "dry run %v", dry)
+	}
+}
+
 // A purge decided on a finished job must not take the job submitted again
 // under its key once its history is gone (the same ID): not through the
 // rest of the same pass (the views, lines and beats it forgets after the
@@ -461,4 +488,26 @@ func TestPurgeSparesAJobSubmittedAgainUnderTheSameKey(t *testing.T) {
 	_, ok, err = f.hb.Last(ctx, again.ID)
 	require.NoError(t, err)
 	require.True(t, ok)
+}
+
+// A purger stopped and started again runs its passes again.
+func TestPurgerRunsAgainAfterARestart(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	lead, err := NewLeadership(ctx, f.env.JS, "purger", "s1", 2*time.Second)
+	require.NoError(t, err)
+	p, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, lead, PurgerConfig{OlderThan: time.Nanosecond, Every: 20 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, p.Start(ctx))
+	p.Stop()
+	p.Stop()
+	require.NoError(t, p.Start(ctx))
+	t.Cleanup(p.Stop)
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	j, err = f.m.Cancel(ctx, j.ID, "")
+	require.NoError(t, err)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_, err := f.log.Load(ctx, j.ID)
+		return errors.Is(err, events.ErrNotFound)
+	}, "job %s purged", j.ID)
 }

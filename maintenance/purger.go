@@ -168,7 +168,7 @@ func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time, mark
 }
 
 // Start runs passes in the background while this server leads, until Stop;
-// ctx is not used past the call. Safe to call twice.
+// ctx is not used past the call. Safe to call twice, and again after Stop.
 func (p *Purger) Start(ctx context.Context) error {
 	p.svc.start(ctx, p.leader, p.cfg.Every, p.logger, func(ctx context.Context) error {
 		_, err := p.runOnce(ctx)

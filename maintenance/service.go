@@ -65,4 +65,9 @@ func (s *ledService) stop() {
 	}
 	cancel()
 	<-done
+	s.mu.Lock()
+	if s.done == done {
+		s.cancel = nil // start runs the passes again
+	}
+	s.mu.Unlock()
 }

@@ -590,6 +590,8 @@ func TestRetryDelayDoesNotOverflow(t *testing.T) {
 	}
 }
 
+var defaultBackoff = BackoffConfig{Base: BackoffBaseDefault, Cap: BackoffCapDefault}
+
 func TestSubmitValidation(t *testing.T) {
 	long := strings.Repeat("k", 129)
 	tooMany := map[string]string{}
@@ -630,7 +632,7 @@ func TestSubmitValidation(t *testing.T) {
 		{"run-at past what a timer can hold", SubmitParams{Type: "t", RunAt: ptr(time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC))}, ErrInvalid, "run-at 2300"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.p.validate(10)
+			err := tc.p.validate(10, defaultBackoff)
 			require.ErrorIs(t, err, tc.want)
 			require.ErrorIs(t, err, ErrInvalid)
 			require.Contains(t, err.Error(), tc.msg)
@@ -638,14 +640,19 @@ func TestSubmitValidation(t *testing.T) {
 	}
 	// Only the payload limit matches ErrPayloadTooLarge.
 	p := SubmitParams{Type: "t", Priority: 99}
-	require.NotErrorIs(t, p.validate(10), ErrPayloadTooLarge)
+	require.NotErrorIs(t, p.validate(10, defaultBackoff), ErrPayloadTooLarge)
 
 	p = SubmitParams{Type: "t", Meta: map[string]string{"note": "a, b"}, Backoff: BackoffConfig{Base: BackoffLimit, Cap: BackoffLimit},
 		RunAt: ptr(RunAtLimit.Add(-time.Second))}
-	require.NoError(t, p.validate(10), "a meta value may hold a comma; the limits themselves are fine")
+	require.NoError(t, p.validate(10, defaultBackoff), "a meta value may hold a comma; the limits themselves are fine")
+
+	// A base above the default cap is fine when the cap it takes is higher.
+	p = SubmitParams{Type: "t", Backoff: BackoffConfig{Base: 20 * time.Minute}}
+	require.ErrorIs(t, p.validate(10, defaultBackoff), ErrInvalid)
+	require.NoError(t, p.validate(10, BackoffConfig{Base: time.Minute, Cap: time.Hour}))
 
 	p = SubmitParams{Type: "build-2_x", Tags: map[string]string{"scope": "organization", "gpu": "true"}, Payload: make([]byte, 10), Priority: PriorityMax}
-	require.NoError(t, p.validate(10), "a payload of exactly the limit is fine")
+	require.NoError(t, p.validate(10, defaultBackoff), "a payload of exactly the limit is fine")
 	require.Equal(t, MaxAttemptsDefault, p.MaxAttempts)
 }
 

@@ -33,6 +33,8 @@ var (
 	// ErrNotDue: a promote of a scheduled job whose run-at has not come,
 	// or from a timer armed for another run-at than the job's.
 	ErrNotDue = errors.New("the job's run-at has not come")
+	// ErrInvalidConfig: a Config a Machine cannot run with.
+	ErrInvalidConfig = errors.New("invalid statemachine config")
 	// ErrInvalid: a command's input is invalid.
 	ErrInvalid = errors.New("invalid input")
 	// ErrPayloadTooLarge: a payload over the configured limit; matches ErrInvalid.

@@ -39,7 +39,7 @@ func (c *Config) validate() error {
 		c.MaxPayload = MaxPayloadDefault
 	}
 	if c.MaxPayload < 0 {
-		return fmt.Errorf("statemachine config: max payload %d, expected > 0", c.MaxPayload)
+		return fmt.Errorf("%w: max payload %d, expected > 0", ErrInvalidConfig, c.MaxPayload)
 	}
 	if c.ConflictRetries <= 0 {
 		c.ConflictRetries = ConflictRetriesDefault
@@ -49,6 +49,9 @@ func (c *Config) validate() error {
 	}
 	if c.Backoff.Cap <= 0 {
 		c.Backoff.Cap = BackoffCapDefault
+	}
+	if c.Backoff.Base > c.Backoff.Cap {
+		return fmt.Errorf("%w: backoff base %s is above its cap %s, expected base <= cap", ErrInvalidConfig, c.Backoff.Base, c.Backoff.Cap)
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -65,6 +68,9 @@ type Machine struct {
 
 // New returns a Machine that reads and appends through log.
 func New(log *events.Log, cfg Config) (*Machine, error) {
+	if log == nil {
+		return nil, fmt.Errorf("%w: no event log", ErrInvalidConfig)
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -157,7 +163,7 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 // means the job may exist all the same, under the ID the error carries; a
 // Key makes submitting again safe.
 func (m *Machine) Submit(ctx context.Context, p SubmitParams) (job Job, existed bool, err error) {
-	if err := p.validate(m.cfg.MaxPayload); err != nil {
+	if err := p.validate(m.cfg.MaxPayload, m.cfg.Backoff); err != nil {
 		return Job{}, false, err
 	}
 	jobID, err := newJobID(p)
@@ -217,7 +223,7 @@ func (m *Machine) SubmitMany(ctx context.Context, params []SubmitParams) []Submi
 	ids := make([]string, len(params))
 	params = slices.Clone(params) // validate fills in defaults; the caller's stay as given
 	for i := range params {
-		if err := params[i].validate(m.cfg.MaxPayload); err != nil {
+		if err := params[i].validate(m.cfg.MaxPayload, m.cfg.Backoff); err != nil {
 			out[i].Err = err
 			continue
 		}
@@ -376,5 +382,5 @@ func (m *Machine) CheckLease(ctx context.Context, held Job) (Job, error) {
 // Validate checks submit parameters as Submit would, filling in defaults,
 // so that a caller can refuse a whole batch before submitting any of it.
 func (m *Machine) Validate(p *SubmitParams) error {
-	return p.validate(m.cfg.MaxPayload)
+	return p.validate(m.cfg.MaxPayload, m.cfg.Backoff)
 }

@@ -693,3 +693,22 @@ func TestSubmitManyWithOneKeyTwiceKeepsTheFirst(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigThatCannotRunIsRefused(t *testing.T) {
+	_, lg, _ := newMachine(t)
+	for name, tc := range map[string]struct {
+		log *events.Log
+		cfg statemachine.Config
+	}{
+		"no log":                {nil, statemachine.Config{}},
+		"negative max payload":  {lg, statemachine.Config{MaxPayload: -1}},
+		"backoff base over cap": {lg, statemachine.Config{Backoff: statemachine.BackoffConfig{Base: time.Hour, Cap: time.Minute}}},
+	} {
+		_, err := statemachine.New(tc.log, tc.cfg)
+		require.ErrorIs(t, err, statemachine.ErrInvalidConfig, name)
+	}
+	// A machine's own default cap decides whether a job's base is above it.
+	m, err := statemachine.New(lg, statemachine.Config{Backoff: statemachine.BackoffConfig{Base: time.Minute, Cap: time.Hour}})
+	require.NoError(t, err)
+	require.NoError(t, m.Validate(&statemachine.SubmitParams{Type: "t", Backoff: statemachine.BackoffConfig{Base: 20 * time.Minute}}))
+}

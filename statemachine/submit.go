@@ -115,9 +115,13 @@ func ValidateLabels(what string, m map[string]string) error {
 // Validate checks the parameters as a Machine with the default Config would
 // (Machine.Validate checks them against its own), filling in defaults: for
 // tools that check input before they connect.
-func (p *SubmitParams) Validate() error { return p.validate(MaxPayloadDefault) }
+func (p *SubmitParams) Validate() error {
+	return p.validate(MaxPayloadDefault, BackoffConfig{Base: BackoffBaseDefault, Cap: BackoffCapDefault})
+}
 
-func (p *SubmitParams) validate(maxPayload int) error {
+// validate checks p against a payload limit and the backoff that its zero
+// backoff fields take.
+func (p *SubmitParams) validate(maxPayload int, backoff BackoffConfig) error {
 	if err := ValidateToken("type", p.Type); err != nil {
 		return err
 	}
@@ -148,7 +152,7 @@ func (p *SubmitParams) validate(maxPayload int) error {
 	if p.RunAt != nil && !p.RunAt.Before(RunAtLimit) {
 		return fmt.Errorf("%w: run-at %s, expected a time before %s", ErrInvalid, p.RunAt.UTC().Format(time.RFC3339), RunAtLimit.Format(time.RFC3339))
 	}
-	base, limit := cmp.Or(p.Backoff.Base, BackoffBaseDefault), cmp.Or(p.Backoff.Cap, BackoffCapDefault)
+	base, limit := cmp.Or(p.Backoff.Base, backoff.Base), cmp.Or(p.Backoff.Cap, backoff.Cap)
 	if base > limit {
 		return fmt.Errorf("%w: backoff base %s is above its cap %s, expected base <= cap", ErrInvalid, base, limit)
 	}

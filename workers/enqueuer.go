@@ -206,7 +206,8 @@ func (e *Enqueuer) supervise(ctx context.Context, stream string, cons jetstream.
 	}
 }
 
-// Start runs the enqueuer until Stop. Safe to call twice.
+// Start runs the enqueuer until Stop. Safe to call twice, and again after
+// Stop.
 func (e *Enqueuer) Start(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -258,6 +259,9 @@ func (e *Enqueuer) Stop() {
 		cancel()
 		e.wg.Wait()
 	}
+	e.mu.Lock()
+	e.started = false // Start runs it again
+	e.mu.Unlock()
 }
 
 // runOnce processes every event and due timer available now; tests call it

@@ -15,6 +15,8 @@ var (
 	// ErrShutdown is the cause of a handler's context when the pool stopped
 	// before the handler finished within the grace period.
 	ErrShutdown = errors.New("worker shutting down")
+	// ErrStopped: Start of a pool that was stopped; make a new one.
+	ErrStopped = errors.New("the pool was stopped; a stopped pool does not start again, make a new one")
 	// ErrJobTimeout is the cause of a handler's context when it ran longer
 	// than the pool's JobTimeout; the attempt fails with ErrorCodeTimeout.
 	ErrJobTimeout = errors.New("job ran past its timeout")

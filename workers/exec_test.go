@@ -227,23 +227,8 @@ func TestExecKeepsTheLinesAfterALongOne(t *testing.T) {
 		Command: []string{"sh", "-c", "echo before; head -c 2000000 /dev/zero | tr '\\0' x; echo; echo after"}}))
 	j := f.submit(statemachine.SubmitParams{Type: "longline"})
 	f.waitState(j.ID, statemachine.StateSucceeded)
-	logs, err := AttachLogs(context.Background(), f.env.JS)
-	require.NoError(t, err)
-	var lines []string
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		ll, err := logs.Read(context.Background(), j.ID)
-		if err != nil {
-			return false
-		}
-		lines = lines[:0]
-		for _, l := range ll {
-			if l.Stream == StreamStdout {
-				lines = append(lines, l.Line)
-			}
-		}
-		return len(lines) == 3
-	}, "three stdout lines stored")
-	require.Equal(t, "before", lines[0])
-	require.Equal(t, strings.Repeat("x", maxLineBytes)+"…", lines[1])
-	require.Equal(t, "after", lines[2])
+	lines := f.waitLines(j.ID, StreamStdout, 3)
+	require.Equal(t, "before", lines[0].Line)
+	require.Equal(t, strings.Repeat("x", maxLineBytes)+"…", lines[1].Line)
+	require.Equal(t, "after", lines[2].Line)
 }

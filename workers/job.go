@@ -3,6 +3,7 @@ package workers
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jetjob/jetjob/statemachine"
@@ -43,7 +44,13 @@ func (j *Job) logStream(stream, line string) {
 	j.logs.appendAsync(j.ID, LogLine{Time: time.Now().UTC(), Attempt: j.Attempt, Stream: stream, Line: line})
 }
 
-// Progress records how far the job is, from 0 to 1, with a short message.
+// Progress records how far the job is, from 0 to 1, with a short message. A
+// fraction outside 0-1 is clamped to it; NaN records the message alone.
 func (j *Job) Progress(fraction float64, msg string) {
+	if math.IsNaN(fraction) {
+		j.logStream(StreamProgress, msg)
+		return
+	}
+	fraction = min(max(fraction, 0), 1)
 	j.logs.appendAsync(j.ID, LogLine{Time: time.Now().UTC(), Attempt: j.Attempt, Stream: StreamProgress, Line: msg, Progress: &fraction})
 }

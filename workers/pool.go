@@ -60,7 +60,9 @@ type PoolConfig struct {
 	// attempt fails with ErrorCodeTimeout, retried while attempts remain.
 	// Heartbeats prove a worker alive, not a handler making progress; this
 	// bounds a handler that hangs. 0 (the default) means no limit.
-	JobTimeout       time.Duration
+	JobTimeout time.Duration
+	// CancelWatchDelay: a handler running longer than this follows its job
+	// for cancels; heartbeats start within HeartbeatInterval regardless.
 	CancelWatchDelay time.Duration
 	Logger           *zap.Logger
 }
@@ -71,11 +73,11 @@ func (c *PoolConfig) validate() error {
 	}
 	for _, t := range c.Types {
 		if err := statemachine.ValidateToken("type", t); err != nil {
-			return err
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 		}
 	}
 	if err := statemachine.ValidateLabels("tag", c.Tags); err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if c.Concurrency == 0 {
 		c.Concurrency = ConcurrencyDefault
@@ -186,10 +188,16 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 }
 
 // Start watches the tag set registry and wake-ups and starts acquiring.
-// Safe to call twice.
+// Safe to call twice; after Stop it returns ErrStopped.
 func (p *Pool) Start(ctx context.Context) error {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()
+	p.mu.Lock()
+	stopped := p.stopping
+	p.mu.Unlock()
+	if stopped {
+		return ErrStopped
+	}
 	if p.started {
 		return nil
 	}
@@ -831,7 +839,10 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 // reconnecting is still seen.
 func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel context.CancelCauseFunc, done chan<- struct{}) {
 	defer close(done)
-	delay := time.NewTimer(p.cfg.CancelWatchDelay)
+	// The first beat comes within a heartbeat interval even when the watch
+	// waits longer: the detector knows nothing of the watch's delay.
+	firstBeat := min(p.cfg.CancelWatchDelay, p.cfg.HeartbeatInterval)
+	delay := time.NewTimer(firstBeat)
 	defer delay.Stop()
 	select {
 	case <-ctx.Done():
@@ -845,13 +856,16 @@ func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel c
 		}
 	}
 	beat()
-	go p.watchCancels(ctx, held, cancel)
+	watch := time.NewTimer(p.cfg.CancelWatchDelay - firstBeat)
+	defer watch.Stop()
 	tick := time.NewTicker(p.cfg.HeartbeatInterval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-watch.C:
+			go p.watchCancels(ctx, held, cancel)
 		case <-tick.C:
 			beat()
 		}
@@ -926,8 +940,10 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 	}
 }
 
-// Stop stops acquiring, lets running handlers finish within ShutdownGrace
-// (or ctx), then cancels them and hands their jobs back. Safe to call twice.
+// Stop stops acquiring, lets running handlers finish within ShutdownGrace,
+// then cancels them and hands their jobs back. With a deadline on ctx, the
+// handlers are canceled 2 s before it, so that the hand-backs land in time;
+// when ctx ends first, Stop waits up to 2 s more for them. Safe to call twice.
 func (p *Pool) Stop(ctx context.Context) error {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()
@@ -945,7 +961,14 @@ func (p *Pool) Stop(ctx context.Context) error {
 	_ = p.watch.Stop()
 	finished := make(chan struct{})
 	go func() { p.runningWG.Wait(); close(finished) }()
-	grace := time.NewTimer(p.cfg.ShutdownGrace)
+	// The handlers still running at the end of the grace are stopped early
+	// enough that their jobs can be handed back before ctx's deadline: a
+	// job left running is failed as hung later, which costs an attempt.
+	graceFor := p.cfg.ShutdownGrace
+	if deadline, ok := ctx.Deadline(); ok {
+		graceFor = max(min(graceFor, time.Until(deadline)-handBackReserve), 0)
+	}
+	grace := time.NewTimer(graceFor)
 	defer grace.Stop()
 	select {
 	case <-finished:
@@ -962,6 +985,15 @@ func (p *Pool) Stop(ctx context.Context) error {
 	case <-finished:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("stop pool: %w", ctx.Err())
 	}
+	// ctx ended first (with no deadline to plan for, or a handler slow to
+	// stop): a short while more for the hand-backs under way.
+	select {
+	case <-finished:
+	case <-time.After(handBackReserve):
+	}
+	return fmt.Errorf("stop pool: %w", ctx.Err())
 }
+
+// handBackReserve is the time Stop keeps for handing running jobs back.
+const handBackReserve = 2 * time.Second

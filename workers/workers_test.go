@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -102,6 +103,26 @@ func (f *fixture) types(id string) []string {
 }
 
 func noop(context.Context, *Job) error { return nil }
+
+// waitLines waits until the job's log holds n lines of the stream and
+// returns them.
+func (f *fixture) waitLines(jobID, stream string, n int) []LogLine {
+	f.t.Helper()
+	logs, err := AttachLogs(context.Background(), f.env.JS)
+	require.NoError(f.t, err)
+	var lines []LogLine
+	natstest.Eventually(f.t, 10*time.Second, func() bool {
+		all, err := logs.Read(context.Background(), jobID)
+		lines = lines[:0]
+		for _, l := range all {
+			if l.Stream == stream {
+				lines = append(lines, l)
+			}
+		}
+		return err == nil && len(lines) == n
+	}, "%d %s lines of job %s", n, stream, jobID)
+	return lines
+}
 
 func TestCanceledPendingJobIsNeverAcquired(t *testing.T) {
 	f := newFixture(t, true)
@@ -290,6 +311,28 @@ func TestFailedAttemptKeepsErrorAndLogs(t *testing.T) {
 	}, "two log lines")
 }
 
+// Progress outside 0-1 is clamped and NaN keeps only the message: JSON has
+// no NaN or infinity, and the line would be lost.
+func TestProgressOfAnyFractionIsRecorded(t *testing.T) {
+	f := newFixture(t, true)
+	f.pool(PoolConfig{Types: []string{"p"}}, func(_ context.Context, j *Job) error {
+		j.Progress(math.NaN(), "nan")
+		j.Progress(math.Inf(1), "inf")
+		j.Progress(-3, "below")
+		j.Progress(0.5, "half")
+		return nil
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "p"})
+	f.waitState(j.ID, statemachine.StateSucceeded)
+	lines := f.waitLines(j.ID, StreamProgress, 4)
+	require.Nil(t, lines[0].Progress)
+	require.Equal(t, "nan", lines[0].Line)
+	for i, want := range []float64{1, 0, 0.5} {
+		require.NotNil(t, lines[i+1].Progress)
+		require.Equal(t, want, *lines[i+1].Progress)
+	}
+}
+
 // A handler that hangs past the pool's JobTimeout has its context canceled
 // with ErrJobTimeout, and its attempt fails with code timeout and is
 // retried; one that returns nil when told still succeeds.
@@ -395,6 +438,59 @@ func TestStopReleasesJobsPastTheGrace(t *testing.T) {
 	f.pool(PoolConfig{Types: []string{"slow"}}, noop)
 	done := f.waitState(j.ID, statemachine.StateSucceeded)
 	require.Equal(t, 1, done.Attempt)
+}
+
+// A Stop whose context ends before the grace does stops the handlers in time
+// to hand their jobs back before it returns: a job left running would be
+// failed as hung later, at the cost of an attempt.
+func TestStopWithAShortDeadlineHandsJobsBackBeforeItReturns(t *testing.T) {
+	f := newFixture(t, true)
+	var started sync.WaitGroup
+	started.Add(4)
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"slow"}, Concurrency: 4}, func(ctx context.Context, j *Job) error {
+		started.Done()
+		<-ctx.Done()
+		return context.Cause(ctx)
+	})
+	require.NoError(t, err)
+	require.NoError(t, p.Start(context.Background()))
+	var jobs []statemachine.Job
+	for range 4 {
+		jobs = append(jobs, f.submit(statemachine.SubmitParams{Type: "slow", MaxAttempts: 1}))
+	}
+	started.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	require.NoError(t, p.Stop(ctx))
+	for _, j := range jobs {
+		cur, err := f.m.Load(context.Background(), j.ID)
+		require.NoError(t, err)
+		require.Equal(t, statemachine.StatePending, cur.State, "job %s handed back when Stop returned", j.ID)
+		require.Zero(t, cur.Attempt)
+	}
+}
+
+// Heartbeats start within the heartbeat interval even when the watch for
+// cancels waits longer: the detector would fail a job with no beat as hung.
+func TestHeartbeatsStartBeforeALongCancelWatchDelay(t *testing.T) {
+	f := newFixture(t, true)
+	hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	release := make(chan struct{})
+	defer close(release)
+	f.pool(PoolConfig{Types: []string{"long"}, HeartbeatInterval: 50 * time.Millisecond, CancelWatchDelay: time.Hour},
+		func(ctx context.Context, j *Job) error {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return nil
+		})
+	j := f.submit(statemachine.SubmitParams{Type: "long"})
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_, ok, err := hb.Last(context.Background(), j.ID)
+		return err == nil && ok
+	}, "a heartbeat for job %s", j.ID)
 }
 
 // A handler that finishes its work after the shutdown grace, ignoring its
@@ -981,4 +1077,37 @@ func TestStaleTimerDoesNotPromoteEarly(t *testing.T) {
 	cur, err = f.m.Load(ctx, j.ID)
 	require.NoError(t, err)
 	require.Equal(t, statemachine.StatePending, cur.State)
+}
+
+// A stopped enqueuer starts again; a stopped pool refuses to, rather than
+// report success and take no job.
+func TestStartAfterStop(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	require.NoError(t, f.enq.Start(ctx))
+	f.enq.Stop()
+	f.enq.Stop()
+	require.NoError(t, f.enq.Start(ctx))
+	t.Cleanup(f.enq.Stop)
+	f.submit(statemachine.SubmitParams{Type: "again"})
+	f.waitQueued(1)
+
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"again"}}, noop)
+	require.NoError(t, err)
+	require.NoError(t, p.Start(ctx))
+	require.NoError(t, p.Stop(ctx))
+	require.ErrorIs(t, p.Start(ctx), ErrStopped)
+}
+
+func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
+	f := newFixture(t, false)
+	for name, cfg := range map[string]PoolConfig{
+		"no types":             {},
+		"a type with a space":  {Types: []string{"bad type"}},
+		"a tag key with a dot": {Types: []string{"t"}, Tags: map[string]string{"a.b": "1"}},
+		"negative concurrency": {Types: []string{"t"}, Concurrency: -1},
+	} {
+		_, err := NewPool(f.env.JS, f.m, cfg, noop)
+		require.ErrorIs(t, err, ErrInvalidConfig, name)
+	}
 }
