@@ -19,6 +19,17 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		s, err := js.CreateStream(ctx, cfg)
+		for pause := 50 * time.Millisecond; isStoreFailure(err) && pause <= 200*time.Millisecond; pause *= 2 {
+			// The server could not make the stream's store this time (seen
+			// once in CI, as a 500, on a fresh server); creating is safe to
+			// repeat.
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
+			case <-time.After(pause):
+			}
+			s, err = js.CreateStream(ctx, cfg)
+		}
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			// Another process created it first; fall through to an update.
 			return Stream(ctx, js, cfg)
@@ -128,4 +139,10 @@ func Consumer(ctx context.Context, js jetstream.JetStream, stream string, cfg je
 		return nil, 0, fmt.Errorf("create consumer %s: %w", cfg.Durable, err)
 	}
 	return c, replacedFrom, nil
+}
+
+// isStoreFailure: the server answered a create with an internal error.
+func isStoreFailure(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code == 500
 }
