@@ -54,8 +54,9 @@ func (c *PurgerConfig) validate() error {
 }
 
 // Purger deletes finished jobs past their retention: events, view, logs,
-// heartbeat and any queue or timer message left behind, together. Nothing unfinished is ever purged: the decision is
-// taken on the job folded from its log, and a finished job never changes.
+// heartbeat and any queue or timer message left behind, together. Nothing
+// unfinished is ever purged: the decision is taken on the job folded from
+// its log, and a finished job never changes.
 type Purger struct {
 	cfg    PurgerConfig
 	reader *projector.Reader
