@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/statemachine"
 )
 
@@ -32,7 +33,7 @@ func dial(ctx context.Context, url string) (*client, error) {
 	nc, err := nats.Connect(url, nats.Name("jetjob-cli"), nats.Timeout(3*time.Second),
 		nats.RetryOnFailedConnect(false), nats.MaxReconnects(5))
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach the jetjob server at %s (start one with 'jetjob server' or 'jetjob dev', or set --server): %v", url, err)
+		return nil, fmt.Errorf("cannot reach the jetjob server at %s (start one with 'jetjob server' or 'jetjob dev', or set --server): %v", server.RedactURL(url), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -41,7 +42,7 @@ func dial(ctx context.Context, url string) (*client, error) {
 	}
 	if _, err := js.Stream(ctx, events.StreamDefault); err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("no jetjob event log at %s (is a 'jetjob server' running there?): %v", url, err)
+		return nil, fmt.Errorf("no jetjob event log at %s (is a 'jetjob server' running there?): %v", server.RedactURL(url), err)
 	}
 	lg, err := events.Attach(js, events.Config{})
 	if err != nil {
@@ -71,16 +72,16 @@ func checkServerURL(servers string) error {
 		}
 		u, err := url.Parse(s)
 		if err != nil || u.Hostname() == "" {
-			return usageErr("--server %q is not a URL, %s", servers, expected)
+			return usageErr("--server %q is not a URL, %s", server.RedactURL(servers), expected)
 		}
 		switch u.Scheme {
 		case "nats", "tls", "ws", "wss":
 		default:
-			return usageErr("--server %q has scheme %q, %s", servers, u.Scheme, expected)
+			return usageErr("--server %q has scheme %q, %s", server.RedactURL(servers), u.Scheme, expected)
 		}
 		if p := u.Port(); p != "" {
 			if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-				return usageErr("--server %q has port %s, expected a port of 1-65535", servers, p)
+				return usageErr("--server %q has port %s, expected a port of 1-65535", server.RedactURL(servers), p)
 			}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
 )
@@ -259,7 +260,7 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	if ctx.Err() == nil {
-		return fmt.Errorf("watch ended: lost the connection to the jetjob server at %s", fs.server)
+		return fmt.Errorf("watch ended: lost the connection to the jetjob server at %s", server.RedactURL(fs.server))
 	}
 	return nil
 }

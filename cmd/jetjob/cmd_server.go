@@ -111,7 +111,7 @@ func runServer(ctx context.Context, args []string, out io.Writer) error {
 	if o.NATSURL != "" {
 		where = "external NATS: its own storage and sync settings apply"
 	}
-	o.Logger.Info(fmt.Sprintf("jetjob server ready on %s (%s); Ctrl-C stops it", s.URL, where))
+	o.Logger.Info(fmt.Sprintf("jetjob server ready on %s (%s); Ctrl-C stops it", server.RedactURL(s.URL), where))
 	<-ctx.Done()
 	o.Logger.Info("shutting down")
 	s.Stop()

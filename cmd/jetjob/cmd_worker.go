@@ -11,6 +11,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/statemachine"
 	"github.com/jetjob/jetjob/workers"
 )
@@ -60,12 +61,15 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := checkServerURL(fs.server); err != nil {
+		return err
+	}
 	logger := logging.New(*verbose)
 	defer func() { _ = logger.Sync() }()
 
 	nc, err := nats.Connect(fs.server, nats.Name("jetjob-worker"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
 	if err != nil {
-		return fmt.Errorf("cannot reach the jetjob server at %s: %v", fs.server, err)
+		return fmt.Errorf("cannot reach the jetjob server at %s: %v", server.RedactURL(fs.server), err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)

@@ -44,3 +44,34 @@ func TestWorkerRefusesACommandItCannotRun(t *testing.T) {
 	require.Equal(t, exitFailure, r.code, "stderr %q", r.stderr)
 	require.Contains(t, r.stderr, "cannot reach the jetjob server")
 }
+
+// TestServerSecretsStayOutOfErrors: a password or token in --server is not
+// printed when the server cannot be reached or the URL is refused.
+func TestServerSecretsStayOutOfErrors(t *testing.T) {
+	closed := freeAddr(t)
+	for _, tc := range []struct {
+		server string
+		code   int
+	}{
+		{"nats://alice:s3cret@" + closed, exitFailure},
+		{"nats://s3cret@" + closed, exitFailure},
+		{"alice:s3cret@" + closed, exitFailure},
+		{"nats://127.0.0.1:1,nats://alice:s3cret@" + closed, exitFailure},
+		{"nats://alice:s3cret@127.0.0.1:99999", exitUsage},
+		{"http://alice:s3cret@" + closed, exitUsage},
+	} {
+		for _, args := range [][]string{
+			{"ls", "--server", tc.server},
+			{"worker", "--server", tc.server, "--type", "t", "--", "true"},
+		} {
+			r := runCLI(t, tc.server, args...)
+			require.Equal(t, tc.code, r.code, "%v: %s", args, r.stderr)
+			require.NotContains(t, r.stderr, "s3cret", "%v", args)
+			require.Contains(t, r.stderr, "REDACTED", "%v", args)
+		}
+	}
+	r := runCLI(t, closed, "server", "--nats", "nats://alice:s3cret@"+closed)
+	require.Equal(t, exitFailure, r.code, r.stderr)
+	require.NotContains(t, r.stderr, "s3cret")
+	require.Contains(t, r.stderr, "REDACTED")
+}

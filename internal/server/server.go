@@ -7,7 +7,9 @@ package server
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -78,7 +80,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	s.NC, err = nats.Connect(s.URL, nats.Name("jetjob-server"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
 	if err != nil {
-		return s, fmt.Errorf("connect to NATS at %s: %w", s.URL, err)
+		return s, fmt.Errorf("connect to NATS at %s: %w", RedactURL(s.URL), err)
 	}
 	s.stops = append(s.stops, s.NC.Close)
 	if s.JS, err = jetstream.New(s.NC, jetstream.WithPublishAsyncMaxPending(1<<16)); err != nil {
@@ -87,7 +89,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if s.Log, err = events.Open(ctx, s.JS, logConfig(o)); err != nil {
 		if !s.NC.IsConnected() {
 			// Retrying the first connect hides why setup timed out.
-			return s, fmt.Errorf("connect to NATS at %s: not reachable (is it running?): %w", s.URL, err)
+			return s, fmt.Errorf("connect to NATS at %s: not reachable (is it running?): %w", RedactURL(s.URL), err)
 		}
 		return s, err
 	}
@@ -206,4 +208,19 @@ func logConfig(o Options) events.Config {
 		cfg.Flushers = 1
 	}
 	return cfg
+}
+
+// RedactURL is a NATS URL (or several, comma-separated) fit for a message: a URL's user
+// information (a password, or a token given as the user) is replaced.
+func RedactURL(servers string) string {
+	parts := strings.Split(servers, ",")
+	for i, s := range parts {
+		if u, err := url.Parse(strings.TrimSpace(s)); err == nil && u.User != nil {
+			u.User = url.User("REDACTED")
+			parts[i] = u.String()
+		} else if strings.Contains(s, "@") {
+			parts[i] = "REDACTED@" + s[strings.LastIndex(s, "@")+1:]
+		}
+	}
+	return strings.Join(parts, ",")
 }
