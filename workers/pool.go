@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
@@ -67,6 +69,18 @@ type PoolConfig struct {
 	Logger           *zap.Logger
 }
 
+// WorkerIDLimit bounds a worker ID, which every acquire records.
+const WorkerIDLimit = 128
+
+// ValidateWorkerID checks that id is fit to name a worker in events and
+// listings: one line of UTF-8 text, at most WorkerIDLimit bytes.
+func ValidateWorkerID(id string) error {
+	if id == "" || len(id) > WorkerIDLimit || !utf8.ValidString(id) || strings.ContainsFunc(id, unicode.IsControl) {
+		return fmt.Errorf("worker ID %q, expected 1-%d bytes of one-line UTF-8 text", id, WorkerIDLimit)
+	}
+	return nil
+}
+
 func (c *PoolConfig) validate() error {
 	if len(c.Types) == 0 {
 		return fmt.Errorf("%w: no job types", ErrInvalidConfig)
@@ -90,7 +104,11 @@ func (c *PoolConfig) validate() error {
 	}
 	if c.WorkerID == "" {
 		host, _ := os.Hostname()
+		host = strings.ToValidUTF8(host[:min(len(host), 64)], "?")
 		c.WorkerID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), uuid.NewString()[:8])
+	}
+	if err := ValidateWorkerID(c.WorkerID); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = HeartbeatIntervalDefault

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -1102,10 +1103,13 @@ func TestStartAfterStop(t *testing.T) {
 func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 	f := newFixture(t, false)
 	for name, cfg := range map[string]PoolConfig{
-		"no types":             {},
-		"a type with a space":  {Types: []string{"bad type"}},
-		"a tag key with a dot": {Types: []string{"t"}, Tags: map[string]string{"a.b": "1"}},
-		"negative concurrency": {Types: []string{"t"}, Concurrency: -1},
+		"no types":                 {},
+		"a type with a space":      {Types: []string{"bad type"}},
+		"a tag key with a dot":     {Types: []string{"t"}, Tags: map[string]string{"a.b": "1"}},
+		"negative concurrency":     {Types: []string{"t"}, Concurrency: -1},
+		"a worker ID of two lines": {Types: []string{"t"}, WorkerID: "a\nb"},
+		"a worker ID not UTF-8":    {Types: []string{"t"}, WorkerID: "w\xff"},
+		"a worker ID too long":     {Types: []string{"t"}, WorkerID: strings.Repeat("w", WorkerIDLimit+1)},
 	} {
 		_, err := NewPool(f.env.JS, f.m, cfg, noop)
 		require.ErrorIs(t, err, ErrInvalidConfig, name)

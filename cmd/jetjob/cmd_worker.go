@@ -50,6 +50,11 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if err := statemachine.ValidateLabels("tag", tags); err != nil {
 		return err
 	}
+	if *id != "" {
+		if err := workers.ValidateWorkerID(*id); err != nil {
+			return usageErr("--id: %v", err)
+		}
+	}
 	if *concurrency < 1 {
 		return usageErr("--concurrency %d, expected 1 or more", *concurrency)
 	}

@@ -329,6 +329,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"cancel", "--pending", "--tag", "a*=1"}, 2, `--tag key "a*", expected`},
 		{[]string{"ls", "-o", ""}, 2, `-o "", expected text or json`},
 		{[]string{"cancel", "01a20000-0000-7000-8000-000000000000", "--reason", "two\nlines"}, 2, "expected one line of text"},
+		{[]string{"worker", "--type", "t", "--id", "two\nlines", "--", "true"}, 2, "expected 1-128 bytes of one-line UTF-8 text"},
 	} {
 		r := s.jetjob(tc.args...)
 		require.Equal(t, tc.code, r.code, "%v: %s", tc.args, r.stderr)
