@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/jetjob/jetjob/events"
@@ -54,7 +55,15 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		shown := 0
+		// On stderr, so that the lines themselves stay parseable.
+		defer func() {
+			if shown >= workers.LogLinesPerJob {
+				fmt.Fprintf(os.Stderr, "jetjob logs: a job keeps its last %d lines; the earliest lines of this job may have been dropped\n", workers.LogLinesPerJob)
+			}
+		}()
 		print := func(l workers.LogLine) {
+			shown++
 			if fs.json() {
 				_ = writeJSONLine(out, l)
 				return

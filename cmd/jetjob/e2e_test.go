@@ -23,6 +23,7 @@ import (
 
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/workers"
 )
 
 var binary string
@@ -602,4 +603,32 @@ func TestSubmitFileSaysEveryBadLine(t *testing.T) {
 	require.NotContains(t, r.stderr, "line 5")
 	require.NotContains(t, r.stderr, "main.jobLine")
 	require.Equal(t, "[]", strings.TrimSpace(strings.ReplaceAll(listAll(t, s), "\n", "")), "nothing submitted")
+}
+
+// TestLogsSaysWhenEarlyLinesMayBeGone: a job that wrote more lines than a
+// job keeps shows its last ones, and stderr says the earliest may be gone.
+func TestLogsSaysWhenEarlyLinesMayBeGone(t *testing.T) {
+	s := startServerProc(t)
+	startWorker(t, s, "--type", "sh", "--", "sh", "-c", `seq 1 "$(cat)"`)
+	chatty := s.jetjob("submit", "--type", "sh", "--payload", "10050").ok(t)
+	quiet := s.jetjob("submit", "--type", "sh", "--payload", "3").ok(t)
+	for _, id := range []string{chatty, quiet} {
+		waitView(t, s, id, func(v projector.View) bool { return v.State == "succeeded" }, "succeeded")
+	}
+	var r result
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		r = s.jetjob("logs", chatty)
+		return strings.Contains(r.stdout, "] 10050\n")
+	}, "the last line stored")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, workers.LogLinesPerJob, strings.Count(r.stdout, "\n"))
+	require.NotContains(t, r.stdout, "] 1\n", "the first line was dropped")
+	require.Contains(t, r.stderr, "may have been dropped")
+
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		r = s.jetjob("logs", quiet)
+		return strings.Contains(r.stdout, "] 3\n")
+	}, "the quiet job's lines")
+	require.Contains(t, r.stdout, "] 1\n")
+	require.Empty(t, r.stderr)
 }
