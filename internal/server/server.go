@@ -210,8 +210,9 @@ func logConfig(o Options) events.Config {
 	return cfg
 }
 
-// RedactURL is a NATS URL (or several, comma-separated) fit for a message: a URL's user
-// information (a password, or a token given as the user) is replaced.
+// RedactURL is a NATS URL (or several, comma-separated) fit for a message:
+// a URL's user information (a password, or a token given as the user) is
+// replaced.
 func RedactURL(servers string) string {
 	parts := strings.Split(servers, ",")
 	for i, s := range parts {
