@@ -30,20 +30,21 @@ const (
 // DetectorConfig configures a Detector.
 type DetectorConfig struct {
 	// HangAfter: a running job with no sign of life for this long is hung.
+	// Default HangAfterDefault.
 	HangAfter time.Duration
 	// CancelGrace: a canceling job that no worker acknowledged for this long
-	// is canceled by the detector.
+	// is canceled by the detector. Default CancelGraceDefault.
 	CancelGrace time.Duration
 	// Every is the pause between passes. Default HangAfter/10, within 1-30 s.
 	Every time.Duration
-	// MaxPerPass bounds how many jobs one pass terminates, the longest silent first.
+	// MaxPerPass bounds the hung attempts one pass fails, the longest
+	// silent first, and apart from them the unacknowledged cancels it
+	// finishes. Default MaxPerPassDefault.
 	MaxPerPass int
-	// ServerID names this server in the leadership; default a random ID.
-	ServerID string
-	// LeaderTTL: see LeaderTTLDefault.
-	LeaderTTL time.Duration
-	Now       func() time.Time
-	Logger    *zap.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Logger; nil means no logging.
+	Logger *zap.Logger
 }
 
 func (c *DetectorConfig) validate() error {
@@ -61,9 +62,6 @@ func (c *DetectorConfig) validate() error {
 	}
 	if c.MaxPerPass <= 0 {
 		c.MaxPerPass = MaxPerPassDefault
-	}
-	if c.LeaderTTL <= 0 {
-		c.LeaderTTL = LeaderTTLDefault
 	}
 	if c.Now == nil {
 		c.Now = time.Now

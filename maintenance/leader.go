@@ -32,11 +32,25 @@ type Leadership struct {
 	rev uint64
 }
 
-// NewLeadership provisions the leaders bucket. All contenders for a role must
-// use the same ttl.
+// NewLeadership provisions the leaders bucket and contends for role as id.
+// The TTL is the bucket's, shared by every role: the NewLeadership that
+// makes the bucket sets it (ttl, or LeaderTTLDefault when 0), and later ones
+// keep the bucket's whatever ttl they ask for, so that no contender's renewal
+// falls behind an expiry another one set.
 func NewLeadership(ctx context.Context, js jetstream.JetStream, role, id string, ttl time.Duration) (*Leadership, error) {
 	if ttl <= 0 {
 		ttl = LeaderTTLDefault
+	}
+	if existing, err := js.KeyValue(ctx, LeadersBucketDefault); err == nil {
+		status, err := existing.Status(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("read leaders bucket: %w", err)
+		}
+		if status.TTL() > 0 {
+			ttl = status.TTL()
+		}
+	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("look up leaders bucket: %w", err)
 	}
 	kv, err := provision.KeyValue(ctx, js, provision.KeyValueConfig{Bucket: LeadersBucketDefault, TTL: ttl, AsyncPersist: true})
 	if err != nil {

@@ -79,7 +79,7 @@ func (f *fixture) detector(id string, now func() time.Time) *Detector {
 	lead, err := NewLeadership(context.Background(), f.env.JS, "detector", id, 2*time.Second)
 	require.NoError(f.t, err)
 	d, err := NewDetector(context.Background(), f.reader, f.m, f.hb, f.logs, lead, DetectorConfig{
-		HangAfter: time.Minute, CancelGrace: time.Minute, ServerID: id, Now: now, MaxPerPass: 10})
+		HangAfter: time.Minute, CancelGrace: time.Minute, Now: now, MaxPerPass: 10})
 	require.NoError(f.t, err)
 	return d
 }
@@ -510,4 +510,25 @@ func TestPurgerRunsAgainAfterARestart(t *testing.T) {
 		_, err := f.log.Load(ctx, j.ID)
 		return errors.Is(err, events.ErrNotFound)
 	}, "job %s purged", j.ID)
+}
+
+// Every role shares the leaders bucket's TTL: a leadership asking for a
+// shorter one must not shorten the others' expiry under their renewals.
+func TestLeadershipsShareTheBucketsTTL(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	a, err := NewLeadership(ctx, f.env.JS, "detector", "a", 6*time.Second)
+	require.NoError(t, err)
+	led, err := a.TryLead(ctx)
+	require.NoError(t, err)
+	require.True(t, led)
+
+	short, err := NewLeadership(ctx, f.env.JS, "purger", "b", time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 6*time.Second, short.ttl, "the bucket's TTL, not the one asked for")
+	kv, err := f.env.JS.KeyValue(ctx, LeadersBucketDefault)
+	require.NoError(t, err)
+	status, err := kv.Status(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 6*time.Second, status.TTL())
 }

@@ -27,11 +27,10 @@ type PurgerConfig struct {
 	OlderThan time.Duration
 	// Every is the pause between background passes. Default PurgeEveryDefault.
 	Every time.Duration
-	// ServerID names this server in the leadership.
-	ServerID  string
-	LeaderTTL time.Duration
-	Now       func() time.Time
-	Logger    *zap.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Logger; nil means no logging.
+	Logger *zap.Logger
 }
 
 func (c *PurgerConfig) validate() error {
@@ -43,9 +42,6 @@ func (c *PurgerConfig) validate() error {
 	}
 	if c.Every <= 0 {
 		c.Every = PurgeEveryDefault
-	}
-	if c.LeaderTTL <= 0 {
-		c.LeaderTTL = LeaderTTLDefault
 	}
 	if c.Now == nil {
 		c.Now = time.Now

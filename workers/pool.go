@@ -60,6 +60,9 @@ type PoolConfig struct {
 	// JobTimeout: a handler still running after this long has its context
 	// canceled with ErrJobTimeout, and unless it then returns nil its
 	// attempt fails with ErrorCodeTimeout, retried while attempts remain.
+	// A handler that ignores its context and is still running ShutdownGrace
+	// after the timeout has its attempt failed so without waiting for it
+	// (it keeps its slot until it returns, and its result is dropped).
 	// Heartbeats prove a worker alive, not a handler making progress; this
 	// bounds a handler that hangs. 0 (the default) means no limit.
 	JobTimeout time.Duration
@@ -771,6 +774,10 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	if p.cfg.JobTimeout > 0 {
 		timeout := time.AfterFunc(p.cfg.JobTimeout, func() { cancel(ErrJobTimeout) })
 		defer timeout.Stop()
+		// Its heartbeats stopped with the cancel: without this, a handler
+		// that ignores its context would be failed as hung, much later.
+		abandon := time.AfterFunc(p.cfg.JobTimeout+p.cfg.ShutdownGrace, func() { p.failUnstopped(held) })
+		defer abandon.Stop()
 	}
 	watchDone := make(chan struct{})
 	go p.watchAttempt(ctx, held, cancel, watchDone)
@@ -794,6 +801,19 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer rcancel()
 	p.recordResult(rctx, held, context.Cause(ctx), err)
+}
+
+// failUnstopped fails an attempt whose handler ran past its timeout and did
+// not stop within the grace after it. The handler's own result, if it ever
+// returns, is refused: the attempt no longer holds the job.
+func (p *Pool) failUnstopped(held statemachine.Job) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	msg := fmt.Sprintf("ran past the job timeout of %s and did not stop within %s after it", p.cfg.JobTimeout, p.cfg.ShutdownGrace)
+	_, err := p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout, Error: msg})
+	if err != nil && !errors.Is(err, statemachine.ErrLeaseLost) {
+		p.logger.Warn("fail an attempt that ignored its timeout", zap.String("job", held.ID), zap.Error(err))
+	}
 }
 
 func (p *Pool) callHandler(ctx context.Context, job *Job) (err error) {

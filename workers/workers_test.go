@@ -364,6 +364,42 @@ func TestJobTimeoutFailsAHungAttempt(t *testing.T) {
 	require.ErrorIs(t, causes[2], ErrJobTimeout)
 }
 
+// A handler that ignores its context past the timeout and the grace after
+// it has its attempt failed without waiting for it; its late result is
+// dropped.
+func TestJobTimeoutFailsAHandlerThatIgnoresIt(t *testing.T) {
+	f := newFixture(t, true)
+	release := make(chan struct{})
+	returned := make(chan struct{})
+	pool := f.pool(PoolConfig{Types: []string{"deaf"}, JobTimeout: 100 * time.Millisecond, ShutdownGrace: 200 * time.Millisecond},
+		func(ctx context.Context, j *Job) error {
+			defer close(returned)
+			<-release
+			return nil
+		})
+	// Registered after the pool's, so it runs before the pool's Stop: a
+	// failed test must not leave Stop waiting for the handler forever.
+	t.Cleanup(func() { close(release) })
+	j := f.submit(statemachine.SubmitParams{Type: "deaf", MaxAttempts: 1})
+	failed := f.waitState(j.ID, statemachine.StateFailed)
+	require.Equal(t, ErrorCodeTimeout, failed.ErrorCode)
+	require.Contains(t, failed.Error, "did not stop within 200ms")
+	select {
+	case <-returned:
+		t.Fatal("the handler returned before it was released")
+	default:
+	}
+
+	release <- struct{}{}
+	<-returned
+	// Stop waits for the handler's result to be recorded, or refused: its
+	// success came too late, and the job stays failed.
+	require.NoError(t, pool.Stop(context.Background()))
+	seq, err := f.log.LastSeq(context.Background(), j.ID)
+	require.NoError(t, err)
+	require.Equal(t, failed.Version, seq, "nothing appended after the failure")
+}
+
 func TestRetryAfterBackoff(t *testing.T) {
 	f := newFixture(t, true)
 	var mu sync.Mutex

@@ -136,7 +136,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, err
 	}
 	det, err := maintenance.NewDetector(ctx, s.Reader, s.Machine, s.Heartbeat, s.Logs, detLead, maintenance.DetectorConfig{
-		HangAfter: o.HangAfter, CancelGrace: o.CancelGrace, Every: o.DetectEvery, ServerID: serverID, Logger: o.Logger})
+		HangAfter: o.HangAfter, CancelGrace: o.CancelGrace, Every: o.DetectEvery, Logger: o.Logger})
 	if err != nil {
 		return s, err
 	}
@@ -153,7 +153,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, err
 	}
 	purger, err := maintenance.NewPurger(s.Reader, s.Machine, s.Heartbeat, s.Logs, leftovers, purgeLead, maintenance.PurgerConfig{
-		OlderThan: o.RetainFinished, Every: o.PurgeEvery, ServerID: serverID, Logger: o.Logger})
+		OlderThan: o.RetainFinished, Every: o.PurgeEvery, Logger: o.Logger})
 	if err != nil {
 		return s, err
 	}
