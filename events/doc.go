@@ -6,6 +6,7 @@
 // file storage). Append sets Nats-Expected-Last-Subject-Sequence to the last
 // sequence the writer saw for the job, so of several writers that read the
 // same history exactly one appends and the others get a *ConflictError.
-// Concurrent appends to different jobs are coalesced into JetStream atomic
-// batches, which the server commits with one fsync instead of one each.
+// When MinBatch or more appends to different jobs wait at once, they are
+// coalesced into a JetStream atomic batch, which the server commits with
+// one fsync instead of one each; fewer are pipelined one by one.
 package events

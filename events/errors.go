@@ -16,8 +16,10 @@ var (
 	ErrMalformed = errors.New("malformed event")
 	// ErrUnknownType: an event whose type this version does not know.
 	ErrUnknownType = errors.New("unknown event type")
-	// ErrUnavailable: the events stream did not answer within the publish
-	// timeout (JetStream starting, or no jetjob server ever set it up).
+	// ErrUnavailable: a load found no events stream answering within the
+	// publish timeout (JetStream starting, or no jetjob server ever set it
+	// up). An append to a stream that does not answer ends in
+	// ErrOutcomeUnknown instead: it may have been stored.
 	ErrUnavailable = errors.New("the events stream does not answer: is JetStream up, and was a jetjob server started against this NATS?")
 	// ErrInvalidConfig: a Config a Log cannot run with.
 	ErrInvalidConfig = errors.New("invalid events config")
@@ -49,8 +51,8 @@ func (e *OutcomeUnknownError) Is(target error) bool { return target == ErrOutcom
 // Unwrap returns the cause.
 func (e *OutcomeUnknownError) Unwrap() error { return e.Cause }
 
-// ConflictError says which sequence the writer expected and which one the
-// job's history had.
+// ConflictError names the job and the last sequence the writer expected its
+// history to have.
 type ConflictError struct {
 	JobID    string
 	Expected uint64

@@ -64,8 +64,9 @@ type Config struct {
 	Linger time.Duration
 	// PublishTimeout bounds one publish round trip. Default PublishTimeoutDefault.
 	PublishTimeout time.Duration
-	// PublishRetries is how many times a publish whose ack was lost is
-	// resent before Append gives up. Default PublishRetriesDefault.
+	// PublishRetries is how many times in all an append is published when
+	// its acks are lost, before Append gives up. Default
+	// PublishRetriesDefault.
 	PublishRetries int
 	// Logger; nil means no logging.
 	Logger *zap.Logger

@@ -81,8 +81,9 @@ type Page struct {
 	Next string
 }
 
-// List returns the matching views in job ID order (submit order: IDs are
-// time-ordered UUIDs), at most f.Limit of them. It reads the bucket's
+// List returns the matching views in job ID order, at most f.Limit of them;
+// that is submit order for jobs without a key (their IDs are time-ordered
+// UUIDs), while a key's ID is derived from the key. It reads the bucket's
 // current values in one pass over its stream, never the event log; a key
 // is not an index, so each page costs a pass: for everything at once, use
 // no limit.

@@ -10,8 +10,10 @@ import (
 )
 
 // View is the current state of a job as dashboards and the CLI see it. It is
-// stored as JSON, one key per job ID; every field is always present (null
-// when unset) so that readers need not know which are optional.
+// stored as JSON, one key per job ID; every field is present (null when
+// unset) so that readers need not know which are optional, except
+// canceled_by, result, backoff and cancel_requested_at, which are left out
+// when empty.
 type View struct {
 	ID          string             `json:"id"`
 	Type        string             `json:"type"`

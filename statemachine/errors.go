@@ -19,7 +19,8 @@ var (
 	// job's current one (the job was canceled, declared dead or retried).
 	ErrLeaseLost = errors.New("lease lost: the job is no longer held by this attempt")
 	// ErrOutcomeUnknown: the command's event was sent but its answer never
-	// came (the context ended): it may have been stored. Matches
+	// came (the context ended, the acks were lost, or no stream answered):
+	// it may have been stored. Matches
 	// events.ErrOutcomeUnknown; errors.As with *events.OutcomeUnknownError
 	// gives the job's ID, to read it.
 	ErrOutcomeUnknown = events.ErrOutcomeUnknown

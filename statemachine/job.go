@@ -85,7 +85,8 @@ func Fold(recs []events.Record) (Job, []QuarantinedRecord) {
 func ptr(t time.Time) *time.Time { return &t }
 
 // Apply folds one more record into the job. A record that cannot be applied
-// leaves the job unchanged but for its version, and returns why.
+// leaves the job unchanged but for its version and its Quarantined count,
+// and returns why.
 func (j *Job) Apply(rec events.Record) error {
 	if rec.Seq > j.Version {
 		j.Version = rec.Seq

@@ -16,8 +16,8 @@ import (
 	"github.com/jetjob/jetjob/internal/logging"
 )
 
-// ConflictRetriesDefault is how many times a command decides again after
-// losing a race before it returns a *ConflictError.
+// ConflictRetriesDefault is how many times in all a command decides and
+// appends, losing a race each time, before it returns a *ConflictError.
 const ConflictRetriesDefault = 5
 
 // Config configures a Machine.
@@ -159,7 +159,8 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 
 // Submit appends a new job. With an idempotency key it returns the key's
 // first job, and existed is true when that job was already there. An error
-// matching ErrOutcomeUnknown (ctx ended while the append was in flight)
+// matching ErrOutcomeUnknown (ctx ended or no answer came while the append
+// was in flight)
 // means the job may exist all the same, under the ID the error carries; a
 // Key makes submitting again safe.
 func (m *Machine) Submit(ctx context.Context, p SubmitParams) (job Job, existed bool, err error) {
@@ -214,8 +215,9 @@ type SubmitResult struct {
 }
 
 // SubmitMany submits jobs concurrently, so that the log commits them in
-// atomic batches. Results are in the order of params, and so are the new
-// jobs' IDs (job IDs sort in submit order); one job's error does not stop
+// atomic batches. Results are in the order of params, and so are the IDs of
+// the new jobs without a key (a key's ID is derived from the key); one job's
+// error does not stop
 // the others. Of several params with one key, the first makes the job and
 // the others find it (Existed), as with Submit called for each in turn.
 func (m *Machine) SubmitMany(ctx context.Context, params []SubmitParams) []SubmitResult {
@@ -300,7 +302,8 @@ func (m *Machine) Promote(ctx context.Context, jobID string) (Job, error) {
 // PromoteDue makes a scheduled job pending on behalf of a timer armed for
 // run-at due: only if due is still the job's run-at, so that a stale timer
 // (an earlier schedule's, delivered again) never starts a retry early. A
-// stale one gives a *NotDueError.
+// stale one gives a *NotDueError. It does not read the clock: the caller
+// promotes only once due has come.
 func (m *Machine) PromoteDue(ctx context.Context, jobID string, due time.Time) (Job, error) {
 	return m.apply(ctx, jobID, nil, func(j Job, now time.Time) (events.Event, error) {
 		return decidePromote(j, &due, now)

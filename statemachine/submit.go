@@ -56,7 +56,8 @@ type SubmitParams struct {
 	MaxAttempts int
 	// RunAt: not before this time; nil or past means now.
 	RunAt *time.Time
-	// Key: with it, every submit with the same key returns the first job.
+	// Key: with it, every submit with the same key returns the first job,
+	// until that job is purged.
 	Key string
 	// Backoff before a retry; zero fields take the defaults.
 	Backoff BackoffConfig

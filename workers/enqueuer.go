@@ -48,16 +48,26 @@ type JobLister func(ctx context.Context, states []statemachine.State) ([]QueuedJ
 
 // EnqueuerConfig configures an Enqueuer.
 type EnqueuerConfig struct {
-	Durable       string
+	// Durable names the consumer over the event log, shared by every
+	// server so that they split the work. Default EnqueuerDurableDefault.
+	Durable string
+	// TimersDurable names the consumer over fired timers. Default
+	// TimersDurableDefault.
 	TimersDurable string
-	Batch         int
+	// Batch is how many messages are handled together. Default
+	// EnqueueBatchDefault.
+	Batch int
 	// Lister, when set, lets the enqueuer repair lost queue messages and timers
 	// every ReconcileEvery.
-	Lister         JobLister
+	Lister JobLister
+	// ReconcileEvery is the pause between reconcile passes. Default
+	// ReconcileEveryDefault.
 	ReconcileEvery time.Duration
-	ReconcileAge   time.Duration
+	// ReconcileAge: see ReconcileAgeDefault.
+	ReconcileAge time.Duration
 	// Now is the clock a firing timer is checked against; default time.Now.
-	Now    func() time.Time
+	Now func() time.Time
+	// Logger; nil means no logging.
 	Logger *zap.Logger
 }
 
@@ -606,7 +616,8 @@ func (e *Enqueuer) promote(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
-// ReconcileResult says what Reconcile repaired.
+// ReconcileResult says what Reconcile repaired: the IDs of the jobs queued
+// again and of those promoted.
 type ReconcileResult struct {
 	Requeued []string
 	Promoted []string
@@ -614,6 +625,7 @@ type ReconcileResult struct {
 
 // Reconcile re-enqueues pending jobs whose queue message is missing and
 // promotes scheduled jobs whose time passed without their timer firing.
+// Without EnqueuerConfig.Lister it does nothing.
 func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	var res ReconcileResult
 	if e.cfg.Lister == nil {

@@ -35,7 +35,8 @@ func Example() {
 	_ = enq.Start(ctx)
 	defer enq.Stop()
 
-	// A worker with a GPU in the EU serves render jobs that need either.
+	// A worker with a GPU in the EU serves render jobs that need either tag,
+	// both or neither.
 	done := make(chan string, 1)
 	pool, _ := workers.NewPool(js, m, workers.PoolConfig{
 		Types: []string{"render"}, Tags: map[string]string{"gpu": "true", "region": "eu"},

@@ -12,9 +12,11 @@ import (
 // Handler runs one attempt of a job. Returning nil succeeds the job; an error
 // fails the attempt (retried with backoff while attempts are left; wrap it
 // with NoRetry to fail the job for good, or in a *CodedError to set its
-// code). Its context is canceled when the job is canceled (cause ErrCanceled),
-// when the attempt lost the job (ErrLeaseLost), or when the pool shuts down
-// past its grace period (ErrShutdown).
+// code). Its context is canceled, with the cause telling why, when the job is
+// canceled (ErrCanceled: whatever it returns, the cancel is acknowledged),
+// when the attempt lost the job (ErrLeaseLost: its result is dropped), when
+// it runs past PoolConfig.JobTimeout (ErrJobTimeout), or when the pool shuts
+// down past its grace period (ErrShutdown: an error hands the job back).
 type Handler func(ctx context.Context, job *Job) error
 
 // Job is the running attempt a handler gets.

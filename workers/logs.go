@@ -79,7 +79,7 @@ func (l *Logs) Read(ctx context.Context, jobID string) ([]LogLine, error) {
 	return out, err
 }
 
-// Follow prints a job's lines, then new ones as they come, until finished
+// Follow passes a job's lines to fn, then new ones as they come, until finished
 // reports true (it is asked a few times a second) and every line stored by
 // then has been passed to fn, or until ctx ends.
 func (l *Logs) Follow(ctx context.Context, jobID string, finished func(context.Context) bool, fn func(LogLine)) error {

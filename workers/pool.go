@@ -47,15 +47,20 @@ type PoolConfig struct {
 	Tags map[string]string
 	// Concurrency is how many jobs run at once. Default ConcurrencyDefault.
 	Concurrency int
-	// WorkerID names the pool in events; default host-pid-random.
-	WorkerID          string
+	// WorkerID names the pool in events; default host-pid-random. See
+	// ValidateWorkerID.
+	WorkerID string
+	// HeartbeatInterval is how often a running job's heartbeat is sent;
+	// keep it well under the server's hang-after. Default
+	// HeartbeatIntervalDefault.
 	HeartbeatInterval time.Duration
 	// BackupPoll: an idle pool looks for work this often even without a
-	// wake-up, so a lost wake-up never strands a job.
+	// wake-up, so a lost wake-up never strands a job. Default
+	// BackupPollDefault.
 	BackupPoll time.Duration
 	// ShutdownGrace: Stop lets running handlers finish within it, then
 	// cancels them and hands back the jobs of those that return an error
-	// (a nil return still succeeds the job).
+	// (a nil return still succeeds the job). Default ShutdownGraceDefault.
 	ShutdownGrace time.Duration
 	// JobTimeout: a handler still running after this long has its context
 	// canceled with ErrJobTimeout, and unless it then returns nil its
@@ -68,8 +73,10 @@ type PoolConfig struct {
 	JobTimeout time.Duration
 	// CancelWatchDelay: a handler running longer than this follows its job
 	// for cancels; heartbeats start within HeartbeatInterval regardless.
+	// Default CancelWatchDelayDefault.
 	CancelWatchDelay time.Duration
-	Logger           *zap.Logger
+	// Logger; nil means no logging.
+	Logger *zap.Logger
 }
 
 // WorkerIDLimit bounds a worker ID, which every acquire records.
@@ -209,7 +216,9 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 }
 
 // Start watches the tag set registry and wake-ups and starts acquiring.
-// Safe to call twice; after Stop it returns ErrStopped.
+// It needs the queue's streams (EnsureTopology) and, for jobs to reach the
+// queue, an Enqueuer running somewhere on the same NATS (a jetjob server
+// runs one). Safe to call twice; after Stop it returns ErrStopped.
 func (p *Pool) Start(ctx context.Context) error {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()

@@ -98,7 +98,9 @@ func (k queueKey) stream() string { return QueueStream(k.shard()) }
 func QueueStream(shard int) string { return fmt.Sprintf("%s%02d", queueStreamPrefix, shard) }
 
 // Queued counts the messages in the work queue: the jobs waiting for a
-// worker, and those fetched but not yet acquired.
+// worker, those fetched but not yet acquired, and the messages of jobs
+// canceled while pending, which stay until a worker fetches them or the
+// purger removes them.
 func Queued(ctx context.Context, js jetstream.JetStream) (uint64, error) {
 	var n uint64
 	for _, name := range QueueStreams() {
@@ -163,8 +165,10 @@ func subsetOf(job, worker map[string]string) bool {
 }
 
 // EnsureTopology creates or upgrades the queue, timers and logs streams and
-// the tag set registry. Everything in them can be rebuilt from the event log,
-// so they flush to disk asynchronously.
+// the tag set registry. The queue streams and the registry are rebuilt from
+// the event log, so they flush to disk asynchronously; the timers stream
+// follows the server's fsync setting; job log lines flush asynchronously
+// and are not rebuilt.
 func EnsureTopology(ctx context.Context, js jetstream.JetStream) error {
 	if err := js.DeleteStream(ctx, legacyQueueStream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("delete the unsharded queue stream: %w", err)
