@@ -820,6 +820,11 @@ func (p *Pool) failUnstopped(held statemachine.Job) {
 	defer cancel()
 	msg := fmt.Sprintf("ran past the job timeout of %s and did not stop within %s after it", p.cfg.JobTimeout, p.cfg.ShutdownGrace)
 	_, err := p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout, Error: msg})
+	var illegal *statemachine.IllegalTransitionError
+	if errors.As(err, &illegal) && illegal.State == statemachine.StateCanceling {
+		// Canceled meanwhile: the cancel is what ends the attempt.
+		_, err = p.m.AcknowledgeCancel(ctx, held)
+	}
 	if err != nil && !errors.Is(err, statemachine.ErrLeaseLost) {
 		p.logger.Warn("fail an attempt that ignored its timeout", zap.String("job", held.ID), zap.Error(err))
 	}

@@ -400,6 +400,26 @@ func TestJobTimeoutFailsAHandlerThatIgnoresIt(t *testing.T) {
 	require.Equal(t, failed.Version, seq, "nothing appended after the failure")
 }
 
+// A job canceled while its handler ignores both the cancel and the
+// timeout is finished as canceled once the grace after the timeout is over.
+func TestJobTimeoutFinishesACancelTheHandlerIgnored(t *testing.T) {
+	f := newFixture(t, true)
+	release := make(chan struct{})
+	running := make(chan struct{})
+	f.pool(PoolConfig{Types: []string{"deaf"}, JobTimeout: 200 * time.Millisecond, ShutdownGrace: 200 * time.Millisecond},
+		func(ctx context.Context, j *Job) error {
+			close(running)
+			<-release
+			return nil
+		})
+	t.Cleanup(func() { close(release) }) // before the pool's Stop
+	j := f.submit(statemachine.SubmitParams{Type: "deaf", MaxAttempts: 1})
+	<-running
+	_, err := f.m.Cancel(context.Background(), j.ID, "")
+	require.NoError(t, err)
+	f.waitState(j.ID, statemachine.StateCanceled)
+}
+
 func TestRetryAfterBackoff(t *testing.T) {
 	f := newFixture(t, true)
 	var mu sync.Mutex
