@@ -831,3 +831,45 @@ func TestConsumerDeletedWhileRunningIsRecreated(t *testing.T) {
 	require.NoError(t, err)
 	f.requireFolded(t, []string{a.ID, b.ID, c.ID})
 }
+
+// A listing that races with views being purged (the purger, or jobs
+// canceled and purged by an operator) still ends: the watcher under it
+// waits for a message with nothing pending after it, and purged views can
+// leave it waiting for good.
+func TestListEndsWhileViewsArePurged(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	_, err := f.p.provisionStorage(ctx)
+	require.NoError(t, err)
+	kv, err := f.env.JS.KeyValue(ctx, BucketDefault)
+	require.NoError(t, err)
+	r := f.reader(t)
+	for round := range 3 {
+		ids := make([]string, 3000)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("job-%d-%04d", round, i)
+			data, err := json.Marshal(View{ID: ids[i], Type: "t", State: statemachine.StateCanceled})
+			require.NoError(t, err)
+			_, err = kv.Put(ctx, ids[i], data)
+			require.NoError(t, err)
+		}
+		listed := make(chan error, 8)
+		for range cap(listed) {
+			go func() {
+				_, err := r.List(ctx, Filter{})
+				listed <- err
+			}()
+		}
+		for _, id := range ids {
+			require.NoError(t, kv.Purge(ctx, id))
+		}
+		for range cap(listed) {
+			select {
+			case err := <-listed:
+				require.NoError(t, err)
+			case <-time.After(20 * time.Second):
+				t.Fatalf("round %d: a listing never ended", round)
+			}
+		}
+	}
+}

@@ -88,7 +88,14 @@ type Page struct {
 // is not an index, so each page costs a pass: for everything at once, use
 // no limit.
 func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
-	w, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	info, err := r.stream.Info(ctx)
+	if err != nil {
+		return Page{}, fmt.Errorf("list jobs: %w", err)
+	}
+	end := info.State.LastSeq
+	// Delete and purge markers are delivered too, so that the listing knows
+	// how far it got (see nothingLeft); they list nothing.
+	w, err := r.kv.WatchAll(ctx)
 	if err != nil {
 		return Page{}, fmt.Errorf("list jobs: %w", err)
 	}
@@ -120,20 +127,34 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	}
 	err = func() error {
 		defer close(values)
+		var seen uint64 // the last revision delivered
+		idle := time.NewTicker(listIdleCheck)
+		defer idle.Stop()
 		for {
 			var e jetstream.KeyValueEntry
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("list jobs: %w", ctx.Err())
 			case e = <-w.Updates():
+			case <-idle.C:
+				// The watcher says it is done only with the message that
+				// has nothing pending after it: views purged after the
+				// last one it delivered leave it waiting for good.
+				if done, err := r.nothingLeft(ctx, seen, end); err != nil || done {
+					return err
+				}
+				continue
 			}
 			if e == nil { // every current value delivered
 				return nil
 			}
-			if f.After != "" && e.Key() <= f.After {
-				continue
+			seen = e.Revision()
+			if e.Operation() == jetstream.KeyValuePut && (f.After == "" || e.Key() > f.After) {
+				values <- e.Value()
 			}
-			values <- e.Value()
+			if seen >= end {
+				return nil
+			}
 		}
 	}()
 	wg.Wait()
@@ -151,6 +172,24 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 		next = views[len(views)-1].ID
 	}
 	return Page{Views: views, Next: next}, nil
+}
+
+// listIdleCheck: a listing that has received nothing for this long checks
+// whether anything it should list is left.
+const listIdleCheck = 250 * time.Millisecond
+
+// nothingLeft reports whether the bucket holds no message (a view or a
+// marker) between revision seen and end, the stream's last message when
+// the listing began.
+func (r *Reader) nothingLeft(ctx context.Context, seen, end uint64) (bool, error) {
+	m, err := r.stream.GetMsg(ctx, seen+1, jetstream.WithGetMsgSubject("$KV."+r.bucket+".>"))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("list jobs: %w", err)
+	}
+	return m.Sequence > end, nil
 }
 
 // watchSeenLimit bounds how many jobs a watch remembers the last sent view
