@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natstest"
@@ -531,4 +532,50 @@ func TestLeadershipsShareTheBucketsTTL(t *testing.T) {
 	status, err := kv.Status(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 6*time.Second, status.TTL())
+}
+
+// A pass that outlasts the leadership's TTL keeps the role: no other server
+// takes it and runs the same work beside it. A renewal that fails ends it.
+func TestALongPassKeepsItsLeadership(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	a, err := NewLeadership(ctx, f.env.JS, "purger", "a", time.Second)
+	require.NoError(t, err)
+	b, err := NewLeadership(ctx, f.env.JS, "purger", "b", time.Second)
+	require.NoError(t, err)
+	passing := make(chan struct{})
+	ended := make(chan error, 1)
+	var svc ledService
+	svc.start(ctx, a, time.Hour, zap.NewNop(), func(ctx context.Context) error {
+		close(passing)
+		<-ctx.Done()
+		ended <- ctx.Err()
+		return ctx.Err()
+	})
+	t.Cleanup(svc.stop)
+	<-passing
+	// Three TTLs of a pass that never ends by itself.
+	for deadline := time.Now().Add(3 * a.ttl); time.Now().Before(deadline); {
+		led, err := b.TryLead(ctx)
+		require.NoError(t, err)
+		require.False(t, led, "another server took the role during the pass")
+		select {
+		case <-ended:
+			t.Fatal("the pass ended while its leadership was held")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	// Another server takes the role from under it: the pass stops.
+	kv, err := f.env.JS.KeyValue(ctx, LeadersBucketDefault)
+	require.NoError(t, err)
+	require.NoError(t, kv.Purge(ctx, "purger"))
+	led, err := b.TryLead(ctx)
+	require.NoError(t, err)
+	require.True(t, led)
+	select {
+	case err := <-ended:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pass went on after its leadership was lost")
+	}
 }

@@ -3,6 +3,7 @@ package maintenance
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -41,7 +42,7 @@ func (s *ledService) start(ctx context.Context, leader *Leadership, every time.D
 			}
 			if lead && time.Since(last) >= every {
 				last = time.Now()
-				if err := pass(ctx); err != nil && ctx.Err() == nil {
+				if err := passWhileLeading(ctx, leader, logger, pass); err != nil && ctx.Err() == nil {
 					logger.Warn("pass failed", zap.Error(err))
 				}
 			}
@@ -70,4 +71,41 @@ func (s *ledService) stop() {
 		s.cancel = nil // start runs the passes again
 	}
 	s.mu.Unlock()
+}
+
+// passWhileLeading runs pass and renews the leadership while it runs: a pass
+// longer than the TTL (thousands of jobs to purge) would otherwise let the
+// key expire, and another server would take the role and do the same work
+// beside it. A renewal that fails ends the pass, which is nil then: the
+// work left is the new leader's.
+func passWhileLeading(ctx context.Context, leader *Leadership, logger *zap.Logger, pass func(context.Context) error) error {
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var lost atomic.Bool
+	renewing := make(chan struct{})
+	go func() {
+		defer close(renewing)
+		tick := time.NewTicker(leader.ttl / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-pctx.Done():
+				return
+			case <-tick.C:
+			}
+			if lead, err := leader.TryLead(pctx); !lead && pctx.Err() == nil {
+				logger.Warn("lost the leadership during a pass: stopping the pass", zap.String("role", leader.role), zap.Error(err))
+				lost.Store(true)
+				cancel()
+				return
+			}
+		}
+	}()
+	err := pass(pctx)
+	cancel()
+	<-renewing
+	if lost.Load() {
+		return nil
+	}
+	return err
 }
