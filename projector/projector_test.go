@@ -873,3 +873,37 @@ func TestListEndsWhileViewsArePurged(t *testing.T) {
 		}
 	}
 }
+
+// The check a stalled listing makes: views removed from the stream after
+// the last one delivered (the case that left the watcher waiting) leave
+// nothing to wait for; a view still there does.
+func TestNothingLeftAfterTheViewsARemoved(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	_, err := f.p.provisionStorage(ctx)
+	require.NoError(t, err)
+	kv, err := f.env.JS.KeyValue(ctx, BucketDefault)
+	require.NoError(t, err)
+	r := f.reader(t)
+	var revs []uint64
+	for _, id := range []string{"a", "b", "c"} {
+		rev, err := kv.Put(ctx, id, []byte(`{}`))
+		require.NoError(t, err)
+		revs = append(revs, rev)
+	}
+	end := revs[2]
+	left, err := r.nothingLeft(ctx, revs[0], end)
+	require.NoError(t, err)
+	require.False(t, left, "b and c are still to be delivered")
+	for _, id := range []string{"b", "c"} {
+		require.NoError(t, r.stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+BucketDefault+"."+id)))
+	}
+	left, err = r.nothingLeft(ctx, revs[0], end)
+	require.NoError(t, err)
+	require.True(t, left, "b and c were removed")
+	_, err = kv.Put(ctx, "d", []byte(`{}`))
+	require.NoError(t, err)
+	left, err = r.nothingLeft(ctx, revs[0], end)
+	require.NoError(t, err)
+	require.True(t, left, "a view written after the listing began is not waited for")
+}
