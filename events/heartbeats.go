@@ -12,11 +12,18 @@ import (
 	"github.com/jetjob/jetjob/internal/provision"
 )
 
-// Heartbeat stream names, stable across versions.
+// Heartbeat stream and bucket names, stable across versions.
 const (
 	HeartbeatStreamDefault        = "JJ_HEARTBEATS"
 	HeartbeatSubjectPrefixDefault = "jj.hb."
+	// SettingsBucketDefault holds the hang-after that beats are judged by.
+	SettingsBucketDefault = "jj_settings"
+	hangAfterKey          = "hang_after"
 )
+
+// HangAfterDefault is how long a running attempt may go without a beat
+// before the hang detector fails it, unless the server says otherwise.
+const HangAfterDefault = 5 * time.Minute
 
 // Beat is a running attempt's latest sign of life. Only the last beat of each
 // job is kept, so heartbeats never grow a job's history.
@@ -29,9 +36,10 @@ type Beat struct {
 
 // Heartbeats records and reads the last beat of each running job.
 type Heartbeats struct {
-	js     jetstream.JetStream
-	stream jetstream.Stream
-	prefix string
+	js       jetstream.JetStream
+	stream   jetstream.Stream
+	prefix   string
+	settings jetstream.KeyValue
 }
 
 // HeartbeatStreamConfig keeps one beat per job, flushed asynchronously: a
@@ -53,13 +61,77 @@ func HeartbeatStreamConfig(stream, prefix string) jetstream.StreamConfig {
 	}
 }
 
-// OpenHeartbeats provisions the heartbeat stream.
+// OpenHeartbeats provisions the heartbeat stream and the settings bucket.
 func OpenHeartbeats(ctx context.Context, js jetstream.JetStream) (*Heartbeats, error) {
 	s, err := provision.Stream(ctx, js, HeartbeatStreamConfig(HeartbeatStreamDefault, HeartbeatSubjectPrefixDefault))
 	if err != nil {
 		return nil, err
 	}
-	return &Heartbeats{js: js, stream: s, prefix: HeartbeatSubjectPrefixDefault}, nil
+	settings, err := provision.KeyValue(ctx, js, provision.KeyValueConfig{Bucket: SettingsBucketDefault})
+	if err != nil {
+		return nil, err
+	}
+	return &Heartbeats{js: js, stream: s, prefix: HeartbeatSubjectPrefixDefault, settings: settings}, nil
+}
+
+// PublishHangAfter records the hang-after that the detector acting now
+// judges beats by. Workers read it to beat often enough, and to stop a
+// handler whose beats no longer reach the server before the detector fails
+// its attempt and a retry runs beside it.
+func (h *Heartbeats) PublishHangAfter(ctx context.Context, hangAfter time.Duration) error {
+	if hangAfter <= 0 {
+		return fmt.Errorf("publish hang-after %s: expected a duration above 0", hangAfter)
+	}
+	e, err := h.settings.Get(ctx, hangAfterKey)
+	switch {
+	case err == nil && string(e.Value()) == hangAfter.String():
+		return nil
+	case err != nil && !errors.Is(err, jetstream.ErrKeyNotFound):
+		return fmt.Errorf("read hang-after: %w", err)
+	}
+	if _, err := h.settings.PutString(ctx, hangAfterKey, hangAfter.String()); err != nil {
+		return fmt.Errorf("publish hang-after: %w", err)
+	}
+	return nil
+}
+
+// FollowHangAfter calls set with the published hang-after, if one is, before
+// it returns, then with every change until stop is called; ctx bounds only
+// the first read. A value that is not a positive duration is skipped.
+func (h *Heartbeats) FollowHangAfter(ctx context.Context, set func(time.Duration)) (stop func(), err error) {
+	w, err := h.settings.Watch(ctx, hangAfterKey, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("follow hang-after: %w", err)
+	}
+	apply := func(e jetstream.KeyValueEntry) {
+		if d, err := time.ParseDuration(string(e.Value())); err == nil && d > 0 {
+			set(d)
+		}
+	}
+	for initial := true; initial; {
+		select {
+		case <-ctx.Done():
+			_ = w.Stop()
+			return nil, fmt.Errorf("follow hang-after: %w", ctx.Err())
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return nil, fmt.Errorf("follow hang-after: the watch ended")
+			case e == nil:
+				initial = false
+			default:
+				apply(e)
+			}
+		}
+	}
+	go func() {
+		for e := range w.Updates() {
+			if e != nil {
+				apply(e)
+			}
+		}
+	}()
+	return func() { _ = w.Stop() }, nil
 }
 
 // Stream is the heartbeat stream's name.

@@ -18,7 +18,7 @@ import (
 
 // Detector defaults.
 const (
-	HangAfterDefault   = 5 * time.Minute
+	HangAfterDefault   = events.HangAfterDefault
 	CancelGraceDefault = time.Minute
 	MaxPerPassDefault  = 100
 	// ErrorCodeHung is the error code of an attempt failed as hung.
@@ -119,10 +119,16 @@ type hungCandidate struct {
 	lastSign time.Time
 }
 
-// runOnce fails the attempts of up to MaxPerPass hung jobs, the longest
-// silent first, and terminates unacknowledged cancels.
+// runOnce publishes the hang-after for workers, fails the attempts of up to
+// MaxPerPass hung jobs, the longest silent first, and terminates
+// unacknowledged cancels.
 func (d *Detector) runOnce(ctx context.Context) (PassResult, error) {
 	var res PassResult
+	// Every pass, since the detector acting may have changed hands with a
+	// server judging by another hang-after.
+	if err := d.hb.PublishHangAfter(ctx, d.cfg.HangAfter); err != nil {
+		d.logger.Warn("publish hang-after to workers", zap.Error(err))
+	}
 	now := d.cfg.Now()
 	running, err := d.listAll(ctx, statemachine.StateRunning)
 	if err != nil {

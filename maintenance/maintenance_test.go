@@ -579,3 +579,18 @@ func TestALongPassKeepsItsLeadership(t *testing.T) {
 		t.Fatal("the pass went on after its leadership was lost")
 	}
 }
+
+// The detector acting tells workers the hang-after it judges by, over what
+// a server that acted before it said.
+func TestDetectorTellsWorkersItsHangAfter(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	require.NoError(t, f.hb.PublishHangAfter(ctx, 10*time.Minute))
+	_, err := f.detector("s1", time.Now).runOnce(ctx)
+	require.NoError(t, err)
+	var told time.Duration
+	stop, err := f.hb.FollowHangAfter(ctx, func(d time.Duration) { told = d })
+	require.NoError(t, err)
+	stop()
+	require.Equal(t, time.Minute, told)
+}

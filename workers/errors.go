@@ -17,6 +17,12 @@ var (
 	ErrShutdown = errors.New("worker shutting down")
 	// ErrStopped: Start of a pool that was stopped; make a new one.
 	ErrStopped = errors.New("the pool was stopped; a stopped pool does not start again, make a new one")
+	// ErrLostContact is the cause of a handler's context when none of its
+	// heartbeats reached the server for half the server's hang-after: the
+	// attempt is about to be failed as hung and retried elsewhere. Unless
+	// the handler then returns nil, the pool fails the attempt with
+	// ErrorCodeLostContact if it still holds the job when contact returns.
+	ErrLostContact = errors.New("lost contact with the server")
 	// ErrJobTimeout is the cause of a handler's context when it ran longer
 	// than the pool's JobTimeout; the attempt fails with ErrorCodeTimeout.
 	ErrJobTimeout = errors.New("job ran past its timeout")

@@ -15,8 +15,10 @@ import (
 // code). Its context is canceled, with the cause telling why, when the job is
 // canceled (ErrCanceled: whatever it returns, the cancel is acknowledged),
 // when the attempt lost the job (ErrLeaseLost: its result is dropped), when
-// it runs past PoolConfig.JobTimeout (ErrJobTimeout), or when the pool shuts
-// down past its grace period (ErrShutdown: an error hands the job back).
+// the worker lost contact with the server for half its hang-after
+// (ErrLostContact: the attempt is about to be failed as hung), when it runs
+// past PoolConfig.JobTimeout (ErrJobTimeout), or when the pool shuts down
+// past its grace period (ErrShutdown: an error hands the job back).
 type Handler func(ctx context.Context, job *Job) error
 
 // Job is the running attempt a handler gets.

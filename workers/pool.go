@@ -37,6 +37,21 @@ const (
 	// ErrorCodeTimeout is the error code of an attempt that ran past the
 	// pool's JobTimeout.
 	ErrorCodeTimeout = "timeout"
+	// ErrorCodeLostContact is the error code of an attempt whose handler the
+	// pool stopped because its heartbeats no longer reached the server.
+	ErrorCodeLostContact = "lost_contact"
+)
+
+// Heartbeat pacing against the server's hang-after (published by its hang
+// detector, events.HangAfterDefault until one is): a pool beats at least six
+// times per hang-after, and stops a handler none of whose beats was
+// acknowledged for half of it, which leaves the other half for the handler
+// to stop (an exec command's SIGTERM grace) and for clock skew before the
+// detector fails the attempt and a retry starts elsewhere.
+const (
+	beatsPerHangAfter = 6
+	fenceDivisor      = 2
+	beatEveryMin      = 10 * time.Millisecond
 )
 
 // PoolConfig configures a Pool.
@@ -50,8 +65,8 @@ type PoolConfig struct {
 	// WorkerID names the pool in events; default host-pid-random. See
 	// ValidateWorkerID.
 	WorkerID string
-	// HeartbeatInterval is how often a running job's heartbeat is sent;
-	// keep it well under the server's hang-after. Default
+	// HeartbeatInterval is how often a running job's heartbeat is sent, at
+	// most: a sixth of the server's hang-after when that is shorter. Default
 	// HeartbeatIntervalDefault.
 	HeartbeatInterval time.Duration
 	// BackupPoll: an idle pool looks for work this often even without a
@@ -137,15 +152,18 @@ func (c *PoolConfig) validate() error {
 
 // Pool runs a handler on the jobs its types and tags can serve.
 type Pool struct {
-	js      jetstream.JetStream
-	nc      *nats.Conn
-	m       *statemachine.Machine
-	hb      *events.Heartbeats
-	logs    *Logs
-	cfg     PoolConfig
-	handler Handler
-	logger  *zap.Logger
-	types   map[string]bool
+	js jetstream.JetStream
+	nc *nats.Conn
+	m  *statemachine.Machine
+	hb *events.Heartbeats
+	// hangAfter is the server's, as last published; 0 until one is.
+	hangAfter      atomic.Int64
+	stopFollowHang func()
+	logs           *Logs
+	cfg            PoolConfig
+	handler        Handler
+	logger         *zap.Logger
+	types          map[string]bool
 
 	startMu sync.Mutex
 	mu      sync.Mutex
@@ -243,9 +261,13 @@ func (p *Pool) Start(ctx context.Context) error {
 		return fmt.Errorf("bind tag sets: %w", err)
 	}
 	p.registry = kv
+	if p.stopFollowHang, err = p.hb.FollowHangAfter(ctx, func(d time.Duration) { p.hangAfter.Store(int64(d)) }); err != nil {
+		return err
+	}
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	if p.watch, err = kv.WatchAll(loopCtx); err != nil {
 		cancel()
+		p.stopFollowHang()
 		return fmt.Errorf("watch tag sets: %w", err)
 	}
 	// Take the registry as it is before the first pass.
@@ -264,6 +286,7 @@ func (p *Pool) Start(ctx context.Context) error {
 			cancel()
 			p.unsubscribe()
 			_ = p.watch.Stop()
+			p.stopFollowHang()
 			return fmt.Errorf("subscribe to wake-ups: %w", err)
 		}
 		p.subs = append(p.subs, sub)
@@ -853,6 +876,8 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 		_, rerr = p.m.Succeed(ctx, held, nil)
 	case errors.Is(cause, ErrShutdown):
 		_, rerr = p.m.Release(ctx, held, "worker shutting down")
+	case errors.Is(cause, ErrLostContact):
+		_, rerr = p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeLostContact, Error: cause.Error()})
 	case errors.Is(cause, ErrJobTimeout):
 		msg := fmt.Sprintf("ran past the job timeout of %s", p.cfg.JobTimeout)
 		if err != nil && !errors.Is(err, ErrJobTimeout) {
@@ -888,41 +913,80 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 // a cancel request cancels the handler with ErrCanceled, anything that ends
 // the attempt from outside with ErrLeaseLost. Reading the log (not a
 // message) means a cancel sent while the watcher was not yet running or was
-// reconnecting is still seen.
+// reconnecting is still seen. When no beat has been acknowledged for half
+// the server's hang-after, the worker is cut off (or was paused): the
+// handler is canceled with ErrLostContact before the detector can fail the
+// attempt, so that its retry does not run beside it.
 func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel context.CancelCauseFunc, done chan<- struct{}) {
 	defer close(done)
+	// The detector counts silence from the acquire, just before this.
+	lastAck := time.Now()
+	fenced := func() bool {
+		silent, limit := time.Since(lastAck), p.fenceAfter()
+		if silent < limit {
+			return false
+		}
+		err := fmt.Errorf("%w: no heartbeat acknowledged for %s, and the server fails an attempt after %s without one",
+			ErrLostContact, silent.Round(time.Millisecond), p.hangAfterNow())
+		p.logger.Warn("stopping a handler cut off from the server", zap.String("job", held.ID), zap.Error(err))
+		cancel(err)
+		return true
+	}
 	// The first beat comes within a heartbeat interval even when the watch
 	// waits longer: the detector knows nothing of the watch's delay.
-	firstBeat := min(p.cfg.CancelWatchDelay, p.cfg.HeartbeatInterval)
-	delay := time.NewTimer(firstBeat)
-	defer delay.Stop()
-	select {
-	case <-ctx.Done():
-		return
-	case <-delay.C:
-	}
-	beat := func() {
-		err := p.hb.Record(ctx, events.Beat{JobID: held.ID, Lease: held.Lease, WorkerID: p.cfg.WorkerID, At: time.Now().UTC()})
-		if err != nil && ctx.Err() == nil {
-			p.logger.Debug("heartbeat", zap.String("job", held.ID), zap.Error(err))
-		}
-	}
-	beat()
-	watch := time.NewTimer(p.cfg.CancelWatchDelay - firstBeat)
+	nextBeat := time.NewTimer(min(p.cfg.CancelWatchDelay, p.beatEvery()))
+	defer nextBeat.Stop()
+	watch := time.NewTimer(p.cfg.CancelWatchDelay)
 	defer watch.Stop()
-	tick := time.NewTicker(p.cfg.HeartbeatInterval)
-	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-watch.C:
 			go p.watchCancels(ctx, held, cancel)
-		case <-tick.C:
-			beat()
+		case <-nextBeat.C:
+			// Checked before beating too: a process paused past the
+			// limit finds its beat timer due when it resumes.
+			if fenced() {
+				return
+			}
+			every := p.beatEvery()
+			if sent, ok := p.beat(ctx, held, every); ok {
+				lastAck = sent
+			} else if fenced() {
+				return
+			}
+			nextBeat.Reset(every)
 		}
 	}
 }
+
+// beat records a heartbeat, waiting at most half the interval for its
+// acknowledgement so that the silence is checked at least that often.
+func (p *Pool) beat(ctx context.Context, held statemachine.Job, every time.Duration) (sent time.Time, ok bool) {
+	sent = time.Now()
+	bctx, cancel := context.WithTimeout(ctx, max(every/2, beatEveryMin))
+	defer cancel()
+	err := p.hb.Record(bctx, events.Beat{JobID: held.ID, Lease: held.Lease, WorkerID: p.cfg.WorkerID, At: sent.UTC()})
+	if err != nil && ctx.Err() == nil {
+		p.logger.Debug("heartbeat", zap.String("job", held.ID), zap.Error(err))
+	}
+	return sent, err == nil
+}
+
+// hangAfterNow is the server's hang-after, as last published.
+func (p *Pool) hangAfterNow() time.Duration {
+	if d := time.Duration(p.hangAfter.Load()); d > 0 {
+		return d
+	}
+	return events.HangAfterDefault
+}
+
+func (p *Pool) beatEvery() time.Duration {
+	return max(min(p.cfg.HeartbeatInterval, p.hangAfterNow()/beatsPerHangAfter), beatEveryMin)
+}
+
+func (p *Pool) fenceAfter() time.Duration { return p.hangAfterNow() / fenceDivisor }
 
 // Retries of a job's watch that could not be made or broke, from the first
 // pause to the longest.
@@ -1011,6 +1075,9 @@ func (p *Pool) Stop(ctx context.Context) error {
 	<-loopDone
 	p.unsubscribe()
 	_ = p.watch.Stop()
+	// Handlers still running after Stop returns keep fencing by the last
+	// hang-after known.
+	defer p.stopFollowHang()
 	finished := make(chan struct{})
 	go func() { p.runningWG.Wait(); close(finished) }()
 	// The handlers still running at the end of the grace are stopped early

@@ -1171,3 +1171,108 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 		require.ErrorIs(t, err, ErrInvalidConfig, name)
 	}
 }
+
+// proxiedPool runs a pool whose every call to the server (its machine's too)
+// goes through a proxy the test can cut or stall.
+func (f *fixture) proxiedPool(cfg PoolConfig, h Handler) *natstest.Proxy {
+	f.t.Helper()
+	ctx := context.Background()
+	proxy := natstest.NewProxy(f.t, f.env.URL)
+	_, js := natstest.Connect(f.t, proxy.URL)
+	lg, err := events.Open(ctx, js, events.Config{})
+	require.NoError(f.t, err)
+	f.t.Cleanup(lg.Close)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(f.t, err)
+	cfg.Logger = zaptestLogger(f.t)
+	p, err := NewPool(js, m, cfg, h)
+	require.NoError(f.t, err)
+	require.NoError(f.t, p.Start(ctx))
+	f.t.Cleanup(func() {
+		proxy.Restore()
+		_ = p.Stop(context.Background())
+	})
+	return proxy
+}
+
+func (f *fixture) publishHangAfter(d time.Duration) {
+	f.t.Helper()
+	hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
+	require.NoError(f.t, err)
+	require.NoError(f.t, hb.PublishHangAfter(context.Background(), d))
+}
+
+// A worker whose heartbeats no longer reach the server stops its handler
+// before the detector could fail the attempt as hung, so that the retry
+// never runs beside it; once back in contact it fails the attempt itself.
+func TestAHandlerCutOffFromTheServerIsStopped(t *testing.T) {
+	for _, partition := range []string{"cut", "stall"} {
+		t.Run(partition, func(t *testing.T) {
+			f := newFixture(t, true)
+			f.publishHangAfter(time.Second)
+			started := make(chan struct{}, 1)
+			causes := make(chan error, 1)
+			proxy := f.proxiedPool(PoolConfig{Types: []string{"cutoff"}}, func(ctx context.Context, j *Job) error {
+				started <- struct{}{}
+				<-ctx.Done()
+				causes <- context.Cause(ctx)
+				return ctx.Err()
+			})
+			j := f.submit(statemachine.SubmitParams{Type: "cutoff", MaxAttempts: 1})
+			<-started
+			if partition == "cut" {
+				proxy.Cut()
+			} else {
+				proxy.Stall()
+			}
+			select {
+			case cause := <-causes:
+				require.ErrorIs(t, cause, ErrLostContact)
+				require.Contains(t, cause.Error(), "the server fails an attempt after 1s")
+			case <-time.After(10 * time.Second):
+				t.Fatal("the handler of a worker cut off from the server was not stopped")
+			}
+			// Still in the log as running: nothing of the worker got through.
+			held, err := f.m.Load(context.Background(), j.ID)
+			require.NoError(t, err)
+			require.Equal(t, statemachine.StateRunning, held.State)
+			proxy.Restore()
+			failed := f.waitState(j.ID, statemachine.StateFailed)
+			require.Len(t, failed.Errors, 1)
+			require.Equal(t, ErrorCodeLostContact, failed.Errors[0].Code)
+			require.Contains(t, failed.Errors[0].Error, "no heartbeat acknowledged")
+		})
+	}
+}
+
+// A pool beats often enough for a hang-after far shorter than its heartbeat
+// interval, and so neither stops a handler that is in contact nor lets the
+// detector think it hung.
+func TestBeatsKeepPaceWithTheServersHangAfter(t *testing.T) {
+	f := newFixture(t, true)
+	f.publishHangAfter(900 * time.Millisecond)
+	hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	release := make(chan struct{})
+	causes := make(chan error, 1)
+	f.pool(PoolConfig{Types: []string{"paced"}}, func(ctx context.Context, j *Job) error {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		causes <- context.Cause(ctx)
+		return nil
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "paced"})
+	// Six beats with the default interval of 10 s would take a minute.
+	beats := map[time.Time]bool{}
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		if b, ok, err := hb.Last(context.Background(), j.ID); err == nil && ok {
+			beats[b.At] = true
+		}
+		return len(beats) >= 6
+	}, "six heartbeats of job %s", j.ID)
+	close(release)
+	require.NoError(t, <-causes)
+	f.waitState(j.ID, statemachine.StateSucceeded)
+}

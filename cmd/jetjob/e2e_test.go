@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -631,4 +632,35 @@ func TestLogsSaysWhenEarlyLinesMayBeGone(t *testing.T) {
 	}, "the quiet job's lines")
 	require.Contains(t, r.stdout, "] 1\n")
 	require.Empty(t, r.stderr)
+}
+
+// A worker cut off from NATS stops its command before the server fails the
+// attempt as hung, so that the retry on another worker never runs beside it.
+func TestACutOffWorkerStopsItsCommandBeforeTheRetry(t *testing.T) {
+	s := startServerProc(t, "--hang-after", "3s")
+	dir := t.TempDir()
+	runs := filepath.Join(dir, "runs")
+	script := filepath.Join(dir, "job.sh")
+	require.NoError(t, os.WriteFile(script, []byte(`#!/bin/sh
+trap 'echo "stop $JETJOB_ATTEMPT" >> `+runs+`; exit 143' TERM
+echo "start $JETJOB_ATTEMPT" >> `+runs+`
+while :; do sleep 0.05; done
+`), 0o755))
+	proxy := natstest.NewProxy(t, s.url)
+	cutOff := exec.Command(binary, "worker", "--server", proxy.URL, "--type", "cutoff", "--grace", "1s", "--", script)
+	require.NoError(t, cutOff.Start())
+	t.Cleanup(func() { _ = cutOff.Process.Kill(); _ = cutOff.Wait() })
+	id := s.jetjob("submit", "--type", "cutoff", "--max-attempts", "2", "--backoff-base", "100ms").ok(t)
+	readRuns := func() []string {
+		b, _ := os.ReadFile(runs)
+		return strings.Split(strings.TrimSpace(string(b)), "\n")
+	}
+	natstest.Eventually(t, 15*time.Second, func() bool { return readRuns()[0] == "start 1" }, "attempt 1 started")
+	startWorker(t, s, "--type", "cutoff", "--grace", "1s", "--", script)
+	proxy.Cut()
+	waitView(t, s, id, func(v projector.View) bool { return v.Attempt == 2 && v.State == "running" }, "attempt 2 running")
+	natstest.Eventually(t, 5*time.Second, func() bool { return slices.Contains(readRuns(), "start 2") }, "attempt 2 started: %v", readRuns())
+	require.Equal(t, []string{"start 1", "stop 1", "start 2"}, readRuns(), "attempt 1 stopped before attempt 2 started")
+	v := waitView(t, s, id, func(v projector.View) bool { return len(v.Errors) == 1 }, "attempt 1's error")
+	require.Equal(t, "hung", v.Errors[0].Code)
 }

@@ -126,10 +126,6 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	s.stops = append(s.stops, enq.Stop)
 
-	if o.HangAfter > 0 && o.HangAfter < 2*workers.HeartbeatIntervalDefault && o.Logger != nil {
-		o.Logger.Warn(fmt.Sprintf("hang-after %s is less than twice the workers' default heartbeat interval (%s): the running jobs of workers that keep the default will be failed as hung",
-			o.HangAfter, workers.HeartbeatIntervalDefault))
-	}
 	serverID := ID()
 	detLead, err := maintenance.NewLeadership(ctx, s.JS, "detector", serverID, 0)
 	if err != nil {

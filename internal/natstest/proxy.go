@@ -1,0 +1,153 @@
+package natstest
+
+import (
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Proxy relays TCP connections to a server, and can cut them (drop every
+// connection, open or new) or stall them (hold every byte, with the
+// connections left open, as a partition that drops packets does, until
+// Restore delivers them).
+type Proxy struct {
+	URL string
+
+	ln      net.Listener
+	target  string
+	mu      sync.Mutex
+	resumed *sync.Cond
+	cut     bool
+	stalled bool
+	conns   map[net.Conn]bool
+}
+
+// NewProxy relays to the server at url (nats://host:port); the test's
+// cleanup closes it.
+func NewProxy(t testing.TB, url string) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &Proxy{URL: "nats://" + ln.Addr().String(), ln: ln, target: hostPort(url), conns: map[net.Conn]bool{}}
+	p.resumed = sync.NewCond(&p.mu)
+	t.Cleanup(p.close)
+	go p.accept()
+	return p
+}
+
+func hostPort(url string) string {
+	for _, scheme := range []string{"nats://", "tls://"} {
+		if len(url) > len(scheme) && url[:len(scheme)] == scheme {
+			return url[len(scheme):]
+		}
+	}
+	return url
+}
+
+// Cut drops every connection and refuses new ones until Restore.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for c := range p.conns {
+		_ = c.Close()
+	}
+}
+
+// Stall holds every byte in both directions until Restore.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stalled = true
+}
+
+// Restore lets connections and bytes through again.
+func (p *Proxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut, p.stalled = false, false
+	p.resumed.Broadcast()
+}
+
+func (p *Proxy) close() {
+	_ = p.ln.Close()
+	p.Cut()
+	p.Restore()
+	p.mu.Lock()
+	p.cut = true
+	p.mu.Unlock()
+}
+
+// waitUnstalled returns when bytes may pass.
+func (p *Proxy) waitUnstalled() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.stalled {
+		p.resumed.Wait()
+	}
+}
+
+func (p *Proxy) accept() {
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		go p.relay(client)
+	}
+}
+
+func (p *Proxy) relay(client net.Conn) {
+	server, err := net.Dial("tcp", p.target)
+	if err != nil {
+		_ = client.Close()
+		return
+	}
+	if !p.track(client, server) {
+		_ = client.Close()
+		_ = server.Close()
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	pipe := func(dst, src net.Conn) {
+		defer wg.Done()
+		// One side closed: close both, so the other copy ends too.
+		defer dst.Close()
+		defer src.Close()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				p.waitUnstalled()
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	go pipe(server, client)
+	go pipe(client, server)
+	wg.Wait()
+	p.mu.Lock()
+	delete(p.conns, client)
+	delete(p.conns, server)
+	p.mu.Unlock()
+}
+
+func (p *Proxy) track(conns ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cut {
+		return false
+	}
+	for _, c := range conns {
+		p.conns[c] = true
+	}
+	return true
+}
