@@ -19,7 +19,7 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 	fs.StringVar(&o.Listen, "listen", natsserver.ListenDefault, "HOST:PORT the embedded NATS server listens on")
 	fs.StringVar(&o.NATSURL, "nats", "", "use the NATS server at this URL instead of an embedded one")
 	fs.StringVar(&o.Fsync, "fsync", natsserver.FsyncAlways, "embedded server's event log durability: always (fsync before every ack) or interval (every 2 minutes)")
-	hang := fs.String("hang-after", maintenance.HangAfterDefault.String(), "a running job with no heartbeat for this long is failed as hung")
+	hang := fs.String("hang-after", maintenance.HangAfterDefault.String(), "a running job with no heartbeat for this long is failed as hung; workers beat at least six times per hang-after, and stop a job of theirs cut off from NATS for half of it")
 	grace := fs.String("cancel-grace", maintenance.CancelGraceDefault.String(), "a cancel no worker acknowledges within this is finished by the server")
 	retain := fs.String("retain", maintenance.RetainFinishedDefault.String(), "finished jobs older than this are purged")
 	every := fs.String("purge-every", maintenance.PurgeEveryDefault.String(), "pause between background purges")
