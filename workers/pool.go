@@ -1018,13 +1018,25 @@ func (p *Pool) watchCancels(ctx context.Context, held statemachine.Job, cancel c
 	}
 }
 
+// watchInactiveThreshold removes a watch's consumer whose worker died or
+// could not drop it; a worker cut off longer has its watch made again.
+const watchInactiveThreshold = 30 * time.Second
+
+func (p *Pool) dropWatch(stream, consumer string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.js.DeleteConsumer(ctx, stream, consumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		p.logger.Debug("drop a job's watch", zap.String("consumer", consumer), zap.Error(err))
+	}
+}
+
 // followJob reads the job's events from *from on, moving *from past each, and
 // returns when ctx ends (nil) or the watch fails.
 func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error {
 	lg := p.m.Log()
 	cons, err := p.js.OrderedConsumer(ctx, lg.Stream(), jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{lg.Subject(jobID)}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq: *from,
+		OptStartSeq: *from, InactiveThreshold: watchInactiveThreshold,
 	})
 	if err != nil {
 		return fmt.Errorf("make watch: %w", err)
@@ -1033,7 +1045,14 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 	if err != nil {
 		return fmt.Errorf("make watch: %w", err)
 	}
-	defer it.Stop()
+	defer func() {
+		it.Stop()
+		// Stopping leaves the consumer on the log until its inactive
+		// threshold: with many long jobs ending, thousands of them.
+		if info := cons.CachedInfo(); info != nil {
+			go p.dropWatch(lg.Stream(), info.Name)
+		}
+	}()
 	stopOnEnd := context.AfterFunc(ctx, it.Stop)
 	defer stopOnEnd()
 	for {

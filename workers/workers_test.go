@@ -1276,3 +1276,28 @@ func TestBeatsKeepPaceWithTheServersHangAfter(t *testing.T) {
 	require.NoError(t, <-causes)
 	f.waitState(j.ID, statemachine.StateSucceeded)
 }
+
+// A job's watch for cancels goes with its attempt, rather than staying on the
+// log as a consumer until the server finds it inactive.
+func TestAWatchEndsWithItsAttempt(t *testing.T) {
+	f := newFixture(t, true)
+	ctx := context.Background()
+	stream, err := f.env.JS.Stream(ctx, f.log.Stream())
+	require.NoError(t, err)
+	consumers := func() int {
+		info, err := stream.Info(ctx)
+		require.NoError(t, err)
+		return info.State.Consumers
+	}
+	before := consumers()
+	watching := make(chan struct{})
+	f.pool(PoolConfig{Types: []string{"watched"}, CancelWatchDelay: time.Millisecond}, func(ctx context.Context, j *Job) error {
+		<-watching
+		return nil
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "watched"})
+	natstest.Eventually(t, 10*time.Second, func() bool { return consumers() == before+1 }, "a watch on job %s", j.ID)
+	close(watching)
+	f.waitState(j.ID, statemachine.StateSucceeded)
+	natstest.Eventually(t, 10*time.Second, func() bool { return consumers() == before }, "the watch gone (%d consumers, %d before)", consumers(), before)
+}
