@@ -87,7 +87,7 @@ type Detector struct {
 }
 
 // NewDetector returns a detector; Start runs it.
-func NewDetector(ctx context.Context, reader *projector.Reader, m *statemachine.Machine, hb *events.Heartbeats, logs *workers.Logs, leader *Leadership, cfg DetectorConfig) (*Detector, error) {
+func NewDetector(reader *projector.Reader, m *statemachine.Machine, hb *events.Heartbeats, logs *workers.Logs, leader *Leadership, cfg DetectorConfig) (*Detector, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -108,8 +108,8 @@ func (d *Detector) Start(ctx context.Context) error {
 // Stop ends the passes and gives up the leadership. Safe to call twice.
 func (d *Detector) Stop() { d.svc.stop() }
 
-// PassResult says what one pass did.
-type PassResult struct {
+// passResult says what one pass did.
+type passResult struct {
 	Hung              []string
 	CancelsTerminated []string
 }
@@ -122,8 +122,8 @@ type hungCandidate struct {
 // runOnce publishes the hang-after for workers, fails the attempts of up to
 // MaxPerPass hung jobs, the longest silent first, and terminates
 // unacknowledged cancels.
-func (d *Detector) runOnce(ctx context.Context) (PassResult, error) {
-	var res PassResult
+func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
+	var res passResult
 	// Every pass, since the detector acting may have changed hands with a
 	// server judging by another hang-after.
 	if err := d.hb.PublishHangAfter(ctx, d.cfg.HangAfter); err != nil {

@@ -79,7 +79,7 @@ func (f *fixture) detector(id string, now func() time.Time) *Detector {
 	f.t.Helper()
 	lead, err := NewLeadership(context.Background(), f.env.JS, "detector", id, 2*time.Second)
 	require.NoError(f.t, err)
-	d, err := NewDetector(context.Background(), f.reader, f.m, f.hb, f.logs, lead, DetectorConfig{
+	d, err := NewDetector(f.reader, f.m, f.hb, f.logs, lead, DetectorConfig{
 		HangAfter: time.Minute, CancelGrace: time.Minute, Now: now, MaxPerPass: 10})
 	require.NoError(f.t, err)
 	return d

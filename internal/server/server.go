@@ -131,7 +131,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if err != nil {
 		return s, err
 	}
-	det, err := maintenance.NewDetector(ctx, s.Reader, s.Machine, s.Heartbeat, s.Logs, detLead, maintenance.DetectorConfig{
+	det, err := maintenance.NewDetector(s.Reader, s.Machine, s.Heartbeat, s.Logs, detLead, maintenance.DetectorConfig{
 		HangAfter: o.HangAfter, CancelGrace: o.CancelGrace, Every: o.DetectEvery, Logger: o.Logger})
 	if err != nil {
 		return s, err
