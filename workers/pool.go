@@ -974,6 +974,11 @@ func (p *Pool) beat(ctx context.Context, held statemachine.Job, every time.Durat
 	return sent, err == nil
 }
 
+// HangAfter is the server's hang-after as the pool last read it (the
+// default until a server has published one): the pool beats at least six
+// times within it, and stops a handler out of contact for half of it.
+func (p *Pool) HangAfter() time.Duration { return p.hangAfterNow() }
+
 // hangAfterNow is the server's hang-after, as last published.
 func (p *Pool) hangAfterNow() time.Duration {
 	if d := time.Duration(p.hangAfter.Load()); d > 0 {

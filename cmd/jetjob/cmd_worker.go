@@ -105,6 +105,9 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 		tagText = "tags " + tags.String()
 	}
 	logger.Info(fmt.Sprintf("worker serving %v with %s, running %v; Ctrl-C stops it", []string(types), tagText, pos))
+	if hang := pool.HangAfter(); g > hang/2 {
+		logger.Warn(fmt.Sprintf("--grace %s is longer than half the server's hang-after (%s): a command that ignores SIGTERM may still run when its attempt is failed as hung and retried elsewhere", g, hang))
+	}
 	<-ctx.Done()
 	stopCtx, cancel := context.WithTimeout(context.Background(), g+5*time.Second)
 	defer cancel()

@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/workers"
@@ -663,4 +664,47 @@ while :; do sleep 0.05; done
 	require.Equal(t, []string{"start 1", "stop 1", "start 2"}, readRuns(), "attempt 1 stopped before attempt 2 started")
 	v := waitView(t, s, id, func(v projector.View) bool { return len(v.Errors) == 1 }, "attempt 1's error")
 	require.Equal(t, "hung", v.Errors[0].Code)
+}
+
+// A worker whose --grace cannot fit in the half hang-after left after it
+// stops a cut-off command says so.
+func TestWorkerWarnsOfAGraceLongerThanHalfTheHangAfter(t *testing.T) {
+	s := startServerProc(t, "--hang-after", "4s")
+	_, js := natstest.Connect(t, s.url)
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		kv, err := js.KeyValue(context.Background(), events.SettingsBucketDefault)
+		if err != nil {
+			return false
+		}
+		e, err := kv.Get(context.Background(), "hang_after")
+		return err == nil && string(e.Value()) == "4s"
+	}, "the server published its hang-after")
+	for grace, warned := range map[string]bool{"10s": true, "2s": false} {
+		cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "w", "--grace", grace, "--", "true")
+		var out syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		require.NoError(t, cmd.Start())
+		natstest.Eventually(t, 15*time.Second, func() bool { return strings.Contains(out.String(), "worker serving") }, "worker started: %s", out.String())
+		require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+		_ = cmd.Wait()
+		require.Equal(t, warned, strings.Contains(out.String(), "--grace "+grace+" is longer than half the server's hang-after (4s)"), "grace %s: %s", grace, out.String())
+	}
+}
+
+// syncBuffer is a buffer a process writes while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
