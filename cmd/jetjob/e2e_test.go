@@ -660,7 +660,7 @@ while :; do sleep 0.05; done
 	startWorker(t, s, "--type", "cutoff", "--grace", "1s", "--", script)
 	proxy.Cut()
 	waitView(t, s, id, func(v projector.View) bool { return v.Attempt == 2 && v.State == "running" }, "attempt 2 running")
-	natstest.Eventually(t, 5*time.Second, func() bool { return slices.Contains(readRuns(), "start 2") }, "attempt 2 started: %v", readRuns())
+	natstest.Eventually(t, 5*time.Second, func() bool { return slices.Contains(readRuns(), "start 2") }, "attempt 2 started")
 	require.Equal(t, []string{"start 1", "stop 1", "start 2"}, readRuns(), "attempt 1 stopped before attempt 2 started")
 	v := waitView(t, s, id, func(v projector.View) bool { return len(v.Errors) == 1 }, "attempt 1's error")
 	require.Equal(t, "hung", v.Errors[0].Code)
