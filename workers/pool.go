@@ -1023,8 +1023,10 @@ func (p *Pool) watchCancels(ctx context.Context, held statemachine.Job, cancel c
 	}
 }
 
-// watchInactiveThreshold removes a watch's consumer whose worker died or
-// could not drop it; a worker cut off longer has its watch made again.
+// watchInactiveThreshold removes a watch's consumer that its worker could
+// not drop: the worker died, or the attempt ended while the consumer was
+// being made (the server may make it after the client gave up waiting). A
+// worker cut off for longer has its watch made again.
 const watchInactiveThreshold = 30 * time.Second
 
 func (p *Pool) dropWatch(stream, consumer string) {
