@@ -28,6 +28,9 @@ var (
 	// ErrNotSent: the connection closed before an append was sent: it was
 	// not stored, and appending it again is safe.
 	ErrNotSent = errors.New("not sent: the connection to NATS is closed")
+	// ErrBeatSuperseded: a later attempt of the job has beaten since; the
+	// attempt whose beat was refused no longer holds the job.
+	ErrBeatSuperseded = errors.New("a later attempt of the job beats")
 	// ErrOutcomeUnknown: an append was sent but its answer never came (the
 	// caller's context ended, or acks were lost): it may have been stored.
 	ErrOutcomeUnknown = errors.New("outcome unknown: the append may have been stored")

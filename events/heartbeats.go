@@ -75,21 +75,40 @@ func OpenHeartbeats(ctx context.Context, js jetstream.JetStream) (*Heartbeats, e
 }
 
 // PublishHangAfter records the hang-after that the detector acting now
-// judges beats by. Workers read it to beat often enough, and to stop a
-// handler whose beats no longer reach the server before the detector fails
-// its attempt and a retry runs beside it.
-func (h *Heartbeats) PublishHangAfter(ctx context.Context, hangAfter time.Duration) error {
+// judges beats by, and returns the one it replaced (0 if none). Workers read
+// it to beat often enough, and to stop a handler whose beats no longer reach
+// the server before the detector fails its attempt and a retry runs beside
+// it.
+func (h *Heartbeats) PublishHangAfter(ctx context.Context, hangAfter time.Duration) (previous time.Duration, err error) {
 	if hangAfter <= 0 {
-		return fmt.Errorf("publish hang-after %s: expected a duration above 0", hangAfter)
+		return 0, fmt.Errorf("publish hang-after %s: expected a duration above 0", hangAfter)
 	}
 	e, err := h.settings.Get(ctx, hangAfterKey)
 	switch {
-	case err == nil && string(e.Value()) == hangAfter.String():
-		return nil
-	case err != nil && !errors.Is(err, jetstream.ErrKeyNotFound):
-		return fmt.Errorf("read hang-after: %w", err)
+	case err == nil:
+		previous, _ = time.ParseDuration(string(e.Value()))
+		if previous == hangAfter {
+			return previous, nil
+		}
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return 0, fmt.Errorf("read hang-after: %w", err)
 	}
 	if _, err := h.settings.PutString(ctx, hangAfterKey, hangAfter.String()); err != nil {
+		return previous, fmt.Errorf("publish hang-after: %w", err)
+	}
+	return max(previous, 0), nil
+}
+
+// PublishHangAfterIfNone publishes hangAfter unless a hang-after is
+// published already: a server starting publishes its own at once, so that
+// workers starting with it pace their beats by it, while one that another
+// server's detector leads leaves that one's in place.
+func (h *Heartbeats) PublishHangAfterIfNone(ctx context.Context, hangAfter time.Duration) error {
+	if hangAfter <= 0 {
+		return fmt.Errorf("publish hang-after %s: expected a duration above 0", hangAfter)
+	}
+	_, err := h.settings.Create(ctx, hangAfterKey, []byte(hangAfter.String()))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
 		return fmt.Errorf("publish hang-after: %w", err)
 	}
 	return nil
@@ -148,38 +167,76 @@ func (h *Heartbeats) JobIDFromSubject(subject string) (string, bool) {
 	return subject[len(h.prefix):], true
 }
 
-// Record stores a beat.
+// Record stores a beat, whatever beat came before it.
 func (h *Heartbeats) Record(ctx context.Context, b Beat) error {
+	_, err := h.RecordAfter(ctx, b, 0)
+	return err
+}
+
+// RecordAfter stores a beat of an attempt whose previous beat was stored at
+// sequence after (0 for its first), and returns the beat's sequence. Only
+// the last beat of a job is kept, so a beat that a worker cut off from the
+// server sent late (held in its client's reconnect buffer, or by a stalled
+// network) must not replace the beat of the attempt that now runs the job:
+// each beat expects the attempt's previous one to be the last, and one that
+// finds a later attempt's beat there is refused with ErrBeatSuperseded. One
+// that finds its own attempt's later beat (an ack lost), an earlier
+// attempt's (sent late), or none (purged) is stored after it.
+func (h *Heartbeats) RecordAfter(ctx context.Context, b Beat, after uint64) (uint64, error) {
 	if err := ValidateJobID(b.JobID); err != nil {
-		return err
+		return 0, err
 	}
 	data, err := json.Marshal(b)
 	if err != nil {
-		return fmt.Errorf("encode beat: %w", err)
+		return 0, fmt.Errorf("encode beat: %w", err)
 	}
-	if _, err := h.js.Publish(ctx, h.Subject(b.JobID), data); err != nil {
-		return fmt.Errorf("record beat of job %s: %w", b.JobID, err)
+	for tries := 0; ; tries++ {
+		var opts []jetstream.PublishOpt
+		if after > 0 {
+			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(after))
+		}
+		ack, err := h.js.Publish(ctx, h.Subject(b.JobID), data, opts...)
+		if err == nil {
+			return ack.Sequence, nil
+		}
+		if !isWrongLastSeq(err) || tries == 2 {
+			return 0, fmt.Errorf("record beat of job %s: %w", b.JobID, err)
+		}
+		last, seq, ok, lerr := h.last(ctx, b.JobID)
+		switch {
+		case lerr != nil:
+			return 0, fmt.Errorf("record beat of job %s: %w", b.JobID, lerr)
+		case ok && last.Lease > b.Lease:
+			return 0, fmt.Errorf("record beat of job %s, lease %d: %w (lease %d)", b.JobID, b.Lease, ErrBeatSuperseded, last.Lease)
+		}
+		after = seq
 	}
-	return nil
 }
 
-// Last returns a job's last beat, and false when it has none.
+// Last returns a job's last beat, and false when it has none (a message on
+// its subject that is not a beat counts as none).
 func (h *Heartbeats) Last(ctx context.Context, jobID string) (Beat, bool, error) {
 	if err := ValidateJobID(jobID); err != nil {
 		return Beat{}, false, err
 	}
+	b, _, ok, err := h.last(ctx, jobID)
+	return b, ok, err
+}
+
+func (h *Heartbeats) last(ctx context.Context, jobID string) (b Beat, seq uint64, ok bool, err error) {
 	m, err := h.stream.GetLastMsgForSubject(ctx, h.Subject(jobID))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return Beat{}, false, nil
+		return Beat{}, 0, false, nil
 	}
 	if err != nil {
-		return Beat{}, false, fmt.Errorf("last beat of job %s: %w", jobID, err)
+		return Beat{}, 0, false, fmt.Errorf("last beat of job %s: %w", jobID, err)
 	}
-	var b Beat
 	if err := json.Unmarshal(m.Data, &b); err != nil {
-		return Beat{}, false, fmt.Errorf("%w: beat of job %s: %v", ErrMalformed, jobID, err)
+		// Not written by a worker: no sign of life, and no reason to
+		// refuse the next beat.
+		return Beat{}, m.Sequence, false, nil
 	}
-	return b, true, nil
+	return b, m.Sequence, true, nil
 }
 
 // Mark is the sequence of the last beat stored so far, for Forget.

@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -42,11 +43,15 @@ func TestWorkersFollowThePublishedHangAfter(t *testing.T) {
 
 	kv, err := env.JS.KeyValue(ctx, events.SettingsBucketDefault)
 	require.NoError(t, err)
-	require.NoError(t, hb.PublishHangAfter(ctx, 30*time.Second))
+	previous, err := hb.PublishHangAfter(ctx, 30*time.Second)
+	require.NoError(t, err)
+	require.Zero(t, previous, "none before")
 	natstest.Eventually(t, 5*time.Second, func() bool { return last() == 30*time.Second }, "30s told")
 	first, err := kv.Get(ctx, "hang_after")
 	require.NoError(t, err)
-	require.NoError(t, hb.PublishHangAfter(ctx, 30*time.Second))
+	previous, err = hb.PublishHangAfter(ctx, 30*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 30*time.Second, previous)
 	again, err := kv.Get(ctx, "hang_after")
 	require.NoError(t, err)
 	require.Equal(t, first.Revision(), again.Revision(), "an unchanged hang-after is not written again")
@@ -54,7 +59,9 @@ func TestWorkersFollowThePublishedHangAfter(t *testing.T) {
 	// replaced before it was delivered: only the latest is kept.)
 	_, err = kv.PutString(ctx, "hang_after", "soon")
 	require.NoError(t, err)
-	require.NoError(t, hb.PublishHangAfter(ctx, 2*time.Minute))
+	previous, err = hb.PublishHangAfter(ctx, 2*time.Minute)
+	require.NoError(t, err)
+	require.Zero(t, previous, "a value no server wrote is no hang-after")
 	natstest.Eventually(t, 5*time.Second, func() bool { return last() == 2*time.Minute }, "2m told")
 	for _, d := range seen() {
 		require.Contains(t, []time.Duration{30 * time.Second, 2 * time.Minute}, d)
@@ -67,5 +74,58 @@ func TestWorkersFollowThePublishedHangAfter(t *testing.T) {
 	stop2()
 	require.Equal(t, 2*time.Minute, current)
 
-	require.Error(t, hb.PublishHangAfter(ctx, 0))
+	_, err = hb.PublishHangAfter(ctx, 0)
+	require.Error(t, err)
+}
+
+// Each beat of an attempt follows its previous one, so that a beat sent late
+// by a worker that lost the job never replaces the beat of the attempt that
+// runs it now.
+func TestALateBeatNeverReplacesALaterAttempts(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	hb, err := events.OpenHeartbeats(ctx, env.JS)
+	require.NoError(t, err)
+	beat := func(lease uint64) events.Beat {
+		return events.Beat{JobID: "job-1", Lease: lease, WorkerID: fmt.Sprint("w", lease), At: time.Now().UTC()}
+	}
+	lastLease := func() uint64 {
+		b, ok, err := hb.Last(ctx, "job-1")
+		require.NoError(t, err)
+		require.True(t, ok)
+		return b.Lease
+	}
+
+	first, err := hb.RecordAfter(ctx, beat(10), 0)
+	require.NoError(t, err)
+	second, err := hb.RecordAfter(ctx, beat(10), first)
+	require.NoError(t, err)
+	// The retry's first beat, then the old attempt's, sent late.
+	retry, err := hb.RecordAfter(ctx, beat(20), 0)
+	require.NoError(t, err)
+	_, err = hb.RecordAfter(ctx, beat(10), second)
+	require.ErrorIs(t, err, events.ErrBeatSuperseded)
+	require.Equal(t, uint64(20), lastLease())
+
+	// An attempt whose ack was lost beats after its own later beat.
+	_, err = hb.RecordAfter(ctx, beat(20), 0)
+	require.NoError(t, err)
+	latest, err := hb.RecordAfter(ctx, beat(20), retry)
+	require.NoError(t, err)
+	// An earlier attempt's first beat, sent late, replaced it: the next
+	// beat goes after it.
+	require.NoError(t, hb.Record(ctx, beat(10)))
+	_, err = hb.RecordAfter(ctx, beat(20), latest)
+	require.NoError(t, err)
+	require.Equal(t, uint64(20), lastLease())
+
+	// A message that is not a beat counts as none, and is replaced.
+	_, err = env.JS.Publish(ctx, hb.Subject("job-1"), []byte("not a beat"))
+	require.NoError(t, err)
+	_, ok, err := hb.Last(ctx, "job-1")
+	require.NoError(t, err)
+	require.False(t, ok)
+	_, err = hb.RecordAfter(ctx, beat(20), latest)
+	require.NoError(t, err)
+	require.Equal(t, uint64(20), lastLease())
 }

@@ -95,9 +95,13 @@ func NewDetector(reader *projector.Reader, m *statemachine.Machine, hb *events.H
 		logger: logging.OrNop(cfg.Logger, "detector")}, nil
 }
 
-// Start runs passes in the background while this server leads, until Stop;
-// ctx is not used past the call. Safe to call twice, and again after Stop.
+// Start publishes the hang-after for workers if none is, and runs passes in
+// the background while this server leads, until Stop; ctx is not used past
+// the call. Safe to call twice, and again after Stop.
 func (d *Detector) Start(ctx context.Context) error {
+	if err := d.hb.PublishHangAfterIfNone(ctx, d.cfg.HangAfter); err != nil {
+		return err
+	}
 	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context) error {
 		_, err := d.runOnce(ctx)
 		return err
@@ -126,12 +130,18 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 	var res passResult
 	// Every pass, since the detector acting may have changed hands with a
 	// server judging by another hang-after.
-	if err := d.hb.PublishHangAfter(ctx, d.cfg.HangAfter); err != nil {
+	previous, err := d.hb.PublishHangAfter(ctx, d.cfg.HangAfter)
+	if err != nil {
 		d.logger.Warn("publish hang-after to workers", zap.Error(err))
 	}
 	now := d.cfg.Now()
-	running, err := d.listAll(ctx, statemachine.StateRunning)
-	if err != nil {
+	var running []projector.View
+	if previous > d.cfg.HangAfter {
+		// Workers beat at the pace of the longer one until they read this:
+		// their silence is judged from the next pass.
+		d.logger.Info("hang-after shortened; hung jobs are judged from the next pass",
+			zap.Duration("from", previous), zap.Duration("to", d.cfg.HangAfter))
+	} else if running, err = d.listAll(ctx, statemachine.StateRunning); err != nil {
 		return res, err
 	}
 	var hung []hungCandidate

@@ -581,16 +581,25 @@ func TestALongPassKeepsItsLeadership(t *testing.T) {
 }
 
 // The detector acting tells workers the hang-after it judges by, over what
-// a server that acted before it said.
+// a server that acted before it said. When that shortens it, workers beat at
+// the longer one's pace until they read it: their silence is judged from the
+// next pass.
 func TestDetectorTellsWorkersItsHangAfter(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	require.NoError(t, f.hb.PublishHangAfter(ctx, 10*time.Minute))
-	_, err := f.detector("s1", time.Now).runOnce(ctx)
+	_, err := f.hb.PublishHangAfter(ctx, 10*time.Minute)
 	require.NoError(t, err)
+	held := f.abandonedJob()
+	d := f.detector("s1", func() time.Time { return time.Now().Add(2 * time.Minute) })
+	res, err := d.runOnce(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Hung, "judged by the new hang-after before workers could beat at its pace")
 	var told time.Duration
 	stop, err := f.hb.FollowHangAfter(ctx, func(d time.Duration) { told = d })
 	require.NoError(t, err)
 	stop()
 	require.Equal(t, time.Minute, told)
+	res, err = d.runOnce(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{held.ID}, res.Hung)
 }

@@ -157,7 +157,10 @@ type Pool struct {
 	m  *statemachine.Machine
 	hb *events.Heartbeats
 	// hangAfter is the server's, as last published; 0 until one is.
-	hangAfter      atomic.Int64
+	hangAfter atomic.Int64
+	// hangChanged is closed, and replaced, when hangAfter changes.
+	hangMu         sync.Mutex
+	hangChanged    chan struct{}
 	stopFollowHang func()
 	logs           *Logs
 	cfg            PoolConfig
@@ -227,7 +230,7 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{},
 		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]context.CancelCauseFunc{},
 		reporting: make(chan struct{}, cfg.Concurrency),
-		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1)}
+		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1), hangChanged: make(chan struct{})}
 	p.recordResult = p.report
 	p.follow = p.followJob
 	return p, nil
@@ -261,7 +264,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		return fmt.Errorf("bind tag sets: %w", err)
 	}
 	p.registry = kv
-	if p.stopFollowHang, err = p.hb.FollowHangAfter(ctx, func(d time.Duration) { p.hangAfter.Store(int64(d)) }); err != nil {
+	if p.stopFollowHang, err = p.hb.FollowHangAfter(ctx, p.setHangAfter); err != nil {
 		return err
 	}
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -932,46 +935,100 @@ func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel c
 		cancel(err)
 		return true
 	}
+	// A beat timer set by a longer hang-after than the one published since
+	// (a server restarted with another, or the first published after this
+	// worker started) would let the detector find the attempt silent.
+	hangChanged := p.hangAfterChanges()
 	// The first beat comes within a heartbeat interval even when the watch
 	// waits longer: the detector knows nothing of the watch's delay.
 	nextBeat := time.NewTimer(min(p.cfg.CancelWatchDelay, p.beatEvery()))
 	defer nextBeat.Stop()
+	rearmed := false
 	watch := time.NewTimer(p.cfg.CancelWatchDelay)
 	defer watch.Stop()
+	// One beat at a time, each after the attempt's previous one; an ack
+	// late under load still proves contact as of the beat's sending.
+	acks := make(chan beatAck, 1)
+	inFlight := false
+	var after uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-watch.C:
 			go p.watchCancels(ctx, held, cancel)
+		case <-hangChanged:
+			// Beat now at the new pace; a silence that the old pace
+			// allowed is not a lost contact.
+			hangChanged = p.hangAfterChanges()
+			rearmed = true
+			nextBeat.Reset(0)
+		case a := <-acks:
+			inFlight = false
+			switch {
+			case errors.Is(a.err, events.ErrBeatSuperseded):
+				p.logger.Info("a later attempt of the job beats: this one lost it", zap.String("job", held.ID), zap.Error(a.err))
+				cancel(ErrLeaseLost)
+				return
+			case a.err != nil:
+				if ctx.Err() == nil {
+					p.logger.Debug("heartbeat", zap.String("job", held.ID), zap.Error(a.err))
+				}
+			default:
+				after = a.seq
+				if a.sent.After(lastAck) {
+					lastAck = a.sent
+				}
+			}
 		case <-nextBeat.C:
 			// Checked before beating too: a process paused past the
 			// limit finds its beat timer due when it resumes.
-			if fenced() {
+			if !rearmed && fenced() {
 				return
 			}
-			every := p.beatEvery()
-			if sent, ok := p.beat(ctx, held, every); ok {
-				lastAck = sent
-			} else if fenced() {
-				return
+			rearmed = false
+			if !inFlight {
+				inFlight = true
+				go p.beat(ctx, held, after, acks)
 			}
-			nextBeat.Reset(every)
+			nextBeat.Reset(p.beatEvery())
 		}
 	}
 }
 
-// beat records a heartbeat, waiting at most half the interval for its
-// acknowledgement so that the silence is checked at least that often.
-func (p *Pool) beat(ctx context.Context, held statemachine.Job, every time.Duration) (sent time.Time, ok bool) {
-	sent = time.Now()
-	bctx, cancel := context.WithTimeout(ctx, max(every/2, beatEveryMin))
+type beatAck struct {
+	sent time.Time
+	seq  uint64
+	err  error
+}
+
+// beat records a heartbeat after the attempt's previous one, waiting for
+// its ack until the attempt is out of contact.
+func (p *Pool) beat(ctx context.Context, held statemachine.Job, after uint64, acks chan<- beatAck) {
+	sent := time.Now()
+	bctx, cancel := context.WithTimeout(ctx, p.fenceAfter())
 	defer cancel()
-	err := p.hb.Record(bctx, events.Beat{JobID: held.ID, Lease: held.Lease, WorkerID: p.cfg.WorkerID, At: sent.UTC()})
-	if err != nil && ctx.Err() == nil {
-		p.logger.Debug("heartbeat", zap.String("job", held.ID), zap.Error(err))
+	seq, err := p.hb.RecordAfter(bctx, events.Beat{JobID: held.ID, Lease: held.Lease, WorkerID: p.cfg.WorkerID, At: sent.UTC()}, after)
+	acks <- beatAck{sent: sent, seq: seq, err: err}
+}
+
+func (p *Pool) setHangAfter(d time.Duration) {
+	if time.Duration(p.hangAfter.Swap(int64(d))) == d {
+		return
 	}
-	return sent, err == nil
+	p.logger.Info("following the server's hang-after", zap.Duration("hang_after", d),
+		zap.Duration("beat_every", p.beatEvery()), zap.Duration("stop_out_of_contact_after", p.fenceAfter()))
+	p.hangMu.Lock()
+	defer p.hangMu.Unlock()
+	close(p.hangChanged)
+	p.hangChanged = make(chan struct{})
+}
+
+// hangAfterChanges is closed when the hang-after next changes.
+func (p *Pool) hangAfterChanges() <-chan struct{} {
+	p.hangMu.Lock()
+	defer p.hangMu.Unlock()
+	return p.hangChanged
 }
 
 // HangAfter is the server's hang-after as the pool last read it (the

@@ -1199,7 +1199,8 @@ func (f *fixture) publishHangAfter(d time.Duration) {
 	f.t.Helper()
 	hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
 	require.NoError(f.t, err)
-	require.NoError(f.t, hb.PublishHangAfter(context.Background(), d))
+	_, err = hb.PublishHangAfter(context.Background(), d)
+	require.NoError(f.t, err)
 }
 
 // A worker whose heartbeats no longer reach the server stops its handler
@@ -1247,34 +1248,52 @@ func TestAHandlerCutOffFromTheServerIsStopped(t *testing.T) {
 
 // A pool beats often enough for a hang-after far shorter than its heartbeat
 // interval, and so neither stops a handler that is in contact nor lets the
-// detector think it hung.
+// detector think it hung; also when the hang-after is published (or
+// shortened) while the job runs.
 func TestBeatsKeepPaceWithTheServersHangAfter(t *testing.T) {
-	f := newFixture(t, true)
-	f.publishHangAfter(900 * time.Millisecond)
-	hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
-	require.NoError(t, err)
-	release := make(chan struct{})
-	causes := make(chan error, 1)
-	f.pool(PoolConfig{Types: []string{"paced"}}, func(ctx context.Context, j *Job) error {
-		select {
-		case <-release:
-		case <-ctx.Done():
-		}
-		causes <- context.Cause(ctx)
-		return nil
-	})
-	j := f.submit(statemachine.SubmitParams{Type: "paced"})
-	// Six beats with the default interval of 10 s would take a minute.
-	beats := map[time.Time]bool{}
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		if b, ok, err := hb.Last(context.Background(), j.ID); err == nil && ok {
-			beats[b.At] = true
-		}
-		return len(beats) >= 6
-	}, "six heartbeats of job %s", j.ID)
-	close(release)
-	require.NoError(t, <-causes)
-	f.waitState(j.ID, statemachine.StateSucceeded)
+	for _, published := range []string{"before the job", "while it runs"} {
+		t.Run(published, func(t *testing.T) {
+			f := newFixture(t, true)
+			if published == "before the job" {
+				f.publishHangAfter(900 * time.Millisecond)
+			}
+			hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
+			require.NoError(t, err)
+			started := make(chan struct{})
+			release := make(chan struct{})
+			causes := make(chan error, 1)
+			f.pool(PoolConfig{Types: []string{"paced"}}, func(ctx context.Context, j *Job) error {
+				close(started)
+				select {
+				case <-release:
+				case <-ctx.Done():
+				}
+				causes <- context.Cause(ctx)
+				return nil
+			})
+			j := f.submit(statemachine.SubmitParams{Type: "paced"})
+			<-started
+			if published == "while it runs" {
+				// After its first beat: the next is due in 10 s.
+				natstest.Eventually(t, 10*time.Second, func() bool {
+					_, ok, err := hb.Last(context.Background(), j.ID)
+					return err == nil && ok
+				}, "the first beat of job %s", j.ID)
+				f.publishHangAfter(900 * time.Millisecond)
+			}
+			// Six beats at the default interval of 10 s would take a minute.
+			beats := map[time.Time]bool{}
+			natstest.Eventually(t, 10*time.Second, func() bool {
+				if b, ok, err := hb.Last(context.Background(), j.ID); err == nil && ok {
+					beats[b.At] = true
+				}
+				return len(beats) >= 6
+			}, "six heartbeats of job %s", j.ID)
+			close(release)
+			require.NoError(t, <-causes)
+			f.waitState(j.ID, statemachine.StateSucceeded)
+		})
+	}
 }
 
 // A job's watch for cancels goes with its attempt, rather than staying on the
@@ -1310,4 +1329,34 @@ func TestAWatchEndsWithItsAttempt(t *testing.T) {
 	close(watching)
 	f.waitState(j.ID, statemachine.StateSucceeded)
 	natstest.Eventually(t, 10*time.Second, func() bool { return consumers() == before }, "the watch gone (%d consumers, %d before)", consumers(), before)
+}
+
+// An attempt whose beat finds a later attempt's beat has lost the job: its
+// handler is stopped at once, without waiting for the job's events.
+func TestAHandlerWhoseJobALaterAttemptBeatsIsStopped(t *testing.T) {
+	f := newFixture(t, true)
+	f.publishHangAfter(600 * time.Millisecond)
+	hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	started := make(chan *Job, 1)
+	causes := make(chan error, 1)
+	f.pool(PoolConfig{Types: []string{"superseded"}, CancelWatchDelay: time.Hour}, func(ctx context.Context, j *Job) error {
+		started <- j
+		<-ctx.Done()
+		causes <- context.Cause(ctx)
+		return ctx.Err()
+	})
+	f.submit(statemachine.SubmitParams{Type: "superseded"})
+	j := <-started
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		b, ok, err := hb.Last(context.Background(), j.ID)
+		return err == nil && ok && b.Lease == j.Lease
+	}, "a beat of job %s", j.ID)
+	require.NoError(t, hb.Record(context.Background(), events.Beat{JobID: j.ID, Lease: j.Lease + 1000, WorkerID: "elsewhere", At: time.Now().UTC()}))
+	select {
+	case cause := <-causes:
+		require.ErrorIs(t, cause, ErrLeaseLost)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler ran on after a later attempt beat")
+	}
 }

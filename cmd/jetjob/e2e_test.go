@@ -647,8 +647,13 @@ trap 'echo "stop $JETJOB_ATTEMPT" >> `+runs+`; exit 143' TERM
 echo "start $JETJOB_ATTEMPT" >> `+runs+`
 while :; do sleep 0.05; done
 `), 0o755))
+	// A worker learns it when it starts, or soon after: here it must know
+	// it before the cut.
+	waitHangAfter(t, s, "3s")
 	proxy := natstest.NewProxy(t, s.url)
-	cutOff := exec.Command(binary, "worker", "--server", proxy.URL, "--type", "cutoff", "--grace", "1s", "--", script)
+	cutOff := exec.Command(binary, "worker", "--server", proxy.URL, "--type", "cutoff", "--grace", "1s", "-v", "--", script)
+	var cutOffOut syncBuffer
+	cutOff.Stdout, cutOff.Stderr = &cutOffOut, &cutOffOut
 	require.NoError(t, cutOff.Start())
 	t.Cleanup(func() { _ = cutOff.Process.Kill(); _ = cutOff.Wait() })
 	id := s.jetjob("submit", "--type", "cutoff", "--max-attempts", "2", "--backoff-base", "100ms").ok(t)
@@ -661,7 +666,7 @@ while :; do sleep 0.05; done
 	proxy.Cut()
 	waitView(t, s, id, func(v projector.View) bool { return v.Attempt == 2 && v.State == "running" }, "attempt 2 running")
 	natstest.Eventually(t, 5*time.Second, func() bool { return slices.Contains(readRuns(), "start 2") }, "attempt 2 started")
-	require.Equal(t, []string{"start 1", "stop 1", "start 2"}, readRuns(), "attempt 1 stopped before attempt 2 started")
+	require.Equal(t, []string{"start 1", "stop 1", "start 2"}, readRuns(), "attempt 1 stopped before attempt 2 started; the cut-off worker said:\n%s", &cutOffOut)
 	v := waitView(t, s, id, func(v projector.View) bool { return len(v.Errors) == 1 }, "attempt 1's error")
 	require.Equal(t, "hung", v.Errors[0].Code)
 }
@@ -670,15 +675,7 @@ while :; do sleep 0.05; done
 // stops a cut-off command says so.
 func TestWorkerWarnsOfAGraceLongerThanHalfTheHangAfter(t *testing.T) {
 	s := startServerProc(t, "--hang-after", "4s")
-	_, js := natstest.Connect(t, s.url)
-	natstest.Eventually(t, 15*time.Second, func() bool {
-		kv, err := js.KeyValue(context.Background(), events.SettingsBucketDefault)
-		if err != nil {
-			return false
-		}
-		e, err := kv.Get(context.Background(), "hang_after")
-		return err == nil && string(e.Value()) == "4s"
-	}, "the server published its hang-after")
+	waitHangAfter(t, s, "4s")
 	for grace, warned := range map[string]bool{"10s": true, "2s": false} {
 		cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "w", "--grace", grace, "--", "true")
 		var out syncBuffer
@@ -707,4 +704,18 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// waitHangAfter waits until the server has published its hang-after.
+func waitHangAfter(t *testing.T, s *serverProc, want string) {
+	t.Helper()
+	_, js := natstest.Connect(t, s.url)
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		kv, err := js.KeyValue(context.Background(), events.SettingsBucketDefault)
+		if err != nil {
+			return false
+		}
+		e, err := kv.Get(context.Background(), "hang_after")
+		return err == nil && string(e.Value()) == want
+	}, "the server published its hang-after %s", want)
 }
