@@ -99,8 +99,9 @@ func NewDetector(reader *projector.Reader, m *statemachine.Machine, hb *events.H
 // the background while this server leads, until Stop; ctx is not used past
 // the call. Safe to call twice, and again after Stop.
 func (d *Detector) Start(ctx context.Context) error {
+	// Not fatal: every pass publishes it too.
 	if err := d.hb.PublishHangAfterIfNone(ctx, d.cfg.HangAfter); err != nil {
-		return err
+		d.logger.Warn("publish hang-after to workers", zap.Error(err))
 	}
 	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context) error {
 		_, err := d.runOnce(ctx)
@@ -130,19 +131,28 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 	var res passResult
 	// Every pass, since the detector acting may have changed hands with a
 	// server judging by another hang-after.
-	previous, err := d.hb.PublishHangAfter(ctx, d.cfg.HangAfter)
-	if err != nil {
-		d.logger.Warn("publish hang-after to workers", zap.Error(err))
-	}
-	now := d.cfg.Now()
+	hangAfter := d.cfg.HangAfter
+	previous, err := d.hb.PublishHangAfter(ctx, hangAfter)
 	var running []projector.View
-	if previous > d.cfg.HangAfter {
+	switch {
+	case err != nil && previous > hangAfter:
+		// Workers still beat at the pace of the longer one they read.
+		d.logger.Warn("publish hang-after to workers; judging by the one they follow", zap.Duration("hang_after", previous), zap.Error(err))
+		hangAfter = previous
+	case err != nil:
+		d.logger.Warn("publish hang-after to workers", zap.Error(err))
+	case previous > hangAfter:
 		// Workers beat at the pace of the longer one until they read this:
 		// their silence is judged from the next pass.
 		d.logger.Info("hang-after shortened; hung jobs are judged from the next pass",
-			zap.Duration("from", previous), zap.Duration("to", d.cfg.HangAfter))
-	} else if running, err = d.listAll(ctx, statemachine.StateRunning); err != nil {
-		return res, err
+			zap.Duration("from", previous), zap.Duration("to", hangAfter))
+		hangAfter = 0
+	}
+	now := d.cfg.Now()
+	if hangAfter > 0 {
+		if running, err = d.listAll(ctx, statemachine.StateRunning); err != nil {
+			return res, err
+		}
 	}
 	var hung []hungCandidate
 	for _, v := range running {
@@ -158,7 +168,7 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 		if ok && beat.Lease == v.Lease && beat.At.After(last) {
 			last = beat.At
 		}
-		if now.Sub(last) >= d.cfg.HangAfter {
+		if now.Sub(last) >= hangAfter {
 			hung = append(hung, hungCandidate{view: v, lastSign: last})
 		}
 	}
@@ -167,7 +177,7 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 		hung = hung[:d.cfg.MaxPerPass]
 	}
 	for _, c := range hung {
-		if d.failHung(ctx, c, now) {
+		if d.failHung(ctx, c, now, hangAfter) {
 			res.Hung = append(res.Hung, c.view.ID)
 		}
 	}
@@ -199,16 +209,16 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 	return res, nil
 }
 
-func (d *Detector) failHung(ctx context.Context, c hungCandidate, now time.Time) bool {
+func (d *Detector) failHung(ctx context.Context, c hungCandidate, now time.Time, hangAfter time.Duration) bool {
 	v := c.view
 	// A beat is not an event, so the expected sequence cannot see one that
 	// arrived since the candidate was chosen: look again right before writing.
-	if beat, ok, err := d.hb.Last(ctx, v.ID); err == nil && ok && beat.Lease == v.Lease && now.Sub(beat.At) < d.cfg.HangAfter {
+	if beat, ok, err := d.hb.Last(ctx, v.ID); err == nil && ok && beat.Lease == v.Lease && now.Sub(beat.At) < hangAfter {
 		return false
 	}
 	silent := now.Sub(c.lastSign).Round(time.Second)
 	d.systemLog(ctx, v.ID, v.Attempt, fmt.Sprintf("attempt %d on worker %s detected as hung: no heartbeat since %s (%s ago, threshold %s)",
-		v.Attempt, v.WorkerID, c.lastSign.Format(time.RFC3339), silent, d.cfg.HangAfter))
+		v.Attempt, v.WorkerID, c.lastSign.Format(time.RFC3339), silent, hangAfter))
 	_, err := d.m.FailStale(ctx, v.ID, v.Lease, statemachine.FailParams{
 		Error: fmt.Sprintf("hung: no heartbeat for %s", silent),
 		Code:  ErrorCodeHung,
