@@ -129,3 +129,17 @@ func TestALateBeatNeverReplacesALaterAttempts(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(20), lastLease())
 }
+
+func TestAServerStartingPublishesItsHangAfterIfNoneIs(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	hb, err := events.OpenHeartbeats(ctx, env.JS)
+	require.NoError(t, err)
+	require.NoError(t, hb.PublishHangAfterIfNone(ctx, 3*time.Second))
+	require.NoError(t, hb.PublishHangAfterIfNone(ctx, time.Hour))
+	var told time.Duration
+	stop, err := hb.FollowHangAfter(ctx, func(d time.Duration) { told = d })
+	require.NoError(t, err)
+	stop()
+	require.Equal(t, 3*time.Second, told)
+}
