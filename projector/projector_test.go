@@ -832,18 +832,25 @@ func TestConsumerDeletedWhileRunningIsRecreated(t *testing.T) {
 	f.requireFolded(t, []string{a.ID, b.ID, c.ID})
 }
 
+// viewsBucket makes the views bucket, with no projector writing it, and a
+// reader of it.
+func (f *fixture) viewsBucket(t *testing.T) (jetstream.KeyValue, *Reader) {
+	t.Helper()
+	ctx := context.Background()
+	_, err := f.p.provisionStorage(ctx)
+	require.NoError(t, err)
+	kv, err := f.env.JS.KeyValue(ctx, BucketDefault)
+	require.NoError(t, err)
+	return kv, f.reader(t)
+}
+
 // A listing that races with views being purged (the purger, or jobs
 // canceled and purged by an operator) still ends: the watcher under it
 // waits for a message with nothing pending after it, and purged views can
 // leave it waiting for good.
 func TestListEndsWhileViewsArePurged(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t)
-	_, err := f.p.provisionStorage(ctx)
-	require.NoError(t, err)
-	kv, err := f.env.JS.KeyValue(ctx, BucketDefault)
-	require.NoError(t, err)
-	r := f.reader(t)
+	kv, r := newFixture(t).viewsBucket(t)
 	for round := range 3 {
 		ids := make([]string, 3000)
 		for i := range ids {
@@ -879,12 +886,7 @@ func TestListEndsWhileViewsArePurged(t *testing.T) {
 // nothing to wait for; a view still there does.
 func TestNothingLeftAfterTheViewsARemoved(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t)
-	_, err := f.p.provisionStorage(ctx)
-	require.NoError(t, err)
-	kv, err := f.env.JS.KeyValue(ctx, BucketDefault)
-	require.NoError(t, err)
-	r := f.reader(t)
+	kv, r := newFixture(t).viewsBucket(t)
 	var revs []uint64
 	for _, id := range []string{"a", "b", "c"} {
 		rev, err := kv.Put(ctx, id, []byte(`{}`))
