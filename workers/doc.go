@@ -37,6 +37,17 @@
 // for a wake-up or a slow backup pass, so an idle pool sends no requests and
 // a lost wake-up never strands a job.
 //
+// # Heartbeats and fencing
+//
+// A running attempt beats at least six times per the server's hang-after,
+// which the server publishes (events.Heartbeats.FollowHangAfter) and the
+// pool follows. Each beat is stored after the attempt's previous one, so a
+// beat sent late by a worker that lost the job cannot hide the beats of the
+// attempt that now runs it. A handler none of whose beats was acknowledged
+// for half the hang-after is canceled with ErrLostContact, before the hang
+// detector fails its attempt and a retry starts elsewhere: a worker cut off
+// from the server does not run its job beside the retry.
+//
 // # Crash safety
 //
 // The enqueuer is a durable consumer over the event log that acks an event
