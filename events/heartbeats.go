@@ -169,7 +169,7 @@ func (h *Heartbeats) JobIDFromSubject(subject string) (string, bool) {
 
 // Record stores a beat, whatever beat came before it.
 func (h *Heartbeats) Record(ctx context.Context, b Beat) error {
-	_, err := h.RecordAfter(ctx, b, 0)
+	_, err := h.record(ctx, b, nil)
 	return err
 }
 
@@ -178,11 +178,15 @@ func (h *Heartbeats) Record(ctx context.Context, b Beat) error {
 // the last beat of a job is kept, so a beat that a worker cut off from the
 // server sent late (held in its client's reconnect buffer, or by a stalled
 // network) must not replace the beat of the attempt that now runs the job:
-// each beat expects the attempt's previous one to be the last, and one that
-// finds a later attempt's beat there is refused with ErrBeatSuperseded. One
-// that finds its own attempt's later beat (an ack lost), an earlier
-// attempt's (sent late), or none (purged) is stored after it.
+// each beat expects the attempt's previous one to be the last (the first
+// expects none), and one that finds a later attempt's beat there is refused
+// with ErrBeatSuperseded. One that finds its own attempt's later beat (an
+// ack lost), an earlier attempt's, or none (purged) is stored after it.
 func (h *Heartbeats) RecordAfter(ctx context.Context, b Beat, after uint64) (uint64, error) {
+	return h.record(ctx, b, &after)
+}
+
+func (h *Heartbeats) record(ctx context.Context, b Beat, after *uint64) (uint64, error) {
 	if err := ValidateJobID(b.JobID); err != nil {
 		return 0, err
 	}
@@ -192,8 +196,8 @@ func (h *Heartbeats) RecordAfter(ctx context.Context, b Beat, after uint64) (uin
 	}
 	for tries := 0; ; tries++ {
 		var opts []jetstream.PublishOpt
-		if after > 0 {
-			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(after))
+		if after != nil {
+			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(*after))
 		}
 		ack, err := h.js.Publish(ctx, h.Subject(b.JobID), data, opts...)
 		if err == nil {
@@ -209,7 +213,7 @@ func (h *Heartbeats) RecordAfter(ctx context.Context, b Beat, after uint64) (uin
 		case ok && last.Lease > b.Lease:
 			return 0, fmt.Errorf("record beat of job %s, lease %d: %w (lease %d)", b.JobID, b.Lease, ErrBeatSuperseded, last.Lease)
 		}
-		after = seq
+		after = &seq
 	}
 }
 
@@ -231,9 +235,9 @@ func (h *Heartbeats) last(ctx context.Context, jobID string) (b Beat, seq uint64
 	if err != nil {
 		return Beat{}, 0, false, fmt.Errorf("last beat of job %s: %w", jobID, err)
 	}
-	if err := json.Unmarshal(m.Data, &b); err != nil {
-		// Not written by a worker: no sign of life, and no reason to
-		// refuse the next beat.
+	if err := json.Unmarshal(m.Data, &b); err != nil || b.JobID != jobID {
+		// Not written by a worker of this job: no sign of life, and no
+		// reason to refuse the next beat.
 		return Beat{}, m.Sequence, false, nil
 	}
 	return b, m.Sequence, true, nil

@@ -100,29 +100,43 @@ func TestALateBeatNeverReplacesALaterAttempts(t *testing.T) {
 	require.NoError(t, err)
 	second, err := hb.RecordAfter(ctx, beat(10), first)
 	require.NoError(t, err)
-	// The retry's first beat, then the old attempt's, sent late.
+	// The retry's first beat goes after the earlier attempt's.
 	retry, err := hb.RecordAfter(ctx, beat(20), 0)
 	require.NoError(t, err)
+	require.Equal(t, uint64(20), lastLease())
+	// The old attempt's beats, sent late, first or not, are refused.
 	_, err = hb.RecordAfter(ctx, beat(10), second)
+	require.ErrorIs(t, err, events.ErrBeatSuperseded)
+	_, err = hb.RecordAfter(ctx, beat(10), 0)
 	require.ErrorIs(t, err, events.ErrBeatSuperseded)
 	require.Equal(t, uint64(20), lastLease())
 
 	// An attempt whose ack was lost beats after its own later beat.
-	_, err = hb.RecordAfter(ctx, beat(20), 0)
+	unseen, err := hb.RecordAfter(ctx, beat(20), retry)
 	require.NoError(t, err)
 	latest, err := hb.RecordAfter(ctx, beat(20), retry)
 	require.NoError(t, err)
-	// An earlier attempt's first beat, sent late, replaced it: the next
-	// beat goes after it.
+	require.Greater(t, latest, unseen)
+	// A beat stored whatever came before (Record, as tools do) of an
+	// earlier attempt: the next beat goes after it.
 	require.NoError(t, hb.Record(ctx, beat(10)))
-	_, err = hb.RecordAfter(ctx, beat(20), latest)
+	latest, err = hb.RecordAfter(ctx, beat(20), latest)
 	require.NoError(t, err)
 	require.Equal(t, uint64(20), lastLease())
+
+	// A beat of another job on this job's subject counts as none.
+	_, err = env.JS.Publish(ctx, hb.Subject("job-1"), []byte(`{"job":"job-2","lease":99}`))
+	require.NoError(t, err)
+	_, ok, err := hb.Last(ctx, "job-1")
+	require.NoError(t, err)
+	require.False(t, ok)
+	latest, err = hb.RecordAfter(ctx, beat(20), latest)
+	require.NoError(t, err)
 
 	// A message that is not a beat counts as none, and is replaced.
 	_, err = env.JS.Publish(ctx, hb.Subject("job-1"), []byte("not a beat"))
 	require.NoError(t, err)
-	_, ok, err := hb.Last(ctx, "job-1")
+	_, ok, err = hb.Last(ctx, "job-1")
 	require.NoError(t, err)
 	require.False(t, ok)
 	_, err = hb.RecordAfter(ctx, beat(20), latest)

@@ -157,16 +157,20 @@ type Pool struct {
 	m  *statemachine.Machine
 	hb *events.Heartbeats
 	// hangAfter is the server's, as last published; 0 until one is.
-	hangAfter atomic.Int64
-	// hangChanged is closed, and replaced, when hangAfter changes.
-	hangMu         sync.Mutex
-	hangChanged    chan struct{}
+	hangAfter      atomic.Int64
+	hangChanged    *broadcast
 	stopFollowHang func()
-	logs           *Logs
-	cfg            PoolConfig
-	handler        Handler
-	logger         *zap.Logger
-	types          map[string]bool
+	// reconnected tells running attempts that the connection is back: a
+	// beat in flight when it dropped will get no reply.
+	reconnected *broadcast
+	// recordBeat is the heartbeats' RecordAfter; tests lose replies
+	// through it.
+	recordBeat func(ctx context.Context, b events.Beat, after uint64) (uint64, error)
+	logs       *Logs
+	cfg        PoolConfig
+	handler    Handler
+	logger     *zap.Logger
+	types      map[string]bool
 
 	startMu sync.Mutex
 	mu      sync.Mutex
@@ -230,8 +234,12 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{},
 		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]context.CancelCauseFunc{},
 		reporting: make(chan struct{}, cfg.Concurrency),
-		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1), hangChanged: make(chan struct{})}
+		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1),
+		hangChanged: newBroadcast(), reconnected: newBroadcast()}
 	p.recordResult = p.report
+	p.recordBeat = func(ctx context.Context, b events.Beat, after uint64) (uint64, error) {
+		return p.hb.RecordAfter(ctx, b, after)
+	}
 	p.follow = p.followJob
 	return p, nil
 }
@@ -311,6 +319,7 @@ func (p *Pool) Start(ctx context.Context) error {
 				p.nc.RemoveStatusListener(reconnected)
 				return
 			case <-reconnected:
+				p.reconnected.notify()
 				p.markAllHot()
 				p.signal(p.wake)
 				go p.rescanRegistry()
@@ -938,7 +947,8 @@ func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel c
 	// A beat timer set by a longer hang-after than the one published since
 	// (a server restarted with another, or the first published after this
 	// worker started) would let the detector find the attempt silent.
-	hangChanged := p.hangAfterChanges()
+	hangChanged := p.hangChanged.wait()
+	reconnected := p.reconnected.wait()
 	// The first beat comes within a heartbeat interval even when the watch
 	// waits longer: the detector knows nothing of the watch's delay.
 	nextBeat := time.NewTimer(min(p.cfg.CancelWatchDelay, p.beatEvery()))
@@ -949,7 +959,8 @@ func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel c
 	// One beat at a time, each after the attempt's previous one; an ack
 	// late under load still proves contact as of the beat's sending.
 	acks := make(chan beatAck, 1)
-	inFlight := false
+	inFlight, beatAgain := false, false
+	var abandonBeat chan struct{}
 	var after uint64
 	for {
 		select {
@@ -960,11 +971,25 @@ func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel c
 		case <-hangChanged:
 			// Beat now at the new pace; a silence that the old pace
 			// allowed is not a lost contact.
-			hangChanged = p.hangAfterChanges()
+			hangChanged = p.hangChanged.wait()
 			rearmed = true
 			nextBeat.Reset(0)
+		case <-reconnected:
+			// A beat in flight when the connection dropped gets no reply:
+			// stop waiting for it, and beat now.
+			reconnected = p.reconnected.wait()
+			if inFlight && !beatAgain {
+				close(abandonBeat)
+				beatAgain = true
+			} else if !inFlight {
+				nextBeat.Reset(0)
+			}
 		case a := <-acks:
 			inFlight = false
+			if beatAgain {
+				beatAgain = false
+				nextBeat.Reset(0)
+			}
 			switch {
 			case errors.Is(a.err, events.ErrBeatSuperseded):
 				p.logger.Info("a later attempt of the job beats: this one lost it", zap.String("job", held.ID), zap.Error(a.err))
@@ -989,7 +1014,8 @@ func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel c
 			rearmed = false
 			if !inFlight {
 				inFlight = true
-				go p.beat(ctx, held, after, acks)
+				abandonBeat = make(chan struct{})
+				go p.beat(ctx, held, after, abandonBeat, acks)
 			}
 			nextBeat.Reset(p.beatEvery())
 		}
@@ -1003,12 +1029,20 @@ type beatAck struct {
 }
 
 // beat records a heartbeat after the attempt's previous one, waiting for
-// its ack until the attempt is out of contact.
-func (p *Pool) beat(ctx context.Context, held statemachine.Job, after uint64, acks chan<- beatAck) {
+// its ack until the attempt is out of contact or abandon is closed (the
+// connection was made again).
+func (p *Pool) beat(ctx context.Context, held statemachine.Job, after uint64, abandon <-chan struct{}, acks chan<- beatAck) {
 	sent := time.Now()
 	bctx, cancel := context.WithTimeout(ctx, p.fenceAfter())
 	defer cancel()
-	seq, err := p.hb.RecordAfter(bctx, events.Beat{JobID: held.ID, Lease: held.Lease, WorkerID: p.cfg.WorkerID, At: sent.UTC()}, after)
+	go func() {
+		select {
+		case <-abandon:
+			cancel()
+		case <-bctx.Done():
+		}
+	}()
+	seq, err := p.recordBeat(bctx, events.Beat{JobID: held.ID, Lease: held.Lease, WorkerID: p.cfg.WorkerID, At: sent.UTC()}, after)
 	acks <- beatAck{sent: sent, seq: seq, err: err}
 }
 
@@ -1018,17 +1052,29 @@ func (p *Pool) setHangAfter(d time.Duration) {
 	}
 	p.logger.Info("following the server's hang-after", zap.Duration("hang_after", d),
 		zap.Duration("beat_every", p.beatEvery()), zap.Duration("stop_out_of_contact_after", p.fenceAfter()))
-	p.hangMu.Lock()
-	defer p.hangMu.Unlock()
-	close(p.hangChanged)
-	p.hangChanged = make(chan struct{})
+	p.hangChanged.notify()
 }
 
-// hangAfterChanges is closed when the hang-after next changes.
-func (p *Pool) hangAfterChanges() <-chan struct{} {
-	p.hangMu.Lock()
-	defer p.hangMu.Unlock()
-	return p.hangChanged
+// broadcast wakes every goroutine waiting on it at once, each time.
+type broadcast struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newBroadcast() *broadcast { return &broadcast{ch: make(chan struct{})} }
+
+// wait is closed at the next notify.
+func (b *broadcast) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ch
+}
+
+func (b *broadcast) notify() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	close(b.ch)
+	b.ch = make(chan struct{})
 }
 
 // HangAfter is the server's hang-after as the pool last read it (the

@@ -1174,7 +1174,7 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 
 // proxiedPool runs a pool whose every call to the server (its machine's too)
 // goes through a proxy the test can cut or stall.
-func (f *fixture) proxiedPool(cfg PoolConfig, h Handler) *natstest.Proxy {
+func (f *fixture) proxiedPool(cfg PoolConfig, h Handler, before ...func(*Pool)) *natstest.Proxy {
 	f.t.Helper()
 	ctx := context.Background()
 	proxy := natstest.NewProxy(f.t, f.env.URL)
@@ -1187,6 +1187,9 @@ func (f *fixture) proxiedPool(cfg PoolConfig, h Handler) *natstest.Proxy {
 	cfg.Logger = zaptestLogger(f.t)
 	p, err := NewPool(js, m, cfg, h)
 	require.NoError(f.t, err)
+	for _, b := range before {
+		b(p)
+	}
 	require.NoError(f.t, p.Start(ctx))
 	f.t.Cleanup(func() {
 		proxy.Restore()
@@ -1359,4 +1362,55 @@ func TestAHandlerWhoseJobALaterAttemptBeatsIsStopped(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the handler ran on after a later attempt beat")
 	}
+}
+
+// A beat whose reply was lost with the connection does not hold the next
+// beats back once the connection is made again: the attempt beats at once,
+// rather than waiting out the beat and being stopped as out of contact.
+func TestABeatLostWithTheConnectionDoesNotStopTheJob(t *testing.T) {
+	f := newFixture(t, true)
+	f.publishHangAfter(1200 * time.Millisecond)
+	hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	var loseNext atomic.Bool
+	lost := make(chan struct{}, 1)
+	started := make(chan *Job, 1)
+	causes := make(chan error, 1)
+	release := make(chan struct{})
+	proxy := f.proxiedPool(PoolConfig{Types: []string{"reconnects"}, CancelWatchDelay: time.Hour}, func(ctx context.Context, j *Job) error {
+		started <- j
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		causes <- context.Cause(ctx)
+		return nil
+	}, func(p *Pool) {
+		record := p.recordBeat
+		p.recordBeat = func(ctx context.Context, b events.Beat, after uint64) (uint64, error) {
+			if loseNext.CompareAndSwap(true, false) {
+				lost <- struct{}{}
+				<-ctx.Done() // its reply never comes
+				return 0, ctx.Err()
+			}
+			return record(ctx, b, after)
+		}
+	})
+	f.submit(statemachine.SubmitParams{Type: "reconnects"})
+	j := <-started
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_, ok, err := hb.Last(context.Background(), j.ID)
+		return err == nil && ok
+	}, "a beat of job %s", j.ID)
+	loseNext.Store(true)
+	<-lost
+	proxy.Cut()
+	proxy.Restore()
+	restored := time.Now()
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		b, ok, err := hb.Last(context.Background(), j.ID)
+		return err == nil && ok && b.At.After(restored)
+	}, "a beat of job %s after the connection came back", j.ID)
+	close(release)
+	require.NoError(t, <-causes, "stopped although in contact")
 }
