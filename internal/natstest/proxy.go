@@ -2,6 +2,7 @@ package natstest
 
 import (
 	"net"
+	"strings"
 	"sync"
 	"testing"
 
@@ -38,12 +39,7 @@ func NewProxy(t testing.TB, url string) *Proxy {
 }
 
 func hostPort(url string) string {
-	for _, scheme := range []string{"nats://", "tls://"} {
-		if len(url) > len(scheme) && url[:len(scheme)] == scheme {
-			return url[len(scheme):]
-		}
-	}
-	return url
+	return strings.TrimPrefix(strings.TrimPrefix(url, "nats://"), "tls://")
 }
 
 // Cut drops every connection and refuses new ones until Restore.
@@ -71,13 +67,17 @@ func (p *Proxy) Restore() {
 	p.resumed.Broadcast()
 }
 
+// close stops accepting, drops every connection and frees relays waiting
+// out a stall.
 func (p *Proxy) close() {
 	_ = p.ln.Close()
-	p.Cut()
-	p.Restore()
 	p.mu.Lock()
-	p.cut = true
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	p.cut, p.stalled = true, false
+	for c := range p.conns {
+		_ = c.Close()
+	}
+	p.resumed.Broadcast()
 }
 
 // waitUnstalled returns when bytes may pass.
