@@ -127,6 +127,9 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 			job = fresh
 			ev, err = decide(job, m.cfg.Now())
 		}
+		if errors.Is(err, errNoChange) {
+			return job, nil
+		}
 		if err != nil {
 			if conflicted {
 				return job, &ConflictError{JobID: jobID, Job: job, Cause: err}
@@ -266,7 +269,10 @@ func (m *Machine) SubmitMany(ctx context.Context, params []SubmitParams) []Submi
 }
 
 // Cancel cancels a job: a pending or scheduled job is canceled at once, a
-// running one moves to canceling until its worker acknowledges.
+// running one moves to canceling until its worker acknowledges. A job already
+// canceling or canceled is returned as it is, with no error and nothing
+// appended (its first cancel's reason stays); a succeeded or failed one gives
+// an *IllegalTransitionError.
 func (m *Machine) Cancel(ctx context.Context, jobID, reason string) (Job, error) {
 	return m.apply(ctx, jobID, nil, func(j Job, now time.Time) (events.Event, error) {
 		return decideCancel(j, reason, now)
