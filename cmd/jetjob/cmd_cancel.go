@@ -13,10 +13,11 @@ import (
 )
 
 func runCancel(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("cancel", "ID [--reason R] | --pending [--type T] [--tag k=v]... [--meta k=v]... [--meta-not k=v]... [--limit N] [--reason R] [--dry-run]", true)
+	fs := newFlags("cancel", "ID [--reason R] | --pending (--all | [--type T] [--tag k=v]... [--meta k=v]... [--meta-not k=v]...) [--limit N] [--reason R] [--dry-run]", true)
 	reason := fs.String("reason", "", "why the job is canceled")
 	pending := fs.Bool("pending", false, "cancel every pending or scheduled job that matches the filters")
 	dryRun := fs.Bool("dry-run", false, "with --pending: list what would be canceled, change nothing")
+	all := fs.Bool("all", false, "with --pending and no --type, --tag, --meta or --meta-not: cancel every pending job")
 	filter := filterFlags(fs, false, 0)
 	pos, err := fs.parse(args)
 	if err != nil {
@@ -26,15 +27,30 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 		return usageErr("--reason %q has a control character or is not UTF-8, expected one line of text", *reason)
 	}
 	var filters []string
+	selects := false
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "type", "tag", "meta", "meta-not", "limit":
+		case "type", "tag", "meta", "meta-not":
+			selects = true
+			fallthrough
+		case "limit":
 			filters = append(filters, "--"+f.Name)
 		}
 	})
+	if *all && !*pending {
+		return usageErr("--all needs --pending")
+	}
 	if *pending {
 		if len(pos) > 0 {
 			return usageErr("--pending cancels by filter; do not give a job ID")
+		}
+		// A forgotten filter must not cancel the whole queue (kubectl's
+		// delete asks for --all the same way); a dry run changes nothing.
+		switch {
+		case *all && selects:
+			return usageErr("--all cancels every pending job; give it without --type, --tag, --meta and --meta-not, or drop it")
+		case !*all && !selects && !*dryRun:
+			return usageErr("--pending with no --type, --tag, --meta or --meta-not would cancel every pending job; add --all to do that, or a filter")
 		}
 		f, err := filter()
 		if err != nil {

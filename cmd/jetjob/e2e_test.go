@@ -184,6 +184,62 @@ func TestCancelOfAFinishedJobIsRefused(t *testing.T) {
 	require.Len(t, history(t, s, id), 3, "nothing appended")
 }
 
+// TestBulkCancelByFilter (seed 001): cancel --pending cancels the pending
+// and scheduled jobs its filters select, asks for --all before it cancels
+// every one, and a dry run changes nothing.
+func TestBulkCancelByFilter(t *testing.T) {
+	s := startServerProc(t)
+	var v1, v2 []string
+	for i := 0; i < 3; i++ {
+		v1 = append(v1, s.jetjob("submit", "--type", "build", "--meta", "template_version=v1").ok(t))
+	}
+	v1 = append(v1, s.jetjob("submit", "--type", "build", "--meta", "template_version=v1", "--delay", "1h").ok(t))
+	for i := 0; i < 2; i++ {
+		v2 = append(v2, s.jetjob("submit", "--type", "build", "--meta", "template_version=v2").ok(t))
+	}
+	for _, id := range append(append([]string{}, v1...), v2...) {
+		waitView(t, s, id, func(v projector.View) bool { return v.Version > 0 }, "projected")
+	}
+	pendingCount := func() int {
+		var views []projector.View
+		require.NoError(t, json.Unmarshal([]byte(s.jetjob("ls", "--state", "pending", "--state", "scheduled", "-o", "json").ok(t)), &views))
+		return len(views)
+	}
+
+	r := s.jetjob("cancel", "--pending")
+	require.Equal(t, 2, r.code)
+	require.Contains(t, r.stderr, "add --all")
+	require.Equal(t, 6, pendingCount(), "nothing canceled")
+
+	var res struct {
+		Canceled []string `json:"canceled"`
+		DryRun   bool     `json:"dry_run"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(s.jetjob("cancel", "--pending", "--dry-run", "-o", "json").ok(t)), &res))
+	require.True(t, res.DryRun)
+	require.ElementsMatch(t, append(append([]string{}, v1...), v2...), res.Canceled)
+	require.Equal(t, 6, pendingCount(), "a dry run changes nothing")
+
+	out := s.jetjob("cancel", "--pending", "--meta-not", "template_version=v2", "--reason", "outdated").ok(t)
+	for _, id := range v1 {
+		require.Contains(t, out, "canceled "+id)
+	}
+	require.Contains(t, out, "4 canceled, 0 skipped")
+	for _, id := range v2 {
+		require.NotContains(t, out, id)
+	}
+	waitView(t, s, v1[3], func(v projector.View) bool { return v.State == "canceled" && v.CancelReason == "outdated" }, "the scheduled v1 job canceled")
+
+	var all struct {
+		Canceled []string `json:"canceled"`
+		DryRun   *bool    `json:"dry_run"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(s.jetjob("cancel", "--pending", "--all", "-o", "json").ok(t)), &all))
+	require.Nil(t, all.DryRun)
+	require.ElementsMatch(t, v2, all.Canceled)
+	natstest.Eventually(t, 5*time.Second, func() bool { return pendingCount() == 0 }, "no pending job left")
+}
+
 func TestCanceledJobViewAndHistoryAgree(t *testing.T) {
 	s := startServerProc(t)
 	id := s.jetjob("submit", "--type", "build", "--tag", "region=eu", "--meta", "template_version=v1").ok(t)
@@ -333,6 +389,8 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"server", "--retain", "0s"}, 2, "--retain 0s, expected a duration above 0"},
 		{[]string{"ls", "--type", "a.b"}, 2, `--type "a.b", expected`},
 		{[]string{"cancel", "--pending", "--tag", "a*=1"}, 2, `--tag key "a*", expected`},
+		{[]string{"cancel", "--all"}, 2, "--all needs --pending"},
+		{[]string{"cancel", "--pending", "--all", "--type", "t"}, 2, "give it without --type"},
 		{[]string{"ls", "-o", ""}, 2, `-o "", expected text or json`},
 		{[]string{"cancel", "01a20000-0000-7000-8000-000000000000", "--reason", "two\nlines"}, 2, "expected one line of text"},
 		{[]string{"worker", "--type", "t", "--id", "two\nlines", "--", "true"}, 2, "expected 1-128 bytes of one-line UTF-8 text"},
