@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/maintenance"
@@ -45,8 +48,9 @@ func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason str
 }
 
 func runLogs(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("logs", "ID [-f]", true)
+	fs := newFlags("logs", "ID [-f] [--raw]", true)
 	follow := fs.Bool("f", false, "follow until the job ends")
+	raw := fs.Bool("raw", false, "print control characters (terminal escapes) as the command wrote them")
 	return jobCommand(ctx, fs, args, func(c *client, id string) error {
 		if _, err := c.m.Load(ctx, id); err != nil {
 			return err
@@ -68,7 +72,11 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 				_ = writeJSONLine(out, l)
 				return
 			}
-			fmt.Fprintf(out, "%s [%d %s] %s\n", l.Time.Local().Format("15:04:05.000"), l.Attempt, l.Stream, l.Line)
+			line := l.Line
+			if !*raw {
+				line = escapeControls(line)
+			}
+			fmt.Fprintf(out, "%s [%d %s] %s\n", l.Time.Local().Format("15:04:05.000"), l.Attempt, l.Stream, line)
 		}
 		if !*follow {
 			lines, err := logs.Read(ctx, id)
@@ -193,3 +201,25 @@ func runAdmin(ctx context.Context, args []string, out io.Writer) error {
 		stats.Jobs, stats.Events, time.Since(start).Round(time.Millisecond), stats.EventsPerSec)
 	return err
 }
+
+// escapeControls writes a job's output line with its control characters
+// (but tab) as Go escapes: a command's output is not the operator's, and an
+// escape sequence in it could move the cursor, retitle the terminal or hide
+// the lines around it. Lines are stored as valid UTF-8.
+func escapeControls(line string) string {
+	if !strings.ContainsFunc(line, isEscaped) {
+		return line
+	}
+	var b strings.Builder
+	for _, r := range line {
+		if !isEscaped(r) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRune(r) // '\x1b', '\r', '\u0085'
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
+}
+
+func isEscaped(r rune) bool { return r != '\t' && unicode.IsControl(r) }

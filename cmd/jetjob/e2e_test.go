@@ -430,15 +430,17 @@ func waitView(t *testing.T, s *serverProc, id string, cond func(projector.View) 
 
 func TestCommandWorkerFailsWithExitStatusAndKeepsLogs(t *testing.T) {
 	s := startServerProc(t)
-	startWorker(t, s, "--type", "sh", "--", "sh", "-c", `echo "out $JETJOB_ATTEMPT"; cat; echo; echo err >&2; exit 1`)
+	startWorker(t, s, "--type", "sh", "--", "sh", "-c", `echo "out $JETJOB_ATTEMPT"; cat; echo; echo err >&2; printf '\033[31mred\033[0m\n'; exit 1`)
 	id := s.jetjob("submit", "--type", "sh", "--max-attempts", "1", "--payload", `{"n":7}`).ok(t)
 	v := waitView(t, s, id, func(v projector.View) bool { return v.State == "failed" }, "failed")
 	require.Equal(t, "exit status 1", v.Error)
 	var logs string
 	natstest.Eventually(t, 5*time.Second, func() bool {
 		logs = s.jetjob("logs", id).stdout
-		return strings.Contains(logs, "out 1") && strings.Contains(logs, `{"n":7}`) && strings.Contains(logs, "err")
+		return strings.Contains(logs, "out 1") && strings.Contains(logs, `{"n":7}`) && strings.Contains(logs, "err") && strings.Contains(logs, "red")
 	}, "log lines: %s", logs)
+	require.Contains(t, logs, `] \x1b[31mred\x1b[0m`+"\n", "a terminal escape is shown, not obeyed")
+	require.Contains(t, s.jetjob("logs", id, "--raw").stdout, "] \x1b[31mred\x1b[0m\n")
 }
 
 func TestCanceledCommandGetsSIGTERM(t *testing.T) {

@@ -57,3 +57,16 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		require.Equal(t, 1, strings.Count(stderr.String(), "\n"), "one line")
 	}
 }
+
+func TestLogLinesShowControlCharactersEscaped(t *testing.T) {
+	for _, tc := range []struct{ line, want string }{
+		{"plain text, tabs\tkept", "plain text, tabs\tkept"},
+		{"\x1b[31mred\x1b[0m", `\x1b[31mred\x1b[0m`},
+		{"50%\r100%", `50%\r100%`},
+		{"bell\a, NUL\x00, DEL\x7f", `bell\a, NUL\x00, DEL\x7f`},
+		{"C1 \u009b31m and ünïcode ✓", `C1 \u009b31m and ünïcode ✓`},
+		{"", ""},
+	} {
+		require.Equal(t, tc.want, escapeControls(tc.line), "%q", tc.line)
+	}
+}
