@@ -74,3 +74,48 @@ func TestLeftoversOfARetriedJobAreForgotten(t *testing.T) {
 	require.Zero(t, f.timersOf(j.ID))
 	f.waitQueued(0)
 }
+
+// TestRemoveQueuesRemovesOnlyTheMatchingTypes: the removed type's consumers,
+// messages and registrations are gone; another type's queues are untouched
+// and still run their jobs.
+func TestRemoveQueuesRemovesOnlyTheMatchingTypes(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	for _, tags := range []map[string]string{nil, {"os": "linux"}, {"os": "mac"}} {
+		f.submit(statemachine.SubmitParams{Type: "gone", Tags: tags})
+		f.submit(statemachine.SubmitParams{Type: "gone", Tags: tags, Priority: 5})
+	}
+	kept := f.submit(statemachine.SubmitParams{Type: "kept", Tags: map[string]string{"os": "linux"}})
+	f.waitQueued(7)
+
+	removed, err := RemoveQueues(ctx, f.env.JS, func(jobType string) bool { return jobType == "gone" })
+	require.NoError(t, err)
+	require.Equal(t, 6, removed)
+	f.waitQueued(1)
+
+	kv, err := f.env.JS.KeyValue(ctx, TagsetsBucket)
+	require.NoError(t, err)
+	names, err := kv.ListKeys(ctx)
+	require.NoError(t, err)
+	var left []string
+	for name := range names.Keys() {
+		left = append(left, name)
+	}
+	require.Equal(t, []string{"kept." + TagsetID(map[string]string{"os": "linux"}) + ".0"}, left)
+	consumers := 0
+	for _, stream := range QueueStreams() {
+		st, err := f.env.JS.Stream(ctx, stream)
+		require.NoError(t, err)
+		for name := range st.ConsumerNames(ctx).Name() {
+			require.NotContains(t, name, "gone", "a removed queue's consumer")
+			consumers++
+		}
+	}
+	require.Equal(t, 1, consumers)
+
+	f.pool(PoolConfig{Types: []string{"kept"}, Tags: map[string]string{"os": "linux"}}, noop)
+	f.waitState(kept.ID, statemachine.StateSucceeded)
+	again, err := RemoveQueues(ctx, f.env.JS, func(jobType string) bool { return jobType == "gone" })
+	require.NoError(t, err)
+	require.Zero(t, again, "removing twice is harmless")
+}

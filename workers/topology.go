@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -222,4 +223,66 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream) error {
 	}
 	_, err := provision.KeyValue(ctx, js, provision.KeyValueConfig{Bucket: TagsetsBucket, AsyncPersist: true})
 	return err
+}
+
+// RemoveQueues removes every queue of the job types that match: each
+// (type, tag set, priority) queue's consumer, the messages still in it and
+// its registration in jj_tagsets, and returns how many it removed. It is
+// for types that no job will have again, such as a benchmark's own on a
+// shared NATS: an enqueuer that registered a queue remembers it, and would
+// publish a later job of that type to a queue nobody consumes until it
+// restarts.
+func RemoveQueues(ctx context.Context, js jetstream.JetStream, match func(jobType string) bool) (int, error) {
+	kv, err := js.KeyValue(ctx, TagsetsBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("remove queues: %w", err)
+	}
+	names, err := kv.ListKeys(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("remove queues: list %s: %w", TagsetsBucket, err)
+	}
+	var keys []queueKey
+	for name := range names.Keys() {
+		// A queue's name starts with its type, which has no dot.
+		if t, _, _ := strings.Cut(name, "."); !match(t) {
+			continue
+		}
+		e, err := kv.Get(ctx, name)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("remove queues: read %s: %w", name, err)
+		}
+		var key queueKey
+		if err := json.Unmarshal(e.Value(), &key); err != nil || key.name() != name {
+			continue // not a registration this version wrote
+		}
+		keys = append(keys, key)
+	}
+	for i, key := range keys {
+		if err := js.DeleteConsumer(ctx, key.stream(), key.consumer()); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return i, fmt.Errorf("remove queue %s: %w", key.name(), err)
+		}
+		st, err := js.Stream(ctx, key.stream())
+		if err != nil {
+			return i, fmt.Errorf("remove queue %s: %w", key.name(), err)
+		}
+		if err := st.Purge(ctx, jetstream.WithPurgeSubject(key.filter())); err != nil {
+			return i, fmt.Errorf("remove queue %s: purge: %w", key.name(), err)
+		}
+		if err := kv.Purge(ctx, key.name()); err != nil {
+			return i, fmt.Errorf("remove queue %s: unregister: %w", key.name(), err)
+		}
+	}
+	if len(keys) > 0 {
+		// The purges leave a marker per key; nothing reads them.
+		if err := kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(-1)); err != nil {
+			return len(keys), fmt.Errorf("remove queues: drop the markers: %w", err)
+		}
+	}
+	return len(keys), nil
 }

@@ -22,7 +22,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("bench", "[--server URL] [--n JOBS] [--scenario NAME]... [--fsync always|interval]... [-o json] [--smoke] [--huge]", false)
 	natsURL := fs.String("server", "", "measure on this NATS server instead of fresh embedded ones")
 	output := fs.String("o", "text", "output format: text (a line per figure and a table) or json (an object per figure)")
-	n := fs.Int("n", bench.JobsDefault, "jobs per e2e run")
+	n := fs.Int("n", bench.JobsDefault, "jobs per e2e run; the ceiling sends n/4 messages per figure (at least 1,000), the tags scenario runs n/2 jobs")
 	producers := fs.Int("producers", bench.ProducersDefault, "producers submitting one at a time")
 	workers := fs.Int("workers", bench.WorkersDefault, "concurrent no-op handlers")
 	rate := fs.Int("rate", bench.RateDefault, "submit rate of the latency scenario, jobs/s")
@@ -58,8 +58,23 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 			return usageErr("--fsync %q, expected %s or %s", f, natsserver.FsyncAlways, natsserver.FsyncInterval)
 		}
 	}
+	var distinct strs
+	for _, f := range fsyncs {
+		if !slices.Contains(distinct, f) {
+			distinct = append(distinct, f)
+		}
+	}
+	fsyncs = distinct
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["server"] {
+		if err := checkServerURL(*natsURL); err != nil {
+			return err
+		}
+		if len(fsyncs) > 0 {
+			return usageErr("--fsync sets the embedded servers' durability; with --server the NATS server's own sync_interval decides: drop --fsync")
+		}
+	}
 	for name, v := range map[string]int{"n": *n, "producers": *producers, "workers": *workers, "rate": *rate} {
 		if v <= 0 {
 			return usageErr("--%s %d, expected a positive number", name, v)
@@ -101,5 +116,9 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		defer pprof.StopCPUProfile()
 	}
 	_, err = bench.Run(ctx, cfg, out)
+	if err != nil && ctx.Err() != nil {
+		// What was in flight when it stopped is the bench's own, and gone.
+		return errors.New("interrupted; the figures printed above were measured before it")
+	}
 	return err
 }

@@ -209,7 +209,10 @@ func plainFlagError(err error) error {
 		return err
 	}
 	name = strings.TrimSuffix(name, ":")
-	if strings.HasSuffix(err.Error(), "parse error") || strings.HasSuffix(err.Error(), "value out of range") {
+	if strings.HasSuffix(err.Error(), "value out of range") {
+		return fmt.Errorf("--%s %q is out of range, expected a smaller whole number", name, value)
+	}
+	if strings.HasSuffix(err.Error(), "parse error") {
 		return fmt.Errorf("--%s %q, expected a whole number", name, value)
 	}
 	return fmt.Errorf("--%s %q: %s", name, value, err.Error()[strings.LastIndex(err.Error(), ": ")+2:])

@@ -47,6 +47,7 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 	}{
 		{[]string{"submit", "--type", "a", "--priority", "abc"}, `--priority "abc", expected a whole number`},
 		{[]string{"ls", "--limit", "1e99"}, `--limit "1e99", expected a whole number`},
+		{[]string{"ls", "--limit", "99999999999999999999"}, `--limit "99999999999999999999" is out of range, expected a smaller whole number`},
 		{[]string{"submit", "--type", "a", "--delay", "-5s"}, `--delay "-5s" is negative`},
 		{[]string{"server", "--hang-after", "0s"}, `--hang-after 0s, expected a duration above 0`},
 	} {

@@ -6,6 +6,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -27,6 +28,7 @@ import (
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/server"
+	"github.com/jetjob/jetjob/workers"
 )
 
 // Scenario names.
@@ -190,8 +192,10 @@ type Figure struct {
 	Note          string
 }
 
-// Gap is how far the figure is from its target, in percent of the target:
-// negative when the target is missed.
+// Gap is how far the figure is from its target, in percent: value over
+// target less one when higher is better, target over value less one when
+// lower is (so that a figure twice the target is +100% either way).
+// Negative when the target is missed.
 func (f Figure) Gap() (float64, bool) {
 	if f.Target == 0 || f.Value == 0 && !f.Higher {
 		return 0, false
@@ -243,7 +247,14 @@ func (f Figure) MarshalJSON() ([]byte, error) {
 		r := round(ratio)
 		o.CeilingMetric, o.Ratio = f.CeilingMetric, &r
 	}
-	return json.Marshal(o)
+	// Plain ">=", not "\u003e=": this is read by scripts, not pasted in HTML.
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(o); err != nil {
+		return nil, err
+	}
+	return bytes.TrimRight(b.Bytes(), "\n"), nil
 }
 
 func round(v float64) float64 {
@@ -265,6 +276,8 @@ type Runner struct {
 	figures []Figure
 	// ceiling holds the ceiling figures by fsync and metric.
 	ceiling map[string]float64
+	// parts is the largest RSS figure the running scenario reported itself.
+	parts float64
 }
 
 // Run runs the configured scenarios, each on fresh servers, printing each
@@ -278,7 +291,14 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 		if err := ctx.Err(); err != nil {
 			return r.figures, err
 		}
+		if s == ScenarioMemory && cfg.NATSURL != "" {
+			// It would leave its backlog pending on that server, and this
+			// process's memory does not include that server's.
+			r.progress("memory: skipped on an external server; it measures the embedded server holding the backlog")
+			continue
+		}
 		resetPeakRSS()
+		r.parts = 0
 		var err error
 		switch s {
 		case ScenarioCeiling:
@@ -305,7 +325,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 		if cfg.NATSURL != "" {
 			note = "this process: projector, enqueuer, clients and workers; not the external server"
 		}
-		r.add(Figure{Scenario: s, Metric: "peak_rss_mib", Value: peakRSS(), Unit: "MiB", Note: note})
+		// The kernel's peak can lag a part's own reading by a page or two.
+		r.add(Figure{Scenario: s, Metric: "peak_rss_mib", Value: max(peakRSS(), r.parts), Unit: "MiB", Note: note})
 	}
 	if !cfg.JSON {
 		r.table()
@@ -315,6 +336,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 
 // jobType is this run's job type for a scenario's jobs.
 func (r *Runner) jobType(scenario string) string { return "bench_" + scenario + "_" + r.run }
+
+// isJobType says whether a job type is one of this run's.
+func (r *Runner) isJobType(t string) bool {
+	return strings.HasPrefix(t, "bench_") && strings.HasSuffix(t, "_"+r.run)
+}
 
 func (r *Runner) progress(format string, args ...any) {
 	if r.cfg.Progress != nil {
@@ -328,9 +354,13 @@ func (r *Runner) add(f Figure) {
 		f.Ceiling = r.ceiling[f.Fsync+"/"+f.CeilingMetric]
 	}
 	r.figures = append(r.figures, f)
+	if f.Unit == "MiB" {
+		r.parts = max(r.parts, f.Value)
+	}
 	if r.cfg.JSON {
-		b, _ := json.Marshal(f)
-		fmt.Fprintf(r.out, "%s\n", b)
+		enc := json.NewEncoder(r.out)
+		enc.SetEscapeHTML(false)
+		_ = enc.Encode(f)
 		return
 	}
 	var b strings.Builder
@@ -340,7 +370,7 @@ func (r *Runner) add(f Figure) {
 	}
 	fmt.Fprintf(&b, " metric=%s value=%s", f.Metric, num(f.Value))
 	if gap, ok := f.Gap(); ok {
-		fmt.Fprintf(&b, " target%s%s gap=%+.0f%%", f.targetOp(), num(f.Target), gap)
+		fmt.Fprintf(&b, " target=%s target_op=%s gap=%+.0f%%", num(f.Target), f.targetOp(), gap)
 	}
 	if ratio, ok := f.Ratio(); ok {
 		fmt.Fprintf(&b, " ceiling=%s ratio_to_ceiling=%.2f", f.CeilingMetric, ratio)
@@ -375,6 +405,28 @@ func (r *Runner) table() {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Scenario, f.Fsync, f.Metric, num(f.Value), f.Unit, target, gap, ratio)
 	}
 	_ = tw.Flush()
+	// What each figure measured, once per run of rows that share it.
+	fmt.Fprintln(r.out, "\nNOTES")
+	for i := 0; i < len(r.figures); {
+		f, metrics := r.figures[i], []string{r.figures[i].Metric}
+		j := i + 1
+		for ; j < len(r.figures); j++ {
+			g := r.figures[j]
+			if g.Scenario != f.Scenario || g.Fsync != f.Fsync || g.Note != f.Note {
+				break
+			}
+			metrics = append(metrics, g.Metric)
+		}
+		i = j
+		if f.Note == "" {
+			continue
+		}
+		fsync := ""
+		if f.Fsync != "" {
+			fsync = " " + f.Fsync
+		}
+		fmt.Fprintf(r.out, "%s%s %s: %s\n", f.Scenario, fsync, strings.Join(metrics, ", "), f.Note)
+	}
 }
 
 // withServer runs fn against a fresh jetjob server with the given fsync
@@ -403,7 +455,26 @@ func (r *Runner) withServer(ctx context.Context, fsync string, opts server.Optio
 		return fmt.Errorf("start server: %w", err)
 	}
 	defer s.Stop()
-	return fn(s)
+	err = fn(s)
+	if r.cfg.NATSURL != "" {
+		r.removeQueues(ctx, s)
+	}
+	return err
+}
+
+// removeQueues removes this run's queues from the external server: their
+// consumers, the messages of jobs canceled while pending, and their tag set
+// registrations, which would otherwise stay for good. Its jobs stay in the
+// log and the views until purged.
+func (r *Runner) removeQueues(ctx context.Context, s *server.Server) {
+	// Also after an interrupt; and only once the enqueuer has caught up,
+	// since it would make a queue again for a late job.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_ = waitProjected(ctx, s, 20*time.Second)
+	if _, err := workers.RemoveQueues(ctx, s.JS, r.isJobType); err != nil {
+		r.progress("could not remove this run's queues from the server: %v", err)
+	}
 }
 
 // percentiles of durations, in milliseconds (nearest rank).

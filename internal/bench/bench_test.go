@@ -41,9 +41,11 @@ func TestSmokeRunsEveryScenario(t *testing.T) {
 	}
 	text := out.String()
 	require.Contains(t, text, "bench scenario=e2e fsync=interval metric=jobs_per_s_batch value=")
-	require.Contains(t, text, "target>=18000 gap=")
+	require.Contains(t, text, "target=18000 target_op=>= gap=")
 	require.Contains(t, text, "ceiling=appends_batched ratio_to_ceiling=")
 	require.Contains(t, text, "SCENARIO")
+	require.Contains(t, text, "NOTES\n")
+	require.Regexp(t, `latency interval start_p50_ms, start_p90_ms, [^\n]*: \d+ jobs at`, text, "rows sharing a note name it once")
 }
 
 func TestJSONFigures(t *testing.T) {
@@ -52,6 +54,7 @@ func TestJSONFigures(t *testing.T) {
 	r.add(Figure{Scenario: ScenarioE2E, Fsync: "always", Metric: "jobs_per_s_batch", Value: 7_000, Unit: "jobs/s",
 		Target: 14_000, Higher: true, CeilingMetric: CeilingBatched})
 	r.add(Figure{Scenario: ScenarioLatency, Fsync: "always", Metric: "start_p99_ms", Value: 2, Unit: "ms", Target: 4})
+	require.Contains(t, out.String(), `"target_op":">="`, "not HTML-escaped")
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	require.Len(t, lines, 2)
 	var e2e, lat map[string]any
@@ -68,7 +71,7 @@ func TestTextFigure(t *testing.T) {
 	var out bytes.Buffer
 	r := &Runner{out: &out, ceiling: map[string]float64{}}
 	r.add(Figure{Scenario: ScenarioE2E, Fsync: "always", Metric: "jobs_per_s_one_at_a_time", Value: 2_310, Target: 3_000, Higher: true})
-	require.Equal(t, "bench scenario=e2e fsync=always metric=jobs_per_s_one_at_a_time value=2310 target>=3000 gap=-23%\n", out.String())
+	require.Equal(t, "bench scenario=e2e fsync=always metric=jobs_per_s_one_at_a_time value=2310 target=3000 target_op=>= gap=-23%\n", out.String())
 }
 
 func TestPercentiles(t *testing.T) {

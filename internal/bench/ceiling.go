@@ -222,6 +222,23 @@ func (r *Runner) ceilingFetchAck(ctx context.Context, js jetstream.JetStream, fs
 		}
 		got += fetched
 	}
-	r.addCeiling(fsync, metric, float64(n)/time.Since(start).Seconds(), "fetches of 100")
+	// Acks are sent without waiting for a reply: the clock stops once the
+	// server has processed them all, which a work queue shows by removing
+	// every acknowledged message.
+	deadline := time.Now().Add(r.cfg.Stall)
+	for {
+		info, err := st.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("work-queue stream: %w", err)
+		}
+		if info.State.Msgs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d acks not processed after %s", info.State.Msgs, n, r.cfg.Stall)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r.addCeiling(fsync, metric, float64(n)/time.Since(start).Seconds(), "fetches of 100, until the server processed every ack")
 	return nil
 }
