@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -101,10 +102,8 @@ func ValidateLabels(what string, m map[string]string) error {
 		if !utf8.ValidString(v) {
 			return fmt.Errorf("%w: %s %s value is not valid UTF-8, expected UTF-8 text", ErrInvalid, what, k)
 		}
-		for _, r := range v {
-			if r < 0x20 || r == 0x7f {
-				return fmt.Errorf("%w: %s %s value has a control character", ErrInvalid, what, k)
-			}
+		if strings.ContainsFunc(v, unicode.IsControl) {
+			return fmt.Errorf("%w: %s %s value has a control character, expected one line of text", ErrInvalid, what, k)
 		}
 		if what == "tag" && strings.ContainsRune(v, ',') {
 			return fmt.Errorf("%w: tag %s value %q has a ',', expected one k=v per tag (repeat --tag for more)", ErrInvalid, k, v)
@@ -162,6 +161,9 @@ func (p *SubmitParams) validate(maxPayload int, backoff BackoffConfig) error {
 	}
 	if !utf8.ValidString(p.Key) {
 		return fmt.Errorf("%w: idempotency key is not valid UTF-8, expected UTF-8 text", ErrInvalid)
+	}
+	if strings.ContainsFunc(p.Key, unicode.IsControl) {
+		return fmt.Errorf("%w: idempotency key %q has a control character, expected one line of text", ErrInvalid, p.Key)
 	}
 	return nil
 }

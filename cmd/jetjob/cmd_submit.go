@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
@@ -50,6 +51,9 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 			perJob = append(perJob, "--"+f.Name)
 		}
 	})
+	if set["file"] && *file == "" {
+		return usageErr("--file is empty, expected a file name ('-' for stdin)")
+	}
 	var params []statemachine.SubmitParams
 	// lines[i] is the file line of params[i], for errors.
 	var lines []int
@@ -72,15 +76,15 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		case *payload != "" && *payloadFile != "":
 			return usageErr("give --payload or --payload-file, not both")
 		case *payload != "":
-			if !json.Valid([]byte(*payload)) {
-				return usageErr("--payload is not valid JSON")
+			if !json.Valid([]byte(*payload)) || !utf8.ValidString(*payload) {
+				return usageErr("--payload is not valid JSON (UTF-8 text)")
 			}
 			p.Payload = []byte(*payload)
 		case *payloadFile != "":
 			if p.Payload, err = readPayloadFile(ctx, *payloadFile); err != nil {
 				return err
 			}
-			if !json.Valid(p.Payload) {
+			if !json.Valid(p.Payload) || !utf8.Valid(p.Payload) {
 				return usageErr("--payload-file %s does not hold valid JSON", *payloadFile)
 			}
 		}
@@ -362,6 +366,11 @@ func scanJobsFile(name string, validate func(*statemachine.SubmitParams) error) 
 // parseJobLine reads one line of a --file, saying in plain words what is
 // wrong with a bad one.
 func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
+	if !utf8.Valid(line) {
+		// encoding/json would store U+FFFD in its place: two different
+		// keys would name one job.
+		return statemachine.SubmitParams{}, errors.New("not valid UTF-8, expected UTF-8 text")
+	}
 	var jl jobLine
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
@@ -395,8 +404,11 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 		p.RunAt = &t
 	case jl.Delay != "":
 		d, err := time.ParseDuration(jl.Delay)
-		if err != nil || d < 0 {
+		if err != nil {
 			return p, fmt.Errorf("delay %q, expected a duration such as 30s or 5m", jl.Delay)
+		}
+		if d < 0 {
+			return p, fmt.Errorf("delay %q is negative, expected a duration of 0 or more such as 30s or 5m", jl.Delay)
 		}
 		t := time.Now().Add(d)
 		p.RunAt = &t
@@ -409,8 +421,8 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 			continue
 		}
 		d, err := time.ParseDuration(b.v)
-		if err != nil || d <= 0 {
-			return p, fmt.Errorf("%s %q, expected a duration such as 1s or 10m", b.field, b.v)
+		if err != nil || d < 0 {
+			return p, fmt.Errorf("%s %q, expected a duration such as 1s or 10m (0 for the default)", b.field, b.v)
 		}
 		*b.to = d
 	}

@@ -106,6 +106,28 @@ type strs []string
 func (s *strs) String() string     { return strings.Join(*s, ",") }
 func (s *strs) Set(v string) error { *s = append(*s, v); return nil }
 
+// once refuses a second value for a flag that holds one: the flag package
+// would keep the last, and a --key or --file given twice is more likely a
+// mistake than a change of mind.
+type once struct {
+	flag.Value
+	set bool
+}
+
+func (o *once) Set(v string) error {
+	if o.set {
+		return errors.New("given twice, expected it once")
+	}
+	o.set = true
+	return o.Value.Set(v)
+}
+
+// IsBoolFlag keeps a bool flag usable without a value.
+func (o *once) IsBoolFlag() bool {
+	b, ok := o.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
 // flagSet builds a command's flags with the common client flags.
 type flagSet struct {
 	*flag.FlagSet
@@ -151,6 +173,13 @@ func (fs *flagSet) parse(args []string) ([]string, error) {
 			break
 		}
 	}
+	fs.VisitAll(func(f *flag.Flag) {
+		switch f.Value.(type) {
+		case *strs, labels, *once:
+		default:
+			f.Value = &once{Value: f.Value}
+		}
+	})
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -205,15 +234,27 @@ func parseDurationFlag(name, v string) (time.Duration, error) {
 // as what was expected.
 func plainFlagError(err error) error {
 	var name, value string
+	if _, scanErr := fmt.Sscanf(err.Error(), "invalid boolean flag %s", &name); scanErr == nil {
+		// A bool flag's own error, e.g. given twice.
+		return fmt.Errorf("%s: %s", flagName(strings.TrimSuffix(name, ":")), err.Error()[strings.LastIndex(err.Error(), ": ")+2:])
+	}
 	if _, scanErr := fmt.Sscanf(err.Error(), "invalid value %q for flag -%s", &value, &name); scanErr != nil {
 		return err
 	}
-	name = strings.TrimSuffix(name, ":")
+	name = flagName(strings.TrimSuffix(name, ":"))
 	if strings.HasSuffix(err.Error(), "value out of range") {
-		return fmt.Errorf("--%s %q is out of range, expected a smaller whole number", name, value)
+		return fmt.Errorf("%s %q is out of range, expected a smaller whole number", name, value)
 	}
 	if strings.HasSuffix(err.Error(), "parse error") {
-		return fmt.Errorf("--%s %q, expected a whole number", name, value)
+		return fmt.Errorf("%s %q, expected a whole number", name, value)
 	}
-	return fmt.Errorf("--%s %q: %s", name, value, err.Error()[strings.LastIndex(err.Error(), ": ")+2:])
+	return fmt.Errorf("%s %q: %s", name, value, err.Error()[strings.LastIndex(err.Error(), ": ")+2:])
+}
+
+// flagName writes a flag as the usage lines do: -o, --server.
+func flagName(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
 }

@@ -50,6 +50,14 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"ls", "--limit", "99999999999999999999"}, `--limit "99999999999999999999" is out of range, expected a smaller whole number`},
 		{[]string{"submit", "--type", "a", "--delay", "-5s"}, `--delay "-5s" is negative`},
 		{[]string{"server", "--hang-after", "0s"}, `--hang-after 0s, expected a duration above 0`},
+		{[]string{"submit", "--type", "a", "--key", "one\ntwo"}, `idempotency key "one\ntwo" has a control character, expected one line of text`},
+		{[]string{"submit", "--type", "a", "--tag", "os=\x1b[31m"}, `tag os value has a control character, expected one line of text`},
+		{[]string{"submit", "--type", "a", "--type", "b"}, `--type "b": given twice, expected it once`},
+		{[]string{"submit", "--file", "a.ndjson", "--file", "b.ndjson"}, `--file "b.ndjson": given twice, expected it once`},
+		{[]string{"ls", "-o", "json", "-o", "text"}, `-o "text": given twice, expected it once`},
+		{[]string{"cancel", "--pending", "--dry-run", "--dry-run"}, `--dry-run: given twice, expected it once`},
+		{[]string{"submit", "--file", ""}, `--file is empty, expected a file name`},
+		{[]string{"submit", "--type", "a", "--payload", "\"\xff\""}, `--payload is not valid JSON (UTF-8 text)`},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(tc.args, &stdout, &stderr)
