@@ -60,10 +60,13 @@ func dial(ctx context.Context, url string) (*client, error) {
 
 // checkServerURL refuses a --server that is no NATS URL before connecting,
 // so that bad input is told apart from a server that does not answer.
-func checkServerURL(servers string) error {
+func checkServerURL(servers string) error { return checkNATSURL("--server", servers) }
+
+// checkNATSURL checks the NATS URL a flag gives.
+func checkNATSURL(flag, servers string) error {
 	const expected = "expected a NATS URL such as nats://127.0.0.1:4222 (several: comma-separated)"
 	if strings.TrimSpace(servers) == "" {
-		return usageErr("--server is empty, %s", expected)
+		return usageErr("%s is empty, %s", flag, expected)
 	}
 	for _, s := range strings.Split(servers, ",") {
 		s = strings.TrimSpace(s)
@@ -72,16 +75,16 @@ func checkServerURL(servers string) error {
 		}
 		u, err := url.Parse(s)
 		if err != nil || u.Hostname() == "" {
-			return usageErr("--server %q is not a URL, %s", server.RedactURL(servers), expected)
+			return usageErr("%s %q is not a URL, %s", flag, server.RedactURL(servers), expected)
 		}
 		switch u.Scheme {
 		case "nats", "tls", "ws", "wss":
 		default:
-			return usageErr("--server %q has scheme %q, %s", server.RedactURL(servers), u.Scheme, expected)
+			return usageErr("%s %q has scheme %q, %s", flag, server.RedactURL(servers), u.Scheme, expected)
 		}
 		if p := u.Port(); p != "" {
 			if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-				return usageErr("--server %q has port %s, expected a port of 1-65535", server.RedactURL(servers), p)
+				return usageErr("%s %q has port %s, expected a port of 1-65535", flag, server.RedactURL(servers), p)
 			}
 		}
 	}

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
@@ -24,38 +27,37 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 	retain := fs.String("retain", maintenance.RetainFinishedDefault.String(), "finished jobs older than this are purged")
 	every := fs.String("purge-every", maintenance.PurgeEveryDefault.String(), "pause between background purges")
 	return func() (err error) {
-		if o.HangAfter, err = parseDurationFlag("hang-after", *hang); err != nil {
-			return err
-		}
-		if o.CancelGrace, err = parseDurationFlag("cancel-grace", *grace); err != nil {
-			return err
-		}
-		if o.RetainFinished, err = parseDurationFlag("retain", *retain); err != nil {
-			return err
-		}
-		if o.PurgeEvery, err = parseDurationFlag("purge-every", *every); err != nil {
-			return err
+		// Below a second, these turn a server into a busy loop (purges),
+		// or fail every job faster than a heartbeat can cross the network.
+		for _, d := range []struct {
+			name, value, example string
+			to                   *time.Duration
+		}{
+			{"hang-after", *hang, "5m", &o.HangAfter},
+			{"cancel-grace", *grace, "1m", &o.CancelGrace},
+			{"retain", *retain, "168h", &o.RetainFinished},
+			{"purge-every", *every, "1m", &o.PurgeEvery},
+		} {
+			if *d.to, err = parseDurationAtLeast(d.name, d.value, time.Second, d.example); err != nil {
+				return err
+			}
 		}
 		if o.Fsync != natsserver.FsyncAlways && o.Fsync != natsserver.FsyncInterval {
 			return usageErr("--fsync %q, expected always or interval", o.Fsync)
 		}
-		if o.HangAfter == 0 {
-			return usageErr("--hang-after 0s, expected a duration above 0 such as 5m")
-		}
-		if o.CancelGrace == 0 {
-			return usageErr("--cancel-grace 0s, expected a duration above 0 such as 1m")
-		}
-		// 0 would mean the defaults below the flags: refused, not taken.
-		if o.RetainFinished == 0 {
-			return usageErr("--retain 0s, expected a duration above 0 such as 168h (a finished job is kept at least this long)")
-		}
-		if o.PurgeEvery == 0 {
-			return usageErr("--purge-every 0s, expected a duration above 0 such as 1m")
-		}
 		if o.NATSURL == "" {
 			return checkEmbedded(o)
 		}
-		return nil
+		var embeddedOnly []string
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "data" || f.Name == "listen" || f.Name == "fsync" {
+				embeddedOnly = append(embeddedOnly, "--"+f.Name)
+			}
+		})
+		if len(embeddedOnly) > 0 {
+			return usageErr("%s set the embedded NATS server; with --nats the external server's own settings apply: drop them", strings.Join(embeddedOnly, ", "))
+		}
+		return checkNATSURL("--nats", o.NATSURL)
 	}
 }
 

@@ -230,6 +230,18 @@ func parseDurationFlag(name, v string) (time.Duration, error) {
 	return d, nil
 }
 
+// parseDurationAtLeast reads a duration flag that must be at least least.
+func parseDurationAtLeast(name, v string, least time.Duration, example string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	switch {
+	case err != nil:
+		return 0, usageErr("--%s %q, expected a duration such as %s", name, v, example)
+	case d < least:
+		return 0, usageErr("--%s %s, expected a duration of at least %s such as %s", name, v, least, example)
+	}
+	return d, nil
+}
+
 // plainFlagError rewords the flag package's "invalid value ... parse error"
 // as what was expected.
 func plainFlagError(err error) error {

@@ -49,7 +49,7 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"ls", "--limit", "1e99"}, `--limit "1e99", expected a whole number`},
 		{[]string{"ls", "--limit", "99999999999999999999"}, `--limit "99999999999999999999" is out of range, expected a smaller whole number`},
 		{[]string{"submit", "--type", "a", "--delay", "-5s"}, `--delay "-5s" is negative`},
-		{[]string{"server", "--hang-after", "0s"}, `--hang-after 0s, expected a duration above 0`},
+		{[]string{"server", "--hang-after", "0s"}, `--hang-after 0s, expected a duration of at least 1s`},
 		{[]string{"submit", "--type", "a", "--key", "one\ntwo"}, `idempotency key "one\ntwo" has a control character, expected one line of text`},
 		{[]string{"submit", "--type", "a", "--tag", "os=\x1b[31m"}, `tag os value has a control character, expected one line of text`},
 		{[]string{"submit", "--type", "a", "--type", "b"}, `--type "b": given twice, expected it once`},
@@ -57,6 +57,10 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"ls", "-o", "json", "-o", "text"}, `-o "text": given twice, expected it once`},
 		{[]string{"cancel", "--pending", "--dry-run", "--dry-run"}, `--dry-run: given twice, expected it once`},
 		{[]string{"submit", "--file", ""}, `--file is empty, expected a file name`},
+		{[]string{"server", "--purge-every", "1ns"}, `--purge-every 1ns, expected a duration of at least 1s such as 1m`},
+		{[]string{"server", "--hang-after", "-1s"}, `--hang-after -1s, expected a duration of at least 1s such as 5m`},
+		{[]string{"server", "--nats", "http://127.0.0.1:4222"}, `--nats "http://127.0.0.1:4222" has scheme "http"`},
+		{[]string{"server", "--nats", "nats://127.0.0.1:4222", "--data", "d", "--fsync", "interval"}, `--data, --fsync set the embedded NATS server; with --nats the external server's own settings apply`},
 		{[]string{"submit", "--type", "a", "--payload", "\"\xff\""}, `--payload is not valid JSON (UTF-8 text)`},
 	} {
 		var stdout, stderr bytes.Buffer
