@@ -79,7 +79,10 @@ func getView(ctx context.Context, c *client, id string) (projector.View, error) 
 
 func printView(out io.Writer, v projector.View) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	row := func(k string, val any) { fmt.Fprintf(tw, "%s:\t%v\n", k, val) }
+	// Values that came from outside this CLI (errors, a key written
+	// before keys were checked) must not break the rows or reach the
+	// terminal as escapes.
+	row := func(k string, val any) { fmt.Fprintf(tw, "%s:\t%s\n", k, escapeControls(fmt.Sprint(val))) }
 	row("id", v.ID)
 	row("type", v.Type)
 	row("state", v.State)
@@ -300,7 +303,12 @@ func runHistory(ctx context.Context, args []string, out io.Writer) error {
 			if h.Err != "" {
 				data = "quarantined: " + h.Err
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", h.Seq, h.Time.Format(time.RFC3339Nano), h.Type, data)
+			at := "-" // a quarantined event may carry no time
+			if !h.Time.IsZero() {
+				at = h.Time.Format(time.RFC3339Nano)
+			}
+			// A quarantined event's type and data are whatever was published.
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", h.Seq, at, escapeControls(h.Type), escapeControls(data))
 		}
 		return tw.Flush()
 	})

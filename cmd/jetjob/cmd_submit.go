@@ -124,10 +124,14 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 			fmt.Fprintf(os.Stderr, "jetjob submit: key %q already names job %s (%s); nothing was submitted\n", job.Key, job.ID, job.State)
 		}
 		if fs.json() {
-			return writeJSON(out, projector.ViewOf(job, nil))
+			err = writeJSON(out, projector.ViewOf(job, nil))
+		} else {
+			_, err = fmt.Fprintln(out, job.ID)
 		}
-		_, err = fmt.Fprintln(out, job.ID)
-		return err
+		if err != nil {
+			return fmt.Errorf("job %s was submitted, but printing it failed: %w", job.ID, err)
+		}
+		return nil
 	}
 	results := c.m.SubmitMany(ctx, params)
 	views := make([]projector.View, 0, len(results))
@@ -166,18 +170,18 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		}
 		firstErr = fmt.Errorf("%d of %d jobs stored, %d may be, %d not; %s", len(views), len(params), len(unknown), len(failed), again)
 	}
+	var werr error
 	if fs.json() {
-		if err := writeJSON(out, views); err != nil {
-			return err
-		}
+		werr = writeJSON(out, views)
 	} else {
 		w := bufio.NewWriter(out)
 		for _, v := range views {
 			fmt.Fprintln(w, v.ID)
 		}
-		if err := w.Flush(); err != nil {
-			return err
-		}
+		werr = w.Flush()
+	}
+	if werr != nil {
+		return fmt.Errorf("%d jobs were stored, but printing their IDs failed (ls --type lists them): %w", len(views), cmp.Or(firstErr, werr))
 	}
 	return firstErr
 }

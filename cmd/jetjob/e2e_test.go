@@ -240,6 +240,27 @@ func TestBulkCancelByFilter(t *testing.T) {
 	natstest.Eventually(t, 5*time.Second, func() bool { return pendingCount() == 0 }, "no pending job left")
 }
 
+// TestHistoryShowsAForeignEventEscaped: an event that some other publisher
+// put on a job's subject is quarantined; its type, whatever it holds, shows
+// on one row with its control characters escaped.
+func TestHistoryShowsAForeignEventEscaped(t *testing.T) {
+	s := startServerProc(t)
+	id := s.jetjob("submit", "--type", "build").ok(t)
+	nc, err := nats.Connect(s.url)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	_, err = js.Publish(context.Background(), events.SubjectPrefixDefault+id, []byte(`{"v":1,"type":"job.bogus\u001b[31m\nX"}`))
+	require.NoError(t, err)
+	out := s.jetjob("history", id).ok(t)
+	lines := strings.Split(out, "\n")
+	require.Len(t, lines, 3, "a header and two events: %q", out)
+	require.Contains(t, lines[2], `job.bogus\x1b[31m\nX`)
+	require.Contains(t, lines[2], "quarantined: ")
+	require.NotContains(t, out, "\x1b")
+}
+
 func TestCanceledJobViewAndHistoryAgree(t *testing.T) {
 	s := startServerProc(t)
 	id := s.jetjob("submit", "--type", "build", "--tag", "region=eu", "--meta", "template_version=v1").ok(t)
@@ -445,6 +466,33 @@ func TestCommandWorkerFailsWithExitStatusAndKeepsLogs(t *testing.T) {
 	}, "log lines: %s", logs)
 	require.Contains(t, logs, `] \x1b[31mred\x1b[0m`+"\n", "a terminal escape is shown, not obeyed")
 	require.Contains(t, s.jetjob("logs", id, "--raw").stdout, "] \x1b[31mred\x1b[0m\n")
+
+	// Output that cannot be written is a failure, not a silent success.
+	full := toDevFull(t, s, "logs", id)
+	require.Equal(t, 1, full.code)
+	require.Contains(t, full.stderr, "jetjob logs: write output: ")
+	full = toDevFull(t, s, "submit", "--type", "nobody")
+	require.Equal(t, 1, full.code)
+	require.Regexp(t, `^jetjob submit: job \S+ was submitted, but printing it failed: `, full.stderr)
+}
+
+// toDevFull runs jetjob with its stdout on /dev/full, where every write
+// fails with ENOSPC.
+func toDevFull(t *testing.T, s *serverProc, args ...string) result {
+	t.Helper()
+	full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+	if err != nil {
+		t.Skipf("no /dev/full: %v", err)
+	}
+	defer full.Close()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+s.url)
+	var errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = full, &errb
+	err = cmd.Run()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "jetjob %v succeeded with its output lost", args)
+	return result{"", errb.String(), ee.ExitCode()}
 }
 
 func TestCanceledCommandGetsSIGTERM(t *testing.T) {

@@ -74,7 +74,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	for _, c := range commands() {
 		if c.name == args[0] {
-			err := c.run(ctx, args[1:], stdout)
+			// A command that printed as it went may not have checked each
+			// write: output lost (a full disk) is a failure all the same.
+			w := &checkedWriter{w: stdout}
+			err := c.run(ctx, args[1:], w)
+			if err == nil && w.err != nil {
+				err = fmt.Errorf("write output: %w", w.err)
+			}
 			if err == nil {
 				return exitOK
 			}
@@ -99,4 +105,18 @@ func commandNames() string {
 
 func oneLine(err error) string {
 	return strings.Join(strings.Fields(err.Error()), " ")
+}
+
+// checkedWriter remembers the first write error.
+type checkedWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (c *checkedWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	return n, err
 }
