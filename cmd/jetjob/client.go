@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/statemachine"
 )
@@ -31,7 +32,7 @@ func dial(ctx context.Context, url string) (*client, error) {
 		return nil, err
 	}
 	nc, err := nats.Connect(url, nats.Name("jetjob-cli"), nats.Timeout(3*time.Second),
-		nats.RetryOnFailedConnect(false), nats.MaxReconnects(5))
+		nats.RetryOnFailedConnect(false), nats.MaxReconnects(5), logging.NATSErrors(nil))
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the jetjob server at %s (start one with 'jetjob server' or 'jetjob dev', or set --server): %v", server.RedactURL(url), err)
 	}

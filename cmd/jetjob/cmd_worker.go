@@ -72,7 +72,8 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	logger := logging.New(*verbose)
 	defer func() { _ = logger.Sync() }()
 
-	nc, err := nats.Connect(fs.server, nats.Name("jetjob-worker"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+	nc, err := nats.Connect(fs.server, nats.Name("jetjob-worker"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
+		logging.NATSErrors(logger))
 	if err != nil {
 		return fmt.Errorf("cannot reach the jetjob server at %s: %v", server.RedactURL(fs.server), err)
 	}

@@ -3,6 +3,9 @@
 package logging
 
 import (
+	"errors"
+
+	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -31,4 +34,23 @@ func OrNop(l *zap.Logger, name string) *zap.Logger {
 		return zap.NewNop()
 	}
 	return l.Named(name)
+}
+
+// NATSErrors routes the NATS client's asynchronous errors to l: without it
+// the client prints them on stderr in a format of its own. A consumer the
+// server forgot across a restart is made again by its owner, so that one is
+// only debug.
+func NATSErrors(l *zap.Logger) nats.Option {
+	l = OrNop(l, "nats")
+	return nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		fields := []zap.Field{zap.Error(err)}
+		if sub != nil {
+			fields = append(fields, zap.String("subject", sub.Subject))
+		}
+		if errors.Is(err, nats.ErrConsumerNotActive) {
+			l.Debug("asynchronous error", fields...)
+			return
+		}
+		l.Warn("asynchronous error", fields...)
+	})
 }

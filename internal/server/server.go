@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/maintenance"
 	"github.com/jetjob/jetjob/projector"
@@ -78,7 +79,8 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	} else {
 		s.URL = o.NATSURL
 	}
-	s.NC, err = nats.Connect(s.URL, nats.Name("jetjob-server"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	s.NC, err = nats.Connect(s.URL, nats.Name("jetjob-server"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
+		logging.NATSErrors(o.Logger))
 	if err != nil {
 		return s, fmt.Errorf("connect to NATS at %s: %w", RedactURL(s.URL), err)
 	}
