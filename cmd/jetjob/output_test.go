@@ -83,3 +83,14 @@ func TestLogLinesShowControlCharactersEscaped(t *testing.T) {
 		require.Equal(t, tc.want, escapeControls(tc.line), "%q", tc.line)
 	}
 }
+
+func TestNoCommandPrintsTheUsageOnStderr(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, exitUsage, run(nil, &stdout, &stderr))
+	require.Empty(t, stdout.String())
+	require.Contains(t, stderr.String(), "usage: jetjob COMMAND")
+	stderr.Reset()
+	require.Equal(t, exitOK, run([]string{"help"}, &stdout, &stderr))
+	require.Contains(t, stdout.String(), "usage: jetjob COMMAND")
+	require.Empty(t, stderr.String())
+}
