@@ -909,3 +909,62 @@ func TestNothingLeftAfterTheViewsARemoved(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, left, "a view written after the listing began is not waited for")
 }
+
+// TestRebuildReplacesViewsInPlace: while a rebuild runs, every job's view
+// can be read; afterwards a view that was wrong is its fold again, the view
+// of a job the log does not have is gone, and a view newer than the log the
+// rebuild read is kept.
+func TestRebuildReplacesViewsInPlace(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	params := make([]statemachine.SubmitParams, 2000)
+	for i := range params {
+		params[i] = statemachine.SubmitParams{Type: "t"}
+	}
+	var ids []string
+	for _, r := range f.m.SubmitMany(ctx, params) {
+		require.NoError(t, r.Err)
+		ids = append(ids, r.Job.ID)
+	}
+	f.run(t)
+	f.requireFolded(t, ids[:1])
+
+	kv, err := f.env.JS.KeyValue(ctx, BucketDefault)
+	require.NoError(t, err)
+	put := func(v View) {
+		data, err := json.Marshal(v)
+		require.NoError(t, err)
+		_, err = kv.Put(ctx, v.ID, data)
+		require.NoError(t, err)
+	}
+	wrong, err := f.reader(t).Get(ctx, ids[7])
+	require.NoError(t, err)
+	wrong.State = statemachine.StateFailed // same version, wrong content
+	put(wrong)
+	orphan := statemachine.JobIDForKey("never in the log")
+	put(View{ID: orphan, Type: "t", State: statemachine.StatePending, Version: 1})
+	future := statemachine.JobIDForKey("submitted during the rebuild")
+	put(View{ID: future, Type: "t", State: statemachine.StatePending, Version: 1 << 40})
+
+	r := f.reader(t)
+	done := make(chan error, 1)
+	go func() { _, err := f.p.Rebuild(ctx); done <- err }()
+	reads := 0
+	for rebuilding := true; rebuilding; reads++ {
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+			rebuilding = false
+		default:
+		}
+		_, err := r.Get(ctx, ids[reads%len(ids)])
+		require.NoError(t, err, "read %d, during the rebuild", reads)
+	}
+	t.Logf("%d reads during the rebuild", reads)
+
+	f.requireFolded(t, ids[7:8])
+	_, err = r.Get(ctx, orphan)
+	require.ErrorIs(t, err, events.ErrNotFound, "a job the log does not have")
+	_, err = r.Get(ctx, future)
+	require.NoError(t, err, "a view newer than the log the rebuild read")
+}
