@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/consume"
+	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/statemachine"
 )
@@ -967,4 +969,51 @@ func TestRebuildReplacesViewsInPlace(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrNotFound, "a job the log does not have")
 	_, err = r.Get(ctx, future)
 	require.NoError(t, err, "a view newer than the log the rebuild read")
+}
+
+// TestWatchCatchesUpAfterTheServerRestarts: a restarted server has lost the
+// watch's consumer; the watch makes a new one as soon as it reconnects,
+// sends what changed meanwhile, and nothing it sent before.
+func TestWatchCatchesUpAfterTheServerRestarts(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFixture(t)
+	kv, _ := f.viewsBucket(t)
+	put := func(kv jetstream.KeyValue, v View) {
+		data, err := json.Marshal(v)
+		require.NoError(t, err)
+		_, err = kv.Put(ctx, v.ID, data)
+		require.NoError(t, err)
+	}
+	receive := func(ch <-chan View) View {
+		t.Helper()
+		select {
+		case v, ok := <-ch:
+			require.True(t, ok, "the watch ended")
+			return v
+		case <-time.After(5 * time.Second):
+			t.Fatal("no view within 5s")
+			return View{}
+		}
+	}
+	before := View{ID: statemachine.JobIDForKey("before"), Type: "t", State: statemachine.StatePending, Version: 1}
+	put(kv, before)
+	_, js := natstest.Connect(t, f.env.URL)
+	r, err := NewReader(ctx, js)
+	require.NoError(t, err)
+	ch, err := r.Watch(ctx, Filter{})
+	require.NoError(t, err)
+	require.Equal(t, before.ID, receive(ch).ID)
+
+	// The same address, the same store: the watcher's client reconnects.
+	f.env.Server.Shutdown()
+	srv, err := natsserver.Start(natsserver.Config{DataDir: f.env.Dir, Listen: strings.TrimPrefix(f.env.URL, "nats://")})
+	require.NoError(t, err)
+	t.Cleanup(srv.Shutdown)
+	_, js2 := natstest.Connect(t, srv.ClientURL())
+	kv2, err := js2.KeyValue(ctx, BucketDefault)
+	require.NoError(t, err)
+	after := View{ID: statemachine.JobIDForKey("after"), Type: "t", State: statemachine.StatePending, Version: 2}
+	put(kv2, after)
+	require.Equal(t, after.ID, receive(ch).ID, "the view written after the restart, and not the one sent before")
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
@@ -22,7 +23,12 @@ type Reader struct {
 	bucket string
 	kv     jetstream.KeyValue
 	stream jetstream.Stream
+	nc     *nats.Conn
 }
+
+// watchRetryWait: a watch made again after a reconnect that the server
+// refused is tried again after this.
+const watchRetryWait = 250 * time.Millisecond
 
 // ReaderOption configures a Reader.
 type ReaderOption func(*Reader)
@@ -47,7 +53,7 @@ func NewReader(ctx context.Context, js jetstream.JetStream, opts ...ReaderOption
 	if err != nil {
 		return nil, fmt.Errorf("bind job views: %w", err)
 	}
-	r.kv = kv
+	r.kv, r.nc = kv, js.Conn()
 	if r.stream, err = js.Stream(ctx, "KV_"+r.bucket); err != nil {
 		return nil, fmt.Errorf("bind job views: %w", err)
 	}
@@ -210,6 +216,13 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	if err != nil {
 		return nil, fmt.Errorf("watch jobs: %w", err)
 	}
+	// A server restart loses the watch's consumer, which the watch would
+	// notice only once it missed its heartbeats, many seconds later: watch
+	// again as soon as the connection is back instead.
+	var reconnected chan nats.Status
+	if r.nc != nil {
+		reconnected = r.nc.StatusChanged(nats.CONNECTED)
+	}
 	out := make(chan View, 256)
 	type sent struct {
 		version uint64
@@ -219,10 +232,27 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	go func() {
 		defer close(out)
 		defer func() { _ = w.Stop() }()
+		if reconnected != nil {
+			defer r.nc.RemoveStatusListener(reconnected)
+		}
+		var again <-chan time.Time
 		for {
 			select {
 			case <-ctx.Done():
 				return
+			case <-reconnected:
+				again = time.After(0)
+			case <-again:
+				// From the current values: what was sent already is not
+				// sent again, what changed meanwhile is.
+				nw, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+				if err != nil {
+					again = time.After(watchRetryWait) // its JetStream may not be up yet
+					continue
+				}
+				again = nil
+				_ = w.Stop()
+				w = nw
 			case e, ok := <-w.Updates():
 				if !ok {
 					return

@@ -11,6 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/projector"
@@ -244,6 +246,15 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer c.close()
+	// Said on stderr, so that a dashboard knows a quiet watch may be a
+	// lost one, and stdout keeps one line per change.
+	at := server.RedactURL(fs.server)
+	c.nc.SetDisconnectErrHandler(func(*nats.Conn, error) {
+		fmt.Fprintf(os.Stderr, "jetjob watch: lost the connection to the jetjob server at %s; reconnecting\n", at)
+	})
+	c.nc.SetReconnectHandler(func(*nats.Conn) {
+		fmt.Fprintf(os.Stderr, "jetjob watch: reconnected to %s; catching up\n", at)
+	})
 	r, err := projector.NewReader(ctx, c.js)
 	if err != nil {
 		return err
