@@ -600,8 +600,10 @@ func TestWatchFailsWhenTheServerIsGone(t *testing.T) {
 	var ee *exec.ExitError
 	require.ErrorAs(t, err, &ee)
 	require.Equal(t, 1, ee.ExitCode(), "stderr: %s", errb.String())
-	require.Contains(t, errb.String(), "lost the connection")
-	require.Equal(t, 1, strings.Count(strings.TrimSpace(errb.String()), "\n")+1, "one line: %q", errb.String())
+	lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
+	require.Equal(t, "jetjob watch: lost the connection to the jetjob server at "+s.url+"; reconnecting", lines[0], "said as it happens")
+	require.Len(t, lines, 2, "the notice, then the error on one line: %q", errb.String())
+	require.Contains(t, lines[1], "watch ended: lost the connection")
 }
 
 // A worker killed with SIGKILL takes its command with it: the job is retried
