@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/maphash"
 	"runtime"
 	"strings"
 	"sync"
@@ -19,8 +20,12 @@ import (
 type RebuildStats struct {
 	// Events counts the messages of the log read, valid or not.
 	Events int `json:"events"`
-	// Jobs counts the views written or found newer.
-	Jobs         int     `json:"jobs"`
+	// Jobs counts the jobs whose views were rebuilt: written, found the
+	// same, or found newer.
+	Jobs int `json:"jobs"`
+	// Written counts the views that differed from the stored ones, and
+	// were written.
+	Written      int     `json:"written"`
 	Seconds      float64 `json:"seconds"`
 	EventsPerSec float64 `json:"events_per_s"`
 }
@@ -32,10 +37,10 @@ const rebuildWindow = 2048
 // Rebuild rebuilds every view from the event log while the system keeps
 // running, replacing the views in place so that readers see a view of every
 // job throughout, the old one until the new one is written. It folds the
-// whole log in one ordered pass, then writes each job's view unless a live
-// projector already wrote a newer one, and removes the views of jobs the
-// log no longer has. Events appended during the rebuild are the live
-// projector's.
+// whole log in one ordered pass, then writes each job's view where it
+// differs from the stored one, unless a live projector wrote a newer one
+// meanwhile, and removes the views of jobs the log no longer has. Events
+// appended during the rebuild are the live projector's.
 func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 	start := time.Now()
 	if _, err := p.provisionStorage(ctx); err != nil {
@@ -50,7 +55,7 @@ func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 	}
 	p.clearCache()
 
-	jobs, n, end, err := p.foldLog(ctx)
+	jobs, n, err := p.foldLog(ctx)
 	if err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
@@ -62,17 +67,18 @@ func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 	if err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
-	// A view of the same version is written again: the rebuild may be
-	// there to render views anew.
+	// A view that differs from the one rendered now is written again, even
+	// at the same version: the rebuild may be there to render views anew.
+	// One written since it was read is decided again, keeping the newer.
 	work := all[:0]
 	for _, jw := range all {
-		jw.cur = current[jw.id]
-		if !jw.cur.ok || jw.cur.view.Version <= jw.view.Version {
-			work = append(work, jw)
+		cur, ok := current[jw.id]
+		if ok && cur.sum == maphash.Bytes(viewHashSeed, jw.data) {
+			continue
 		}
+		jw.cur = stored{rev: cur.rev}
+		work = append(work, jw)
 	}
-	// A key the live projector wrote meanwhile is decided again, keeping
-	// the newer view.
 	keepNewer := func(ctx context.Context, jw *jobWork, _ bool) error {
 		cur, err := p.read(ctx, jw.id)
 		if err != nil {
@@ -94,49 +100,51 @@ func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 			return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 		}
 	}
-	if err := p.dropOrphans(ctx, current, jobs, end); err != nil {
+	if err := p.dropOrphans(ctx, current, jobs); err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
 	el := time.Since(start).Seconds()
-	return RebuildStats{Events: n, Jobs: len(all), Seconds: el, EventsPerSec: float64(n) / el}, nil
+	return RebuildStats{Events: n, Jobs: len(all), Written: len(work), Seconds: el, EventsPerSec: float64(n) / el}, nil
 }
 
-// currentViews reads the version and revision of every view in the bucket.
-func (p *Projector) currentViews(ctx context.Context) (map[string]stored, error) {
-	out := map[string]stored{}
+// currentView is what the rebuild needs of a view the bucket holds: its
+// revision, to replace it, and a hash of its bytes, to leave it be when the
+// rebuilt view is the same.
+type currentView struct {
+	rev uint64
+	sum uint64
+}
+
+// currentViews reads the revision and a hash of every view in the bucket.
+// Every view it reads was written for events stored before the log's pass
+// that follows it begins, so the fold includes them: a rebuilt view is never
+// older than the one it replaces, and a job the fold lacks has lost its
+// events.
+func (p *Projector) currentViews(ctx context.Context) (map[string]currentView, error) {
+	out := map[string]currentView{}
 	prefix := p.kvSubject("")
-	_, err := orderedPass(ctx, p.js, p.kvStreamName(), jetstream.DeliverLastPerSubjectPolicy, func(m jetstream.Msg, seq uint64) {
-		id, ok := strings.CutPrefix(m.Subject(), prefix)
-		if !ok {
-			return
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy}
+	err := orderedPass(ctx, p.js, p.kvStreamName(), cfg, func(m jetstream.Msg, seq uint64) {
+		if id, ok := strings.CutPrefix(m.Subject(), prefix); ok && m.Headers().Get("KV-Operation") == "" {
+			out[id] = currentView{rev: seq, sum: maphash.Bytes(viewHashSeed, m.Data())}
 		}
-		if m.Headers().Get("KV-Operation") != "" {
-			return // deleted: nothing to replace or remove
-		}
-		var v struct {
-			ID      string `json:"id"`
-			Version uint64 `json:"version"`
-		}
-		if json.Unmarshal(m.Data(), &v) != nil || v.ID != id {
-			out[id] = stored{rev: seq} // not a view: replaced, or removed
-			return
-		}
-		out[id] = stored{view: View{ID: v.ID, Version: v.Version}, rev: seq, ok: true}
 	})
 	return out, err
 }
 
-// dropOrphans removes the views of jobs that the log, read up to end, does
-// not have (its events were lost or removed by hand). A view newer than end
-// is a job submitted during the rebuild, and a key written since it was
-// read keeps its new value: the purge stops at the revision read.
-func (p *Projector) dropOrphans(ctx context.Context, current map[string]stored, jobs map[string]*statemachine.Job, end uint64) error {
+var viewHashSeed = maphash.MakeSeed()
+
+// dropOrphans removes the views of jobs that the log, folded after the
+// views were read, does not have (their events were lost or removed by
+// hand). A key written since it was read keeps its new value: the purge
+// stops at the revision read.
+func (p *Projector) dropOrphans(ctx context.Context, current map[string]currentView, jobs map[string]*statemachine.Job) error {
 	st, err := p.js.Stream(ctx, p.kvStreamName())
 	if err != nil {
 		return fmt.Errorf("drop views of jobs not in the log: %w", err)
 	}
 	for id, cur := range current {
-		if _, inLog := jobs[id]; inLog || (cur.ok && cur.view.Version > end) {
+		if _, inLog := jobs[id]; inLog {
 			continue
 		}
 		if err := st.Purge(ctx, jetstream.WithPurgeSubject(p.kvSubject(id)), jetstream.WithPurgeSequence(cur.rev+1)); err != nil {
@@ -185,11 +193,11 @@ func (p *Projector) renderAll(jobs map[string]*statemachine.Job, beats map[strin
 
 // foldLog folds every job in the events stream up to the end it had when
 // the pass began, and counts the messages read.
-// foldLog folds every job of the log, up to end, its last sequence when
-// the pass began; n counts the messages read.
-func (p *Projector) foldLog(ctx context.Context) (jobs map[string]*statemachine.Job, n int, end uint64, err error) {
+// foldLog folds every job of the log, up to its last sequence when the pass
+// began; n counts the messages read.
+func (p *Projector) foldLog(ctx context.Context) (jobs map[string]*statemachine.Job, n int, err error) {
 	jobs = map[string]*statemachine.Job{}
-	end, err = orderedPass(ctx, p.js, p.log.Stream(), jetstream.DeliverAllPolicy, func(m jetstream.Msg, seq uint64) {
+	err = orderedPass(ctx, p.js, p.log.Stream(), jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}, func(m jetstream.Msg, seq uint64) {
 		n++
 		id, ok := p.log.JobIDFromSubject(m.Subject())
 		if !ok || events.ValidateJobID(id) != nil {
@@ -205,13 +213,13 @@ func (p *Projector) foldLog(ctx context.Context) (jobs map[string]*statemachine.
 		// payload of the log in memory.
 		j.Payload = nil
 	})
-	return jobs, n, end, err
+	return jobs, n, err
 }
 
 // lastBeats reads the last beat of every job.
 func (p *Projector) lastBeats(ctx context.Context) (map[string]events.Beat, error) {
 	out := map[string]events.Beat{}
-	_, err := orderedPass(ctx, p.js, p.hb.Stream(), jetstream.DeliverLastPerSubjectPolicy, func(m jetstream.Msg, _ uint64) {
+	err := orderedPass(ctx, p.js, p.hb.Stream(), jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy}, func(m jetstream.Msg, _ uint64) {
 		var b events.Beat
 		if id, ok := p.hb.JobIDFromSubject(m.Subject()); ok && json.Unmarshal(m.Data(), &b) == nil && b.JobID == id {
 			out[id] = b
@@ -220,24 +228,23 @@ func (p *Projector) lastBeats(ctx context.Context) (map[string]events.Beat, erro
 	return out, err
 }
 
-// orderedPass reads a stream once, up to end, the last sequence it had when
-// the pass began.
-func orderedPass(ctx context.Context, js jetstream.JetStream, stream string, policy jetstream.DeliverPolicy, fn func(jetstream.Msg, uint64)) (end uint64, err error) {
+// orderedPass reads a stream once, up to the end it had when the pass began.
+func orderedPass(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, fn func(jetstream.Msg, uint64)) error {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", stream, err)
+		return fmt.Errorf("read %s: %w", stream, err)
 	}
 	state := s.CachedInfo().State
 	if state.Msgs == 0 {
-		return state.LastSeq, nil
+		return nil
 	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: policy})
+	cons, err := s.OrderedConsumer(ctx, cfg)
 	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", stream, err)
+		return fmt.Errorf("read %s: %w", stream, err)
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
 	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", stream, err)
+		return fmt.Errorf("read %s: %w", stream, err)
 	}
 	defer it.Stop()
 	stopped := make(chan struct{})
@@ -253,9 +260,9 @@ func orderedPass(ctx context.Context, js jetstream.JetStream, stream string, pol
 		m, err := it.Next()
 		if err != nil {
 			if ctx.Err() != nil {
-				return 0, fmt.Errorf("read %s: %w", stream, ctx.Err())
+				return fmt.Errorf("read %s: %w", stream, ctx.Err())
 			}
-			return 0, fmt.Errorf("read %s: %w", stream, err)
+			return fmt.Errorf("read %s: %w", stream, err)
 		}
 		meta, err := m.Metadata()
 		if err != nil {
@@ -263,7 +270,7 @@ func orderedPass(ctx context.Context, js jetstream.JetStream, stream string, pol
 		}
 		fn(m, meta.Sequence.Stream)
 		if meta.Sequence.Stream >= state.LastSeq || meta.NumPending == 0 {
-			return state.LastSeq, nil
+			return nil
 		}
 	}
 }
