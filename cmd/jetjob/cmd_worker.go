@@ -31,6 +31,9 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if fs.json() {
+		return usageErr("-o json: a worker prints only its log, on stderr; drop -o")
+	}
 	if len(pos) == 0 {
 		return usageErr("no command given: jetjob worker --type T -- CMD [ARGS...]")
 	}

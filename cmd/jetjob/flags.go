@@ -199,6 +199,16 @@ func (fs *flagSet) parse(args []string) ([]string, error) {
 	if fs.hasOutput && fs.output != "text" && fs.output != "json" {
 		return nil, usageErr("-o %q, expected text or json", fs.output)
 	}
+	if fs.hasOutput && os.Getenv("JETJOB_SERVER") != "" {
+		given := false
+		fs.Visit(func(f *flag.Flag) { given = given || f.Name == "server" })
+		if !given {
+			// Name where the bad URL came from: no --server was given.
+			if err := checkNATSURL("JETJOB_SERVER", fs.server); err != nil {
+				return nil, err
+			}
+		}
+	}
 	pos = append(pos, tail...)
 	return pos, nil
 }

@@ -57,6 +57,7 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"ls", "-o", "json", "-o", "text"}, `-o "text": given twice, expected it once`},
 		{[]string{"cancel", "--pending", "--dry-run", "--dry-run"}, `--dry-run: given twice, expected it once`},
 		{[]string{"submit", "--file", ""}, `--file is empty, expected a file name`},
+		{[]string{"worker", "--type", "t", "-o", "json", "--", "true"}, `-o json: a worker prints only its log`},
 		{[]string{"server", "--purge-every", "1ns"}, `--purge-every 1ns, expected a duration of at least 1s such as 1m`},
 		{[]string{"server", "--hang-after", "-1s"}, `--hang-after -1s, expected a duration of at least 1s such as 5m`},
 		{[]string{"server", "--nats", "http://127.0.0.1:4222"}, `--nats "http://127.0.0.1:4222" has scheme "http"`},
@@ -93,4 +94,14 @@ func TestNoCommandPrintsTheUsageOnStderr(t *testing.T) {
 	require.Equal(t, exitOK, run([]string{"help"}, &stdout, &stderr))
 	require.Contains(t, stdout.String(), "usage: jetjob COMMAND")
 	require.Empty(t, stderr.String())
+}
+
+func TestABadJETJOBSERVERIsNamed(t *testing.T) {
+	t.Setenv("JETJOB_SERVER", "http://127.0.0.1:4222")
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, exitUsage, run([]string{"ls"}, &stdout, &stderr))
+	require.Contains(t, stderr.String(), `JETJOB_SERVER "http://127.0.0.1:4222" has scheme "http"`)
+	stderr.Reset()
+	require.Equal(t, exitUsage, run([]string{"ls", "--server", "http://127.0.0.1:4223"}, &stdout, &stderr))
+	require.Contains(t, stderr.String(), `--server "http://127.0.0.1:4223" has scheme "http"`, "the flag wins over the variable")
 }
