@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -440,6 +441,9 @@ func jobLineError(err error) error {
 	switch {
 	case errors.As(err, &typeErr) && typeErr.Field == "":
 		return fmt.Errorf("a JSON %s, expected a JSON object with %s", typeErr.Value, jobLineFields)
+	case errors.As(err, &typeErr) && (typeErr.Field == "tags" || typeErr.Field == "meta") && typeErr.Type.Kind() == reflect.String:
+		// encoding/json names the map, not the key whose value is wrong.
+		return fmt.Errorf("a %s value is a JSON %s, expected a string", typeErr.Field, typeErr.Value)
 	case errors.As(err, &typeErr):
 		return fmt.Errorf("%s is a JSON %s, expected %s", typeErr.Field, typeErr.Value, jsonKind(typeErr.Type.String()))
 	case errors.As(err, &syntaxErr):

@@ -393,6 +393,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"submit", "--file", file(`{"type":"a","delay":"5x"}`)}, 2, `line 1: delay "5x", expected a duration`},
 		{[]string{"submit", "--file", file("{\"type\":\"a\",\"key\":\"\xff\xfe\"}\n")}, 2, "line 1: not valid UTF-8, expected UTF-8 text"},
 		{[]string{"submit", "--file", file(`{"type":"a","delay":"-1s"}`)}, 2, `line 1: delay "-1s" is negative`},
+		{[]string{"submit", "--file", file(`{"type":"a","tags":{"os":1}}`)}, 2, `line 1: a tags value is a JSON number, expected a string`},
 		{[]string{"submit", "--file", file("{\"type\":\"a\"}\n\n\n{\"type\":\"a\",\"tags\":{\"a.b\":\"x\"}}\n")}, 2, "f line 4: invalid input: tag key"},
 		{[]string{"purge", "--older-than", "1h", "--state", "pending"}, 2, "only finished jobs are purged"},
 		{[]string{"cancel", "--type", "t", "01a20000-0000-7000-8000-000000000000"}, 2, "a cancel by ID takes none"},
