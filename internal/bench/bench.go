@@ -10,7 +10,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/google/uuid"
 	"io"
 	"os"
 	"runtime"
@@ -23,8 +22,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/server"
@@ -287,6 +290,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 		return nil, err
 	}
 	r := &Runner{cfg: cfg, run: uuid.NewString()[:8], out: out, logger: logging.OrNop(cfg.Logger, "bench"), ceiling: map[string]float64{}}
+	if cfg.NATSURL != "" {
+		defer r.removeQueues(ctx)
+	}
 	for _, s := range cfg.Scenarios {
 		if err := ctx.Err(); err != nil {
 			return r.figures, err
@@ -455,24 +461,30 @@ func (r *Runner) withServer(ctx context.Context, fsync string, opts server.Optio
 		return fmt.Errorf("start server: %w", err)
 	}
 	defer s.Stop()
-	err = fn(s)
-	if r.cfg.NATSURL != "" {
-		r.removeQueues(ctx, s)
-	}
-	return err
+	return fn(s)
 }
 
-// removeQueues removes this run's queues from the external server: their
-// consumers, the messages of jobs canceled while pending, and their tag set
-// registrations, which would otherwise stay for good. Its jobs stay in the
-// log and the views until purged.
-func (r *Runner) removeQueues(ctx context.Context, s *server.Server) {
-	// Also after an interrupt; and only once the enqueuer has caught up,
-	// since it would make a queue again for a late job.
+// removeQueues removes this run's queues from the external server once every
+// scenario ran: their consumers, the messages of jobs canceled while
+// pending, and their tag set registrations, which would otherwise stay for
+// good. Its jobs stay in the log and the views until purged. Not sooner:
+// the enqueuer of another server on that NATS remembers the queues it made,
+// and would put a later job of this run in a queue nobody consumes.
+func (r *Runner) removeQueues(ctx context.Context) {
+	// Also after an interrupt; and only once the enqueuers have caught up,
+	// since one would make a queue again for a late job.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	_ = waitProjected(ctx, s, 20*time.Second)
-	if _, err := workers.RemoveQueues(ctx, s.JS, r.isJobType); err != nil {
+	nc, err := nats.Connect(r.cfg.NATSURL, nats.Name("jetjob-bench"), logging.NATSErrors(nil))
+	if err == nil {
+		defer nc.Close()
+		var js jetstream.JetStream
+		if js, err = jetstream.New(nc); err == nil {
+			_ = waitCaughtUp(ctx, js, events.StreamDefault, 20*time.Second)
+			_, err = workers.RemoveQueues(ctx, js, r.isJobType)
+		}
+	}
+	if err != nil {
 		r.progress("could not remove this run's queues from the server: %v", err)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/maintenance"
 	"github.com/jetjob/jetjob/projector"
@@ -326,9 +328,14 @@ func (r *Runner) memoryScenario(ctx context.Context) error {
 // waitProjected waits until the log's consumers (projector, enqueuer) have
 // nothing left to process.
 func waitProjected(ctx context.Context, s *server.Server, within time.Duration) error {
-	st, err := s.JS.Stream(ctx, s.Log.Stream())
+	return waitCaughtUp(ctx, s.JS, s.Log.Stream(), within)
+}
+
+// waitCaughtUp waits until the consumers of a stream have nothing left.
+func waitCaughtUp(ctx context.Context, js jetstream.JetStream, stream string, within time.Duration) error {
+	st, err := js.Stream(ctx, stream)
 	if err != nil {
-		return fmt.Errorf("bind log: %w", err)
+		return fmt.Errorf("bind %s: %w", stream, err)
 	}
 	deadline := time.Now().Add(within)
 	for {
