@@ -162,7 +162,7 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 
 func runAdmin(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-		fmt.Fprintln(out, "usage: jetjob admin rebuild   # drop every job view and rebuild it from the event log")
+		fmt.Fprintln(out, "usage: jetjob admin rebuild   # rebuild the job views from the event log, in place, while everything runs")
 		return errHelp
 	}
 	if len(args) == 0 || args[0] != "rebuild" {

@@ -837,3 +837,15 @@ func waitHangAfter(t *testing.T, s *serverProc, want string) {
 		return err == nil && string(e.Value()) == want
 	}, "the server published its hang-after %s", want)
 }
+
+// TestEveryCommandsHelpIsClean: -h prints the usage line and the flags with
+// their argument names, nothing else, and exits 0.
+func TestEveryCommandsHelpIsClean(t *testing.T) {
+	for _, c := range commands() {
+		r := runCLI(t, "nats://127.0.0.1:1", c.name, "-h")
+		require.Equal(t, 0, r.code, "%s -h: %s", c.name, r.stderr)
+		require.True(t, strings.HasPrefix(r.stdout, "usage: jetjob "+c.name), "%s -h: %q", c.name, r.stdout)
+		require.NotContains(t, r.stdout+r.stderr, "panic", "%s -h", c.name)
+	}
+	require.Contains(t, runCLI(t, "nats://127.0.0.1:1", "ls", "-h").stdout, "  -after string\n", "named by the flag's own type")
+}

@@ -157,6 +157,13 @@ func newFlags(name, usageLine string, client bool) *flagSet {
 }
 
 func (fs *flagSet) printUsage() {
+	// The flag package names a flag's argument, and finds its default,
+	// by the type of its Value: show the flags as they were defined.
+	fs.VisitAll(func(f *flag.Flag) {
+		if o, ok := f.Value.(*once); ok {
+			f.Value = o.Value
+		}
+	})
 	fmt.Fprintf(os.Stdout, "usage: jetjob %s %s\n", fs.Name(), fs.usageLine)
 	fs.SetOutput(os.Stdout)
 	fs.PrintDefaults()
