@@ -296,13 +296,16 @@ func runHistory(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		// Marked as the fold skips them: unreadable, or a transition the
+		// job's state did not allow when it was appended.
+		_, skipped := statemachine.Fold(recs)
+		why := map[uint64]string{}
+		for _, q := range skipped {
+			why[q.Record.Seq] = q.Reason.Error()
+		}
 		hist := make([]historyEvent, 0, len(recs))
 		for _, r := range recs {
-			h := historyEvent{Seq: r.Seq, ID: r.ID, Type: r.Type, Time: r.Time, Data: r.Data}
-			if r.Err != nil {
-				h.Err = r.Err.Error()
-			}
-			hist = append(hist, h)
+			hist = append(hist, historyEvent{Seq: r.Seq, ID: r.ID, Type: r.Type, Time: r.Time, Data: r.Data, Err: why[r.Seq]})
 		}
 		if fs.json() {
 			return writeJSON(out, hist)

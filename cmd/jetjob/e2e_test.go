@@ -130,10 +130,11 @@ func (r result) ok(t *testing.T) string {
 }
 
 type historyEntry struct {
-	Seq  uint64          `json:"seq"`
-	Type string          `json:"type"`
-	Time time.Time       `json:"time"`
-	Data json.RawMessage `json:"data"`
+	Seq         uint64          `json:"seq"`
+	Type        string          `json:"type"`
+	Quarantined string          `json:"quarantined"`
+	Time        time.Time       `json:"time"`
+	Data        json.RawMessage `json:"data"`
 }
 
 func history(t *testing.T, s *serverProc, id string) []historyEntry {
@@ -259,6 +260,19 @@ func TestHistoryShowsAForeignEventEscaped(t *testing.T) {
 	require.Contains(t, lines[2], `job.bogus\x1b[31m\nX`)
 	require.Contains(t, lines[2], "quarantined: ")
 	require.NotContains(t, out, "\x1b")
+
+	// A well-formed event of a transition the job's state did not allow is
+	// skipped by the fold, and history says so.
+	illegal := fmt.Sprintf(`{"v":1,"id":"01a20000-0000-7000-8000-0000000000aa","job":%q,"type":"job.succeeded","time":"2026-11-30T00:00:00Z","data":{"lease":1}}`, id)
+	_, err = js.Publish(context.Background(), events.SubjectPrefixDefault+id, []byte(illegal))
+	require.NoError(t, err)
+	var h []historyEntry
+	require.NoError(t, json.Unmarshal([]byte(s.jetjob("history", id, "-o", "json").ok(t)), &h))
+	require.Len(t, h, 3)
+	require.Equal(t, "job.succeeded", h[2].Type)
+	require.Contains(t, h[2].Quarantined, "lease lost", "the job is pending: no attempt holds it")
+	require.Contains(t, s.jetjob("history", id).ok(t), "quarantined: job "+id+" is pending (lease 0, attempt 0): report for lease 1 refused")
+	waitView(t, s, id, func(v projector.View) bool { return v.State == "pending" && v.Quarantined == 2 }, "pending, two events skipped")
 }
 
 func TestCanceledJobViewAndHistoryAgree(t *testing.T) {
