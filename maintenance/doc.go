@@ -4,8 +4,9 @@
 // retention.
 //
 // The long-running services (Detector, Purger) share one shape: a Config with
-// documented defaults, a constructor, Start/Stop that are safe to call twice,
-// and a runOnce(ctx) that tests call directly. Where only one server may act
+// documented defaults, a constructor, and Start/Stop that are safe to call
+// twice; each pass is one function, which this package's tests call
+// directly. Where only one server may act
 // at a time they hold a Leadership; every write they make is still a state
 // transition appended with the expected sequence, so a job that moved on in
 // the meantime is left alone even if two of them act at once.

@@ -210,7 +210,9 @@ const watchSeenLimit = 100_000
 // pending and the job starts) is simply not sent again. Events projected
 // together make one change, and a consumer that falls behind may miss
 // intermediate versions of a view, never the last. A view written again
-// unchanged (a rebuild) is not sent again.
+// unchanged (a rebuild) is not sent again; a heartbeat of a running job is
+// a change (its HeartbeatAt and UpdatedAt move) at the same Version. After
+// a reconnect the watch is made again, and what changed meanwhile is sent.
 func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	w, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
