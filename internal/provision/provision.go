@@ -11,13 +11,41 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// ReplicasMax is the most replicas a NATS stream can have.
+const ReplicasMax = 5
+
+// replicated is a JetStream through which Stream gives every stream n
+// replicas.
+type replicated struct {
+	jetstream.JetStream
+	n int
+}
+
+// WithReplicas returns js, through which Stream (and KeyValue) makes every
+// stream it creates with n replicas, and sets every stream it updates to n:
+// on a NATS cluster, what survives the loss of a node. n 0 returns js as it
+// is: a new stream gets one replica, and an existing one keeps its own, so
+// that replicas an operator raised by hand are never lowered.
+func WithReplicas(js jetstream.JetStream, n int) jetstream.JetStream {
+	if n <= 0 {
+		return js
+	}
+	return replicated{JetStream: js, n: min(n, ReplicasMax)}
+}
+
 // Stream creates the stream, or updates it to cfg when it exists. The server
 // refuses to change a stream's persist mode, so an existing stream keeps its
-// own; everything else is upgraded.
+// own; its replicas are set as WithReplicas says; everything else is
+// upgraded.
 func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	want := 0
+	if r, ok := js.(replicated); ok {
+		want = r.n
+	}
 	existing, err := js.Stream(ctx, cfg.Name)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
+		cfg.Replicas = max(want, 1)
 		s, err := js.CreateStream(ctx, cfg)
 		for pause := 50 * time.Millisecond; isStoreFailure(err) && pause <= 200*time.Millisecond; pause *= 2 {
 			// The server could not make the stream's store this time (seen
@@ -42,6 +70,10 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 		return nil, fmt.Errorf("look up stream %s: %w", cfg.Name, err)
 	}
 	cfg.PersistMode = existing.CachedInfo().Config.PersistMode
+	cfg.Replicas = existing.CachedInfo().Config.Replicas
+	if want > 0 {
+		cfg.Replicas = want
+	}
 	s, err := js.UpdateStream(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("update stream %s: %w", cfg.Name, err)

@@ -73,3 +73,36 @@ func TestConsumerReplacedWithoutLosingMessages(t *testing.T) {
 		})
 	}
 }
+
+// TestReplicasAreSetOrKept: through WithReplicas every stream is made or set
+// to that many replicas; without it a new stream has one and an existing one
+// keeps its own, so that replicas raised by hand are never lowered.
+func TestReplicasAreSetOrKept(t *testing.T) {
+	ctx := context.Background()
+	c := natstest.StartCluster(t, 3)
+	_, js := natstest.Connect(t, c.URL)
+	replicas := func(name string) int {
+		t.Helper()
+		s, err := js.Stream(ctx, name)
+		require.NoError(t, err)
+		return s.CachedInfo().Config.Replicas
+	}
+	cfg := jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}}
+
+	_, err := provision.Stream(ctx, js, cfg)
+	require.NoError(t, err)
+	require.Equal(t, 1, replicas("S"), "a new stream, no replicas asked for")
+
+	_, err = provision.Stream(ctx, provision.WithReplicas(js, 3), cfg)
+	require.NoError(t, err)
+	require.Equal(t, 3, replicas("S"), "raised")
+
+	cfg.Description = "an upgrade"
+	_, err = provision.Stream(ctx, js, cfg)
+	require.NoError(t, err)
+	require.Equal(t, 3, replicas("S"), "an upgrade without replicas asked for keeps them")
+
+	_, err = provision.KeyValue(ctx, provision.WithReplicas(js, 3), provision.KeyValueConfig{Bucket: "b"})
+	require.NoError(t, err)
+	require.Equal(t, 3, replicas("KV_b"), "a new bucket")
+}

@@ -1,0 +1,79 @@
+package natstest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/stretchr/testify/require"
+)
+
+// Cluster is a NATS cluster of embedded servers with JetStream, for what
+// needs replicas.
+type Cluster struct {
+	Servers []*server.Server
+	// URL lists every server's client URL, comma-separated, as a client's
+	// --server takes it.
+	URL string
+}
+
+// StartCluster starts n clustered servers, each with its own store in the
+// test's temporary directory, and waits until JetStream has a leader; the
+// test's cleanup stops them. It is built as nats-server's own tests build
+// theirs: explicit cluster ports and a route from every server to every
+// other.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		ports[i] = freePort(t)
+	}
+	var routes []*url.URL
+	for _, p := range ports {
+		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", p)})
+	}
+	c := &Cluster{}
+	var urls []string
+	for i := range n {
+		opts := &server.Options{
+			ServerName: fmt.Sprintf("jj-%d", i),
+			Host:       "127.0.0.1",
+			Port:       server.RANDOM_PORT,
+			JetStream:  true,
+			StoreDir:   t.TempDir(),
+			NoSigs:     true,
+			NoLog:      true,
+			Cluster:    server.ClusterOpts{Name: "jetjob-test", Host: "127.0.0.1", Port: ports[i]},
+			Routes:     routes,
+		}
+		ns, err := server.NewServer(opts)
+		require.NoError(t, err)
+		go ns.Start()
+		t.Cleanup(ns.Shutdown)
+		require.True(t, ns.ReadyForConnections(10*time.Second), "server %d not ready", i)
+		c.Servers = append(c.Servers, ns)
+		urls = append(urls, ns.ClientURL())
+	}
+	c.URL = strings.Join(urls, ",")
+	_, js := Connect(t, c.URL)
+	Eventually(t, 20*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := js.AccountInfo(ctx)
+		return err == nil
+	}, "JetStream of the %d-server cluster ready", n)
+	return c
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
