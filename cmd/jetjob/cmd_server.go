@@ -13,6 +13,7 @@ import (
 
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
+	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/maintenance"
 )
@@ -26,6 +27,7 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 	grace := fs.String("cancel-grace", maintenance.CancelGraceDefault.String(), "a cancel no worker acknowledges within this is finished by the server")
 	retain := fs.String("retain", maintenance.RetainFinishedDefault.String(), "finished jobs older than this are purged")
 	every := fs.String("purge-every", maintenance.PurgeEveryDefault.String(), "pause between background purges")
+	fs.IntVar(&o.Replicas, "replicas", 0, "with --nats, on a NATS cluster: make and set every jetjob stream with this many replicas (1-5); 0 keeps what each has, one for a new stream")
 	return func() (err error) {
 		// Below a second, these turn a server into a busy loop (purges),
 		// or fail every job faster than a heartbeat can cross the network.
@@ -45,7 +47,13 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 		if o.Fsync != natsserver.FsyncAlways && o.Fsync != natsserver.FsyncInterval {
 			return usageErr("--fsync %q, expected always or interval", o.Fsync)
 		}
+		if o.Replicas < 0 || o.Replicas > provision.ReplicasMax {
+			return usageErr("--replicas %d, expected 1-%d (or 0: keep what each stream has)", o.Replicas, provision.ReplicasMax)
+		}
 		if o.NATSURL == "" {
+			if o.Replicas > 1 {
+				return usageErr("--replicas %d needs --nats with a NATS cluster: the embedded server is one node", o.Replicas)
+			}
 			return checkEmbedded(o)
 		}
 		var embeddedOnly []string

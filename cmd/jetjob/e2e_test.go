@@ -863,3 +863,42 @@ func TestEveryCommandsHelpIsClean(t *testing.T) {
 	}
 	require.Contains(t, runCLI(t, "nats://127.0.0.1:1", "ls", "-h").stdout, "  -after string\n", "named by the flag's own type")
 }
+
+// TestServerReplicatesOnACluster: on a 3-server NATS cluster, `server
+// --replicas 3` makes every jetjob stream with 3 replicas, and the queue
+// keeps working when one NATS server is gone.
+func TestServerReplicatesOnACluster(t *testing.T) {
+	ctx := context.Background()
+	c := natstest.StartCluster(t, 3)
+	cmd := exec.Command(binary, "server", "--nats", c.URL, "--replicas", "3")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	_, js := natstest.Connect(t, c.URL)
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		_, err := projector.NewReader(ctx, js)
+		return err == nil
+	}, "server up on the cluster: %s", &out)
+
+	streams := 0
+	for name := range js.StreamNames(ctx).Name() {
+		st, err := js.Stream(ctx, name)
+		require.NoError(t, err)
+		require.Equal(t, 3, st.CachedInfo().Config.Replicas, "stream %s", name)
+		streams++
+	}
+	require.GreaterOrEqual(t, streams, 20, "the log, the heartbeats, 16 queue shards, timers, logs and the buckets")
+
+	first := runCLI(t, c.URL, "submit", "--type", "t").ok(t)
+	c.Servers[0].Shutdown()
+	var second string
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		r := runCLI(t, c.URL, "submit", "--type", "t")
+		second = strings.TrimSpace(r.stdout)
+		return r.code == 0
+	}, "a submit with one NATS server of three gone")
+	for _, id := range []string{first, second} {
+		natstest.Eventually(t, 30*time.Second, func() bool { return runCLI(t, c.URL, "get", id).code == 0 }, "job %s readable", id)
+	}
+}

@@ -11,6 +11,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// ErrAsyncNotReplicable: a stream made to persist asynchronously (on one
+// node) cannot be replicated, and the server cannot change how a stream
+// persists.
+var ErrAsyncNotReplicable = errors.New("it persists asynchronously, which a replicated stream cannot: " +
+	"delete it and start the server again to make it anew (README: Replicas)")
+
 // ReplicasMax is the most replicas a NATS stream can have.
 const ReplicasMax = 5
 
@@ -46,6 +52,11 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		cfg.Replicas = max(want, 1)
+		if cfg.Replicas > 1 {
+			// The server persists a replicated stream only as it
+			// replicates it; what async persistence saved there is moot.
+			cfg.PersistMode = jetstream.DefaultPersistMode
+		}
 		s, err := js.CreateStream(ctx, cfg)
 		for pause := 50 * time.Millisecond; isStoreFailure(err) && pause <= 200*time.Millisecond; pause *= 2 {
 			// The server could not make the stream's store this time (seen
@@ -73,6 +84,9 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 	cfg.Replicas = existing.CachedInfo().Config.Replicas
 	if want > 0 {
 		cfg.Replicas = want
+	}
+	if cfg.Replicas > 1 && cfg.PersistMode == jetstream.AsyncPersistMode {
+		return nil, fmt.Errorf("update stream %s to %d replicas: %w", cfg.Name, cfg.Replicas, ErrAsyncNotReplicable)
 	}
 	s, err := js.UpdateStream(ctx, cfg)
 	if err != nil {

@@ -102,7 +102,15 @@ func TestReplicasAreSetOrKept(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 3, replicas("S"), "an upgrade without replicas asked for keeps them")
 
-	_, err = provision.KeyValue(ctx, provision.WithReplicas(js, 3), provision.KeyValueConfig{Bucket: "b"})
+	_, err = provision.KeyValue(ctx, provision.WithReplicas(js, 3), provision.KeyValueConfig{Bucket: "b", AsyncPersist: true})
 	require.NoError(t, err)
-	require.Equal(t, 3, replicas("KV_b"), "a new bucket")
+	require.Equal(t, 3, replicas("KV_b"), "a new bucket, replicated, so persisting as it replicates")
+
+	// One made to persist asynchronously on one node cannot be replicated.
+	_, err = provision.KeyValue(ctx, js, provision.KeyValueConfig{Bucket: "async", AsyncPersist: true})
+	require.NoError(t, err)
+	_, err = provision.KeyValue(ctx, provision.WithReplicas(js, 3), provision.KeyValueConfig{Bucket: "async", AsyncPersist: true})
+	require.ErrorIs(t, err, provision.ErrAsyncNotReplicable)
+	require.ErrorContains(t, err, "KV_async")
+	require.Equal(t, 1, replicas("KV_async"))
 }

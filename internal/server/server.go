@@ -20,6 +20,7 @@ import (
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
+	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/maintenance"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
@@ -42,7 +43,11 @@ type Options struct {
 	PurgeEvery     time.Duration
 	// DetectEvery overrides the detector's pause between passes.
 	DetectEvery time.Duration
-	Logger      *zap.Logger
+	// Replicas of every stream, on an external NATS cluster
+	// (provision.WithReplicas); 0 keeps what each stream has, and gives a
+	// new one a single replica. An embedded server takes only 0 or 1.
+	Replicas int
+	Logger   *zap.Logger
 }
 
 // Server is a running jetjob server.
@@ -68,6 +73,9 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 			s.Stop()
 		}
 	}()
+	if o.Replicas < 0 || o.Replicas > provision.ReplicasMax || o.NATSURL == "" && o.Replicas > 1 {
+		return s, fmt.Errorf("%w: %d replicas, expected 0-%d, and at most 1 on the embedded server", ErrInvalidOptions, o.Replicas, provision.ReplicasMax)
+	}
 	if o.NATSURL == "" {
 		srv, err := natsserver.Start(natsserver.Config{DataDir: o.DataDir, Listen: o.Listen, Fsync: o.Fsync})
 		if err != nil {
@@ -85,9 +93,11 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, fmt.Errorf("connect to NATS at %s: %w", RedactURL(s.URL), err)
 	}
 	s.stops = append(s.stops, s.NC.Close)
-	if s.JS, err = jetstream.New(s.NC, jetstream.WithPublishAsyncMaxPending(1<<16)); err != nil {
+	js, err := jetstream.New(s.NC, jetstream.WithPublishAsyncMaxPending(1<<16))
+	if err != nil {
 		return s, err
 	}
+	s.JS = provision.WithReplicas(js, o.Replicas)
 	if s.Log, err = events.Open(ctx, s.JS, logConfig(o)); err != nil {
 		if !s.NC.IsConnected() {
 			// Retrying the first connect hides why setup timed out.

@@ -1,0 +1,6 @@
+package server
+
+import "errors"
+
+// ErrInvalidOptions: Options a server cannot start with.
+var ErrInvalidOptions = errors.New("invalid server options")
