@@ -249,9 +249,20 @@ func (p *Projector) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Asked anew, not taken from the create's answer: after a NATS restart
+	// that answer gives the time of the restart, and every later info the
+	// consumer's real creation, which would look like a consumer recreated.
+	var created [2]time.Time
+	for i, c := range []jetstream.Consumer{ev, hb} {
+		info, err := c.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("consumer info: %w", err)
+		}
+		created[i] = info.Created
+	}
 	p.setupMu.Lock()
 	p.evCons, p.hbCons = ev, hb
-	p.consumed = [2]time.Time{ev.CachedInfo().Created, hb.CachedInfo().Created}
+	p.consumed = created
 	p.setupMu.Unlock()
 	return nil
 }

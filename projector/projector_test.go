@@ -1016,3 +1016,27 @@ func TestWatchCatchesUpAfterTheServerRestarts(t *testing.T) {
 	put(kv2, after)
 	require.Equal(t, after.ID, receive(ch).ID, "the view written after the restart, and not the one sent before")
 }
+
+// TestSetupAfterANATSRestartIsNotLost: a projector set up after its NATS
+// restarted finds its consumers in place, not recreated (the create's answer
+// then gives the restart's time, not the consumer's creation).
+func TestSetupAfterANATSRestartIsNotLost(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	require.NoError(t, f.p.setup(ctx))
+	f.env.Server.Shutdown()
+	srv, err := natsserver.Start(natsserver.Config{DataDir: f.env.Dir, Listen: strings.TrimPrefix(f.env.URL, "nats://")})
+	require.NoError(t, err)
+	t.Cleanup(srv.Shutdown)
+
+	_, js := natstest.Connect(t, srv.ClientURL())
+	lg, err := events.Attach(js, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	hb, err := events.OpenHeartbeats(ctx, js)
+	require.NoError(t, err)
+	p, err := New(js, lg, hb, Config{})
+	require.NoError(t, err)
+	require.NoError(t, p.setup(ctx))
+	require.Empty(t, p.setupLost(ctx))
+}
