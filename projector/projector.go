@@ -148,6 +148,9 @@ type Projector struct {
 	hb     *events.Heartbeats
 	cfg    Config
 	logger *zap.Logger
+	// folded, when set (by tests), runs between a rebuild's fold and its
+	// writes, where other writers may act.
+	folded func()
 
 	// setupMu guards the handles below, which setup replaces.
 	setupMu  sync.Mutex

@@ -1040,3 +1040,47 @@ func TestSetupAfterANATSRestartIsNotLost(t *testing.T) {
 	require.NoError(t, p.setup(ctx))
 	require.Empty(t, p.setupLost(ctx))
 }
+
+// TestRebuildLeavesAPurgedJobGone: a job purged while a rebuild runs (after
+// its fold) does not get its view back; a view whose job's history holds no
+// valid submit is removed.
+func TestRebuildLeavesAPurgedJobGone(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	j, err = f.m.Cancel(ctx, j.ID, "")
+	require.NoError(t, err)
+	f.run(t)
+	f.requireFolded(t, []string{j.ID})
+	kv, r := f.viewsBucket(t)
+	stale, err := r.Get(ctx, j.ID)
+	require.NoError(t, err)
+	stale.CancelReason = "not what the log says" // so that the rebuild writes it
+	data, err := json.Marshal(stale)
+	require.NoError(t, err)
+	_, err = kv.Put(ctx, j.ID, data)
+	require.NoError(t, err)
+
+	junk := statemachine.JobIDForKey("only a bad event")
+	_, err = f.env.JS.Publish(ctx, events.SubjectPrefixDefault+junk, []byte(`{}`))
+	require.NoError(t, err)
+	data, err = json.Marshal(View{ID: junk, Type: "t", State: statemachine.StatePending, Version: 1})
+	require.NoError(t, err)
+	_, err = kv.Put(ctx, junk, data)
+	require.NoError(t, err)
+
+	f.p.folded = func() {
+		// What the purger does to a finished job.
+		mark, err := r.Mark(ctx)
+		require.NoError(t, err)
+		require.NoError(t, f.log.Purge(ctx, j.ID, j.Version))
+		require.NoError(t, r.Forget(ctx, j.ID, mark))
+	}
+	_, err = f.p.Rebuild(ctx)
+	require.NoError(t, err)
+	_, err = r.Get(ctx, j.ID)
+	require.ErrorIs(t, err, events.ErrNotFound, "the purged job's view stays gone")
+	_, err = r.Get(ctx, junk)
+	require.ErrorIs(t, err, events.ErrNotFound, "a job with no valid submit has no view")
+}

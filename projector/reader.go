@@ -233,7 +233,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	seen := map[string]sent{}
 	go func() {
 		defer close(out)
-		defer func() { _ = w.Stop() }()
+		defer func() { stopWatch(w) }()
 		if reconnected != nil {
 			defer r.nc.RemoveStatusListener(reconnected)
 		}
@@ -253,7 +253,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 					continue
 				}
 				again = nil
-				_ = w.Stop()
+				stopWatch(w)
 				w = nw
 			case e, ok := <-w.Updates():
 				if !ok {
@@ -286,6 +286,17 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 		}
 	}()
 	return out, nil
+}
+
+// stopWatch stops a KV watch that nobody reads any more. Its delivery
+// blocks once its buffer is full, and would hold its subscription open for
+// good: what is left is drained until the watch closes.
+func stopWatch(w jetstream.KeyWatcher) {
+	go func() {
+		_ = w.Stop()
+		for range w.Updates() {
+		}
+	}()
 }
 
 // Mark is the sequence of the last view written so far, for Forget.

@@ -67,6 +67,9 @@ func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 	if err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
+	if p.folded != nil {
+		p.folded()
+	}
 	// A view that differs from the one rendered now is written again, even
 	// at the same version: the rebuild may be there to render views anew.
 	// One written since it was read is decided again, keeping the newer.
@@ -84,10 +87,21 @@ func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 		if err != nil {
 			return err
 		}
+		_, hadView := current[jw.id]
 		jw.cur = cur
-		jw.write = !cur.ok || cur.view.Version < jw.view.Version
+		switch {
+		case cur.ok:
+			jw.write = cur.view.Version < jw.view.Version
+		case cur.rev == 0 && hadView:
+			// Gone since it was read: forgotten with its job (the purger),
+			// which the fold, read before, must not bring back.
+			jw.write = false
+		default:
+			jw.write = true // no view yet, or a value that is not one
+		}
 		return nil
 	}
+	written := len(work)
 	for lo := 0; lo < len(work); lo += rebuildWindow {
 		window := work[lo:min(lo+rebuildWindow, len(work))]
 		stale, err := p.writeAll(ctx, window)
@@ -99,12 +113,17 @@ func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 		}); err != nil {
 			return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 		}
+		for _, jw := range stale {
+			if !jw.write {
+				written--
+			}
+		}
 	}
 	if err := p.dropOrphans(ctx, current, jobs); err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
 	el := time.Since(start).Seconds()
-	return RebuildStats{Events: n, Jobs: len(all), Written: len(work), Seconds: el, EventsPerSec: float64(n) / el}, nil
+	return RebuildStats{Events: n, Jobs: len(all), Written: written, Seconds: el, EventsPerSec: float64(n) / el}, nil
 }
 
 // currentView is what the rebuild needs of a view the bucket holds: its
@@ -144,8 +163,8 @@ func (p *Projector) dropOrphans(ctx context.Context, current map[string]currentV
 		return fmt.Errorf("drop views of jobs not in the log: %w", err)
 	}
 	for id, cur := range current {
-		if _, inLog := jobs[id]; inLog {
-			continue
+		if j, inLog := jobs[id]; inLog && j.State != statemachine.StateNew {
+			continue // a job with no valid submit has no view to keep
 		}
 		if err := st.Purge(ctx, jetstream.WithPurgeSubject(p.kvSubject(id)), jetstream.WithPurgeSequence(cur.rev+1)); err != nil {
 			return fmt.Errorf("drop view of job %s, not in the log: %w", id, err)
@@ -191,8 +210,6 @@ func (p *Projector) renderAll(jobs map[string]*statemachine.Job, beats map[strin
 	return work, first
 }
 
-// foldLog folds every job in the events stream up to the end it had when
-// the pass began, and counts the messages read.
 // foldLog folds every job of the log, up to its last sequence when the pass
 // began; n counts the messages read.
 func (p *Projector) foldLog(ctx context.Context) (jobs map[string]*statemachine.Job, n int, err error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -246,22 +245,13 @@ func RemoveQueues(ctx context.Context, js jetstream.JetStream, match func(jobTyp
 	}
 	var keys []queueKey
 	for name := range names.Keys() {
-		// A queue's name starts with its type, which has no dot.
-		if t, _, _ := strings.Cut(name, "."); !match(t) {
-			continue
+		if key, ok := parseKeyName(name); ok && match(key.Type) {
+			keys = append(keys, key)
 		}
-		e, err := kv.Get(ctx, name)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue
-		}
-		if err != nil {
-			return 0, fmt.Errorf("remove queues: read %s: %w", name, err)
-		}
-		var key queueKey
-		if err := json.Unmarshal(e.Value(), &key); err != nil || key.name() != name {
-			continue // not a registration this version wrote
-		}
-		keys = append(keys, key)
+	}
+	registry, err := js.Stream(ctx, "KV_"+TagsetsBucket)
+	if err != nil {
+		return 0, fmt.Errorf("remove queues: %w", err)
 	}
 	for i, key := range keys {
 		if err := js.DeleteConsumer(ctx, key.stream(), key.consumer()); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -274,14 +264,10 @@ func RemoveQueues(ctx context.Context, js jetstream.JetStream, match func(jobTyp
 		if err := st.Purge(ctx, jetstream.WithPurgeSubject(key.filter())); err != nil {
 			return i, fmt.Errorf("remove queue %s: purge: %w", key.name(), err)
 		}
-		if err := kv.Purge(ctx, key.name()); err != nil {
+		// From the bucket's stream, as the purger forgets a view: no
+		// delete marker is left behind.
+		if err := registry.Purge(ctx, jetstream.WithPurgeSubject("$KV."+TagsetsBucket+"."+key.name())); err != nil {
 			return i, fmt.Errorf("remove queue %s: unregister: %w", key.name(), err)
-		}
-	}
-	if len(keys) > 0 {
-		// The purges leave a marker per key; nothing reads them.
-		if err := kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(-1)); err != nil {
-			return len(keys), fmt.Errorf("remove queues: drop the markers: %w", err)
 		}
 	}
 	return len(keys), nil

@@ -181,6 +181,11 @@ func runAdmin(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer c.close()
+	// A missing bucket is the server's to make (with its replicas): it
+	// rebuilds one it finds missing by itself.
+	if _, err := projector.NewReader(ctx, c.js); err != nil {
+		return err
+	}
 	hb, err := events.OpenHeartbeats(ctx, c.js)
 	if err != nil {
 		return err

@@ -249,7 +249,10 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 	// Said on stderr, so that a dashboard knows a quiet watch may be a
 	// lost one, and stdout keeps one line per change.
 	at := server.RedactURL(fs.server)
-	c.nc.SetDisconnectErrHandler(func(*nats.Conn, error) {
+	c.nc.SetDisconnectErrHandler(func(nc *nats.Conn, err error) {
+		if err == nil || nc.IsClosed() {
+			return // closed on purpose: the watch is ending
+		}
 		fmt.Fprintf(os.Stderr, "jetjob watch: lost the connection to the jetjob server at %s; reconnecting\n", at)
 	})
 	c.nc.SetReconnectHandler(func(*nats.Conn) {

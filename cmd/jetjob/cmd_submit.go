@@ -130,7 +130,11 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 			_, err = fmt.Fprintln(out, job.ID)
 		}
 		if err != nil {
-			return fmt.Errorf("job %s was submitted, but printing it failed: %w", job.ID, err)
+			what := "was submitted"
+			if existed {
+				what = "exists (its key named it)"
+			}
+			return fmt.Errorf("job %s %s, but printing it failed: %w", job.ID, what, err)
 		}
 		return nil
 	}
@@ -182,7 +186,7 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		werr = w.Flush()
 	}
 	if werr != nil {
-		return fmt.Errorf("%d jobs were stored, but printing their IDs failed (ls --type lists them): %w", len(views), cmp.Or(firstErr, werr))
+		return errors.Join(firstErr, fmt.Errorf("%d jobs were stored, but printing their IDs failed (ls --type lists them): %w", len(views), werr))
 	}
 	return firstErr
 }

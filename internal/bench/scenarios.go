@@ -196,8 +196,9 @@ func (r *Runner) opsScenario(ctx context.Context) error {
 
 		// A second projector rebuilds the views from the whole log while the
 		// server's own keeps running, as an operator's rebuild would. On a
-		// shared server it rebuilds a bucket of its own, removed afterwards:
-		// a rebuild empties the views it rebuilds while it runs.
+		// shared server it rebuilds a bucket of its own, empty at first and
+		// removed afterwards: the operator's views are not the bench's to
+		// rewrite.
 		rcfg := projector.Config{Durable: "bench_rebuild", HeartbeatDurable: "bench_rebuild_hb", Logger: r.logger}
 		if r.cfg.NATSURL != "" {
 			rcfg.Bucket = "bench_views_" + r.run
