@@ -366,6 +366,11 @@ func (l *Log) msg(r *appendReq) *nats.Msg {
 // appendOne publishes one event on its own, resending it if its ack is lost.
 func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 	var lastErr error
+	// No stream leader answering (a cluster electing one, which takes a few
+	// seconds) costs no try: nothing took the message. It is published again
+	// after a pause, for up to the time the tries would take.
+	var leaderless time.Time
+	pause := unavailablePause
 	for try := 0; try < l.cfg.PublishRetries; try++ {
 		if !r.sent && l.nc.IsClosed() {
 			return 0, fmt.Errorf("append to job %s: %w", r.ev.JobID, ErrNotSent)
@@ -400,8 +405,24 @@ func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 			// held it, may have been stored before the failure.
 			return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: err}
 		}
-		l.logger.Debug("append ack lost, resending", zap.String("job", r.ev.JobID), zap.Error(err))
 		lastErr = err
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+			if leaderless.IsZero() {
+				leaderless = time.Now()
+			}
+			if time.Since(leaderless) < time.Duration(l.cfg.PublishRetries)*l.cfg.PublishTimeout {
+				l.logger.Debug("no stream leader answers, publishing again", zap.String("job", r.ev.JobID), zap.Duration("after", pause))
+				select {
+				case <-ctx.Done():
+					return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: ctx.Err()}
+				case <-time.After(pause):
+				}
+				pause = min(2*pause, time.Second)
+				try--
+				continue
+			}
+		}
+		l.logger.Debug("append ack lost, resending", zap.String("job", r.ev.JobID), zap.Error(err))
 	}
 	return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: fmt.Errorf("no ack after %d tries: %w", l.cfg.PublishRetries, lastErr)}
 }

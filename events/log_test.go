@@ -16,6 +16,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/internal/provision"
 )
 
 func openLog(t *testing.T, cfg events.Config) (*events.Log, *natstest.Env) {
@@ -548,4 +549,43 @@ func TestLogConfigThatCannotRunIsRefused(t *testing.T) {
 	env := natstest.Start(t)
 	_, err := events.Open(context.Background(), env.JS, events.Config{MaxBatch: events.MaxBatchLimit + 1})
 	require.ErrorIs(t, err, events.ErrInvalidConfig)
+}
+
+// TestAppendWaitsOutALeaderElection: on a 3-server cluster, appends made
+// while the log's stream has no leader (two servers of three down) are
+// stored once one comes back and a leader is elected, not failed at once as
+// of unknown outcome.
+func TestAppendWaitsOutALeaderElection(t *testing.T) {
+	ctx := context.Background()
+	for _, cfg := range []events.Config{{MaxBatch: 1, PublishRetries: 2}, {PublishRetries: 2}} {
+		c := natstest.StartCluster(t, 3)
+		_, js := natstest.Connect(t, c.URL)
+		l, err := events.Open(ctx, provision.WithReplicas(js, 3), cfg)
+		require.NoError(t, err)
+		t.Cleanup(l.Close)
+		_, err = l.Append(ctx, mustEvent(t, "warm", events.TypeSubmitted), 0)
+		require.NoError(t, err)
+
+		c.Servers[1].Shutdown()
+		c.Servers[2].Shutdown()
+		var wg sync.WaitGroup
+		errs := make([]error, 20)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+				_, errs[i] = l.Append(actx, mustEvent(t, fmt.Sprintf("job%d", i), events.TypeSubmitted), 0)
+			}()
+		}
+		// What a restarting node takes, less than the publish timeout the
+		// wait is bounded by.
+		time.Sleep(time.Second)
+		c.Restart(1)
+		wg.Wait()
+		for i, err := range errs {
+			require.NoError(t, err, "max batch %d: append %d", cfg.MaxBatch, i)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -43,9 +44,12 @@ func dial(ctx context.Context, url string) (*client, error) {
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if _, err := js.Stream(ctx, events.StreamDefault); err != nil {
+	if err := findLog(ctx, js); err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("no jetjob event log at %s (is a 'jetjob server' running there?): %v", server.RedactURL(url), err)
+		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			return nil, fmt.Errorf("no jetjob event log at %s (is a 'jetjob server' running there?): %v", server.RedactURL(url), err)
+		}
+		return nil, fmt.Errorf("the jetjob event log at %s did not answer within %s (a NATS cluster electing a leader takes seconds; try again): %v", server.RedactURL(url), findLogFor, err)
 	}
 	lg, err := events.Attach(js, events.Config{})
 	if err != nil {
@@ -107,4 +111,23 @@ func writeJSON(w io.Writer, v any) error {
 
 func writeJSONLine(w io.Writer, v any) error {
 	return json.NewEncoder(w).Encode(v)
+}
+
+// findLogFor bounds how long a command waits for the event log to answer:
+// a NATS cluster that lost the log's leader elects another in seconds.
+const findLogFor = 15 * time.Second
+
+// findLog checks that the event log exists, asking again while the request
+// times out (a NATS without JetStream, or without the log, answers at once).
+func findLog(ctx context.Context, js jetstream.JetStream) error {
+	ctx, cancel := context.WithTimeout(ctx, findLogFor)
+	defer cancel()
+	for {
+		tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := js.Stream(tctx, events.StreamDefault)
+		tcancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			return err
+		}
+	}
 }

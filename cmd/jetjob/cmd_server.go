@@ -97,7 +97,7 @@ func checkEmbedded(o *server.Options) error {
 }
 
 func runServer(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("server", "[--data DIR] [--listen HOST:PORT] [--nats URL] [--fsync always|interval] [--hang-after D]", false)
+	fs := newFlags("server", "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [-v]", false)
 	var o server.Options
 	finish := serverFlags(fs, &o, "jetjob-data")
 	verbose := fs.Bool("v", false, "debug logging")

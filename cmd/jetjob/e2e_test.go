@@ -902,3 +902,32 @@ func TestServerReplicatesOnACluster(t *testing.T) {
 		natstest.Eventually(t, 30*time.Second, func() bool { return runCLI(t, c.URL, "get", id).code == 0 }, "job %s readable", id)
 	}
 }
+
+// TestReplicasOverAnUnreplicatedDeploymentSaysWhatToDelete: a server asked
+// for replicas over streams made for one node changes nothing, and names
+// every stream to delete at once.
+func TestReplicasOverAnUnreplicatedDeploymentSaysWhatToDelete(t *testing.T) {
+	ctx := context.Background()
+	c := natstest.StartCluster(t, 3)
+	first := exec.Command(binary, "server", "--nats", c.URL)
+	require.NoError(t, first.Start())
+	_, js := natstest.Connect(t, c.URL)
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		_, err := projector.NewReader(ctx, js)
+		return err == nil
+	}, "server up")
+	require.NoError(t, first.Process.Kill())
+	_ = first.Wait()
+
+	r := runCLI(t, c.URL, "server", "--nats", c.URL, "--replicas", "3")
+	require.Equal(t, 1, r.code, r.stderr)
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	last := lines[len(lines)-1]
+	for _, name := range []string{"JJ_HEARTBEATS", "JJ_LOGS", "JJ_QUEUE_00", "JJ_QUEUE_15", "KV_jj_jobs", "KV_jj_tagsets"} {
+		require.Contains(t, last, name)
+	}
+	require.Contains(t, last, "nats stream rm")
+	st, err := js.Stream(ctx, events.StreamDefault)
+	require.NoError(t, err)
+	require.Equal(t, 1, st.CachedInfo().Config.Replicas, "nothing changed")
+}

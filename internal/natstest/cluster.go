@@ -19,7 +19,26 @@ type Cluster struct {
 	Servers []*server.Server
 	// URL lists every server's client URL, comma-separated, as a client's
 	// --server takes it.
-	URL string
+	URL  string
+	t    testing.TB
+	opts []*server.Options
+}
+
+// Restart starts server i again, shut down before, on its own store and
+// ports.
+func (c *Cluster) Restart(i int) {
+	c.t.Helper()
+	c.Servers[i] = startClustered(c.t, c.opts[i])
+}
+
+func startClustered(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	ns, err := server.NewServer(opts)
+	require.NoError(t, err)
+	go ns.Start()
+	t.Cleanup(ns.Shutdown)
+	require.True(t, ns.ReadyForConnections(10*time.Second), "server %s not ready", opts.ServerName)
+	return ns
 }
 
 // StartCluster starts n clustered servers, each with its own store in the
@@ -37,13 +56,13 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	for _, p := range ports {
 		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", p)})
 	}
-	c := &Cluster{}
+	c := &Cluster{t: t}
 	var urls []string
 	for i := range n {
 		opts := &server.Options{
 			ServerName: fmt.Sprintf("jj-%d", i),
 			Host:       "127.0.0.1",
-			Port:       server.RANDOM_PORT,
+			Port:       freePort(t), // fixed, so that a restart keeps it
 			JetStream:  true,
 			StoreDir:   t.TempDir(),
 			NoSigs:     true,
@@ -51,11 +70,8 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			Cluster:    server.ClusterOpts{Name: "jetjob-test", Host: "127.0.0.1", Port: ports[i]},
 			Routes:     routes,
 		}
-		ns, err := server.NewServer(opts)
-		require.NoError(t, err)
-		go ns.Start()
-		t.Cleanup(ns.Shutdown)
-		require.True(t, ns.ReadyForConnections(10*time.Second), "server %d not ready", i)
+		ns := startClustered(t, opts)
+		c.opts = append(c.opts, opts)
 		c.Servers = append(c.Servers, ns)
 		urls = append(urls, ns.ClientURL())
 	}

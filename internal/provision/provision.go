@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,6 +38,27 @@ func WithReplicas(js jetstream.JetStream, n int) jetstream.JetStream {
 		return js
 	}
 	return replicated{JetStream: js, n: min(n, ReplicasMax)}
+}
+
+// Unreplicable lists the streams, of those whose names match, that persist
+// asynchronously and so cannot be given n replicas: what a deployment must
+// delete (and have made anew) before it moves to n, all of it said at once.
+func Unreplicable(ctx context.Context, js jetstream.JetStream, n int, match func(stream string) bool) ([]string, error) {
+	if n <= 1 {
+		return nil, nil
+	}
+	var out []string
+	streams := js.ListStreams(ctx)
+	for info := range streams.Info() {
+		if match(info.Config.Name) && info.Config.PersistMode == jetstream.AsyncPersistMode && info.Config.Replicas != n {
+			out = append(out, info.Config.Name)
+		}
+	}
+	if err := streams.Err(); err != nil {
+		return nil, fmt.Errorf("list streams: %w", err)
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // Stream creates the stream, or updates it to cfg when it exists. The server

@@ -98,6 +98,19 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, err
 	}
 	s.JS = provision.WithReplicas(js, o.Replicas)
+	// Checked before any stream is changed: a deployment moving to
+	// replicas must not be left half moved, and is told everything at once.
+	ours := func(name string) bool { return strings.HasPrefix(name, "JJ_") || strings.HasPrefix(name, "KV_jj_") }
+	stuck, err := provision.Unreplicable(ctx, js, o.Replicas, ours)
+	if err != nil {
+		return s, err
+	}
+	if len(stuck) > 0 {
+		return s, fmt.Errorf("%w: %d replicas: %s persist asynchronously (as made for one node), which a replicated stream cannot, "+
+			"and NATS cannot change that in place; delete them (nats stream rm NAME) and start again, "+
+			"and the server makes them anew, rebuilding what they held from the event log, but for JJ_LOGS (job output), which is lost",
+			ErrInvalidOptions, o.Replicas, strings.Join(stuck, ", "))
+	}
 	if s.Log, err = events.Open(ctx, s.JS, logConfig(o)); err != nil {
 		if !s.NC.IsConnected() {
 			// Retrying the first connect hides why setup timed out.
