@@ -103,6 +103,9 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	ours := func(name string) bool { return strings.HasPrefix(name, "JJ_") || strings.HasPrefix(name, "KV_jj_") }
 	stuck, err := provision.Unreplicable(ctx, js, o.Replicas, ours)
 	if err != nil {
+		if !s.NC.IsConnected() {
+			return s, fmt.Errorf("connect to NATS at %s: not reachable (is it running?): %w", RedactURL(s.URL), err)
+		}
 		return s, err
 	}
 	if len(stuck) > 0 {
