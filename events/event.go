@@ -52,6 +52,15 @@ type Record struct {
 	Raw []byte
 }
 
+// OfJob is the record as read from jobID's subject: an event naming another
+// job is not one of this job's, and is marked malformed (Err).
+func (r Record) OfJob(jobID string) Record {
+	if r.Err == nil && r.JobID != jobID {
+		r.Err = fmt.Errorf("%w: event of job %q on the subject of job %s", ErrMalformed, r.JobID, jobID)
+	}
+	return r
+}
+
 type envelope struct {
 	V int `json:"v"`
 	Event

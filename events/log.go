@@ -782,7 +782,7 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 			if status != "" {
 				return nil, fmt.Errorf("load job %s: direct get status %s %s", jobID, status, m.Header.Get("Description"))
 			}
-			rec := RecordFromMsg(m.Header, m.Data, 0)
+			rec := RecordFromMsg(m.Header, m.Data, 0).OfJob(jobID)
 			out = append(out, rec)
 			from = rec.Seq + 1
 		}

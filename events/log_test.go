@@ -589,3 +589,26 @@ func TestAppendWaitsOutALeaderElection(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadMarksAnotherJobsEventMalformed: an event naming another job, found
+// on a job's subject, is not one of its events: Load marks it, so that
+// every reader of the history (the state machine, history, the projector)
+// skips it alike.
+func TestLoadMarksAnotherJobsEventMalformed(t *testing.T) {
+	ctx := context.Background()
+	l, env := openLog(t, events.Config{})
+	seq, err := l.Append(ctx, mustEvent(t, "jobA", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+	foreign, err := events.Encode(mustEvent(t, "jobB", events.TypeCanceled))
+	require.NoError(t, err)
+	_, err = env.JS.Publish(ctx, l.Subject("jobA"), foreign)
+	require.NoError(t, err)
+
+	recs, err := l.Load(ctx, "jobA")
+	require.NoError(t, err)
+	require.Len(t, recs, 2)
+	require.NoError(t, recs[0].Err)
+	require.Equal(t, seq, recs[0].Seq)
+	require.ErrorIs(t, recs[1].Err, events.ErrMalformed)
+	require.ErrorContains(t, recs[1].Err, `event of job "jobB" on the subject of job jobA`)
+}

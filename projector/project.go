@@ -252,7 +252,7 @@ func (p *Projector) stepEvents(ctx context.Context, jw *jobWork, fresh bool) err
 		if rec.PrevSeq != job.Version {
 			return p.refold(ctx, jw)
 		}
-		rec = checkJob(jw.id, rec)
+		rec = rec.OfJob(jw.id)
 		if err := job.Apply(rec); err != nil {
 			jw.bad = append(jw.bad, badRecord{job: jw.id, subject: p.log.Subject(jw.id), rec: rec, reason: err})
 		}
@@ -310,7 +310,7 @@ func (p *Projector) refold(ctx context.Context, jw *jobWork) error {
 	}
 	job := statemachine.Job{State: statemachine.StateNew}
 	for _, rec := range recs {
-		rec = checkJob(jw.id, rec)
+		rec = rec.OfJob(jw.id)
 		if err := job.Apply(rec); err != nil && rec.Seq > seen {
 			jw.bad = append(jw.bad, badRecord{job: jw.id, subject: p.log.Subject(jw.id), rec: rec, reason: err})
 		}
@@ -335,15 +335,6 @@ func (p *Projector) refold(ctx context.Context, jw *jobWork) error {
 		return nil
 	}
 	return jw.setView(v)
-}
-
-// checkJob refuses an event that names another job than the subject it is
-// stored on: folding it would give the view another job's ID.
-func checkJob(id string, rec events.Record) events.Record {
-	if rec.Err == nil && rec.JobID != id {
-		rec.Err = fmt.Errorf("%w: event of job %q on the subject of job %s", events.ErrMalformed, rec.JobID, id)
-	}
-	return rec
 }
 
 // current returns the stored view of a job: from the cache unless fresh,

@@ -225,7 +225,7 @@ func (p *Projector) foldLog(ctx context.Context) (jobs map[string]*statemachine.
 			j = &statemachine.Job{State: statemachine.StateNew}
 			jobs[id] = j
 		}
-		_ = j.Apply(checkJob(id, events.RecordFromMsg(m.Headers(), m.Data(), seq)))
+		_ = j.Apply(events.RecordFromMsg(m.Headers(), m.Data(), seq).OfJob(id))
 		// The view keeps only the payload's size: do not hold every
 		// payload of the log in memory.
 		j.Payload = nil
