@@ -163,8 +163,9 @@ func (p *Projector) dropOrphans(ctx context.Context, current map[string]currentV
 		return fmt.Errorf("drop views of jobs not in the log: %w", err)
 	}
 	for id, cur := range current {
+		// A job the fold found no valid submit for has no view either.
 		if j, inLog := jobs[id]; inLog && j.State != statemachine.StateNew {
-			continue // a job with no valid submit has no view to keep
+			continue
 		}
 		if err := st.Purge(ctx, jetstream.WithPurgeSubject(p.kvSubject(id)), jetstream.WithPurgeSequence(cur.rev+1)); err != nil {
 			return fmt.Errorf("drop view of job %s, not in the log: %w", id, err)

@@ -279,8 +279,6 @@ type Runner struct {
 	figures []Figure
 	// ceiling holds the ceiling figures by fsync and metric.
 	ceiling map[string]float64
-	// parts is the largest RSS figure the running scenario reported itself.
-	parts float64
 }
 
 // Run runs the configured scenarios, each on fresh servers, printing each
@@ -304,7 +302,6 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 			continue
 		}
 		resetPeakRSS()
-		r.parts = 0
 		var err error
 		switch s {
 		case ScenarioCeiling:
@@ -332,7 +329,13 @@ func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
 			note = "this process: projector, enqueuer, clients and workers; not the external server"
 		}
 		// The kernel's peak can lag a part's own reading by a page or two.
-		r.add(Figure{Scenario: s, Metric: "peak_rss_mib", Value: max(peakRSS(), r.parts), Unit: "MiB", Note: note})
+		peak := peakRSS()
+		for _, f := range r.figures {
+			if f.Scenario == s && f.Unit == "MiB" {
+				peak = max(peak, f.Value)
+			}
+		}
+		r.add(Figure{Scenario: s, Metric: "peak_rss_mib", Value: peak, Unit: "MiB", Note: note})
 	}
 	if !cfg.JSON {
 		r.table()
@@ -360,9 +363,6 @@ func (r *Runner) add(f Figure) {
 		f.Ceiling = r.ceiling[f.Fsync+"/"+f.CeilingMetric]
 	}
 	r.figures = append(r.figures, f)
-	if f.Unit == "MiB" {
-		r.parts = max(r.parts, f.Value)
-	}
 	if r.cfg.JSON {
 		enc := json.NewEncoder(r.out)
 		enc.SetEscapeHTML(false)
