@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +67,19 @@ const (
 	// writer moved its view.
 	casRetries = 20
 )
+
+// ViewFormat is the version of what a view says of a history: of View's
+// fields and of the fold that fills them. It goes up with every change to
+// either that renders some stored history differently
+// (TestViewFormatIsCurrent notices one), so that a server finding the views
+// of an older format rebuilds them in place before it projects. Without it,
+// views written by an older jetjob would differ from the fold of their
+// history until an operator ran `jetjob admin rebuild`.
+const ViewFormat = 1
+
+// viewFormatKey names the entry of the bucket stream's metadata that records
+// the ViewFormat of its views.
+const viewFormatKey = "jetjob.view_format"
 
 // Config configures a Projector. Zero values take the defaults.
 type Config struct {
@@ -158,6 +173,9 @@ type Projector struct {
 	evCons   jetstream.Consumer
 	hbCons   jetstream.Consumer
 	consumed [2]time.Time // creation times of evCons and hbCons
+	// outdated: the bucket's views are of an older ViewFormat, to be
+	// rebuilt before projecting.
+	outdated bool
 
 	// cache holds the views of unfinished jobs as last written, in two
 	// generations (see remember).
@@ -188,22 +206,39 @@ func New(js jetstream.JetStream, log *events.Log, hb *events.Heartbeats, cfg Con
 func (p *Projector) kvSubject(id string) string { return "$KV." + p.cfg.Bucket + "." + id }
 func (p *Projector) kvStreamName() string       { return "KV_" + p.cfg.Bucket }
 
-// provisionStorage creates or upgrades the bucket and the quarantine stream;
-// lost is true when the bucket did not exist.
-func (p *Projector) provisionStorage(ctx context.Context) (lost bool, err error) {
-	_, err = p.js.Stream(ctx, p.kvStreamName())
-	lost = errors.Is(err, jetstream.ErrStreamNotFound)
-	if err != nil && !lost {
-		return false, fmt.Errorf("look up views bucket: %w", err)
+// storage is what provisionStorage found of the views bucket.
+type storage struct {
+	// lost: the bucket did not exist (it does now, empty).
+	lost bool
+	// format is the ViewFormat its views were written in; 0 when it was
+	// made before formats were recorded.
+	format int
+}
+
+// provisionStorage creates or upgrades the bucket and the quarantine stream.
+func (p *Projector) provisionStorage(ctx context.Context) (storage, error) {
+	var found storage
+	existing, err := p.js.Stream(ctx, p.kvStreamName())
+	found.lost = errors.Is(err, jetstream.ErrStreamNotFound)
+	if err != nil && !found.lost {
+		return storage{}, fmt.Errorf("look up views bucket: %w", err)
+	}
+	var meta map[string]string
+	if found.lost {
+		// Projected from the start of the log by this version.
+		found.format = ViewFormat
+		meta = map[string]string{viewFormatKey: strconv.Itoa(ViewFormat)}
+	} else {
+		found.format, _ = strconv.Atoi(existing.CachedInfo().Config.Metadata[viewFormatKey])
 	}
 	// Views are derived from the log and can be rebuilt, so they need no
 	// fsync before the ack.
-	if _, err := provision.KeyValue(ctx, p.js, provision.KeyValueConfig{Bucket: p.cfg.Bucket, AsyncPersist: true}); err != nil {
-		return false, err
+	if _, err := provision.KeyValue(ctx, p.js, provision.KeyValueConfig{Bucket: p.cfg.Bucket, AsyncPersist: true, Metadata: meta}); err != nil {
+		return storage{}, err
 	}
 	kv, err := p.js.Stream(ctx, p.kvStreamName())
 	if err != nil {
-		return false, fmt.Errorf("bind views bucket: %w", err)
+		return storage{}, fmt.Errorf("bind views bucket: %w", err)
 	}
 	if _, err := provision.Stream(ctx, p.js, jetstream.StreamConfig{
 		Name:        QuarantineStream,
@@ -214,23 +249,56 @@ func (p *Projector) provisionStorage(ctx context.Context) (lost bool, err error)
 		MaxMsgs:     -1,
 		MaxBytes:    -1,
 	}); err != nil {
-		return false, err
+		return storage{}, err
 	}
 	p.setupMu.Lock()
 	p.kv = kv
 	p.setupMu.Unlock()
-	return lost, nil
+	return found, nil
+}
+
+// recordFormat notes in the bucket's metadata that its views are of this
+// ViewFormat.
+func (p *Projector) recordFormat(ctx context.Context) error {
+	s, err := p.js.Stream(ctx, p.kvStreamName())
+	if err != nil {
+		return fmt.Errorf("record the views' format: %w", err)
+	}
+	cfg := s.CachedInfo().Config
+	if cfg.Metadata[viewFormatKey] == strconv.Itoa(ViewFormat) {
+		return nil
+	}
+	cfg.Metadata = maps.Clone(cfg.Metadata)
+	if cfg.Metadata == nil {
+		cfg.Metadata = map[string]string{}
+	}
+	cfg.Metadata[viewFormatKey] = strconv.Itoa(ViewFormat)
+	if _, err := p.js.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("record the views' format: %w", err)
+	}
+	return nil
 }
 
 // setup provisions the storage and binds the consumers. A missing bucket
 // means the views were lost: the consumers are recreated from the start of
 // both streams, so every view is projected again.
 func (p *Projector) setup(ctx context.Context) error {
-	lost, err := p.provisionStorage(ctx)
+	found, err := p.provisionStorage(ctx)
 	if err != nil {
 		return err
 	}
-	if lost {
+	switch {
+	case found.format < ViewFormat:
+		p.logger.Info("views bucket holds views of an older format: rebuilding them in place before projecting",
+			zap.Int("format", found.format), zap.Int("current", ViewFormat))
+	case found.format > ViewFormat:
+		p.logger.Warn("views bucket holds views of a newer jetjob: projecting over them as this version renders them",
+			zap.Int("format", found.format), zap.Int("current", ViewFormat))
+	}
+	p.setupMu.Lock()
+	p.outdated = found.format < ViewFormat
+	p.setupMu.Unlock()
+	if found.lost {
 		p.logger.Info("views bucket missing: projecting every view again from the start of the event log")
 		for _, d := range []struct{ stream, name string }{{p.log.Stream(), p.cfg.Durable}, {p.hb.Stream(), p.cfg.HeartbeatDurable}} {
 			if err := p.js.DeleteConsumer(ctx, d.stream, d.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -325,6 +393,9 @@ func (p *Projector) Stop() {
 func (p *Projector) supervise(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	for {
+		if !p.upgradeViews(ctx) {
+			return
+		}
 		p.setupMu.Lock()
 		ev, hb := p.evCons, p.hbCons
 		p.setupMu.Unlock()
@@ -372,6 +443,36 @@ func (p *Projector) supervise(ctx context.Context, done chan struct{}) {
 			return
 		}
 	}
+}
+
+// upgradeViews rebuilds the views when setup found them of an older
+// ViewFormat, retrying until it succeeds; false when ctx ended first. It
+// runs before the consume loops, so that no event is projected onto a view
+// of the older format meanwhile; the events appended during the rebuild are
+// projected after it.
+func (p *Projector) upgradeViews(ctx context.Context) bool {
+	for ctx.Err() == nil {
+		p.setupMu.Lock()
+		outdated := p.outdated
+		p.setupMu.Unlock()
+		if !outdated {
+			return true
+		}
+		stats, err := p.Rebuild(ctx)
+		if err == nil {
+			p.logger.Info("views rebuilt in the current format", zap.Int("format", ViewFormat),
+				zap.Int("jobs", stats.Jobs), zap.Int("written", stats.Written), zap.Float64("seconds", stats.Seconds))
+			return true
+		}
+		if ctx.Err() == nil {
+			p.logger.Warn("rebuild of views of an older format failed; trying again", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(p.cfg.CheckEvery):
+		}
+	}
+	return false
 }
 
 // watchSetup returns when ctx ends, when a loop ended, or when the bucket

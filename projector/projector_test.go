@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -1083,4 +1084,87 @@ func TestRebuildLeavesAPurgedJobGone(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrNotFound, "the purged job's view stays gone")
 	_, err = r.Get(ctx, junk)
 	require.ErrorIs(t, err, events.ErrNotFound, "a job with no valid submit has no view")
+}
+
+// TestViewsOfAnOlderFormatAreRebuiltBeforeProjecting: views an older jetjob
+// wrote (the bucket records an older format, or none) are rebuilt when a
+// projector starts; views of the current format are left as they are.
+func TestViewsOfAnOlderFormatAreRebuiltBeforeProjecting(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	ids := scenario(t, f.m, func() {})
+	f.run(t)
+	f.requireFolded(t, ids)
+	requireFormat(t, f, strconv.Itoa(ViewFormat), "a bucket made anew is of the current format")
+
+	kv, err := f.env.JS.KeyValue(ctx, BucketDefault)
+	require.NoError(t, err)
+	older := map[string]string{}
+	for _, id := range ids {
+		// What an older version would have said: a field less.
+		cur, ok := f.stored(t, id)
+		require.True(t, ok)
+		var fields map[string]json.RawMessage
+		require.NoError(t, json.Unmarshal([]byte(cur), &fields))
+		delete(fields, "errors")
+		raw, err := json.Marshal(fields)
+		require.NoError(t, err)
+		_, err = kv.Put(ctx, id, raw)
+		require.NoError(t, err)
+		older[id] = string(raw)
+	}
+
+	current := f.projector(t, Config{})
+	require.NoError(t, current.Start(ctx))
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	f.requireFolded(t, []string{j.ID})
+	for id, want := range older {
+		got, _ := f.stored(t, id)
+		require.Equal(t, want, got, "the bucket says its views are current: not rebuilt")
+	}
+	current.Stop()
+
+	for _, format := range []string{"0", ""} {
+		setFormat(t, f, format)
+		upgraded := f.projector(t, Config{})
+		require.NoError(t, upgraded.Start(ctx))
+		f.requireFolded(t, ids)
+		natstest.Eventually(t, within, func() bool { return formatOf(t, f) == strconv.Itoa(ViewFormat) }, "format recorded once rebuilt")
+		upgraded.Stop()
+		for _, id := range ids {
+			_, err = kv.Put(ctx, id, []byte(older[id]))
+			require.NoError(t, err)
+		}
+	}
+}
+
+// setFormat records a views format in the bucket ("" removes it).
+func setFormat(t *testing.T, f *fixture, format string) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := f.env.JS.Stream(ctx, "KV_"+BucketDefault)
+	require.NoError(t, err)
+	cfg := s.CachedInfo().Config
+	cfg.Metadata = maps.Clone(cfg.Metadata)
+	if format == "" {
+		delete(cfg.Metadata, viewFormatKey)
+	} else {
+		cfg.Metadata[viewFormatKey] = format
+	}
+	_, err = f.env.JS.UpdateStream(ctx, cfg)
+	require.NoError(t, err)
+	requireFormat(t, f, format, "set by the test")
+}
+
+func requireFormat(t *testing.T, f *fixture, want, why string) {
+	t.Helper()
+	require.Equal(t, want, formatOf(t, f), why)
+}
+
+func formatOf(t *testing.T, f *fixture) string {
+	t.Helper()
+	s, err := f.env.JS.Stream(context.Background(), "KV_"+BucketDefault)
+	require.NoError(t, err)
+	return s.CachedInfo().Config.Metadata[viewFormatKey]
 }

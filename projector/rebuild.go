@@ -40,7 +40,8 @@ const rebuildWindow = 2048
 // whole log in one ordered pass, then writes each job's view where it
 // differs from the stored one, unless a live projector wrote a newer one
 // meanwhile, and removes the views of jobs the log no longer has. Events
-// appended during the rebuild are the live projector's.
+// appended during the rebuild are the live projector's. Once done, it
+// records in the bucket that its views are of this ViewFormat.
 func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 	start := time.Now()
 	if _, err := p.provisionStorage(ctx); err != nil {
@@ -122,6 +123,12 @@ func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 	if err := p.dropOrphans(ctx, current, jobs); err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
+	if err := p.recordFormat(ctx); err != nil {
+		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
+	}
+	p.setupMu.Lock()
+	p.outdated = false
+	p.setupMu.Unlock()
 	el := time.Since(start).Seconds()
 	return RebuildStats{Events: n, Jobs: len(all), Written: written, Seconds: el, EventsPerSec: float64(n) / el}, nil
 }

@@ -1,7 +1,10 @@
 package projector
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -241,4 +244,68 @@ func TestCacheKeepsTheViewsStillMoving(t *testing.T) {
 	p.forget("c")
 	_, ok = p.cached("c")
 	require.False(t, ok)
+}
+
+// viewFormats records, for each ViewFormat, a digest of the views of
+// formatCorpus: what that format says of those histories.
+var viewFormats = map[int]string{
+	1: "b8b171ab4fdd11bdc7470c951e9f6b00e23589ba6b5edb8f5afeda01389fc21c",
+}
+
+// formatCorpus: histories through every kind of event and field a view shows.
+func formatCorpus(t *testing.T) []View {
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	runAt := at(3600)
+	full := events.Submitted{Type: "build", Tags: map[string]string{"region": "eu", "gpu": "yes"}, Meta: map[string]string{"team": "a"},
+		Payload: []byte(`{"n":1}`), Priority: 3, MaxAttempts: 3, Key: "release-7", Backoff: &events.Backoff{Base: time.Second, Cap: time.Minute}}
+	one := events.Submitted{Type: "build", MaxAttempts: 1}
+	acquired := func(s, attempt int) events.Event {
+		return event(t, events.TypeAcquired, at(s), events.Acquired{WorkerID: fmt.Sprintf("w%d", attempt), Attempt: attempt})
+	}
+	running := foldOf(t, "job-running", event(t, events.TypeSubmitted, at(0), full), acquired(1, 1))
+	return []View{
+		ViewOf(foldOf(t, "job-pending", event(t, events.TypeSubmitted, at(0), full)), nil),
+		ViewOf(foldOf(t, "job-scheduled", event(t, events.TypeSubmitted, at(0), events.Submitted{Type: "build", MaxAttempts: 2, RunAt: &runAt})), nil),
+		ViewOf(running, nil),
+		ViewOf(running, &events.Beat{Lease: running.Lease, At: at(30)}),
+		ViewOf(foldOf(t, "job-retried",
+			event(t, events.TypeSubmitted, at(0), full), acquired(1, 1),
+			event(t, events.TypeAttemptFailed, at(2), events.AttemptFailed{Lease: 20, Attempt: 1, Error: "exit 1", Code: "exit", RetryAt: at(4)}),
+			event(t, events.TypePromoted, at(4), events.Promoted{}), acquired(5, 2),
+			event(t, events.TypeSucceeded, at(6), events.Succeeded{Lease: 50, Result: json.RawMessage(`{"ok":true}`)})), nil),
+		ViewOf(foldOf(t, "job-waiting",
+			event(t, events.TypeSubmitted, at(0), full), acquired(1, 1),
+			event(t, events.TypeAttemptFailed, at(2), events.AttemptFailed{Lease: 20, Attempt: 1, Error: "hung", Code: "hung", RetryAt: at(60)})), nil),
+		ViewOf(foldOf(t, "job-failed", event(t, events.TypeSubmitted, at(0), one), acquired(1, 1),
+			event(t, events.TypeFailed, at(2), events.Failed{Lease: 20, Attempt: 1, Error: "bad input", Code: "no_retry"})), nil),
+		ViewOf(foldOf(t, "job-canceled-pending", event(t, events.TypeSubmitted, at(0), one),
+			event(t, events.TypeCanceled, at(1), events.Canceled{Reason: "outdated", By: events.CanceledByOperator})), nil),
+		ViewOf(foldOf(t, "job-canceling", event(t, events.TypeSubmitted, at(0), one), acquired(1, 1),
+			event(t, events.TypeCancelRequested, at(2), events.CancelRequested{Reason: "stop"})), nil),
+		ViewOf(foldOf(t, "job-canceled-by-worker", event(t, events.TypeSubmitted, at(0), one), acquired(1, 1),
+			event(t, events.TypeCancelRequested, at(2), events.CancelRequested{Reason: "stop"}),
+			event(t, events.TypeCanceled, at(3), events.Canceled{Reason: "stop", By: events.CanceledByWorker, Lease: 20})), nil),
+		ViewOf(foldOf(t, "job-canceled-by-timeout", event(t, events.TypeSubmitted, at(0), one), acquired(1, 1),
+			event(t, events.TypeCancelRequested, at(2), events.CancelRequested{}),
+			event(t, events.TypeCanceled, at(62), events.Canceled{By: events.CanceledByTimeout, Lease: 20})), nil),
+		ViewOf(foldOf(t, "job-released", event(t, events.TypeSubmitted, at(0), full), acquired(1, 1),
+			event(t, events.TypeReleased, at(2), events.Released{Lease: 20, Reason: "shutting down"})), nil),
+	}
+}
+
+// TestViewFormatIsCurrent fails when a change to View or to the fold renders
+// a stored history differently: bump ViewFormat then, so that servers
+// rebuild the views an older version wrote, and record the new digest here.
+// (A change to the corpus itself only needs the digest recorded again.)
+func TestViewFormatIsCurrent(t *testing.T) {
+	sum := sha256.New()
+	for _, v := range formatCorpus(t) {
+		raw, err := json.Marshal(v)
+		require.NoError(t, err)
+		sum.Write(raw)
+		sum.Write([]byte("\n"))
+	}
+	got := hex.EncodeToString(sum.Sum(nil))
+	require.Equal(t, viewFormats[ViewFormat], got,
+		"the views of the corpus changed: bump projector.ViewFormat to %d and record this digest under it in viewFormats", ViewFormat+1)
 }

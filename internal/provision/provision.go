@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"time"
 
@@ -63,8 +64,9 @@ func Unreplicable(ctx context.Context, js jetstream.JetStream, n int, match func
 
 // Stream creates the stream, or updates it to cfg when it exists. The server
 // refuses to change a stream's persist mode, so an existing stream keeps its
-// own; its replicas are set as WithReplicas says; everything else is
-// upgraded.
+// own; its replicas are set as WithReplicas says; its metadata keeps every
+// entry cfg does not set (an entry another part of jetjob recorded, such as
+// the views' format, outlives the next start); everything else is upgraded.
 func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	want := 0
 	if r, ok := js.(replicated); ok {
@@ -104,6 +106,11 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 	}
 	cfg.PersistMode = existing.CachedInfo().Config.PersistMode
 	cfg.Replicas = existing.CachedInfo().Config.Replicas
+	if kept := existing.CachedInfo().Config.Metadata; len(kept) > 0 {
+		merged := maps.Clone(kept)
+		maps.Copy(merged, cfg.Metadata)
+		cfg.Metadata = merged
+	}
 	if want > 0 {
 		cfg.Replicas = want
 	}
@@ -128,6 +135,8 @@ type KeyValueConfig struct {
 	AsyncPersist bool
 	// TTL expires values this old; zero keeps them.
 	TTL time.Duration
+	// Metadata is set on the bucket's stream (added to what it has).
+	Metadata map[string]string
 }
 
 // KeyValue creates or upgrades the bucket and binds to it.
@@ -155,6 +164,7 @@ func KeyValue(ctx context.Context, js jetstream.JetStream, cfg KeyValueConfig) (
 		AllowDirect:       true,
 		Duplicates:        dup,
 		Discard:           jetstream.DiscardNew,
+		Metadata:          cfg.Metadata,
 	}
 	if cfg.AsyncPersist {
 		scfg.PersistMode = jetstream.AsyncPersistMode
