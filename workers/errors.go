@@ -23,6 +23,10 @@ var (
 	// the handler then returns nil, the pool fails the attempt with
 	// ErrorCodeLostContact if it still holds the job when contact returns.
 	ErrLostContact = errors.New("lost contact with the server")
+	// ErrNoQueues: a pool started where no jetjob server of this version
+	// laid out the work queue: none has run on that NATS yet, or an older
+	// one keeps its queue otherwise. Such a pool would serve nothing.
+	ErrNoQueues = errors.New("no jetjob work queue on this NATS server")
 	// ErrJobTimeout is the cause of a handler's context when it ran longer
 	// than the pool's JobTimeout; the attempt fails with ErrorCodeTimeout.
 	ErrJobTimeout = errors.New("job ran past its timeout")

@@ -245,9 +245,10 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 }
 
 // Start watches the tag set registry and wake-ups and starts acquiring.
-// It needs the queue's streams (EnsureTopology) and, for jobs to reach the
-// queue, an Enqueuer running somewhere on the same NATS (a jetjob server
-// runs one). Safe to call twice; after Stop it returns ErrStopped.
+// It needs the queue's streams (EnsureTopology; ErrNoQueues without them)
+// and, for jobs to reach the queue, an Enqueuer running somewhere on the
+// same NATS (a jetjob server runs one). Safe to call twice; after Stop it
+// returns ErrStopped.
 func (p *Pool) Start(ctx context.Context) error {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()
@@ -259,6 +260,11 @@ func (p *Pool) Start(ctx context.Context) error {
 	}
 	if p.started {
 		return nil
+	}
+	// Before anything is made: a worker started ahead of its server must
+	// not make the server's streams as it would not.
+	if err := checkQueues(ctx, p.js); err != nil {
+		return err
 	}
 	var err error
 	if p.hb, err = events.OpenHeartbeats(ctx, p.js); err != nil {

@@ -164,6 +164,22 @@ func subsetOf(job, worker map[string]string) bool {
 	return true
 }
 
+// checkQueues returns ErrNoQueues unless a jetjob server of this version
+// has laid out the work queue on this NATS.
+func checkQueues(ctx context.Context, js jetstream.JetStream) error {
+	_, err := js.Stream(ctx, QueueStream(0))
+	switch {
+	case err == nil:
+		return nil
+	case !errors.Is(err, jetstream.ErrStreamNotFound):
+		return fmt.Errorf("look up the work queue: %w", err)
+	}
+	if _, err := js.Stream(ctx, legacyQueueStream); err == nil {
+		return fmt.Errorf("%w: it is the single stream %s of an older jetjob server; upgrade the servers before their workers", ErrNoQueues, legacyQueueStream)
+	}
+	return fmt.Errorf("%w: stream %s is missing; start the jetjob server first", ErrNoQueues, QueueStream(0))
+}
+
 // EnsureTopology creates or upgrades the queue, timers and logs streams and
 // the tag set registry. The queue streams and the registry are rebuilt from
 // the event log, so they flush to disk asynchronously; the timers stream

@@ -874,6 +874,38 @@ func TestTopologyReplacesTheUnshardedQueue(t *testing.T) {
 	require.NoError(t, EnsureTopology(ctx, env.JS), "a second run changes nothing")
 }
 
+// TestPoolNeedsAServersQueues: a pool started on a NATS no jetjob server
+// of this version set up refuses to start, says why, and makes nothing.
+func TestPoolNeedsAServersQueues(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	lg, err := events.Attach(env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	start := func() error {
+		p, err := NewPool(env.JS, m, PoolConfig{Types: []string{"build"}}, func(context.Context, *Job) error { return nil })
+		require.NoError(t, err)
+		return p.Start(ctx)
+	}
+
+	err = start()
+	require.ErrorIs(t, err, ErrNoQueues)
+	require.ErrorContains(t, err, "start the jetjob server first")
+	names := env.JS.StreamNames(ctx)
+	for name := range names.Name() {
+		t.Errorf("stream %s made by a pool that did not start", name)
+	}
+	require.NoError(t, names.Err())
+
+	_, err = env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: legacyQueueStream, Subjects: []string{"jj.q.>"}})
+	require.NoError(t, err)
+	err = start()
+	require.ErrorIs(t, err, ErrNoQueues)
+	require.ErrorContains(t, err, "older jetjob server")
+}
+
 // TestQueueShards: a queue's shard is part of its subjects on disk, so it
 // never changes between versions, and tag sets spread over every shard.
 func TestQueueShards(t *testing.T) {
