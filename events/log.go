@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/provision"
 )
@@ -868,6 +869,38 @@ func (l *Log) LastSeq(ctx context.Context, jobID string) (uint64, error) {
 		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
 	}
 	return m.Sequence, nil
+}
+
+// JobsStoredBefore returns the jobs with an event stored in the log before
+// t, each once, in the order of their oldest event still there: the only
+// jobs that can have finished before t. It reads the log from its start,
+// headers only, and stops at the first event stored at or after t, so that
+// what it costs is what the log still holds from before t (for a purger
+// that removes the jobs it finds, little), not the whole log.
+func (l *Log) JobsStoredBefore(ctx context.Context, t time.Time) ([]string, error) {
+	s, err := l.js.Stream(ctx, l.cfg.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("jobs stored before %s: %w", t.Format(time.RFC3339), err)
+	}
+	if state := s.CachedInfo().State; state.Msgs == 0 || !state.FirstTime.Before(t) {
+		return nil, nil
+	}
+	seen := map[string]bool{}
+	var ids []string
+	err = consume.Pass(ctx, l.js, l.cfg.Stream, jetstream.OrderedConsumerConfig{HeadersOnly: true}, func(m jetstream.Msg, meta *jetstream.MsgMetadata) bool {
+		if !meta.Timestamp.Before(t) {
+			return false
+		}
+		if id, ok := l.JobIDFromSubject(m.Subject()); ok && !seen[id] && ValidateJobID(id) == nil {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jobs stored before %s: %w", t.Format(time.RFC3339), err)
+	}
+	return ids, nil
 }
 
 // Purge deletes a job's history up to and including sequence through (its

@@ -612,3 +612,36 @@ func TestLoadMarksAnotherJobsEventMalformed(t *testing.T) {
 	require.ErrorIs(t, recs[1].Err, events.ErrMalformed)
 	require.ErrorContains(t, recs[1].Err, `event of job "jobB" on the subject of job jobA`)
 }
+
+// TestJobsStoredBefore: the jobs with an event stored before a time, once
+// each, in the order of their oldest event still in the log.
+func TestJobsStoredBefore(t *testing.T) {
+	ctx := context.Background()
+	l, _ := openLog(t, events.Config{})
+	a1, err := l.Append(ctx, mustEvent(t, "jobA", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+	_, err = l.Append(ctx, mustEvent(t, "jobB", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+	a2, err := l.Append(ctx, mustEvent(t, "jobA", events.TypeCanceled), a1)
+	require.NoError(t, err)
+	split := time.Now()
+	_, err = l.Append(ctx, mustEvent(t, "jobC", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+
+	for _, tc := range []struct {
+		before time.Time
+		want   []string
+	}{
+		{split.Add(-time.Hour), nil},
+		{split, []string{"jobA", "jobB"}},
+		{time.Now().Add(time.Hour), []string{"jobA", "jobB", "jobC"}},
+	} {
+		got, err := l.JobsStoredBefore(ctx, tc.before)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, got, "before %s", tc.before)
+	}
+	require.NoError(t, l.Purge(ctx, "jobA", a2))
+	got, err := l.JobsStoredBefore(ctx, split)
+	require.NoError(t, err)
+	require.Equal(t, []string{"jobB"}, got, "a purged job's events are gone from the head")
+}

@@ -149,9 +149,22 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 		hangAfter = 0
 	}
 	now := d.cfg.Now()
+	// One listing for both states: it reads every view, finished ones
+	// included.
+	states := []statemachine.State{statemachine.StateCanceling}
 	if hangAfter > 0 {
-		if running, err = d.listAll(ctx, statemachine.StateRunning); err != nil {
-			return res, err
+		states = append(states, statemachine.StateRunning)
+	}
+	listed, err := d.listAll(ctx, states)
+	if err != nil {
+		return res, err
+	}
+	var canceling []projector.View
+	for _, v := range listed {
+		if v.State == statemachine.StateRunning {
+			running = append(running, v)
+		} else {
+			canceling = append(canceling, v)
 		}
 	}
 	var hung []hungCandidate
@@ -180,10 +193,6 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 		if d.failHung(ctx, c, now, hangAfter) {
 			res.Hung = append(res.Hung, c.view.ID)
 		}
-	}
-	canceling, err := d.listAll(ctx, statemachine.StateCanceling)
-	if err != nil {
-		return res, err
 	}
 	budget := d.cfg.MaxPerPass
 	for _, v := range canceling {
@@ -245,10 +254,10 @@ func (d *Detector) systemLog(ctx context.Context, jobID string, attempt int, lin
 	}
 }
 
-func (d *Detector) listAll(ctx context.Context, state statemachine.State) ([]projector.View, error) {
-	page, err := d.reader.List(ctx, projector.Filter{States: []statemachine.State{state}})
+func (d *Detector) listAll(ctx context.Context, states []statemachine.State) ([]projector.View, error) {
+	page, err := d.reader.List(ctx, projector.Filter{States: states})
 	if err != nil {
-		return nil, fmt.Errorf("list %s jobs: %w", state, err)
+		return nil, fmt.Errorf("list %v jobs: %w", states, err)
 	}
 	return page.Views, nil
 }

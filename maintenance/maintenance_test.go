@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -362,6 +363,73 @@ func TestPurgeRemovesOnlyOldFinishedJobs(t *testing.T) {
 	require.ErrorIs(t, err, statemachine.ErrInvalid)
 }
 
+// TestPurgeTakesItsJobsFromTheHeadOfTheLog: after its first pass, a purger
+// finds the jobs to purge among those with events stored before the cutoff,
+// and a purger new to the log (a restarted server) cleans up what a purge
+// cut short left, which only the views show.
+func TestPurgeTakesItsJobsFromTheHeadOfTheLog(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	canceled := func(n int) []statemachine.Job {
+		var out []statemachine.Job
+		for range n {
+			j := f.submit(statemachine.SubmitParams{Type: "t"})
+			j, err := f.m.Cancel(ctx, j.ID, "")
+			require.NoError(t, err)
+			out = append(out, j)
+		}
+		f.projected(out...)
+		return out
+	}
+	old := canceled(40)
+	running, err := f.m.Acquire(ctx, f.submit(statemachine.SubmitParams{Type: "t"}).ID, "w")
+	require.NoError(t, err)
+	cutoff := time.Now()
+	young := canceled(10)
+	f.projected(running)
+
+	var now atomic.Pointer[time.Time]
+	now.Store(&cutoff)
+	p, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, PurgerConfig{Now: func() time.Time { return *now.Load() }})
+	require.NoError(t, err)
+	res, err := p.Purge(ctx, time.Hour, nil)
+	require.NoError(t, err)
+	require.Empty(t, res.Purged, "the first pass, over the views: nothing is an hour old")
+	require.False(t, p.fullPass.Load())
+
+	later := cutoff.Add(time.Hour)
+	now.Store(&later)
+	res, err = p.Purge(ctx, time.Hour, nil)
+	require.NoError(t, err)
+	var want []string
+	for _, j := range old {
+		want = append(want, j.ID)
+	}
+	require.Equal(t, want, res.Purged, "the jobs finished before the cutoff, in log order")
+	for _, j := range append(young, running) {
+		_, err := f.reader.Get(ctx, j.ID)
+		require.NoError(t, err, "job %s is kept", j.ID)
+	}
+
+	// A purge cut short: the history of one young job gone, its view left.
+	cut := young[0]
+	require.NoError(t, f.log.Purge(ctx, cut.ID, cut.Version))
+	muchLater := later.Add(time.Hour)
+	now.Store(&muchLater)
+	res, err = p.Purge(ctx, time.Hour, nil)
+	require.NoError(t, err)
+	require.Len(t, res.Purged, len(young)-1, "from the log: the job without a history is not there")
+	restarted, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, PurgerConfig{Now: func() time.Time { return *now.Load() }})
+	require.NoError(t, err)
+	res, err = restarted.Purge(ctx, time.Hour, nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{cut.ID}, res.Purged, "from the views")
+	_, err = f.reader.Get(ctx, cut.ID)
+	require.ErrorIs(t, err, events.ErrNotFound)
+	_, err = f.reader.Get(ctx, running.ID)
+	require.NoError(t, err, "never an unfinished job")
+}
+
 // Seed 001 cancels only jobs no worker picked up, of the template versions
 // other than the active one: a job without a template version is not one of
 // them, and a job whose earlier attempt ran (waiting for its retry, or
@@ -467,7 +535,7 @@ func TestPurgeSparesAJobSubmittedAgainUnderTheSameKey(t *testing.T) {
 	require.NoError(t, f.logs.Append(ctx, again.ID, workers.LogLine{Time: time.Now(), Line: "second life"}))
 	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: again.ID, Lease: again.Lease, WorkerID: "w", At: time.Now()}))
 	f.projected(again)
-	ok, err := p.purgeJob(ctx, old.ID, time.Now().Add(time.Hour), marks)
+	ok, err := p.purgeJob(ctx, old.ID, time.Now().Add(time.Hour), []statemachine.State{statemachine.StateCanceled}, marks)
 	require.NoError(t, err)
 	require.False(t, ok, "the job under that ID now runs: not purged")
 	require.NoError(t, f.logs.Forget(ctx, old.ID, marks.logs))

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -62,6 +65,9 @@ type Purger struct {
 	left   *workers.Leftovers
 	leader *Leadership
 	logger *zap.Logger
+	// fullPass: the next pass finds its jobs in the views, not at the head
+	// of the log (see Purge).
+	fullPass atomic.Bool
 
 	svc ledService
 }
@@ -71,7 +77,9 @@ func NewPurger(reader *projector.Reader, m *statemachine.Machine, hb *events.Hea
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Purger{cfg: cfg, reader: reader, m: m, hb: hb, logs: logs, left: left, leader: leader, logger: logging.OrNop(cfg.Logger, "purger")}, nil
+	p := &Purger{cfg: cfg, reader: reader, m: m, hb: hb, logs: logs, left: left, leader: leader, logger: logging.OrNop(cfg.Logger, "purger")}
+	p.fullPass.Store(true)
+	return p, nil
 }
 
 // PurgeResult lists the purged job IDs.
@@ -81,6 +89,12 @@ type PurgeResult struct {
 
 // Purge deletes the finished jobs (of the given states, all finished states
 // when none) that completed more than olderThan ago.
+//
+// A purger's first pass, and the pass after one that failed, lists every
+// finished view: a purge cut short may have left a view whose history is
+// gone. Every other pass takes its jobs from the head of the log, the jobs
+// with an event stored before the cutoff, so that it costs what is to
+// purge rather than what is kept (a week of jobs, by default).
 func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []statemachine.State) (_ PurgeResult, err error) {
 	res := PurgeResult{Purged: []string{}}
 	if len(states) == 0 {
@@ -105,23 +119,91 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 	if marks.beats, err = p.hb.Mark(ctx); err != nil {
 		return res, fmt.Errorf("purge: %w", err)
 	}
-	page, err := p.reader.List(ctx, projector.Filter{States: states})
-	if err != nil {
-		return res, fmt.Errorf("purge: list finished jobs: %w", err)
-	}
-	for _, v := range page.Views {
-		if v.CompletedAt == nil || v.CompletedAt.After(cutoff) {
-			continue
-		}
-		ok, err := p.purgeJob(ctx, v.ID, cutoff, marks)
-		if err != nil {
+	full := p.fullPass.Load()
+	var ids []string
+	if full {
+		if ids, err = p.finishedViews(ctx, cutoff, states); err != nil {
 			return res, err
 		}
-		if ok {
-			res.Purged = append(res.Purged, v.ID)
-		}
+	} else if ids, err = p.m.Log().JobsStoredBefore(ctx, cutoff); err != nil {
+		return res, fmt.Errorf("purge: %w", err)
+	}
+	res.Purged, err = p.purgeAll(ctx, ids, cutoff, states, marks)
+	if err != nil {
+		// A job may have lost its history but not yet its view, which only
+		// the views show.
+		p.fullPass.Store(true)
+		return res, err
+	}
+	if full {
+		p.fullPass.Store(false)
 	}
 	return res, nil
+}
+
+// finishedViews lists the jobs whose views say they finished before cutoff,
+// in one of the states.
+func (p *Purger) finishedViews(ctx context.Context, cutoff time.Time, states []statemachine.State) ([]string, error) {
+	page, err := p.reader.List(ctx, projector.Filter{States: states})
+	if err != nil {
+		return nil, fmt.Errorf("purge: list finished jobs: %w", err)
+	}
+	var ids []string
+	for _, v := range page.Views {
+		if v.CompletedAt != nil && !v.CompletedAt.After(cutoff) {
+			ids = append(ids, v.ID)
+		}
+	}
+	return ids, nil
+}
+
+// purgeWidth is how many jobs a pass purges at once: each takes several
+// round trips, one after another.
+const purgeWidth = 16
+
+// purgeAll purges the jobs that qualify, purgeWidth at a time, and returns
+// those it purged, in the order given; it stops at the first error.
+func (p *Purger) purgeAll(ctx context.Context, ids []string, cutoff time.Time, states []statemachine.State, marks purgeMarks) ([]string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		purged = make([]bool, len(ids))
+		next   = make(chan int)
+		wg     sync.WaitGroup
+		once   sync.Once
+		first  error
+	)
+	for range min(purgeWidth, len(ids)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				ok, err := p.purgeJob(ctx, ids[i], cutoff, states, marks)
+				if err != nil {
+					once.Do(func() { first = err; cancel() })
+					continue
+				}
+				purged[i] = ok
+			}
+		}()
+	}
+feed:
+	for i := range ids {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	out := []string{}
+	for i, ok := range purged {
+		if ok {
+			out = append(out, ids[i])
+		}
+	}
+	return out, first
 }
 
 // purgeMarks bound what a pass deletes of the views, log lines and beats.
@@ -133,14 +215,14 @@ type purgeMarks struct{ view, logs, beats uint64 }
 // The history is purged only up to the version checked, and the rest up to
 // the pass's marks, so that a job submitted again under the same key keeps
 // all of its own.
-func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time, marks purgeMarks) (bool, error) {
+func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time, states []statemachine.State, marks purgeMarks) (bool, error) {
 	job, err := p.m.Load(ctx, id)
 	switch {
 	case errors.Is(err, events.ErrNotFound):
 		// History already gone: only leftovers remain.
 	case err != nil:
 		return false, fmt.Errorf("purge job %s: %w", id, err)
-	case !job.State.Finished() || job.CompletedAt == nil || job.CompletedAt.After(cutoff):
+	case !job.State.Finished() || job.CompletedAt == nil || job.CompletedAt.After(cutoff) || !slices.Contains(states, job.State):
 		return false, nil
 	default:
 		// Before the history: while it exists, nothing can enqueue or arm a

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/statemachine"
 )
 
@@ -255,47 +256,8 @@ func (p *Projector) lastBeats(ctx context.Context) (map[string]events.Beat, erro
 
 // orderedPass reads a stream once, up to the end it had when the pass began.
 func orderedPass(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, fn func(jetstream.Msg, uint64)) error {
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", stream, err)
-	}
-	state := s.CachedInfo().State
-	if state.Msgs == 0 {
-		return nil
-	}
-	cons, err := s.OrderedConsumer(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", stream, err)
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
-	if err != nil {
-		return fmt.Errorf("read %s: %w", stream, err)
-	}
-	defer it.Stop()
-	stopped := make(chan struct{})
-	defer close(stopped)
-	go func() {
-		select {
-		case <-ctx.Done():
-			it.Stop() // unblocks Next
-		case <-stopped:
-		}
-	}()
-	for {
-		m, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("read %s: %w", stream, ctx.Err())
-			}
-			return fmt.Errorf("read %s: %w", stream, err)
-		}
-		meta, err := m.Metadata()
-		if err != nil {
-			continue
-		}
+	return consume.Pass(ctx, js, stream, cfg, func(m jetstream.Msg, meta *jetstream.MsgMetadata) bool {
 		fn(m, meta.Sequence.Stream)
-		if meta.Sequence.Stream >= state.LastSeq || meta.NumPending == 0 {
-			return nil
-		}
-	}
+		return true
+	})
 }

@@ -1,5 +1,7 @@
-// Package consume feeds a JetStream consumer's messages, in batches, to the
-// long-running services that process them (projector, enqueuer).
+// Package consume reads JetStream streams through consumers for jetjob's
+// services: Loop feeds a durable consumer's messages, in batches, to the
+// long-running ones (projector, enqueuer); Pass reads a stream once, for a
+// rebuild or a purge.
 package consume
 
 import (
