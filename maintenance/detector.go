@@ -36,6 +36,8 @@ type DetectorConfig struct {
 	// is canceled by the detector. Default CancelGraceDefault.
 	CancelGrace time.Duration
 	// Every is the pause between passes. Default HangAfter/10, within 1-30 s.
+	// After a pass that took longer than a ninth of it (each reads every
+	// view), the pause is nine times the pass.
 	Every time.Duration
 	// MaxPerPass bounds the hung attempts one pass fails, the longest
 	// silent first, and apart from them the unacknowledged cancels it

@@ -28,7 +28,9 @@ const (
 type PurgerConfig struct {
 	// OlderThan: finished jobs that completed longer ago are purged. Default RetainFinishedDefault.
 	OlderThan time.Duration
-	// Every is the pause between background passes. Default PurgeEveryDefault.
+	// Every is the pause between background passes. Default
+	// PurgeEveryDefault. After a pass that took longer than a ninth of it,
+	// the pause is nine times the pass.
 	Every time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time

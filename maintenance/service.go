@@ -35,15 +35,20 @@ func (s *ledService) start(ctx context.Context, leader *Leadership, every time.D
 		tick := time.NewTicker(min(every, leader.ttl/3))
 		defer tick.Stop()
 		var last time.Time
+		pause := every
 		for {
 			lead, err := leader.TryLead(ctx)
 			if err != nil && ctx.Err() == nil {
 				logger.Warn("leadership", zap.Error(err))
 			}
-			if lead && time.Since(last) >= every {
+			if lead && time.Since(last) >= pause {
 				last = time.Now()
 				if err := passWhileLeading(ctx, leader, logger, pass); err != nil && ctx.Err() == nil {
 					logger.Warn("pass failed", zap.Error(err))
+				}
+				pause = pauseAfter(every, time.Since(last))
+				if pause > every {
+					logger.Debug("a long pass: the next waits longer", zap.Duration("pass", time.Since(last)), zap.Duration("pause", pause))
 				}
 			}
 			select {
@@ -54,6 +59,15 @@ func (s *ledService) start(ctx context.Context, leader *Leadership, every time.D
 			}
 		}
 	}()
+}
+
+// pauseAfter is the pause before the next pass of a service that passes
+// every `every`, after a pass that took `took`: at least nine times as long
+// as the pass, so that passes whose cost grows with what the server keeps
+// (each reads every view) take at most a tenth of its time, however many
+// jobs it keeps.
+func pauseAfter(every, took time.Duration) time.Duration {
+	return max(every, 9*took)
 }
 
 // stop ends the passes and resigns. Safe to call twice.

@@ -30,6 +30,10 @@ const (
 	// ReconcileAgeDefault: a pending job is checked for a lost queue message
 	// only when it has been pending at least this long.
 	ReconcileAgeDefault = 10 * time.Second
+	// reconcileFullEvery: every this many passes, a reconcile pass looks up
+	// the queue message of every pending job, even of those found queued
+	// before.
+	reconcileFullEvery = 20
 )
 
 // QueuedJob is what Reconcile needs to know of a pending or scheduled job.
@@ -58,7 +62,7 @@ type EnqueuerConfig struct {
 	// EnqueueBatchDefault.
 	Batch int
 	// Lister, when set, lets the enqueuer repair lost queue messages and timers
-	// every ReconcileEvery.
+	// every ReconcileEvery (or nine times as long as a pass took, if longer).
 	Lister JobLister
 	// ReconcileEvery is the pause between reconcile passes. Default
 	// ReconcileEveryDefault.
@@ -112,6 +116,14 @@ type Enqueuer struct {
 	// lost consumer is made again from.
 	lastEventSeq atomic.Uint64
 	lastDueSeq   atomic.Uint64
+
+	// reconcileMu guards the pending jobs a reconcile pass found queued
+	// (queuedSeen), the connection's reconnect count then, and the passes
+	// since the set was last emptied.
+	reconcileMu     sync.Mutex
+	queuedSeen      map[string]bool
+	seenReconnects  uint64
+	passesSinceFull int
 
 	mu       sync.Mutex
 	known    map[string]bool // queue keys whose consumer exists
@@ -242,17 +254,21 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 		e.wg.Add(1)
 		go func() {
 			defer e.wg.Done()
-			tick := time.NewTicker(e.cfg.ReconcileEvery)
-			defer tick.Stop()
+			pause := e.cfg.ReconcileEvery
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case <-tick.C:
-					if _, err := e.Reconcile(ctx); err != nil && ctx.Err() == nil {
-						e.logger.Warn("reconcile", zap.Error(err))
-					}
+				case <-time.After(pause):
 				}
+				began := time.Now()
+				if _, err := e.Reconcile(ctx); err != nil && ctx.Err() == nil {
+					e.logger.Warn("reconcile", zap.Error(err))
+				}
+				// A pass reads every pending job's view: with a large
+				// backlog it waits nine times as long as it took, so that
+				// it takes at most a tenth of the server's time.
+				pause = max(e.cfg.ReconcileEvery, 9*time.Since(began))
 			}
 		}()
 	}
@@ -638,9 +654,28 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	if err != nil {
 		return res, fmt.Errorf("reconcile: %w", err)
 	}
+	e.reconcileMu.Lock()
+	defer e.reconcileMu.Unlock()
+	// A queue message found once stays while its job is pending, unless the
+	// NATS server restarted (the queue persists asynchronously), which the
+	// connection sees as a reconnect, or someone removed it by hand: the
+	// jobs found queued are looked up again only after a reconnect, and
+	// every reconcileFullEvery passes. A backlog of 1,000,000 pending jobs
+	// would otherwise cost a million lookups a pass.
+	reconnects := e.nc.Stats().Reconnects
+	if e.queuedSeen == nil || reconnects != e.seenReconnects || e.passesSinceFull >= reconcileFullEvery {
+		e.queuedSeen, e.seenReconnects, e.passesSinceFull = map[string]bool{}, reconnects, 0
+	}
+	e.passesSinceFull++
+	seen := map[string]bool{}
+	defer func() { e.queuedSeen = seen }()
 	now := time.Now()
 	for _, j := range jobs {
 		if now.Sub(j.UpdatedAt) < e.cfg.ReconcileAge {
+			continue
+		}
+		if j.State == statemachine.StatePending && e.queuedSeen[j.ID] {
+			seen[j.ID] = true
 			continue
 		}
 		if j.State != statemachine.StatePending && j.State != statemachine.StateScheduled {
@@ -657,6 +692,7 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		key := queueKey{Type: j.Type, Tagset: TagsetID(j.Tags), Prio: j.Priority, Tags: j.Tags}
 		_, err := e.queues[key.shard()].GetLastMsgForSubject(ctx, key.subject(j.ID))
 		if err == nil {
+			seen[j.ID] = true
 			continue
 		}
 		if !errors.Is(err, jetstream.ErrMsgNotFound) {

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/statemachine"
 )
@@ -739,6 +740,49 @@ func TestLostQueueMessageIsRepaired(t *testing.T) {
 	res, err = enq.Reconcile(ctx)
 	require.NoError(t, err)
 	require.Empty(t, res.Requeued)
+}
+
+// TestReconcileLooksAgainAfterAReconnect: a pending job found queued is not
+// looked up on every pass, but is after the connection comes back (the
+// server may have lost its queue's tail).
+func TestReconcileLooksAgainAfterAReconnect(t *testing.T) {
+	f := newFixture(t, false)
+	ctx := context.Background()
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	_, err := f.enq.runOnce(ctx)
+	require.NoError(t, err)
+	lister := func(ctx context.Context, states []statemachine.State) ([]QueuedJob, error) {
+		return []QueuedJob{{ID: j.ID, Type: j.Type, State: statemachine.StatePending, UpdatedAt: j.UpdatedAt}}, nil
+	}
+	enq, err := NewEnqueuer(f.env.JS, f.m, EnqueuerConfig{Lister: lister, ReconcileAge: time.Nanosecond})
+	require.NoError(t, err)
+	res, err := enq.Reconcile(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Requeued, "queued")
+
+	key := queueKey{Type: "t", Tagset: noTags}
+	purge := func() {
+		q, err := f.env.JS.Stream(ctx, key.stream())
+		require.NoError(t, err)
+		require.NoError(t, q.Purge(ctx))
+	}
+	purge()
+	res, err = enq.Reconcile(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Requeued, "found queued before, and no reconnect since")
+
+	// The same address and store: the client reconnects.
+	f.env.Server.Shutdown()
+	srv, err := natsserver.Start(natsserver.Config{DataDir: f.env.Dir, Listen: strings.TrimPrefix(f.env.URL, "nats://")})
+	require.NoError(t, err)
+	t.Cleanup(srv.Shutdown)
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.env.NC.Stats().Reconnects > 0 && f.env.NC.IsConnected() }, "reconnected")
+	purge() // what the restart may have lost
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		res, err = enq.Reconcile(ctx)
+		return err == nil && len(res.Requeued) == 1
+	}, "requeued after the reconnect")
+	require.Equal(t, []string{j.ID}, res.Requeued)
 }
 
 // queueConsumers names the consumers of the work queue, each with its

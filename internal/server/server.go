@@ -204,22 +204,19 @@ func ID() string {
 // listQueued lists pending or scheduled jobs from the views, for the
 // enqueuer's repair of lost queue messages and timers.
 func (s *Server) listQueued(ctx context.Context, states []statemachine.State) ([]workers.QueuedJob, error) {
-	f := projector.Filter{States: states, Limit: 10_000}
-	var out []workers.QueuedJob
-	for {
-		page, err := s.Reader.List(ctx, f)
-		if err != nil {
-			return nil, err
-		}
-		for _, v := range page.Views {
-			out = append(out, workers.QueuedJob{ID: v.ID, Type: v.Type, Tags: v.Tags, Priority: v.Priority,
-				State: v.State, RunAt: v.RunAt, UpdatedAt: v.UpdatedAt})
-		}
-		if page.Next == "" {
-			return out, nil
-		}
-		f.After = page.Next
+	// One listing: a List reads every view whatever its page, so pages of
+	// it would read the bucket once per page (a backlog of 1,000,000
+	// pending jobs, 100 times a pass).
+	page, err := s.Reader.List(ctx, projector.Filter{States: states})
+	if err != nil {
+		return nil, err
 	}
+	out := make([]workers.QueuedJob, 0, len(page.Views))
+	for _, v := range page.Views {
+		out = append(out, workers.QueuedJob{ID: v.ID, Type: v.Type, Tags: v.Tags, Priority: v.Priority,
+			State: v.State, RunAt: v.RunAt, UpdatedAt: v.UpdatedAt})
+	}
+	return out, nil
 }
 
 // logConfig coalesces appends into atomic batches only where the server
