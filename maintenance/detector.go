@@ -105,7 +105,7 @@ func (d *Detector) Start(ctx context.Context) error {
 	if err := d.hb.PublishHangAfterIfNone(ctx, d.cfg.HangAfter); err != nil {
 		d.logger.Warn("publish hang-after to workers", zap.Error(err))
 	}
-	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context) error {
+	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context, _ bool) error {
 		_, err := d.runOnce(ctx)
 		return err
 	})

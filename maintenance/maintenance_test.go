@@ -430,6 +430,35 @@ func TestPurgeTakesItsJobsFromTheHeadOfTheLog(t *testing.T) {
 	require.NoError(t, err, "never an unfinished job")
 }
 
+// TestBackgroundPurgerCleansUpAPurgeCutShortElsewhere: a job whose history
+// another process purged before it was killed (its view and log lines left)
+// is not at the head of the log, and a running purger still removes what
+// is left, within purgeFullEvery passes.
+func TestBackgroundPurgerCleansUpAPurgeCutShortElsewhere(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	lead, err := NewLeadership(ctx, f.env.JS, "purger", "s1", 2*time.Second)
+	require.NoError(t, err)
+	bg, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, lead, PurgerConfig{OlderThan: time.Nanosecond, Every: 50 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, bg.Start(ctx))
+	t.Cleanup(bg.Stop)
+	natstest.Eventually(t, 10*time.Second, func() bool { return !bg.fullPass.Load() }, "first (full) pass done")
+
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, f.logs.Append(ctx, j.ID, workers.LogLine{Time: time.Now(), Line: "output"}))
+	j, err = f.m.Cancel(ctx, j.ID, "")
+	require.NoError(t, err)
+	f.projected(j)
+	require.NoError(t, f.log.Purge(ctx, j.ID, j.Version)) // and then killed
+
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_, err := f.reader.Get(ctx, j.ID)
+		lines, lerr := f.logs.Read(ctx, j.ID)
+		return errors.Is(err, events.ErrNotFound) && lerr == nil && len(lines) == 0
+	}, "view and log lines of job %s removed", j.ID)
+}
+
 // Seed 001 cancels only jobs no worker picked up, of the template versions
 // other than the active one: a job without a template version is not one of
 // them, and a job whose earlier attempt ran (waiting for its retry, or
@@ -614,7 +643,7 @@ func TestALongPassKeepsItsLeadership(t *testing.T) {
 	passing := make(chan struct{})
 	ended := make(chan error, 1)
 	var svc ledService
-	svc.start(ctx, a, time.Hour, zap.NewNop(), func(ctx context.Context) error {
+	svc.start(ctx, a, time.Hour, zap.NewNop(), func(ctx context.Context, _ bool) error {
 		close(passing)
 		<-ctx.Done()
 		ended <- ctx.Err()

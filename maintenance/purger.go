@@ -68,8 +68,9 @@ type Purger struct {
 	leader *Leadership
 	logger *zap.Logger
 	// fullPass: the next pass finds its jobs in the views, not at the head
-	// of the log (see Purge).
+	// of the log (see Purge); passes counts the passes.
 	fullPass atomic.Bool
+	passes   atomic.Int64
 
 	svc ledService
 }
@@ -92,8 +93,10 @@ type PurgeResult struct {
 // Purge deletes the finished jobs (of the given states, all finished states
 // when none) that completed more than olderThan ago.
 //
-// A purger's first pass, and the pass after one that failed, lists every
-// finished view: a purge cut short may have left a view whose history is
+// A purger's first pass, the first after it took the leadership, the pass
+// after one that failed, and every purgeFullEvery-th pass list every
+// finished view: a purge cut short (here, by another server, or by a
+// `jetjob purge` killed half way) may have left a view whose history is
 // gone. Every other pass takes its jobs from the head of the log, the jobs
 // with an event stored before the cutoff, so that it costs what is to
 // purge rather than what is kept (a week of jobs, by default).
@@ -121,7 +124,7 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 	if marks.beats, err = p.hb.Mark(ctx); err != nil {
 		return res, fmt.Errorf("purge: %w", err)
 	}
-	full := p.fullPass.Load()
+	full := p.fullPass.Load() || p.passes.Add(1)%purgeFullEvery == 0
 	var ids []string
 	if full {
 		if ids, err = p.finishedViews(ctx, cutoff, states); err != nil {
@@ -158,6 +161,9 @@ func (p *Purger) finishedViews(ctx context.Context, cutoff time.Time, states []s
 	}
 	return ids, nil
 }
+
+// purgeFullEvery: every this many passes, a pass lists the finished views.
+const purgeFullEvery = 10
 
 // purgeWidth is how many jobs a pass purges at once: each takes several
 // round trips, one after another.
@@ -251,7 +257,11 @@ func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time, stat
 // Start runs passes in the background while this server leads, until Stop;
 // ctx is not used past the call. Safe to call twice, and again after Stop.
 func (p *Purger) Start(ctx context.Context) error {
-	p.svc.start(ctx, p.leader, p.cfg.Every, p.logger, func(ctx context.Context) error {
+	p.svc.start(ctx, p.leader, p.cfg.Every, p.logger, func(ctx context.Context, fresh bool) error {
+		if fresh {
+			// The last leader may have been cut short in a purge.
+			p.fullPass.Store(true)
+		}
 		_, err := p.runOnce(ctx)
 		return err
 	})

@@ -17,9 +17,14 @@ type ledService struct {
 	done   chan struct{}
 }
 
+// ledPass is one pass of a led service; fresh is true on the first pass
+// since this server took the leadership (another may have left its work
+// half done).
+type ledPass func(ctx context.Context, fresh bool) error
+
 // start runs pass every `every` while leader is held, renewing the
 // leadership at a third of its TTL. Safe to call twice.
-func (s *ledService) start(ctx context.Context, leader *Leadership, every time.Duration, logger *zap.Logger, pass func(context.Context) error) {
+func (s *ledService) start(ctx context.Context, leader *Leadership, every time.Duration, logger *zap.Logger, pass ledPass) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cancel != nil {
@@ -36,16 +41,22 @@ func (s *ledService) start(ctx context.Context, leader *Leadership, every time.D
 		defer tick.Stop()
 		var last time.Time
 		pause := every
+		fresh := true
 		for {
 			lead, err := leader.TryLead(ctx)
 			if err != nil && ctx.Err() == nil {
 				logger.Warn("leadership", zap.Error(err))
 			}
+			if !lead {
+				fresh = true
+			}
 			if lead && time.Since(last) >= pause {
 				last = time.Now()
-				if err := passWhileLeading(ctx, leader, logger, pass); err != nil && ctx.Err() == nil {
+				err := passWhileLeading(ctx, leader, logger, func(ctx context.Context) error { return pass(ctx, fresh) })
+				if err != nil && ctx.Err() == nil {
 					logger.Warn("pass failed", zap.Error(err))
 				}
+				fresh = false
 				pause = pauseAfter(every, time.Since(last))
 				if pause > every {
 					logger.Debug("a long pass: the next waits longer", zap.Duration("pass", time.Since(last)), zap.Duration("pause", pause))
@@ -61,13 +72,13 @@ func (s *ledService) start(ctx context.Context, leader *Leadership, every time.D
 	}()
 }
 
-// pauseAfter is the pause before the next pass of a service that passes
-// every `every`, after a pass that took `took`: at least nine times as long
-// as the pass, so that passes whose cost grows with what the server keeps
-// (each reads every view) take at most a tenth of its time, however many
-// jobs it keeps.
+// pauseAfter is the time from the start of a pass that took `took` to the
+// start of the next, for a service that passes every `every`: the next
+// waits at least nine times as long as the pass after it ended, so that
+// passes whose cost grows with what the server keeps (each reads every
+// view) take at most a tenth of its time, however many jobs it keeps.
 func pauseAfter(every, took time.Duration) time.Duration {
-	return max(every, 9*took)
+	return max(every, 10*took)
 }
 
 // stop ends the passes and resigns. Safe to call twice.

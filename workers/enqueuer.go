@@ -33,7 +33,7 @@ const (
 	// reconcileFullEvery: every this many passes, a reconcile pass looks up
 	// the queue message of every pending job, even of those found queued
 	// before.
-	reconcileFullEvery = 20
+	reconcileFullEvery = 10
 )
 
 // QueuedJob is what Reconcile needs to know of a pending or scheduled job.
@@ -266,8 +266,8 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 					e.logger.Warn("reconcile", zap.Error(err))
 				}
 				// A pass reads every pending job's view: with a large
-				// backlog it waits nine times as long as it took, so that
-				// it takes at most a tenth of the server's time.
+				// backlog the next waits nine times as long as it took,
+				// so that passes take at most a tenth of the server's time.
 				pause = max(e.cfg.ReconcileEvery, 9*time.Since(began))
 			}
 		}()
