@@ -36,8 +36,8 @@ type DetectorConfig struct {
 	// is canceled by the detector. Default CancelGraceDefault.
 	CancelGrace time.Duration
 	// Every is the pause between passes. Default HangAfter/10, within 1-30 s.
-	// After a pass that took longer than a ninth of it (each reads every
-	// view), the pause is nine times the pass.
+	// After a pass whose listing of the views took longer than a tenth of
+	// it, the pause is ten times the listing.
 	Every time.Duration
 	// MaxPerPass bounds the hung attempts one pass fails, the longest
 	// silent first, and apart from them the unacknowledged cancels it
@@ -105,9 +105,9 @@ func (d *Detector) Start(ctx context.Context) error {
 	if err := d.hb.PublishHangAfterIfNone(ctx, d.cfg.HangAfter); err != nil {
 		d.logger.Warn("publish hang-after to workers", zap.Error(err))
 	}
-	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context, _ bool) error {
-		_, err := d.runOnce(ctx)
-		return err
+	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context, _ bool) (time.Duration, error) {
+		res, err := d.runOnce(ctx)
+		return res.scan, err
 	})
 	return nil
 }
@@ -119,6 +119,8 @@ func (d *Detector) Stop() { d.svc.stop() }
 type passResult struct {
 	Hung              []string
 	CancelsTerminated []string
+	// scan is how long the listing of the views took.
+	scan time.Duration
 }
 
 type hungCandidate struct {
@@ -157,7 +159,9 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 	if hangAfter > 0 {
 		states = append(states, statemachine.StateRunning)
 	}
+	began := time.Now()
 	listed, err := d.listAll(ctx, states)
+	res.scan = time.Since(began)
 	if err != nil {
 		return res, err
 	}
@@ -190,6 +194,9 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 	sort.Slice(hung, func(i, j int) bool { return hung[i].lastSign.Before(hung[j].lastSign) })
 	if len(hung) > d.cfg.MaxPerPass {
 		hung = hung[:d.cfg.MaxPerPass]
+		// More hung jobs wait than a pass fails: the listing found work,
+		// and the next pass follows at the usual pace (pauseAfter).
+		res.scan = 0
 	}
 	for _, c := range hung {
 		if d.failHung(ctx, c, now, hangAfter) {
@@ -199,6 +206,7 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 	budget := d.cfg.MaxPerPass
 	for _, v := range canceling {
 		if budget == 0 {
+			res.scan = 0 // as for hung jobs above
 			break
 		}
 		job, err := d.m.Load(ctx, v.ID)

@@ -643,11 +643,11 @@ func TestALongPassKeepsItsLeadership(t *testing.T) {
 	passing := make(chan struct{})
 	ended := make(chan error, 1)
 	var svc ledService
-	svc.start(ctx, a, time.Hour, zap.NewNop(), func(ctx context.Context, _ bool) error {
+	svc.start(ctx, a, time.Hour, zap.NewNop(), func(ctx context.Context, _ bool) (time.Duration, error) {
 		close(passing)
 		<-ctx.Done()
 		ended <- ctx.Err()
-		return ctx.Err()
+		return 0, ctx.Err()
 	})
 	t.Cleanup(svc.stop)
 	<-passing

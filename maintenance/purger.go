@@ -29,8 +29,8 @@ type PurgerConfig struct {
 	// OlderThan: finished jobs that completed longer ago are purged. Default RetainFinishedDefault.
 	OlderThan time.Duration
 	// Every is the pause between background passes. Default
-	// PurgeEveryDefault. After a pass that took longer than a ninth of it,
-	// the pause is nine times the pass.
+	// PurgeEveryDefault. After a pass that took longer than a tenth of it
+	// to find its jobs, the pause is ten times that.
 	Every time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
@@ -71,6 +71,8 @@ type Purger struct {
 	// of the log (see Purge); passes counts the passes.
 	fullPass atomic.Bool
 	passes   atomic.Int64
+	// lastScan is how long the last pass took to find its jobs.
+	lastScan atomic.Int64
 
 	svc ledService
 }
@@ -126,12 +128,15 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 	}
 	full := p.fullPass.Load() || p.passes.Add(1)%purgeFullEvery == 0
 	var ids []string
+	began := time.Now()
 	if full {
-		if ids, err = p.finishedViews(ctx, cutoff, states); err != nil {
-			return res, err
-		}
+		ids, err = p.finishedViews(ctx, cutoff, states)
 	} else if ids, err = p.m.Log().JobsStoredBefore(ctx, cutoff); err != nil {
-		return res, fmt.Errorf("purge: %w", err)
+		err = fmt.Errorf("purge: %w", err)
+	}
+	p.lastScan.Store(int64(time.Since(began)))
+	if err != nil {
+		return res, err
 	}
 	res.Purged, err = p.purgeAll(ctx, ids, cutoff, states, marks)
 	if err != nil {
@@ -257,13 +262,13 @@ func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time, stat
 // Start runs passes in the background while this server leads, until Stop;
 // ctx is not used past the call. Safe to call twice, and again after Stop.
 func (p *Purger) Start(ctx context.Context) error {
-	p.svc.start(ctx, p.leader, p.cfg.Every, p.logger, func(ctx context.Context, fresh bool) error {
+	p.svc.start(ctx, p.leader, p.cfg.Every, p.logger, func(ctx context.Context, fresh bool) (time.Duration, error) {
 		if fresh {
 			// The last leader may have been cut short in a purge.
 			p.fullPass.Store(true)
 		}
 		_, err := p.runOnce(ctx)
-		return err
+		return time.Duration(p.lastScan.Load()), err
 	})
 	return nil
 }

@@ -19,8 +19,9 @@ type ledService struct {
 
 // ledPass is one pass of a led service; fresh is true on the first pass
 // since this server took the leadership (another may have left its work
-// half done).
-type ledPass func(ctx context.Context, fresh bool) error
+// half done). It returns how long it spent reading what the server keeps
+// (every view, say) to find its work, which sets the pause (pauseAfter).
+type ledPass func(ctx context.Context, fresh bool) (scan time.Duration, err error)
 
 // start runs pass every `every` while leader is held, renewing the
 // leadership at a third of its TTL. Safe to call twice.
@@ -52,14 +53,18 @@ func (s *ledService) start(ctx context.Context, leader *Leadership, every time.D
 			}
 			if lead && time.Since(last) >= pause {
 				last = time.Now()
-				err := passWhileLeading(ctx, leader, logger, func(ctx context.Context) error { return pass(ctx, fresh) })
+				var scan time.Duration
+				err := passWhileLeading(ctx, leader, logger, func(ctx context.Context) (err error) {
+					scan, err = pass(ctx, fresh)
+					return err
+				})
 				if err != nil && ctx.Err() == nil {
 					logger.Warn("pass failed", zap.Error(err))
 				}
 				fresh = false
-				pause = pauseAfter(every, time.Since(last))
+				pause = pauseAfter(every, scan)
 				if pause > every {
-					logger.Debug("a long pass: the next waits longer", zap.Duration("pass", time.Since(last)), zap.Duration("pause", pause))
+					logger.Debug("a long scan: the next pass waits longer", zap.Duration("scan", scan), zap.Duration("pause", pause))
 				}
 			}
 			select {
@@ -72,13 +77,15 @@ func (s *ledService) start(ctx context.Context, leader *Leadership, every time.D
 	}()
 }
 
-// pauseAfter is the time from the start of a pass that took `took` to the
-// start of the next, for a service that passes every `every`: the next
-// waits at least nine times as long as the pass after it ended, so that
-// passes whose cost grows with what the server keeps (each reads every
-// view) take at most a tenth of its time, however many jobs it keeps.
-func pauseAfter(every, took time.Duration) time.Duration {
-	return max(every, 10*took)
+// pauseAfter is the time from the start of a pass whose scan took `scan`
+// to the start of the next, for a service that passes every `every`: at
+// least ten times the scan, so that scans, whose cost grows with what the
+// server keeps (each reads every view), take at most a tenth of its time
+// however many jobs it keeps. The work a pass then does (failing hung
+// jobs, purging) does not stretch the pause: a pass that had more to do
+// than its budget is followed as soon as `every` allows.
+func pauseAfter(every, scan time.Duration) time.Duration {
+	return max(every, 10*scan)
 }
 
 // stop ends the passes and resigns. Safe to call twice.

@@ -62,7 +62,8 @@ type EnqueuerConfig struct {
 	// EnqueueBatchDefault.
 	Batch int
 	// Lister, when set, lets the enqueuer repair lost queue messages and timers
-	// every ReconcileEvery (or nine times as long as a pass took, if longer).
+	// every ReconcileEvery (or ten times as long as a pass's listing took, if
+	// longer).
 	Lister JobLister
 	// ReconcileEvery is the pause between reconcile passes. Default
 	// ReconcileEveryDefault.
@@ -261,14 +262,15 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 					return
 				case <-time.After(pause):
 				}
-				began := time.Now()
-				if _, err := e.Reconcile(ctx); err != nil && ctx.Err() == nil {
+				res, err := e.Reconcile(ctx)
+				if err != nil && ctx.Err() == nil {
 					e.logger.Warn("reconcile", zap.Error(err))
 				}
 				// A pass reads every pending job's view: with a large
-				// backlog the next waits nine times as long as it took,
-				// so that passes take at most a tenth of the server's time.
-				pause = max(e.cfg.ReconcileEvery, 9*time.Since(began))
+				// backlog the next waits ten times as long as that took
+				// from this one's start, so that listings take at most a
+				// tenth of the server's time.
+				pause = max(e.cfg.ReconcileEvery, 10*res.Scan)
 			}
 		}()
 	}
@@ -637,6 +639,8 @@ func (e *Enqueuer) promote(ctx context.Context, msg jetstream.Msg) {
 type ReconcileResult struct {
 	Requeued []string
 	Promoted []string
+	// Scan is how long listing the pending and scheduled jobs took.
+	Scan time.Duration
 }
 
 // Reconcile re-enqueues pending jobs whose queue message is missing and
@@ -650,7 +654,9 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	if err := e.setup(ctx); err != nil {
 		return res, err
 	}
+	began := time.Now()
 	jobs, err := e.cfg.Lister(ctx, []statemachine.State{statemachine.StatePending, statemachine.StateScheduled})
+	res.Scan = time.Since(began)
 	if err != nil {
 		return res, fmt.Errorf("reconcile: %w", err)
 	}
