@@ -30,7 +30,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	fs.Var(&scenarios, "scenario", "scenario to run, repeatable: "+strings.Join(bench.Scenarios, ", ")+" (default all)")
 	fs.Var(&fsyncs, "fsync", "durability setting to measure, repeatable: always, interval (default both)")
 	smoke := fs.Bool("smoke", false, "every scenario with a few hundred jobs, for CI: that it works, not how fast")
-	huge := fs.Bool("huge", false, fmt.Sprintf("backlog and memory scenarios with %d pending jobs instead of %d (about 4 GiB of memory)", bench.BacklogHuge, bench.BacklogLargeDefault))
+	huge := fs.Bool("huge", false, fmt.Sprintf("backlog and memory scenarios with %d pending jobs instead of %d (the backlog one: about 4 GiB of memory)", bench.BacklogHuge, bench.BacklogLargeDefault))
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run (server included) to this file")
 	// A bad flag gets one error line; the usage is for -h only.
 	usage := fs.Usage
