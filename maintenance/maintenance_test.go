@@ -439,7 +439,9 @@ func TestBackgroundPurgerCleansUpAPurgeCutShortElsewhere(t *testing.T) {
 	f := newFixture(t)
 	lead, err := NewLeadership(ctx, f.env.JS, "purger", "s1", 2*time.Second)
 	require.NoError(t, err)
-	bg, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, lead, PurgerConfig{OlderThan: time.Nanosecond, Every: 50 * time.Millisecond})
+	var ahead atomic.Int64 // how far the purger's clock runs ahead
+	clock := func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	bg, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, lead, PurgerConfig{OlderThan: time.Minute, Every: 50 * time.Millisecond, Now: clock})
 	require.NoError(t, err)
 	require.NoError(t, bg.Start(ctx))
 	t.Cleanup(bg.Stop)
@@ -451,6 +453,7 @@ func TestBackgroundPurgerCleansUpAPurgeCutShortElsewhere(t *testing.T) {
 	require.NoError(t, err)
 	f.projected(j)
 	require.NoError(t, f.log.Purge(ctx, j.ID, j.Version)) // and then killed
+	ahead.Store(int64(time.Hour))
 
 	natstest.Eventually(t, 10*time.Second, func() bool {
 		_, err := f.reader.Get(ctx, j.ID)
