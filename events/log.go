@@ -151,6 +151,25 @@ type Log struct {
 	muxPrefix string
 	muxChans  map[string]chan *nats.Msg
 	muxNext   uint64
+
+	// streamMu guards stream, the events stream once looked up: a purge
+	// needs only its name, not a fresh look-up per job.
+	streamMu sync.Mutex
+	stream   jetstream.Stream
+}
+
+// eventsStream returns the events stream, looked up once.
+func (l *Log) eventsStream(ctx context.Context) (jetstream.Stream, error) {
+	l.streamMu.Lock()
+	defer l.streamMu.Unlock()
+	if l.stream == nil {
+		s, err := l.js.Stream(ctx, l.cfg.Stream)
+		if err != nil {
+			return nil, err
+		}
+		l.stream = s
+	}
+	return l.stream, nil
 }
 
 // Open provisions the events stream (creating or upgrading it) and returns a
@@ -912,7 +931,7 @@ func (l *Log) Purge(ctx context.Context, jobID string, through uint64) error {
 	if err := ValidateJobID(jobID); err != nil {
 		return err
 	}
-	s, err := l.js.Stream(ctx, l.cfg.Stream)
+	s, err := l.eventsStream(ctx)
 	if err != nil {
 		return fmt.Errorf("purge job %s: %w", jobID, err)
 	}

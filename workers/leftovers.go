@@ -52,6 +52,11 @@ func (l *Leftovers) Forget(ctx context.Context, job statemachine.Job) error {
 			return fmt.Errorf("forget queue message of job %s: %w", job.ID, err)
 		}
 	}
+	if job.RunAt == nil {
+		// Never scheduled (no run-at given, no retry): it never had a
+		// timer, and a purge spares two requests.
+		return nil
+	}
 	for _, subject := range []string{timerPrefix + job.ID, duePrefix + job.ID} {
 		if err := l.timers.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
 			return fmt.Errorf("forget timers of job %s: %w", job.ID, err)
