@@ -262,7 +262,8 @@ func (p *Pool) Start(ctx context.Context) error {
 		return nil
 	}
 	// Before anything is made: a worker started ahead of its server must
-	// not make the server's streams as it would not.
+	// not make the server's streams itself, with settings the server would
+	// not choose (one replica, say).
 	if err := checkQueues(ctx, p.js); err != nil {
 		return err
 	}
