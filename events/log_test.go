@@ -617,7 +617,7 @@ func TestLoadMarksAnotherJobsEventMalformed(t *testing.T) {
 // each, in the order of their oldest event still in the log.
 func TestJobsStoredBefore(t *testing.T) {
 	ctx := context.Background()
-	l, _ := openLog(t, events.Config{})
+	l, env := openLog(t, events.Config{})
 	a1, err := l.Append(ctx, mustEvent(t, "jobA", events.TypeSubmitted), 0)
 	require.NoError(t, err)
 	_, err = l.Append(ctx, mustEvent(t, "jobB", events.TypeSubmitted), 0)
@@ -644,4 +644,11 @@ func TestJobsStoredBefore(t *testing.T) {
 	got, err := l.JobsStoredBefore(ctx, split)
 	require.NoError(t, err)
 	require.Equal(t, []string{"jobB"}, got, "a purged job's events are gone from the head")
+
+	// A reader left on the log would cost every later purge a recount.
+	stream, err := env.JS.Stream(ctx, l.Stream())
+	require.NoError(t, err)
+	info, err := stream.Info(ctx)
+	require.NoError(t, err)
+	require.Zero(t, info.State.Consumers, "passes leave no consumer on the log")
 }

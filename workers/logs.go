@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/consume"
 )
 
 // Log line streams.
@@ -94,6 +95,7 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 	if err != nil {
 		return fmt.Errorf("read logs of job %s: %w", jobID, err)
 	}
+	defer func() { _ = consume.DeleteOrdered(l.js, LogsStream, cons) }()
 	var delivered uint64
 	lastStored := func() uint64 {
 		m, err := l.stream.GetLastMsgForSubject(ctx, logSubject(jobID))

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/statemachine"
@@ -1139,11 +1140,9 @@ func (p *Pool) watchCancels(ctx context.Context, held statemachine.Job, cancel c
 // worker cut off for longer has its watch made again.
 const watchInactiveThreshold = 30 * time.Second
 
-func (p *Pool) dropWatch(stream, consumer string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := p.js.DeleteConsumer(ctx, stream, consumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		p.logger.Debug("drop a job's watch", zap.String("consumer", consumer), zap.Error(err))
+func (p *Pool) dropWatch(stream string, cons jetstream.Consumer) {
+	if err := consume.DeleteOrdered(p.js, stream, cons); err != nil {
+		p.logger.Debug("drop a job's watch", zap.Error(err))
 	}
 }
 
@@ -1166,9 +1165,7 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 		it.Stop()
 		// Stopping leaves the consumer on the log until its inactive
 		// threshold: with many long jobs ending, thousands of them.
-		if info := cons.CachedInfo(); info != nil {
-			go p.dropWatch(lg.Stream(), info.Name)
-		}
+		go p.dropWatch(lg.Stream(), cons)
 	}()
 	stopOnEnd := context.AfterFunc(ctx, it.Stop)
 	defer stopOnEnd()

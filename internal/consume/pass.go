@@ -23,6 +23,10 @@ func Pass(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstr
 	if err != nil {
 		return fmt.Errorf("read %s: %w", stream, err)
 	}
+	// Deleted after the iterator stops (defers run last first): a running
+	// ordered consumer makes itself again when it finds its consumer gone.
+	// A delete that fails leaves it to its inactive threshold.
+	defer func() { _ = DeleteOrdered(js, stream, cons) }()
 	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
 	if err != nil {
 		return fmt.Errorf("read %s: %w", stream, err)
