@@ -137,18 +137,23 @@ func Loop(ctx context.Context, cons jetstream.Consumer, b Batching, logger *zap.
 	}
 }
 
+// availableGrace is how long Available waits for a message once the
+// consumer has none: nats-server acknowledges a publish before it tells
+// the stream's consumers, so a message published just before may not be
+// deliverable yet.
+const availableGrace = 100 * time.Millisecond
+
 // Available processes every message available now, in batches of up to max,
 // and returns how many there were. Tests call it instead of running Loop.
 func Available(ctx context.Context, cons jetstream.Consumer, max int, process Process) (int, error) {
 	total := 0
 	for {
-		b, err := cons.FetchNoWait(max)
+		batch, err := fetchNoWait(cons, max)
+		if err == nil && len(batch) == 0 {
+			batch, err = fetchWithin(cons, availableGrace)
+		}
 		if err != nil {
 			return total, err
-		}
-		var batch []jetstream.Msg
-		for m := range b.Messages() {
-			batch = append(batch, m)
 		}
 		if len(batch) == 0 {
 			return total, nil
@@ -158,4 +163,29 @@ func Available(ctx context.Context, cons jetstream.Consumer, max int, process Pr
 		}
 		total += len(batch)
 	}
+}
+
+func fetchNoWait(cons jetstream.Consumer, max int) ([]jetstream.Msg, error) {
+	b, err := cons.FetchNoWait(max)
+	if err != nil {
+		return nil, err
+	}
+	return collect(b), nil
+}
+
+// fetchWithin waits up to d for one message.
+func fetchWithin(cons jetstream.Consumer, d time.Duration) ([]jetstream.Msg, error) {
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(d))
+	if err != nil {
+		return nil, err
+	}
+	return collect(b), nil
+}
+
+func collect(b jetstream.MessageBatch) []jetstream.Msg {
+	var batch []jetstream.Msg
+	for m := range b.Messages() {
+		batch = append(batch, m)
+	}
+	return batch
 }
