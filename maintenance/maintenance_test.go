@@ -299,6 +299,15 @@ func countRunningNotListed(t *testing.T, f *fixture, jobs []statemachine.Job, re
 	return n
 }
 
+// startEnqueuer runs an enqueuer until the test ends.
+func (f *fixture) startEnqueuer() {
+	f.t.Helper()
+	enq, err := workers.NewEnqueuer(f.env.JS, f.m, workers.EnqueuerConfig{})
+	require.NoError(f.t, err)
+	require.NoError(f.t, enq.Start(context.Background()))
+	f.t.Cleanup(enq.Stop)
+}
+
 // queued waits until the work queue holds n messages.
 func (f *fixture) queued(n uint64) {
 	f.t.Helper()
@@ -311,10 +320,7 @@ func (f *fixture) queued(n uint64) {
 func TestPurgeRemovesOnlyOldFinishedJobs(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	enq, err := workers.NewEnqueuer(f.env.JS, f.m, workers.EnqueuerConfig{})
-	require.NoError(t, err)
-	require.NoError(t, enq.Start(ctx))
-	t.Cleanup(enq.Stop)
+	f.startEnqueuer()
 	var finished, unfinished []statemachine.Job
 	for i := 0; i < 6; i++ {
 		j := f.submit(statemachine.SubmitParams{Type: "t", Meta: map[string]string{"i": fmt.Sprint(i)}})
@@ -702,4 +708,41 @@ func TestDetectorTellsWorkersItsHangAfter(t *testing.T) {
 	res, err = d.runOnce(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []string{held.ID}, res.Hung)
+}
+
+func TestBackgroundPassesRemoveIdleQueues(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	f.startEnqueuer()
+	j := f.submit(statemachine.SubmitParams{Type: "t", Tags: map[string]string{"customer": "c1"}})
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queueConsumers() == 1 }, "queue made")
+	j, err := f.m.Cancel(ctx, j.ID, "")
+	require.NoError(t, err)
+	f.projected(j)
+
+	later := func() time.Time { return time.Now().Add(2 * time.Hour) }
+	keep, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, PurgerConfig{OlderThan: time.Minute, QueueIdleAfter: -1, Now: later})
+	require.NoError(t, err)
+	res, err := keep.runOnce(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{j.ID}, res.Purged)
+	require.Equal(t, 1, f.queueConsumers(), "a negative QueueIdleAfter keeps every queue")
+
+	sweep, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, PurgerConfig{OlderThan: time.Minute, Now: later})
+	require.NoError(t, err)
+	_, err = sweep.runOnce(ctx)
+	require.NoError(t, err)
+	require.Zero(t, f.queueConsumers(), "idle for longer than the default hour")
+}
+
+// queueConsumers counts the consumers of the work queue's streams.
+func (f *fixture) queueConsumers() int {
+	f.t.Helper()
+	n := 0
+	for _, name := range workers.QueueStreams() {
+		st, err := f.env.JS.Stream(context.Background(), name)
+		require.NoError(f.t, err)
+		n += st.CachedInfo().State.Consumers
+	}
+	return n
 }

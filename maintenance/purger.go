@@ -32,6 +32,12 @@ type PurgerConfig struct {
 	// PurgeEveryDefault. After a pass that took longer than a tenth of it
 	// to find its jobs, the pause is ten times that.
 	Every time.Duration
+	// QueueIdleAfter: background passes remove the queues (one per job
+	// type, tag set and priority) that hold no job and have not been used
+	// for this long (workers.Leftovers.ForgetIdleQueues), looking at most
+	// every quarter of it. Default workers.QueueIdleAfterDefault; negative
+	// keeps every queue.
+	QueueIdleAfter time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// Logger; nil means no logging.
@@ -47,6 +53,9 @@ func (c *PurgerConfig) validate() error {
 	}
 	if c.Every <= 0 {
 		c.Every = PurgeEveryDefault
+	}
+	if c.QueueIdleAfter == 0 {
+		c.QueueIdleAfter = workers.QueueIdleAfterDefault
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -73,6 +82,8 @@ type Purger struct {
 	passes   atomic.Int64
 	// lastScan is how long the last pass took to find its jobs.
 	lastScan atomic.Int64
+	// queuesSwept is when a background pass last looked for idle queues.
+	queuesSwept time.Time
 
 	svc ledService
 }
@@ -281,5 +292,26 @@ func (p *Purger) runOnce(ctx context.Context) (PurgeResult, error) {
 	if len(res.Purged) > 0 {
 		p.logger.Info("purged finished jobs", zap.Int("jobs", len(res.Purged)), zap.Duration("older_than", p.cfg.OlderThan))
 	}
-	return res, err
+	if err != nil {
+		return res, err
+	}
+	return res, p.sweepQueues(ctx)
+}
+
+// sweepQueues removes the idle queues, at most every quarter of
+// QueueIdleAfter. Passes run one at a time, so queuesSwept needs no lock.
+func (p *Purger) sweepQueues(ctx context.Context) error {
+	now := p.cfg.Now()
+	if p.cfg.QueueIdleAfter < 0 || now.Sub(p.queuesSwept) < p.cfg.QueueIdleAfter/4 {
+		return nil
+	}
+	forgotten, err := p.left.ForgetIdleQueues(ctx, p.cfg.QueueIdleAfter, now)
+	if len(forgotten) > 0 {
+		p.logger.Info("removed idle queues", zap.Int("queues", len(forgotten)), zap.Duration("idle_after", p.cfg.QueueIdleAfter))
+	}
+	if err != nil {
+		return fmt.Errorf("purge: %w", err)
+	}
+	p.queuesSwept = now
+	return nil
 }

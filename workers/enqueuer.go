@@ -240,9 +240,20 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 	if err := e.setup(ctx); err != nil {
 		return err
 	}
-	e.started = true
-	ctx, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	e.wg.Add(2)
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	// The queues made before a Stop may have been removed since as idle.
+	e.known = map[string]bool{}
+	removals, err := e.tagsets.WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		cancel()
+		return fmt.Errorf("watch tag sets: %w", err)
+	}
+	e.started, e.cancel = true, cancel
+	e.wg.Add(3)
+	go func() {
+		defer e.wg.Done()
+		e.forgetRemovedQueues(ctx, removals)
+	}()
 	go func() {
 		defer e.wg.Done()
 		e.supervise(ctx, e.m.Log().Stream(), e.evCons, e.eventsConsumerConfig(), &e.lastEventSeq, e.cfg.Batch, e.processEvents)
@@ -275,6 +286,28 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 		}()
 	}
 	return nil
+}
+
+// forgetRemovedQueues forgets that this enqueuer made a queue when the
+// queue is unregistered (ForgetIdleQueues), so that the next job for it
+// makes it again.
+func (e *Enqueuer) forgetRemovedQueues(ctx context.Context, w jetstream.KeyWatcher) {
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case entry, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if entry != nil && entry.Operation() != jetstream.KeyValuePut {
+				e.mu.Lock()
+				delete(e.known, entry.Key())
+				e.mu.Unlock()
+			}
+		}
+	}
 }
 
 // Stop ends the enqueuer. Safe to call twice.
@@ -520,20 +553,29 @@ func (e *Enqueuer) ensureQueue(ctx context.Context, key queueKey) error {
 	if e.isKnown(key) {
 		return nil
 	}
-	// Create, or find unchanged, in one request; provision handles what
-	// that cannot (a consumer of an older version to replace).
-	if _, err := e.js.CreateOrUpdateConsumer(ctx, key.stream(), key.consumerConfig()); err != nil {
-		if _, _, err := provision.Consumer(ctx, e.js, key.stream(), key.consumerConfig()); err != nil {
-			return fmt.Errorf("queue %s: %w", key.name(), err)
-		}
-	}
-	reg, _ := json.Marshal(key)
-	if _, err := e.tagsets.Put(ctx, key.name(), reg); err != nil {
-		return fmt.Errorf("register tag set %s: %w", key.name(), err)
+	if err := registerQueue(ctx, e.js, e.tagsets, key); err != nil {
+		return err
 	}
 	e.mu.Lock()
 	e.known[key.name()] = true
 	e.mu.Unlock()
+	return nil
+}
+
+// registerQueue makes a queue's consumer, then registers the queue for
+// pools: a pool that sees the registration finds the consumer.
+func registerQueue(ctx context.Context, js jetstream.JetStream, registry jetstream.KeyValue, key queueKey) error {
+	// Create, or find unchanged, in one request; provision handles what
+	// that cannot (a consumer of an older version to replace).
+	if _, err := js.CreateOrUpdateConsumer(ctx, key.stream(), key.consumerConfig()); err != nil {
+		if _, _, err := provision.Consumer(ctx, js, key.stream(), key.consumerConfig()); err != nil {
+			return fmt.Errorf("queue %s: %w", key.name(), err)
+		}
+	}
+	reg, _ := json.Marshal(key)
+	if _, err := registry.Put(ctx, key.name(), reg); err != nil {
+		return fmt.Errorf("register tag set %s: %w", key.name(), err)
+	}
 	return nil
 }
 
@@ -639,6 +681,9 @@ func (e *Enqueuer) promote(ctx context.Context, msg jetstream.Msg) {
 type ReconcileResult struct {
 	Requeued []string
 	Promoted []string
+	// Restored names the queues made again because pending jobs were
+	// enqueued to them after they were removed as idle.
+	Restored []string
 	// Scan is how long listing the pending and scheduled jobs took.
 	Scan time.Duration
 }
@@ -676,9 +721,17 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	seen := map[string]bool{}
 	defer func() { e.queuedSeen = seen }()
 	now := time.Now()
+	pendingQueues := map[string]queueKey{}
 	for _, j := range jobs {
 		if now.Sub(j.UpdatedAt) < e.cfg.ReconcileAge {
 			continue
+		}
+		if j.State == statemachine.StatePending {
+			tagset := TagsetID(j.Tags)
+			name := queueKey{Type: j.Type, Tagset: tagset, Prio: j.Priority}.name()
+			if _, ok := pendingQueues[name]; !ok {
+				pendingQueues[name] = queueKey{Type: j.Type, Tagset: tagset, Prio: j.Priority, Tags: j.Tags}
+			}
 		}
 		if j.State == statemachine.StatePending && e.queuedSeen[j.ID] {
 			seen[j.ID] = true
@@ -719,5 +772,38 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		res.Requeued = append(res.Requeued, j.ID)
 		e.logger.Info("re-enqueued a pending job whose queue message was lost", zap.String("job", j.ID))
 	}
-	return res, nil
+	restored, err := e.restoreQueues(ctx, pendingQueues)
+	res.Restored = restored
+	return res, err
+}
+
+// restoreQueues makes again the queues of pending jobs that are missing
+// from the registry: removed as idle while an enqueuer that had not heard
+// of it yet enqueued a job to them.
+func (e *Enqueuer) restoreQueues(ctx context.Context, queues map[string]queueKey) ([]string, error) {
+	if len(queues) == 0 {
+		return nil, nil
+	}
+	names, err := e.tagsets.ListKeys(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, fmt.Errorf("reconcile: read %s: %w", TagsetsBucket, err)
+	}
+	if err == nil {
+		for name := range names.Keys() {
+			delete(queues, name)
+		}
+	}
+	var restored []string
+	for name, key := range queues {
+		e.mu.Lock()
+		delete(e.known, name)
+		e.mu.Unlock()
+		if err := e.ensureQueue(ctx, key); err != nil {
+			return restored, fmt.Errorf("reconcile: %w", err)
+		}
+		_ = e.nc.Publish(key.wake(), nil)
+		restored = append(restored, name)
+		e.logger.Info("made again a removed queue that has pending jobs", zap.String("queue", name))
+	}
+	return restored, nil
 }

@@ -14,16 +14,19 @@ import (
 // timers streams, for the purger: the queue message of a job canceled while
 // pending (only a worker of its tag set would fetch and drop it, and there
 // may never be one again), and the timer and due messages of a job that was
-// scheduled or retried (the timers stream keeps a fired timer's due message).
+// scheduled or retried (the timers stream keeps a fired timer's due message);
+// and the queues no job has used for a while (ForgetIdleQueues).
 type Leftovers struct {
-	queues [QueueShards]jetstream.Stream
-	timers jetstream.Stream
+	js       jetstream.JetStream
+	queues   [QueueShards]jetstream.Stream
+	timers   jetstream.Stream
+	registry jetstream.KeyValue
 }
 
 // AttachLeftovers binds to the queue and timers streams that EnsureTopology
 // created.
 func AttachLeftovers(ctx context.Context, js jetstream.JetStream) (*Leftovers, error) {
-	l := &Leftovers{}
+	l := &Leftovers{js: js}
 	var err error
 	for shard := range l.queues {
 		if l.queues[shard], err = js.Stream(ctx, QueueStream(shard)); err != nil {
@@ -32,6 +35,9 @@ func AttachLeftovers(ctx context.Context, js jetstream.JetStream) (*Leftovers, e
 	}
 	if l.timers, err = js.Stream(ctx, TimersStream); err != nil {
 		return nil, fmt.Errorf("bind timers: %w", err)
+	}
+	if l.registry, err = js.KeyValue(ctx, TagsetsBucket); err != nil {
+		return nil, fmt.Errorf("bind tag sets: %w", err)
 	}
 	return l, nil
 }

@@ -216,6 +216,9 @@ type poolQueue struct {
 	name     string // key.name(), asked for on every fetch
 	cons     jetstream.Consumer
 	remaking atomic.Bool
+	// dropped is set when the queue left the registry; a queue registered
+	// again is a new poolQueue.
+	dropped atomic.Bool
 }
 
 // NewPool returns a pool; Start runs it.
@@ -350,7 +353,12 @@ func (p *Pool) watchRegistry(ctx context.Context) {
 			if !ok {
 				return
 			}
-			if e != nil && p.addQueue(ctx, e) {
+			if e == nil {
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				p.dropQueue(e.Key())
+			} else if p.addQueue(ctx, e) {
 				p.signal(p.wake)
 			}
 		}
@@ -396,6 +404,22 @@ func (p *Pool) addQueue(ctx context.Context, e jetstream.KeyValueEntry) bool {
 	p.setHotLocked(q)
 	p.mu.Unlock()
 	return true
+}
+
+// dropQueue stops asking a queue removed from the registry (as idle, by
+// ForgetIdleQueues); a job for it later registers it again.
+func (p *Pool) dropQueue(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	q := p.queues[name]
+	if q == nil {
+		return
+	}
+	q.dropped.Store(true)
+	delete(p.queues, name)
+	delete(p.recheck, name)
+	// Left in the hot lists, where takeHot skips it.
+	delete(p.hot, name)
 }
 
 func (p *Pool) onWake(m *nats.Msg) {
@@ -611,7 +635,7 @@ func (p *Pool) fetchRound(ctx context.Context) (int, time.Duration) {
 // setHotLocked marks q to be asked for jobs, behind the queues of its
 // priority marked before it, so that every tag set gets its turn.
 func (p *Pool) setHotLocked(q *poolQueue) {
-	if p.hot[q.name] {
+	if q.dropped.Load() || p.hot[q.name] {
 		return
 	}
 	p.hot[q.name] = true
@@ -630,6 +654,9 @@ func (p *Pool) takeHot(limit int) []*poolQueue {
 		fifo := p.hotByPrio[i]
 		k := min(limit-len(picked), len(fifo))
 		for _, q := range fifo[:k] {
+			if q.dropped.Load() {
+				continue
+			}
 			delete(p.hot, q.name)
 			picked = append(picked, q)
 		}
@@ -710,6 +737,11 @@ func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
 	defer q.remaking.Store(false)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	// Gone from the registry too: removed as idle, not lost.
+	if _, err := p.registry.Get(ctx, q.name); errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		p.dropQueue(q.name)
+		return
+	}
 	if _, _, err := provision.Consumer(ctx, p.js, q.key.stream(), q.key.consumerConfig()); err != nil {
 		p.logger.Warn("remake queue consumer", zap.String("queue", q.name), zap.Error(err))
 		return // cold until the backup poll

@@ -16,6 +16,7 @@ import (
 	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/maintenance"
+	"github.com/jetjob/jetjob/workers"
 )
 
 func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() error {
@@ -27,6 +28,7 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 	grace := fs.String("cancel-grace", maintenance.CancelGraceDefault.String(), "a cancel no worker acknowledges within this is finished by the server")
 	retain := fs.String("retain", maintenance.RetainFinishedDefault.String(), "finished jobs older than this are purged")
 	every := fs.String("purge-every", maintenance.PurgeEveryDefault.String(), "pause between background purges")
+	idle := fs.String("queue-idle-after", workers.QueueIdleAfterDefault.String(), "remove a queue (one per job type, tag set and priority) that holds no job and has not been used for this long; the next job for it makes it again; 0 keeps every queue")
 	fs.IntVar(&o.Replicas, "replicas", 0, "with --nats, on a NATS cluster: make and set every jetjob stream with this many replicas (1-5); 0 keeps what each has, one for a new stream")
 	return func() (err error) {
 		// Below a second, these turn a server into a busy loop (purges),
@@ -43,6 +45,11 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 			if *d.to, err = parseDurationAtLeast(d.name, d.value, time.Second, d.example); err != nil {
 				return err
 			}
+		}
+		if d, perr := time.ParseDuration(*idle); perr == nil && d == 0 {
+			o.QueueIdleAfter = -1
+		} else if o.QueueIdleAfter, err = parseDurationAtLeast("queue-idle-after", *idle, time.Second, "1h, or 0"); err != nil {
+			return err
 		}
 		if o.Fsync != natsserver.FsyncAlways && o.Fsync != natsserver.FsyncInterval {
 			return usageErr("--fsync %q, expected always or interval", o.Fsync)
@@ -97,7 +104,7 @@ func checkEmbedded(o *server.Options) error {
 }
 
 func runServer(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("server", "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [-v]", false)
+	fs := newFlags("server", "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
 	var o server.Options
 	finish := serverFlags(fs, &o, "jetjob-data")
 	verbose := fs.Bool("v", false, "debug logging")

@@ -41,6 +41,9 @@ type Options struct {
 	CancelGrace    time.Duration
 	RetainFinished time.Duration
 	PurgeEvery     time.Duration
+	// QueueIdleAfter: see maintenance.PurgerConfig; negative keeps every
+	// queue.
+	QueueIdleAfter time.Duration
 	// DetectEvery overrides the detector's pause between passes.
 	DetectEvery time.Duration
 	// Replicas of every stream, on an external NATS cluster
@@ -177,7 +180,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, err
 	}
 	purger, err := maintenance.NewPurger(s.Reader, s.Machine, s.Heartbeat, s.Logs, leftovers, purgeLead, maintenance.PurgerConfig{
-		OlderThan: o.RetainFinished, Every: o.PurgeEvery, Logger: o.Logger})
+		OlderThan: o.RetainFinished, Every: o.PurgeEvery, QueueIdleAfter: o.QueueIdleAfter, Logger: o.Logger})
 	if err != nil {
 		return s, err
 	}
