@@ -60,6 +60,8 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"worker", "--type", "t", "-o", "json", "--", "true"}, `-o json: a worker prints only its log`},
 		{[]string{"server", "--purge-every", "1ns"}, `--purge-every 1ns, expected a duration of at least 1s such as 1m`},
 		{[]string{"server", "--hang-after", "-1s"}, `--hang-after -1s, expected a duration of at least 1s such as 5m`},
+		{[]string{"server", "--queue-idle-after", "soon"}, `--queue-idle-after "soon", expected a duration such as 1h, or 0`},
+		{[]string{"server", "--queue-idle-after", "10ms"}, `--queue-idle-after 10ms, expected a duration of at least 1s such as 1h, or 0`},
 		{[]string{"server", "--nats", "http://127.0.0.1:4222"}, `--nats "http://127.0.0.1:4222" has scheme "http"`},
 		{[]string{"server", "--nats", "nats://127.0.0.1:4222", "--data", "d", "--fsync", "interval"}, `--data, --fsync set the embedded NATS server; with --nats the external server's own settings apply`},
 		{[]string{"submit", "--type", "a", "--payload", "\"\xff\""}, `--payload is not valid JSON (UTF-8 text)`},
