@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetjob/jetjob/statemachine"
 )
 
 // QueueIdleAfterDefault is how long a queue goes unused before
@@ -141,12 +143,20 @@ func (l *Leftovers) forgetQueue(ctx context.Context, key queueKey, hasConsumer b
 			return false, fmt.Errorf("forget queue %s: %w", key.name(), err)
 		}
 	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(key.filter()))
+	m, err := st.GetLastMsgForSubject(ctx, key.filter())
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return true, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("forget queue %s: look for jobs: %w", key.name(), err)
 	}
-	if len(info.State.Subjects) == 0 {
-		return true, nil
+	if key.Tags == nil && key.Tagset != noTags {
+		// Registered nowhere: the job has the tags that pools match.
+		var job statemachine.Job
+		if json.Unmarshal(m.Data, &job) != nil || TagsetID(job.Tags) != key.Tagset {
+			return false, nil // the reconcile pass reads them from the job's view
+		}
+		key.Tags = job.Tags
 	}
 	if err := registerQueue(ctx, l.js, l.registry, key); err != nil {
 		return false, fmt.Errorf("forget queue %s: a job came: %w", key.name(), err)

@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"testing"
 	"time"
@@ -164,4 +165,31 @@ func TestRegisteredQueueWithoutAConsumerIsForgotten(t *testing.T) {
 	require.False(t, f.registered(key))
 	_, err = st.Consumer(ctx, key.consumer())
 	require.ErrorIs(t, err, jetstream.ErrConsumerNotFound)
+}
+
+// TestAQueueMadeAgainKeepsItsTags: a queue found with a consumer but no
+// registration is registered again with its jobs' tags, which pools match
+// against theirs; without them, every pool of the type would serve it.
+func TestAQueueMadeAgainKeepsItsTags(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	tags := map[string]string{"os": "linux"}
+	f.submit(statemachine.SubmitParams{Type: "t", Tags: tags})
+	f.waitQueued(1)
+	key := queueKey{Type: "t", Tagset: TagsetID(tags)}
+	kv, err := f.env.JS.KeyValue(ctx, TagsetsBucket)
+	require.NoError(t, err)
+	require.NoError(t, kv.Delete(ctx, key.name()))
+
+	fromFilter, ok := keyOfFilter(key.filter())
+	require.True(t, ok)
+	require.Nil(t, fromFilter.Tags)
+	gone, err := f.leftovers().forgetQueue(ctx, fromFilter, true)
+	require.NoError(t, err)
+	require.False(t, gone)
+	e, err := kv.Get(ctx, key.name())
+	require.NoError(t, err)
+	var registered queueKey
+	require.NoError(t, json.Unmarshal(e.Value(), &registered))
+	require.Equal(t, tags, registered.Tags)
 }
