@@ -22,7 +22,11 @@
 // consumer: JetStream hands each message to one of them. The tag sets in use
 // are registered in the KV bucket jj_tagsets; a worker watches it and pulls
 // from every consumer whose tags are a subset of its own (seed 004: a job
-// goes only to a worker that has every one of its tags).
+// goes only to a worker that has every one of its tags). A queue that holds
+// no job and has not been used for a while is removed
+// (Leftovers.ForgetIdleQueues): tag sets can be many and short-lived, and
+// every consumer makes acks on its stream dearer. The next job for it makes
+// it again.
 //
 // A queue message is only a hint. Acquiring is a state transition appended
 // with the job's expected sequence: a message whose job is no longer pending
