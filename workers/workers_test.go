@@ -311,6 +311,10 @@ func TestFailedAttemptKeepsErrorAndLogs(t *testing.T) {
 		lines, err := logs.Read(context.Background(), j.ID)
 		return err == nil && len(lines) == 2 && lines[0].Line == "first line" && lines[1].Line == "attempt 1"
 	}, "two log lines")
+	// A reader left on the stream would cost every later purge a recount.
+	st, err := f.env.JS.Stream(context.Background(), LogsStream)
+	require.NoError(t, err)
+	require.Zero(t, st.CachedInfo().State.Consumers, "readings leave no consumer")
 }
 
 // Progress outside 0-1 is clamped and NaN keeps only the message: JSON has
