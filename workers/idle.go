@@ -25,24 +25,72 @@ const QueueIdleAfterDefault = time.Hour
 // more consumers it has, and every worker serving those tags polls them.
 //
 // A queue removed is made again by the first enqueuer to need it. The
-// registry entry goes first, as a delete that pools and enqueuers watching
-// the registry see: pools stop asking the queue, enqueuers forget they made
-// it. A job enqueued in between, by an enqueuer that had not seen the
-// delete yet, is found in the queue stream once the consumer is gone, and
-// the queue is made again at once; one enqueued later still, by an
-// enqueuer cut off from the registry, is found by its reconcile pass,
-// which makes the queue of every pending job missing from the registry.
+// registry entries go first, as deletes that pools and enqueuers watching
+// the registry see: pools stop asking the queues, enqueuers forget they
+// made them. Then the consumers go. An enqueuer that has not seen a delete
+// yet may still enqueue a job to its queue, so after removalGrace the
+// removed queues are looked at again, and those holding a job are made
+// again. A job enqueued later still, by an enqueuer cut off from the
+// registry for longer, is found by that enqueuer's reconcile pass, which
+// makes the queue of every pending job missing from the registry.
 //
 // It returns the names of the queues removed.
 func (l *Leftovers) ForgetIdleQueues(ctx context.Context, idleFor time.Duration, now time.Time) ([]string, error) {
-	entries, err := l.registeredQueues(ctx)
+	idle, err := l.idleQueues(ctx, idleFor, now)
+	if err != nil || len(idle) == 0 {
+		return nil, err
+	}
+	var removed []queueKey
+	for _, q := range idle {
+		if err := l.unregister(ctx, q.key, q.hasConsumer); err != nil {
+			// Looked at again below, so that a job enqueued meanwhile to
+			// a queue half removed is not stranded.
+			_, recheckErr := l.recheckAll(ctx, append(removed, q.key))
+			return nil, errors.Join(err, recheckErr)
+		}
+		removed = append(removed, q.key)
+	}
+	// An enqueuer that has not yet seen a removal may still publish to the
+	// queue: its publish is in flight, or it checked that it made the
+	// queue just before the delete reached it.
+	select {
+	case <-ctx.Done():
+	case <-time.After(l.removalGrace):
+	}
+	remade, err := l.recheckAll(context.WithoutCancel(ctx), removed)
 	if err != nil {
 		return nil, err
 	}
 	var forgotten []string
+	for _, key := range removed {
+		if !remade[key.name()] {
+			forgotten = append(forgotten, key.name())
+		}
+	}
+	// The deletes' markers are kept a while, for pools and enqueuers that
+	// were away when they were written to see them when they come back.
+	if err := l.registry.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(max(idleFor, registryMarkersKept))); err != nil {
+		return forgotten, fmt.Errorf("forget idle queues: clean up %s: %w", TagsetsBucket, err)
+	}
+	return forgotten, nil
+}
+
+// idleQueue is a queue to remove, and whether it has a consumer.
+type idleQueue struct {
+	key         queueKey
+	hasConsumer bool
+}
+
+// idleQueues finds the queues that hold no job and were not used for
+// idleFor before now.
+func (l *Leftovers) idleQueues(ctx context.Context, idleFor time.Duration, now time.Time) ([]idleQueue, error) {
+	entries, err := l.registeredQueues(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var idle []idleQueue
 	withConsumer := map[string]bool{}
 	for shard, st := range l.queues {
-		var idle []queueKey
 		list := st.ListConsumers(ctx)
 		for info := range list.Info() {
 			key, ok := keyOfFilter(info.Config.FilterSubject)
@@ -53,27 +101,18 @@ func (l *Leftovers) ForgetIdleQueues(ctx context.Context, idleFor time.Duration,
 			if info.NumPending > 0 || info.NumAckPending > 0 || now.Sub(lastUse(info)) < idleFor {
 				continue
 			}
-			if e, ok := entries[key.name()]; ok && now.Sub(e.Created()) < idleFor {
-				continue // registered again lately, by an enqueuer that started
-			}
 			if e, ok := entries[key.name()]; ok {
+				if now.Sub(e.Created()) < idleFor {
+					continue // registered again lately, by an enqueuer that started
+				}
 				// The registered key carries the tags, which a queue made
 				// again needs for its pools.
 				_ = json.Unmarshal(e.Value(), &key)
 			}
-			idle = append(idle, key)
+			idle = append(idle, idleQueue{key: key, hasConsumer: true})
 		}
 		if err := list.Err(); err != nil {
-			return forgotten, fmt.Errorf("forget idle queues: list consumers of %s: %w", QueueStream(shard), err)
-		}
-		for _, key := range idle {
-			gone, err := l.forgetQueue(ctx, key, true)
-			if err != nil {
-				return forgotten, err
-			}
-			if gone {
-				forgotten = append(forgotten, key.name())
-			}
+			return nil, fmt.Errorf("forget idle queues: list consumers of %s: %w", QueueStream(shard), err)
 		}
 	}
 	// Registered queues without a consumer: consumers live in memory, so a
@@ -86,21 +125,14 @@ func (l *Leftovers) ForgetIdleQueues(ctx context.Context, idleFor time.Duration,
 		if json.Unmarshal(e.Value(), &key) != nil || key.name() != name {
 			continue
 		}
-		gone, err := l.forgetQueue(ctx, key, false)
-		if err != nil {
-			return forgotten, err
-		}
-		if gone {
-			forgotten = append(forgotten, name)
-		}
+		idle = append(idle, idleQueue{key: key})
 	}
-	// The deletes' markers are kept a while, for pools and enqueuers that
-	// were away when they were written to see them when they come back.
-	if err := l.registry.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(max(idleFor, registryMarkersKept))); err != nil {
-		return forgotten, fmt.Errorf("forget idle queues: clean up %s: %w", TagsetsBucket, err)
-	}
-	return forgotten, nil
+	return idle, nil
 }
+
+// removalGraceDefault is long enough for a removal to reach every enqueuer
+// on a healthy NATS, and for what they published before to land.
+const removalGraceDefault = 2 * time.Second
 
 // registryMarkersKept is the least time a removed queue's delete marker
 // stays in the registry.
@@ -130,22 +162,43 @@ func (l *Leftovers) registeredQueues(ctx context.Context) (map[string]jetstream.
 	}
 }
 
-// forgetQueue removes one queue's registration and consumer, then makes
-// them again if a job was enqueued meanwhile; true when the queue stayed
-// removed.
-func (l *Leftovers) forgetQueue(ctx context.Context, key queueKey, hasConsumer bool) (bool, error) {
-	st := l.queues[key.shard()]
+// unregister removes a queue's registration, then its consumer: a pool
+// that finds the consumer gone makes it again unless the queue is
+// unregistered.
+func (l *Leftovers) unregister(ctx context.Context, key queueKey, hasConsumer bool) error {
 	if err := l.registry.Delete(ctx, key.name()); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return false, fmt.Errorf("forget queue %s: unregister: %w", key.name(), err)
+		return fmt.Errorf("forget queue %s: unregister: %w", key.name(), err)
 	}
 	if hasConsumer {
-		if err := st.DeleteConsumer(ctx, key.consumer()); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return false, fmt.Errorf("forget queue %s: %w", key.name(), err)
+		if err := l.queues[key.shard()].DeleteConsumer(ctx, key.consumer()); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("forget queue %s: %w", key.name(), err)
 		}
 	}
-	m, err := st.GetLastMsgForSubject(ctx, key.filter())
+	return nil
+}
+
+// recheckAll makes again each removed queue that a job was enqueued to,
+// and names them.
+func (l *Leftovers) recheckAll(ctx context.Context, keys []queueKey) (map[string]bool, error) {
+	remade := map[string]bool{}
+	var errs []error
+	for _, key := range keys {
+		ok, err := l.recheck(ctx, key)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if ok {
+			remade[key.name()] = true
+		}
+	}
+	return remade, errors.Join(errs...)
+}
+
+// recheck makes a removed queue again if it holds a job, and says so.
+func (l *Leftovers) recheck(ctx context.Context, key queueKey) (bool, error) {
+	m, err := l.queues[key.shard()].GetLastMsgForSubject(ctx, key.filter())
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return true, nil
+		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("forget queue %s: look for jobs: %w", key.name(), err)
@@ -154,14 +207,14 @@ func (l *Leftovers) forgetQueue(ctx context.Context, key queueKey, hasConsumer b
 		// Registered nowhere: the job has the tags that pools match.
 		var job statemachine.Job
 		if json.Unmarshal(m.Data, &job) != nil || TagsetID(job.Tags) != key.Tagset {
-			return false, nil // the reconcile pass reads them from the job's view
+			return true, nil // left to the reconcile pass, which reads them from the job's view
 		}
 		key.Tags = job.Tags
 	}
 	if err := registerQueue(ctx, l.js, l.registry, key); err != nil {
 		return false, fmt.Errorf("forget queue %s: a job came: %w", key.name(), err)
 	}
-	return false, nil
+	return true, nil
 }
 
 // lastUse is when a queue's consumer was made or last delivered a job,

@@ -18,6 +18,7 @@ func (f *fixture) leftovers() *Leftovers {
 	f.t.Helper()
 	l, err := AttachLeftovers(context.Background(), f.env.JS)
 	require.NoError(f.t, err)
+	l.removalGrace = 10 * time.Millisecond
 	return l
 }
 
@@ -119,21 +120,44 @@ func TestAQueueRemovedUnderAnEnqueuerIsMadeAgain(t *testing.T) {
 	f.waitState(late.ID, statemachine.StateSucceeded)
 }
 
-// TestAQueueThatGotAJobWhileRemovedStays: the removal looks for jobs once
-// the consumer is gone, and makes the queue again if it finds one.
+// TestAQueueThatGotAJobWhileRemovedStays: an enqueuer that has not yet
+// seen a removal enqueues a job to the queue while it is being removed; the
+// removal looks for jobs after a grace, and makes the queue again.
 func TestAQueueThatGotAJobWhileRemovedStays(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t, true)
+	f := newFixture(t, false) // runOnce: the enqueuer watches nothing
+	p := f.pool(PoolConfig{Types: []string{"t"}}, noop)
 	key := queueKey{Type: "t", Tagset: noTags}
-	j := f.submit(statemachine.SubmitParams{Type: "t"})
-	f.waitQueued(1)
-	gone, err := f.leftovers().forgetQueue(ctx, key, true)
+	first := f.submit(statemachine.SubmitParams{Type: "t"})
+	_, err := f.enq.runOnce(ctx)
 	require.NoError(t, err)
-	require.False(t, gone)
+	f.waitState(first.ID, statemachine.StateSucceeded)
+
+	l := f.leftovers()
+	l.removalGrace = 3 * time.Second
+	type result struct {
+		gone []string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		gone, err := l.ForgetIdleQueues(ctx, time.Hour, time.Now().Add(2*time.Hour))
+		done <- result{gone, err}
+	}()
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_, err := f.env.JS.Consumer(ctx, key.stream(), key.consumer())
+		return !f.registered(key) && err != nil
+	}, "queue removed")
+	late := f.submit(statemachine.SubmitParams{Type: "t"})
+	_, err = f.enq.runOnce(ctx)
+	require.NoError(t, err)
+	res := <-done
+	require.NoError(t, res.err)
+	require.Empty(t, res.gone, "made again")
 	require.True(t, f.registered(key))
 	require.Contains(t, f.queueConsumers(), key.consumer())
-	f.pool(PoolConfig{Types: []string{"t"}}, noop)
-	f.waitState(j.ID, statemachine.StateSucceeded)
+	f.waitState(late.ID, statemachine.StateSucceeded)
+	require.True(t, p.serves(key.name()))
 }
 
 // TestRegisteredQueueWithoutAConsumerIsForgotten: queue consumers live in
@@ -184,9 +208,9 @@ func TestAQueueMadeAgainKeepsItsTags(t *testing.T) {
 	fromFilter, ok := keyOfFilter(key.filter())
 	require.True(t, ok)
 	require.Nil(t, fromFilter.Tags)
-	gone, err := f.leftovers().forgetQueue(ctx, fromFilter, true)
+	remade, err := f.leftovers().recheck(ctx, fromFilter)
 	require.NoError(t, err)
-	require.False(t, gone)
+	require.True(t, remade)
 	e, err := kv.Get(ctx, key.name())
 	require.NoError(t, err)
 	var registered queueKey

@@ -3,6 +3,7 @@ package workers
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -21,12 +22,15 @@ type Leftovers struct {
 	queues   [QueueShards]jetstream.Stream
 	timers   jetstream.Stream
 	registry jetstream.KeyValue
+	// removalGrace is how long ForgetIdleQueues waits before it looks for
+	// jobs enqueued to the queues it removed.
+	removalGrace time.Duration
 }
 
 // AttachLeftovers binds to the queue and timers streams that EnsureTopology
 // created.
 func AttachLeftovers(ctx context.Context, js jetstream.JetStream) (*Leftovers, error) {
-	l := &Leftovers{js: js}
+	l := &Leftovers{js: js, removalGrace: removalGraceDefault}
 	var err error
 	for shard := range l.queues {
 		if l.queues[shard], err = js.Stream(ctx, QueueStream(shard)); err != nil {

@@ -357,7 +357,7 @@ func (p *Pool) watchRegistry(ctx context.Context) {
 				continue
 			}
 			if e.Operation() != jetstream.KeyValuePut {
-				p.dropQueue(e.Key())
+				p.dropQueue(e.Key(), nil)
 			} else if p.addQueue(ctx, e) {
 				p.signal(p.wake)
 			}
@@ -407,12 +407,14 @@ func (p *Pool) addQueue(ctx context.Context, e jetstream.KeyValueEntry) bool {
 }
 
 // dropQueue stops asking a queue removed from the registry (as idle, by
-// ForgetIdleQueues); a job for it later registers it again.
-func (p *Pool) dropQueue(name string) {
+// ForgetIdleQueues); a job for it later registers it again. With only
+// set, it drops that poolQueue and not one bound since under the same name
+// (the queue registered again).
+func (p *Pool) dropQueue(name string, only *poolQueue) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	q := p.queues[name]
-	if q == nil {
+	if q == nil || (only != nil && q != only) {
 		return
 	}
 	q.dropped.Store(true)
@@ -739,7 +741,7 @@ func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
 	defer cancel()
 	// Gone from the registry too: removed as idle, not lost.
 	if _, err := p.registry.Get(ctx, q.name); errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		p.dropQueue(q.name)
+		p.dropQueue(q.name, q)
 		return
 	}
 	if _, _, err := provision.Consumer(ctx, p.js, q.key.stream(), q.key.consumerConfig()); err != nil {
