@@ -80,18 +80,26 @@ func TestIdleQueuesAreForgottenAndMadeAgainForTheNextJob(t *testing.T) {
 	require.False(t, f.registered(plain), "only the queue a job needed")
 }
 
+// usedQueueUnwatched runs one job through the queue of type t with an
+// enqueuer that watches nothing (runOnce), as one yet to hear of a
+// removal would, and a pool serving t.
+func usedQueueUnwatched(t *testing.T) (*fixture, *Pool, queueKey) {
+	t.Helper()
+	f := newFixture(t, false)
+	p := f.pool(PoolConfig{Types: []string{"t"}}, noop)
+	first := f.submit(statemachine.SubmitParams{Type: "t"})
+	_, err := f.enq.runOnce(context.Background())
+	require.NoError(t, err)
+	f.waitState(first.ID, statemachine.StateSucceeded)
+	return f, p, queueKey{Type: "t", Tagset: noTags}
+}
+
 // TestAQueueRemovedUnderAnEnqueuerIsMadeAgain: an enqueuer that has not
 // heard of a removal yet enqueues to the queue; its reconcile pass makes the
 // queue again.
 func TestAQueueRemovedUnderAnEnqueuerIsMadeAgain(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t, false) // runOnce: the enqueuer watches nothing
-	p := f.pool(PoolConfig{Types: []string{"t"}}, noop)
-	key := queueKey{Type: "t", Tagset: noTags}
-	first := f.submit(statemachine.SubmitParams{Type: "t"})
-	_, err := f.enq.runOnce(ctx)
-	require.NoError(t, err)
-	f.waitState(first.ID, statemachine.StateSucceeded)
+	f, p, key := usedQueueUnwatched(t)
 
 	gone, err := f.leftovers().ForgetIdleQueues(ctx, time.Hour, time.Now().Add(2*time.Hour))
 	require.NoError(t, err)
@@ -125,13 +133,7 @@ func TestAQueueRemovedUnderAnEnqueuerIsMadeAgain(t *testing.T) {
 // removal looks for jobs after a grace, and makes the queue again.
 func TestAQueueThatGotAJobWhileRemovedStays(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t, false) // runOnce: the enqueuer watches nothing
-	p := f.pool(PoolConfig{Types: []string{"t"}}, noop)
-	key := queueKey{Type: "t", Tagset: noTags}
-	first := f.submit(statemachine.SubmitParams{Type: "t"})
-	_, err := f.enq.runOnce(ctx)
-	require.NoError(t, err)
-	f.waitState(first.ID, statemachine.StateSucceeded)
+	f, p, key := usedQueueUnwatched(t)
 
 	l := f.leftovers()
 	l.removalGrace = 3 * time.Second
@@ -149,7 +151,7 @@ func TestAQueueThatGotAJobWhileRemovedStays(t *testing.T) {
 		return !f.registered(key) && err != nil
 	}, "queue removed")
 	late := f.submit(statemachine.SubmitParams{Type: "t"})
-	_, err = f.enq.runOnce(ctx)
+	_, err := f.enq.runOnce(ctx)
 	require.NoError(t, err)
 	res := <-done
 	require.NoError(t, res.err)
