@@ -57,7 +57,11 @@ func (l *Leftovers) ForgetIdleQueues(ctx context.Context, idleFor time.Duration,
 	case <-ctx.Done():
 	case <-time.After(l.removalGrace):
 	}
-	remade, err := l.recheckAll(context.WithoutCancel(ctx), removed)
+	// Even when ctx ended (the server stops): a job enqueued meanwhile
+	// would wait for a reconcile pass.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recheckTimeout)
+	defer cancel()
+	remade, err := l.recheckAll(rctx, removed)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +137,9 @@ func (l *Leftovers) idleQueues(ctx context.Context, idleFor time.Duration, now t
 // removalGraceDefault is long enough for a removal to reach every enqueuer
 // on a healthy NATS, and for what they published before to land.
 const removalGraceDefault = 2 * time.Second
+
+// recheckTimeout bounds the look for jobs after a removal.
+const recheckTimeout = 10 * time.Second
 
 // registryMarkersKept is the least time a removed queue's delete marker
 // stays in the registry.
