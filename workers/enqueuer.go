@@ -721,17 +721,13 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	seen := map[string]bool{}
 	defer func() { e.queuedSeen = seen }()
 	now := time.Now()
-	pendingQueues := map[string]queueKey{}
+	// First, so that a job whose message is found below is in a queue.
+	var restoreErr error
+	res.Restored, restoreErr = e.restoreQueues(ctx, e.queuesOfPending(jobs, now))
+	fail := func(err error) (ReconcileResult, error) { return res, errors.Join(restoreErr, err) }
 	for _, j := range jobs {
 		if now.Sub(j.UpdatedAt) < e.cfg.ReconcileAge {
 			continue
-		}
-		if j.State == statemachine.StatePending {
-			tagset := TagsetID(j.Tags)
-			name := queueKey{Type: j.Type, Tagset: tagset, Prio: j.Priority}.name()
-			if _, ok := pendingQueues[name]; !ok {
-				pendingQueues[name] = queueKey{Type: j.Type, Tagset: tagset, Prio: j.Priority, Tags: j.Tags}
-			}
 		}
 		if j.State == statemachine.StatePending && e.queuedSeen[j.ID] {
 			seen[j.ID] = true
@@ -755,7 +751,7 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 			continue
 		}
 		if !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return res, fmt.Errorf("reconcile job %s: %w", j.ID, err)
+			return fail(fmt.Errorf("reconcile job %s: %w", j.ID, err))
 		}
 		job, err := e.m.Load(ctx, j.ID)
 		if err != nil || job.State != statemachine.StatePending {
@@ -763,18 +759,33 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		}
 		f, err := e.enqueue(ctx, job, key, "r"+strconv.FormatInt(now.UnixNano(), 10))
 		if err != nil {
-			return res, err
+			return fail(err)
 		}
 		if err := waitAcks(ctx, e.js, []jetstream.PubAckFuture{f}); err != nil {
-			return res, err
+			return fail(err)
 		}
 		_ = e.nc.Publish(key.wake(), nil)
 		res.Requeued = append(res.Requeued, j.ID)
 		e.logger.Info("re-enqueued a pending job whose queue message was lost", zap.String("job", j.ID))
 	}
-	restored, err := e.restoreQueues(ctx, pendingQueues)
-	res.Restored = restored
-	return res, err
+	return res, restoreErr
+}
+
+// queuesOfPending names the queues of the pending jobs the reconcile pass
+// looks at.
+func (e *Enqueuer) queuesOfPending(jobs []QueuedJob, now time.Time) map[string]queueKey {
+	queues := map[string]queueKey{}
+	for _, j := range jobs {
+		if j.State != statemachine.StatePending || now.Sub(j.UpdatedAt) < e.cfg.ReconcileAge {
+			continue
+		}
+		key := queueKey{Type: j.Type, Tagset: TagsetID(j.Tags), Prio: j.Priority}
+		if _, ok := queues[key.name()]; !ok {
+			key.Tags = j.Tags
+			queues[key.name()] = key
+		}
+	}
+	return queues
 }
 
 // restoreQueues makes again the queues of pending jobs that are missing

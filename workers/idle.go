@@ -41,35 +41,32 @@ func (l *Leftovers) ForgetIdleQueues(ctx context.Context, idleFor time.Duration,
 		return nil, err
 	}
 	var removed []queueKey
+	var unregisterErr error
 	for _, q := range idle {
-		if err := l.unregister(ctx, q.key, q.hasConsumer); err != nil {
-			// Looked at again below, so that a job enqueued meanwhile to
-			// a queue half removed is not stranded.
-			_, recheckErr := l.recheckAll(ctx, append(removed, q.key))
-			return nil, errors.Join(err, recheckErr)
-		}
+		// One that fails may be half removed: it is looked at again too.
 		removed = append(removed, q.key)
+		if unregisterErr = l.unregister(ctx, q.key, q.hasConsumer); unregisterErr != nil {
+			break
+		}
 	}
 	// An enqueuer that has not yet seen a removal may still publish to the
 	// queue: its publish is in flight, or it checked that it made the
-	// queue just before the delete reached it.
-	select {
-	case <-ctx.Done():
-	case <-time.After(l.removalGrace):
-	}
-	// Even when ctx ended (the server stops): a job enqueued meanwhile
-	// would wait for a reconcile pass.
+	// queue just before the delete reached it. The wait and the look after
+	// it go on when ctx ends (the server stops), else such a job would
+	// wait for a reconcile pass.
+	time.Sleep(l.removalGrace)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recheckTimeout)
 	defer cancel()
-	remade, err := l.recheckAll(rctx, removed)
-	if err != nil {
-		return nil, err
-	}
+	remade, recheckErr := l.recheckAll(rctx, removed)
 	var forgotten []string
-	for _, key := range removed {
-		if !remade[key.name()] {
+	for i, key := range removed {
+		failed := unregisterErr != nil && i == len(removed)-1
+		if !remade[key.name()] && !failed {
 			forgotten = append(forgotten, key.name())
 		}
+	}
+	if err := errors.Join(unregisterErr, recheckErr); err != nil {
+		return forgotten, err
 	}
 	// The deletes' markers are kept a while, for pools and enqueuers that
 	// were away when they were written to see them when they come back.
@@ -221,6 +218,9 @@ func (l *Leftovers) recheck(ctx context.Context, key queueKey) (bool, error) {
 	if err := registerQueue(ctx, l.js, l.registry, key); err != nil {
 		return false, fmt.Errorf("forget queue %s: a job came: %w", key.name(), err)
 	}
+	// Pools learn of it from the registry; the wake-up also makes one whose
+	// registry watch missed it look it up.
+	_ = l.js.Conn().Publish(key.wake(), nil)
 	return true, nil
 }
 

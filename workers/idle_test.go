@@ -219,3 +219,19 @@ func TestAQueueMadeAgainKeepsItsTags(t *testing.T) {
 	require.NoError(t, json.Unmarshal(e.Value(), &registered))
 	require.Equal(t, tags, registered.Tags)
 }
+
+// A dropped queue left in the hot list takes no free slot: the live queue
+// behind it is asked at once, not at the next wake-up or backup poll.
+func TestTakeHotSkipsDroppedQueuesWithoutUsingASlot(t *testing.T) {
+	p := &Pool{hot: map[string]bool{}, queues: map[string]*poolQueue{}, recheck: map[string]int{}}
+	dropped := &poolQueue{key: queueKey{Type: "t", Tagset: "a"}, name: "t.a.0"}
+	live := &poolQueue{key: queueKey{Type: "t", Tagset: "b"}, name: "t.b.0"}
+	p.queues[dropped.name], p.queues[live.name] = dropped, live
+	p.mu.Lock()
+	p.setHotLocked(dropped)
+	p.setHotLocked(live)
+	p.mu.Unlock()
+	p.dropQueue(dropped.name, nil)
+	require.Equal(t, []*poolQueue{live}, p.takeHot(1))
+	require.Empty(t, p.takeHot(1), "the dropped queue left the hot list")
+}

@@ -654,10 +654,11 @@ func (p *Pool) takeHot(limit int) []*poolQueue {
 	var picked []*poolQueue
 	for i := len(p.hotByPrio) - 1; i >= 0 && len(picked) < limit; i-- {
 		fifo := p.hotByPrio[i]
-		k := min(limit-len(picked), len(fifo))
-		for _, q := range fifo[:k] {
+		k := 0
+		for ; k < len(fifo) && len(picked) < limit; k++ {
+			q := fifo[k]
 			if q.dropped.Load() {
-				continue
+				continue // removed from the registry: takes no slot
 			}
 			delete(p.hot, q.name)
 			picked = append(picked, q)
