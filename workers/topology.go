@@ -42,8 +42,11 @@ const (
 	noTags            = "none"
 	LogLinesPerJob    = 10_000
 	// QueueAckWait is how long a fetched queue message may stay unacknowledged
-	// (a worker died between fetch and acquire) before another worker gets it.
-	QueueAckWait = 30 * time.Second
+	// (its worker died, or was cut off from the server, between fetch and
+	// acquire) before another worker gets it. A worker acknowledges right
+	// after its acquire, and a second acquire of a job in hand is refused,
+	// so a short wait costs at most a refused acquire.
+	QueueAckWait = 10 * time.Second
 )
 
 // TagsetID is the stable short name of a tag set in subjects.

@@ -1332,6 +1332,56 @@ func TestAHandlerCutOffFromTheServerIsStopped(t *testing.T) {
 	}
 }
 
+// A job queued while its pool is cut off from the server, whose slot frees
+// during the cut, starts as soon as the connection is back: the fetches the
+// pool made in the meantime, unanswered, lost no job to a request the
+// server saw only after the pool stopped waiting for its answer.
+func TestAJobQueuedDuringACutStartsOnReconnect(t *testing.T) {
+	for _, partition := range []string{"cut", "stall"} {
+		t.Run(partition, func(t *testing.T) {
+			f := newFixture(t, true)
+			release := make(chan struct{})
+			started := make(chan string, 2)
+			var pool *Pool
+			var calls atomic.Int32
+			proxy := f.proxiedPool(PoolConfig{Types: []string{"cutfetch"}, Concurrency: 1}, func(ctx context.Context, j *Job) error {
+				started <- j.ID
+				if calls.Add(1) == 1 {
+					select {
+					case <-release:
+					case <-ctx.Done():
+					}
+				}
+				return nil
+			}, func(p *Pool) { pool = p })
+			first := f.submit(statemachine.SubmitParams{Type: "cutfetch"})
+			require.Equal(t, first.ID, <-started)
+			second := f.submit(statemachine.SubmitParams{Type: "cutfetch"})
+			natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == 1 }, "the second job queued")
+			if partition == "cut" {
+				proxy.Cut()
+				natstest.Eventually(t, 10*time.Second, func() bool { return !pool.nc.IsConnected() }, "the pool sees the cut")
+			} else {
+				proxy.Stall()
+			}
+			close(release) // the slot frees while cut off, and the pool asks
+			// The outage outlasts the client's wait for a fetch's answer (1 s).
+			time.Sleep(2500 * time.Millisecond)
+			proxy.Restore()
+			restored := time.Now()
+			select {
+			case id := <-started:
+				require.Equal(t, second.ID, id)
+				require.Less(t, time.Since(restored), QueueAckWait/2, "the second job waited out the queue's ack wait")
+			case <-time.After(QueueAckWait + 10*time.Second):
+				t.Fatal("the job queued during the cut never started")
+			}
+			f.waitState(first.ID, statemachine.StateSucceeded)
+			f.waitState(second.ID, statemachine.StateSucceeded)
+		})
+	}
+}
+
 // A pool beats often enough for a hang-after far shorter than its heartbeat
 // interval, and so neither stops a handler that is in contact nor lets the
 // detector think it hung; also when the hang-after is published (or
