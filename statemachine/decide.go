@@ -39,10 +39,6 @@ func decideCancel(j Job, reason string, now time.Time) (events.Event, error) {
 		return newEvent(j.ID, events.TypeCanceled, events.Canceled{Reason: reason, By: events.CanceledByOperator}, now)
 	case StateRunning:
 		return newEvent(j.ID, events.TypeCancelRequested, events.CancelRequested{Reason: reason}, now)
-	case StateCanceling, StateCanceled:
-		// What the caller asks for already holds: a retried cancel, or two
-		// operators racing, is not an error (the first reason stays).
-		return events.Event{}, errNoChange
 	}
 	return events.Event{}, &IllegalTransitionError{JobID: j.ID, State: j.State, Transition: TransitionCancel}
 }

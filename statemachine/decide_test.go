@@ -209,8 +209,8 @@ func TestDecide(t *testing.T) {
 		{"cancel by ID a job waiting for its retry", hist(submitted, acquired1, retryLater), cancelCmd.do, then{events.TypeCanceled, TransitionCancel, StateCanceled, nil}},
 
 		// Illegal transitions.
-		{"cancel canceled changes nothing", histories[StateCanceled], cancelCmd.do, then{err: errNoChange}},
-		{"cancel canceling changes nothing", histories[StateCanceling], cancelCmd.do, then{err: errNoChange}},
+		{"cancel canceled", histories[StateCanceled], cancelCmd.do, then{err: ErrIllegalTransition}},
+		{"cancel canceling", histories[StateCanceling], cancelCmd.do, then{err: ErrIllegalTransition}},
 		{"cancel succeeded", histories[StateSucceeded], cancelCmd.do, then{err: ErrIllegalTransition}},
 		{"cancel failed", histories[StateFailed], cancelCmd.do, then{err: ErrIllegalTransition}},
 		{"bulk cancel skips running", histories[StateRunning], cancelPendingCmd.do, then{err: ErrIllegalTransition}},
@@ -304,8 +304,7 @@ func TestDecide(t *testing.T) {
 }
 
 // TestDecideFollowsTheTableEverywhere decides every command in every state: a
-// command succeeds exactly where the table allows its transition; a cancel of
-// a job already canceling or canceled changes nothing; elsewhere a
+// command succeeds exactly where the table allows its transition; elsewhere a
 // fenced report from a job that is not held gets a *LeaseLostError and every
 // other refusal an *IllegalTransitionError naming the job, its state and the
 // transition.
@@ -325,8 +324,6 @@ func TestDecideFollowsTheTableEverywhere(t *testing.T) {
 					next := job
 					require.NoError(t, next.Apply(events.Record{Event: ev, Seq: job.Version + 1, PrevSeq: job.Version}))
 					require.Equal(t, dst, next.State)
-				case c.name == cancelCmd.name && (s == StateCanceling || s == StateCanceled):
-					require.ErrorIs(t, err, errNoChange, "a cancel of a job already canceling or canceled holds already")
 				case c.fenced && s != StateRunning && s != StateCanceling:
 					var lle *LeaseLostError
 					require.ErrorAs(t, err, &lle)

@@ -36,9 +36,6 @@ var (
 	ErrNotDue = errors.New("the job's run-at has not come")
 	// ErrInvalidConfig: a Config a Machine cannot run with.
 	ErrInvalidConfig = errors.New("invalid statemachine config")
-	// errNoChange: a decider found the command's outcome already holds, so
-	// apply appends nothing and returns the job as it is.
-	errNoChange = errors.New("no change needed")
 	// ErrInvalid: a command's input is invalid.
 	ErrInvalid = errors.New("invalid input")
 	// ErrPayloadTooLarge: a payload over the configured limit; matches ErrInvalid.

@@ -127,9 +127,6 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 			job = fresh
 			ev, err = decide(job, m.cfg.Now())
 		}
-		if errors.Is(err, errNoChange) {
-			return job, nil
-		}
 		if err != nil {
 			if conflicted {
 				return job, &ConflictError{JobID: jobID, Job: job, Cause: err}
@@ -269,10 +266,11 @@ func (m *Machine) SubmitMany(ctx context.Context, params []SubmitParams) []Submi
 }
 
 // Cancel cancels a job: a pending or scheduled job is canceled at once, a
-// running one moves to canceling until its worker acknowledges. A job already
-// canceling or canceled is returned as it is, with no error and nothing
-// appended (its first cancel's reason stays); a succeeded or failed one gives
-// an *IllegalTransitionError.
+// running one moves to canceling until its worker acknowledges. In any other
+// state, canceling and canceled included, it gives an
+// *IllegalTransitionError naming the state (a *ConflictError wrapping one
+// when another writer moved the job first), so that of racing cancels
+// exactly one succeeds.
 func (m *Machine) Cancel(ctx context.Context, jobID, reason string) (Job, error) {
 	return m.apply(ctx, jobID, nil, func(j Job, now time.Time) (events.Event, error) {
 		return decideCancel(j, reason, now)
