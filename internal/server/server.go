@@ -137,6 +137,11 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if s.Logs, err = workers.AttachLogs(ctx, s.JS); err != nil {
 		return s, err
 	}
+	if s.embedded != nil {
+		if err := redeliverHeld(ctx, s.JS, o.Logger); err != nil {
+			return s, err
+		}
+	}
 	s.Projector, err = projector.New(s.JS, s.Log, s.Heartbeat, projector.Config{Logger: o.Logger})
 	if err != nil {
 		return s, err
@@ -189,6 +194,49 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	s.stops = append(s.stops, purger.Stop)
 	return s, nil
+}
+
+// redeliverHeld makes the consumers of jetjob's streams deliver again, at
+// once, what they had handed out and not seen acknowledged. On an embedded
+// NATS that has just started nobody else is connected yet, so each such
+// message was handed to the process that ran before (killed, or stopped
+// before its acks went out), and would otherwise wait out its consumer's
+// ack wait (30 s) before anything projected or enqueued it: views behind
+// the log, and jobs not started, for that long after a restart. Each
+// consumer starts again after its ack floor; what was acknowledged beyond
+// the floor comes again too, and projecting or enqueuing an event twice
+// changes nothing.
+func redeliverHeld(ctx context.Context, js jetstream.JetStream, logger *zap.Logger) error {
+	names := js.StreamNames(ctx)
+	for stream := range names.Name() {
+		if !strings.HasPrefix(stream, "JJ_") {
+			continue
+		}
+		st, err := js.Stream(ctx, stream)
+		if err != nil {
+			return fmt.Errorf("redeliver what a stopped process held: stream %s: %w", stream, err)
+		}
+		list := st.ListConsumers(ctx)
+		for info := range list.Info() {
+			if info.NumAckPending == 0 {
+				continue
+			}
+			if _, err := js.ResetConsumer(ctx, stream, info.Name); err != nil {
+				return fmt.Errorf("redeliver what a stopped process held: consumer %s of %s: %w", info.Name, stream, err)
+			}
+			if logger != nil {
+				logger.Info("delivering again what the last run held", zap.String("consumer", info.Name),
+					zap.Int("messages", info.NumAckPending))
+			}
+		}
+		if err := list.Err(); err != nil {
+			return fmt.Errorf("redeliver what a stopped process held: consumers of %s: %w", stream, err)
+		}
+	}
+	if err := names.Err(); err != nil {
+		return fmt.Errorf("redeliver what a stopped process held: streams: %w", err)
+	}
+	return nil
 }
 
 // stop stops everything in the reverse order of starting. Safe to call twice.

@@ -1,0 +1,70 @@
+package server
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/natsserver"
+	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
+	"github.com/jetjob/jetjob/workers"
+)
+
+// A server started again after a process died holding events (delivered to
+// its projector and enqueuer, never acknowledged) projects and enqueues
+// them at once, not after the consumers' ack wait of 30 s.
+func TestARestartProjectsWhatTheDeadProcessHeld(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Start(ctx, Options{DataDir: dir, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	s.Stop()
+
+	// The process that died: it appended a submit, and its projector and
+	// enqueuer had the event in hand when it went.
+	ns, err := natsserver.Start(natsserver.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	nc, err := nats.Connect(ns.ClientURL())
+	require.NoError(t, err)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	lg, err := events.Open(ctx, js, events.Config{})
+	require.NoError(t, err)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	job, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "held"})
+	require.NoError(t, err)
+	for _, durable := range []string{projector.DurableDefault, workers.EnqueuerDurableDefault} {
+		cons, err := js.Consumer(ctx, lg.Stream(), durable)
+		require.NoError(t, err)
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		require.NoError(t, err)
+		held := 0
+		for range batch.Messages() {
+			held++ // and never acknowledged
+		}
+		require.Equal(t, 1, held, "the submit in hand of %s", durable)
+	}
+	lg.Close()
+	nc.Close()
+	ns.Shutdown()
+
+	s, err = Start(ctx, Options{DataDir: dir, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	t.Cleanup(s.Stop)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_, err := s.Reader.Get(ctx, job.ID)
+		return err == nil
+	}, "the view of job %s", job.ID)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		n, err := workers.Queued(ctx, s.JS)
+		return err == nil && n == 1
+	}, "job %s queued", job.ID)
+}
