@@ -181,6 +181,10 @@ type Pool struct {
 	hot       map[string]bool
 	hotByPrio [statemachine.PriorityMax - statemachine.PriorityMin + 1][]*poolQueue
 	recheck   map[string]int
+	// woken holds the hot queues a wake-up named, whose empty answer is
+	// asked again (recheckDelays); a queue hot for the backup poll or a
+	// reconnect is asked once.
+	woken map[string]bool
 	// unserved holds registered queues whose tags this pool lacks, and
 	// looking the queues being read from the registry: a wake-up for either
 	// costs nothing, where it used to cost a registry read every time.
@@ -235,7 +239,7 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	}
 	p := &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
-		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{},
+		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{}, woken: map[string]bool{},
 		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]context.CancelCauseFunc{},
 		reporting: make(chan struct{}, cfg.Concurrency),
 		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1),
@@ -420,6 +424,7 @@ func (p *Pool) dropQueue(name string, only *poolQueue) {
 	q.dropped.Store(true)
 	delete(p.queues, name)
 	delete(p.recheck, name)
+	delete(p.woken, name)
 	// Left in the hot lists, where takeHot skips it.
 	delete(p.hot, name)
 }
@@ -430,6 +435,7 @@ func (p *Pool) onWake(m *nats.Msg) {
 	q, serve := p.queues[name]
 	if serve {
 		p.setHotLocked(q)
+		p.woken[name] = true
 	}
 	skip := serve || p.unserved[name] || p.looking[name]
 	p.mu.Unlock()
@@ -462,6 +468,9 @@ func (p *Pool) lookupQueue(name string) {
 		return
 	}
 	if p.addQueue(ctx, e) {
+		p.mu.Lock()
+		p.woken[name] = true // as the wake-up that sent for it
+		p.mu.Unlock()
 		p.signal(p.wake)
 	}
 }
@@ -710,13 +719,15 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 			p.logger.Warn("fetch", zap.String("queue", q.name), zap.Error(err))
 		}
 		p.mu.Lock()
+		woken := p.woken[q.name]
+		delete(p.woken, q.name)
 		switch {
 		case fetched == n:
 			p.setHotLocked(q) // there may be more
 			delete(p.recheck, q.name)
 		case fetched > 0:
 			delete(p.recheck, q.name)
-		case p.recheck[q.name] < len(recheckDelays):
+		case (woken || p.recheck[q.name] > 0) && p.recheck[q.name] < len(recheckDelays):
 			// A wake-up can outrun the consumer's own count of pending
 			// messages, so an empty answer right after one is asked again
 			// a few times, shortly after.

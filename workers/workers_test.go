@@ -268,6 +268,50 @@ func TestIdlePoolStartsNewJobQuickly(t *testing.T) {
 	t.Logf("submit -> handler start: median %s, max %s", lat[len(lat)/2], lat[len(lat)-1])
 }
 
+// An idle pool asks each queue once per backup poll: the quick second
+// looks at an empty queue follow a wake-up only, which can outrun the
+// consumer's count of what it holds.
+func TestIdlePoolAsksEachQueueOncePerBackupPoll(t *testing.T) {
+	f := newFixture(t, true)
+	asks := make(chan time.Time, 64)
+	sub, err := f.env.NC.Subscribe("$JS.API.CONSUMER.MSG.NEXT.>", func(m *nats.Msg) {
+		if strings.Contains(m.Subject, ".JJ_QUEUE_") {
+			select {
+			case asks <- time.Now():
+			default:
+			}
+		}
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	const poll = 500 * time.Millisecond
+	done := make(chan struct{}, 1)
+	f.pool(PoolConfig{Types: []string{"idle"}, BackupPoll: poll}, func(context.Context, *Job) error {
+		done <- struct{}{}
+		return nil
+	})
+	f.submit(statemachine.SubmitParams{Type: "idle"})
+	<-done
+	for len(asks) > 0 {
+		<-asks // the asks that found the job
+	}
+	// Its slot, freed, asks once, whenever that is; the backup polls after
+	// it are what is looked at.
+	var times []time.Time
+	for len(times) < 5 {
+		select {
+		case at := <-asks:
+			times = append(times, at)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the pool asked %d times in 10 s with a backup poll every %s", len(times), poll)
+		}
+	}
+	times = times[2:]
+	for i := 1; i < len(times); i++ {
+		require.Greater(t, times[i].Sub(times[i-1]), poll/2, "asks %d and %d of an idle queue", i-1, i)
+	}
+}
+
 func TestCancelRunningJob(t *testing.T) {
 	f := newFixture(t, true)
 	running := make(chan struct{})
