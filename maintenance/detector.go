@@ -210,6 +210,10 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 			break
 		}
 		job, err := d.m.Load(ctx, v.ID)
+		if errors.Is(err, events.ErrNotFound) {
+			d.forgetGhost(ctx, v.ID)
+			continue
+		}
 		if err != nil || job.State != statemachine.StateCanceling || job.CancelRequestedAt == nil {
 			continue
 		}
@@ -246,9 +250,12 @@ func (d *Detector) failHung(ctx context.Context, c hungCandidate, now time.Time,
 		// The job moved on (finished, canceled, heartbeated into a new
 		// attempt): the expected sequence or the lease left it alone.
 		var lost *statemachine.LeaseLostError
-		if errors.As(err, &lost) || errors.Is(err, statemachine.ErrConflict) || errors.Is(err, statemachine.ErrIllegalTransition) {
+		switch {
+		case errors.As(err, &lost) || errors.Is(err, statemachine.ErrConflict) || errors.Is(err, statemachine.ErrIllegalTransition):
 			d.systemLog(ctx, v.ID, v.Attempt, "the job moved on before it could be failed as hung; left alone")
-		} else {
+		case errors.Is(err, events.ErrNotFound):
+			d.forgetGhost(ctx, v.ID)
+		default:
 			d.logger.Warn("fail hung job", zap.String("job", v.ID), zap.Error(err))
 		}
 		return false
@@ -256,6 +263,30 @@ func (d *Detector) failHung(ctx context.Context, c hungCandidate, now time.Time,
 	d.systemLog(ctx, v.ID, v.Attempt, fmt.Sprintf("attempt %d failed as hung", v.Attempt))
 	d.logger.Info("failed a hung attempt", zap.String("job", v.ID), zap.Int("attempt", v.Attempt), zap.Duration("silent", silent))
 	return true
+}
+
+// forgetGhost removes what is left of a job whose history the log no longer
+// has (purged): its view, log lines and beats, as a purge does. Such a view
+// is one nats-server brought back after a death, at an older state; left
+// alone, one that shows the job running would be judged hung on every pass,
+// taking a place in the pass from a job that is.
+func (d *Detector) forgetGhost(ctx context.Context, id string) {
+	marks, err := takeMarks(ctx, d.reader, d.logs, d.hb)
+	if err == nil {
+		// Looked up after the marks: a job submitted again under the same
+		// key since (the same ID) is found, and keeps its view.
+		if _, err = d.m.Load(ctx, id); err == nil {
+			return
+		}
+		if errors.Is(err, events.ErrNotFound) {
+			err = forgetTraces(ctx, d.reader, d.logs, d.hb, id, marks)
+		}
+	}
+	if err != nil {
+		d.logger.Warn("remove the view of a job the log no longer has", zap.String("job", id), zap.Error(err))
+		return
+	}
+	d.logger.Info("removed the view of a job the log no longer has", zap.String("job", id))
 }
 
 func (d *Detector) systemLog(ctx context.Context, jobID string, attempt int, line string) {

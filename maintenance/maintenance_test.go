@@ -119,6 +119,37 @@ func TestDetectorFailsHungAttemptsAndFencesThem(t *testing.T) {
 	require.Equal(t, statemachine.StateRunning, a.State)
 }
 
+// A view that shows running a job whose history is gone (nats-server can
+// bring back a purged job's view after a death) is removed, with what the
+// pass wrote for it, instead of taking a place in every pass from a job
+// that really hung.
+func TestDetectorRemovesViewsOfJobsTheLogNoLongerHas(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	var ghosts []string
+	for i := 0; i < 12; i++ { // more than a pass takes (MaxPerPass 10)
+		held := f.abandonedJob()
+		require.NoError(t, f.log.Purge(ctx, held.ID, held.Version))
+		ghosts = append(ghosts, held.ID)
+	}
+	hung := f.abandonedJob() // silent for less long than every ghost
+	d := f.detector("s1", func() time.Time { return time.Now().Add(time.Hour) })
+	for pass := 0; pass < 3; pass++ {
+		_, err := d.runOnce(ctx)
+		require.NoError(t, err)
+	}
+	j, err := f.m.Load(ctx, hung.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateFailed, j.State, "the hung job, behind the ghosts")
+	for _, id := range ghosts {
+		_, err := f.reader.Get(ctx, id)
+		require.ErrorIs(t, err, events.ErrNotFound, "the view of job %s", id)
+		lines, err := f.logs.Read(ctx, id)
+		require.NoError(t, err)
+		require.Empty(t, lines, "log lines of job %s", id)
+	}
+}
+
 func TestTwoDetectorsFailAHungJobOnce(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)

@@ -127,14 +127,8 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 	// Taken before any history is purged: a job submitted again under a
 	// purged job's key (the same ID) can only write views, lines and beats
 	// after its history is gone, so after these marks.
-	var marks purgeMarks
-	if marks.view, err = p.reader.Mark(ctx); err != nil {
-		return res, fmt.Errorf("purge: %w", err)
-	}
-	if marks.logs, err = p.logs.Mark(ctx); err != nil {
-		return res, fmt.Errorf("purge: %w", err)
-	}
-	if marks.beats, err = p.hb.Mark(ctx); err != nil {
+	marks, err := takeMarks(ctx, p.reader, p.logs, p.hb)
+	if err != nil {
 		return res, fmt.Errorf("purge: %w", err)
 	}
 	full := p.fullPass.Load() || p.passes.Add(1)%purgeFullEvery == 0
@@ -233,6 +227,32 @@ feed:
 // purgeMarks bound what a pass deletes of the views, log lines and beats.
 type purgeMarks struct{ view, logs, beats uint64 }
 
+func takeMarks(ctx context.Context, reader *projector.Reader, logs *workers.Logs, hb *events.Heartbeats) (purgeMarks, error) {
+	var marks purgeMarks
+	var err error
+	if marks.view, err = reader.Mark(ctx); err != nil {
+		return marks, err
+	}
+	if marks.logs, err = logs.Mark(ctx); err != nil {
+		return marks, err
+	}
+	marks.beats, err = hb.Mark(ctx)
+	return marks, err
+}
+
+// forgetTraces deletes what a job leaves beside its history, up to marks:
+// its log lines, its beats, and its view last, so that a crash half way
+// leaves a view that is found again.
+func forgetTraces(ctx context.Context, reader *projector.Reader, logs *workers.Logs, hb *events.Heartbeats, id string, marks purgeMarks) error {
+	if err := logs.Forget(ctx, id, marks.logs); err != nil {
+		return err
+	}
+	if err := hb.Forget(ctx, id, marks.beats); err != nil {
+		return err
+	}
+	return reader.Forget(ctx, id, marks.view)
+}
+
 // purgeJob re-checks the job on its log, then deletes its queue leftovers and
 // history first and the view last, so that a crash half way leaves a view
 // the next pass finds.
@@ -258,13 +278,7 @@ func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time, stat
 			return false, err
 		}
 	}
-	if err := p.logs.Forget(ctx, id, marks.logs); err != nil {
-		return false, err
-	}
-	if err := p.hb.Forget(ctx, id, marks.beats); err != nil {
-		return false, err
-	}
-	if err := p.reader.Forget(ctx, id, marks.view); err != nil {
+	if err := forgetTraces(ctx, p.reader, p.logs, p.hb, id, marks); err != nil {
 		return false, err
 	}
 	return true, nil

@@ -26,7 +26,10 @@ type RebuildStats struct {
 	Jobs int `json:"jobs"`
 	// Written counts the views that differed from the stored ones, and
 	// were written.
-	Written      int     `json:"written"`
+	Written int `json:"written"`
+	// Removed counts the views of jobs the log no longer has (purged, or
+	// lost), removed.
+	Removed      int     `json:"removed"`
 	Seconds      float64 `json:"seconds"`
 	EventsPerSec float64 `json:"events_per_s"`
 }
@@ -121,7 +124,8 @@ func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 			}
 		}
 	}
-	if err := p.dropOrphans(ctx, current, jobs); err != nil {
+	removed, err := p.dropOrphans(ctx, current, jobs)
+	if err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
 	if err := p.recordFormat(ctx); err != nil {
@@ -131,7 +135,7 @@ func (p *Projector) Rebuild(ctx context.Context) (RebuildStats, error) {
 	p.outdated = false
 	p.setupMu.Unlock()
 	el := time.Since(start).Seconds()
-	return RebuildStats{Events: n, Jobs: len(all), Written: written, Seconds: el, EventsPerSec: float64(n) / el}, nil
+	return RebuildStats{Events: n, Jobs: len(all), Written: written, Removed: removed, Seconds: el, EventsPerSec: float64(n) / el}, nil
 }
 
 // currentView is what the rebuild needs of a view the bucket holds: its
@@ -165,22 +169,24 @@ var viewHashSeed = maphash.MakeSeed()
 // views were read, does not have (their events were lost or removed by
 // hand). A key written since it was read keeps its new value: the purge
 // stops at the revision read.
-func (p *Projector) dropOrphans(ctx context.Context, current map[string]currentView, jobs map[string]*statemachine.Job) error {
+func (p *Projector) dropOrphans(ctx context.Context, current map[string]currentView, jobs map[string]*statemachine.Job) (int, error) {
 	st, err := p.js.Stream(ctx, p.kvStreamName())
 	if err != nil {
-		return fmt.Errorf("drop views of jobs not in the log: %w", err)
+		return 0, fmt.Errorf("drop views of jobs not in the log: %w", err)
 	}
+	dropped := 0
 	for id, cur := range current {
 		// A job the fold found no valid submit for has no view either.
 		if j, inLog := jobs[id]; inLog && j.State != statemachine.StateNew {
 			continue
 		}
 		if err := st.Purge(ctx, jetstream.WithPurgeSubject(p.kvSubject(id)), jetstream.WithPurgeSequence(cur.rev+1)); err != nil {
-			return fmt.Errorf("drop view of job %s, not in the log: %w", id, err)
+			return dropped, fmt.Errorf("drop view of job %s, not in the log: %w", id, err)
 		}
 		p.forget(id)
+		dropped++
 	}
-	return nil
+	return dropped, nil
 }
 
 // renderAll encodes the view of every job that has one, on every core.

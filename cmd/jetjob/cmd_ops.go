@@ -202,8 +202,8 @@ func runAdmin(ctx context.Context, args []string, out io.Writer) error {
 	if fs.json() {
 		return writeJSON(out, stats)
 	}
-	_, err = fmt.Fprintf(out, "rebuilt %d job views from %d events of the log in %s (%.0f events/s); %d differed and were written\n",
-		stats.Jobs, stats.Events, time.Since(start).Round(time.Millisecond), stats.EventsPerSec, stats.Written)
+	_, err = fmt.Fprintf(out, "rebuilt %d job views from %d events of the log in %s (%.0f events/s); %d differed and were written, %d of jobs the log no longer has were removed\n",
+		stats.Jobs, stats.Events, time.Since(start).Round(time.Millisecond), stats.EventsPerSec, stats.Written, stats.Removed)
 	return err
 }
 

@@ -3,5 +3,6 @@
 package natsserver
 
 // lockDataDir: no lock where flock is missing; one server per data
-// directory is then the operator's to ensure.
-func lockDataDir(string) (func(), error) { return func() {}, nil }
+// directory is then the operator's to ensure, and a server that died is not
+// told apart from one that stopped.
+func lockDataDir(string) (func(bool), bool, error) { return func(bool) {}, false, nil }

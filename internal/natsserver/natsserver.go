@@ -71,7 +71,10 @@ func (c *Config) validate() error {
 // Server is a running embedded nats-server.
 type Server struct {
 	ns     *server.Server
-	unlock func()
+	unlock func(stopped bool)
+
+	mu          sync.Mutex
+	needsRepair bool
 }
 
 // Start starts the server and waits until it accepts clients.
@@ -98,7 +101,7 @@ func Start(cfg Config) (*Server, error) {
 		}
 		_ = l.Close()
 	}
-	unlock, err := lockDataDir(cfg.DataDir)
+	unlock, diedBefore, err := lockDataDir(cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +122,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
-		unlock()
+		unlock(false)
 		return nil, fmt.Errorf("create nats server: %w", err)
 	}
 	if cfg.Debug {
@@ -128,10 +131,35 @@ func Start(cfg Config) (*Server, error) {
 	go ns.Start()
 	if !ns.ReadyForConnections(cfg.StartTimeout) {
 		ns.Shutdown()
-		unlock()
+		unlock(false)
 		return nil, fmt.Errorf("nats server on %s not ready after %s", cfg.Listen, cfg.StartTimeout)
 	}
-	return &Server{ns: ns, unlock: sync.OnceFunc(unlock)}, nil
+	srv := &Server{ns: ns, needsRepair: diedBefore}
+	var once sync.Once
+	srv.unlock = func(stopped bool) { once.Do(func() { unlock(stopped) }) }
+	return srv, nil
+}
+
+// NeedsRepair reports that the server that last used the data directory
+// died instead of shutting down, and what that leaves behind has not been
+// repaired since. nats-server records the removals its limits make (a
+// key's older revisions in a bucket that keeps one) only in a snapshot of
+// its state, written every two minutes or so and when it shuts down, so a
+// key removed for good shortly before such a death can come back with an
+// older value.
+func (s *Server) NeedsRepair() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.needsRepair
+}
+
+// Repaired records that what a death left behind is repaired. Until then a
+// Shutdown leaves the data directory marked as needing repair, so that a
+// repair cut short by a stop is done again by the next server.
+func (s *Server) Repaired() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.needsRepair = false
 }
 
 // ClientURL is the URL clients connect to.
@@ -141,5 +169,5 @@ func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 func (s *Server) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
-	s.unlock()
+	s.unlock(!s.NeedsRepair())
 }

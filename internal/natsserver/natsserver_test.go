@@ -1,6 +1,8 @@
 package natsserver
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -20,4 +22,37 @@ func TestOneServerPerDataDirectory(t *testing.T) {
 	again, err := Start(Config{DataDir: dir, Listen: "127.0.0.1:0"})
 	require.NoError(t, err)
 	again.Shutdown()
+}
+
+// A data directory whose last server died (its lock file still names the
+// process) needs repair until a server says it repaired it; a server that
+// shuts down before then leaves it needing repair.
+func TestADeathIsRepairedOnce(t *testing.T) {
+	dir := t.TempDir()
+	start := func() *Server {
+		t.Helper()
+		s, err := Start(Config{DataDir: dir, Listen: "127.0.0.1:0"})
+		require.NoError(t, err)
+		return s
+	}
+	s := start()
+	require.False(t, s.NeedsRepair(), "a new data directory")
+	s.Shutdown()
+	s = start()
+	require.False(t, s.NeedsRepair(), "after a shutdown")
+	s.Shutdown()
+
+	// What a killed server leaves: the lock file naming its process.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, lockFile), []byte("4242\n"), 0o644))
+	s = start()
+	require.True(t, s.NeedsRepair(), "after a death")
+	s.Shutdown() // before the repair
+	s = start()
+	require.True(t, s.NeedsRepair(), "a repair cut short is done again")
+	s.Repaired()
+	require.False(t, s.NeedsRepair())
+	s.Shutdown()
+	s = start()
+	require.False(t, s.NeedsRepair(), "once repaired")
+	s.Shutdown()
 }

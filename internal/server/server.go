@@ -153,6 +153,11 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if s.Reader, err = projector.NewReader(ctx, s.JS); err != nil {
 		return s, err
 	}
+	if s.embedded != nil && s.embedded.NeedsRepair() {
+		if err := s.repairViews(o.Logger); err != nil {
+			return s, err
+		}
+	}
 	enq, err := workers.NewEnqueuer(s.JS, s.Machine, workers.EnqueuerConfig{Logger: o.Logger, Lister: s.listQueued})
 	if err != nil {
 		return s, err
@@ -194,6 +199,43 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	s.stops = append(s.stops, purger.Stop)
 	return s, nil
+}
+
+// repairViews checks every view against the event log in the background,
+// as 'jetjob admin rebuild' does, after the last server on the data
+// directory died: nats-server may have brought back views removed with
+// their purged jobs, at an older state, and a view write it had not yet
+// flushed may be lost though its event was acknowledged. Jobs are served
+// meanwhile, and a stop before it is done leaves it to the next start.
+func (s *Server) repairViews(logger *zap.Logger) error {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	repair, err := projector.New(s.JS, s.Log, s.Heartbeat, projector.Config{Logger: logger})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		logger.Info("the last server on this data directory died instead of stopping: checking every view against the event log")
+		stats, err := repair.Rebuild(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				logger.Warn("check of the views against the event log failed; the next start tries again", zap.Error(err))
+			}
+			return
+		}
+		s.embedded.Repaired()
+		logger.Info("views checked against the event log", zap.Int("jobs", stats.Jobs),
+			zap.Int("written", stats.Written), zap.Int("removed", stats.Removed), zap.Float64("seconds", stats.Seconds))
+	}()
+	s.stops = append(s.stops, func() {
+		cancel()
+		<-done
+	})
+	return nil
 }
 
 // redeliverHeld makes the consumers of jetjob's streams deliver again, at

@@ -2,6 +2,9 @@ package server
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -67,4 +70,37 @@ func TestARestartProjectsWhatTheDeadProcessHeld(t *testing.T) {
 		n, err := workers.Queued(ctx, s.JS)
 		return err == nil && n == 1
 	}, "job %s queued", job.ID)
+}
+
+// After a death, a view nats-server brought back for a job the log no
+// longer has (purged) is removed by the next server, in the background.
+func TestAfterADeathViewsOfPurgedJobsAreRemoved(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Start(ctx, Options{DataDir: dir, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	job, _, err := s.Machine.Submit(ctx, statemachine.SubmitParams{Type: "ghost"})
+	require.NoError(t, err)
+	kept, _, err := s.Machine.Submit(ctx, statemachine.SubmitParams{Type: "kept"})
+	require.NoError(t, err)
+	for _, id := range []string{job.ID, kept.ID} {
+		natstest.Eventually(t, 10*time.Second, func() bool {
+			_, err := s.Reader.Get(ctx, id)
+			return err == nil
+		}, "the view of job %s", id)
+	}
+	// The events go, the view stays: what a death after a purge can leave.
+	require.NoError(t, s.Log.Purge(ctx, job.ID, job.Version))
+	s.Stop()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "jetjob.lock"), []byte("4242\n"), 0o644))
+
+	s, err = Start(ctx, Options{DataDir: dir, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	t.Cleanup(s.Stop)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_, err := s.Reader.Get(ctx, job.ID)
+		return errors.Is(err, events.ErrNotFound)
+	}, "the view of purged job %s removed", job.ID)
+	_, err = s.Reader.Get(ctx, kept.ID)
+	require.NoError(t, err, "the view of a job in the log stays")
 }
