@@ -174,6 +174,23 @@ func (m *Machine) Submit(ctx context.Context, p SubmitParams) (job Job, existed 
 	return m.submit(ctx, jobID, p)
 }
 
+// submitAfterJunk appends a keyed submit after the messages its job's
+// subject already holds, none of them a valid submit.
+func (m *Machine) submitAfterJunk(ctx context.Context, ev events.Event) (uint64, error) {
+	recs, err := m.log.Load(ctx, ev.JobID)
+	if err != nil && !errors.Is(err, events.ErrNotFound) {
+		return 0, err
+	}
+	if job, _ := Fold(recs); job.State != StateNew {
+		return 0, fmt.Errorf("job %s: %w", ev.JobID, events.ErrConflict) // another submit got there first
+	}
+	var last uint64 // none left: purged meanwhile
+	if len(recs) > 0 {
+		last = recs[len(recs)-1].Seq
+	}
+	return m.log.Append(ctx, ev, last)
+}
+
 // newJobID is the key's job ID, else a new time-ordered one: IDs made one
 // after another sort in that order.
 func newJobID(p SubmitParams) (string, error) {
@@ -194,8 +211,17 @@ func (m *Machine) submit(ctx context.Context, jobID string, p SubmitParams) (job
 	}
 	seq, err := m.log.Append(ctx, ev, 0)
 	if errors.Is(err, events.ErrConflict) && p.Key != "" {
-		job, err := m.Load(ctx, jobID)
-		return job, true, err
+		job, lerr := m.Load(ctx, jobID)
+		if !errors.Is(lerr, events.ErrNotFound) {
+			return job, true, lerr
+		}
+		// The key's subject holds only messages that are no valid submit
+		// (put there by some other publisher), which every fold skips:
+		// the submit goes after them, once.
+		if seq, err = m.submitAfterJunk(ctx, ev); errors.Is(err, events.ErrConflict) {
+			job, err := m.Load(ctx, jobID)
+			return job, true, err
+		}
 	}
 	if err != nil {
 		return Job{}, false, fmt.Errorf("submit job: %w", err)

@@ -283,6 +283,40 @@ func TestConcurrentSubmitsWithOneKeyMakeOneJob(t *testing.T) {
 	require.Equal(t, []string{events.TypeSubmitted}, history(t, lg, ids[0]))
 }
 
+// Junk that another publisher put on a key's subject before any submit
+// does not take the key: the submit goes after it, once.
+func TestAKeyWhoseSubjectHoldsJunkStillSubmits(t *testing.T) {
+	ctx := testContext(t)
+	m, lg, env := newMachine(t)
+	id := statemachine.JobIDForKey("poisoned")
+	_, err := env.JS.Publish(ctx, events.SubjectPrefixDefault+id, []byte("junk before any submit"))
+	require.NoError(t, err)
+	ids := make([]string, 10)
+	fresh := make([]bool, 10)
+	errs := race(10, func(i int) error {
+		j, existed, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Key: "poisoned"})
+		ids[i], fresh[i] = j.ID, !existed
+		return err
+	})
+	created := 0
+	for i, err := range errs {
+		require.NoError(t, err)
+		require.Equal(t, id, ids[i])
+		if fresh[i] {
+			created++
+		}
+	}
+	require.Equal(t, 1, created)
+	recs, err := lg.Load(ctx, id)
+	require.NoError(t, err)
+	require.Len(t, recs, 2)
+	require.Error(t, recs[0].Err, "the junk, which the fold skips")
+	require.Equal(t, events.TypeSubmitted, recs[1].Type)
+	job, err := m.Load(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StatePending, job.State)
+}
+
 // TestCanceledPendingJobIsNeverAcquired is seed 000: acquisition is a
 // transition validated against the job's state, so a canceled (or finished)
 // job is refused, even to a worker holding a stale pending snapshot.
