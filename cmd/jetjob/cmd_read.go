@@ -286,8 +286,9 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 type historyEvent struct {
 	Seq  uint64          `json:"seq"`
 	ID   string          `json:"id,omitempty"`
-	Type string          `json:"type"`
-	Time time.Time       `json:"time"`
+	// Type and Time are absent for a quarantined message that had none.
+	Type string          `json:"type,omitempty"`
+	Time *time.Time      `json:"time,omitempty"`
 	Data json.RawMessage `json:"data,omitempty"`
 	Err  string          `json:"quarantined,omitempty"`
 }
@@ -308,7 +309,11 @@ func runHistory(ctx context.Context, args []string, out io.Writer) error {
 		}
 		hist := make([]historyEvent, 0, len(recs))
 		for _, r := range recs {
-			hist = append(hist, historyEvent{Seq: r.Seq, ID: r.ID, Type: r.Type, Time: r.Time, Data: r.Data, Err: why[r.Seq]})
+			h := historyEvent{Seq: r.Seq, ID: r.ID, Type: r.Type, Data: r.Data, Err: why[r.Seq]}
+			if !r.Time.IsZero() {
+				h.Time = &r.Time
+			}
+			hist = append(hist, h)
 		}
 		if fs.json() {
 			return writeJSON(out, hist)
@@ -321,7 +326,7 @@ func runHistory(ctx context.Context, args []string, out io.Writer) error {
 				data = "quarantined: " + h.Err
 			}
 			at := "-" // a quarantined event may carry no time
-			if !h.Time.IsZero() {
+			if h.Time != nil {
 				at = h.Time.Format(time.RFC3339Nano)
 			}
 			// A quarantined event's type and data are whatever was published.

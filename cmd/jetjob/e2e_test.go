@@ -282,6 +282,11 @@ func TestHistoryShowsAForeignEventEscaped(t *testing.T) {
 	require.Contains(t, h[2].Quarantined, "lease lost", "the job is pending: no attempt holds it")
 	require.Contains(t, s.jetjob("history", id).ok(t), "quarantined: job "+id+" is pending (lease 0, attempt 0): report for lease 1 refused")
 	waitView(t, s, id, func(v projector.View) bool { return v.State == "pending" && v.Quarantined == 2 }, "pending, two events skipped")
+	// The first had no time: -o json leaves it out, rather than a zero time.
+	var raw []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(s.jetjob("history", id, "-o", "json").ok(t)), &raw))
+	require.NotContains(t, raw[1], "time")
+	require.Contains(t, raw[2], "time")
 }
 
 func TestCanceledJobViewAndHistoryAgree(t *testing.T) {
