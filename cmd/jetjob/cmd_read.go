@@ -284,8 +284,8 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 
 // historyEvent is one event as `jetjob history -o json` prints it.
 type historyEvent struct {
-	Seq  uint64          `json:"seq"`
-	ID   string          `json:"id,omitempty"`
+	Seq uint64 `json:"seq"`
+	ID  string `json:"id,omitempty"`
 	// Type and Time are absent for a quarantined message that had none.
 	Type string          `json:"type,omitempty"`
 	Time *time.Time      `json:"time,omitempty"`
