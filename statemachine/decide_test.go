@@ -395,6 +395,28 @@ func TestSubmitFoldsEverythingItWasGiven(t *testing.T) {
 	require.Nil(t, j.RunAt)
 }
 
+// A submit that no Machine would have appended (another publisher's) is
+// skipped by the fold: the job stays unsubmitted rather than pending with
+// a type no queue can hold or a priority no queue serves.
+func TestFoldSkipsASubmitNoMachineWouldAppend(t *testing.T) {
+	for name, d := range map[string]events.Submitted{
+		"no type":           {MaxAttempts: 3},
+		"type with a space": {Type: "bad type", MaxAttempts: 3},
+		"priority 99":       {Type: "build", Priority: 99, MaxAttempts: 3},
+		"negative priority": {Type: "build", Priority: -1, MaxAttempts: 3},
+		"attempts -2":       {Type: "build", MaxAttempts: -2},
+		"tag key 'a b'":     {Type: "build", Tags: map[string]string{"a b": "c"}, MaxAttempts: 3},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ev, err := events.New("job1", events.TypeSubmitted, d)
+			require.NoError(t, err)
+			j := Job{State: StateNew}
+			require.ErrorIs(t, j.Apply(events.Record{Event: ev, Seq: 1}), events.ErrMalformed)
+			require.Equal(t, StateNew, j.State)
+		})
+	}
+}
+
 func TestFoldTracksAttemptsLeasesAndErrors(t *testing.T) {
 	recs := given(t, hist(submitted, acquired1,
 		[]any{events.TypeAttemptFailed, events.AttemptFailed{Lease: 2, Attempt: 1, Error: "e1", Code: "exit", RetryAt: t0.Add(time.Minute)}},

@@ -99,6 +99,29 @@ func (j *Job) Apply(rec events.Record) error {
 	return nil
 }
 
+// checkSubmitted refuses a submit no Machine would have appended, which
+// another publisher put on the log: one whose type cannot name a queue, or
+// whose priority or attempts the queue and the retries cannot serve. Only
+// rules every version of Submit has kept are checked, so that no job
+// submitted earlier is skipped.
+func checkSubmitted(d events.Submitted) error {
+	if err := ValidateToken("type", d.Type); err != nil {
+		return fmt.Errorf("%w: submitted: %w", events.ErrMalformed, err)
+	}
+	for k := range d.Tags {
+		if err := ValidateToken("tag key", k); err != nil {
+			return fmt.Errorf("%w: submitted: %w", events.ErrMalformed, err)
+		}
+	}
+	if d.Priority < PriorityMin || d.Priority > PriorityMax {
+		return fmt.Errorf("%w: submitted: priority %d, expected %d-%d", events.ErrMalformed, d.Priority, PriorityMin, PriorityMax)
+	}
+	if d.MaxAttempts < 0 {
+		return fmt.Errorf("%w: submitted: max attempts %d, expected at least 1", events.ErrMalformed, d.MaxAttempts)
+	}
+	return nil
+}
+
 func (j *Job) apply(rec events.Record) error {
 	if rec.Err != nil {
 		return rec.Err
@@ -125,6 +148,9 @@ func (j *Job) apply(rec events.Record) error {
 	case events.TypeSubmitted:
 		var d events.Submitted
 		if err := rec.DecodeData(&d); err != nil {
+			return err
+		}
+		if err := checkSubmitted(d); err != nil {
 			return err
 		}
 		tr := TransitionSubmit
