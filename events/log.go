@@ -738,6 +738,25 @@ func (l *Log) Load(ctx context.Context, jobID string) ([]Record, error) {
 	return recs, nil
 }
 
+// Holds reports whether the log holds any message of the job, as its
+// stream's leader says: a direct read, which Load makes, may be answered by
+// a replica that has not caught up, and is no proof that a job is gone.
+func (l *Log) Holds(ctx context.Context, jobID string) (bool, error) {
+	if err := ValidateJobID(jobID); err != nil {
+		return false, err
+	}
+	st, err := l.eventsStream(ctx)
+	if err != nil {
+		return false, fmt.Errorf("look up job %s: %w", jobID, err)
+	}
+	subject := l.Subject(jobID)
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return false, fmt.Errorf("look up job %s: %w", jobID, err)
+	}
+	return info.State.Subjects[subject] > 0, nil
+}
+
 // LoadAfter reads a job's events with sequences above after, in order, in
 // one direct-get round trip per 512 events. Messages that are not events
 // come back as records with Err set.

@@ -71,6 +71,31 @@ func TestAppendExpectsLastSequence(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrInvalidJobID)
 }
 
+// Holds asks the stream's leader whether a job has any message left: true
+// while it has, false once it was purged or never was.
+func TestHoldsTellsAJobInTheLogFromOneGone(t *testing.T) {
+	ctx := context.Background()
+	l, _ := openLog(t, events.Config{})
+	seq, err := l.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+	_, err = l.Append(ctx, mustEvent(t, "job2", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+	for id, want := range map[string]bool{"job1": true, "job2": true, "job3": false} {
+		held, err := l.Holds(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, want, held, id)
+	}
+	require.NoError(t, l.Purge(ctx, "job1", seq))
+	held, err := l.Holds(ctx, "job1")
+	require.NoError(t, err)
+	require.False(t, held, "purged")
+	held, err = l.Holds(ctx, "job2")
+	require.NoError(t, err)
+	require.True(t, held, "another job's purge leaves it")
+	_, err = l.Holds(ctx, "bad.id")
+	require.ErrorIs(t, err, events.ErrInvalidJobID)
+}
+
 func TestResentEventIsNotAConflict(t *testing.T) {
 	ctx := context.Background()
 	l, env := openLog(t, events.Config{MaxBatch: 1})

