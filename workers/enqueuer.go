@@ -63,7 +63,7 @@ type EnqueuerConfig struct {
 	Batch int
 	// Lister, when set, lets the enqueuer repair lost queue messages and timers
 	// every ReconcileEvery (or ten times as long as a pass's listing took, if
-	// longer).
+	// longer), the first time ReconcileAge and a second after Start.
 	Lister JobLister
 	// ReconcileEvery is the pause between reconcile passes. Default
 	// ReconcileEveryDefault.
@@ -266,7 +266,12 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 		e.wg.Add(1)
 		go func() {
 			defer e.wg.Done()
-			pause := e.cfg.ReconcileEvery
+			// The first pass comes as soon as a job pending since before
+			// the start is old enough to be judged: a server killed soon
+			// after each start (its queue messages persist
+			// asynchronously, the log events that made them are
+			// acknowledged) would otherwise never repair them.
+			pause := min(e.cfg.ReconcileEvery, e.cfg.ReconcileAge+time.Second)
 			for {
 				select {
 				case <-ctx.Done():

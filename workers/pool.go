@@ -550,11 +550,13 @@ func (p *Pool) acquireLoop(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			if again > 0 {
+				// Also when other queues gave jobs: the empty one is
+				// looked at again on time, not at the next backup poll.
+				recheck.Reset(again)
+			}
 			if got > 0 {
 				continue
-			}
-			if again > 0 {
-				recheck.Reset(again)
 			}
 		}
 		select {
