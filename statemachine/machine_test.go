@@ -262,25 +262,32 @@ func TestIdempotencyKeyReturnsTheFirstJobForever(t *testing.T) {
 }
 
 func TestConcurrentSubmitsWithOneKeyMakeOneJob(t *testing.T) {
-	ctx := testContext(t)
 	m, lg, _ := newMachine(t)
-	ids := make([]string, 50)
-	fresh := make([]bool, 50)
-	errs := race(50, func(i int) error {
-		j, existed, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Key: "once"})
+	submitOnce(t, m, 50, "once")
+	require.Equal(t, []string{events.TypeSubmitted}, history(t, lg, statemachine.JobIDForKey("once")))
+}
+
+// submitOnce races n submits with one key: each gets the key's job, and
+// exactly one of them made it.
+func submitOnce(t *testing.T, m *statemachine.Machine, n int, key string) {
+	t.Helper()
+	ctx := testContext(t)
+	ids := make([]string, n)
+	fresh := make([]bool, n)
+	errs := race(n, func(i int) error {
+		j, existed, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Key: key})
 		ids[i], fresh[i] = j.ID, !existed
 		return err
 	})
 	created := 0
 	for i, err := range errs {
 		require.NoError(t, err)
-		require.Equal(t, statemachine.JobIDForKey("once"), ids[i])
+		require.Equal(t, statemachine.JobIDForKey(key), ids[i])
 		if fresh[i] {
 			created++
 		}
 	}
 	require.Equal(t, 1, created)
-	require.Equal(t, []string{events.TypeSubmitted}, history(t, lg, ids[0]))
 }
 
 // Junk that another publisher put on a key's subject before any submit
@@ -291,22 +298,7 @@ func TestAKeyWhoseSubjectHoldsJunkStillSubmits(t *testing.T) {
 	id := statemachine.JobIDForKey("poisoned")
 	_, err := env.JS.Publish(ctx, events.SubjectPrefixDefault+id, []byte("junk before any submit"))
 	require.NoError(t, err)
-	ids := make([]string, 10)
-	fresh := make([]bool, 10)
-	errs := race(10, func(i int) error {
-		j, existed, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Key: "poisoned"})
-		ids[i], fresh[i] = j.ID, !existed
-		return err
-	})
-	created := 0
-	for i, err := range errs {
-		require.NoError(t, err)
-		require.Equal(t, id, ids[i])
-		if fresh[i] {
-			created++
-		}
-	}
-	require.Equal(t, 1, created)
+	submitOnce(t, m, 10, "poisoned")
 	recs, err := lg.Load(ctx, id)
 	require.NoError(t, err)
 	require.Len(t, recs, 2)
