@@ -62,15 +62,14 @@ func runGet(ctx context.Context, args []string, out io.Writer) error {
 }
 
 // getView reads the projected view; a job whose view is not projected yet
-// is folded from its history, so that get right after submit finds it.
+// is folded from its history, so that get right after submit finds it, as
+// is every job while the views bucket is missing (the server makes it
+// again and projects every view anew).
 func getView(ctx context.Context, c *client, id string) (projector.View, error) {
-	r, err := projector.NewReader(ctx, c.js)
-	if err != nil {
-		return projector.View{}, err
-	}
-	view, err := r.Get(ctx, id)
-	if err == nil {
-		return view, nil
+	if r, err := projector.NewReader(ctx, c.js); err == nil {
+		if view, err := r.Get(ctx, id); err == nil {
+			return view, nil
+		}
 	}
 	job, lerr := c.m.Load(ctx, id)
 	if lerr != nil {

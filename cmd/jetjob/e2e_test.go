@@ -250,6 +250,24 @@ func TestBulkCancelByFilter(t *testing.T) {
 	natstest.Eventually(t, 5*time.Second, func() bool { return pendingCount() == 0 }, "no pending job left")
 }
 
+// TestGetFoldsTheHistoryWhileTheViewsBucketIsMissing: get answers from the
+// log while the server makes the views bucket again.
+func TestGetFoldsTheHistoryWhileTheViewsBucketIsMissing(t *testing.T) {
+	s := startServerProc(t)
+	id := s.jetjob("submit", "--type", "build").ok(t)
+	waitView(t, s, id, func(v projector.View) bool { return v.Version > 0 }, "projected")
+	nc, err := nats.Connect(s.url)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	require.NoError(t, js.DeleteKeyValue(context.Background(), projector.BucketDefault))
+	var v projector.View
+	require.NoError(t, json.Unmarshal([]byte(s.jetjob("get", id, "-o", "json").ok(t)), &v))
+	require.Equal(t, id, v.ID)
+	require.Equal(t, "pending", string(v.State))
+}
+
 // TestHistoryShowsAForeignEventEscaped: an event that some other publisher
 // put on a job's subject is quarantined; its type, whatever it holds, shows
 // on one row with its control characters escaped.
