@@ -1168,3 +1168,23 @@ func formatOf(t *testing.T, f *fixture) string {
 	require.NoError(t, err)
 	return s.CachedInfo().Config.Metadata[viewFormatKey]
 }
+
+// A stored value that is not a view (something else wrote into the bucket)
+// is left out of a listing, and counted, so that ls can say so.
+func TestListCountsWhatIsNotAView(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "build"})
+	require.NoError(t, err)
+	f.run(t)
+	kv, r := f.viewsBucket(t)
+	_, err = kv.Put(ctx, "01a20000-0000-7000-8000-00000000bad1", []byte("garbage{"))
+	require.NoError(t, err)
+	_, err = kv.Put(ctx, "01a20000-0000-7000-8000-00000000bad2", []byte("{}"))
+	require.NoError(t, err)
+	page, err := r.List(ctx, Filter{})
+	require.NoError(t, err)
+	require.Len(t, page.Views, 1)
+	require.Equal(t, j.ID, page.Views[0].ID)
+	require.Equal(t, 2, page.Unreadable)
+}

@@ -85,6 +85,10 @@ type Page struct {
 	Views []View
 	// Next continues the listing (Filter.After); empty on the last page.
 	Next string
+	// Unreadable counts stored values that are not a job's view (written
+	// into the bucket by something else), skipped; the projector writes
+	// each again on its job's next event, and Rebuild at once.
+	Unreadable int
 }
 
 // List returns the matching views in job ID order, at most f.Limit of them;
@@ -112,6 +116,7 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	values := make(chan []byte, 1024)
 	shards := runtime.GOMAXPROCS(0)
 	found := make([][]View, shards)
+	unreadable := make([]int, shards)
 	var wg sync.WaitGroup
 	for i := range shards {
 		wg.Add(1)
@@ -122,8 +127,9 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 					continue
 				}
 				var v View
-				if err := json.Unmarshal(data, &v); err != nil {
-					continue // not a view: the projector folds its job again on its next event
+				if err := json.Unmarshal(data, &v); err != nil || v.ID == "" {
+					unreadable[i]++ // not a view: the projector folds its job again on its next event
+					continue
 				}
 				if f.Matches(v) {
 					found[i] = append(found[i], v)
@@ -168,8 +174,10 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 		return Page{}, err
 	}
 	views := []View{}
-	for _, part := range found {
+	bad := 0
+	for i, part := range found {
 		views = append(views, part...)
+		bad += unreadable[i]
 	}
 	sort.Slice(views, func(i, j int) bool { return views[i].ID < views[j].ID })
 	var next string
@@ -177,7 +185,7 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 		views = views[:f.Limit]
 		next = views[len(views)-1].ID
 	}
-	return Page{Views: views, Next: next}, nil
+	return Page{Views: views, Next: next, Unreadable: bad}, nil
 }
 
 // listIdleCheck: a listing that has received nothing for this long checks
