@@ -1188,3 +1188,33 @@ func TestListCountsWhatIsNotAView(t *testing.T) {
 	require.Equal(t, j.ID, page.Views[0].ID)
 	require.Equal(t, 2, page.Unreadable)
 }
+
+// CaughtUp says whether every event the log held has been projected: not
+// while one waits, at once after it is.
+func TestCaughtUpWaitsForEveryEventTheLogHeld(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	_, err := CaughtUp(ctx, f.env.JS, f.log.Stream())
+	require.ErrorIs(t, err, jetstream.ErrConsumerNotFound, "no projector ever ran")
+	_, _, err = f.m.Submit(ctx, statemachine.SubmitParams{Type: "build"})
+	require.NoError(t, err)
+	f.run(t)
+	ok, err := CaughtUp(ctx, f.env.JS, f.log.Stream())
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "build"})
+	require.NoError(t, err)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	ok, err = CaughtUp(short, f.env.JS, f.log.Stream())
+	require.NoError(t, err)
+	require.False(t, ok, "job %s not projected yet", j.ID)
+
+	require.NoError(t, f.p.Start(ctx))
+	ok, err = CaughtUp(ctx, f.env.JS, f.log.Stream())
+	require.NoError(t, err)
+	require.True(t, ok)
+	_, err = f.reader(t).Get(ctx, j.ID)
+	require.NoError(t, err, "projected once caught up")
+}

@@ -375,3 +375,42 @@ func field(k, v string) []byte {
 	b = append(b, ':')
 	return appendString(b, v)
 }
+
+// CaughtUp waits until the projector has projected every event the log
+// (stream logStream) held when it was called: its consumer (DurableDefault)
+// has acknowledged them all. A decision taken on the views after it (a bulk
+// cancel, a purge) sees every job submitted or finished before. It reports
+// false when ctx ends first, and an error when the projector's consumer
+// cannot be read (no server ever ran on this NATS).
+func CaughtUp(ctx context.Context, js jetstream.JetStream, logStream string) (bool, error) {
+	st, err := js.Stream(ctx, logStream)
+	if err != nil {
+		return false, fmt.Errorf("wait for the views: %w", err)
+	}
+	through := st.CachedInfo().State.LastSeq
+	cons, err := js.Consumer(ctx, logStream, DurableDefault)
+	if err != nil {
+		return false, fmt.Errorf("wait for the views: %w", err)
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		info, err := cons.Info(ctx)
+		if ctx.Err() != nil {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("wait for the views: %w", err)
+		}
+		// The floor may stop short of a purged tail; nothing pending and
+		// nothing in hand says the same.
+		if info.AckFloor.Stream >= through || info.NumPending == 0 && info.NumAckPending == 0 {
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, nil
+		case <-tick.C:
+		}
+	}
+}

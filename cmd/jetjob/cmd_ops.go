@@ -16,6 +16,22 @@ import (
 	"github.com/jetjob/jetjob/workers"
 )
 
+// viewsWait bounds how long a bulk cancel or a purge waits for the views to
+// show what the log held when it started.
+const viewsWait = 10 * time.Second
+
+// waitForViews waits until the views show every event the log held, so
+// that a decision taken on them misses no job submitted, or finished, just
+// before; past viewsWait it goes on, and says so.
+func waitForViews(ctx context.Context, c *client, command string) {
+	wctx, cancel := context.WithTimeout(ctx, viewsWait)
+	defer cancel()
+	ok, err := projector.CaughtUp(wctx, c.js, c.lg.Stream())
+	if err == nil && !ok && ctx.Err() == nil {
+		fmt.Fprintf(os.Stderr, "jetjob %s: the views are still behind the event log after %s (is a server running?); going on with them\n", command, viewsWait)
+	}
+}
+
 func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason string, dryRun bool, out io.Writer) error {
 	c, err := dial(ctx, fs.server)
 	if err != nil {
@@ -26,6 +42,7 @@ func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason str
 	if err != nil {
 		return err
 	}
+	waitForViews(ctx, c, "cancel")
 	res, err := maintenance.CancelPending(ctx, r, c.m, f, maintenance.BulkCancelOptions{Reason: reason, DryRun: dryRun})
 	if err != nil {
 		return err
@@ -146,6 +163,7 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	waitForViews(ctx, c, "purge")
 	res, err := p.Purge(ctx, age, st)
 	if fs.json() {
 		if werr := writeJSON(out, res); werr != nil {

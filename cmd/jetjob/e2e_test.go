@@ -336,6 +336,26 @@ func listAll(t *testing.T, s *serverProc) string {
 	return s.jetjob("ls", "--limit", "0", "-o", "json").ok(t)
 }
 
+// TestBulkCancelRightAfterASubmitCancelsEveryJob: a bulk cancel decides on
+// the views, and waits for them to show every job the log held when it
+// started, so none submitted just before is missed.
+func TestBulkCancelRightAfterASubmitCancelsEveryJob(t *testing.T) {
+	s := startServerProc(t)
+	lines := &strings.Builder{}
+	for i := 0; i < 2000; i++ {
+		lines.WriteString(`{"type":"late"}` + "\n")
+	}
+	file := filepath.Join(t.TempDir(), "jobs.ndjson")
+	require.NoError(t, os.WriteFile(file, []byte(lines.String()), 0o600))
+	ids := strings.Fields(s.jetjob("submit", "--file", file).ok(t))
+	require.Len(t, ids, 2000)
+	var res struct {
+		Canceled []string `json:"canceled"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(s.jetjob("cancel", "--pending", "--all", "-o", "json").ok(t)), &res))
+	require.ElementsMatch(t, ids, res.Canceled)
+}
+
 func TestKillAndRestartKeepsEveryJob(t *testing.T) {
 	s := startServerProc(t)
 	lines := &strings.Builder{}
