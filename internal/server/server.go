@@ -206,10 +206,8 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 // flushed may be lost though its event was acknowledged. Jobs are served
 // meanwhile, and a stop before it is done leaves it to the next start.
 func (s *Server) repairViews(logger *zap.Logger) error {
-	if logger == nil {
-		logger = zap.NewNop()
-	}
 	repair, err := projector.New(s.JS, s.Log, s.Heartbeat, projector.Config{Logger: logger})
+	logger = logging.OrNop(logger, "repair")
 	if err != nil {
 		return err
 	}
@@ -248,9 +246,7 @@ func (s *Server) repairViews(logger *zap.Logger) error {
 // event twice, or a second acquire, changes nothing. It is an optimisation,
 // so a failure is logged and the start goes on.
 func redeliverHeld(ctx context.Context, js jetstream.JetStream, logger *zap.Logger) {
-	if logger == nil {
-		logger = zap.NewNop()
-	}
+	logger = logging.OrNop(logger, "restart")
 	names := js.StreamNames(ctx)
 	for stream := range names.Name() {
 		if !strings.HasPrefix(stream, "JJ_") {
