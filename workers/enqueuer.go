@@ -63,7 +63,7 @@ type EnqueuerConfig struct {
 	Batch int
 	// Lister, when set, lets the enqueuer repair lost queue messages and timers
 	// every ReconcileEvery (or ten times as long as a pass's listing took, if
-	// longer), the first time ReconcileAge and a second after Start.
+	// longer), the first two a second after Start and ReconcileAge later.
 	Lister JobLister
 	// ReconcileEvery is the pause between reconcile passes. Default
 	// ReconcileEveryDefault.
@@ -266,13 +266,15 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 		e.wg.Add(1)
 		go func() {
 			defer e.wg.Done()
-			// The first pass comes as soon as a job pending since before
-			// the start is old enough to be judged: a server killed soon
-			// after each start (its queue messages persist
-			// asynchronously, the log events that made them are
-			// acknowledged) would otherwise never repair them.
-			pause := min(e.cfg.ReconcileEvery, e.cfg.ReconcileAge+time.Second)
-			for {
+			// The first passes come a second after the start, for the
+			// jobs pending long enough to judge already, and once the
+			// others are too: a server killed soon after each start (its
+			// queue messages persist asynchronously, and the log events
+			// that made them are acknowledged) would otherwise never
+			// repair them.
+			first := []time.Duration{time.Second, e.cfg.ReconcileAge}
+			pause := min(e.cfg.ReconcileEvery, first[0])
+			for pass := 1; ; pass++ {
 				select {
 				case <-ctx.Done():
 					return
@@ -287,6 +289,9 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 				// from this one's start, so that listings take at most a
 				// tenth of the server's time.
 				pause = max(e.cfg.ReconcileEvery, 10*res.Scan)
+				if pass < len(first) {
+					pause = min(pause, first[pass])
+				}
 			}
 		}()
 	}

@@ -800,8 +800,8 @@ func TestLostQueueMessageIsRepaired(t *testing.T) {
 }
 
 // A queue message lost with a server that died soon after making it (the
-// queue persists asynchronously) is repaired by the first reconcile pass of
-// the next start, ReconcileAge and a second after it, not a whole
+// queue persists asynchronously) is repaired by the first reconcile passes
+// of the next start, a second and ReconcileAge after it, not a whole
 // ReconcileEvery later: a server killed again within that never would.
 func TestFirstReconcilePassComesSoonAfterStart(t *testing.T) {
 	f := newFixture(t, false)
@@ -818,13 +818,14 @@ func TestFirstReconcilePassComesSoonAfterStart(t *testing.T) {
 		if err != nil {
 			return nil, err
 		}
-		return []QueuedJob{{ID: cur.ID, Type: cur.Type, Tags: cur.Tags, State: cur.State, UpdatedAt: cur.UpdatedAt}}, nil
+		// Pending since before the start, for longer than ReconcileAge.
+		return []QueuedJob{{ID: cur.ID, Type: cur.Type, Tags: cur.Tags, State: cur.State, UpdatedAt: cur.UpdatedAt.Add(-time.Minute)}}, nil
 	}
-	enq, err := NewEnqueuer(f.env.JS, f.m, EnqueuerConfig{Lister: lister, ReconcileAge: time.Millisecond, ReconcileEvery: time.Hour})
+	enq, err := NewEnqueuer(f.env.JS, f.m, EnqueuerConfig{Lister: lister, ReconcileEvery: time.Hour})
 	require.NoError(t, err)
 	require.NoError(t, enq.Start(ctx))
 	t.Cleanup(enq.Stop)
-	natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == 1 }, "job %s queued again", j.ID)
+	natstest.Eventually(t, ReconcileAgeDefault/2, func() bool { return f.queued() == 1 }, "job %s queued again", j.ID)
 }
 
 // TestReconcileLooksAgainAfterAReconnect: a pending job found queued is not
