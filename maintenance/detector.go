@@ -271,24 +271,28 @@ func (d *Detector) failHung(ctx context.Context, c hungCandidate, now time.Time,
 // alone, one that shows the job running would be judged hung on every pass,
 // taking a place in the pass from a job that is.
 func (d *Detector) forgetGhost(ctx context.Context, id string) {
-	marks, err := takeMarks(ctx, d.reader, d.logs, d.hb)
-	if err == nil {
-		// Looked up after the marks: a job submitted again under the same
-		// key since (the same ID) is found, and keeps its view. Asked of
-		// the stream's leader: a replica behind it may not have the job yet.
-		var held bool
-		if held, err = d.m.Log().Holds(ctx, id); err == nil && held {
-			return
-		}
-		if err == nil {
-			err = forgetTraces(ctx, d.reader, d.logs, d.hb, id, marks)
-		}
-	}
-	if err != nil {
+	removed, err := d.removeGhost(ctx, id)
+	switch {
+	case err != nil:
 		d.logger.Warn("remove the view of a job the log no longer has", zap.String("job", id), zap.Error(err))
-		return
+	case removed:
+		d.logger.Info("removed the view of a job the log no longer has", zap.String("job", id))
 	}
-	d.logger.Info("removed the view of a job the log no longer has", zap.String("job", id))
+}
+
+func (d *Detector) removeGhost(ctx context.Context, id string) (bool, error) {
+	marks, err := takeMarks(ctx, d.reader, d.logs, d.hb)
+	if err != nil {
+		return false, err
+	}
+	// Looked up after the marks: a job submitted again under the same key
+	// since (the same ID) is found, and keeps its view. Asked of the
+	// stream's leader: a replica behind it may not have the job yet.
+	held, err := d.m.Log().Holds(ctx, id)
+	if err != nil || held {
+		return false, err
+	}
+	return true, forgetTraces(ctx, d.reader, d.logs, d.hb, id, marks)
 }
 
 func (d *Detector) systemLog(ctx context.Context, jobID string, attempt int, line string) {

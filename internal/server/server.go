@@ -207,10 +207,10 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 // meanwhile, and a stop before it is done leaves it to the next start.
 func (s *Server) repairViews(logger *zap.Logger) error {
 	repair, err := projector.New(s.JS, s.Log, s.Heartbeat, projector.Config{Logger: logger})
-	logger = logging.OrNop(logger, "repair")
 	if err != nil {
 		return err
 	}
+	logger = logging.OrNop(logger, "repair")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
