@@ -35,7 +35,12 @@ var (
 // NoRetryError fails a job without retrying it, attempts left or not.
 type NoRetryError struct{ Err error }
 
-func (e *NoRetryError) Error() string { return e.Err.Error() }
+func (e *NoRetryError) Error() string {
+	if e.Err == nil {
+		return "failed without retry"
+	}
+	return e.Err.Error()
+}
 
 // Unwrap gives the wrapped error.
 func (e *NoRetryError) Unwrap() error { return e.Err }
@@ -49,7 +54,12 @@ type CodedError struct {
 	Err  error
 }
 
-func (e *CodedError) Error() string { return e.Err.Error() }
+func (e *CodedError) Error() string {
+	if e.Err == nil {
+		return "failed with code " + e.Code
+	}
+	return e.Err.Error()
+}
 
 // Unwrap gives the wrapped error.
 func (e *CodedError) Unwrap() error { return e.Err }

@@ -969,6 +969,18 @@ func (p *Pool) callHandler(ctx context.Context, job *Job) (err error) {
 	return p.handler(ctx, job)
 }
 
+// errorText is a handler's error as recorded. An Error method that panics
+// (a nil pointer inside the handler's own error type) must fail the attempt,
+// not the worker.
+func errorText(err error) (text string) {
+	defer func() {
+		if r := recover(); r != nil {
+			text = fmt.Sprintf("%T whose Error method panicked: %v", err, r)
+		}
+	}()
+	return err.Error()
+}
+
 func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err error) {
 	var rerr error
 	switch {
@@ -988,11 +1000,11 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 	case errors.Is(cause, ErrJobTimeout):
 		msg := fmt.Sprintf("ran past the job timeout of %s", p.cfg.JobTimeout)
 		if err != nil && !errors.Is(err, ErrJobTimeout) {
-			msg += ": " + err.Error() // what the handler said as it stopped
+			msg += ": " + errorText(err) // what the handler said as it stopped
 		}
 		_, rerr = p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout, Error: msg})
 	default:
-		fp := statemachine.FailParams{Error: err.Error()}
+		fp := statemachine.FailParams{Error: errorText(err)}
 		var noRetry *NoRetryError
 		fp.NoRetry = errors.As(err, &noRetry)
 		var coded *CodedError

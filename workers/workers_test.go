@@ -370,6 +370,40 @@ func TestFailedAttemptKeepsErrorAndLogs(t *testing.T) {
 	}, "readings leave no consumer")
 }
 
+// brokenError is an error whose Error method panics when the pointer is nil,
+// as a handler's own error type can.
+type brokenError struct{ msg string }
+
+func (e *brokenError) Error() string { return e.msg }
+
+// A handler's error whose message cannot be read fails its attempt; it once
+// panicked in the goroutine recording the result and took the worker down.
+func TestAnErrorWithoutAMessageFailsTheAttempt(t *testing.T) {
+	f := newFixture(t, true)
+	f.pool(PoolConfig{Types: []string{"odd"}}, func(_ context.Context, j *Job) error {
+		switch j.Meta["returns"] {
+		case "no-retry-nil":
+			return NoRetry(nil)
+		case "coded-nil":
+			return NoRetry(&CodedError{Code: "gone"})
+		default:
+			var nilPtr *brokenError
+			return NoRetry(nilPtr)
+		}
+	})
+	for returns, want := range map[string]struct{ msg, code string }{
+		"no-retry-nil": {"failed without retry", ""},
+		"coded-nil":    {"failed with code gone", "gone"},
+		"nil-pointer":  {"whose Error method panicked", ""},
+	} {
+		j := f.submit(statemachine.SubmitParams{Type: "odd", MaxAttempts: 3, Meta: map[string]string{"returns": returns}})
+		done := f.waitState(j.ID, statemachine.StateFailed)
+		require.Contains(t, done.Error, want.msg, returns)
+		require.Equal(t, want.code, done.ErrorCode, returns)
+		require.Equal(t, 1, done.Attempt, returns)
+	}
+}
+
 // Progress outside 0-1 is clamped and NaN keeps only the message: JSON has
 // no NaN or infinity, and the line would be lost.
 func TestProgressOfAnyFractionIsRecorded(t *testing.T) {
