@@ -31,6 +31,9 @@ var (
 	// ErrBeatSuperseded: a later attempt of the job has beaten since; the
 	// attempt whose beat was refused no longer holds the job.
 	ErrBeatSuperseded = errors.New("a later attempt of the job beats")
+	// ErrTooLarge: an event that, encoded, does not fit in one NATS message
+	// with MessageRoom to spare; it was not sent.
+	ErrTooLarge = errors.New("event too large for the NATS server's max_payload")
 	// ErrOutcomeUnknown: an append was sent but its answer never came (the
 	// caller's context ended, or acks were lost): it may have been stored.
 	ErrOutcomeUnknown = errors.New("outcome unknown: the append may have been stored")
@@ -67,3 +70,19 @@ func (e *ConflictError) Error() string {
 
 // Is makes errors.Is(err, ErrConflict) true.
 func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// TooLargeError gives an event's encoded size and the most the connection's
+// server takes for one (its max_payload less MessageRoom). It matches
+// ErrTooLarge.
+type TooLargeError struct {
+	JobID string
+	Size  int
+	Max   int
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("append to job %s: the event is %d bytes encoded, over the %d the NATS server's max_payload leaves for one", e.JobID, e.Size, e.Max)
+}
+
+// Is makes errors.Is(err, ErrTooLarge) true.
+func (e *TooLargeError) Is(target error) bool { return target == ErrTooLarge }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -238,6 +239,22 @@ func (l *Log) Close() {
 }
 
 // Stream is the events stream's name.
+// MessageRoom is what an event leaves unused of the server's max_payload:
+// room for its headers, and for the messages made from it that carry more
+// (a job's queue message is its fold, the submitted event's data and a few
+// hundred bytes of state).
+const MessageRoom = 8 << 10
+
+// MaxEventSize is the largest encoded event Append sends: the max_payload
+// of the server the log is connected to, less MessageRoom.
+func (l *Log) MaxEventSize() int {
+	most := int(l.nc.MaxPayload()) - MessageRoom
+	if most <= 0 {
+		return math.MaxInt // no server has told its max_payload: the client decides
+	}
+	return most
+}
+
 func (l *Log) Stream() string { return l.cfg.Stream }
 
 // Subject is the subject holding a job's history.
@@ -266,6 +283,11 @@ func (l *Log) Append(ctx context.Context, ev Event, expectedSeq uint64) (uint64,
 	data, err := Encode(ev)
 	if err != nil {
 		return 0, fmt.Errorf("encode event %s: %w", ev.ID, err)
+	}
+	if most := l.MaxEventSize(); len(data) > most {
+		// The client would refuse it unsent; in an atomic batch it would
+		// take the batch's other appends down with it.
+		return 0, &TooLargeError{JobID: ev.JobID, Size: len(data), Max: most}
 	}
 	req := &appendReq{ctx: ctx, ev: ev, data: data, expected: expectedSeq, result: make(chan appendResult, 1)}
 	// Checked before the select, which picks at random among ready cases:

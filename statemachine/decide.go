@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jetjob/jetjob/events"
 )
@@ -108,8 +109,26 @@ func decideSucceed(j Job, lease uint64, result json.RawMessage, now time.Time) (
 	return newEvent(j.ID, events.TypeSucceeded, events.Succeeded{Lease: lease, Result: result}, now)
 }
 
+// ErrorTextLimit is the most bytes of a failed attempt's error kept: every
+// attempt's error stays in the job's view, which is one NATS message.
+const ErrorTextLimit = 4 << 10
+
+// clipErrorText keeps the first ErrorTextLimit bytes of an error, cut at a
+// character, and says how much was left out.
+func clipErrorText(text string) string {
+	if len(text) <= ErrorTextLimit {
+		return text
+	}
+	cut := ErrorTextLimit
+	for cut > 0 && !utf8.RuneStart(text[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d more bytes cut)", text[:cut], len(text)-cut)
+}
+
 // FailParams describes a failed attempt.
 type FailParams struct {
+	// Error is the attempt's error; past ErrorTextLimit bytes it is cut.
 	Error string
 	Code  string
 	// NoRetry fails the job for good even with attempts left.
@@ -120,6 +139,7 @@ func decideFail(j Job, lease uint64, p FailParams, cfg BackoffConfig, now time.T
 	if err := checkLease(j, lease); err != nil {
 		return events.Event{}, err
 	}
+	p.Error = clipErrorText(p.Error)
 	if !p.NoRetry && j.Attempt < j.MaxAttempts {
 		if _, err := Next(j.ID, j.State, TransitionRetry); err != nil {
 			return events.Event{}, err

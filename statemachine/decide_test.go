@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -724,4 +725,27 @@ func TestReadmeShowsTheStateDiagram(t *testing.T) {
 	diagram := strings.TrimSpace(Mermaid())
 	require.True(t, strings.Contains(string(readme), diagram),
 		"README.md's state diagram differs from statemachine.Mermaid(); paste:\n%s", diagram)
+}
+
+func TestErrorTextIsCutAtACharacter(t *testing.T) {
+	long := strings.Repeat("é", ErrorTextLimit) // two bytes each
+	for name, tc := range map[string]struct {
+		given    string
+		keptLen  int
+		cutBytes int
+	}{
+		"short stays":           {given: "boom", keptLen: 4},
+		"at the limit stays":    {given: strings.Repeat("x", ErrorTextLimit), keptLen: ErrorTextLimit},
+		"ASCII cut at limit":    {given: strings.Repeat("x", ErrorTextLimit+10), keptLen: ErrorTextLimit, cutBytes: 10},
+		"a character not split": {given: "x" + long, keptLen: ErrorTextLimit - 1, cutBytes: 2*ErrorTextLimit + 1 - (ErrorTextLimit - 1)},
+	} {
+		got := clipErrorText(tc.given)
+		require.True(t, utf8.ValidString(got), name)
+		require.True(t, strings.HasPrefix(tc.given, got[:tc.keptLen]), name)
+		if tc.cutBytes == 0 {
+			require.Equal(t, tc.given, got, name)
+			continue
+		}
+		require.Equal(t, fmt.Sprintf("%s… (%d more bytes cut)", tc.given[:tc.keptLen], tc.cutBytes), got, name)
+	}
 }

@@ -2,6 +2,7 @@ package statemachine
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -223,6 +224,10 @@ func (m *Machine) submit(ctx context.Context, jobID string, p SubmitParams) (job
 			return job, true, err
 		}
 	}
+	var big *events.TooLargeError
+	if errors.As(err, &big) {
+		return Job{}, false, payloadTooLarge(big, len(p.Payload))
+	}
 	if err != nil {
 		return Job{}, false, fmt.Errorf("submit job: %w", err)
 	}
@@ -416,4 +421,14 @@ func (m *Machine) CheckLease(ctx context.Context, held Job) (Job, error) {
 // so that a caller can refuse a whole batch before submitting any of it.
 func (m *Machine) Validate(p *SubmitParams) error {
 	return p.validate(m.cfg.MaxPayload, m.cfg.Backoff)
+}
+
+// payloadTooLarge explains a submit whose event the NATS server cannot take
+// in one message, with the payload size that would fit.
+func payloadTooLarge(big *events.TooLargeError, payload int) error {
+	// The payload is stored base64-encoded; the rest of the event stays.
+	rest := big.Size - base64.StdEncoding.EncodedLen(payload)
+	fits := max(base64.StdEncoding.DecodedLen(big.Max-rest), 0)
+	return fmt.Errorf("%w: %d bytes make an event of %d bytes encoded, over the %d the NATS server's max_payload leaves for one; at most about %d bytes of payload fit (raise max_payload, or send a reference to the data)",
+		ErrPayloadTooLarge, payload, big.Size, big.Max, fits)
 }

@@ -1,14 +1,18 @@
 package statemachine_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
@@ -598,6 +602,36 @@ func TestUnknownJobsAndBadInputGetClearErrors(t *testing.T) {
 	p := statemachine.SubmitParams{Type: "build", Payload: make([]byte, 16)}
 	require.NoError(t, m.Validate(&p))
 	require.Equal(t, statemachine.MaxAttemptsDefault, p.MaxAttempts)
+}
+
+// A payload within the machine's limit whose event the NATS server cannot
+// take in one message is refused before it is sent, saying how much would
+// fit, and that much does; the other jobs of a batch with it are stored.
+func TestAPayloadOverTheServersMaxPayloadIsRefusedUnsent(t *testing.T) {
+	ctx := testContext(t)
+	env := natstest.StartStock(t, func(o *server.Options) { o.MaxPayload = 64 << 10 })
+	m, lg := openMachine(t, env, statemachine.Config{})
+	big := bytes.Repeat([]byte("x"), int(env.NC.MaxPayload()))
+
+	_, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "render", Payload: big})
+	require.ErrorIs(t, err, statemachine.ErrPayloadTooLarge)
+	require.NotErrorIs(t, err, events.ErrOutcomeUnknown, "it was never sent")
+	fits := regexp.MustCompile(`at most about (\d+) bytes of payload fit`).FindStringSubmatch(err.Error())
+	require.Len(t, fits, 2, err.Error())
+	n, err := strconv.Atoi(fits[1])
+	require.NoError(t, err)
+
+	results := m.SubmitMany(ctx, []statemachine.SubmitParams{
+		{Type: "render", Payload: big[:n]},
+		{Type: "render", Payload: big[:n+64]},
+		{Type: "render"},
+	})
+	require.NoError(t, results[0].Err, "the size it said fits")
+	require.ErrorIs(t, results[1].Err, statemachine.ErrPayloadTooLarge)
+	require.NoError(t, results[2].Err)
+	for _, i := range []int{0, 2} {
+		require.Equal(t, []string{events.TypeSubmitted}, history(t, lg, results[i].Job.ID))
+	}
 }
 
 // TestAcknowledgedSubmitsSurviveARestart: every submit that returned, one by

@@ -598,6 +598,9 @@ func (e *Enqueuer) enqueue(ctx context.Context, job statemachine.Job, key queueK
 	}
 	jobID := job.ID
 	m := nats.NewMsg(key.subject(jobID))
+	// Acquiring needs none of the earlier attempts' errors, and they could
+	// outgrow the room the job's submitted event left (events.MessageRoom).
+	job.Errors, job.Error = nil, ""
 	m.Data, _ = json.Marshal(job)
 	m.Header.Set(jetstream.MsgIDHeader, jobID+":"+dedupe)
 	f, err := e.js.PublishMsgAsync(m)

@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -510,6 +512,24 @@ func TestJobTimeoutFinishesACancelTheHandlerIgnored(t *testing.T) {
 	_, err := f.m.Cancel(context.Background(), j.ID, "")
 	require.NoError(t, err)
 	f.waitState(j.ID, statemachine.StateCanceled)
+}
+
+// A job whose submitted event nearly fills the server's max_payload runs
+// every attempt however long its earlier attempts' errors were: its queue
+// message leaves them out, and each is cut to ErrorTextLimit.
+func TestRetriesOfAJobNearTheMaxPayloadAreQueued(t *testing.T) {
+	f := fixtureOn(t, natstest.StartStock(t, func(o *server.Options) { o.MaxPayload = 64 << 10 }), true)
+	f.pool(PoolConfig{Types: []string{"big"}}, func(context.Context, *Job) error {
+		return errors.New(strings.Repeat("e", 3*statemachine.ErrorTextLimit))
+	})
+	payload := bytes.Repeat([]byte("p"), 3*(f.log.MaxEventSize()-1024)/4)
+	j := f.submit(statemachine.SubmitParams{Type: "big", Payload: payload, MaxAttempts: 4,
+		Backoff: statemachine.BackoffConfig{Base: 20 * time.Millisecond}})
+	done := f.waitState(j.ID, statemachine.StateFailed)
+	require.Equal(t, 4, done.Attempt)
+	require.Len(t, done.Errors, 4)
+	require.Less(t, len(done.Error), statemachine.ErrorTextLimit+64)
+	require.Contains(t, done.Error, fmt.Sprintf("(%d more bytes cut)", 2*statemachine.ErrorTextLimit))
 }
 
 func TestRetryAfterBackoff(t *testing.T) {

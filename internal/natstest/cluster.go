@@ -41,6 +41,24 @@ func startClustered(t testing.TB, opts *server.Options) *server.Server {
 	return ns
 }
 
+// StartStock starts one nats-server with JetStream as an operator would run
+// it outside jetjob (stock options, which adjust can change), with its store
+// in the test's temporary directory; the test's cleanup stops it.
+func StartStock(t testing.TB, adjust func(*server.Options)) *Env {
+	t.Helper()
+	opts := &server.Options{
+		Host: "127.0.0.1", Port: freePort(t), JetStream: true,
+		StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
+	}
+	if adjust != nil {
+		adjust(opts)
+	}
+	ns := startClustered(t, opts)
+	env := &Env{URL: ns.ClientURL(), Dir: opts.StoreDir}
+	env.NC, env.JS = Connect(t, env.URL)
+	return env
+}
+
 // StartCluster starts n clustered servers, each with its own store in the
 // test's temporary directory, and waits until JetStream has a leader; the
 // test's cleanup stops them. It is built as nats-server's own tests build
