@@ -44,6 +44,10 @@ func (v View) MarshalJSON() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if v.ErrorsOmitted != 0 {
+		b = append(b, `,"errors_omitted":`...)
+		b = strconv.AppendInt(b, int64(v.ErrorsOmitted), 10)
+	}
 	b = append(b, `,"cancel_reason":`...)
 	b = appendString(b, v.CancelReason)
 	if v.CanceledBy != "" {

@@ -237,8 +237,10 @@ func (p *Projector) stepEvents(ctx context.Context, jw *jobWork, fresh bool) err
 		return err
 	}
 	jw.cur = cur
-	if cur.rev != 0 && !cur.ok {
-		return p.refold(ctx, jw) // a deleted or unreadable view
+	if (cur.rev != 0 && !cur.ok) || cur.view.ErrorsOmitted > 0 {
+		// A deleted or unreadable view, or one that does not hold every
+		// error of the fold it shows.
+		return p.refold(ctx, jw)
 	}
 	job, beat := statemachine.Job{State: statemachine.StateNew}, (*events.Beat)(nil)
 	if cur.ok {
@@ -275,7 +277,7 @@ func (p *Projector) stepBeat(ctx context.Context, jw *jobWork, fresh bool) error
 		return err
 	}
 	jw.cur = cur
-	if !cur.ok || jw.beat.Lease > cur.view.Version {
+	if !cur.ok || jw.beat.Lease > cur.view.Version || cur.view.ErrorsOmitted > 0 {
 		return p.refold(ctx, jw)
 	}
 	v, b := cur.view, jw.beat

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -339,6 +340,53 @@ func TestGarbageIsQuarantinedAndNeverStalls(t *testing.T) {
 		require.Equal(t, string(original.Data), string(m.Data), "the original bytes are kept")
 	}
 	f.requireFolded(t, []string{other.ID})
+}
+
+// A job that failed more times than a view shows errors for, with errors as
+// long as they may be, still gets its view on a server whose max_payload is
+// far below all of them, and the projector goes on with the other jobs.
+func TestAViewShowsTheLastErrorsOfAJobThatFailedManyTimes(t *testing.T) {
+	ctx := context.Background()
+	// Room for the errors a view shows (about 84 KiB), not for twice as many.
+	env := natstest.StartStock(t, func(o *server.Options) { o.MaxPayload = 128 << 10 })
+	lg, err := events.Open(ctx, env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	hb, err := events.OpenHeartbeats(ctx, env.JS)
+	require.NoError(t, err)
+	clock := time.Now()
+	m, err := statemachine.New(lg, statemachine.Config{Now: func() time.Time { return clock }})
+	require.NoError(t, err)
+	f := &fixture{env: env, log: lg, hb: hb, m: m}
+	f.p = f.projector(t, Config{})
+
+	attempts := 2 * ViewErrorsLimit
+	job, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "flaky", MaxAttempts: attempts})
+	require.NoError(t, err)
+	for i := 1; i <= attempts; i++ {
+		held, err := m.Acquire(ctx, job.ID, "w")
+		require.NoError(t, err)
+		j, err := m.Fail(ctx, held, statemachine.FailParams{Error: fmt.Sprint(i, strings.Repeat(" e", statemachine.ErrorTextLimit))})
+		require.NoError(t, err)
+		if i%7 == 0 {
+			f.run(t) // projected both incrementally and in one go
+		}
+		if j.State == statemachine.StateScheduled {
+			clock = *j.RunAt
+			_, err = m.Promote(ctx, job.ID)
+			require.NoError(t, err)
+		}
+	}
+	other, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "after"})
+	require.NoError(t, err)
+	f.run(t)
+	f.requireFolded(t, []string{job.ID, other.ID})
+	v, err := f.reader(t).Get(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateFailed, v.State)
+	require.Len(t, v.Errors, ViewErrorsLimit)
+	require.Equal(t, attempts-ViewErrorsLimit, v.ErrorsOmitted)
+	require.Equal(t, attempts, v.Errors[ViewErrorsLimit-1].Attempt)
 }
 
 func TestLostBucketIsProjectedAgainIdentically(t *testing.T) {

@@ -26,11 +26,14 @@ type View struct {
 	WorkerID    string             `json:"worker_id"`
 	// Lease fences the running attempt: the stream sequence of its acquired
 	// event, 0 when no attempt holds the job.
-	Lease        uint64                      `json:"lease"`
-	Error        string                      `json:"error"`
-	ErrorCode    string                      `json:"error_code"`
-	Errors       []statemachine.AttemptError `json:"errors"`
-	CancelReason string                      `json:"cancel_reason"`
+	Lease     uint64 `json:"lease"`
+	Error     string `json:"error"`
+	ErrorCode string `json:"error_code"`
+	// Errors are the errors of the last ViewErrorsLimit failed attempts;
+	// ErrorsOmitted counts the earlier ones, which the history keeps.
+	Errors        []statemachine.AttemptError `json:"errors"`
+	ErrorsOmitted int                         `json:"errors_omitted,omitempty"`
+	CancelReason  string                      `json:"cancel_reason"`
 	// CanceledBy is who finished the cancel: operator, worker or timeout.
 	CanceledBy  string          `json:"canceled_by,omitempty"`
 	Key         string          `json:"key"`
@@ -58,6 +61,12 @@ type View struct {
 	Quarantined int `json:"quarantined"`
 }
 
+// ViewErrorsLimit is how many attempts' errors a view shows, the last ones:
+// a view is one NATS message, and a job may fail up to
+// statemachine.MaxAttemptsLimit times with errors of up to
+// statemachine.ErrorTextLimit each.
+const ViewErrorsLimit = 20
+
 // ViewOf renders a folded job and its last heartbeat (nil when none). It is
 // a pure function of its arguments, so a view rebuilt from the log is
 // byte-identical to the one projected live. The beat counts only while the
@@ -77,6 +86,9 @@ func ViewOf(j statemachine.Job, beat *events.Beat) View {
 		// A stored view decodes [] and null differently; one spelling keeps
 		// the round trip through the bucket exact.
 		v.Errors = []statemachine.AttemptError{}
+	}
+	if n := len(v.Errors) - ViewErrorsLimit; n > 0 {
+		v.Errors, v.ErrorsOmitted = v.Errors[n:], n
 	}
 	if j.Backoff != (events.Backoff{}) {
 		b := j.Backoff
@@ -99,7 +111,8 @@ func beatCounts(j statemachine.Job, beat *events.Beat) bool {
 
 // Job restores the fold that the view was rendered from, so that the next
 // event can be applied to it, or a command decided on it, without reading the
-// job's history again. Only the payload itself is not kept (its size is).
+// job's history again. Only the payload itself is not kept (its size is), nor
+// the errors ErrorsOmitted counts.
 func (v View) Job() statemachine.Job {
 	j := statemachine.Job{
 		ID: v.ID, Type: v.Type, Tags: v.Tags, Meta: v.Meta, PayloadSize: v.PayloadSize, Priority: v.Priority,
