@@ -27,6 +27,10 @@ var (
 	// laid out the work queue: none has run on that NATS yet, or an older
 	// one keeps its queue otherwise. Such a pool would serve nothing.
 	ErrNoQueues = errors.New("no jetjob work queue on this NATS server")
+	// ErrNotRecorded: Stop could not record the result of some handlers, or
+	// hand back their jobs; those jobs stay running until the hang detector
+	// fails their attempt.
+	ErrNotRecorded = errors.New("results not recorded")
 	// ErrJobTimeout is the cause of a handler's context when it ran longer
 	// than the pool's JobTimeout; the attempt fails with ErrorCodeTimeout.
 	ErrJobTimeout = errors.New("job ran past its timeout")

@@ -194,6 +194,9 @@ type Pool struct {
 	looking   map[string]bool
 	started   bool
 	stopping  bool
+	// unrecorded counts the results (hand-backs included) that could not
+	// be recorded once Stop began: those jobs wait for the hang detector.
+	unrecorded int
 	cancel    context.CancelFunc
 	loopDone  chan struct{}
 	runningWG sync.WaitGroup
@@ -902,8 +905,9 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 		slot.free()
 		rctx, rcancel := context.WithTimeout(context.Background(), acquireTimeout)
 		defer rcancel()
-		if _, err := p.m.Release(rctx, held, "worker shutting down"); err != nil {
+		if _, err := p.m.Release(rctx, held, "worker shutting down"); err != nil && !errors.Is(err, statemachine.ErrLeaseLost) {
 			p.logger.Warn("hand back a job acquired while stopping", zap.String("job", held.ID), zap.Error(err))
+			p.countUnrecorded()
 		}
 		return
 	}
@@ -1024,7 +1028,28 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 			return
 		}
 		p.logger.Warn("report result", zap.String("job", held.ID), zap.Error(rerr))
+		p.countUnrecorded()
 	}
+}
+
+// countUnrecorded counts a result that could not be recorded, if Stop has
+// begun: Stop reports them.
+func (p *Pool) countUnrecorded() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopping {
+		p.unrecorded++
+	}
+}
+
+// stopped is what Stop returns once its handlers have finished.
+func (p *Pool) stopped() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.unrecorded > 0 {
+		return fmt.Errorf("stop pool: %w: %d jobs stay running until the hang detector takes them", ErrNotRecorded, p.unrecorded)
+	}
+	return nil
 }
 
 // watchAttempt keeps the lease alive with heartbeats and, once the handler
@@ -1291,12 +1316,16 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 // Stop stops acquiring, lets running handlers finish within ShutdownGrace,
 // then cancels them and hands their jobs back. With a deadline on ctx, the
 // handlers are canceled 2 s before it, so that the hand-backs land in time;
-// when ctx ends first, Stop waits up to 2 s more for them. Safe to call twice.
+// when ctx ends first, Stop waits up to 2 s more for them. A result or
+// hand-back that could not be recorded (the connection lost, say) makes it
+// return ErrNotRecorded. Safe to call twice; a pool stopped before it
+// started does not start.
 func (p *Pool) Stop(ctx context.Context) error {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()
 	p.mu.Lock()
 	if !p.started || p.stopping {
+		p.stopping = true // a pool stopped before it started does not start
 		p.mu.Unlock()
 		return nil
 	}
@@ -1323,7 +1352,7 @@ func (p *Pool) Stop(ctx context.Context) error {
 	defer grace.Stop()
 	select {
 	case <-finished:
-		return nil
+		return p.stopped()
 	case <-grace.C:
 	case <-ctx.Done():
 	}
@@ -1334,7 +1363,7 @@ func (p *Pool) Stop(ctx context.Context) error {
 	p.mu.Unlock()
 	select {
 	case <-finished:
-		return nil
+		return p.stopped()
 	case <-ctx.Done():
 	}
 	// ctx ended first (with no deadline to plan for, or a handler slow to

@@ -1370,6 +1370,40 @@ func TestStartAfterStop(t *testing.T) {
 	require.NoError(t, p.Start(ctx))
 	require.NoError(t, p.Stop(ctx))
 	require.ErrorIs(t, p.Start(ctx), ErrStopped)
+
+	never, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"again"}}, noop)
+	require.NoError(t, err)
+	require.NoError(t, never.Stop(ctx))
+	require.ErrorIs(t, never.Start(ctx), ErrStopped, "stopped before it started")
+}
+
+// Stop says when it could not hand a running job back: the job then waits
+// for the hang detector, and a worker's exit status should show it.
+func TestStopSaysWhatItCouldNotHandBack(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	nc, js := natstest.Connect(t, f.env.URL)
+	lg, err := events.Open(ctx, js, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	running := make(chan struct{})
+	p, err := NewPool(js, m, PoolConfig{Types: []string{"cut"}, ShutdownGrace: 100 * time.Millisecond, Logger: zaptestLogger(t)},
+		func(ctx context.Context, _ *Job) error {
+			close(running)
+			<-ctx.Done()
+			return context.Cause(ctx)
+		})
+	require.NoError(t, err)
+	require.NoError(t, p.Start(ctx))
+	j := f.submit(statemachine.SubmitParams{Type: "cut"})
+	<-running
+	nc.Close()
+	stopCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	require.ErrorIs(t, p.Stop(stopCtx), ErrNotRecorded)
+	require.Equal(t, statemachine.StateRunning, f.waitState(j.ID, statemachine.StateRunning).State)
 }
 
 func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
