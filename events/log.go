@@ -176,6 +176,9 @@ func (l *Log) eventsStream(ctx context.Context) (jetstream.Stream, error) {
 // Open provisions the events stream (creating or upgrading it) and returns a
 // Log on it. Close stops its flushers.
 func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error) {
+	if js == nil {
+		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -189,6 +192,9 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error)
 // provisioned, without touching the stream's configuration: for short-lived
 // clients such as the CLI.
 func Attach(js jetstream.JetStream, cfg Config) (*Log, error) {
+	if js == nil {
+		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}

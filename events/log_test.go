@@ -574,6 +574,10 @@ func TestLogConfigThatCannotRunIsRefused(t *testing.T) {
 	env := natstest.Start(t)
 	_, err := events.Open(context.Background(), env.JS, events.Config{MaxBatch: events.MaxBatchLimit + 1})
 	require.ErrorIs(t, err, events.ErrInvalidConfig)
+	_, err = events.Open(context.Background(), nil, events.Config{})
+	require.ErrorIs(t, err, events.ErrInvalidConfig)
+	_, err = events.Attach(nil, events.Config{})
+	require.ErrorIs(t, err, events.ErrInvalidConfig)
 }
 
 // TestAppendWaitsOutALeaderElection: on a 3-server cluster, appends made

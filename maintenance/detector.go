@@ -93,6 +93,9 @@ func NewDetector(reader *projector.Reader, m *statemachine.Machine, hb *events.H
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if reader == nil || m == nil || hb == nil || logs == nil || leader == nil {
+		return nil, fmt.Errorf("%w: reader, machine, heartbeats, logs and leadership are required", ErrInvalidConfig)
+	}
 	return &Detector{cfg: cfg, reader: reader, m: m, hb: hb, logs: logs, leader: leader,
 		logger: logging.OrNop(cfg.Logger, "detector")}, nil
 }

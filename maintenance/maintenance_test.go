@@ -86,6 +86,18 @@ func (f *fixture) detector(id string, now func() time.Time) *Detector {
 	return d
 }
 
+func TestServicesWithoutTheirPartsAreRefused(t *testing.T) {
+	_, err := NewDetector(nil, nil, nil, nil, nil, DetectorConfig{})
+	require.ErrorIs(t, err, ErrInvalidConfig)
+	_, err = NewPurger(nil, nil, nil, nil, nil, nil, PurgerConfig{})
+	require.ErrorIs(t, err, ErrInvalidConfig)
+
+	f := newFixture(t)
+	onDemand, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, PurgerConfig{})
+	require.NoError(t, err)
+	require.ErrorIs(t, onDemand.Start(context.Background()), ErrInvalidConfig, "no leadership to take turns by")
+}
+
 func TestDetectorFailsHungAttemptsAndFencesThem(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)

@@ -88,10 +88,15 @@ type Purger struct {
 	svc ledService
 }
 
-// NewPurger returns a purger; Start runs it in the background, Purge on demand.
+// NewPurger returns a purger; Start runs it in the background, taking turns
+// by leader, Purge on demand. Leader may be nil for a purger that is never
+// started.
 func NewPurger(reader *projector.Reader, m *statemachine.Machine, hb *events.Heartbeats, logs *workers.Logs, left *workers.Leftovers, leader *Leadership, cfg PurgerConfig) (*Purger, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
+	}
+	if reader == nil || m == nil || hb == nil || logs == nil || left == nil {
+		return nil, fmt.Errorf("%w: reader, machine, heartbeats, logs and leftovers are required", ErrInvalidConfig)
 	}
 	p := &Purger{cfg: cfg, reader: reader, m: m, hb: hb, logs: logs, left: left, leader: leader, logger: logging.OrNop(cfg.Logger, "purger")}
 	p.fullPass.Store(true)
@@ -287,6 +292,9 @@ func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time, stat
 // Start runs passes in the background while this server leads, until Stop;
 // ctx is not used past the call. Safe to call twice, and again after Stop.
 func (p *Purger) Start(ctx context.Context) error {
+	if p.leader == nil {
+		return fmt.Errorf("%w: a purger made without a leadership purges on demand only", ErrInvalidConfig)
+	}
 	p.svc.start(ctx, p.leader, p.cfg.Every, p.logger, func(ctx context.Context, fresh bool) (time.Duration, error) {
 		if fresh {
 			// The last leader may have been cut short in a purge.

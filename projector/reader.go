@@ -42,6 +42,9 @@ func WithBucket(bucket string) ReaderOption {
 // NewReader binds to the views bucket; ErrNoViews when no server has
 // created it.
 func NewReader(ctx context.Context, js jetstream.JetStream, opts ...ReaderOption) (*Reader, error) {
+	if js == nil {
+		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
+	}
 	r := &Reader{bucket: BucketDefault}
 	for _, o := range opts {
 		o(r)

@@ -139,6 +139,9 @@ func NewEnqueuer(js jetstream.JetStream, m *statemachine.Machine, cfg EnqueuerCo
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if js == nil || m == nil {
+		return nil, fmt.Errorf("%w: jetstream and machine are required", ErrInvalidConfig)
+	}
 	return &Enqueuer{js: js, nc: js.Conn(), m: m, cfg: cfg, logger: logging.OrNop(cfg.Logger, "enqueuer"),
 		known: map[string]bool{}}, nil
 }

@@ -238,6 +238,9 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	if handler == nil {
 		return nil, fmt.Errorf("%w: no handler", ErrInvalidConfig)
 	}
+	if js == nil || m == nil {
+		return nil, fmt.Errorf("%w: jetstream and machine are required", ErrInvalidConfig)
+	}
 	types := map[string]bool{}
 	for _, t := range cfg.Types {
 		types[t] = true

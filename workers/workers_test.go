@@ -1420,6 +1420,13 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 		_, err := NewPool(f.env.JS, f.m, cfg, noop)
 		require.ErrorIs(t, err, ErrInvalidConfig, name)
 	}
+	cfg := PoolConfig{Types: []string{"t"}}
+	_, err := NewPool(nil, f.m, cfg, noop)
+	require.ErrorIs(t, err, ErrInvalidConfig, "no jetstream")
+	_, err = NewPool(f.env.JS, nil, cfg, noop)
+	require.ErrorIs(t, err, ErrInvalidConfig, "no machine")
+	_, err = NewEnqueuer(nil, f.m, EnqueuerConfig{})
+	require.ErrorIs(t, err, ErrInvalidConfig, "enqueuer without jetstream")
 }
 
 // proxiedPool runs a pool whose every call to the server (its machine's too)
