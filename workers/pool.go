@@ -190,17 +190,17 @@ type Pool struct {
 	// unserved holds registered queues whose tags this pool lacks, and
 	// looking the queues being read from the registry: a wake-up for either
 	// costs nothing, where it used to cost a registry read every time.
-	unserved  map[string]bool
-	looking   map[string]bool
-	started   bool
-	stopping  bool
+	unserved map[string]bool
+	looking  map[string]bool
+	started  bool
+	stopping bool
 	// unrecorded counts the results (hand-backs included) that could not
 	// be recorded once Stop began: those jobs wait for the hang detector.
 	unrecorded int
-	cancel    context.CancelFunc
-	loopDone  chan struct{}
-	runningWG sync.WaitGroup
-	runners   *runners
+	cancel     context.CancelFunc
+	loopDone   chan struct{}
+	runningWG  sync.WaitGroup
+	runners    *runners
 	// running cancels the handlers running, by lease: one job can have a
 	// handler still running after losing its lease and a new attempt here.
 	running map[uint64]context.CancelCauseFunc
