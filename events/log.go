@@ -359,9 +359,12 @@ func (l *Log) awaitAck(ctx context.Context, r *appendReq, f jetstream.PubAckFutu
 	select {
 	case ack := <-f.Ok():
 		return ack.Sequence, nil
-	case <-f.Err():
+	case err := <-f.Err():
+		r.unanswered = !isAnswer(err)
 	case <-timeout.C:
+		r.unanswered = true
 	case <-l.connClosed:
+		r.unanswered = true
 	case <-ctx.Done():
 		return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: ctx.Err()}
 	}
@@ -395,6 +398,9 @@ type appendReq struct {
 	// sent: the append may have reached the server (set before any publish
 	// that may have gone out); one that never did is known not stored.
 	sent bool
+	// unanswered: a send of it got no answer, so it may be stored whatever
+	// a later send is told.
+	unanswered bool
 }
 
 type appendResult struct {
@@ -442,19 +448,26 @@ func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 			// The message may have gone out before the caller gave up.
 			return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: err}
 		}
-		var refused *jetstream.APIError
-		if errors.As(err, &refused) {
+		if isAnswer(err) {
+			if r.unanswered {
+				// This send was refused, but an earlier one may have landed.
+				return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: err}
+			}
 			// The stream answered: it did not store this message.
 			return 0, fmt.Errorf("append to job %s: %w", r.ev.JobID, err)
 		}
-		if !isLostAck(err) {
+		// No answer, or the answer that an earlier send of this message is
+		// still being stored (a cluster electing a leader): asked again.
+		r.unanswered = true
+		inProcess := isInProcess(err)
+		if !inProcess && !isLostAck(err) {
 			// No answer from the stream, and no resend possible (the
 			// connection closed): this message, or an atomic batch that
 			// held it, may have been stored before the failure.
 			return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: err}
 		}
 		lastErr = err
-		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+		if inProcess || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
 			if leaderless.IsZero() {
 				leaderless = time.Now()
 			}
@@ -482,6 +495,23 @@ func isWrongLastSeq(err error) bool {
 			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 	}
 	return false
+}
+
+// errCodeDuplicateInProcess is nats-server's JSStreamDuplicateMessageConflict:
+// a message with this message ID is being stored, and may land.
+const errCodeDuplicateInProcess jetstream.ErrorCode = 10158
+
+// isAnswer says whether an append's error is the stream's answer, which
+// tells that it did not store the message.
+func isAnswer(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode != errCodeDuplicateInProcess
+}
+
+// isInProcess: an earlier send of the message is still being stored.
+func isInProcess(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeDuplicateInProcess
 }
 
 func isLostAck(err error) bool {
@@ -682,7 +712,8 @@ func (l *Log) pipeline(reqs []*appendReq) {
 		select {
 		case ack := <-f.Ok():
 			r.result <- appendResult{seq: ack.Sequence}
-		case <-f.Err():
+		case err := <-f.Err():
+			r.unanswered = !isAnswer(err)
 			go l.answerOne(r)
 		case <-timeout.C:
 			l.answerEach(reqs[i:])
@@ -694,8 +725,10 @@ func (l *Log) pipeline(reqs []*appendReq) {
 	}
 }
 
+// answerEach answers appends whose publish got no answer in time.
 func (l *Log) answerEach(reqs []*appendReq) {
 	for _, r := range reqs {
+		r.unanswered = r.unanswered || r.sent
 		go l.answerOne(r)
 	}
 }
@@ -736,18 +769,21 @@ func (l *Log) publishAtomic(batch []*appendReq) (uint64, error) {
 			r.sent = true
 		}
 		resp, err := l.nc.RequestMsg(m, l.cfg.PublishTimeout)
-		if err != nil {
-			return 0, fmt.Errorf("commit batch: %w", err)
-		}
 		var ack batchAck
-		if err := json.Unmarshal(resp.Data, &ack); err != nil {
-			return 0, fmt.Errorf("decode batch ack: %w", err)
+		if err == nil {
+			err = json.Unmarshal(resp.Data, &ack)
+		}
+		if err == nil && ack.Error == nil && ack.BatchSize != len(batch) {
+			err = fmt.Errorf("committed %d of %d", ack.BatchSize, len(batch))
+		}
+		if err != nil {
+			for _, r := range batch {
+				r.unanswered = true // the batch may have been stored
+			}
+			return 0, fmt.Errorf("commit batch: %w", err)
 		}
 		if ack.Error != nil {
 			return 0, fmt.Errorf("commit batch: %s (%d)", ack.Error.Description, ack.Error.ErrCode)
-		}
-		if ack.BatchSize != len(batch) {
-			return 0, fmt.Errorf("commit batch: committed %d of %d", ack.BatchSize, len(batch))
 		}
 		return ack.Seq - uint64(len(batch)) + 1, nil
 	}

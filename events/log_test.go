@@ -619,6 +619,62 @@ func TestAppendWaitsOutALeaderElection(t *testing.T) {
 	}
 }
 
+// An append that fails while its stream has lost its quorum reports either
+// that it was not stored, and then it never is, or that it may have been:
+// a resend told that an earlier send is still being stored (nats-server's
+// "duplicate message id is in process") once passed for "not stored", and
+// the job appeared when the servers came back.
+func TestAnAppendReportedNotStoredNeverLands(t *testing.T) {
+	ctx := context.Background()
+	c := natstest.StartCluster(t, 3)
+	_, js := natstest.Connect(t, c.URL)
+	l, err := events.Open(ctx, provision.WithReplicas(js, 3), events.Config{MaxBatch: 1, PublishRetries: 3, PublishTimeout: 300 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(l.Close)
+	_, err = l.Append(ctx, mustEvent(t, "warm", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+
+	// The stream's leader stays up, so that it takes the appends and cannot
+	// commit them.
+	st, err := js.Stream(ctx, l.Stream())
+	require.NoError(t, err)
+	var down []int
+	for i, srv := range c.Servers {
+		if srv.Name() != st.CachedInfo().Cluster.Leader {
+			srv.Shutdown()
+			down = append(down, i)
+		}
+	}
+	require.Len(t, down, 2)
+	errs := make([]error, 10)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = l.Append(ctx, mustEvent(t, fmt.Sprintf("cut%d", i), events.TypeSubmitted), 0)
+		}()
+	}
+	wg.Wait()
+	for _, i := range down {
+		c.Restart(i)
+	}
+	probe := 0
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		probe++
+		_, err := l.Append(ctx, mustEvent(t, fmt.Sprint("back", probe), events.TypeSubmitted), 0)
+		return err == nil
+	}, "the log takes appends again")
+	for i, err := range errs {
+		require.Error(t, err, "append %d during the outage", i)
+		if errors.Is(err, events.ErrOutcomeUnknown) {
+			continue
+		}
+		_, lerr := l.Load(ctx, fmt.Sprintf("cut%d", i))
+		require.ErrorIs(t, lerr, events.ErrNotFound, "append %d was reported not stored: %v", i, err)
+	}
+}
+
 // TestLoadMarksAnotherJobsEventMalformed: an event naming another job, found
 // on a job's subject, is not one of its events: Load marks it, so that
 // every reader of the history (the state machine, history, the projector)
