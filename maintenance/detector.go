@@ -77,7 +77,12 @@ func (c *DetectorConfig) validate() error {
 // finishes cancels that no worker acknowledged. One detector acts at a time
 // among the servers sharing a NATS.
 type Detector struct {
-	cfg    DetectorConfig
+	// movedOn holds, by job, the version of a view shown running whose
+	// job had moved on when the detector tried to fail it: such a view is
+	// behind its history, and is not tried again until it changes. Passes
+	// run one at a time, and only they touch it.
+	movedOn map[string]uint64
+	cfg     DetectorConfig
 	reader *projector.Reader
 	m      *statemachine.Machine
 	hb     *events.Heartbeats
@@ -177,7 +182,12 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 		}
 	}
 	var hung []hungCandidate
+	stillBehind := map[string]uint64{}
 	for _, v := range running {
+		if d.movedOn[v.ID] == v.Version {
+			stillBehind[v.ID] = v.Version
+			continue
+		}
 		last := v.UpdatedAt
 		if v.StartedAt != nil && v.StartedAt.After(last) {
 			last = *v.StartedAt
@@ -194,6 +204,7 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 			hung = append(hung, hungCandidate{view: v, lastSign: last})
 		}
 	}
+	d.movedOn = stillBehind
 	sort.Slice(hung, func(i, j int) bool { return hung[i].lastSign.Before(hung[j].lastSign) })
 	if len(hung) > d.cfg.MaxPerPass {
 		hung = hung[:d.cfg.MaxPerPass]
@@ -256,6 +267,9 @@ func (d *Detector) failHung(ctx context.Context, c hungCandidate, now time.Time,
 		switch {
 		case errors.As(err, &lost) || errors.Is(err, statemachine.ErrConflict) || errors.Is(err, statemachine.ErrIllegalTransition):
 			d.systemLog(ctx, v.ID, v.Attempt, "the job moved on before it could be failed as hung; left alone")
+			d.movedOn[v.ID] = v.Version
+			d.logger.Info("a view shown running is behind its job's history; left alone until it changes ('jetjob admin rebuild' repairs views)",
+				zap.String("job", v.ID), zap.Uint64("version", v.Version), zap.Error(err))
 		case errors.Is(err, events.ErrNotFound):
 			d.forgetGhost(ctx, v.ID)
 		default:

@@ -162,6 +162,34 @@ func TestDetectorRemovesViewsOfJobsTheLogNoLongerHas(t *testing.T) {
 	}
 }
 
+// A view shown running whose job has since finished (a view behind its
+// history) is tried once, not on every pass: each try writes log lines.
+func TestDetectorTriesAViewBehindItsJobOnce(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	held := f.abandonedJob()
+	kv, err := f.env.JS.KeyValue(ctx, projector.BucketDefault)
+	require.NoError(t, err)
+	running, err := kv.Get(ctx, held.ID)
+	require.NoError(t, err)
+	done, err := f.m.Succeed(ctx, held, nil)
+	require.NoError(t, err)
+	f.projected(done)
+	_, err = kv.Put(ctx, held.ID, running.Value())
+	require.NoError(t, err)
+
+	d := f.detector("s1", func() time.Time { return time.Now().Add(time.Hour) })
+	for pass := 0; pass < 3; pass++ {
+		res, err := d.runOnce(ctx)
+		require.NoError(t, err)
+		require.Empty(t, res.Hung)
+	}
+	lines, err := f.logs.Read(ctx, held.ID)
+	require.NoError(t, err)
+	require.Len(t, lines, 2, "one try: detected, then left alone")
+	require.Contains(t, lines[1].Line, "moved on")
+}
+
 func TestTwoDetectorsFailAHungJobOnce(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)

@@ -10,4 +10,7 @@ var (
 	// errStale: another writer moved the view since it was read; the write
 	// is decided again on the new view.
 	errStale = errors.New("view changed concurrently")
+	// errHistoryBehind: a job's history was read from a replica that has
+	// not caught up with the events being projected.
+	errHistoryBehind = errors.New("history read behind the events being projected")
 )

@@ -306,6 +306,9 @@ func (p *Projector) refold(ctx context.Context, jw *jobWork) error {
 	if err != nil && !errors.Is(err, events.ErrNotFound) {
 		return fmt.Errorf("project job %s: %w", jw.id, err)
 	}
+	if err := p.checkCurrent(ctx, jw, recs); err != nil {
+		return err
+	}
 	var seen uint64 // records up to the stored view's version were quarantined when it was written
 	if jw.cur.ok {
 		seen = jw.cur.view.Version
@@ -337,6 +340,37 @@ func (p *Projector) refold(ctx context.Context, jw *jobWork) error {
 		return nil
 	}
 	return jw.setView(v)
+}
+
+// checkCurrent refuses a history read that ends before the events in hand.
+// Loads are direct gets, which any replica of a clustered log may answer,
+// and one that lags would have the projector acknowledge events it never
+// showed; the batch is tried again instead. A history that is gone
+// altogether is asked of the stream's leader, since a purge also empties
+// it. (A beat proves nothing: a worker's beat may name an attempt the log
+// never had, and it only hides the attempt's earlier beats.)
+func (p *Projector) checkCurrent(ctx context.Context, jw *jobWork, recs []events.Record) error {
+	var need uint64
+	if n := len(jw.recs); n > 0 {
+		need = jw.recs[n-1].Seq
+	}
+	if len(recs) > 0 {
+		if last := recs[len(recs)-1].Seq; last < need {
+			return fmt.Errorf("project job %s: %w: read up to %d, holding %d", jw.id, errHistoryBehind, last, need)
+		}
+		return nil
+	}
+	if need == 0 {
+		return nil
+	}
+	held, err := p.log.Holds(ctx, jw.id)
+	if err != nil {
+		return fmt.Errorf("project job %s: %w", jw.id, err)
+	}
+	if held {
+		return fmt.Errorf("project job %s: %w: read none, holding %d", jw.id, errHistoryBehind, need)
+	}
+	return nil
 }
 
 // current returns the stored view of a job: from the cache unless fresh,

@@ -707,6 +707,27 @@ func TestTwoProjectorsAgree(t *testing.T) {
 	f.requireFolded(t, ids)
 }
 
+// A history read that ends before the events being projected came
+// from a replica behind the stream's leader: the projector must not
+// acknowledge what it has not shown, and tries again. A history that is
+// gone (purged) is not behind.
+func TestARefoldOnAHistoryBehindTheEventsIsRefused(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	job, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "build"})
+	require.NoError(t, err)
+	f.run(t)
+
+	ahead := &jobWork{id: job.ID, recs: []events.Record{{Seq: job.Version + 100}}}
+	require.ErrorIs(t, f.p.refold(ctx, ahead), errHistoryBehind, "events past the history read")
+	current := &jobWork{id: job.ID, recs: []events.Record{{Seq: job.Version}}}
+	require.NoError(t, f.p.refold(ctx, current))
+
+	require.NoError(t, f.log.Purge(ctx, job.ID, job.Version))
+	require.NoError(t, f.p.refold(ctx, ahead), "a purged history")
+	require.False(t, ahead.write)
+}
+
 func TestForget(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
