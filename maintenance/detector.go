@@ -83,12 +83,12 @@ type Detector struct {
 	// run one at a time, and only they touch it.
 	movedOn map[string]uint64
 	cfg     DetectorConfig
-	reader *projector.Reader
-	m      *statemachine.Machine
-	hb     *events.Heartbeats
-	logs   *workers.Logs
-	leader *Leadership
-	logger *zap.Logger
+	reader  *projector.Reader
+	m       *statemachine.Machine
+	hb      *events.Heartbeats
+	logs    *workers.Logs
+	leader  *Leadership
+	logger  *zap.Logger
 
 	svc ledService
 }
