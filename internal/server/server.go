@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -108,6 +109,11 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if err != nil {
 		if !s.NC.IsConnected() {
 			return s, fmt.Errorf("connect to NATS at %s: not reachable (is it running?): %w", RedactURL(s.URL), err)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			// What a cluster without a meta leader does: it answers nothing.
+			return s, fmt.Errorf("JetStream at %s did not answer: it needs JetStream enabled and, on a cluster, most of its servers up to elect a leader: %w",
+				RedactURL(s.URL), err)
 		}
 		return s, err
 	}

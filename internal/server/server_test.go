@@ -104,3 +104,18 @@ func TestAfterADeathViewsOfPurgedJobsAreRemoved(t *testing.T) {
 	_, err = s.Reader.Get(ctx, kept.ID)
 	require.NoError(t, err, "the view of a job in the log stays")
 }
+
+// A cluster that lost most of its servers answers nothing: the server says
+// what JetStream needs rather than only that a call timed out.
+func TestAClusterWithoutQuorumIsNamedAsSuch(t *testing.T) {
+	c := natstest.StartCluster(t, 3)
+	c.Servers[1].Shutdown()
+	c.Servers[2].Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	s, err := Start(ctx, Options{NATSURL: c.Servers[0].ClientURL(), Replicas: 3})
+	if s != nil {
+		defer s.Stop()
+	}
+	require.ErrorContains(t, err, "most of its servers up to elect a leader")
+}
