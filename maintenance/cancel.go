@@ -45,8 +45,12 @@ type BulkCancelOptions struct {
 // the meantime is skipped, not canceled; a failure on one job is reported
 // and does not stop the others. f.Limit caps the jobs it tries to cancel
 // (0: no cap); the jobs it skips because a worker took them before do not
-// count against it.
+// count against it. A zero filter matches every job: it cancels every
+// pending job (the CLI asks for --all to do that).
 func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Machine, f projector.Filter, opts BulkCancelOptions) (BulkCancelResult, error) {
+	if err := f.Validate(); err != nil {
+		return BulkCancelResult{}, err
+	}
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = BulkCancelConcurrencyDefault
 	}

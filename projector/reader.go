@@ -101,6 +101,9 @@ type Page struct {
 // is not an index, so each page costs a pass: for everything at once, use
 // no limit.
 func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
+	if err := f.Validate(); err != nil {
+		return Page{}, err
+	}
 	info, err := r.stream.Info(ctx)
 	if err != nil {
 		return Page{}, fmt.Errorf("list jobs: %w", err)
@@ -225,6 +228,9 @@ const watchSeenLimit = 100_000
 // a change (its HeartbeatAt and UpdatedAt move) at the same Version. After
 // a reconnect the watch is made again, and what changed meanwhile is sent.
 func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
 	w, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("watch jobs: %w", err)

@@ -2,6 +2,7 @@ package projector
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"time"
 
@@ -165,6 +166,34 @@ type Filter struct {
 	Limit int
 	// After continues a List after this job ID (a Page's Next).
 	After string
+}
+
+// Validate says what in the filter could never match a job (a state that
+// does not exist, a type or a key no job can have, a negative limit), with
+// an error matching statemachine.ErrInvalid; List, Watch and bulk cancels
+// refuse such a filter rather than return nothing.
+func (f Filter) Validate() error {
+	for _, s := range f.States {
+		if _, err := statemachine.ParseState(string(s)); err != nil {
+			return fmt.Errorf("filter: %w", err)
+		}
+	}
+	if f.Type != "" {
+		if err := statemachine.ValidateToken("type", f.Type); err != nil {
+			return fmt.Errorf("filter: %w", err)
+		}
+	}
+	for what, labels := range map[string]map[string]string{"tag": f.Tags, "meta": f.Meta, "meta-not": f.MetaNot} {
+		for k := range labels {
+			if err := statemachine.ValidateToken(what+" key", k); err != nil {
+				return fmt.Errorf("filter: %w", err)
+			}
+		}
+	}
+	if f.Limit < 0 {
+		return fmt.Errorf("filter: %w: limit %d, expected 0 (no limit) or more", statemachine.ErrInvalid, f.Limit)
+	}
+	return nil
 }
 
 // Matches reports whether the view passes the filter (Limit and After are

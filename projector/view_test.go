@@ -309,3 +309,19 @@ func TestViewFormatIsCurrent(t *testing.T) {
 	require.Equal(t, viewFormats[ViewFormat], got,
 		"the views of the corpus changed: bump projector.ViewFormat to %d and record this digest under it in viewFormats", ViewFormat+1)
 }
+
+func TestFilterThatCanNeverMatchIsRefused(t *testing.T) {
+	require.NoError(t, Filter{}.Validate())
+	require.NoError(t, Filter{States: []statemachine.State{statemachine.StatePending}, Type: "build",
+		Tags: map[string]string{"gpu": "true"}, MetaNot: map[string]string{"v": "2"}, Limit: 10}.Validate())
+	for name, f := range map[string]Filter{
+		"unknown state":      {States: []statemachine.State{"bogus"}},
+		"type with a dot":    {Type: "a.b"},
+		"tag key with space": {Tags: map[string]string{"a b": "1"}},
+		"empty meta key":     {Meta: map[string]string{"": "1"}},
+		"empty meta-not key": {MetaNot: map[string]string{"": "1"}},
+		"negative limit":     {Limit: -1},
+	} {
+		require.ErrorIs(t, f.Validate(), statemachine.ErrInvalid, name)
+	}
+}
