@@ -82,7 +82,9 @@ func (l *Logs) Read(ctx context.Context, jobID string) ([]LogLine, error) {
 
 // Follow passes a job's lines to fn, then new ones as they come, until finished
 // reports true (it is asked a few times a second) and every line stored by
-// then has been passed to fn, or until ctx ends.
+// then has been passed to fn, or until ctx ends. It rides out a server
+// restart, each line passed once; a server gone for more than 10 s ends it
+// with an error.
 func (l *Logs) Follow(ctx context.Context, jobID string, finished func(context.Context) bool, fn func(LogLine)) error {
 	return l.follow(ctx, jobID, finished, fn)
 }
@@ -111,6 +113,23 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 			return nil
 		}
 	}
+	// A follow rides out a server restart (the ordered consumer starts
+	// again after the last line delivered), as watch does; an outage longer
+	// than followOutage ends it.
+	var failingSince time.Time
+	failed := func(err error) error {
+		if failingSince.IsZero() {
+			failingSince = time.Now()
+		}
+		if finished == nil || time.Since(failingSince) > followOutage {
+			return fmt.Errorf("read logs of job %s: %w", jobID, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(followRetryPause):
+		}
+		return nil
+	}
 	for {
 		if finished != nil && target == 0 && finished(ctx) {
 			if target = lastStored(); target == 0 || delivered >= target {
@@ -118,11 +137,14 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 			}
 		}
 		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(250*time.Millisecond))
+		if ctx.Err() != nil {
+			return nil
+		}
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+			if err := failed(err); err != nil {
+				return err
 			}
-			return fmt.Errorf("read logs of job %s: %w", jobID, err)
+			continue
 		}
 		for m := range batch.Messages() {
 			var line LogLine
@@ -134,8 +156,12 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
-			return fmt.Errorf("read logs of job %s: %w", jobID, err)
+			if err := failed(err); err != nil {
+				return err
+			}
+			continue
 		}
+		failingSince = time.Time{}
 		if target != 0 && delivered >= target {
 			return nil
 		}
@@ -144,6 +170,13 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		}
 	}
 }
+
+// followOutage is how long a follow waits for the server to answer again;
+// followRetryPause paces its tries meanwhile.
+const (
+	followOutage     = 10 * time.Second
+	followRetryPause = 250 * time.Millisecond
+)
 
 // Mark is the sequence of the last line stored so far, for Forget.
 func (l *Logs) Mark(ctx context.Context) (uint64, error) {

@@ -406,6 +406,47 @@ func TestAnErrorWithoutAMessageFailsTheAttempt(t *testing.T) {
 	}
 }
 
+// Following a job's log rides out a clean server restart (it used to end
+// with "server shutdown"), each line passed once.
+func TestFollowRidesOutAServerRestart(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	logs, err := AttachLogs(ctx, f.env.JS)
+	require.NoError(t, err)
+	line := func(s string) {
+		t.Helper()
+		require.NoError(t, logs.Append(ctx, "job-1", LogLine{Time: time.Now().UTC(), Attempt: 1, Stream: StreamStdout, Line: s}))
+	}
+	line("before")
+	var mu sync.Mutex
+	var got []string
+	var finished atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		done <- logs.Follow(ctx, "job-1", func(context.Context) bool { return finished.Load() }, func(l LogLine) {
+			mu.Lock()
+			got = append(got, l.Line)
+			mu.Unlock()
+		})
+	}()
+	seen := func(n int) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= n }
+	}
+	natstest.Eventually(t, 5*time.Second, seen(1), "the first line")
+	f.env.Bounce(t)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_, err := f.env.JS.Stream(ctx, LogsStream)
+		return err == nil
+	}, "the server back")
+	line("after")
+	natstest.Eventually(t, 10*time.Second, seen(2), "the line after the restart")
+	finished.Store(true)
+	require.NoError(t, <-done)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []string{"before", "after"}, got)
+}
+
 // Progress outside 0-1 is clamped and NaN keeps only the message: JSON has
 // no NaN or infinity, and the line would be lost.
 func TestProgressOfAnyFractionIsRecorded(t *testing.T) {

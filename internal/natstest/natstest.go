@@ -3,6 +3,7 @@
 package natstest
 
 import (
+	"net/url"
 	"testing"
 	"time"
 
@@ -51,6 +52,20 @@ func (e *Env) Restart(t testing.TB) {
 	e.NC.Close()
 	e.Server.Shutdown()
 	e.start(t)
+}
+
+// Bounce stops the server cleanly and starts it again on the same address
+// and store, as an operator's restart would: clients stay connected through
+// it by reconnecting, the env's own included.
+func (e *Env) Bounce(t testing.TB) {
+	t.Helper()
+	u, err := url.Parse(e.URL)
+	require.NoError(t, err)
+	e.Server.Shutdown()
+	srv, err := natsserver.Start(natsserver.Config{DataDir: e.Dir, Listen: u.Host})
+	require.NoError(t, err)
+	t.Cleanup(srv.Shutdown)
+	e.Server = srv
 }
 
 // Connect opens a client connection that the test's cleanup closes.
