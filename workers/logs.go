@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
@@ -93,7 +94,9 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 	if err := events.ValidateJobID(jobID); err != nil {
 		return err
 	}
-	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{logSubject(jobID)}})
+	// Each fetch makes the ordered consumer anew; without a bound on the
+	// tries, a fetch with the server gone would wait for it forever.
+	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{logSubject(jobID)}, MaxResetAttempts: 1})
 	if err != nil {
 		return fmt.Errorf("read logs of job %s: %w", jobID, err)
 	}
@@ -121,7 +124,7 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		if failingSince.IsZero() {
 			failingSince = time.Now()
 		}
-		if finished == nil || time.Since(failingSince) > followOutage {
+		if finished == nil || time.Since(failingSince) > followOutage || errors.Is(err, nats.ErrConnectionClosed) {
 			return fmt.Errorf("read logs of job %s: %w", jobID, err)
 		}
 		select {

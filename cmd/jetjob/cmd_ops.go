@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -103,8 +104,10 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		finished := func(ctx context.Context) bool {
+			// A job that is gone has no more lines to come; a server that
+			// does not answer is waited for (Follow bounds the wait).
 			j, err := c.m.Load(ctx, id)
-			return err != nil || j.State.Finished()
+			return errors.Is(err, events.ErrNotFound) || err == nil && j.State.Finished()
 		}
 		return logs.Follow(ctx, id, finished, print)
 	})

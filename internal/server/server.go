@@ -28,6 +28,10 @@ import (
 	"github.com/jetjob/jetjob/workers"
 )
 
+// errCodeClusterNotAvailable is nats-server's JSClusterNotAvailErr, "JetStream
+// system temporarily unavailable": a cluster with no meta leader.
+const errCodeClusterNotAvailable jetstream.ErrorCode = 10008
+
 // Options configure a server.
 type Options struct {
 	// DataDir of the embedded NATS server.
@@ -110,7 +114,8 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		if !s.NC.IsConnected() {
 			return s, fmt.Errorf("connect to NATS at %s: not reachable (is it running?): %w", RedactURL(s.URL), err)
 		}
-		if errors.Is(err, context.DeadlineExceeded) {
+		var apiErr *jetstream.APIError
+		if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeClusterNotAvailable {
 			// What a cluster without a meta leader does: it answers nothing.
 			return s, fmt.Errorf("JetStream at %s did not answer: it needs JetStream enabled and, on a cluster, most of its servers up to elect a leader: %w",
 				RedactURL(s.URL), err)

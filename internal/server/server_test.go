@@ -3,11 +3,13 @@ package server
 import (
 	"context"
 	"errors"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	nserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -105,17 +107,18 @@ func TestAfterADeathViewsOfPurgedJobsAreRemoved(t *testing.T) {
 	require.NoError(t, err, "the view of a job in the log stays")
 }
 
-// A cluster that lost most of its servers answers nothing: the server says
-// what JetStream needs rather than only that a call timed out.
+// A cluster without most of its servers cannot elect a leader, and answers
+// nothing: the server says what JetStream needs rather than only that a
+// call timed out.
 func TestAClusterWithoutQuorumIsNamedAsSuch(t *testing.T) {
-	c := natstest.StartCluster(t, 3)
-	c.Servers[1].Shutdown()
-	c.Servers[2].Shutdown()
+	peers := []*url.URL{{Scheme: "nats", Host: "127.0.0.1:1"}, {Scheme: "nats", Host: "127.0.0.1:2"}}
+	env := natstest.StartStock(t, func(o *nserver.Options) {
+		o.ServerName = "alone"
+		o.Cluster = nserver.ClusterOpts{Name: "three", Host: "127.0.0.1", Port: -1}
+		o.Routes = peers
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	s, err := Start(ctx, Options{NATSURL: c.Servers[0].ClientURL(), Replicas: 3})
-	if s != nil {
-		defer s.Stop()
-	}
+	_, err := Start(ctx, Options{NATSURL: env.URL, Replicas: 3})
 	require.ErrorContains(t, err, "most of its servers up to elect a leader")
 }
