@@ -244,7 +244,6 @@ func (l *Log) Close() {
 	l.muxMu.Unlock()
 }
 
-// Stream is the events stream's name.
 // MessageRoom is what an event leaves unused of the server's max_payload:
 // room for its headers, and for the messages made from it that carry more
 // (a job's queue message is its fold, the submitted event's data and a few
@@ -261,6 +260,7 @@ func (l *Log) MaxEventSize() int {
 	return most
 }
 
+// Stream is the events stream's name.
 func (l *Log) Stream() string { return l.cfg.Stream }
 
 // Subject is the subject holding a job's history.
