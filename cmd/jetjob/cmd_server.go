@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -121,6 +122,9 @@ func runServer(ctx context.Context, args []string, out io.Writer) error {
 	o.Logger = logging.New(*verbose)
 	defer func() { _ = o.Logger.Sync() }()
 	s, err := server.Start(ctx, o)
+	if errors.Is(err, server.ErrNotClustered) {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
 	if err != nil {
 		return err
 	}

@@ -122,6 +122,12 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		}
 		return s, err
 	}
+	// Checked before the stuck streams: deleting them, as that error
+	// advises, cannot help a NATS that is one server.
+	if o.Replicas > 1 && s.NC.ConnectedClusterName() == "" {
+		return s, fmt.Errorf("%w: asked for %d, but the NATS at %s is one server (a stream there has one replica); "+
+			"leave out --replicas, or point --nats at a cluster", ErrNotClustered, o.Replicas, RedactURL(s.URL))
+	}
 	if len(stuck) > 0 {
 		return s, fmt.Errorf("%w: %d replicas: %s persist asynchronously (as made for one node), which a replicated stream cannot, "+
 			"and NATS cannot change that in place; delete them (nats stream rm NAME) and start again, "+

@@ -122,3 +122,16 @@ func TestAClusterWithoutQuorumIsNamedAsSuch(t *testing.T) {
 	_, err := Start(ctx, Options{NATSURL: env.URL, Replicas: 3})
 	require.ErrorContains(t, err, "most of its servers up to elect a leader")
 }
+
+// Replicas asked of a NATS that is one server are refused as such, before
+// any stream is made or the advice to delete streams is given.
+func TestReplicasOnOneServerAreRefused(t *testing.T) {
+	env := natstest.StartStock(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := Start(ctx, Options{NATSURL: env.URL, Replicas: 3})
+	require.ErrorIs(t, err, ErrNotClustered)
+	_, js := natstest.Connect(t, env.URL)
+	_, err = js.Stream(ctx, events.StreamDefault)
+	require.ErrorIs(t, err, jetstream.ErrStreamNotFound, "no stream made")
+}
