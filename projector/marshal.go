@@ -66,6 +66,9 @@ func (v View) MarshalJSON() ([]byte, error) {
 		b = append(b, `,"result":`...)
 		b = append(b, raw...)
 	}
+	if v.ResultOmitted {
+		b = append(b, `,"result_omitted":true`...)
+	}
 	if v.Backoff != nil {
 		b = append(b, `,"backoff":{`...)
 		comma := false

@@ -57,14 +57,19 @@ func (jw *jobWork) reset() {
 	jw.write, jw.view, jw.data, jw.bad = false, View{}, nil, nil
 }
 
-func (jw *jobWork) setView(v View) error {
-	data, err := v.MarshalJSON() // as json.Marshal would, without its second pass over the bytes
+// setView makes v, fitted into a view of at most limit bytes, the one to write.
+func (jw *jobWork) setView(v View, limit int) error {
+	v, data, err := fit(v, limit)
 	if err != nil {
 		return fmt.Errorf("encode view of job %s: %w", jw.id, err)
 	}
 	jw.write, jw.view, jw.data = true, v, data
 	return nil
 }
+
+// viewLimit is the most bytes a view may take: what the server takes in a
+// message, less the room the log keeps for a subject and headers.
+func (p *Projector) viewLimit() int { return p.log.MaxEventSize() }
 
 // processEvents projects a batch from the events stream: each job's records
 // are applied in order to its view, which is written once.
@@ -237,9 +242,9 @@ func (p *Projector) stepEvents(ctx context.Context, jw *jobWork, fresh bool) err
 		return err
 	}
 	jw.cur = cur
-	if (cur.rev != 0 && !cur.ok) || cur.view.ErrorsOmitted > 0 {
-		// A deleted or unreadable view, or one that does not hold every
-		// error of the fold it shows.
+	if (cur.rev != 0 && !cur.ok) || cur.view.partial() {
+		// A deleted or unreadable view, or one that does not hold all of
+		// the fold it shows.
 		return p.refold(ctx, jw)
 	}
 	job, beat := statemachine.Job{State: statemachine.StateNew}, (*events.Beat)(nil)
@@ -263,7 +268,7 @@ func (p *Projector) stepEvents(ctx context.Context, jw *jobWork, fresh bool) err
 	if !changed || job.State == statemachine.StateNew {
 		return nil // nothing new, or no valid submit yet: no job to show
 	}
-	return jw.setView(ViewOf(job, beat))
+	return jw.setView(ViewOf(job, beat), p.viewLimit())
 }
 
 // stepBeat applies a job's newest beat to its view. A beat from an attempt
@@ -277,7 +282,7 @@ func (p *Projector) stepBeat(ctx context.Context, jw *jobWork, fresh bool) error
 		return err
 	}
 	jw.cur = cur
-	if !cur.ok || jw.beat.Lease > cur.view.Version || cur.view.ErrorsOmitted > 0 {
+	if !cur.ok || jw.beat.Lease > cur.view.Version || cur.view.partial() {
 		return p.refold(ctx, jw)
 	}
 	v, b := cur.view, jw.beat
@@ -288,7 +293,7 @@ func (p *Projector) stepBeat(ctx context.Context, jw *jobWork, fresh bool) error
 	if sameBeat(nv, v) {
 		return nil
 	}
-	return jw.setView(nv)
+	return jw.setView(nv, p.viewLimit())
 }
 
 func sameBeat(a, b View) bool {
@@ -339,7 +344,7 @@ func (p *Projector) refold(ctx context.Context, jw *jobWork) error {
 	if jw.cur.ok && v.Version == jw.cur.view.Version && sameBeat(v, jw.cur.view) {
 		return nil
 	}
-	return jw.setView(v)
+	return jw.setView(v, p.viewLimit())
 }
 
 // checkCurrent refuses a history read that ends before the events in hand.

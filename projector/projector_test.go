@@ -49,6 +49,26 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
+// newSmallFixture is a fixture on a server that takes messages of at most
+// maxPayload bytes, whose machine tells the time from *clock.
+func newSmallFixture(t *testing.T, maxPayload int32) (*fixture, *time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	env := natstest.StartStock(t, func(o *server.Options) { o.MaxPayload = maxPayload })
+	lg, err := events.Open(ctx, env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	hb, err := events.OpenHeartbeats(ctx, env.JS)
+	require.NoError(t, err)
+	clock := new(time.Time)
+	*clock = time.Now()
+	m, err := statemachine.New(lg, statemachine.Config{Now: func() time.Time { return *clock }})
+	require.NoError(t, err)
+	f := &fixture{env: env, log: lg, hb: hb, m: m}
+	f.p = f.projector(t, Config{})
+	return f, clock
+}
+
 func (f *fixture) projector(t *testing.T, cfg Config) *Projector {
 	t.Helper()
 	p, err := New(f.env.JS, f.log, f.hb, cfg)
@@ -78,7 +98,9 @@ func (f *fixture) folded(t *testing.T, id string) string {
 	if ok {
 		beat = &b
 	}
-	return jsonOf(t, ViewOf(job, beat))
+	v, _, err := fit(ViewOf(job, beat), f.log.MaxEventSize())
+	require.NoError(t, err)
+	return jsonOf(t, v)
 }
 
 // stored is the view's bytes as the bucket holds them.
@@ -348,17 +370,8 @@ func TestGarbageIsQuarantinedAndNeverStalls(t *testing.T) {
 func TestAViewShowsTheLastErrorsOfAJobThatFailedManyTimes(t *testing.T) {
 	ctx := context.Background()
 	// Room for the errors a view shows (about 84 KiB), not for twice as many.
-	env := natstest.StartStock(t, func(o *server.Options) { o.MaxPayload = 128 << 10 })
-	lg, err := events.Open(ctx, env.JS, events.Config{})
-	require.NoError(t, err)
-	t.Cleanup(lg.Close)
-	hb, err := events.OpenHeartbeats(ctx, env.JS)
-	require.NoError(t, err)
-	clock := time.Now()
-	m, err := statemachine.New(lg, statemachine.Config{Now: func() time.Time { return clock }})
-	require.NoError(t, err)
-	f := &fixture{env: env, log: lg, hb: hb, m: m}
-	f.p = f.projector(t, Config{})
+	f, clock := newSmallFixture(t, 128<<10)
+	m := f.m
 
 	attempts := 2 * ViewErrorsLimit
 	job, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "flaky", MaxAttempts: attempts})
@@ -372,7 +385,7 @@ func TestAViewShowsTheLastErrorsOfAJobThatFailedManyTimes(t *testing.T) {
 			f.run(t) // projected both incrementally and in one go
 		}
 		if j.State == statemachine.StateScheduled {
-			clock = *j.RunAt
+			*clock = *j.RunAt
 			_, err = m.Promote(ctx, job.ID)
 			require.NoError(t, err)
 		}
@@ -387,6 +400,58 @@ func TestAViewShowsTheLastErrorsOfAJobThatFailedManyTimes(t *testing.T) {
 	require.Len(t, v.Errors, ViewErrorsLimit)
 	require.Equal(t, attempts-ViewErrorsLimit, v.ErrorsOmitted)
 	require.Equal(t, attempts, v.Errors[ViewErrorsLimit-1].Attempt)
+}
+
+// A job whose errors and result each fit in a message of their own, but not
+// in one view together, gets a view without them (the history keeps them),
+// and the projector goes on with the other jobs.
+func TestAViewLeavesOutWhatDoesNotFitInOneMessage(t *testing.T) {
+	ctx := context.Background()
+	f, clock := newSmallFixture(t, 128<<10)
+	m := f.m
+
+	// Control characters take six bytes each in JSON: an error of 4 KiB of
+	// them is 24 KiB in a view, so six do not fit in 120 KiB.
+	failures := 6
+	job, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "big", MaxAttempts: failures + 1})
+	require.NoError(t, err)
+	for i := 1; i <= failures; i++ {
+		held, err := m.Acquire(ctx, job.ID, "w")
+		require.NoError(t, err)
+		j, err := m.Fail(ctx, held, statemachine.FailParams{Error: strings.Repeat("\x01", statemachine.ErrorTextLimit)})
+		require.NoError(t, err)
+		*clock = *j.RunAt
+		_, err = m.Promote(ctx, job.ID)
+		require.NoError(t, err)
+		f.run(t)
+	}
+	f.requireFolded(t, []string{job.ID})
+	v, err := f.reader(t).Get(ctx, job.ID)
+	require.NoError(t, err)
+	require.Empty(t, v.Errors, "the errors do not fit")
+	require.Equal(t, failures, v.ErrorsOmitted)
+
+	result := json.RawMessage(`"` + strings.Repeat("r", 100<<10) + `"`)
+	held, err := m.Acquire(ctx, job.ID, "w")
+	require.NoError(t, err)
+	_, err = m.Succeed(ctx, held, result)
+	require.NoError(t, err, "the result fits in its event")
+	other, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "after"})
+	require.NoError(t, err)
+	f.run(t)
+	f.requireFolded(t, []string{job.ID, other.ID})
+	v, err = f.reader(t).Get(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateSucceeded, v.State)
+	require.True(t, v.ResultOmitted)
+	require.Nil(t, v.Result)
+	loaded, err := m.Load(ctx, job.ID)
+	require.NoError(t, err)
+	require.JSONEq(t, string(result), string(loaded.Result), "the history keeps the result")
+
+	_, err = f.p.Rebuild(ctx)
+	require.NoError(t, err)
+	f.requireFolded(t, []string{job.ID, other.ID})
 }
 
 func TestLostBucketIsProjectedAgainIdentically(t *testing.T) {

@@ -213,7 +213,7 @@ func (p *Projector) renderAll(jobs map[string]*statemachine.Job, beats map[strin
 				if b, ok := beats[jw.id]; ok {
 					beat = &b
 				}
-				if err := jw.setView(ViewOf(*jobs[jw.id], beat)); err != nil {
+				if err := jw.setView(ViewOf(*jobs[jw.id], beat), p.viewLimit()); err != nil {
 					errMu.Lock()
 					first = err
 					errMu.Unlock()

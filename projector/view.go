@@ -40,10 +40,14 @@ type View struct {
 	Key         string          `json:"key"`
 	PayloadSize int             `json:"payload_size"`
 	Result      json.RawMessage `json:"result,omitempty"`
-	Backoff     *events.Backoff `json:"backoff,omitempty"`
-	RunAt       *time.Time      `json:"run_at"`
-	CreatedAt   time.Time       `json:"created_at"`
-	StartedAt   *time.Time      `json:"started_at"`
+	// ResultOmitted: the result did not fit in a view (one NATS message,
+	// with the job's other fields); the history keeps it (Machine.Load,
+	// jetjob history).
+	ResultOmitted bool            `json:"result_omitted,omitempty"`
+	Backoff       *events.Backoff `json:"backoff,omitempty"`
+	RunAt         *time.Time      `json:"run_at"`
+	CreatedAt     time.Time       `json:"created_at"`
+	StartedAt     *time.Time      `json:"started_at"`
 	// UpdatedAt is the later of LastEventAt and HeartbeatAt.
 	UpdatedAt         time.Time  `json:"updated_at"`
 	CompletedAt       *time.Time `json:"completed_at"`
@@ -103,6 +107,32 @@ func ViewOf(j statemachine.Job, beat *events.Beat) View {
 	return v
 }
 
+// fit returns the view and its encoding, within limit bytes: a view is one
+// NATS message, and a job's result and errors, each within a message of its
+// own, may not fit in one together. What does not fit is left out, the
+// result first, then the errors (ErrorsOmitted counts them all), never the
+// fields that say where the job is; the history keeps both. It is pure, so
+// a rebuilt view equals the projected one.
+func fit(v View, limit int) (View, []byte, error) {
+	data, err := v.MarshalJSON() // as json.Marshal would, without its second pass over the bytes
+	if err != nil || len(data) <= limit {
+		return v, data, err
+	}
+	if len(v.Result) > 0 {
+		v.Result, v.ResultOmitted = nil, true
+		if data, err = v.MarshalJSON(); err != nil || len(data) <= limit {
+			return v, data, err
+		}
+	}
+	if len(v.Errors) > 0 {
+		v.Errors, v.ErrorsOmitted = []statemachine.AttemptError{}, v.ErrorsOmitted+len(v.Errors)
+		if data, err = v.MarshalJSON(); err != nil || len(data) <= limit {
+			return v, data, err
+		}
+	}
+	return v, nil, fmt.Errorf("%w: %d bytes without its result and errors, the limit is %d", ErrViewTooLarge, len(data), limit)
+}
+
 // beatCounts says whether a beat moves the job's updated_at.
 func beatCounts(j statemachine.Job, beat *events.Beat) bool {
 	return beat != nil && j.Lease != 0 && beat.Lease == j.Lease &&
@@ -113,7 +143,7 @@ func beatCounts(j statemachine.Job, beat *events.Beat) bool {
 // Job restores the fold that the view was rendered from, so that the next
 // event can be applied to it, or a command decided on it, without reading the
 // job's history again. Only the payload itself is not kept (its size is), nor
-// the errors ErrorsOmitted counts.
+// the errors ErrorsOmitted counts, nor a result the view left out.
 func (v View) Job() statemachine.Job {
 	j := statemachine.Job{
 		ID: v.ID, Type: v.Type, Tags: v.Tags, Meta: v.Meta, PayloadSize: v.PayloadSize, Priority: v.Priority,
@@ -130,6 +160,11 @@ func (v View) Job() statemachine.Job {
 	}
 	return j
 }
+
+// partial says the view leaves out some of its fold (errors or the
+// result), so that View.Job cannot restore it: the next event is applied to
+// the history folded again.
+func (v View) partial() bool { return v.ErrorsOmitted > 0 || v.ResultOmitted }
 
 // beat is the heartbeat the view shows. Only the lease and time of a beat
 // enter a view, so this is all ViewOf needs to render the view again after

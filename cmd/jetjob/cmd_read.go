@@ -64,10 +64,18 @@ func runGet(ctx context.Context, args []string, out io.Writer) error {
 // getView reads the projected view; a job whose view is not projected yet
 // is folded from its history, so that get right after submit finds it, as
 // is every job while the views bucket is missing (the server makes it
-// again and projects every view anew).
+// again and projects every view anew). A result too large for the view is
+// read from the history.
 func getView(ctx context.Context, c *client, id string) (projector.View, error) {
 	if r, err := projector.NewReader(ctx, c.js); err == nil {
-		if view, err := r.Get(ctx, id); err == nil {
+		if view, err := r.Get(ctx, id); err == nil && !view.ResultOmitted {
+			return view, nil
+		} else if err == nil {
+			job, err := c.m.Load(ctx, id)
+			if err != nil {
+				return projector.View{}, err
+			}
+			view.Result, view.ResultOmitted = job.Result, false
 			return view, nil
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	nserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -25,6 +26,7 @@ import (
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
 	"github.com/jetjob/jetjob/workers"
 )
 
@@ -983,4 +985,53 @@ func TestReplicasOverAnUnreplicatedDeploymentSaysWhatToDelete(t *testing.T) {
 	st, err := js.Stream(ctx, events.StreamDefault)
 	require.NoError(t, err)
 	require.Equal(t, 1, st.CachedInfo().Config.Replicas, "nothing changed")
+}
+
+// TestGetShowsAResultTheViewLeftOut: a result that fits in its event but
+// not in the job's view with the job's tags and meta is left out of the
+// view, and get reads it from the history.
+func TestGetShowsAResultTheViewLeftOut(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.StartStock(t, func(o *nserver.Options) { o.MaxPayload = 128 << 10 })
+	cmd := exec.Command(binary, "server", "--nats", env.URL)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		_, err := projector.NewReader(ctx, env.JS)
+		return err == nil
+	}, "server up: %s", &out)
+
+	lg, err := events.Open(ctx, env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	labels := map[string]string{}
+	for i := range 32 {
+		labels[fmt.Sprintf("%03d%s", i, strings.Repeat("k", 125))] = strings.Repeat("v", 128)
+	}
+	job, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "big", Tags: labels, Meta: labels})
+	require.NoError(t, err)
+	held, err := m.Acquire(ctx, job.ID, "w")
+	require.NoError(t, err)
+	result := `"` + strings.Repeat("r", 110<<10) + `"`
+	_, err = m.Succeed(ctx, held, json.RawMessage(result))
+	require.NoError(t, err)
+
+	r, err := projector.NewReader(ctx, env.JS)
+	require.NoError(t, err)
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		v, err := r.Get(ctx, job.ID)
+		return err == nil && v.State == statemachine.StateSucceeded
+	}, "the job's view projected")
+	v, err := r.Get(ctx, job.ID)
+	require.NoError(t, err)
+	require.True(t, v.ResultOmitted, "the view leaves the result out")
+
+	var got projector.View
+	require.NoError(t, json.Unmarshal([]byte(runCLI(t, env.URL, "get", job.ID, "-o", "json").ok(t)), &got))
+	require.False(t, got.ResultOmitted)
+	require.True(t, result == string(got.Result), "get -o json shows the result from the history")
 }
