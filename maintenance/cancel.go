@@ -51,6 +51,9 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 	if err := f.Validate(); err != nil {
 		return BulkCancelResult{}, err
 	}
+	if err := statemachine.ValidateCancelReason(opts.Reason); err != nil {
+		return BulkCancelResult{}, err
+	}
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = BulkCancelConcurrencyDefault
 	}

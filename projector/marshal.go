@@ -69,6 +69,9 @@ func (v View) MarshalJSON() ([]byte, error) {
 	if v.ResultOmitted {
 		b = append(b, `,"result_omitted":true`...)
 	}
+	if v.Truncated {
+		b = append(b, `,"truncated":true`...)
+	}
 	if v.Backoff != nil {
 		b = append(b, `,"backoff":{`...)
 		comma := false

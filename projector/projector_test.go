@@ -454,6 +454,125 @@ func TestAViewLeavesOutWhatDoesNotFitInOneMessage(t *testing.T) {
 	f.requireFolded(t, []string{job.ID, other.ID})
 }
 
+// A view that does not fit even without its result and errors (a small
+// max_payload, or a log written before event texts were bounded) is
+// truncated, and the projector goes on with the other jobs; a rebuild
+// writes the same bytes.
+func TestATruncatedViewKeepsTheProjectorGoing(t *testing.T) {
+	ctx := context.Background()
+	f, _ := newSmallFixture(t, 64<<10)
+	m := f.m
+
+	// Valid input only: '<' takes six bytes in JSON, and so does a
+	// control character of an error.
+	tags, meta := map[string]string{}, map[string]string{}
+	for i := range 32 {
+		tags[fmt.Sprintf("t%03d", i)] = strings.Repeat("<", 128)
+	}
+	for i := range 26 {
+		meta[fmt.Sprintf("m%03d", i)] = strings.Repeat("<", 128)
+	}
+	labeled, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "t", Tags: tags, Meta: meta, MaxAttempts: 1})
+	require.NoError(t, err, "the submitted event fits")
+	held, err := m.Acquire(ctx, labeled.ID, "w")
+	require.NoError(t, err)
+	_, err = m.Fail(ctx, held, statemachine.FailParams{Error: strings.Repeat("\x01", statemachine.ErrorTextLimit)})
+	require.NoError(t, err)
+
+	// A cancel reason as long as an event holds, as a log written before
+	// reasons were bounded may have.
+	old, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	ev, err := events.New(old.ID, events.TypeCanceled, events.Canceled{Reason: strings.Repeat("r", f.log.MaxEventSize()-400), By: events.CanceledByOperator})
+	require.NoError(t, err)
+	_, err = f.log.Append(ctx, ev, old.Version)
+	require.NoError(t, err)
+
+	after, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "after"})
+	require.NoError(t, err)
+	f.run(t)
+	ids := []string{labeled.ID, old.ID, after.ID}
+	f.requireFolded(t, ids)
+	r := f.reader(t)
+	for _, id := range []string{labeled.ID, old.ID} {
+		v, err := r.Get(ctx, id)
+		require.NoError(t, err)
+		require.True(t, v.Truncated, "view of %s", id)
+		require.Empty(t, v.Tags)
+	}
+	v, err := r.Get(ctx, labeled.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateFailed, v.State, "the view still says where the job is")
+
+	_, err = f.p.Rebuild(ctx)
+	require.NoError(t, err)
+	f.requireFolded(t, ids)
+}
+
+// Views that leave something out stay equal to their fold as more events
+// and beats come, and a rebuild writes the same bytes.
+func TestPartialViewsStayFolded(t *testing.T) {
+	ctx := context.Background()
+	f, clock := newSmallFixture(t, 128<<10)
+	m := f.m
+	var ids []string
+	beat := func(j statemachine.Job) {
+		*clock = clock.Add(time.Second)
+		require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: j.ID, Lease: j.Lease, At: *clock}))
+	}
+	// A running job whose errors are left out gets beats, then is canceled.
+	j, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "a", MaxAttempts: 10})
+	require.NoError(t, err)
+	ids = append(ids, j.ID)
+	for range 5 {
+		held, err := m.Acquire(ctx, j.ID, "w")
+		require.NoError(t, err)
+		beat(held)
+		f.run(t)
+		failed, err := m.Fail(ctx, held, statemachine.FailParams{Error: strings.Repeat("\x01", statemachine.ErrorTextLimit)})
+		require.NoError(t, err)
+		*clock = *failed.RunAt
+		_, err = m.Promote(ctx, j.ID)
+		require.NoError(t, err)
+		f.run(t)
+	}
+	held, err := m.Acquire(ctx, j.ID, "w")
+	require.NoError(t, err)
+	for range 3 {
+		beat(held)
+		f.run(t)
+		f.requireFolded(t, ids)
+	}
+	canceling, err := m.Cancel(ctx, j.ID, strings.Repeat("r", statemachine.CancelReasonLimit))
+	require.NoError(t, err)
+	beat(canceling)
+	f.run(t)
+	f.requireFolded(t, ids)
+	_, err = m.AcknowledgeCancel(ctx, canceling)
+	require.NoError(t, err)
+	// A job whose result is left out gets a late beat of its attempt.
+	j2, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "b"})
+	require.NoError(t, err)
+	ids = append(ids, j2.ID)
+	h2, err := m.Acquire(ctx, j2.ID, "w")
+	require.NoError(t, err)
+	beat(h2)
+	f.run(t)
+	_, err = m.Succeed(ctx, h2, json.RawMessage(`"`+strings.Repeat("z", f.log.MaxEventSize()-400)+`"`))
+	require.NoError(t, err)
+	f.run(t)
+	beat(h2)
+	f.run(t)
+	f.requireFolded(t, ids)
+	v, err := f.reader(t).Get(ctx, j2.ID)
+	require.NoError(t, err)
+	require.True(t, v.ResultOmitted)
+
+	_, err = f.p.Rebuild(ctx)
+	require.NoError(t, err)
+	f.requireFolded(t, ids)
+}
+
 func TestLostBucketIsProjectedAgainIdentically(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)

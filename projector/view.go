@@ -13,8 +13,8 @@ import (
 // View is the current state of a job as dashboards and the CLI see it. It is
 // stored as JSON, one key per job ID; every field is present (null when
 // unset) so that readers need not know which are optional, except
-// canceled_by, result, backoff and cancel_requested_at, which are left out
-// when empty.
+// canceled_by, result, backoff, cancel_requested_at, errors_omitted,
+// result_omitted and truncated, which are left out when empty.
 type View struct {
 	ID          string             `json:"id"`
 	Type        string             `json:"type"`
@@ -43,11 +43,15 @@ type View struct {
 	// ResultOmitted: the result did not fit in a view (one NATS message,
 	// with the job's other fields); the history keeps it (Machine.Load,
 	// jetjob history).
-	ResultOmitted bool            `json:"result_omitted,omitempty"`
-	Backoff       *events.Backoff `json:"backoff,omitempty"`
-	RunAt         *time.Time      `json:"run_at"`
-	CreatedAt     time.Time       `json:"created_at"`
-	StartedAt     *time.Time      `json:"started_at"`
+	ResultOmitted bool `json:"result_omitted,omitempty"`
+	// Truncated: even without its result and errors the view did not fit;
+	// it has no tags or meta, and its texts are cut short. The history
+	// keeps them all.
+	Truncated bool            `json:"truncated,omitempty"`
+	Backoff   *events.Backoff `json:"backoff,omitempty"`
+	RunAt     *time.Time      `json:"run_at"`
+	CreatedAt time.Time       `json:"created_at"`
+	StartedAt *time.Time      `json:"started_at"`
 	// UpdatedAt is the later of LastEventAt and HeartbeatAt.
 	UpdatedAt         time.Time  `json:"updated_at"`
 	CompletedAt       *time.Time `json:"completed_at"`
@@ -130,8 +134,24 @@ func fit(v View, limit int) (View, []byte, error) {
 			return v, data, err
 		}
 	}
-	return v, nil, fmt.Errorf("%w: %d bytes without its result and errors, the limit is %d", ErrViewTooLarge, len(data), limit)
+	// Only a server with a small max_payload, or a log written before the
+	// text an event holds was bounded, gets here: the view keeps where the
+	// job is, and its texts cut short, without its tags and meta.
+	v.Truncated = true
+	v.Tags, v.Meta = map[string]string{}, map[string]string{}
+	for _, text := range []*string{&v.Error, &v.ErrorCode, &v.CancelReason, &v.WorkerID, &v.Key} {
+		*text = statemachine.ClipText(*text, truncatedTextLimit)
+	}
+	if data, err = v.MarshalJSON(); err != nil || len(data) <= limit {
+		return v, data, err
+	}
+	return v, nil, fmt.Errorf("%w: %d bytes cut short, the limit is %d", ErrViewTooLarge, len(data), limit)
 }
+
+// truncatedTextLimit is what a truncated view keeps of each text: what the
+// server takes in a message is far more than a view of such texts, unless
+// its max_payload is set below about 16 KiB.
+const truncatedTextLimit = 256
 
 // beatCounts says whether a beat moves the job's updated_at.
 func beatCounts(j statemachine.Job, beat *events.Beat) bool {
@@ -164,7 +184,7 @@ func (v View) Job() statemachine.Job {
 // partial says the view leaves out some of its fold (errors or the
 // result), so that View.Job cannot restore it: the next event is applied to
 // the history folded again.
-func (v View) partial() bool { return v.ErrorsOmitted > 0 || v.ResultOmitted }
+func (v View) partial() bool { return v.ErrorsOmitted > 0 || v.ResultOmitted || v.Truncated }
 
 // beat is the heartbeat the view shows. Only the lease and time of a beat
 // enter a view, so this is all ViewOf needs to render the view again after

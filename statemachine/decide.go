@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/jetjob/jetjob/events"
@@ -35,6 +37,9 @@ func newEvent(jobID, typ string, data any, now time.Time) (events.Event, error) 
 }
 
 func decideCancel(j Job, reason string, now time.Time) (events.Event, error) {
+	if err := ValidateCancelReason(reason); err != nil {
+		return events.Event{}, err
+	}
 	switch j.State {
 	case StatePending, StateScheduled:
 		return newEvent(j.ID, events.TypeCanceled, events.Canceled{Reason: reason, By: events.CanceledByOperator}, now)
@@ -85,6 +90,9 @@ func decidePromote(j Job, due *time.Time, now time.Time) (events.Event, error) {
 }
 
 func decideAcquire(j Job, workerID string, now time.Time) (events.Event, error) {
+	if err := ValidateWorkerID(workerID); err != nil {
+		return events.Event{}, err
+	}
 	if _, err := Next(j.ID, j.State, TransitionAcquire); err != nil {
 		return events.Event{}, err
 	}
@@ -109,28 +117,54 @@ func decideSucceed(j Job, lease uint64, result json.RawMessage, now time.Time) (
 	return newEvent(j.ID, events.TypeSucceeded, events.Succeeded{Lease: lease, Result: result}, now)
 }
 
-// ErrorTextLimit is the most bytes of a failed attempt's error kept: every
-// attempt's error stays in the job's view, which is one NATS message.
-const ErrorTextLimit = 4 << 10
+// Limits of the text a job's view shows, which is one NATS message: an
+// attempt's error and its code are cut past them (a worker's report is
+// never refused for its length), a cancel reason over its limit is refused,
+// and a worker ID must fit in its own.
+const (
+	ErrorTextLimit    = 4 << 10
+	ErrorCodeLimit    = 128
+	CancelReasonLimit = 1 << 10
+	WorkerIDLimit     = 128
+)
 
-// clipErrorText keeps the first ErrorTextLimit bytes of an error, cut at a
-// character, and says how much was left out.
-func clipErrorText(text string) string {
-	if len(text) <= ErrorTextLimit {
+// ClipText keeps the first limit bytes of text, cut at a character, and
+// says how much was left out.
+func ClipText(text string, limit int) string {
+	if len(text) <= limit {
 		return text
 	}
-	cut := ErrorTextLimit
+	cut := limit
 	for cut > 0 && !utf8.RuneStart(text[cut]) {
 		cut--
 	}
 	return fmt.Sprintf("%s… (%d more bytes cut)", text[:cut], len(text)-cut)
 }
 
+// ValidateCancelReason checks that a cancel reason is within
+// CancelReasonLimit bytes.
+func ValidateCancelReason(reason string) error {
+	if len(reason) > CancelReasonLimit {
+		return fmt.Errorf("%w: cancel reason is %d bytes, expected at most %d", ErrInvalid, len(reason), CancelReasonLimit)
+	}
+	return nil
+}
+
+// ValidateWorkerID checks that id is fit to name a worker in events and
+// listings: one line of UTF-8 text, at most WorkerIDLimit bytes.
+func ValidateWorkerID(id string) error {
+	if id == "" || len(id) > WorkerIDLimit || !utf8.ValidString(id) || strings.ContainsFunc(id, unicode.IsControl) {
+		return fmt.Errorf("%w: worker ID %q, expected 1-%d bytes of one-line UTF-8 text", ErrInvalid, id, WorkerIDLimit)
+	}
+	return nil
+}
+
 // FailParams describes a failed attempt.
 type FailParams struct {
 	// Error is the attempt's error; past ErrorTextLimit bytes it is cut.
 	Error string
-	Code  string
+	// Code classifies the error; past ErrorCodeLimit bytes it is cut.
+	Code string
 	// NoRetry fails the job for good even with attempts left.
 	NoRetry bool
 }
@@ -139,7 +173,7 @@ func decideFail(j Job, lease uint64, p FailParams, cfg BackoffConfig, now time.T
 	if err := checkLease(j, lease); err != nil {
 		return events.Event{}, err
 	}
-	p.Error = clipErrorText(p.Error)
+	p.Error, p.Code = ClipText(p.Error, ErrorTextLimit), ClipText(p.Code, ErrorCodeLimit)
 	if !p.NoRetry && j.Attempt < j.MaxAttempts {
 		if _, err := Next(j.ID, j.State, TransitionRetry); err != nil {
 			return events.Event{}, err
@@ -203,7 +237,7 @@ func decideTerminateCanceling(j Job, reason string, now time.Time) (events.Event
 	if _, err := Next(j.ID, j.State, TransitionAcknowledgeCancel); err != nil {
 		return events.Event{}, err
 	}
-	return newEvent(j.ID, events.TypeCanceled, events.Canceled{Reason: reason, By: events.CanceledByTimeout}, now)
+	return newEvent(j.ID, events.TypeCanceled, events.Canceled{Reason: ClipText(reason, CancelReasonLimit), By: events.CanceledByTimeout}, now)
 }
 
 func decideRelease(j Job, lease uint64, reason string, now time.Time) (events.Event, error) {

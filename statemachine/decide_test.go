@@ -243,6 +243,20 @@ func TestDecide(t *testing.T) {
 		{"terminate a running job", histories[StateRunning], terminateCmd.do, then{err: ErrIllegalTransition}},
 		{"terminate a canceled job", histories[StateCanceled], terminateCmd.do, then{err: ErrIllegalTransition}},
 
+		// Input a view could not show.
+		{"cancel with a reason over its limit", submitted, func(j Job, now time.Time) (events.Event, error) {
+			return decideCancel(j, strings.Repeat("r", CancelReasonLimit+1), now)
+		}, then{err: ErrInvalid}},
+		{"bulk cancel with a reason over its limit", submitted, func(j Job, now time.Time) (events.Event, error) {
+			return decidePendingCancel(j, strings.Repeat("r", CancelReasonLimit+1), now)
+		}, then{err: ErrInvalid}},
+		{"acquire with a worker ID over its limit", submitted, func(j Job, now time.Time) (events.Event, error) {
+			return decideAcquire(j, strings.Repeat("w", WorkerIDLimit+1), now)
+		}, then{err: ErrInvalid}},
+		{"acquire with no worker ID", submitted, func(j Job, now time.Time) (events.Event, error) {
+			return decideAcquire(j, "", now)
+		}, then{err: ErrInvalid}},
+
 		// Fencing: a report from an attempt that does not hold the job.
 		{"succeed with a stale lease", histories[StateRunning], succeedWith(1), then{err: ErrLeaseLost}},
 		{"succeed with no lease", histories[StateRunning], succeedWith(0), then{err: ErrLeaseLost}},
@@ -739,7 +753,7 @@ func TestErrorTextIsCutAtACharacter(t *testing.T) {
 		"ASCII cut at limit":    {given: strings.Repeat("x", ErrorTextLimit+10), keptLen: ErrorTextLimit, cutBytes: 10},
 		"a character not split": {given: "x" + long, keptLen: ErrorTextLimit - 1, cutBytes: 2*ErrorTextLimit + 1 - (ErrorTextLimit - 1)},
 	} {
-		got := clipErrorText(tc.given)
+		got := ClipText(tc.given, ErrorTextLimit)
 		require.True(t, utf8.ValidString(got), name)
 		require.True(t, strings.HasPrefix(tc.given, got[:tc.keptLen]), name)
 		if tc.cutBytes == 0 {
@@ -748,4 +762,24 @@ func TestErrorTextIsCutAtACharacter(t *testing.T) {
 		}
 		require.Equal(t, fmt.Sprintf("%s… (%d more bytes cut)", tc.given[:tc.keptLen], tc.cutBytes), got, name)
 	}
+}
+
+// What a worker or the hang detector reports is never refused for its
+// length: an error code, and the reason of a cancel the detector finishes,
+// are cut instead.
+func TestReportedTextIsCutNotRefused(t *testing.T) {
+	running := fold(t, given(t, hist(submitted, acquired1)...))
+	ev, err := decideFail(running, running.Lease, FailParams{Error: "e", Code: strings.Repeat("c", ErrorCodeLimit+10), NoRetry: true}, BackoffConfig{}, now)
+	require.NoError(t, err)
+	var failed events.Failed
+	require.NoError(t, json.Unmarshal(ev.Data, &failed))
+	require.Equal(t, ClipText(strings.Repeat("c", ErrorCodeLimit+10), ErrorCodeLimit), failed.Code)
+	require.True(t, strings.HasPrefix(failed.Code, strings.Repeat("c", ErrorCodeLimit)))
+
+	canceling := fold(t, given(t, hist(submitted, acquired1, cancelReq)...))
+	ev, err = decideTerminateCanceling(canceling, strings.Repeat("r", CancelReasonLimit+10), now)
+	require.NoError(t, err)
+	var canceled events.Canceled
+	require.NoError(t, json.Unmarshal(ev.Data, &canceled))
+	require.Less(t, len(canceled.Reason), CancelReasonLimit+40)
 }

@@ -10,8 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
@@ -64,7 +62,7 @@ type PoolConfig struct {
 	// Concurrency is how many jobs run at once. Default ConcurrencyDefault.
 	Concurrency int
 	// WorkerID names the pool in events; default host-pid-random. See
-	// ValidateWorkerID.
+	// statemachine.ValidateWorkerID.
 	WorkerID string
 	// HeartbeatInterval is how often a running job's heartbeat is sent, at
 	// most: a sixth of the server's hang-after when that is shorter. Default
@@ -95,18 +93,6 @@ type PoolConfig struct {
 	Logger *zap.Logger
 }
 
-// WorkerIDLimit bounds a worker ID, which every acquire records.
-const WorkerIDLimit = 128
-
-// ValidateWorkerID checks that id is fit to name a worker in events and
-// listings: one line of UTF-8 text, at most WorkerIDLimit bytes.
-func ValidateWorkerID(id string) error {
-	if id == "" || len(id) > WorkerIDLimit || !utf8.ValidString(id) || strings.ContainsFunc(id, unicode.IsControl) {
-		return fmt.Errorf("worker ID %q, expected 1-%d bytes of one-line UTF-8 text", id, WorkerIDLimit)
-	}
-	return nil
-}
-
 func (c *PoolConfig) validate() error {
 	if len(c.Types) == 0 {
 		return fmt.Errorf("%w: no job types", ErrInvalidConfig)
@@ -133,7 +119,7 @@ func (c *PoolConfig) validate() error {
 		host = strings.ToValidUTF8(host[:min(len(host), 64)], "?")
 		c.WorkerID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), uuid.NewString()[:8])
 	}
-	if err := ValidateWorkerID(c.WorkerID); err != nil {
+	if err := statemachine.ValidateWorkerID(c.WorkerID); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if c.HeartbeatInterval <= 0 {

@@ -1456,7 +1456,7 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 		"negative concurrency":     {Types: []string{"t"}, Concurrency: -1},
 		"a worker ID of two lines": {Types: []string{"t"}, WorkerID: "a\nb"},
 		"a worker ID not UTF-8":    {Types: []string{"t"}, WorkerID: "w\xff"},
-		"a worker ID too long":     {Types: []string{"t"}, WorkerID: strings.Repeat("w", WorkerIDLimit+1)},
+		"a worker ID too long":     {Types: []string{"t"}, WorkerID: strings.Repeat("w", statemachine.WorkerIDLimit+1)},
 	} {
 		_, err := NewPool(f.env.JS, f.m, cfg, noop)
 		require.ErrorIs(t, err, ErrInvalidConfig, name)

@@ -54,7 +54,7 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	if *id != "" {
-		if err := workers.ValidateWorkerID(*id); err != nil {
+		if err := statemachine.ValidateWorkerID(*id); err != nil {
 			return usageErr("--id: %v", err)
 		}
 	}

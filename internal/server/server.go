@@ -32,6 +32,15 @@ import (
 // system temporarily unavailable": a cluster with no meta leader.
 const errCodeClusterNotAvailable jetstream.ErrorCode = 10008
 
+// errCodeReplicasNotSupported: "replicas > 1 not supported in non-clustered
+// mode".
+const errCodeReplicasNotSupported jetstream.ErrorCode = 10074
+
+func notClustered(replicas int, url string) error {
+	return fmt.Errorf("%w: asked for %d, but the NATS at %s is one server (a stream there has one replica); "+
+		"leave out --replicas, or point --nats at a cluster", ErrNotClustered, replicas, RedactURL(url))
+}
+
 // Options configure a server.
 type Options struct {
 	// DataDir of the embedded NATS server.
@@ -123,10 +132,11 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, err
 	}
 	// Checked before the stuck streams: deleting them, as that error
-	// advises, cannot help a NATS that is one server.
-	if o.Replicas > 1 && s.NC.ConnectedClusterName() == "" {
-		return s, fmt.Errorf("%w: asked for %d, but the NATS at %s is one server (a stream there has one replica); "+
-			"leave out --replicas, or point --nats at a cluster", ErrNotClustered, o.Replicas, RedactURL(s.URL))
+	// advises, cannot help a NATS that is one server. A connection lost
+	// meanwhile also has no cluster name, hence the second look; the
+	// server's own refusal to make a stream is the backstop.
+	if o.Replicas > 1 && s.NC.ConnectedClusterName() == "" && s.NC.IsConnected() {
+		return s, notClustered(o.Replicas, s.URL)
 	}
 	if len(stuck) > 0 {
 		return s, fmt.Errorf("%w: %d replicas: %s persist asynchronously (as made for one node), which a replicated stream cannot, "+
@@ -135,6 +145,10 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 			ErrInvalidOptions, o.Replicas, strings.Join(stuck, ", "))
 	}
 	if s.Log, err = events.Open(ctx, s.JS, logConfig(o)); err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeReplicasNotSupported {
+			return s, notClustered(o.Replicas, s.URL)
+		}
 		if !s.NC.IsConnected() {
 			// Retrying the first connect hides why setup timed out.
 			return s, fmt.Errorf("connect to NATS at %s: not reachable (is it running?): %w", RedactURL(s.URL), err)
