@@ -64,19 +64,23 @@ func runGet(ctx context.Context, args []string, out io.Writer) error {
 // getView reads the projected view; a job whose view is not projected yet
 // is folded from its history, so that get right after submit finds it, as
 // is every job while the views bucket is missing (the server makes it
-// again and projects every view anew). A result too large for the view is
-// read from the history.
+// again and projects every view anew). What a view left out for its size
+// (a result; tags, meta and texts) is read from the history.
 func getView(ctx context.Context, c *client, id string) (projector.View, error) {
 	if r, err := projector.NewReader(ctx, c.js); err == nil {
-		if view, err := r.Get(ctx, id); err == nil && !view.ResultOmitted {
+		if view, err := r.Get(ctx, id); err == nil && !view.ResultOmitted && !view.Truncated {
 			return view, nil
 		} else if err == nil {
 			job, err := c.m.Load(ctx, id)
 			if err != nil {
 				return projector.View{}, err
 			}
-			view.Result, view.ResultOmitted = job.Result, false
-			return view, nil
+			whole := projector.ViewOf(job, nil)
+			if whole.Version == view.Version {
+				// The heartbeat is the view's: the history has none.
+				whole.HeartbeatAt, whole.UpdatedAt = view.HeartbeatAt, view.UpdatedAt
+			}
+			return whole, nil
 		}
 	}
 	job, lerr := c.m.Load(ctx, id)
