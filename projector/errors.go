@@ -8,8 +8,8 @@ var (
 	// ErrInvalidConfig: a Config that cannot run a projector.
 	ErrInvalidConfig = errors.New("invalid projector config")
 	// ErrViewTooLarge: a job's view does not fit in a NATS message even
-	// without its result and errors (its tags, meta and last error alone are
-	// over the server's max_payload, less events.MessageRoom).
+	// truncated: the server's max_payload, less events.MessageRoom, is
+	// smaller than a few KiB.
 	ErrViewTooLarge = errors.New("job view too large for a NATS message")
 	// errStale: another writer moved the view since it was read; the write
 	// is decided again on the new view.

@@ -114,9 +114,10 @@ func ViewOf(j statemachine.Job, beat *events.Beat) View {
 // fit returns the view and its encoding, within limit bytes: a view is one
 // NATS message, and a job's result and errors, each within a message of its
 // own, may not fit in one together. What does not fit is left out, the
-// result first, then the errors (ErrorsOmitted counts them all), never the
-// fields that say where the job is; the history keeps both. It is pure, so
-// a rebuilt view equals the projected one.
+// result first, then the errors (ErrorsOmitted counts them all), then the
+// tags and meta, with the texts cut short (Truncated); never the fields
+// that say where the job is. The history keeps it all. It is pure, so a
+// rebuilt view equals the projected one.
 func fit(v View, limit int) (View, []byte, error) {
 	data, err := v.MarshalJSON() // as json.Marshal would, without its second pass over the bytes
 	if err != nil || len(data) <= limit {
@@ -181,9 +182,9 @@ func (v View) Job() statemachine.Job {
 	return j
 }
 
-// partial says the view leaves out some of its fold (errors or the
-// result), so that View.Job cannot restore it: the next event is applied to
-// the history folded again.
+// partial says the view leaves out some of its fold, so that View.Job
+// cannot restore it: the next event is applied to the history folded
+// again.
 func (v View) partial() bool { return v.ErrorsOmitted > 0 || v.ResultOmitted || v.Truncated }
 
 // beat is the heartbeat the view shows. Only the lease and time of a beat
