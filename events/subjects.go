@@ -14,8 +14,12 @@ const (
 // ValidateJobID checks that id can name a job's subject: 1-64 letters,
 // digits, '-' or '_'.
 func ValidateJobID(id string) error {
-	if id == "" || len(id) > maxJobIDLen {
-		return fmt.Errorf("%w %q: expected 1-%d letters, digits, '-' or '_'", ErrInvalidJobID, id, maxJobIDLen)
+	if id == "" {
+		return fmt.Errorf("%w: empty, expected 1-%d letters, digits, '-' or '_'", ErrInvalidJobID, maxJobIDLen)
+	}
+	if len(id) > maxJobIDLen {
+		// Not echoed whole: an ID pasted wrong may be a whole file.
+		return fmt.Errorf("%w %q… (%d bytes): expected 1-%d letters, digits, '-' or '_'", ErrInvalidJobID, id[:maxJobIDLen], len(id), maxJobIDLen)
 	}
 	for _, r := range id {
 		ok := r == '-' || r == '_' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')

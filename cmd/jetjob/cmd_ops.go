@@ -12,8 +12,10 @@ import (
 	"unicode"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/maintenance"
 	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
 	"github.com/jetjob/jetjob/workers"
 )
 
@@ -109,7 +111,13 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 			j, err := c.m.Load(ctx, id)
 			return errors.Is(err, events.ErrNotFound) || err == nil && j.State.Finished()
 		}
-		return logs.Follow(ctx, id, finished, print)
+		err = logs.Follow(ctx, id, finished, print)
+		if err != nil && ctx.Err() == nil && !c.nc.IsConnected() {
+			// Said as watch says it: what NATS said matters less than that
+			// the server is gone.
+			return fmt.Errorf("logs ended: lost the connection to the jetjob server at %s (%w)", server.RedactURL(fs.server), err)
+		}
+		return err
 	})
 }
 
@@ -132,14 +140,13 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	st, err := parseStates(states)
-	if err != nil {
-		return err
-	}
-	for _, s := range st {
-		if !s.Finished() {
-			return usageErr("--state %s: only finished jobs are purged, expected succeeded, failed or canceled", s)
+	var st []statemachine.State
+	for _, name := range states {
+		one, err := parseStates([]string{name})
+		if err != nil || !one[0].Finished() {
+			return usageErr("--state %q: only finished jobs are purged, expected succeeded, failed or canceled", name)
 		}
+		st = append(st, one[0])
 	}
 	c, err := dial(ctx, fs.server)
 	if err != nil {

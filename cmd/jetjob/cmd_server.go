@@ -71,7 +71,8 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 			}
 		})
 		if len(embeddedOnly) > 0 {
-			return usageErr("%s set the embedded NATS server; with --nats the external server's own settings apply: drop them", strings.Join(embeddedOnly, ", "))
+			return usageErr("%s: for the embedded NATS server only; with --nats the external server's own settings apply, expected no %s",
+				strings.Join(embeddedOnly, ", "), strings.Join(embeddedOnly, " or "))
 		}
 		return checkNATSURL("--nats", o.NATSURL)
 	}

@@ -22,7 +22,7 @@ import (
 )
 
 func runSubmit(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("submit", "--type T [--tag k=v]... [--meta k=v]... [--payload JSON | --payload-file F] [--priority N] [--max-attempts N] [--run-at RFC3339 | --delay D] [--key K] | --file jobs.ndjson", true)
+	fs := newFlags("submit", "--type T [--tag k=v]... [--meta k=v]... [--payload JSON | --payload-file F] [--priority N] [--max-attempts N] [--run-at RFC3339 | --delay D] [--key K] [--backoff-base D] [--backoff-cap D] | --file jobs.ndjson", true)
 	tags, meta := labels{}, labels{}
 	typ := fs.String("type", "", "job type (required)")
 	fs.Var(tags, "tag", "tag k=v the worker must have (repeatable)")
@@ -414,7 +414,7 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 	case jl.Delay != "":
 		d, err := time.ParseDuration(jl.Delay)
 		if err != nil {
-			return p, fmt.Errorf("delay %q, expected a duration such as 30s or 5m", jl.Delay)
+			return p, fmt.Errorf("delay %s", durationProblem(jl.Delay, err, "30s or 5m"))
 		}
 		if d < 0 {
 			return p, fmt.Errorf("delay %q is negative, expected a duration of 0 or more such as 30s or 5m", jl.Delay)
@@ -430,8 +430,11 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 			continue
 		}
 		d, err := time.ParseDuration(b.v)
-		if err != nil || d < 0 {
-			return p, fmt.Errorf("%s %q, expected a duration such as 1s or 10m (0 for the default)", b.field, b.v)
+		if err != nil {
+			return p, fmt.Errorf("%s %s", b.field, durationProblem(b.v, err, "1s or 10m (0 for the default)"))
+		}
+		if d < 0 {
+			return p, fmt.Errorf("%s %q is negative, expected a duration such as 1s or 10m (0 for the default)", b.field, b.v)
 		}
 		*b.to = d
 	}

@@ -459,7 +459,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"submit", "--file", file(`{"type":"a"}{"type":"b"}`)}, 2, "line 1: text after the job's JSON object"},
 		{[]string{"submit", "--file", file("{\"type\":\"a\"}\n{\"type\":\"a\"} junk\n")}, 2, "line 2: text after"},
 		{[]string{"submit", "--file", file(`{"type":"a"}`), "--priority", "3", "--key", "k"}, 2, "do not combine it with --key, --priority"},
-		{[]string{"submit", "--file", file(`{"type":"a","delay":"5x"}`)}, 2, `line 1: delay "5x", expected a duration`},
+		{[]string{"submit", "--file", file(`{"type":"a","delay":"5x"}`)}, 2, `line 1: delay "5x" has an unknown unit, expected one of ns, us, ms, s, m, h`},
 		{[]string{"submit", "--file", file("{\"type\":\"a\",\"key\":\"\xff\xfe\"}\n")}, 2, "line 1: not valid UTF-8, expected UTF-8 text"},
 		{[]string{"submit", "--file", file(`{"type":"a","delay":"-1s"}`)}, 2, `line 1: delay "-1s" is negative`},
 		{[]string{"submit", "--file", file(`{"type":"a","tags":{"os":1}}`)}, 2, `line 1: a tags value is a JSON number, expected a string`},
@@ -674,6 +674,43 @@ func TestWatchFailsWhenTheServerIsGone(t *testing.T) {
 	require.Equal(t, "jetjob watch: lost the connection to the jetjob server at "+s.url+"; reconnecting", lines[0], "said as it happens")
 	require.Len(t, lines, 2, "the notice, then the error on one line: %q", errb.String())
 	require.Contains(t, lines[1], "watch ended: lost the connection")
+}
+
+// TestLogsFollowSaysWhenTheServerIsGone: following a job's log ends, as a
+// watch does, naming the lost server rather than only what NATS said.
+func TestLogsFollowSaysWhenTheServerIsGone(t *testing.T) {
+	s := startServerProc(t)
+	id := s.jetjob("submit", "--type", "talker").ok(t)
+	startWorker(t, s, "--type", "talker", "--", "sh", "-c", "echo hello; sleep 600")
+	cmd := exec.Command(binary, "logs", "-f", id)
+	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+s.url)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	// Following once it printed the job's first line.
+	line := make([]byte, 512)
+	n, err := stdout.Read(line)
+	require.NoError(t, err)
+	require.Contains(t, string(line[:n]), "hello")
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+
+	s.kill()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err = <-exited:
+	case <-time.After(60 * time.Second):
+		t.Fatal("logs -f still running a minute after its server was killed")
+	}
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee)
+	require.Equal(t, 1, ee.ExitCode(), "stderr: %s", errb.String())
+	lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
+	require.Len(t, lines, 1, "one line: %q", errb.String())
+	require.Contains(t, lines[0], "logs ended: lost the connection to the jetjob server at "+s.url)
 }
 
 // A worker killed with SIGKILL takes its command with it: the job is retried

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sort"
 	"strconv"
@@ -234,13 +235,29 @@ func parseStates(in []string) ([]statemachine.State, error) {
 	return out, nil
 }
 
+// durationProblem says what is wrong with a duration time.ParseDuration
+// refused, and what is expected, in the words of a flag's user rather than
+// Go's.
+func durationProblem(v string, err error, example string) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "missing unit"):
+		return fmt.Sprintf("%q has a number without a unit, expected a duration such as %s", v, example)
+	case strings.Contains(msg, "unknown unit"):
+		return fmt.Sprintf("%q has an unknown unit, expected one of ns, us, ms, s, m, h, as in %s", v, example)
+	case strings.TrimLeft(v, "+-0123456789.") != v && strings.TrimLeft(v, "+-") != "" &&
+		strings.IndexFunc(strings.TrimLeft(v, "+-"), func(r rune) bool { return r >= '0' && r <= '9' }) == 0:
+		// Digits and units that parse no further: a number too large.
+		return fmt.Sprintf("%q is too long, expected at most %dh (about 292 years) such as %s", v, math.MaxInt64/int64(time.Hour), example)
+	}
+	return fmt.Sprintf("%q, expected a duration such as %s", v, example)
+}
+
 func parseDurationFlag(name, v string) (time.Duration, error) {
 	d, err := time.ParseDuration(v)
 	switch {
-	case err != nil && strings.Contains(err.Error(), "invalid duration"):
-		return 0, usageErr("--%s %q, expected a duration such as 30s or 5m", name, v)
 	case err != nil:
-		return 0, usageErr("--%s %q: %v, expected a duration such as 30s or 5m", name, v, err)
+		return 0, usageErr("--%s %s", name, durationProblem(v, err, "30s or 5m"))
 	case d < 0:
 		return 0, usageErr("--%s %q is negative, expected a duration of 0 or more such as 30s or 5m", name, v)
 	}
@@ -252,7 +269,7 @@ func parseDurationAtLeast(name, v string, least time.Duration, example string) (
 	d, err := time.ParseDuration(v)
 	switch {
 	case err != nil:
-		return 0, usageErr("--%s %q, expected a duration such as %s", name, v, example)
+		return 0, usageErr("--%s %s", name, durationProblem(v, err, example))
 	case d < least:
 		return 0, usageErr("--%s %s, expected a duration of at least %s such as %s", name, v, least, example)
 	}

@@ -63,7 +63,14 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"server", "--queue-idle-after", "soon"}, `--queue-idle-after "soon", expected a duration such as 1h, or 0`},
 		{[]string{"server", "--queue-idle-after", "10ms"}, `--queue-idle-after 10ms, expected a duration of at least 1s such as 1h, or 0`},
 		{[]string{"server", "--nats", "http://127.0.0.1:4222"}, `--nats "http://127.0.0.1:4222" has scheme "http"`},
-		{[]string{"server", "--nats", "nats://127.0.0.1:4222", "--data", "d", "--fsync", "interval"}, `--data, --fsync set the embedded NATS server; with --nats the external server's own settings apply`},
+		{[]string{"server", "--nats", "nats://127.0.0.1:4222", "--data", "d", "--fsync", "interval"}, `--data, --fsync: for the embedded NATS server only; with --nats the external server's own settings apply, expected no --data or --fsync`},
+		{[]string{"submit", "--type", "a", "--delay", "99999999h"}, `--delay "99999999h" is too long, expected at most 2562047h (about 292 years)`},
+		{[]string{"submit", "--type", "a", "--delay", "5"}, `--delay "5" has a number without a unit, expected a duration such as 30s or 5m`},
+		{[]string{"submit", "--type", "a", "--delay", "5d"}, `--delay "5d" has an unknown unit, expected one of ns, us, ms, s, m, h`},
+		{[]string{"purge", "--older-than", "99999999999h"}, `--older-than "99999999999h" is too long`},
+		{[]string{"purge", "--older-than", "1h", "--state", "succeeded", "--state", "bogus"}, `--state "bogus": only finished jobs are purged, expected succeeded, failed or canceled`},
+		{[]string{"get", strings.Repeat("a", 10_000)}, `invalid job ID "` + strings.Repeat("a", 64) + `"… (10000 bytes): expected 1-64 letters`},
+		{[]string{"server", "--purge-every", "999999999h"}, `--purge-every "999999999h" is too long`},
 		{[]string{"submit", "--type", "a", "--payload", "\"\xff\""}, `--payload is not valid JSON (UTF-8 text)`},
 	} {
 		var stdout, stderr bytes.Buffer
