@@ -644,7 +644,19 @@ func TestSubmitWithAKeyAlreadyUsedSaysSo(t *testing.T) {
 func TestWatchFailsWhenTheServerIsGone(t *testing.T) {
 	s := startServerProc(t)
 	id := s.jetjob("submit", "--type", "watched").ok(t)
-	cmd := exec.Command(binary, "watch", "--type", "watched")
+	// The watch is under way once it printed the current view.
+	lines := endedByAKilledServer(t, s, id, "watch", "--type", "watched")
+	require.Equal(t, "jetjob watch: lost the connection to the jetjob server at "+s.url+"; reconnecting", lines[0], "said as it happens")
+	require.Len(t, lines, 2, "the notice, then the error on one line: %q", lines)
+	require.Contains(t, lines[1], "watch ended: lost the connection")
+}
+
+// endedByAKilledServer runs a following command, kills the server once the
+// command printed first (containing first), and returns the command's
+// stderr lines after it exited 1.
+func endedByAKilledServer(t *testing.T, s *serverProc, first string, args ...string) []string {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
 	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+s.url)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
@@ -652,11 +664,10 @@ func TestWatchFailsWhenTheServerIsGone(t *testing.T) {
 	cmd.Stderr = &errb
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	// The watch is under way once it printed the current view.
 	line := make([]byte, 512)
 	n, err := stdout.Read(line)
 	require.NoError(t, err)
-	require.Contains(t, string(line[:n]), id)
+	require.Contains(t, string(line[:n]), first)
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
 
 	s.kill()
@@ -665,15 +676,12 @@ func TestWatchFailsWhenTheServerIsGone(t *testing.T) {
 	select {
 	case err = <-exited:
 	case <-time.After(60 * time.Second):
-		t.Fatal("watch still running a minute after its server was killed")
+		t.Fatalf("%s still running a minute after its server was killed", args[0])
 	}
 	var ee *exec.ExitError
 	require.ErrorAs(t, err, &ee)
 	require.Equal(t, 1, ee.ExitCode(), "stderr: %s", errb.String())
-	lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
-	require.Equal(t, "jetjob watch: lost the connection to the jetjob server at "+s.url+"; reconnecting", lines[0], "said as it happens")
-	require.Len(t, lines, 2, "the notice, then the error on one line: %q", errb.String())
-	require.Contains(t, lines[1], "watch ended: lost the connection")
+	return strings.Split(strings.TrimSpace(errb.String()), "\n")
 }
 
 // TestLogsFollowSaysWhenTheServerIsGone: following a job's log ends, as a
@@ -682,34 +690,9 @@ func TestLogsFollowSaysWhenTheServerIsGone(t *testing.T) {
 	s := startServerProc(t)
 	id := s.jetjob("submit", "--type", "talker").ok(t)
 	startWorker(t, s, "--type", "talker", "--", "sh", "-c", "echo hello; sleep 600")
-	cmd := exec.Command(binary, "logs", "-f", id)
-	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+s.url)
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	var errb bytes.Buffer
-	cmd.Stderr = &errb
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	// Following once it printed the job's first line.
-	line := make([]byte, 512)
-	n, err := stdout.Read(line)
-	require.NoError(t, err)
-	require.Contains(t, string(line[:n]), "hello")
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-
-	s.kill()
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	select {
-	case err = <-exited:
-	case <-time.After(60 * time.Second):
-		t.Fatal("logs -f still running a minute after its server was killed")
-	}
-	var ee *exec.ExitError
-	require.ErrorAs(t, err, &ee)
-	require.Equal(t, 1, ee.ExitCode(), "stderr: %s", errb.String())
-	lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
-	require.Len(t, lines, 1, "one line: %q", errb.String())
+	lines := endedByAKilledServer(t, s, "hello", "logs", "-f", id)
+	require.Len(t, lines, 1, "one line: %q", lines)
 	require.Contains(t, lines[0], "logs ended: lost the connection to the jetjob server at "+s.url)
 }
 
