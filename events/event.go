@@ -98,6 +98,10 @@ func Decode(b []byte) (Event, error) {
 	if env.ID == "" || env.JobID == "" || env.Type == "" {
 		return env.Event, fmt.Errorf("%w: missing id, job or type", ErrMalformed)
 	}
+	// Writers give UTC; another publisher's zone is dropped, since a time
+	// read with a zone of +24:00 cannot be written back (the fold copies
+	// event times into views).
+	env.Time = env.Time.UTC()
 	for _, t := range KnownTypes {
 		if t == env.Type {
 			return env.Event, nil

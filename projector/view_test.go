@@ -325,3 +325,18 @@ func TestFilterThatCanNeverMatchIsRefused(t *testing.T) {
 		require.ErrorIs(t, f.Validate(), statemachine.ErrInvalid, name)
 	}
 }
+
+// A time another publisher wrote with a zone of +24:00 reads, but no
+// encoder writes it back: the fold takes its times in UTC, so the job's
+// view still encodes (else the projector would retry it forever).
+func TestAViewOfTimesInAZoneOf24HoursEncodes(t *testing.T) {
+	ev, err := events.Decode([]byte(`{"v":1,"id":"e1","job":"job-1","type":"job.submitted","time":"2026-01-01T00:00:00+24:00",` +
+		`"data":{"type":"build","max_attempts":1,"run_at":"2030-01-01T00:00:00+24:00"}}`))
+	require.NoError(t, err)
+	v := ViewOf(foldOf(t, "job-1", ev), nil)
+	_, err = v.MarshalJSON()
+	require.NoError(t, err)
+	require.Equal(t, time.UTC, v.CreatedAt.Location())
+	require.Equal(t, time.UTC, v.RunAt.Location())
+	require.True(t, v.RunAt.Equal(time.Date(2029, 12, 31, 0, 0, 0, 0, time.UTC)))
+}

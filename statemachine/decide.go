@@ -131,6 +131,7 @@ const (
 // ClipText keeps the first limit bytes of text, cut at a character, and
 // says how much was left out.
 func ClipText(text string, limit int) string {
+	limit = max(limit, 0)
 	if len(text) <= limit {
 		return text
 	}

@@ -84,6 +84,15 @@ func Fold(recs []events.Record) (Job, []QuarantinedRecord) {
 
 func ptr(t time.Time) *time.Time { return &t }
 
+// utc is t in UTC, as writers give it: a time another publisher gave with a
+// zone of +24:00 reads, but cannot be written back into a view.
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	return ptr(t.UTC())
+}
+
 // Apply folds one more record into the job. A record that cannot be applied
 // leaves the job unchanged but for its version and its Quarantined count,
 // and returns why.
@@ -161,7 +170,7 @@ func (j *Job) apply(rec events.Record) error {
 			return err
 		}
 		j.ID, j.Type, j.Tags, j.Meta, j.Payload, j.PayloadSize = rec.JobID, d.Type, d.Tags, d.Meta, d.Payload, len(d.Payload)
-		j.Priority, j.MaxAttempts, j.Key, j.RunAt = d.Priority, d.MaxAttempts, d.Key, d.RunAt
+		j.Priority, j.MaxAttempts, j.Key, j.RunAt = d.Priority, d.MaxAttempts, d.Key, utc(d.RunAt)
 		if d.Backoff != nil {
 			j.Backoff = *d.Backoff
 		}
@@ -237,7 +246,7 @@ func (j *Job) apply(rec events.Record) error {
 			return err
 		}
 		j.failed(d.Attempt, d.Error, d.Code, rec.Time)
-		j.RunAt = ptr(d.RetryAt)
+		j.RunAt = ptr(d.RetryAt.UTC())
 		// The worker goes with the attempt's error: a job waiting for its
 		// next attempt is held by no one.
 		j.WorkerID = ""

@@ -604,6 +604,10 @@ func (e *Enqueuer) enqueue(ctx context.Context, job statemachine.Job, key queueK
 	// Acquiring needs none of the earlier attempts' errors, and they could
 	// outgrow the room the job's submitted event left (events.MessageRoom).
 	job.Errors, job.Error = nil, ""
+	// A fold that does not encode (none does that this version folds)
+	// goes as an empty message, which still names the job: the worker then
+	// acquires it from its history, where a failed enqueue would stall every
+	// job behind it.
 	m.Data, _ = json.Marshal(job)
 	m.Header.Set(jetstream.MsgIDHeader, jobID+":"+dedupe)
 	f, err := e.js.PublishMsgAsync(m)
