@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -235,6 +236,9 @@ func parseStates(in []string) ([]statemachine.State, error) {
 	return out, nil
 }
 
+// wellFormedDuration is time.ParseDuration's grammar.
+var wellFormedDuration = regexp.MustCompile(`^[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+$`)
+
 // durationProblem says what is wrong with a duration time.ParseDuration
 // refused, and what is expected, in the words of a flag's user rather than
 // Go's.
@@ -245,9 +249,8 @@ func durationProblem(v string, err error, example string) string {
 		return fmt.Sprintf("%q has a number without a unit, expected a duration such as %s", v, example)
 	case strings.Contains(msg, "unknown unit"):
 		return fmt.Sprintf("%q has an unknown unit, expected one of ns, us, ms, s, m, h, as in %s", v, example)
-	case strings.TrimLeft(v, "+-0123456789.") != v && strings.TrimLeft(v, "+-") != "" &&
-		strings.IndexFunc(strings.TrimLeft(v, "+-"), func(r rune) bool { return r >= '0' && r <= '9' }) == 0:
-		// Digits and units that parse no further: a number too large.
+	case wellFormedDuration.MatchString(v):
+		// Numbers and units as time.ParseDuration reads them: too large.
 		return fmt.Sprintf("%q is too long, expected at most %dh (about 292 years) such as %s", v, math.MaxInt64/int64(time.Hour), example)
 	}
 	return fmt.Sprintf("%q, expected a duration such as %s", v, example)
