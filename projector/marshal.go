@@ -126,11 +126,8 @@ func appendTime(b []byte, t *time.Time) ([]byte, error) {
 	if t == nil {
 		return append(b, "null"...), nil
 	}
-	if _, offset := t.Zone(); offset <= -24*60*60 || offset >= 24*60*60 {
+	if _, offset := t.Zone(); offset <= -24*60*60 || offset >= 24*60*60 || t.Year() < 0 || t.Year() >= 10000 {
 		return t.MarshalJSON() // its error, as encoding/json gives it
-	}
-	if y := t.Year(); y < 0 || y >= 10000 {
-		return t.MarshalJSON()
 	}
 	b = append(b, '"')
 	b = t.AppendFormat(b, time.RFC3339Nano)
