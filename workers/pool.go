@@ -25,7 +25,10 @@ import (
 
 // Pool defaults.
 const (
-	ConcurrencyDefault       = 10
+	ConcurrencyDefault = 10
+	// ConcurrencyMax is the most jobs a pool runs at once, as River's
+	// queues: more goes to more pools (or processes).
+	ConcurrencyMax           = 10_000
 	HeartbeatIntervalDefault = 10 * time.Second
 	BackupPollDefault        = 30 * time.Second
 	ShutdownGraceDefault     = 30 * time.Second
@@ -108,8 +111,8 @@ func (c *PoolConfig) validate() error {
 	if c.Concurrency == 0 {
 		c.Concurrency = ConcurrencyDefault
 	}
-	if c.Concurrency < 0 {
-		return fmt.Errorf("%w: concurrency %d", ErrInvalidConfig, c.Concurrency)
+	if c.Concurrency < 0 || c.Concurrency > ConcurrencyMax {
+		return fmt.Errorf("%w: concurrency %d, expected 1-%d", ErrInvalidConfig, c.Concurrency, ConcurrencyMax)
 	}
 	if c.JobTimeout < 0 {
 		return fmt.Errorf("%w: job timeout %s, expected 0 (none) or more", ErrInvalidConfig, c.JobTimeout)

@@ -1454,6 +1454,7 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 		"a type with a space":      {Types: []string{"bad type"}},
 		"a tag key with a dot":     {Types: []string{"t"}, Tags: map[string]string{"a.b": "1"}},
 		"negative concurrency":     {Types: []string{"t"}, Concurrency: -1},
+		"concurrency over its max": {Types: []string{"t"}, Concurrency: ConcurrencyMax + 1},
 		"a worker ID of two lines": {Types: []string{"t"}, WorkerID: "a\nb"},
 		"a worker ID not UTF-8":    {Types: []string{"t"}, WorkerID: "w\xff"},
 		"a worker ID too long":     {Types: []string{"t"}, WorkerID: strings.Repeat("w", statemachine.WorkerIDLimit+1)},

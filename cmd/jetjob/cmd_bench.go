@@ -13,7 +13,12 @@ import (
 
 	"github.com/jetjob/jetjob/internal/bench"
 	"github.com/jetjob/jetjob/internal/natsserver"
+	"github.com/jetjob/jetjob/workers"
 )
+
+// workersMax is the most handlers bench runs: the e2e and latency
+// scenarios run them in one pool.
+const workersMax = workers.ConcurrencyMax
 
 // runBench runs `jetjob bench`: the scenarios of internal/bench on fresh
 // embedded servers (or an external NATS), a line per figure as it comes and
@@ -79,6 +84,9 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		if v <= 0 {
 			return usageErr("--%s %d, expected a positive number", name, v)
 		}
+	}
+	if *workers > workersMax {
+		return usageErr("--workers %d, expected at most %d (one pool's most)", *workers, workersMax)
 	}
 
 	cfg := bench.Config{}

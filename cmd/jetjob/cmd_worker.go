@@ -17,7 +17,7 @@ import (
 )
 
 func runWorker(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("worker", "--type T [--tag k=v]... [--concurrency N] [--grace D] [--timeout D] -- CMD [ARGS...]", true)
+	fs := newFlags("worker", "--type T [--tag k=v]... [--concurrency N] [--grace D] [--timeout D] [--id ID] -- CMD [ARGS...]", true)
 	var types strs
 	tags := labels{}
 	fs.Var(&types, "type", "job type to serve (repeatable)")
@@ -58,8 +58,8 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 			return usageErr("--id: %v", err)
 		}
 	}
-	if *concurrency < 1 {
-		return usageErr("--concurrency %d, expected 1 or more", *concurrency)
+	if *concurrency < 1 || *concurrency > workers.ConcurrencyMax {
+		return usageErr("--concurrency %d, expected 1-%d", *concurrency, workers.ConcurrencyMax)
 	}
 	g, err := parseDurationFlag("grace", *grace)
 	if err != nil {

@@ -68,6 +68,8 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"submit", "--type", "a", "--delay", "5"}, `--delay "5" has a number without a unit, expected a duration such as 30s or 5m`},
 		{[]string{"submit", "--type", "a", "--delay", "5d"}, `--delay "5d" has an unknown unit, expected one of ns, us, ms, s, m, h`},
 		{[]string{"purge", "--older-than", "99999999999h"}, `--older-than "99999999999h" is too long`},
+		{[]string{"worker", "--type", "t", "--concurrency", "99999999999", "--", "true"}, `--concurrency 99999999999, expected 1-10000`},
+		{[]string{"bench", "--workers", "20000"}, `--workers 20000, expected at most 10000`},
 		{[]string{"purge", "--older-than", "1h", "--state", "succeeded", "--state", "bogus"}, `--state "bogus": only finished jobs are purged, expected succeeded, failed or canceled`},
 		{[]string{"get", strings.Repeat("a", 10_000)}, `invalid job ID "` + strings.Repeat("a", 64) + `"… (10000 bytes): expected 1-64 letters`},
 		{[]string{"server", "--purge-every", "999999999h"}, `--purge-every "999999999h" is too long`},
