@@ -738,3 +738,54 @@ func TestJobsStoredBefore(t *testing.T) {
 		return err == nil && stream.CachedInfo().State.Consumers == 0
 	}, "passes leave no consumer on the log")
 }
+
+// TestAttachedLogsFollowTheRecordedAppends: a log follows how the server
+// that provisioned the stream recorded appends are best sent, also while
+// appends are in flight, and a server that does not know leaves the record.
+func TestAttachedLogsFollowTheRecordedAppends(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	embedded, err := events.Open(ctx, env.JS, events.Config{MinBatch: events.MaxBatchLimit + 1, RecordAppends: true})
+	require.NoError(t, err)
+	t.Cleanup(embedded.Close)
+	require.Equal(t, events.AppendsStreamed, embedded.Appends())
+
+	onItsNATS, err := events.Open(ctx, env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(onItsNATS.Close)
+	require.Equal(t, events.AppendsBatched, onItsNATS.Appends())
+	require.NoError(t, onItsNATS.Follow(ctx))
+	require.Equal(t, events.AppendsStreamed, onItsNATS.Appends(), "the record outlived an Open that does not record")
+
+	worker, err := events.Attach(env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(worker.Close)
+	require.Equal(t, events.AppendsBatched, worker.Appends())
+
+	// Each switch happens with appends queued the other way.
+	switchWhileAppending := func(prefix string) {
+		ids, errs, answered, wait := appendAll(t, ctx, worker, prefix, 2000)
+		natstest.Eventually(t, 10*time.Second, func() bool { return answered.Load() >= 100 }, "appends answered")
+		require.NoError(t, worker.Follow(ctx))
+		wait()
+		for i, err := range errs {
+			require.NoError(t, err, "append of %s", ids[i])
+		}
+		requireOutcomes(t, worker, ids, errs, nil)
+	}
+	switchWhileAppending("to-streamed")
+	require.Equal(t, events.AppendsStreamed, worker.Appends())
+
+	seq, err := worker.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+	_, err = worker.Append(ctx, mustEvent(t, "job1", events.TypeCanceled), 0)
+	require.ErrorIs(t, err, events.ErrConflict, "streamed appends still expect the last sequence")
+	_, err = worker.Append(ctx, mustEvent(t, "job1", events.TypeCanceled), seq)
+	require.NoError(t, err)
+
+	restarted, err := events.Open(ctx, env.JS, events.Config{RecordAppends: true}) // now with fsync always
+	require.NoError(t, err)
+	t.Cleanup(restarted.Close)
+	switchWhileAppending("to-batched")
+	require.Equal(t, events.AppendsBatched, worker.Appends())
+}

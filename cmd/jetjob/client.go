@@ -56,6 +56,9 @@ func dial(ctx context.Context, url string) (*client, error) {
 		nc.Close()
 		return nil, err
 	}
+	// The log was just found; should this look fail, batched appends are
+	// right for every server.
+	_ = lg.Follow(ctx)
 	m, err := statemachine.New(lg, statemachine.Config{})
 	if err != nil {
 		lg.Close()

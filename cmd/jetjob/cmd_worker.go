@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/logging"
@@ -90,6 +91,10 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer lg.Close()
+	if err := lg.Follow(ctx); err != nil {
+		// Batched appends are right for every server, if slower on some.
+		logger.Debug("could not read how the server takes appends; batching them", zap.Error(err))
+	}
 	m, err := statemachine.New(lg, statemachine.Config{Logger: logger})
 	if err != nil {
 		return err

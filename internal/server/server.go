@@ -156,6 +156,12 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, err
 	}
 	s.stops = append(s.stops, s.Log.Close)
+	if s.embedded == nil {
+		// What the NATS fsyncs is unknown here; an embedded server's record of it is not.
+		if err := s.Log.Follow(ctx); err != nil {
+			return s, err
+		}
+	}
 	if s.Heartbeat, err = events.OpenHeartbeats(ctx, s.JS); err != nil {
 		return s, err
 	}
@@ -343,8 +349,11 @@ func (s *Server) listQueued(ctx context.Context, states []statemachine.State) ([
 // logConfig coalesces appends into atomic batches only where the server
 // fsyncs every append: a batch saves fsyncs but costs the server a staging
 // store, so without per-append fsync, appends streamed one by one are faster.
+// The embedded server knows which, and records it for the workers and
+// clients (events.Log.Follow); on another NATS, the log batches unless a
+// record says otherwise.
 func logConfig(o Options) events.Config {
-	cfg := events.Config{Logger: o.Logger}
+	cfg := events.Config{Logger: o.Logger, RecordAppends: o.NATSURL == ""}
 	if o.Fsync == natsserver.FsyncInterval {
 		cfg.MinBatch = events.MaxBatchLimit + 1
 		cfg.Flushers = 1

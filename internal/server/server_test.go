@@ -135,3 +135,24 @@ func TestReplicasOnOneServerAreRefused(t *testing.T) {
 	_, err = js.Stream(ctx, events.StreamDefault)
 	require.ErrorIs(t, err, jetstream.ErrStreamNotFound, "no stream made")
 }
+
+// An embedded server records how its NATS takes appends best, and a server
+// on that NATS, which cannot know, follows the record; one that fsyncs
+// every append records batches again.
+func TestAServerOnAnotherNATSFollowsTheEmbeddedOnesAppends(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	for _, c := range []struct{ fsync, appends string }{
+		{natsserver.FsyncInterval, events.AppendsStreamed},
+		{natsserver.FsyncAlways, events.AppendsBatched},
+	} {
+		embedded, err := Start(ctx, Options{DataDir: dir, Listen: "127.0.0.1:0", Fsync: c.fsync})
+		require.NoError(t, err)
+		require.Equal(t, c.appends, embedded.Log.Appends(), c.fsync)
+		other, err := Start(ctx, Options{NATSURL: embedded.URL})
+		require.NoError(t, err)
+		require.Equal(t, c.appends, other.Log.Appends(), c.fsync)
+		other.Stop()
+		embedded.Stop()
+	}
+}
