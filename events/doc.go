@@ -8,5 +8,11 @@
 // same history exactly one appends and the others get a *ConflictError.
 // When MinBatch or more appends to different jobs wait at once, they are
 // coalesced into a JetStream atomic batch, which the server commits with
-// one fsync instead of one each; fewer are pipelined one by one.
+// one fsync instead of one each; fewer are pipelined one by one. Where the
+// server does not fsync each append, a batch only adds its staging, and
+// each append is published as it comes: the server that provisioned the
+// stream records which (Config.RecordAppends) and other logs Follow it. A
+// worker's log that batches relays its appends to a server's log
+// (Config.Relay, ServeRelay), so that the appends of many processes meet in
+// one server's batches.
 package events

@@ -77,6 +77,13 @@ type Config struct {
 	// by a server that knows its NATS's durability (the embedded one);
 	// left false where it is not known, so as not to undo that record.
 	RecordAppends bool
+	// Relay sends this log's appends, while it batches them, to the
+	// server's log (ServeRelay), which commits them with its own and other
+	// processes' in its atomic batches: a worker process alone gathers too
+	// few appends for a batch worth its cost. Where no server relays,
+	// appends go to the stream directly. For workers and clients; default
+	// false.
+	Relay bool
 	// Logger; nil means no logging.
 	Logger *zap.Logger
 }
@@ -180,6 +187,10 @@ type Log struct {
 	// gathered into commits. Follow may change it while appends are in
 	// flight, so each append carries how it was sent (appendReq.published).
 	streamed atomic.Bool
+	// relayOffUntil: appends go straight to the stream until then (Unix
+	// nanoseconds), after a relayed one found no server relaying or got
+	// no answer.
+	relayOffUntil atomic.Int64
 }
 
 // eventsStream returns the events stream, looked up once.
@@ -324,6 +335,12 @@ func (l *Log) Append(ctx context.Context, ev Event, expectedSeq uint64) (uint64,
 		// take the batch's other appends down with it.
 		return 0, &TooLargeError{JobID: ev.JobID, Size: len(data), Max: most}
 	}
+	return l.appendEncoded(ctx, ev, data, expectedSeq, l.relaying())
+}
+
+// appendEncoded appends data, ev encoded, through a server's relay first if
+// relay; of ev it reads only the job, ID and type.
+func (l *Log) appendEncoded(ctx context.Context, ev Event, data []byte, expectedSeq uint64, relay bool) (uint64, error) {
 	req := &appendReq{ctx: ctx, ev: ev, data: data, expected: expectedSeq, result: make(chan appendResult, 1)}
 	// Checked before the select, which picks at random among ready cases:
 	// the queue's free room must not win over a closed log or a done context.
@@ -338,6 +355,14 @@ func (l *Log) Append(ctx context.Context, ev Event, expectedSeq uint64) (uint64,
 	if l.cfg.MaxBatch == 1 {
 		seq, err := l.appendOne(ctx, req)
 		return seq, err
+	}
+	if relay {
+		if seq, err, done := l.relay(ctx, req); done {
+			return seq, err
+		}
+		if req.unanswered {
+			return l.appendOne(ctx, req)
+		}
 	}
 	if l.streamed.Load() {
 		req.published = make(chan jetstream.PubAckFuture, 1)

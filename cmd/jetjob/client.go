@@ -51,7 +51,7 @@ func dial(ctx context.Context, url string) (*client, error) {
 		}
 		return nil, fmt.Errorf("the jetjob event log at %s did not answer within %s (a NATS cluster electing a leader takes seconds; try again): %v", server.RedactURL(url), findLogFor, err)
 	}
-	lg, err := events.Attach(js, events.Config{})
+	lg, err := events.Attach(js, events.Config{Relay: true})
 	if err != nil {
 		nc.Close()
 		return nil, err

@@ -86,7 +86,7 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	lg, err := events.Attach(js, events.Config{Logger: logger})
+	lg, err := events.Attach(js, events.Config{Relay: true, Logger: logger})
 	if err != nil {
 		return err
 	}

@@ -162,6 +162,11 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 			return s, err
 		}
 	}
+	stopRelay, err := s.Log.ServeRelay()
+	if err != nil {
+		return s, fmt.Errorf("serve the append relay: %w", err)
+	}
+	s.stops = append(s.stops, stopRelay)
 	if s.Heartbeat, err = events.OpenHeartbeats(ctx, s.JS); err != nil {
 		return s, err
 	}
