@@ -24,12 +24,13 @@ const workersMax = workers.ConcurrencyMax
 // embedded servers (or an external NATS), a line per figure as it comes and
 // a table at the end.
 func runBench(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("bench", "[--server URL] [--n JOBS] [--scenario NAME]... [--fsync always|interval]... [-o json] [--smoke] [--huge]", false)
+	fs := newFlags("bench", "[--server URL] [--n JOBS] [--scenario NAME]... [--fsync always|interval]... [-o json] [--smoke] [--huge] [--processes N]", false)
 	natsURL := fs.String("server", "", "measure on this NATS server instead of fresh embedded ones")
 	output := fs.String("o", "text", "output format: text (a line per figure and a table) or json (an object per figure)")
 	n := fs.Int("n", bench.JobsDefault, "jobs per e2e run; the ceiling sends n/4 messages per figure (at least 1,000), the tags scenario runs n/2 jobs")
 	producers := fs.Int("producers", bench.ProducersDefault, "producers submitting one at a time")
 	workers := fs.Int("workers", bench.WorkersDefault, "concurrent no-op handlers")
+	processes := fs.Int("processes", 1, "e2e: the workers split over this many pools, each with its own connection and log as a jetjob worker process has (1: one pool on the server's own)")
 	rate := fs.Int("rate", bench.RateDefault, "submit rate of the latency scenario, jobs/s")
 	var scenarios, fsyncs strs
 	fs.Var(&scenarios, "scenario", "scenario to run, repeatable: "+strings.Join(bench.Scenarios, ", ")+" (default all)")
@@ -80,13 +81,16 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 			return usageErr("--fsync sets the embedded servers' durability; with --server the NATS server's own sync_interval decides: drop --fsync")
 		}
 	}
-	for name, v := range map[string]int{"n": *n, "producers": *producers, "workers": *workers, "rate": *rate} {
+	for name, v := range map[string]int{"n": *n, "producers": *producers, "workers": *workers, "rate": *rate, "processes": *processes} {
 		if v <= 0 {
 			return usageErr("--%s %d, expected a positive number", name, v)
 		}
 	}
 	if *workers > workersMax {
 		return usageErr("--workers %d, expected at most %d (one pool's most)", *workers, workersMax)
+	}
+	if *processes > *workers {
+		return usageErr("--processes %d, expected at most --workers (%d): each process runs at least one", *processes, *workers)
 	}
 
 	cfg := bench.Config{}
@@ -109,6 +113,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	if *huge {
 		cfg.BacklogLarge = bench.BacklogHuge
 	}
+	cfg.Processes = *processes
 	cfg.Scenarios, cfg.Fsyncs, cfg.NATSURL, cfg.JSON = scenarios, fsyncs, *natsURL, *output == "json"
 	cfg.Progress = os.Stderr
 

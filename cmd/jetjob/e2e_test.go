@@ -485,6 +485,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"cancel", "--all"}, 2, "--all needs --pending"},
 		{[]string{"bench", "--server", "http://127.0.0.1:4222"}, 2, `has scheme "http"`},
 		{[]string{"bench", "--server", "nats://127.0.0.1:1", "--fsync", "always"}, 2, "drop --fsync"},
+		{[]string{"bench", "--workers", "4", "--processes", "5"}, 2, "--processes 5, expected at most --workers (4)"},
 		{[]string{"cancel", "--pending", "--all", "--type", "t"}, 2, "give it without --type"},
 		{[]string{"ls", "-o", ""}, 2, `-o "", expected text or json`},
 		{[]string{"cancel", "01a20000-0000-7000-8000-000000000000", "--reason", "two\nlines"}, 2, "expected one line of text"},

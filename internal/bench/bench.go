@@ -79,6 +79,10 @@ type Config struct {
 	Producers int
 	// Workers: concurrent handlers running no-op jobs.
 	Workers int
+	// Processes: the e2e scenario's workers split over this many pools,
+	// each with its own NATS connection and log, as so many `jetjob
+	// worker` processes have. Default 1: one pool on the server's own.
+	Processes int
 	// Rate of the latency scenario, jobs/s, and how many jobs it submits.
 	Rate, LatencyJobs int
 	// CancelJobs: running jobs canceled for the cancel latency.
@@ -123,6 +127,7 @@ func (c *Config) validate() error {
 	def(&c.Jobs, JobsDefault)
 	def(&c.Producers, ProducersDefault)
 	def(&c.Workers, WorkersDefault)
+	def(&c.Processes, 1)
 	def(&c.Rate, RateDefault)
 	def(&c.LatencyJobs, LatencyJobsDefault)
 	def(&c.CancelJobs, CancelJobsDefault)
@@ -134,7 +139,7 @@ func (c *Config) validate() error {
 	if c.Stall == 0 {
 		c.Stall = StallDefault
 	}
-	for _, v := range []int{c.Jobs, c.Producers, c.Workers, c.Rate, c.LatencyJobs, c.CancelJobs,
+	for _, v := range []int{c.Jobs, c.Producers, c.Workers, c.Processes, c.Rate, c.LatencyJobs, c.CancelJobs,
 		c.BacklogSmall, c.BacklogLarge, c.TagSets, c.OpsJobs, c.HangJobs} {
 		if v < 0 {
 			return fmt.Errorf("bench config: negative size %d", v)

@@ -110,7 +110,7 @@ func BenchmarkSubmitAcquireSucceed(b *testing.B) {
 			params := jobs(b.N, statemachine.SubmitParams{Type: "noop"})
 			b.ResetTimer()
 			rate, err := r.throughput(context.Background(), s, params,
-				[]workers.PoolConfig{{Types: []string{"noop"}, Concurrency: WorkersDefault}}, ModeBatch)
+				[]workers.PoolConfig{{Types: []string{"noop"}, Concurrency: WorkersDefault}}, ModeBatch, false)
 			require.NoError(b, err)
 			b.ReportMetric(rate, "jobs/s")
 		})
@@ -166,4 +166,28 @@ func BenchmarkSubmit(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "submits/s")
 		})
 	}
+}
+
+// The e2e workers run as separate processes would, each pool on its own
+// connection and log, both where the log batches (relayed) and where it
+// streams.
+func TestE2EWithWorkersInProcesses(t *testing.T) {
+	var out bytes.Buffer
+	cfg := Smoke()
+	cfg.Jobs, cfg.Processes, cfg.Scenarios = 100, 3, []string{ScenarioE2E}
+	figures, err := Run(context.Background(), cfg, &out)
+	require.NoError(t, err, out.String())
+	require.Len(t, figures, 5, out.String())
+	require.Contains(t, out.String(), "20 workers in 3 processes")
+}
+
+func TestSplitDividesTheWorkers(t *testing.T) {
+	cfg := workers.PoolConfig{Concurrency: 10}
+	var got []int
+	for _, p := range split(cfg, 4) {
+		got = append(got, p.Concurrency)
+	}
+	require.Equal(t, []int{3, 3, 2, 2}, got)
+	require.Len(t, split(cfg, 20), 10, "a pool runs at least one job")
+	require.Len(t, split(cfg, 0), 1)
 }

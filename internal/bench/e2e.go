@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/statemachine"
@@ -121,19 +123,29 @@ func (c *successCounter) wait(ctx context.Context, stall time.Duration) error {
 
 func noop(context.Context, *workers.Job) error { return nil }
 
-// startPools starts the pools; the returned func stops them.
-func (r *Runner) startPools(ctx context.Context, s *server.Server, cfgs []workers.PoolConfig, h workers.Handler) (func(), error) {
-	var pools []*workers.Pool
+// startPools starts the pools; the returned func stops them. Pools share the
+// server's connection and log unless apart is set: each then has its own, as
+// a worker process has (appends relayed to the server where it batches).
+func (r *Runner) startPools(ctx context.Context, s *server.Server, cfgs []workers.PoolConfig, h workers.Handler, apart bool) (func(), error) {
+	var stops []func()
 	stop := func() {
-		for _, p := range pools {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			_ = p.Stop(sctx)
-			cancel()
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
 		}
 	}
 	for _, cfg := range cfgs {
 		cfg.Logger = r.logger
-		p, err := workers.NewPool(s.JS, s.Machine, cfg, h)
+		js, m := s.JS, s.Machine
+		if apart {
+			var err error
+			var closeProcess func()
+			if js, m, closeProcess, err = r.workerProcess(ctx, s); err != nil {
+				stop()
+				return nil, err
+			}
+			stops = append(stops, closeProcess)
+		}
+		p, err := workers.NewPool(js, m, cfg, h)
 		if err != nil {
 			stop()
 			return nil, fmt.Errorf("new pool: %w", err)
@@ -142,9 +154,52 @@ func (r *Runner) startPools(ctx context.Context, s *server.Server, cfgs []worker
 			stop()
 			return nil, fmt.Errorf("start pool: %w", err)
 		}
-		pools = append(pools, p)
+		stops = append(stops, func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			_ = p.Stop(sctx)
+			cancel()
+		})
 	}
 	return stop, nil
+}
+
+// workerProcess is what `jetjob worker` sets up: a connection and a log of
+// its own, relaying appends and following the server's record of how it
+// takes them.
+func (r *Runner) workerProcess(ctx context.Context, s *server.Server) (jetstream.JetStream, *statemachine.Machine, func(), error) {
+	nc, err := nats.Connect(s.URL, nats.Name("jetjob-bench-worker"), logging.NATSErrors(r.logger))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("connect a worker: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err == nil {
+		var lg *events.Log
+		if lg, err = events.Attach(js, events.Config{Relay: true, Logger: r.logger}); err == nil {
+			if err = lg.Follow(ctx); err == nil {
+				var m *statemachine.Machine
+				if m, err = statemachine.New(lg, statemachine.Config{Logger: r.logger}); err == nil {
+					return js, m, func() { lg.Close(); nc.Close() }, nil
+				}
+			}
+			lg.Close()
+		}
+	}
+	nc.Close()
+	return nil, nil, nil, fmt.Errorf("set up a worker: %w", err)
+}
+
+// split divides cfg's concurrency over n pools, as evenly as it goes.
+func split(cfg workers.PoolConfig, n int) []workers.PoolConfig {
+	n = max(1, min(n, cfg.Concurrency))
+	out := make([]workers.PoolConfig, n)
+	for i := range out {
+		out[i] = cfg
+		out[i].Concurrency = cfg.Concurrency / n
+		if i < cfg.Concurrency%n {
+			out[i].Concurrency++
+		}
+	}
+	return out
 }
 
 func jobs(n int, p statemachine.SubmitParams) []statemachine.SubmitParams {
@@ -203,12 +258,12 @@ func submitAll(ctx context.Context, m *statemachine.Machine, params []statemachi
 // throughput runs the jobs through fresh pools with a no-op handler while
 // they are being submitted, and returns jobs/s from the first submit to the
 // last success.
-func (r *Runner) throughput(ctx context.Context, s *server.Server, params []statemachine.SubmitParams, pools []workers.PoolConfig, mode string) (float64, error) {
+func (r *Runner) throughput(ctx context.Context, s *server.Server, params []statemachine.SubmitParams, pools []workers.PoolConfig, mode string, apart bool) (float64, error) {
 	counter, err := countSuccesses(s, len(params))
 	if err != nil {
 		return 0, err
 	}
-	stop, err := r.startPools(ctx, s, pools, noop)
+	stop, err := r.startPools(ctx, s, pools, noop, apart)
 	if err != nil {
 		return 0, err
 	}
@@ -230,12 +285,16 @@ func (r *Runner) e2eScenario(ctx context.Context) error {
 		for _, mode := range []string{ModeBatch, ModeOneAtATime} {
 			r.progress("e2e, fsync %s, %d jobs submitted %s, %d workers", fsync, r.cfg.Jobs, mode, r.cfg.Workers)
 			err := r.withServer(ctx, fsync, server.Options{}, func(s *server.Server) error {
-				pools := []workers.PoolConfig{{Types: []string{r.jobType("noop")}, Concurrency: r.cfg.Workers}}
-				rate, err := r.throughput(ctx, s, jobs(r.cfg.Jobs, statemachine.SubmitParams{Type: r.jobType("noop")}), pools, mode)
+				pools := split(workers.PoolConfig{Types: []string{r.jobType("noop")}, Concurrency: r.cfg.Workers}, r.cfg.Processes)
+				apart := len(pools) > 1
+				rate, err := r.throughput(ctx, s, jobs(r.cfg.Jobs, statemachine.SubmitParams{Type: r.jobType("noop")}), pools, mode, apart)
 				if err != nil {
 					return fmt.Errorf("%s, fsync %s: %w", mode, fsync, err)
 				}
 				note := fmt.Sprintf("%d jobs, %d workers", r.cfg.Jobs, r.cfg.Workers)
+				if apart {
+					note += fmt.Sprintf(" in %d processes", len(pools))
+				}
 				if mode == ModeOneAtATime {
 					note += fmt.Sprintf(", %d producers", r.cfg.Producers)
 				}

@@ -104,7 +104,7 @@ func (r *Runner) startLatency(ctx context.Context, s *server.Server, fsync strin
 		started.stamp(j.ID, time.Now())
 		return nil
 	}
-	stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{r.jobType("latency")}, Concurrency: r.cfg.Workers}}, handler)
+	stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{r.jobType("latency")}, Concurrency: r.cfg.Workers}}, handler, false)
 	if err != nil {
 		return err
 	}
@@ -197,7 +197,7 @@ func (r *Runner) cancelLatency(ctx context.Context, s *server.Server, fsync stri
 		stopped.stamp(j.ID, time.Now())
 		return context.Cause(ctx)
 	}
-	stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{r.jobType("cancel")}, Concurrency: n}}, handler)
+	stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{r.jobType("cancel")}, Concurrency: n}}, handler, false)
 	if err != nil {
 		return err
 	}

@@ -44,7 +44,7 @@ func (r *Runner) backlogScenario(ctx context.Context) error {
 			if err := waitQueued(ctx, s, before+uint64(size), r.cfg.Stall); err != nil {
 				return err
 			}
-			stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{r.jobType("drain")}, Concurrency: r.cfg.Workers}}, noop)
+			stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{r.jobType("drain")}, Concurrency: r.cfg.Workers}}, noop, false)
 			if err != nil {
 				return err
 			}
@@ -144,7 +144,7 @@ func (r *Runner) tagsScenario(ctx context.Context) error {
 				params[i] = statemachine.SubmitParams{Type: r.jobType("tags"), Tags: tagSet(i%sets + 1)}
 			}
 			for _, phase := range []string{"cold", "warm"} {
-				rate, err := r.throughput(ctx, s, params, r.tagPools(), ModeBatch)
+				rate, err := r.throughput(ctx, s, params, r.tagPools(), ModeBatch, false)
 				if err != nil {
 					return fmt.Errorf("%d tag sets, %s: %w", sets, phase, err)
 				}
