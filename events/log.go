@@ -407,10 +407,9 @@ func (c *Config) appends() string {
 
 // Follow reads how the server that provisioned the stream records appends
 // are best sent (Config.RecordAppends) and sends this log's so from now on.
-// A stream with no record leaves the log as configured. A worker on a
-// server without per-append fsync streamed nothing before this, and paid an
-// atomic batch's staging for every coalesced commit: about half its
-// throughput.
+// A stream with no record leaves the log as configured. Without it, a
+// worker on a server that does not fsync each append pays an atomic
+// batch's staging for every commit: about half its throughput.
 func (l *Log) Follow(ctx context.Context) error {
 	if l.cfg.MaxBatch == 1 {
 		return nil // every append goes alone, whatever the server
