@@ -77,12 +77,12 @@ type Config struct {
 	// by a server that knows its NATS's durability (the embedded one);
 	// left false where it is not known, so as not to undo that record.
 	RecordAppends bool
-	// Relay sends this log's appends, while it batches them, to the
-	// server's log (ServeRelay), which commits them with its own and other
-	// processes' in its atomic batches: a worker process alone gathers too
-	// few appends for a batch worth its cost. Where no server relays,
-	// appends go to the stream directly. For workers and clients; default
-	// false.
+	// Relay sends this log's appends, while it batches them and has fewer
+	// than 256 under way, to the server's log (ServeRelay), which
+	// commits them with its own and other processes' in its atomic
+	// batches: a worker process running a few jobs gathers too few
+	// appends for a batch worth its cost. Where no server relays, appends
+	// go to the stream directly. For workers and clients; default false.
 	Relay bool
 	// Logger; nil means no logging.
 	Logger *zap.Logger
@@ -191,6 +191,10 @@ type Log struct {
 	// nanoseconds), after a relayed one found no server relaying or got
 	// no answer.
 	relayOffUntil atomic.Int64
+	// following: Follow was called, and is again after a reconnect.
+	following atomic.Bool
+	// inFlight counts the appends under way, relayed or not.
+	inFlight atomic.Int64
 }
 
 // eventsStream returns the events stream, looked up once.
@@ -251,7 +255,7 @@ func newLog(js jetstream.JetStream, cfg Config) *Log {
 		closed: make(chan struct{}),
 	}
 	l.streamed.Store(cfg.appends() == AppendsStreamed)
-	l.watchConnClosed()
+	l.watchConn()
 	finished := make(chan struct{}, cfg.Flushers)
 	for range cfg.Flushers {
 		go func() {
@@ -335,7 +339,12 @@ func (l *Log) Append(ctx context.Context, ev Event, expectedSeq uint64) (uint64,
 		// take the batch's other appends down with it.
 		return 0, &TooLargeError{JobID: ev.JobID, Size: len(data), Max: most}
 	}
-	return l.appendEncoded(ctx, ev, data, expectedSeq, l.relaying())
+	// A process with hundreds of appends under way (a bulk submit) makes
+	// batches as large as the server's; relaying them would only add a
+	// hop each.
+	defer l.inFlight.Add(-1)
+	relay := l.inFlight.Add(1) <= relayUnder && l.relaying()
+	return l.appendEncoded(ctx, ev, data, expectedSeq, relay)
 }
 
 // appendEncoded appends data, ev encoded, through a server's relay first if
@@ -407,13 +416,15 @@ func (c *Config) appends() string {
 
 // Follow reads how the server that provisioned the stream records appends
 // are best sent (Config.RecordAppends) and sends this log's so from now on.
-// A stream with no record leaves the log as configured. Without it, a
+// A stream with no record leaves the log as configured. The log follows
+// the record again after each reconnect. Without it, a
 // worker on a server that does not fsync each append pays an atomic
 // batch's staging for every commit: about half its throughput.
 func (l *Log) Follow(ctx context.Context) error {
 	if l.cfg.MaxBatch == 1 {
 		return nil // every append goes alone, whatever the server
 	}
+	l.following.Store(true)
 	s, err := l.js.Stream(ctx, l.cfg.Stream)
 	if err != nil {
 		return fmt.Errorf("look up stream %s: %w", l.cfg.Stream, err)
@@ -462,19 +473,38 @@ func (l *Log) awaitAck(ctx context.Context, r *appendReq, f jetstream.PubAckFutu
 	return l.appendOne(ctx, r)
 }
 
-// watchConnClosed closes connClosed when the connection closes, until the
-// log does.
-func (l *Log) watchConnClosed() {
+// watchConn closes connClosed when the connection closes, and follows the
+// stream's record again on each reconnect (an embedded server restarted
+// with another fsync setting), until the log closes.
+func (l *Log) watchConn() {
 	l.connClosed = make(chan struct{})
-	status := l.nc.StatusChanged(nats.CLOSED)
+	status := l.nc.StatusChanged(nats.CLOSED, nats.CONNECTED)
 	go func() {
 		defer l.nc.RemoveStatusListener(status)
-		select {
-		case <-status:
-			close(l.connClosed)
-		case <-l.closed:
+		for {
+			select {
+			case st, ok := <-status:
+				if !ok || st == nats.CLOSED {
+					close(l.connClosed)
+					return
+				}
+				if l.following.Load() {
+					go l.followAgain()
+				}
+			case <-l.closed:
+				return
+			}
 		}
 	}()
+}
+
+// followAgain is Follow after a reconnect; failing, the log goes on as it sent.
+func (l *Log) followAgain() {
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.PublishTimeout)
+	defer cancel()
+	if err := l.Follow(ctx); err != nil {
+		l.logger.Debug("could not read the stream's record of appends after a reconnect", zap.Error(err))
+	}
 }
 
 type appendReq struct {

@@ -789,3 +789,29 @@ func TestAttachedLogsFollowTheRecordedAppends(t *testing.T) {
 	switchWhileAppending("to-batched")
 	require.Equal(t, events.AppendsBatched, worker.Appends())
 }
+
+// A log that follows the record reads it again after a reconnect: an
+// embedded server restarted with another fsync setting restarts its NATS.
+func TestAFollowingLogFollowsAgainAfterAReconnect(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	setup, err := events.Open(ctx, env.JS, events.Config{MinBatch: events.MaxBatchLimit + 1, RecordAppends: true})
+	require.NoError(t, err)
+	setup.Close()
+	_, js := natstest.Connect(t, env.URL)
+	worker, err := events.Attach(js, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(worker.Close)
+	require.NoError(t, worker.Follow(ctx))
+	require.Equal(t, events.AppendsStreamed, worker.Appends())
+
+	_, admin := natstest.Connect(t, env.URL)
+	setup, err = events.Open(ctx, admin, events.Config{RecordAppends: true})
+	require.NoError(t, err)
+	setup.Close()
+	require.Equal(t, events.AppendsStreamed, worker.Appends(), "no reconnect yet")
+	env.Bounce(t)
+	natstest.Eventually(t, 20*time.Second, func() bool { return worker.Appends() == events.AppendsBatched }, "followed again after the reconnect")
+	_, err = worker.Append(ctx, mustEvent(t, "after", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+}

@@ -33,6 +33,14 @@ const (
 	relayUnknown       = "unknown"
 	relayRefused       = "refused"
 	relayInFlightLimit = 4 * MaxBatchLimit
+	// relayUnder: a process with this many appends under way goes
+	// straight to the stream. The server's stream commits one batch at a
+	// time, about 2.4 ms of fixed cost each on a plain disk, so a batch of
+	// a few dozen costs it more than relaying them into its larger ones
+	// (measured: ten pools of ten jobs moved 2,300-2,600 jobs/s with a
+	// bound of 16, 4,200 relaying everything); a bulk submit's batches of
+	// hundreds do not.
+	relayUnder = 256
 	// relayAbsentPause: appends go straight to the stream this long after
 	// one found no server relaying; relayUnansweredPause, after one got no
 	// answer (a server gone mid-append, or a NATS whose permissions let
@@ -147,9 +155,12 @@ func (l *Log) relay(ctx context.Context, r *appendReq) (seq uint64, err error, d
 		if ctx.Err() != nil {
 			return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: ctx.Err()}, true
 		}
-		l.relayOffUntil.Store(time.Now().Add(relayUnansweredPause).UnixNano())
-		l.logger.Warn("the server's append relay did not answer; appending straight to the stream for a while",
-			zap.String("job", r.ev.JobID), zap.Duration("for", relayUnansweredPause), zap.Error(err))
+		now := time.Now()
+		if was := l.relayOffUntil.Swap(now.Add(relayUnansweredPause).UnixNano()); was < now.UnixNano() {
+			// Once a pause: the appends in flight with this one time out together.
+			l.logger.Warn("the server's append relay did not answer; appending straight to the stream for a while",
+				zap.String("job", r.ev.JobID), zap.Duration("for", relayUnansweredPause), zap.Error(err))
+		}
 		r.sent, r.unanswered = true, true
 		return 0, nil, false
 	}

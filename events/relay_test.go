@@ -58,13 +58,27 @@ func TestRelayedAppendsAreStoredAndExpectTheLastSequence(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(stop)
 
-	ids, errs, _, wait := appendAll(t, ctx, f.worker, "relayed", 500)
-	wait()
+	// A few appends at a time, as a worker process running a few jobs makes.
+	var ids []string
+	var errs []error
+	for round := range 25 {
+		roundIDs, roundErrs, _, wait := appendAll(t, ctx, f.worker, fmt.Sprintf("relayed%d", round), 8)
+		wait()
+		ids, errs = append(ids, roundIDs...), append(errs, roundErrs...)
+	}
 	for i, err := range errs {
 		require.NoError(t, err, "append of %s", ids[i])
 	}
 	requireOutcomes(t, f.server, ids, errs, nil)
-	natstest.Eventually(t, 5*time.Second, func() bool { return f.relayed.Load() >= 500 }, "appends relayed")
+	natstest.Eventually(t, 5*time.Second, func() bool { return f.relayed.Load() == 200 }, "every append relayed")
+
+	// A bulk of them at once makes batches of its own.
+	ids, errs, _, wait := appendAll(t, ctx, f.worker, "bulk", 1000)
+	wait()
+	for i, err := range errs {
+		require.NoError(t, err, "append of %s", ids[i])
+	}
+	require.Less(t, f.relayed.Load(), int64(200+800), "a bulk of appends was relayed")
 
 	seq, err := f.worker.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
 	require.NoError(t, err)
