@@ -195,6 +195,8 @@ type Log struct {
 	following atomic.Bool
 	// inFlight counts the appends under way, relayed or not.
 	inFlight atomic.Int64
+	// answering counts the appends a flusher handed on to answerLater.
+	answering sync.WaitGroup
 }
 
 // eventsStream returns the events stream, looked up once.
@@ -267,6 +269,10 @@ func newLog(js jetstream.JetStream, cfg Config) *Log {
 		for range cfg.Flushers {
 			<-finished
 		}
+		// The flushers start no more; what they handed on is answered
+		// before the log counts as closed, since Append takes a closed log
+		// with no answer as nothing stored.
+		l.answering.Wait()
 		close(l.closed)
 	}()
 	return l
@@ -498,14 +504,27 @@ func (l *Log) watchConn() {
 	}()
 }
 
-// followAgain is Follow after a reconnect; failing, the log goes on as it sent.
+// followAgain is Follow after a reconnect, and once more a little later:
+// a restarted embedded server takes connections before it records how it
+// takes appends. Failing, the log goes on as it sent.
 func (l *Log) followAgain() {
-	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.PublishTimeout)
-	defer cancel()
-	if err := l.Follow(ctx); err != nil {
-		l.logger.Debug("could not read the stream's record of appends after a reconnect", zap.Error(err))
+	for _, after := range []time.Duration{0, followAgainLater} {
+		select {
+		case <-time.After(after):
+		case <-l.done:
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.PublishTimeout)
+		err := l.Follow(ctx)
+		cancel()
+		if err != nil {
+			l.logger.Debug("could not read the stream's record of appends after a reconnect", zap.Error(err))
+		}
 	}
 }
+
+// followAgainLater: when a reconnected log reads the record a second time.
+const followAgainLater = 10 * time.Second
 
 type appendReq struct {
 	ctx      context.Context
@@ -755,7 +774,7 @@ func (l *Log) streamLoop() bool {
 			if r.published == nil {
 				// Queued before Follow made the log stream: its caller
 				// waits for a result, not an ack.
-				go l.answerOne(r)
+				l.answerLater(r)
 				continue
 			}
 			if err := r.ctx.Err(); err != nil {
@@ -837,7 +856,7 @@ func (l *Log) pipeline(reqs []*appendReq) {
 	for i, r := range reqs {
 		f := futures[i]
 		if f == nil {
-			go l.answerOne(r)
+			l.answerLater(r)
 			continue
 		}
 		select {
@@ -845,7 +864,7 @@ func (l *Log) pipeline(reqs []*appendReq) {
 			r.result <- appendResult{seq: ack.Sequence}
 		case err := <-f.Err():
 			r.unanswered = !isAnswer(err)
-			go l.answerOne(r)
+			l.answerLater(r)
 		case <-timeout.C:
 			l.answerEach(reqs[i:])
 			return
@@ -860,13 +879,19 @@ func (l *Log) pipeline(reqs []*appendReq) {
 func (l *Log) answerEach(reqs []*appendReq) {
 	for _, r := range reqs {
 		r.unanswered = r.unanswered || r.sent
-		go l.answerOne(r)
+		l.answerLater(r)
 	}
 }
 
-func (l *Log) answerOne(r *appendReq) {
-	seq, err := l.appendOne(r.ctx, r)
-	r.result <- appendResult{seq, err}
+// answerLater answers r on the careful path of appendOne, apart from the
+// flusher that hands it on; Close waits for it.
+func (l *Log) answerLater(r *appendReq) {
+	l.answering.Add(1)
+	go func() {
+		defer l.answering.Done()
+		seq, err := l.appendOne(r.ctx, r)
+		r.result <- appendResult{seq, err}
+	}()
 }
 
 type batchAck struct {

@@ -113,12 +113,15 @@ func TestResentEventIsNotAConflict(t *testing.T) {
 }
 
 // appendModes are the ways a Log commits appends: one at a time, in atomic
-// batches (the default, for a server that fsyncs each append), and
-// streaming each as it comes (the embedded server with fsync interval).
+// batches (the default, for a server that fsyncs each append), streaming
+// each as it comes (the embedded server with fsync interval), and offered
+// to a server's relay first.
 var appendModes = map[string]events.Config{
 	"one at a time": {MaxBatch: 1},
 	"batches":       {MaxBatch: 100},
 	"streaming":     {MinBatch: events.MaxBatchLimit + 1},
+	// Relayed with no server relaying: straight to the stream after all.
+	"relayed": {MaxBatch: 100, Relay: true},
 }
 
 func TestConcurrentConflictingAppendsExactlyOneWins(t *testing.T) {
@@ -814,4 +817,32 @@ func TestAFollowingLogFollowsAgainAfterAReconnect(t *testing.T) {
 	natstest.Eventually(t, 20*time.Second, func() bool { return worker.Appends() == events.AppendsBatched }, "followed again after the reconnect")
 	_, err = worker.Append(ctx, mustEvent(t, "after", events.TypeSubmitted), 0)
 	require.NoError(t, err)
+}
+
+// An append a flusher handed on, as one queued the other way when the log
+// switched, is answered before Close returns: a closed log's ErrClosed
+// means not stored.
+func TestCloseAnswersAppendsQueuedAcrossASwitch(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	setup, err := events.Open(ctx, env.JS, events.Config{MinBatch: events.MaxBatchLimit + 1, RecordAppends: true})
+	require.NoError(t, err)
+	setup.Close()
+	closedUnstored := 0
+	for round := range 20 {
+		_, js := natstest.Connect(t, env.URL)
+		l, err := events.Attach(js, events.Config{})
+		require.NoError(t, err)
+		ids, errs, _, wait := appendAll(t, ctx, l, fmt.Sprintf("switch%d", round), 200)
+		require.NoError(t, l.Follow(ctx))
+		l.Close()
+		wait()
+		for _, err := range errs {
+			if errors.Is(err, events.ErrClosed) {
+				closedUnstored++
+			}
+		}
+		requireOutcomes(t, setup, ids, errs, nil)
+	}
+	t.Logf("%d appends refused by the closed log", closedUnstored)
 }

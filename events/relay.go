@@ -62,6 +62,10 @@ func RelaySubject(stream string) string { return relaySubjectPrefix + stream }
 func (l *Log) ServeRelay() (stop func(), err error) {
 	slots := make(chan struct{}, relayInFlightLimit)
 	var handlers sync.WaitGroup
+	// stopped, under mu, keeps handlers.Add from racing handlers.Wait when
+	// the drain outlasts its wait.
+	var mu sync.Mutex
+	stopped := false
 	sub, err := l.nc.QueueSubscribe(RelaySubject(l.cfg.Stream), relayQueue, func(m *nats.Msg) {
 		select {
 		case slots <- struct{}{}:
@@ -70,7 +74,15 @@ func (l *Log) ServeRelay() (stop func(), err error) {
 			respondRelay(m, relayRefused, 0)
 			return
 		}
+		mu.Lock()
+		if stopped {
+			mu.Unlock()
+			<-slots
+			respondRelay(m, relayRefused, 0)
+			return
+		}
 		handlers.Add(1)
+		mu.Unlock()
 		go func() {
 			defer func() { <-slots; handlers.Done() }()
 			l.serveRelayed(m)
@@ -94,6 +106,9 @@ func (l *Log) ServeRelay() (stop func(), err error) {
 				case <-time.After(l.cfg.PublishTimeout):
 				}
 			}
+			mu.Lock()
+			stopped = true
+			mu.Unlock()
 			handlers.Wait()
 		})
 	}, nil
@@ -103,7 +118,7 @@ func (l *Log) serveRelayed(m *nats.Msg) {
 	jobID := m.Header.Get(relayJobHeader)
 	eventID := m.Header.Get(jetstream.MsgIDHeader)
 	expected, err := strconv.ParseUint(m.Header.Get(jetstream.ExpectedLastSubjSeqHeader), 10, 64)
-	if err != nil || eventID == "" || ValidateJobID(jobID) != nil || len(m.Data) > l.MaxEventSize() {
+	if err != nil || eventID == "" || ValidateJobID(jobID) != nil || len(m.Data) > l.MaxEventSize() || !relayedEvent(m, jobID, eventID) {
 		// Not an append this client's own publish would have made: it
 		// appends on its own and gets the stream's answer.
 		respondRelay(m, relayRefused, 0)
@@ -127,6 +142,18 @@ func (l *Log) serveRelayed(m *nats.Msg) {
 	}
 }
 
+// relayedEvent: the body is an event of the job and ID the headers name.
+// The relay widens who writes to the log to whoever may request of it, so
+// it stores only what the events codec reads back; a type newer than this
+// server's is stored, as a straight append would be.
+func relayedEvent(m *nats.Msg, jobID, eventID string) bool {
+	ev, err := Decode(m.Data)
+	if err != nil && !errors.Is(err, ErrUnknownType) {
+		return false
+	}
+	return ev.JobID == jobID && ev.ID == eventID && ev.Type == m.Header.Get(TypeHeader)
+}
+
 func respondRelay(m *nats.Msg, outcome string, seq uint64) {
 	r := nats.NewMsg(m.Reply)
 	r.Header.Set(relayOutcomeHeader, outcome)
@@ -141,6 +168,9 @@ func respondRelay(m *nats.Msg, outcome string, seq uint64) {
 // did not store it, or its outcome is unknown (r is then marked unanswered,
 // for the careful path).
 func (l *Log) relay(ctx context.Context, r *appendReq) (seq uint64, err error, done bool) {
+	if l.nc.IsClosed() {
+		return 0, nil, false // not sent; the straight path says so
+	}
 	m := l.msg(r)
 	m.Subject = RelaySubject(l.cfg.Stream)
 	m.Header.Set(relayJobHeader, r.ev.JobID)
@@ -148,15 +178,16 @@ func (l *Log) relay(ctx context.Context, r *appendReq) (seq uint64, err error, d
 	resp, err := l.nc.RequestMsgWithContext(rctx, m)
 	cancel()
 	if err != nil {
-		if errors.Is(err, nats.ErrNoResponders) {
-			l.relayOffUntil.Store(time.Now().Add(relayAbsentPause).UnixNano())
+		switch {
+		case errors.Is(err, nats.ErrNoResponders):
+			l.pauseRelay(relayAbsentPause)
 			return 0, nil, false
-		}
-		if ctx.Err() != nil {
+		case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionDraining):
+			return 0, nil, false // refused before it went out
+		case ctx.Err() != nil:
 			return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: ctx.Err()}, true
 		}
-		now := time.Now()
-		if was := l.relayOffUntil.Swap(now.Add(relayUnansweredPause).UnixNano()); was < now.UnixNano() {
+		if l.pauseRelay(relayUnansweredPause) {
 			// Once a pause: the appends in flight with this one time out together.
 			l.logger.Warn("the server's append relay did not answer; appending straight to the stream for a while",
 				zap.String("job", r.ev.JobID), zap.Duration("for", relayUnansweredPause), zap.Error(err))
@@ -176,6 +207,22 @@ func (l *Log) relay(ctx context.Context, r *appendReq) (seq uint64, err error, d
 		r.sent, r.unanswered = true, true
 	}
 	return 0, nil, false
+}
+
+// pauseRelay sends appends straight to the stream for d from now, unless a
+// longer pause runs; it reports whether no pause ran.
+func (l *Log) pauseRelay(d time.Duration) (started bool) {
+	now := time.Now().UnixNano()
+	until := now + int64(d)
+	for {
+		was := l.relayOffUntil.Load()
+		if was >= until {
+			return false
+		}
+		if l.relayOffUntil.CompareAndSwap(was, until) {
+			return was < now
+		}
+	}
 }
 
 // relaying: appends go to a server's relay first.

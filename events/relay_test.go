@@ -153,6 +153,10 @@ func TestTheRelayRefusesWhatIsNoAppend(t *testing.T) {
 		{Subject: events.RelaySubject(events.StreamDefault), Data: []byte("x")},
 		{Subject: events.RelaySubject(events.StreamDefault), Header: nats.Header{"Jj-Relay-Job": {"bad.id"}, "Nats-Msg-Id": {"e1"}, "Nats-Expected-Last-Subject-Sequence": {"0"}}},
 		{Subject: events.RelaySubject(events.StreamDefault), Header: nats.Header{"Jj-Relay-Job": {"j1"}, "Nats-Msg-Id": {"e1"}, "Nats-Expected-Last-Subject-Sequence": {"-1"}}},
+		// Headers an append would have, and a body no event.
+		{Subject: events.RelaySubject(events.StreamDefault), Data: []byte("not an event"), Header: nats.Header{"Jj-Relay-Job": {"j1"}, "Nats-Msg-Id": {"e1"}, "Nats-Expected-Last-Subject-Sequence": {"0"}, events.TypeHeader: {events.TypeSubmitted}}},
+		// An event of another job than the headers name.
+		relayRequestFor(t, mustEvent(t, "j2", events.TypeSubmitted), "j1"),
 	} {
 		resp, err := nc.RequestMsg(m, 5*time.Second)
 		require.NoError(t, err)
@@ -162,4 +166,14 @@ func TestTheRelayRefusesWhatIsNoAppend(t *testing.T) {
 	require.NoError(t, err)
 	_, err = f.server.Load(context.Background(), "j1")
 	require.ErrorIs(t, err, events.ErrNotFound)
+}
+
+// relayRequestFor is the request a relaying log sends for ev, naming job in
+// its headers.
+func relayRequestFor(t *testing.T, ev events.Event, job string) *nats.Msg {
+	t.Helper()
+	data, err := events.Encode(ev)
+	require.NoError(t, err)
+	return &nats.Msg{Subject: events.RelaySubject(events.StreamDefault), Data: data, Header: nats.Header{
+		"Jj-Relay-Job": {job}, "Nats-Msg-Id": {ev.ID}, "Nats-Expected-Last-Subject-Sequence": {"0"}, events.TypeHeader: {ev.Type}}}
 }
