@@ -30,7 +30,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	n := fs.Int("n", bench.JobsDefault, "jobs per e2e run; the ceiling sends n/4 messages per figure (at least 1,000), the tags scenario runs n/2 jobs")
 	producers := fs.Int("producers", bench.ProducersDefault, "producers submitting one at a time")
 	workers := fs.Int("workers", bench.WorkersDefault, "concurrent no-op handlers")
-	processes := fs.Int("processes", 1, "e2e: the workers split over this many pools, each with its own connection and log as a jetjob worker process has (1: one pool on the server's own)")
+	processes := fs.Int("processes", 1, "e2e and start latency: the workers split over this many pools, each with its own connection and log as a jetjob worker process has (1: one pool on the server's own)")
 	rate := fs.Int("rate", bench.RateDefault, "submit rate of the latency scenario, jobs/s")
 	var scenarios, fsyncs strs
 	fs.Var(&scenarios, "scenario", "scenario to run, repeatable: "+strings.Join(bench.Scenarios, ", ")+" (default all)")

@@ -79,9 +79,10 @@ type Config struct {
 	Producers int
 	// Workers: concurrent handlers running no-op jobs.
 	Workers int
-	// Processes: the e2e scenario's workers split over this many pools,
-	// each with its own NATS connection and log, as so many `jetjob
-	// worker` processes have. Default 1: one pool on the server's own.
+	// Processes: the workers of the e2e runs and of the start latency
+	// split over this many pools, each with its own NATS connection and
+	// log, as so many `jetjob worker` processes have. Default 1: one pool
+	// on the server's own.
 	Processes int
 	// Rate of the latency scenario, jobs/s, and how many jobs it submits.
 	Rate, LatencyJobs int

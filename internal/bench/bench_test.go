@@ -168,17 +168,17 @@ func BenchmarkSubmit(b *testing.B) {
 	}
 }
 
-// The e2e workers run as separate processes would, each pool on its own
-// connection and log, both where the log batches (relayed) and where it
-// streams.
+// The e2e and start latency workers run as separate processes would, each
+// pool on its own connection and log, both where the log batches (relayed)
+// and where it streams.
 func TestE2EWithWorkersInProcesses(t *testing.T) {
 	var out bytes.Buffer
 	cfg := Smoke()
-	cfg.Jobs, cfg.Processes, cfg.Scenarios = 100, 3, []string{ScenarioE2E}
-	figures, err := Run(context.Background(), cfg, &out)
+	cfg.Jobs, cfg.LatencyJobs, cfg.Processes, cfg.Scenarios = 100, 50, 3, []string{ScenarioE2E, ScenarioLatency}
+	_, err := Run(context.Background(), cfg, &out)
 	require.NoError(t, err, out.String())
-	require.Len(t, figures, 5, out.String())
 	require.Contains(t, out.String(), "20 workers in 3 processes")
+	require.Contains(t, out.String(), "20 idle workers in 3 processes")
 }
 
 func TestSplitDividesTheWorkers(t *testing.T) {

@@ -104,7 +104,8 @@ func (r *Runner) startLatency(ctx context.Context, s *server.Server, fsync strin
 		started.stamp(j.ID, time.Now())
 		return nil
 	}
-	stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{r.jobType("latency")}, Concurrency: r.cfg.Workers}}, handler, false)
+	pools := split(workers.PoolConfig{Types: []string{r.jobType("latency")}, Concurrency: r.cfg.Workers}, r.cfg.Processes)
+	stop, err := r.startPools(ctx, s, pools, handler, len(pools) > 1)
 	if err != nil {
 		return err
 	}
@@ -169,8 +170,12 @@ func (r *Runner) startLatency(ctx context.Context, s *server.Server, fsync strin
 		}
 		startLat = append(startLat, d)
 	}
-	note := fmt.Sprintf("%d jobs at %d/s (%.0f/s achieved), %d idle workers; %d started before their submit returned",
-		n, r.cfg.Rate, achieved, r.cfg.Workers, early)
+	in := ""
+	if r.cfg.Processes > 1 {
+		in = fmt.Sprintf(" in %d processes", min(r.cfg.Processes, r.cfg.Workers))
+	}
+	note := fmt.Sprintf("%d jobs at %d/s (%.0f/s achieved), %d idle workers%s; %d started before their submit returned",
+		n, r.cfg.Rate, achieved, r.cfg.Workers, in, early)
 	p50, p90, p99, mx := percentiles(startLat)
 	r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "start_p50_ms", Value: p50, Unit: "ms", Target: startP50Target, Note: note})
 	r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "start_p90_ms", Value: p90, Unit: "ms", Note: note})
