@@ -176,6 +176,10 @@ type Pool struct {
 	// the backup poll or a reconnect is asked once.
 	woken map[string]uint64
 	wakes uint64
+	// claims holds the queues whose shared wake-up this pool took: it
+	// fetches from each within claimWindow, or passes the wake-up on to
+	// every pool, as it does when its fetch came back full or failed.
+	claims map[string]*time.Timer
 	// unserved holds registered queues whose tags this pool lacks, and
 	// looking the queues being read from the registry: a wake-up for either
 	// costs nothing, where it used to cost a registry read every time.
@@ -237,7 +241,7 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	p := &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
 		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{}, woken: map[string]uint64{},
-		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]context.CancelCauseFunc{},
+		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]context.CancelCauseFunc{}, claims: map[string]*time.Timer{},
 		reporting: make(chan struct{}, cfg.Concurrency),
 		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1),
 		hangChanged: newBroadcast(), reconnected: newBroadcast()}
@@ -304,7 +308,18 @@ func (p *Pool) Start(ctx context.Context) error {
 	// registry, bound above. One sent before is not needed, since every
 	// queue known is asked on the first pass.
 	for t := range p.types {
-		sub, err := p.nc.Subscribe(wakePrefix+t+".>", p.onWake)
+		// A wake-up goes to one pool of those serving the type, which
+		// passes it on to all when it cannot take the job: with every
+		// pool woken by every job, ten pools made ten fetches a job, nine
+		// of them empty.
+		shared, err := p.nc.QueueSubscribe(wakePrefix+t+".>", wakeGroup, p.onSharedWake)
+		if err == nil {
+			p.subs = append(p.subs, shared)
+			var all *nats.Subscription
+			if all, err = p.nc.Subscribe(wakeAllPrefix+t+".>", p.onWake); err == nil {
+				p.subs = append(p.subs, all)
+			}
+		}
 		if err != nil {
 			cancel()
 			p.unsubscribe()
@@ -312,7 +327,6 @@ func (p *Pool) Start(ctx context.Context) error {
 			p.stopFollowHang()
 			return fmt.Errorf("subscribe to wake-ups: %w", err)
 		}
-		p.subs = append(p.subs, sub)
 	}
 	p.mu.Lock()
 	p.started = true
@@ -426,8 +440,58 @@ func (p *Pool) dropQueue(name string, only *poolQueue) {
 	delete(p.hot, name)
 }
 
-func (p *Pool) onWake(m *nats.Msg) {
+// onSharedWake takes a wake-up that this pool alone of those serving its
+// type got: it claims the queue if it serves it and has a free slot, and
+// otherwise passes the wake-up on to every pool.
+func (p *Pool) onSharedWake(m *nats.Msg) {
 	name := strings.TrimPrefix(m.Subject, wakePrefix)
+	p.mu.Lock()
+	q, serve := p.queues[name]
+	claim := serve && !p.stopping && p.free() > 0
+	if claim {
+		p.setHotLocked(q)
+		p.wakes++
+		p.woken[name] = p.wakes
+		if p.claims[name] == nil {
+			p.claims[name] = time.AfterFunc(claimWindow, func() { p.release(name, true) })
+		}
+	}
+	p.mu.Unlock()
+	if claim {
+		p.signal(p.wake)
+		return
+	}
+	// Every pool, this one too, takes it as before: one that does not know
+	// the queue yet reads the registry.
+	p.passOn(name)
+}
+
+// claimWindow bounds how long a pool that claimed a wake-up may take to
+// fetch before every pool is woken: a claim it could not keep (its slots
+// filled by another queue first, say) costs this, not the backup poll.
+const claimWindow = 5 * time.Millisecond
+
+// release ends this pool's claim on a queue's wake-up, passing the wake-up
+// on to every pool if pass (the claim expired, or the fetch came back full
+// or failed).
+func (p *Pool) release(name string, pass bool) {
+	p.mu.Lock()
+	t, claimed := p.claims[name]
+	if claimed {
+		t.Stop()
+		delete(p.claims, name)
+	}
+	p.mu.Unlock()
+	if claimed && pass {
+		p.passOn(name)
+	}
+}
+
+func (p *Pool) passOn(name string) { _ = p.nc.Publish(wakeAllPrefix+name, nil) }
+
+// onWake takes a wake-up that every pool serving its type gets.
+func (p *Pool) onWake(m *nats.Msg) {
+	name := strings.TrimPrefix(m.Subject, wakeAllPrefix)
 	p.mu.Lock()
 	q, serve := p.queues[name]
 	if serve {
@@ -704,6 +768,7 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 		if err != nil {
 			p.logger.Debug("fetch", zap.String("queue", q.name), zap.Error(err))
 			*failed = append(*failed, q)
+			p.release(q.name, true)
 			continue
 		}
 		fetched := 0
@@ -720,9 +785,13 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 			go p.remakeConsumer(ctx, q)
 			continue
 		}
-		if err := batch.Error(); fetched == 0 && err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			p.logger.Warn("fetch", zap.String("queue", q.name), zap.Error(err))
+		fetchErr := batch.Error()
+		if fetched == 0 && fetchErr != nil && !errors.Is(fetchErr, jetstream.ErrNoMessages) {
+			p.logger.Warn("fetch", zap.String("queue", q.name), zap.Error(fetchErr))
 		}
+		// Full, there may be more than this pool can take; failed, another
+		// pool may do better.
+		p.release(q.name, fetched == n || fetched == 0 && fetchErr != nil && !errors.Is(fetchErr, jetstream.ErrNoMessages))
 		if fetched == 0 && batch.Error() == nil && time.Since(askedAt) >= unanswered {
 			// No answer, not even "none": the request may yet reach the
 			// server (a connection that holds bytes without failing) and

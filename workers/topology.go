@@ -39,8 +39,12 @@ const (
 	logPrefix         = "jj.log."
 	TagsetsBucket     = "jj_tagsets"
 	wakePrefix        = "jj.wake."
-	noTags            = "none"
-	LogLinesPerJob    = 10_000
+	// wakeAllPrefix: a wake-up passed on to every pool (Pool.onWake).
+	wakeAllPrefix = "jj.wakeall."
+	// wakeGroup: the pools that share each wake-up on wakePrefix.
+	wakeGroup      = "jetjob-pools"
+	noTags         = "none"
+	LogLinesPerJob = 10_000
 	// QueueAckWait is how long a fetched queue message may stay unacknowledged
 	// (its worker died, or was cut off from the server, between fetch and
 	// acquire) before another worker gets it. A worker acknowledges right

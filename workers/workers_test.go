@@ -1770,3 +1770,79 @@ func TestABeatLostWithTheConnectionDoesNotStopTheJob(t *testing.T) {
 	close(release)
 	require.NoError(t, <-causes, "stopped although in contact")
 }
+
+// A wake-up goes to one pool, which passes it on to every pool when it has
+// no free slot or does not serve the job's tags: the job starts at once on
+// a pool that can run it, not at the next backup poll (an hour here).
+func TestASharedWakeUpReachesAPoolThatCanRunTheJob(t *testing.T) {
+	f := newFixture(t, true)
+	block := make(chan struct{})
+	busyStarted := make(chan struct{}, 1)
+	hold := map[string]string{"hold": "yes"}
+	f.pool(PoolConfig{Types: []string{"w"}, Tags: hold, Concurrency: 1, BackupPoll: time.Hour}, func(ctx context.Context, j *Job) error {
+		if j.Tags["hold"] == "yes" {
+			busyStarted <- struct{}{}
+			select {
+			case <-block:
+			case <-ctx.Done():
+			}
+		}
+		return nil
+	})
+	gpu := map[string]string{"gpu": "yes"}
+	f.pool(PoolConfig{Types: []string{"w"}, Tags: gpu, Concurrency: 1, BackupPoll: time.Hour}, func(context.Context, *Job) error { return nil })
+	f.pool(PoolConfig{Types: []string{"w"}, Tags: map[string]string{"gpu": "no"}, Concurrency: 4, BackupPoll: time.Hour}, func(context.Context, *Job) error { return nil })
+	held := f.submit(statemachine.SubmitParams{Type: "w", Tags: hold})
+	select {
+	case <-busyStarted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held job did not start")
+	}
+	f.waitState(held.ID, statemachine.StateRunning)
+	// Untagged jobs can run on all three pools, the first of which is full;
+	// gpu jobs on the second alone. Each wake-up goes to one pool at
+	// random, so 20 of each meet every case.
+	for i := range 20 {
+		for _, p := range []statemachine.SubmitParams{{Type: "w"}, {Type: "w", Tags: gpu}} {
+			j := f.submit(p)
+			natstest.Eventually(t, 5*time.Second, func() bool {
+				got, err := f.m.Load(context.Background(), j.ID)
+				return err == nil && got.State == statemachine.StateSucceeded
+			}, "job %d (tags %v) run", i, p.Tags)
+		}
+	}
+	close(block)
+}
+
+// Idle pools serving one queue take each job with about one fetch, not one
+// each: the wake-up goes to one of them.
+func TestIdlePoolsShareAWakeUp(t *testing.T) {
+	f := newFixture(t, true)
+	var asks atomic.Int64
+	sub, err := f.env.NC.Subscribe("$JS.API.CONSUMER.MSG.NEXT.>", func(m *nats.Msg) {
+		if strings.Contains(m.Subject, ".JJ_QUEUE_") {
+			asks.Add(1)
+		}
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	done := make(chan struct{}, 1)
+	for range 4 {
+		f.pool(PoolConfig{Types: []string{"shared"}, Concurrency: 2, BackupPoll: time.Hour}, func(context.Context, *Job) error {
+			done <- struct{}{}
+			return nil
+		})
+	}
+	f.submit(statemachine.SubmitParams{Type: "shared"}) // makes the queue
+	<-done
+	const jobs = 30
+	before := asks.Load()
+	for range jobs {
+		f.submit(statemachine.SubmitParams{Type: "shared"})
+		<-done
+	}
+	// Every pool woken would ask 4 times a job, and again after an empty answer.
+	n := asks.Load() - before
+	t.Logf("%d fetches for %d jobs", n, jobs)
+	require.Less(t, n, int64(2*jobs))
+}
