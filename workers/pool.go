@@ -786,13 +786,15 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 			continue
 		}
 		fetchErr := batch.Error()
-		if fetched == 0 && fetchErr != nil && !errors.Is(fetchErr, jetstream.ErrNoMessages) {
+		failedFetch := fetched == 0 && fetchErr != nil && !errors.Is(fetchErr, jetstream.ErrNoMessages)
+		if failedFetch {
 			p.logger.Warn("fetch", zap.String("queue", q.name), zap.Error(fetchErr))
 		}
-		// Full, there may be more than this pool can take; failed, another
-		// pool may do better.
-		p.release(q.name, fetched == n || fetched == 0 && fetchErr != nil && !errors.Is(fetchErr, jetstream.ErrNoMessages))
-		if fetched == 0 && batch.Error() == nil && time.Since(askedAt) >= unanswered {
+		noAnswer := fetched == 0 && fetchErr == nil && time.Since(askedAt) >= unanswered
+		// Full, there may be more than this pool can take; failed or not
+		// answered, another pool may do better.
+		p.release(q.name, fetched == n || failedFetch || noAnswer)
+		if noAnswer {
 			// No answer, not even "none": the request may yet reach the
 			// server (a connection that holds bytes without failing) and
 			// be given jobs after the fetch stopped listening. Those come
