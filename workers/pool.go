@@ -179,7 +179,7 @@ type Pool struct {
 	// claims holds the queues whose shared wake-up this pool took: it
 	// fetches from each within claimWindow, or passes the wake-up on to
 	// every pool, as it does when its fetch came back full or failed.
-	claims map[string]*time.Timer
+	claims map[string]*wakeClaim
 	// unserved holds registered queues whose tags this pool lacks, and
 	// looking the queues being read from the registry: a wake-up for either
 	// costs nothing, where it used to cost a registry read every time.
@@ -241,7 +241,7 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	p := &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
 		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{}, woken: map[string]uint64{},
-		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]context.CancelCauseFunc{}, claims: map[string]*time.Timer{},
+		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]context.CancelCauseFunc{}, claims: map[string]*wakeClaim{},
 		reporting: make(chan struct{}, cfg.Concurrency),
 		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1),
 		hangChanged: newBroadcast(), reconnected: newBroadcast()}
@@ -452,8 +452,10 @@ func (p *Pool) onSharedWake(m *nats.Msg) {
 		p.setHotLocked(q)
 		p.wakes++
 		p.woken[name] = p.wakes
-		if p.claims[name] == nil {
-			p.claims[name] = time.AfterFunc(claimWindow, func() { p.release(name, true) })
+		if c := p.claims[name]; c != nil {
+			c.wake = p.wakes // the fetch that answers it must be asked after this
+		} else {
+			p.claims[name] = &wakeClaim{wake: p.wakes, timer: time.AfterFunc(claimWindow, func() { p.release(name, claimExpired, true) })}
 		}
 	}
 	p.mu.Unlock()
@@ -471,14 +473,28 @@ func (p *Pool) onSharedWake(m *nats.Msg) {
 // filled by another queue first, say) costs this, not the backup poll.
 const claimWindow = 5 * time.Millisecond
 
-// release ends this pool's claim on a queue's wake-up, passing the wake-up
-// on to every pool if pass (the claim expired, or the fetch came back full
-// or failed).
-func (p *Pool) release(name string, pass bool) {
+// wakeClaim is this pool's claim on a queue's shared wake-up.
+type wakeClaim struct {
+	// wake is the number of the last wake-up claimed (Pool.wakes): a fetch
+	// asked before it cannot answer for it.
+	wake  uint64
+	timer *time.Timer
+}
+
+// claimExpired is release's asked for the claim's own timer: after every wake-up.
+const claimExpired = ^uint64(0)
+
+// release ends this pool's claim on a queue's wake-up, unless the fetch
+// that answers it was asked before the claim's last wake-up (asked: the
+// pool's wake-up count then), passing the wake-up on to every pool if pass
+// (the claim expired, or the fetch came back full, failed or unanswered).
+func (p *Pool) release(name string, asked uint64, pass bool) {
 	p.mu.Lock()
-	t, claimed := p.claims[name]
-	if claimed {
-		t.Stop()
+	c, claimed := p.claims[name]
+	if claimed && asked < c.wake {
+		claimed = false // the claim's own timer, or a later fetch, answers it
+	} else if claimed {
+		c.timer.Stop()
 		delete(p.claims, name)
 	}
 	p.mu.Unlock()
@@ -761,14 +777,14 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 		// the rest on its next round: this queue stays hot when full.
 		n = min(n, queueMaxFetch)
 		p.mu.Lock()
-		wokenBefore := p.woken[q.name]
+		wokenBefore, askedWake := p.woken[q.name], p.wakes
 		p.mu.Unlock()
 		askedAt := time.Now()
 		batch, err := q.cons.FetchNoWait(n)
 		if err != nil {
 			p.logger.Debug("fetch", zap.String("queue", q.name), zap.Error(err))
 			*failed = append(*failed, q)
-			p.release(q.name, true)
+			p.release(q.name, askedWake, true)
 			continue
 		}
 		fetched := 0
@@ -793,7 +809,7 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 		noAnswer := fetched == 0 && fetchErr == nil && time.Since(askedAt) >= unanswered
 		// Full, there may be more than this pool can take; failed or not
 		// answered, another pool may do better.
-		p.release(q.name, fetched == n || failedFetch || noAnswer)
+		p.release(q.name, askedWake, fetched == n || failedFetch || noAnswer)
 		if noAnswer {
 			// No answer, not even "none": the request may yet reach the
 			// server (a connection that holds bytes without failing) and
