@@ -193,7 +193,7 @@ type Log struct {
 	relayOffUntil atomic.Int64
 	// following: Follow was called, and is again after a reconnect.
 	following atomic.Bool
-	// inFlight counts the appends under way, relayed or not.
+	// inFlight counts the appends under way, relayed or not, where the log relays.
 	inFlight atomic.Int64
 	// answering counts the appends a flusher handed on to answerLater.
 	answering sync.WaitGroup
@@ -344,6 +344,9 @@ func (l *Log) Append(ctx context.Context, ev Event, expectedSeq uint64) (uint64,
 		// The client would refuse it unsent; in an atomic batch it would
 		// take the batch's other appends down with it.
 		return 0, &TooLargeError{JobID: ev.JobID, Size: len(data), Max: most}
+	}
+	if !l.cfg.Relay {
+		return l.appendEncoded(ctx, ev, data, expectedSeq, false)
 	}
 	// A process with hundreds of appends under way (a bulk submit) makes
 	// batches as large as the server's; relaying them would only add a
