@@ -60,31 +60,19 @@ func RelaySubject(stream string) string { return relaySubjectPrefix + stream }
 // it returns: a relayed append left unanswered costs its client a
 // PublishTimeout before it appends on its own.
 func (l *Log) ServeRelay() (stop func(), err error) {
+	// A slot per relayed append in flight. Stop takes every slot: that
+	// waits for the appends in flight, and any taken after it is refused.
 	slots := make(chan struct{}, relayInFlightLimit)
-	var handlers sync.WaitGroup
-	// stopped, under mu, keeps handlers.Add from racing handlers.Wait when
-	// the drain outlasts its wait.
-	var mu sync.Mutex
-	stopped := false
 	sub, err := l.nc.QueueSubscribe(RelaySubject(l.cfg.Stream), relayQueue, func(m *nats.Msg) {
 		select {
 		case slots <- struct{}{}:
 		default:
-			// Full: the client appends on its own.
+			// Full, or stopped: the client appends on its own.
 			respondRelay(m, relayRefused, 0)
 			return
 		}
-		mu.Lock()
-		if stopped {
-			mu.Unlock()
-			<-slots
-			respondRelay(m, relayRefused, 0)
-			return
-		}
-		handlers.Add(1)
-		mu.Unlock()
 		go func() {
-			defer func() { <-slots; handlers.Done() }()
+			defer func() { <-slots }()
 			l.serveRelayed(m)
 		}()
 	})
@@ -106,10 +94,9 @@ func (l *Log) ServeRelay() (stop func(), err error) {
 				case <-time.After(l.cfg.PublishTimeout):
 				}
 			}
-			mu.Lock()
-			stopped = true
-			mu.Unlock()
-			handlers.Wait()
+			for range cap(slots) {
+				slots <- struct{}{}
+			}
 		})
 	}, nil
 }
