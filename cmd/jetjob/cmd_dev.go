@@ -44,7 +44,7 @@ func demoHandler(ctx context.Context, job *workers.Job) error {
 }
 
 func runDev(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("dev", "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
+	fs := newFlags("dev", "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] [--batch-staging memory|disk] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
 	var o server.Options
 	finish := serverFlags(fs, &o, filepath.Join(".jetjob", "dev"))
 	verbose := fs.Bool("v", false, "debug logging")

@@ -25,6 +25,7 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 	fs.StringVar(&o.Listen, "listen", natsserver.ListenDefault, "HOST:PORT the embedded NATS server listens on")
 	fs.StringVar(&o.NATSURL, "nats", "", "use the NATS server at this URL instead of an embedded one")
 	fs.StringVar(&o.Fsync, "fsync", natsserver.FsyncAlways, "embedded server's event log durability: always (fsync before every ack) or interval (every 2 minutes)")
+	fs.StringVar(&o.BatchStaging, "batch-staging", natsserver.BatchStagingDefault, "where the embedded server stages the event log's atomic batches before committing them: memory (a memory file system where the machine has one; the log is still fsync'd before every ack) or disk")
 	hang := fs.String("hang-after", maintenance.HangAfterDefault.String(), "a running job with no heartbeat for this long is failed as hung; workers beat at least six times per hang-after, and stop a job of theirs cut off from NATS for half of it")
 	grace := fs.String("cancel-grace", maintenance.CancelGraceDefault.String(), "a cancel no worker acknowledges within this is finished by the server")
 	retain := fs.String("retain", maintenance.RetainFinishedDefault.String(), "finished jobs older than this are purged")
@@ -55,6 +56,9 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 		if o.Fsync != natsserver.FsyncAlways && o.Fsync != natsserver.FsyncInterval {
 			return usageErr("--fsync %q, expected always or interval", o.Fsync)
 		}
+		if o.BatchStaging != natsserver.BatchStagingMemory && o.BatchStaging != natsserver.BatchStagingDisk {
+			return usageErr("--batch-staging %q, expected memory or disk", o.BatchStaging)
+		}
 		if o.Replicas < 0 || o.Replicas > provision.ReplicasMax {
 			return usageErr("--replicas %d, expected 1-%d (or 0: keep what each stream has)", o.Replicas, provision.ReplicasMax)
 		}
@@ -66,7 +70,7 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 		}
 		var embeddedOnly []string
 		fs.Visit(func(f *flag.Flag) {
-			if f.Name == "data" || f.Name == "listen" || f.Name == "fsync" {
+			if f.Name == "data" || f.Name == "listen" || f.Name == "fsync" || f.Name == "batch-staging" {
 				embeddedOnly = append(embeddedOnly, "--"+f.Name)
 			}
 		})
@@ -106,7 +110,7 @@ func checkEmbedded(o *server.Options) error {
 }
 
 func runServer(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("server", "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
+	fs := newFlags("server", "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] [--batch-staging memory|disk] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
 	var o server.Options
 	finish := serverFlags(fs, &o, "jetjob-data")
 	verbose := fs.Bool("v", false, "debug logging")

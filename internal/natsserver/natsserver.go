@@ -47,6 +47,9 @@ type Config struct {
 	StartTimeout time.Duration
 	// Debug turns on the server's own logging to stderr.
 	Debug bool
+	// BatchStaging is where StageBatchesInMemory may stage atomic batches:
+	// BatchStagingMemory (default) or BatchStagingDisk.
+	BatchStaging string
 }
 
 func (c *Config) validate() error {
@@ -65,16 +68,25 @@ func (c *Config) validate() error {
 	if c.StartTimeout <= 0 {
 		c.StartTimeout = StartTimeoutDefault
 	}
+	if c.BatchStaging == "" {
+		c.BatchStaging = BatchStagingDefault
+	}
+	if c.BatchStaging != BatchStagingMemory && c.BatchStaging != BatchStagingDisk {
+		return fmt.Errorf("%w: batch staging %q, expected %q or %q", ErrInvalidConfig, c.BatchStaging, BatchStagingMemory, BatchStagingDisk)
+	}
 	return nil
 }
 
 // Server is a running embedded nats-server.
 type Server struct {
-	ns     *server.Server
-	unlock func(stopped bool)
+	ns           *server.Server
+	unlock       func(stopped bool)
+	dataDir      string
+	batchStaging string
 
 	mu          sync.Mutex
 	needsRepair bool
+	staging     []staged // removed at Shutdown
 }
 
 // Start starts the server and waits until it accepts clients.
@@ -120,6 +132,9 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Fsync == FsyncAlways {
 		opts.SyncAlways = true
 	}
+	// Read before nats-server completes the batches a dead server left
+	// staged, and unlinks their directories.
+	before := stagedBefore(cfg.DataDir)
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		unlock(false)
@@ -134,7 +149,8 @@ func Start(cfg Config) (*Server, error) {
 		unlock(false)
 		return nil, fmt.Errorf("nats server on %s not ready after %s", cfg.Listen, cfg.StartTimeout)
 	}
-	srv := &Server{ns: ns, needsRepair: diedBefore}
+	srv := &Server{ns: ns, needsRepair: diedBefore, dataDir: cfg.DataDir, batchStaging: cfg.BatchStaging,
+		staging: removeStaging(before, false)}
 	var once sync.Once
 	srv.unlock = func(stopped bool) { once.Do(func() { unlock(stopped) }) }
 	return srv, nil
@@ -169,5 +185,8 @@ func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 func (s *Server) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
+	s.mu.Lock()
+	s.staging = removeStaging(s.staging, true)
+	s.mu.Unlock()
 	s.unlock(!s.NeedsRepair())
 }

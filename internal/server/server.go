@@ -50,7 +50,11 @@ type Options struct {
 	// NATSURL, when set, replaces the embedded server.
 	NATSURL string
 	// Fsync is natsserver.FsyncAlways (default) or natsserver.FsyncInterval.
-	Fsync          string
+	Fsync string
+	// BatchStaging is where the embedded server stages the event log's
+	// atomic batches: natsserver.BatchStagingMemory (default, where the
+	// machine has a memory file system) or natsserver.BatchStagingDisk.
+	BatchStaging   string
 	HangAfter      time.Duration
 	CancelGrace    time.Duration
 	RetainFinished time.Duration
@@ -94,7 +98,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, fmt.Errorf("%w: %d replicas, expected 0-%d, and at most 1 on the embedded server", ErrInvalidOptions, o.Replicas, provision.ReplicasMax)
 	}
 	if o.NATSURL == "" {
-		srv, err := natsserver.Start(natsserver.Config{DataDir: o.DataDir, Listen: o.Listen, Fsync: o.Fsync})
+		srv, err := natsserver.Start(natsserver.Config{DataDir: o.DataDir, Listen: o.Listen, Fsync: o.Fsync, BatchStaging: o.BatchStaging})
 		if err != nil {
 			return s, err
 		}
@@ -156,6 +160,11 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, err
 	}
 	s.stops = append(s.stops, s.Log.Close)
+	if s.embedded != nil {
+		if err := s.embedded.StageBatchesInMemory(s.Log.Stream()); err != nil {
+			logging.OrNop(o.Logger, "server").Info("the event log's atomic batches are staged on disk", zap.Error(err))
+		}
+	}
 	if s.embedded == nil {
 		// What the NATS fsyncs is unknown here; an embedded server's record of it is not.
 		if err := s.Log.Follow(ctx); err != nil {

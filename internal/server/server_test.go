@@ -156,3 +156,24 @@ func TestAServerOnAnotherNATSFollowsTheEmbeddedOnesAppends(t *testing.T) {
 		embedded.Stop()
 	}
 }
+
+// The embedded server stages the event log's atomic batches in memory
+// unless told to keep them on disk.
+func TestTheEmbeddedServerStagesTheLogsBatchesAsConfigured(t *testing.T) {
+	ctx := context.Background()
+	for _, staging := range []string{natsserver.BatchStagingMemory, natsserver.BatchStagingDisk} {
+		dir := t.TempDir()
+		s, err := Start(ctx, Options{DataDir: dir, Listen: "127.0.0.1:0", BatchStaging: staging})
+		require.NoError(t, err)
+		_, err = os.Readlink(filepath.Join(dir, "jetstream", "$G", "streams", events.StreamDefault, "batches"))
+		s.Stop()
+		if staging == natsserver.BatchStagingDisk {
+			require.Error(t, err, "no link to memory")
+			continue
+		}
+		if why := natsserver.CanStageInMemory(); why != nil {
+			t.Skipf("batches cannot be staged in memory here: %v", why)
+		}
+		require.NoError(t, err, "linked to memory")
+	}
+}

@@ -1,0 +1,10 @@
+//go:build !linux
+
+package natsserver
+
+import "errors"
+
+// memoryFS: a memory file system is looked for on Linux only.
+func memoryFS() (string, error) {
+	return "", errors.New("no memory file system is looked for on this system")
+}

@@ -1,0 +1,136 @@
+package natsserver
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+)
+
+// atomicStream makes a stream that takes atomic batches, as the event log is.
+func atomicStream(t *testing.T, s *Server) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "EV", Subjects: []string{"ev.>"}, AllowAtomicPublish: true})
+	require.NoError(t, err)
+	return nc
+}
+
+// stageOne sends the first message of a batch and not its commit, so that
+// the server holds it staged until the batch is committed.
+func stageOne(t *testing.T, nc *nats.Conn, batch string, seq int, commit bool) *nats.Msg {
+	t.Helper()
+	m := nats.NewMsg("ev.job" + strconv.Itoa(seq))
+	m.Data = []byte("event")
+	m.Header.Set("Nats-Batch-Id", batch)
+	m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(seq))
+	if commit {
+		m.Header.Set("Nats-Batch-Commit", "1")
+	}
+	resp, err := nc.RequestMsg(m, 5*time.Second)
+	require.NoError(t, err)
+	return resp
+}
+
+func requireMemoryFS(t *testing.T) {
+	t.Helper()
+	if _, err := memoryFS(); err != nil {
+		t.Skipf("batches cannot be staged in memory here: %v", err)
+	}
+}
+
+// The server stages a batch where StageBatchesInMemory linked the stream's
+// batches directory: on the memory file system, not in the data directory.
+// Committed, the batch is stored in the stream and its staging removed; at
+// Shutdown the staging directory goes too.
+func TestAtomicBatchesAreStagedInMemory(t *testing.T) {
+	requireMemoryFS(t)
+	s, err := Start(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	defer s.Shutdown()
+	nc := atomicStream(t, s)
+	require.NoError(t, s.StageBatchesInMemory("EV"))
+	dir, err := os.Readlink(s.batchesDir("EV"))
+	require.NoError(t, err)
+	require.Equal(t, memoryFSPath, filepath.Dir(dir))
+
+	stageOne(t, nc, "b1", 1, false)
+	staged, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, staged, 1, "the uncommitted batch is staged in memory")
+
+	resp := stageOne(t, nc, "b1", 2, true)
+	require.Contains(t, string(resp.Data), `"count":2`, "the batch is committed whole")
+	// Removed just after the ack.
+	require.Eventually(t, func() bool {
+		staged, err := os.ReadDir(dir)
+		return err == nil && len(staged) == 0
+	}, 5*time.Second, time.Millisecond, "a committed batch's staging is removed")
+
+	s.Shutdown()
+	_, err = os.Stat(dir)
+	require.ErrorIs(t, err, os.ErrNotExist)
+	_, err = os.Lstat(s.batchesDir("EV"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// A stream that staged a batch on disk keeps doing so: its staging files are
+// in use, and a server configured for disk never links them.
+func TestBatchesStayOnDiskWhenAsked(t *testing.T) {
+	requireMemoryFS(t)
+	t.Run("configured", func(t *testing.T) {
+		s, err := Start(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", BatchStaging: BatchStagingDisk})
+		require.NoError(t, err)
+		defer s.Shutdown()
+		atomicStream(t, s)
+		require.ErrorIs(t, s.StageBatchesInMemory("EV"), ErrStagedOnDisk)
+	})
+	t.Run("a batch staged first", func(t *testing.T) {
+		s, err := Start(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+		require.NoError(t, err)
+		defer s.Shutdown()
+		nc := atomicStream(t, s)
+		stageOne(t, nc, "b1", 1, false)
+		require.ErrorIs(t, s.StageBatchesInMemory("EV"), ErrStagedOnDisk)
+		info, err := os.Lstat(s.batchesDir("EV"))
+		require.NoError(t, err)
+		require.True(t, info.IsDir(), "the batch staged on disk is left where it is")
+	})
+}
+
+// A server that died leaves its stream's batches directory linked to a
+// staging directory in memory. nats-server completes from it what the death
+// cut short, and unlinks it as it starts; the next server removes it.
+func TestAStartRemovesTheStagingADeadServerLeft(t *testing.T) {
+	requireMemoryFS(t)
+	data := t.TempDir()
+	s, err := Start(Config{DataDir: data, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	atomicStream(t, s)
+	link := s.batchesDir("EV")
+	s.Shutdown()
+
+	// What a server killed while staging in memory leaves behind.
+	left, err := os.MkdirTemp(memoryFSPath, stagingPrefix)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(left) })
+	require.NoError(t, os.Symlink(left, link))
+
+	s, err = Start(Config{DataDir: data, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	defer s.Shutdown()
+	_, err = os.Stat(left)
+	require.ErrorIs(t, err, os.ErrNotExist)
+}
