@@ -63,9 +63,17 @@ func (r *Runner) ceilingScenario(ctx context.Context) error {
 }
 
 func (r *Runner) ceilingAppends(ctx context.Context, s *server.Server, fsync string, n int) error {
-	// A stream of its own, configured as the event log.
+	// A stream of its own, configured as the event log, its batches staged
+	// as the log's are.
 	if _, err := s.JS.CreateOrUpdateStream(ctx, events.StreamConfig(ceilingStream, ceilingPrefix)); err != nil {
 		return fmt.Errorf("create ceiling stream: %w", err)
+	}
+	staging := "staged in memory, as the log's"
+	if err := s.StageBatchesInMemory(ceilingStream); err != nil {
+		staging = "staged on disk, as the log's"
+		if r.cfg.NATSURL != "" {
+			staging = "staged as the NATS server stages them"
+		}
 	}
 	msg := func(run string, i int) *nats.Msg {
 		m := nats.NewMsg(ceilingPrefix + run + "." + strconv.Itoa(i))
@@ -105,7 +113,7 @@ func (r *Runner) ceilingAppends(ctx context.Context, s *server.Server, fsync str
 		if size == 1000 {
 			metric = CeilingBatched1k
 		}
-		r.addCeiling(fsync, metric, float64(batches*size)/time.Since(start).Seconds(), fmt.Sprintf("atomic batches of %d, one at a time", size))
+		r.addCeiling(fsync, metric, float64(batches*size)/time.Since(start).Seconds(), fmt.Sprintf("atomic batches of %d, one at a time, %s", size, staging))
 	}
 	if err := r.ceilingFetchAck(ctx, s.JS, fsync, n, false); err != nil {
 		return err

@@ -161,7 +161,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	s.stops = append(s.stops, s.Log.Close)
 	if s.embedded != nil {
-		if err := s.embedded.StageBatchesInMemory(s.Log.Stream()); err != nil {
+		if err := s.StageBatchesInMemory(s.Log.Stream()); err != nil {
 			logging.OrNop(o.Logger, "server").Info("the event log's atomic batches are staged on disk", zap.Error(err))
 		}
 	}
@@ -366,6 +366,16 @@ func (s *Server) listQueued(ctx context.Context, states []statemachine.State) ([
 // The embedded server knows which, and records it for the workers and
 // clients (events.Log.Follow); on another NATS, the log batches unless a
 // record says otherwise.
+// StageBatchesInMemory has the embedded server stage a stream's atomic
+// batches in memory (natsserver.Server.StageBatchesInMemory); the server
+// stages the event log's so. On an external NATS it is the NATS's to decide.
+func (s *Server) StageBatchesInMemory(stream string) error {
+	if s.embedded == nil {
+		return fmt.Errorf("%w: an external NATS stages them as it does", natsserver.ErrStagedOnDisk)
+	}
+	return s.embedded.StageBatchesInMemory(stream)
+}
+
 func logConfig(o Options) events.Config {
 	cfg := events.Config{Logger: o.Logger, RecordAppends: o.NATSURL == ""}
 	if o.Fsync == natsserver.FsyncInterval {
