@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -26,8 +27,9 @@ const BatchStagingDefault = BatchStagingMemory
 // error says why.
 var ErrStagedOnDisk = errors.New("atomic batches staged on disk")
 
-// stagingPrefix names the directories made on the memory file system, so
-// that a server finds the ones a dead server left.
+// stagingPrefix names the directories made on the memory file system,
+// followed by the process ID of the server that made them, so that a server
+// finds the ones a dead server left.
 const stagingPrefix = "jetjob-batches-"
 
 // stagingRoomMin is the free space a memory file system must have to stage
@@ -62,7 +64,8 @@ func (s *Server) StageBatchesInMemory(stream string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
 	}
-	dir, err := os.MkdirTemp(root, stagingPrefix)
+	sweepAbandoned(root)
+	dir, err := os.MkdirTemp(root, stagingPrefix+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
 	}
@@ -83,6 +86,22 @@ func (s *Server) StageBatchesInMemory(stream string) error {
 func CanStageInMemory() error {
 	_, err := memoryFS()
 	return err
+}
+
+// sweepAbandoned removes the empty staging directories of servers that are
+// no longer running: a server killed whose data directory is never used
+// again leaves one behind. One holding a batch is left for the next server
+// on that data directory, which completes the batch from it.
+func sweepAbandoned(root string) {
+	dirs, _ := filepath.Glob(filepath.Join(root, stagingPrefix+"*-*"))
+	for _, dir := range dirs {
+		pid, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(dir), stagingPrefix), "-")
+		n, err := strconv.Atoi(pid)
+		if !ok || err != nil || processRunning(n) {
+			continue
+		}
+		_ = os.Remove(dir) // only if empty
+	}
 }
 
 // staged is a stream's batches directory linked to one on a memory file system.

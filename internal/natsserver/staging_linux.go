@@ -1,6 +1,7 @@
 package natsserver
 
 import (
+	"errors"
 	"fmt"
 	"syscall"
 )
@@ -24,4 +25,10 @@ func memoryFS() (string, error) {
 		return "", fmt.Errorf("%s has %d MiB free, fewer than %d", memoryFSPath, free>>20, stagingRoomMin>>20)
 	}
 	return memoryFSPath, nil
+}
+
+// processRunning says whether a process with this ID runs (perhaps another
+// user's).
+func processRunning(pid int) bool {
+	return pid > 0 && !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }

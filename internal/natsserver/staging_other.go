@@ -8,3 +8,6 @@ import "errors"
 func memoryFS() (string, error) {
 	return "", errors.New("no memory file system is looked for on this system")
 }
+
+// processRunning: nothing is staged in memory here to sweep.
+func processRunning(int) bool { return true }

@@ -3,6 +3,7 @@ package natsserver
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -133,4 +134,32 @@ func TestAStartRemovesTheStagingADeadServerLeft(t *testing.T) {
 	defer s.Shutdown()
 	_, err = os.Stat(left)
 	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// A server killed whose data directory is never used again leaves its
+// staging directory; the next server to stage batches on the machine
+// removes it if it holds no batch to complete.
+func TestStagingLeftByAServerGoneForGoodIsSwept(t *testing.T) {
+	requireMemoryFS(t)
+	gone := exec.Command("true")
+	require.NoError(t, gone.Run())
+	dead := strconv.Itoa(gone.Process.Pid)
+	dir := func(pid string) string {
+		d, err := os.MkdirTemp(memoryFSPath, stagingPrefix+pid+"-")
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = os.RemoveAll(d) })
+		return d
+	}
+	empty, holding, live := dir(dead), dir(dead), dir(strconv.Itoa(os.Getpid()))
+	require.NoError(t, os.Mkdir(filepath.Join(holding, "batch"), 0o700))
+
+	s, err := Start(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	defer s.Shutdown()
+	atomicStream(t, s)
+	require.NoError(t, s.StageBatchesInMemory("EV"))
+	_, err = os.Stat(empty)
+	require.ErrorIs(t, err, os.ErrNotExist, "a dead server's empty staging is swept")
+	require.DirExists(t, holding, "a staged batch waits for its data directory's next server")
+	require.DirExists(t, live, "a running server's staging is its own")
 }
