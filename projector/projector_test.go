@@ -1470,4 +1470,19 @@ func TestCaughtUpWaitsForEveryEventTheLogHeld(t *testing.T) {
 	require.True(t, ok)
 	_, err = f.reader(t).Get(ctx, j.ID)
 	require.NoError(t, err, "projected once caught up")
+
+	// A job purged from the log before the projector saw it leaves the
+	// consumer's floor short of the log's last sequence, with nothing left
+	// to project.
+	f.p.Stop()
+	gone, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "build"})
+	require.NoError(t, err)
+	st, err := f.env.JS.Stream(ctx, f.log.Stream())
+	require.NoError(t, err)
+	require.NoError(t, st.Purge(ctx, jetstream.WithPurgeSubject(f.log.Subject(gone.ID))))
+	short, cancel = context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ok, err = CaughtUp(short, f.env.JS, f.log.Stream())
+	require.NoError(t, err)
+	require.True(t, ok, "nothing is left to project")
 }

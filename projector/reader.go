@@ -411,10 +411,18 @@ func CaughtUp(ctx context.Context, js jetstream.JetStream, logStream string) (bo
 		if err != nil {
 			return false, fmt.Errorf("wait for the views: %w", err)
 		}
-		// The floor may stop short of a purged tail; nothing pending and
-		// nothing in hand says the same.
-		if info.AckFloor.Stream >= through || info.NumPending == 0 && info.NumAckPending == 0 {
+		if info.AckFloor.Stream >= through {
 			return true, nil
+		}
+		// The floor stops short of a purged tail. Nothing pending and
+		// nothing in hand then says the same, unless the consumer has not
+		// been told of the last appends yet (the server acknowledges an
+		// append before it tells the consumers): the log says which.
+		if info.NumPending == 0 && info.NumAckPending == 0 {
+			m, err := st.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(">"))
+			if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && m.Sequence > through {
+				return true, nil
+			}
 		}
 		select {
 		case <-ctx.Done():
