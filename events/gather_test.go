@@ -118,6 +118,21 @@ func TestGatherLingersOnlyAfterABatch(t *testing.T) {
 		require.Equal(t, []string{"a", "b"}, jobsOf(g.batch))
 		require.Equal(t, []string{"a"}, jobsOf(g.next))
 	})
+	t.Run("a batch stops short of batchBytesMax; one larger event goes alone", func(t *testing.T) {
+		l := gatherLog(t, Config{Linger: -1})
+		sized := func(job string, n int) *appendReq {
+			r := req(job)
+			r.data = make([]byte, n)
+			return r
+		}
+		carry := []*appendReq{sized("a", batchBytesMax/2), sized("b", batchBytesMax/2), sized("c", 1)}
+		g := recv(t, startGather(l, carry, true))
+		require.Equal(t, []string{"a", "b"}, jobsOf(g.batch))
+		require.Equal(t, []string{"c"}, jobsOf(g.next))
+		g = recv(t, startGather(l, []*appendReq{sized("a", batchBytesMax+1), sized("b", 1)}, true))
+		require.Equal(t, []string{"a"}, jobsOf(g.batch))
+		require.Equal(t, []string{"b"}, jobsOf(g.next))
+	})
 }
 
 func TestConfigRefusesAnUnreasonableLinger(t *testing.T) {

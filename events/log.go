@@ -701,11 +701,19 @@ func (l *Log) flushLoop() {
 	}
 }
 
+// batchBytesMax bounds the events' bytes in one atomic batch: the server
+// holds a batch whole until its commit (staged in memory, by jetjob's
+// embedded server), and a thousand submits of payloads near the 1 MiB
+// limit would otherwise make one of a gigabyte. A single larger event goes
+// alone.
+const batchBytesMax = 16 << 20
+
 // gather collects the next commit: the appends carried over from the last
-// one, else the first to arrive; then whatever else waits, up to MaxBatch;
-// then, when busy, what arrives within Linger. A second append to a job
-// already in the batch is carried over to the next, since the server checks
-// each one's expectation against the stream before the batch. ok is false
+// one, else the first to arrive; then whatever else waits, up to MaxBatch
+// appends and batchBytesMax bytes; then, when busy, what arrives within
+// Linger. A second append to a job already in the batch is carried over to
+// the next, since the server checks each one's expectation against the
+// stream before the batch. ok is false
 // when the log closed while waiting for the first.
 //
 // The linger runs only after a commit that was an atomic batch: under load,
@@ -716,12 +724,14 @@ func (l *Log) flushLoop() {
 // the wave waits for it.
 func (l *Log) gather(carry []*appendReq, busy bool) (batch, next []*appendReq, ok bool) {
 	jobs := map[string]bool{}
+	size := 0
 	take := func(r *appendReq) {
-		if jobs[r.ev.JobID] {
+		if jobs[r.ev.JobID] || len(batch) > 0 && size+len(r.data) > batchBytesMax {
 			next = append(next, r)
 			return
 		}
 		jobs[r.ev.JobID] = true
+		size += len(r.data)
 		batch = append(batch, r)
 	}
 	for _, r := range carry {
@@ -736,7 +746,7 @@ func (l *Log) gather(carry []*appendReq, busy bool) (batch, next []*appendReq, o
 		}
 	}
 fill:
-	for len(batch) < l.cfg.MaxBatch {
+	for len(batch) < l.cfg.MaxBatch && size < batchBytesMax {
 		select {
 		case r := <-l.reqs:
 			take(r)
@@ -749,7 +759,7 @@ fill:
 	}
 	linger := time.NewTimer(l.cfg.Linger)
 	defer linger.Stop()
-	for len(batch) < l.cfg.MaxBatch {
+	for len(batch) < l.cfg.MaxBatch && size < batchBytesMax {
 		select {
 		case r := <-l.reqs:
 			take(r)

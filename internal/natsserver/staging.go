@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 )
 
@@ -27,15 +26,14 @@ const BatchStagingDefault = BatchStagingMemory
 // error says why.
 var ErrStagedOnDisk = errors.New("atomic batches staged on disk")
 
-// stagingPrefix names the directories made on the memory file system,
-// followed by the process ID of the server that made them, so that a server
-// finds the ones a dead server left.
+// stagingPrefix names the directories made on the memory file system, so
+// that a server finds the ones a dead server left.
 const stagingPrefix = "jetjob-batches-"
 
 // stagingRoomMin is the free space a memory file system must have to stage
 // batches. The log's batches of small events take a few MiB at most (up to
-// 1,000 events); a batch that does not fit is refused, and the log appends
-// its events one by one. A container's /dev/shm is 64 MiB by default.
+// 1,000 events); one that does not fit is refused, and the log appends its
+// events one by one. A container's /dev/shm is 64 MiB by default.
 const stagingRoomMin = 32 << 20
 
 // batchesDir is where nats-server 2.15 stages a stream's batches, in
@@ -47,13 +45,13 @@ func (s *Server) batchesDir(stream string) string {
 }
 
 // StageBatchesInMemory has nats-server stage the stream's atomic batches on
-// a memory file system, as it does for a replicated stream, instead of in
-// files fsync'd three times per batch: on a disk like a cloud VM's, that
-// staging is most of a small batch's cost. The batch is still fsync'd to
-// the stream before its ack, so nothing acknowledged depends on it. What
-// the staging adds, on disk, is that a batch cut short by a crash of the
-// machine in the middle of its commit is completed at the next start; in
-// memory, the part written before the crash stays, unacknowledged, as
+// a memory file system instead of in files fsync'd three times per batch:
+// on a disk like a cloud VM's, that staging is most of a small batch's
+// cost. The batch is still fsync'd to the stream before its ack, so nothing
+// acknowledged depends on it. What the staging adds, on disk, is that a
+// batch cut short in the middle of its commit (by a crash of the machine,
+// say) is completed at the next start; in memory, once the memory file
+// system is gone, the part written before stays, unacknowledged, as
 // pipelined appends would. Call it once the stream exists and before it
 // takes batches; ErrStagedOnDisk says why the batches stay on disk.
 func (s *Server) StageBatchesInMemory(stream string) error {
@@ -65,19 +63,28 @@ func (s *Server) StageBatchesInMemory(stream string) error {
 		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
 	}
 	sweepAbandoned(root)
-	dir, err := os.MkdirTemp(root, stagingPrefix+strconv.Itoa(os.Getpid())+"-")
+	dir, err := os.MkdirTemp(root, stagingPrefix)
 	if err != nil {
+		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
+	}
+	// Held until Shutdown: it tells servers sweeping abandoned directories,
+	// in this PID namespace or another sharing /dev/shm, that this one is
+	// in use.
+	lock, err := holdShared(dir)
+	if err != nil {
+		_ = os.Remove(dir)
 		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
 	}
 	// Fails if the stream has staged a batch already (a client that
 	// appended first); those files are in use, so they stay.
 	if err := os.Symlink(dir, s.batchesDir(stream)); err != nil {
+		_ = lock.Close()
 		_ = os.Remove(dir)
 		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.staging = append(s.staging, staged{link: s.batchesDir(stream), dir: dir})
+	s.staging = append(s.staging, staged{link: s.batchesDir(stream), dir: dir, lock: lock})
 	return nil
 }
 
@@ -88,46 +95,69 @@ func CanStageInMemory() error {
 	return err
 }
 
-// sweepAbandoned removes the empty staging directories of servers that are
-// no longer running: a server killed whose data directory is never used
-// again leaves one behind. One holding a batch is left for the next server
-// on that data directory, which completes the batch from it.
+// staged is a stream's batches directory linked to one on a memory file
+// system; lock, when this server made it, holds it in use.
+type staged struct {
+	link, dir string
+	lock      *os.File
+}
+
+// sweepAbandoned removes the empty staging directories that no running
+// server holds: a server killed whose data directory is never used again
+// leaves one behind. One holding a batch is left for the next server on
+// that data directory, which completes the batch from it.
 func sweepAbandoned(root string) {
-	dirs, _ := filepath.Glob(filepath.Join(root, stagingPrefix+"*-*"))
-	for _, dir := range dirs {
-		pid, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(dir), stagingPrefix), "-")
-		n, err := strconv.Atoi(pid)
-		if !ok || err != nil || processRunning(n) {
-			continue
+	entries, _ := os.ReadDir(root)
+	for _, e := range entries {
+		dir := filepath.Join(root, e.Name())
+		if strings.HasPrefix(e.Name(), stagingPrefix) && ownUnheld(dir) {
+			_ = os.Remove(dir) // only if empty
 		}
-		_ = os.Remove(dir) // only if empty
 	}
 }
 
-// staged is a stream's batches directory linked to one on a memory file system.
-type staged struct{ link, dir string }
-
 // stagedBefore finds the staging directories that servers before this one
-// linked from the data directory and left: one that died left batches
-// there that nats-server completes as it starts (and then unlinks).
+// linked from the data directory: one that died left batches there for
+// nats-server to complete as it starts (it then unlinks them). A link to
+// anything else (gone with a reboot, another user's, or held by a running
+// server whose data directory was copied here) is removed first, so that
+// nats-server never reads it; a batch staged there stays cut short, as
+// after a crash of the machine.
 func stagedBefore(dataDir string) []staged {
-	links, _ := filepath.Glob(filepath.Join(dataDir, "jetstream", "*", "streams", "*", "batches"))
 	var out []staged
-	for _, link := range links {
-		dir, err := os.Readlink(link)
-		if err == nil && strings.HasPrefix(filepath.Base(dir), stagingPrefix) {
+	accounts, _ := os.ReadDir(filepath.Join(dataDir, "jetstream"))
+	for _, a := range accounts {
+		streams, _ := os.ReadDir(filepath.Join(dataDir, "jetstream", a.Name(), "streams"))
+		for _, st := range streams {
+			link := filepath.Join(dataDir, "jetstream", a.Name(), "streams", st.Name(), "batches")
+			dir, err := os.Readlink(link)
+			if err != nil {
+				continue // not a link: staged on disk
+			}
+			if !strings.HasPrefix(filepath.Base(dir), stagingPrefix) || !ownUnheld(dir) {
+				_ = os.Remove(link)
+				continue
+			}
 			out = append(out, staged{link: link, dir: dir})
 		}
 	}
 	return out
 }
 
-// removeStaging removes the staging directories whose link nats-server
-// removed, or, when unlink, unlinks them first, and returns the others.
+// removeStaging, for each staging directory, lets go of it and, when
+// unlink, removes its link if the directory is empty (one that still holds
+// a batch, at a Shutdown in the middle of a commit, is kept for the next
+// start to complete). It removes the directories whose link is gone, and
+// returns the others.
 func removeStaging(dirs []staged, unlink bool) (linked []staged) {
 	for _, d := range dirs {
 		if unlink {
-			_ = os.Remove(d.link)
+			if d.lock != nil {
+				_ = d.lock.Close()
+			}
+			if os.Remove(d.dir) == nil {
+				_ = os.Remove(d.link)
+			}
 		}
 		if _, err := os.Lstat(d.link); errors.Is(err, os.ErrNotExist) {
 			_ = os.RemoveAll(d.dir)

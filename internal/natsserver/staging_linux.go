@@ -3,6 +3,8 @@ package natsserver
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"syscall"
 )
 
@@ -27,8 +29,40 @@ func memoryFS() (string, error) {
 	return memoryFSPath, nil
 }
 
-// processRunning says whether a process with this ID runs (perhaps another
-// user's).
-func processRunning(pid int) bool {
-	return pid > 0 && !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+// holdShared opens dir and holds a shared lock on it until the file is
+// closed (or its process dies).
+func holdShared(dir string) (*os.File, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return f, nil
+}
+
+// ownUnheld says whether dir is a staging directory this user made on the
+// memory file system (a directory, not a link, of mode 0700) that no
+// server holds.
+func ownUnheld(dir string) bool {
+	if filepath.Dir(dir) != memoryFSPath {
+		return false
+	}
+	info, err := os.Lstat(dir)
+	if err != nil || !info.IsDir() || info.Mode().Perm() != 0o700 {
+		return false
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok || int(st.Uid) != os.Geteuid() {
+		return false
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	return !errors.Is(err, syscall.EWOULDBLOCK) && err == nil
 }

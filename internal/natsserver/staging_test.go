@@ -1,9 +1,10 @@
+//go:build linux
+
 package natsserver
 
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -43,6 +44,19 @@ func stageOne(t *testing.T, nc *nats.Conn, batch string, seq int, commit bool) *
 	resp, err := nc.RequestMsg(m, 5*time.Second)
 	require.NoError(t, err)
 	return resp
+}
+
+// stoppedWithStream is a data directory whose server made the stream and
+// stopped, and where the stream's batches directory would be.
+func stoppedWithStream(t *testing.T) (data, batches string) {
+	t.Helper()
+	data = t.TempDir()
+	s, err := Start(Config{DataDir: data, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	atomicStream(t, s)
+	batches = s.batchesDir("EV")
+	s.Shutdown()
+	return data, batches
 }
 
 func requireMemoryFS(t *testing.T) {
@@ -116,12 +130,7 @@ func TestBatchesStayOnDiskWhenAsked(t *testing.T) {
 // cut short, and unlinks it as it starts; the next server removes it.
 func TestAStartRemovesTheStagingADeadServerLeft(t *testing.T) {
 	requireMemoryFS(t)
-	data := t.TempDir()
-	s, err := Start(Config{DataDir: data, Listen: "127.0.0.1:0"})
-	require.NoError(t, err)
-	atomicStream(t, s)
-	link := s.batchesDir("EV")
-	s.Shutdown()
+	data, link := stoppedWithStream(t)
 
 	// What a server killed while staging in memory leaves behind.
 	left, err := os.MkdirTemp(memoryFSPath, stagingPrefix)
@@ -129,7 +138,7 @@ func TestAStartRemovesTheStagingADeadServerLeft(t *testing.T) {
 	t.Cleanup(func() { _ = os.RemoveAll(left) })
 	require.NoError(t, os.Symlink(left, link))
 
-	s, err = Start(Config{DataDir: data, Listen: "127.0.0.1:0"})
+	s, err := Start(Config{DataDir: data, Listen: "127.0.0.1:0"})
 	require.NoError(t, err)
 	defer s.Shutdown()
 	_, err = os.Stat(left)
@@ -138,20 +147,21 @@ func TestAStartRemovesTheStagingADeadServerLeft(t *testing.T) {
 
 // A server killed whose data directory is never used again leaves its
 // staging directory; the next server to stage batches on the machine
-// removes it if it holds no batch to complete.
+// removes it if it holds no batch to complete and no running server holds
+// it (in this PID namespace or another sharing /dev/shm).
 func TestStagingLeftByAServerGoneForGoodIsSwept(t *testing.T) {
 	requireMemoryFS(t)
-	gone := exec.Command("true")
-	require.NoError(t, gone.Run())
-	dead := strconv.Itoa(gone.Process.Pid)
-	dir := func(pid string) string {
-		d, err := os.MkdirTemp(memoryFSPath, stagingPrefix+pid+"-")
+	dir := func() string {
+		d, err := os.MkdirTemp(memoryFSPath, stagingPrefix)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = os.RemoveAll(d) })
 		return d
 	}
-	empty, holding, live := dir(dead), dir(dead), dir(strconv.Itoa(os.Getpid()))
+	empty, holding, held := dir(), dir(), dir()
 	require.NoError(t, os.Mkdir(filepath.Join(holding, "batch"), 0o700))
+	lock, err := holdShared(held) // as a running server holds its own
+	require.NoError(t, err)
+	defer lock.Close()
 
 	s, err := Start(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
 	require.NoError(t, err)
@@ -159,7 +169,69 @@ func TestStagingLeftByAServerGoneForGoodIsSwept(t *testing.T) {
 	atomicStream(t, s)
 	require.NoError(t, s.StageBatchesInMemory("EV"))
 	_, err = os.Stat(empty)
-	require.ErrorIs(t, err, os.ErrNotExist, "a dead server's empty staging is swept")
+	require.ErrorIs(t, err, os.ErrNotExist, "an abandoned empty staging is swept")
 	require.DirExists(t, holding, "a staged batch waits for its data directory's next server")
-	require.DirExists(t, live, "a running server's staging is its own")
+	require.DirExists(t, held, "a running server's staging is its own")
+}
+
+// A data directory whose batches link to a staging directory that is not
+// one a dead server of this user left (a running server's, in a copy of its
+// data directory; another user's; one gone with a reboot) starts with the
+// link removed, and the directory untouched: nats-server never reads it.
+func TestAStartTrustsOnlyStagingADeadServerLeft(t *testing.T) {
+	requireMemoryFS(t)
+	running, err := Start(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	defer running.Shutdown()
+	atomicStream(t, running)
+	require.NoError(t, running.StageBatchesInMemory("EV"))
+	live, err := os.Readlink(running.batchesDir("EV"))
+	require.NoError(t, err)
+	open, err := os.MkdirTemp(memoryFSPath, stagingPrefix)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(open) })
+	require.NoError(t, os.Chmod(open, 0o755))
+
+	for name, target := range map[string]string{
+		"held by a running server": live,
+		"open to others":           open,
+		"gone":                     filepath.Join(memoryFSPath, stagingPrefix+"gone"),
+		"not a staging directory":  t.TempDir(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			data, link := stoppedWithStream(t)
+			require.NoError(t, os.Symlink(target, link))
+
+			s, err := Start(Config{DataDir: data, Listen: "127.0.0.1:0"})
+			require.NoError(t, err)
+			s.Shutdown()
+			_, err = os.Lstat(link)
+			require.ErrorIs(t, err, os.ErrNotExist, "the link is removed")
+		})
+	}
+	require.DirExists(t, live, "the running server keeps its staging")
+	require.DirExists(t, open)
+}
+
+// A batch staged when the server shuts down stays staged, as nats-server
+// keeps it, for the next start on the data directory; that start removes
+// it once nats-server is done with it.
+func TestAShutdownKeepsAStagedBatchForTheNextStart(t *testing.T) {
+	requireMemoryFS(t)
+	data := t.TempDir()
+	s, err := Start(Config{DataDir: data, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	nc := atomicStream(t, s)
+	require.NoError(t, s.StageBatchesInMemory("EV"))
+	dir, err := os.Readlink(s.batchesDir("EV"))
+	require.NoError(t, err)
+	stageOne(t, nc, "b1", 1, false)
+	s.Shutdown()
+	require.DirExists(t, dir)
+
+	s, err = Start(Config{DataDir: data, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	defer s.Shutdown()
+	_, err = os.Stat(dir)
+	require.ErrorIs(t, err, os.ErrNotExist)
 }

@@ -360,12 +360,6 @@ func (s *Server) listQueued(ctx context.Context, states []statemachine.State) ([
 	return out, nil
 }
 
-// logConfig coalesces appends into atomic batches only where the server
-// fsyncs every append: a batch saves fsyncs but costs the server a staging
-// store, so without per-append fsync, appends streamed one by one are faster.
-// The embedded server knows which, and records it for the workers and
-// clients (events.Log.Follow); on another NATS, the log batches unless a
-// record says otherwise.
 // StageBatchesInMemory has the embedded server stage a stream's atomic
 // batches in memory (natsserver.Server.StageBatchesInMemory); the server
 // stages the event log's so. On an external NATS it is the NATS's to decide.
@@ -376,6 +370,12 @@ func (s *Server) StageBatchesInMemory(stream string) error {
 	return s.embedded.StageBatchesInMemory(stream)
 }
 
+// logConfig coalesces appends into atomic batches only where the server
+// fsyncs every append: a batch saves fsyncs but costs the server a staging
+// store, so without per-append fsync, appends streamed one by one are faster.
+// The embedded server knows which, and records it for the workers and
+// clients (events.Log.Follow); on another NATS, the log batches unless a
+// record says otherwise.
 func logConfig(o Options) events.Config {
 	cfg := events.Config{Logger: o.Logger, RecordAppends: o.NATSURL == ""}
 	if o.Fsync == natsserver.FsyncInterval {
