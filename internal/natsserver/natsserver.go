@@ -87,6 +87,7 @@ type Server struct {
 	mu          sync.Mutex
 	needsRepair bool
 	staging     []staged // removed at Shutdown
+	restaging   chan struct{}
 }
 
 // Start starts the server and waits until it accepts clients.
@@ -186,6 +187,10 @@ func (s *Server) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
 	s.mu.Lock()
+	if s.restaging != nil {
+		close(s.restaging)
+		s.restaging = nil
+	}
 	s.staging = removeStaging(s.staging, true)
 	s.mu.Unlock()
 	s.unlock(!s.NeedsRepair())

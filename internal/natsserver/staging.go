@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Where nats-server stages a replica-1 stream's atomic batches before it
@@ -85,7 +86,66 @@ func (s *Server) StageBatchesInMemory(stream string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.staging = append(s.staging, staged{link: s.batchesDir(stream), dir: dir, lock: lock})
+	if s.restaging == nil {
+		s.restaging = make(chan struct{})
+		go s.keepStaging(s.restaging)
+	}
 	return nil
+}
+
+// restageEvery is how often a server checks that its staging directories
+// are still there.
+const restageEvery = 5 * time.Second
+
+// keepStaging restages until done closes.
+func (s *Server) keepStaging(done <-chan struct{}) {
+	tick := time.NewTicker(restageEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+			s.restage()
+		}
+	}
+}
+
+// restage links a stream whose staging directory was removed behind the
+// server's back (systemd removes a user's files in /dev/shm when the user
+// logs out, with RemoveIPC) to a new one: until then, every batch of the
+// stream is refused, and the log appends its events one by one.
+func (s *Server) restage() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, d := range s.staging {
+		if d.lock == nil {
+			continue // a dead server's, for nats-server to complete
+		}
+		if _, err := os.Lstat(d.dir); err == nil {
+			continue
+		}
+		dir, err := os.MkdirTemp(filepath.Dir(d.dir), stagingPrefix)
+		if err != nil {
+			continue
+		}
+		lock, err := holdShared(dir)
+		if err != nil {
+			_ = os.Remove(dir)
+			continue
+		}
+		// Replaced in one step, so that a batch never finds no directory.
+		next := d.link + ".next"
+		_ = os.Remove(next)
+		if os.Symlink(dir, next) != nil || os.Rename(next, d.link) != nil {
+			_ = os.Remove(next)
+			_ = lock.Close()
+			_ = os.Remove(dir)
+			continue
+		}
+		_ = d.lock.Close()
+		s.staging[i] = staged{link: d.link, dir: dir, lock: lock}
+	}
 }
 
 // CanStageInMemory says why StageBatchesInMemory would find no memory file

@@ -59,6 +59,38 @@ func stoppedWithStream(t *testing.T) (data, batches string) {
 	return data, batches
 }
 
+// stagingInMemory is a server whose stream stages its batches in memory,
+// in dir.
+func stagingInMemory(t *testing.T) (s *Server, nc *nats.Conn, dir string) {
+	t.Helper()
+	requireMemoryFS(t)
+	s, err := Start(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	t.Cleanup(s.Shutdown)
+	nc = atomicStream(t, s)
+	require.NoError(t, s.StageBatchesInMemory("EV"))
+	dir, err = os.Readlink(s.batchesDir("EV"))
+	require.NoError(t, err)
+	return s, nc, dir
+}
+
+// requireStagedThenCommitted stages a batch's first message in dir, then
+// commits the batch, which removes its staging.
+func requireStagedThenCommitted(t *testing.T, nc *nats.Conn, dir string) {
+	t.Helper()
+	stageOne(t, nc, "b1", 1, false)
+	staged, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, staged, 1, "the uncommitted batch is staged in memory")
+	resp := stageOne(t, nc, "b1", 2, true)
+	require.Contains(t, string(resp.Data), `"count":2`, "the batch is committed whole")
+	// Removed just after the ack.
+	require.Eventually(t, func() bool {
+		staged, err := os.ReadDir(dir)
+		return err == nil && len(staged) == 0
+	}, 5*time.Second, time.Millisecond, "a committed batch's staging is removed")
+}
+
 func requireMemoryFS(t *testing.T) {
 	t.Helper()
 	if _, err := memoryFS(); err != nil {
@@ -71,31 +103,12 @@ func requireMemoryFS(t *testing.T) {
 // Committed, the batch is stored in the stream and its staging removed; at
 // Shutdown the staging directory goes too.
 func TestAtomicBatchesAreStagedInMemory(t *testing.T) {
-	requireMemoryFS(t)
-	s, err := Start(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	require.NoError(t, err)
-	defer s.Shutdown()
-	nc := atomicStream(t, s)
-	require.NoError(t, s.StageBatchesInMemory("EV"))
-	dir, err := os.Readlink(s.batchesDir("EV"))
-	require.NoError(t, err)
+	s, nc, dir := stagingInMemory(t)
 	require.Equal(t, memoryFSPath, filepath.Dir(dir))
-
-	stageOne(t, nc, "b1", 1, false)
-	staged, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	require.Len(t, staged, 1, "the uncommitted batch is staged in memory")
-
-	resp := stageOne(t, nc, "b1", 2, true)
-	require.Contains(t, string(resp.Data), `"count":2`, "the batch is committed whole")
-	// Removed just after the ack.
-	require.Eventually(t, func() bool {
-		staged, err := os.ReadDir(dir)
-		return err == nil && len(staged) == 0
-	}, 5*time.Second, time.Millisecond, "a committed batch's staging is removed")
+	requireStagedThenCommitted(t, nc, dir)
 
 	s.Shutdown()
-	_, err = os.Stat(dir)
+	_, err := os.Stat(dir)
 	require.ErrorIs(t, err, os.ErrNotExist)
 	_, err = os.Lstat(s.batchesDir("EV"))
 	require.ErrorIs(t, err, os.ErrNotExist)
@@ -234,4 +247,20 @@ func TestAShutdownKeepsAStagedBatchForTheNextStart(t *testing.T) {
 	defer s.Shutdown()
 	_, err = os.Stat(dir)
 	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// A staging directory removed behind the server's back (systemd's RemoveIPC
+// at a user's logout) is replaced, and batches are staged in memory again.
+func TestAStagingDirectoryRemovedIsReplaced(t *testing.T) {
+	s, nc, gone := stagingInMemory(t)
+	require.NoError(t, os.RemoveAll(gone))
+
+	s.restage()
+	dir, err := os.Readlink(s.batchesDir("EV"))
+	require.NoError(t, err)
+	require.NotEqual(t, gone, dir)
+	requireStagedThenCommitted(t, nc, dir)
+	s.Shutdown()
+	_, err = os.Stat(dir)
+	require.ErrorIs(t, err, os.ErrNotExist, "removed at Shutdown as the first")
 }
