@@ -64,6 +64,8 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"server", "--queue-idle-after", "10ms"}, `--queue-idle-after 10ms, expected a duration of at least 1s such as 1h, or 0`},
 		{[]string{"server", "--nats", "http://127.0.0.1:4222"}, `--nats "http://127.0.0.1:4222" has scheme "http"`},
 		{[]string{"server", "--nats", "nats://127.0.0.1:4222", "--data", "d", "--fsync", "interval"}, `--data, --fsync: for the embedded NATS server only; with --nats the external server's own settings apply, expected no --data or --fsync`},
+		{[]string{"server", "--batch-staging", "ram"}, `--batch-staging "ram", expected memory or disk`},
+		{[]string{"dev", "--nats", "nats://127.0.0.1:4222", "--batch-staging", "disk"}, `--batch-staging: for the embedded NATS server only`},
 		{[]string{"submit", "--type", "a", "--delay", "99999999h"}, `--delay "99999999h" is too long, expected at most 2562047h (about 292 years)`},
 		{[]string{"submit", "--type", "a", "--delay", "5"}, `--delay "5" has a number without a unit, expected a duration such as 30s or 5m`},
 		{[]string{"submit", "--type", "a", "--delay", "5d"}, `--delay "5d" has an unknown unit, expected one of ns, us, ms, s, m, h`},
