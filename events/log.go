@@ -713,8 +713,8 @@ const batchBytesMax = 16 << 20
 // appends and batchBytesMax bytes; then, when busy, what arrives within
 // Linger. A second append to a job already in the batch is carried over to
 // the next, since the server checks each one's expectation against the
-// stream before the batch. ok is false
-// when the log closed while waiting for the first.
+// stream before the batch. ok is false when the log closed while waiting
+// for the first.
 //
 // The linger runs only after a commit that was an atomic batch: under load,
 // the answers to one batch set off the next wave of appends (each acquired

@@ -1,7 +1,6 @@
 package natsserver
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -63,6 +62,5 @@ func ownUnheld(dir string) bool {
 		return false
 	}
 	defer f.Close()
-	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-	return !errors.Is(err, syscall.EWOULDBLOCK) && err == nil
+	return syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil
 }

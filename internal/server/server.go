@@ -164,8 +164,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		if err := s.StageBatchesInMemory(s.Log.Stream()); err != nil {
 			logging.OrNop(o.Logger, "server").Info("the event log's atomic batches are staged on disk", zap.Error(err))
 		}
-	}
-	if s.embedded == nil {
+	} else {
 		// What the NATS fsyncs is unknown here; an embedded server's record of it is not.
 		if err := s.Log.Follow(ctx); err != nil {
 			return s, err
