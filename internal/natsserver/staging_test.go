@@ -30,8 +30,9 @@ func atomicStream(t *testing.T, s *Server) *nats.Conn {
 	return nc
 }
 
-// stageOne sends the first message of a batch and not its commit, so that
-// the server holds it staged until the batch is committed.
+// stageOne sends message seq of a batch, its commit if commit, and returns
+// the server's answer; the server holds a batch's messages staged until its
+// commit.
 func stageOne(t *testing.T, nc *nats.Conn, batch string, seq int, commit bool) *nats.Msg {
 	t.Helper()
 	m := nats.NewMsg("ev.job" + strconv.Itoa(seq))
