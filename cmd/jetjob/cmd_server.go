@@ -82,6 +82,14 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 	}
 }
 
+// stagedWhere says where the embedded server stages the log's batches.
+func stagedWhere(staging string) string {
+	if staging == natsserver.BatchStagingMemory {
+		return "in memory"
+	}
+	return "on disk"
+}
+
 // checkEmbedded refuses, before anything starts, what the embedded server
 // would otherwise fail on only after its start-up timeout.
 func checkEmbedded(o *server.Options) error {
@@ -133,7 +141,7 @@ func runServer(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	where := fmt.Sprintf("data %s, fsync %s", o.DataDir, o.Fsync)
+	where := fmt.Sprintf("data %s, fsync %s, batches staged %s", o.DataDir, o.Fsync, stagedWhere(s.BatchStaging))
 	if o.NATSURL != "" {
 		where = "external NATS: its own storage and sync settings apply"
 	}

@@ -83,7 +83,11 @@ type Server struct {
 	Reader    *projector.Reader
 	Logs      *workers.Logs
 	Projector *projector.Projector
-	stops     []func()
+	// BatchStaging is where the embedded server stages the event log's
+	// atomic batches (natsserver.BatchStagingMemory or
+	// natsserver.BatchStagingDisk); empty on an external NATS.
+	BatchStaging string
+	stops        []func()
 }
 
 // Start starts everything; Stop stops it.
@@ -161,7 +165,9 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	s.stops = append(s.stops, s.Log.Close)
 	if s.embedded != nil {
+		s.BatchStaging = natsserver.BatchStagingMemory
 		if err := s.StageBatchesInMemory(s.Log.Stream()); err != nil {
+			s.BatchStaging = natsserver.BatchStagingDisk
 			logging.OrNop(o.Logger, "server").Info("the event log's atomic batches are staged on disk", zap.Error(err))
 		}
 	} else {

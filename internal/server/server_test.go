@@ -169,11 +169,13 @@ func TestTheEmbeddedServerStagesTheLogsBatchesAsConfigured(t *testing.T) {
 		s.Stop()
 		if staging == natsserver.BatchStagingDisk {
 			require.Error(t, err, "no link to memory")
+			require.Equal(t, natsserver.BatchStagingDisk, s.BatchStaging)
 			continue
 		}
 		if why := natsserver.CanStageInMemory(); why != nil {
 			t.Skipf("batches cannot be staged in memory here: %v", why)
 		}
 		require.NoError(t, err, "linked to memory")
+		require.Equal(t, natsserver.BatchStagingMemory, s.BatchStaging)
 	}
 }
