@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -150,7 +151,12 @@ func Start(cfg Config) (*Server, error) {
 		unlock(false)
 		return nil, fmt.Errorf("nats server on %s not ready after %s", cfg.Listen, cfg.StartTimeout)
 	}
-	srv := &Server{ns: ns, needsRepair: diedBefore, dataDir: cfg.DataDir, batchStaging: cfg.BatchStaging,
+	// Absolute: a staging directory names the link to it.
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		dataDir = cfg.DataDir
+	}
+	srv := &Server{ns: ns, needsRepair: diedBefore, dataDir: dataDir, batchStaging: cfg.BatchStaging,
 		staging: removeStaging(before, false)}
 	var once sync.Once
 	srv.unlock = func(stopped bool) { once.Do(func() { unlock(stopped) }) }

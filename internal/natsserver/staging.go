@@ -64,28 +64,20 @@ func (s *Server) StageBatchesInMemory(stream string) error {
 		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
 	}
 	sweepAbandoned(root)
-	dir, err := os.MkdirTemp(root, stagingPrefix)
+	link := s.batchesDir(stream)
+	d, err := newStaging(root, link)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
-	}
-	// Held until Shutdown: it tells servers sweeping abandoned directories,
-	// in this PID namespace or another sharing /dev/shm, that this one is
-	// in use.
-	lock, err := holdShared(dir)
-	if err != nil {
-		_ = os.Remove(dir)
 		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
 	}
 	// Fails if the stream has staged a batch already (a client that
 	// appended first); those files are in use, so they stay.
-	if err := os.Symlink(dir, s.batchesDir(stream)); err != nil {
-		_ = lock.Close()
-		_ = os.Remove(dir)
+	if err := os.Symlink(d.dir, link); err != nil {
+		d.drop()
 		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.staging = append(s.staging, staged{link: s.batchesDir(stream), dir: dir, lock: lock})
+	s.staging = append(s.staging, d)
 	if s.restaging == nil {
 		s.restaging = make(chan struct{})
 		go s.keepStaging(s.restaging)
@@ -125,26 +117,20 @@ func (s *Server) restage() {
 		if _, err := os.Lstat(d.dir); err == nil {
 			continue
 		}
-		dir, err := os.MkdirTemp(filepath.Dir(d.dir), stagingPrefix)
+		fresh, err := newStaging(filepath.Dir(d.dir), d.link)
 		if err != nil {
-			continue
-		}
-		lock, err := holdShared(dir)
-		if err != nil {
-			_ = os.Remove(dir)
 			continue
 		}
 		// Replaced in one step, so that a batch never finds no directory.
 		next := d.link + ".next"
 		_ = os.Remove(next)
-		if os.Symlink(dir, next) != nil || os.Rename(next, d.link) != nil {
+		if os.Symlink(fresh.dir, next) != nil || os.Rename(next, d.link) != nil {
 			_ = os.Remove(next)
-			_ = lock.Close()
-			_ = os.Remove(dir)
+			fresh.drop()
 			continue
 		}
 		_ = d.lock.Close()
-		s.staging[i] = staged{link: d.link, dir: dir, lock: lock}
+		s.staging[i] = fresh
 	}
 }
 
@@ -162,17 +148,68 @@ type staged struct {
 	lock      *os.File
 }
 
-// sweepAbandoned removes the empty staging directories that no running
-// server holds: a server killed whose data directory is never used again
-// leaves one behind. One holding a batch is left for the next server on
-// that data directory, which completes the batch from it.
+// stagingLinkFile, in a staging directory, holds the path of the link to
+// it in its server's data directory.
+const stagingLinkFile = ".link"
+
+// newStaging makes a staging directory in root for link, held by this
+// server (the lock tells servers sweeping abandoned directories, in this
+// PID namespace or another sharing /dev/shm, that it is in use).
+func newStaging(root, link string) (staged, error) {
+	dir, err := os.MkdirTemp(root, stagingPrefix)
+	if err != nil {
+		return staged{}, err
+	}
+	d := staged{link: link, dir: dir}
+	if d.lock, err = holdShared(dir); err == nil {
+		err = os.WriteFile(filepath.Join(dir, stagingLinkFile), []byte(link), 0o600)
+	}
+	if err != nil {
+		d.drop()
+		return staged{}, err
+	}
+	return d, nil
+}
+
+// drop lets go of a staging directory that holds no batch, and removes it.
+func (d staged) drop() {
+	if d.lock != nil {
+		_ = d.lock.Close()
+	}
+	_ = os.RemoveAll(d.dir)
+}
+
+// holdsBatch says whether a staging directory holds anything but its link
+// file: a batch nats-server staged and has not committed.
+func holdsBatch(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if e.Name() != stagingLinkFile {
+			return true
+		}
+	}
+	return false
+}
+
+// sweepAbandoned removes the staging directories that no running server
+// holds, unless one holds a batch and its data directory still links to it
+// (the next server there completes the batch from it): a server killed
+// whose data directory is never used again leaves one behind.
 func sweepAbandoned(root string) {
 	entries, _ := os.ReadDir(root)
 	for _, e := range entries {
 		dir := filepath.Join(root, e.Name())
-		if strings.HasPrefix(e.Name(), stagingPrefix) && ownUnheld(dir) {
-			_ = os.Remove(dir) // only if empty
+		if !strings.HasPrefix(e.Name(), stagingPrefix) || !ownUnheld(dir) {
+			continue
 		}
+		link, _ := os.ReadFile(filepath.Join(dir, stagingLinkFile))
+		if target, err := os.Readlink(string(link)); err == nil && target == dir && holdsBatch(dir) {
+			continue
+		}
+		_ = os.RemoveAll(dir)
 	}
 }
 
@@ -215,7 +252,7 @@ func removeStaging(dirs []staged, unlink bool) (linked []staged) {
 			if d.lock != nil {
 				_ = d.lock.Close()
 			}
-			if os.Remove(d.dir) == nil {
+			if !holdsBatch(d.dir) {
 				_ = os.Remove(d.link)
 			}
 		}

@@ -80,16 +80,12 @@ func stagingInMemory(t *testing.T) (s *Server, nc *nats.Conn, dir string) {
 func requireStagedThenCommitted(t *testing.T, nc *nats.Conn, dir string) {
 	t.Helper()
 	stageOne(t, nc, "b1", 1, false)
-	staged, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	require.Len(t, staged, 1, "the uncommitted batch is staged in memory")
+	require.True(t, holdsBatch(dir), "the uncommitted batch is staged in memory")
 	resp := stageOne(t, nc, "b1", 2, true)
 	require.Contains(t, string(resp.Data), `"count":2`, "the batch is committed whole")
 	// Removed just after the ack.
-	require.Eventually(t, func() bool {
-		staged, err := os.ReadDir(dir)
-		return err == nil && len(staged) == 0
-	}, 5*time.Second, time.Millisecond, "a committed batch's staging is removed")
+	require.Eventually(t, func() bool { return !holdsBatch(dir) }, 5*time.Second, time.Millisecond,
+		"a committed batch's staging is removed")
 }
 
 func requireMemoryFS(t *testing.T) {
@@ -161,31 +157,42 @@ func TestAStartRemovesTheStagingADeadServerLeft(t *testing.T) {
 
 // A server killed whose data directory is never used again leaves its
 // staging directory; the next server to stage batches on the machine
-// removes it if it holds no batch to complete and no running server holds
-// it (in this PID namespace or another sharing /dev/shm).
+// removes it, unless a running server holds it (in this PID namespace or
+// another sharing /dev/shm), or it holds a batch and its data directory
+// still links to it, for the next server there to complete.
 func TestStagingLeftByAServerGoneForGoodIsSwept(t *testing.T) {
 	requireMemoryFS(t)
-	dir := func() string {
-		d, err := os.MkdirTemp(memoryFSPath, stagingPrefix)
+	left := func(link string, batch bool) string {
+		d, err := newStaging(memoryFSPath, link)
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = os.RemoveAll(d) })
-		return d
+		_ = d.lock.Close() // its server died
+		t.Cleanup(func() { _ = os.RemoveAll(d.dir) })
+		if batch {
+			require.NoError(t, os.Mkdir(filepath.Join(d.dir, "batch"), 0o700))
+		}
+		return d.dir
 	}
-	empty, holding, held := dir(), dir(), dir()
-	require.NoError(t, os.Mkdir(filepath.Join(holding, "batch"), 0o700))
-	lock, err := holdShared(held) // as a running server holds its own
+	data := t.TempDir()
+	waitingLink := filepath.Join(data, "batches")
+	empty := left(filepath.Join(data, "gone-empty"), false)
+	orphan := left(filepath.Join(data, "gone"), true)
+	waiting := left(waitingLink, true)
+	require.NoError(t, os.Symlink(waiting, waitingLink))
+	held, err := newStaging(memoryFSPath, filepath.Join(data, "running"))
 	require.NoError(t, err)
-	defer lock.Close()
+	defer held.drop()
 
 	s, err := Start(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
 	require.NoError(t, err)
 	defer s.Shutdown()
 	atomicStream(t, s)
 	require.NoError(t, s.StageBatchesInMemory("EV"))
-	_, err = os.Stat(empty)
-	require.ErrorIs(t, err, os.ErrNotExist, "an abandoned empty staging is swept")
-	require.DirExists(t, holding, "a staged batch waits for its data directory's next server")
-	require.DirExists(t, held, "a running server's staging is its own")
+	for _, gone := range []string{empty, orphan} {
+		_, err = os.Stat(gone)
+		require.ErrorIs(t, err, os.ErrNotExist, "an abandoned staging is swept")
+	}
+	require.DirExists(t, waiting, "a staged batch waits for its data directory's next server")
+	require.DirExists(t, held.dir, "a running server's staging is its own")
 }
 
 // A data directory whose batches link to a staging directory that is not
