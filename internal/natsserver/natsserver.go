@@ -3,7 +3,6 @@
 package natsserver
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -28,13 +27,6 @@ const (
 	FsyncDefault        = FsyncAlways
 	StartTimeoutDefault = 10 * time.Second
 )
-
-// ErrInvalidConfig reports a Config that cannot start a server.
-var ErrInvalidConfig = errors.New("invalid embedded server config")
-
-// ErrDataDirInUse: another embedded server holds the data directory; two
-// servers writing one JetStream store would corrupt it.
-var ErrDataDirInUse = errors.New("data directory in use by another jetjob server")
 
 // Config configures the embedded server.
 type Config struct {
@@ -89,6 +81,7 @@ type Server struct {
 	needsRepair bool
 	staging     []staged // removed at Shutdown
 	restaging   chan struct{}
+	onDisk      []string // streams staging a batch on disk, to stage in memory
 }
 
 // Start starts the server and waits until it accepts clients.

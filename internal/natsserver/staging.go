@@ -23,10 +23,6 @@ const (
 // BatchStagingDefault is Config.BatchStaging's default.
 const BatchStagingDefault = BatchStagingMemory
 
-// ErrStagedOnDisk: a stream's atomic batches stay staged on disk; the
-// error says why.
-var ErrStagedOnDisk = errors.New("atomic batches staged on disk")
-
 // stagingPrefix names the directories made on the memory file system, so
 // that a server finds the ones a dead server left.
 const stagingPrefix = "jetjob-batches-"
@@ -53,8 +49,10 @@ func (s *Server) batchesDir(stream string) string {
 // batch cut short in the middle of its commit (by a crash of the machine,
 // say) is completed at the next start; in memory, once the memory file
 // system is gone, the part written before stays, unacknowledged, as
-// pipelined appends would. Call it once the stream exists and before it
-// takes batches; ErrStagedOnDisk says why the batches stay on disk.
+// pipelined appends would. Call it once the stream exists.
+// ErrStagedOnDisk says why the batches stay on disk: where a batch is
+// being staged on disk (a client that appended first), the server moves
+// the staging to memory once it is done, within restageEvery.
 func (s *Server) StageBatchesInMemory(stream string) error {
 	if s.batchStaging != BatchStagingMemory {
 		return fmt.Errorf("%w: batch staging is %q", ErrStagedOnDisk, s.batchStaging)
@@ -64,29 +62,53 @@ func (s *Server) StageBatchesInMemory(stream string) error {
 		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
 	}
 	sweepAbandoned(root)
-	link := s.batchesDir(stream)
-	d, err := newStaging(root, link)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
-	}
-	// Fails if the stream has staged a batch already (a client that
-	// appended first); those files are in use, so they stay.
-	if err := os.Symlink(d.dir, link); err != nil {
-		d.drop()
-		return fmt.Errorf("%w: %v", ErrStagedOnDisk, err)
-	}
+	d, err := linkStaging(root, s.batchesDir(stream))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.staging = append(s.staging, d)
 	if s.restaging == nil {
 		s.restaging = make(chan struct{})
 		go s.keepStaging(s.restaging)
 	}
+	if err != nil {
+		if errors.Is(err, ErrStagedInMemoryLater) {
+			s.onDisk = append(s.onDisk, stream)
+		}
+		return fmt.Errorf("%w: %w", ErrStagedOnDisk, err)
+	}
+	s.staging = append(s.staging, d)
 	return nil
 }
 
+// linkStaging links the batches directory link to a new staging directory
+// in root. A batches directory nats-server made on disk, for batches staged
+// before, is replaced once no batch is staged in it.
+func linkStaging(root, link string) (staged, error) {
+	d, err := newStaging(root, link)
+	if err != nil {
+		return staged{}, err
+	}
+	err = os.Symlink(d.dir, link)
+	if errors.Is(err, os.ErrExist) {
+		if os.Remove(link) != nil { // only if empty
+			d.drop()
+			return staged{}, ErrStagedInMemoryLater
+		}
+		// A batch that creates the directory again now stays on disk:
+		// its files are in use.
+		if err = os.Symlink(d.dir, link); errors.Is(err, os.ErrExist) {
+			err = ErrStagedInMemoryLater
+		}
+	}
+	if err != nil {
+		d.drop()
+		return staged{}, err
+	}
+	return d, nil
+}
+
 // restageEvery is how often a server checks that its staging directories
-// are still there.
+// are still there, and tries again to stage in memory the batches of a
+// stream it could not.
 const restageEvery = 5 * time.Second
 
 // keepStaging restages until done closes.
@@ -106,7 +128,8 @@ func (s *Server) keepStaging(done <-chan struct{}) {
 // restage links a stream whose staging directory was removed behind the
 // server's back (systemd removes a user's files in /dev/shm when the user
 // logs out, with RemoveIPC) to a new one: until then, every batch of the
-// stream is refused, and the log appends its events one by one.
+// stream is refused, and the log appends its events one by one. It also
+// stages in memory the batches of streams that were staging one on disk.
 func (s *Server) restage() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -131,6 +154,18 @@ func (s *Server) restage() {
 		}
 		_ = d.lock.Close()
 		s.staging[i] = fresh
+	}
+	if root, err := memoryFS(); err == nil {
+		var still []string
+		for _, stream := range s.onDisk {
+			d, err := linkStaging(root, s.batchesDir(stream))
+			if errors.Is(err, ErrStagedInMemoryLater) {
+				still = append(still, stream)
+			} else if err == nil {
+				s.staging = append(s.staging, d)
+			}
+		}
+		s.onDisk = still
 	}
 }
 

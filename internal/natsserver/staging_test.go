@@ -111,8 +111,9 @@ func TestAtomicBatchesAreStagedInMemory(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
 
-// A stream that staged a batch on disk keeps doing so: its staging files are
-// in use, and a server configured for disk never links them.
+// A server configured for disk never stages in memory; one whose stream
+// is staging a batch on disk (a client appended first) leaves those files,
+// in use, and stages in memory once that batch is done.
 func TestBatchesStayOnDiskWhenAsked(t *testing.T) {
 	requireMemoryFS(t)
 	t.Run("configured", func(t *testing.T) {
@@ -132,6 +133,20 @@ func TestBatchesStayOnDiskWhenAsked(t *testing.T) {
 		info, err := os.Lstat(s.batchesDir("EV"))
 		require.NoError(t, err)
 		require.True(t, info.IsDir(), "the batch staged on disk is left where it is")
+
+		s.restage()
+		info, err = os.Lstat(s.batchesDir("EV"))
+		require.NoError(t, err)
+		require.True(t, info.IsDir(), "not while the batch is staged")
+		stageOne(t, nc, "b1", 2, true)
+		require.Eventually(t, func() bool {
+			entries, err := os.ReadDir(s.batchesDir("EV"))
+			return err == nil && len(entries) == 0
+		}, 5*time.Second, time.Millisecond, "the committed batch's staging is removed")
+		s.restage()
+		dir, err := os.Readlink(s.batchesDir("EV"))
+		require.NoError(t, err, "staged in memory once the batch is done")
+		requireStagedThenCommitted(t, nc, dir)
 	})
 }
 

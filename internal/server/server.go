@@ -166,7 +166,9 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	s.stops = append(s.stops, s.Log.Close)
 	if s.embedded != nil {
 		s.BatchStaging = natsserver.BatchStagingMemory
-		if err := s.StageBatchesInMemory(s.Log.Stream()); err != nil {
+		if err := s.StageBatchesInMemory(s.Log.Stream()); errors.Is(err, natsserver.ErrStagedInMemoryLater) {
+			logging.OrNop(o.Logger, "server").Info("the event log's atomic batches are staged in memory soon", zap.Error(err))
+		} else if err != nil {
 			s.BatchStaging = natsserver.BatchStagingDisk
 			logging.OrNop(o.Logger, "server").Info("the event log's atomic batches are staged on disk", zap.Error(err))
 		}
