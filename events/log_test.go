@@ -793,14 +793,27 @@ func TestAttachedLogsFollowTheRecordedAppends(t *testing.T) {
 	require.Equal(t, events.AppendsBatched, worker.Appends())
 }
 
+// recordAppends records in the stream's metadata that appends go as given,
+// as an embedded server with that fsync setting does, and returns the log
+// that did, closed: it still reads.
+func recordAppends(t *testing.T, js jetstream.JetStream, appends string) *events.Log {
+	t.Helper()
+	cfg := events.Config{RecordAppends: true}
+	if appends == events.AppendsStreamed {
+		cfg.MinBatch = events.MaxBatchLimit + 1
+	}
+	l, err := events.Open(context.Background(), js, cfg)
+	require.NoError(t, err)
+	l.Close()
+	return l
+}
+
 // A log that follows the record reads it again after a reconnect: an
 // embedded server restarted with another fsync setting restarts its NATS.
 func TestAFollowingLogFollowsAgainAfterAReconnect(t *testing.T) {
 	ctx := context.Background()
 	env := natstest.Start(t)
-	setup, err := events.Open(ctx, env.JS, events.Config{MinBatch: events.MaxBatchLimit + 1, RecordAppends: true})
-	require.NoError(t, err)
-	setup.Close()
+	recordAppends(t, env.JS, events.AppendsStreamed)
 	_, js := natstest.Connect(t, env.URL)
 	worker, err := events.Attach(js, events.Config{})
 	require.NoError(t, err)
@@ -809,9 +822,7 @@ func TestAFollowingLogFollowsAgainAfterAReconnect(t *testing.T) {
 	require.Equal(t, events.AppendsStreamed, worker.Appends())
 
 	_, admin := natstest.Connect(t, env.URL)
-	setup, err = events.Open(ctx, admin, events.Config{RecordAppends: true})
-	require.NoError(t, err)
-	setup.Close()
+	recordAppends(t, admin, events.AppendsBatched)
 	require.Equal(t, events.AppendsStreamed, worker.Appends(), "no reconnect yet")
 	env.Bounce(t)
 	natstest.Eventually(t, 20*time.Second, func() bool { return worker.Appends() == events.AppendsBatched }, "followed again after the reconnect")
@@ -825,9 +836,7 @@ func TestAFollowingLogFollowsAgainAfterAReconnect(t *testing.T) {
 func TestCloseAnswersAppendsQueuedAcrossASwitch(t *testing.T) {
 	ctx := context.Background()
 	env := natstest.Start(t)
-	setup, err := events.Open(ctx, env.JS, events.Config{MinBatch: events.MaxBatchLimit + 1, RecordAppends: true})
-	require.NoError(t, err)
-	setup.Close()
+	setup := recordAppends(t, env.JS, events.AppendsStreamed)
 	closedUnstored := 0
 	for round := range 20 {
 		_, js := natstest.Connect(t, env.URL)
