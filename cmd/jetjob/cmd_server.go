@@ -121,7 +121,7 @@ func runServer(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("server", "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] [--batch-staging memory|disk] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
 	var o server.Options
 	finish := serverFlags(fs, &o, "jetjob-data")
-	verbose := fs.Bool("v", false, "debug logging")
+	verbose := fs.Bool("v", false, "debug logging, the embedded NATS server's own notices included (its warnings and errors are always logged)")
 	pos, err := fs.parse(args)
 	if err != nil {
 		return err

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Fsync policies for the JetStream store.
@@ -38,8 +40,10 @@ type Config struct {
 	Fsync string
 	// StartTimeout bounds how long Start waits for the server to accept clients.
 	StartTimeout time.Duration
-	// Debug turns on the server's own logging to stderr.
-	Debug bool
+	// Logger receives the server's own log, named "nats-server": warnings
+	// and errors, and its notices and debug lines at debug level. Nil means
+	// no logging.
+	Logger *zap.Logger
 	// BatchStaging is where StageBatchesInMemory may stage atomic batches:
 	// BatchStagingMemory (default) or BatchStagingDisk.
 	BatchStaging string
@@ -118,7 +122,7 @@ func Start(cfg Config) (*Server, error) {
 		JetStream: true,
 		StoreDir:  cfg.DataDir,
 		NoSigs:    true,
-		NoLog:     !cfg.Debug,
+		NoLog:     true, // logs to cfg.Logger instead, below
 		// Large enough for a batch of 1,000 job payloads at the default limit.
 		MaxPayload: 8 << 20,
 		// Workers may keep many pull requests in flight.
@@ -135,8 +139,9 @@ func Start(cfg Config) (*Server, error) {
 		unlock(false)
 		return nil, fmt.Errorf("create nats server: %w", err)
 	}
-	if cfg.Debug {
-		ns.ConfigureLogger()
+	if cfg.Logger != nil {
+		l := cfg.Logger.Named("nats-server")
+		ns.SetLoggerV2(serverLog{l}, l.Core().Enabled(zapcore.DebugLevel), false, false)
 	}
 	go ns.Start()
 	if !ns.ReadyForConnections(cfg.StartTimeout) {

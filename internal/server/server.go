@@ -102,7 +102,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, fmt.Errorf("%w: %d replicas, expected 0-%d, and at most 1 on the embedded server", ErrInvalidOptions, o.Replicas, provision.ReplicasMax)
 	}
 	if o.NATSURL == "" {
-		srv, err := natsserver.Start(natsserver.Config{DataDir: o.DataDir, Listen: o.Listen, Fsync: o.Fsync, BatchStaging: o.BatchStaging})
+		srv, err := natsserver.Start(natsserver.Config{DataDir: o.DataDir, Listen: o.Listen, Fsync: o.Fsync, BatchStaging: o.BatchStaging, Logger: o.Logger})
 		if err != nil {
 			return s, err
 		}
