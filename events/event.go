@@ -88,9 +88,12 @@ func Encode(e Event) ([]byte, error) {
 // a version-1 envelope with an ID, a job and a type, and ErrUnknownType for a
 // well-formed event of a type this version does not know.
 func Decode(b []byte) (Event, error) {
-	var env envelope
-	if err := json.Unmarshal(b, &env); err != nil {
-		return Event{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	env, ok := decodeWritten(b)
+	if !ok {
+		env = envelope{}
+		if err := json.Unmarshal(b, &env); err != nil {
+			return Event{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
 	}
 	if env.V != EnvelopeVersion {
 		return env.Event, fmt.Errorf("%w: envelope version %d, expected %d", ErrMalformed, env.V, EnvelopeVersion)
