@@ -240,7 +240,11 @@ func (r *Runner) cancelLatency(ctx context.Context, s *server.Server, fsync stri
 		}
 		lat = append(lat, d)
 	}
-	note := fmt.Sprintf("%d running jobs canceled one at a time; %d handlers stopped before their cancel call returned", n, early)
+	handlers := "handlers"
+	if early == 1 {
+		handlers = "handler"
+	}
+	note := fmt.Sprintf("%d running jobs canceled one at a time; %d %s stopped before their cancel call returned", n, early, handlers)
 	p50, p90, p99, mx := percentiles(lat)
 	r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "cancel_p50_ms", Value: p50, Unit: "ms", Note: note})
 	r.add(Figure{Scenario: ScenarioLatency, Fsync: fsync, Metric: "cancel_p90_ms", Value: p90, Unit: "ms", Note: note})
