@@ -183,9 +183,9 @@ type Log struct {
 	streamMu sync.Mutex
 	stream   jetstream.Stream
 
-	// streamed: appends are published as they come (streamLoop), not
-	// gathered into commits. Follow may change it while appends are in
-	// flight, so each append carries how it was sent (appendReq.published).
+	// streamed: each append is published by its caller as it comes
+	// (appendEncoded), not gathered into commits. Follow may change it
+	// while appends are queued; streamLoop answers those.
 	streamed atomic.Bool
 	// relayOffUntil: appends go straight to the stream until then (Unix
 	// nanoseconds), after a relayed one found no server relaying or got
@@ -383,7 +383,17 @@ func (l *Log) appendEncoded(ctx context.Context, ev Event, data []byte, expected
 		}
 	}
 	if l.streamed.Load() {
-		req.published = make(chan jetstream.PubAckFuture, 1)
+		// Published by its caller, which waits for its own ack: no append
+		// waits for the acks of others, and none waits for a flusher's
+		// goroutine to be scheduled, which under load cost each submit of
+		// one producer at a time a hand-off there and one back.
+		f, err := l.js.PublishMsgAsync(l.msg(req))
+		if err != nil {
+			f = nil
+		} else {
+			req.sent = true
+		}
+		return l.awaitAck(ctx, req, f)
 	}
 	select {
 	case l.reqs <- req:
@@ -392,10 +402,7 @@ func (l *Log) appendEncoded(ctx context.Context, ev Event, data []byte, expected
 	case <-l.done:
 		return 0, ErrClosed
 	}
-	// published is nil, so never ready, unless the log streams.
 	select {
-	case f := <-req.published:
-		return l.awaitAck(ctx, req, f)
 	case r := <-req.result:
 		return r.seq, r.err
 	case <-ctx.Done():
@@ -405,8 +412,6 @@ func (l *Log) appendEncoded(ctx context.Context, ev Event, data []byte, expected
 		// Every flusher has answered what it took; a request queued after
 		// the last drain was never published.
 		select {
-		case f := <-req.published:
-			return l.awaitAck(ctx, req, f)
 		case r := <-req.result:
 			return r.seq, r.err
 		default:
@@ -458,7 +463,7 @@ func (l *Log) Appends() string {
 	return AppendsBatched
 }
 
-// awaitAck waits for the ack of an append the flusher published (f, nil if
+// awaitAck waits for the ack of an append its caller published (f, nil if
 // the publish failed); an append refused or unanswered takes the careful
 // path of appendOne, as in pipeline.
 func (l *Log) awaitAck(ctx context.Context, r *appendReq, f jetstream.PubAckFuture) (uint64, error) {
@@ -535,9 +540,6 @@ type appendReq struct {
 	data     []byte
 	expected uint64
 	result   chan appendResult
-	// published receives the ack future of an append a streaming log's
-	// flusher published (nil: the publish failed), instead of result.
-	published chan jetstream.PubAckFuture
 	// sent: the append may have reached the server (set before any publish
 	// that may have gone out); one that never did is known not stored.
 	sent bool
@@ -772,35 +774,18 @@ fill:
 	return batch, next, true
 }
 
-// streamLoop publishes each append as it arrives and hands its caller the
-// ack to wait for. Unlike rounds of pipelined appends, no append waits for
-// the acks of the others published with it, and the callers' goroutines,
-// not one flusher's, take the acks: with eight producers submitting one job
-// at a time, that was 12% more jobs through (docs/BENCHMARKS.md). Two
-// appends to one job in flight at once are two writers racing, and the
-// server refuses the second as it would in a batch. It returns when the
-// log stops streaming (true) or closes (false).
+// streamLoop runs in place of commits while the log streams, when each
+// append is published by its caller (appendEncoded): it answers the appends
+// queued before Follow made the log stream, whose callers wait for a
+// result, on the careful path of appendOne. Two appends to one job in
+// flight at once are two writers racing, and the server refuses the second
+// as it would in a batch. It returns when the log stops streaming (true)
+// or closes (false).
 func (l *Log) streamLoop() bool {
 	for l.streamed.Load() {
 		select {
 		case r := <-l.reqs:
-			if r.published == nil {
-				// Queued before Follow made the log stream: its caller
-				// waits for a result, not an ack.
-				l.answerLater(r)
-				continue
-			}
-			if err := r.ctx.Err(); err != nil {
-				r.result <- appendResult{err: fmt.Errorf("append to job %s: %w", r.ev.JobID, err)}
-				continue
-			}
-			f, err := l.js.PublishMsgAsync(l.msg(r))
-			if err != nil {
-				f = nil
-			} else {
-				r.sent = true
-			}
-			r.published <- f
+			l.answerLater(r)
 		case <-l.done:
 			return false
 		}
