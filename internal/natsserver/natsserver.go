@@ -130,8 +130,8 @@ func Start(cfg Config) (*Server, error) {
 		// The cache of subject matches serves a subject published again;
 		// most of jetjob's are published once (a job's events and view, a
 		// queue message, an ack, a reply), so each missed, was added, and
-		// pruned the cache past 1,024 subjects. Without it: 9% less CPU
-		// per e2e job (docs/BENCHMARKS.md).
+		// pruned the cache past 1,024 subjects. Without it, an e2e run
+		// took 4-9% less CPU (docs/BENCHMARKS.md, sixteenth pass).
 		NoSublistCache: true,
 	}
 	if cfg.Fsync == FsyncAlways {
