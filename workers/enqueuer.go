@@ -361,11 +361,12 @@ var makesPending = map[string]bool{
 // eventItem is an event of a batch the enqueuer acts on.
 type eventItem struct {
 	rec events.Record
-	// submitted, key and later are set for a job.submitted event;
-	// later: it runs at a time still to come, so it waits for a timer.
-	submitted events.Submitted
-	key       queueKey
-	later     bool
+	// job, key and later are set for a job.submitted event: the job as
+	// the event made it; later: it runs at a time still to come, so it
+	// waits for a timer.
+	job   statemachine.Job
+	key   queueKey
+	later bool
 }
 
 func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) error {
@@ -392,12 +393,15 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 		}
 		it := eventItem{rec: rec}
 		if rec.Type == events.TypeSubmitted {
-			d := &it.submitted
-			if rec.DecodeData(d) != nil || statemachine.ValidateToken("type", d.Type) != nil {
+			// The fold reads the event's data once, for the queue key and
+			// for the job the queue message carries.
+			job := &it.job
+			*job = statemachine.Job{State: statemachine.StateNew}
+			if job.Apply(rec) != nil || statemachine.ValidateToken("type", job.Type) != nil {
 				continue
 			}
-			it.key = queueKey{Type: d.Type, Tagset: TagsetID(d.Tags), Prio: d.Priority, Tags: d.Tags}
-			it.later = d.RunAt != nil && d.RunAt.After(rec.Time)
+			it.key = queueKey{Type: job.Type, Tagset: TagsetID(job.Tags), Prio: job.Priority, Tags: job.Tags}
+			it.later = job.State == statemachine.StateScheduled
 			if !it.later && !seen[it.key.name()] && !e.isKnown(it.key) {
 				seen[it.key.name()] = true
 				fresh = append(fresh, it.key)
@@ -419,20 +423,15 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 		rec, jobID := it.rec, it.rec.JobID
 		switch rec.Type {
 		case events.TypeSubmitted:
-			d := it.submitted
 			if it.later {
-				f, err := e.armTimer(jobID, *d.RunAt, rec.Seq)
+				f, err := e.armTimer(jobID, *it.job.RunAt, rec.Seq)
 				if err != nil {
 					return err
 				}
 				acks = append(acks, f)
 				continue
 			}
-			job := statemachine.Job{State: statemachine.StateNew}
-			if job.Apply(rec) != nil {
-				continue
-			}
-			f, err := e.enqueue(ctx, job, it.key, "e"+strconv.FormatUint(rec.Seq, 10))
+			f, err := e.enqueue(ctx, it.job, it.key, "e"+strconv.FormatUint(rec.Seq, 10))
 			if err != nil {
 				return err
 			}
