@@ -52,12 +52,24 @@ func decodeWritten(b []byte) (envelope, bool) {
 	// The envelope's closing brace cut off, data ends with its own: no
 	// space after it, which encoding/json would leave out of a RawMessage.
 	data = data[:len(data)-1]
-	if data[len(data)-1] != '}' || !json.Valid(data) {
+	if data[len(data)-1] != '}' || mayNestTooDeep(data) || !json.Valid(data) {
 		return env, false
 	}
 	// Copied, as encoding/json copies a RawMessage: b is the caller's.
 	env.Data = bytes.Clone(data)
 	return env, true
+}
+
+// nestingMax is encoding/json's bound on nesting, which it applies to the
+// whole envelope: data one level inside it, checked alone by json.Valid,
+// could be one level too deep for it.
+const nestingMax = 10_000
+
+// mayNestTooDeep reports data that might nest past nestingMax inside the
+// envelope: it counts every bracket that opens, in strings too, so it may
+// refuse what encoding/json reads, never the other way round.
+func mayNestTooDeep(data []byte) bool {
+	return bytes.Count(data, []byte("{"))+bytes.Count(data, []byte("[")) >= nestingMax-1
 }
 
 // plainString cuts the JSON string at the start of b, quotes included, when

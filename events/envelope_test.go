@@ -3,6 +3,7 @@ package events
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,5 +79,28 @@ func TestDecodeWrittenTakesWhatEncodeWrites(t *testing.T) {
 	for _, s := range writtenSeeds[writtenRefused:] {
 		_, ok := decodeWritten([]byte(s))
 		require.False(t, ok, "%s", s)
+	}
+}
+
+// encoding/json refuses an envelope nested past its bound, though its data
+// alone, one level shallower, is valid JSON: near the bound, the fast path
+// leaves data to encoding/json, and Decode agrees with it.
+func TestDecodeWrittenLeavesDeepDataToEncodingJSON(t *testing.T) {
+	for _, repeats := range []int{9_996, 9_998, 9_999} {
+		b := []byte(`{"v":1,"id":"e","job":"j","type":"job.promoted","time":"2026-01-01T00:00:00Z","data":` +
+			strings.Repeat(`{"a":`, repeats) + `{}` + strings.Repeat(`}`, repeats) + `}`)
+		var env envelope
+		slow := json.Unmarshal(b, &env)
+		_, fast := decodeWritten(b)
+		_, err := Decode(b)
+		if slow != nil {
+			require.False(t, fast, "%d repeats: encoding/json refuses it", repeats)
+			require.ErrorIs(t, err, ErrMalformed, "%d repeats", repeats)
+		} else {
+			require.NoError(t, err, "%d repeats", repeats)
+		}
+		if repeats == 9_999 {
+			require.Error(t, slow, "10,001 deep in all: past encoding/json's bound")
+		}
 	}
 }
