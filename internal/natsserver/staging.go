@@ -50,6 +50,7 @@ func (s *Server) batchesDir(stream string) string {
 // say) is completed at the next start; in memory, once the memory file
 // system is gone, the part written before stays, unacknowledged, as
 // pipelined appends would. Call it once the stream exists.
+//
 // ErrStagedOnDisk says why the batches stay on disk: where a batch is
 // being staged on disk (a client that appended first), the server moves
 // the staging to memory once it is done, within restageEvery.

@@ -166,11 +166,12 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	s.stops = append(s.stops, s.Log.Close)
 	if s.embedded != nil {
 		s.BatchStaging = natsserver.BatchStagingMemory
+		logger := logging.OrNop(o.Logger, "server")
 		if err := s.StageBatchesInMemory(s.Log.Stream()); errors.Is(err, natsserver.ErrStagedInMemoryLater) {
-			logging.OrNop(o.Logger, "server").Info("the event log's atomic batches are staged in memory soon", zap.Error(err))
+			logger.Info("the event log's atomic batches are staged in memory soon", zap.Error(err))
 		} else if err != nil {
 			s.BatchStaging = natsserver.BatchStagingDisk
-			logging.OrNop(o.Logger, "server").Info("the event log's atomic batches are staged on disk", zap.Error(err))
+			logger.Info("the event log's atomic batches are staged on disk", zap.Error(err))
 		}
 	} else {
 		// What the NATS fsyncs is unknown here; an embedded server's record of it is not.
