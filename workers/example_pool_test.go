@@ -37,12 +37,13 @@ func Example() {
 
 	// A worker with a GPU in the EU serves render jobs that need either tag,
 	// both or neither.
-	done := make(chan string, 1)
+	results := make(chan workers.Result, 1)
 	pool, _ := workers.NewPool(js, m, workers.PoolConfig{
 		Types: []string{"render"}, Tags: map[string]string{"gpu": "true", "region": "eu"},
+		// Each attempt's outcome, once it is in the job's history.
+		OnResult: func(r workers.Result) { results <- r },
 	}, func(ctx context.Context, j *workers.Job) error {
 		j.Logf("rendering %s", j.Payload)
-		done <- j.ID
 		return nil
 	})
 	_ = pool.Start(ctx)
@@ -51,15 +52,9 @@ func Example() {
 	job, _, _ := m.Submit(ctx, statemachine.SubmitParams{
 		Type: "render", Tags: map[string]string{"gpu": "true"}, Payload: []byte(`"frame-1"`),
 	})
-	ran := <-done
-	fmt.Println("ran the submitted job:", ran == job.ID)
-	for {
-		j, _ := m.Load(ctx, job.ID)
-		if j.State.Finished() {
-			fmt.Println("state:", j.State, "attempt:", j.Attempt)
-			break
-		}
-	}
+	r := <-results
+	fmt.Println("ran the submitted job:", r.Job.ID == job.ID)
+	fmt.Println("state:", r.Job.State, "attempt:", r.Job.Attempt)
 	// Output:
 	// ran the submitted job: true
 	// state: succeeded attempt: 1

@@ -92,8 +92,29 @@ type PoolConfig struct {
 	// for cancels; heartbeats start within HeartbeatInterval regardless.
 	// Default CancelWatchDelayDefault.
 	CancelWatchDelay time.Duration
+	// OnResult, when set, is called once for each attempt whose outcome the
+	// pool recorded in the job's history, after the append was
+	// acknowledged: a metric or a test can count outcomes without reading
+	// the log. It runs on the goroutine that ran the handler and holds a
+	// result slot (at most Concurrency wait), so it should return quickly.
+	// An outcome that could not be recorded (the attempt lost the job, the
+	// server unreachable for 30 s) is logged, not passed on.
+	OnResult func(Result)
 	// Logger; nil means no logging.
 	Logger *zap.Logger
+}
+
+// Result is an attempt's outcome as the pool recorded it.
+type Result struct {
+	// Job is the job as the recorded event left it: StateSucceeded,
+	// StateFailed, StateScheduled (retried after its backoff),
+	// StatePending (handed back as the pool stopped) or StateCanceled.
+	// Job.Error and Job.ErrorCode say why a failed attempt failed.
+	Job statemachine.Job
+	// Err is what the handler returned; nil when it succeeded the job.
+	// ErrJobTimeout when the attempt was failed because its handler did
+	// not stop after its timeout (it has not returned).
+	Err error
 }
 
 func (c *PoolConfig) validate() error {
@@ -1032,13 +1053,16 @@ func (p *Pool) failUnstopped(held statemachine.Job) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	msg := fmt.Sprintf("ran past the job timeout of %s and did not stop within %s after it", p.cfg.JobTimeout, p.cfg.ShutdownGrace)
-	_, err := p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout, Error: msg})
+	recorded, err := p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout, Error: msg})
 	var illegal *statemachine.IllegalTransitionError
 	if errors.As(err, &illegal) && illegal.State == statemachine.StateCanceling {
 		// Canceled meanwhile: the cancel is what ends the attempt.
-		_, err = p.m.AcknowledgeCancel(ctx, held)
+		recorded, err = p.m.AcknowledgeCancel(ctx, held)
 	}
-	if err != nil && !errors.Is(err, statemachine.ErrLeaseLost) {
+	switch {
+	case err == nil:
+		p.passResult(recorded, ErrJobTimeout)
+	case !errors.Is(err, statemachine.ErrLeaseLost):
 		p.logger.Warn("fail an attempt that ignored its timeout", zap.String("job", held.ID), zap.Error(err))
 	}
 }
@@ -1065,27 +1089,30 @@ func errorText(err error) (text string) {
 }
 
 func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err error) {
-	var rerr error
+	var (
+		recorded statemachine.Job
+		rerr     error
+	)
 	switch {
 	case errors.Is(cause, ErrLeaseLost):
 		p.logger.Info("lost the job; its result is dropped", zap.String("job", held.ID))
 		return
 	case errors.Is(cause, ErrCanceled):
-		_, rerr = p.m.AcknowledgeCancel(ctx, held)
+		recorded, rerr = p.m.AcknowledgeCancel(ctx, held)
 	case err == nil:
 		// Also after a shutdown cancel: the handler finished the work, and
 		// handing the job back would run it twice.
-		_, rerr = p.m.Succeed(ctx, held, nil)
+		recorded, rerr = p.m.Succeed(ctx, held, nil)
 	case errors.Is(cause, ErrShutdown):
-		_, rerr = p.m.Release(ctx, held, "worker shutting down")
+		recorded, rerr = p.m.Release(ctx, held, "worker shutting down")
 	case errors.Is(cause, ErrLostContact):
-		_, rerr = p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeLostContact, Error: cause.Error()})
+		recorded, rerr = p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeLostContact, Error: cause.Error()})
 	case errors.Is(cause, ErrJobTimeout):
 		msg := fmt.Sprintf("ran past the job timeout of %s", p.cfg.JobTimeout)
 		if err != nil && !errors.Is(err, ErrJobTimeout) {
 			msg += ": " + errorText(err) // what the handler said as it stopped
 		}
-		_, rerr = p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout, Error: msg})
+		recorded, rerr = p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout, Error: msg})
 	default:
 		fp := statemachine.FailParams{Error: errorText(err)}
 		var noRetry *NoRetryError
@@ -1094,12 +1121,12 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 		if errors.As(err, &coded) {
 			fp.Code = coded.Code
 		}
-		_, rerr = p.m.Fail(ctx, held, fp)
+		recorded, rerr = p.m.Fail(ctx, held, fp)
 	}
 	// A cancel that arrived after the handler returned: acknowledge it.
 	var illegal *statemachine.IllegalTransitionError
 	if errors.As(rerr, &illegal) && illegal.State == statemachine.StateCanceling {
-		_, rerr = p.m.AcknowledgeCancel(ctx, held)
+		recorded, rerr = p.m.AcknowledgeCancel(ctx, held)
 	}
 	if rerr != nil {
 		if errors.Is(rerr, statemachine.ErrLeaseLost) {
@@ -1108,6 +1135,14 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 		}
 		p.logger.Warn("report result", zap.String("job", held.ID), zap.Error(rerr))
 		p.countUnrecorded()
+		return
+	}
+	p.passResult(recorded, err)
+}
+
+func (p *Pool) passResult(recorded statemachine.Job, err error) {
+	if p.cfg.OnResult != nil {
+		p.cfg.OnResult(Result{Job: recorded, Err: err})
 	}
 }
 

@@ -506,7 +506,9 @@ func TestJobTimeoutFailsAHandlerThatIgnoresIt(t *testing.T) {
 	f := newFixture(t, true)
 	release := make(chan struct{})
 	returned := make(chan struct{})
-	pool := f.pool(PoolConfig{Types: []string{"deaf"}, JobTimeout: 100 * time.Millisecond, ShutdownGrace: 200 * time.Millisecond},
+	results := make(chan Result, 2)
+	pool := f.pool(PoolConfig{Types: []string{"deaf"}, JobTimeout: 100 * time.Millisecond, ShutdownGrace: 200 * time.Millisecond,
+		OnResult: func(r Result) { results <- r }},
 		func(ctx context.Context, j *Job) error {
 			defer close(returned)
 			<-release
@@ -533,6 +535,11 @@ func TestJobTimeoutFailsAHandlerThatIgnoresIt(t *testing.T) {
 	seq, err := f.log.LastSeq(context.Background(), j.ID)
 	require.NoError(t, err)
 	require.Equal(t, failed.Version, seq, "nothing appended after the failure")
+	// One outcome: the failure, not the refused success.
+	require.Len(t, results, 1)
+	r := <-results
+	require.ErrorIs(t, r.Err, ErrJobTimeout)
+	require.Equal(t, statemachine.StateFailed, r.Job.State)
 }
 
 // A job canceled while its handler ignores both the cancel and the
@@ -1845,4 +1852,81 @@ func TestIdlePoolsShareAWakeUp(t *testing.T) {
 	n := asks.Load() - before
 	t.Logf("%d fetches for %d jobs", n, jobs)
 	require.Less(t, n, int64(2*jobs))
+}
+
+// OnResult hears of every outcome once, after its event is in the log,
+// whatever the outcome was.
+func TestOnResultPassesEachRecordedOutcome(t *testing.T) {
+	f := newFixture(t, true)
+	results := make(chan Result, 16)
+	running := make(chan struct{})
+	broken := errors.New("bad input")
+	f.pool(PoolConfig{Types: []string{"ok", "flaky", "broken", "long"}, OnResult: func(r Result) { results <- r }},
+		func(ctx context.Context, j *Job) error {
+			switch j.Type {
+			case "flaky":
+				if j.Attempt == 1 {
+					return errors.New("not yet")
+				}
+			case "broken":
+				return NoRetry(broken)
+			case "long":
+				close(running)
+				<-ctx.Done()
+				return ctx.Err()
+			}
+			return nil
+		})
+	next := func() Result {
+		t.Helper()
+		select {
+		case r := <-results:
+			// Recorded: the log holds the event the result reports.
+			seq, err := f.log.LastSeq(context.Background(), r.Job.ID)
+			require.NoError(t, err)
+			require.GreaterOrEqual(t, seq, r.Job.Version, "result passed on before its event was stored")
+			return r
+		case <-time.After(10 * time.Second):
+			t.Fatal("no result within 10s")
+			return Result{}
+		}
+	}
+
+	ok := f.submit(statemachine.SubmitParams{Type: "ok"})
+	r := next()
+	require.Equal(t, ok.ID, r.Job.ID)
+	require.Equal(t, statemachine.StateSucceeded, r.Job.State)
+	require.NoError(t, r.Err)
+
+	flaky := f.submit(statemachine.SubmitParams{Type: "flaky", MaxAttempts: 2,
+		Backoff: statemachine.BackoffConfig{Base: 50 * time.Millisecond}})
+	r = next()
+	require.Equal(t, flaky.ID, r.Job.ID)
+	require.Equal(t, statemachine.StateScheduled, r.Job.State)
+	require.EqualError(t, r.Err, "not yet")
+	r = next()
+	require.Equal(t, statemachine.StateSucceeded, r.Job.State)
+	require.Equal(t, 2, r.Job.Attempt)
+
+	bad := f.submit(statemachine.SubmitParams{Type: "broken", MaxAttempts: 5})
+	r = next()
+	require.Equal(t, bad.ID, r.Job.ID)
+	require.Equal(t, statemachine.StateFailed, r.Job.State)
+	require.ErrorIs(t, r.Err, broken)
+	require.Equal(t, "bad input", r.Job.Error)
+
+	long := f.submit(statemachine.SubmitParams{Type: "long"})
+	<-running
+	_, err := f.m.Cancel(context.Background(), long.ID, "")
+	require.NoError(t, err)
+	r = next()
+	require.Equal(t, long.ID, r.Job.ID)
+	require.Equal(t, statemachine.StateCanceled, r.Job.State)
+	require.ErrorIs(t, r.Err, context.Canceled)
+
+	select {
+	case r := <-results:
+		t.Fatalf("an outcome passed on twice: %+v", r)
+	default:
+	}
 }

@@ -9,7 +9,7 @@ import (
 // The counter ends a run on the successes of its own jobs only, whichever
 // comes first of a job's success and its submit's return.
 func TestSuccessCounterCountsOnlyExpectedJobs(t *testing.T) {
-	c := &successCounter{want: 3, wanted: map[string]bool{}, early: map[string]bool{}, all: make(chan struct{})}
+	c := newSuccessCounter(3)
 	done := func() bool {
 		select {
 		case <-c.all:

@@ -29,10 +29,7 @@ func (r *Runner) backlogScenario(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			counter, err := countSuccesses(s, size)
-			if err != nil {
-				return err
-			}
+			counter := newSuccessCounter(size)
 			start := time.Now()
 			if err := submitAll(ctx, s.Machine, jobs(size, statemachine.SubmitParams{Type: r.jobType("drain")}), r.cfg.Producers, ModeBatch, counter.expect); err != nil {
 				return err
@@ -44,7 +41,7 @@ func (r *Runner) backlogScenario(ctx context.Context) error {
 			if err := waitQueued(ctx, s, before+uint64(size), r.cfg.Stall); err != nil {
 				return err
 			}
-			stop, err := r.startPools(ctx, s, []workers.PoolConfig{{Types: []string{r.jobType("drain")}, Concurrency: r.cfg.Workers}}, noop, false)
+			stop, err := r.startPools(ctx, s, counter.pools([]workers.PoolConfig{{Types: []string{r.jobType("drain")}, Concurrency: r.cfg.Workers}}), noop, false)
 			if err != nil {
 				return err
 			}
