@@ -95,10 +95,13 @@ type PoolConfig struct {
 	// OnResult, when set, is called once for each attempt whose outcome the
 	// pool recorded in the job's history, after the append was
 	// acknowledged: a metric or a test can count outcomes without reading
-	// the log. It runs on the goroutine that ran the handler and holds a
-	// result slot (at most Concurrency wait), so it should return quickly.
-	// An outcome that could not be recorded (the attempt lost the job, the
-	// server unreachable for 30 s) is logged, not passed on.
+	// the log. It is called from several goroutines at once (the one that
+	// ran the handler, holding a result slot, or the timer that fails a
+	// handler ignoring its timeout), so it must be safe for concurrent use
+	// and should return quickly; once Stop has returned nil, every call has
+	// returned. An outcome whose append failed, or came back with no answer
+	// (the server unreachable for 30 s), is logged and not passed on, though
+	// an unanswered one may be in the log.
 	OnResult func(Result)
 	// Logger; nil means no logging.
 	Logger *zap.Logger
@@ -106,14 +109,19 @@ type PoolConfig struct {
 
 // Result is an attempt's outcome as the pool recorded it.
 type Result struct {
-	// Job is the job as the recorded event left it: StateSucceeded,
-	// StateFailed, StateScheduled (retried after its backoff),
-	// StatePending (handed back as the pool stopped) or StateCanceled.
-	// Job.Error and Job.ErrorCode say why a failed attempt failed.
+	// Job is the job as the recorded event left it; its State is the
+	// outcome: StateSucceeded, StateFailed, StateScheduled (retried after
+	// its backoff), StatePending (handed back as the pool stopped, also a
+	// job acquired as it stopped and never run) or StateCanceled. Job.Error
+	// and Job.ErrorCode say why a failed attempt failed. Job.Errors may
+	// lack the earlier attempts' errors, which a queue message leaves out
+	// (statemachine.Machine.Load reads them).
 	Job statemachine.Job
-	// Err is what the handler returned; nil when it succeeded the job.
-	// ErrJobTimeout when the attempt was failed because its handler did
-	// not stop after its timeout (it has not returned).
+	// Err is what the handler returned, which is not the outcome: a handler
+	// that returns nil after its job was canceled leaves the job canceled.
+	// Nil for a job handed back before it ran; ErrJobTimeout when the
+	// attempt was ended because its handler did not stop after its timeout
+	// (the handler has not returned).
 	Err error
 }
 
@@ -1005,7 +1013,11 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 		slot.free()
 		rctx, rcancel := context.WithTimeout(context.Background(), acquireTimeout)
 		defer rcancel()
-		if _, err := p.m.Release(rctx, held, "worker shutting down"); err != nil && !errors.Is(err, statemachine.ErrLeaseLost) {
+		recorded, err := p.m.Release(rctx, held, "worker shutting down")
+		switch {
+		case err == nil:
+			p.passResult(recorded, nil)
+		case !errors.Is(err, statemachine.ErrLeaseLost):
 			p.logger.Warn("hand back a job acquired while stopping", zap.String("job", held.ID), zap.Error(err))
 			p.countUnrecorded()
 		}
@@ -1019,8 +1031,18 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 		defer timeout.Stop()
 		// Its heartbeats stopped with the cancel: without this, a handler
 		// that ignores its context would be failed as hung, much later.
-		abandon := time.AfterFunc(p.cfg.JobTimeout+p.cfg.ShutdownGrace, func() { p.failUnstopped(held) })
-		defer abandon.Stop()
+		abandoned := make(chan struct{})
+		abandon := time.AfterFunc(p.cfg.JobTimeout+p.cfg.ShutdownGrace, func() {
+			defer close(abandoned)
+			p.failUnstopped(held)
+		})
+		// A failure under way is waited for, so that Stop, which waits for
+		// run, returns after its OnResult.
+		defer func() {
+			if !abandon.Stop() {
+				<-abandoned
+			}
+		}()
 	}
 	watchDone := make(chan struct{})
 	go p.watchAttempt(ctx, held, cancel, watchDone)

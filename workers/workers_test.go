@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -750,9 +751,22 @@ func TestStopWhileAcquiringLeavesNoJobRunningUnrun(t *testing.T) {
 		ids = append(ids, f.submit(statemachine.SubmitParams{Type: "churn", MaxAttempts: 1}).ID)
 	}
 	var ran sync.Map
+	// What OnResult heard, and whether it heard anything after a Stop.
+	var mu sync.Mutex
+	outcomes := map[string][]statemachine.State{}
+	var late atomic.Int64
 	for round := 0; round < 6; round++ {
 		var n atomic.Int64
-		p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"churn"}, Concurrency: 64}, func(_ context.Context, j *Job) error {
+		var stopped atomic.Bool
+		onResult := func(r Result) {
+			if stopped.Load() {
+				late.Add(1)
+			}
+			mu.Lock()
+			outcomes[r.Job.ID] = append(outcomes[r.Job.ID], r.Job.State)
+			mu.Unlock()
+		}
+		p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"churn"}, Concurrency: 64, OnResult: onResult}, func(_ context.Context, j *Job) error {
 			ran.Store(j.ID, true)
 			n.Add(1)
 			return nil
@@ -761,16 +775,25 @@ func TestStopWhileAcquiringLeavesNoJobRunningUnrun(t *testing.T) {
 		require.NoError(t, p.Start(context.Background()))
 		natstest.Eventually(t, 10*time.Second, func() bool { return n.Load() >= 20 }, "20 jobs run")
 		require.NoError(t, p.Stop(context.Background()))
+		stopped.Store(true)
 	}
+	require.Zero(t, late.Load(), "outcomes passed on after Stop returned")
 	for _, id := range ids {
 		j, err := f.m.Load(context.Background(), id)
 		require.NoError(t, err)
 		_, didRun := ran.Load(id)
+		heard := outcomes[id]
 		switch j.State {
 		case statemachine.StateSucceeded:
 			require.True(t, didRun, "job %s succeeded without running", id)
+			require.NotEmpty(t, heard, "job %s", id)
+			require.Equal(t, statemachine.StateSucceeded, heard[len(heard)-1], "job %s: %v", id, heard)
+			require.Equal(t, len(heard)-1, slices.Index(heard, statemachine.StateSucceeded), "job %s succeeded twice: %v", id, heard)
 		case statemachine.StatePending:
 			require.Equal(t, 0, j.Attempt, "job %s", id)
+			for _, st := range heard {
+				require.Equal(t, statemachine.StatePending, st, "job %s: %v", id, heard)
+			}
 		default:
 			t.Fatalf("job %s is %s after every pool stopped (ran: %v)", id, j.State, didRun)
 		}
