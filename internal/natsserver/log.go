@@ -25,9 +25,13 @@ func (s serverLog) Errorf(format string, v ...any) { s.at(zapcore.ErrorLevel, fo
 func (s serverLog) Debugf(format string, v ...any) { s.at(zapcore.DebugLevel, format, v) }
 func (s serverLog) Tracef(string, ...any)          {}
 
+// at formats a line only when its level is logged; the line is checked
+// again with its message, which a sampling logger groups lines by.
 func (s serverLog) at(level zapcore.Level, format string, v []any) {
-	if ce := s.l.Check(level, ""); ce != nil {
-		ce.Message = fmt.Sprintf(format, v...)
+	if !s.l.Core().Enabled(level) {
+		return
+	}
+	if ce := s.l.Check(level, fmt.Sprintf(format, v...)); ce != nil {
 		ce.Write()
 	}
 }
