@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/jetjob/jetjob/internal/server"
 	"io"
 	"path/filepath"
 	"time"
 
-	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
 	"github.com/jetjob/jetjob/workers"
@@ -44,26 +42,11 @@ func demoHandler(ctx context.Context, job *workers.Job) error {
 }
 
 func runDev(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("dev", "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] [--batch-staging memory|disk] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
-	var o server.Options
-	finish := serverFlags(fs, &o, filepath.Join(".jetjob", "dev"))
-	verbose := fs.Bool("v", false, "debug logging, the embedded NATS server's own notices included (its warnings and errors are always logged)")
-	pos, err := fs.parse(args)
+	s, o, err := startServer(ctx, "dev", filepath.Join(".jetjob", "dev"), args)
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return usageErr("unexpected argument %q", pos[0])
-	}
-	if err := finish(); err != nil {
-		return err
-	}
-	o.Logger = logging.New(*verbose)
 	defer func() { _ = o.Logger.Sync() }()
-	s, err := server.Start(ctx, o)
-	if err != nil {
-		return err
-	}
 	defer s.Stop()
 
 	pool, err := workers.NewPool(s.JS, s.Machine, workers.PoolConfig{

@@ -118,29 +118,11 @@ func checkEmbedded(o *server.Options) error {
 }
 
 func runServer(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("server", "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] [--batch-staging memory|disk] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
-	var o server.Options
-	finish := serverFlags(fs, &o, "jetjob-data")
-	verbose := fs.Bool("v", false, "debug logging, the embedded NATS server's own notices included (its warnings and errors are always logged)")
-	pos, err := fs.parse(args)
+	s, o, err := startServer(ctx, "server", "jetjob-data", args)
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return usageErr("unexpected argument %q", pos[0])
-	}
-	if err := finish(); err != nil {
-		return err
-	}
-	o.Logger = logging.New(*verbose)
 	defer func() { _ = o.Logger.Sync() }()
-	s, err := server.Start(ctx, o)
-	if errors.Is(err, server.ErrNotClustered) {
-		return fmt.Errorf("%w: %w", errUsage, err)
-	}
-	if err != nil {
-		return err
-	}
 	where := fmt.Sprintf("data %s, fsync %s, batches staged %s", o.DataDir, o.Fsync, stagedWhere(s.BatchStaging))
 	if o.NATSURL != "" {
 		where = "external NATS: its own storage and sync settings apply"
@@ -151,4 +133,33 @@ func runServer(ctx context.Context, args []string, out io.Writer) error {
 	s.Stop()
 	o.Logger.Info("stopped")
 	return nil
+}
+
+// startServer parses the flags that `jetjob server` and `jetjob dev` share
+// and starts a server with them; its options carry the logger made for it.
+func startServer(ctx context.Context, name, defaultDir string, args []string) (*server.Server, server.Options, error) {
+	fs := newFlags(name, "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] [--batch-staging memory|disk] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
+	var o server.Options
+	finish := serverFlags(fs, &o, defaultDir)
+	verbose := fs.Bool("v", false, "debug logging, the embedded NATS server's own notices included (its warnings and errors are always logged)")
+	pos, err := fs.parse(args)
+	if err != nil {
+		return nil, o, err
+	}
+	if len(pos) > 0 {
+		return nil, o, usageErr("unexpected argument %q", pos[0])
+	}
+	if err := finish(); err != nil {
+		return nil, o, err
+	}
+	o.Logger = logging.New(*verbose)
+	s, err := server.Start(ctx, o)
+	if errors.Is(err, server.ErrNotClustered) {
+		err = fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if err != nil {
+		_ = o.Logger.Sync()
+		return nil, o, err
+	}
+	return s, o, nil
 }
