@@ -41,15 +41,12 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	// A bad flag gets one error line; the usage is for -h only.
 	usage := fs.Usage
 	fs.Usage = func() {}
-	pos, err := fs.parse(args)
+	err := fs.parseFlagsOnly(args)
 	if errors.Is(err, errHelp) {
 		usage()
 	}
 	if err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageErr("unexpected argument %q", pos[0])
 	}
 	if *output != "text" && *output != "json" {
 		return usageErr("-o %q, expected text or json", *output)

@@ -126,12 +126,8 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 	olderThan := fs.String("older-than", "", "purge finished jobs that completed longer ago than this (required), e.g. 720h")
 	var states strs
 	fs.Var(&states, "state", "only jobs in this finished state (repeatable; default succeeded, failed and canceled)")
-	pos, err := fs.parse(args)
-	if err != nil {
+	if err := fs.parseFlagsOnly(args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageErr("unexpected argument %q", pos[0])
 	}
 	if *olderThan == "" {
 		return usageErr("--older-than is required")
@@ -197,12 +193,8 @@ func runAdmin(ctx context.Context, args []string, out io.Writer) error {
 		return usageErr("expected 'jetjob admin rebuild'")
 	}
 	fs := newFlags("admin rebuild", "", true)
-	pos, err := fs.parse(args[1:])
-	if err != nil {
+	if err := fs.parseFlagsOnly(args[1:]); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageErr("unexpected argument %q", pos[0])
 	}
 	c, err := dial(ctx, fs.server)
 	if err != nil {

@@ -189,12 +189,8 @@ func runList(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("ls", "[--state S]... [--type T] [--tag k=v]... [--meta k=v]... [--meta-not k=v]... [--limit N] [--after ID]", true)
 	filter := filterFlags(fs, true, 100)
 	after := fs.String("after", "", "only jobs after this job ID (job IDs sort in submit order): the next page")
-	pos, err := fs.parse(args)
-	if err != nil {
+	if err := fs.parseFlagsOnly(args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageErr("unexpected argument %q", pos[0])
 	}
 	f, err := filter()
 	if err != nil {
@@ -244,12 +240,8 @@ func runList(ctx context.Context, args []string, out io.Writer) error {
 func runWatch(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("watch", "[--state S]... [--type T] [--tag k=v]... [--meta k=v]... [--meta-not k=v]...", true)
 	filter := filterFlags(fs, true, -1)
-	pos, err := fs.parse(args)
-	if err != nil {
+	if err := fs.parseFlagsOnly(args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageErr("unexpected argument %q", pos[0])
 	}
 	f, err := filter()
 	if err != nil {

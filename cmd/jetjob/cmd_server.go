@@ -142,12 +142,8 @@ func startServer(ctx context.Context, name, defaultDir string, args []string) (*
 	var o server.Options
 	finish := serverFlags(fs, &o, defaultDir)
 	verbose := fs.Bool("v", false, "debug logging, the embedded NATS server's own notices included (its warnings and errors are always logged)")
-	pos, err := fs.parse(args)
-	if err != nil {
+	if err := fs.parseFlagsOnly(args); err != nil {
 		return nil, o, err
-	}
-	if len(pos) > 0 {
-		return nil, o, usageErr("unexpected argument %q", pos[0])
 	}
 	if err := finish(); err != nil {
 		return nil, o, err

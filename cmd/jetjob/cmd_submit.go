@@ -37,12 +37,9 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 	backoffBase := fs.String("backoff-base", "", "retry backoff base (default 1s)")
 	backoffCap := fs.String("backoff-cap", "", "retry backoff cap (default 10m)")
 	file := fs.String("file", "", "submit one job per line of an NDJSON file ('-' for stdin)")
-	pos, err := fs.parse(args)
+	err := fs.parseFlagsOnly(args)
 	if err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageErr("unexpected argument %q", pos[0])
 	}
 	set := map[string]bool{}
 	var perJob []string // the flags given that a --file line replaces

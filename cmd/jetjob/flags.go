@@ -174,6 +174,15 @@ func (fs *flagSet) printUsage() {
 
 // parse parses flags that may come before or after positional arguments;
 // everything after a "--" is positional, verbatim (a worker's command).
+// parseFlagsOnly parses a command's flags and refuses any other argument.
+func (fs *flagSet) parseFlagsOnly(args []string) error {
+	pos, err := fs.parse(args)
+	if err == nil && len(pos) > 0 {
+		err = usageErr("unexpected argument %q", pos[0])
+	}
+	return err
+}
+
 func (fs *flagSet) parse(args []string) ([]string, error) {
 	var tail []string
 	for i, a := range args {
