@@ -107,8 +107,16 @@ In another terminal:
 
 Changes to demo jobs follow; Ctrl-C stops everything.
 `, s.URL, o.DataDir, in, s.URL)
+	// A view changes more often than this line does (a running job's
+	// heartbeats): a line is printed when what it shows changed.
+	shown := map[string]string{}
 	for v := range changes {
-		fmt.Fprintf(out, "%s  %s  %-9s attempt %d/%d %s\n", v.UpdatedAt.Local().Format("15:04:05.000"), v.ID, v.State, v.Attempt, v.MaxAttempts, v.Error)
+		line := fmt.Sprintf("%s  %-9s attempt %d/%d %s", v.ID, v.State, v.Attempt, v.MaxAttempts, v.Error)
+		if shown[v.ID] == line {
+			continue
+		}
+		shown[v.ID] = line
+		fmt.Fprintf(out, "%s  %s\n", v.UpdatedAt.Local().Format("15:04:05.000"), line)
 	}
 	return nil
 }
