@@ -47,7 +47,12 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer func() { _ = o.Logger.Sync() }()
-	defer s.Stop()
+	defer func() {
+		s.Stop()
+		if ctx.Err() != nil {
+			o.Logger.Info("stopped")
+		}
+	}()
 
 	pool, err := workers.NewPool(s.JS, s.Machine, workers.PoolConfig{
 		Types: []string{"demo"}, Tags: map[string]string{"region": "eu", "gpu": "true"}, Concurrency: 2,
@@ -117,6 +122,9 @@ Changes to demo jobs follow; Ctrl-C stops everything.
 		}
 		shown[v.ID] = line
 		fmt.Fprintf(out, "%s  %s\n", v.UpdatedAt.Local().Format("15:04:05.000"), line)
+	}
+	if ctx.Err() != nil {
+		o.Logger.Info("shutting down") // as jetjob server answers a Ctrl-C
 	}
 	return nil
 }
