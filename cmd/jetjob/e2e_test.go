@@ -1056,3 +1056,66 @@ func TestGetShowsAResultTheViewLeftOut(t *testing.T) {
 	require.False(t, got.ResultOmitted)
 	require.True(t, result == string(got.Result), "get -o json shows the result from the history")
 }
+
+// TestDevRunsItsDemo: `jetjob dev`, the README's first command, starts a
+// server that the other commands reach, runs its demo jobs as its banner
+// says (the failing one retried, the scheduled one later, the region=us one
+// left waiting), prints one line per change a job shows, and stops cleanly
+// on Ctrl-C.
+func TestDevRunsItsDemo(t *testing.T) {
+	addr := freeAddr(t)
+	url := "nats://" + addr
+	cmd := exec.Command(binary, "dev", "--data", t.TempDir(), "--listen", addr)
+	var out, errb syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+
+	var views []projector.View
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		r := runCLI(t, url, "ls", "--type", "demo", "-o", "json")
+		views = nil
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &views) != nil {
+			return false
+		}
+		finished := 0
+		for _, v := range views {
+			if v.State == statemachine.StateSucceeded {
+				finished++
+			}
+		}
+		return len(views) == 5 && finished == 4
+	}, "4 of 5 demo jobs succeeded: %v\n%s%s", func() []projector.View { return views }(), &out, &errb)
+	for _, v := range views {
+		switch {
+		case v.Tags["region"] == "us":
+			require.Equal(t, statemachine.StatePending, v.State, "nothing serves region=us")
+		case v.Attempt == 2:
+			require.Len(t, v.Errors, 1)
+			require.Equal(t, "demo failure on the first attempt", v.Errors[0].Error)
+		}
+	}
+
+	feed := out.String()
+	require.Contains(t, feed, "Changes to demo jobs follow")
+	for _, v := range views {
+		lines := 0
+		for _, l := range strings.Split(feed, "\n") {
+			if strings.Contains(l, v.ID+"  running ") {
+				lines++
+			}
+		}
+		require.LessOrEqual(t, lines, v.Attempt, "job %s: one running line per attempt:\n%s", v.ID, feed)
+	}
+
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err, "exit: %s", &errb)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("jetjob dev did not stop within 20s of an interrupt: %s", &errb)
+	}
+	require.Contains(t, errb.String(), "stopped")
+}
