@@ -172,8 +172,6 @@ func (fs *flagSet) printUsage() {
 	fs.SetOutput(io.Discard)
 }
 
-// parse parses flags that may come before or after positional arguments;
-// everything after a "--" is positional, verbatim (a worker's command).
 // parseFlagsOnly parses a command's flags and refuses any other argument.
 func (fs *flagSet) parseFlagsOnly(args []string) error {
 	pos, err := fs.parse(args)
@@ -183,6 +181,8 @@ func (fs *flagSet) parseFlagsOnly(args []string) error {
 	return err
 }
 
+// parse parses flags that may come before or after positional arguments;
+// everything after a "--" is positional, verbatim (a worker's command).
 func (fs *flagSet) parse(args []string) ([]string, error) {
 	var tail []string
 	for i, a := range args {
