@@ -198,7 +198,14 @@ type Pool struct {
 	// became hot, by priority.
 	hot       map[string]bool
 	hotByPrio [statemachine.PriorityMax - statemachine.PriorityMin + 1][]*poolQueue
-	recheck   map[string]int
+	// claimedByPrio holds the hot queues whose shared wake-up this pool
+	// claimed, asked before the other hot queues of their priority: a
+	// claim announces a job for certain and expires after claimWindow,
+	// where the others may be empty. Behind them, claims expired under
+	// load and were passed on to every pool, which filled the hot lists
+	// further.
+	claimedByPrio [statemachine.PriorityMax - statemachine.PriorityMin + 1][]*poolQueue
+	recheck       map[string]int
 	// woken holds the queues a wake-up named since their last fetch, each
 	// with the wake-up's number (wakes counts them): an empty answer from
 	// such a queue is asked again (recheckDelays), while a queue hot for
@@ -234,12 +241,13 @@ type Pool struct {
 	// recordResult is report; tests hold results back through it.
 	recordResult func(ctx context.Context, held statemachine.Job, cause, err error)
 	// follow is followJob; tests make it fail through it.
-	follow   func(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error
-	wake     chan struct{}
-	freed    chan struct{}
-	subs     []*nats.Subscription
-	watch    jetstream.KeyWatcher
-	registry jetstream.KeyValue
+	follow func(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error
+	wake   chan struct{}
+	freed  chan struct{}
+	// leaveWakes stops this pool hearing wake-ups (joinWakeHub).
+	leaveWakes func()
+	watch      jetstream.KeyWatcher
+	registry   jetstream.KeyValue
 }
 
 type poolQueue struct {
@@ -331,32 +339,29 @@ func (p *Pool) Start(ctx context.Context) error {
 		if e == nil {
 			break
 		}
-		p.addQueue(loopCtx, e)
+		p.bindQueue(loopCtx, e, false)
 	}
 	// Subscribed only now: a wake-up for a queue not yet known reads the
-	// registry, bound above. One sent before is not needed, since every
-	// queue known is asked on the first pass.
+	// registry, bound above. One sent before is not needed, since the first
+	// pass asks every queue known that holds jobs.
+	types := make([]string, 0, len(p.types))
 	for t := range p.types {
-		// A wake-up goes to one pool of those serving the type, which
-		// passes it on to all when it cannot take the job: with every
-		// pool woken by every job, ten pools made ten fetches a job, nine
-		// of them empty.
-		shared, err := p.nc.QueueSubscribe(wakePrefix+t+".>", wakeGroup, p.onSharedWake)
-		if err == nil {
-			p.subs = append(p.subs, shared)
-			var all *nats.Subscription
-			if all, err = p.nc.Subscribe(wakeAllPrefix+t+".>", p.onWake); err == nil {
-				p.subs = append(p.subs, all)
-			}
-		}
-		if err != nil {
-			cancel()
-			p.unsubscribe()
-			_ = p.watch.Stop()
-			p.stopFollowHang()
-			return fmt.Errorf("subscribe to wake-ups: %w", err)
-		}
+		types = append(types, t)
 	}
+	if p.leaveWakes, err = joinWakeHub(p, types); err != nil {
+		cancel()
+		_ = p.watch.Stop()
+		p.stopFollowHang()
+		return err
+	}
+	p.mu.Lock()
+	known := make([]*poolQueue, 0, len(p.queues))
+	for _, q := range p.queues {
+		known = append(known, q)
+	}
+	p.mu.Unlock()
+	look, skipped := p.queuesHolding(ctx, known)
+	p.markHot(look)
 	p.mu.Lock()
 	p.started = true
 	p.cancel = cancel
@@ -364,6 +369,22 @@ func (p *Pool) Start(ctx context.Context) error {
 	p.runners = newRunners(loopCtx, runnerIdleDefault)
 	p.mu.Unlock()
 	go p.watchRegistry(loopCtx)
+	if len(skipped) > 0 {
+		// A consumer counts a stored message a moment after the store
+		// acknowledged it (nats-server signals consumers on a goroutine of
+		// its own), so one listed empty may hold a job whose wake-up came
+		// before this pool subscribed: look again once every such count
+		// has caught up.
+		go func() {
+			select {
+			case <-loopCtx.Done():
+			case <-time.After(lookAgainAfter):
+				again, _ := p.queuesHolding(loopCtx, skipped)
+				p.markHot(again)
+				p.signal(p.wake)
+			}
+		}()
+	}
 	// Wake-ups sent while the connection was down are lost: after a
 	// reconnect, look at every queue at once instead of at the backup poll.
 	reconnected := p.nc.StatusChanged(nats.CONNECTED)
@@ -409,8 +430,15 @@ func (p *Pool) watchRegistry(ctx context.Context) {
 	}
 }
 
-// addQueue binds to a registered queue this pool can serve.
+// addQueue binds to a registered queue this pool can serve, to be asked for
+// jobs at once.
 func (p *Pool) addQueue(ctx context.Context, e jetstream.KeyValueEntry) bool {
+	return p.bindQueue(ctx, e, true)
+}
+
+// bindQueue binds to a registered queue this pool can serve; hot: to be
+// asked for jobs at once.
+func (p *Pool) bindQueue(ctx context.Context, e jetstream.KeyValueEntry, hot bool) bool {
 	if e.Operation() != jetstream.KeyValuePut {
 		return false
 	}
@@ -445,9 +473,71 @@ func (p *Pool) addQueue(ctx context.Context, e jetstream.KeyValueEntry) bool {
 	p.mu.Lock()
 	q := &poolQueue{key: key, name: e.Key(), cons: cons}
 	p.queues[e.Key()] = q
-	p.setHotLocked(q)
+	if hot {
+		p.setHotLocked(q)
+	}
 	p.mu.Unlock()
 	return true
+}
+
+// listConsumersAbove: a pool with more queues than this in a queue stream
+// learns which hold jobs from one listing of the stream's consumers, not
+// from a fetch from each.
+const listConsumersAbove = 2
+
+// lookAgainAfter: see Start.
+const lookAgainAfter = time.Second
+
+// queuesHolding splits qs into the queues a starting pool must ask for jobs
+// (look) and those it need not (skipped). Those to ask: whose consumer has
+// messages pending, or held by a worker that may have died (they come back
+// after the ack wait), or could not be read. A pool serving a thousand tag
+// sets used to ask each of them at start, a thousand round trips, most to
+// empty queues; it now lists each queue stream's consumers, a request per
+// 256 or so. Asked after subscribing to wake-ups, so that a job queued
+// since reaches the pool one way or the other.
+func (p *Pool) queuesHolding(ctx context.Context, qs []*poolQueue) (look, skipped []*poolQueue) {
+	byStream := map[string][]*poolQueue{}
+	for _, q := range qs {
+		byStream[q.key.stream()] = append(byStream[q.key.stream()], q)
+	}
+	for name, qs := range byStream {
+		if len(qs) <= listConsumersAbove {
+			look = append(look, qs...)
+			continue
+		}
+		held, err := consumersHolding(ctx, p.js, name)
+		if err != nil {
+			p.logger.Debug("list queue consumers", zap.String("stream", name), zap.Error(err))
+			look = append(look, qs...)
+			continue
+		}
+		for _, q := range qs {
+			if hold, listed := held[q.key.consumer()]; hold || !listed {
+				look = append(look, q)
+			} else {
+				skipped = append(skipped, q)
+			}
+		}
+	}
+	return look, skipped
+}
+
+// consumersHolding lists a stream's consumers, each with whether it holds
+// messages: pending, acknowledged by no one yet, or redelivered.
+func consumersHolding(ctx context.Context, js jetstream.JetStream, stream string) (map[string]bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	list := st.ListConsumers(ctx)
+	for info := range list.Info() {
+		out[info.Name] = info.NumPending > 0 || info.NumAckPending > 0 || info.NumRedelivered > 0
+	}
+	return out, list.Err()
 }
 
 // dropQueue stops asking a queue removed from the registry (as idle, by
@@ -469,16 +559,19 @@ func (p *Pool) dropQueue(name string, only *poolQueue) {
 	delete(p.hot, name)
 }
 
-// onSharedWake takes a wake-up that this pool alone of those serving its
-// type got: it claims the queue if it serves it and has a free slot, and
-// otherwise passes the wake-up on to every pool.
-func (p *Pool) onSharedWake(m *nats.Msg) {
-	name := strings.TrimPrefix(m.Subject, wakePrefix)
+// claimWake takes a wake-up shared by the pools serving its type, if this
+// pool serves the queue and has a free slot: the pool then fetches from it
+// within claimWindow, or passes the wake-up on to every pool.
+func (p *Pool) claimWake(name string) bool {
 	p.mu.Lock()
 	q, serve := p.queues[name]
-	claim := serve && !p.stopping && p.free() > 0
+	// A slot per claim: a pool that took more claims than it had free
+	// slots fetched the rest after their window, and each expired claim
+	// was passed on to every pool.
+	_, claimedBefore := p.claims[name]
+	claim := serve && !p.stopping && (claimedBefore || p.free() > len(p.claims))
 	if claim {
-		p.setHotLocked(q)
+		p.setClaimedHotLocked(q)
 		p.wakes++
 		p.woken[name] = p.wakes
 		if c := p.claims[name]; c != nil {
@@ -490,11 +583,8 @@ func (p *Pool) onSharedWake(m *nats.Msg) {
 	p.mu.Unlock()
 	if claim {
 		p.signal(p.wake)
-		return
 	}
-	// Every pool, this one too, takes it as before: one that does not know
-	// the queue yet reads the registry.
-	p.passOn(name)
+	return claim
 }
 
 // claimWindow bounds how long a pool that claimed a wake-up may take to
@@ -528,15 +618,12 @@ func (p *Pool) release(name string, asked uint64, pass bool) {
 	}
 	p.mu.Unlock()
 	if claimed && pass {
-		p.passOn(name)
+		passOnWake(p.nc, name)
 	}
 }
 
-func (p *Pool) passOn(name string) { _ = p.nc.Publish(wakeAllPrefix+name, nil) }
-
 // onWake takes a wake-up that every pool serving its type gets.
-func (p *Pool) onWake(m *nats.Msg) {
-	name := strings.TrimPrefix(m.Subject, wakeAllPrefix)
+func (p *Pool) onWake(name string) {
 	p.mu.Lock()
 	q, serve := p.queues[name]
 	if serve {
@@ -603,10 +690,10 @@ func (p *Pool) rescanRegistry() {
 }
 
 func (p *Pool) unsubscribe() {
-	for _, s := range p.subs {
-		_ = s.Unsubscribe()
+	if p.leaveWakes != nil {
+		p.leaveWakes()
+		p.leaveWakes = nil
 	}
-	p.subs = nil
 }
 
 func (p *Pool) signal(ch chan struct{}) {
@@ -764,29 +851,49 @@ func (p *Pool) setHotLocked(q *poolQueue) {
 	p.hotByPrio[i] = append(p.hotByPrio[i], q)
 }
 
+// setClaimedHotLocked marks q to be asked for jobs ahead of the queues of
+// its priority that are hot without a claim.
+func (p *Pool) setClaimedHotLocked(q *poolQueue) {
+	if q.dropped.Load() {
+		return
+	}
+	p.hot[q.name] = true
+	i := q.key.Prio - statemachine.PriorityMin
+	for _, c := range p.claimedByPrio[i] {
+		if c == q {
+			return
+		}
+	}
+	p.claimedByPrio[i] = append(p.claimedByPrio[i], q)
+}
+
 // takeHot takes up to limit queues out of the hot set, highest priority
-// first and in the order they became hot, in time independent of how many
-// are hot: a pool with few free slots may have hundreds.
+// first, claimed ones first, and in the order they became hot, in time
+// independent of how many are hot: a pool with few free slots may have
+// hundreds. A queue taken from the claimed list leaves its entry in the
+// other one behind, skipped as no longer hot.
 func (p *Pool) takeHot(limit int) []*poolQueue {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var picked []*poolQueue
-	for i := len(p.hotByPrio) - 1; i >= 0 && len(picked) < limit; i-- {
-		fifo := p.hotByPrio[i]
+	take := func(list []*poolQueue) []*poolQueue {
 		k := 0
-		for ; k < len(fifo) && len(picked) < limit; k++ {
-			q := fifo[k]
-			if q.dropped.Load() {
-				continue // removed from the registry: takes no slot
+		for ; k < len(list) && len(picked) < limit; k++ {
+			q := list[k]
+			if q.dropped.Load() || !p.hot[q.name] {
+				continue // removed from the registry, or taken already: takes no slot
 			}
 			delete(p.hot, q.name)
 			picked = append(picked, q)
 		}
-		if k == len(fifo) {
-			p.hotByPrio[i] = fifo[:0] // reuse the array
-		} else {
-			p.hotByPrio[i] = fifo[k:]
+		if k == len(list) {
+			return list[:0] // reuse the array
 		}
+		return list[k:]
+	}
+	for i := len(p.hotByPrio) - 1; i >= 0 && len(picked) < limit; i-- {
+		p.claimedByPrio[i] = take(p.claimedByPrio[i])
+		p.hotByPrio[i] = take(p.hotByPrio[i])
 	}
 	return picked
 }
@@ -838,7 +945,8 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 		noAnswer := fetched == 0 && fetchErr == nil && time.Since(askedAt) >= unanswered
 		// Full, there may be more than this pool can take; failed or not
 		// answered, another pool may do better.
-		p.release(q.name, askedWake, fetched == n || failedFetch || noAnswer)
+		full := fetched == n
+		p.release(q.name, askedWake, full || failedFetch || noAnswer)
 		if noAnswer {
 			// No answer, not even "none": the request may yet reach the
 			// server (a connection that holds bytes without failing) and
@@ -856,7 +964,7 @@ func (p *Pool) fetchFrom(ctx context.Context, hot []*poolQueue, failed *[]*poolQ
 			delete(p.woken, q.name)
 		}
 		switch {
-		case fetched == n:
+		case full:
 			p.setHotLocked(q) // there may be more
 			delete(p.recheck, q.name)
 		case fetched > 0:

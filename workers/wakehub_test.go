@@ -1,0 +1,170 @@
+package workers
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+// Pools on one connection hear wake-ups through one pair of subscriptions
+// per type, dropped with the last pool of the type; each pool still gets
+// the jobs it serves.
+func TestPoolsOnOneConnectionShareWakeUps(t *testing.T) {
+	f := newFixture(t, true)
+	hubTypes := func() map[string]int {
+		wakeHubs.Lock()
+		defer wakeHubs.Unlock()
+		out := map[string]int{}
+		if h := wakeHubs.m[f.env.NC]; h != nil {
+			h.mu.Lock()
+			for typ, ht := range h.types {
+				out[typ] = len(ht.pools)
+			}
+			h.mu.Unlock()
+		}
+		return out
+	}
+	ran := make(chan string, 10)
+	record := func(name string) Handler {
+		return func(_ context.Context, j *Job) error { ran <- name + " " + j.Type; return nil }
+	}
+	const noPoll = time.Hour // every job found by its wake-up
+	pa1 := f.pool(PoolConfig{Types: []string{"a"}, BackupPoll: noPoll}, record("pa1"))
+	pa2 := f.pool(PoolConfig{Types: []string{"a"}, BackupPoll: noPoll}, record("pa2"))
+	pab := f.pool(PoolConfig{Types: []string{"a", "b"}, BackupPoll: noPoll}, record("pab"))
+	require.Equal(t, map[string]int{"a": 3, "b": 1}, hubTypes())
+
+	// Only pab serves b; a wake-up for it reaches pab through the hub.
+	f.submit(statemachine.SubmitParams{Type: "b"})
+	require.Equal(t, "pab b", <-ran)
+
+	require.NoError(t, pab.Stop(context.Background()))
+	require.Equal(t, map[string]int{"a": 2}, hubTypes())
+	j := f.submit(statemachine.SubmitParams{Type: "a"})
+	f.waitState(j.ID, statemachine.StateSucceeded)
+	require.Contains(t, []string{"pa1 a", "pa2 a"}, <-ran)
+
+	require.NoError(t, pa1.Stop(context.Background()))
+	require.NoError(t, pa2.Stop(context.Background()))
+	wakeHubs.Lock()
+	_, left := wakeHubs.m[f.env.NC]
+	wakeHubs.Unlock()
+	require.False(t, left, "the connection's hub outlived its last pool")
+
+	// A pool started after the hub was dropped subscribes anew.
+	f.pool(PoolConfig{Types: []string{"b"}, BackupPoll: noPoll}, record("pb"))
+	f.submit(statemachine.SubmitParams{Type: "b"})
+	require.Equal(t, "pb b", <-ran)
+}
+
+// A pool claims shared wake-ups only while it has a free slot for each, and
+// asks the claimed queues before the others hot, highest priority first.
+func TestClaimsTakeASlotEachAndGoFirst(t *testing.T) {
+	f := newFixture(t, false)
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"t"}, Concurrency: 2}, noop)
+	require.NoError(t, err)
+	queue := func(tagset string, prio int) *poolQueue {
+		key := queueKey{Type: "t", Tagset: tagset, Prio: prio}
+		q := &poolQueue{key: key, name: key.name()}
+		p.queues[q.name] = q
+		return q
+	}
+	plain, a, b, c, high := queue("plain", 0), queue("a", 0), queue("b", 0), queue("c", 0), queue("high", 1)
+	names := func(qs []*poolQueue) []string {
+		var out []string
+		for _, q := range qs {
+			out = append(out, q.key.Tagset)
+		}
+		return out
+	}
+
+	p.markHot([]*poolQueue{plain, high})
+	require.True(t, p.claimWake(a.name))
+	require.True(t, p.claimWake(b.name))
+	require.False(t, p.claimWake(c.name), "a third claim with two slots")
+	require.True(t, p.claimWake(a.name), "a claim renewed takes no other slot")
+	require.False(t, p.claimWake("t.unknown.0"), "a queue not served")
+	require.Equal(t, []string{"high", "a", "b", "plain"}, names(p.takeHot(10)))
+
+	// A queue hot, then claimed, is taken once, at its claim's turn.
+	p.mu.Lock()
+	for name, claim := range p.claims {
+		claim.timer.Stop()
+		delete(p.claims, name)
+	}
+	p.mu.Unlock()
+	p.markHot([]*poolQueue{plain, c})
+	require.True(t, p.claimWake(c.name))
+	require.Equal(t, []string{"c"}, names(p.takeHot(1)))
+	require.Equal(t, []string{"plain"}, names(p.takeHot(10)))
+	require.Empty(t, p.takeHot(10))
+
+	p.mu.Lock()
+	p.stopping = true
+	p.mu.Unlock()
+	require.False(t, p.claimWake(a.name), "a stopping pool claims nothing")
+}
+
+// A pool starting beside many queues asks only those holding jobs, learned
+// from a listing of each queue stream's consumers, and runs every job
+// queued before it started with no backup poll to find them.
+func TestPoolStartAsksTheQueuesHoldingJobs(t *testing.T) {
+	f := newFixture(t, true)
+	const sets = 48 // three queues a shard on average: most shards are listed
+	// Tag set i is the (i+1)th subset of eight keys.
+	allKeys := map[string]string{}
+	for k := range 8 {
+		allKeys[fmt.Sprintf("k%d", k)] = "1"
+	}
+	params := func(i int) statemachine.SubmitParams {
+		tags := map[string]string{}
+		for k := range 8 {
+			if (i+1)&(1<<k) != 0 {
+				tags[fmt.Sprintf("k%d", k)] = "1"
+			}
+		}
+		return statemachine.SubmitParams{Type: "t", Tags: tags}
+	}
+	for i := range sets {
+		f.submit(params(i))
+	}
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == sets }, "every job queued")
+	first := f.pool(PoolConfig{Types: []string{"t"}, Tags: allKeys, Concurrency: 8}, noop)
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == 0 }, "every job run")
+	require.NoError(t, first.Stop(context.Background()))
+
+	holding := map[string]bool{}
+	var ids []string
+	for i := 0; i < sets; i += 4 {
+		j := f.submit(params(i))
+		ids = append(ids, j.ID)
+		holding[queueKey{Type: "t", Tagset: TagsetID(params(i).Tags)}.name()] = true
+	}
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == uint64(len(ids)) }, "the new jobs queued")
+
+	// How a pool knowing every queue splits them, the new jobs queued.
+	probe, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"t"}, Tags: allKeys}, noop)
+	require.NoError(t, err)
+	var known []*poolQueue
+	for i := range sets {
+		key := queueKey{Type: "t", Tagset: TagsetID(params(i).Tags)}
+		known = append(known, &poolQueue{key: key, name: key.name()})
+	}
+	look, skipped := probe.queuesHolding(context.Background(), known)
+	require.Len(t, append(look, skipped...), sets)
+	require.NotEmpty(t, skipped, "every queue asked, as before the listing")
+	for _, q := range skipped {
+		require.False(t, holding[q.name], "queue %s holds a job and was skipped", q.name)
+	}
+
+	f.pool(PoolConfig{Types: []string{"t"}, Tags: allKeys, BackupPoll: time.Hour}, noop)
+	for _, id := range ids {
+		f.waitState(id, statemachine.StateSucceeded)
+	}
+}
