@@ -36,10 +36,12 @@
 // # Waking, not polling
 //
 // The enqueuer publishes a core NATS wake-up on jj.wake.<type>.<tagset>.<prio>
-// after each enqueue. A Pool is one domain (seed 004): it fetches only when it
-// has free slots, and when every consumer it serves came back empty it waits
-// for a wake-up or a slow backup pass, so an idle pool sends no requests and
-// a lost wake-up never strands a job.
+// after each enqueue. It reaches one connection with pools serving the type,
+// whose pools share their subscriptions; one pool with a slot free claims
+// it, or it is passed on to every pool. A Pool is one domain (seed 004): it
+// fetches only when it has free slots, and when every consumer it serves
+// came back empty it waits for a wake-up or a slow backup pass, so an idle
+// pool sends no requests and a lost wake-up never strands a job.
 //
 // # Heartbeats and fencing
 //

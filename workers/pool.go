@@ -360,8 +360,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		known = append(known, q)
 	}
 	p.mu.Unlock()
-	look, skipped := p.queuesHolding(ctx, known)
-	p.markHot(look)
+	p.markHot(p.queuesHolding(ctx, known))
 	p.mu.Lock()
 	p.started = true
 	p.cancel = cancel
@@ -369,22 +368,6 @@ func (p *Pool) Start(ctx context.Context) error {
 	p.runners = newRunners(loopCtx, runnerIdleDefault)
 	p.mu.Unlock()
 	go p.watchRegistry(loopCtx)
-	if len(skipped) > 0 {
-		// A consumer counts a stored message a moment after the store
-		// acknowledged it (nats-server signals consumers on a goroutine of
-		// its own), so one listed empty may hold a job whose wake-up came
-		// before this pool subscribed: look again once every such count
-		// has caught up.
-		go func() {
-			select {
-			case <-loopCtx.Done():
-			case <-time.After(lookAgainAfter):
-				again, _ := p.queuesHolding(loopCtx, skipped)
-				p.markHot(again)
-				p.signal(p.wake)
-			}
-		}()
-	}
 	// Wake-ups sent while the connection was down are lost: after a
 	// reconnect, look at every queue at once instead of at the backup poll.
 	reconnected := p.nc.StatusChanged(nats.CONNECTED)
@@ -480,64 +463,76 @@ func (p *Pool) bindQueue(ctx context.Context, e jetstream.KeyValueEntry, hot boo
 	return true
 }
 
-// listConsumersAbove: a pool with more queues than this in a queue stream
-// learns which hold jobs from one listing of the stream's consumers, not
-// from a fetch from each.
-const listConsumersAbove = 2
+// A pool with more queues than listQueuesAbove in a queue stream learns
+// which hold jobs from the stream's subjects, if it holds at most
+// listSubjectsAtMost messages, instead of a fetch from each queue.
+const (
+	listQueuesAbove    = 2
+	listSubjectsAtMost = 10_000
+)
 
-// lookAgainAfter: see Start.
-const lookAgainAfter = time.Second
-
-// queuesHolding splits qs into the queues a starting pool must ask for jobs
-// (look) and those it need not (skipped). Those to ask: whose consumer has
-// messages pending, or held by a worker that may have died (they come back
-// after the ack wait), or could not be read. A pool serving a thousand tag
-// sets used to ask each of them at start, a thousand round trips, most to
-// empty queues; it now lists each queue stream's consumers, a request per
-// 256 or so. Asked after subscribing to wake-ups, so that a job queued
-// since reaches the pool one way or the other.
-func (p *Pool) queuesHolding(ctx context.Context, qs []*poolQueue) (look, skipped []*poolQueue) {
-	byStream := map[string][]*poolQueue{}
+// queuesHolding returns those of qs that a starting pool must ask for jobs:
+// those holding messages, pending or held by a worker that may have died
+// (they come back after the ack wait). A pool serving a thousand tag sets
+// used to ask each of them at start, a thousand round trips, most to
+// empty queues; it now asks each queue stream what it holds, one request,
+// or two when it holds anything: a message's subject names its queue. The
+// stream's own state, and not its consumers' counts of pending messages,
+// which a consumer updates a moment after the store acknowledged a message
+// (nats-server signals consumers on a goroutine of its own). Asked after
+// subscribing to wake-ups, so that a job queued since reaches the pool one
+// way or the other.
+func (p *Pool) queuesHolding(ctx context.Context, qs []*poolQueue) []*poolQueue {
+	byShard := map[int][]*poolQueue{}
 	for _, q := range qs {
-		byStream[q.key.stream()] = append(byStream[q.key.stream()], q)
+		byShard[q.key.shard()] = append(byShard[q.key.shard()], q)
 	}
-	for name, qs := range byStream {
-		if len(qs) <= listConsumersAbove {
+	var look []*poolQueue
+	for shard, qs := range byShard {
+		if len(qs) <= listQueuesAbove {
 			look = append(look, qs...)
 			continue
 		}
-		held, err := consumersHolding(ctx, p.js, name)
+		holding, err := queuesWithMessages(ctx, p.js, shard)
 		if err != nil {
-			p.logger.Debug("list queue consumers", zap.String("stream", name), zap.Error(err))
-			look = append(look, qs...)
-			continue
+			p.logger.Debug("list a queue stream's subjects", zap.Int("shard", shard), zap.Error(err))
 		}
 		for _, q := range qs {
-			if hold, listed := held[q.key.consumer()]; hold || !listed {
+			if holding == nil || holding[q.key.prefix()] {
 				look = append(look, q)
-			} else {
-				skipped = append(skipped, q)
 			}
 		}
 	}
-	return look, skipped
+	return look
 }
 
-// consumersHolding lists a stream's consumers, each with whether it holds
-// messages: pending, acknowledged by no one yet, or redelivered.
-func consumersHolding(ctx context.Context, js jetstream.JetStream, stream string) (map[string]bool, error) {
+// queuesWithMessages returns the subject prefixes of the queues holding
+// messages in a queue stream, or nil if it could not tell.
+func queuesWithMessages(ctx context.Context, js jetstream.JetStream, shard int) (map[string]bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	st, err := js.Stream(ctx, stream)
+	st, err := js.Stream(ctx, QueueStream(shard))
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]bool{}
-	list := st.ListConsumers(ctx)
-	for info := range list.Info() {
-		out[info.Name] = info.NumPending > 0 || info.NumAckPending > 0 || info.NumRedelivered > 0
+	holding := map[string]bool{}
+	switch msgs := st.CachedInfo().State.Msgs; {
+	case msgs == 0:
+		return holding, nil
+	case msgs > listSubjectsAtMost:
+		return nil, nil
 	}
-	return out, list.Err()
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(shardPrefix(shard)+">"))
+	if err != nil {
+		return nil, err
+	}
+	for subject := range info.State.Subjects {
+		// <shard prefix><type>.<tagset>.<priority>.<job id>
+		if i := strings.LastIndexByte(subject, '.'); i > 0 {
+			holding[subject[:i]] = true
+		}
+	}
+	return holding, nil
 }
 
 // dropQueue stops asking a queue removed from the registry (as idle, by
