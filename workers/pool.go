@@ -235,6 +235,8 @@ type Pool struct {
 	running map[uint64]context.CancelCauseFunc
 
 	busy atomic.Int64
+	// backingUp is set while a backup pass lists the queue streams.
+	backingUp atomic.Bool
 	// reporting holds a token per result being recorded after its slot
 	// was freed.
 	reporting chan struct{}
@@ -354,13 +356,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		p.stopFollowHang()
 		return err
 	}
-	p.mu.Lock()
-	known := make([]*poolQueue, 0, len(p.queues))
-	for _, q := range p.queues {
-		known = append(known, q)
-	}
-	p.mu.Unlock()
-	p.markHot(p.queuesHolding(ctx, known))
+	p.markHot(p.queuesHolding(ctx, p.knownQueues()))
 	p.mu.Lock()
 	p.started = true
 	p.cancel = cancel
@@ -757,9 +753,8 @@ func (p *Pool) acquireLoop(ctx context.Context) {
 			p.markRecheck()
 			now = true
 		case <-backup.C:
-			p.markAllHot()
+			p.backupPass(ctx)
 			backup.Reset(p.cfg.BackupPoll)
-			now = true
 		}
 		if p.free() == 0 {
 			// What woke the loop is in the hot set; the slots that free
@@ -797,6 +792,34 @@ func (p *Pool) markRecheck() {
 		}
 	}
 	p.mu.Unlock()
+}
+
+// backupPass looks at the queues holding jobs that no wake-up announced
+// (one was lost, or a job held by a worker that died came back after the
+// ack wait), on a goroutine of its own, so that a slow server does not hold
+// up the acquire loop; one at a time.
+func (p *Pool) backupPass(ctx context.Context) {
+	if !p.backingUp.CompareAndSwap(false, true) {
+		return
+	}
+	known := p.knownQueues()
+	go func() {
+		defer p.backingUp.Store(false)
+		if look := p.queuesHolding(ctx, known); len(look) > 0 {
+			p.markHot(look)
+			p.signal(p.wake)
+		}
+	}()
+}
+
+func (p *Pool) knownQueues() []*poolQueue {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	known := make([]*poolQueue, 0, len(p.queues))
+	for _, q := range p.queues {
+		known = append(known, q)
+	}
+	return known
 }
 
 func (p *Pool) markAllHot() {

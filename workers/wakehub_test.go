@@ -3,9 +3,12 @@ package workers
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetjob/jetjob/internal/natstest"
@@ -187,4 +190,74 @@ func TestPoolStartAsksTheQueuesHoldingJobs(t *testing.T) {
 	for _, id := range ids {
 		f.waitState(id, statemachine.StateSucceeded)
 	}
+}
+
+// The backup pass finds a job no wake-up announced, and an idle pool's
+// backup passes ask the queue streams what they hold, not every queue.
+func TestBackupPassFindsAJobWithNoWakeUp(t *testing.T) {
+	f := newFixture(t, true)
+	const sets = 48
+	allKeys := map[string]string{}
+	for k := range 8 {
+		allKeys[fmt.Sprintf("k%d", k)] = "1"
+	}
+	params := func(i int) statemachine.SubmitParams {
+		tags := map[string]string{}
+		for k := range 8 {
+			if (i+1)&(1<<k) != 0 {
+				tags[fmt.Sprintf("k%d", k)] = "1"
+			}
+		}
+		return statemachine.SubmitParams{Type: "t", Tags: tags}
+	}
+	var ids []string
+	for i := range sets {
+		ids = append(ids, f.submit(params(i)).ID)
+	}
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == sets }, "every job queued")
+
+	var mu sync.Mutex
+	asks, looks := 0, map[string]int{} // fetches; reads of each queue stream
+	for _, subject := range []string{"$JS.API.CONSUMER.MSG.NEXT.>", "$JS.API.STREAM.INFO.*"} {
+		sub, err := f.env.NC.Subscribe(subject, func(m *nats.Msg) {
+			mu.Lock()
+			defer mu.Unlock()
+			if strings.HasPrefix(m.Subject, "$JS.API.STREAM.INFO.JJ_QUEUE_") {
+				looks[m.Subject]++
+			} else if strings.Contains(m.Subject, ".JJ_QUEUE_") {
+				asks++
+			}
+		})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = sub.Unsubscribe() })
+	}
+	const poll = 200 * time.Millisecond
+	p := f.pool(PoolConfig{Types: []string{"t"}, Tags: allKeys, Concurrency: 8, BackupPoll: poll}, noop)
+	for _, id := range ids {
+		f.waitState(id, statemachine.StateSucceeded)
+	}
+
+	// Idle: ten backup passes ask far fewer than ten times every queue.
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queued() == 0 }, "every job acknowledged")
+	mu.Lock()
+	asks, looks = 0, map[string]int{}
+	mu.Unlock()
+	natstest.Eventually(t, 40*poll, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, n := range looks {
+			if n >= 10 {
+				return true
+			}
+		}
+		return false
+	}, "ten backup passes")
+	mu.Lock()
+	require.Less(t, asks, 10*sets/2, "asks of an idle pool in ten backup passes, %d queues", sets)
+	mu.Unlock()
+
+	// Deaf to wake-ups, as if this one were lost, the pool finds the job.
+	p.unsubscribe()
+	late := f.submit(params(0))
+	f.waitState(late.ID, statemachine.StateSucceeded)
 }
