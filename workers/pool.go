@@ -461,10 +461,12 @@ func (p *Pool) bindQueue(ctx context.Context, e jetstream.KeyValueEntry, hot boo
 
 // A pool with more queues than listQueuesAbove in a queue stream learns
 // which hold jobs from the stream's subjects, if it holds at most
-// listSubjectsAtMost messages, instead of a fetch from each queue.
+// listSubjectsAtMost messages (about 60 KB of subjects), instead of a fetch
+// from each queue. Past that, most of its queues are likely to hold jobs,
+// and every pool's backup pass would read the whole list.
 const (
 	listQueuesAbove    = 2
-	listSubjectsAtMost = 10_000
+	listSubjectsAtMost = 1_000
 )
 
 // queuesHolding returns those of qs that a starting pool must ask for jobs:
