@@ -216,6 +216,8 @@ type Pool struct {
 	// fetches from each within claimWindow, or passes the wake-up on to
 	// every pool, as it does when its fetch came back full or failed.
 	claims map[string]*wakeClaim
+	// claimWindow is claimWindowDefault; tests lengthen it.
+	claimWindow time.Duration
 	// unserved holds registered queues whose tags this pool lacks, and
 	// looking the queues being read from the registry: a wake-up for either
 	// costs nothing, where it used to cost a registry read every time.
@@ -235,8 +237,10 @@ type Pool struct {
 	running map[uint64]context.CancelCauseFunc
 
 	busy atomic.Int64
-	// backingUp is set while a backup pass lists the queue streams.
+	// backingUp is set while a backup pass lists the queue streams, which
+	// Stop waits for (passes).
 	backingUp atomic.Bool
+	passes    sync.WaitGroup
 	// reporting holds a token per result being recorded after its slot
 	// was freed.
 	reporting chan struct{}
@@ -281,8 +285,8 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
 		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{}, woken: map[string]uint64{},
 		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]context.CancelCauseFunc{}, claims: map[string]*wakeClaim{},
-		reporting: make(chan struct{}, cfg.Concurrency),
-		wake:      make(chan struct{}, 1), freed: make(chan struct{}, 1),
+		reporting: make(chan struct{}, cfg.Concurrency), claimWindow: claimWindowDefault,
+		wake: make(chan struct{}, 1), freed: make(chan struct{}, 1),
 		hangChanged: newBroadcast(), reconnected: newBroadcast()}
 	p.recordResult = p.report
 	p.recordBeat = func(ctx context.Context, b events.Beat, after uint64) (uint64, error) {
@@ -356,7 +360,6 @@ func (p *Pool) Start(ctx context.Context) error {
 		p.stopFollowHang()
 		return err
 	}
-	p.markHot(p.queuesHolding(ctx, p.knownQueues()))
 	p.mu.Lock()
 	p.started = true
 	p.cancel = cancel
@@ -385,6 +388,10 @@ func (p *Pool) Start(ctx context.Context) error {
 		defer close(p.loopDone)
 		p.acquireLoop(loopCtx)
 	}()
+	// Asked with the acquire loop running, so that wake-ups claimed
+	// meanwhile are fetched, not left to expire.
+	p.markHot(p.queuesHolding(ctx, p.knownQueues()))
+	p.signal(p.wake)
 	return nil
 }
 
@@ -467,6 +474,8 @@ func (p *Pool) bindQueue(ctx context.Context, e jetstream.KeyValueEntry, hot boo
 const (
 	listQueuesAbove    = 2
 	listSubjectsAtMost = 1_000
+	// listTimeout bounds a pass over the queue streams, asked side by side.
+	listTimeout = 10 * time.Second
 )
 
 // queuesHolding returns those of qs that a starting pool must ask for jobs:
@@ -485,30 +494,43 @@ func (p *Pool) queuesHolding(ctx context.Context, qs []*poolQueue) []*poolQueue 
 	for _, q := range qs {
 		byShard[q.key.shard()] = append(byShard[q.key.shard()], q)
 	}
-	var look []*poolQueue
+	ctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
+	var (
+		mu   sync.Mutex
+		look []*poolQueue
+		wg   sync.WaitGroup
+	)
 	for shard, qs := range byShard {
 		if len(qs) <= listQueuesAbove {
+			mu.Lock()
 			look = append(look, qs...)
+			mu.Unlock()
 			continue
 		}
-		holding, err := queuesWithMessages(ctx, p.js, shard)
-		if err != nil {
-			p.logger.Debug("list a queue stream's subjects", zap.Int("shard", shard), zap.Error(err))
-		}
-		for _, q := range qs {
-			if holding == nil || holding[q.key.prefix()] {
-				look = append(look, q)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			holding, err := queuesWithMessages(ctx, p.js, shard)
+			if err != nil {
+				p.logger.Warn("list a queue stream's subjects; asking each queue", zap.Int("shard", shard), zap.Error(err))
 			}
-		}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, q := range qs {
+				if holding == nil || holding[q.key.prefix()] {
+					look = append(look, q)
+				}
+			}
+		}()
 	}
+	wg.Wait()
 	return look
 }
 
 // queuesWithMessages returns the subject prefixes of the queues holding
 // messages in a queue stream, or nil if it could not tell.
 func queuesWithMessages(ctx context.Context, js jetstream.JetStream, shard int) (map[string]bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	st, err := js.Stream(ctx, QueueStream(shard))
 	if err != nil {
 		return nil, err
@@ -553,8 +575,9 @@ func (p *Pool) dropQueue(name string, only *poolQueue) {
 }
 
 // claimWake takes a wake-up shared by the pools serving its type, if this
-// pool serves the queue and has a free slot: the pool then fetches from it
-// within claimWindow, or passes the wake-up on to every pool.
+// pool serves the queue and has a free slot for it beside its other claims
+// (or renews its claim on the queue): the pool then fetches from it within
+// claimWindow, or passes the wake-up on to every pool.
 func (p *Pool) claimWake(name string) bool {
 	p.mu.Lock()
 	q, serve := p.queues[name]
@@ -570,7 +593,7 @@ func (p *Pool) claimWake(name string) bool {
 		if c := p.claims[name]; c != nil {
 			c.wake = p.wakes // the fetch that answers it must be asked after this
 		} else {
-			p.claims[name] = &wakeClaim{wake: p.wakes, timer: time.AfterFunc(claimWindow, func() { p.release(name, claimExpired, true) })}
+			p.claims[name] = &wakeClaim{wake: p.wakes, timer: time.AfterFunc(p.claimWindow, func() { p.release(name, claimExpired, true) })}
 		}
 	}
 	p.mu.Unlock()
@@ -580,10 +603,10 @@ func (p *Pool) claimWake(name string) bool {
 	return claim
 }
 
-// claimWindow bounds how long a pool that claimed a wake-up may take to
+// claimWindowDefault bounds how long a pool that claimed a wake-up may take to
 // fetch before every pool is woken: a claim it could not keep (its slots
 // filled by another queue first, say) costs this, not the backup poll.
-const claimWindow = 5 * time.Millisecond
+const claimWindowDefault = 5 * time.Millisecond
 
 // wakeClaim is this pool's claim on a queue's shared wake-up.
 type wakeClaim struct {
@@ -805,9 +828,11 @@ func (p *Pool) backupPass(ctx context.Context) {
 		return
 	}
 	known := p.knownQueues()
+	p.passes.Add(1)
 	go func() {
+		defer p.passes.Done()
 		defer p.backingUp.Store(false)
-		if look := p.queuesHolding(ctx, known); len(look) > 0 {
+		if look := p.queuesHolding(ctx, known); len(look) > 0 && ctx.Err() == nil {
 			p.markHot(look)
 			p.signal(p.wake)
 		}
@@ -872,9 +897,12 @@ func (p *Pool) setHotLocked(q *poolQueue) {
 }
 
 // setClaimedHotLocked marks q to be asked for jobs ahead of the queues of
-// its priority that are hot without a claim.
+// its priority that are hot without a claim, unless it is hot already: a
+// queue claimed again and again (one that is never empty) would otherwise
+// keep overtaking the others, which then waited for two slots to free at
+// once.
 func (p *Pool) setClaimedHotLocked(q *poolQueue) {
-	if q.dropped.Load() {
+	if q.dropped.Load() || p.hot[q.name] {
 		return
 	}
 	p.hot[q.name] = true
@@ -1598,6 +1626,7 @@ func (p *Pool) Stop(ctx context.Context) error {
 	p.mu.Unlock()
 	cancel()
 	<-loopDone
+	p.passes.Wait()
 	p.unsubscribe()
 	_ = p.watch.Stop()
 	// Handlers still running after Stop returns keep fencing by the last

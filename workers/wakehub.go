@@ -17,8 +17,10 @@ import (
 // to one at random, which passed it on to all when full.
 type wakeHub struct {
 	nc *nats.Conn
-	// mu guards types; a type's pools slice is replaced, never changed in
-	// place, so a delivery reads it without holding mu.
+	// mu guards types and each type's pools, a slice replaced, never
+	// changed in place, so that a delivery reads it once. Joins and leaves
+	// also hold wakeHubs, so that two pools never both subscribe for one
+	// type.
 	mu    sync.Mutex
 	types map[string]*hubType
 }
@@ -28,9 +30,8 @@ type hubType struct {
 	pools       []*Pool
 	// next is where the next shared wake-up starts looking for a pool to
 	// claim it, so that claims spread over the pools. Read and written only
-	// by the shared subscription's handler, which nats.go calls serially.
-	// Joins and leaves hold wakeHubs as well as mu, so that two pools never
-	// both subscribe for one type.
+	// by the handler of this hubType's shared subscription, which nats.go
+	// calls serially: a type subscribed again gets a new hubType.
 	next int
 }
 
@@ -91,8 +92,8 @@ func (h *wakeHub) join(t string, p *Pool) error {
 	// with every pool woken by every job, ten pools made ten fetches a
 	// job, nine of them empty.
 	var err error
-	if ht.shared, err = h.nc.QueueSubscribe(wakePrefix+t+".>", wakeGroup, func(m *nats.Msg) { h.onShared(t, m) }); err == nil {
-		ht.all, err = h.nc.Subscribe(wakeAllPrefix+t+".>", func(m *nats.Msg) { h.onAll(t, m) })
+	if ht.shared, err = h.nc.QueueSubscribe(wakePrefix+t+".>", wakeGroup, func(m *nats.Msg) { h.onShared(ht, m) }); err == nil {
+		ht.all, err = h.nc.Subscribe(wakeAllPrefix+t+".>", func(m *nats.Msg) { h.onAll(ht, m) })
 	}
 	if err != nil {
 		h.mu.Lock()
@@ -134,22 +135,18 @@ func (h *wakeHub) empty() bool {
 	return len(h.types) == 0
 }
 
-func (h *wakeHub) pools(t string) (*hubType, []*Pool) {
+func (h *wakeHub) pools(ht *hubType) []*Pool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ht := h.types[t]
-	if ht == nil {
-		return nil, nil
-	}
-	return ht, ht.pools
+	return ht.pools
 }
 
 // onShared offers a shared wake-up to each pool in turn until one claims
 // it (it serves the queue and has a slot free for it), and otherwise passes
 // it on to every pool.
-func (h *wakeHub) onShared(t string, m *nats.Msg) {
+func (h *wakeHub) onShared(ht *hubType, m *nats.Msg) {
 	name := strings.TrimPrefix(m.Subject, wakePrefix)
-	ht, pools := h.pools(t)
+	pools := h.pools(ht)
 	for i := range pools {
 		j := (ht.next + i) % len(pools)
 		if pools[j].claimWake(name) {
@@ -163,9 +160,9 @@ func (h *wakeHub) onShared(t string, m *nats.Msg) {
 }
 
 // onAll takes a wake-up passed on to every pool.
-func (h *wakeHub) onAll(t string, m *nats.Msg) {
+func (h *wakeHub) onAll(ht *hubType, m *nats.Msg) {
 	name := strings.TrimPrefix(m.Subject, wakeAllPrefix)
-	_, pools := h.pools(t)
+	pools := h.pools(ht)
 	for _, p := range pools {
 		p.onWake(name)
 	}
