@@ -907,19 +907,13 @@ func (p *Pool) setClaimedHotLocked(q *poolQueue) {
 	}
 	p.hot[q.name] = true
 	i := q.key.Prio - statemachine.PriorityMin
-	for _, c := range p.claimedByPrio[i] {
-		if c == q {
-			return
-		}
-	}
 	p.claimedByPrio[i] = append(p.claimedByPrio[i], q)
 }
 
 // takeHot takes up to limit queues out of the hot set, highest priority
 // first, claimed ones first, and in the order they became hot, in time
 // independent of how many are hot: a pool with few free slots may have
-// hundreds. A queue taken from the claimed list leaves its entry in the
-// other one behind, skipped as no longer hot.
+// hundreds. A hot queue is in one of the two lists, once.
 func (p *Pool) takeHot(limit int) []*poolQueue {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -928,8 +922,8 @@ func (p *Pool) takeHot(limit int) []*poolQueue {
 		k := 0
 		for ; k < len(list) && len(picked) < limit; k++ {
 			q := list[k]
-			if q.dropped.Load() || !p.hot[q.name] {
-				continue // removed from the registry, or taken already: takes no slot
+			if q.dropped.Load() {
+				continue // removed from the registry: takes no slot
 			}
 			delete(p.hot, q.name)
 			picked = append(picked, q)

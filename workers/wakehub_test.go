@@ -131,20 +131,7 @@ func TestClaimsTakeASlotEachAndGoFirst(t *testing.T) {
 func TestPoolStartAsksTheQueuesHoldingJobs(t *testing.T) {
 	f := newFixture(t, true)
 	const sets = 48 // three queues a shard on average: most shards are listed
-	// Tag set i is the (i+1)th subset of eight keys.
-	allKeys := map[string]string{}
-	for k := range 8 {
-		allKeys[fmt.Sprintf("k%d", k)] = "1"
-	}
-	params := func(i int) statemachine.SubmitParams {
-		tags := map[string]string{}
-		for k := range 8 {
-			if (i+1)&(1<<k) != 0 {
-				tags[fmt.Sprintf("k%d", k)] = "1"
-			}
-		}
-		return statemachine.SubmitParams{Type: "t", Tags: tags}
-	}
+	allKeys, params := manyTagSets()
 	for i := range sets {
 		f.submit(params(i))
 	}
@@ -208,19 +195,7 @@ func TestPoolStartAsksTheQueuesHoldingJobs(t *testing.T) {
 func TestBackupPassFindsAJobWithNoWakeUp(t *testing.T) {
 	f := newFixture(t, true)
 	const sets = 48
-	allKeys := map[string]string{}
-	for k := range 8 {
-		allKeys[fmt.Sprintf("k%d", k)] = "1"
-	}
-	params := func(i int) statemachine.SubmitParams {
-		tags := map[string]string{}
-		for k := range 8 {
-			if (i+1)&(1<<k) != 0 {
-				tags[fmt.Sprintf("k%d", k)] = "1"
-			}
-		}
-		return statemachine.SubmitParams{Type: "t", Tags: tags}
-	}
+	allKeys, params := manyTagSets()
 	var ids []string
 	for i := range sets {
 		ids = append(ids, f.submit(params(i)).ID)
@@ -271,4 +246,22 @@ func TestBackupPassFindsAJobWithNoWakeUp(t *testing.T) {
 	p.unsubscribe()
 	late := f.submit(params(0))
 	f.waitState(late.ID, statemachine.StateSucceeded)
+}
+
+// manyTagSets returns the tags of a pool serving every tag set of jobs of
+// type "t" whose job i is in the (i+1)th non-empty subset of eight keys.
+func manyTagSets() (all map[string]string, job func(i int) statemachine.SubmitParams) {
+	all = map[string]string{}
+	for k := range 8 {
+		all[fmt.Sprintf("k%d", k)] = "1"
+	}
+	return all, func(i int) statemachine.SubmitParams {
+		tags := map[string]string{}
+		for k := range 8 {
+			if (i+1)&(1<<k) != 0 {
+				tags[fmt.Sprintf("k%d", k)] = "1"
+			}
+		}
+		return statemachine.SubmitParams{Type: "t", Tags: tags}
+	}
 }
