@@ -512,7 +512,7 @@ func (p *Pool) queuesHolding(ctx context.Context, qs []*poolQueue) []*poolQueue 
 		go func() {
 			defer wg.Done()
 			holding, err := queuesWithMessages(ctx, p.js, shard)
-			if err != nil {
+			if err != nil && !errors.Is(err, context.Canceled) { // canceled: the pool stops
 				p.logger.Warn("list a queue stream's subjects; asking each queue", zap.Int("shard", shard), zap.Error(err))
 			}
 			mu.Lock()
