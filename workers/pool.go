@@ -368,7 +368,9 @@ func (p *Pool) Start(ctx context.Context) error {
 	p.mu.Unlock()
 	go p.watchRegistry(loopCtx)
 	// Wake-ups sent while the connection was down are lost: after a
-	// reconnect, look at every queue at once instead of at the backup poll.
+	// reconnect, look at the queues holding jobs at once instead of at the
+	// backup poll (every queue, as every worker did at once after a server
+	// restart, was a burst of a fetch per queue per worker).
 	reconnected := p.nc.StatusChanged(nats.CONNECTED)
 	go func() {
 		for {
@@ -378,8 +380,7 @@ func (p *Pool) Start(ctx context.Context) error {
 				return
 			case <-reconnected:
 				p.reconnected.notify()
-				p.markAllHot()
-				p.signal(p.wake)
+				p.backupPass(loopCtx)
 				go p.rescanRegistry()
 			}
 		}
@@ -847,14 +848,6 @@ func (p *Pool) knownQueues() []*poolQueue {
 		known = append(known, q)
 	}
 	return known
-}
-
-func (p *Pool) markAllHot() {
-	p.mu.Lock()
-	for _, q := range p.queues {
-		p.setHotLocked(q)
-	}
-	p.mu.Unlock()
 }
 
 // fetchRound pulls from the hot queues, highest priority first, and starts
