@@ -37,7 +37,8 @@ type DetectorConfig struct {
 	CancelGrace time.Duration
 	// Every is the pause between passes. Default HangAfter/10, within 1-30 s.
 	// After a pass whose listing of the views took longer than a tenth of
-	// it, the pause is ten times the listing.
+	// it, the next listing waits ten times the listing, and the passes
+	// until then look only at the jobs that listing found running.
 	Every time.Duration
 	// MaxPerPass bounds the hung attempts one pass fails, the longest
 	// silent first, and apart from them the unacknowledged cancels it
@@ -82,13 +83,22 @@ type Detector struct {
 	// behind its history, and is not tried again until it changes. Passes
 	// run one at a time, and only they touch it.
 	movedOn map[string]uint64
-	cfg     DetectorConfig
-	reader  *projector.Reader
-	m       *statemachine.Machine
-	hb      *events.Heartbeats
-	logs    *workers.Logs
-	leader  *Leadership
-	logger  *zap.Logger
+	// watched holds the jobs the last full pass found running, with their
+	// last sign of life then, and the hang-after it judged by: the passes
+	// between two listings of every view look only at these (recheck).
+	watched   map[string]watchedJob
+	watchedBy time.Duration
+	// listedAt and relistAfter pace the full passes: ten times the last
+	// listing, as the passes were before.
+	listedAt    time.Time
+	relistAfter time.Duration
+	cfg         DetectorConfig
+	reader      *projector.Reader
+	m           *statemachine.Machine
+	hb          *events.Heartbeats
+	logs        *workers.Logs
+	leader      *Leadership
+	logger      *zap.Logger
 
 	svc ledService
 }
@@ -113,9 +123,22 @@ func (d *Detector) Start(ctx context.Context) error {
 	if err := d.hb.PublishHangAfterIfNone(ctx, d.cfg.HangAfter); err != nil {
 		d.logger.Warn("publish hang-after to workers", zap.Error(err))
 	}
-	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context, _ bool) (time.Duration, error) {
+	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context, fresh bool) (time.Duration, error) {
+		// A listing that took a tenth of Every or less is made every pass.
+		if !fresh && d.relistAfter > d.cfg.Every && time.Since(d.listedAt) < d.relistAfter {
+			_, err := d.recheck(ctx)
+			return 0, err
+		}
+		began := time.Now()
 		res, err := d.runOnce(ctx)
-		return res.scan, err
+		d.listedAt, d.relistAfter = began, pauseAfter(d.cfg.Every, res.scan)
+		if d.relistAfter > d.cfg.Every {
+			d.logger.Debug("a long listing: the passes until the next one recheck the jobs it found running",
+				zap.Duration("listing", res.scan), zap.Duration("next_listing_in", d.relistAfter))
+		}
+		// Paced here, not by the service: the passes between listings
+		// follow at Every.
+		return 0, err
 	})
 	return nil
 }
@@ -183,6 +206,7 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 	}
 	var hung []hungCandidate
 	stillBehind := map[string]uint64{}
+	watched := map[string]watchedJob{}
 	for _, v := range running {
 		if d.movedOn[v.ID] == v.Version {
 			stillBehind[v.ID] = v.Version
@@ -192,19 +216,18 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 		if v.StartedAt != nil && v.StartedAt.After(last) {
 			last = *v.StartedAt
 		}
-		beat, ok, err := d.hb.Last(ctx, v.ID)
+		last, err := d.lastSign(ctx, v, last)
 		if err != nil {
-			d.logger.Warn("read heartbeat", zap.String("job", v.ID), zap.Error(err))
 			continue
-		}
-		if ok && beat.Lease == v.Lease && beat.At.After(last) {
-			last = beat.At
 		}
 		if now.Sub(last) >= hangAfter {
 			hung = append(hung, hungCandidate{view: v, lastSign: last})
+		} else {
+			watched[v.ID] = watchedJob{view: v, lastSign: last}
 		}
 	}
 	d.movedOn = stillBehind
+	d.watched, d.watchedBy = watched, hangAfter
 	sort.Slice(hung, func(i, j int) bool { return hung[i].lastSign.Before(hung[j].lastSign) })
 	if len(hung) > d.cfg.MaxPerPass {
 		hung = hung[:d.cfg.MaxPerPass]
@@ -244,6 +267,75 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 		res.CancelsTerminated = append(res.CancelsTerminated, job.ID)
 	}
 	return res, nil
+}
+
+// watchedJob is a job found running by the last full pass.
+type watchedJob struct {
+	view     projector.View
+	lastSign time.Time
+}
+
+// lastSign returns the later of since and the attempt's last heartbeat.
+func (d *Detector) lastSign(ctx context.Context, v projector.View, since time.Time) (time.Time, error) {
+	beat, ok, err := d.hb.Last(ctx, v.ID)
+	if err != nil {
+		d.logger.Warn("read heartbeat", zap.String("job", v.ID), zap.Error(err))
+		return since, err
+	}
+	if ok && beat.Lease == v.Lease && beat.At.After(since) {
+		return beat.At, nil
+	}
+	return since, nil
+}
+
+// recheck is a pass between two listings of every view: it fails the
+// attempts of the jobs the last listing found running that have been
+// silent for the hang-after since, reading a job's heartbeat only once its
+// last sign known is that old, and its view again before failing it. A
+// listing reads every view, finished ones included, so with many views its
+// passes were spaced far apart (ten times the listing), and a job that
+// went silent was failed that much after its hang-after. A job started
+// since the last listing waits for the next one.
+func (d *Detector) recheck(ctx context.Context) ([]string, error) {
+	hangAfter := d.watchedBy
+	if hangAfter <= 0 || len(d.watched) == 0 {
+		return nil, nil
+	}
+	now := d.cfg.Now()
+	var hung []hungCandidate
+	for id, w := range d.watched {
+		if now.Sub(w.lastSign) < hangAfter {
+			continue
+		}
+		last, err := d.lastSign(ctx, w.view, w.lastSign)
+		if err != nil {
+			continue
+		}
+		if now.Sub(last) < hangAfter {
+			d.watched[id] = watchedJob{view: w.view, lastSign: last}
+			continue
+		}
+		// The view read a while ago: the job may have finished, or moved
+		// to another attempt, since.
+		v, err := d.reader.Get(ctx, id)
+		if err != nil || v.State != statemachine.StateRunning || v.Lease != w.view.Lease {
+			delete(d.watched, id)
+			continue
+		}
+		hung = append(hung, hungCandidate{view: v, lastSign: last})
+	}
+	sort.Slice(hung, func(i, j int) bool { return hung[i].lastSign.Before(hung[j].lastSign) })
+	if len(hung) > d.cfg.MaxPerPass {
+		hung = hung[:d.cfg.MaxPerPass]
+	}
+	var failed []string
+	for _, c := range hung {
+		delete(d.watched, c.view.ID)
+		if d.failHung(ctx, c, now, hangAfter) {
+			failed = append(failed, c.view.ID)
+		}
+	}
+	return failed, nil
 }
 
 func (d *Detector) failHung(ctx context.Context, c hungCandidate, now time.Time, hangAfter time.Duration) bool {

@@ -817,3 +817,46 @@ func (f *fixture) queueConsumers() int {
 	}
 	return n
 }
+
+// Between two listings of every view, the detector fails a job the last
+// listing found running once it has been silent for the hang-after, and
+// leaves alone one that finished since; a job started since the listing
+// waits for the next one.
+func TestDetectorRechecksTheJobsItListedRunning(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	silent := f.abandonedJob()
+	finished := f.abandonedJob()
+	var mu sync.Mutex
+	clock := time.Now()
+	d := f.detector("s1", func() time.Time { mu.Lock(); defer mu.Unlock(); return clock })
+	res, err := d.runOnce(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Hung, "running for less than the hang-after")
+
+	done, err := f.m.Succeed(ctx, finished, nil)
+	require.NoError(t, err)
+	f.projected(done)
+	late := f.abandonedJob()
+	mu.Lock()
+	clock = clock.Add(2 * time.Minute) // past the fixture's hang-after of a minute
+	mu.Unlock()
+
+	failed, err := d.recheck(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{silent.ID}, failed)
+	f.waitFailed(silent.ID, "the silent job failed as hung")
+	lines, err := f.logs.Read(ctx, finished.ID)
+	require.NoError(t, err)
+	require.Empty(t, lines, "a job finished since the listing is left alone")
+	cur, err := f.m.Load(ctx, late.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateRunning, cur.State, "started after the listing: for the next one")
+
+	failed, err = d.recheck(ctx)
+	require.NoError(t, err)
+	require.Empty(t, failed, "each job tried once")
+	res, err = d.runOnce(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{late.ID}, res.Hung)
+}
