@@ -197,14 +197,14 @@ type Pool struct {
 	// hot holds the queues to ask for jobs, by name and, in the order they
 	// became hot, by priority.
 	hot       map[string]bool
-	hotByPrio [statemachine.PriorityMax - statemachine.PriorityMin + 1][]*poolQueue
+	hotByPrio queuesByPrio
 	// claimedByPrio holds the hot queues whose shared wake-up this pool
 	// claimed, asked before the other hot queues of their priority: a
 	// claim announces a job for certain and expires after claimWindow,
 	// where the others may be empty. Behind them, claims expired under
 	// load and were passed on to every pool, which filled the hot lists
 	// further.
-	claimedByPrio [statemachine.PriorityMax - statemachine.PriorityMin + 1][]*poolQueue
+	claimedByPrio queuesByPrio
 	recheck       map[string]int
 	// woken holds the queues a wake-up named since their last fetch, each
 	// with the wake-up's number (wakes counts them): an empty answer from
@@ -255,6 +255,9 @@ type Pool struct {
 	watch      jetstream.KeyWatcher
 	registry   jetstream.KeyValue
 }
+
+// queuesByPrio holds a list of queues per priority.
+type queuesByPrio [statemachine.PriorityMax - statemachine.PriorityMin + 1][]*poolQueue
 
 type poolQueue struct {
 	key      queueKey
@@ -880,27 +883,24 @@ func (p *Pool) fetchRound(ctx context.Context) (int, time.Duration) {
 
 // setHotLocked marks q to be asked for jobs, behind the queues of its
 // priority marked before it, so that every tag set gets its turn.
-func (p *Pool) setHotLocked(q *poolQueue) {
-	if q.dropped.Load() || p.hot[q.name] {
-		return
-	}
-	p.hot[q.name] = true
-	i := q.key.Prio - statemachine.PriorityMin
-	p.hotByPrio[i] = append(p.hotByPrio[i], q)
-}
+func (p *Pool) setHotLocked(q *poolQueue) { p.addHotLocked(&p.hotByPrio, q) }
 
 // setClaimedHotLocked marks q to be asked for jobs ahead of the queues of
 // its priority that are hot without a claim, unless it is hot already: a
 // queue claimed again and again (one that is never empty) would otherwise
 // keep overtaking the others, which then waited for two slots to free at
 // once.
-func (p *Pool) setClaimedHotLocked(q *poolQueue) {
+func (p *Pool) setClaimedHotLocked(q *poolQueue) { p.addHotLocked(&p.claimedByPrio, q) }
+
+// addHotLocked appends q, if not hot already, to the list of its priority
+// in lists.
+func (p *Pool) addHotLocked(lists *queuesByPrio, q *poolQueue) {
 	if q.dropped.Load() || p.hot[q.name] {
 		return
 	}
 	p.hot[q.name] = true
 	i := q.key.Prio - statemachine.PriorityMin
-	p.claimedByPrio[i] = append(p.claimedByPrio[i], q)
+	lists[i] = append(lists[i], q)
 }
 
 // takeHot takes up to limit queues out of the hot set, highest priority
