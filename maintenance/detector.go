@@ -132,6 +132,9 @@ func (d *Detector) Start(ctx context.Context) error {
 		began := time.Now()
 		res, err := d.runOnce(ctx)
 		d.listedAt, d.relistAfter = began, pauseAfter(d.cfg.Every, res.scan)
+		if err != nil {
+			d.relistAfter = 0 // the next pass lists again
+		}
 		if d.relistAfter > d.cfg.Every {
 			d.logger.Debug("a long listing: the passes until the next one recheck the jobs it found running",
 				zap.Duration("listing", res.scan), zap.Duration("next_listing_in", d.relistAfter))
@@ -167,6 +170,9 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 	// Every pass, since the detector acting may have changed hands with a
 	// server judging by another hang-after.
 	hangAfter := d.cfg.HangAfter
+	// What an earlier pass watched is not to be judged by once this one
+	// began: it may fail (and a leadership or hang-after may have changed).
+	d.watched, d.watchedBy = nil, 0
 	previous, err := d.hb.PublishHangAfter(ctx, hangAfter)
 	var running []projector.View
 	switch {
@@ -318,6 +324,9 @@ func (d *Detector) recheck(ctx context.Context) ([]string, error) {
 		// The view read a while ago: the job may have finished, or moved
 		// to another attempt, since.
 		v, err := d.reader.Get(ctx, id)
+		if err != nil && !errors.Is(err, events.ErrNotFound) {
+			continue // asked again next pass
+		}
 		if err != nil || v.State != statemachine.StateRunning || v.Lease != w.view.Lease {
 			delete(d.watched, id)
 			continue

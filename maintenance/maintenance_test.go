@@ -859,4 +859,28 @@ func TestDetectorRechecksTheJobsItListedRunning(t *testing.T) {
 	res, err = d.runOnce(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []string{late.ID}, res.Hung)
+
+	// A pass whose listing fails leaves nothing watched: what an earlier
+	// one found is not judged by after it (another leadership, another
+	// hang-after may have come between).
+	mu.Lock()
+	clock = time.Now()
+	mu.Unlock()
+	another := f.abandonedJob()
+	res, err = d.runOnce(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Hung)
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err = d.runOnce(canceled)
+	require.Error(t, err)
+	mu.Lock()
+	clock = clock.Add(2 * time.Minute)
+	mu.Unlock()
+	failed, err = d.recheck(ctx)
+	require.NoError(t, err)
+	require.Empty(t, failed)
+	cur, err = f.m.Load(ctx, another.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateRunning, cur.State)
 }
