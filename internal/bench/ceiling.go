@@ -214,7 +214,9 @@ func (r *Runner) ceilingFetchAck(ctx context.Context, js jetstream.JetStream, fs
 	}
 	start := time.Now()
 	for got := 0; got < n; {
-		b, err := cons.Fetch(100, jetstream.FetchMaxWait(5*time.Second))
+		// No more than remain: a fetch asking for more would wait out its
+		// max wait for messages that never come.
+		b, err := cons.Fetch(min(100, n-got), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return fmt.Errorf("fetch: %w", err)
 		}
