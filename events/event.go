@@ -3,6 +3,7 @@ package events
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -37,6 +38,11 @@ type Event struct {
 	Type  string          `json:"type"`
 	Time  time.Time       `json:"time"`
 	Data  json.RawMessage `json:"data,omitempty"`
+	// given is the value New encoded into Data, so that a writer folding
+	// the event it just appended need not decode it again (DataAs): about
+	// 4% of the CPU a job cost. Never stored or sent; an event read from
+	// the log has none.
+	given any
 }
 
 // Record is an event as stored: the event with its stream sequence and the
@@ -76,12 +82,55 @@ func New(jobID, eventType string, data any) (Event, error) {
 	if err != nil {
 		return Event{}, fmt.Errorf("new event ID: %w", err)
 	}
-	return Event{ID: id.String(), JobID: jobID, Type: eventType, Time: time.Now().UTC(), Data: raw}, nil
+	return Event{ID: id.String(), JobID: jobID, Type: eventType, Time: time.Now().UTC(), Data: raw, given: data}, nil
 }
 
 // Encode writes the versioned envelope.
 func Encode(e Event) ([]byte, error) {
+	if b, ok := encodePlain(e); ok {
+		return b, nil
+	}
 	return json.Marshal(envelope{V: EnvelopeVersion, Event: e})
+}
+
+// encodePlain lays out without reflection an envelope whose strings need no
+// escaping and whose data is none or New's (so compact and escaped as
+// encoding/json writes it): the bytes json.Marshal writes
+// (FuzzEncodePlainAgrees), for a fraction of its CPU, on every append.
+func encodePlain(e Event) ([]byte, bool) {
+	if len(e.Data) > 0 && e.given == nil {
+		return nil, false
+	}
+	if !needsNoEscape(e.ID) || !needsNoEscape(e.JobID) || !needsNoEscape(e.Type) {
+		return nil, false
+	}
+	at, err := e.Time.MarshalJSON()
+	if err != nil {
+		return nil, false
+	}
+	b := make([]byte, 0, 64+len(e.ID)+len(e.JobID)+len(e.Type)+len(at)+len(e.Data))
+	b = append(b, `{"v":`...)
+	b = strconv.AppendInt(b, EnvelopeVersion, 10)
+	for _, f := range []struct{ key, value string }{{`,"id":"`, e.ID}, {`,"job":"`, e.JobID}, {`,"type":"`, e.Type}} {
+		b = append(append(append(b, f.key...), f.value...), '"')
+	}
+	b = append(append(b, `,"time":`...), at...)
+	if len(e.Data) > 0 {
+		b = append(append(b, `,"data":`...), e.Data...)
+	}
+	return append(b, '}'), true
+}
+
+// needsNoEscape reports a string encoding/json writes as it is: printable
+// ASCII but for the quote, the backslash and what it escapes for HTML.
+func needsNoEscape(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
 }
 
 // Decode reads an envelope. It returns ErrMalformed for anything that is not
@@ -111,6 +160,19 @@ func Decode(b []byte) (Event, error) {
 		}
 	}
 	return env.Event, fmt.Errorf("%w %q", ErrUnknownType, env.Type)
+}
+
+// DataAs returns the event's data as a T: the value New was given if it was
+// a T, shared as given (maps, slices and times as they were), else decoded
+// from Data. So an event from New must not have its Data changed, and a T
+// given to New must survive encoding/json unchanged (no monotonic clock
+// readings, no empty maps standing for none) for the two to agree.
+func DataAs[T any](e Event) (T, error) {
+	if d, ok := e.given.(T); ok {
+		return d, nil
+	}
+	var d T
+	return d, e.DecodeData(&d)
 }
 
 // DecodeData reads an event's data into v.

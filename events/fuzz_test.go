@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/jetjob/jetjob/events"
 )
 
@@ -149,5 +151,36 @@ func FuzzDecodeData(f *testing.F) {
 		if err != nil || !bytes.Equal(enc, enc2) {
 			t.Fatalf("%s data round trip differs (%v):\n%s\n%s", dt.typ, err, enc, enc2)
 		}
+	})
+}
+
+// FuzzEncodePlainAgrees: Encode writes what encoding/json writes for the
+// envelope, whichever way it takes.
+func FuzzEncodePlainAgrees(f *testing.F) {
+	f.Add("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "job-1", events.TypeSubmitted, int64(1764547200123456789), "eu", int8(0), false)
+	f.Add("e", "j<b>&", events.TypeAcquired, int64(0), "\u2028\"\\", int8(5), false)
+	f.Add("é", "j", "t", int64(-62135596800000000), "", int8(-3), true)
+	f.Fuzz(func(t *testing.T, id, job, typ string, unixNano int64, tag string, zone int8, noData bool) {
+		var data any = map[string]string{"region": tag}
+		if noData {
+			data = nil
+		}
+		ev, err := events.New(job, typ, data)
+		require.NoError(t, err)
+		if noData {
+			ev.Data = nil
+		}
+		ev.ID, ev.Time = id, time.Unix(0, unixNano).In(time.FixedZone("z", int(zone)*3600))
+		want, wantErr := json.Marshal(struct {
+			V int `json:"v"`
+			events.Event
+		}{events.EnvelopeVersion, ev})
+		got, err := events.Encode(ev)
+		if wantErr != nil {
+			require.Error(t, err)
+			return
+		}
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(got))
 	})
 }

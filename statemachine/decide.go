@@ -1,8 +1,10 @@
 package statemachine
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -16,9 +18,15 @@ import (
 // return the one event to append, or why the command is refused.
 
 func decideSubmit(jobID string, p SubmitParams, now time.Time) (events.Event, error) {
+	// Copies, and none for empty ones, as a decoded event would have: the
+	// machine folds this value (events.DataAs), and the job it returns
+	// must not share the caller's maps.
 	d := events.Submitted{
-		Type: p.Type, Tags: p.Tags, Meta: p.Meta, Payload: p.Payload,
+		Type: p.Type, Tags: cloneLabels(p.Tags), Meta: cloneLabels(p.Meta),
 		Priority: p.Priority, MaxAttempts: p.MaxAttempts, Key: p.Key,
+	}
+	if len(p.Payload) > 0 {
+		d.Payload = bytes.Clone(p.Payload)
 	}
 	if p.RunAt != nil && p.RunAt.After(now) {
 		t := p.RunAt.UTC()
@@ -28,6 +36,13 @@ func decideSubmit(jobID string, p SubmitParams, now time.Time) (events.Event, er
 		d.Backoff = &events.Backoff{Base: p.Backoff.Base, Cap: p.Backoff.Cap}
 	}
 	return newEvent(jobID, events.TypeSubmitted, d, now)
+}
+
+func cloneLabels(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	return maps.Clone(m)
 }
 
 func newEvent(jobID, typ string, data any, now time.Time) (events.Event, error) {

@@ -159,8 +159,8 @@ func (j *Job) apply(rec events.Record) error {
 	}
 	switch rec.Type {
 	case events.TypeSubmitted:
-		var d events.Submitted
-		if err := rec.DecodeData(&d); err != nil {
+		d, err := events.DataAs[events.Submitted](rec.Event)
+		if err != nil {
 			return err
 		}
 		if err := checkSubmitted(d); err != nil {
@@ -182,8 +182,8 @@ func (j *Job) apply(rec events.Record) error {
 	case events.TypePromoted:
 		return move(TransitionPromote)
 	case events.TypeAcquired:
-		var d events.Acquired
-		if err := rec.DecodeData(&d); err != nil {
+		d, err := events.DataAs[events.Acquired](rec.Event)
+		if err != nil {
 			return err
 		}
 		if err := move(TransitionAcquire); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -771,4 +772,48 @@ func TestConfigThatCannotRunIsRefused(t *testing.T) {
 	m, err := statemachine.New(lg, statemachine.Config{Backoff: statemachine.BackoffConfig{Base: time.Minute, Cap: time.Hour}})
 	require.NoError(t, err)
 	require.NoError(t, m.Validate(&statemachine.SubmitParams{Type: "t", Backoff: statemachine.BackoffConfig{Base: 20 * time.Minute}}))
+}
+
+// The machine folds the events it appends from the values it encoded, not
+// decoded again (events.DataAs): the job it returns must be the job its log
+// folds, and must not share the caller's maps or payload.
+func TestTheJobAWriterGetsIsTheJobTheLogFolds(t *testing.T) {
+	ctx := testContext(t)
+	m, _, _ := newMachine(t)
+	runAt := time.Now().Add(time.Hour)
+	for name, p := range map[string]statemachine.SubmitParams{
+		"everything": {Type: "t", Tags: map[string]string{"os": "linux"}, Meta: map[string]string{"by": "me"},
+			Payload: []byte(`{"n":1}`), Priority: 3, MaxAttempts: 2, Key: "k1",
+			Backoff: statemachine.BackoffConfig{Base: time.Second, Cap: time.Minute}},
+		"empty maps and payload": {Type: "t", Tags: map[string]string{}, Meta: map[string]string{}, Payload: []byte{}},
+		"run at":                 {Type: "t", RunAt: &runAt},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p.Tags, p.Meta, p.Payload = maps.Clone(p.Tags), maps.Clone(p.Meta), slices.Clone(p.Payload)
+			submitted := submit(t, m, p)
+			loaded, err := m.Load(ctx, submitted.ID)
+			require.NoError(t, err)
+			require.Equal(t, loaded, submitted)
+
+			for k := range p.Tags {
+				p.Tags[k] = "changed"
+			}
+			for k := range p.Meta {
+				p.Meta[k] = "changed"
+			}
+			for i := range p.Payload {
+				p.Payload[i] = 'x'
+			}
+			require.Equal(t, loaded, submitted, "the caller's maps and payload are not the job's")
+
+			if submitted.State != statemachine.StatePending {
+				return
+			}
+			acquired, err := m.AcquireFrom(ctx, submitted, "w1")
+			require.NoError(t, err)
+			loaded, err = m.Load(ctx, submitted.ID)
+			require.NoError(t, err)
+			require.Equal(t, loaded, acquired)
+		})
+	}
 }
