@@ -73,7 +73,7 @@ func Loop(ctx context.Context, cons jetstream.Consumer, b Batching, logger *zap.
 		for {
 			select {
 			case m := <-msgs:
-				_ = m.Nak()
+				handBack([]jetstream.Msg{m})
 			default:
 				return
 			}
@@ -113,9 +113,7 @@ func Loop(ctx context.Context, cons jetstream.Consumer, b Batching, logger *zap.
 				case <-linger.C:
 					break wait
 				case <-ctx.Done():
-					for _, m := range batch {
-						_ = m.Nak() // handed back at once, as in the deferred drain
-					}
+					handBack(batch)
 					return
 				}
 			}
@@ -124,16 +122,32 @@ func Loop(ctx context.Context, cons jetstream.Consumer, b Batching, logger *zap.
 		busy = b.Linger > 0 && len(batch) >= b.LingerAfter
 		for {
 			err := process(ctx, batch)
-			if err == nil || ctx.Err() != nil {
+			if ctx.Err() != nil {
+				// Cut short: what it did not acknowledge goes back at once.
+				handBack(batch)
+				return
+			}
+			if err == nil {
 				break
 			}
 			logger.Warn("batch failed; retrying it", zap.Error(err))
 			select {
 			case <-ctx.Done():
+				handBack(batch)
 				return
 			case <-time.After(retryPause):
 			}
 		}
+	}
+}
+
+// handBack naks a batch's messages, as the deferred drain does those never
+// processed: left unacknowledged, they would wait out AckWait. A message
+// acknowledged already stays so (the client sends nothing for it, and the
+// server ignores a nak of a message no longer pending).
+func handBack(batch []jetstream.Msg) {
+	for _, m := range batch {
+		_ = m.Nak()
 	}
 }
 

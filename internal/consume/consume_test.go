@@ -73,6 +73,68 @@ func TestStoppedLoopHandsBackWhatItDidNotProcess(t *testing.T) {
 	}, "the unprocessed messages delivered again")
 }
 
+// A batch whose processing the stop cuts short goes back at once too, but
+// for the messages it acknowledged (the enqueuer of a server stopping in the
+// middle of a batch: seen as 100 messages held for AckWait).
+func TestStoppedLoopHandsBackTheBatchItCutShort(t *testing.T) {
+	env := natstest.Start(t)
+	ctx := context.Background()
+	_, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}})
+	require.NoError(t, err)
+	cons, err := env.JS.CreateOrUpdateConsumer(ctx, "S", jetstream.ConsumerConfig{
+		Durable: "d", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Hour})
+	require.NoError(t, err)
+	publish := func(n int) {
+		for range n {
+			_, err := env.JS.Publish(ctx, "s.x", []byte("m"))
+			require.NoError(t, err)
+		}
+	}
+
+	loopCtx, stop := context.WithCancel(ctx)
+	firstDone, ended := make(chan struct{}), make(chan struct{})
+	calls, acked := 0, 0
+	go func() {
+		defer close(ended)
+		Loop(loopCtx, cons, Batching{Max: 8, Linger: time.Hour, LingerAfter: 1}, zap.NewNop(), func(ctx context.Context, batch []jetstream.Msg) error {
+			calls++
+			if calls == 1 {
+				// After it, the next batch lingers (up to an hour)
+				// until it holds 8.
+				require.NoError(t, batch[0].Ack())
+				close(firstDone)
+				return nil
+			}
+			// Half acknowledged, then stopped in the middle.
+			for _, m := range batch[:len(batch)/2] {
+				require.NoError(t, m.Ack())
+				acked++
+			}
+			stop()
+			<-ctx.Done()
+			return ctx.Err()
+		})
+	}()
+	publish(1)
+	<-firstDone
+	publish(8)
+	<-ended
+	require.Equal(t, 4, acked)
+
+	got := 0
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		b, err := cons.FetchNoWait(100)
+		if err != nil {
+			return false
+		}
+		for m := range b.Messages() {
+			got++
+			_ = m.Ack()
+		}
+		return got == 4
+	}, "the unacknowledged half delivered again")
+}
+
 // After a batch of at least LingerAfter, the next batch waits for more
 // messages (up to Max, or Linger); after a smaller one, it goes at once.
 func TestLoopLingersOnlyAfterABusyBatch(t *testing.T) {
