@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/jetjob/jetjob/internal/bench"
 	"github.com/jetjob/jetjob/internal/natsserver"
@@ -78,6 +80,25 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 			return usageErr("--fsync sets the embedded servers' durability; with --server the NATS server's own sync_interval decides: drop --fsync")
 		}
 	}
+	// A flag that no scenario of the run reads is a mistake, not a no-op.
+	runs := func(names ...string) bool {
+		return len(scenarios) == 0 || slices.ContainsFunc(names, func(n string) bool { return slices.Contains(scenarios, n) })
+	}
+	for _, f := range []struct {
+		flag      string
+		scenarios []string
+	}{
+		{"huge", []string{bench.ScenarioBacklog, bench.ScenarioMemory}},
+		{"rate", []string{bench.ScenarioLatency}},
+		{"processes", []string{bench.ScenarioE2E, bench.ScenarioLatency}},
+	} {
+		if set[f.flag] && !runs(f.scenarios...) {
+			return usageErr("--%s is for the %s scenario, which this run does not include", f.flag, strings.Join(f.scenarios, " or "))
+		}
+	}
+	if set["server"] && len(scenarios) > 0 && !slices.ContainsFunc(scenarios, func(s string) bool { return s != bench.ScenarioMemory }) {
+		return usageErr("the memory scenario does not run with --server: it measures the embedded server holding the backlog")
+	}
 	for name, v := range map[string]int{"n": *n, "producers": *producers, "workers": *workers, "rate": *rate, "processes": *processes} {
 		if v <= 0 {
 			return usageErr("--%s %d, expected a positive number", name, v)
@@ -113,6 +134,24 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	cfg.Processes = *processes
 	cfg.Scenarios, cfg.Fsyncs, cfg.NATSURL, cfg.JSON = scenarios, fsyncs, *natsURL, *output == "json"
 	cfg.Progress = os.Stderr
+	// After a Ctrl-C the run cleans up an external server; a second one
+	// leaves that undone.
+	cleanup, endCleanup := context.WithCancel(context.Background())
+	defer endCleanup()
+	cfg.Cleanup = cleanup
+	stopWatching := context.AfterFunc(ctx, func() {
+		again := make(chan os.Signal, 1)
+		signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+		go func() {
+			defer signal.Stop(again)
+			select {
+			case <-again:
+				endCleanup()
+			case <-cleanup.Done():
+			}
+		}()
+	})
+	defer stopWatching()
 
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

@@ -292,6 +292,15 @@ func parseDurationAtLeast(name, v string, least time.Duration, example string) (
 // as what was expected.
 func plainFlagError(err error) error {
 	var name, value string
+	if _, scanErr := fmt.Sscanf(err.Error(), "flag needs an argument: -%s", &name); scanErr == nil {
+		return fmt.Errorf("%s needs a value", flagName(name))
+	}
+	if _, scanErr := fmt.Sscanf(err.Error(), "flag provided but not defined: -%s", &name); scanErr == nil {
+		return fmt.Errorf("unknown flag %s; -h lists the flags", flagName(strings.TrimLeft(name, "-")))
+	}
+	if _, scanErr := fmt.Sscanf(err.Error(), "invalid boolean value %q for -%s", &value, &name); scanErr == nil {
+		return fmt.Errorf("%s=%s, expected true or false (or the flag alone)", flagName(strings.TrimSuffix(name, ":")), value)
+	}
 	if _, scanErr := fmt.Sscanf(err.Error(), "invalid boolean flag %s", &name); scanErr == nil {
 		// A bool flag's own error, e.g. given twice.
 		return fmt.Errorf("%s: %s", flagName(strings.TrimSuffix(name, ":")), err.Error()[strings.LastIndex(err.Error(), ": ")+2:])

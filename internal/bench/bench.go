@@ -7,8 +7,10 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +20,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -31,6 +35,8 @@ import (
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/server"
+	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
 	"github.com/jetjob/jetjob/workers"
 )
 
@@ -109,6 +115,10 @@ type Config struct {
 	NoTargets bool
 	// JSON prints one JSON object per figure and no table.
 	JSON bool
+	// Cleanup is the context of the cleanup of an external server after
+	// the run (the run's own may have ended it): the CLI ends it on a
+	// second Ctrl-C. Default one that only a timeout ends.
+	Cleanup context.Context
 	// Progress, when set, gets a line as each run starts (the CLI's stderr).
 	Progress io.Writer
 	Logger   *zap.Logger
@@ -288,17 +298,28 @@ type Runner struct {
 	figures []Figure
 	// ceiling holds the ceiling figures by fsync and metric.
 	ceiling map[string]float64
+	// reached says that a scenario reached the external server.
+	reached bool
+	// unscored lists the scenarios whose targets were left out, since
+	// their sizes were not the defaults.
+	unscored []string
 }
 
 // Run runs the configured scenarios, each on fresh servers, printing each
 // figure as it is measured and a table at the end.
-func Run(ctx context.Context, cfg Config, out io.Writer) ([]Figure, error) {
+func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	r := &Runner{cfg: cfg, run: uuid.NewString()[:8], out: out, logger: logging.OrNop(cfg.Logger, "bench"), ceiling: map[string]float64{}}
 	if cfg.NATSURL != "" {
-		defer r.removeQueues(ctx)
+		finished := false
+		defer func() {
+			if r.reached { // else there is nothing of this run's to clean up
+				r.cleanUpServer(ctx, !finished)
+			}
+		}()
+		defer func() { finished = err == nil }()
 	}
 	for _, s := range cfg.Scenarios {
 		if err := ctx.Err(); err != nil {
@@ -368,7 +389,10 @@ func (r *Runner) progress(format string, args ...any) {
 
 // add records a figure and prints its line.
 func (r *Runner) add(f Figure) {
-	if r.cfg.NoTargets {
+	if r.cfg.NoTargets || !r.defaultSizes(f.Scenario) {
+		if f.Target != 0 {
+			r.unscored = append(r.unscored, f.Scenario)
+		}
 		f.Target = 0
 	}
 	if f.CeilingMetric != "" && f.Ceiling == 0 {
@@ -427,6 +451,9 @@ func (r *Runner) table() {
 	fmt.Fprintln(r.out, "\nNOTES")
 	if r.cfg.NoTargets {
 		fmt.Fprintln(r.out, "no targets: they are for the default sizes, and this run's are smaller")
+	} else if len(r.unscored) > 0 {
+		fmt.Fprintf(r.out, "no targets for %s: they are for the default sizes (--n, --workers, --producers, --rate), and this run's differ\n",
+			strings.Join(slices.Compact(r.unscored), ", "))
 	}
 	for i := 0; i < len(r.figures); {
 		f, metrics := r.figures[i], []string{r.figures[i].Metric}
@@ -448,6 +475,23 @@ func (r *Runner) table() {
 		}
 		fmt.Fprintf(r.out, "%s%s %s: %s\n", f.Scenario, fsync, strings.Join(metrics, ", "), f.Note)
 	}
+}
+
+// defaultSizes says whether a scenario runs at the sizes its targets are
+// set for: a target met or missed with 333 jobs or 7 workers says nothing.
+func (r *Runner) defaultSizes(scenario string) bool {
+	c := r.cfg
+	switch scenario {
+	case ScenarioE2E:
+		return c.Jobs == JobsDefault && c.Workers == WorkersDefault && c.Producers == ProducersDefault
+	case ScenarioLatency:
+		return c.Rate == RateDefault && c.Workers == WorkersDefault && c.LatencyJobs == LatencyJobsDefault
+	case ScenarioBacklog:
+		return c.Workers == WorkersDefault && c.BacklogSmall == BacklogSmallDefault
+	case ScenarioTags:
+		return c.Jobs == JobsDefault && c.Workers == WorkersDefault && c.TagSets == TagSetsDefault
+	}
+	return true
 }
 
 // withServer runs fn against a fresh jetjob server with the given fsync
@@ -475,33 +519,108 @@ func (r *Runner) withServer(ctx context.Context, fsync string, opts server.Optio
 	if err != nil {
 		return fmt.Errorf("start server: %w", err)
 	}
+	r.reached = true
 	defer s.Stop()
 	return fn(s)
 }
 
-// removeQueues removes this run's queues from the external server once every
+// cleanUpTimeout bounds the cleanup of an external server after a run.
+const cleanUpTimeout = time.Minute
+
+// cleanUpServer removes this run's queues from the external server once every
 // scenario ran: their consumers, the messages of jobs canceled while
 // pending, and their tag set registrations, which would otherwise stay for
 // good. Its jobs stay in the log and the views until purged. Not sooner:
 // the enqueuer of another server on that NATS remembers the queues it made,
-// and would put a later job of this run in a queue nobody consumes.
-func (r *Runner) removeQueues(ctx context.Context) {
+// and would put a later job of this run in a queue nobody consumes. A run
+// cut short (interrupted, or a scenario failed) first cancels its jobs left
+// unfinished, which no worker of that server would ever take.
+func (r *Runner) cleanUpServer(ctx context.Context, cutShort bool) {
+	if cutShort {
+		r.progress("canceling this run's unfinished jobs and removing its queues from the server (up to %s; Ctrl-C again leaves them)", cleanUpTimeout)
+	}
 	// Also after an interrupt; and only once the enqueuers have caught up,
 	// since one would make a queue again for a late job.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	ctx, cancel := context.WithTimeout(cmp.Or(r.cfg.Cleanup, context.Background()), cleanUpTimeout)
 	defer cancel()
-	nc, err := nats.Connect(r.cfg.NATSURL, nats.Name("jetjob-bench"), logging.NATSErrors(nil))
-	if err == nil {
+	err := func() error {
+		nc, err := nats.Connect(r.cfg.NATSURL, nats.Name("jetjob-bench"), logging.NATSErrors(nil))
+		if err != nil {
+			return err
+		}
 		defer nc.Close()
-		var js jetstream.JetStream
-		if js, err = jetstream.New(nc); err == nil {
-			_ = waitCaughtUp(ctx, js, events.StreamDefault, 20*time.Second)
-			_, err = workers.RemoveQueues(ctx, js, r.isJobType)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		if cutShort {
+			if err := r.cancelUnfinished(ctx, js); err != nil {
+				return err
+			}
+		}
+		if err := waitCaughtUp(ctx, js, events.StreamDefault, cleanUpTimeout/2); err != nil {
+			return err
+		}
+		_, err = workers.RemoveQueues(ctx, js, r.isJobType)
+		return err
+	}()
+	switch {
+	case err != nil:
+		r.progress("could not clean up this run's jobs and queues on the server: %v (its job types end in _%s)", err, r.run)
+	case cutShort:
+		r.progress("this run's jobs left unfinished are canceled, and its queues removed")
+	}
+}
+
+// cancelUnfinished cancels this run's jobs that did not finish, once the
+// views show them: pending ones at once, running ones (their worker gone
+// with this process) once the server's cancel grace is over.
+func (r *Runner) cancelUnfinished(ctx context.Context, js jetstream.JetStream) error {
+	if err := waitCaughtUp(ctx, js, events.StreamDefault, cleanUpTimeout/2); err != nil {
+		return err
+	}
+	lg, err := events.Open(ctx, js, events.Config{})
+	if err != nil {
+		return err
+	}
+	defer lg.Close()
+	m, err := statemachine.New(lg, statemachine.Config{})
+	if err != nil {
+		return err
+	}
+	reader, err := projector.NewReader(ctx, js)
+	if err != nil {
+		return err
+	}
+	// One pass over the views, whatever this run's job types.
+	page, err := reader.List(ctx, projector.Filter{States: []statemachine.State{
+		statemachine.StatePending, statemachine.StateScheduled, statemachine.StateRunning}})
+	if err != nil {
+		return err
+	}
+	ids := make(chan string)
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range 256 { // in flight at once, so the log commits them in batches
+		wg.Go(func() {
+			for id := range ids {
+				if _, err := m.Cancel(ctx, id, "bench run cut short"); err != nil && !errors.As(err, new(*statemachine.IllegalTransitionError)) {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	for _, v := range page.Views {
+		if r.isJobType(v.Type) {
+			ids <- v.ID
 		}
 	}
-	if err != nil {
-		r.progress("could not remove this run's queues from the server: %v", err)
+	close(ids)
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		return fmt.Errorf("%d of this run's jobs could not be canceled", n)
 	}
+	return nil
 }
 
 // percentiles of durations, in milliseconds (nearest rank).

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/server"
+	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
 	"github.com/jetjob/jetjob/workers"
 )
@@ -53,7 +54,7 @@ func TestSmokeRunsEveryScenario(t *testing.T) {
 
 func TestJSONFigures(t *testing.T) {
 	var out bytes.Buffer
-	r := &Runner{cfg: Config{JSON: true}, out: &out, ceiling: map[string]float64{"always/" + CeilingBatched: 20_000}}
+	r := &Runner{cfg: validConfig(t, Config{JSON: true}), out: &out, ceiling: map[string]float64{"always/" + CeilingBatched: 20_000}}
 	r.add(Figure{Scenario: ScenarioE2E, Fsync: "always", Metric: "jobs_per_s_batch", Value: 7_000, Unit: "jobs/s",
 		Target: 14_000, Higher: true, CeilingMetric: CeilingBatched})
 	r.add(Figure{Scenario: ScenarioLatency, Fsync: "always", Metric: "start_p99_ms", Value: 2, Unit: "ms", Target: 4})
@@ -70,11 +71,53 @@ func TestJSONFigures(t *testing.T) {
 	require.Equal(t, true, lat["met"])
 }
 
+func validConfig(t *testing.T, cfg Config) Config {
+	t.Helper()
+	require.NoError(t, cfg.validate())
+	return cfg
+}
+
 func TestTextFigure(t *testing.T) {
 	var out bytes.Buffer
-	r := &Runner{out: &out, ceiling: map[string]float64{}}
+	r := &Runner{cfg: validConfig(t, Config{}), out: &out, ceiling: map[string]float64{}}
 	r.add(Figure{Scenario: ScenarioE2E, Fsync: "always", Metric: "jobs_per_s_one_at_a_time", Value: 2_310, Target: 3_000, Higher: true})
 	require.Equal(t, "bench scenario=e2e fsync=always metric=jobs_per_s_one_at_a_time value=2310 target=3000 target_op=>= gap=-23%\n", out.String())
+}
+
+// A target is for the sizes it was set at: a scenario run at others prints
+// its figures unscored, and the notes say so.
+func TestTargetsOnlyAtTheirSizes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		scored []string
+	}{
+		{"defaults", Config{}, []string{ScenarioE2E, ScenarioLatency, ScenarioTags, ScenarioOps}},
+		{"fewer jobs", Config{Jobs: 333}, []string{ScenarioLatency, ScenarioOps}},
+		{"fewer workers", Config{Workers: 7}, []string{ScenarioOps}},
+		{"another rate", Config{Rate: 50}, []string{ScenarioE2E, ScenarioTags, ScenarioOps}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			r := &Runner{cfg: validConfig(t, tc.cfg), out: &out, ceiling: map[string]float64{}}
+			for _, s := range []string{ScenarioE2E, ScenarioLatency, ScenarioTags, ScenarioOps} {
+				r.add(Figure{Scenario: s, Metric: "m", Value: 1, Target: 2, Higher: true})
+			}
+			var scored []string
+			for _, f := range r.figures {
+				if f.Target != 0 {
+					scored = append(scored, f.Scenario)
+				}
+			}
+			require.Equal(t, tc.scored, scored)
+			r.table()
+			if len(scored) < 4 {
+				require.Contains(t, out.String(), "no targets for ")
+			} else {
+				require.NotContains(t, out.String(), "no targets")
+			}
+		})
+	}
 }
 
 func TestPercentiles(t *testing.T) {
@@ -193,4 +236,51 @@ func TestSplitDividesTheWorkers(t *testing.T) {
 	require.Equal(t, []int{3, 3, 2, 2}, got)
 	require.Len(t, split(cfg, 20), 10, "a pool runs at least one job")
 	require.Len(t, split(cfg, 0), 1)
+}
+
+// A run on a server cut short cancels its jobs left unfinished and removes
+// its queues: no worker of that server would ever take them.
+func TestAnInterruptedRunOnAServerLeavesNothingBehind(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := server.Start(ctx, server.Options{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	defer s.Stop()
+
+	runCtx, interrupt := context.WithCancel(ctx)
+	defer interrupt()
+	cfg := Config{NATSURL: s.URL, Scenarios: []string{ScenarioBacklog}, BacklogSmall: 50, BacklogLarge: 3000, Workers: 2, Producers: 2}
+	var out bytes.Buffer
+	ran := make(chan error, 1)
+	go func() { _, err := Run(runCtx, cfg, &out); ran <- err }()
+
+	unfinished := func() []string {
+		page, err := s.Reader.List(ctx, projector.Filter{States: []statemachine.State{
+			statemachine.StatePending, statemachine.StateScheduled, statemachine.StateRunning, statemachine.StateCanceling}})
+		require.NoError(t, err)
+		var ids []string
+		for _, v := range page.Views {
+			if strings.HasPrefix(v.Type, "bench_") {
+				ids = append(ids, v.ID)
+			}
+		}
+		return ids
+	}
+	// Interrupted once the large backlog is there, mostly pending.
+	deadline := time.Now().Add(time.Minute)
+	for len(unfinished()) < 1000 {
+		require.True(t, time.Now().Before(deadline), "the backlog never showed")
+		time.Sleep(20 * time.Millisecond)
+	}
+	interrupt()
+	require.ErrorIs(t, <-ran, context.Canceled)
+
+	require.Zero(t, len(unfinished()), "jobs of the run left unfinished")
+	for _, name := range workers.QueueStreams() {
+		st, err := s.JS.Stream(ctx, name)
+		require.NoError(t, err)
+		for info := range st.ListConsumers(ctx).Info() {
+			require.NotContains(t, info.Config.FilterSubject, "bench_", "a queue of the run left on the server")
+		}
+	}
 }

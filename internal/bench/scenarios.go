@@ -35,7 +35,7 @@ func (r *Runner) backlogScenario(ctx context.Context) error {
 				return err
 			}
 			r.add(Figure{Scenario: ScenarioBacklog, Fsync: fsync, Metric: fmt.Sprintf("submit_per_s_backlog_%d", size),
-				Value: float64(size) / time.Since(start).Seconds(), Unit: "jobs/s", CeilingMetric: CeilingBatched,
+				Value: float64(size) / time.Since(start).Seconds(), Unit: "jobs/s", CeilingMetric: CeilingBatched1k,
 				Note: fmt.Sprintf("batches of %d, no workers", SubmitBatch)})
 			// The drain starts from a backlog that is all enqueued.
 			if err := waitQueued(ctx, s, before+uint64(size), r.cfg.Stall); err != nil {
@@ -127,11 +127,13 @@ func (r *Runner) tagPools() []workers.PoolConfig {
 // sees them. The target is on the warm ratio; the cold one is printed too.
 func (r *Runner) tagsScenario(ctx context.Context) error {
 	fsync := r.cfg.Fsyncs[0]
-	n := max(r.cfg.Jobs/2, 1)
+	// At least two jobs, so that the many-tag-sets case has two sets to
+	// compare with one.
+	n := max(r.cfg.Jobs/2, 2)
 	rates := map[string][]float64{}
 	// Job i is in tag set (i mod sets)+1, so fewer jobs than sets use only
 	// as many sets as jobs.
-	for _, sets := range []int{1, min(r.cfg.TagSets, 1<<tagKeys-1, n)} {
+	for _, sets := range []int{1, max(min(r.cfg.TagSets, 1<<tagKeys-1, n), 2)} {
 		r.progress("tags, fsync %s, %d jobs over %d tag sets, %d pools, cold then warm", fsync, n, sets, TagPools)
 		err := r.withServer(ctx, fsync, server.Options{}, func(s *server.Server) error {
 			params := make([]statemachine.SubmitParams, n)
