@@ -220,7 +220,7 @@ func runList(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintf(os.Stderr, "jetjob ls: the first %d matching jobs; more with --after %s (or --limit 0 for all)\n", len(page.Views), page.Next)
 	}
 	if page.Unreadable > 0 {
-		fmt.Fprintf(os.Stderr, "jetjob ls: skipped %d stored views that are not readable views (written by something else); 'jetjob admin rebuild' writes them again\n", page.Unreadable)
+		fmt.Fprintf(os.Stderr, "jetjob ls: skipped %d stored views that are not readable views (written by something else); 'jetjob admin rebuild' writes them again from the log, or removes those of no job\n", page.Unreadable)
 	}
 	if fs.json() {
 		if page.Views == nil {

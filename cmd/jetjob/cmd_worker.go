@@ -19,6 +19,7 @@ import (
 
 func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("worker", "--type T [--tag k=v]... [--concurrency N] [--grace D] [--timeout D] [--id ID] -- CMD [ARGS...]", true)
+	fs.Lookup("o").Usage = "not taken: a worker prints only its log, on stderr"
 	var types strs
 	tags := labels{}
 	fs.Var(&types, "type", "job type to serve (repeatable)")

@@ -108,7 +108,7 @@ func Start(cfg Config) (*Server, error) {
 		// gets the reason.
 		l, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
-			return nil, fmt.Errorf("cannot listen on %s: %w", cfg.Listen, err)
+			return nil, fmt.Errorf("cannot listen on %s: %w (another server there? --listen HOST:PORT picks another address)", cfg.Listen, err)
 		}
 		_ = l.Close()
 	}
