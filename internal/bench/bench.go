@@ -553,33 +553,35 @@ func (r *Runner) cleanUpServer(ctx context.Context, cutShort bool) {
 		if err != nil {
 			return err
 		}
+		// Each step is tried whatever the one before gave: queues left
+		// behind stay for good.
+		var errs []error
 		if cutShort {
-			if err := r.cancelUnfinished(ctx, js); err != nil {
-				return err
-			}
+			errs = append(errs, r.cancelUnfinished(ctx, js))
 		}
-		if err := waitCaughtUp(ctx, js, events.StreamDefault, cleanUpTimeout/2); err != nil {
-			return err
-		}
+		// Best effort: on a busy server the enqueuers may never be idle.
+		_ = waitCaughtUp(ctx, js, events.StreamDefault, cleanUpTimeout/4)
 		_, err = workers.RemoveQueues(ctx, js, r.isJobType)
-		return err
+		return errors.Join(append(errs, err)...)
 	}()
 	switch {
 	case err != nil:
-		r.progress("could not clean up this run's jobs and queues on the server: %v (its job types end in _%s)", err, r.run)
+		r.progress("could not clean up all of this run's jobs and queues on the server: %v (its job types end in _%s)", oneLine(err), r.run)
 	case cutShort:
 		r.progress("this run's jobs left unfinished are canceled, and its queues removed")
 	}
 }
 
+// oneLine joins a joined error's lines.
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
+
 // cancelUnfinished cancels this run's jobs that did not finish, once the
 // views show them: pending ones at once, running ones (their worker gone
 // with this process) once the server's cancel grace is over.
 func (r *Runner) cancelUnfinished(ctx context.Context, js jetstream.JetStream) error {
-	if err := waitCaughtUp(ctx, js, events.StreamDefault, cleanUpTimeout/2); err != nil {
-		return err
-	}
-	lg, err := events.Open(ctx, js, events.Config{})
+	// Best effort: the views a moment behind miss a job or two at most.
+	_ = waitCaughtUp(ctx, js, events.StreamDefault, cleanUpTimeout/4)
+	lg, err := events.Attach(js, events.Config{})
 	if err != nil {
 		return err
 	}
@@ -604,7 +606,9 @@ func (r *Runner) cancelUnfinished(ctx context.Context, js jetstream.JetStream) e
 	for range 256 { // in flight at once, so the log commits them in batches
 		wg.Go(func() {
 			for id := range ids {
-				if _, err := m.Cancel(ctx, id, "bench run cut short"); err != nil && !errors.As(err, new(*statemachine.IllegalTransitionError)) {
+				_, err := m.Cancel(ctx, id, "bench run cut short")
+				// Finished, or purged, since the listing: nothing to cancel.
+				if err != nil && !errors.As(err, new(*statemachine.IllegalTransitionError)) && !errors.Is(err, events.ErrNotFound) {
 					failed.Add(1)
 				}
 			}

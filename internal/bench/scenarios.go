@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -386,16 +387,21 @@ func waitProjected(ctx context.Context, s *server.Server, within time.Duration) 
 	return waitCaughtUp(ctx, s.JS, s.Log.Stream(), within)
 }
 
-// waitCaughtUp waits until the consumers of a stream have nothing left.
+// waitCaughtUp waits until the log's consumers (projector, enqueuer) have
+// nothing left; another tool's consumer on the log is not waited for.
 func waitCaughtUp(ctx context.Context, js jetstream.JetStream, stream string, within time.Duration) error {
-	st, err := js.Stream(ctx, stream)
-	if err != nil {
-		return fmt.Errorf("bind %s: %w", stream, err)
-	}
 	deadline := time.Now().Add(within)
 	for {
 		var behind uint64
-		for info := range st.ListConsumers(ctx).Info() {
+		for _, name := range []string{projector.DurableDefault, workers.EnqueuerDurableDefault} {
+			cons, err := js.Consumer(ctx, stream, name)
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("log consumer %s: %w", name, err)
+			}
+			info := cons.CachedInfo()
 			behind += info.NumPending + uint64(info.NumAckPending)
 		}
 		if behind == 0 {
