@@ -243,11 +243,7 @@ func TestSplitDividesTheWorkers(t *testing.T) {
 // A run on a server cut short cancels its jobs left unfinished and removes
 // its queues: no worker of that server would ever take them.
 func TestAnInterruptedRunOnAServerLeavesNothingBehind(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	s, err := server.Start(ctx, server.Options{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	require.NoError(t, err)
-	defer s.Stop()
+	ctx, s := startServer(t)
 
 	runCtx, interrupt := context.WithCancel(ctx)
 	defer interrupt()
@@ -285,12 +281,8 @@ func TestAnInterruptedRunOnAServerLeavesNothingBehind(t *testing.T) {
 // run from removing its queues (a review finding: it waited 30 s, then left
 // them).
 func TestARunBesideAnotherConsumerOfTheLogRemovesItsQueues(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	s, err := server.Start(ctx, server.Options{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	require.NoError(t, err)
-	defer s.Stop()
-	_, err = s.JS.CreateOrUpdateConsumer(ctx, events.StreamDefault, jetstream.ConsumerConfig{
+	ctx, s := startServer(t)
+	_, err := s.JS.CreateOrUpdateConsumer(ctx, events.StreamDefault, jetstream.ConsumerConfig{
 		Durable: "audit", AckPolicy: jetstream.AckExplicitPolicy})
 	require.NoError(t, err)
 
@@ -299,6 +291,18 @@ func TestARunBesideAnotherConsumerOfTheLogRemovesItsQueues(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, benchQueuesLeft(ctx, t, s))
 	require.NotContains(t, progress.String(), "could not clean up")
+}
+
+// startServer starts a jetjob server, on an embedded NATS, for a run that
+// measures on a running server (--server).
+func startServer(t *testing.T) (context.Context, *server.Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	s, err := server.Start(ctx, server.Options{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	t.Cleanup(s.Stop)
+	return ctx, s
 }
 
 // benchQueuesLeft counts the bench's queue consumers on the server.
