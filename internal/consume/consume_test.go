@@ -17,17 +17,9 @@ import (
 // Messages a stopped loop received but did not process go back to the
 // consumer at once, not after AckWait.
 func TestStoppedLoopHandsBackWhatItDidNotProcess(t *testing.T) {
-	env := natstest.Start(t)
 	ctx := context.Background()
-	_, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}})
-	require.NoError(t, err)
-	cons, err := env.JS.CreateOrUpdateConsumer(ctx, "S", jetstream.ConsumerConfig{
-		Durable: "d", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Hour})
-	require.NoError(t, err)
-	for range 50 {
-		_, err := env.JS.Publish(ctx, "s.x", []byte("m"))
-		require.NoError(t, err)
-	}
+	env, cons := slowRedeliveryConsumer(t)
+	publish(t, env, 50)
 
 	loopCtx, stop := context.WithCancel(ctx)
 	inFirst, release := make(chan struct{}), make(chan struct{})
@@ -59,37 +51,15 @@ func TestStoppedLoopHandsBackWhatItDidNotProcess(t *testing.T) {
 
 	// Everything not processed is delivered again within seconds, where
 	// AckWait is an hour.
-	got := 0
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		b, err := cons.FetchNoWait(100)
-		if err != nil {
-			return false
-		}
-		for m := range b.Messages() {
-			got++
-			_ = m.Ack()
-		}
-		return got == 50-processed
-	}, "the unprocessed messages delivered again")
+	deliveredAgain(t, cons, 50-processed, "the unprocessed messages delivered again")
 }
 
 // A batch whose processing the stop cuts short goes back at once too, but
 // for the messages it acknowledged (the enqueuer of a server stopping in the
 // middle of a batch: seen as 100 messages held for AckWait).
 func TestStoppedLoopHandsBackTheBatchItCutShort(t *testing.T) {
-	env := natstest.Start(t)
 	ctx := context.Background()
-	_, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}})
-	require.NoError(t, err)
-	cons, err := env.JS.CreateOrUpdateConsumer(ctx, "S", jetstream.ConsumerConfig{
-		Durable: "d", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Hour})
-	require.NoError(t, err)
-	publish := func(n int) {
-		for range n {
-			_, err := env.JS.Publish(ctx, "s.x", []byte("m"))
-			require.NoError(t, err)
-		}
-	}
+	env, cons := slowRedeliveryConsumer(t)
 
 	loopCtx, stop := context.WithCancel(ctx)
 	firstDone, ended := make(chan struct{}), make(chan struct{})
@@ -115,24 +85,13 @@ func TestStoppedLoopHandsBackTheBatchItCutShort(t *testing.T) {
 			return ctx.Err()
 		})
 	}()
-	publish(1)
+	publish(t, env, 1)
 	<-firstDone
-	publish(8)
+	publish(t, env, 8)
 	<-ended
 	require.Equal(t, 4, acked)
 
-	got := 0
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		b, err := cons.FetchNoWait(100)
-		if err != nil {
-			return false
-		}
-		for m := range b.Messages() {
-			got++
-			_ = m.Ack()
-		}
-		return got == 4
-	}, "the unacknowledged half delivered again")
+	deliveredAgain(t, cons, 4, "the unacknowledged half delivered again")
 }
 
 // After a batch of at least LingerAfter, the next batch waits for more
@@ -189,4 +148,45 @@ func TestLoopLingersOnlyAfterABusyBatch(t *testing.T) {
 			require.Equal(t, tc.want, got())
 		})
 	}
+}
+
+// slowRedeliveryConsumer is a durable consumer of a new stream S whose
+// AckWait is an hour: a message it delivers again within seconds was handed
+// back.
+func slowRedeliveryConsumer(t *testing.T) (*natstest.Env, jetstream.Consumer) {
+	t.Helper()
+	env := natstest.Start(t)
+	ctx := context.Background()
+	_, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}})
+	require.NoError(t, err)
+	cons, err := env.JS.CreateOrUpdateConsumer(ctx, "S", jetstream.ConsumerConfig{
+		Durable: "d", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Hour})
+	require.NoError(t, err)
+	return env, cons
+}
+
+func publish(t *testing.T, env *natstest.Env, n int) {
+	t.Helper()
+	for range n {
+		_, err := env.JS.Publish(context.Background(), "s.x", []byte("m"))
+		require.NoError(t, err)
+	}
+}
+
+// deliveredAgain waits until the consumer has delivered n messages more,
+// acknowledging each.
+func deliveredAgain(t *testing.T, cons jetstream.Consumer, n int, what string) {
+	t.Helper()
+	got := 0
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		b, err := cons.FetchNoWait(100)
+		if err != nil {
+			return false
+		}
+		for m := range b.Messages() {
+			got++
+			_ = m.Ack()
+		}
+		return got == n
+	}, what)
 }
