@@ -16,6 +16,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natsserver"
+	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
@@ -265,11 +266,7 @@ func TestAnInterruptedRunOnAServerLeavesNothingBehind(t *testing.T) {
 		return ids
 	}
 	// Interrupted once the large backlog is there, mostly pending.
-	deadline := time.Now().Add(time.Minute)
-	for len(unfinished()) < 1000 {
-		require.True(t, time.Now().Before(deadline), "the backlog never showed")
-		time.Sleep(20 * time.Millisecond)
-	}
+	natstest.Eventually(t, time.Minute, func() bool { return len(unfinished()) >= 1000 }, "the backlog")
 	interrupt()
 	require.ErrorIs(t, <-ran, context.Canceled)
 
