@@ -129,9 +129,8 @@ type Enqueuer struct {
 	mu       sync.Mutex
 	known    map[string]bool // queue keys whose consumer exists
 	started  bool
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	setupErr error
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 // NewEnqueuer returns an enqueuer; Start runs it.
