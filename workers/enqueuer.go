@@ -126,9 +126,9 @@ type Enqueuer struct {
 	seenReconnects  uint64
 	passesSinceFull int
 
-	mu       sync.Mutex
-	known    map[string]bool // queue keys whose consumer exists
-	started  bool
+	mu      sync.Mutex
+	known   map[string]bool // queue keys whose consumer exists
+	started bool
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 }
