@@ -1108,23 +1108,59 @@ func RecordFromMsg(h nats.Header, data []byte, seq uint64) Record {
 	return rec
 }
 
-// LastSeq returns the sequence of a job's last event, 0 if it has none.
+// LastSeq returns the sequence of a job's last event, 0 if it has none, in
+// one direct get: the stream's index of each subject's last message finds
+// it at once, where reading the job's events after a sequence walks the
+// stream's other messages in between. Like Load, it may be answered by a
+// replica that has not caught up.
 func (l *Log) LastSeq(ctx context.Context, jobID string) (uint64, error) {
 	if err := ValidateJobID(jobID); err != nil {
 		return 0, err
 	}
-	s, err := l.js.Stream(ctx, l.cfg.Stream)
+	inbox, msgs, done, err := l.responses()
 	if err != nil {
 		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
 	}
-	m, err := s.GetLastMsgForSubject(ctx, l.Subject(jobID))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0, nil
+	defer done()
+	var unavailableSince time.Time
+	for {
+		if err := l.nc.PublishRequest("$JS.API.DIRECT.GET."+l.cfg.Stream+"."+l.Subject(jobID), inbox, nil); err != nil {
+			return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
+		}
+		var m *nats.Msg
+		select {
+		case m = <-msgs:
+		case <-ctx.Done():
+			return 0, fmt.Errorf("last sequence of job %s: %w", jobID, ctx.Err())
+		case <-time.After(l.cfg.PublishTimeout):
+			return 0, fmt.Errorf("last sequence of job %s: no answer within %s", jobID, l.cfg.PublishTimeout)
+		}
+		switch status := m.Header.Get("Status"); status {
+		case "":
+			seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("last sequence of job %s: direct get answered without a sequence", jobID)
+			}
+			return seq, nil
+		case "404":
+			return 0, nil
+		case "503":
+			// As in LoadAfter: the stream is not served yet.
+			if unavailableSince.IsZero() {
+				unavailableSince = time.Now()
+			}
+			if time.Since(unavailableSince) > l.cfg.PublishTimeout {
+				return 0, fmt.Errorf("last sequence of job %s: %w", jobID, ErrUnavailable)
+			}
+			select {
+			case <-ctx.Done():
+				return 0, fmt.Errorf("last sequence of job %s: %w", jobID, ctx.Err())
+			case <-time.After(unavailablePause):
+			}
+		default:
+			return 0, fmt.Errorf("last sequence of job %s: direct get status %s %s", jobID, status, m.Header.Get("Description"))
+		}
 	}
-	if err != nil {
-		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
-	}
-	return m.Sequence, nil
 }
 
 // JobsStoredBefore returns the jobs with an event stored in the log before

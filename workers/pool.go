@@ -17,7 +17,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
-	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/statemachine"
@@ -1537,59 +1536,115 @@ func (p *Pool) watchCancels(ctx context.Context, held statemachine.Job, cancel c
 	}
 }
 
-// watchInactiveThreshold removes a watch's consumer that its worker could
-// not drop: the worker died, or the attempt ended while the consumer was
-// being made (the server may make it after the client gave up waiting). A
-// worker cut off for longer has its watch made again.
-const watchInactiveThreshold = 30 * time.Second
+// A job's watch reads the job's history when it hears of an event on the
+// job's subject. An event can be heard before the log has stored it (a
+// batch's messages go out before its commit, and a plain publish reaches
+// subscribers as the stream takes it in), so a read that does not find a
+// heard event reads again, after watchCheckFirst, doubling up to
+// watchCheckMax, for watchHeardFor: an event still not stored by then was
+// refused. After the subscription is made the history is read at once and
+// again at each of watchStartChecks, for an event published just before the
+// server had the subscription and stored just after the first read; and
+// every heartbeat interval, for an event missed on the way (core messages
+// are delivered at most once).
+const (
+	watchCheckFirst = time.Millisecond
+	watchCheckMax   = 250 * time.Millisecond
+	watchHeardFor   = 5 * time.Second
+	watchHeardMax   = 64
+)
 
-func (p *Pool) dropWatch(stream string, cons jetstream.Consumer) {
-	if err := consume.DeleteOrdered(p.js, stream, cons); err != nil {
-		p.logger.Debug("drop a job's watch", zap.Error(err))
-	}
-}
+var watchStartChecks = []time.Duration{50 * time.Millisecond, time.Second}
 
-// followJob reads the job's events from *from on, moving *from past each, and
-// returns when ctx ends (nil) or the watch fails.
+// followJob reads the job's events from *from on, moving *from past each,
+// and returns when ctx ends (nil) or a read fails. It makes no consumer on
+// the log: nats-server allows 1,000 consumers on a stream unless told
+// otherwise, and a consumer for each running job stopped cancels from
+// reaching the jobs past that, fleet-wide. A subscription to the job's
+// subject costs the server an entry in its interest table.
 func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error {
 	lg := p.m.Log()
-	cons, err := p.js.OrderedConsumer(ctx, lg.Stream(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{lg.Subject(jobID)}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq: *from, InactiveThreshold: watchInactiveThreshold,
-	})
+	heard := make(chan *nats.Msg, watchHeardMax)
+	sub, err := p.nc.ChanSubscribe(lg.Subject(jobID), heard)
 	if err != nil {
 		return fmt.Errorf("make watch: %w", err)
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("make watch: %w", err)
-	}
-	defer func() {
-		it.Stop()
-		// Stopping leaves the consumer on the log until its inactive
-		// threshold: with many long jobs ending, thousands of them.
-		go p.dropWatch(lg.Stream(), cons)
-	}()
-	stopOnEnd := context.AfterFunc(ctx, it.Stop)
-	defer stopOnEnd()
+	defer func() { _ = sub.Unsubscribe() }()
+	begun := time.Now()
+	startChecks := watchStartChecks
+	unstored := map[string]time.Time{} // heard events not yet read, by event ID
+	pause := time.Duration(0)
+	check := time.NewTimer(0)
+	defer check.Stop()
+	sweep := time.NewTicker(p.beatEvery())
+	defer sweep.Stop()
+	reconnected := p.reconnected.wait()
 	for {
-		m, err := it.Next()
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-heard:
+			if len(unstored) < watchHeardMax {
+				unstored[m.Header.Get(jetstream.MsgIDHeader)] = time.Now()
+			}
+			pause = 0
+		case <-check.C:
+		case <-sweep.C:
+		case <-reconnected:
+			// Events published while the connection was down were heard by
+			// no one.
+			reconnected = p.reconnected.wait()
+		}
+		recs, err := readNews(ctx, lg, jobID, *from)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("read watch: %w", err)
+			return fmt.Errorf("read watched job: %w", err)
 		}
-		if meta, err := m.Metadata(); err == nil {
-			*from = meta.Sequence.Stream + 1
+		for _, rec := range recs {
+			*from = rec.Seq + 1
+			delete(unstored, rec.Event.ID)
+			switch rec.Event.Type {
+			case events.TypeCancelRequested:
+				cancel(ErrCanceled)
+			case events.TypeAttemptFailed, events.TypeFailed, events.TypeCanceled, events.TypeSucceeded, events.TypeReleased:
+				cancel(ErrLeaseLost)
+			}
 		}
-		switch events.RecordFromMsg(m.Headers(), m.Data(), 0).Type {
-		case events.TypeCancelRequested:
-			cancel(ErrCanceled)
-		case events.TypeAttemptFailed, events.TypeFailed, events.TypeCanceled, events.TypeSucceeded, events.TypeReleased:
-			cancel(ErrLeaseLost)
+		for id, at := range unstored {
+			if time.Since(at) > watchHeardFor {
+				delete(unstored, id)
+			}
+		}
+		next := time.Duration(-1)
+		if len(unstored) > 0 {
+			pause = min(max(2*pause, watchCheckFirst), watchCheckMax)
+			next = pause
+		}
+		for len(startChecks) > 0 && time.Since(begun) >= startChecks[0] {
+			startChecks = startChecks[1:]
+		}
+		if len(startChecks) > 0 {
+			if due := time.Until(begun.Add(startChecks[0])); next < 0 || due < next {
+				next = due
+			}
+		}
+		if next >= 0 {
+			check.Reset(next)
 		}
 	}
+}
+
+// readNews reads the job's events from sequence from on. Most reads find
+// none, and the job's last sequence says so in one lookup; reading the
+// events after a sequence walks the log's other messages in between.
+func readNews(ctx context.Context, lg *events.Log, jobID string, from uint64) ([]events.Record, error) {
+	last, err := lg.LastSeq(ctx, jobID)
+	if err != nil || last < from {
+		return nil, err
+	}
+	return lg.LoadAfter(ctx, jobID, from-1)
 }
 
 // Stop stops acquiring, lets running handlers finish within ShutdownGrace,

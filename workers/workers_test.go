@@ -1688,10 +1688,14 @@ func TestBeatsKeepPaceWithTheServersHangAfter(t *testing.T) {
 	}
 }
 
-// A job's watch for cancels goes with its attempt, rather than staying on the
-// log as a consumer until the server finds it inactive.
-func TestAWatchEndsWithItsAttempt(t *testing.T) {
-	f := newFixture(t, true)
+// More jobs running at once than nats-server allows consumers on a stream
+// (1,000 unless told otherwise; 16 on this server, so that the test is
+// quick) each hear their cancel: a job's watch makes no consumer on the
+// log, so running jobs leave its consumers as they were.
+func TestEveryOneOfMoreRunningJobsThanAStreamHasConsumersHearsItsCancel(t *testing.T) {
+	const limit, jobs = 16, 40
+	env := natstest.StartStock(t, func(o *server.Options) { o.JetStreamLimits.DefaultMaxConsumers = limit })
+	f := fixtureOn(t, env, true)
 	ctx := context.Background()
 	stream, err := f.env.JS.Stream(ctx, f.log.Stream())
 	require.NoError(t, err)
@@ -1701,26 +1705,38 @@ func TestAWatchEndsWithItsAttempt(t *testing.T) {
 		return info.State.Consumers
 	}
 	before := consumers()
-	watching := make(chan struct{})
-	f.pool(PoolConfig{Types: []string{"watched"}, CancelWatchDelay: time.Millisecond}, func(ctx context.Context, j *Job) error {
-		<-watching
-		return nil
-	})
-	j := f.submit(statemachine.SubmitParams{Type: "watched"})
-	// Reading: a watch whose making the attempt's end interrupts may stay
-	// for its inactive threshold, as the server does not say whether it was
-	// made.
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		for ci := range stream.ListConsumers(ctx).Info() {
-			if ci.Config.Durable == "" && ci.NumWaiting > 0 {
-				return true
-			}
+	var running, canceled atomic.Int64
+	f.pool(PoolConfig{Types: []string{"wide"}, Concurrency: jobs, CancelWatchDelay: time.Millisecond}, func(ctx context.Context, j *Job) error {
+		running.Add(1)
+		<-ctx.Done()
+		if errors.Is(context.Cause(ctx), ErrCanceled) {
+			canceled.Add(1)
 		}
-		return false
-	}, "a watch on job %s", j.ID)
-	close(watching)
-	f.waitState(j.ID, statemachine.StateSucceeded)
-	natstest.Eventually(t, 10*time.Second, func() bool { return consumers() == before }, "the watch gone (%d consumers, %d before)", consumers(), before)
+		return ctx.Err()
+	})
+	subs := f.env.JS.Conn().NumSubscriptions
+	idle := subs()
+	params := make([]statemachine.SubmitParams, jobs)
+	for i := range params {
+		params[i] = statemachine.SubmitParams{Type: "wide"}
+	}
+	ids := make([]string, 0, jobs)
+	for _, r := range f.m.SubmitMany(ctx, params) {
+		require.NoError(t, r.Err)
+		ids = append(ids, r.Job.ID)
+	}
+	natstest.Eventually(t, 30*time.Second, func() bool { return running.Load() == jobs }, "all %d jobs running (%d)", jobs, running.Load())
+	require.Equal(t, before, consumers(), "consumers on the log with %d jobs running", jobs)
+	for _, id := range ids {
+		_, err := f.m.Cancel(ctx, id, "not needed")
+		require.NoError(t, err)
+	}
+	natstest.Eventually(t, 30*time.Second, func() bool { return canceled.Load() == jobs }, "every handler canceled (%d of %d)", canceled.Load(), jobs)
+	for _, id := range ids {
+		f.waitState(id, statemachine.StateCanceled)
+	}
+	// A few subscriptions are made on first use, not one for each job.
+	natstest.Eventually(t, 10*time.Second, func() bool { return subs() < idle+jobs/2 }, "the watches' subscriptions gone with their attempts (%d, %d before)", subs(), idle)
 }
 
 // An attempt whose beat finds a later attempt's beat has lost the job: its
