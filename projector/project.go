@@ -314,9 +314,17 @@ func (p *Projector) refold(ctx context.Context, jw *jobWork) error {
 	if err := p.checkCurrent(ctx, jw, recs); err != nil {
 		return err
 	}
-	var seen uint64 // records up to the stored view's version were quarantined when it was written
+	// Records up to seen were quarantined before: those up to the stored
+	// view's version when it was written, and those before the ones in hand
+	// by the batches that brought them, which quarantine before they
+	// acknowledge. A job with no view (no valid submit) has only the
+	// second to go by.
+	var seen uint64
 	if jw.cur.ok {
 		seen = jw.cur.view.Version
+	}
+	if len(jw.recs) > 0 {
+		seen = max(seen, jw.recs[0].Seq-1)
 	}
 	job := statemachine.Job{State: statemachine.StateNew}
 	for _, rec := range recs {

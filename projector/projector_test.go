@@ -15,6 +15,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/consume"
@@ -272,6 +274,34 @@ func TestRedeliveryWritesNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, before.State.LastSeq, after.State.LastSeq, "no view was written again")
 	f.requireFolded(t, ids)
+}
+
+// Garbage on the subject of a job that has no view (no valid submit) is
+// quarantined once: a later batch of it does not quarantine the earlier
+// garbage again, which, past the quarantine's duplicate window, stored
+// every earlier message once more and logged it again for each new one.
+func TestGarbageOfAJobWithNoViewIsQuarantinedOnce(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	core, logs := observer.New(zap.WarnLevel)
+	f.p = f.projector(t, Config{Logger: zap.New(core)})
+	junk := func(n int) {
+		for range n {
+			m := nats.NewMsg(f.log.Subject("nosubmit"))
+			m.Data = []byte("junk")
+			_, err := f.env.JS.PublishMsg(ctx, m)
+			require.NoError(t, err)
+		}
+	}
+	quarantined := func() int {
+		return logs.FilterMessageSnippet("quarantined a message").Len()
+	}
+	junk(3)
+	require.Equal(t, 3, f.runOnce(t))
+	require.Equal(t, 3, quarantined())
+	junk(2)
+	require.Equal(t, 2, f.runOnce(t))
+	require.Equal(t, 5, quarantined(), "each message quarantined once")
 }
 
 func TestGarbageIsQuarantinedAndNeverStalls(t *testing.T) {
