@@ -45,6 +45,9 @@ type QueuedJob struct {
 	State     statemachine.State
 	RunAt     *time.Time
 	UpdatedAt time.Time
+	// Version is the sequence of the job's last event as listed; 0 if not
+	// known. A reconcile pass leaves a job that has moved since.
+	Version uint64
 }
 
 // JobLister lists the jobs in some states (the projector's views).
@@ -771,8 +774,11 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		if !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return fail(fmt.Errorf("reconcile job %s: %w", j.ID, err))
 		}
+		// A job that moved since the listing (acquired, failed and pending
+		// again) has a new pending spell, whose message the enqueuer may
+		// not have made yet; the next pass judges it.
 		job, err := e.m.Load(ctx, j.ID)
-		if err != nil || job.State != statemachine.StatePending {
+		if err != nil || job.State != statemachine.StatePending || j.Version != 0 && job.Version != j.Version {
 			continue
 		}
 		f, err := e.enqueue(ctx, job, key, "r"+strconv.FormatInt(now.UnixNano(), 10))

@@ -927,6 +927,34 @@ func TestLostQueueMessageIsRepaired(t *testing.T) {
 	require.Empty(t, res.Requeued)
 }
 
+// A reconcile pass does not enqueue again a job that has moved since its
+// listing: pending when listed, it was acquired, failed and is pending
+// again, and its new message is the enqueuer's to make (a helper saw such
+// jobs re-enqueued, each with "queue message was lost" in the log).
+func TestReconcileLeavesAJobThatMovedSinceItsListing(t *testing.T) {
+	f := newFixture(t, false)
+	ctx := context.Background()
+	j := f.submit(statemachine.SubmitParams{Type: "t", MaxAttempts: 2, Backoff: statemachine.BackoffConfig{Base: time.Millisecond, Cap: time.Millisecond}})
+	listed := j // pending, as the listing saw it
+	held, err := f.m.Acquire(ctx, j.ID, "w")
+	require.NoError(t, err)
+	_, err = f.m.Fail(ctx, held, statemachine.FailParams{Error: "try again"})
+	require.NoError(t, err)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		cur, err := f.m.Promote(ctx, j.ID)
+		return err == nil && cur.State == statemachine.StatePending
+	}, "job %s pending again", j.ID)
+	lister := func(context.Context, []statemachine.State) ([]QueuedJob, error) {
+		return []QueuedJob{{ID: listed.ID, Type: listed.Type, State: listed.State, UpdatedAt: listed.UpdatedAt, Version: listed.Version}}, nil
+	}
+	enq, err := NewEnqueuer(f.env.JS, f.m, EnqueuerConfig{Lister: lister, ReconcileAge: time.Nanosecond})
+	require.NoError(t, err)
+	res, err := enq.Reconcile(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Requeued)
+	require.Zero(t, f.queued())
+}
+
 // A queue message lost with a server that died soon after making it (the
 // queue persists asynchronously) is repaired by the first reconcile passes
 // of the next start, a second and ReconcileAge after it, not a whole

@@ -363,7 +363,7 @@ func (s *Server) listQueued(ctx context.Context, states []statemachine.State) ([
 	out := make([]workers.QueuedJob, 0, len(page.Views))
 	for _, v := range page.Views {
 		out = append(out, workers.QueuedJob{ID: v.ID, Type: v.Type, Tags: v.Tags, Priority: v.Priority,
-			State: v.State, RunAt: v.RunAt, UpdatedAt: v.UpdatedAt})
+			State: v.State, RunAt: v.RunAt, UpdatedAt: v.UpdatedAt, Version: v.Version})
 	}
 	return out, nil
 }
