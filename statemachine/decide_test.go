@@ -783,3 +783,14 @@ func TestReportedTextIsCutNotRefused(t *testing.T) {
 	require.NoError(t, json.Unmarshal(ev.Data, &canceled))
 	require.Less(t, len(canceled.Reason), CancelReasonLimit+40)
 }
+
+// A command that lost a race to a change that made it illegal says so once:
+// the job and its state, as an illegal transition does, and that the job
+// changed under it.
+func TestALostRaceNamesTheJobAndItsStateOnce(t *testing.T) {
+	err := &ConflictError{JobID: "j1", Job: Job{ID: "j1", State: StateCanceled},
+		Cause: &IllegalTransitionError{JobID: "j1", State: StateCanceled, Transition: TransitionCancel}}
+	require.Equal(t, "job j1 is canceled: cannot cancel (it changed concurrently)", err.Error())
+	require.ErrorIs(t, err, ErrIllegalTransition)
+	require.ErrorIs(t, err, ErrConflict)
+}

@@ -3,6 +3,7 @@ package statemachine
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jetjob/jetjob/events"
@@ -82,6 +83,11 @@ type ConflictError struct {
 
 func (e *ConflictError) Error() string {
 	if e.Cause != nil {
+		// The causes name the job and its state themselves ("job X is
+		// canceled: cannot cancel"); saying them twice reads as two errors.
+		if cause := e.Cause.Error(); strings.Contains(cause, e.JobID) {
+			return cause + " (it changed concurrently)"
+		}
 		return fmt.Sprintf("job %s changed concurrently and is now %s: %v", e.JobID, e.Job.State, e.Cause)
 	}
 	return fmt.Sprintf("job %s kept changing concurrently (now %s, version %d): %v", e.JobID, e.Job.State, e.Job.Version, ErrConflict)
