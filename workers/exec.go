@@ -157,6 +157,7 @@ func ExecHandler(cfg ExecConfig) Handler {
 			select {
 			case waitErr = <-exited:
 			case <-time.After(cfg.Grace):
+				job.logStream(StreamSystem, fmt.Sprintf("the command outlived its grace of %s after SIGTERM: SIGKILL to its process group", cfg.Grace))
 				_ = syscall.Kill(-pgid, syscall.SIGKILL)
 				waitErr = <-exited
 			}

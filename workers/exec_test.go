@@ -232,3 +232,19 @@ func TestExecKeepsTheLinesAfterALongOne(t *testing.T) {
 	require.Equal(t, strings.Repeat("x", maxLineBytes)+"…", lines[1].Line)
 	require.Equal(t, "after", lines[2].Line)
 }
+
+// A command that ignores SIGTERM is killed at the end of its grace, and its
+// job's log says so.
+func TestExecCommandThatIgnoresSIGTERMIsKilledAndTheLogSaysSo(t *testing.T) {
+	f := newFixture(t, true)
+	f.pool(PoolConfig{Types: []string{"stubborn"}}, ExecHandler(ExecConfig{
+		Command: []string{"sh", "-c", "trap '' TERM; echo ready; sleep 30"}, Grace: 100 * time.Millisecond}))
+	j := f.submit(statemachine.SubmitParams{Type: "stubborn"})
+	f.waitLines(j.ID, StreamStdout, 1)
+	_, err := f.m.Cancel(context.Background(), j.ID, "not needed")
+	require.NoError(t, err)
+	f.waitState(j.ID, statemachine.StateCanceled)
+	lines := f.waitLines(j.ID, StreamSystem, 2)
+	require.Contains(t, lines[0].Line, "SIGTERM to its process group, SIGKILL in 100ms")
+	require.Equal(t, "the command outlived its grace of 100ms after SIGTERM: SIGKILL to its process group", lines[1].Line)
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
@@ -70,7 +71,8 @@ type PoolConfig struct {
 	// most: a sixth of the server's hang-after when that is shorter. Default
 	// HeartbeatIntervalDefault.
 	HeartbeatInterval time.Duration
-	// BackupPoll: an idle pool looks for work this often even without a
+	// BackupPoll: an idle pool looks for work this often (give or take a
+	// tenth, so that a fleet's pools spread their passes) even without a
 	// wake-up, so a lost wake-up never strands a job. Default
 	// BackupPollDefault.
 	BackupPoll time.Duration
@@ -722,6 +724,17 @@ func (p *Pool) signal(ch chan struct{}) {
 	}
 }
 
+// jittered is d give or take a tenth, at random: pools started together (a
+// fleet deployed at once) would otherwise make their backup passes in the
+// same moment, every time.
+func jittered(d time.Duration) time.Duration {
+	spread := d / 5
+	if spread <= 0 {
+		return d
+	}
+	return d - spread/2 + rand.N(spread)
+}
+
 // acquireLoop fetches while there are free slots and work, then waits for a
 // wake-up, a freed slot, a recheck or the backup poll.
 //
@@ -730,7 +743,7 @@ func (p *Pool) signal(ch chan struct{}) {
 // several slots costs what one for a single slot does. The wait is bounded,
 // so a slot freed beside long-running jobs still takes a job that waits.
 func (p *Pool) acquireLoop(ctx context.Context) {
-	backup := time.NewTimer(p.cfg.BackupPoll)
+	backup := time.NewTimer(jittered(p.cfg.BackupPoll))
 	defer backup.Stop()
 	recheck := time.NewTimer(time.Hour)
 	recheck.Stop()
@@ -782,7 +795,7 @@ func (p *Pool) acquireLoop(ctx context.Context) {
 			now = true
 		case <-backup.C:
 			p.backupPass(ctx)
-			backup.Reset(p.cfg.BackupPoll)
+			backup.Reset(jittered(p.cfg.BackupPoll))
 		}
 		if p.free() == 0 {
 			// What woke the loop is in the hot set; the slots that free
