@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1765,6 +1766,24 @@ func TestEveryOneOfMoreRunningJobsThanAStreamHasConsumersHearsItsCancel(t *testi
 	}
 	// A few subscriptions are made on first use, not one for each job.
 	natstest.Eventually(t, 10*time.Second, func() bool { return subs() < idle+jobs/2 }, "the watches' subscriptions gone with their attempts (%d, %d before)", subs(), idle)
+}
+
+// A fleet larger than nats-server's default consumer limit (1,000 a stream;
+// 3 on this server) works: every pool watches the tag set registry, and
+// every tag set's queue has a consumer in its shard, so past the limit a
+// pool could not start and a new tag set's jobs stayed pending.
+func TestAFleetPastTheServersDefaultConsumerLimitRunsEveryJob(t *testing.T) {
+	env := natstest.StartStock(t, func(o *server.Options) { o.JetStreamLimits.DefaultMaxConsumers = 3 })
+	f := fixtureOn(t, env, true)
+	var ids []string
+	for i := range 40 {
+		tags := map[string]string{"set": strconv.Itoa(i)}
+		f.pool(PoolConfig{Types: []string{"t"}, Tags: tags}, noop)
+		ids = append(ids, f.submit(statemachine.SubmitParams{Type: "t", Tags: tags}).ID)
+	}
+	for _, id := range ids {
+		f.waitState(id, statemachine.StateSucceeded)
+	}
 }
 
 // An attempt whose beat finds a later attempt's beat has lost the job: its

@@ -62,12 +62,25 @@ func Unreplicable(ctx context.Context, js jetstream.JetStream, n int, match func
 	return out, nil
 }
 
-// Stream creates the stream, or updates it to cfg when it exists. The server
+// ConsumersMax is the most consumers each of jetjob's streams allows. Left
+// unset, nats-server allows 1,000 (its default), which counts
+// what grows with a fleet: each worker pool's watches of the tag set
+// registry and the settings, each dashboard's watch of the views, each
+// follower of a job's log, and each queue's consumer in its shard. Past it
+// a worker could not start, and a new tag set's jobs would stay pending.
+// A limit the account sets, if lower, still holds.
+const ConsumersMax = 100_000
+
+// Stream creates the stream, or updates it to cfg when it exists, allowing
+// ConsumersMax consumers unless cfg says otherwise. The server
 // refuses to change a stream's persist mode, so an existing stream keeps its
 // own; its replicas are set as WithReplicas says; its metadata keeps every
 // entry cfg does not set (an entry another part of jetjob recorded, such as
 // the views' format, outlives the next start); everything else is upgraded.
 func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if cfg.MaxConsumers <= 0 {
+		cfg.MaxConsumers = ConsumersMax
+	}
 	want := 0
 	if r, ok := js.(replicated); ok {
 		want = r.n
@@ -156,7 +169,6 @@ func KeyValue(ctx context.Context, js jetstream.JetStream, cfg KeyValueConfig) (
 		MaxMsgs:           -1,
 		MaxMsgSize:        -1,
 		MaxAge:            cfg.TTL,
-		MaxConsumers:      -1,
 		Storage:           jetstream.FileStorage,
 		Replicas:          1,
 		AllowRollup:       true,

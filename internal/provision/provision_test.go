@@ -114,3 +114,35 @@ func TestReplicasAreSetOrKept(t *testing.T) {
 	require.ErrorContains(t, err, "KV_async")
 	require.Equal(t, 1, replicas("KV_async"))
 }
+
+// A stream jetjob makes, or one made before with no limit of its own (which
+// nats-server reads as its default of 1,000), allows ConsumersMax
+// consumers; a limit asked for is kept.
+func TestStreamsAllowConsumersMax(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	maxConsumers := func(name string) int {
+		t.Helper()
+		s, err := env.JS.Stream(ctx, name)
+		require.NoError(t, err)
+		return s.CachedInfo().Config.MaxConsumers
+	}
+	_, err := provision.Stream(ctx, env.JS, jetstream.StreamConfig{Name: "NEW", Subjects: []string{"new.>"}})
+	require.NoError(t, err)
+	require.Equal(t, provision.ConsumersMax, maxConsumers("NEW"))
+
+	old := jetstream.StreamConfig{Name: "OLD", Subjects: []string{"old.>"}, MaxConsumers: -1}
+	_, err = env.JS.CreateStream(ctx, old)
+	require.NoError(t, err)
+	_, err = provision.Stream(ctx, env.JS, old)
+	require.NoError(t, err)
+	require.Equal(t, provision.ConsumersMax, maxConsumers("OLD"), "upgraded")
+
+	_, err = provision.KeyValue(ctx, env.JS, provision.KeyValueConfig{Bucket: "b"})
+	require.NoError(t, err)
+	require.Equal(t, provision.ConsumersMax, maxConsumers("KV_b"))
+
+	_, err = provision.Stream(ctx, env.JS, jetstream.StreamConfig{Name: "SET", Subjects: []string{"set.>"}, MaxConsumers: 7})
+	require.NoError(t, err)
+	require.Equal(t, 7, maxConsumers("SET"))
+}
