@@ -1535,9 +1535,15 @@ func (p *Pool) watchCancels(ctx context.Context, held statemachine.Job, cancel c
 	from := held.Lease + 1
 	pause := watchRetryFirst
 	for {
+		began := time.Now()
 		err := p.follow(ctx, held.ID, &from, cancel)
 		if ctx.Err() != nil {
 			return
+		}
+		if time.Since(began) > watchRetryMax {
+			// It worked for a while: an outage long past does not slow the
+			// watch's return from the next one.
+			pause = watchRetryFirst
 		}
 		p.logger.Warn("watch job for cancels; trying again", zap.String("job", held.ID), zap.Duration("in", pause), zap.Error(err))
 		select {
@@ -1555,11 +1561,12 @@ func (p *Pool) watchCancels(ctx context.Context, held statemachine.Job, cancel c
 // subscribers as the stream takes it in), so a read that does not find a
 // heard event reads again, after watchCheckFirst, doubling up to
 // watchCheckMax, for watchHeardFor: an event still not stored by then was
-// refused. After the subscription is made the history is read at once and
-// again at each of watchStartChecks, for an event published just before the
-// server had the subscription and stored just after the first read; and
-// every heartbeat interval, for an event missed on the way (core messages
-// are delivered at most once).
+// refused. After the subscription is made, and after each reconnect, the
+// history is read at once and again at each of watchSettleChecks, for an
+// event published just before the server had the subscription (in a
+// cluster, before the interest reached the node it was published on) and
+// stored just after the first read; and about every heartbeat interval, for
+// an event missed on the way (core messages are delivered at most once).
 const (
 	watchCheckFirst = time.Millisecond
 	watchCheckMax   = 250 * time.Millisecond
@@ -1567,7 +1574,7 @@ const (
 	watchHeardMax   = 64
 )
 
-var watchStartChecks = []time.Duration{50 * time.Millisecond, time.Second}
+var watchSettleChecks = []time.Duration{50 * time.Millisecond, time.Second}
 
 // followJob reads the job's events from *from on, moving *from past each,
 // and returns when ctx ends (nil) or a read fails. It makes no consumer on
@@ -1583,13 +1590,13 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 		return fmt.Errorf("make watch: %w", err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	begun := time.Now()
-	startChecks := watchStartChecks
+	settleFrom, settleChecks := time.Now(), watchSettleChecks
 	unstored := map[string]time.Time{} // heard events not yet read, by event ID
+	read := map[string]bool{}          // the events read, by ID: few per attempt
 	pause := time.Duration(0)
 	check := time.NewTimer(0)
 	defer check.Stop()
-	sweep := time.NewTicker(p.beatEvery())
+	sweep := time.NewTimer(jittered(p.beatEvery()))
 	defer sweep.Stop()
 	reconnected := p.reconnected.wait()
 	for {
@@ -1597,18 +1604,22 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 		case <-ctx.Done():
 			return nil
 		case m := <-heard:
-			if len(unstored) < watchHeardMax {
-				unstored[m.Header.Get(jetstream.MsgIDHeader)] = time.Now()
+			// A message without an event ID is no event of jetjob's (the
+			// projector quarantines it): it is read past, not waited for.
+			if id := m.Header.Get(jetstream.MsgIDHeader); id != "" && !read[id] && len(unstored) < watchHeardMax {
+				unstored[id] = time.Now()
 			}
 			pause = 0
 		case <-check.C:
 		case <-sweep.C:
+			sweep.Reset(jittered(p.beatEvery()))
 		case <-reconnected:
 			// Events published while the connection was down were heard by
-			// no one.
+			// no one, and the server may not have the subscription yet.
 			reconnected = p.reconnected.wait()
+			settleFrom, settleChecks = time.Now(), watchSettleChecks
 		}
-		recs, err := readNews(ctx, lg, jobID, *from)
+		recs, err := p.readNews(ctx, jobID, from)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -1618,6 +1629,7 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 		for _, rec := range recs {
 			*from = rec.Seq + 1
 			delete(unstored, rec.Event.ID)
+			read[rec.Event.ID] = true
 			switch rec.Event.Type {
 			case events.TypeCancelRequested:
 				cancel(ErrCanceled)
@@ -1635,11 +1647,11 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 			pause = min(max(2*pause, watchCheckFirst), watchCheckMax)
 			next = pause
 		}
-		for len(startChecks) > 0 && time.Since(begun) >= startChecks[0] {
-			startChecks = startChecks[1:]
+		for len(settleChecks) > 0 && time.Since(settleFrom) >= settleChecks[0] {
+			settleChecks = settleChecks[1:]
 		}
-		if len(startChecks) > 0 {
-			if due := time.Until(begun.Add(startChecks[0])); next < 0 || due < next {
+		if len(settleChecks) > 0 {
+			if due := time.Until(settleFrom.Add(settleChecks[0])); next < 0 || due < next {
 				next = due
 			}
 		}
@@ -1649,15 +1661,26 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 	}
 }
 
-// readNews reads the job's events from sequence from on. Most reads find
+// readNews reads the job's events from sequence *from on. Most reads find
 // none, and the job's last sequence says so in one lookup; reading the
-// events after a sequence walks the log's other messages in between.
-func readNews(ctx context.Context, lg *events.Log, jobID string, from uint64) ([]events.Record, error) {
+// events after a sequence walks the log's other messages in between. A
+// log that holds less of the job than was read (a server with fsync
+// interval lost its tail in a crash, and hands those sequences out again;
+// or a replica behind the one read before) is read again from its end, so
+// that an event stored at a sequence handed out again is not passed over.
+func (p *Pool) readNews(ctx context.Context, jobID string, from *uint64) ([]events.Record, error) {
+	lg := p.m.Log()
 	last, err := lg.LastSeq(ctx, jobID)
-	if err != nil || last < from {
+	if err != nil {
 		return nil, err
 	}
-	return lg.LoadAfter(ctx, jobID, from-1)
+	if last+1 < *from {
+		*from = last + 1
+	}
+	if last < *from {
+		return nil, nil
+	}
+	return lg.LoadAfter(ctx, jobID, *from-1)
 }
 
 // Stop stops acquiring, lets running handlers finish within ShutdownGrace,

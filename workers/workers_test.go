@@ -1768,6 +1768,32 @@ func TestEveryOneOfMoreRunningJobsThanAStreamHasConsumersHearsItsCancel(t *testi
 	natstest.Eventually(t, 10*time.Second, func() bool { return subs() < idle+jobs/2 }, "the watches' subscriptions gone with their attempts (%d, %d before)", subs(), idle)
 }
 
+// A watch whose log holds less of the job than it read (a server with
+// fsync interval lost its tail in a crash, and hands those sequences out
+// again) reads from the log's end, so that a cancel stored at a sequence
+// handed out again is seen.
+func TestAWatchReadsAgainFromTheEndOfALogThatLostItsTail(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"t"}}, noop)
+	require.NoError(t, err)
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	held, err := f.m.Acquire(ctx, j.ID, "w")
+	require.NoError(t, err)
+	from := held.Lease + 100 // read past what the log now holds
+	recs, err := p.readNews(ctx, j.ID, &from)
+	require.NoError(t, err)
+	require.Empty(t, recs)
+	require.Equal(t, held.Lease+1, from)
+	canceling, err := f.m.Cancel(ctx, j.ID, "not needed")
+	require.NoError(t, err)
+	recs, err = p.readNews(ctx, j.ID, &from)
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+	require.Equal(t, canceling.Version, recs[0].Seq)
+	require.Equal(t, events.TypeCancelRequested, recs[0].Event.Type)
+}
+
 // A fleet larger than nats-server's default consumer limit (1,000 a stream;
 // 3 on this server) works: every pool watches the tag set registry, and
 // every tag set's queue has a consumer in its shard, so past the limit a
