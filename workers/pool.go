@@ -1568,7 +1568,7 @@ func (p *Pool) watchCancels(ctx context.Context, held statemachine.Job, cancel c
 // stored just after the first read; and about every heartbeat interval, for
 // an event missed on the way (core messages are delivered at most once).
 const (
-	watchCheckFirst = time.Millisecond
+	watchCheckFirst = 250 * time.Microsecond
 	watchCheckMax   = 250 * time.Millisecond
 	watchHeardFor   = 5 * time.Second
 	watchHeardMax   = 64
