@@ -758,6 +758,56 @@ func TestListFiltersAndPages(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrInvalidJobID)
 }
 
+// A job that stops matching a watch's filter is sent once more, as it now
+// is, so that a dashboard of the matching jobs can drop it; a job that
+// never matched is not sent.
+func TestWatchSendsAJobOnceMoreWhenItLeavesTheFilter(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFixture(t)
+	never, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "w"})
+	require.NoError(t, err)
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "w"})
+	require.NoError(t, err)
+	f.run(t)
+	ch, err := f.reader(t).Watch(ctx, Filter{States: []statemachine.State{statemachine.StateRunning}})
+	require.NoError(t, err)
+	next := func() View {
+		t.Helper()
+		select {
+		case v := <-ch:
+			return v
+		case <-time.After(within):
+			t.Fatal("no view within", within)
+			return View{}
+		}
+	}
+	held, err := f.m.Acquire(ctx, j.ID, "w")
+	require.NoError(t, err)
+	f.run(t)
+	v := next()
+	require.Equal(t, j.ID, v.ID)
+	require.Equal(t, statemachine.StateRunning, v.State)
+
+	_, err = f.m.Cancel(ctx, never.ID, "")
+	require.NoError(t, err)
+	_, err = f.m.Succeed(ctx, held, nil)
+	require.NoError(t, err)
+	f.run(t)
+	v = next()
+	require.Equal(t, j.ID, v.ID, "the job that left, not the one that never matched")
+	require.Equal(t, statemachine.StateSucceeded, v.State)
+
+	// Gone from the filter: not sent again, not even when written again.
+	again, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "w"})
+	require.NoError(t, err)
+	f.run(t)
+	_, err = f.m.Acquire(ctx, again.ID, "w")
+	require.NoError(t, err)
+	f.run(t)
+	require.Equal(t, again.ID, next().ID, "the next view sent is the next job running")
+}
+
 func TestWatchSendsCurrentValuesThenEveryChangeInOrder(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -213,15 +213,16 @@ func (r *Reader) nothingLeft(ctx context.Context, seen, end uint64) (bool, error
 }
 
 // watchSeenLimit bounds how many jobs a watch remembers the last sent view
-// of; past it, it forgets them all, and a view rewritten unchanged may be
-// sent once more.
+// of; past it, it forgets them all: a view rewritten unchanged may be sent
+// once more, and a job forgotten that stops matching is not sent.
 const watchSeenLimit = 100_000
 
 // Watch sends the current view of every matching job, then every change of
 // a matching job, in the order the views were written, until ctx ends or the
 // watch cannot go on (the connection closed; ctx is then still live); then
 // it closes the channel. A job that stops matching (for example a filter on
-// pending and the job starts) is simply not sent again. Events projected
+// pending and the job starts) is sent once more, as it now is, which the
+// filter does not match, and not again unless it matches again. Events projected
 // together make one change, and a consumer that falls behind may miss
 // intermediate versions of a view, never the last. A view written again
 // unchanged (a rebuild) is not sent again; a heartbeat of a running job is
@@ -280,20 +281,29 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 					continue // end of the current values
 				}
 				var v View
-				if err := json.Unmarshal(e.Value(), &v); err != nil || !f.Matches(v) {
+				if err := json.Unmarshal(e.Value(), &v); err != nil {
 					continue
 				}
-				now := sent{version: v.Version}
-				if v.HeartbeatAt != nil {
-					now.beat = *v.HeartbeatAt
+				if !f.Matches(v) {
+					// Sent once more as it now is, so that a dashboard
+					// of the matching jobs knows to drop it.
+					if _, sentBefore := seen[v.ID]; !sentBefore {
+						continue
+					}
+					delete(seen, v.ID)
+				} else {
+					now := sent{version: v.Version}
+					if v.HeartbeatAt != nil {
+						now.beat = *v.HeartbeatAt
+					}
+					if last, ok := seen[v.ID]; ok && last.version >= now.version && !now.beat.After(last.beat) {
+						continue
+					}
+					if len(seen) >= watchSeenLimit {
+						clear(seen)
+					}
+					seen[v.ID] = now
 				}
-				if last, ok := seen[v.ID]; ok && last.version >= now.version && !now.beat.After(last.beat) {
-					continue
-				}
-				if len(seen) >= watchSeenLimit {
-					clear(seen)
-				}
-				seen[v.ID] = now
 				select {
 				case out <- v:
 				case <-ctx.Done():
