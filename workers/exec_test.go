@@ -248,3 +248,50 @@ func TestExecCommandThatIgnoresSIGTERMIsKilledAndTheLogSaysSo(t *testing.T) {
 	require.Contains(t, lines[0].Line, "SIGTERM to its process group, SIGKILL in 100ms")
 	require.Equal(t, "the command outlived its grace of 100ms after SIGTERM: SIGKILL to its process group", lines[1].Line)
 }
+
+// An attempt's lines are numbered from 1 over all its streams, in the order
+// they are stored, however its command interleaves stdout and stderr.
+func TestAnAttemptsLinesAreNumberedInOrder(t *testing.T) {
+	f := newFixture(t, true)
+	f.pool(PoolConfig{Types: []string{"both"}}, ExecHandler(ExecConfig{
+		Command: []string{"sh", "-c", "for i in $(seq 1 200); do echo out$i; echo err$i >&2; done"}}))
+	j := f.submit(statemachine.SubmitParams{Type: "both"})
+	f.waitState(j.ID, statemachine.StateSucceeded)
+	logs, err := AttachLogs(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	var lines []LogLine
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		lines, err = logs.Read(context.Background(), j.ID)
+		return err == nil && len(lines) == 400
+	}, "400 lines of job %s (%d)", j.ID, len(lines))
+	var prev *LogLine
+	for i, l := range lines {
+		require.Equal(t, int64(i+1), l.Number, "line %d: %+v", i, l)
+		require.Zero(t, Dropped(prev, l))
+		prev = &lines[i]
+	}
+}
+
+func TestDroppedCountsTheMissingNumbers(t *testing.T) {
+	line := func(attempt int, n int64) LogLine { return LogLine{Attempt: attempt, Number: n} }
+	for _, tc := range []struct {
+		name string
+		prev *LogLine
+		l    LogLine
+		want int64
+	}{
+		{"first line read is the first written", nil, line(1, 1), 0},
+		{"first lines gone", nil, line(1, 51), 50},
+		{"consecutive", &LogLine{Attempt: 1, Number: 7}, line(1, 8), 0},
+		{"a gap", &LogLine{Attempt: 1, Number: 7}, line(1, 2000), 1992},
+		{"a new attempt from its start", &LogLine{Attempt: 1, Number: 7}, line(2, 1), 0},
+		{"a new attempt whose first lines are gone", &LogLine{Attempt: 1, Number: 7}, line(2, 30), 29},
+		{"unnumbered lines of an older worker", &LogLine{Attempt: 1}, line(1, 0), 0},
+		{"numbered after unnumbered", &LogLine{Attempt: 1}, line(1, 5), 4},
+		{"out of order", &LogLine{Attempt: 1, Number: 9}, line(1, 3), 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, Dropped(tc.prev, tc.l))
+		})
+	}
+}

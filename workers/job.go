@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/jetjob/jetjob/statemachine"
@@ -34,18 +35,28 @@ type Job struct {
 
 	held statemachine.Job
 	logs *Logs
+	// lineMu numbers the attempt's lines and sends them in that order, from
+	// however many goroutines (a command's stdout and stderr) they come.
+	lineMu sync.Mutex
+	lines  int64
 }
 
 // Log appends a line to the job's log.
-func (j *Job) Log(line string) {
-	j.logs.appendAsync(j.ID, LogLine{Time: time.Now().UTC(), Attempt: j.Attempt, Stream: StreamStdout, Line: line})
-}
+func (j *Job) Log(line string) { j.logStream(StreamStdout, line) }
 
 // Logf appends a formatted line to the job's log.
 func (j *Job) Logf(format string, args ...any) { j.Log(fmt.Sprintf(format, args...)) }
 
 func (j *Job) logStream(stream, line string) {
-	j.logs.appendAsync(j.ID, LogLine{Time: time.Now().UTC(), Attempt: j.Attempt, Stream: stream, Line: line})
+	j.appendLine(LogLine{Stream: stream, Line: line})
+}
+
+func (j *Job) appendLine(l LogLine) {
+	j.lineMu.Lock()
+	defer j.lineMu.Unlock()
+	j.lines++
+	l.Time, l.Attempt, l.Number = time.Now().UTC(), j.Attempt, j.lines
+	j.logs.appendAsync(j.ID, l)
 }
 
 // Progress records how far the job is, from 0 to 1, with a short message. A
@@ -56,5 +67,5 @@ func (j *Job) Progress(fraction float64, msg string) {
 		return
 	}
 	fraction = min(max(fraction, 0), 1)
-	j.logs.appendAsync(j.ID, LogLine{Time: time.Now().UTC(), Attempt: j.Attempt, Stream: StreamProgress, Line: msg, Progress: &fraction})
+	j.appendLine(LogLine{Stream: StreamProgress, Line: msg, Progress: &fraction})
 }

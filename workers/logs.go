@@ -25,11 +25,30 @@ const (
 
 // LogLine is one line of a job's output.
 type LogLine struct {
-	Time     time.Time `json:"time"`
-	Attempt  int       `json:"attempt"`
-	Stream   string    `json:"stream"`
-	Line     string    `json:"line"`
-	Progress *float64  `json:"progress,omitempty"`
+	Time    time.Time `json:"time"`
+	Attempt int       `json:"attempt"`
+	// Number counts the attempt's lines from 1, over all its streams. A
+	// job keeps its last LogLinesPerJob lines, so a reader that finds a
+	// number missing (one that fell behind a fast writer, or read after
+	// the job wrote more) knows how many lines were dropped there. 0 for
+	// lines written by workers before lines were numbered.
+	Number   int64    `json:"n,omitempty"`
+	Stream   string   `json:"stream"`
+	Line     string   `json:"line"`
+	Progress *float64 `json:"progress,omitempty"`
+}
+
+// Dropped is how many lines of l's attempt are missing between prev, the
+// line read before it (nil for none), and l: 0 when none are, or when the
+// lines carry no numbers.
+func Dropped(prev *LogLine, l LogLine) int64 {
+	if l.Number == 0 {
+		return 0
+	}
+	if prev == nil || prev.Attempt != l.Attempt || prev.Number == 0 {
+		return l.Number - 1
+	}
+	return max(l.Number-prev.Number-1, 0)
 }
 
 // Logs stores and reads job log lines, at most LogLinesPerJob per job.

@@ -79,14 +79,20 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		shown := 0
+		shown, numbered := 0, false
+		var prev *workers.LogLine
 		// On stderr, so that the lines themselves stay parseable.
 		defer func() {
-			if shown >= workers.LogLinesPerJob {
+			if shown >= workers.LogLinesPerJob && !numbered {
 				fmt.Fprintf(os.Stderr, "jetjob logs: a job keeps its last %d lines; the earliest lines of this job may have been dropped\n", workers.LogLinesPerJob)
 			}
 		}()
 		print := func(l workers.LogLine) {
+			if n := workers.Dropped(prev, l); n > 0 {
+				fmt.Fprintf(os.Stderr, "jetjob logs: %d lines of attempt %d dropped here: a job keeps its last %d lines\n", n, l.Attempt, workers.LogLinesPerJob)
+			}
+			prev = &l
+			numbered = numbered || l.Number > 0
 			shown++
 			if fs.json() {
 				_ = writeJSONLine(out, l)
