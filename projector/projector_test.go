@@ -758,6 +758,18 @@ func TestListFiltersAndPages(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrInvalidJobID)
 }
 
+// nextView is the next view a watch sends, failing the test after within.
+func nextView(t *testing.T, ch <-chan View) View {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(within):
+		t.Fatal("no view within", within)
+		return View{}
+	}
+}
+
 // A job that stops matching a watch's filter is sent once more, as it now
 // is, so that a dashboard of the matching jobs can drop it; a job that
 // never matched is not sent.
@@ -772,16 +784,7 @@ func TestWatchSendsAJobOnceMoreWhenItLeavesTheFilter(t *testing.T) {
 	f.run(t)
 	ch, err := f.reader(t).Watch(ctx, Filter{States: []statemachine.State{statemachine.StateRunning}})
 	require.NoError(t, err)
-	next := func() View {
-		t.Helper()
-		select {
-		case v := <-ch:
-			return v
-		case <-time.After(within):
-			t.Fatal("no view within", within)
-			return View{}
-		}
-	}
+	next := func() View { t.Helper(); return nextView(t, ch) }
 	held, err := f.m.Acquire(ctx, j.ID, "w")
 	require.NoError(t, err)
 	f.run(t)
@@ -819,16 +822,7 @@ func TestWatchSendsCurrentValuesThenEveryChangeInOrder(t *testing.T) {
 	f.run(t)
 	ch, err := f.reader(t).Watch(ctx, Filter{Type: "watched"})
 	require.NoError(t, err)
-	next := func() View {
-		t.Helper()
-		select {
-		case v := <-ch:
-			return v
-		case <-time.After(within):
-			t.Fatal("no view within", within)
-			return View{}
-		}
-	}
+	next := func() View { t.Helper(); return nextView(t, ch) }
 	require.Equal(t, old.ID, next().ID, "current values first")
 
 	// One command at a time, each projected before the next: every change
