@@ -1002,32 +1002,18 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 		}
 		more := false
 		for {
-			var m *nats.Msg
-			select {
-			case m = <-msgs:
-			case <-ctx.Done():
-				return nil, fmt.Errorf("load job %s: %w", jobID, ctx.Err())
-			case <-time.After(l.cfg.PublishTimeout):
-				return nil, fmt.Errorf("load job %s: no answer within %s", jobID, l.cfg.PublishTimeout)
+			m, err := l.answer(ctx, msgs)
+			if err != nil {
+				return nil, fmt.Errorf("load job %s: %w", jobID, err)
 			}
 			status := m.Header.Get("Status")
 			if status == "404" {
 				return out, nil
 			}
 			if status == "503" {
-				// No responder: the stream is not served yet, as for a
-				// moment after the server restarts. The page is asked for
-				// again, for at most the publish timeout.
-				if unavailableSince.IsZero() {
-					unavailableSince = time.Now()
-				}
-				if time.Since(unavailableSince) > l.cfg.PublishTimeout {
-					return nil, fmt.Errorf("load job %s: %w", jobID, ErrUnavailable)
-				}
-				select {
-				case <-ctx.Done():
-					return nil, fmt.Errorf("load job %s: %w", jobID, ctx.Err())
-				case <-time.After(unavailablePause):
+				// The page is asked for again.
+				if err := l.waitServed(ctx, &unavailableSince); err != nil {
+					return nil, fmt.Errorf("load job %s: %w", jobID, err)
 				}
 				more = true
 				break
@@ -1046,6 +1032,37 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 		if !more {
 			return out, nil
 		}
+	}
+}
+
+// answer waits for the next answer to a direct get.
+func (l *Log) answer(ctx context.Context, msgs <-chan *nats.Msg) (*nats.Msg, error) {
+	select {
+	case m := <-msgs:
+		return m, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(l.cfg.PublishTimeout):
+		return nil, fmt.Errorf("no answer within %s", l.cfg.PublishTimeout)
+	}
+}
+
+// waitServed pauses before a direct get is asked again after a 503: no
+// responder, the stream not served yet, as for a moment after the server
+// restarts. It gives up once the stream has been unavailable since *since
+// for the publish timeout.
+func (l *Log) waitServed(ctx context.Context, since *time.Time) error {
+	if since.IsZero() {
+		*since = time.Now()
+	}
+	if time.Since(*since) > l.cfg.PublishTimeout {
+		return ErrUnavailable
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(unavailablePause):
+		return nil
 	}
 }
 
@@ -1127,13 +1144,9 @@ func (l *Log) LastSeq(ctx context.Context, jobID string) (uint64, error) {
 		if err := l.nc.PublishRequest("$JS.API.DIRECT.GET."+l.cfg.Stream+"."+l.Subject(jobID), inbox, nil); err != nil {
 			return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
 		}
-		var m *nats.Msg
-		select {
-		case m = <-msgs:
-		case <-ctx.Done():
-			return 0, fmt.Errorf("last sequence of job %s: %w", jobID, ctx.Err())
-		case <-time.After(l.cfg.PublishTimeout):
-			return 0, fmt.Errorf("last sequence of job %s: no answer within %s", jobID, l.cfg.PublishTimeout)
+		m, err := l.answer(ctx, msgs)
+		if err != nil {
+			return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
 		}
 		switch status := m.Header.Get("Status"); status {
 		case "":
@@ -1145,17 +1158,8 @@ func (l *Log) LastSeq(ctx context.Context, jobID string) (uint64, error) {
 		case "404":
 			return 0, nil
 		case "503":
-			// As in LoadAfter: the stream is not served yet.
-			if unavailableSince.IsZero() {
-				unavailableSince = time.Now()
-			}
-			if time.Since(unavailableSince) > l.cfg.PublishTimeout {
-				return 0, fmt.Errorf("last sequence of job %s: %w", jobID, ErrUnavailable)
-			}
-			select {
-			case <-ctx.Done():
-				return 0, fmt.Errorf("last sequence of job %s: %w", jobID, ctx.Err())
-			case <-time.After(unavailablePause):
+			if err := l.waitServed(ctx, &unavailableSince); err != nil {
+				return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
 			}
 		default:
 			return 0, fmt.Errorf("last sequence of job %s: direct get status %s %s", jobID, status, m.Header.Get("Description"))

@@ -1576,6 +1576,67 @@ const (
 
 var watchSettleChecks = []time.Duration{50 * time.Millisecond, time.Second}
 
+// watchPlan says when a job's watch reads the job's history next, from what
+// it heard and read.
+type watchPlan struct {
+	unstored     map[string]time.Time // heard events not yet read, by event ID
+	read         map[string]bool      // the events read, by ID: few per attempt
+	pause        time.Duration        // the last wait for a heard event
+	settleFrom   time.Time
+	settleChecks []time.Duration
+}
+
+func newWatchPlan(now time.Time) *watchPlan {
+	return &watchPlan{unstored: map[string]time.Time{}, read: map[string]bool{}, settleFrom: now, settleChecks: watchSettleChecks}
+}
+
+// heard notes a message on the job's subject. One without an event ID is no
+// event of jetjob's (the projector quarantines it): it is read past, not
+// waited for.
+func (w *watchPlan) heard(id string, now time.Time) {
+	if id != "" && !w.read[id] && len(w.unstored) < watchHeardMax {
+		w.unstored[id] = now
+	}
+	w.pause = 0
+}
+
+// reconnected starts the settle checks again: events published while the
+// connection was down were heard by no one, and the server may not have the
+// subscription yet.
+func (w *watchPlan) reconnected(now time.Time) {
+	w.settleFrom, w.settleChecks = now, watchSettleChecks
+}
+
+// stored notes an event read from the log.
+func (w *watchPlan) stored(id string) {
+	delete(w.unstored, id)
+	w.read[id] = true
+}
+
+// next is how long until the next read, after one at now; false when only
+// the sweep is due.
+func (w *watchPlan) next(now time.Time) (time.Duration, bool) {
+	for id, at := range w.unstored {
+		if now.Sub(at) > watchHeardFor {
+			delete(w.unstored, id) // refused
+		}
+	}
+	next, due := time.Duration(0), false
+	if len(w.unstored) > 0 {
+		w.pause = min(max(2*w.pause, watchCheckFirst), watchCheckMax)
+		next, due = w.pause, true
+	}
+	for len(w.settleChecks) > 0 && now.Sub(w.settleFrom) >= w.settleChecks[0] {
+		w.settleChecks = w.settleChecks[1:]
+	}
+	if len(w.settleChecks) > 0 {
+		if settle := w.settleFrom.Add(w.settleChecks[0]).Sub(now); !due || settle < next {
+			next, due = settle, true
+		}
+	}
+	return next, due
+}
+
 // followJob reads the job's events from *from on, moving *from past each,
 // and returns when ctx ends (nil) or a read fails. It makes no consumer on
 // the log: nats-server allows 1,000 consumers on a stream unless told
@@ -1583,17 +1644,13 @@ var watchSettleChecks = []time.Duration{50 * time.Millisecond, time.Second}
 // reaching the jobs past that, fleet-wide. A subscription to the job's
 // subject costs the server an entry in its interest table.
 func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error {
-	lg := p.m.Log()
 	heard := make(chan *nats.Msg, watchHeardMax)
-	sub, err := p.nc.ChanSubscribe(lg.Subject(jobID), heard)
+	sub, err := p.nc.ChanSubscribe(p.m.Log().Subject(jobID), heard)
 	if err != nil {
 		return fmt.Errorf("make watch: %w", err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	settleFrom, settleChecks := time.Now(), watchSettleChecks
-	unstored := map[string]time.Time{} // heard events not yet read, by event ID
-	read := map[string]bool{}          // the events read, by ID: few per attempt
-	pause := time.Duration(0)
+	plan := newWatchPlan(time.Now())
 	check := time.NewTimer(0)
 	defer check.Stop()
 	sweep := time.NewTimer(jittered(p.beatEvery()))
@@ -1604,20 +1661,13 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 		case <-ctx.Done():
 			return nil
 		case m := <-heard:
-			// A message without an event ID is no event of jetjob's (the
-			// projector quarantines it): it is read past, not waited for.
-			if id := m.Header.Get(jetstream.MsgIDHeader); id != "" && !read[id] && len(unstored) < watchHeardMax {
-				unstored[id] = time.Now()
-			}
-			pause = 0
+			plan.heard(m.Header.Get(jetstream.MsgIDHeader), time.Now())
 		case <-check.C:
 		case <-sweep.C:
 			sweep.Reset(jittered(p.beatEvery()))
 		case <-reconnected:
-			// Events published while the connection was down were heard by
-			// no one, and the server may not have the subscription yet.
 			reconnected = p.reconnected.wait()
-			settleFrom, settleChecks = time.Now(), watchSettleChecks
+			plan.reconnected(time.Now())
 		}
 		recs, err := p.readNews(ctx, jobID, from)
 		if err != nil {
@@ -1628,8 +1678,7 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 		}
 		for _, rec := range recs {
 			*from = rec.Seq + 1
-			delete(unstored, rec.Event.ID)
-			read[rec.Event.ID] = true
+			plan.stored(rec.Event.ID)
 			switch rec.Event.Type {
 			case events.TypeCancelRequested:
 				cancel(ErrCanceled)
@@ -1637,25 +1686,7 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 				cancel(ErrLeaseLost)
 			}
 		}
-		for id, at := range unstored {
-			if time.Since(at) > watchHeardFor {
-				delete(unstored, id)
-			}
-		}
-		next := time.Duration(-1)
-		if len(unstored) > 0 {
-			pause = min(max(2*pause, watchCheckFirst), watchCheckMax)
-			next = pause
-		}
-		for len(settleChecks) > 0 && time.Since(settleFrom) >= settleChecks[0] {
-			settleChecks = settleChecks[1:]
-		}
-		if len(settleChecks) > 0 {
-			if due := time.Until(settleFrom.Add(settleChecks[0])); next < 0 || due < next {
-				next = due
-			}
-		}
-		if next >= 0 {
+		if next, due := plan.next(time.Now()); due {
 			check.Reset(next)
 		}
 	}

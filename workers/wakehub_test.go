@@ -265,16 +265,3 @@ func manyTagSets() (all map[string]string, job func(i int) statemachine.SubmitPa
 		return statemachine.SubmitParams{Type: "t", Tags: tags}
 	}
 }
-
-// Backup passes are spread over a fifth of the interval around it.
-func TestBackupPassesAreSpread(t *testing.T) {
-	seen := map[time.Duration]bool{}
-	for range 1000 {
-		d := jittered(30 * time.Second)
-		require.GreaterOrEqual(t, d, 27*time.Second)
-		require.Less(t, d, 33*time.Second)
-		seen[d] = true
-	}
-	require.Greater(t, len(seen), 900, "spread, not one value")
-	require.Equal(t, time.Duration(3), jittered(3), "too short to spread")
-}
