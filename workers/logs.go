@@ -39,8 +39,10 @@ type LogLine struct {
 }
 
 // Dropped is how many lines of l's attempt are missing between prev, the
-// line read before it (nil for none), and l: 0 when none are, or when the
-// lines carry no numbers.
+// line of that attempt read before it (nil for none), and l: 0 when none
+// are, or when the lines carry no numbers. Lines of two attempts can
+// interleave (one cut off from the server writes on while its retry runs),
+// so a reader keeps the last line of each.
 func Dropped(prev *LogLine, l LogLine) int64 {
 	if l.Number == 0 {
 		return 0

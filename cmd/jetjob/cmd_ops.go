@@ -80,7 +80,9 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		shown, numbered := 0, false
-		var prev *workers.LogLine
+		// By attempt: a cut-off attempt may still write while its retry
+		// runs, and their lines interleave.
+		prev := map[int]*workers.LogLine{}
 		// On stderr, so that the lines themselves stay parseable.
 		defer func() {
 			if shown >= workers.LogLinesPerJob && !numbered {
@@ -88,10 +90,10 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}()
 		print := func(l workers.LogLine) {
-			if n := workers.Dropped(prev, l); n > 0 {
+			if n := workers.Dropped(prev[l.Attempt], l); n > 0 {
 				fmt.Fprintf(os.Stderr, "jetjob logs: %d lines of attempt %d dropped here: a job keeps its last %d lines\n", n, l.Attempt, workers.LogLinesPerJob)
 			}
-			prev = &l
+			prev[l.Attempt] = &l
 			numbered = numbered || l.Number > 0
 			shown++
 			if fs.json() {

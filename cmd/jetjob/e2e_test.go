@@ -815,6 +815,31 @@ func TestSubmitFileSaysEveryBadLine(t *testing.T) {
 	require.Equal(t, "[]", strings.TrimSpace(strings.ReplaceAll(listAll(t, s), "\n", "")), "nothing submitted")
 }
 
+// TestLogsCountsDroppedLinesByAttempt: the lines of an attempt cut off from
+// the server and of its retry interleave; none is missing, and logs says
+// nothing was dropped. A gap in one attempt is said once, with its count.
+func TestLogsCountsDroppedLinesByAttempt(t *testing.T) {
+	s := startServerProc(t)
+	id := s.jetjob("submit", "--type", "interleaved").ok(t)
+	_, js := natstest.Connect(t, s.url)
+	logs, err := workers.AttachLogs(context.Background(), js)
+	require.NoError(t, err)
+	for _, l := range []workers.LogLine{
+		{Attempt: 1, Number: 1, Stream: "stdout", Line: "a1"},
+		{Attempt: 2, Number: 1, Stream: "stdout", Line: "b1"},
+		{Attempt: 1, Number: 2, Stream: "stdout", Line: "a2"},
+		{Attempt: 2, Number: 2, Stream: "stdout", Line: "b2"},
+		{Attempt: 2, Number: 5, Stream: "stdout", Line: "b5"},
+	} {
+		l.Time = time.Now()
+		require.NoError(t, logs.Append(context.Background(), id, l))
+	}
+	r := s.jetjob("logs", id)
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, 5, strings.Count(r.stdout, "\n"))
+	require.Equal(t, "jetjob logs: 2 lines of attempt 2 dropped here: a job keeps its last 10000 lines\n", r.stderr)
+}
+
 // TestLogsSaysWhenEarlyLinesAreGone: a job that wrote more lines than a job
 // keeps shows its last ones, and stderr says how many were dropped before
 // them.
