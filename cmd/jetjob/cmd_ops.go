@@ -91,7 +91,11 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 		}()
 		print := func(l workers.LogLine) {
 			if n := workers.Dropped(prev[l.Attempt], l); n > 0 {
-				fmt.Fprintf(os.Stderr, "jetjob logs: %d lines of attempt %d dropped here: a job keeps its last %d lines\n", n, l.Attempt, workers.LogLinesPerJob)
+				lines := "lines"
+				if n == 1 {
+					lines = "line"
+				}
+				fmt.Fprintf(os.Stderr, "jetjob logs: %d %s of attempt %d dropped here: a job keeps its last %d lines\n", n, lines, l.Attempt, workers.LogLinesPerJob)
 			}
 			prev[l.Attempt] = &l
 			numbered = numbered || l.Number > 0

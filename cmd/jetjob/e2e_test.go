@@ -830,14 +830,16 @@ func TestLogsCountsDroppedLinesByAttempt(t *testing.T) {
 		{Attempt: 1, Number: 2, Stream: "stdout", Line: "a2"},
 		{Attempt: 2, Number: 2, Stream: "stdout", Line: "b2"},
 		{Attempt: 2, Number: 5, Stream: "stdout", Line: "b5"},
+		{Attempt: 2, Number: 7, Stream: "stdout", Line: "b7"},
 	} {
 		l.Time = time.Now()
 		require.NoError(t, logs.Append(context.Background(), id, l))
 	}
 	r := s.jetjob("logs", id)
 	require.Equal(t, 0, r.code, r.stderr)
-	require.Equal(t, 5, strings.Count(r.stdout, "\n"))
-	require.Equal(t, "jetjob logs: 2 lines of attempt 2 dropped here: a job keeps its last 10000 lines\n", r.stderr)
+	require.Equal(t, 6, strings.Count(r.stdout, "\n"))
+	require.Equal(t, "jetjob logs: 2 lines of attempt 2 dropped here: a job keeps its last 10000 lines\n"+
+		"jetjob logs: 1 line of attempt 2 dropped here: a job keeps its last 10000 lines\n", r.stderr)
 }
 
 // TestLogsSaysWhenEarlyLinesAreGone: a job that wrote more lines than a job
