@@ -264,34 +264,44 @@ func TestAnAttemptsLinesAreNumberedInOrder(t *testing.T) {
 		lines, err = logs.Read(context.Background(), j.ID)
 		return err == nil && len(lines) == 400
 	}, "400 lines of job %s (%d)", j.ID, len(lines))
-	var prev *LogLine
+	gaps := NewLineGaps(nil)
 	for i, l := range lines {
 		require.Equal(t, int64(i+1), l.Number, "line %d: %+v", i, l)
-		require.Zero(t, Dropped(prev, l))
-		prev = &lines[i]
+		require.Zero(t, gaps.Before(l))
 	}
 }
 
-func TestDroppedCountsTheMissingNumbers(t *testing.T) {
+// Missing lines are counted by attempt, passing over the server's
+// unnumbered lines; a line stored after a later one is no gap when all the
+// lines are known, and is not counted twice when they come one by one.
+func TestLineGapsCountTheMissingNumbers(t *testing.T) {
 	line := func(attempt int, n int64) LogLine { return LogLine{Attempt: attempt, Number: n} }
 	for _, tc := range []struct {
-		name string
-		prev *LogLine
-		l    LogLine
-		want int64
+		name  string
+		lines []LogLine
+		want  []int64 // as they come
+		all   []int64 // all known at once
 	}{
-		{"first line read is the first written", nil, line(1, 1), 0},
-		{"first lines gone", nil, line(1, 51), 50},
-		{"consecutive", &LogLine{Attempt: 1, Number: 7}, line(1, 8), 0},
-		{"a gap", &LogLine{Attempt: 1, Number: 7}, line(1, 2000), 1992},
-		{"a new attempt from its start", &LogLine{Attempt: 1, Number: 7}, line(2, 1), 0},
-		{"a new attempt whose first lines are gone", &LogLine{Attempt: 1, Number: 7}, line(2, 30), 29},
-		{"unnumbered lines of an older worker", &LogLine{Attempt: 1}, line(1, 0), 0},
-		{"numbered after unnumbered", &LogLine{Attempt: 1}, line(1, 5), 4},
-		{"out of order", &LogLine{Attempt: 1, Number: 9}, line(1, 3), 0},
+		{"complete", []LogLine{line(1, 1), line(1, 2), line(1, 3)}, []int64{0, 0, 0}, []int64{0, 0, 0}},
+		{"first lines gone", []LogLine{line(1, 51), line(1, 52)}, []int64{50, 0}, []int64{50, 0}},
+		{"a gap", []LogLine{line(1, 1), line(1, 2000)}, []int64{0, 1998}, []int64{0, 1998}},
+		{"the server's line between", []LogLine{line(1, 10), line(1, 0), line(1, 11)}, []int64{9, 0, 0}, []int64{9, 0, 0}},
+		{"two attempts interleaved", []LogLine{line(1, 1), line(2, 1), line(1, 2), line(2, 2)}, []int64{0, 0, 0, 0}, []int64{0, 0, 0, 0}},
+		{"a retry's first lines gone", []LogLine{line(1, 1), line(2, 30)}, []int64{0, 29}, []int64{0, 29}},
+		{"stored out of order", []LogLine{line(1, 1), line(1, 3), line(1, 4), line(1, 2)}, []int64{0, 1, 0, 0}, []int64{0, 0, 0, 0}},
+		{"unnumbered lines of an older worker", []LogLine{line(1, 0), line(1, 0)}, []int64{0, 0}, []int64{0, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			require.Equal(t, tc.want, Dropped(tc.prev, tc.l))
+			for _, c := range []struct {
+				gaps *LineGaps
+				want []int64
+			}{{NewLineGaps(nil), tc.want}, {NewLineGaps(tc.lines), tc.all}} {
+				var got []int64
+				for _, l := range tc.lines {
+					got = append(got, c.gaps.Before(l))
+				}
+				require.Equal(t, c.want, got)
+			}
 		})
 	}
 }

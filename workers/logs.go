@@ -27,30 +27,63 @@ const (
 type LogLine struct {
 	Time    time.Time `json:"time"`
 	Attempt int       `json:"attempt"`
-	// Number counts the attempt's lines from 1, over all its streams. A
-	// job keeps its last LogLinesPerJob lines, so a reader that finds a
-	// number missing (one that fell behind a fast writer, or read after
-	// the job wrote more) knows how many lines were dropped there. 0 for
-	// lines written by workers before lines were numbered.
+	// Number counts the attempt's lines from 1, over all its streams, as
+	// its worker wrote them (LineGaps counts the missing ones). 0 for the
+	// lines the server writes about an attempt (a hang, a cancel not
+	// acknowledged), and for those of workers from before lines were
+	// numbered.
 	Number   int64    `json:"n,omitempty"`
 	Stream   string   `json:"stream"`
 	Line     string   `json:"line"`
 	Progress *float64 `json:"progress,omitempty"`
 }
 
-// Dropped is how many lines of l's attempt are missing between prev, the
-// line of that attempt read before it (nil for none), and l: 0 when none
-// are, or when the lines carry no numbers. Lines of two attempts can
-// interleave (one cut off from the server writes on while its retry runs),
-// so a reader keeps the last line of each.
-func Dropped(prev *LogLine, l LogLine) int64 {
-	if l.Number == 0 {
-		return 0
+// LineGaps says how many lines of an attempt are missing before each line
+// read, from their numbers. A job keeps its last LogLinesPerJob lines, and
+// a worker cut off from the server may lose lines it writes meanwhile.
+// Lines without a number (the server's own, or a worker's from before
+// lines were numbered) are passed over, and the lines of each attempt are
+// counted apart, since a cut-off attempt may write on while its retry runs.
+type LineGaps struct {
+	last  map[int]int64          // the highest number read, by attempt
+	known map[int]map[int64]bool // every number there is to read, by attempt
+}
+
+// NewLineGaps counts gaps in lines as they come (all nil, as a follower
+// reads them) or in all of a job's lines, read at once, of which a line
+// stored after a later one (its publish tried again) is then no gap where
+// it was expected.
+func NewLineGaps(all []LogLine) *LineGaps {
+	g := &LineGaps{last: map[int]int64{}}
+	if all != nil {
+		g.known = map[int]map[int64]bool{}
+		for _, l := range all {
+			if g.known[l.Attempt] == nil {
+				g.known[l.Attempt] = map[int64]bool{}
+			}
+			g.known[l.Attempt][l.Number] = true
+		}
 	}
-	if prev == nil || prev.Attempt != l.Attempt || prev.Number == 0 {
-		return l.Number - 1
+	return g
+}
+
+// Before is how many lines of l's attempt are missing before l.
+func (g *LineGaps) Before(l LogLine) int64 {
+	last := g.last[l.Attempt]
+	if l.Number <= last {
+		return 0 // unnumbered, or stored after a later line
 	}
-	return max(l.Number-prev.Number-1, 0)
+	g.last[l.Attempt] = l.Number
+	if g.known == nil {
+		return l.Number - last - 1
+	}
+	missing := int64(0)
+	for n := last + 1; n < l.Number; n++ {
+		if !g.known[l.Attempt][n] {
+			missing++
+		}
+	}
+	return missing
 }
 
 // Logs stores and reads job log lines, at most LogLinesPerJob per job.

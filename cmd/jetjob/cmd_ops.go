@@ -80,9 +80,7 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		shown, numbered := 0, false
-		// By attempt: a cut-off attempt may still write while its retry
-		// runs, and their lines interleave.
-		prev := map[int]*workers.LogLine{}
+		gaps := workers.NewLineGaps(nil)
 		// On stderr, so that the lines themselves stay parseable.
 		defer func() {
 			if shown >= workers.LogLinesPerJob && !numbered {
@@ -90,14 +88,14 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}()
 		print := func(l workers.LogLine) {
-			if n := workers.Dropped(prev[l.Attempt], l); n > 0 {
+			if n := gaps.Before(l); n > 0 {
 				lines := "lines"
 				if n == 1 {
 					lines = "line"
 				}
-				fmt.Fprintf(os.Stderr, "jetjob logs: %d %s of attempt %d dropped here: a job keeps its last %d lines\n", n, lines, l.Attempt, workers.LogLinesPerJob)
+				fmt.Fprintf(os.Stderr, "jetjob logs: %d %s of attempt %d missing here: a job keeps its last %d lines, "+
+					"and a worker cut off from the server may lose lines\n", n, lines, l.Attempt, workers.LogLinesPerJob)
 			}
-			prev[l.Attempt] = &l
 			numbered = numbered || l.Number > 0
 			shown++
 			if fs.json() {
@@ -112,6 +110,7 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 		}
 		if !*follow {
 			lines, err := logs.Read(ctx, id)
+			gaps = workers.NewLineGaps(lines)
 			for _, l := range lines {
 				print(l)
 			}

@@ -816,8 +816,9 @@ func TestSubmitFileSaysEveryBadLine(t *testing.T) {
 }
 
 // TestLogsCountsDroppedLinesByAttempt: the lines of an attempt cut off from
-// the server and of its retry interleave; none is missing, and logs says
-// nothing was dropped. A gap in one attempt is said once, with its count.
+// the server and of its retry interleave, with a line of the server's
+// between; none is missing there, and logs says nothing. A gap in one
+// attempt is said once, with its count.
 func TestLogsCountsDroppedLinesByAttempt(t *testing.T) {
 	s := startServerProc(t)
 	id := s.jetjob("submit", "--type", "interleaved").ok(t)
@@ -826,6 +827,7 @@ func TestLogsCountsDroppedLinesByAttempt(t *testing.T) {
 	require.NoError(t, err)
 	for _, l := range []workers.LogLine{
 		{Attempt: 1, Number: 1, Stream: "stdout", Line: "a1"},
+		{Attempt: 1, Stream: "system", Line: "the server's, unnumbered"},
 		{Attempt: 2, Number: 1, Stream: "stdout", Line: "b1"},
 		{Attempt: 1, Number: 2, Stream: "stdout", Line: "a2"},
 		{Attempt: 2, Number: 2, Stream: "stdout", Line: "b2"},
@@ -837,9 +839,9 @@ func TestLogsCountsDroppedLinesByAttempt(t *testing.T) {
 	}
 	r := s.jetjob("logs", id)
 	require.Equal(t, 0, r.code, r.stderr)
-	require.Equal(t, 6, strings.Count(r.stdout, "\n"))
-	require.Equal(t, "jetjob logs: 2 lines of attempt 2 dropped here: a job keeps its last 10000 lines\n"+
-		"jetjob logs: 1 line of attempt 2 dropped here: a job keeps its last 10000 lines\n", r.stderr)
+	require.Equal(t, 7, strings.Count(r.stdout, "\n"))
+	require.Equal(t, "jetjob logs: 2 lines of attempt 2 missing here: a job keeps its last 10000 lines, and a worker cut off from the server may lose lines\n"+
+		"jetjob logs: 1 line of attempt 2 missing here: a job keeps its last 10000 lines, and a worker cut off from the server may lose lines\n", r.stderr)
 }
 
 // TestLogsSaysWhenEarlyLinesAreGone: a job that wrote more lines than a job
@@ -861,7 +863,7 @@ func TestLogsSaysWhenEarlyLinesAreGone(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	require.Equal(t, workers.LogLinesPerJob, strings.Count(r.stdout, "\n"))
 	require.NotContains(t, r.stdout, "] 1\n", "the first line was dropped")
-	require.Equal(t, "jetjob logs: 50 lines of attempt 1 dropped here: a job keeps its last 10000 lines\n", r.stderr)
+	require.Equal(t, "jetjob logs: 50 lines of attempt 1 missing here: a job keeps its last 10000 lines, and a worker cut off from the server may lose lines\n", r.stderr)
 
 	natstest.Eventually(t, 10*time.Second, func() bool {
 		r = s.jetjob("logs", quiet)
