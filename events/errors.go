@@ -21,6 +21,10 @@ var (
 	// up). An append to a stream that does not answer ends in
 	// ErrOutcomeUnknown instead: it may have been stored.
 	ErrUnavailable = errors.New("the events stream does not answer: is JetStream up, and was a jetjob server started against this NATS?")
+	// ErrNoLog: an append found no events stream on the NATS it was sent
+	// to (a log attached where no jetjob server provisioned one); nothing
+	// was stored.
+	ErrNoLog = errors.New("no events stream on this NATS: start a jetjob server against it, or open the log with events.Open")
 	// ErrInvalidConfig: a Config a Log cannot run with.
 	ErrInvalidConfig = errors.New("invalid events config")
 	// ErrClosed: the log was closed.

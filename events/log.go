@@ -614,6 +614,9 @@ func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 		lastErr = err
 		if inProcess || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
 			if leaderless.IsZero() {
+				if !inProcess && l.noStream(ctx) {
+					return 0, fmt.Errorf("append to job %s: %w", r.ev.JobID, ErrNoLog)
+				}
 				leaderless = time.Now()
 			}
 			if time.Since(leaderless) < time.Duration(l.cfg.PublishRetries)*l.cfg.PublishTimeout {
@@ -631,6 +634,14 @@ func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 		l.logger.Debug("append ack lost, resending", zap.String("job", r.ev.JobID), zap.Error(err))
 	}
 	return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: fmt.Errorf("no ack after %d tries: %w", l.cfg.PublishRetries, lastErr)}
+}
+
+// noStream reports whether the stream is known not to exist, rather than
+// to be without a leader for now: an append no stream answered is then not
+// waited on for the time a leader election takes.
+func (l *Log) noStream(ctx context.Context) bool {
+	_, err := l.js.Stream(ctx, l.cfg.Stream)
+	return errors.Is(err, jetstream.ErrStreamNotFound)
 }
 
 func isWrongLastSeq(err error) bool {

@@ -506,6 +506,19 @@ func TestLoadWaitsForTheStreamToBeServed(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrUnavailable)
 }
 
+// An append to a log attached where no server provisioned one fails at
+// once with ErrNoLog, rather than after the tries a leader election is given
+// and with an outcome said to be unknown.
+func TestAnAppendWithNoStreamSaysSo(t *testing.T) {
+	env := natstest.Start(t)
+	l, err := events.Attach(env.JS, events.Config{Stream: "NONE", SubjectPrefix: "none."})
+	require.NoError(t, err)
+	t.Cleanup(l.Close)
+	_, err = l.Append(context.Background(), mustEvent(t, "job1", events.TypeSubmitted), 0)
+	require.ErrorIs(t, err, events.ErrNoLog)
+	require.NotErrorIs(t, err, events.ErrOutcomeUnknown)
+}
+
 // TestAppendsCutByALostConnectionReportAnUnknownOutcome: when the connection
 // closes under appends in flight, an append told it failed with a plain
 // error was not stored; the others are stored or say the outcome is unknown.

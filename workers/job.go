@@ -19,7 +19,9 @@ import (
 // the worker lost contact with the server for half its hang-after
 // (ErrLostContact: the attempt is about to be failed as hung), when it runs
 // past PoolConfig.JobTimeout (ErrJobTimeout), or when the pool shuts down
-// past its grace period (ErrShutdown: an error hands the job back).
+// past its grace period (ErrShutdown: an error hands the job back). A
+// handler that panics fails its attempt as the error "handler panicked:
+// <value>" would; the pool runs on.
 type Handler func(ctx context.Context, job *Job) error
 
 // Job is the running attempt a handler gets.

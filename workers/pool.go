@@ -303,8 +303,9 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 // Start watches the tag set registry and wake-ups and starts acquiring.
 // It needs the queue's streams (EnsureTopology; ErrNoQueues without them)
 // and, for jobs to reach the queue, an Enqueuer running somewhere on the
-// same NATS (a jetjob server runs one). Safe to call twice; after Stop it
-// returns ErrStopped.
+// same NATS (a jetjob server runs one). ctx bounds the start only: the
+// pool runs until Stop. Safe to call twice; after Stop it returns
+// ErrStopped.
 func (p *Pool) Start(ctx context.Context) error {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()
