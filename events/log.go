@@ -640,9 +640,15 @@ func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 // to be without a leader for now: an append no stream answered is then not
 // waited on for the time a leader election takes.
 func (l *Log) noStream(ctx context.Context) bool {
+	// A cluster with no leader to answer does not hold the append up.
+	ctx, cancel := context.WithTimeout(ctx, noStreamAsk)
+	defer cancel()
 	_, err := l.js.Stream(ctx, l.cfg.Stream)
 	return errors.Is(err, jetstream.ErrStreamNotFound)
 }
+
+// noStreamAsk bounds the question whether the log's stream exists.
+const noStreamAsk = time.Second
 
 func isWrongLastSeq(err error) bool {
 	var apiErr *jetstream.APIError
