@@ -247,8 +247,9 @@ type SubmitResult struct {
 
 // SubmitMany submits jobs concurrently, so that the log commits them in
 // atomic batches. Results are in the order of params, and so are the IDs of
-// the new jobs without a key (a key's ID is derived from the key); one job's
-// error does not stop
+// the new jobs without a key (a key's ID is derived from the key), but not
+// the order the log stores them in, which is the order workers take them
+// in; one job's error does not stop
 // the others. Of several params with one key, the first makes the job and
 // the others find it (Existed), as with Submit called for each in turn.
 func (m *Machine) SubmitMany(ctx context.Context, params []SubmitParams) []SubmitResult {
