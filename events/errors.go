@@ -19,7 +19,8 @@ var (
 	// ErrUnavailable: a load found no events stream answering within the
 	// publish timeout (JetStream starting, or no jetjob server ever set it
 	// up). An append to a stream that does not answer ends in
-	// ErrOutcomeUnknown instead: it may have been stored.
+	// ErrOutcomeUnknown instead (it may have been stored), or in ErrNoLog
+	// when the stream is not there at all.
 	ErrUnavailable = errors.New("the events stream does not answer: is JetStream up, and was a jetjob server started against this NATS?")
 	// ErrNoLog: an append found no events stream on the NATS it was sent
 	// to (a log attached where no jetjob server provisioned one); nothing
