@@ -32,6 +32,21 @@ type Beat struct {
 	Lease    uint64    `json:"lease"`
 	WorkerID string    `json:"worker_id"`
 	At       time.Time `json:"at"`
+	// StoredAt is when the server stored the beat, by its clock; set by
+	// the reads, never sent.
+	StoredAt time.Time `json:"-"`
+}
+
+// Sent is the time a silence is counted from: the later of the worker's
+// clock and the server's. A worker whose clock lags stamps its beats in the
+// past, and judged by them alone a live attempt looks silent; one whose
+// clock runs ahead makes a silence look shorter, and its detection late by
+// as much, which runs nothing twice.
+func (b Beat) Sent() time.Time {
+	if b.StoredAt.After(b.At) {
+		return b.StoredAt
+	}
+	return b.At
 }
 
 // Heartbeats records and reads the last beat of each running job.
@@ -240,6 +255,7 @@ func (h *Heartbeats) last(ctx context.Context, jobID string) (b Beat, seq uint64
 		// reason to refuse the next beat.
 		return Beat{}, m.Sequence, false, nil
 	}
+	b.StoredAt = m.Time
 	return b, m.Sequence, true, nil
 }
 

@@ -1148,38 +1148,55 @@ func RecordFromMsg(h nats.Header, data []byte, seq uint64) Record {
 // stream's other messages in between. Like Load, it may be answered by a
 // replica that has not caught up.
 func (l *Log) LastSeq(ctx context.Context, jobID string) (uint64, error) {
+	seq, _, err := l.last(ctx, jobID, "last sequence")
+	return seq, err
+}
+
+// LastStoredAt returns when the server stored a job's last event, by the
+// server's clock, and the zero time if the job has none. An event's own
+// time is its writer's clock, which may lag or run ahead; the detector
+// judges silences by this one.
+func (l *Log) LastStoredAt(ctx context.Context, jobID string) (time.Time, error) {
+	_, at, err := l.last(ctx, jobID, "last event time")
+	return at, err
+}
+
+func (l *Log) last(ctx context.Context, jobID, what string) (uint64, time.Time, error) {
 	if err := ValidateJobID(jobID); err != nil {
-		return 0, err
+		return 0, time.Time{}, err
 	}
 	inbox, msgs, done, err := l.responses()
 	if err != nil {
-		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
+		return 0, time.Time{}, fmt.Errorf("%s of job %s: %w", what, jobID, err)
 	}
 	defer done()
 	var unavailableSince time.Time
 	for {
 		if err := l.nc.PublishRequest("$JS.API.DIRECT.GET."+l.cfg.Stream+"."+l.Subject(jobID), inbox, nil); err != nil {
-			return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
+			return 0, time.Time{}, fmt.Errorf("%s of job %s: %w", what, jobID, err)
 		}
 		m, err := l.answer(ctx, msgs)
 		if err != nil {
-			return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
+			return 0, time.Time{}, fmt.Errorf("%s of job %s: %w", what, jobID, err)
 		}
 		switch status := m.Header.Get("Status"); status {
 		case "":
 			seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 			if err != nil {
-				return 0, fmt.Errorf("last sequence of job %s: direct get answered without a sequence", jobID)
+				return 0, time.Time{}, fmt.Errorf("%s of job %s: direct get answered without a sequence", what, jobID)
 			}
-			return seq, nil
+			// Read only by the detector, which falls back on the event's
+			// own time without it.
+			at, _ := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
+			return seq, at, nil
 		case "404":
-			return 0, nil
+			return 0, time.Time{}, nil
 		case "503":
 			if err := l.waitServed(ctx, &unavailableSince); err != nil {
-				return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
+				return 0, time.Time{}, fmt.Errorf("%s of job %s: %w", what, jobID, err)
 			}
 		default:
-			return 0, fmt.Errorf("last sequence of job %s: direct get status %s %s", jobID, status, m.Header.Get("Description"))
+			return 0, time.Time{}, fmt.Errorf("%s of job %s: direct get status %s %s", what, jobID, status, m.Header.Get("Description"))
 		}
 	}
 }

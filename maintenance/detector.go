@@ -222,7 +222,7 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 		if v.StartedAt != nil && v.StartedAt.After(last) {
 			last = *v.StartedAt
 		}
-		last, err := d.lastSign(ctx, v, last)
+		last, err := d.lastSign(ctx, v, last, now, hangAfter)
 		if err != nil {
 			continue
 		}
@@ -260,12 +260,19 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 		if err != nil || job.State != statemachine.StateCanceling || job.CancelRequestedAt == nil {
 			continue
 		}
-		if now.Sub(*job.CancelRequestedAt) < d.cfg.CancelGrace {
+		asked := *job.CancelRequestedAt
+		if now.Sub(asked) >= d.cfg.CancelGrace {
+			// The request's time is its writer's clock, which may lag.
+			if asked, err = d.storedSince(ctx, job.ID, asked); err != nil {
+				continue
+			}
+		}
+		if now.Sub(asked) < d.cfg.CancelGrace {
 			continue
 		}
 		budget--
 		d.systemLog(ctx, job.ID, job.Attempt, fmt.Sprintf("cancel requested at %s was not acknowledged by worker %s within %s; the job is canceled without it",
-			job.CancelRequestedAt.Format(time.RFC3339), job.WorkerID, d.cfg.CancelGrace))
+			asked.Format(time.RFC3339), job.WorkerID, d.cfg.CancelGrace))
 		if _, err := d.m.TerminateCanceling(ctx, job.ID, ErrorCodeCancelTimeout); err != nil {
 			d.logger.Info("left a canceling job alone", zap.String("job", job.ID), zap.Error(err))
 			continue
@@ -281,15 +288,36 @@ type watchedJob struct {
 	lastSign time.Time
 }
 
-// lastSign returns the later of since and the attempt's last heartbeat.
-func (d *Detector) lastSign(ctx context.Context, v projector.View, since time.Time) (time.Time, error) {
+// lastSign returns the later of since and the attempt's last heartbeat;
+// and once that is hangAfter before now, the later still of it and the time
+// the server stored the job's last event. Since is the event's own time, by
+// its writer's clock: a worker whose clock lags would otherwise have an
+// attempt it just began look silent, before its first beat.
+func (d *Detector) lastSign(ctx context.Context, v projector.View, since, now time.Time, hangAfter time.Duration) (time.Time, error) {
 	beat, ok, err := d.hb.Last(ctx, v.ID)
 	if err != nil {
 		d.logger.Warn("read heartbeat", zap.String("job", v.ID), zap.Error(err))
 		return since, err
 	}
-	if ok && beat.Lease == v.Lease && beat.At.After(since) {
-		return beat.At, nil
+	if ok && beat.Lease == v.Lease && beat.Sent().After(since) {
+		since = beat.Sent()
+	}
+	if now.Sub(since) < hangAfter {
+		return since, nil
+	}
+	return d.storedSince(ctx, v.ID, since)
+}
+
+// storedSince returns the later of since, a time by a writer's clock, and
+// when the server stored the job's last event.
+func (d *Detector) storedSince(ctx context.Context, jobID string, since time.Time) (time.Time, error) {
+	stored, err := d.m.Log().LastStoredAt(ctx, jobID)
+	if err != nil {
+		d.logger.Warn("read when the last event was stored", zap.String("job", jobID), zap.Error(err))
+		return since, err
+	}
+	if stored.After(since) {
+		return stored, nil
 	}
 	return since, nil
 }
@@ -313,7 +341,7 @@ func (d *Detector) recheck(ctx context.Context) ([]string, error) {
 		if now.Sub(w.lastSign) < hangAfter {
 			continue
 		}
-		last, err := d.lastSign(ctx, w.view, w.lastSign)
+		last, err := d.lastSign(ctx, w.view, w.lastSign, now, hangAfter)
 		if err != nil {
 			continue
 		}
@@ -351,7 +379,7 @@ func (d *Detector) failHung(ctx context.Context, c hungCandidate, now time.Time,
 	v := c.view
 	// A beat is not an event, so the expected sequence cannot see one that
 	// arrived since the candidate was chosen: look again right before writing.
-	if beat, ok, err := d.hb.Last(ctx, v.ID); err == nil && ok && beat.Lease == v.Lease && now.Sub(beat.At) < hangAfter {
+	if beat, ok, err := d.hb.Last(ctx, v.ID); err == nil && ok && beat.Lease == v.Lease && now.Sub(beat.Sent()) < hangAfter {
 		return false
 	}
 	silent := now.Sub(c.lastSign).Round(time.Second)

@@ -268,6 +268,49 @@ func TestDetectorTerminatesUnacknowledgedCancels(t *testing.T) {
 	require.Equal(t, events.CanceledByTimeout, cur.CanceledBy)
 }
 
+// A worker or a canceller whose clock runs behind the server's stamps its
+// events and beats in the past. Judged by those stamps alone, an attempt
+// that had just begun and beaten looked silent for as long as the clock
+// lagged, and was failed as hung while it ran, its retry free to run beside
+// it; a cancel just asked for was finished without waiting for the worker.
+func TestDetectorJudgesSilenceByTheServersClockWhenAWritersLags(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	lagging := func() time.Time { return time.Now().Add(-10 * time.Minute) }
+	behind, err := statemachine.New(f.log, statemachine.Config{Now: lagging})
+	require.NoError(t, err)
+	beating := f.submit(statemachine.SubmitParams{Type: "t"})
+	heldBeating, err := behind.Acquire(ctx, beating.ID, "lagging-worker")
+	require.NoError(t, err)
+	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: beating.ID, Lease: heldBeating.Lease, WorkerID: "lagging-worker", At: lagging()}))
+	starting := f.submit(statemachine.SubmitParams{Type: "t"})
+	heldStarting, err := behind.Acquire(ctx, starting.ID, "lagging-worker")
+	require.NoError(t, err)
+	canceling := f.submit(statemachine.SubmitParams{Type: "t"})
+	_, err = f.m.Acquire(ctx, canceling.ID, "w")
+	require.NoError(t, err)
+	askedToCancel, err := behind.Cancel(ctx, canceling.ID, "from a laptop with a slow clock")
+	require.NoError(t, err)
+	f.projected(heldBeating, heldStarting, askedToCancel)
+
+	var mu sync.Mutex
+	clock := time.Now()
+	d := f.detector("s1", func() time.Time { mu.Lock(); defer mu.Unlock(); return clock })
+	res, err := d.runOnce(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Hung, "both attempts began just now by the server's clock, and one beat")
+	require.Empty(t, res.CancelsTerminated, "the cancel was asked for just now by the server's clock")
+
+	// Silent past the hang-after and the cancel grace by the server's clock.
+	mu.Lock()
+	clock = clock.Add(2 * time.Minute)
+	mu.Unlock()
+	res, err = d.runOnce(ctx)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{beating.ID, starting.ID}, res.Hung)
+	require.Equal(t, []string{canceling.ID}, res.CancelsTerminated)
+}
+
 func TestBulkCancelByTemplateVersion(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
