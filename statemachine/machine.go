@@ -419,9 +419,29 @@ func (m *Machine) CheckLease(ctx context.Context, held Job) (Job, error) {
 }
 
 // Validate checks submit parameters as Submit would, filling in defaults,
-// so that a caller can refuse a whole batch before submitting any of it.
+// so that a caller can refuse a whole batch before submitting any of it:
+// the fit of the job's event in one message of the connected NATS server
+// included.
 func (m *Machine) Validate(p *SubmitParams) error {
-	return p.validate(m.cfg.MaxPayload, m.cfg.Backoff)
+	if err := p.validate(m.cfg.MaxPayload, m.cfg.Backoff); err != nil {
+		return err
+	}
+	jobID, err := newJobID(*p)
+	if err != nil {
+		return err
+	}
+	ev, err := decideSubmit(jobID, *p, m.cfg.Now())
+	if err != nil {
+		return err
+	}
+	data, err := events.Encode(ev)
+	if err != nil {
+		return fmt.Errorf("encode submit: %w", err)
+	}
+	if most := m.log.MaxEventSize(); len(data) > most {
+		return payloadTooLarge(&events.TooLargeError{JobID: jobID, Size: len(data), Max: most}, len(p.Payload))
+	}
+	return nil
 }
 
 // payloadTooLarge explains a submit whose event the NATS server cannot take

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -69,6 +70,11 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		if *typ == "" {
 			return usageErr("--type is required")
 		}
+		if set["key"] && *key == "" {
+			// Most likely an unset shell variable: without a key the submit
+			// would make a second job when run again.
+			return usageErr("--key is empty, expected a key, or no --key for a job without one")
+		}
 		p := statemachine.SubmitParams{Type: *typ, Tags: tags, Meta: meta, Priority: *priority, MaxAttempts: *maxAttempts, Key: *key}
 		switch {
 		case *payload != "" && *payloadFile != "":
@@ -111,6 +117,11 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer c.close()
+	if *file != "" {
+		if err := checkServerFits(c.m, *file, params, lines); err != nil {
+			return err
+		}
+	}
 	if len(params) == 1 && *file == "" {
 		job, existed, err := c.m.Submit(ctx, params[0])
 		if err != nil {
@@ -167,8 +178,11 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 	var firstErr error
 	if len(unknown)+len(failed) > 0 {
 		again := "submitting those lines again may make a second job of an unknown one: check them first"
-		if allKeyed(params) {
+		switch {
+		case allKeyed(params):
 			again = "every line has a key, so submitting the file again is safe"
+		case len(unknown) == 0:
+			again = "only the lines not submitted need submitting again"
 		}
 		firstErr = fmt.Errorf("%d of %d jobs stored, %d may be, %d not; %s", len(views), len(params), len(unknown), len(failed), again)
 	}
@@ -280,7 +294,7 @@ type jobLine struct {
 	MaxAttempts *int              `json:"max_attempts"`
 	RunAt       string            `json:"run_at"`
 	Delay       string            `json:"delay"`
-	Key         string            `json:"key"`
+	Key         *string           `json:"key"`
 	BackoffBase string            `json:"backoff_base"`
 	BackoffCap  string            `json:"backoff_cap"`
 }
@@ -339,7 +353,7 @@ func scanJobsFile(name string, validate func(*statemachine.SubmitParams) error) 
 			err = validate(&p)
 		}
 		if err != nil {
-			bad = append(bad, fmt.Sprintf("%s line %d: %v", displayName(name), n, err))
+			bad = append(bad, badLine(name, n, err))
 			continue
 		}
 		out = append(out, p)
@@ -351,9 +365,27 @@ func scanJobsFile(name string, validate func(*statemachine.SubmitParams) error) 
 	case err != nil:
 		return jobsFile{}, usageErr("cannot read %s: %v", displayName(name), err)
 	}
+	if err := refuseBadLines(name, bad); err != nil {
+		return jobsFile{}, err
+	}
+	if len(out) == 0 {
+		return jobsFile{}, usageErr("%s holds no jobs", displayName(name))
+	}
+	return jobsFile{params: out, lines: lines}, nil
+}
+
+// badLine says what is wrong with line n; the refusal already says the
+// input is bad.
+func badLine(name string, n int, err error) string {
+	return fmt.Sprintf("%s line %d: %s", displayName(name), n, strings.TrimPrefix(err.Error(), statemachine.ErrInvalid.Error()+": "))
+}
+
+// refuseBadLines says every bad line of a --file, each as "NAME line N:
+// problem", the first few one per line on stderr, and refuses the file.
+func refuseBadLines(name string, bad []string) error {
 	switch {
 	case len(bad) == 1:
-		return jobsFile{}, usageErr("%s; nothing was submitted", bad[0])
+		return usageErr("%s; nothing was submitted", bad[0])
 	case len(bad) > 1:
 		for _, b := range bad[:min(len(bad), badLinesShown)] {
 			fmt.Fprintf(os.Stderr, "jetjob submit: %s\n", b)
@@ -362,11 +394,22 @@ func scanJobsFile(name string, validate func(*statemachine.SubmitParams) error) 
 		if len(bad) > badLinesShown {
 			shown = fmt.Sprintf("the first %d above", badLinesShown)
 		}
-		return jobsFile{}, usageErr("%s: %d bad lines (%s); nothing was submitted", displayName(name), len(bad), shown)
-	case len(out) == 0:
-		return jobsFile{}, usageErr("%s holds no jobs", displayName(name))
+		return usageErr("%s: %d bad lines (%s); nothing was submitted", displayName(name), len(bad), shown)
 	}
-	return jobsFile{params: out, lines: lines}, nil
+	return nil
+}
+
+// checkServerFits checks a --file's jobs against what only the server
+// knows, its max_payload, so that one too large submits nothing, as it
+// does alone.
+func checkServerFits(m *statemachine.Machine, name string, params []statemachine.SubmitParams, lines []int) error {
+	var bad []string
+	for i := range params {
+		if err := m.Validate(&params[i]); err != nil {
+			bad = append(bad, badLine(name, lines[i], err))
+		}
+	}
+	return refuseBadLines(name, bad)
 }
 
 // parseJobLine reads one line of a --file, saying in plain words what is
@@ -386,10 +429,21 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return statemachine.SubmitParams{}, errors.New("text after the job's JSON object, expected one object per line")
 	}
+	if err := checkJobLineNames(line); err != nil {
+		return statemachine.SubmitParams{}, err
+	}
 	if jl.Type == "" {
 		return statemachine.SubmitParams{}, errors.New("type is required")
 	}
-	p := statemachine.SubmitParams{Type: jl.Type, Tags: jl.Tags, Meta: jl.Meta, Priority: jl.Priority, Key: jl.Key}
+	p := statemachine.SubmitParams{Type: jl.Type, Tags: jl.Tags, Meta: jl.Meta, Priority: jl.Priority}
+	if jl.Key != nil {
+		if *jl.Key == "" {
+			// Most likely a generator's unset variable: without a key the
+			// line would be submitted again as a second job.
+			return p, errors.New("key is empty, expected a key, or no key field for a job without one")
+		}
+		p.Key = *jl.Key
+	}
 	if jl.MaxAttempts != nil {
 		if *jl.MaxAttempts < 1 {
 			return p, fmt.Errorf("max_attempts %d, expected 1-%d (leave it out for %d)", *jl.MaxAttempts, statemachine.MaxAttemptsLimit, statemachine.MaxAttemptsDefault)
@@ -436,6 +490,75 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 		*b.to = d
 	}
 	return p, nil
+}
+
+// checkJobLineNames refuses what encoding/json lets pass in a line it
+// decoded: a field named twice, or in other case than its name ("Type",
+// "PRIORITY"), of which it silently keeps one; and a tag or meta key named
+// twice, of which it keeps the last.
+func checkJobLineNames(line []byte) error {
+	fields, err := objectKeys(line)
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for _, f := range fields {
+		if !slices.Contains(jobLineFieldNames, f.name) {
+			// DisallowUnknownFields let it pass: it differs from one only in case.
+			for _, known := range jobLineFieldNames {
+				if strings.EqualFold(f.name, known) {
+					return fmt.Errorf("field %q, expected %q: field names are lower case", f.name, known)
+				}
+			}
+		}
+		if seen[f.name] {
+			return fmt.Errorf("field %q given twice, expected each field once", f.name)
+		}
+		seen[f.name] = true
+		if (f.name == "tags" || f.name == "meta") && bytes.HasPrefix(f.value, []byte("{")) {
+			keys, err := objectKeys(f.value)
+			if err != nil {
+				return err
+			}
+			inner := map[string]bool{}
+			for _, k := range keys {
+				if inner[k.name] {
+					return fmt.Errorf("%s key %q given twice, expected each key once", f.name, k.name)
+				}
+				inner[k.name] = true
+			}
+		}
+	}
+	return nil
+}
+
+var jobLineFieldNames = strings.Split(jobLineFields, ", ")
+
+type jsonMember struct {
+	name  string
+	value json.RawMessage
+}
+
+// objectKeys returns the members of a JSON object in order, duplicates kept.
+func objectKeys(obj []byte) ([]jsonMember, error) {
+	dec := json.NewDecoder(bytes.NewReader(obj))
+	if _, err := dec.Token(); err != nil {
+		return nil, jobLineError(err)
+	}
+	var out []jsonMember
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, jobLineError(err)
+		}
+		name, _ := t.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, jobLineError(err)
+		}
+		out = append(out, jsonMember{name: name, value: v})
+	}
+	return out, nil
 }
 
 // jobLineError says what encoding/json found wrong, without Go's type names.

@@ -463,7 +463,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"submit", "--file", file("{\"type\":\"a\",\"key\":\"\xff\xfe\"}\n")}, 2, "line 1: not valid UTF-8, expected UTF-8 text"},
 		{[]string{"submit", "--file", file(`{"type":"a","delay":"-1s"}`)}, 2, `line 1: delay "-1s" is negative`},
 		{[]string{"submit", "--file", file(`{"type":"a","tags":{"os":1}}`)}, 2, `line 1: a tags value is a JSON number, expected a string`},
-		{[]string{"submit", "--file", file("{\"type\":\"a\"}\n\n\n{\"type\":\"a\",\"tags\":{\"a.b\":\"x\"}}\n")}, 2, "f line 4: invalid input: tag key"},
+		{[]string{"submit", "--file", file("{\"type\":\"a\"}\n\n\n{\"type\":\"a\",\"tags\":{\"a.b\":\"x\"}}\n")}, 2, "f line 4: tag key"},
 		{[]string{"purge", "--older-than", "1h", "--state", "pending"}, 2, "only finished jobs are purged"},
 		{[]string{"cancel", "--type", "t", "01a20000-0000-7000-8000-000000000000"}, 2, "a cancel by ID takes none"},
 		{[]string{"watch", "--limit", "5"}, 2, "unknown flag --limit; -h lists the flags"},
@@ -476,7 +476,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"submit", "--type", "t", "--max-attempts", "0x3"}, 2, `--max-attempts "0x3", expected a whole number`},
 		{[]string{"submit", "--type", "t", "--payload-file", "/dev/zero"}, 2, "payload too large"},
 		{[]string{"submit", "--file", "/dev/zero"}, 2, "line 1 is over 4194304 bytes"},
-		{[]string{"submit", "--file", file("\ufeff{\"type\":\"a\",\"priority\":12}\n")}, 2, "f line 1: invalid input: priority 12"},
+		{[]string{"submit", "--file", file("\ufeff{\"type\":\"a\",\"priority\":12}\n")}, 2, "f line 1: priority 12"},
 		{[]string{"ls", "--server", "nats://127.0.0.1:99999"}, 2, "expected a port of 1-65535"},
 		{[]string{"ls", "--server", ""}, 2, "--server is empty"},
 		{[]string{"server", "--retain", "0s"}, 2, "--retain 0s, expected a duration of at least 1s"},
@@ -1036,6 +1036,34 @@ func TestReplicasOverAnUnreplicatedDeploymentSaysWhatToDelete(t *testing.T) {
 	st, err := js.Stream(ctx, events.StreamDefault)
 	require.NoError(t, err)
 	require.Equal(t, 1, st.CachedInfo().Config.Replicas, "nothing changed")
+}
+
+// TestSubmitFileChecksEveryJobAgainstTheServersMessageLimit: a --file whose
+// one job's event is over the NATS server's max_payload (under jetjob's own
+// payload limit) is refused whole, as that job alone is; before, the other
+// lines were stored.
+func TestSubmitFileChecksEveryJobAgainstTheServersMessageLimit(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.StartStock(t, func(o *nserver.Options) { o.MaxPayload = 128 << 10 })
+	cmd := exec.Command(binary, "server", "--nats", env.URL)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		_, err := projector.NewReader(ctx, env.JS)
+		return err == nil
+	}, "server up: %s", &out)
+
+	file := filepath.Join(t.TempDir(), "jobs.ndjson")
+	big := `{"type":"fit","payload":"` + strings.Repeat("p", 200<<10) + `"}`
+	require.NoError(t, os.WriteFile(file, []byte(`{"type":"fit"}`+"\n"+big+"\n"+`{"type":"fit"}`+"\n"), 0o644))
+	r := runCLI(t, env.URL, "submit", "--file", file)
+	require.Equal(t, exitUsage, r.code, r.stderr)
+	require.Contains(t, r.stderr, "line 2: payload too large")
+	require.Contains(t, r.stderr, "nothing was submitted")
+	require.Equal(t, 1, strings.Count(r.stderr, "\n"), "one line: %s", r.stderr)
+	require.Equal(t, "[]", strings.TrimSpace(runCLI(t, env.URL, "ls", "--type", "fit", "-o", "json").ok(t)), "nothing stored")
 }
 
 // TestGetShowsAResultTheViewLeftOut: a result that fits in its event but

@@ -76,12 +76,41 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"get", strings.Repeat("a", 10_000)}, `invalid job ID "` + strings.Repeat("a", 64) + `"… (10000 bytes): expected 1-64 letters`},
 		{[]string{"server", "--purge-every", "999999999h"}, `--purge-every "999999999h" is too long`},
 		{[]string{"submit", "--type", "a", "--payload", "\"\xff\""}, `--payload is not valid JSON (UTF-8 text)`},
+		{[]string{"submit", "--type", "a", "--key", ""}, `--key is empty, expected a key, or no --key for a job without one`},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(tc.args, &stdout, &stderr)
 		require.Equal(t, exitUsage, code, "%v: %s", tc.args, stderr.String())
 		require.Contains(t, stderr.String(), tc.want, "%v", tc.args)
 		require.Equal(t, 1, strings.Count(stderr.String(), "\n"), "one line")
+	}
+}
+
+// A --file line that encoding/json would read by silently keeping one of
+// two values, or a field in another case, is refused, as an unknown field
+// is.
+func TestJobLinesNameEachFieldOnceInItsOwnCase(t *testing.T) {
+	for _, tc := range []struct {
+		line, want string
+	}{
+		{`{"type":"a","Type":"b"}`, `field "Type", expected "type": field names are lower case`},
+		{`{"TYPE":"a"}`, `field "TYPE", expected "type": field names are lower case`},
+		{`{"type":"a","type":"b"}`, `field "type" given twice, expected each field once`},
+		{`{"type":"a","priority":1,"priority":2}`, `field "priority" given twice`},
+		{`{"type":"a","tags":{"k":"1","k":"2"}}`, `tags key "k" given twice, expected each key once`},
+		{`{"type":"a","meta":{"k":"1","k":"1"}}`, `meta key "k" given twice`},
+		{`{"type":"a","key":""}`, `key is empty, expected a key, or no key field for a job without one`},
+	} {
+		_, err := parseJobLine([]byte(tc.line))
+		require.ErrorContains(t, err, tc.want, tc.line)
+	}
+	for _, line := range []string{
+		`{"type":"a","tags":{"k":"1","K":"2"},"meta":{"k":"1"}}`,
+		`{"type":"a","payload":{"type":"x","type":"y"},"key":"k"}`, // the payload is the caller's
+		`{"type":"a","tags":null}`,
+	} {
+		_, err := parseJobLine([]byte(line))
+		require.NoError(t, err, line)
 	}
 }
 
