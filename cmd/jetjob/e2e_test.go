@@ -1038,12 +1038,10 @@ func TestReplicasOverAnUnreplicatedDeploymentSaysWhatToDelete(t *testing.T) {
 	require.Equal(t, 1, st.CachedInfo().Config.Replicas, "nothing changed")
 }
 
-// TestSubmitFileChecksEveryJobAgainstTheServersMessageLimit: a --file whose
-// one job's event is over the NATS server's max_payload (under jetjob's own
-// payload limit) is refused whole, as that job alone is; before, the other
-// lines were stored.
-func TestSubmitFileChecksEveryJobAgainstTheServersMessageLimit(t *testing.T) {
-	ctx := context.Background()
+// startServerOnSmallMessages starts a jetjob server on a stock NATS server
+// that takes messages of at most 128 KiB.
+func startServerOnSmallMessages(t *testing.T) *natstest.Env {
+	t.Helper()
 	env := natstest.StartStock(t, func(o *nserver.Options) { o.MaxPayload = 128 << 10 })
 	cmd := exec.Command(binary, "server", "--nats", env.URL)
 	var out bytes.Buffer
@@ -1051,9 +1049,18 @@ func TestSubmitFileChecksEveryJobAgainstTheServersMessageLimit(t *testing.T) {
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	natstest.Eventually(t, 30*time.Second, func() bool {
-		_, err := projector.NewReader(ctx, env.JS)
+		_, err := projector.NewReader(context.Background(), env.JS)
 		return err == nil
 	}, "server up: %s", &out)
+	return env
+}
+
+// TestSubmitFileChecksEveryJobAgainstTheServersMessageLimit: a --file whose
+// one job's event is over the NATS server's max_payload (under jetjob's own
+// payload limit) is refused whole, as that job alone is; before, the other
+// lines were stored.
+func TestSubmitFileChecksEveryJobAgainstTheServersMessageLimit(t *testing.T) {
+	env := startServerOnSmallMessages(t)
 
 	file := filepath.Join(t.TempDir(), "jobs.ndjson")
 	big := `{"type":"fit","payload":"` + strings.Repeat("p", 200<<10) + `"}`
@@ -1071,16 +1078,7 @@ func TestSubmitFileChecksEveryJobAgainstTheServersMessageLimit(t *testing.T) {
 // view, and get reads it from the history.
 func TestGetShowsAResultTheViewLeftOut(t *testing.T) {
 	ctx := context.Background()
-	env := natstest.StartStock(t, func(o *nserver.Options) { o.MaxPayload = 128 << 10 })
-	cmd := exec.Command(binary, "server", "--nats", env.URL)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	natstest.Eventually(t, 30*time.Second, func() bool {
-		_, err := projector.NewReader(ctx, env.JS)
-		return err == nil
-	}, "server up: %s", &out)
+	env := startServerOnSmallMessages(t)
 
 	lg, err := events.Open(ctx, env.JS, events.Config{})
 	require.NoError(t, err)
