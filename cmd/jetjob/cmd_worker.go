@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -119,7 +122,29 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 		logger.Warn(fmt.Sprintf("--grace %s is longer than half the server's hang-after (%s): a command that ignores SIGTERM may still run when its attempt is failed as hung and retried elsewhere", g, hang))
 	}
 	<-ctx.Done()
-	stopCtx, cancel := context.WithTimeout(context.Background(), g+5*time.Second)
+	// The stop waits the grace for running commands to finish, then stops
+	// them: SIGTERM, and SIGKILL a grace later. It must outlast both, with
+	// time to hand the jobs back after, or a command that ignores SIGTERM
+	// leaves its job running until the hang detector fails it, an attempt
+	// spent.
+	stopFor := 2*g + shutdownReserve
+	stopCtx, cancel := context.WithTimeout(context.Background(), stopFor)
 	defer cancel()
+	logger.Info(fmt.Sprintf("stopping: no more jobs are taken; running commands get %s to finish, then SIGTERM, then SIGKILL %s later, and their jobs are handed back; a second Ctrl-C stops at once", g, g))
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
+	go func() {
+		select {
+		case <-again:
+			logger.Warn("stopping at once: running commands are sent SIGTERM now; a job not handed back within a few seconds is failed as hung after the server's hang-after")
+			cancel()
+		case <-stopCtx.Done():
+		}
+	}()
 	return pool.Stop(stopCtx)
 }
+
+// shutdownReserve is the time a stopping worker keeps, past its commands'
+// grace and SIGKILL, for handing their jobs back.
+const shutdownReserve = 5 * time.Second

@@ -909,6 +909,31 @@ while :; do sleep 0.05; done
 	require.Equal(t, "hung", v.Errors[0].Code)
 }
 
+// A stopped worker gives a command that ignores SIGTERM its grace, then
+// SIGTERM, then SIGKILL a grace later, and hands its job back. Before, with
+// a grace over about 7 s, the worker gave up before the SIGKILL and left the
+// job running, to be failed as hung and lose an attempt.
+func TestAStoppedWorkerHandsBackTheJobOfACommandThatIgnoresSIGTERM(t *testing.T) {
+	s := startServerProc(t)
+	script := filepath.Join(t.TempDir(), "stubborn.sh")
+	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\ntrap '' TERM\necho started\nwhile :; do sleep 0.05; done\n"), 0o755))
+	cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "stubborn", "--grace", "6s", "--", script)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	id := s.jetjob("submit", "--type", "stubborn", "--max-attempts", "1").ok(t)
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		return strings.Contains(s.jetjob("logs", id).stdout, "started")
+	}, "the command started: %s", &out)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, cmd.Wait(), "worker output: %s", out.String())
+	require.Contains(t, out.String(), "running commands get 6s to finish")
+	v := waitView(t, s, id, func(v projector.View) bool { return v.State != "running" }, "handed back")
+	require.Equal(t, statemachine.StatePending, v.State, "handed back without using up its one attempt")
+	require.Equal(t, 0, v.Attempt)
+}
+
 // A worker whose --grace cannot fit in the half hang-after left after it
 // stops a cut-off command says so.
 func TestWorkerWarnsOfAGraceLongerThanHalfTheHangAfter(t *testing.T) {
