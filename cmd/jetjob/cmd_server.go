@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -108,12 +109,20 @@ func checkEmbedded(o *server.Options) error {
 	if err := os.MkdirAll(o.DataDir, 0o755); err != nil {
 		return usageErr("--data %s: cannot create the data directory: %v", o.DataDir, err)
 	}
-	probe, err := os.CreateTemp(o.DataDir, ".write-check-*")
-	if err != nil {
-		return usageErr("--data %s: cannot write in the data directory: %v", o.DataDir, err)
+	// The embedded NATS writes in jetstream/ below it: one not writable (made
+	// by another user) failed only after the start timeout, said as a
+	// server not ready.
+	for _, dir := range []string{o.DataDir, filepath.Join(o.DataDir, "jetstream")} {
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		probe, err := os.CreateTemp(dir, ".write-check-*")
+		if err != nil {
+			return usageErr("--data %s: cannot write in %s: %v", o.DataDir, dir, err)
+		}
+		_ = probe.Close()
+		_ = os.Remove(probe.Name())
 	}
-	_ = probe.Close()
-	_ = os.Remove(probe.Name())
 	return nil
 }
 

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -112,6 +114,19 @@ func TestJobLinesNameEachFieldOnceInItsOwnCase(t *testing.T) {
 		_, err := parseJobLine([]byte(line))
 		require.NoError(t, err, line)
 	}
+}
+
+// A data directory whose jetstream/ the embedded NATS cannot write in is
+// refused at once, as the data directory itself is; before, the start
+// waited 10 s and said the server was not ready.
+func TestAServerRefusesADataDirectoryItsNATSCannotWriteIn(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "jetstream"), nil, 0o644)) // a file where its directory goes
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"server", "--data", dir, "--listen", "127.0.0.1:0"}, &stdout, &stderr)
+	require.Equal(t, exitUsage, code, stderr.String())
+	require.Contains(t, stderr.String(), "cannot write in "+filepath.Join(dir, "jetstream"))
+	require.Equal(t, 1, strings.Count(stderr.String(), "\n"), "one line")
 }
 
 func TestLogLinesShowControlCharactersEscaped(t *testing.T) {

@@ -12,7 +12,10 @@ import (
 // would otherwise go nowhere, since an embedded server writes no log of its
 // own. Its notices are mostly the start-up banner, so they are debug
 // lines, as are its debug lines; traces are dropped.
-type serverLog struct{ l *zap.Logger }
+type serverLog struct {
+	l     *zap.Logger
+	alarm *storageAlarm
+}
 
 func (s serverLog) Noticef(format string, v ...any) { s.at(zapcore.DebugLevel, format, v) }
 func (s serverLog) Warnf(format string, v ...any)   { s.at(zapcore.WarnLevel, format, v) }
@@ -28,6 +31,9 @@ func (s serverLog) Tracef(string, ...any)          {}
 // at formats a line only when its level is logged; the line is checked
 // again with its message, which a sampling logger groups lines by.
 func (s serverLog) at(level zapcore.Level, format string, v []any) {
+	if level >= zapcore.WarnLevel && s.alarm != nil {
+		s.alarm.heard(fmt.Sprintf(format, v...))
+	}
 	if !s.l.Core().Enabled(level) {
 		return
 	}

@@ -81,6 +81,7 @@ type Server struct {
 	dataDir      string
 	batchStaging string
 
+	alarm       *storageAlarm
 	mu          sync.Mutex
 	needsRepair bool
 	staging     []staged // removed at Shutdown
@@ -142,17 +143,20 @@ func Start(cfg Config) (*Server, error) {
 	before := stagedBefore(cfg.DataDir)
 	ns, err := server.NewServer(opts)
 	if err != nil {
-		unlock(false)
+		unlock(!diedBefore) // nothing ran: the mark stays as it was
 		return nil, fmt.Errorf("create nats server: %w", err)
 	}
-	if cfg.Logger != nil {
-		l := cfg.Logger.Named("nats-server")
-		ns.SetLoggerV2(serverLog{l}, l.Core().Enabled(zapcore.DebugLevel), false, false)
+	logger := cfg.Logger
+	if logger == nil {
+		logger = zap.NewNop()
 	}
+	alarm := &storageAlarm{logger: logger.Named("storage"), said: map[storageTrouble]time.Time{}}
+	l := logger.Named("nats-server")
+	ns.SetLoggerV2(serverLog{l: l, alarm: alarm}, l.Core().Enabled(zapcore.DebugLevel), false, false)
 	go ns.Start()
 	if !ns.ReadyForConnections(cfg.StartTimeout) {
 		ns.Shutdown()
-		unlock(false)
+		unlock(!diedBefore)
 		return nil, fmt.Errorf("nats server on %s not ready after %s", cfg.Listen, cfg.StartTimeout)
 	}
 	// Absolute: a staging directory names the link to it.
@@ -160,7 +164,7 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		dataDir = cfg.DataDir
 	}
-	srv := &Server{ns: ns, needsRepair: diedBefore, dataDir: dataDir, batchStaging: cfg.BatchStaging,
+	srv := &Server{ns: ns, alarm: alarm, needsRepair: diedBefore, dataDir: dataDir, batchStaging: cfg.BatchStaging,
 		staging: removeStaging(before, false)}
 	var once sync.Once
 	srv.unlock = func(stopped bool) { once.Do(func() { unlock(stopped) }) }
@@ -169,7 +173,9 @@ func Start(cfg Config) (*Server, error) {
 
 // NeedsRepair reports that the server that last used the data directory
 // died instead of shutting down, and what that leaves behind has not been
-// repaired since. nats-server records the removals its limits make (a
+// repaired since; or that a write to the data directory failed in this run
+// (a full disk), which may lose what nats-server acknowledged as a death
+// does, and is for the next start to repair. nats-server records the removals its limits make (a
 // key's older revisions in a bucket that keeps one) only in a snapshot of
 // its state, written every two minutes or so and when it shuts down, so a
 // key removed for good shortly before such a death can come back with an
@@ -177,7 +183,7 @@ func Start(cfg Config) (*Server, error) {
 func (s *Server) NeedsRepair() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.needsRepair
+	return s.needsRepair || s.alarm.writeFailed.Load()
 }
 
 // Repaired records that what a death left behind is repaired. Until then a
