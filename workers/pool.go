@@ -187,10 +187,12 @@ type Pool struct {
 	// through it.
 	recordBeat func(ctx context.Context, b events.Beat, after uint64) (uint64, error)
 	logs       *Logs
-	cfg        PoolConfig
-	handler    Handler
-	logger     *zap.Logger
-	types      map[string]bool
+	// Repeated failures said at a pace: see troubleLog.
+	acquireTrouble, lineTrouble *troubleLog
+	cfg                         PoolConfig
+	handler                     Handler
+	logger                      *zap.Logger
+	types                       map[string]bool
 
 	startMu sync.Mutex
 	mu      sync.Mutex
@@ -292,6 +294,8 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 		reporting: make(chan struct{}, cfg.Concurrency), claimWindow: claimWindowDefault,
 		wake: make(chan struct{}, 1), freed: make(chan struct{}, 1),
 		hangChanged: newBroadcast(), reconnected: newBroadcast()}
+	p.acquireTrouble = newTroubleLog(p.logger, "acquire failed; the job is offered again later")
+	p.lineTrouble = newTroubleLog(p.logger, "job log lines were not stored")
 	p.recordResult = p.report
 	p.recordBeat = func(ctx context.Context, b events.Beat, after uint64) (uint64, error) {
 		return p.hb.RecordAfter(ctx, b, after)
@@ -328,7 +332,15 @@ func (p *Pool) Start(ctx context.Context) error {
 	if p.hb, err = events.OpenHeartbeats(ctx, p.js); err != nil {
 		return err
 	}
-	if p.logs, err = AttachLogs(ctx, p.js); err != nil {
+	// Log lines are sent without waiting for their acks: the failures are
+	// heard here, or a job's lines went missing unsaid.
+	logJS, err := jetstream.New(p.nc, jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+		p.lineTrouble.add(err, zap.String("job", m.Subject[len(logPrefix):]))
+	}))
+	if err != nil {
+		return err
+	}
+	if p.logs, err = AttachLogs(ctx, logJS); err != nil {
 		return err
 	}
 	kv, err := p.js.KeyValue(ctx, TagsetsBucket)
@@ -1105,8 +1117,12 @@ func (p *Pool) take(ctx context.Context, q *poolQueue, msg jetstream.Msg) {
 		}
 		mine, ok := p.acquiredAnyway(jobID, snapshot.Version)
 		if !ok {
-			p.logger.Warn("acquire", zap.String("job", jobID), zap.Error(err))
-			_ = msg.NakWithDelay(time.Second)
+			p.acquireTrouble.add(err, zap.String("job", jobID))
+			// Offered again later each time it fails: a server that cannot
+			// write fails every acquire, and each pending job was fetched
+			// and refused every second.
+			delay := acquireRetryDelay(msg)
+			_ = msg.NakWithDelay(delay)
 			p.askAgainLater(q, time.Second+100*time.Millisecond) // no wake-up says it is back
 			return
 		}
@@ -1114,6 +1130,17 @@ func (p *Pool) take(ctx context.Context, q *poolQueue, msg jetstream.Msg) {
 	}
 	_ = msg.Ack()
 	p.run(held, slot)
+}
+
+// acquireRetryDelay is 1 s after a job's first failed acquire, doubling
+// with each delivery of its queue message to 10 s: no longer, since a job
+// offered again after an outage waits out its last delay.
+func acquireRetryDelay(msg jetstream.Msg) time.Duration {
+	delivered := uint64(1)
+	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 0 {
+		delivered = md.NumDelivered
+	}
+	return min(time.Second<<min(delivered-1, 4), 10*time.Second)
 }
 
 // acquireTimeout bounds an acquire, and the read that follows one whose
@@ -1219,7 +1246,7 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	p.reporting <- struct{}{}
 	defer func() { <-p.reporting }()
 	slot.free()
-	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	rctx, rcancel := context.WithTimeout(context.Background(), p.reportFor())
 	defer rcancel()
 	p.recordResult(rctx, held, context.Cause(ctx), err)
 }
@@ -1267,14 +1294,80 @@ func errorText(err error) (text string) {
 }
 
 func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err error) {
+	if errors.Is(cause, ErrLeaseLost) {
+		p.logger.Info("lost the job; its result is dropped", zap.String("job", held.ID))
+		return
+	}
+	// A result the server could not record (a full disk, a server
+	// restarting, an election past the log's own wait) is tried again:
+	// dropped, the attempt would be failed as hung and the job run again,
+	// its work done. A report is fenced by the lease, so a try that lands
+	// after the detector failed the attempt is refused, never recorded twice.
+	pause := reportRetryFirst
+	mayHaveLanded := false
+	for tries := 1; ; tries++ {
+		recorded, rerr := p.recordOnce(ctx, held, cause, err)
+		if rerr == nil {
+			p.passResult(recorded, err)
+			return
+		}
+		if mayHaveLanded && !reportWorthRetrying(rerr) {
+			// Refused now, perhaps because an earlier try, whose answer
+			// never came, was recorded.
+			if job, ok := p.reportLanded(held); ok {
+				p.passResult(job, err)
+				return
+			}
+		}
+		if errors.Is(rerr, statemachine.ErrLeaseLost) {
+			p.logger.Info("result refused: the attempt no longer holds the job", zap.String("job", held.ID), zap.Error(rerr))
+			return
+		}
+		if !reportWorthRetrying(rerr) || !pauseFor(ctx, jittered(pause)) {
+			p.logger.Warn("report result", zap.String("job", held.ID), zap.Int("tries", tries), zap.Error(rerr))
+			p.countUnrecorded()
+			return
+		}
+		if tries == 1 {
+			p.logger.Warn("report result; trying again until it is recorded", zap.String("job", held.ID), zap.Error(rerr))
+		}
+		mayHaveLanded = mayHaveLanded || errors.Is(rerr, statemachine.ErrOutcomeUnknown)
+		pause = min(2*pause, reportRetryMax)
+	}
+}
+
+// pauseFor waits d, or until ctx ends, and says whether it waited d.
+func pauseFor(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// Pauses between tries of a report.
+const (
+	reportRetryFirst = 100 * time.Millisecond
+	reportRetryMax   = 5 * time.Second
+)
+
+// reportFor bounds the tries of a report: half the hang-after from the
+// handler's return (about its last beat), before which the detector leaves
+// the attempt alone, and at least 30 s. A try after the detector failed the
+// attempt is refused, so the bound only spares tries that cannot land.
+func (p *Pool) reportFor() time.Duration { return max(30*time.Second, p.fenceAfter()) }
+
+// recordOnce records the attempt's end once, as the handler's return and
+// the cause of its context's end say.
+func (p *Pool) recordOnce(ctx context.Context, held statemachine.Job, cause, err error) (statemachine.Job, error) {
 	var (
 		recorded statemachine.Job
 		rerr     error
 	)
 	switch {
-	case errors.Is(cause, ErrLeaseLost):
-		p.logger.Info("lost the job; its result is dropped", zap.String("job", held.ID))
-		return
 	case errors.Is(cause, ErrCanceled):
 		recorded, rerr = p.m.AcknowledgeCancel(ctx, held)
 	case err == nil:
@@ -1306,16 +1399,37 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 	if errors.As(rerr, &illegal) && illegal.State == statemachine.StateCanceling {
 		recorded, rerr = p.m.AcknowledgeCancel(ctx, held)
 	}
-	if rerr != nil {
-		if errors.Is(rerr, statemachine.ErrLeaseLost) {
-			p.logger.Info("result refused: the attempt no longer holds the job", zap.String("job", held.ID), zap.Error(rerr))
-			return
-		}
-		p.logger.Warn("report result", zap.String("job", held.ID), zap.Error(rerr))
-		p.countUnrecorded()
-		return
+	return recorded, rerr
+}
+
+// reportWorthRetrying tells a refusal, which another try would meet again,
+// from a failure to reach or write to the log.
+func reportWorthRetrying(err error) bool {
+	var illegal *statemachine.IllegalTransitionError
+	switch {
+	case errors.Is(err, statemachine.ErrLeaseLost), errors.As(err, &illegal), errors.Is(err, events.ErrNotFound),
+		errors.Is(err, statemachine.ErrInvalid), errors.Is(err, events.ErrTooLarge), errors.Is(err, events.ErrInvalidJobID),
+		// A connection closed, or a log, stays so.
+		errors.Is(err, events.ErrNotSent), errors.Is(err, events.ErrClosed), errors.Is(err, nats.ErrConnectionClosed):
+		return false
 	}
-	p.passResult(recorded, err)
+	return true
+}
+
+// reportLanded reads whether this attempt's end was recorded: by this
+// worker, under its lease, and no longer running. The detector fails an
+// attempt under its lease too, once silent for the hang-after; with a
+// hang-after under 60 s a report may be tried that long, and OnResult then
+// gets the job as the detector left it.
+func (p *Pool) reportLanded(held statemachine.Job) (statemachine.Job, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), acquireTimeout)
+	defer cancel()
+	job, err := p.m.Load(ctx, held.ID)
+	if err != nil || job.Lease != held.Lease || job.WorkerID != p.cfg.WorkerID ||
+		job.State == statemachine.StateRunning || job.State == statemachine.StateCanceling {
+		return statemachine.Job{}, false
+	}
+	return job, true
 }
 
 func (p *Pool) passResult(recorded statemachine.Job, err error) {

@@ -20,7 +20,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natsserver"
@@ -34,6 +36,8 @@ type fixture struct {
 	log *events.Log
 	m   *statemachine.Machine
 	enq *Enqueuer
+	// proxiedLog configures the log of proxiedPool's pool.
+	proxiedLog events.Config
 }
 
 func newFixture(t *testing.T, startEnqueuer bool) *fixture {
@@ -1540,7 +1544,7 @@ func (f *fixture) proxiedPool(cfg PoolConfig, h Handler, before ...func(*Pool)) 
 	ctx := context.Background()
 	proxy := natstest.NewProxy(f.t, f.env.URL)
 	_, js := natstest.Connect(f.t, proxy.URL)
-	lg, err := events.Open(ctx, js, events.Config{})
+	lg, err := events.Open(ctx, js, f.proxiedLog)
 	require.NoError(f.t, err)
 	f.t.Cleanup(lg.Close)
 	m, err := statemachine.New(lg, statemachine.Config{})
@@ -1608,6 +1612,34 @@ func TestAHandlerCutOffFromTheServerIsStopped(t *testing.T) {
 			require.Contains(t, failed.Errors[0].Error, "no heartbeat acknowledged")
 		})
 	}
+}
+
+// A result the server could not record (the worker cut off as the handler
+// returned) is tried again until it is: before, it was dropped, and the job
+// stayed running until the detector failed it, to run again.
+func TestAResultTheServerCouldNotRecordIsTriedAgain(t *testing.T) {
+	f := newFixture(t, true)
+	f.proxiedLog.PublishTimeout = 300 * time.Millisecond // the report's first try fails sooner
+	started, finish := make(chan struct{}, 1), make(chan struct{})
+	var runs atomic.Int32
+	core, logs := observer.New(zapcore.InfoLevel)
+	proxy := f.proxiedPool(PoolConfig{Types: []string{"unrecorded"}}, func(ctx context.Context, j *Job) error {
+		runs.Add(1)
+		started <- struct{}{}
+		<-finish
+		return nil
+	}, func(p *Pool) { p.logger = zap.New(zapcore.NewTee(p.logger.Core(), core)) })
+	j := f.submit(statemachine.SubmitParams{Type: "unrecorded"})
+	<-started
+	proxy.Cut()
+	close(finish)
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		return logs.FilterMessageSnippet("report result; trying again").Len() > 0
+	}, "the report failed once")
+	proxy.Restore()
+	done := f.waitState(j.ID, statemachine.StateSucceeded)
+	require.Equal(t, 1, done.Attempt)
+	require.Equal(t, int32(1), runs.Load())
 }
 
 // A job queued while its pool is cut off from the server, whose slot frees
