@@ -645,6 +645,7 @@ func TestSubmitValidation(t *testing.T) {
 		{"type with a dot", SubmitParams{Type: "a.b"}, ErrInvalid, "type"},
 		{"type with a wildcard", SubmitParams{Type: "a*"}, ErrInvalid, "type"},
 		{"type too long", SubmitParams{Type: long}, ErrInvalid, "type"},
+		{"type far too long, shown cut", SubmitParams{Type: strings.Repeat("é", 5000)}, ErrInvalid, `type "` + strings.Repeat("é", 32) + `"… (10000 bytes), expected`},
 		{"tag key with a space", SubmitParams{Type: "t", Tags: map[string]string{"bad key": "v"}}, ErrInvalid, "tag key"},
 		{"tag key with a dot", SubmitParams{Type: "t", Tags: map[string]string{"a.b": "v"}}, ErrInvalid, "tag key"},
 		{"tag key with '>'", SubmitParams{Type: "t", Tags: map[string]string{"a>": "v"}}, ErrInvalid, "tag key"},

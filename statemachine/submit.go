@@ -3,6 +3,7 @@ package statemachine
 import (
 	"cmp"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -74,14 +75,28 @@ type BackoffConfig struct {
 // ValidateToken checks a name that becomes part of a subject.
 func ValidateToken(what, s string) error {
 	if s == "" || len(s) > maxTagLen {
-		return fmt.Errorf("%w: %s %q, expected 1-%d letters, digits, '-' or '_'", ErrInvalid, what, s, maxTagLen)
+		return fmt.Errorf("%w: %s %s, expected 1-%d letters, digits, '-' or '_'", ErrInvalid, what, quoteShort(s), maxTagLen)
 	}
 	for _, r := range s {
 		if !(r == '-' || r == '_' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')) {
-			return fmt.Errorf("%w: %s %q, expected 1-%d letters, digits, '-' or '_'", ErrInvalid, what, s, maxTagLen)
+			return fmt.Errorf("%w: %s %s, expected 1-%d letters, digits, '-' or '_'", ErrInvalid, what, quoteShort(s), maxTagLen)
 		}
 	}
 	return nil
+}
+
+// quoteShort quotes s for an error line, its first 64 bytes and its length
+// when longer: a line that echoed a 10,000-byte name was no longer a line.
+func quoteShort(s string) string {
+	const shown = 64
+	if len(s) <= shown {
+		return strconv.Quote(s)
+	}
+	cut := shown
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%q… (%d bytes)", s[:cut], len(s))
 }
 
 // ValidateLabels checks tags or metadata: keys are tokens; values are at most

@@ -279,6 +279,11 @@ func parseRunAt(runAt, delay string) (*time.Time, error) {
 			return nil, err
 		}
 		t := time.Now().Add(d)
+		if !t.Before(statemachine.RunAtLimit) {
+			// Said as the flag given, not as the run-at it makes.
+			return nil, usageErr("--delay %s runs the job after %s, expected a shorter delay: NATS timers hold no later time",
+				delay, statemachine.RunAtLimit.Format("2006-01-02"))
+		}
 		return &t, nil
 	}
 	return nil, nil
@@ -471,6 +476,9 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 			return p, fmt.Errorf("delay %q is negative, expected a duration of 0 or more such as 30s or 5m", jl.Delay)
 		}
 		t := time.Now().Add(d)
+		if !t.Before(statemachine.RunAtLimit) {
+			return p, fmt.Errorf("delay %q runs the job after %s, expected a shorter delay: NATS timers hold no later time", jl.Delay, statemachine.RunAtLimit.Format("2006-01-02"))
+		}
 		p.RunAt = &t
 	}
 	for _, b := range []struct {
@@ -524,6 +532,10 @@ func checkJobLineNames(line []byte) error {
 			for _, k := range keys {
 				if inner[k.name] {
 					return fmt.Errorf("%s key %q given twice, expected each key once", f.name, k.name)
+				}
+				if string(k.value) == "null" {
+					// encoding/json would store it as "".
+					return fmt.Errorf("%s key %q is null, expected a string", f.name, k.name)
 				}
 				inner[k.name] = true
 			}

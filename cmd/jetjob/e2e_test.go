@@ -468,7 +468,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"cancel", "--type", "t", "01a20000-0000-7000-8000-000000000000"}, 2, "a cancel by ID takes none"},
 		{[]string{"watch", "--limit", "5"}, 2, "unknown flag --limit; -h lists the flags"},
 		{[]string{"submit", "--type", "t", "--run-at", "2300-01-01T00:00:00Z"}, 2, "expected a time before 2262"},
-		{[]string{"submit", "--type", "t", "--delay", "2562047h"}, 2, "expected a time before 2262"},
+		{[]string{"submit", "--type", "t", "--delay", "2562047h"}, 2, "runs the job after 2262-01-01, expected a shorter delay"},
 		{[]string{"submit", "--type", "t", "--backoff-cap", "100000h"}, 2, "backoff of 100000h0m0s, expected at most 8760h"},
 		{[]string{"submit", "--type", "t", "--tag", "gpu=true,region=eu"}, 2, "one k=v per tag"},
 		{[]string{"submit", "--type", "t", "--meta", "k=\xff"}, 2, "not valid UTF-8"},

@@ -79,6 +79,7 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"server", "--purge-every", "999999999h"}, `--purge-every "999999999h" is too long`},
 		{[]string{"submit", "--type", "a", "--payload", "\"\xff\""}, `--payload is not valid JSON (UTF-8 text)`},
 		{[]string{"submit", "--type", "a", "--key", ""}, `--key is empty, expected a key, or no --key for a job without one`},
+		{[]string{"submit", "--type", "a", "--delay", "2500000h"}, `--delay 2500000h runs the job after 2262-01-01, expected a shorter delay`},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(tc.args, &stdout, &stderr)
@@ -102,6 +103,7 @@ func TestJobLinesNameEachFieldOnceInItsOwnCase(t *testing.T) {
 		{`{"type":"a","tags":{"k":"1","k":"2"}}`, `tags key "k" given twice, expected each key once`},
 		{`{"type":"a","meta":{"k":"1","k":"1"}}`, `meta key "k" given twice`},
 		{`{"type":"a","key":""}`, `key is empty, expected a key, or no key field for a job without one`},
+		{`{"type":"a","tags":{"gpu":null}}`, `tags key "gpu" is null, expected a string`},
 	} {
 		_, err := parseJobLine([]byte(tc.line))
 		require.ErrorContains(t, err, tc.want, tc.line)
