@@ -37,17 +37,29 @@ type Beat struct {
 	StoredAt time.Time `json:"-"`
 }
 
-// Sent is the time a silence is counted from: the later of the worker's
-// clock and the server's. A worker whose clock lags stamps its beats in the
-// past, and judged by them alone a live attempt looks silent; one whose
-// clock runs ahead makes a silence look shorter, and its detection late by
-// as much, which runs nothing twice.
+// Sent is the time a silence is counted from: the worker's clock, kept
+// within what the server's allows. A beat is sent before it is stored, so
+// a time past its storing is the worker's clock running ahead: taken as it
+// was, a day ahead would have a dead attempt failed a day late, so it is
+// taken at most BeatAheadLimit past. A time before its storing may be the
+// worker's clock lagging, and judged by it a live attempt looks silent: the
+// storing counts then.
 func (b Beat) Sent() time.Time {
+	if b.StoredAt.IsZero() {
+		return b.At // not read from the server
+	}
+	if b.At.After(b.StoredAt.Add(BeatAheadLimit)) {
+		return b.StoredAt.Add(BeatAheadLimit)
+	}
 	if b.StoredAt.After(b.At) {
 		return b.StoredAt
 	}
 	return b.At
 }
+
+// BeatAheadLimit is how far past its storing a beat's own time counts: how
+// late a worker whose clock runs ahead can have its hung attempts found.
+const BeatAheadLimit = time.Minute
 
 // Heartbeats records and reads the last beat of each running job.
 type Heartbeats struct {

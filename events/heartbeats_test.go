@@ -157,3 +157,23 @@ func TestAServerStartingPublishesItsHangAfterIfNoneIs(t *testing.T) {
 	stop()
 	require.Equal(t, 3*time.Second, told)
 }
+
+// A beat counts from the worker's time, held to the server's: not before
+// the server stored it (a lagging clock), nor more than BeatAheadLimit past
+// (a clock running ahead).
+func TestABeatCountsFromTheWorkersTimeHeldToTheServers(t *testing.T) {
+	stored := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name     string
+		at, want time.Time
+		storedAt time.Time
+	}{
+		{"in step", stored.Add(-time.Millisecond), stored, stored},
+		{"lagging", stored.Add(-10 * time.Minute), stored, stored},
+		{"a little ahead", stored.Add(30 * time.Second), stored.Add(30 * time.Second), stored},
+		{"a day ahead", stored.Add(24 * time.Hour), stored.Add(events.BeatAheadLimit), stored},
+		{"not read from a server", stored, stored, time.Time{}},
+	} {
+		require.Equal(t, tc.want, events.Beat{At: tc.at, StoredAt: tc.storedAt}.Sent(), tc.name)
+	}
+}

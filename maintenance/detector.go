@@ -261,9 +261,10 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 			continue
 		}
 		asked := *job.CancelRequestedAt
-		if now.Sub(asked) >= d.cfg.CancelGrace {
-			// The request's time is its writer's clock, which may lag.
-			if asked, err = d.storedSince(ctx, job.ID, asked); err != nil {
+		if now.Sub(asked) >= d.cfg.CancelGrace || asked.After(now.Add(events.BeatAheadLimit)) {
+			// The request's time is its writer's clock, which may lag or
+			// run ahead.
+			if asked, err = d.heldToServer(ctx, job.ID, asked); err != nil {
 				continue
 			}
 		}
@@ -290,10 +291,19 @@ type watchedJob struct {
 
 // lastSign returns the later of since and the attempt's last heartbeat;
 // and once that is hangAfter before now, the later still of it and the time
-// the server stored the job's last event. Since is the event's own time, by
-// its writer's clock: a worker whose clock lags would otherwise have an
-// attempt it just began look silent, before its first beat.
+// the server stored the job's last event. Since is the view's time, by its
+// writers' clocks (and its updated_at follows the worker's beats): a worker
+// whose clock lags would otherwise have an attempt it just began look
+// silent, before its first beat; one whose clock runs ahead, a time in the
+// future, is held to BeatAheadLimit past the server's storing of the job's
+// last event, or a dead attempt would be failed that much late.
 func (d *Detector) lastSign(ctx context.Context, v projector.View, since, now time.Time, hangAfter time.Duration) (time.Time, error) {
+	if since.After(now.Add(events.BeatAheadLimit)) {
+		var err error
+		if since, err = d.heldToServer(ctx, v.ID, since); err != nil {
+			return since, err
+		}
+	}
 	beat, ok, err := d.hb.Last(ctx, v.ID)
 	if err != nil {
 		d.logger.Warn("read heartbeat", zap.String("job", v.ID), zap.Error(err))
@@ -305,21 +315,27 @@ func (d *Detector) lastSign(ctx context.Context, v projector.View, since, now ti
 	if now.Sub(since) < hangAfter {
 		return since, nil
 	}
-	return d.storedSince(ctx, v.ID, since)
+	return d.heldToServer(ctx, v.ID, since)
 }
 
-// storedSince returns the later of since, a time by a writer's clock, and
-// when the server stored the job's last event.
-func (d *Detector) storedSince(ctx context.Context, jobID string, since time.Time) (time.Time, error) {
+// heldToServer returns t, a time a writer's clock stamped on the job's last
+// event, held to the server's clock: not before the server stored the
+// event, nor more than BeatAheadLimit after.
+func (d *Detector) heldToServer(ctx context.Context, jobID string, t time.Time) (time.Time, error) {
 	stored, err := d.m.Log().LastStoredAt(ctx, jobID)
 	if err != nil {
 		d.logger.Warn("read when the last event was stored", zap.String("job", jobID), zap.Error(err))
-		return since, err
+		return t, err
 	}
-	if stored.After(since) {
+	switch {
+	case stored.IsZero():
+		return t, nil
+	case stored.After(t):
 		return stored, nil
+	case t.After(stored.Add(events.BeatAheadLimit)):
+		return stored.Add(events.BeatAheadLimit), nil
 	}
-	return since, nil
+	return t, nil
 }
 
 // recheck is a pass between two listings of every view: it fails the

@@ -78,10 +78,15 @@ func (f *fixture) projected(jobs ...statemachine.Job) {
 
 func (f *fixture) detector(id string, now func() time.Time) *Detector {
 	f.t.Helper()
+	return f.detectorWith(id, now, time.Minute)
+}
+
+func (f *fixture) detectorWith(id string, now func() time.Time, hangAfter time.Duration) *Detector {
+	f.t.Helper()
 	lead, err := NewLeadership(context.Background(), f.env.JS, "detector", id, 2*time.Second)
 	require.NoError(f.t, err)
 	d, err := NewDetector(f.reader, f.m, f.hb, f.logs, lead, DetectorConfig{
-		HangAfter: time.Minute, CancelGrace: time.Minute, Now: now, MaxPerPass: 10})
+		HangAfter: hangAfter, CancelGrace: time.Minute, Now: now, MaxPerPass: 10})
 	require.NoError(f.t, err)
 	return d
 }
@@ -107,11 +112,14 @@ func TestDetectorFailsHungAttemptsAndFencesThem(t *testing.T) {
 	alive := f.submit(statemachine.SubmitParams{Type: "t"})
 	heldAlive, err := f.m.Acquire(ctx, alive.ID, "live-worker")
 	require.NoError(t, err)
-	later := time.Now().Add(2 * time.Minute)
-	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: alive.ID, Lease: heldAlive.Lease, WorkerID: "live-worker", At: later.Add(-10 * time.Second)}))
 	f.projected(heldSilent, heldAlive)
+	// Both silent past a hang-after of 200 ms, then one beats: beats are
+	// judged by when the server stored them, so the clock cannot be faked.
+	beganBefore := time.Now()
+	natstest.Eventually(t, 5*time.Second, func() bool { return time.Since(beganBefore) > 300*time.Millisecond }, "silent past the hang-after")
+	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: alive.ID, Lease: heldAlive.Lease, WorkerID: "live-worker", At: time.Now()}))
 
-	d := f.detector("s1", func() time.Time { return later })
+	d := f.detectorWith("s1", time.Now, 200*time.Millisecond)
 	res, err := d.runOnce(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []string{silent.ID}, res.Hung)
@@ -309,6 +317,38 @@ func TestDetectorJudgesSilenceByTheServersClockWhenAWritersLags(t *testing.T) {
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{beating.ID, starting.ID}, res.Hung)
 	require.Equal(t, []string{canceling.ID}, res.CancelsTerminated)
+}
+
+// A worker's beats are judged by when the server stored them whenever its
+// own clock says otherwise: one whose clock lags keeps its attempt past the
+// hang-after after its acquire by beating; one whose clock runs a day ahead,
+// gone silent, is found BeatAheadLimit late, not a day late.
+func TestAWorkersBeatsAreJudgedByTheServersClock(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	lagging := func() time.Time { return time.Now().Add(-10 * time.Minute) }
+	behind, err := statemachine.New(f.log, statemachine.Config{Now: lagging})
+	require.NoError(t, err)
+	slow := f.submit(statemachine.SubmitParams{Type: "t"})
+	heldSlow, err := behind.Acquire(ctx, slow.ID, "lagging-worker")
+	require.NoError(t, err)
+	fast := f.submit(statemachine.SubmitParams{Type: "t"})
+	heldFast, err := f.m.Acquire(ctx, fast.ID, "hurried-worker")
+	require.NoError(t, err)
+	f.projected(heldSlow, heldFast)
+	acquired := time.Now()
+	natstest.Eventually(t, 5*time.Second, func() bool { return time.Since(acquired) > 300*time.Millisecond }, "acquires older than the hang-after")
+	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: slow.ID, Lease: heldSlow.Lease, WorkerID: "lagging-worker", At: lagging()}))
+	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: fast.ID, Lease: heldFast.Lease, WorkerID: "hurried-worker", At: time.Now().Add(24 * time.Hour)}))
+
+	res, err := f.detectorWith("s1", time.Now, 200*time.Millisecond).runOnce(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Hung, "both beat just now by the server's clock")
+
+	aMinuteOn := func() time.Time { return time.Now().Add(events.BeatAheadLimit + time.Second) }
+	res, err = f.detectorWith("s2", aMinuteOn, 200*time.Millisecond).runOnce(ctx)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{slow.ID, fast.ID}, res.Hung)
 }
 
 func TestBulkCancelByTemplateVersion(t *testing.T) {
