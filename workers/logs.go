@@ -90,6 +90,8 @@ func (g *LineGaps) Before(l LogLine) int64 {
 type Logs struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
+	// lost hears a line appendAsync could not send; nil for none.
+	lost func(jobID string, err error)
 }
 
 // AttachLogs binds to the logs stream that EnsureTopology created.
@@ -125,7 +127,9 @@ func (l *Logs) Append(ctx context.Context, jobID string, line LogLine) error {
 // appendAsync stores a line without waiting, so a chatty job is not slowed
 // down by the round trip; lines of one job stay in order.
 func (l *Logs) appendAsync(jobID string, line LogLine) {
-	_, _ = l.js.PublishAsync(logSubject(jobID), encodeLine(line))
+	if _, err := l.js.PublishAsync(logSubject(jobID), encodeLine(line)); err != nil && l.lost != nil {
+		l.lost(jobID, err) // too many lines unacknowledged, or the connection closed
+	}
 }
 
 // Read returns a job's stored lines in order.

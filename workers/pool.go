@@ -189,10 +189,16 @@ type Pool struct {
 	logs       *Logs
 	// Repeated failures said at a pace: see troubleLog.
 	acquireTrouble, lineTrouble *troubleLog
-	cfg                         PoolConfig
-	handler                     Handler
-	logger                      *zap.Logger
-	types                       map[string]bool
+	// reportsCtx ends the tries of results not yet recorded when Stop's
+	// ctx ends.
+	reportsCtx context.Context
+	endReports context.CancelFunc
+	// logAckTimeout: see logAckTimeoutDefault.
+	logAckTimeout time.Duration
+	cfg           PoolConfig
+	handler       Handler
+	logger        *zap.Logger
+	types         map[string]bool
 
 	startMu sync.Mutex
 	mu      sync.Mutex
@@ -294,8 +300,10 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 		reporting: make(chan struct{}, cfg.Concurrency), claimWindow: claimWindowDefault,
 		wake: make(chan struct{}, 1), freed: make(chan struct{}, 1),
 		hangChanged: newBroadcast(), reconnected: newBroadcast()}
+	p.reportsCtx, p.endReports = context.WithCancel(context.Background())
+	p.logAckTimeout = logAckTimeoutDefault
 	p.acquireTrouble = newTroubleLog(p.logger, "acquire failed; the job is offered again later")
-	p.lineTrouble = newTroubleLog(p.logger, "job log lines were not stored")
+	p.lineTrouble = newTroubleLog(p.logger, "job log lines were not stored, or not acknowledged")
 	p.recordResult = p.report
 	p.recordBeat = func(ctx context.Context, b events.Beat, after uint64) (uint64, error) {
 		return p.hb.RecordAfter(ctx, b, after)
@@ -333,16 +341,20 @@ func (p *Pool) Start(ctx context.Context) error {
 		return err
 	}
 	// Log lines are sent without waiting for their acks: the failures are
-	// heard here, or a job's lines went missing unsaid.
-	logJS, err := jetstream.New(p.nc, jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
-		p.lineTrouble.add(err, zap.String("job", m.Subject[len(logPrefix):]))
-	}))
+	// heard here, or a job's lines went missing unsaid. A server whose disk
+	// is full does not answer, hence the timeout.
+	lineLost := func(jobID string, err error) { p.lineTrouble.add(err, zap.String("job", jobID)) }
+	logJS, err := jetstream.New(p.nc, jetstream.WithPublishAsyncTimeout(p.logAckTimeout),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			lineLost(m.Subject[len(logPrefix):], err)
+		}))
 	if err != nil {
 		return err
 	}
 	if p.logs, err = AttachLogs(ctx, logJS); err != nil {
 		return err
 	}
+	p.logs.lost = lineLost
 	kv, err := p.js.KeyValue(ctx, TagsetsBucket)
 	if err != nil {
 		return fmt.Errorf("bind tag sets: %w", err)
@@ -1132,6 +1144,10 @@ func (p *Pool) take(ctx context.Context, q *poolQueue, msg jetstream.Msg) {
 	p.run(held, slot)
 }
 
+// logAckTimeoutDefault is how long a job's log line waits for its ack
+// before it is said lost.
+const logAckTimeoutDefault = 10 * time.Second
+
 // acquireRetryDelay is 1 s after a job's first failed acquire, doubling
 // with each delivery of its queue message to 10 s: no longer, since a job
 // offered again after an outage waits out its last delay.
@@ -1227,11 +1243,18 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 			}
 		}()
 	}
+	// The attempt beats until its result is recorded, not only while its
+	// handler runs: a result the server cannot record yet is tried again,
+	// and its attempt must not look hung meanwhile.
+	beatCtx, stopBeats := context.WithCancel(context.Background())
 	watchDone := make(chan struct{})
-	go p.watchAttempt(ctx, held, cancel, watchDone)
+	defer func() {
+		stopBeats()
+		<-watchDone
+	}()
+	go p.watchAttempt(ctx, beatCtx, held, cancel, watchDone)
 	err := p.callHandler(ctx, job)
-	cancel(nil) // stops the watcher; a cause set before stays
-	<-watchDone
+	cancel(nil) // stops the cancel watch; a cause set before stays
 	p.mu.Lock()
 	delete(p.running, held.Lease)
 	p.mu.Unlock()
@@ -1246,7 +1269,7 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	p.reporting <- struct{}{}
 	defer func() { <-p.reporting }()
 	slot.free()
-	rctx, rcancel := context.WithTimeout(context.Background(), p.reportFor())
+	rctx, rcancel := context.WithTimeout(p.reportsCtx, reportRetryLimit)
 	defer rcancel()
 	p.recordResult(rctx, held, context.Cause(ctx), err)
 }
@@ -1323,7 +1346,7 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 			p.logger.Info("result refused: the attempt no longer holds the job", zap.String("job", held.ID), zap.Error(rerr))
 			return
 		}
-		if !reportWorthRetrying(rerr) || !pauseFor(ctx, jittered(pause)) {
+		if !reportWorthRetrying(rerr) || !p.pauseReport(ctx, jittered(pause)) {
 			p.logger.Warn("report result", zap.String("job", held.ID), zap.Int("tries", tries), zap.Error(rerr))
 			p.countUnrecorded()
 			return
@@ -1336,29 +1359,32 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 	}
 }
 
-// pauseFor waits d, or until ctx ends, and says whether it waited d.
-func pauseFor(ctx context.Context, d time.Duration) bool {
+// pauseReport waits d before a report's next try, less if the connection
+// is made again meanwhile (the server is back: the sooner the result is
+// recorded, the less its attempt can look hung); false if ctx ended.
+func (p *Pool) pauseReport(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
-		return true
+	case <-p.reconnected.wait():
 	case <-ctx.Done():
 		return false
 	}
+	return true
 }
 
 // Pauses between tries of a report.
 const (
 	reportRetryFirst = 100 * time.Millisecond
-	reportRetryMax   = 5 * time.Second
+	reportRetryMax   = time.Second
 )
 
-// reportFor bounds the tries of a report: half the hang-after from the
-// handler's return (about its last beat), before which the detector leaves
-// the attempt alone, and at least 30 s. A try after the detector failed the
-// attempt is refused, so the bound only spares tries that cannot land.
-func (p *Pool) reportFor() time.Duration { return max(30*time.Second, p.fenceAfter()) }
+// reportRetryLimit bounds the tries of a report (they end sooner when Stop's
+// ctx ends): long enough for an operator to free a full disk and restart
+// the server. The attempt beats meanwhile, and a try after the detector
+// failed it anyway is refused.
+const reportRetryLimit = 15 * time.Minute
 
 // recordOnce records the attempt's end once, as the handler's return and
 // the cause of its context's end say.
@@ -1467,13 +1493,15 @@ func (p *Pool) stopped() error {
 // the server's hang-after, the worker is cut off (or was paused): the
 // handler is canceled with ErrLostContact before the detector can fail the
 // attempt, so that its retry does not run beside it.
-func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel context.CancelCauseFunc, done chan<- struct{}) {
+func (p *Pool) watchAttempt(ctx, beatCtx context.Context, held statemachine.Job, cancel context.CancelCauseFunc, done chan<- struct{}) {
 	defer close(done)
 	// The detector counts silence from the acquire, just before this.
 	lastAck := time.Now()
 	fenced := func() bool {
 		silent, limit := time.Since(lastAck), p.fenceAfter()
-		if silent < limit {
+		if silent < limit || ctx.Err() != nil {
+			// Once the handler returned, there is none to stop; beats go
+			// on while its result is tried, for when the server is back.
 			return false
 		}
 		err := fmt.Errorf("%w: no heartbeat acknowledged for %s, and the server fails an attempt after %s without one",
@@ -1502,10 +1530,12 @@ func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel c
 	var after uint64
 	for {
 		select {
-		case <-ctx.Done():
+		case <-beatCtx.Done():
 			return
 		case <-watch.C:
-			go p.watchCancels(ctx, held, cancel)
+			if ctx.Err() == nil {
+				go p.watchCancels(ctx, held, cancel)
+			}
 		case <-hangChanged:
 			// Beat now at the new pace; a silence that the old pace
 			// allowed is not a lost contact.
@@ -1534,7 +1564,7 @@ func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel c
 				cancel(ErrLeaseLost)
 				return
 			case a.err != nil:
-				if ctx.Err() == nil {
+				if beatCtx.Err() == nil {
 					p.logger.Debug("heartbeat", zap.String("job", held.ID), zap.Error(a.err))
 				}
 			default:
@@ -1553,7 +1583,7 @@ func (p *Pool) watchAttempt(ctx context.Context, held statemachine.Job, cancel c
 			if !inFlight {
 				inFlight = true
 				abandonBeat = make(chan struct{})
-				go p.beat(ctx, held, after, abandonBeat, acks)
+				go p.beat(beatCtx, held, after, abandonBeat, acks)
 			}
 			nextBeat.Reset(p.beatEvery())
 		}
@@ -1832,10 +1862,12 @@ func (p *Pool) readNews(ctx context.Context, jobID string, from *uint64) ([]even
 // Stop stops acquiring, lets running handlers finish within ShutdownGrace,
 // then cancels them and hands their jobs back. With a deadline on ctx, the
 // handlers are canceled 2 s before it, so that the hand-backs land in time;
-// when ctx ends first, Stop waits up to 2 s more for them. A result or
-// hand-back that could not be recorded (the connection lost, say) makes it
-// return ErrNotRecorded. Safe to call twice; a pool stopped before it
-// started does not start.
+// when ctx ends first, Stop waits up to 2 s more for them. Results the
+// server cannot record yet are tried again until ctx ends (up to 15
+// minutes: a ctx with no deadline waits for them). A result or hand-back
+// that could not be recorded (the connection lost, say) makes it return
+// ErrNotRecorded. Safe to call twice; a pool stopped before it started
+// does not start.
 func (p *Pool) Stop(ctx context.Context) error {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()
@@ -1848,6 +1880,9 @@ func (p *Pool) Stop(ctx context.Context) error {
 	p.stopping = true
 	cancel, loopDone := p.cancel, p.loopDone
 	p.mu.Unlock()
+	// Counts of failures not yet said would go with the pool.
+	defer p.lineTrouble.sayMore()
+	defer p.acquireTrouble.sayMore()
 	cancel()
 	<-loopDone
 	p.passes.Wait()
@@ -1884,7 +1919,9 @@ func (p *Pool) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	// ctx ended first (with no deadline to plan for, or a handler slow to
-	// stop): a short while more for the hand-backs under way.
+	// stop): a short while more for the hand-backs under way, and results
+	// the server cannot record are tried no more.
+	p.endReports()
 	select {
 	case <-finished:
 	case <-time.After(handBackReserve):

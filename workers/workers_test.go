@@ -1549,7 +1549,9 @@ func (f *fixture) proxiedPool(cfg PoolConfig, h Handler, before ...func(*Pool)) 
 	f.t.Cleanup(lg.Close)
 	m, err := statemachine.New(lg, statemachine.Config{})
 	require.NoError(f.t, err)
-	cfg.Logger = zaptestLogger(f.t)
+	if cfg.Logger == nil {
+		cfg.Logger = zaptestLogger(f.t)
+	}
 	p, err := NewPool(js, m, cfg, h)
 	require.NoError(f.t, err)
 	for _, b := range before {
@@ -1622,13 +1624,13 @@ func TestAResultTheServerCouldNotRecordIsTriedAgain(t *testing.T) {
 	f.proxiedLog.PublishTimeout = 300 * time.Millisecond // the report's first try fails sooner
 	started, finish := make(chan struct{}, 1), make(chan struct{})
 	var runs atomic.Int32
-	core, logs := observer.New(zapcore.InfoLevel)
-	proxy := f.proxiedPool(PoolConfig{Types: []string{"unrecorded"}}, func(ctx context.Context, j *Job) error {
+	logger, logs := observedLogger(t)
+	proxy := f.proxiedPool(PoolConfig{Types: []string{"unrecorded"}, Logger: logger}, func(ctx context.Context, j *Job) error {
 		runs.Add(1)
 		started <- struct{}{}
 		<-finish
 		return nil
-	}, func(p *Pool) { p.logger = zap.New(zapcore.NewTee(p.logger.Core(), core)) })
+	})
 	j := f.submit(statemachine.SubmitParams{Type: "unrecorded"})
 	<-started
 	proxy.Cut()
@@ -1640,6 +1642,66 @@ func TestAResultTheServerCouldNotRecordIsTriedAgain(t *testing.T) {
 	done := f.waitState(j.ID, statemachine.StateSucceeded)
 	require.Equal(t, 1, done.Attempt)
 	require.Equal(t, int32(1), runs.Load())
+}
+
+// An attempt beats until its result is recorded, not only while its
+// handler runs: a result the server cannot record yet is tried again, and
+// before, its attempt went silent meanwhile, for the detector to fail.
+func TestAnAttemptBeatsUntilItsResultIsRecorded(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	f.publishHangAfter(600 * time.Millisecond) // a beat every 100 ms
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"held"}, Logger: zaptestLogger(t)}, noop)
+	require.NoError(t, err)
+	release, waiting := holdResults(p)
+	require.NoError(t, p.Start(ctx))
+	t.Cleanup(func() { release(); _ = p.Stop(ctx) })
+	j := f.submit(statemachine.SubmitParams{Type: "held"})
+	natstest.Eventually(t, 10*time.Second, func() bool { return waiting.Load() == 1 }, "the result held")
+	hb, err := events.OpenHeartbeats(ctx, f.env.JS)
+	require.NoError(t, err)
+	first, _, err := hb.Last(ctx, j.ID)
+	require.NoError(t, err)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		b, ok, err := hb.Last(ctx, j.ID)
+		return err == nil && ok && b.StoredAt.After(first.StoredAt)
+	}, "a beat after the handler returned")
+	release()
+	f.waitState(j.ID, statemachine.StateSucceeded)
+}
+
+// observedLogger logs to the test, and keeps the lines for it to read.
+func observedLogger(t *testing.T) (*zap.Logger, *observer.ObservedLogs) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	return zap.New(zapcore.NewTee(zaptestLogger(t).Core(), core)), logs
+}
+
+// Log lines the server never answers (its disk full, it stores nothing and
+// says nothing) are said in the worker's log once their acks are overdue.
+func TestLogLinesTheServerDoesNotAnswerAreSaid(t *testing.T) {
+	f := newFixture(t, true)
+	logger, logs := observedLogger(t)
+	started, logged := make(chan *Job, 1), make(chan struct{})
+	proxy := f.proxiedPool(PoolConfig{Types: []string{"unanswered"}, Logger: logger}, func(ctx context.Context, j *Job) error {
+		started <- j
+		<-logged
+		return nil
+	}, func(p *Pool) { p.logAckTimeout = 300 * time.Millisecond })
+	t.Cleanup(func() { // before the pool's Stop, which waits for the handler
+		select {
+		case <-logged:
+		default:
+			close(logged)
+		}
+	})
+	f.submit(statemachine.SubmitParams{Type: "unanswered"})
+	j := <-started
+	proxy.Stall()
+	j.Log("a line no one answers")
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		return logs.FilterMessage("job log lines were not stored, or not acknowledged").Len() > 0
+	}, "the unanswered line said")
+	proxy.Restore()
 }
 
 // A job queued while its pool is cut off from the server, whose slot frees
