@@ -17,6 +17,9 @@ type ledService struct {
 	done   chan struct{}
 }
 
+// failureSaidEvery spaces the lines of a failure repeated at every tick.
+const failureSaidEvery = 30 * time.Second
+
 // ledPass is one pass of a led service; fresh is true on the first pass
 // since this server took the leadership (another may have left its work
 // half done). It returns how long it spent reading what the server keeps
@@ -40,13 +43,15 @@ func (s *ledService) start(ctx context.Context, leader *Leadership, every time.D
 		defer close(s.done)
 		tick := time.NewTicker(min(every, leader.ttl/3))
 		defer tick.Stop()
-		var last time.Time
+		var last, leadershipSaid time.Time
 		pause := every
 		fresh := true
 		for {
 			lead, err := leader.TryLead(ctx)
-			if err != nil && ctx.Err() == nil {
+			// Said at a pace: a server that cannot write fails every try.
+			if err != nil && ctx.Err() == nil && time.Since(leadershipSaid) >= failureSaidEvery {
 				logger.Warn("leadership", zap.Error(err))
+				leadershipSaid = time.Now()
 			}
 			if !lead {
 				fresh = true

@@ -29,8 +29,16 @@ type Batching struct {
 	LingerAfter int
 }
 
-// retryPause spaces the retries of a failed batch.
-const retryPause = 200 * time.Millisecond
+// retryPause spaces the retries of a failed batch, doubling with each one
+// to retryPauseMax.
+const (
+	retryPause    = 200 * time.Millisecond
+	retryPauseMax = 2 * time.Second
+)
+
+// retrySaidEvery spaces the lines of a batch failing again and again (a
+// server that cannot write): each retry said flooded the log.
+const retrySaidEvery = 30 * time.Second
 
 // Loop runs until ctx ends, or until the consumer can no longer be consumed
 // (it was deleted): it blocks for the first message, takes whatever else has
@@ -120,7 +128,9 @@ func Loop(ctx context.Context, cons jetstream.Consumer, b Batching, logger *zap.
 			linger.Stop()
 		}
 		busy = b.Linger > 0 && len(batch) >= b.LingerAfter
-		for {
+		pause := retryPause
+		var saidAt time.Time
+		for failed := 0; ; failed++ {
 			err := process(ctx, batch)
 			if ctx.Err() != nil {
 				// Cut short: what it did not acknowledge goes back at once.
@@ -128,15 +138,22 @@ func Loop(ctx context.Context, cons jetstream.Consumer, b Batching, logger *zap.
 				return
 			}
 			if err == nil {
+				if failed > 0 && !saidAt.IsZero() {
+					logger.Info("a failed batch went through", zap.Int("tries", failed+1))
+				}
 				break
 			}
-			logger.Warn("batch failed; retrying it", zap.Error(err))
+			if time.Since(saidAt) >= retrySaidEvery {
+				logger.Warn("batch failed; retrying it", zap.Int("tries", failed+1), zap.Error(err))
+				saidAt = time.Now()
+			}
 			select {
 			case <-ctx.Done():
 				handBack(batch)
 				return
-			case <-time.After(retryPause):
+			case <-time.After(pause):
 			}
+			pause = min(2*pause, retryPauseMax)
 		}
 	}
 }

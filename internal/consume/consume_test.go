@@ -2,6 +2,7 @@ package consume
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
@@ -10,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/jetjob/jetjob/internal/natstest"
 )
@@ -189,4 +192,32 @@ func deliveredAgain(t *testing.T, cons jetstream.Consumer, n int, what string) {
 		}
 		return got == n
 	}, what)
+}
+
+// A batch failing again and again (a server that cannot write) is said
+// once, not at every retry, and once more when it goes through.
+func TestABatchFailingAgainIsSaidOnce(t *testing.T) {
+	ctx := context.Background()
+	env, cons := slowRedeliveryConsumer(t)
+	publish(t, env, 1)
+	core, logs := observer.New(zapcore.InfoLevel)
+	loopCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	tries, done := 0, make(chan struct{})
+	go Loop(loopCtx, cons, Batching{Max: 4}, zap.New(core), func(_ context.Context, batch []jetstream.Msg) error {
+		tries++
+		if tries < 4 {
+			return errors.New("insufficient resources")
+		}
+		for _, m := range batch {
+			_ = m.Ack()
+		}
+		close(done)
+		return nil
+	})
+	<-done
+	natstest.Eventually(t, 10*time.Second, func() bool { return logs.Len() == 2 }, "the failure and the recovery said")
+	require.Equal(t, "batch failed; retrying it", logs.All()[0].Message)
+	require.Equal(t, "a failed batch went through", logs.All()[1].Message)
+	require.Equal(t, int64(4), logs.All()[1].ContextMap()["tries"])
 }

@@ -3,10 +3,12 @@
 package natsserver
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,16 +79,18 @@ func (c *Config) validate() error {
 // Server is a running embedded nats-server.
 type Server struct {
 	ns           *server.Server
-	unlock       func(stopped bool)
+	unlock       func(mark string)
 	dataDir      string
 	batchStaging string
 
-	alarm       *storageAlarm
-	mu          sync.Mutex
-	needsRepair bool
-	staging     []staged // removed at Shutdown
-	restaging   chan struct{}
-	onDisk      []string // streams staging a batch on disk, to stage in memory
+	alarm *storageAlarm
+	mu    sync.Mutex
+	// repairWhy says what the last server on the data directory left to
+	// repair; "" for nothing.
+	repairWhy string
+	staging   []staged // removed at Shutdown
+	restaging chan struct{}
+	onDisk    []string // streams staging a batch on disk, to stage in memory
 }
 
 // Start starts the server and waits until it accepts clients.
@@ -113,7 +117,7 @@ func Start(cfg Config) (*Server, error) {
 		}
 		_ = l.Close()
 	}
-	unlock, diedBefore, err := lockDataDir(cfg.DataDir)
+	unlock, last, err := lockDataDir(cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +147,7 @@ func Start(cfg Config) (*Server, error) {
 	before := stagedBefore(cfg.DataDir)
 	ns, err := server.NewServer(opts)
 	if err != nil {
-		unlock(!diedBefore) // nothing ran: the mark stays as it was
+		unlock(cmp.Or(last, stoppedMark)) // nothing ran: the mark stays as it was
 		return nil, fmt.Errorf("create nats server: %w", err)
 	}
 	logger := cfg.Logger
@@ -156,7 +160,7 @@ func Start(cfg Config) (*Server, error) {
 	go ns.Start()
 	if !ns.ReadyForConnections(cfg.StartTimeout) {
 		ns.Shutdown()
-		unlock(!diedBefore)
+		unlock(cmp.Or(last, stoppedMark))
 		return nil, fmt.Errorf("nats server on %s not ready after %s", cfg.Listen, cfg.StartTimeout)
 	}
 	// Absolute: a staging directory names the link to it.
@@ -164,10 +168,18 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		dataDir = cfg.DataDir
 	}
-	srv := &Server{ns: ns, alarm: alarm, needsRepair: diedBefore, dataDir: dataDir, batchStaging: cfg.BatchStaging,
+	var repairWhy string
+	switch last {
+	case "", stoppedMark:
+	case writeFailedMark:
+		repairWhy = "the last server on this data directory failed to write to it (a full disk?)"
+	default:
+		repairWhy = "the last server on this data directory died instead of stopping"
+	}
+	srv := &Server{ns: ns, alarm: alarm, repairWhy: repairWhy, dataDir: dataDir, batchStaging: cfg.BatchStaging,
 		staging: removeStaging(before, false)}
 	var once sync.Once
-	srv.unlock = func(stopped bool) { once.Do(func() { unlock(stopped) }) }
+	srv.unlock = func(mark string) { once.Do(func() { unlock(mark) }) }
 	return srv, nil
 }
 
@@ -183,7 +195,18 @@ func Start(cfg Config) (*Server, error) {
 func (s *Server) NeedsRepair() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.needsRepair || s.alarm.writeFailed.Load()
+	return s.repairWhy != "" || s.alarm.writeFailed.Load()
+}
+
+// RepairReason says why the data directory needs repair, in words for a
+// log line; "" when it needs none.
+func (s *Server) RepairReason() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.repairWhy == "" && s.alarm.writeFailed.Load() {
+		return "a write to this data directory failed"
+	}
+	return s.repairWhy
 }
 
 // Repaired records that what a death left behind is repaired. Until then a
@@ -192,7 +215,7 @@ func (s *Server) NeedsRepair() bool {
 func (s *Server) Repaired() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.needsRepair = false
+	s.repairWhy = ""
 }
 
 // ClientURL is the URL clients connect to.
@@ -209,5 +232,18 @@ func (s *Server) Shutdown() {
 	}
 	s.staging = removeStaging(s.staging, true)
 	s.mu.Unlock()
-	s.unlock(!s.NeedsRepair())
+	s.unlock(s.lockMark())
+}
+
+// lockMark is what Shutdown leaves in the lock file for the next start.
+func (s *Server) lockMark() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.alarm.writeFailed.Load() || strings.Contains(s.repairWhy, "failed to write"):
+		return writeFailedMark
+	case s.repairWhy != "":
+		return "" // the process ID: a death, yet to repair
+	}
+	return stoppedMark
 }

@@ -46,6 +46,7 @@ func TestADeathIsRepairedOnce(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, lockFile), []byte("4242\n"), 0o644))
 	s = start()
 	require.True(t, s.NeedsRepair(), "after a death")
+	require.Equal(t, "the last server on this data directory died instead of stopping", s.RepairReason())
 	s.Shutdown() // before the repair
 	s = start()
 	require.True(t, s.NeedsRepair(), "a repair cut short is done again")

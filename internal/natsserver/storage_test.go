@@ -53,4 +53,5 @@ func TestAFailedWriteIsSaidAndRepairedAtTheNextStart(t *testing.T) {
 	require.NoError(t, err)
 	defer again.Shutdown()
 	require.True(t, again.NeedsRepair(), "the next start checks the views")
+	require.Equal(t, "the last server on this data directory failed to write to it (a full disk?)", again.RepairReason())
 }

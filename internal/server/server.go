@@ -260,7 +260,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 
 // repairViews checks every view against the event log in the background,
 // as 'jetjob admin rebuild' does, after the last server on the data
-// directory died: nats-server may have brought back views removed with
+// directory died, or failed to write to it: nats-server may have brought back views removed with
 // their purged jobs, at an older state, and a view write it had not yet
 // flushed may be lost though its event was acknowledged. Jobs are served
 // meanwhile, and a stop before it is done leaves it to the next start.
@@ -274,7 +274,7 @@ func (s *Server) repairViews(logger *zap.Logger) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		logger.Info("the last server on this data directory died instead of stopping: checking every view against the event log")
+		logger.Info(s.embedded.RepairReason() + ": checking every view against the event log")
 		stats, err := repair.Rebuild(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
