@@ -264,7 +264,7 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 		if now.Sub(asked) >= d.cfg.CancelGrace || asked.After(now.Add(events.BeatAheadLimit)) {
 			// The request's time is its writer's clock, which may lag or
 			// run ahead.
-			if asked, err = d.heldToServer(ctx, job.ID, asked); err != nil {
+			if asked, err = d.heldToServer(ctx, job.ID, asked, true); err != nil {
 				continue
 			}
 		}
@@ -300,7 +300,7 @@ type watchedJob struct {
 func (d *Detector) lastSign(ctx context.Context, v projector.View, since, now time.Time, hangAfter time.Duration) (time.Time, error) {
 	if since.After(now.Add(events.BeatAheadLimit)) {
 		var err error
-		if since, err = d.heldToServer(ctx, v.ID, since); err != nil {
+		if since, err = d.heldToServer(ctx, v.ID, since, true); err != nil {
 			return since, err
 		}
 	}
@@ -315,13 +315,15 @@ func (d *Detector) lastSign(ctx context.Context, v projector.View, since, now ti
 	if now.Sub(since) < hangAfter {
 		return since, nil
 	}
-	return d.heldToServer(ctx, v.ID, since)
+	// Since may be a beat's now, later than the job's last event: only
+	// raised to the event's storing.
+	return d.heldToServer(ctx, v.ID, since, false)
 }
 
 // heldToServer returns t, a time a writer's clock stamped on the job's last
 // event, held to the server's clock: not before the server stored the
-// event, nor more than BeatAheadLimit after.
-func (d *Detector) heldToServer(ctx context.Context, jobID string, t time.Time) (time.Time, error) {
+// event, nor, if capAhead, more than BeatAheadLimit after.
+func (d *Detector) heldToServer(ctx context.Context, jobID string, t time.Time, capAhead bool) (time.Time, error) {
 	stored, err := d.m.Log().LastStoredAt(ctx, jobID)
 	if err != nil {
 		d.logger.Warn("read when the last event was stored", zap.String("job", jobID), zap.Error(err))
@@ -332,7 +334,7 @@ func (d *Detector) heldToServer(ctx context.Context, jobID string, t time.Time) 
 		return t, nil
 	case stored.After(t):
 		return stored, nil
-	case t.After(stored.Add(events.BeatAheadLimit)):
+	case capAhead && t.After(stored.Add(events.BeatAheadLimit)):
 		return stored.Add(events.BeatAheadLimit), nil
 	}
 	return t, nil

@@ -1500,8 +1500,9 @@ func (p *Pool) watchAttempt(ctx, beatCtx context.Context, held statemachine.Job,
 	fenced := func() bool {
 		silent, limit := time.Since(lastAck), p.fenceAfter()
 		if silent < limit || ctx.Err() != nil {
-			// Once the handler returned, there is none to stop; beats go
-			// on while its result is tried, for when the server is back.
+			// Once the handler's context ended (it returned, or was told
+			// to stop), there is nothing more to stop it with; beats go on
+			// while its result is tried, for when the server is back.
 			return false
 		}
 		err := fmt.Errorf("%w: no heartbeat acknowledged for %s, and the server fails an attempt after %s without one",
