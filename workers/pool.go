@@ -1331,6 +1331,9 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 	for tries := 1; ; tries++ {
 		recorded, rerr := p.recordOnce(ctx, held, cause, err)
 		if rerr == nil {
+			if tries > 1 {
+				p.logger.Info("result recorded", zap.String("job", held.ID), zap.Int("tries", tries))
+			}
 			p.passResult(recorded, err)
 			return
 		}
