@@ -1341,6 +1341,7 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 			// Refused now, perhaps because an earlier try, whose answer
 			// never came, was recorded.
 			if job, ok := p.reportLanded(held); ok {
+				p.logger.Info("result recorded by an earlier try", zap.String("job", held.ID), zap.Int("tries", tries))
 				p.passResult(job, err)
 				return
 			}

@@ -1642,7 +1642,7 @@ func TestAResultTheServerCouldNotRecordIsTriedAgain(t *testing.T) {
 	done := f.waitState(j.ID, statemachine.StateSucceeded)
 	require.Equal(t, 1, done.Attempt)
 	require.Equal(t, int32(1), runs.Load())
-	natstest.Eventually(t, 10*time.Second, func() bool { return logs.FilterMessage("result recorded").Len() == 1 }, "the late record said")
+	natstest.Eventually(t, 10*time.Second, func() bool { return logs.FilterMessageSnippet("result recorded").Len() == 1 }, "the late record said")
 }
 
 // An attempt beats until its result is recorded, not only while its
