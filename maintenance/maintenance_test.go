@@ -113,13 +113,12 @@ func TestDetectorFailsHungAttemptsAndFencesThem(t *testing.T) {
 	heldAlive, err := f.m.Acquire(ctx, alive.ID, "live-worker")
 	require.NoError(t, err)
 	f.projected(heldSilent, heldAlive)
-	// Both silent past a hang-after of 200 ms, then one beats: beats are
+	// Both silent past a hang-after of a second, then one beats: beats are
 	// judged by when the server stored them, so the clock cannot be faked.
+	d := f.detectorWith("s1", time.Now, time.Second)
 	beganBefore := time.Now()
-	natstest.Eventually(t, 5*time.Second, func() bool { return time.Since(beganBefore) > 300*time.Millisecond }, "silent past the hang-after")
+	natstest.Eventually(t, 5*time.Second, func() bool { return time.Since(beganBefore) > 1200*time.Millisecond }, "silent past the hang-after")
 	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: alive.ID, Lease: heldAlive.Lease, WorkerID: "live-worker", At: time.Now()}))
-
-	d := f.detectorWith("s1", time.Now, 200*time.Millisecond)
 	res, err := d.runOnce(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []string{silent.ID}, res.Hung)
@@ -336,19 +335,39 @@ func TestAWorkersBeatsAreJudgedByTheServersClock(t *testing.T) {
 	heldFast, err := f.m.Acquire(ctx, fast.ID, "hurried-worker")
 	require.NoError(t, err)
 	f.projected(heldSlow, heldFast)
+	now := f.detectorWith("s1", time.Now, time.Second)
+	aMinuteOn := f.detectorWith("s2", func() time.Time { return time.Now().Add(events.BeatAheadLimit + 2*time.Second) }, time.Second)
 	acquired := time.Now()
-	natstest.Eventually(t, 5*time.Second, func() bool { return time.Since(acquired) > 300*time.Millisecond }, "acquires older than the hang-after")
+	natstest.Eventually(t, 5*time.Second, func() bool { return time.Since(acquired) > 1200*time.Millisecond }, "acquires older than the hang-after")
 	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: slow.ID, Lease: heldSlow.Lease, WorkerID: "lagging-worker", At: lagging()}))
 	require.NoError(t, f.hb.Record(ctx, events.Beat{JobID: fast.ID, Lease: heldFast.Lease, WorkerID: "hurried-worker", At: time.Now().Add(24 * time.Hour)}))
 
-	res, err := f.detectorWith("s1", time.Now, 200*time.Millisecond).runOnce(ctx)
+	res, err := now.runOnce(ctx)
 	require.NoError(t, err)
 	require.Empty(t, res.Hung, "both beat just now by the server's clock")
 
-	aMinuteOn := func() time.Time { return time.Now().Add(events.BeatAheadLimit + time.Second) }
-	res, err = f.detectorWith("s2", aMinuteOn, 200*time.Millisecond).runOnce(ctx)
+	res, err = aMinuteOn.runOnce(ctx)
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{slow.ID, fast.ID}, res.Hung)
+}
+
+// A cancel asked for from a machine whose clock runs a day ahead is
+// finished, unacknowledged, a minute at most after its grace, not a day.
+func TestACancelFromAClockAheadIsFinishedInTime(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	ahead, err := statemachine.New(f.log, statemachine.Config{Now: func() time.Time { return time.Now().Add(24 * time.Hour) }})
+	require.NoError(t, err)
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	_, err = f.m.Acquire(ctx, j.ID, "w")
+	require.NoError(t, err)
+	asked, err := ahead.Cancel(ctx, j.ID, "from a machine a day ahead")
+	require.NoError(t, err)
+	f.projected(asked)
+	past := func() time.Time { return time.Now().Add(events.BeatAheadLimit + time.Minute + time.Second) } // the fixture's grace is a minute
+	res, err := f.detector("s1", past).runOnce(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{j.ID}, res.CancelsTerminated)
 }
 
 func TestBulkCancelByTemplateVersion(t *testing.T) {

@@ -447,8 +447,12 @@ func (m *Machine) Validate(p *SubmitParams) error {
 // payloadTooLarge explains a submit whose event the NATS server cannot take
 // in one message, with the payload size that would fit.
 func payloadTooLarge(big *events.TooLargeError, payload int) error {
-	// The payload is stored base64-encoded; the rest of the event stays.
-	rest := big.Size - base64.StdEncoding.EncodedLen(payload)
+	// The payload is stored base64-encoded; the rest of the event stays,
+	// but for its time, whose fraction of a second is written without its
+	// trailing zeros: up to 9 bytes longer in another submit. Hence the
+	// slack, so that the size said to fit does.
+	const timeSlack = 10
+	rest := big.Size - base64.StdEncoding.EncodedLen(payload) + timeSlack
 	fits := max(base64.StdEncoding.DecodedLen(big.Max-rest), 0)
 	return fmt.Errorf("%w: %d bytes make an event of %d bytes encoded, over the %d the NATS server's max_payload leaves for one; at most about %d bytes of payload fit (raise max_payload, or send a reference to the data)",
 		ErrPayloadTooLarge, payload, big.Size, big.Max, fits)

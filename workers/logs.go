@@ -207,13 +207,22 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 			}
 			continue
 		}
+		got := 0
 		for m := range batch.Messages() {
+			got++
 			var line LogLine
 			if json.Unmarshal(m.Data(), &line) == nil {
 				fn(line)
 			}
 			if meta, err := m.Metadata(); err == nil {
 				delivered = meta.Sequence.Stream
+			}
+		}
+		if got == 0 && target != 0 && delivered < target {
+			// The lines up to target may have been removed since (the job
+			// purged): a read waiting for them waited forever.
+			if target = lastStored(); target == 0 || delivered >= target {
+				return nil
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {

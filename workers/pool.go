@@ -190,7 +190,7 @@ type Pool struct {
 	// Repeated failures said at a pace: see troubleLog.
 	acquireTrouble, lineTrouble *troubleLog
 	// reportsCtx ends the tries of results not yet recorded when Stop's
-	// ctx ends.
+	// ctx ends: each makes the one under way, and no more.
 	reportsCtx context.Context
 	endReports context.CancelFunc
 	// logAckTimeout: see logAckTimeoutDefault.
@@ -1225,23 +1225,30 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	job := &Job{ID: held.ID, Type: held.Type, Tags: held.Tags, Meta: held.Meta, Payload: held.Payload,
 		Attempt: held.Attempt, Lease: held.Lease, WorkerID: p.cfg.WorkerID, held: held, logs: p.logs}
 
+	// handlerReturned ends the job timeout once the handler returned: its
+	// result may take long to record (a server that cannot write), and a
+	// timeout firing meanwhile failed an attempt whose work was done.
+	handlerReturned := func() {}
 	if p.cfg.JobTimeout > 0 {
 		timeout := time.AfterFunc(p.cfg.JobTimeout, func() { cancel(ErrJobTimeout) })
-		defer timeout.Stop()
-		// Its heartbeats stopped with the cancel: without this, a handler
-		// that ignores its context would be failed as hung, much later.
+		// A handler that ignores its context is failed without it, its
+		// slot kept until it returns.
 		abandoned := make(chan struct{})
 		abandon := time.AfterFunc(p.cfg.JobTimeout+p.cfg.ShutdownGrace, func() {
 			defer close(abandoned)
 			p.failUnstopped(held)
 		})
-		// A failure under way is waited for, so that Stop, which waits for
-		// run, returns after its OnResult.
-		defer func() {
-			if !abandon.Stop() {
-				<-abandoned
-			}
-		}()
+		var once sync.Once
+		handlerReturned = func() {
+			once.Do(func() {
+				timeout.Stop()
+				// A failure under way is waited for, so that Stop, which
+				// waits for run, returns after its OnResult.
+				if !abandon.Stop() {
+					<-abandoned
+				}
+			})
+		}
 	}
 	// The attempt beats until its result is recorded, not only while its
 	// handler runs: a result the server cannot record yet is tried again,
@@ -1254,6 +1261,7 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	}()
 	go p.watchAttempt(ctx, beatCtx, held, cancel, watchDone)
 	err := p.callHandler(ctx, job)
+	handlerReturned()
 	cancel(nil) // stops the cancel watch; a cause set before stays
 	p.mu.Lock()
 	delete(p.running, held.Lease)
@@ -1269,7 +1277,9 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	p.reporting <- struct{}{}
 	defer func() { <-p.reporting }()
 	slot.free()
-	rctx, rcancel := context.WithTimeout(p.reportsCtx, reportRetryLimit)
+	// Not ended by Stop: a try under way, or a hand-back begun after Stop's
+	// ctx ended, is made once (pauseReport ends the tries).
+	rctx, rcancel := context.WithTimeout(context.Background(), reportRetryLimit)
 	defer rcancel()
 	p.recordResult(rctx, held, context.Cause(ctx), err)
 }
@@ -1373,6 +1383,8 @@ func (p *Pool) pauseReport(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 	case <-p.reconnected.wait():
 	case <-ctx.Done():
+		return false
+	case <-p.reportsCtx.Done():
 		return false
 	}
 	return true
@@ -1886,8 +1898,8 @@ func (p *Pool) Stop(ctx context.Context) error {
 	cancel, loopDone := p.cancel, p.loopDone
 	p.mu.Unlock()
 	// Counts of failures not yet said would go with the pool.
-	defer p.lineTrouble.sayMore()
-	defer p.acquireTrouble.sayMore()
+	defer p.lineTrouble.close()
+	defer p.acquireTrouble.close()
 	cancel()
 	<-loopDone
 	p.passes.Wait()

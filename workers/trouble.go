@@ -19,6 +19,7 @@ type troubleLog struct {
 	msg    string
 
 	mu      sync.Mutex
+	closed  bool
 	quietTo time.Time
 	more    int
 	last    error
@@ -31,6 +32,10 @@ func newTroubleLog(logger *zap.Logger, msg string) *troubleLog {
 
 func (t *troubleLog) add(err error, fields ...zap.Field) {
 	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
 	now := time.Now()
 	if now.Before(t.quietTo) {
 		t.more++
@@ -56,5 +61,18 @@ func (t *troubleLog) sayMore() {
 	t.mu.Unlock()
 	if more > 0 {
 		t.logger.Warn(t.msg, zap.Int("times_since_last_said", more), zap.NamedError("last_error", last))
+	}
+}
+
+// close says the count not yet said, and nothing after: the logger's owner
+// may be gone (a stopped pool's acks can time out seconds later).
+func (t *troubleLog) close() {
+	t.sayMore()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closed = true
+	if t.flush != nil {
+		t.flush.Stop()
+		t.flush = nil
 	}
 }

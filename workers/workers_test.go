@@ -1671,6 +1671,56 @@ func TestAnAttemptBeatsUntilItsResultIsRecorded(t *testing.T) {
 	f.waitState(j.ID, statemachine.StateSucceeded)
 }
 
+// A handler that returned well within its job timeout, whose result takes
+// longer than the timeout and the grace to record, succeeds once: before,
+// the timeout went on running after the handler returned, failed the
+// attempt as one that would not stop, and the job ran again.
+func TestAJobTimeoutEndsWhenTheHandlerReturns(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	var runs atomic.Int32
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"quick"}, JobTimeout: 200 * time.Millisecond,
+		ShutdownGrace: 100 * time.Millisecond, Logger: zaptestLogger(t)}, func(context.Context, *Job) error {
+		runs.Add(1)
+		return nil
+	})
+	require.NoError(t, err)
+	release, waiting := holdResults(p)
+	require.NoError(t, p.Start(ctx))
+	t.Cleanup(func() { release(); _ = p.Stop(ctx) })
+	j := f.submit(statemachine.SubmitParams{Type: "quick"})
+	natstest.Eventually(t, 10*time.Second, func() bool { return waiting.Load() == 1 }, "the result held")
+	heldSince := time.Now()
+	natstest.Eventually(t, 10*time.Second, func() bool { return time.Since(heldSince) > 600*time.Millisecond }, "held past the timeout and grace")
+	release()
+	done := f.waitState(j.ID, statemachine.StateSucceeded)
+	require.Equal(t, 1, done.Attempt)
+	require.Equal(t, int32(1), runs.Load())
+}
+
+// A Stop whose ctx has ended (a second Ctrl-C) still hands back the job of
+// a handler that stops within the reserve: the hand-back is tried once.
+func TestAStopWithItsCtxEndedStillHandsBack(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	started := make(chan struct{}, 1)
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"stopping"}, ShutdownGrace: time.Minute,
+		Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
+		started <- struct{}{}
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	require.NoError(t, err)
+	require.NoError(t, p.Start(ctx))
+	j := f.submit(statemachine.SubmitParams{Type: "stopping"})
+	<-started
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	_ = p.Stop(ended)
+	back := f.waitState(j.ID, statemachine.StatePending)
+	require.Equal(t, 0, back.Attempt, "handed back without using up an attempt")
+}
+
 // observedLogger logs to the test, and keeps the lines for it to read.
 func observedLogger(t *testing.T) (*zap.Logger, *observer.ObservedLogs) {
 	core, logs := observer.New(zapcore.InfoLevel)
