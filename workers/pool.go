@@ -1545,6 +1545,8 @@ func (p *Pool) watchAttempt(ctx, beatCtx context.Context, held statemachine.Job,
 	inFlight, beatAgain := false, false
 	var abandonBeat chan struct{}
 	var after uint64
+	var handlerEnded time.Time // first seen by the beat timer
+	beatNow := false           // the connection was made again
 	for {
 		select {
 		case <-beatCtx.Done():
@@ -1563,6 +1565,7 @@ func (p *Pool) watchAttempt(ctx, beatCtx context.Context, held statemachine.Job,
 			// A beat in flight when the connection dropped gets no reply:
 			// stop waiting for it, and beat now.
 			reconnected = p.reconnected.wait()
+			beatNow = true
 			if inFlight && !beatAgain {
 				close(abandonBeat)
 				beatAgain = true
@@ -1596,7 +1599,20 @@ func (p *Pool) watchAttempt(ctx, beatCtx context.Context, held statemachine.Job,
 			if !rearmed && fenced() {
 				return
 			}
-			rearmed = false
+			// A result is most often recorded within milliseconds of its
+			// handler's return: beats for it begin only a beat interval
+			// later (the last one came less than one before), so that
+			// they cost nothing unless it waits.
+			if ctx.Err() != nil && !rearmed && !beatNow {
+				if handlerEnded.IsZero() {
+					handlerEnded = time.Now()
+				}
+				if wait := p.beatEvery() - time.Since(handlerEnded); wait > 0 {
+					nextBeat.Reset(wait)
+					continue
+				}
+			}
+			rearmed, beatNow = false, false
 			if !inFlight {
 				inFlight = true
 				abandonBeat = make(chan struct{})
