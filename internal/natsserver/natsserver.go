@@ -8,7 +8,6 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -86,11 +85,12 @@ type Server struct {
 	alarm *storageAlarm
 	mu    sync.Mutex
 	// repairWhy says what the last server on the data directory left to
-	// repair; "" for nothing.
-	repairWhy string
-	staging   []staged // removed at Shutdown
-	restaging chan struct{}
-	onDisk    []string // streams staging a batch on disk, to stage in memory
+	// repair; "" for nothing. writeFailedBefore: it failed a write.
+	repairWhy         string
+	writeFailedBefore bool
+	staging           []staged // removed at Shutdown
+	restaging         chan struct{}
+	onDisk            []string // streams staging a batch on disk, to stage in memory
 }
 
 // Start starts the server and waits until it accepts clients.
@@ -176,7 +176,7 @@ func Start(cfg Config) (*Server, error) {
 	default:
 		repairWhy = "the last server on this data directory died instead of stopping"
 	}
-	srv := &Server{ns: ns, alarm: alarm, repairWhy: repairWhy, dataDir: dataDir, batchStaging: cfg.BatchStaging,
+	srv := &Server{ns: ns, alarm: alarm, repairWhy: repairWhy, writeFailedBefore: last == writeFailedMark, dataDir: dataDir, batchStaging: cfg.BatchStaging,
 		staging: removeStaging(before, false)}
 	var once sync.Once
 	srv.unlock = func(mark string) { once.Do(func() { unlock(mark) }) }
@@ -240,7 +240,7 @@ func (s *Server) lockMark() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case s.alarm.writeFailed.Load() || strings.Contains(s.repairWhy, "failed to write"):
+	case s.alarm.writeFailed.Load() || (s.repairWhy != "" && s.writeFailedBefore):
 		return writeFailedMark
 	case s.repairWhy != "":
 		return "" // the process ID: a death, yet to repair
