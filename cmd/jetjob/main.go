@@ -107,7 +107,13 @@ func commandNames() string {
 }
 
 func oneLine(err error) string {
-	return strings.Join(strings.Fields(err.Error()), " ")
+	line := strings.Join(strings.Fields(err.Error()), " ")
+	if strings.Contains(line, "insufficient resources") {
+		// nats-server's words for its storage full; the server's log says
+		// more, and what to do.
+		line += " (the NATS server is out of storage: see the jetjob server's log)"
+	}
+	return line
 }
 
 // checkedWriter remembers the first write error.

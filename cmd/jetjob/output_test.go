@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,6 +36,14 @@ func TestHistoryShowsAJSONPayloadAsJSON(t *testing.T) {
 			require.Equal(t, tc.want, readableData(tc.eventType, []byte(tc.data)))
 		})
 	}
+}
+
+// An error line whose cause is the NATS server's storage full says so;
+// nats-server's own words do not.
+func TestAnErrorOfAFullServerSaysSo(t *testing.T) {
+	full := fmt.Errorf("submit job: append to job j: %w", errors.New("nats: API error: code=503 err_code=10023 description=insufficient resources"))
+	require.Equal(t, "submit job: append to job j: nats: API error: code=503 err_code=10023 description=insufficient resources (the NATS server is out of storage: see the jetjob server's log)", oneLine(full))
+	require.Equal(t, "job j not found", oneLine(errors.New("job j\nnot found")))
 }
 
 func TestLineRanges(t *testing.T) {
