@@ -278,15 +278,24 @@ func parseRunAt(runAt, delay string) (*time.Time, error) {
 		if err != nil {
 			return nil, err
 		}
-		t := time.Now().Add(d)
-		if !t.Before(statemachine.RunAtLimit) {
-			// Said as the flag given, not as the run-at it makes.
-			return nil, usageErr("--delay %s runs the job after %s, expected a shorter delay: NATS timers hold no later time",
-				delay, statemachine.RunAtLimit.Format("2006-01-02"))
+		t, err := runAtAfter(d, "--delay "+delay)
+		if err != nil {
+			return nil, usageErr("%v", err)
 		}
 		return &t, nil
 	}
 	return nil, nil
+}
+
+// runAtAfter is the run-at a delay makes, refused past what NATS timers
+// hold, and said as the delay given (what), not as the run-at it makes.
+func runAtAfter(d time.Duration, what string) (time.Time, error) {
+	t := time.Now().Add(d)
+	if !t.Before(statemachine.RunAtLimit) {
+		return t, fmt.Errorf("%s runs the job after %s, expected a shorter delay: NATS timers hold no later time",
+			what, statemachine.RunAtLimit.Format("2006-01-02"))
+	}
+	return t, nil
 }
 
 // jobLine is one line of a --file NDJSON.
@@ -475,9 +484,9 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 		if d < 0 {
 			return p, fmt.Errorf("delay %q is negative, expected a duration of 0 or more such as 30s or 5m", jl.Delay)
 		}
-		t := time.Now().Add(d)
-		if !t.Before(statemachine.RunAtLimit) {
-			return p, fmt.Errorf("delay %q runs the job after %s, expected a shorter delay: NATS timers hold no later time", jl.Delay, statemachine.RunAtLimit.Format("2006-01-02"))
+		t, err := runAtAfter(d, fmt.Sprintf("delay %q", jl.Delay))
+		if err != nil {
+			return p, err
 		}
 		p.RunAt = &t
 	}

@@ -114,6 +114,7 @@ func TestJobLinesNameEachFieldOnceInItsOwnCase(t *testing.T) {
 		{`{"type":"a","meta":{"k":"1","k":"1"}}`, `meta key "k" given twice`},
 		{`{"type":"a","key":""}`, `key is empty, expected a key, or no key field for a job without one`},
 		{`{"type":"a","tags":{"gpu":null}}`, `tags key "gpu" is null, expected a string`},
+		{`{"type":"a","delay":"2500000h"}`, `delay "2500000h" runs the job after 2262-01-01, expected a shorter delay`},
 	} {
 		_, err := parseJobLine([]byte(tc.line))
 		require.ErrorContains(t, err, tc.want, tc.line)
