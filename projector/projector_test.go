@@ -1211,6 +1211,53 @@ func TestListEndsWhileViewsArePurged(t *testing.T) {
 	}
 }
 
+// A listing made while views are rewritten (heartbeats, jobs moving on)
+// lists every job once: a view rewritten before the listing reached it
+// loses the revision the listing was to read, and is read at its new one.
+func TestListHasEveryJobWhoseViewIsRewrittenMeanwhile(t *testing.T) {
+	ctx := context.Background()
+	kv, r := newFixture(t).viewsBucket(t)
+	ids := make([]string, 300)
+	views := make([][]byte, len(ids))
+	for i := range ids {
+		ids[i] = fmt.Sprintf("job-%04d", i)
+		data, err := json.Marshal(View{ID: ids[i], Type: "t", State: statemachine.StateRunning})
+		require.NoError(t, err)
+		views[i] = data
+		_, err = kv.Put(ctx, ids[i], data)
+		require.NoError(t, err)
+	}
+	stop := make(chan struct{})
+	rewriting := make(chan struct{})
+	go func() {
+		defer close(rewriting)
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			i := (n * 7919) % len(ids) // all over the bucket, not in key order
+			if _, err := kv.Put(ctx, ids[i], views[i]); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-rewriting
+	}()
+	for range 30 {
+		page, err := r.List(ctx, Filter{})
+		require.NoError(t, err)
+		got := make([]string, len(page.Views))
+		for i, v := range page.Views {
+			got[i] = v.ID
+		}
+		require.Equal(t, ids, got)
+	}
+}
+
 // The check a stalled listing makes: views removed from the stream after
 // the last one delivered (the case that left the watcher waiting) leave
 // nothing to wait for; a view still there does.

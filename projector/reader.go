@@ -119,33 +119,58 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	// Decoding the views is most of the cost of a listing: it is spread
 	// over every core while the stream delivers.
 	quick := f.prefilter()
-	values := make(chan []byte, 1024)
+	values := make(chan listed, 1024)
 	shards := runtime.GOMAXPROCS(0)
-	found := make([][]View, shards)
+	found := make([][]listed, shards)
 	unreadable := make([]int, shards)
 	var wg sync.WaitGroup
 	for i := range shards {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for data := range values {
-				if !quick(data) {
+			for l := range values {
+				if !quick(l.data) {
 					continue
 				}
-				var v View
-				if err := json.Unmarshal(data, &v); err != nil || v.ID == "" {
+				if err := json.Unmarshal(l.data, &l.view); err != nil || l.view.ID == "" {
 					unreadable[i]++ // not a view: the projector folds its job again on its next event
 					continue
 				}
-				if f.Matches(v) {
-					found[i] = append(found[i], v)
+				if f.Matches(l.view) {
+					l.data = nil
+					found[i] = append(found[i], l)
 				}
 			}
 		}()
 	}
+	// A view rewritten while the listing reads loses the revision the
+	// watcher was to deliver, and is delivered at its new one, past end: so
+	// the listing reads on, in rounds, each to the revision the bucket had
+	// reached when the round before ended, until a round ends with nothing
+	// written during it (or listRoundsMax rounds: a view would have to be
+	// rewritten in each before it was read). A job delivered twice counts
+	// at its last revision.
+	later := map[string]uint64{}
 	err = func() error {
 		defer close(values)
 		var seen uint64 // the last revision delivered
+		until, rounds := end, 0
+		// roundEnded reports whether the listing is done, or moves until.
+		roundEnded := func() (bool, error) {
+			rounds++
+			if rounds > listRoundsMax {
+				return true, nil
+			}
+			info, err := r.stream.Info(ctx)
+			if err != nil {
+				return false, fmt.Errorf("list jobs: %w", err)
+			}
+			if info.State.LastSeq <= seen {
+				return true, nil
+			}
+			until = info.State.LastSeq
+			return false, nil
+		}
 		idle := time.NewTicker(listIdleCheck)
 		defer idle.Stop()
 		for {
@@ -155,23 +180,36 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 				return fmt.Errorf("list jobs: %w", ctx.Err())
 			case e = <-w.Updates():
 			case <-idle.C:
-				// The watcher says it is done only with the message that
-				// has nothing pending after it: views purged after the
-				// last one it delivered leave it waiting for good.
-				if done, err := r.nothingLeft(ctx, seen, end); err != nil || done {
+				// The watcher delivers nothing more once the views it
+				// counted on are purged: nothing left of the round then.
+				left, err := r.nothingLeft(ctx, seen, until)
+				if err != nil || !left {
+					return err
+				}
+				if done, err := roundEnded(); err != nil || done {
 					return err
 				}
 				continue
 			}
-			if e == nil { // every current value delivered
-				return nil
+			if e == nil {
+				// The watcher's count of what to deliver is no end: a
+				// rewritten view comes after it.
+				if end == 0 {
+					return nil
+				}
+				continue
 			}
 			seen = e.Revision()
-			if e.Operation() == jetstream.KeyValuePut && (f.After == "" || e.Key() > f.After) {
-				values <- e.Value()
+			if seen > end {
+				later[e.Key()] = seen
 			}
-			if seen >= end {
-				return nil
+			if e.Operation() == jetstream.KeyValuePut && (f.After == "" || e.Key() > f.After) {
+				values <- listed{key: e.Key(), rev: seen, data: e.Value()}
+			}
+			if seen >= until {
+				if done, err := roundEnded(); err != nil || done {
+					return err
+				}
 			}
 		}
 	}()
@@ -182,7 +220,12 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	views := []View{}
 	bad := 0
 	for i, part := range found {
-		views = append(views, part...)
+		for _, l := range part {
+			if last, ok := later[l.key]; ok && last > l.rev {
+				continue // listed at its later revision, or removed since
+			}
+			views = append(views, l.view)
+		}
 		bad += unreadable[i]
 	}
 	sort.Slice(views, func(i, j int) bool { return views[i].ID < views[j].ID })
@@ -197,6 +240,18 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 // listIdleCheck: a listing that has received nothing for this long checks
 // whether anything it should list is left.
 const listIdleCheck = 250 * time.Millisecond
+
+// listRoundsMax bounds the rounds a listing reads views written after it
+// began.
+const listRoundsMax = 8
+
+// listed is a value a listing read, with the revision it was read at.
+type listed struct {
+	key  string
+	rev  uint64
+	data []byte
+	view View
+}
 
 // nothingLeft reports whether the bucket holds no message (a view or a
 // marker) between revision seen and end, the stream's last message when
