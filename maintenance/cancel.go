@@ -1,10 +1,12 @@
 package maintenance
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
@@ -13,6 +15,10 @@ import (
 // BulkCancelConcurrencyDefault is how many cancels are in flight at once; the
 // event log coalesces them into atomic batches.
 const BulkCancelConcurrencyDefault = 512
+
+// BulkCancelViewsWaitDefault bounds how long a bulk cancel waits for the
+// views to show every event the log held when it was called.
+const BulkCancelViewsWaitDefault = 10 * time.Second
 
 // Skipped is a job that matched but was not canceled, and why.
 type Skipped struct {
@@ -26,6 +32,10 @@ type BulkCancelResult struct {
 	Skipped  []Skipped `json:"skipped"`
 	// DryRun: Canceled lists what would have been canceled; nothing was.
 	DryRun bool `json:"dry_run,omitempty"`
+	// ViewsBehind: the views had not shown every job the log held when
+	// the cancel began, within BulkCancelOptions.ViewsWait (is a server
+	// running?); a job submitted just before may be left pending.
+	ViewsBehind bool `json:"views_behind,omitempty"`
 }
 
 // BulkCancelOptions tunes CancelPending.
@@ -35,6 +45,10 @@ type BulkCancelOptions struct {
 	DryRun bool
 	// Concurrency: see BulkCancelConcurrencyDefault.
 	Concurrency int
+	// ViewsWait bounds the wait for the views to show every job the log
+	// held when the cancel began (default BulkCancelViewsWaitDefault;
+	// negative: no wait, for a caller that waited itself).
+	ViewsWait time.Duration
 }
 
 // CancelPending cancels every pending or scheduled job that matches the
@@ -46,8 +60,11 @@ type BulkCancelOptions struct {
 // and does not stop the others. f.Limit caps the jobs it tries to cancel
 // (0: no cap); the jobs it skips because a worker took them before do not
 // count against it. A zero filter matches every job: it cancels every
-// pending job (the CLI asks for --all to do that).
+// pending job (the CLI asks for --all to do that). It decides on the
+// views, once they show every event the log held when it was called, so
+// that a job submitted just before is not missed (see ViewsWait).
 func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Machine, f projector.Filter, opts BulkCancelOptions) (BulkCancelResult, error) {
+	f.States = nil
 	if err := f.Validate(); err != nil {
 		return BulkCancelResult{}, err
 	}
@@ -59,6 +76,18 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 	}
 	f.States = []statemachine.State{statemachine.StatePending, statemachine.StateScheduled}
 	res := BulkCancelResult{Canceled: []string{}, Skipped: []Skipped{}, DryRun: opts.DryRun}
+	if opts.ViewsWait >= 0 {
+		wctx, cancel := context.WithTimeout(ctx, cmp.Or(opts.ViewsWait, BulkCancelViewsWaitDefault))
+		caught, err := r.CaughtUp(wctx, m.Log().Stream())
+		cancel()
+		if err != nil {
+			return res, fmt.Errorf("bulk cancel: %w", err)
+		}
+		if ctx.Err() != nil {
+			return res, fmt.Errorf("bulk cancel: %w", ctx.Err())
+		}
+		res.ViewsBehind = !caught
+	}
 	var mu sync.Mutex
 	sem := make(chan struct{}, opts.Concurrency)
 	var wg sync.WaitGroup

@@ -418,6 +418,45 @@ func TestBulkCancelByTemplateVersion(t *testing.T) {
 	}
 }
 
+// A bulk cancel made right after a submit, through the Go API, finds the
+// jobs the views have not shown yet: it waits for them.
+func TestBulkCancelFindsJobsSubmittedJustBefore(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	// The views lag: their projector is down while the jobs are submitted,
+	// and starts as the cancel does.
+	f.proj.Stop()
+	params := make([]statemachine.SubmitParams, 500)
+	for i := range params {
+		params[i] = statemachine.SubmitParams{Type: "build", Meta: map[string]string{"template_version": "v1"}}
+	}
+	want := make([]string, 0, len(params))
+	for _, r := range f.m.SubmitMany(ctx, params) {
+		require.NoError(t, r.Err)
+		want = append(want, r.Job.ID)
+	}
+	proj, err := projector.New(f.env.JS, f.log, f.hb, projector.Config{})
+	require.NoError(t, err)
+	go func() { _ = proj.Start(ctx) }()
+	t.Cleanup(proj.Stop)
+	res, err := CancelPending(ctx, f.reader, f.m, projector.Filter{MetaNot: map[string]string{"template_version": "v2"}}, BulkCancelOptions{})
+	require.NoError(t, err)
+	require.False(t, res.ViewsBehind)
+	sort.Strings(want)
+	sort.Strings(res.Canceled)
+	require.Equal(t, want, res.Canceled)
+}
+
+// A bulk cancel's States are its own: a filter's are ignored, not refused.
+func TestBulkCancelIgnoresTheFiltersStates(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	j := f.submit(statemachine.SubmitParams{Type: "build"})
+	res, err := CancelPending(ctx, f.reader, f.m, projector.Filter{States: []statemachine.State{"bogus", statemachine.StateRunning}}, BulkCancelOptions{DryRun: true})
+	require.NoError(t, err)
+	require.Equal(t, []string{j.ID}, res.Canceled)
+}
+
 func TestBulkCancelSkipsJobsAcquiredMeanwhile(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)

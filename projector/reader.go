@@ -21,6 +21,7 @@ import (
 // commands use it against a server's bucket.
 type Reader struct {
 	bucket string
+	js     jetstream.JetStream
 	kv     jetstream.KeyValue
 	stream jetstream.Stream
 	nc     *nats.Conn
@@ -45,7 +46,7 @@ func NewReader(ctx context.Context, js jetstream.JetStream, opts ...ReaderOption
 	if js == nil {
 		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
 	}
-	r := &Reader{bucket: BucketDefault}
+	r := &Reader{bucket: BucketDefault, js: js}
 	for _, o := range opts {
 		o(r)
 	}
@@ -457,6 +458,15 @@ func field(k, v string) []byte {
 // false when ctx ends first, and an error when the projector's consumer
 // cannot be read (no server ever ran on this NATS).
 func CaughtUp(ctx context.Context, js jetstream.JetStream, logStream string) (bool, error) {
+	return caughtUp(ctx, js, logStream)
+}
+
+// CaughtUp is the package's CaughtUp on the reader's connection.
+func (r *Reader) CaughtUp(ctx context.Context, logStream string) (bool, error) {
+	return caughtUp(ctx, r.js, logStream)
+}
+
+func caughtUp(ctx context.Context, js jetstream.JetStream, logStream string) (bool, error) {
 	st, err := js.Stream(ctx, logStream)
 	if err != nil {
 		return false, fmt.Errorf("wait for the views: %w", err)

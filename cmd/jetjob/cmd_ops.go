@@ -31,8 +31,12 @@ func waitForViews(ctx context.Context, c *client, command string) {
 	defer cancel()
 	ok, err := projector.CaughtUp(wctx, c.js, c.lg.Stream())
 	if err == nil && !ok && ctx.Err() == nil {
-		fmt.Fprintf(os.Stderr, "jetjob %s: the views are still behind the event log after %s (is a server running?); going on with them\n", command, viewsWait)
+		viewsBehind(command)
 	}
+}
+
+func viewsBehind(command string) {
+	fmt.Fprintf(os.Stderr, "jetjob %s: the views are still behind the event log after %s (is a server running?); going on with them\n", command, viewsWait)
 }
 
 func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason string, dryRun bool, out io.Writer) error {
@@ -45,10 +49,12 @@ func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason str
 	if err != nil {
 		return err
 	}
-	waitForViews(ctx, c, "cancel")
-	res, err := maintenance.CancelPending(ctx, r, c.m, f, maintenance.BulkCancelOptions{Reason: reason, DryRun: dryRun})
+	res, err := maintenance.CancelPending(ctx, r, c.m, f, maintenance.BulkCancelOptions{Reason: reason, DryRun: dryRun, ViewsWait: viewsWait})
 	if err != nil {
 		return err
+	}
+	if res.ViewsBehind {
+		viewsBehind("cancel")
 	}
 	if fs.json() {
 		return writeJSON(out, res)
