@@ -178,11 +178,11 @@ func ExecHandler(cfg ExecConfig) Handler {
 				err := &CodedError{Code: ErrorCodeExit, Err: fmt.Errorf("%s", exitErr.String())}
 				return err
 			}
-			err := &CodedError{Code: ErrorCodeExit, Err: fmt.Errorf("exit status %d", code)}
 			if code == ExitNoRetry {
-				return NoRetry(err)
+				// Said in the error: the view shows the attempts left unused.
+				return NoRetry(&CodedError{Code: ErrorCodeExit, Err: fmt.Errorf("exit status %d (no retry)", code)})
 			}
-			return err
+			return &CodedError{Code: ErrorCodeExit, Err: fmt.Errorf("exit status %d", code)}
 		}
 		return waitErr
 	}

@@ -128,6 +128,28 @@ func TestExecStartFailureIsRetried(t *testing.T) {
 	}, "one 'cannot start' log line per attempt")
 }
 
+// A command that exits 65 fails its job at once, and says so; another
+// non-zero exit, or a signal, fails the attempt and is retried.
+func TestExecExitCodesDecideTheRetry(t *testing.T) {
+	f := newFixture(t, true)
+	f.pool(PoolConfig{Types: []string{"exits"}}, ExecHandler(ExecConfig{Command: []string{"sh", "-c", `eval "$(cat)"`}}))
+	backoff := statemachine.BackoffConfig{Base: 10 * time.Millisecond, Cap: 20 * time.Millisecond}
+	for script, want := range map[string]struct {
+		err      string
+		attempts int
+	}{
+		"exit 65":    {"exit status 65 (no retry)", 1},
+		"exit 3":     {"exit status 3", 2},
+		"kill -9 $$": {"signal: killed", 2},
+	} {
+		j := f.submit(statemachine.SubmitParams{Type: "exits", MaxAttempts: 2, Backoff: backoff, Payload: []byte(script)})
+		done := f.waitState(j.ID, statemachine.StateFailed)
+		require.Equal(t, want.err, done.Error, script)
+		require.Equal(t, ErrorCodeExit, done.ErrorCode, script)
+		require.Equal(t, want.attempts, done.Attempt, script)
+	}
+}
+
 // TestExecStartFailureThenSuccess: a command that is missing on the first
 // attempt (being redeployed, say) and back by the second runs then: the
 // job succeeds on attempt 2.

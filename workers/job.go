@@ -21,7 +21,8 @@ import (
 // past PoolConfig.JobTimeout (ErrJobTimeout), or when the pool shuts down
 // past its grace period (ErrShutdown: an error hands the job back). A
 // handler that panics fails its attempt as the error "handler panicked:
-// <value>" would; the pool runs on.
+// <value>" would, with the stack in the job's log (stderr) and the pool's;
+// the pool runs on.
 type Handler func(ctx context.Context, job *Job) error
 
 // Job is the running attempt a handler gets.

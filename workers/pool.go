@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1309,6 +1310,15 @@ func (p *Pool) callHandler(ctx context.Context, job *Job) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("handler panicked: %v", r)
+			// Where it panicked is what makes a panic worth reading: in
+			// the worker's log, and in the job's, where its owner looks.
+			stack := debug.Stack()
+			p.logger.Error("handler panicked", zap.String("job", job.ID), zap.Int("attempt", job.Attempt),
+				zap.String("panic", fmt.Sprint(r)), zap.ByteString("stack", stack))
+			job.logStream(StreamStderr, err.Error())
+			for _, line := range strings.Split(strings.TrimRight(string(stack), "\n"), "\n") {
+				job.logStream(StreamStderr, line)
+			}
 		}
 	}()
 	return p.handler(ctx, job)

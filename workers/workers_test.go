@@ -412,6 +412,38 @@ func TestAnErrorWithoutAMessageFailsTheAttempt(t *testing.T) {
 	}
 }
 
+// A handler that panics fails its attempt, and where it panicked is in the
+// job's log and the worker's.
+func TestAPanicsStackIsInTheJobsLog(t *testing.T) {
+	f := newFixture(t, true)
+	logger, said := observedLogger(t)
+	f.pool(PoolConfig{Types: []string{"panics"}, Logger: logger}, func(context.Context, *Job) error {
+		panicInHandler()
+		return nil
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "panics", MaxAttempts: 1})
+	done := f.waitState(j.ID, statemachine.StateFailed)
+	require.Equal(t, "handler panicked: the stack says where", done.Error)
+	logs, err := AttachLogs(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	var text strings.Builder
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		lines, err := logs.Read(context.Background(), j.ID)
+		require.NoError(t, err)
+		text.Reset()
+		for _, l := range lines {
+			require.Equal(t, StreamStderr, l.Stream)
+			text.WriteString(l.Line + "\n")
+		}
+		return strings.Contains(text.String(), "panicInHandler")
+	}, "the stack in the job's log")
+	require.True(t, strings.HasPrefix(text.String(), "handler panicked: the stack says where\n"), text.String())
+	require.Equal(t, 1, said.FilterMessage("handler panicked").FilterField(zap.String("job", j.ID)).Len())
+}
+
+//go:noinline
+func panicInHandler() { panic("the stack says where") }
+
 // Following a job's log rides out a clean server restart (it used to end
 // with "server shutdown"), each line passed once.
 func TestFollowRidesOutAServerRestart(t *testing.T) {
