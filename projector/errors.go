@@ -4,7 +4,7 @@ import "errors"
 
 var (
 	// ErrNoViews: the job views bucket does not exist (no server provisioned it yet).
-	ErrNoViews = errors.New("no job views bucket: is a jetjob server running against this NATS?")
+	ErrNoViews = errors.New("no job views bucket: is a jetjob server running against this NATS? (a running one makes it again within seconds when it was deleted)")
 	// ErrInvalidConfig: a Config that cannot run a projector.
 	ErrInvalidConfig = errors.New("invalid projector config")
 	// ErrViewTooLarge: a job's view does not fit in a NATS message even

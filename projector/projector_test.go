@@ -651,6 +651,40 @@ func TestBucketDeletedWhileRunningIsProjectedAgain(t *testing.T) {
 	f.requireFolded(t, []string{j.ID})
 }
 
+// A watch goes on with the bucket a server makes again after it was
+// deleted: its revisions start over, and no job written there is skipped.
+func TestWatchFollowsABucketMadeAgain(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFixture(t)
+	p := f.projector(t, Config{CheckEvery: 50 * time.Millisecond})
+	require.NoError(t, p.Start(ctx))
+	before := scenario(t, f.m, func() {})
+	f.requireFolded(t, before)
+	views, err := f.reader(t).Watch(ctx, Filter{Type: "after"})
+	require.NoError(t, err)
+	require.NoError(t, f.env.JS.DeleteKeyValue(ctx, BucketDefault))
+	natstest.Eventually(t, within, func() bool {
+		_, err := f.env.JS.KeyValue(ctx, BucketDefault)
+		return err == nil
+	}, "bucket made again")
+	want := map[string]bool{}
+	for range 5 {
+		j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "after"})
+		require.NoError(t, err)
+		want[j.ID] = true
+	}
+	deadline := time.After(within)
+	for len(want) > 0 {
+		select {
+		case v := <-views:
+			delete(want, v.ID)
+		case <-deadline:
+			t.Fatalf("the watch never showed %d jobs written to the new bucket", len(want))
+		}
+	}
+}
+
 func TestRebuildWhileSubmitting(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)

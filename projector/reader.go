@@ -296,8 +296,20 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	// notice only once it missed its heartbeats, many seconds later: watch
 	// again as soon as the connection is back instead.
 	var reconnected chan nats.Status
+	// A bucket deleted and made again (by a server that found it gone)
+	// starts its revisions over: the watch's consumer, made again on it
+	// after its heartbeats fail, would skip every view up to the old
+	// revision. Watch the new bucket from its start instead.
+	remade := make(chan struct{}, 1)
+	var remadeSub *nats.Subscription
 	if r.nc != nil {
 		reconnected = r.nc.StatusChanged(nats.CONNECTED)
+		remadeSub, _ = r.nc.Subscribe(streamCreatedAdvisory+"KV_"+r.bucket, func(*nats.Msg) {
+			select {
+			case remade <- struct{}{}:
+			default:
+			}
+		})
 	}
 	out := make(chan View, 256)
 	type sent struct {
@@ -311,12 +323,17 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 		if reconnected != nil {
 			defer r.nc.RemoveStatusListener(reconnected)
 		}
+		if remadeSub != nil {
+			defer func() { _ = remadeSub.Unsubscribe() }()
+		}
 		var again <-chan time.Time
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-reconnected:
+				again = time.After(0)
+			case <-remade:
 				again = time.After(0)
 			case <-again:
 				// From the current values: what was sent already is not
@@ -370,6 +387,10 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	}()
 	return out, nil
 }
+
+// streamCreatedAdvisory is where JetStream says it made a stream (name
+// appended).
+const streamCreatedAdvisory = "$JS.EVENT.ADVISORY.STREAM.CREATED."
 
 // stopWatch stops a KV watch that nobody reads any more. Its delivery
 // blocks once its buffer is full, and would hold its subscription open for
