@@ -120,7 +120,7 @@ func NewDetector(reader *projector.Reader, m *statemachine.Machine, hb *events.H
 // the call. Safe to call twice, and again after Stop.
 func (d *Detector) Start(ctx context.Context) error {
 	// Not fatal: every pass publishes it too.
-	if err := d.hb.PublishHangAfterIfNone(ctx, d.cfg.HangAfter); err != nil {
+	if err := d.hb.PublishHangAfterIfNone(ctx, d.cfg.HangAfter); err != nil && ctx.Err() == nil {
 		d.logger.Warn("publish hang-after to workers", zap.Error(err))
 	}
 	d.svc.start(ctx, d.leader, d.cfg.Every, d.logger, func(ctx context.Context, fresh bool) (time.Duration, error) {
@@ -174,6 +174,9 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 	// began: it may fail (and a leadership or hang-after may have changed).
 	d.watched, d.watchedBy = nil, 0
 	previous, err := d.hb.PublishHangAfter(ctx, hangAfter)
+	if err != nil && ctx.Err() != nil {
+		return res, ctx.Err() // stopping: nothing to say
+	}
 	var running []projector.View
 	switch {
 	case err != nil && previous > hangAfter:

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -132,7 +131,7 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	defer cancel()
 	logger.Info(fmt.Sprintf("stopping: no more jobs are taken; running commands get %s to finish, then SIGTERM, then SIGKILL %s later, and their jobs are handed back; a second Ctrl-C stops at once", g, g))
 	again := make(chan os.Signal, 1)
-	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	signal.Notify(again, stopSignals()...)
 	defer signal.Stop(again)
 	go func() {
 		select {

@@ -934,6 +934,27 @@ func TestAStoppedWorkerHandsBackTheJobOfACommandThatIgnoresSIGTERM(t *testing.T)
 	require.Equal(t, 0, v.Attempt)
 }
 
+// A worker whose terminal closes (SIGHUP) stops as on Ctrl-C and hands its
+// job back; it used to die at once, its job running until the hang-after.
+func TestAHungUpWorkerHandsBackItsJob(t *testing.T) {
+	s := startServerProc(t)
+	script := filepath.Join(t.TempDir(), "long.sh")
+	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\necho started\nexec sleep 60\n"), 0o755))
+	cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "long", "--grace", "1s", "--", script)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	id := s.jetjob("submit", "--type", "long", "--max-attempts", "1").ok(t)
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		return strings.Contains(s.jetjob("logs", id).stdout, "started")
+	}, "the command started: %s", &out)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
+	require.NoError(t, cmd.Wait(), "worker output: %s", out.String())
+	v := waitView(t, s, id, func(v projector.View) bool { return v.State != "running" }, "handed back")
+	require.Equal(t, statemachine.StatePending, v.State, "handed back without using up its one attempt")
+}
+
 // A worker whose --grace cannot fit in the half hang-after left after it
 // stops a cut-off command says so.
 func TestWorkerWarnsOfAGraceLongerThanHalfTheHangAfter(t *testing.T) {
