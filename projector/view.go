@@ -239,15 +239,20 @@ func (f Filter) Validate() error {
 			return fmt.Errorf("filter: %w", err)
 		}
 	}
+	// What no job can have is refused, as its submit would be, rather
+	// than matching nothing.
 	for what, labels := range map[string]map[string]string{"tag": f.Tags, "meta": f.Meta, "meta-not": f.MetaNot} {
-		for k := range labels {
-			if err := statemachine.ValidateToken(what+" key", k); err != nil {
-				return fmt.Errorf("filter: %w", err)
-			}
+		if err := statemachine.ValidateLabels(what, labels); err != nil {
+			return fmt.Errorf("filter: %w", err)
 		}
 	}
 	if f.Limit < 0 {
 		return fmt.Errorf("filter: %w: limit %d, expected 0 (no limit) or more", statemachine.ErrInvalid, f.Limit)
+	}
+	if f.After != "" {
+		if err := events.ValidateJobID(f.After); err != nil {
+			return fmt.Errorf("filter: %w: after: %w", statemachine.ErrInvalid, err)
+		}
 	}
 	return nil
 }

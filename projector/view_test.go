@@ -313,7 +313,8 @@ func TestViewFormatIsCurrent(t *testing.T) {
 func TestFilterThatCanNeverMatchIsRefused(t *testing.T) {
 	require.NoError(t, Filter{}.Validate())
 	require.NoError(t, Filter{States: []statemachine.State{statemachine.StatePending}, Type: "build",
-		Tags: map[string]string{"gpu": "true"}, MetaNot: map[string]string{"v": "2"}, Limit: 10}.Validate())
+		Tags: map[string]string{"gpu": "true"}, MetaNot: map[string]string{"v": "2"}, Limit: 10,
+		After: "01a20000-0000-7000-8000-000000000001"}.Validate())
 	for name, f := range map[string]Filter{
 		"unknown state":      {States: []statemachine.State{"bogus"}},
 		"type with a dot":    {Type: "a.b"},
@@ -321,6 +322,9 @@ func TestFilterThatCanNeverMatchIsRefused(t *testing.T) {
 		"empty meta key":     {Meta: map[string]string{"": "1"}},
 		"empty meta-not key": {MetaNot: map[string]string{"": "1"}},
 		"negative limit":     {Limit: -1},
+		"tag value with ','": {Tags: map[string]string{"a": "1,2"}},
+		"meta control char":  {Meta: map[string]string{"a": "x\ny"}},
+		"after no job ID":    {After: "not an id!"},
 	} {
 		require.ErrorIs(t, f.Validate(), statemachine.ErrInvalid, name)
 	}

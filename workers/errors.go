@@ -2,6 +2,8 @@ package workers
 
 import (
 	"errors"
+
+	"github.com/jetjob/jetjob/statemachine"
 )
 
 var (
@@ -10,8 +12,9 @@ var (
 	// ErrCanceled is the cause of a handler's context when its job was canceled.
 	ErrCanceled = errors.New("job canceled")
 	// ErrLeaseLost is the cause of a handler's context when its attempt lost the
-	// job (declared hung, or terminated).
-	ErrLeaseLost = errors.New("job lost: another attempt or the server took it over")
+	// job (declared hung, or terminated). It is statemachine.ErrLeaseLost,
+	// which a refused report matches too.
+	ErrLeaseLost = statemachine.ErrLeaseLost
 	// ErrShutdown is the cause of a handler's context when the pool stopped
 	// before the handler finished within the grace period.
 	ErrShutdown = errors.New("worker shutting down")

@@ -59,3 +59,42 @@ func Example() {
 	// ran the submitted job: true
 	// state: succeeded attempt: 1
 }
+
+// A typed handler gets its payload decoded, and sets a result that the
+// job's success records.
+func ExampleJSONHandler() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "jetjob-example")
+	defer os.RemoveAll(dir)
+	srv, _ := natsserver.Start(natsserver.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	defer srv.Shutdown()
+	nc, _ := nats.Connect(srv.ClientURL())
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	lg, _ := events.Open(ctx, js, events.Config{})
+	defer lg.Close()
+	m, _ := statemachine.New(lg, statemachine.Config{})
+	_ = workers.EnsureTopology(ctx, js)
+	enq, _ := workers.NewEnqueuer(js, m, workers.EnqueuerConfig{})
+	_ = enq.Start(ctx)
+	defer enq.Stop()
+
+	type resize struct {
+		Image string `json:"image"`
+		Width int    `json:"width"`
+	}
+	results := make(chan workers.Result, 1)
+	pool, _ := workers.NewPool(js, m, workers.PoolConfig{
+		Types: []string{"resize"}, OnResult: func(r workers.Result) { results <- r },
+	}, workers.JSONHandler(func(ctx context.Context, j *workers.Job, args resize) error {
+		return j.SetResult(map[string]string{"url": fmt.Sprintf("s3://thumbs/%s-%d.png", args.Image, args.Width)})
+	}))
+	_ = pool.Start(ctx)
+	defer pool.Stop(ctx)
+
+	_, _, _ = m.Submit(ctx, statemachine.SubmitParams{Type: "resize", Payload: []byte(`{"image":"cat","width":128}`)})
+	r := <-results
+	fmt.Println(r.Job.State, string(r.Job.Result))
+	// Output:
+	// succeeded {"url":"s3://thumbs/cat-128.png"}
+}

@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"sync"
@@ -25,6 +26,22 @@ import (
 // the pool runs on.
 type Handler func(ctx context.Context, job *Job) error
 
+// JSONHandler is a Handler for jobs whose payload is JSON of type T: h gets
+// it decoded (an empty payload as T's zero value). A payload that does not
+// decode into T fails the job without retry, since no retry would decode
+// it; unknown fields are ignored, as encoding/json does.
+func JSONHandler[T any](h func(ctx context.Context, job *Job, args T) error) Handler {
+	return func(ctx context.Context, job *Job) error {
+		var args T
+		if len(job.Payload) > 0 {
+			if err := json.Unmarshal(job.Payload, &args); err != nil {
+				return NoRetry(fmt.Errorf("decode the payload as %T: %w", args, err))
+			}
+		}
+		return h(ctx, job, args)
+	}
+}
+
 // Job is the running attempt a handler gets.
 type Job struct {
 	ID       string
@@ -32,12 +49,17 @@ type Job struct {
 	Tags     map[string]string
 	Meta     map[string]string
 	Payload  []byte
-	Attempt  int
-	Lease    uint64
-	WorkerID string
+	Priority int
+	// Attempt counts from 1; the job fails for good when an attempt that
+	// is its MaxAttempts-th fails.
+	Attempt     int
+	MaxAttempts int
+	Lease       uint64
+	WorkerID    string
 
-	held statemachine.Job
-	logs *Logs
+	held   statemachine.Job
+	logs   *Logs
+	result json.RawMessage
 	// lineMu numbers the attempt's lines and sends them in that order, from
 	// however many goroutines (a command's stdout and stderr) they come.
 	lineMu sync.Mutex
@@ -60,6 +82,30 @@ func (j *Job) appendLine(l LogLine) {
 	j.lines++
 	l.Time, l.Attempt, l.Number = time.Now().UTC(), j.Attempt, j.lines
 	j.logs.appendAsync(j.ID, l)
+}
+
+// ResultLimit bounds a job's result, as JSON: a result is stored with the
+// job's success in its history and view, for what a caller needs to read
+// back (an artifact's URL, counts), not for the output itself.
+const ResultLimit = 64 << 10
+
+// SetResult sets what the attempt produced, recorded with its success (the
+// job's view shows it as result) if the handler then returns nil; a later
+// call replaces it. It is encoded as JSON here: a value that cannot be, or
+// whose JSON is over ResultLimit, is refused with an error matching
+// statemachine.ErrInvalid, and the result is left as it was.
+func (j *Job) SetResult(v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("%w: job %s: result: %w", statemachine.ErrInvalid, j.ID, err)
+	}
+	if len(data) > ResultLimit {
+		return fmt.Errorf("%w: job %s: result of %d bytes as JSON, over the %d a result may be", statemachine.ErrInvalid, j.ID, len(data), ResultLimit)
+	}
+	j.lineMu.Lock() // a handler may set it from its own goroutines
+	defer j.lineMu.Unlock()
+	j.result = data
+	return nil
 }
 
 // Progress records how far the job is, from 0 to 1, with a short message. A

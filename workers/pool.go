@@ -255,7 +255,7 @@ type Pool struct {
 	// was freed.
 	reporting chan struct{}
 	// recordResult is report; tests hold results back through it.
-	recordResult func(ctx context.Context, held statemachine.Job, cause, err error)
+	recordResult func(ctx context.Context, held statemachine.Job, end attemptEnd)
 	// follow is followJob; tests make it fail through it.
 	follow func(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error
 	wake   chan struct{}
@@ -1223,8 +1223,8 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 		}
 		return
 	}
-	job := &Job{ID: held.ID, Type: held.Type, Tags: held.Tags, Meta: held.Meta, Payload: held.Payload,
-		Attempt: held.Attempt, Lease: held.Lease, WorkerID: p.cfg.WorkerID, held: held, logs: p.logs}
+	job := &Job{ID: held.ID, Type: held.Type, Tags: held.Tags, Meta: held.Meta, Payload: held.Payload, Priority: held.Priority,
+		Attempt: held.Attempt, MaxAttempts: held.MaxAttempts, Lease: held.Lease, WorkerID: p.cfg.WorkerID, held: held, logs: p.logs}
 
 	// handlerReturned ends the job timeout once the handler returned: its
 	// result may take long to record (a server that cannot write), and a
@@ -1282,7 +1282,17 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	// ctx ended, is made once (pauseReport ends the tries).
 	rctx, rcancel := context.WithTimeout(context.Background(), reportRetryLimit)
 	defer rcancel()
-	p.recordResult(rctx, held, context.Cause(ctx), err)
+	job.lineMu.Lock()
+	result := job.result
+	job.lineMu.Unlock()
+	p.recordResult(rctx, held, attemptEnd{cause: context.Cause(ctx), err: err, result: result})
+}
+
+// attemptEnd is how an attempt ended: the cause of its context's end, if
+// it ended, what the handler returned, and the result it set.
+type attemptEnd struct {
+	cause, err error
+	result     json.RawMessage
 }
 
 // failUnstopped fails an attempt whose handler ran past its timeout and did
@@ -1336,8 +1346,9 @@ func errorText(err error) (text string) {
 	return err.Error()
 }
 
-func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err error) {
-	if errors.Is(cause, ErrLeaseLost) {
+func (p *Pool) report(ctx context.Context, held statemachine.Job, end attemptEnd) {
+	err := end.err
+	if errors.Is(end.cause, ErrLeaseLost) {
 		p.logger.Info("lost the job; its result is dropped", zap.String("job", held.ID))
 		return
 	}
@@ -1349,7 +1360,7 @@ func (p *Pool) report(ctx context.Context, held statemachine.Job, cause, err err
 	pause := reportRetryFirst
 	mayHaveLanded := false
 	for tries := 1; ; tries++ {
-		recorded, rerr := p.recordOnce(ctx, held, cause, err)
+		recorded, rerr := p.recordOnce(ctx, held, end)
 		if rerr == nil {
 			if tries > 1 {
 				p.logger.Info("result recorded", zap.String("job", held.ID), zap.Int("tries", tries))
@@ -1414,7 +1425,8 @@ const reportRetryLimit = 15 * time.Minute
 
 // recordOnce records the attempt's end once, as the handler's return and
 // the cause of its context's end say.
-func (p *Pool) recordOnce(ctx context.Context, held statemachine.Job, cause, err error) (statemachine.Job, error) {
+func (p *Pool) recordOnce(ctx context.Context, held statemachine.Job, end attemptEnd) (statemachine.Job, error) {
+	cause, err := end.cause, end.err
 	var (
 		recorded statemachine.Job
 		rerr     error
@@ -1425,7 +1437,7 @@ func (p *Pool) recordOnce(ctx context.Context, held statemachine.Job, cause, err
 	case err == nil:
 		// Also after a shutdown cancel: the handler finished the work, and
 		// handing the job back would run it twice.
-		recorded, rerr = p.m.Succeed(ctx, held, nil)
+		recorded, rerr = p.m.Succeed(ctx, held, end.result)
 	case errors.Is(cause, ErrShutdown):
 		recorded, rerr = p.m.Release(ctx, held, "worker shutting down")
 	case errors.Is(cause, ErrLostContact):

@@ -412,6 +412,43 @@ func TestAnErrorWithoutAMessageFailsTheAttempt(t *testing.T) {
 	}
 }
 
+// A typed handler gets the payload decoded and the attempt's numbers; the
+// result it sets is recorded with the success; a payload it cannot decode
+// fails the job at once; a result too large is refused and not recorded.
+func TestATypedHandlersResultIsRecorded(t *testing.T) {
+	type args struct {
+		N int `json:"n"`
+	}
+	f := newFixture(t, true)
+	refused := make(chan error, 1)
+	f.pool(PoolConfig{Types: []string{"typed"}}, JSONHandler(func(_ context.Context, j *Job, a args) error {
+		if a.N < 0 {
+			refused <- j.SetResult(strings.Repeat("x", ResultLimit))
+			return nil
+		}
+		return j.SetResult(map[string]int{"twice": 2 * a.N, "priority": j.Priority, "max_attempts": j.MaxAttempts})
+	}))
+	j := f.submit(statemachine.SubmitParams{Type: "typed", Priority: 3, MaxAttempts: 4, Payload: []byte(`{"n":21}`)})
+	done := f.waitState(j.ID, statemachine.StateSucceeded)
+	require.JSONEq(t, `{"twice":42,"priority":3,"max_attempts":4}`, string(done.Result))
+
+	bad := f.submit(statemachine.SubmitParams{Type: "typed", MaxAttempts: 3, Payload: []byte(`{"n":"many"}`)})
+	failed := f.waitState(bad.ID, statemachine.StateFailed)
+	require.Equal(t, 1, failed.Attempt, "no retry would decode it")
+	require.Contains(t, failed.Error, "decode the payload")
+
+	big := f.submit(statemachine.SubmitParams{Type: "typed", Payload: []byte(`{"n":-1}`)})
+	require.ErrorIs(t, <-refused, statemachine.ErrInvalid)
+	succeeded := f.waitState(big.ID, statemachine.StateSucceeded)
+	require.Empty(t, succeeded.Result)
+}
+
+// The cause a handler sees when its attempt lost the job is the error a
+// refused report matches.
+func TestLeaseLostIsOneError(t *testing.T) {
+	require.ErrorIs(t, ErrLeaseLost, statemachine.ErrLeaseLost)
+}
+
 // A handler that panics fails its attempt, and where it panicked is in the
 // job's log and the worker's.
 func TestAPanicsStackIsInTheJobsLog(t *testing.T) {
@@ -843,10 +880,10 @@ func holdResults(p *Pool) (release func(), waiting *atomic.Int64) {
 	gate := make(chan struct{})
 	waiting = &atomic.Int64{}
 	record := p.recordResult
-	p.recordResult = func(ctx context.Context, held statemachine.Job, cause, err error) {
+	p.recordResult = func(ctx context.Context, held statemachine.Job, end attemptEnd) {
 		waiting.Add(1)
 		<-gate
-		record(ctx, held, cause, err)
+		record(ctx, held, end)
 		waiting.Add(-1)
 	}
 	var once sync.Once

@@ -181,7 +181,11 @@ func filterFlags(fs *flagSet, withStates bool, limitDefault int) func() (project
 				}
 			}
 		}
-		return projector.Filter{States: st, Type: *typ, Tags: tags, Meta: meta, MetaNot: metaNot, Limit: *limit}, nil
+		f := projector.Filter{States: st, Type: *typ, Tags: tags, Meta: meta, MetaNot: metaNot, Limit: *limit}
+		if err := f.Validate(); err != nil { // the values
+			return projector.Filter{}, err
+		}
+		return f, nil
 	}
 }
 
