@@ -28,8 +28,17 @@ func decideSubmit(jobID string, p SubmitParams, now time.Time) (events.Event, er
 	if len(p.Payload) > 0 {
 		d.Payload = bytes.Clone(p.Payload)
 	}
-	if p.RunAt != nil && p.RunAt.After(now) {
-		t := p.RunAt.UTC()
+	runAt := p.RunAt
+	if p.Delay > 0 {
+		if p.Delay >= RunAtLimit.Sub(now) {
+			return events.Event{}, fmt.Errorf("%w: delay %s runs the job after %s, expected a shorter delay: NATS timers hold no later time",
+				ErrInvalid, p.Delay, RunAtLimit.Format("2006-01-02"))
+		}
+		t := now.Add(p.Delay)
+		runAt = &t
+	}
+	if runAt != nil && runAt.After(now) {
+		t := runAt.UTC()
 		d.RunAt = &t
 	}
 	if p.Backoff.Base > 0 || p.Backoff.Cap > 0 {

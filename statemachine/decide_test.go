@@ -408,6 +408,17 @@ func TestSubmitFoldsEverythingItWasGiven(t *testing.T) {
 	require.NoError(t, j.Apply(events.Record{Event: ev, Seq: 1}))
 	require.Equal(t, StatePending, j.State)
 	require.Nil(t, j.RunAt)
+
+	// A delay runs from the submit's time; one past what a timer can hold
+	// is refused.
+	ev, err = decideSubmit("job1", SubmitParams{Type: "build", Delay: 90 * time.Second}, now)
+	require.NoError(t, err)
+	j = Job{State: StateNew}
+	require.NoError(t, j.Apply(events.Record{Event: ev, Seq: 1}))
+	require.Equal(t, StateScheduled, j.State)
+	require.True(t, j.RunAt.Equal(now.Add(90*time.Second)))
+	_, err = decideSubmit("job1", SubmitParams{Type: "build", Delay: time.Duration(1<<63 - 1)}, now)
+	require.ErrorIs(t, err, ErrInvalid)
 }
 
 // A submit that no Machine would have appended (another publisher's) is
@@ -668,6 +679,8 @@ func TestSubmitValidation(t *testing.T) {
 		{"backoff base over the limit", SubmitParams{Type: "t", Backoff: BackoffConfig{Base: BackoffLimit + 1}}, ErrInvalid, "backoff"},
 		{"backoff cap over the limit", SubmitParams{Type: "t", Backoff: BackoffConfig{Cap: time.Duration(1<<63 - 1)}}, ErrInvalid, "backoff"},
 		{"run-at past what a timer can hold", SubmitParams{Type: "t", RunAt: ptr(time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC))}, ErrInvalid, "run-at 2300"},
+		{"negative delay", SubmitParams{Type: "t", Delay: -time.Second}, ErrInvalid, "delay -1s"},
+		{"a delay and a run-at", SubmitParams{Type: "t", Delay: time.Second, RunAt: ptr(time.Now())}, ErrInvalid, "expected one of them"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.p.validate(10, defaultBackoff)

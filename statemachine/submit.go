@@ -58,6 +58,9 @@ type SubmitParams struct {
 	MaxAttempts int
 	// RunAt: not before this time; nil or past means now.
 	RunAt *time.Time
+	// Delay: not before this long after the submit (by the submitting
+	// machine's clock); instead of RunAt, not with it.
+	Delay time.Duration
 	// Key: with it, every submit with the same key returns the first job,
 	// until that job is purged.
 	Key string
@@ -163,6 +166,12 @@ func (p *SubmitParams) validate(maxPayload int, backoff BackoffConfig) error {
 	}
 	if p.Backoff.Base > BackoffLimit || p.Backoff.Cap > BackoffLimit {
 		return fmt.Errorf("%w: backoff of %s, expected at most %s", ErrInvalid, max(p.Backoff.Base, p.Backoff.Cap), BackoffLimit)
+	}
+	if p.Delay < 0 {
+		return fmt.Errorf("%w: delay %s, expected 0 or more", ErrInvalid, p.Delay)
+	}
+	if p.Delay > 0 && p.RunAt != nil {
+		return fmt.Errorf("%w: both a run-at and a delay, expected one of them", ErrInvalid)
 	}
 	if p.RunAt != nil && !p.RunAt.Before(RunAtLimit) {
 		return fmt.Errorf("%w: run-at %s, expected a time before %s", ErrInvalid, p.RunAt.UTC().Format(time.RFC3339), RunAtLimit.Format(time.RFC3339))
