@@ -34,7 +34,8 @@ type BulkCancelResult struct {
 	DryRun bool `json:"dry_run,omitempty"`
 	// ViewsBehind: the views had not shown every job the log held when
 	// the cancel began, within BulkCancelOptions.ViewsWait (is a server
-	// running?); a job submitted just before may be left pending.
+	// running?), or their projector's consumer (projector.DurableDefault)
+	// could not be read; a job submitted just before may be left pending.
 	ViewsBehind bool `json:"views_behind,omitempty"`
 }
 
@@ -78,15 +79,15 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 	res := BulkCancelResult{Canceled: []string{}, Skipped: []Skipped{}, DryRun: opts.DryRun}
 	if opts.ViewsWait >= 0 {
 		wctx, cancel := context.WithTimeout(ctx, cmp.Or(opts.ViewsWait, BulkCancelViewsWaitDefault))
+		// Not an error: a projector of another consumer name, or one made
+		// again, is not waited for, and the cancel goes on as it would
+		// once the wait was over.
 		caught, err := r.CaughtUp(wctx, m.Log().Stream())
 		cancel()
-		if err != nil {
-			return res, fmt.Errorf("bulk cancel: %w", err)
-		}
 		if ctx.Err() != nil {
 			return res, fmt.Errorf("bulk cancel: %w", ctx.Err())
 		}
-		res.ViewsBehind = !caught
+		res.ViewsBehind = err != nil || !caught
 	}
 	var mu sync.Mutex
 	sem := make(chan struct{}, opts.Concurrency)

@@ -1245,6 +1245,53 @@ func TestListEndsWhileViewsArePurged(t *testing.T) {
 	}
 }
 
+// A listing longer than its checks for a stalled watcher (a bucket of many
+// views) lists them all; one ended at the first check, with a part.
+func TestALongListingListsEveryView(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	_, r := f.viewsBucket(t)
+	const n = 30_000
+	for i := range n {
+		id := fmt.Sprintf("job-%06d", i)
+		data, err := json.Marshal(View{ID: id, Type: "t", State: statemachine.StatePending})
+		require.NoError(t, err)
+		_, err = f.env.JS.PublishAsync("$KV."+BucketDefault+"."+id, data)
+		require.NoError(t, err)
+	}
+	select {
+	case <-f.env.JS.PublishAsyncComplete():
+	case <-time.After(within):
+		t.Fatal("views not stored")
+	}
+	for range 2 {
+		start := time.Now()
+		page, err := r.List(ctx, Filter{})
+		require.NoError(t, err)
+		require.Equal(t, n, len(page.Views), "listed in %s", time.Since(start))
+	}
+}
+
+// A listing after the newest views were forgotten (purged jobs: no marker
+// is left) ends at once, not after rounds of waiting for them.
+func TestAListingAfterTheNewestViewsWereForgottenEnds(t *testing.T) {
+	ctx := context.Background()
+	kv, r := newFixture(t).viewsBucket(t)
+	for i := range 20 {
+		_, err := kv.Put(ctx, fmt.Sprintf("job-%02d", i), []byte(`{"id":"x"}`))
+		require.NoError(t, err)
+	}
+	for i := 15; i < 20; i++ {
+		require.NoError(t, r.stream.Purge(ctx, jetstream.WithPurgeSubject(fmt.Sprintf("$KV.%s.job-%02d", BucketDefault, i))))
+	}
+	// Well before the rounds it would wait, one idle check each.
+	ctx, cancel := context.WithTimeout(ctx, listRoundsMax*listIdleCheck/2)
+	defer cancel()
+	page, err := r.List(ctx, Filter{})
+	require.NoError(t, err, "it waited for views that are gone")
+	require.Len(t, page.Views, 15)
+}
+
 // A listing made while views are rewritten (heartbeats, jobs moving on)
 // lists every job once: a view rewritten before the listing reached it
 // loses the revision the listing was to read, and is read at its new one.

@@ -98,9 +98,11 @@ type Page struct {
 // List returns the matching views in job ID order, at most f.Limit of them;
 // that is submit order for jobs without a key (their IDs are time-ordered
 // UUIDs), while a key's ID is derived from the key. It reads the bucket's
-// current values in one pass over its stream, never the event log; a key
-// is not an index, so each page costs a pass: for everything at once, use
-// no limit.
+// current values in one pass over its stream, never the event log, and
+// then the views written meanwhile (see listRoundsMax): a job whose view
+// changes while it reads is listed once, as one of the views it had
+// during the listing. A key is not an index, so each page costs a pass:
+// for everything at once, use no limit.
 func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	if err := f.Validate(); err != nil {
 		return Page{}, err
@@ -166,11 +168,26 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 			if err != nil {
 				return false, fmt.Errorf("list jobs: %w", err)
 			}
-			if info.State.LastSeq <= seen {
+			last := info.State.LastSeq
+			if last <= seen {
 				return true, nil
 			}
-			until = info.State.LastSeq
+			// What was written since may be gone already (views forgotten
+			// leave no marker): then there is nothing to wait for.
+			if gone, err := r.nothingLeft(ctx, seen, last); err != nil || gone {
+				return gone, err
+			}
+			until = last
 			return false, nil
+		}
+		// stalled checks a watcher that has delivered nothing for a while,
+		// or says it delivered what it counted: once the views it counted
+		// on are gone, it delivers nothing more, and the round is over.
+		stalled := func() (bool, error) {
+			if gone, err := r.nothingLeft(ctx, seen, until); err != nil || !gone {
+				return false, err
+			}
+			return roundEnded()
 		}
 		idle := time.NewTicker(listIdleCheck)
 		defer idle.Stop()
@@ -181,13 +198,7 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 				return fmt.Errorf("list jobs: %w", ctx.Err())
 			case e = <-w.Updates():
 			case <-idle.C:
-				// The watcher delivers nothing more once the views it
-				// counted on are purged: nothing left of the round then.
-				left, err := r.nothingLeft(ctx, seen, until)
-				if err != nil || !left {
-					return err
-				}
-				if done, err := roundEnded(); err != nil || done {
+				if done, err := stalled(); err != nil || done {
 					return err
 				}
 				continue
@@ -197,6 +208,9 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 				// rewritten view comes after it.
 				if end == 0 {
 					return nil
+				}
+				if done, err := stalled(); err != nil || done {
+					return err
 				}
 				continue
 			}
@@ -255,8 +269,7 @@ type listed struct {
 }
 
 // nothingLeft reports whether the bucket holds no message (a view or a
-// marker) between revision seen and end, the stream's last message when
-// the listing began.
+// marker) after revision seen up to end, the last of a listing's round.
 func (r *Reader) nothingLeft(ctx context.Context, seen, end uint64) (bool, error) {
 	m, err := r.stream.GetMsg(ctx, seen+1, jetstream.WithGetMsgSubject("$KV."+r.bucket+".>"))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {

@@ -31,8 +31,7 @@ func decideSubmit(jobID string, p SubmitParams, now time.Time) (events.Event, er
 	runAt := p.RunAt
 	if p.Delay > 0 {
 		if p.Delay >= RunAtLimit.Sub(now) {
-			return events.Event{}, fmt.Errorf("%w: delay %s runs the job after %s, expected a shorter delay: NATS timers hold no later time",
-				ErrInvalid, p.Delay, RunAtLimit.Format("2006-01-02"))
+			return events.Event{}, delayTooLong(p.Delay)
 		}
 		t := now.Add(p.Delay)
 		runAt = &t

@@ -681,6 +681,7 @@ func TestSubmitValidation(t *testing.T) {
 		{"run-at past what a timer can hold", SubmitParams{Type: "t", RunAt: ptr(time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC))}, ErrInvalid, "run-at 2300"},
 		{"negative delay", SubmitParams{Type: "t", Delay: -time.Second}, ErrInvalid, "delay -1s"},
 		{"a delay and a run-at", SubmitParams{Type: "t", Delay: time.Second, RunAt: ptr(time.Now())}, ErrInvalid, "expected one of them"},
+		{"delay past what a timer can hold", SubmitParams{Type: "t", Delay: time.Duration(1<<63 - 1)}, ErrInvalid, "expected a shorter delay"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.p.validate(10, defaultBackoff)

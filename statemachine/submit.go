@@ -29,6 +29,12 @@ const (
 	maxTags      = 32
 )
 
+// delayTooLong refuses a delay that ends past RunAtLimit.
+func delayTooLong(d time.Duration) error {
+	return fmt.Errorf("%w: delay %s runs the job after %s, expected a shorter delay: NATS timers hold no later time",
+		ErrInvalid, d, RunAtLimit.Format("2006-01-02"))
+}
+
 // RunAtLimit is the latest run-at a job may be given: NATS timers, like
 // Go's nanosecond clock, cannot represent a time past 2262-04-11.
 var RunAtLimit = time.Date(2262, time.January, 1, 0, 0, 0, 0, time.UTC)
@@ -172,6 +178,9 @@ func (p *SubmitParams) validate(maxPayload int, backoff BackoffConfig) error {
 	}
 	if p.Delay > 0 && p.RunAt != nil {
 		return fmt.Errorf("%w: both a run-at and a delay, expected one of them", ErrInvalid)
+	}
+	if p.Delay > 0 && p.Delay >= time.Until(RunAtLimit) {
+		return delayTooLong(p.Delay)
 	}
 	if p.RunAt != nil && !p.RunAt.Before(RunAtLimit) {
 		return fmt.Errorf("%w: run-at %s, expected a time before %s", ErrInvalid, p.RunAt.UTC().Format(time.RFC3339), RunAtLimit.Format(time.RFC3339))

@@ -57,9 +57,11 @@ type Job struct {
 	Lease       uint64
 	WorkerID    string
 
-	held   statemachine.Job
-	logs   *Logs
-	result json.RawMessage
+	held statemachine.Job
+	logs *Logs
+	// resultMu guards result: a handler may set it from its goroutines.
+	resultMu sync.Mutex
+	result   json.RawMessage
 	// lineMu numbers the attempt's lines and sends them in that order, from
 	// however many goroutines (a command's stdout and stderr) they come.
 	lineMu sync.Mutex
@@ -102,8 +104,8 @@ func (j *Job) SetResult(v any) error {
 	if len(data) > ResultLimit {
 		return fmt.Errorf("%w: job %s: result of %d bytes as JSON, over the %d a result may be", statemachine.ErrInvalid, j.ID, len(data), ResultLimit)
 	}
-	j.lineMu.Lock() // a handler may set it from its own goroutines
-	defer j.lineMu.Unlock()
+	j.resultMu.Lock()
+	defer j.resultMu.Unlock()
 	j.result = data
 	return nil
 }

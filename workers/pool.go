@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -244,7 +245,7 @@ type Pool struct {
 	runners    *runners
 	// running cancels the handlers running, by lease: one job can have a
 	// handler still running after losing its lease and a new attempt here.
-	running map[uint64]context.CancelCauseFunc
+	running map[uint64]runningJob
 
 	busy atomic.Int64
 	// backingUp is set while a backup pass lists the queue streams, which
@@ -297,7 +298,7 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	p := &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
 		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{}, woken: map[string]uint64{},
-		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]context.CancelCauseFunc{}, claims: map[string]*wakeClaim{},
+		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]runningJob{}, claims: map[string]*wakeClaim{},
 		reporting: make(chan struct{}, cfg.Concurrency), claimWindow: claimWindowDefault,
 		wake: make(chan struct{}, 1), freed: make(chan struct{}, 1),
 		hangChanged: newBroadcast(), reconnected: newBroadcast()}
@@ -1204,7 +1205,7 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	p.mu.Lock()
 	stopping := p.stopping
 	if !stopping {
-		p.running[held.Lease] = cancel
+		p.running[held.Lease] = runningJob{id: held.ID, cancel: cancel}
 	}
 	p.mu.Unlock()
 	if stopping {
@@ -1282,9 +1283,9 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	// ctx ended, is made once (pauseReport ends the tries).
 	rctx, rcancel := context.WithTimeout(context.Background(), reportRetryLimit)
 	defer rcancel()
-	job.lineMu.Lock()
+	job.resultMu.Lock()
 	result := job.result
-	job.lineMu.Unlock()
+	job.resultMu.Unlock()
 	p.recordResult(rctx, held, attemptEnd{cause: context.Cause(ctx), err: err, result: result})
 }
 
@@ -1921,7 +1922,9 @@ func (p *Pool) readNews(ctx context.Context, jobID string, from *uint64) ([]even
 // server cannot record yet are tried again until ctx ends (up to 15
 // minutes: a ctx with no deadline waits for them). A result or hand-back
 // that could not be recorded (the connection lost, say) makes it return
-// ErrNotRecorded. Safe to call twice; a pool stopped before it started
+// ErrNotRecorded, as do handlers that had not returned 2 s after ctx ended
+// (the error names their jobs, which stay running: a handler's late result
+// is still recorded). Safe to call twice; a pool stopped before it started
 // does not start.
 func (p *Pool) Stop(ctx context.Context) error {
 	p.startMu.Lock()
@@ -1964,8 +1967,8 @@ func (p *Pool) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	p.mu.Lock()
-	for _, c := range p.running {
-		c(ErrShutdown)
+	for _, r := range p.running {
+		r.cancel(ErrShutdown)
 	}
 	p.mu.Unlock()
 	select {
@@ -1979,9 +1982,27 @@ func (p *Pool) Stop(ctx context.Context) error {
 	p.endReports()
 	select {
 	case <-finished:
+		if err := p.stopped(); err != nil {
+			return fmt.Errorf("%w (%w)", err, ctx.Err())
+		}
+		return nil
 	case <-time.After(handBackReserve):
 	}
-	return fmt.Errorf("stop pool: %w", ctx.Err())
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ids := make([]string, 0, len(p.running))
+	for _, r := range p.running {
+		ids = append(ids, r.id)
+	}
+	slices.Sort(ids)
+	return fmt.Errorf("stop pool: %w: %w: %d handlers had not returned (jobs %s): their jobs stay running until they return, or until the hang detector takes them if the process ends first",
+		ErrNotRecorded, ctx.Err(), len(ids), strings.Join(ids, ", "))
+}
+
+// runningJob is a handler that has not returned, and how to stop it.
+type runningJob struct {
+	id     string
+	cancel context.CancelCauseFunc
 }
 
 // handBackReserve is the time Stop keeps for handing running jobs back.

@@ -1790,6 +1790,40 @@ func TestAStopWithItsCtxEndedStillHandsBack(t *testing.T) {
 	require.Equal(t, 0, back.Attempt, "handed back without using up an attempt")
 }
 
+// A Stop whose ctx ends while a handler ignores its context says which
+// jobs stay running, as results not recorded; the handler's late success
+// is recorded all the same.
+func TestAStopCutShortNamesTheJobsLeftRunning(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"stubborn"}, ShutdownGrace: time.Minute,
+		Logger: zaptestLogger(t)}, func(context.Context, *Job) error {
+		started <- struct{}{}
+		<-release
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, p.Start(ctx))
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(release)
+		}
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "stubborn"})
+	<-started
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	err = p.Stop(ended)
+	require.ErrorIs(t, err, ErrNotRecorded)
+	require.ErrorIs(t, err, context.Canceled)
+	require.Contains(t, err.Error(), j.ID)
+	close(release)
+	released = true
+	f.waitState(j.ID, statemachine.StateSucceeded)
+}
+
 // observedLogger logs to the test, and keeps the lines for it to read.
 func observedLogger(t *testing.T) (*zap.Logger, *observer.ObservedLogs) {
 	core, logs := observer.New(zapcore.InfoLevel)
