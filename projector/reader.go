@@ -122,9 +122,9 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	// Decoding the views is most of the cost of a listing: it is spread
 	// over every core while the stream delivers.
 	quick := f.prefilter()
-	values := make(chan listed, 1024)
+	values := make(chan listedValue, 1024)
 	shards := runtime.GOMAXPROCS(0)
-	found := make([][]listed, shards)
+	found := make([][]listedView, shards)
 	unreadable := make([]int, shards)
 	var wg sync.WaitGroup
 	for i := range shards {
@@ -135,13 +135,13 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 				if !quick(l.data) {
 					continue
 				}
-				if err := json.Unmarshal(l.data, &l.view); err != nil || l.view.ID == "" {
+				var v View
+				if err := json.Unmarshal(l.data, &v); err != nil || v.ID == "" {
 					unreadable[i]++ // not a view: the projector folds its job again on its next event
 					continue
 				}
-				if f.Matches(l.view) {
-					l.data = nil
-					found[i] = append(found[i], l)
+				if f.Matches(v) {
+					found[i] = append(found[i], listedView{key: l.key, rev: l.rev, view: v})
 				}
 			}
 		}()
@@ -219,7 +219,7 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 				later[e.Key()] = seen
 			}
 			if e.Operation() == jetstream.KeyValuePut && (f.After == "" || e.Key() > f.After) {
-				values <- listed{key: e.Key(), rev: seen, data: e.Value()}
+				values <- listedValue{key: e.Key(), rev: seen, data: e.Value()}
 			}
 			if seen >= until {
 				if done, err := roundEnded(); err != nil || done {
@@ -232,7 +232,11 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	if err != nil {
 		return Page{}, err
 	}
-	views := []View{}
+	total := 0
+	for _, part := range found {
+		total += len(part)
+	}
+	views := make([]View, 0, total)
 	bad := 0
 	for i, part := range found {
 		for _, l := range part {
@@ -260,13 +264,20 @@ const listIdleCheck = 250 * time.Millisecond
 // began.
 const listRoundsMax = 8
 
-// listed is a value a listing read, with the revision it was read at.
-type listed struct {
-	key  string
-	rev  uint64
-	data []byte
-	view View
-}
+// listedValue is a value a listing read, at the revision it was read at;
+// listedView, its view.
+type (
+	listedValue struct {
+		key  string
+		rev  uint64
+		data []byte
+	}
+	listedView struct {
+		key  string
+		rev  uint64
+		view View
+	}
+)
 
 // nothingLeft reports whether the bucket holds no message (a view or a
 // marker) after revision seen up to end, the last of a listing's round.
