@@ -64,20 +64,8 @@ func Example() {
 // job's success records.
 func ExampleJSONHandler() {
 	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "jetjob-example")
-	defer os.RemoveAll(dir)
-	srv, _ := natsserver.Start(natsserver.Config{DataDir: dir, Listen: "127.0.0.1:0"})
-	defer srv.Shutdown()
-	nc, _ := nats.Connect(srv.ClientURL())
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	lg, _ := events.Open(ctx, js, events.Config{})
-	defer lg.Close()
-	m, _ := statemachine.New(lg, statemachine.Config{})
-	_ = workers.EnsureTopology(ctx, js)
-	enq, _ := workers.NewEnqueuer(js, m, workers.EnqueuerConfig{})
-	_ = enq.Start(ctx)
-	defer enq.Stop()
+	js, m, stop := exampleServer(ctx) // as in Example
+	defer stop()
 
 	type resize struct {
 		Image string `json:"image"`
@@ -97,4 +85,25 @@ func ExampleJSONHandler() {
 	fmt.Println(r.Job.State, string(r.Job.Result))
 	// Output:
 	// succeeded {"url":"s3://thumbs/cat-128.png"}
+}
+
+// exampleServer runs what a server runs (the log, the queue topology, the
+// enqueuer) on an embedded NATS in a temporary directory.
+func exampleServer(ctx context.Context) (jetstream.JetStream, *statemachine.Machine, func()) {
+	dir, _ := os.MkdirTemp("", "jetjob-example")
+	srv, _ := natsserver.Start(natsserver.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	nc, _ := nats.Connect(srv.ClientURL())
+	js, _ := jetstream.New(nc)
+	lg, _ := events.Open(ctx, js, events.Config{})
+	m, _ := statemachine.New(lg, statemachine.Config{})
+	_ = workers.EnsureTopology(ctx, js)
+	enq, _ := workers.NewEnqueuer(js, m, workers.EnqueuerConfig{})
+	_ = enq.Start(ctx)
+	return js, m, func() {
+		enq.Stop()
+		lg.Close()
+		nc.Close()
+		srv.Shutdown()
+		_ = os.RemoveAll(dir)
+	}
 }

@@ -914,45 +914,40 @@ while :; do sleep 0.05; done
 // a grace over about 7 s, the worker gave up before the SIGKILL and left the
 // job running, to be failed as hung and lose an attempt.
 func TestAStoppedWorkerHandsBackTheJobOfACommandThatIgnoresSIGTERM(t *testing.T) {
-	s := startServerProc(t)
-	script := filepath.Join(t.TempDir(), "stubborn.sh")
-	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\ntrap '' TERM\necho started\nwhile :; do sleep 0.05; done\n"), 0o755))
-	cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "stubborn", "--grace", "6s", "--", script)
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	id := s.jetjob("submit", "--type", "stubborn", "--max-attempts", "1").ok(t)
-	natstest.Eventually(t, 15*time.Second, func() bool {
-		return strings.Contains(s.jetjob("logs", id).stdout, "started")
-	}, "the command started: %s", &out)
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	require.NoError(t, cmd.Wait(), "worker output: %s", out.String())
-	require.Contains(t, out.String(), "running commands get 6s to finish")
-	v := waitView(t, s, id, func(v projector.View) bool { return v.State != "running" }, "handed back")
-	require.Equal(t, statemachine.StatePending, v.State, "handed back without using up its one attempt")
-	require.Equal(t, 0, v.Attempt)
+	out := stopWorkerRunning(t, "#!/bin/sh\ntrap '' TERM\necho started\nwhile :; do sleep 0.05; done\n", "6s", syscall.SIGTERM)
+	require.Contains(t, out, "running commands get 6s to finish")
 }
 
 // A worker whose terminal closes (SIGHUP) stops as on Ctrl-C and hands its
 // job back; it used to die at once, its job running until the hang-after.
 func TestAHungUpWorkerHandsBackItsJob(t *testing.T) {
+	stopWorkerRunning(t, "#!/bin/sh\necho started\nexec sleep 60\n", "1s", syscall.SIGHUP)
+}
+
+// stopWorkerRunning starts a worker with the given grace whose command is
+// script, and once the command runs a job, sends the worker sig: it must
+// exit 0 and hand the job back without using up its one attempt. It
+// returns what the worker said.
+func stopWorkerRunning(t *testing.T, script, grace string, sig os.Signal) string {
+	t.Helper()
 	s := startServerProc(t)
-	script := filepath.Join(t.TempDir(), "long.sh")
-	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\necho started\nexec sleep 60\n"), 0o755))
-	cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "long", "--grace", "1s", "--", script)
+	path := filepath.Join(t.TempDir(), "command.sh")
+	require.NoError(t, os.WriteFile(path, []byte(script), 0o755))
+	cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "stopped", "--grace", grace, "--", path)
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	id := s.jetjob("submit", "--type", "long", "--max-attempts", "1").ok(t)
+	id := s.jetjob("submit", "--type", "stopped", "--max-attempts", "1").ok(t)
 	natstest.Eventually(t, 15*time.Second, func() bool {
 		return strings.Contains(s.jetjob("logs", id).stdout, "started")
 	}, "the command started: %s", &out)
-	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
+	require.NoError(t, cmd.Process.Signal(sig))
 	require.NoError(t, cmd.Wait(), "worker output: %s", out.String())
 	v := waitView(t, s, id, func(v projector.View) bool { return v.State != "running" }, "handed back")
 	require.Equal(t, statemachine.StatePending, v.State, "handed back without using up its one attempt")
+	require.Equal(t, 0, v.Attempt)
+	return out.String()
 }
 
 // A worker whose --grace cannot fit in the half hang-after left after it
