@@ -412,6 +412,11 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	return out, nil
 }
 
+// CaughtUp is the package's CaughtUp on the reader's connection.
+func (r *Reader) CaughtUp(ctx context.Context, logStream string) (bool, error) {
+	return CaughtUp(ctx, r.js, logStream)
+}
+
 // streamCreatedAdvisory is where JetStream says it made a stream (name
 // appended).
 const streamCreatedAdvisory = "$JS.EVENT.ADVISORY.STREAM.CREATED."
@@ -503,15 +508,6 @@ func field(k, v string) []byte {
 // false when ctx ends first, and an error when the projector's consumer
 // cannot be read (no server ever ran on this NATS).
 func CaughtUp(ctx context.Context, js jetstream.JetStream, logStream string) (bool, error) {
-	return caughtUp(ctx, js, logStream)
-}
-
-// CaughtUp is the package's CaughtUp on the reader's connection.
-func (r *Reader) CaughtUp(ctx context.Context, logStream string) (bool, error) {
-	return caughtUp(ctx, r.js, logStream)
-}
-
-func caughtUp(ctx context.Context, js jetstream.JetStream, logStream string) (bool, error) {
 	st, err := js.Stream(ctx, logStream)
 	if err != nil {
 		return false, fmt.Errorf("wait for the views: %w", err)
