@@ -37,6 +37,10 @@ var (
 	// ErrJobTimeout is the cause of a handler's context when it ran longer
 	// than the pool's JobTimeout; the attempt fails with ErrorCodeTimeout.
 	ErrJobTimeout = errors.New("job ran past its timeout")
+	// ErrHandlerExited fails an attempt whose handler called runtime.Goexit
+	// (as testing's FailNow and SkipNow do) instead of returning. The job is
+	// retried if it has attempts left, as after a panic.
+	ErrHandlerExited = errors.New("handler exited without returning (runtime.Goexit)")
 )
 
 // NoRetryError fails a job without retrying it, attempts left or not.

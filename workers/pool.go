@@ -1262,7 +1262,27 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 		<-watchDone
 	}()
 	go p.watchAttempt(ctx, beatCtx, held, cancel, watchDone)
+	returned := false
+	defer func() {
+		if !returned {
+			// The handler called runtime.Goexit (t.FailNow does): no
+			// error to return and no panic to recover, and this goroutine
+			// ends once its deferred calls are done. Unended, the attempt
+			// would stay running, its slot taken, until the hang detector
+			// failed it.
+			p.logger.Error("handler exited without returning", zap.String("job", job.ID), zap.Int("attempt", job.Attempt))
+			job.logStream(StreamStderr, ErrHandlerExited.Error())
+			p.endAttempt(ctx, cancel, held, job, slot, handlerReturned, ErrHandlerExited)
+		}
+	}()
 	err := p.callHandler(ctx, job)
+	returned = true
+	p.endAttempt(ctx, cancel, held, job, slot, handlerReturned, err)
+}
+
+// endAttempt records how the attempt whose handler returned err ended.
+func (p *Pool) endAttempt(ctx context.Context, cancel context.CancelCauseFunc, held statemachine.Job, job *Job, slot *slot,
+	handlerReturned func(), err error) {
 	handlerReturned()
 	cancel(nil) // stops the cancel watch; a cause set before stays
 	p.mu.Lock()

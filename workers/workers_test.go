@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -480,6 +481,33 @@ func TestAPanicsStackIsInTheJobsLog(t *testing.T) {
 
 //go:noinline
 func panicInHandler() { panic("the stack says where") }
+
+// A handler that calls runtime.Goexit, as t.FailNow does, returns nothing
+// and panics with nothing: its attempt fails and is retried, where it used
+// to stay running until the hang detector failed it.
+func TestAHandlerThatExitsItsGoroutineFailsItsAttempt(t *testing.T) {
+	f := newFixture(t, true)
+	logger, said := observedLogger(t)
+	var attempts atomic.Int32
+	f.pool(PoolConfig{Types: []string{"exits"}, Concurrency: 1, Logger: logger}, func(_ context.Context, j *Job) error {
+		if attempts.Add(1) == 1 {
+			runtime.Goexit()
+		}
+		return j.SetResult("second attempt")
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "exits", MaxAttempts: 2, Backoff: statemachine.BackoffConfig{Base: time.Millisecond}})
+	done := f.waitState(j.ID, statemachine.StateSucceeded)
+	require.Equal(t, 2, done.Attempt)
+	require.JSONEq(t, `"second attempt"`, string(done.Result))
+	require.Equal(t, []string{events.TypeSubmitted, events.TypeAcquired, events.TypeAttemptFailed, events.TypePromoted,
+		events.TypeAcquired, events.TypeSucceeded}, f.types(j.ID))
+	require.Equal(t, 1, said.FilterMessage("handler exited without returning").FilterField(zap.String("job", j.ID)).Len())
+
+	last := f.submit(statemachine.SubmitParams{Type: "exits", MaxAttempts: 1})
+	attempts.Store(0)
+	failed := f.waitState(last.ID, statemachine.StateFailed)
+	require.Equal(t, ErrHandlerExited.Error(), failed.Error)
+}
 
 // Following a job's log rides out a clean server restart (it used to end
 // with "server shutdown"), each line passed once.
