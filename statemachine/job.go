@@ -35,10 +35,12 @@ type Job struct {
 	Key         string            `json:",omitzero"`
 	Backoff     events.Backoff    `json:",omitzero"`
 
-	State     State          `json:",omitzero"`
-	Attempt   int            `json:",omitzero"`
-	Lease     uint64         `json:",omitzero"`
-	WorkerID  string         `json:",omitzero"`
+	State    State  `json:",omitzero"`
+	Attempt  int    `json:",omitzero"`
+	Lease    uint64 `json:",omitzero"`
+	WorkerID string `json:",omitzero"`
+	// RunAt is when the job was last due to run: its submit's run-at, or
+	// its last retry's. A finished job keeps it.
 	RunAt     *time.Time     `json:",omitzero"`
 	Error     string         `json:",omitzero"`
 	ErrorCode string         `json:",omitzero"`

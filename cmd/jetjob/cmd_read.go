@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -119,6 +120,9 @@ func printView(out io.Writer, v projector.View) error {
 	if v.Error != "" {
 		row("error", fmt.Sprintf("%s (%s)", v.Error, v.ErrorCode))
 	}
+	if len(v.Result) > 0 {
+		row("result", resultText(v.Result))
+	}
 	for _, e := range v.Errors {
 		by := ""
 		if e.WorkerID != "" {
@@ -142,6 +146,28 @@ func printView(out io.Writer, v projector.View) error {
 	}
 	row("version", v.Version)
 	return tw.Flush()
+}
+
+// resultTextMax is how much of a result get prints as text: a line, not a
+// screenful; -o json has all of it.
+const resultTextMax = 200
+
+// resultText is a job's result on one line, cut at resultTextMax bytes.
+func resultText(result json.RawMessage) string {
+	var compact bytes.Buffer
+	if json.Compact(&compact, result) != nil {
+		compact.Reset()
+		compact.Write(result)
+	}
+	text := compact.String()
+	if len(text) <= resultTextMax {
+		return text
+	}
+	cut := resultTextMax
+	for cut > 0 && !utf8.RuneStart(text[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes; -o json prints all of it)", text[:cut], len(text))
 }
 
 // filterFlags adds the job filter flags: --state only when withStates, and

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/projector"
 )
 
 func TestHistoryShowsAJSONPayloadAsJSON(t *testing.T) {
@@ -174,4 +176,28 @@ func TestABadJETJOBSERVERIsNamed(t *testing.T) {
 	stderr.Reset()
 	require.Equal(t, exitUsage, run([]string{"ls", "--server", "http://127.0.0.1:4223"}, &stdout, &stderr))
 	require.Contains(t, stderr.String(), `--server "http://127.0.0.1:4223" has scheme "http"`, "the flag wins over the variable")
+}
+
+// get prints a job's result on one line, cut short when long.
+func TestGetPrintsTheResult(t *testing.T) {
+	for name, tc := range map[string]struct{ result, want string }{
+		"compacted": {"{\n  \"rows\": 3\n}", `{"rows":3}`},
+		"long":      {`"` + strings.Repeat("é", 150) + `"`, `"` + strings.Repeat("é", 99) + `… (302 bytes; -o json prints all of it)`},
+		"escaped":   {`"a\u001b[31m"`, `"a\u001b[31m"`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var out strings.Builder
+			require.NoError(t, printView(&out, projector.View{ID: "j", Result: json.RawMessage(tc.result)}))
+			var got string
+			for _, line := range strings.Split(out.String(), "\n") {
+				if rest, ok := strings.CutPrefix(line, "result:"); ok {
+					got = strings.TrimSpace(rest)
+				}
+			}
+			require.Equal(t, tc.want, got)
+		})
+	}
+	var out strings.Builder
+	require.NoError(t, printView(&out, projector.View{ID: "j"}))
+	require.NotContains(t, out.String(), "result:")
 }
