@@ -582,10 +582,11 @@ func (p *Projector) parallel(ctx context.Context, jobs []*jobWork, fn func(conte
 }
 
 // quarantine copies messages that are not valid events to the quarantine
-// stream, with where they came from and why, and logs each. The copy's
-// message ID is the original sequence, so a message quarantined again (a
-// redelivery, two servers) is stored once within the stream's duplicate
-// window.
+// stream, with where they came from and why, and logs each. Each copy has a
+// subject of its own, named by the original's sequence, and is published
+// only if that subject holds nothing yet, so a message quarantined again (a
+// redelivery, two servers, the views projected again from scratch) is
+// stored once, however long after.
 func (p *Projector) quarantine(ctx context.Context, bad []badRecord) error {
 	if len(bad) == 0 {
 		return nil
@@ -599,13 +600,13 @@ func (p *Projector) quarantine(ctx context.Context, bad []badRecord) error {
 		seen[b.rec.Seq] = true
 		p.logger.Warn("quarantined a message on an event subject: it is not a valid event of its job",
 			zap.String("job", b.job), zap.String("subject", b.subject), zap.Uint64("seq", b.rec.Seq), zap.Error(b.reason))
-		m := nats.NewMsg(QuarantinePrefix + b.job)
+		seq := strconv.FormatUint(b.rec.Seq, 10)
+		m := nats.NewMsg(QuarantinePrefix + b.job + "." + seq)
 		m.Data = b.rec.Raw
 		if m.Data == nil {
 			m.Data, _ = events.Encode(b.rec.Event)
 		}
-		seq := strconv.FormatUint(b.rec.Seq, 10)
-		m.Header.Set(jetstream.MsgIDHeader, "q-"+p.log.Stream()+"-"+seq)
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
 		m.Header.Set(HeaderOriginalStream, p.log.Stream())
 		m.Header.Set(HeaderOriginalSeq, seq)
 		m.Header.Set(HeaderOriginalSubject, b.subject)
@@ -622,6 +623,9 @@ func (p *Projector) quarantine(ctx context.Context, bad []badRecord) error {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
+			if quarantinedBefore(err) {
+				continue
+			}
 			return fmt.Errorf("quarantine message %s: %w", f.Msg().Header.Get(HeaderOriginalSeq), err)
 		case <-timeout.C:
 			return fmt.Errorf("quarantine: no answer within %s", p.cfg.WriteTimeout)
@@ -630,6 +634,14 @@ func (p *Projector) quarantine(ctx context.Context, bad []badRecord) error {
 		}
 	}
 	return nil
+}
+
+// quarantinedBefore tells a copy refused because its subject holds one
+// already.
+func quarantinedBefore(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // Headers of a quarantined copy.

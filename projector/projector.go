@@ -30,7 +30,8 @@ const (
 	// HeartbeatDurableDefault names the consumer over the heartbeat stream.
 	HeartbeatDurableDefault = "jj_projector_hb"
 	// QuarantineStream keeps a copy of every message on an event subject
-	// that is not a valid event, under QuarantinePrefix + job ID.
+	// that is not a valid event, under QuarantinePrefix + job ID + "." +
+	// the original's sequence (job ID "unknown" when the subject names none).
 	QuarantineStream = "JJ_QUARANTINE"
 	QuarantinePrefix = "jj.quarantine."
 	// BatchDefault is how many messages are projected together: a job with
@@ -245,7 +246,6 @@ func (p *Projector) provisionStorage(ctx context.Context) (storage, error) {
 		Description: "jetjob quarantine: messages on event subjects that are not valid events",
 		Subjects:    []string{QuarantinePrefix + ">"},
 		Storage:     jetstream.FileStorage,
-		Duplicates:  2 * time.Minute,
 		MaxMsgs:     -1,
 		MaxBytes:    -1,
 	}); err != nil {

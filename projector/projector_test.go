@@ -304,6 +304,54 @@ func TestGarbageOfAJobWithNoViewIsQuarantinedOnce(t *testing.T) {
 	require.Equal(t, 5, quarantined(), "each message quarantined once")
 }
 
+// The views projected again from scratch (their bucket deleted) quarantine
+// no message a second time, however long after: each copy's subject is
+// named by the original's sequence and written only while empty. A message
+// ID kept them apart only within the stream's duplicate window (2 minutes).
+func TestGarbageProjectedAgainIsNotQuarantinedAgain(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	for range 2 {
+		m := nats.NewMsg(f.log.Subject("nosubmit"))
+		m.Data = []byte("junk")
+		_, err := f.env.JS.PublishMsg(ctx, m)
+		require.NoError(t, err)
+	}
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "build"})
+	require.NoError(t, err)
+	_, err = f.env.JS.Publish(ctx, f.log.Subject(j.ID), []byte("not json"))
+	require.NoError(t, err)
+
+	var q jetstream.Stream
+	copies := func() uint64 {
+		info, err := q.Info(ctx)
+		require.NoError(t, err)
+		return info.State.Msgs
+	}
+	projected := func(p *Projector) {
+		require.NoError(t, p.Start(ctx))
+		r := f.reader(t)
+		natstest.Eventually(t, within, func() bool {
+			v, err := r.Get(ctx, j.ID)
+			return err == nil && v.Quarantined == 1
+		}, "the job's view, past its garbage")
+		p.Stop()
+	}
+	projected(f.p)
+	q, err = f.env.JS.Stream(ctx, QuarantineStream)
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), copies())
+
+	require.NoError(t, f.env.JS.DeleteKeyValue(ctx, BucketDefault))
+	projected(f.projector(t, Config{}))
+	require.Equal(t, uint64(3), copies(), "no message quarantined twice")
+	for seq := uint64(1); seq <= 3; seq++ {
+		m, err := q.GetMsg(ctx, seq)
+		require.NoError(t, err)
+		require.Equal(t, QuarantinePrefix+map[uint64]string{1: "nosubmit", 2: "nosubmit", 3: j.ID}[seq]+"."+m.Header.Get(HeaderOriginalSeq), m.Subject)
+	}
+}
+
 func TestGarbageIsQuarantinedAndNeverStalls(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
