@@ -145,9 +145,17 @@ func (h *Heartbeats) PublishHangAfterIfNone(ctx context.Context, hangAfter time.
 // it returns, then with every change until stop is called; ctx bounds only
 // the first read. A value that is not a positive duration is skipped.
 func (h *Heartbeats) FollowHangAfter(ctx context.Context, set func(time.Duration)) (stop func(), err error) {
-	w, err := h.settings.Watch(ctx, hangAfterKey, jetstream.IgnoreDeletes())
+	// The watch ends with ctx, and callers pass the ctx of their start,
+	// often one with a timeout: it is given one that stop ends instead.
+	watchCtx, endWatch := context.WithCancel(context.WithoutCancel(ctx))
+	w, err := h.settings.Watch(watchCtx, hangAfterKey, jetstream.IgnoreDeletes())
 	if err != nil {
+		endWatch()
 		return nil, fmt.Errorf("follow hang-after: %w", err)
+	}
+	stop = func() {
+		_ = w.Stop()
+		endWatch()
 	}
 	apply := func(e jetstream.KeyValueEntry) {
 		if d, err := time.ParseDuration(string(e.Value())); err == nil && d > 0 {
@@ -157,11 +165,12 @@ func (h *Heartbeats) FollowHangAfter(ctx context.Context, set func(time.Duration
 	for initial := true; initial; {
 		select {
 		case <-ctx.Done():
-			_ = w.Stop()
+			stop()
 			return nil, fmt.Errorf("follow hang-after: %w", ctx.Err())
 		case e, ok := <-w.Updates():
 			switch {
 			case !ok:
+				stop()
 				return nil, fmt.Errorf("follow hang-after: the watch ended")
 			case e == nil:
 				initial = false
@@ -177,7 +186,7 @@ func (h *Heartbeats) FollowHangAfter(ctx context.Context, set func(time.Duration
 			}
 		}
 	}()
-	return func() { _ = w.Stop() }, nil
+	return stop, nil
 }
 
 // Stream is the heartbeat stream's name.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,6 +77,30 @@ func TestWorkersFollowThePublishedHangAfter(t *testing.T) {
 
 	_, err = hb.PublishHangAfter(ctx, 0)
 	require.Error(t, err)
+}
+
+// A follower goes on after the ctx it started with ends: callers start with
+// a timeout, and a pool started so kept the hang-after it began with.
+func TestFollowingTheHangAfterOutlivesTheStartsContext(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	hb, err := events.OpenHeartbeats(ctx, env.JS)
+	require.NoError(t, err)
+	_, err = hb.PublishHangAfter(ctx, 30*time.Second)
+	require.NoError(t, err)
+
+	var told atomic.Int64
+	startCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	stop, err := hb.FollowHangAfter(startCtx, func(d time.Duration) { told.Store(int64(d)) })
+	cancel()
+	require.NoError(t, err)
+	defer stop()
+	require.Equal(t, 30*time.Second, time.Duration(told.Load()))
+
+	_, err = hb.PublishHangAfter(ctx, 12*time.Second)
+	require.NoError(t, err)
+	natstest.Eventually(t, 5*time.Second, func() bool { return time.Duration(told.Load()) == 12*time.Second },
+		"the change after the start's ctx ended is told")
 }
 
 // Each beat of an attempt follows its previous one, so that a beat sent late
