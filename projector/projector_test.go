@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -943,6 +944,31 @@ func TestWatchSendsCurrentValuesThenEveryChangeInOrder(t *testing.T) {
 	cancel()
 	for range ch {
 	}
+}
+
+// A watch that ends because its connection closed, its ctx still live,
+// lets go of everything it held: a dashboard that reconnects with a new
+// connection does not pile up goroutines of the old one.
+func TestAWatchEndedByItsConnectionLeavesNothingRunning(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	f.run(t) // makes the views bucket
+	subscriptionsWaiting := func() int {
+		buf := make([]byte, 1<<22)
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "(*js).subscribe.func")
+	}
+	before := subscriptionsWaiting()
+	nc, js := natstest.Connect(t, f.env.URL)
+	r, err := NewReader(ctx, js)
+	require.NoError(t, err)
+	ch, err := r.Watch(ctx, Filter{})
+	require.NoError(t, err)
+	require.Greater(t, subscriptionsWaiting(), before, "the watch's subscription waits for its ctx")
+	nc.Close()
+	for range ch {
+	}
+	natstest.Eventually(t, 5*time.Second, func() bool { return subscriptionsWaiting() <= before },
+		"the watch's subscriptions let go (%d waiting, %d before)", subscriptionsWaiting(), before)
 }
 
 func TestHeartbeatsMoveUpdatedAt(t *testing.T) {

@@ -312,8 +312,12 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
+	// Each of the watch's subscriptions waits for its ctx to end: one
+	// ended with the watch lets them go also when the watch ends first.
+	ctx, endWatch := context.WithCancel(ctx)
 	w, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
+		endWatch()
 		return nil, fmt.Errorf("watch jobs: %w", err)
 	}
 	// A server restart loses the watch's consumer, which the watch would
@@ -343,6 +347,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	seen := map[string]sent{}
 	go func() {
 		defer close(out)
+		defer endWatch()
 		defer func() { stopWatch(w) }()
 		if reconnected != nil {
 			defer r.nc.RemoveStatusListener(reconnected)
