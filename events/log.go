@@ -235,7 +235,11 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error)
 // Attach returns a Log on an events stream that a server already
 // provisioned, without touching the stream's configuration: for workers and
 // short-lived clients such as the CLI. Follow then sends appends as the
-// server recorded.
+// server recorded. A process with few appends of its own (a worker, a
+// client submitting one job at a time) sets Config.Relay and calls Follow,
+// as the CLI and `jetjob worker` do: its appends then join the server's
+// atomic batches, which on a log fsync'd before each ack commit three to
+// four times the appends a second of appends sent one by one.
 func Attach(js jetstream.JetStream, cfg Config) (*Log, error) {
 	if js == nil {
 		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)

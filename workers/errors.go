@@ -41,6 +41,10 @@ var (
 	// (as testing's FailNow and SkipNow do) instead of returning. The job is
 	// retried if it has attempts left, as after a panic.
 	ErrHandlerExited = errors.New("handler exited without returning (runtime.Goexit)")
+	// ErrAttemptOver refuses a result set after the attempt's handler
+	// returned (from a goroutine it left running): the attempt's end was
+	// recorded with the result it had then.
+	ErrAttemptOver = errors.New("the attempt is over: its handler returned")
 )
 
 // NoRetryError fails a job without retrying it, attempts left or not.
@@ -56,7 +60,9 @@ func (e *NoRetryError) Error() string {
 // Unwrap gives the wrapped error.
 func (e *NoRetryError) Unwrap() error { return e.Err }
 
-// NoRetry wraps err so that the job fails for good.
+// NoRetry wraps err so that the job fails for good. NoRetry(nil) fails it
+// too, with the error "failed without retry": a handler that succeeds
+// returns nil itself.
 func NoRetry(err error) error { return &NoRetryError{Err: err} }
 
 // CodedError gives a failed attempt an error code.

@@ -59,9 +59,11 @@ type Job struct {
 
 	held statemachine.Job
 	logs *Logs
-	// resultMu guards result: a handler may set it from its goroutines.
+	// resultMu guards result and over: a handler may set the result from
+	// its goroutines, also ones still running after it returned.
 	resultMu sync.Mutex
 	result   json.RawMessage
+	over     bool
 	// lineMu numbers the attempt's lines and sends them in that order, from
 	// however many goroutines (a command's stdout and stderr) they come.
 	lineMu sync.Mutex
@@ -95,7 +97,8 @@ const ResultLimit = 64 << 10
 // job's view shows it as result) if the handler then returns nil; a later
 // call replaces it. It is encoded as JSON here: a value that cannot be, or
 // whose JSON is over ResultLimit, is refused with an error matching
-// statemachine.ErrInvalid, and the result is left as it was.
+// statemachine.ErrInvalid, and the result is left as it was. Once the
+// handler has returned it is refused with ErrAttemptOver.
 func (j *Job) SetResult(v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
@@ -106,6 +109,9 @@ func (j *Job) SetResult(v any) error {
 	}
 	j.resultMu.Lock()
 	defer j.resultMu.Unlock()
+	if j.over {
+		return fmt.Errorf("set result of job %s attempt %d: %w", j.ID, j.Attempt, ErrAttemptOver)
+	}
 	j.result = data
 	return nil
 }

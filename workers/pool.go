@@ -1305,6 +1305,7 @@ func (p *Pool) endAttempt(ctx context.Context, cancel context.CancelCauseFunc, h
 	defer rcancel()
 	job.resultMu.Lock()
 	result := job.result
+	job.over = true
 	job.resultMu.Unlock()
 	p.recordResult(rctx, held, attemptEnd{cause: context.Cause(ctx), err: err, result: result})
 }

@@ -422,7 +422,12 @@ func TestATypedHandlersResultIsRecorded(t *testing.T) {
 	}
 	f := newFixture(t, true)
 	refused := make(chan error, 1)
+	kept := make(chan *Job, 1)
 	f.pool(PoolConfig{Types: []string{"typed"}}, JSONHandler(func(_ context.Context, j *Job, a args) error {
+		if a.N == 0 {
+			kept <- j
+			return nil
+		}
 		if a.N < 0 {
 			refused <- j.SetResult(strings.Repeat("x", ResultLimit))
 			return nil
@@ -442,6 +447,13 @@ func TestATypedHandlersResultIsRecorded(t *testing.T) {
 	require.ErrorIs(t, <-refused, statemachine.ErrInvalid)
 	succeeded := f.waitState(big.ID, statemachine.StateSucceeded)
 	require.Empty(t, succeeded.Result)
+
+	// A result set after the handler returned is refused, not dropped
+	// unsaid.
+	late := f.submit(statemachine.SubmitParams{Type: "typed", Payload: []byte(`{"n":0}`)})
+	ended := f.waitState(late.ID, statemachine.StateSucceeded)
+	require.ErrorIs(t, (<-kept).SetResult("too late"), ErrAttemptOver)
+	require.Empty(t, ended.Result)
 }
 
 // The cause a handler sees when its attempt lost the job is the error a
