@@ -91,10 +91,16 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		{"huge", []string{bench.ScenarioBacklog, bench.ScenarioMemory}},
 		{"rate", []string{bench.ScenarioLatency}},
 		{"processes", []string{bench.ScenarioE2E, bench.ScenarioLatency}},
+		{"n", []string{bench.ScenarioCeiling, bench.ScenarioE2E, bench.ScenarioTags}},
+		{"workers", []string{bench.ScenarioE2E, bench.ScenarioLatency, bench.ScenarioBacklog, bench.ScenarioTags}},
+		{"producers", []string{bench.ScenarioE2E, bench.ScenarioBacklog, bench.ScenarioTags, bench.ScenarioOps, bench.ScenarioMemory}},
 	} {
 		if set[f.flag] && !runs(f.scenarios...) {
 			return usageErr("--%s is for the %s scenario, which this run does not include", f.flag, strings.Join(f.scenarios, " or "))
 		}
+	}
+	if *smoke && *huge {
+		return usageErr("--huge runs the backlog with %d pending jobs and --smoke with a few hundred: give one of them", bench.BacklogHuge)
 	}
 	if set["server"] && len(scenarios) > 0 && !slices.ContainsFunc(scenarios, func(s string) bool { return s != bench.ScenarioMemory }) {
 		return usageErr("the memory scenario does not run with --server: it measures the embedded server holding the backlog")

@@ -20,13 +20,13 @@ import (
 )
 
 func runWorker(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("worker", "--type T [--tag k=v]... [--concurrency N] [--grace D] [--timeout D] [--id ID] -- CMD [ARGS...]", true)
+	fs := newFlags("worker", "--type T [--tag k=v]... [--concurrency N] [--grace D] [--timeout D] [--id ID] [-v] -- CMD [ARGS...]", true)
 	fs.Lookup("o").Usage = "not taken: a worker prints only its log, on stderr"
 	var types strs
 	tags := labels{}
 	fs.Var(&types, "type", "job type to serve (repeatable)")
 	fs.Var(tags, "tag", "a tag this worker has, k=v (repeatable)")
-	concurrency := fs.Int("concurrency", 1, "jobs run at once")
+	concurrency := fs.Int("concurrency", 1, fmt.Sprintf("jobs run at once, 1-%d", workers.ConcurrencyMax))
 	grace := fs.String("grace", "10s", "after a cancel's SIGTERM, SIGKILL the command after this long; also the shutdown grace")
 	timeout := fs.String("timeout", "0s", "stop a command still running after this long (SIGTERM, then SIGKILL after --grace) and fail its attempt with code timeout; 0 means no limit")
 	id := fs.String("id", "", "worker ID (default host-pid-random)")

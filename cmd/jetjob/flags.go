@@ -320,7 +320,7 @@ func plainFlagError(err error) error {
 
 // flagName writes a flag as the usage lines do: -o, --server.
 func flagName(name string) string {
-	if len(name) == 1 {
+	if len(name) == 1 && name != "n" { // bench's --n JOBS, as its usage line spells it
 		return "-" + name
 	}
 	return "--" + name
