@@ -299,7 +299,7 @@ func (p *Projector) setup(ctx context.Context) error {
 	p.outdated = found.format < ViewFormat
 	p.setupMu.Unlock()
 	if found.lost {
-		p.logger.Info("views bucket missing: projecting every view again from the start of the event log")
+		p.logger.Info("views bucket made: projecting every view from the start of the event log (a first start, or the views were lost)")
 		for _, d := range []struct{ stream, name string }{{p.log.Stream(), p.cfg.Durable}, {p.hb.Stream(), p.cfg.HeartbeatDurable}} {
 			if err := p.js.DeleteConsumer(ctx, d.stream, d.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 				return fmt.Errorf("reset consumer %s: %w", d.name, err)
