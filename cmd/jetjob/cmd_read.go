@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -194,8 +195,12 @@ func filterFlags(fs *flagSet, withStates bool, limitDefault int) func() (project
 		if *limit < 0 {
 			return projector.Filter{}, usageErr("--limit %d, expected 0 or more", *limit)
 		}
-		// A filter no job can match is a typo, not an empty answer.
-		if *typ != "" {
+		// A filter no job can match is a typo, not an empty answer; and an
+		// empty --type (from "$T" with T unset) is no filter at all, which
+		// for a bulk cancel would be every pending job.
+		typeGiven := false
+		fs.Visit(func(f *flag.Flag) { typeGiven = typeGiven || f.Name == "type" })
+		if typeGiven || *typ != "" {
 			if err := statemachine.ValidateToken("--type", *typ); err != nil {
 				return projector.Filter{}, err
 			}

@@ -483,6 +483,8 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"ls", "--type", "a.b"}, 2, `--type "a.b", expected`},
 		{[]string{"cancel", "--pending", "--tag", "a*=1"}, 2, `--tag key "a*", expected`},
 		{[]string{"cancel", "--all"}, 2, "--all needs --pending"},
+		{[]string{"cancel", "--pending", "--type", ""}, 2, `--type "", expected`},
+		{[]string{"ls", "--type", ""}, 2, `--type "", expected`},
 		{[]string{"bench", "--server", "http://127.0.0.1:4222"}, 2, `has scheme "http"`},
 		{[]string{"bench", "--server", "nats://127.0.0.1:1", "--fsync", "always"}, 2, "drop --fsync"},
 		{[]string{"bench", "--workers", "4", "--processes", "5"}, 2, "--processes 5, expected at most --workers (4)"},
