@@ -19,24 +19,29 @@ import (
 	"github.com/jetjob/jetjob/workers"
 )
 
-// viewsWait bounds how long a bulk cancel or a purge waits for the views to
-// show what the log held when it started.
-const viewsWait = 10 * time.Second
+const (
+	// viewsWait bounds how long a bulk cancel or a purge waits for the
+	// views to show what the log held when it started.
+	viewsWait = 10 * time.Second
+	// listViewsWait is ls's: a listing decides nothing, and a server down
+	// should not hold it long.
+	listViewsWait = 2 * time.Second
+)
 
 // waitForViews waits until the views show every event the log held, so
 // that a decision taken on them misses no job submitted, or finished, just
-// before; past viewsWait it goes on, and says so.
-func waitForViews(ctx context.Context, c *client, command string) {
-	wctx, cancel := context.WithTimeout(ctx, viewsWait)
+// before; past wait it goes on, and says so.
+func waitForViews(ctx context.Context, c *client, command string, wait time.Duration) {
+	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	ok, err := projector.CaughtUp(wctx, c.js, c.lg.Stream())
 	if err == nil && !ok && ctx.Err() == nil {
-		viewsBehind(command)
+		viewsBehind(command, wait)
 	}
 }
 
-func viewsBehind(command string) {
-	fmt.Fprintf(os.Stderr, "jetjob %s: the views are still behind the event log after %s (is a server running?); going on with them\n", command, viewsWait)
+func viewsBehind(command string, wait time.Duration) {
+	fmt.Fprintf(os.Stderr, "jetjob %s: the views are still behind the event log after %s (is a server running?); going on with them\n", command, wait)
 }
 
 func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason string, dryRun bool, out io.Writer) error {
@@ -54,7 +59,7 @@ func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason str
 		return err
 	}
 	if res.ViewsBehind {
-		viewsBehind("cancel")
+		viewsBehind("cancel", viewsWait)
 	}
 	if fs.json() {
 		return writeJSON(out, res)
@@ -186,7 +191,7 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	waitForViews(ctx, c, "purge")
+	waitForViews(ctx, c, "purge", viewsWait)
 	res, err := p.Purge(ctx, age, st)
 	if fs.json() {
 		if werr := writeJSON(out, res); werr != nil {

@@ -63,19 +63,21 @@ func runGet(ctx context.Context, args []string, out io.Writer) error {
 	})
 }
 
-// getView reads the projected view; a job whose view is not projected yet
-// is folded from its history, so that get right after submit finds it, as
-// is every job while the views bucket is missing (the server makes it
-// again and projects every view anew). What a view left out for its size
-// (a result; tags, meta and texts) is read from the history.
+// getView reads the projected view; a job whose view is not projected yet,
+// or trails its history (get right after a cancel), is folded from its
+// history, so that get shows what the commands before it did, as is every
+// job while the views bucket is missing (the server makes it again and
+// projects every view anew). What a view left out for its size (a result;
+// tags, meta and texts) is read from the history.
 func getView(ctx context.Context, c *client, id string) (projector.View, error) {
 	if r, err := projector.NewReader(ctx, c.js); err == nil {
-		if view, err := r.Get(ctx, id); err == nil && !view.ResultOmitted && !view.Truncated {
-			return view, nil
-		} else if err == nil {
+		if view, err := r.Get(ctx, id); err == nil {
 			job, err := c.m.Load(ctx, id)
 			if err != nil {
 				return projector.View{}, err
+			}
+			if job.Version == view.Version && !view.ResultOmitted && !view.Truncated {
+				return view, nil
 			}
 			whole := projector.ViewOf(job, nil)
 			if whole.Version == view.Version {
@@ -242,6 +244,9 @@ func runList(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer c.close()
+	// The views trail the log: wait, briefly, for them to show what the
+	// commands before this one did (ls right after a bulk cancel).
+	waitForViews(ctx, c, "ls", listViewsWait)
 	r, err := projector.NewReader(ctx, c.js)
 	if err != nil {
 		return err

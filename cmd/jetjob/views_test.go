@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
+)
+
+// get and ls show what the commands before them did, also while the views
+// trail the log: get folds a job whose view is behind its history, and ls
+// waits for the views (and says so when they stay behind).
+func TestGetAndLsDoNotShowViewsBehindTheLog(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	lg, err := events.Open(ctx, env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	hb, err := events.OpenHeartbeats(ctx, env.JS)
+	require.NoError(t, err)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	startProjector := func() *projector.Projector {
+		p, err := projector.New(env.JS, lg, hb, projector.Config{})
+		require.NoError(t, err)
+		require.NoError(t, p.Start(ctx))
+		t.Cleanup(p.Stop)
+		return p
+	}
+	// The commands' notices go to os.Stderr itself.
+	cli := func(args ...string) (string, string) {
+		rd, wr, err := os.Pipe()
+		require.NoError(t, err)
+		defer rd.Close()
+		saved := os.Stderr
+		os.Stderr = wr
+		var stdout, stderr strings.Builder
+		code := run(append(args, "--server", env.URL, "-o", "json"), &stdout, &stderr)
+		os.Stderr = saved
+		require.NoError(t, wr.Close())
+		notices, err := io.ReadAll(rd)
+		require.NoError(t, err)
+		require.Equal(t, 0, code, "%v: %s", args, stderr.String())
+		return stdout.String(), stderr.String() + string(notices)
+	}
+	state := func(view string) statemachine.State {
+		var v projector.View
+		require.NoError(t, json.Unmarshal([]byte(view), &v))
+		return v.State
+	}
+
+	p := startProjector()
+	job, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
+	require.NoError(t, err)
+	r, err := projector.NewReader(ctx, env.JS)
+	require.NoError(t, err)
+	natstest.Eventually(t, 5*time.Second, func() bool { _, err := r.Get(ctx, job.ID); return err == nil }, "the view is written")
+	p.Stop()
+	_, err = m.Cancel(ctx, job.ID, "not needed")
+	require.NoError(t, err)
+
+	view, _ := cli("get", job.ID)
+	require.Equal(t, statemachine.StateCanceled, state(view), "get folds a view behind the history")
+
+	listed, said := cli("ls", "--state", "pending")
+	require.Contains(t, said, "the views are still behind the event log", "ls says it waited in vain")
+	require.Contains(t, listed, job.ID, "and lists what the views hold")
+
+	startProjector()
+	listed, said = cli("ls", "--state", "pending")
+	require.Empty(t, said)
+	require.NotContains(t, listed, job.ID, "ls waited for the views to show the cancel")
+}
