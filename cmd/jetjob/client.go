@@ -84,7 +84,8 @@ func checkNATSURL(flag, servers string) error {
 			s = "nats://" + s
 		}
 		u, err := url.Parse(s)
-		if err != nil || u.Hostname() == "" {
+		// An IPv6 address goes in brackets: "::::" is no host.
+		if err != nil || u.Hostname() == "" || strings.Contains(u.Hostname(), ":") && !strings.HasPrefix(u.Host, "[") {
 			return usageErr("%s %q is not a URL, %s", flag, server.RedactURL(servers), expected)
 		}
 		switch u.Scheme {

@@ -479,6 +479,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"submit", "--file", file("\ufeff{\"type\":\"a\",\"priority\":12}\n")}, 2, "f line 1: priority 12"},
 		{[]string{"ls", "--server", "nats://127.0.0.1:99999"}, 2, "expected a port of 1-65535"},
 		{[]string{"ls", "--server", ""}, 2, "--server is empty"},
+		{[]string{"ls", "--server", "::::"}, 2, `--server "::::" is not a URL`},
 		{[]string{"server", "--retain", "0s"}, 2, "--retain 0s, expected a duration of at least 1s"},
 		{[]string{"ls", "--type", "a.b"}, 2, `--type "a.b", expected`},
 		{[]string{"cancel", "--pending", "--tag", "a*=1"}, 2, `--tag key "a*", expected`},
