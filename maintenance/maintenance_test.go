@@ -558,9 +558,21 @@ func TestPurgeRemovesOnlyOldFinishedJobs(t *testing.T) {
 	res, err := p.Purge(ctx, 2*time.Hour, nil)
 	require.NoError(t, err)
 	require.Empty(t, res.Purged)
+	// A dry run lists what the purge then purges, and purges nothing.
+	would, err := p.WouldPurge(ctx, 30*time.Minute, nil)
+	require.NoError(t, err)
+	require.True(t, would.DryRun)
+	var finishedIDs []string
+	for _, j := range finished {
+		finishedIDs = append(finishedIDs, j.ID)
+	}
+	require.ElementsMatch(t, finishedIDs, would.Purged)
+	onlyFailed, err := p.WouldPurge(ctx, 30*time.Minute, []statemachine.State{statemachine.StateFailed})
+	require.NoError(t, err)
+	require.Empty(t, onlyFailed.Purged)
 	res, err = p.Purge(ctx, 30*time.Minute, nil)
 	require.NoError(t, err)
-	require.Len(t, res.Purged, len(finished))
+	require.ElementsMatch(t, would.Purged, res.Purged)
 	f.queued(uint64(6 - len(finished)))
 	for _, j := range finished {
 		_, err := f.reader.Get(ctx, j.ID)
@@ -578,6 +590,8 @@ func TestPurgeRemovesOnlyOldFinishedJobs(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, lines, 1)
 	_, err = p.Purge(ctx, time.Minute, []statemachine.State{statemachine.StateRunning})
+	require.ErrorIs(t, err, statemachine.ErrInvalid)
+	_, err = p.WouldPurge(ctx, time.Minute, []statemachine.State{statemachine.StatePending})
 	require.ErrorIs(t, err, statemachine.ErrInvalid)
 }
 

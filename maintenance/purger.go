@@ -106,6 +106,39 @@ func NewPurger(reader *projector.Reader, m *statemachine.Machine, hb *events.Hea
 // PurgeResult lists the purged job IDs.
 type PurgeResult struct {
 	Purged []string `json:"purged"`
+	// DryRun: Purged lists what WouldPurge found; nothing was purged.
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// finishedStates checks that states are finished ones; none means all.
+func finishedStates(states []statemachine.State) ([]statemachine.State, error) {
+	if len(states) == 0 {
+		return []statemachine.State{statemachine.StateSucceeded, statemachine.StateFailed, statemachine.StateCanceled}, nil
+	}
+	for _, s := range states {
+		if !s.Finished() {
+			return nil, fmt.Errorf("%w: purge of %s jobs: only finished jobs (succeeded, failed, canceled) are purged", statemachine.ErrInvalid, s)
+		}
+	}
+	return states, nil
+}
+
+// WouldPurge lists, and purges none of, the jobs that Purge with the same
+// arguments would purge now: those whose views say they finished, in one
+// of the states, more than olderThan ago. (Purge checks each job's history
+// again before it purges it.)
+func (p *Purger) WouldPurge(ctx context.Context, olderThan time.Duration, states []statemachine.State) (PurgeResult, error) {
+	res := PurgeResult{Purged: []string{}, DryRun: true}
+	states, err := finishedStates(states)
+	if err != nil {
+		return res, err
+	}
+	ids, err := p.finishedViews(ctx, p.cfg.Now().Add(-olderThan), states)
+	if err != nil {
+		return res, err
+	}
+	res.Purged = append(res.Purged, ids...)
+	return res, nil
 }
 
 // Purge deletes the finished jobs (of the given states, all finished states
@@ -120,13 +153,8 @@ type PurgeResult struct {
 // purge rather than what is kept (a week of jobs, by default).
 func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []statemachine.State) (_ PurgeResult, err error) {
 	res := PurgeResult{Purged: []string{}}
-	if len(states) == 0 {
-		states = []statemachine.State{statemachine.StateSucceeded, statemachine.StateFailed, statemachine.StateCanceled}
-	}
-	for _, s := range states {
-		if !s.Finished() {
-			return res, fmt.Errorf("%w: purge of %s jobs: only finished jobs (succeeded, failed, canceled) are purged", statemachine.ErrInvalid, s)
-		}
+	if states, err = finishedStates(states); err != nil {
+		return res, err
 	}
 	cutoff := p.cfg.Now().Add(-olderThan)
 	// Taken before any history is purged: a job submitted again under a

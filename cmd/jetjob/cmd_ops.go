@@ -144,10 +144,11 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func runPurge(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("purge", "--older-than D [--state S]...", true)
+	fs := newFlags("purge", "--older-than D [--state S]... [--dry-run]", true)
 	olderThan := fs.String("older-than", "", "purge finished jobs that completed longer ago than this (required), e.g. 720h")
 	var states strs
 	fs.Var(&states, "state", "only jobs in this finished state (repeatable; default succeeded, failed and canceled)")
+	dryRun := fs.Bool("dry-run", false, "list what would be purged, purge nothing")
 	if err := fs.parseFlagsOnly(args); err != nil {
 		return err
 	}
@@ -192,16 +193,20 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	waitForViews(ctx, c, "purge", viewsWait)
-	res, err := p.Purge(ctx, age, st)
+	purge, verb := p.Purge, "purged"
+	if *dryRun {
+		purge, verb = p.WouldPurge, "would purge"
+	}
+	res, err := purge(ctx, age, st)
 	if fs.json() {
 		if werr := writeJSON(out, res); werr != nil {
 			return werr
 		}
 	} else {
 		for _, id := range res.Purged {
-			fmt.Fprintf(out, "purged %s\n", id)
+			fmt.Fprintf(out, "%s %s\n", verb, id)
 		}
-		fmt.Fprintf(out, "%d purged\n", len(res.Purged))
+		fmt.Fprintf(out, "%d %s\n", len(res.Purged), verb)
 	}
 	return err
 }
