@@ -70,7 +70,9 @@ type Job struct {
 	lines  int64
 }
 
-// Log appends a line to the job's log.
+// Log appends a line to the job's log. A line logged after the handler
+// returned (by a goroutine it left running) is still appended, under its
+// attempt, after the attempt's own lines.
 func (j *Job) Log(line string) { j.logStream(StreamStdout, line) }
 
 // Logf appends a formatted line to the job's log.
