@@ -91,8 +91,10 @@ func (m *Machine) Load(ctx context.Context, jobID string) (Job, error) {
 		return Job{}, err
 	}
 	job, bad := Fold(recs)
+	// The projector warns of each such message once, when it quarantines
+	// it; warning here too would repeat it at every load of the job.
 	for _, q := range bad {
-		m.logger.Warn("skipped a message in a job's history", zap.String("job", jobID),
+		m.logger.Debug("skipped a message in a job's history", zap.String("job", jobID),
 			zap.Uint64("seq", q.Record.Seq), zap.Error(q.Reason))
 	}
 	if job.State == StateNew {
