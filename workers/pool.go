@@ -275,6 +275,10 @@ type poolQueue struct {
 	name     string // key.name(), asked for on every fetch
 	cons     jetstream.Consumer
 	remaking atomic.Bool
+	// remakeNotBefore (Unix ns) holds off a remake after one failed, and
+	// remakeBackoff is how long; only the remaker (remaking) writes them.
+	remakeNotBefore atomic.Int64
+	remakeBackoff   time.Duration
 	// dropped is set when the queue left the registry; a queue registered
 	// again is a new poolQueue.
 	dropped atomic.Bool
@@ -1077,11 +1081,21 @@ func (p *Pool) askAgainLater(q *poolQueue, d time.Duration) {
 	})
 }
 
+// remakeBackoffMin and remakeBackoffMax bound the pause after a failed
+// remake of a queue's consumer, doubled at each failure in a row.
+const (
+	remakeBackoffMin = 250 * time.Millisecond
+	remakeBackoffMax = 8 * time.Second
+)
+
 func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
 	if !q.remaking.CompareAndSwap(false, true) {
 		return
 	}
 	defer q.remaking.Store(false)
+	if time.Now().UnixNano() < q.remakeNotBefore.Load() {
+		return // the remake after the last failed one is set already
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	// Gone from the registry too: removed as idle, not lost.
@@ -1090,9 +1104,15 @@ func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
 		return
 	}
 	if _, _, err := provision.Consumer(ctx, p.js, q.key.stream(), q.key.consumerConfig()); err != nil {
-		p.logger.Warn("remake queue consumer", zap.String("queue", q.name), zap.Error(err))
-		return // cold until the backup poll
+		// A cluster electing leaders refuses at once; every fetch of the
+		// queue would ask again, and fetches follow each wake-up.
+		q.remakeBackoff = min(max(2*q.remakeBackoff, remakeBackoffMin), remakeBackoffMax)
+		q.remakeNotBefore.Store(time.Now().Add(q.remakeBackoff).UnixNano())
+		p.logger.Warn("remake queue consumer", zap.String("queue", q.name), zap.Duration("again_in", q.remakeBackoff), zap.Error(err))
+		p.askAgainLater(q, q.remakeBackoff)
+		return
 	}
+	q.remakeBackoff = 0
 	p.markHot([]*poolQueue{q})
 	p.signal(p.wake)
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/statemachine"
 )
@@ -46,7 +46,7 @@ func dial(ctx context.Context, url string) (*client, error) {
 	}
 	if err := findLog(ctx, js); err != nil {
 		nc.Close()
-		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+		if !provision.Transient(err) {
 			return nil, fmt.Errorf("no jetjob event log at %s (is a 'jetjob server' running there?): %v", server.RedactURL(url), err)
 		}
 		return nil, fmt.Errorf("the jetjob event log at %s did not answer within %s (a NATS cluster electing a leader takes seconds; try again): %v", server.RedactURL(url), findLogFor, err)
@@ -124,14 +124,8 @@ const findLogFor = 15 * time.Second
 // findLog checks that the event log exists, asking again while the request
 // times out (a NATS without JetStream, or without the log, answers at once).
 func findLog(ctx context.Context, js jetstream.JetStream) error {
-	ctx, cancel := context.WithTimeout(ctx, findLogFor)
-	defer cancel()
-	for {
-		tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := js.Stream(tctx, events.StreamDefault)
-		tcancel()
-		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
-			return err
-		}
-	}
+	return provision.UntilAnswered(ctx, findLogFor, 5*time.Second, func(ctx context.Context) error {
+		_, err := js.Stream(ctx, events.StreamDefault)
+		return err
+	})
 }

@@ -41,7 +41,7 @@ func waitForViews(ctx context.Context, c *client, command string, wait time.Dura
 }
 
 func viewsBehind(command string, wait time.Duration) {
-	fmt.Fprintf(os.Stderr, "jetjob %s: the views are still behind the event log after %s (is a server running?); going on with them\n", command, wait)
+	fmt.Fprintf(os.Stderr, "jetjob %s: the views are still behind the event log after %s (is a jetjob server running? a NATS cluster electing a leader also holds them back); going on with them\n", command, wait)
 }
 
 func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason string, dryRun bool, out io.Writer) error {

@@ -28,10 +28,6 @@ import (
 	"github.com/jetjob/jetjob/workers"
 )
 
-// errCodeClusterNotAvailable is nats-server's JSClusterNotAvailErr, "JetStream
-// system temporarily unavailable": a cluster with no meta leader.
-const errCodeClusterNotAvailable jetstream.ErrorCode = 10008
-
 // errCodeReplicasNotSupported: "replicas > 1 not supported in non-clustered
 // mode".
 const errCodeReplicasNotSupported jetstream.ErrorCode = 10074
@@ -126,16 +122,21 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	// Checked before any stream is changed: a deployment moving to
 	// replicas must not be left half moved, and is told everything at once.
 	ours := func(name string) bool { return strings.HasPrefix(name, "JJ_") || strings.HasPrefix(name, "KV_jj_") }
-	stuck, err := provision.Unreplicable(ctx, js, o.Replicas, ours)
+	// The first request: a server started while its cluster elects a
+	// leader waits for it.
+	var stuck []string
+	err = provision.UntilAnswered(ctx, provision.ElectionWaitDefault, 5*time.Second, func(ctx context.Context) (err error) {
+		stuck, err = provision.Unreplicable(ctx, js, o.Replicas, ours)
+		return err
+	})
 	if err != nil {
 		if !s.NC.IsConnected() {
 			return s, fmt.Errorf("connect to NATS at %s: not reachable (is it running?): %w", RedactURL(s.URL), err)
 		}
-		var apiErr *jetstream.APIError
-		if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeClusterNotAvailable {
+		if provision.Transient(err) {
 			// What a cluster without a meta leader does: it answers nothing.
-			return s, fmt.Errorf("JetStream at %s did not answer: it needs JetStream enabled and, on a cluster, most of its servers up to elect a leader: %w",
-				RedactURL(s.URL), err)
+			return s, fmt.Errorf("JetStream at %s did not answer within %s: it needs JetStream enabled and, on a cluster, most of its servers up to elect a leader: %w",
+				RedactURL(s.URL), provision.ElectionWaitDefault, err)
 		}
 		return s, err
 	}

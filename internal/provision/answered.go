@@ -1,0 +1,55 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrCodeClusterNotAvailable is nats-server's JSClusterNotAvailErr,
+// "JetStream system temporarily unavailable": a cluster with no meta
+// leader, as while it elects one.
+const ErrCodeClusterNotAvailable jetstream.ErrorCode = 10008
+
+// ElectionWaitDefault bounds how long UntilAnswered asks again: a NATS
+// cluster of three that lost a node answered its JetStream requests again
+// 6.5 s after the kill (measured with the leader of a stream killed).
+const ElectionWaitDefault = 30 * time.Second
+
+// electionPause is how long UntilAnswered waits between its tries.
+const electionPause = 250 * time.Millisecond
+
+// Transient reports whether err is what a JetStream request gets while a
+// NATS cluster elects a leader: no answer in time, or "temporarily
+// unavailable".
+func Transient(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == ErrCodeClusterNotAvailable
+}
+
+// UntilAnswered calls fn, each call bounded by try (a request sent to a
+// leader that has just died is never answered), and calls it again while
+// it fails with a Transient error, for at most wait in all. It returns
+// fn's last error: nil, one that is not transient, or the last transient
+// one once wait passed or ctx ended.
+func UntilAnswered(ctx context.Context, wait, try time.Duration, fn func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	for {
+		tctx, tcancel := context.WithTimeout(ctx, try)
+		err := fn(tctx)
+		tcancel()
+		if err == nil || !Transient(err) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(electionPause):
+		}
+	}
+}

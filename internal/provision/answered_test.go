@@ -1,0 +1,47 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+)
+
+func TestUntilAnsweredAsksAgainOnlyWhileTheClusterElects(t *testing.T) {
+	electing := fmt.Errorf("list streams: %w", &jetstream.APIError{Code: 503, ErrorCode: ErrCodeClusterNotAvailable})
+	notFound := fmt.Errorf("look up: %w", jetstream.ErrStreamNotFound)
+	for _, tc := range []struct {
+		name    string
+		answers []error
+		want    error
+		calls   int
+	}{
+		{"answered at once", []error{nil}, nil, 1},
+		{"answered after an election", []error{electing, context.DeadlineExceeded, nats.ErrTimeout, nil}, nil, 4},
+		{"a refusal is not asked again", []error{electing, notFound, nil}, notFound, 2},
+		{"not enabled is not an election", []error{jetstream.ErrJetStreamNotEnabled, nil}, jetstream.ErrJetStreamNotEnabled, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			calls := 0
+			err := UntilAnswered(context.Background(), time.Minute, time.Second, func(ctx context.Context) error {
+				_, ok := ctx.Deadline()
+				require.True(t, ok, "each try is bounded")
+				calls++
+				return tc.answers[calls-1]
+			})
+			require.ErrorIs(t, err, tc.want)
+			if tc.want == nil {
+				require.NoError(t, err)
+			}
+			require.Equal(t, tc.calls, calls)
+		})
+	}
+	// Past the wait, the last transient error comes back.
+	err := UntilAnswered(context.Background(), 600*time.Millisecond, time.Second, func(context.Context) error { return electing })
+	require.True(t, errors.Is(err, electing) && Transient(err))
+}
