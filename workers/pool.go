@@ -336,16 +336,6 @@ func (p *Pool) Start(ctx context.Context) error {
 	if p.started {
 		return nil
 	}
-	// Before anything is made: a worker started ahead of its server must
-	// not make the server's streams itself, with settings the server would
-	// not choose (one replica, say).
-	if err := checkQueues(ctx, p.js); err != nil {
-		return err
-	}
-	var err error
-	if p.hb, err = events.OpenHeartbeats(ctx, p.js); err != nil {
-		return err
-	}
 	// Log lines are sent without waiting for their acks: the failures are
 	// heard here, or a job's lines went missing unsaid. A server whose disk
 	// is full does not answer, hence the timeout.
@@ -357,23 +347,49 @@ func (p *Pool) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if p.logs, err = AttachLogs(ctx, logJS); err != nil {
+	// A pool started while its NATS cluster elects a leader (a node just
+	// lost) waits for one: each of these requests may go unanswered or be
+	// refused as "temporarily unavailable" meanwhile.
+	err = provision.UntilAnswered(ctx, provision.ElectionWaitDefault, startTry, func(ctx context.Context) (err error) {
+		// Before anything is made: a worker started ahead of its server
+		// must not make the server's streams itself, with settings the
+		// server would not choose (one replica, say).
+		if err = checkQueues(ctx, p.js); err != nil {
+			return err
+		}
+		if p.hb, err = events.OpenHeartbeats(ctx, p.js); err != nil {
+			return err
+		}
+		if p.logs, err = AttachLogs(ctx, logJS); err != nil {
+			return err
+		}
+		if p.registry, err = p.js.KeyValue(ctx, TagsetsBucket); err != nil {
+			return fmt.Errorf("bind tag sets: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	p.logs.lost = lineLost
-	kv, err := p.js.KeyValue(ctx, TagsetsBucket)
-	if err != nil {
-		return fmt.Errorf("bind tag sets: %w", err)
-	}
-	p.registry = kv
-	if p.stopFollowHang, err = p.hb.FollowHangAfter(ctx, p.setHangAfter); err != nil {
-		return err
-	}
+	kv := p.registry
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	if p.watch, err = kv.WatchAll(loopCtx); err != nil {
+	err = provision.UntilAnswered(ctx, provision.ElectionWaitDefault, startTry, func(ctx context.Context) error {
+		stopFollowHang, err := p.hb.FollowHangAfter(ctx, p.setHangAfter)
+		if err != nil {
+			return err
+		}
+		watch, err := kv.WatchAll(loopCtx)
+		if err != nil {
+			stopFollowHang()
+			return fmt.Errorf("watch tag sets: %w", err)
+		}
+		p.stopFollowHang, p.watch = stopFollowHang, watch
+		return nil
+	})
+	if err != nil {
 		cancel()
-		p.stopFollowHang()
-		return fmt.Errorf("watch tag sets: %w", err)
+		return err
 	}
 	// Take the registry as it is before the first pass.
 	for e := range p.watch.Updates() {
@@ -1081,6 +1097,10 @@ func (p *Pool) askAgainLater(q *poolQueue, d time.Duration) {
 	})
 }
 
+// startTry bounds each try of a request Start makes (a request sent to a
+// leader that has just died is never answered).
+const startTry = 5 * time.Second
+
 // remakeBackoffMin and remakeBackoffMax bound the pause after a failed
 // remake of a queue's consumer, doubled at each failure in a row.
 const (
@@ -1106,6 +1126,9 @@ func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
 	if _, _, err := provision.Consumer(ctx, p.js, q.key.stream(), q.key.consumerConfig()); err != nil {
 		// A cluster electing leaders refuses at once; every fetch of the
 		// queue would ask again, and fetches follow each wake-up.
+		if time.Since(time.Unix(0, q.remakeNotBefore.Load())) > 2*remakeBackoffMax {
+			q.remakeBackoff = 0 // an outage of its own, not this one going on
+		}
 		q.remakeBackoff = min(max(2*q.remakeBackoff, remakeBackoffMin), remakeBackoffMax)
 		q.remakeNotBefore.Store(time.Now().Add(q.remakeBackoff).UnixNano())
 		p.logger.Warn("remake queue consumer", zap.String("queue", q.name), zap.Duration("again_in", q.remakeBackoff), zap.Error(err))

@@ -174,11 +174,7 @@ func subsetOf(job, worker map[string]string) bool {
 // checkQueues returns ErrNoQueues unless a jetjob server of this version
 // has laid out the work queue on this NATS.
 func checkQueues(ctx context.Context, js jetstream.JetStream) error {
-	// A worker started while its cluster elects a leader waits for it.
-	err := provision.UntilAnswered(ctx, provision.ElectionWaitDefault, 5*time.Second, func(ctx context.Context) error {
-		_, err := js.Stream(ctx, QueueStream(0))
-		return err
-	})
+	_, err := js.Stream(ctx, QueueStream(0))
 	switch {
 	case err == nil:
 		return nil
