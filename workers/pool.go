@@ -350,23 +350,14 @@ func (p *Pool) Start(ctx context.Context) error {
 	// A pool started while its NATS cluster elects a leader (a node just
 	// lost) waits for one: each of these requests may go unanswered or be
 	// refused as "temporarily unavailable" meanwhile.
-	err = provision.UntilAnswered(ctx, provision.ElectionWaitDefault, startTry, func(ctx context.Context) (err error) {
-		// Before anything is made: a worker started ahead of its server
-		// must not make the server's streams itself, with settings the
-		// server would not choose (one replica, say).
-		if err = checkQueues(ctx, p.js); err != nil {
-			return err
+	said := func(err error) error {
+		if provision.Transient(err) {
+			p.logger.Info("JetStream did not answer; asking again (a NATS cluster electing a leader?)", zap.Error(err))
 		}
-		if p.hb, err = events.OpenHeartbeats(ctx, p.js); err != nil {
-			return err
-		}
-		if p.logs, err = AttachLogs(ctx, logJS); err != nil {
-			return err
-		}
-		if p.registry, err = p.js.KeyValue(ctx, TagsetsBucket); err != nil {
-			return fmt.Errorf("bind tag sets: %w", err)
-		}
-		return nil
+		return err
+	}
+	err = provision.UntilAnswered(ctx, provision.ElectionWaitDefault, startTry, func(ctx context.Context) error {
+		return said(p.bind(ctx, logJS))
 	})
 	if err != nil {
 		return err
@@ -377,12 +368,12 @@ func (p *Pool) Start(ctx context.Context) error {
 	err = provision.UntilAnswered(ctx, provision.ElectionWaitDefault, startTry, func(ctx context.Context) error {
 		stopFollowHang, err := p.hb.FollowHangAfter(ctx, p.setHangAfter)
 		if err != nil {
-			return err
+			return said(err)
 		}
 		watch, err := kv.WatchAll(loopCtx)
 		if err != nil {
 			stopFollowHang()
-			return fmt.Errorf("watch tag sets: %w", err)
+			return said(fmt.Errorf("watch tag sets: %w", err))
 		}
 		p.stopFollowHang, p.watch = stopFollowHang, watch
 		return nil
@@ -1095,6 +1086,27 @@ func (p *Pool) askAgainLater(q *poolQueue, d time.Duration) {
 		p.markHot([]*poolQueue{q})
 		p.signal(p.wake)
 	})
+}
+
+// bind checks the work queue is there and binds the heartbeats, the logs
+// and the tag set registry.
+func (p *Pool) bind(ctx context.Context, logJS jetstream.JetStream) (err error) {
+	// Before anything is made: a worker started ahead of its server
+	// must not make the server's streams itself, with settings the
+	// server would not choose (one replica, say).
+	if err = checkQueues(ctx, p.js); err != nil {
+		return err
+	}
+	if p.hb, err = events.OpenHeartbeats(ctx, p.js); err != nil {
+		return err
+	}
+	if p.logs, err = AttachLogs(ctx, logJS); err != nil {
+		return err
+	}
+	if p.registry, err = p.js.KeyValue(ctx, TagsetsBucket); err != nil {
+		return fmt.Errorf("bind tag sets: %w", err)
+	}
+	return nil
 }
 
 // startTry bounds each try of a request Start makes (a request sent to a
