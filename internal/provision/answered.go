@@ -3,6 +3,7 @@ package provision
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,6 +15,12 @@ import (
 // leader, as while it elects one.
 const ErrCodeClusterNotAvailable jetstream.ErrorCode = 10008
 
+// ErrCodeNoSuitablePeers is nats-server's JSClusterNoPeersErrF, "no
+// suitable peers for placement": with the reason "peer offline", a stream
+// that needs more nodes than are up, as right after one was lost, before
+// its cluster notices it lost its quorum or while the node restarts.
+const ErrCodeNoSuitablePeers jetstream.ErrorCode = 10005
+
 // ElectionWaitDefault bounds how long UntilAnswered asks again: a NATS
 // cluster of three that lost a node answered its JetStream requests again
 // 6.5 s after the kill (measured with the leader of a stream killed).
@@ -23,12 +30,19 @@ const ElectionWaitDefault = 30 * time.Second
 const electionPause = 250 * time.Millisecond
 
 // Transient reports whether err is what a JetStream request gets while a
-// NATS cluster elects a leader: no answer in time, or "temporarily
-// unavailable".
+// NATS cluster elects a leader or waits for a lost node: no answer in time,
+// "temporarily unavailable", or no peers for a stream because one is
+// offline.
 func Transient(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+		return true
+	}
 	var apiErr *jetstream.APIError
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
-		errors.As(err, &apiErr) && apiErr.ErrorCode == ErrCodeClusterNotAvailable
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	return apiErr.ErrorCode == ErrCodeClusterNotAvailable ||
+		apiErr.ErrorCode == ErrCodeNoSuitablePeers && strings.Contains(apiErr.Description, "peer offline")
 }
 
 // UntilAnswered calls fn, each call bounded by try (a request sent to a

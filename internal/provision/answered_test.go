@@ -15,6 +15,10 @@ import (
 func TestUntilAnsweredAsksAgainOnlyWhileTheClusterElects(t *testing.T) {
 	electing := fmt.Errorf("list streams: %w", &jetstream.APIError{Code: 503, ErrorCode: ErrCodeClusterNotAvailable})
 	notFound := fmt.Errorf("look up: %w", jetstream.ErrStreamNotFound)
+	peerOffline := fmt.Errorf("create stream: %w", &jetstream.APIError{Code: 400, ErrorCode: ErrCodeNoSuitablePeers,
+		Description: "no suitable peers for placement, peer offline"})
+	noRoom := fmt.Errorf("create stream: %w", &jetstream.APIError{Code: 400, ErrorCode: ErrCodeNoSuitablePeers,
+		Description: "no suitable peers for placement, insufficient storage"})
 	for _, tc := range []struct {
 		name    string
 		answers []error
@@ -24,6 +28,8 @@ func TestUntilAnsweredAsksAgainOnlyWhileTheClusterElects(t *testing.T) {
 		{"answered at once", []error{nil}, nil, 1},
 		{"answered after an election", []error{electing, context.DeadlineExceeded, nats.ErrTimeout, nil}, nil, 4},
 		{"a refusal is not asked again", []error{electing, notFound, nil}, notFound, 2},
+		{"a node offline is waited for", []error{peerOffline, nil}, nil, 2},
+		{"a cluster too small is not waited for", []error{noRoom, nil}, noRoom, 1},
 		{"not enabled is not an election", []error{jetstream.ErrJetStreamNotEnabled, nil}, jetstream.ErrJetStreamNotEnabled, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -65,6 +65,9 @@ type Options struct {
 	// new one a single replica. An embedded server takes only 0 or 1.
 	Replicas int
 	Logger   *zap.Logger
+	// firstAnswered, for tests, is called once the first request of the
+	// start was answered.
+	firstAnswered func()
 }
 
 // Server is a running jetjob server.
@@ -153,7 +156,16 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 			"and the server makes them anew, rebuilding what they held from the event log, but for JJ_LOGS (job output), which is lost",
 			ErrInvalidOptions, o.Replicas, strings.Join(stuck, ", "))
 	}
-	if s.Log, err = events.Open(ctx, s.JS, logConfig(o)); err != nil {
+	if o.firstAnswered != nil {
+		o.firstAnswered()
+	}
+	// Every later request of the start waits out an election too: the
+	// first one answered says only that a leader was there then.
+	ask := s.untilAnswered(o.Logger)
+	if err = ask(ctx, func(ctx context.Context) (err error) {
+		s.Log, err = events.Open(ctx, s.JS, logConfig(o))
+		return err
+	}); err != nil {
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeReplicasNotSupported {
 			return s, notClustered(o.Replicas, s.URL)
@@ -176,7 +188,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		}
 	} else {
 		// What the NATS fsyncs is unknown here; an embedded server's record of it is not.
-		if err := s.Log.Follow(ctx); err != nil {
+		if err := ask(ctx, s.Log.Follow); err != nil {
 			return s, err
 		}
 	}
@@ -185,16 +197,22 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, fmt.Errorf("serve the append relay: %w", err)
 	}
 	s.stops = append(s.stops, stopRelay)
-	if s.Heartbeat, err = events.OpenHeartbeats(ctx, s.JS); err != nil {
+	if err = ask(ctx, func(ctx context.Context) (err error) {
+		s.Heartbeat, err = events.OpenHeartbeats(ctx, s.JS)
+		return err
+	}); err != nil {
 		return s, err
 	}
 	if s.Machine, err = statemachine.New(s.Log, statemachine.Config{Logger: o.Logger}); err != nil {
 		return s, err
 	}
-	if err := workers.EnsureTopology(ctx, s.JS); err != nil {
-		return s, err
-	}
-	if s.Logs, err = workers.AttachLogs(ctx, s.JS); err != nil {
+	if err = ask(ctx, func(ctx context.Context) (err error) {
+		if err := workers.EnsureTopology(ctx, s.JS); err != nil {
+			return err
+		}
+		s.Logs, err = workers.AttachLogs(ctx, s.JS)
+		return err
+	}); err != nil {
 		return s, err
 	}
 	if s.embedded != nil {
@@ -204,11 +222,14 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if err != nil {
 		return s, err
 	}
-	if err := s.Projector.Start(ctx); err != nil {
+	if err := ask(ctx, s.Projector.Start); err != nil {
 		return s, err
 	}
 	s.stops = append(s.stops, s.Projector.Stop)
-	if s.Reader, err = projector.NewReader(ctx, s.JS); err != nil {
+	if err = ask(ctx, func(ctx context.Context) (err error) {
+		s.Reader, err = projector.NewReader(ctx, s.JS)
+		return err
+	}); err != nil {
 		return s, err
 	}
 	if s.embedded != nil && s.embedded.NeedsRepair() {
@@ -220,14 +241,24 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if err != nil {
 		return s, err
 	}
-	if err := enq.Start(ctx); err != nil {
+	if err := ask(ctx, enq.Start); err != nil {
 		return s, err
 	}
 	s.stops = append(s.stops, enq.Stop)
 
 	serverID := ID()
-	detLead, err := maintenance.NewLeadership(ctx, s.JS, "detector", serverID, 0)
-	if err != nil {
+	var detLead, purgeLead *maintenance.Leadership
+	var leftovers *workers.Leftovers
+	if err = ask(ctx, func(ctx context.Context) (err error) {
+		if detLead, err = maintenance.NewLeadership(ctx, s.JS, "detector", serverID, 0); err != nil {
+			return err
+		}
+		if purgeLead, err = maintenance.NewLeadership(ctx, s.JS, "purger", serverID, 0); err != nil {
+			return err
+		}
+		leftovers, err = workers.AttachLeftovers(ctx, s.JS)
+		return err
+	}); err != nil {
 		return s, err
 	}
 	det, err := maintenance.NewDetector(s.Reader, s.Machine, s.Heartbeat, s.Logs, detLead, maintenance.DetectorConfig{
@@ -239,14 +270,6 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, err
 	}
 	s.stops = append(s.stops, det.Stop)
-	purgeLead, err := maintenance.NewLeadership(ctx, s.JS, "purger", serverID, 0)
-	if err != nil {
-		return s, err
-	}
-	leftovers, err := workers.AttachLeftovers(ctx, s.JS)
-	if err != nil {
-		return s, err
-	}
 	purger, err := maintenance.NewPurger(s.Reader, s.Machine, s.Heartbeat, s.Logs, leftovers, purgeLead, maintenance.PurgerConfig{
 		OlderThan: o.RetainFinished, Every: o.PurgeEvery, QueueIdleAfter: o.QueueIdleAfter, Logger: o.Logger})
 	if err != nil {
@@ -257,6 +280,29 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	s.stops = append(s.stops, purger.Stop)
 	return s, nil
+}
+
+// startTry bounds each try of a request of the start on an external NATS:
+// a request sent to a leader that has just died is never answered.
+const startTry = 5 * time.Second
+
+// untilAnswered returns how the start makes its requests: on an external
+// NATS, asked again while its cluster elects a leader, and said so in the
+// log; on the embedded server, which has no election, once.
+func (s *Server) untilAnswered(logger *zap.Logger) func(context.Context, func(context.Context) error) error {
+	if s.embedded != nil {
+		return func(ctx context.Context, fn func(context.Context) error) error { return fn(ctx) }
+	}
+	logger = logging.OrNop(logger, "server")
+	return func(ctx context.Context, fn func(context.Context) error) error {
+		return provision.UntilAnswered(ctx, provision.ElectionWaitDefault, startTry, func(ctx context.Context) error {
+			err := fn(ctx)
+			if provision.Transient(err) {
+				logger.Info("JetStream did not answer; asking again (a NATS cluster electing a leader?)", zap.Error(err))
+			}
+			return err
+		})
+	}
 }
 
 // repairViews checks every view against the event log in the background,

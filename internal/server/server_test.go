@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +15,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natsserver"
@@ -178,4 +183,49 @@ func TestTheEmbeddedServerStagesTheLogsBatchesAsConfigured(t *testing.T) {
 		require.NoError(t, err, "linked to memory")
 		require.Equal(t, natsserver.BatchStagingMemory, s.BatchStaging)
 	}
+}
+
+// A server whose NATS cluster loses its quorum after the start's first
+// request (a node died, and its cluster elects a leader) waits for the
+// cluster on every later request, and starts once the cluster is back.
+func TestAStartWaitsOutAnElectionAfterItsFirstRequest(t *testing.T) {
+	c := natstest.StartCluster(t, 3)
+	core, logs := observer.New(zap.InfoLevel)
+	asking := make(chan struct{})
+	var once sync.Once
+	logger := zap.New(core, zap.Hooks(func(e zapcore.Entry) error {
+		if strings.HasPrefix(e.Message, "JetStream did not answer; asking again") {
+			once.Do(func() { close(asking) })
+		}
+		return nil
+	}))
+	lost := make(chan struct{})
+	o := Options{NATSURL: c.URL, Replicas: 3, Logger: logger, HangAfter: time.Minute, CancelGrace: time.Minute,
+		RetainFinished: time.Hour, PurgeEvery: time.Minute}
+	o.firstAnswered = func() {
+		c.Servers[1].Shutdown()
+		c.Servers[2].Shutdown()
+		close(lost)
+	}
+	go func() {
+		<-lost
+		select {
+		case <-asking:
+		case <-time.After(time.Minute):
+			return
+		}
+		c.Restart(1)
+		c.Restart(2)
+	}()
+	s, err := Start(context.Background(), o)
+	if err != nil {
+		for _, e := range logs.All() {
+			t.Log(e.Time.Format("15:04:05.000"), e.Message, e.ContextMap())
+		}
+	}
+	require.NoError(t, err, "start over a cluster that elected a leader meanwhile")
+	t.Cleanup(s.Stop)
+	require.NotZero(t, logs.FilterMessageSnippet("asking again").Len(), "the wait is in the server's log")
+	_, _, err = s.Machine.Submit(context.Background(), statemachine.SubmitParams{Type: "after-election"})
+	require.NoError(t, err)
 }
