@@ -312,11 +312,12 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	lines := watchLines{}
 	for v := range ch {
 		if fs.json() {
 			err = writeJSONLine(out, v)
 		} else {
-			_, err = fmt.Fprintf(out, "%s %s %s attempt=%d/%d version=%d\n", v.UpdatedAt.Format(time.RFC3339Nano), v.ID, v.State, v.Attempt, v.MaxAttempts, v.Version)
+			err = lines.write(out, v)
 		}
 		if err != nil {
 			return err
@@ -326,6 +327,26 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("watch ended: lost the connection to the jetjob server at %s", server.RedactURL(fs.server))
 	}
 	return nil
+}
+
+// watchLines writes watch's text lines: one for a job when what the line
+// shows changed. A running job's view is rewritten at each of its worker's
+// heartbeats (every 10 s), which changes only its updated_at, and a line
+// for each would bury the changes among them (-o json prints every view).
+type watchLines map[string]string // the last line's fields after the time, by job
+
+func (w watchLines) write(out io.Writer, v projector.View) error {
+	shown := fmt.Sprintf("%s %s attempt=%d/%d version=%d", v.ID, v.State, v.Attempt, v.MaxAttempts, v.Version)
+	if w[v.ID] == shown {
+		return nil
+	}
+	if v.State.Finished() {
+		delete(w, v.ID) // a finished job's view changes no more
+	} else {
+		w[v.ID] = shown
+	}
+	_, err := fmt.Fprintf(out, "%s %s\n", v.UpdatedAt.Format(time.RFC3339Nano), shown)
+	return err
 }
 
 // historyEvent is one event as `jetjob history -o json` prints it.

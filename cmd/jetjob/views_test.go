@@ -81,3 +81,27 @@ func TestGetAndLsDoNotShowViewsBehindTheLog(t *testing.T) {
 	require.Empty(t, said)
 	require.NotContains(t, listed, job.ID, "ls waited for the views to show the cancel")
 }
+
+// watch's text lines say each change of a job once: a heartbeat rewrites a
+// running job's view with only a new time, and prints no line.
+func TestWatchLinesSayEachChangeOnce(t *testing.T) {
+	at := time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC)
+	view := func(state statemachine.State, version uint64, sec int) projector.View {
+		return projector.View{ID: "j1", State: state, Attempt: 1, MaxAttempts: 3, Version: version, UpdatedAt: at.Add(time.Duration(sec) * time.Second)}
+	}
+	var out strings.Builder
+	lines := watchLines{}
+	for _, v := range []projector.View{
+		view(statemachine.StatePending, 1, 0),
+		view(statemachine.StateRunning, 2, 1),
+		view(statemachine.StateRunning, 2, 11), // heartbeats
+		view(statemachine.StateRunning, 2, 21),
+		view(statemachine.StateSucceeded, 3, 25),
+	} {
+		require.NoError(t, lines.write(&out, v))
+	}
+	require.Equal(t, "2026-12-02T01:00:00Z j1 pending attempt=1/3 version=1\n"+
+		"2026-12-02T01:00:01Z j1 running attempt=1/3 version=2\n"+
+		"2026-12-02T01:00:25Z j1 succeeded attempt=1/3 version=3\n", out.String())
+	require.Empty(t, lines, "nothing kept of a finished job")
+}
