@@ -94,9 +94,11 @@ type ExecConfig struct {
 // ExitNoRetry fails it for good; any other exit fails the attempt with
 // "exit status N" (ErrorCodeExit). A command that cannot be started fails
 // the attempt with ErrorCodeStart, retried while attempts remain. A cancel
-// sends SIGTERM to the command's process group and SIGKILL after the grace
-// period. The job ends when the command exits, whatever it left running in
-// the background; on Linux the command is killed when the worker dies.
+// sends SIGTERM to the command's process group and, after the grace
+// period, SIGKILL to whatever of the group is left, also once the command
+// itself exited. A job that ends on its own ends when the command exits,
+// whatever it left running in the background; on Linux the command is
+// killed when the worker dies.
 func ExecHandler(cfg ExecConfig) Handler {
 	if cfg.Grace <= 0 {
 		cfg.Grace = ExecGraceDefault
@@ -154,9 +156,17 @@ func ExecHandler(cfg ExecConfig) Handler {
 			pgid := cmd.Process.Pid
 			job.logStream(StreamSystem, fmt.Sprintf("stopping the command: %v; SIGTERM to its process group, SIGKILL in %s", context.Cause(ctx), cfg.Grace))
 			_ = syscall.Kill(-pgid, syscall.SIGTERM)
+			graceOver := time.NewTimer(cfg.Grace)
+			defer graceOver.Stop()
 			select {
 			case waitErr = <-exited:
-			case <-time.After(cfg.Grace):
+				// The command is gone, but what it started may not be: a
+				// canceled job's retry must not run next to it.
+				if !groupGone(pgid, graceOver.C) {
+					job.logStream(StreamSystem, fmt.Sprintf("the command exited, but processes it started outlived its grace of %s after SIGTERM: SIGKILL to its process group", cfg.Grace))
+					_ = syscall.Kill(-pgid, syscall.SIGKILL)
+				}
+			case <-graceOver.C:
 				job.logStream(StreamSystem, fmt.Sprintf("the command outlived its grace of %s after SIGTERM: SIGKILL to its process group", cfg.Grace))
 				_ = syscall.Kill(-pgid, syscall.SIGKILL)
 				waitErr = <-exited
@@ -185,6 +195,26 @@ func ExecHandler(cfg ExecConfig) Handler {
 			return &CodedError{Code: ErrorCodeExit, Err: fmt.Errorf("exit status %d", code)}
 		}
 		return waitErr
+	}
+}
+
+// groupPoll is how often groupGone looks for the processes of a group.
+const groupPoll = 20 * time.Millisecond
+
+// groupGone reports whether every process of group pgid exited before
+// deadline fired.
+func groupGone(pgid int, deadline <-chan time.Time) bool {
+	poll := time.NewTicker(groupPoll)
+	defer poll.Stop()
+	for {
+		if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
+			return true
+		}
+		select {
+		case <-deadline:
+			return false
+		case <-poll.C:
+		}
 	}
 }
 

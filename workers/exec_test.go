@@ -1,12 +1,15 @@
 package workers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -269,6 +272,42 @@ func TestExecCommandThatIgnoresSIGTERMIsKilledAndTheLogSaysSo(t *testing.T) {
 	lines := f.waitLines(j.ID, StreamSystem, 2)
 	require.Contains(t, lines[0].Line, "SIGTERM to its process group, SIGKILL in 100ms")
 	require.Equal(t, "the command outlived its grace of 100ms after SIGTERM: SIGKILL to its process group", lines[1].Line)
+}
+
+// A canceled command that exits on SIGTERM but leaves a process that
+// ignores it (holding none of its output) has that process killed at the
+// end of the grace: the job's retry must not run beside it.
+func TestExecCancelKillsWhatTheCommandLeftAfterTheGrace(t *testing.T) {
+	f := newFixture(t, true)
+	pidFile := filepath.Join(t.TempDir(), "child.pid")
+	script := `sh -c 'trap "" TERM; echo $$ > ` + pidFile + `; exec sleep 300 >/dev/null 2>&1' & echo ready; wait`
+	f.pool(PoolConfig{Types: []string{"leaves"}}, ExecHandler(ExecConfig{
+		Command: []string{"sh", "-c", script}, Grace: 200 * time.Millisecond}))
+	j := f.submit(statemachine.SubmitParams{Type: "leaves"})
+	f.waitLines(j.ID, StreamStdout, 1)
+	var pid int
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		b, err := os.ReadFile(pidFile)
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil && pid > 0
+	}, "the child wrote its pid")
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	_, err := f.m.Cancel(context.Background(), j.ID, "not needed")
+	require.NoError(t, err)
+	f.waitState(j.ID, statemachine.StateCanceled)
+	natstest.Eventually(t, 10*time.Second, func() bool { return !runningProcess(pid) }, "the child of the canceled command killed")
+	lines := f.waitLines(j.ID, StreamSystem, 2)
+	require.Equal(t, "the command exited, but processes it started outlived its grace of 200ms after SIGTERM: SIGKILL to its process group", lines[1].Line)
+}
+
+// runningProcess: pid is a process that has not exited (a zombie has).
+func runningProcess(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
 }
 
 // An attempt's lines are numbered from 1 over all its streams, in the order
