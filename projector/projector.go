@@ -184,6 +184,9 @@ type Projector struct {
 	cache   map[string]stored
 	older   map[string]stored
 
+	// mu serializes Start and Stop, held by Stop until the projection
+	// ended: a second Stop returns only then, and a Start after it starts
+	// anew.
 	mu     sync.Mutex
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -378,12 +381,11 @@ func (p *Projector) Start(ctx context.Context) error {
 // Start may be called again after it.
 func (p *Projector) Stop() {
 	p.mu.Lock()
-	cancel, done := p.cancel, p.done
-	p.cancel, p.done = nil, nil
-	p.mu.Unlock()
-	if cancel != nil {
-		cancel()
-		<-done
+	defer p.mu.Unlock()
+	if p.cancel != nil {
+		p.cancel()
+		<-p.done
+		p.cancel, p.done = nil, nil
 	}
 }
 

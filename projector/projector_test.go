@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1761,4 +1762,52 @@ func TestCaughtUpWaitsForEveryEventTheLogHeld(t *testing.T) {
 	ok, err = CaughtUp(short, f.env.JS, f.log.Stream())
 	require.NoError(t, err)
 	require.True(t, ok, "nothing is left to project")
+}
+
+// Two Stops at once each return once the projection ended: the second used
+// to return at once, while the first waited, and its caller then closed the
+// log under a running projector.
+func TestASecondStopReturnsOnceTheProjectionEnded(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	require.NoError(t, f.p.Start(ctx))
+	f.p.Stop()
+	// Views of an older format: the next Start rebuilds them first, and the
+	// test holds that rebuild.
+	s, err := f.env.JS.Stream(ctx, "KV_"+BucketDefault)
+	require.NoError(t, err)
+	cfg := s.CachedInfo().Config
+	cfg.Metadata = maps.Clone(cfg.Metadata)
+	cfg.Metadata[viewFormatKey] = "0"
+	_, err = f.env.JS.UpdateStream(ctx, cfg)
+	require.NoError(t, err)
+
+	p := f.projector(t, Config{})
+	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var rebuilding atomic.Bool
+	p.folded = func() {
+		rebuilding.Store(true)
+		defer rebuilding.Store(false)
+		entered <- struct{}{}
+		<-release
+	}
+	require.NoError(t, p.Start(ctx))
+	<-entered
+	firstDone := make(chan struct{})
+	go func() { p.Stop(); close(firstDone) }()
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		if p.mu.TryLock() {
+			p.mu.Unlock()
+			return false
+		}
+		return true
+	}, "the first Stop under way")
+	// Ends the rebuild later, for the second Stop to wait for.
+	time.AfterFunc(100*time.Millisecond, func() { close(release) })
+	p.Stop()
+	require.False(t, rebuilding.Load(), "the second Stop returned while the projector still ran")
+	<-firstDone
+	require.NoError(t, p.Start(ctx), "a Start after both starts anew")
+	p.Stop()
 }

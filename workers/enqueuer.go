@@ -129,6 +129,10 @@ type Enqueuer struct {
 	seenReconnects  uint64
 	passesSinceFull int
 
+	// lifeMu serializes Start and Stop, held by Stop until every goroutine
+	// ended: a second Stop returns only then, and a Start after it starts
+	// anew. Not mu, which the goroutines take.
+	lifeMu  sync.Mutex
 	mu      sync.Mutex
 	known   map[string]bool // queue keys whose consumer exists
 	started bool
@@ -237,6 +241,8 @@ func (e *Enqueuer) supervise(ctx context.Context, stream string, cons jetstream.
 // Start runs the enqueuer until Stop. Safe to call twice, and again after
 // Stop.
 func (e *Enqueuer) Start(ctx context.Context) error {
+	e.lifeMu.Lock()
+	defer e.lifeMu.Unlock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.started {
@@ -327,6 +333,8 @@ func (e *Enqueuer) forgetRemovedQueues(ctx context.Context, w jetstream.KeyWatch
 
 // Stop ends the enqueuer. Safe to call twice.
 func (e *Enqueuer) Stop() {
+	e.lifeMu.Lock()
+	defer e.lifeMu.Unlock()
 	e.mu.Lock()
 	cancel := e.cancel
 	e.cancel = nil

@@ -2336,3 +2336,39 @@ func TestOnResultPassesEachRecordedOutcome(t *testing.T) {
 	default:
 	}
 }
+
+// Two Stops of an enqueuer at once each return once its goroutines ended
+// (the second returned at once, and after a Start the first then waited
+// for the new run too), and a Start after them runs it anew.
+func TestASecondStopOfTheEnqueuerReturnsOnceItEnded(t *testing.T) {
+	f := newFixture(t, false)
+	entered := make(chan struct{}, 8)
+	release := make(chan struct{})
+	var listing atomic.Int32
+	lister := func(ctx context.Context, _ []statemachine.State) ([]QueuedJob, error) {
+		listing.Add(1)
+		defer listing.Add(-1)
+		entered <- struct{}{}
+		<-release // a slow listing, as of a large backlog
+		return nil, nil
+	}
+	enq, err := NewEnqueuer(f.env.JS, f.m, EnqueuerConfig{Lister: lister, ReconcileEvery: time.Hour})
+	require.NoError(t, err)
+	require.NoError(t, enq.Start(context.Background()))
+	<-entered
+	firstDone := make(chan struct{})
+	go func() { enq.Stop(); close(firstDone) }()
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		enq.mu.Lock()
+		defer enq.mu.Unlock()
+		return enq.cancel == nil
+	}, "the first Stop under way")
+	// Ends the listing later, for the second Stop to wait for.
+	time.AfterFunc(100*time.Millisecond, func() { close(release) })
+	enq.Stop()
+	require.Zero(t, listing.Load(), "the second Stop returned while the enqueuer still ran")
+	<-firstDone
+	require.NoError(t, enq.Start(context.Background()))
+	<-entered // a reconcile pass of the new run
+	enq.Stop()
+}
