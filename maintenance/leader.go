@@ -70,10 +70,14 @@ func (l *Leadership) TryLead(ctx context.Context) (bool, error) {
 			l.rev = rev
 			return true, nil
 		}
-		l.rev = 0
 		if !errors.Is(err, jetstream.ErrKeyExists) && !provision.IsNotFound(err) {
+			// Unanswered (a pass's ctx ended, a timeout): the key may
+			// still be this server's at l.rev, and the next try renews it.
+			// Forgetting the revision would lock this server out of its
+			// own key, and no server would lead until it expired.
 			return false, fmt.Errorf("renew %s leadership: %w", l.role, err)
 		}
+		l.rev = 0 // taken over, or expired
 	}
 	rev, err := l.kv.Create(ctx, l.role, []byte(l.id))
 	if errors.Is(err, jetstream.ErrKeyExists) {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
@@ -1038,4 +1039,74 @@ func TestDetectorRechecksTheJobsItListedRunning(t *testing.T) {
 	cur, err = f.m.Load(ctx, another.ID)
 	require.NoError(t, err)
 	require.Equal(t, statemachine.StateRunning, cur.State)
+}
+
+// renewalHeld holds a leadership renewal (Update) in flight, while held is
+// set, until its ctx ends: a request whose answer has not come back when
+// its caller gives up on it.
+type renewalHeld struct {
+	jetstream.KeyValue
+	held    atomic.Bool
+	entered chan struct{}
+}
+
+func (r *renewalHeld) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	if !r.held.Load() {
+		return r.KeyValue.Update(ctx, key, value, rev)
+	}
+	select {
+	case r.entered <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return 0, ctx.Err()
+}
+
+// A renewal given up on (its pass ended, or its server stopped) leaves the
+// leader its key: it renews it at the next try, and resigns it at a stop.
+// It forgot the key's revision, so that no server led (detection, purges)
+// until the key expired.
+func TestARenewalGivenUpOnKeepsTheLeadersKey(t *testing.T) {
+	env := natstest.Start(t)
+	ctx := context.Background()
+	t.Run("a pass ended during the renewal", func(t *testing.T) {
+		lead, err := NewLeadership(ctx, env.JS, "detector", "a", 1500*time.Millisecond)
+		require.NoError(t, err)
+		ok, err := lead.TryLead(ctx)
+		require.NoError(t, err)
+		require.True(t, ok)
+		held := &renewalHeld{KeyValue: lead.kv, entered: make(chan struct{}, 1)}
+		lead.kv = held
+		held.held.Store(true)
+		err = passWhileLeading(ctx, lead, zap.NewNop(), func(pctx context.Context) error {
+			<-held.entered // the pass ends while a renewal is under way
+			return nil
+		})
+		require.NoError(t, err)
+		held.held.Store(false)
+		ok, err = lead.TryLead(ctx)
+		require.NoError(t, err)
+		require.True(t, ok, "the leader renews its own key")
+	})
+	t.Run("a stop during the renewal", func(t *testing.T) {
+		a, err := NewLeadership(ctx, env.JS, "purger", "a", 3*time.Second)
+		require.NoError(t, err)
+		b, err := NewLeadership(ctx, env.JS, "purger", "b", 3*time.Second)
+		require.NoError(t, err)
+		held := &renewalHeld{KeyValue: a.kv, entered: make(chan struct{}, 1)}
+		a.kv = held
+		var passes atomic.Int32
+		var svc ledService
+		svc.start(ctx, a, 100*time.Millisecond, zap.NewNop(), func(context.Context, bool) (time.Duration, error) {
+			passes.Add(1)
+			return 0, nil
+		})
+		natstest.Eventually(t, 5*time.Second, func() bool { return passes.Load() > 0 }, "a leads")
+		held.held.Store(true)
+		<-held.entered
+		svc.stop()
+		ok, err := b.TryLead(ctx)
+		require.NoError(t, err)
+		require.True(t, ok, "a resigned at its stop, and b leads at once")
+	})
 }
