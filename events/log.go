@@ -160,13 +160,14 @@ func StreamConfig(stream, subjectPrefix string) jetstream.StreamConfig {
 
 // Log appends events to jobs' histories and reads them back.
 type Log struct {
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	cfg    Config
-	logger *zap.Logger
-	reqs   chan *appendReq
-	done   chan struct{}
-	closed chan struct{}
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	cfg       Config
+	logger    *zap.Logger
+	reqs      chan *appendReq
+	done      chan struct{}
+	closeOnce sync.Once // closes done
+	closed    chan struct{}
 	// connClosed is closed when the connection closes: the acks of the
 	// appends published on their own and still in flight then never come
 	// (nats.go drops them without an error), so nobody waits for them.
@@ -284,11 +285,7 @@ func newLog(js jetstream.JetStream, cfg Config) *Log {
 
 // Close stops the log's flushers after the appends in flight finish. Safe to call twice.
 func (l *Log) Close() {
-	select {
-	case <-l.done:
-	default:
-		close(l.done)
-	}
+	l.closeOnce.Do(func() { close(l.done) })
 	<-l.closed
 	l.muxMu.Lock()
 	if l.muxSub != nil {

@@ -332,6 +332,26 @@ func testAppendAfterCloseAndWithDoneContext(t *testing.T, cfg events.Config) {
 	require.ErrorIs(t, err, events.ErrClosed)
 }
 
+// Closes at once, from several goroutines, each return once the log is
+// closed; two could both close its channel, and panic.
+func TestClosesAtOnce(t *testing.T) {
+	env := natstest.Start(t)
+	for range 5000 {
+		lg, err := events.Attach(env.JS, events.Config{})
+		require.NoError(t, err)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				<-start
+				lg.Close()
+			})
+		}
+		close(start)
+		wg.Wait()
+	}
+}
+
 // An append whose caller gives up while it is in flight may be stored: its
 // error says so and names the job, and no append that failed otherwise is
 // stored.
