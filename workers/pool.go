@@ -197,6 +197,8 @@ type Pool struct {
 	endReports context.CancelFunc
 	// logAckTimeout: see logAckTimeoutDefault.
 	logAckTimeout time.Duration
+	// logJS publishes the jobs' log lines, without waiting for their acks.
+	logJS jetstream.JetStream
 	cfg           PoolConfig
 	handler       Handler
 	logger        *zap.Logger
@@ -347,6 +349,7 @@ func (p *Pool) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.logJS = logJS
 	// A pool started while its NATS cluster elects a leader (a node just
 	// lost) waits for one: each of these requests may go unanswered or be
 	// refused as "temporarily unavailable" meanwhile.
@@ -2026,7 +2029,11 @@ func (p *Pool) Stop(ctx context.Context) error {
 	// hang-after known.
 	defer p.stopFollowHang()
 	finished := make(chan struct{})
-	go func() { p.runningWG.Wait(); close(finished) }()
+	go func() {
+		p.runningWG.Wait()
+		p.closeLogs(ctx)
+		close(finished)
+	}()
 	// The handlers still running at the end of the grace are stopped early
 	// enough that their jobs can be handed back before ctx's deadline: a
 	// job left running is failed as hung later, which costs an attempt.
@@ -2073,6 +2080,21 @@ func (p *Pool) Stop(ctx context.Context) error {
 	slices.Sort(ids)
 	return fmt.Errorf("stop pool: %w: %w: %d handlers had not returned (jobs %s): their jobs stay running until they return, or until the hang detector takes them if the process ends first",
 		ErrNotRecorded, ctx.Err(), len(ids), strings.Join(ids, ", "))
+}
+
+// closeLogs lets the log lines in flight be acknowledged (for at most their
+// ack timeout, or until ctx ends), then drops the publisher Start made for
+// them: its reply subscription and goroutine would otherwise outlive the
+// pool on a connection that goes on, one of each per pool.
+func (p *Pool) closeLogs(ctx context.Context) {
+	wait := time.NewTimer(p.logAckTimeout)
+	defer wait.Stop()
+	select {
+	case <-p.logJS.PublishAsyncComplete():
+	case <-wait.C:
+	case <-ctx.Done():
+	}
+	p.logJS.CleanupPublisher()
 }
 
 // runningJob is a handler that has not returned, and how to stop it.

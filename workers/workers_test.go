@@ -2372,3 +2372,28 @@ func TestASecondStopOfTheEnqueuerReturnsOnceItEnded(t *testing.T) {
 	<-entered // a reconcile pass of the new run
 	enq.Stop()
 }
+
+// Pools started and stopped one after another on a connection that goes on
+// leave none of their subscriptions behind: each left the one its job log
+// lines' acks came back on, with a goroutine.
+func TestStoppedPoolsLeaveNoSubscriptionsBehind(t *testing.T) {
+	f := newFixture(t, true)
+	run := func() {
+		p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"cycled"}, Logger: zaptestLogger(t)},
+			func(_ context.Context, j *Job) error {
+				j.Log("hello")
+				return nil
+			})
+		require.NoError(t, err)
+		require.NoError(t, p.Start(context.Background()))
+		j := f.submit(statemachine.SubmitParams{Type: "cycled"})
+		f.waitState(j.ID, statemachine.StateSucceeded)
+		require.NoError(t, p.Stop(context.Background()))
+	}
+	run() // what the connection's own users make once, as the log's
+	before := f.env.NC.NumSubscriptions()
+	for range 5 {
+		run()
+	}
+	require.Equal(t, before, f.env.NC.NumSubscriptions(), "subscriptions after five more pools")
+}
