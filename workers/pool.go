@@ -198,11 +198,11 @@ type Pool struct {
 	// logAckTimeout: see logAckTimeoutDefault.
 	logAckTimeout time.Duration
 	// logJS publishes the jobs' log lines, without waiting for their acks.
-	logJS jetstream.JetStream
-	cfg           PoolConfig
-	handler       Handler
-	logger        *zap.Logger
-	types         map[string]bool
+	logJS   jetstream.JetStream
+	cfg     PoolConfig
+	handler Handler
+	logger  *zap.Logger
+	types   map[string]bool
 
 	startMu sync.Mutex
 	mu      sync.Mutex
