@@ -235,3 +235,25 @@ func TestTakeHotSkipsDroppedQueuesWithoutUsingASlot(t *testing.T) {
 	require.Equal(t, []*poolQueue{live}, p.takeHot(1))
 	require.Empty(t, p.takeHot(1), "the dropped queue left the hot list")
 }
+
+// A pool forgets the queues it cannot serve once they are removed as idle;
+// it kept every one ever registered.
+func TestAPoolForgetsTheQueuesItCannotServeOnceRemoved(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, true)
+	untagged := f.pool(PoolConfig{Types: []string{"t"}, BackupPoll: time.Hour}, noop)
+	f.pool(PoolConfig{Types: []string{"t"}, Tags: map[string]string{"a": "1", "b": "2"}, BackupPoll: time.Hour}, noop)
+	for _, tags := range []map[string]string{{"a": "1"}, {"b": "2"}, {"a": "1", "b": "2"}} {
+		f.waitState(f.submit(statemachine.SubmitParams{Type: "t", Tags: tags}).ID, statemachine.StateSucceeded)
+	}
+	unserved := func() int {
+		untagged.mu.Lock()
+		defer untagged.mu.Unlock()
+		return len(untagged.unserved)
+	}
+	natstest.Eventually(t, 10*time.Second, func() bool { return unserved() == 3 }, "the untagged pool knows the 3 tagged queues")
+	gone, err := f.leftovers().ForgetIdleQueues(ctx, time.Hour, time.Now().Add(2*time.Hour))
+	require.NoError(t, err)
+	require.Len(t, gone, 3)
+	natstest.Eventually(t, 10*time.Second, func() bool { return unserved() == 0 }, "and forgets them once removed")
+}

@@ -608,6 +608,12 @@ func queuesWithMessages(ctx context.Context, js jetstream.JetStream, shard int) 
 func (p *Pool) dropQueue(name string, only *poolQueue) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if only == nil {
+		// Removed from the registry: a queue this pool cannot serve is
+		// remembered no more, or the set would grow with every tag set
+		// ever registered (tag sets per user or per repository).
+		delete(p.unserved, name)
+	}
 	q := p.queues[name]
 	if q == nil || (only != nil && q != only) {
 		return
