@@ -962,6 +962,44 @@ func TestBackgroundPassesRemoveIdleQueues(t *testing.T) {
 	require.Zero(t, f.queueConsumers(), "idle for longer than the default hour")
 }
 
+// A background pass starts purging no job past its budget, leaving the rest
+// to the next pass, and removes the idle queues all the same: they waited
+// for a whole pass, and a soak's consumers grew from 234 to 785 during one
+// of ten minutes.
+func TestABackgroundPassPurgesWithinItsBudget(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	f.startEnqueuer()
+	later := func() time.Time { return time.Now().Add(2 * time.Hour) }
+	canceled := func(tags map[string]string) statemachine.Job {
+		j := f.submit(statemachine.SubmitParams{Type: "t", Tags: tags})
+		j, err := f.m.Cancel(ctx, j.ID, "")
+		require.NoError(t, err)
+		f.projected(j)
+		return j
+	}
+	idle := canceled(map[string]string{"customer": "c1"})
+	keep, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, PurgerConfig{OlderThan: time.Minute, QueueIdleAfter: -1, Now: later})
+	require.NoError(t, err)
+	res, err := keep.runOnce(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{idle.ID}, res.Purged, "its queue is idle from now on")
+	left := canceled(nil)
+	natstest.Eventually(t, 10*time.Second, func() bool { return f.queueConsumers() == 2 }, "both queues made")
+
+	p, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, PurgerConfig{OlderThan: time.Minute, Now: later})
+	require.NoError(t, err)
+	p.passBudget = -time.Second // spent before the pass begins
+	res, err = p.runOnce(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Purged, "no job started past the budget")
+	require.Equal(t, 1, f.queueConsumers(), "the idle queue removed all the same")
+	p.passBudget = time.Minute
+	res, err = p.runOnce(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{left.ID}, res.Purged, "the next pass purges what was left")
+}
+
 // queueConsumers counts the consumers of the work queue's streams.
 func (f *fixture) queueConsumers() int {
 	f.t.Helper()

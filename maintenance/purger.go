@@ -84,6 +84,10 @@ type Purger struct {
 	lastScan atomic.Int64
 	// queuesSwept is when a background pass last looked for idle queues.
 	queuesSwept time.Time
+	// passBudget bounds how long a background pass purges (Every): the
+	// jobs left go to the next pass, and the idle queues are removed
+	// between them, not after a backlog of hours of purges.
+	passBudget time.Duration
 
 	svc ledService
 }
@@ -98,7 +102,8 @@ func NewPurger(reader *projector.Reader, m *statemachine.Machine, hb *events.Hea
 	if reader == nil || m == nil || hb == nil || logs == nil || left == nil {
 		return nil, fmt.Errorf("%w: reader, machine, heartbeats, logs and leftovers are required", ErrInvalidConfig)
 	}
-	p := &Purger{cfg: cfg, reader: reader, m: m, hb: hb, logs: logs, left: left, leader: leader, logger: logging.OrNop(cfg.Logger, "purger")}
+	p := &Purger{cfg: cfg, reader: reader, m: m, hb: hb, logs: logs, left: left, leader: leader, logger: logging.OrNop(cfg.Logger, "purger"),
+		passBudget: cfg.Every}
 	p.fullPass.Store(true)
 	return p, nil
 }
@@ -151,10 +156,17 @@ func (p *Purger) WouldPurge(ctx context.Context, olderThan time.Duration, states
 // gone. Every other pass takes its jobs from the head of the log, the jobs
 // with an event stored before the cutoff, so that it costs what is to
 // purge rather than what is kept (a week of jobs, by default).
-func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []statemachine.State) (_ PurgeResult, err error) {
+func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []statemachine.State) (PurgeResult, error) {
+	res, _, err := p.purge(ctx, olderThan, states, time.Time{})
+	return res, err
+}
+
+// purge is Purge that starts purging no job after feedUntil (zero: no
+// limit), and reports whether it left jobs for that reason.
+func (p *Purger) purge(ctx context.Context, olderThan time.Duration, states []statemachine.State, feedUntil time.Time) (_ PurgeResult, more bool, err error) {
 	res := PurgeResult{Purged: []string{}}
 	if states, err = finishedStates(states); err != nil {
-		return res, err
+		return res, false, err
 	}
 	cutoff := p.cfg.Now().Add(-olderThan)
 	// Taken before any history is purged: a job submitted again under a
@@ -162,7 +174,7 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 	// after its history is gone, so after these marks.
 	marks, err := takeMarks(ctx, p.reader, p.logs, p.hb)
 	if err != nil {
-		return res, fmt.Errorf("purge: %w", err)
+		return res, false, fmt.Errorf("purge: %w", err)
 	}
 	full := p.fullPass.Load() || p.passes.Add(1)%purgeFullEvery == 0
 	var ids []string
@@ -174,19 +186,19 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 	}
 	p.lastScan.Store(int64(time.Since(began)))
 	if err != nil {
-		return res, err
+		return res, false, err
 	}
-	res.Purged, err = p.purgeAll(ctx, ids, cutoff, states, marks)
+	res.Purged, more, err = p.purgeAll(ctx, ids, cutoff, states, marks, feedUntil)
 	if err != nil {
 		// A job may have lost its history but not yet its view, which only
 		// the views show.
 		p.fullPass.Store(true)
-		return res, err
+		return res, more, err
 	}
-	if full {
+	if full && !more {
 		p.fullPass.Store(false)
 	}
-	return res, nil
+	return res, more, nil
 }
 
 // finishedViews lists the jobs whose views say they finished before cutoff,
@@ -213,8 +225,10 @@ const purgeFullEvery = 10
 const purgeWidth = 16
 
 // purgeAll purges the jobs that qualify, purgeWidth at a time, and returns
-// those it purged, in the order given; it stops at the first error.
-func (p *Purger) purgeAll(ctx context.Context, ids []string, cutoff time.Time, states []statemachine.State, marks purgeMarks) ([]string, error) {
+// those it purged, in the order given; it stops at the first error, and
+// starts no job after feedUntil (zero: no limit), reporting then that it
+// left some.
+func (p *Purger) purgeAll(ctx context.Context, ids []string, cutoff time.Time, states []statemachine.State, marks purgeMarks, feedUntil time.Time) (_ []string, more bool, _ error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -240,6 +254,10 @@ func (p *Purger) purgeAll(ctx context.Context, ids []string, cutoff time.Time, s
 	}
 feed:
 	for i := range ids {
+		if !feedUntil.IsZero() && !time.Now().Before(feedUntil) {
+			more = true
+			break
+		}
 		select {
 		case next <- i:
 		case <-ctx.Done():
@@ -254,7 +272,7 @@ feed:
 			out = append(out, ids[i])
 		}
 	}
-	return out, first
+	return out, more, first
 }
 
 // purgeMarks bound what a pass deletes of the views, log lines and beats.
@@ -338,14 +356,14 @@ func (p *Purger) Start(ctx context.Context) error {
 func (p *Purger) Stop() { p.svc.stop() }
 
 func (p *Purger) runOnce(ctx context.Context) (PurgeResult, error) {
-	res, err := p.Purge(ctx, p.cfg.OlderThan, nil)
-	if len(res.Purged) > 0 {
-		p.logger.Info("purged finished jobs", zap.Int("jobs", len(res.Purged)), zap.Duration("older_than", p.cfg.OlderThan))
+	res, more, err := p.purge(ctx, p.cfg.OlderThan, nil, time.Now().Add(p.passBudget))
+	if len(res.Purged) > 0 || more {
+		p.logger.Info("purged finished jobs", zap.Int("jobs", len(res.Purged)), zap.Duration("older_than", p.cfg.OlderThan),
+			zap.Bool("more_next_pass", more))
 	}
-	if err != nil {
-		return res, err
-	}
-	return res, p.sweepQueues(ctx)
+	// Also after a pass that failed: a job that cannot be purged must not
+	// keep the idle queues (each a consumer) from being removed.
+	return res, errors.Join(err, p.sweepQueues(ctx))
 }
 
 // sweepQueues removes the idle queues, at most every quarter of
