@@ -416,8 +416,12 @@ func (p *Pool) Start(ctx context.Context) error {
 	// reconnect, look at the queues holding jobs at once instead of at the
 	// backup poll (every queue, as every worker did at once after a server
 	// restart, was a burst of a fetch per queue per worker).
+	// Counted in passes, as what it starts is: Stop waits for them all, and
+	// a pass started meanwhile must not add to passes while Stop waits.
 	reconnected := p.nc.StatusChanged(nats.CONNECTED)
+	p.passes.Add(1)
 	go func() {
+		defer p.passes.Done()
 		for {
 			select {
 			case <-loopCtx.Done():
@@ -426,7 +430,11 @@ func (p *Pool) Start(ctx context.Context) error {
 			case <-reconnected:
 				p.reconnected.notify()
 				p.backupPass(loopCtx)
-				go p.rescanRegistry()
+				p.passes.Add(1)
+				go func() {
+					defer p.passes.Done()
+					p.rescanRegistry(loopCtx)
+				}()
 			}
 		}
 	}()
@@ -740,14 +748,18 @@ func (p *Pool) lookupQueue(name string) {
 
 // rescanRegistry reads every registered queue, for when the watch may have
 // missed some (after a reconnect).
-func (p *Pool) rescanRegistry() {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func (p *Pool) rescanRegistry(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	keys, err := p.registry.ListKeys(ctx)
 	if err != nil {
 		return
 	}
+	defer func() { _ = keys.Stop() }()
 	for name := range keys.Keys() {
+		if ctx.Err() != nil {
+			return
+		}
 		p.mu.Lock()
 		_, have := p.queues[name]
 		p.mu.Unlock()
