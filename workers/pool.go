@@ -248,6 +248,11 @@ type Pool struct {
 	// running cancels the handlers running, by lease: one job can have a
 	// handler still running after losing its lease and a new attempt here.
 	running map[uint64]runningJob
+	// claimed holds the leases of the attempts acquired for this pool's
+	// takes, until each attempt's result is recorded: two takes of one job
+	// (its queue message delivered again while the first acquire went
+	// unanswered) must not both run it.
+	claimed map[uint64]bool
 
 	busy atomic.Int64
 	// backingUp is set while a backup pass lists the queue streams, which
@@ -304,7 +309,7 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	p := &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
 		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{}, woken: map[string]uint64{},
-		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]runningJob{}, claims: map[string]*wakeClaim{},
+		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]runningJob{}, claimed: map[uint64]bool{}, claims: map[string]*wakeClaim{},
 		reporting: make(chan struct{}, cfg.Concurrency), claimWindow: claimWindowDefault,
 		wake: make(chan struct{}, 1), freed: make(chan struct{}, 1),
 		hangChanged: newBroadcast(), reconnected: newBroadcast()}
@@ -1219,6 +1224,9 @@ func (p *Pool) take(ctx context.Context, q *poolQueue, msg jetstream.Msg) {
 		held = mine
 	}
 	_ = msg.Ack()
+	if !p.claimLease(held.Lease) {
+		return
+	}
 	p.run(held, slot)
 }
 
@@ -1251,10 +1259,21 @@ func (p *Pool) acquiredAnyway(jobID string, after uint64) (statemachine.Job, boo
 	if err != nil || job.State != statemachine.StateRunning || job.WorkerID != p.cfg.WorkerID || job.Lease <= after {
 		return statemachine.Job{}, false
 	}
+	return job, true
+}
+
+// claimLease reserves an acquired attempt for the take that is to run it,
+// until run has recorded its result; false when another take of this pool
+// has it: the one whose acquire it was, or one whose acquire also went
+// unanswered and found the same lease.
+func (p *Pool) claimLease(lease uint64) bool {
 	p.mu.Lock()
-	_, running := p.running[job.Lease]
-	p.mu.Unlock()
-	return job, !running
+	defer p.mu.Unlock()
+	if p.claimed[lease] {
+		return false
+	}
+	p.claimed[lease] = true
+	return true
 }
 
 // slot is one of the pool's Concurrency places to run a handler, held from
@@ -1276,6 +1295,11 @@ func (s *slot) free() {
 // run runs the handler on an acquired job and reports its result, fenced by
 // the attempt's lease.
 func (p *Pool) run(held statemachine.Job, slot *slot) {
+	defer func() {
+		p.mu.Lock()
+		delete(p.claimed, held.Lease)
+		p.mu.Unlock()
+	}()
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	p.mu.Lock()

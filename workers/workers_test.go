@@ -2397,3 +2397,23 @@ func TestStoppedPoolsLeaveNoSubscriptionsBehind(t *testing.T) {
 	}
 	require.Equal(t, before, f.env.NC.NumSubscriptions(), "subscriptions after five more pools")
 }
+
+// An acquire that went unanswered but was stored is found by the take that
+// made it; a second take of the job (its queue message delivered again),
+// whose acquire also went unanswered, finds the same attempt and must not
+// run it too.
+func TestAnAttemptFoundByTwoTakesRunsOnce(t *testing.T) {
+	f := newFixture(t, false)
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"t"}, WorkerID: "w1"}, noop)
+	require.NoError(t, err)
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	stored, err := f.m.Acquire(context.Background(), j.ID, "w1") // its answer lost
+	require.NoError(t, err)
+	for take := range 2 {
+		found, ok := p.acquiredAnyway(j.ID, j.Version)
+		require.True(t, ok, "take %d finds the attempt stored for this worker", take)
+		require.Equal(t, stored.Lease, found.Lease)
+	}
+	require.True(t, p.claimLease(stored.Lease), "the first take runs it")
+	require.False(t, p.claimLease(stored.Lease), "the second does not")
+}
