@@ -1148,3 +1148,43 @@ func TestARenewalGivenUpOnKeepsTheLeadersKey(t *testing.T) {
 		require.True(t, ok, "a resigned at its stop, and b leads at once")
 	})
 }
+
+// A start made while a stop waits for the last pass starts the passes
+// anew once the stop is done; it returned at once, and none ran.
+func TestAStartDuringAStopStartsThePassesAgain(t *testing.T) {
+	env := natstest.Start(t)
+	ctx := context.Background()
+	lead, err := NewLeadership(ctx, env.JS, "detector", "a", 3*time.Second)
+	require.NoError(t, err)
+	var svc ledService
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	svc.start(ctx, lead, 50*time.Millisecond, zap.NewNop(), func(context.Context, bool) (time.Duration, error) {
+		entered <- struct{}{}
+		<-release // a pass slow to see its ctx end
+		return 0, nil
+	})
+	<-entered
+	stopped := make(chan struct{})
+	go func() { svc.stop(); close(stopped) }()
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		if svc.mu.TryLock() {
+			svc.mu.Unlock()
+			return false
+		}
+		return true
+	}, "the stop under way")
+	var passes atomic.Int32
+	started := make(chan struct{})
+	go func() {
+		svc.start(ctx, lead, 50*time.Millisecond, zap.NewNop(), func(context.Context, bool) (time.Duration, error) {
+			passes.Add(1)
+			return 0, nil
+		})
+		close(started)
+	}()
+	close(release)
+	<-stopped
+	<-started
+	t.Cleanup(svc.stop)
+	natstest.Eventually(t, 5*time.Second, func() bool { return passes.Load() > 0 }, "passes after the second start")
+}

@@ -12,6 +12,7 @@ import (
 // ledService runs a pass periodically while its server holds a leadership:
 // the Start/Stop half that Detector and Purger share.
 type ledService struct {
+	// mu serializes start and stop; the passes never take it.
 	mu     sync.Mutex
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -94,20 +95,18 @@ func pauseAfter(every, scan time.Duration) time.Duration {
 }
 
 // stop ends the passes and resigns. Safe to call twice.
+// Held for the whole stop, the lock makes a second stop return only once
+// the passes ended, and a start made meanwhile start them anew after it
+// (it returned at once, and nothing ran).
 func (s *ledService) stop() {
 	s.mu.Lock()
-	cancel, done := s.cancel, s.done
-	s.mu.Unlock()
-	if cancel == nil {
+	defer s.mu.Unlock()
+	if s.cancel == nil {
 		return
 	}
-	cancel()
-	<-done
-	s.mu.Lock()
-	if s.done == done {
-		s.cancel = nil // start runs the passes again
-	}
-	s.mu.Unlock()
+	s.cancel()
+	<-s.done
+	s.cancel, s.done = nil, nil // start runs the passes again
 }
 
 // passWhileLeading runs pass and renews the leadership while it runs: a pass
