@@ -1166,13 +1166,7 @@ func TestAStartDuringAStopStartsThePassesAgain(t *testing.T) {
 	<-entered
 	stopped := make(chan struct{})
 	go func() { svc.stop(); close(stopped) }()
-	natstest.Eventually(t, 5*time.Second, func() bool {
-		if svc.mu.TryLock() {
-			svc.mu.Unlock()
-			return false
-		}
-		return true
-	}, "the stop under way")
+	natstest.Locked(t, &svc.mu, "the stop under way")
 	var passes atomic.Int32
 	started := make(chan struct{})
 	go func() {

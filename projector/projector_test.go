@@ -1796,13 +1796,7 @@ func TestASecondStopReturnsOnceTheProjectionEnded(t *testing.T) {
 	<-entered
 	firstDone := make(chan struct{})
 	go func() { p.Stop(); close(firstDone) }()
-	natstest.Eventually(t, 5*time.Second, func() bool {
-		if p.mu.TryLock() {
-			p.mu.Unlock()
-			return false
-		}
-		return true
-	}, "the first Stop under way")
+	natstest.Locked(t, &p.mu, "the first Stop under way")
 	// Ends the rebuild later, for the second Stop to wait for.
 	time.AfterFunc(100*time.Millisecond, func() { close(release) })
 	p.Stop()

@@ -4,6 +4,7 @@ package natstest
 
 import (
 	"net/url"
+	"sync"
 	"testing"
 	"time"
 
@@ -89,4 +90,17 @@ func Eventually(t testing.TB, within time.Duration, cond func() bool, msg string
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// Locked waits until mu is held by someone else, as a Stop under way holds
+// its service's lock while it waits for the service to end.
+func Locked(t testing.TB, mu *sync.Mutex, what string) {
+	t.Helper()
+	Eventually(t, 5*time.Second, func() bool {
+		if mu.TryLock() {
+			mu.Unlock()
+			return false
+		}
+		return true
+	}, "%s", what)
 }
