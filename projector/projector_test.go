@@ -1805,3 +1805,46 @@ func TestASecondStopReturnsOnceTheProjectionEnded(t *testing.T) {
 	require.NoError(t, p.Start(ctx), "a Start after both starts anew")
 	p.Stop()
 }
+
+// A listing whose request went unanswered (sent just before its NATS
+// server restarted, or a connection cut) asks again: it waited for the
+// answer until the caller's deadline, a minute in a soak, with the server
+// back in two seconds.
+func TestAListingAsksAgainWhenAnAnswerIsLost(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	kv, _ := f.viewsBucket(t)
+	for i := range 3 {
+		data, err := json.Marshal(View{ID: fmt.Sprint("job-", i), Type: "t", State: statemachine.StatePending})
+		require.NoError(t, err)
+		_, err = kv.Put(ctx, fmt.Sprint("job-", i), data)
+		require.NoError(t, err)
+	}
+	proxy := natstest.NewProxy(t, f.env.URL)
+	nc, err := nats.Connect(proxy.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	r, err := NewReader(ctx, js)
+	require.NoError(t, err)
+
+	proxy.Stall()
+	type listed struct {
+		page Page
+		err  error
+	}
+	done := make(chan listed, 1)
+	go func() {
+		lctx, cancel := context.WithTimeout(ctx, 3*listTry)
+		defer cancel()
+		page, err := r.List(lctx, Filter{})
+		done <- listed{page, err}
+	}()
+	natstest.Eventually(t, 5*time.Second, proxy.Holding, "the listing's first request on its way")
+	proxy.Cut() // and the request with it
+	proxy.Restore()
+	got := <-done
+	require.NoError(t, got.err)
+	require.Len(t, got.page.Views, 3)
+}

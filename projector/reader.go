@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/provision"
 )
 
 // Reader reads job views. It needs no projector in its process: CLI
@@ -107,11 +108,10 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	if err := f.Validate(); err != nil {
 		return Page{}, err
 	}
-	info, err := r.stream.Info(ctx)
+	end, err := r.lastRevision(ctx)
 	if err != nil {
-		return Page{}, fmt.Errorf("list jobs: %w", err)
+		return Page{}, err
 	}
-	end := info.State.LastSeq
 	// Delete and purge markers are delivered too, so that the listing knows
 	// how far it got (see nothingLeft); they list nothing.
 	w, err := r.kv.WatchAll(ctx)
@@ -164,11 +164,10 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 			if rounds > listRoundsMax {
 				return true, nil
 			}
-			info, err := r.stream.Info(ctx)
+			last, err := r.lastRevision(ctx)
 			if err != nil {
-				return false, fmt.Errorf("list jobs: %w", err)
+				return false, err
 			}
-			last := info.State.LastSeq
 			if last <= seen {
 				return true, nil
 			}
@@ -282,14 +281,49 @@ type (
 // nothingLeft reports whether the bucket holds no message (a view or a
 // marker) after revision seen up to end, the last of a listing's round.
 func (r *Reader) nothingLeft(ctx context.Context, seen, end uint64) (bool, error) {
-	m, err := r.stream.GetMsg(ctx, seen+1, jetstream.WithGetMsgSubject("$KV."+r.bucket+".>"))
+	var m *jetstream.RawStreamMsg
+	err := listAsk(ctx, func(ctx context.Context) (err error) {
+		m, err = r.stream.GetMsg(ctx, seen+1, jetstream.WithGetMsgSubject("$KV."+r.bucket+".>"))
+		return err
+	})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return true, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("list jobs: %w", err)
+		return false, err
 	}
 	return m.Sequence > end, nil
+}
+
+// lastRevision is the bucket's last revision, views and markers alike.
+func (r *Reader) lastRevision(ctx context.Context) (uint64, error) {
+	var info *jetstream.StreamInfo
+	err := listAsk(ctx, func(ctx context.Context) (err error) {
+		info, err = r.stream.Info(ctx)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return info.State.LastSeq, nil
+}
+
+// listTry bounds each request a listing makes: the answer to one sent just
+// before its NATS server restarted never comes, and a caller's deadline of
+// a minute was all spent waiting for it, with the server back in two
+// seconds. The listing asks again while the caller's ctx lasts, for at
+// most provision.ElectionWaitDefault.
+const listTry = 5 * time.Second
+
+func listAsk(ctx context.Context, fn func(context.Context) error) error {
+	err := provision.UntilAnswered(ctx, provision.ElectionWaitDefault, listTry, fn)
+	switch {
+	case err == nil, errors.Is(err, jetstream.ErrMsgNotFound):
+		return err
+	case ctx.Err() == nil && provision.Transient(err):
+		return fmt.Errorf("list jobs: NATS did not answer within %s (is the server up?): %w", provision.ElectionWaitDefault, err)
+	}
+	return fmt.Errorf("list jobs: %w", err)
 }
 
 // watchSeenLimit bounds how many jobs a watch remembers the last sent view

@@ -22,6 +22,7 @@ type Proxy struct {
 	resumed *sync.Cond
 	cut     bool
 	stalled bool
+	holding int // relays holding bytes in a stall
 	conns   map[net.Conn]bool
 }
 
@@ -80,13 +81,26 @@ func (p *Proxy) close() {
 	p.resumed.Broadcast()
 }
 
+// Holding reports whether a stall holds bytes sent since it began: a
+// request is then on its way, and lost if the connection is cut.
+func (p *Proxy) Holding() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.holding > 0
+}
+
 // waitUnstalled returns when bytes may pass.
 func (p *Proxy) waitUnstalled() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if !p.stalled {
+		return
+	}
+	p.holding++
 	for p.stalled {
 		p.resumed.Wait()
 	}
+	p.holding--
 }
 
 func (p *Proxy) accept() {
