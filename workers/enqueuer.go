@@ -160,24 +160,31 @@ func (e *Enqueuer) setup(ctx context.Context) error {
 		return err
 	}
 	log := e.m.Log()
-	var err error
+	// Kept only once all of it is bound: a setup cut short (a request
+	// unanswered while a cluster elects a leader) is made again whole, and
+	// evCons set alone would have it skipped, with the rest nil.
 	// Acks are explicit, one per message: with several servers sharing the
 	// durable, an ack-all from one would also acknowledge events another
 	// has in hand and may never enqueue.
-	if e.evCons, _, err = provision.Consumer(ctx, e.js, log.Stream(), e.eventsConsumerConfig()); err != nil {
+	evCons, _, err := provision.Consumer(ctx, e.js, log.Stream(), e.eventsConsumerConfig())
+	if err != nil {
 		return fmt.Errorf("enqueuer: %w", err)
 	}
-	if e.dueCons, _, err = provision.Consumer(ctx, e.js, TimersStream, e.timersConsumerConfig()); err != nil {
+	dueCons, _, err := provision.Consumer(ctx, e.js, TimersStream, e.timersConsumerConfig())
+	if err != nil {
 		return fmt.Errorf("enqueuer timers: %w", err)
 	}
-	for shard := range e.queues {
-		if e.queues[shard], err = e.js.Stream(ctx, QueueStream(shard)); err != nil {
+	var queues [QueueShards]jetstream.Stream
+	for shard := range queues {
+		if queues[shard], err = e.js.Stream(ctx, QueueStream(shard)); err != nil {
 			return fmt.Errorf("bind queue: %w", err)
 		}
 	}
-	if e.tagsets, err = e.js.KeyValue(ctx, TagsetsBucket); err != nil {
+	tagsets, err := e.js.KeyValue(ctx, TagsetsBucket)
+	if err != nil {
 		return fmt.Errorf("bind tag sets: %w", err)
 	}
+	e.evCons, e.dueCons, e.queues, e.tagsets = evCons, dueCons, queues, tagsets
 	return nil
 }
 

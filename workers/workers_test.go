@@ -2417,3 +2417,38 @@ func TestAnAttemptFoundByTwoTakesRunsOnce(t *testing.T) {
 	require.True(t, p.claimLease(stored.Lease), "the first take runs it")
 	require.False(t, p.claimLease(stored.Lease), "the second does not")
 }
+
+// keyValueUnanswered fails the failAt-th KeyValue lookup as unanswered.
+type keyValueUnanswered struct {
+	jetstream.JetStream
+	calls, failAt atomic.Int32
+}
+
+func (k *keyValueUnanswered) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	if k.calls.Add(1) == k.failAt.Load() {
+		return nil, context.DeadlineExceeded // as while a cluster elects a leader
+	}
+	return k.JetStream.KeyValue(ctx, bucket)
+}
+
+// An enqueuer whose Start failed half way (a request unanswered after its
+// consumers were made) starts whole when asked again, as a server's start
+// asks during an election; the second Start skipped the setup left and
+// dereferenced the unbound tag sets.
+func TestAnEnqueuerStartedAgainAfterAFailedStartStartsWhole(t *testing.T) {
+	f := newFixture(t, false)
+	counted := &keyValueUnanswered{JetStream: f.env.JS}
+	probe, err := NewEnqueuer(counted, f.m, EnqueuerConfig{})
+	require.NoError(t, err)
+	require.NoError(t, probe.setup(context.Background()))
+	js := &keyValueUnanswered{JetStream: f.env.JS}
+	js.failAt.Store(counted.calls.Load()) // the last: the tag sets, after the consumers
+	enq, err := NewEnqueuer(js, f.m, EnqueuerConfig{})
+	require.NoError(t, err)
+	require.ErrorIs(t, enq.Start(context.Background()), context.DeadlineExceeded)
+	require.NoError(t, enq.Start(context.Background()))
+	t.Cleanup(enq.Stop)
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	f.pool(PoolConfig{Types: []string{"t"}}, noop)
+	f.waitState(j.ID, statemachine.StateSucceeded)
+}
