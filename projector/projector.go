@@ -177,6 +177,10 @@ type Projector struct {
 	// outdated: the bucket's views are of an older ViewFormat, to be
 	// rebuilt before projecting.
 	outdated bool
+	// viewsLost: the bucket was found missing and the consumers are not yet
+	// reset; kept over a setup cut short after it made the bucket, which
+	// the next one finds, so that the views are all projected again.
+	viewsLost bool
 
 	// cache holds the views of unfinished jobs as last written, in two
 	// generations (see remember).
@@ -226,6 +230,11 @@ func (p *Projector) provisionStorage(ctx context.Context) (storage, error) {
 	found.lost = errors.Is(err, jetstream.ErrStreamNotFound)
 	if err != nil && !found.lost {
 		return storage{}, fmt.Errorf("look up views bucket: %w", err)
+	}
+	if found.lost {
+		p.setupMu.Lock()
+		p.viewsLost = true
+		p.setupMu.Unlock()
 	}
 	var meta map[string]string
 	if found.lost {
@@ -300,14 +309,18 @@ func (p *Projector) setup(ctx context.Context) error {
 	}
 	p.setupMu.Lock()
 	p.outdated = found.format < ViewFormat
+	lost := p.viewsLost
 	p.setupMu.Unlock()
-	if found.lost {
+	if lost {
 		p.logger.Info("views bucket made: projecting every view from the start of the event log (a first start, or the views were lost)")
 		for _, d := range []struct{ stream, name string }{{p.log.Stream(), p.cfg.Durable}, {p.hb.Stream(), p.cfg.HeartbeatDurable}} {
 			if err := p.js.DeleteConsumer(ctx, d.stream, d.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 				return fmt.Errorf("reset consumer %s: %w", d.name, err)
 			}
 		}
+		p.setupMu.Lock()
+		p.viewsLost = false
+		p.setupMu.Unlock()
 	}
 	p.clearCache()
 	ev, err := p.consumer(ctx, p.log.Stream(), jetstream.ConsumerConfig{

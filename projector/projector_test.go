@@ -1848,3 +1848,37 @@ func TestAListingAsksAgainWhenAnAnswerIsLost(t *testing.T) {
 	require.NoError(t, got.err)
 	require.Len(t, got.page.Views, 3)
 }
+
+// deleteConsumerUnanswered fails the first DeleteConsumer as unanswered.
+type deleteConsumerUnanswered struct {
+	jetstream.JetStream
+	failed atomic.Bool
+}
+
+func (d *deleteConsumerUnanswered) DeleteConsumer(ctx context.Context, stream, name string) error {
+	if d.failed.CompareAndSwap(false, true) {
+		return context.DeadlineExceeded // as while a cluster elects a leader
+	}
+	return d.JetStream.DeleteConsumer(ctx, stream, name)
+}
+
+// Views lost, and a projector's Start cut short after it made the bucket
+// anew: asked again (as a server's start asks during an election), it
+// still projects every view from the start of the log. The second try
+// found the bucket, took the views for kept, and left the consumers past
+// every event already projected.
+func TestViewsLostAreProjectedAgainAfterAStartCutShort(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	ids := scenario(t, f.m, func() {})
+	f.run(t)
+	f.requireFolded(t, ids)
+	require.NoError(t, f.env.JS.DeleteKeyValue(ctx, BucketDefault))
+
+	p, err := New(&deleteConsumerUnanswered{JetStream: f.env.JS}, f.log, f.hb, Config{})
+	require.NoError(t, err)
+	require.ErrorIs(t, p.Start(ctx), context.DeadlineExceeded)
+	require.NoError(t, p.Start(ctx))
+	t.Cleanup(p.Stop)
+	f.requireFolded(t, ids)
+}
