@@ -157,13 +157,14 @@ func (p *Purger) WouldPurge(ctx context.Context, olderThan time.Duration, states
 // with an event stored before the cutoff, so that it costs what is to
 // purge rather than what is kept (a week of jobs, by default).
 func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []statemachine.State) (PurgeResult, error) {
-	res, _, err := p.purge(ctx, olderThan, states, time.Time{})
+	res, _, err := p.purge(ctx, olderThan, states, 0)
 	return res, err
 }
 
-// purge is Purge that starts purging no job after feedUntil (zero: no
-// limit), and reports whether it left jobs for that reason.
-func (p *Purger) purge(ctx context.Context, olderThan time.Duration, states []statemachine.State, feedUntil time.Time) (_ PurgeResult, more bool, err error) {
+// purge is Purge that purges for at most budget once it found its jobs
+// (0: no limit), starting at least purgeWidth of them, and reports whether
+// it left jobs for that reason.
+func (p *Purger) purge(ctx context.Context, olderThan time.Duration, states []statemachine.State, budget time.Duration) (_ PurgeResult, more bool, err error) {
 	res := PurgeResult{Purged: []string{}}
 	if states, err = finishedStates(states); err != nil {
 		return res, false, err
@@ -187,6 +188,12 @@ func (p *Purger) purge(ctx context.Context, olderThan time.Duration, states []st
 	p.lastScan.Store(int64(time.Since(began)))
 	if err != nil {
 		return res, false, err
+	}
+	var feedUntil time.Time
+	if budget != 0 {
+		// From here: a listing longer than the budget (a large store, a
+		// short --purge-every) must not leave every pass purging nothing.
+		feedUntil = time.Now().Add(budget)
 	}
 	res.Purged, more, err = p.purgeAll(ctx, ids, cutoff, states, marks, feedUntil)
 	if err != nil {
@@ -226,8 +233,8 @@ const purgeWidth = 16
 
 // purgeAll purges the jobs that qualify, purgeWidth at a time, and returns
 // those it purged, in the order given; it stops at the first error, and
-// starts no job after feedUntil (zero: no limit), reporting then that it
-// left some.
+// starts no job after feedUntil (zero: no limit) but the first purgeWidth,
+// reporting then that it left some.
 func (p *Purger) purgeAll(ctx context.Context, ids []string, cutoff time.Time, states []statemachine.State, marks purgeMarks, feedUntil time.Time) (_ []string, more bool, _ error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -254,7 +261,7 @@ func (p *Purger) purgeAll(ctx context.Context, ids []string, cutoff time.Time, s
 	}
 feed:
 	for i := range ids {
-		if !feedUntil.IsZero() && !time.Now().Before(feedUntil) {
+		if i >= purgeWidth && !feedUntil.IsZero() && !time.Now().Before(feedUntil) {
 			more = true
 			break
 		}
@@ -356,7 +363,7 @@ func (p *Purger) Start(ctx context.Context) error {
 func (p *Purger) Stop() { p.svc.stop() }
 
 func (p *Purger) runOnce(ctx context.Context) (PurgeResult, error) {
-	res, more, err := p.purge(ctx, p.cfg.OlderThan, nil, time.Now().Add(p.passBudget))
+	res, more, err := p.purge(ctx, p.cfg.OlderThan, nil, p.passBudget)
 	if len(res.Purged) > 0 || more {
 		p.logger.Info("purged finished jobs", zap.Int("jobs", len(res.Purged)), zap.Duration("older_than", p.cfg.OlderThan),
 			zap.Bool("more_next_pass", more))
