@@ -763,7 +763,7 @@ func (p *Pool) rescanRegistry(ctx context.Context) {
 	defer func() { _ = keys.Stop() }()
 	for name := range keys.Keys() {
 		if ctx.Err() != nil {
-			return
+			continue // read to the end: the lister's goroutine sends every key
 		}
 		p.mu.Lock()
 		_, have := p.queues[name]
