@@ -207,7 +207,7 @@ func groupGone(pgid int, deadline <-chan time.Time) bool {
 	poll := time.NewTicker(groupPoll)
 	defer poll.Stop()
 	for {
-		if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
+		if !groupRunning(pgid) {
 			return true
 		}
 		select {

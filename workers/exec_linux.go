@@ -1,8 +1,50 @@
 package workers
 
-import "syscall"
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strconv"
+	"syscall"
+)
 
 // dieWithWorker has the kernel kill the command when the worker dies, so
 // that a job retried after its worker was found dead never runs next to an
 // orphan of its earlier attempt.
 func dieWithWorker(a *syscall.SysProcAttr) { a.Pdeathsig = syscall.SIGKILL }
+
+// groupRunning reports whether a process of group pgid has not exited. A
+// zombie has: a worker that reaps orphans (PID 1 in a container, a
+// subreaper) and never reaps those of a command would otherwise wait out
+// every cancel's grace for processes long gone.
+func groupRunning(pgid int) bool {
+	if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
+		return false
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return true // cannot tell: as if running
+	}
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// pid (comm) state ppid pgrp ...: comm may hold spaces and ')'.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		fields := bytes.Fields(stat[i+1:])
+		if len(fields) < 3 || string(fields[2]) != strconv.Itoa(pgid) {
+			continue
+		}
+		if string(fields[0]) != "Z" {
+			return true
+		}
+	}
+	return false
+}
