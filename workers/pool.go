@@ -1212,6 +1212,8 @@ func (p *Pool) take(ctx context.Context, q *poolQueue, msg jetstream.Msg) {
 		}
 		mine, ok := p.acquiredAnyway(jobID, snapshot.Version)
 		if !ok {
+			// Not stored, another's, or this pool's and claimed by another
+			// take: offered again, and then found stale.
 			p.acquireTrouble.add(err, zap.String("job", jobID))
 			// Offered again later each time it fails: a server that cannot
 			// write fails every acquire, and each pending job was fetched
@@ -1222,11 +1224,11 @@ func (p *Pool) take(ctx context.Context, q *poolQueue, msg jetstream.Msg) {
 			return
 		}
 		held = mine
-	}
-	_ = msg.Ack()
-	if !p.claimLease(held.Lease) {
+	} else if !p.claimLease(held.Lease) {
+		_ = msg.Ack()
 		return
 	}
+	_ = msg.Ack()
 	p.run(held, slot)
 }
 
@@ -1251,12 +1253,26 @@ const acquireTimeout = 30 * time.Second
 
 // acquiredAnyway reads a job whose acquire failed without an answer (a
 // timeout, a lost connection): the append may have been committed all the
-// same, and then the job is this pool's to run or hand back.
+// same, and then the job is this pool's to run or hand back, claimed for
+// the caller (claimLease).
 func (p *Pool) acquiredAnyway(jobID string, after uint64) (statemachine.Job, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), acquireTimeout)
 	defer cancel()
-	job, err := p.m.Load(ctx, jobID)
-	if err != nil || job.State != statemachine.StateRunning || job.WorkerID != p.cfg.WorkerID || job.Lease <= after {
+	held := func() (statemachine.Job, bool) {
+		job, err := p.m.Load(ctx, jobID)
+		return job, err == nil && job.State == statemachine.StateRunning && job.WorkerID == p.cfg.WorkerID && job.Lease > after
+	}
+	job, ok := held()
+	if !ok || !p.claimLease(job.Lease) {
+		return statemachine.Job{}, false
+	}
+	// Read again once claimed: the take that ran the attempt may have
+	// recorded its result, and given up its claim, between the read and the
+	// claim; the attempt is over then, not this take's to run again.
+	if again, ok := held(); !ok || again.Lease != job.Lease {
+		p.mu.Lock()
+		delete(p.claimed, job.Lease)
+		p.mu.Unlock()
 		return statemachine.Job{}, false
 	}
 	return job, true

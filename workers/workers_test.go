@@ -2409,13 +2409,21 @@ func TestAnAttemptFoundByTwoTakesRunsOnce(t *testing.T) {
 	j := f.submit(statemachine.SubmitParams{Type: "t"})
 	stored, err := f.m.Acquire(context.Background(), j.ID, "w1") // its answer lost
 	require.NoError(t, err)
-	for take := range 2 {
-		found, ok := p.acquiredAnyway(j.ID, j.Version)
-		require.True(t, ok, "take %d finds the attempt stored for this worker", take)
-		require.Equal(t, stored.Lease, found.Lease)
-	}
-	require.True(t, p.claimLease(stored.Lease), "the first take runs it")
-	require.False(t, p.claimLease(stored.Lease), "the second does not")
+	found, ok := p.acquiredAnyway(j.ID, j.Version)
+	require.True(t, ok, "the first take finds the attempt stored for this worker, and runs it")
+	require.Equal(t, stored.Lease, found.Lease)
+	_, ok = p.acquiredAnyway(j.ID, j.Version)
+	require.False(t, ok, "the second finds it claimed")
+	require.False(t, p.claimLease(stored.Lease), "as the take whose acquire was answered would")
+
+	// The first take's run ended: its result recorded, its claim given up.
+	_, err = f.m.Succeed(context.Background(), stored, nil)
+	require.NoError(t, err)
+	p.mu.Lock()
+	delete(p.claimed, stored.Lease)
+	p.mu.Unlock()
+	_, ok = p.acquiredAnyway(j.ID, j.Version)
+	require.False(t, ok, "a finished attempt is not run again")
 }
 
 // keyValueUnanswered fails the failAt-th KeyValue lookup as unanswered.
