@@ -81,6 +81,15 @@ func (l *Leadership) TryLead(ctx context.Context) (bool, error) {
 	}
 	rev, err := l.kv.Create(ctx, l.role, []byte(l.id))
 	if errors.Is(err, jetstream.ErrKeyExists) {
+		// This server's own key at a revision it did not hear of (a
+		// renewal stored, its answer lost) is renewed at that revision;
+		// else it would wait out its own key's TTL, with nobody leading.
+		if e, gerr := l.kv.Get(ctx, l.role); gerr == nil && string(e.Value()) == l.id {
+			if rev, err := l.kv.Update(ctx, l.role, []byte(l.id), e.Revision()); err == nil {
+				l.rev = rev
+				return true, nil
+			}
+		}
 		return false, nil
 	}
 	if err != nil {

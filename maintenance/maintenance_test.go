@@ -1103,6 +1103,20 @@ func (r *renewalHeld) Update(ctx context.Context, key string, value []byte, rev 
 	return 0, ctx.Err()
 }
 
+// renewalAnswerLost stores the first renewal and loses its answer.
+type renewalAnswerLost struct {
+	jetstream.KeyValue
+	lost atomic.Bool
+}
+
+func (r *renewalAnswerLost) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	stored, err := r.KeyValue.Update(ctx, key, value, rev)
+	if err == nil && r.lost.CompareAndSwap(false, true) {
+		return 0, context.DeadlineExceeded
+	}
+	return stored, err
+}
+
 // A renewal given up on (its pass ended, or its server stopped) leaves the
 // leader its key: it renews it at the next try, and resigns it at a stop.
 // It forgot the key's revision, so that no server led (detection, purges)
@@ -1128,6 +1142,21 @@ func TestARenewalGivenUpOnKeepsTheLeadersKey(t *testing.T) {
 		ok, err = lead.TryLead(ctx)
 		require.NoError(t, err)
 		require.True(t, ok, "the leader renews its own key")
+	})
+	t.Run("a renewal stored, its answer lost", func(t *testing.T) {
+		lead, err := NewLeadership(ctx, env.JS, "answer-lost", "a", time.Minute)
+		require.NoError(t, err)
+		ok, err := lead.TryLead(ctx)
+		require.NoError(t, err)
+		require.True(t, ok)
+		lost := &renewalAnswerLost{KeyValue: lead.kv}
+		lead.kv = lost
+		ok, err = lead.TryLead(ctx)
+		require.False(t, ok)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		ok, err = lead.TryLead(ctx)
+		require.NoError(t, err)
+		require.True(t, ok, "the leader renews its own key at the revision it did not hear of")
 	})
 	t.Run("a stop during the renewal", func(t *testing.T) {
 		a, err := NewLeadership(ctx, env.JS, "purger", "a", 3*time.Second)
