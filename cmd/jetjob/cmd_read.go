@@ -312,7 +312,7 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	lines := watchLines{}
+	lines := watchLines{filter: f, shown: map[string]string{}}
 	for v := range ch {
 		if fs.json() {
 			err = writeJSONLine(out, v)
@@ -333,17 +333,22 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 // shows changed. A running job's view is rewritten at each of its worker's
 // heartbeats (every 10 s), which changes only its updated_at, and a line
 // for each would bury the changes among them (-o json prints every view).
-type watchLines map[string]string // the last line's fields after the time, by job
+type watchLines struct {
+	filter projector.Filter
+	shown  map[string]string // the last line's fields after the time, by job
+}
 
 func (w watchLines) write(out io.Writer, v projector.View) error {
 	shown := fmt.Sprintf("%s %s attempt=%d/%d version=%d", v.ID, v.State, v.Attempt, v.MaxAttempts, v.Version)
-	if w[v.ID] == shown {
+	if w.shown[v.ID] == shown {
 		return nil
 	}
-	if v.State.Finished() {
-		delete(w, v.ID) // a finished job's view changes no more
+	if v.State.Finished() || !w.filter.Matches(v) {
+		// A finished job's view changes no more, and the watch sends no
+		// more of a job that stopped matching.
+		delete(w.shown, v.ID)
 	} else {
-		w[v.ID] = shown
+		w.shown[v.ID] = shown
 	}
 	_, err := fmt.Fprintf(out, "%s %s\n", v.UpdatedAt.Format(time.RFC3339Nano), shown)
 	return err

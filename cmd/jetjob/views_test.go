@@ -90,7 +90,7 @@ func TestWatchLinesSayEachChangeOnce(t *testing.T) {
 		return projector.View{ID: "j1", State: state, Attempt: 1, MaxAttempts: 3, Version: version, UpdatedAt: at.Add(time.Duration(sec) * time.Second)}
 	}
 	var out strings.Builder
-	lines := watchLines{}
+	lines := watchLines{shown: map[string]string{}}
 	for _, v := range []projector.View{
 		view(statemachine.StatePending, 1, 0),
 		view(statemachine.StateRunning, 2, 1),
@@ -103,5 +103,10 @@ func TestWatchLinesSayEachChangeOnce(t *testing.T) {
 	require.Equal(t, "2026-12-02T01:00:00Z j1 pending attempt=1/3 version=1\n"+
 		"2026-12-02T01:00:01Z j1 running attempt=1/3 version=2\n"+
 		"2026-12-02T01:00:25Z j1 succeeded attempt=1/3 version=3\n", out.String())
-	require.Empty(t, lines, "nothing kept of a finished job")
+	require.Empty(t, lines.shown, "nothing kept of a finished job")
+
+	running := watchLines{filter: projector.Filter{States: []statemachine.State{statemachine.StateRunning}}, shown: map[string]string{}}
+	require.NoError(t, running.write(&out, view(statemachine.StateRunning, 2, 1)))
+	require.NoError(t, running.write(&out, view(statemachine.StateCanceling, 3, 2)))
+	require.Empty(t, running.shown, "nothing kept of a job that stopped matching")
 }
