@@ -168,6 +168,15 @@ func jsonOf(t *testing.T, v any) string {
 	return string(b)
 }
 
+// projectedScenario runs scenario and projects it, and returns its jobs.
+func (f *fixture) projectedScenario(t *testing.T) []string {
+	t.Helper()
+	ids := scenario(t, f.m, func() {})
+	f.run(t)
+	f.requireFolded(t, ids)
+	return ids
+}
+
 // scenario drives jobs through every kind of transition, calling between
 // after each command, and returns their IDs.
 func scenario(t *testing.T, m *statemachine.Machine, between func()) []string {
@@ -239,9 +248,7 @@ func TestViewsEqualTheFoldProjectedIncrementally(t *testing.T) {
 
 func TestViewsEqualTheFoldProjectedInOneBatch(t *testing.T) {
 	f := newFixture(t)
-	ids := scenario(t, f.m, func() {})
-	f.run(t)
-	f.requireFolded(t, ids)
+	ids := f.projectedScenario(t)
 	r := f.reader(t)
 	v, err := r.Get(context.Background(), ids[0])
 	require.NoError(t, err)
@@ -254,9 +261,7 @@ func TestViewsEqualTheFoldProjectedInOneBatch(t *testing.T) {
 func TestRedeliveryWritesNothing(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	ids := scenario(t, f.m, func() {})
-	f.run(t)
-	f.requireFolded(t, ids)
+	ids := f.projectedScenario(t)
 	kv, err := f.env.JS.Stream(ctx, "KV_"+BucketDefault)
 	require.NoError(t, err)
 	before, err := kv.Info(ctx)
@@ -1622,9 +1627,7 @@ func TestRebuildLeavesAPurgedJobGone(t *testing.T) {
 func TestViewsOfAnOlderFormatAreRebuiltBeforeProjecting(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	ids := scenario(t, f.m, func() {})
-	f.run(t)
-	f.requireFolded(t, ids)
+	ids := f.projectedScenario(t)
 	requireFormat(t, f, strconv.Itoa(ViewFormat), "a bucket made anew is of the current format")
 
 	kv, err := f.env.JS.KeyValue(ctx, BucketDefault)
@@ -1870,9 +1873,7 @@ func (d *deleteConsumerUnanswered) DeleteConsumer(ctx context.Context, stream, n
 func TestViewsLostAreProjectedAgainAfterAStartCutShort(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	ids := scenario(t, f.m, func() {})
-	f.run(t)
-	f.requireFolded(t, ids)
+	ids := f.projectedScenario(t)
 	require.NoError(t, f.env.JS.DeleteKeyValue(ctx, BucketDefault))
 
 	p, err := New(&deleteConsumerUnanswered{JetStream: f.env.JS}, f.log, f.hb, Config{})
