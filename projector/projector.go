@@ -224,17 +224,14 @@ type storage struct {
 }
 
 // provisionStorage creates or upgrades the bucket and the quarantine stream.
+// What it found is returned also with an error after the bucket was
+// looked up: it may have made the bucket before the error.
 func (p *Projector) provisionStorage(ctx context.Context) (storage, error) {
 	var found storage
 	existing, err := p.js.Stream(ctx, p.kvStreamName())
 	found.lost = errors.Is(err, jetstream.ErrStreamNotFound)
 	if err != nil && !found.lost {
 		return storage{}, fmt.Errorf("look up views bucket: %w", err)
-	}
-	if found.lost {
-		p.setupMu.Lock()
-		p.viewsLost = true
-		p.setupMu.Unlock()
 	}
 	var meta map[string]string
 	if found.lost {
@@ -247,11 +244,11 @@ func (p *Projector) provisionStorage(ctx context.Context) (storage, error) {
 	// Views are derived from the log and can be rebuilt, so they need no
 	// fsync before the ack.
 	if _, err := provision.KeyValue(ctx, p.js, provision.KeyValueConfig{Bucket: p.cfg.Bucket, AsyncPersist: true, Metadata: meta}); err != nil {
-		return storage{}, err
+		return found, err
 	}
 	kv, err := p.js.Stream(ctx, p.kvStreamName())
 	if err != nil {
-		return storage{}, fmt.Errorf("bind views bucket: %w", err)
+		return found, fmt.Errorf("bind views bucket: %w", err)
 	}
 	if _, err := provision.Stream(ctx, p.js, jetstream.StreamConfig{
 		Name:        QuarantineStream,
@@ -261,7 +258,7 @@ func (p *Projector) provisionStorage(ctx context.Context) (storage, error) {
 		MaxMsgs:     -1,
 		MaxBytes:    -1,
 	}); err != nil {
-		return storage{}, err
+		return found, err
 	}
 	p.setupMu.Lock()
 	p.kv = kv
@@ -296,6 +293,11 @@ func (p *Projector) recordFormat(ctx context.Context) error {
 // both streams, so every view is projected again.
 func (p *Projector) setup(ctx context.Context) error {
 	found, err := p.provisionStorage(ctx)
+	if found.lost {
+		p.setupMu.Lock()
+		p.viewsLost = true
+		p.setupMu.Unlock()
+	}
 	if err != nil {
 		return err
 	}
