@@ -25,6 +25,10 @@ func groupRunning(pgid int) bool {
 	if err != nil {
 		return true // cannot tell: as if running
 	}
+	// Gone only if every member found is a zombie: finding none (a /proc
+	// of another PID namespace, or hiding other users' processes) tells
+	// nothing, and kill found the group.
+	members := 0
 	for _, e := range entries {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
@@ -42,9 +46,10 @@ func groupRunning(pgid int) bool {
 		if len(fields) < 3 || string(fields[2]) != strconv.Itoa(pgid) {
 			continue
 		}
+		members++
 		if string(fields[0]) != "Z" {
 			return true
 		}
 	}
-	return false
+	return members == 0
 }
