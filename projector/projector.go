@@ -177,10 +177,6 @@ type Projector struct {
 	// outdated: the bucket's views are of an older ViewFormat, to be
 	// rebuilt before projecting.
 	outdated bool
-	// viewsLost: the bucket was found missing and the consumers are not yet
-	// reset; kept over a setup cut short after it made the bucket, which
-	// the next one finds, so that the views are all projected again.
-	viewsLost bool
 
 	// cache holds the views of unfinished jobs as last written, in two
 	// generations (see remember).
@@ -224,8 +220,8 @@ type storage struct {
 }
 
 // provisionStorage creates or upgrades the bucket and the quarantine stream.
-// What it found is returned also with an error after the bucket was
-// looked up: it may have made the bucket before the error.
+// A bucket found missing means the views were lost: the consumers are
+// reset before it is made, so every view is projected again.
 func (p *Projector) provisionStorage(ctx context.Context) (storage, error) {
 	var found storage
 	existing, err := p.js.Stream(ctx, p.kvStreamName())
@@ -235,7 +231,14 @@ func (p *Projector) provisionStorage(ctx context.Context) (storage, error) {
 	}
 	var meta map[string]string
 	if found.lost {
-		// Projected from the start of the log by this version.
+		// Projected from the start of the log by this version: the
+		// consumers are reset first, so that a start cut short after it
+		// made the bucket (which the next finds) leaves them reset.
+		for _, d := range []struct{ stream, name string }{{p.log.Stream(), p.cfg.Durable}, {p.hb.Stream(), p.cfg.HeartbeatDurable}} {
+			if err := p.js.DeleteConsumer(ctx, d.stream, d.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return storage{}, fmt.Errorf("reset consumer %s: %w", d.name, err)
+			}
+		}
 		found.format = ViewFormat
 		meta = map[string]string{viewFormatKey: strconv.Itoa(ViewFormat)}
 	} else {
@@ -293,11 +296,6 @@ func (p *Projector) recordFormat(ctx context.Context) error {
 // both streams, so every view is projected again.
 func (p *Projector) setup(ctx context.Context) error {
 	found, err := p.provisionStorage(ctx)
-	if found.lost {
-		p.setupMu.Lock()
-		p.viewsLost = true
-		p.setupMu.Unlock()
-	}
 	if err != nil {
 		return err
 	}
@@ -311,18 +309,9 @@ func (p *Projector) setup(ctx context.Context) error {
 	}
 	p.setupMu.Lock()
 	p.outdated = found.format < ViewFormat
-	lost := p.viewsLost
 	p.setupMu.Unlock()
-	if lost {
+	if found.lost {
 		p.logger.Info("views bucket made: projecting every view from the start of the event log (a first start, or the views were lost)")
-		for _, d := range []struct{ stream, name string }{{p.log.Stream(), p.cfg.Durable}, {p.hb.Stream(), p.cfg.HeartbeatDurable}} {
-			if err := p.js.DeleteConsumer(ctx, d.stream, d.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-				return fmt.Errorf("reset consumer %s: %w", d.name, err)
-			}
-		}
-		p.setupMu.Lock()
-		p.viewsLost = false
-		p.setupMu.Unlock()
 	}
 	p.clearCache()
 	ev, err := p.consumer(ctx, p.log.Stream(), jetstream.ConsumerConfig{
