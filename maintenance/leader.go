@@ -32,7 +32,9 @@ type Leadership struct {
 	rev uint64
 }
 
-// NewLeadership provisions the leaders bucket and contends for role as id.
+// NewLeadership provisions the leaders bucket and contends for role as id,
+// which must be unique to one contender: the role's key holding id is
+// taken for this one's own (a renewal stored whose answer was lost).
 // The TTL is the bucket's, shared by every role: the NewLeadership that
 // makes the bucket sets it (ttl, or LeaderTTLDefault when 0), and later ones
 // keep the bucket's whatever ttl they ask for, so that no contender's renewal
