@@ -39,15 +39,8 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	ctx := context.Background()
 	env := natstest.Start(t)
-	lg, err := events.Open(ctx, env.JS, events.Config{})
-	require.NoError(t, err)
-	t.Cleanup(lg.Close)
-	hb, err := events.OpenHeartbeats(ctx, env.JS)
-	require.NoError(t, err)
-	m, err := statemachine.New(lg, statemachine.Config{})
-	require.NoError(t, err)
+	lg, hb, m := env.Core(t)
 	f := &fixture{env: env, log: lg, hb: hb, m: m}
 	f.p = f.projector(t, Config{})
 	return f

@@ -11,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
@@ -23,13 +22,7 @@ import (
 func TestGetAndLsDoNotShowViewsBehindTheLog(t *testing.T) {
 	ctx := context.Background()
 	env := natstest.Start(t)
-	lg, err := events.Open(ctx, env.JS, events.Config{})
-	require.NoError(t, err)
-	t.Cleanup(lg.Close)
-	hb, err := events.OpenHeartbeats(ctx, env.JS)
-	require.NoError(t, err)
-	m, err := statemachine.New(lg, statemachine.Config{})
-	require.NoError(t, err)
+	lg, hb, m := env.Core(t)
 	startProjector := func() *projector.Projector {
 		p, err := projector.New(env.JS, lg, hb, projector.Config{})
 		require.NoError(t, err)
