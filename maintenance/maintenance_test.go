@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/coretest"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
@@ -38,7 +39,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	env := natstest.Start(t)
-	lg, hb, m := env.Core(t)
+	lg, hb, m := coretest.Open(t, env.JS)
 	require.NoError(t, workers.EnsureTopology(ctx, env.JS))
 	logs, err := workers.AttachLogs(ctx, env.JS)
 	require.NoError(t, err)

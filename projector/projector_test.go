@@ -22,6 +22,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/consume"
+	"github.com/jetjob/jetjob/internal/coretest"
 	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/statemachine"
@@ -40,7 +41,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	env := natstest.Start(t)
-	lg, hb, m := env.Core(t)
+	lg, hb, m := coretest.Open(t, env.JS)
 	f := &fixture{env: env, log: lg, hb: hb, m: m}
 	f.p = f.projector(t, Config{})
 	return f

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetjob/jetjob/internal/coretest"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
@@ -22,7 +23,7 @@ import (
 func TestGetAndLsDoNotShowViewsBehindTheLog(t *testing.T) {
 	ctx := context.Background()
 	env := natstest.Start(t)
-	lg, hb, m := env.Core(t)
+	lg, hb, m := coretest.Open(t, env.JS)
 	startProjector := func() *projector.Projector {
 		p, err := projector.New(env.JS, lg, hb, projector.Config{})
 		require.NoError(t, err)
