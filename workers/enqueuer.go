@@ -152,6 +152,16 @@ func NewEnqueuer(js jetstream.JetStream, m *statemachine.Machine, cfg EnqueuerCo
 		known: map[string]bool{}}, nil
 }
 
+// setupOnce is setup for the callers that do not hold mu: Reconcile and
+// runOnce, which a caller may run beside Start.
+func (e *Enqueuer) setupOnce(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.setup(ctx)
+}
+
+// setup binds the consumers, streams and bucket the enqueuer uses, once; mu
+// is held.
 func (e *Enqueuer) setup(ctx context.Context) error {
 	if e.evCons != nil {
 		return nil
@@ -358,7 +368,7 @@ func (e *Enqueuer) Stop() {
 // runOnce processes every event and due timer available now; tests call it
 // instead of Start.
 func (e *Enqueuer) runOnce(ctx context.Context) (int, error) {
-	if err := e.setup(ctx); err != nil {
+	if err := e.setupOnce(ctx); err != nil {
 		return 0, err
 	}
 	n, err := consume.Available(ctx, e.evCons, e.cfg.Batch, e.processEvents)
@@ -732,7 +742,7 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 	if e.cfg.Lister == nil {
 		return res, nil
 	}
-	if err := e.setup(ctx); err != nil {
+	if err := e.setupOnce(ctx); err != nil {
 		return res, err
 	}
 	began := time.Now()
