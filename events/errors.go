@@ -16,9 +16,10 @@ var (
 	ErrMalformed = errors.New("malformed event")
 	// ErrUnknownType: an event whose type this version does not know.
 	ErrUnknownType = errors.New("unknown event type")
-	// ErrUnavailable: a load found no events stream answering within the
+	// ErrUnavailable: a read found no events stream answering within the
 	// publish timeout (JetStream starting, or no jetjob server ever set it
-	// up). An append to a stream that does not answer ends in
+	// up), or its request went unanswered PublishRetries times (the server
+	// gone). An append to a stream that does not answer ends in
 	// ErrOutcomeUnknown instead (it may have been stored), or in ErrNoLog
 	// when the stream is not there at all.
 	ErrUnavailable = errors.New("the events stream does not answer: is JetStream up, and was a jetjob server started against this NATS?")

@@ -69,8 +69,8 @@ type Config struct {
 	// PublishTimeout bounds one publish round trip. Default PublishTimeoutDefault.
 	PublishTimeout time.Duration
 	// PublishRetries is how many times in all an append is published when
-	// its acks are lost, before Append gives up. Default
-	// PublishRetriesDefault.
+	// its acks are lost, before Append gives up, and a read's request sent
+	// when its answers are lost. Default PublishRetriesDefault.
 	PublishRetries int
 	// RecordAppends makes Open record in the stream's metadata whether this
 	// log batches or streams its appends, for the logs that Follow it. Set
@@ -1001,11 +1001,11 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 		return nil, err
 	}
 	var out []Record
-	inbox, msgs, done, err := l.responses()
+	in, err := l.openInbox()
 	if err != nil {
 		return nil, fmt.Errorf("load job %s: %w", jobID, err)
 	}
-	defer done()
+	defer func() { in.close() }()
 	subject := l.Subject(jobID)
 	from := after + 1
 	var unavailableSince time.Time
@@ -1015,12 +1015,17 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 			NextFor string `json:"next_by_subj"`
 			Batch   int    `json:"batch"`
 		}{from, subject, loadPageSize})
-		if err := l.nc.PublishRequest("$JS.API.DIRECT.GET."+l.cfg.Stream, inbox, req); err != nil {
+		if err := l.nc.PublishRequest("$JS.API.DIRECT.GET."+l.cfg.Stream, in.subject, req); err != nil {
 			return nil, fmt.Errorf("load job %s: %w", jobID, err)
 		}
 		more := false
 		for {
-			m, err := l.answer(ctx, msgs)
+			m, err := l.answer(ctx, in)
+			if errors.Is(err, errAskAgain) {
+				// From the events already read.
+				more = true
+				break
+			}
 			if err != nil {
 				return nil, fmt.Errorf("load job %s: %w", jobID, err)
 			}
@@ -1053,17 +1058,34 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 	}
 }
 
-// answer waits for the next answer to a direct get.
-func (l *Log) answer(ctx context.Context, msgs <-chan *nats.Msg) (*nats.Msg, error) {
+// answer waits for the next answer to a direct get. A request that reached
+// a server just before it stopped is never answered: after the publish
+// timeout, answer gives errAskAgain with a fresh inbox in in, which drops
+// the old request's answers should they come late, and ErrUnavailable once
+// the log's PublishRetries requests went unanswered.
+func (l *Log) answer(ctx context.Context, in *inbox) (*nats.Msg, error) {
 	select {
-	case m := <-msgs:
+	case m := <-in.msgs:
 		return m, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-time.After(l.cfg.PublishTimeout):
-		return nil, fmt.Errorf("no answer within %s", l.cfg.PublishTimeout)
 	}
+	if in.unanswered++; in.unanswered >= l.cfg.PublishRetries {
+		return nil, fmt.Errorf("%w (%d requests unanswered for %s each)", ErrUnavailable, in.unanswered, l.cfg.PublishTimeout)
+	}
+	in.close()
+	fresh, err := l.openInbox()
+	if err != nil {
+		return nil, err
+	}
+	fresh.unanswered = in.unanswered
+	*in = *fresh
+	return nil, errAskAgain
 }
+
+// errAskAgain: the request went unanswered, and is to be sent again.
+var errAskAgain = errors.New("no answer; ask again")
 
 // waitServed pauses before a direct get is asked again after a 503: no
 // responder, the stream not served yet, as for a moment after the server
@@ -1084,10 +1106,18 @@ func (l *Log) waitServed(ctx context.Context, since *time.Time) error {
 	}
 }
 
-// responses gives a private inbox for one load, served by one wildcard
-// subscription for the whole log: a subscription per load would cost a round
-// trip and a large buffer each time.
-func (l *Log) responses() (string, <-chan *nats.Msg, func(), error) {
+// inbox is where the answers to a read's direct gets come.
+type inbox struct {
+	subject    string
+	msgs       <-chan *nats.Msg
+	close      func()
+	unanswered int // requests that went unanswered
+}
+
+// openInbox gives a private inbox for one read, served by one wildcard
+// subscription for the whole log: a subscription per read would cost a
+// round trip and a large buffer each time.
+func (l *Log) openInbox() (*inbox, error) {
 	l.muxMu.Lock()
 	defer l.muxMu.Unlock()
 	if l.muxSub == nil {
@@ -1103,7 +1133,7 @@ func (l *Log) responses() (string, <-chan *nats.Msg, func(), error) {
 			}
 		})
 		if err != nil {
-			return "", nil, nil, err
+			return nil, err
 		}
 		_ = sub.SetPendingLimits(-1, -1)
 		l.muxSub = sub
@@ -1114,11 +1144,11 @@ func (l *Log) responses() (string, <-chan *nats.Msg, func(), error) {
 	// the subscription's callback never blocks on this channel.
 	ch := make(chan *nats.Msg, loadPageSize+2)
 	l.muxChans[token] = ch
-	return l.muxPrefix + token, ch, func() {
+	return &inbox{subject: l.muxPrefix + token, msgs: ch, close: func() {
 		l.muxMu.Lock()
 		delete(l.muxChans, token)
 		l.muxMu.Unlock()
-	}, nil
+	}}, nil
 }
 
 // TypeOf is the event type a stored message's header announces, so that a
@@ -1166,17 +1196,20 @@ func (l *Log) last(ctx context.Context, jobID, what string) (uint64, time.Time, 
 	if err := ValidateJobID(jobID); err != nil {
 		return 0, time.Time{}, err
 	}
-	inbox, msgs, done, err := l.responses()
+	in, err := l.openInbox()
 	if err != nil {
 		return 0, time.Time{}, fmt.Errorf("%s of job %s: %w", what, jobID, err)
 	}
-	defer done()
+	defer func() { in.close() }()
 	var unavailableSince time.Time
 	for {
-		if err := l.nc.PublishRequest("$JS.API.DIRECT.GET."+l.cfg.Stream+"."+l.Subject(jobID), inbox, nil); err != nil {
+		if err := l.nc.PublishRequest("$JS.API.DIRECT.GET."+l.cfg.Stream+"."+l.Subject(jobID), in.subject, nil); err != nil {
 			return 0, time.Time{}, fmt.Errorf("%s of job %s: %w", what, jobID, err)
 		}
-		m, err := l.answer(ctx, msgs)
+		m, err := l.answer(ctx, in)
+		if errors.Is(err, errAskAgain) {
+			continue
+		}
 		if err != nil {
 			return 0, time.Time{}, fmt.Errorf("%s of job %s: %w", what, jobID, err)
 		}

@@ -888,3 +888,54 @@ func TestCloseAnswersAppendsQueuedAcrossASwitch(t *testing.T) {
 	}
 	t.Logf("%d appends refused by the closed log", closedUnstored)
 }
+
+// A read whose request reached the server just before the connection was
+// lost is asked again once reconnected, rather than failing after the
+// publish timeout: a keyed submit repeated during a server restart, which
+// reads the job its key made, failed with "no answer within 5s".
+func TestAReadAsksAgainWhenAnAnswerIsLost(t *testing.T) {
+	ctx := context.Background()
+	l, env := openLog(t, events.Config{})
+	_, err := l.Append(ctx, mustEvent(t, "lost-answer", events.TypeSubmitted), 0)
+	require.NoError(t, err)
+	proxy := natstest.NewProxy(t, env.URL)
+	nc, err := nats.Connect(proxy.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	reader, err := events.Attach(js, events.Config{PublishTimeout: 500 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(reader.Close)
+
+	for _, read := range []struct {
+		name string
+		fn   func() error
+	}{
+		{"load", func() error {
+			recs, err := reader.Load(ctx, "lost-answer")
+			if err == nil && len(recs) != 1 {
+				err = fmt.Errorf("%d events, expected 1", len(recs))
+			}
+			return err
+		}},
+		{"last sequence", func() error {
+			seq, err := reader.LastSeq(ctx, "lost-answer")
+			if err == nil && seq == 0 {
+				err = errors.New("no last sequence")
+			}
+			return err
+		}},
+	} {
+		t.Run(read.name, func(t *testing.T) {
+			require.NoError(t, read.fn()) // the reader's inbox is subscribed
+			proxy.Stall()
+			done := make(chan error, 1)
+			go func() { done <- read.fn() }()
+			natstest.Eventually(t, 5*time.Second, proxy.Holding, "the read's request on its way")
+			proxy.Cut() // and the request with it
+			proxy.Restore()
+			require.NoError(t, <-done)
+		})
+	}
+}
