@@ -56,6 +56,13 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		// As with an empty --type: `--meta-not k=$V` with V unset
+		// would cancel every pending job that has k.
+		for k, v := range f.MetaNot {
+			if v == "" && !*dryRun {
+				return usageErr("--meta-not %s= has an empty value, which would cancel every pending job with meta %s; give the value (see them with --dry-run)", k, k)
+			}
+		}
 		return bulkCancel(ctx, fs, f, *reason, *dryRun, out)
 	}
 	if *dryRun {

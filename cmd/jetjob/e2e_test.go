@@ -485,6 +485,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"cancel", "--pending", "--tag", "a*=1"}, 2, `--tag key "a*", expected`},
 		{[]string{"cancel", "--all"}, 2, "--all needs --pending"},
 		{[]string{"cancel", "--pending", "--type", ""}, 2, `--type "", expected`},
+		{[]string{"cancel", "--pending", "--meta-not", "template_version="}, 2, "--meta-not template_version= has an empty value"},
 		{[]string{"ls", "--type", ""}, 2, `--type "", expected`},
 		{[]string{"bench", "--server", "http://127.0.0.1:4222"}, 2, `has scheme "http"`},
 		{[]string{"bench", "--server", "nats://127.0.0.1:1", "--fsync", "always"}, 2, "drop --fsync"},
