@@ -97,8 +97,10 @@ type ExecConfig struct {
 // sends SIGTERM to the command's process group and, after the grace
 // period, SIGKILL to whatever of the group is left, also once the command
 // itself exited. A job that ends on its own ends when the command exits,
-// whatever it left running in the background; on Linux the command is
-// killed when the worker dies.
+// whatever it left running in the background. When the worker dies, even
+// by SIGKILL, while a command runs, the command's process group is killed
+// (see watchdog.go): a job retried elsewhere does not run beside what its
+// earlier attempt started.
 func ExecHandler(cfg ExecConfig) Handler {
 	if cfg.Grace <= 0 {
 		cfg.Grace = ExecGraceDefault
@@ -149,6 +151,11 @@ func ExecHandler(cfg ExecConfig) Handler {
 			// descriptors left) may be gone by the next attempt.
 			return &CodedError{Code: ErrorCodeStart, Err: fmt.Errorf("start command: %w", err)}
 		}
+		unwatch, err := commandsWatchdog.watch(cmd.Process.Pid)
+		if err != nil {
+			logger.Warn("no watchdog: should this worker die, what its commands started runs on", zap.Error(err))
+		}
+		defer unwatch()
 		var waitErr error
 		select {
 		case waitErr = <-exited:

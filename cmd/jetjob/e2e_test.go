@@ -709,31 +709,40 @@ func TestLogsFollowSaysWhenTheServerIsGone(t *testing.T) {
 	require.Contains(t, lines[0], "logs ended: lost the connection to the jetjob server at "+s.url)
 }
 
-// A worker killed with SIGKILL takes its command with it: the job is retried
-// once the worker is found dead, and must not run next to an orphan.
+// A worker killed with SIGKILL takes its command with it, and what the
+// command started: the job is retried once the worker is found dead, and
+// must not run next to an orphan. The kernel kills the command itself; the
+// child it started ran on until the worker's watchdog came.
 func TestCommandDiesWithItsWorker(t *testing.T) {
 	s := startServerProc(t)
 	dir := t.TempDir()
-	pidFile := filepath.Join(dir, "pid")
+	pidFile, childFile := filepath.Join(dir, "pid"), filepath.Join(dir, "child")
 	script := filepath.Join(dir, "stubborn.sh")
-	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\ntrap '' TERM\necho $$ > "+pidFile+"\nwhile :; do sleep 0.05; done\n"), 0o755))
+	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\ntrap '' TERM\n"+
+		"sh -c 'echo $$ > "+childFile+"; while :; do sleep 0.05; done' &\n"+
+		"echo $$ > "+pidFile+"\nwhile :; do sleep 0.05; done\n"), 0o755))
 	cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "stubborn", "--", script)
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	s.jetjob("submit", "--type", "stubborn").ok(t)
-	var pid int
-	natstest.Eventually(t, 15*time.Second, func() bool {
-		b, err := os.ReadFile(pidFile)
-		if err != nil {
-			return false
-		}
-		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
-		return err == nil
-	}, "the command wrote its PID")
-	require.True(t, alive(pid))
+	pids := map[string]int{}
+	for what, file := range map[string]string{"the command": pidFile, "its child": childFile} {
+		natstest.Eventually(t, 15*time.Second, func() bool {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				return false
+			}
+			pids[what], err = strconv.Atoi(strings.TrimSpace(string(b)))
+			return err == nil
+		}, "%s wrote its PID", what)
+		require.True(t, alive(pids[what]))
+		t.Cleanup(func() { _ = syscall.Kill(pids[what], syscall.SIGKILL) })
+	}
 	require.NoError(t, cmd.Process.Kill())
 	_ = cmd.Wait()
-	natstest.Eventually(t, 10*time.Second, func() bool { return !alive(pid) }, "command %d outlived its worker", pid)
+	for what, pid := range pids {
+		natstest.Eventually(t, 10*time.Second, func() bool { return !alive(pid) }, "%s (%d) outlived the worker", what, pid)
+	}
 }
 
 // alive reports whether a process runs: one that exited but was not yet
