@@ -34,6 +34,12 @@ const (
 	// the queue message of every pending job, even of those found queued
 	// before.
 	reconcileFullEvery = 10
+	// RewakeAfterDefault: a queue whose last wake-up's job is still queued
+	// this long after is woken again, on every pool.
+	RewakeAfterDefault = time.Second
+	// rewakeMax caps the pause between wake-ups of a queue whose job stays
+	// queued (every pool busy, or none serving it).
+	rewakeMax = 30 * time.Second
 )
 
 // QueuedJob is what Reconcile needs to know of a pending or scheduled job.
@@ -73,6 +79,8 @@ type EnqueuerConfig struct {
 	ReconcileEvery time.Duration
 	// ReconcileAge: see ReconcileAgeDefault.
 	ReconcileAge time.Duration
+	// RewakeAfter: see RewakeAfterDefault.
+	RewakeAfter time.Duration
 	// Now is the clock a firing timer is checked against; default time.Now.
 	Now func() time.Time
 	// Logger; nil means no logging.
@@ -94,6 +102,9 @@ func (c *EnqueuerConfig) validate() error {
 	}
 	if c.ReconcileAge <= 0 {
 		c.ReconcileAge = ReconcileAgeDefault
+	}
+	if c.RewakeAfter <= 0 {
+		c.RewakeAfter = RewakeAfterDefault
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -129,6 +140,11 @@ type Enqueuer struct {
 	seenReconnects  uint64
 	passesSinceFull int
 
+	// wokenMu guards woken: by queue name, the last job a wake-up was sent
+	// for, until its queue message is found taken (rewakeLost).
+	wokenMu sync.Mutex
+	woken   map[string]*wokenQueue
+
 	// lifeMu serializes Start and Stop, held by Stop until every goroutine
 	// ended: a second Stop returns only then, and a Start after it starts
 	// anew. Not mu, which the goroutines take.
@@ -149,7 +165,7 @@ func NewEnqueuer(js jetstream.JetStream, m *statemachine.Machine, cfg EnqueuerCo
 		return nil, fmt.Errorf("%w: jetstream and machine are required", ErrInvalidConfig)
 	}
 	return &Enqueuer{js: js, nc: js.Conn(), m: m, cfg: cfg, logger: logging.OrNop(cfg.Logger, "enqueuer"),
-		known: map[string]bool{}}, nil
+		known: map[string]bool{}, woken: map[string]*wokenQueue{}}, nil
 }
 
 // setupOnce is setup for the callers that do not hold mu: Reconcile and
@@ -277,10 +293,14 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 		return fmt.Errorf("watch tag sets: %w", err)
 	}
 	e.started, e.cancel = true, cancel
-	e.wg.Add(3)
+	e.wg.Add(4)
 	go func() {
 		defer e.wg.Done()
 		e.forgetRemovedQueues(ctx, removals)
+	}()
+	go func() {
+		defer e.wg.Done()
+		e.rewakeLoop(ctx)
 	}()
 	go func() {
 		defer e.wg.Done()
@@ -445,7 +465,7 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 	}
 
 	var acks []jetstream.PubAckFuture
-	wakes := map[string]bool{}
+	wakes := map[string]wokenQueue{} // by queue name: the last job
 	for _, it := range items {
 		rec, jobID := it.rec, it.rec.JobID
 		switch rec.Type {
@@ -463,7 +483,7 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 				return err
 			}
 			acks = append(acks, f)
-			wakes[it.key.wake()] = true
+			wakes[it.key.name()] = wokenQueue{key: it.key, jobID: jobID}
 		case events.TypePromoted, events.TypeReleased:
 			job, ok := loaded[jobID]
 			if !ok || job.State != statemachine.StatePending {
@@ -475,7 +495,7 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 				return err
 			}
 			acks = append(acks, f)
-			wakes[key.wake()] = true
+			wakes[key.name()] = wokenQueue{key: key, jobID: jobID}
 		case events.TypeAttemptFailed:
 			var d events.AttemptFailed
 			if rec.DecodeData(&d) != nil {
@@ -491,9 +511,7 @@ func (e *Enqueuer) processEvents(ctx context.Context, msgs []jetstream.Msg) erro
 	if err := waitAcks(ctx, e.js, acks); err != nil {
 		return err
 	}
-	for w := range wakes {
-		_ = e.nc.Publish(w, nil)
-	}
+	e.wake(wakes)
 	// Acknowledged only once what they caused is stored.
 	for _, msg := range msgs {
 		_ = msg.Ack()

@@ -2460,3 +2460,87 @@ func TestAnEnqueuerStartedAgainAfterAFailedStartStartsWhole(t *testing.T) {
 	f.pool(PoolConfig{Types: []string{"t"}}, noop)
 	f.waitState(j.ID, statemachine.StateSucceeded)
 }
+
+// A wake-up that went to a worker process that stopped reading (frozen by
+// SIGSTOP, a paused VM) is sent again to every pool: its job waited for a
+// pool's backup poll, 30 s by default, while another pool sat idle.
+func TestAWakeUpLostWithAFrozenWorkerIsSentToEveryPool(t *testing.T) {
+	f := newFixture(t, true)
+	started := make(chan string, 64)
+	f.pool(PoolConfig{Types: []string{"t"}, BackupPoll: time.Hour}, func(_ context.Context, j *Job) error {
+		started <- j.ID
+		return nil
+	})
+	// A connection in the pools' queue group that takes wake-ups and does
+	// nothing with them, as a frozen process's does.
+	frozen, err := nats.Connect(f.env.URL)
+	require.NoError(t, err)
+	t.Cleanup(frozen.Close)
+	var swallowed atomic.Int64
+	_, err = frozen.QueueSubscribe(wakePrefix+"t.>", wakeGroup, func(*nats.Msg) { swallowed.Add(1) })
+	require.NoError(t, err)
+	require.NoError(t, frozen.Flush())
+
+	// Each wake-up goes to one of the two: submit until one is lost.
+	var lost string
+	for range 40 {
+		j := f.submit(statemachine.SubmitParams{Type: "t"})
+		select {
+		case <-started:
+			continue
+		case <-time.After(RewakeAfterDefault / 2):
+			lost = j.ID
+		}
+		break
+	}
+	require.NotEmpty(t, lost, "no wake-up went to the frozen connection")
+	require.Positive(t, swallowed.Load())
+	select {
+	case id := <-started:
+		require.Equal(t, lost, id)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("job %s not started 10 s after its wake-up was lost", lost)
+	}
+	f.waitState(lost, statemachine.StateSucceeded)
+}
+
+// A queue whose last woken job stays queued (every pool busy, or none
+// serving it) is woken again at growing intervals, and forgotten once the
+// job's message is taken.
+func TestAQueueWhoseJobStaysQueuedIsWokenLessAndLessOften(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	now := time.Now()
+	var clock atomic.Pointer[time.Time]
+	clock.Store(&now)
+	at := func(d time.Duration) { t := now.Add(d); clock.Store(&t) }
+	enq, err := NewEnqueuer(f.env.JS, f.m, EnqueuerConfig{Now: func() time.Time { return *clock.Load() }})
+	require.NoError(t, err)
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	_, err = enq.runOnce(ctx)
+	require.NoError(t, err)
+
+	for _, step := range []struct {
+		at   time.Duration
+		woke int
+	}{
+		{900 * time.Millisecond, 0},
+		{time.Second, 1}, // then again in 2 s
+		{2900 * time.Millisecond, 0},
+		{3 * time.Second, 1}, // then in 4 s
+		{6 * time.Second, 0},
+		{7 * time.Second, 1},
+	} {
+		at(step.at)
+		require.Equal(t, step.woke, enq.rewakeLost(ctx), "at %s", step.at)
+	}
+	key := queueKey{Type: "t", Tagset: noTags}
+	q, err := f.env.JS.Stream(ctx, key.stream())
+	require.NoError(t, err)
+	require.NoError(t, q.Purge(ctx, jetstream.WithPurgeSubject(key.subject(j.ID)))) // as a pool's take does
+	at(time.Hour)
+	require.Zero(t, enq.rewakeLost(ctx))
+	enq.wokenMu.Lock()
+	defer enq.wokenMu.Unlock()
+	require.Empty(t, enq.woken, "the queue forgotten once its job was taken")
+}
