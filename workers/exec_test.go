@@ -351,6 +351,10 @@ func TestLineGapsCountTheMissingNumbers(t *testing.T) {
 		{"a retry's first lines gone", []LogLine{line(1, 1), line(2, 30)}, []int64{0, 29}, []int64{0, 29}},
 		{"stored out of order", []LogLine{line(1, 1), line(1, 3), line(1, 4), line(1, 2)}, []int64{0, 1, 0, 0}, []int64{0, 0, 0, 0}},
 		{"unnumbered lines of an older worker", []LogLine{line(1, 0), line(1, 0)}, []int64{0, 0}, []int64{0, 0}},
+		// Counted at once, not walked: a tester's hand-published line
+		// numbered 9e18 kept `jetjob logs` busy for good.
+		{"a number near the limit", []LogLine{line(1, 1), line(1, 9e18), line(1, 5)}, []int64{0, 9e18 - 2, 0}, []int64{0, 9e18 - 3, 0}},
+		{"numbered twice", []LogLine{line(1, 1), line(1, 1), line(1, 4)}, []int64{0, 0, 2}, []int64{0, 0, 2}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, c := range []struct {

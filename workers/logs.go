@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -45,8 +46,8 @@ type LogLine struct {
 // lines were numbered) are passed over, and the lines of each attempt are
 // counted apart, since a cut-off attempt may write on while its retry runs.
 type LineGaps struct {
-	last  map[int]int64          // the highest number read, by attempt
-	known map[int]map[int64]bool // every number there is to read, by attempt
+	last  map[int]int64   // the highest number read, by attempt
+	known map[int][]int64 // every number there is to read, by attempt, sorted, once each
 }
 
 // NewLineGaps counts gaps in lines as they come (all nil, as a follower
@@ -56,18 +57,21 @@ type LineGaps struct {
 func NewLineGaps(all []LogLine) *LineGaps {
 	g := &LineGaps{last: map[int]int64{}}
 	if all != nil {
-		g.known = map[int]map[int64]bool{}
+		g.known = map[int][]int64{}
 		for _, l := range all {
-			if g.known[l.Attempt] == nil {
-				g.known[l.Attempt] = map[int64]bool{}
-			}
-			g.known[l.Attempt][l.Number] = true
+			g.known[l.Attempt] = append(g.known[l.Attempt], l.Number)
+		}
+		for a, ns := range g.known {
+			slices.Sort(ns)
+			g.known[a] = slices.Compact(ns)
 		}
 	}
 	return g
 }
 
-// Before is how many lines of l's attempt are missing before l.
+// Before is how many lines of l's attempt are missing before l. Counted,
+// not walked: the numbers a worker writes are not bounded (a line may
+// name any), and an attempt that wrote a billion lines keeps only its last.
 func (g *LineGaps) Before(l LogLine) int64 {
 	last := g.last[l.Attempt]
 	if l.Number <= last {
@@ -77,13 +81,11 @@ func (g *LineGaps) Before(l LogLine) int64 {
 	if g.known == nil {
 		return l.Number - last - 1
 	}
-	missing := int64(0)
-	for n := last + 1; n < l.Number; n++ {
-		if !g.known[l.Attempt][n] {
-			missing++
-		}
-	}
-	return missing
+	// The known numbers strictly between last and l.Number are there.
+	ns := g.known[l.Attempt]
+	from, _ := slices.BinarySearch(ns, last+1)
+	to, _ := slices.BinarySearch(ns, l.Number)
+	return l.Number - last - 1 - int64(to-from)
 }
 
 // Logs stores and reads job log lines, at most LogLinesPerJob per job.
