@@ -53,7 +53,8 @@ type BulkCancelOptions struct {
 }
 
 // CancelPending cancels every pending or scheduled job that matches the
-// filter (its States are ignored) and that no worker has taken yet: a job
+// filter and that no worker has taken yet (f.States may narrow it to one of
+// the two; another state is refused): a job
 // waiting for a retry, or handed back by a worker, is skipped, since its
 // earlier attempt may have done part of the work. Each
 // cancel is appended with the job's expected sequence, so a job acquired in
@@ -65,9 +66,15 @@ type BulkCancelOptions struct {
 // views, once they show every event the log held when it was called, so
 // that a job submitted just before is not missed (see ViewsWait).
 func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Machine, f projector.Filter, opts BulkCancelOptions) (BulkCancelResult, error) {
-	f.States = nil
+	// Checked before anything is dropped: a misspelt state left out would
+	// widen the cancel to every pending job.
 	if err := f.Validate(); err != nil {
 		return BulkCancelResult{}, err
+	}
+	for _, s := range f.States {
+		if s != statemachine.StatePending && s != statemachine.StateScheduled {
+			return BulkCancelResult{}, fmt.Errorf("%w: bulk cancel of %s jobs, expected pending or scheduled", statemachine.ErrInvalid, s)
+		}
 	}
 	if err := statemachine.ValidateCancelReason(opts.Reason); err != nil {
 		return BulkCancelResult{}, err
@@ -75,7 +82,9 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = BulkCancelConcurrencyDefault
 	}
-	f.States = []statemachine.State{statemachine.StatePending, statemachine.StateScheduled}
+	if len(f.States) == 0 {
+		f.States = []statemachine.State{statemachine.StatePending, statemachine.StateScheduled}
+	}
 	res := BulkCancelResult{Canceled: []string{}, Skipped: []Skipped{}, DryRun: opts.DryRun}
 	if opts.ViewsWait >= 0 {
 		wctx, cancel := context.WithTimeout(ctx, cmp.Or(opts.ViewsWait, BulkCancelViewsWaitDefault))

@@ -443,14 +443,34 @@ func TestBulkCancelFindsJobsSubmittedJustBefore(t *testing.T) {
 	require.Equal(t, want, res.Canceled)
 }
 
-// A bulk cancel's States are its own: a filter's are ignored, not refused.
-func TestBulkCancelIgnoresTheFiltersStates(t *testing.T) {
+// A filter's States may narrow a bulk cancel to pending or scheduled jobs;
+// any other state is refused. They were ignored, so a misspelt state
+// widened a cancel to every pending job.
+func TestBulkCancelStatesNarrowOrAreRefused(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	j := f.submit(statemachine.SubmitParams{Type: "build"})
-	res, err := CancelPending(ctx, f.reader, f.m, projector.Filter{States: []statemachine.State{"bogus", statemachine.StateRunning}}, BulkCancelOptions{DryRun: true})
-	require.NoError(t, err)
-	require.Equal(t, []string{j.ID}, res.Canceled)
+	now := f.submit(statemachine.SubmitParams{Type: "build"})
+	later := f.submit(statemachine.SubmitParams{Type: "build", Delay: time.Hour})
+	for _, tc := range []struct {
+		states []statemachine.State
+		want   []string
+		err    string
+	}{
+		{nil, []string{now.ID, later.ID}, ""},
+		{[]statemachine.State{statemachine.StateScheduled}, []string{later.ID}, ""},
+		{[]statemachine.State{statemachine.StatePending}, []string{now.ID}, ""},
+		{[]statemachine.State{"pendng"}, nil, `"pendng"`},
+		{[]statemachine.State{statemachine.StatePending, statemachine.StateRunning}, nil, "bulk cancel of running jobs, expected pending or scheduled"},
+	} {
+		res, err := CancelPending(ctx, f.reader, f.m, projector.Filter{States: tc.states}, BulkCancelOptions{DryRun: true})
+		if tc.err != "" {
+			require.ErrorIs(t, err, statemachine.ErrInvalid, "%v", tc.states)
+			require.ErrorContains(t, err, tc.err)
+			continue
+		}
+		require.NoError(t, err, "%v", tc.states)
+		require.ElementsMatch(t, tc.want, res.Canceled, "%v", tc.states)
+	}
 }
 
 func TestBulkCancelSkipsJobsAcquiredMeanwhile(t *testing.T) {
