@@ -165,11 +165,16 @@ func ClipText(text string, limit int) string {
 	return fmt.Sprintf("%s… (%d more bytes cut)", text[:cut], len(text)-cut)
 }
 
-// ValidateCancelReason checks that a cancel reason is within
-// CancelReasonLimit bytes.
+// ValidateCancelReason checks that a cancel reason is one line of UTF-8
+// text within CancelReasonLimit bytes.
 func ValidateCancelReason(reason string) error {
 	if len(reason) > CancelReasonLimit {
 		return fmt.Errorf("%w: cancel reason is %d bytes, expected at most %d", ErrInvalid, len(reason), CancelReasonLimit)
+	}
+	// As the CLI refuses them: a reason is shown on one line of `get`
+	// and `ls`, and an escape code in it would reach a terminal.
+	if !utf8.ValidString(reason) || strings.ContainsFunc(reason, unicode.IsControl) {
+		return fmt.Errorf("%w: cancel reason has a control character or is not UTF-8, expected one line of text", ErrInvalid)
 	}
 	return nil
 }

@@ -250,6 +250,12 @@ func TestDecide(t *testing.T) {
 		{"bulk cancel with a reason over its limit", submitted, func(j Job, now time.Time) (events.Event, error) {
 			return decidePendingCancel(j, strings.Repeat("r", CancelReasonLimit+1), now)
 		}, then{err: ErrInvalid}},
+		{"cancel with an escape code in its reason", submitted, func(j Job, now time.Time) (events.Event, error) {
+			return decideCancel(j, "done\x1b[2J", now)
+		}, then{err: ErrInvalid}},
+		{"bulk cancel with a reason of two lines", submitted, func(j Job, now time.Time) (events.Event, error) {
+			return decidePendingCancel(j, "one\ntwo", now)
+		}, then{err: ErrInvalid}},
 		{"acquire with a worker ID over its limit", submitted, func(j Job, now time.Time) (events.Event, error) {
 			return decideAcquire(j, strings.Repeat("w", WorkerIDLimit+1), now)
 		}, then{err: ErrInvalid}},

@@ -425,6 +425,9 @@ func (m *Machine) CheckLease(ctx context.Context, held Job) (Job, error) {
 // the fit of the job's event in one message of the connected NATS server
 // included.
 func (m *Machine) Validate(p *SubmitParams) error {
+	if p == nil {
+		return fmt.Errorf("%w: no submit parameters", ErrInvalid)
+	}
 	if err := p.validate(m.cfg.MaxPayload, m.cfg.Backoff); err != nil {
 		return err
 	}

@@ -772,6 +772,7 @@ func TestConfigThatCannotRunIsRefused(t *testing.T) {
 	m, err := statemachine.New(lg, statemachine.Config{Backoff: statemachine.BackoffConfig{Base: time.Minute, Cap: time.Hour}})
 	require.NoError(t, err)
 	require.NoError(t, m.Validate(&statemachine.SubmitParams{Type: "t", Backoff: statemachine.BackoffConfig{Base: 20 * time.Minute}}))
+	require.ErrorIs(t, m.Validate(nil), statemachine.ErrInvalid, "no parameters: an error, not a panic")
 }
 
 // The machine folds the events it appends from the values it encoded, not
