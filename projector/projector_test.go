@@ -305,6 +305,77 @@ func TestGarbageOfAJobWithNoViewIsQuarantinedOnce(t *testing.T) {
 	require.Equal(t, 5, quarantined(), "each message quarantined once")
 }
 
+// A flood of garbage interleaved over many subjects with no view is
+// quarantined batch by batch without reading any subject's history: each
+// batch folded every subject's history again, and 20,000 such messages
+// over 50 subjects kept the views 24 s behind. And a valid job after it is
+// projected.
+func TestAGarbageFloodOverManySubjectsIsNotFoldedAgain(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	core, logs := observer.New(zap.WarnLevel)
+	f.p = f.projector(t, Config{Logger: zap.New(core), Batch: quarantineLinesPerBatch})
+	const subjects, each = 5, 40 // two of a subject in each batch
+	for i := range subjects * each {
+		m := nats.NewMsg(f.log.Subject(fmt.Sprint("flood-", i%subjects)))
+		m.Data = []byte("junk")
+		_, err := f.env.JS.PublishMsg(ctx, m)
+		require.NoError(t, err)
+	}
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "build"})
+	require.NoError(t, err)
+	require.Equal(t, subjects*each+1, f.runOnce(t))
+	require.Zero(t, f.p.refolds.Load(), "no history read again")
+	q, err := f.env.JS.Stream(ctx, QuarantineStream)
+	require.NoError(t, err)
+	info, err := q.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(subjects*each), info.State.Msgs)
+	require.Equal(t, subjects*each, logs.FilterMessageSnippet("quarantined a message").Len())
+	v, err := f.reader(t).Get(ctx, j.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StatePending, v.State)
+}
+
+// Events of a subject with no valid submit are each quarantined by the
+// batch that brings them: a batch that read the history quarantined the
+// later ones too, and so did every batch after it, since no view records
+// how far the history was read.
+func TestEventsOfASubjectWithNoSubmitAreQuarantinedByTheirOwnBatch(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	core, logs := observer.New(zap.WarnLevel)
+	f.p = f.projector(t, Config{Logger: zap.New(core), Batch: 2})
+	for range 5 {
+		ev, err := events.New("nosubmit", events.TypeCanceled, events.Canceled{})
+		require.NoError(t, err)
+		data, err := events.Encode(ev)
+		require.NoError(t, err)
+		_, err = f.env.JS.Publish(ctx, f.log.Subject("nosubmit"), data)
+		require.NoError(t, err)
+	}
+	require.Equal(t, 5, f.runOnce(t))
+	require.Equal(t, 5, logs.FilterMessageSnippet("quarantined a message").Len(), "each message quarantined once")
+}
+
+// A batch with more garbage than is worth a line each logs the first ones
+// and how many more, not a line each.
+func TestAGarbageBatchLogsAFewLinesAndACount(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	core, logs := observer.New(zap.WarnLevel)
+	f.p = f.projector(t, Config{Logger: zap.New(core)})
+	for range 25 {
+		_, err := f.env.JS.Publish(ctx, f.log.Subject("nosubmit"), []byte("junk"))
+		require.NoError(t, err)
+	}
+	require.Equal(t, 25, f.runOnce(t))
+	require.Equal(t, quarantineLinesPerBatch, logs.FilterMessageSnippet("quarantined a message").Len())
+	more := logs.FilterMessageSnippet("quarantined more messages").All()
+	require.Len(t, more, 1)
+	require.Equal(t, int64(25-quarantineLinesPerBatch), more[0].ContextMap()["messages"])
+}
+
 // The views projected again from scratch (their bucket deleted) quarantine
 // no message a second time, however long after: each copy's subject is
 // named by the original's sequence and written only while empty. A message
