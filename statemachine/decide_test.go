@@ -449,6 +449,24 @@ func TestFoldSkipsASubmitNoMachineWouldAppend(t *testing.T) {
 	}
 }
 
+// An acquire numbered other than after the attempts used (another
+// publisher's) is skipped: a hand-published attempt -3 had a job run past
+// its max attempts.
+func TestFoldSkipsAnAcquireOfAnotherAttempt(t *testing.T) {
+	for _, attempt := range []int{-3, 0, 2} {
+		t.Run(fmt.Sprint(attempt), func(t *testing.T) {
+			recs := given(t, hist(submitted)...)
+			ev, err := events.New("job1", events.TypeAcquired, events.Acquired{WorkerID: "w", Attempt: attempt})
+			require.NoError(t, err)
+			j, q := Fold(append(recs, events.Record{Event: ev, Seq: 2, PrevSeq: 1}))
+			require.Len(t, q, 1)
+			require.ErrorIs(t, q[0].Reason, events.ErrMalformed)
+			require.Equal(t, StatePending, j.State)
+			require.Zero(t, j.Attempt)
+		})
+	}
+}
+
 func TestFoldTracksAttemptsLeasesAndErrors(t *testing.T) {
 	recs := given(t, hist(submitted, acquired1,
 		[]any{events.TypeAttemptFailed, events.AttemptFailed{Lease: 2, Attempt: 1, Error: "e1", Code: "exit", RetryAt: t0.Add(time.Minute)}},

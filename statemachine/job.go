@@ -188,6 +188,15 @@ func (j *Job) apply(rec events.Record) error {
 		if err != nil {
 			return err
 		}
+		if _, err := Next(rec.JobID, j.State, TransitionAcquire); err != nil {
+			return err // said before the attempt: the state is the news
+		}
+		// Every version numbers an acquire after the attempts used (a
+		// hand-back gives its attempt back): another publisher's attempt
+		// -3 would have the job run past its max attempts.
+		if d.Attempt != j.Attempt+1 {
+			return fmt.Errorf("%w: acquired: attempt %d, expected %d", events.ErrMalformed, d.Attempt, j.Attempt+1)
+		}
 		if err := move(TransitionAcquire); err != nil {
 			return err
 		}
