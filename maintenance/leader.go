@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,7 +41,18 @@ type Leadership struct {
 // keep the bucket's whatever ttl they ask for, so that no contender's renewal
 // falls behind an expiry another one set.
 func NewLeadership(ctx context.Context, js jetstream.JetStream, role, id string, ttl time.Duration) (*Leadership, error) {
-	if ttl <= 0 {
+	// Said here, not at the first TryLead: the role names a key, and an
+	// empty id would take any vacant key for its own.
+	if !validKey(role) {
+		return nil, fmt.Errorf("%w: leadership role %q, expected letters, digits and -_/= (dots between)", ErrInvalidConfig, role)
+	}
+	if id == "" {
+		return nil, fmt.Errorf("%w: leadership contender id is empty", ErrInvalidConfig)
+	}
+	if ttl < 0 {
+		return nil, fmt.Errorf("%w: leadership ttl %s, expected 0 (the default) or more", ErrInvalidConfig, ttl)
+	}
+	if ttl == 0 {
 		ttl = LeaderTTLDefault
 	}
 	if existing, err := js.KeyValue(ctx, LeadersBucketDefault); err == nil {
@@ -109,4 +121,17 @@ func (l *Leadership) Resign(ctx context.Context) {
 		_ = l.kv.Delete(ctx, l.role, jetstream.LastRevision(l.rev))
 		l.rev = 0
 	}
+}
+
+// validKey reports whether s can name a key of a NATS key-value bucket.
+func validKey(s string) bool {
+	if s == "" || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_/=.", r)) {
+			return false
+		}
+	}
+	return true
 }

@@ -861,6 +861,29 @@ func TestPurgerRunsAgainAfterARestart(t *testing.T) {
 	}, "job %s purged", j.ID)
 }
 
+// A leadership that could never lead is refused when made, not at its
+// first TryLead.
+func TestALeadershipThatCannotLeadIsRefused(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	for _, tc := range []struct {
+		role, id string
+		ttl      time.Duration
+	}{
+		{"", "a", time.Second},
+		{"a.b*", "a", time.Second},
+		{"has space", "a", time.Second},
+		{"detector.", "a", time.Second},
+		{"detector", "", time.Second},
+		{"detector", "a", -time.Second},
+	} {
+		_, err := NewLeadership(ctx, f.env.JS, tc.role, tc.id, tc.ttl)
+		require.ErrorIs(t, err, ErrInvalidConfig, "%+v", tc)
+	}
+	_, err := NewLeadership(ctx, f.env.JS, "team-a/detector_2", "a", 0)
+	require.NoError(t, err)
+}
+
 // Every role shares the leaders bucket's TTL: a leadership asking for a
 // shorter one must not shorten the others' expiry under their renewals.
 func TestLeadershipsShareTheBucketsTTL(t *testing.T) {
