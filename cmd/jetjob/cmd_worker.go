@@ -20,7 +20,8 @@ import (
 )
 
 func runWorker(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("worker", "--type T [--tag k=v]... [--concurrency N] [--grace D] [--timeout D] [--id ID] [-v] -- CMD [ARGS...]", true)
+	fs := newFlags("worker", "--type T [--tag k=v]... [--concurrency N] [--grace D] [--timeout D] [--id ID] [-v] [--] CMD [ARGS...]", true)
+	fs.flagsEndAtCommand = true
 	fs.Lookup("o").Usage = "not taken: a worker prints only its log, on stderr"
 	var types strs
 	tags := labels{}
@@ -47,7 +48,7 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 		return usageErr("%v", err)
 	}
 	if len(types) == 0 {
-		return usageErr("--type is required")
+		return usageErr("--type is required, before the command (flags after it are the command's own)")
 	}
 	for _, t := range types {
 		if err := statemachine.ValidateToken("type", t); err != nil {

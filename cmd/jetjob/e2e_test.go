@@ -1237,3 +1237,21 @@ func TestDevRunsItsDemo(t *testing.T) {
 	}
 	require.Contains(t, errb.String(), "stopped")
 }
+
+// A worker's command is everything from its first word on, as after a
+// "--": its own flags reached the worker (echo -v turned on debug logging,
+// printf --id=x set the worker's ID), and a "--" of its own was dropped.
+func TestWorkerFlagsEndAtItsCommand(t *testing.T) {
+	s := startServerProc(t)
+	startWorker(t, s, "--type", "argv", "printf", `[%s]\n`, "-v", "--id=abc", "--", "x")
+	id := s.jetjob("submit", "--type", "argv").ok(t)
+	waitView(t, s, id, func(v projector.View) bool { return v.State == "succeeded" }, "succeeded")
+	var logs string
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		logs = s.jetjob("logs", id).stdout
+		return strings.Contains(logs, "[x]")
+	}, "log lines: %s", logs)
+	for _, arg := range []string{"[-v]", "[--id=abc]", "[--]", "[x]"} {
+		require.Contains(t, logs, arg)
+	}
+}

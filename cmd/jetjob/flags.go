@@ -137,6 +137,10 @@ type flagSet struct {
 	output    string
 	hasOutput bool // the command takes -o
 	usageLine string
+	// flagsEndAtCommand: the first positional argument and all after it
+	// are a command to run, verbatim, as after a "--": the command's own
+	// flags (echo -v, printf --id=x) are not this command's.
+	flagsEndAtCommand bool
 }
 
 func newFlags(name, usageLine string, client bool) *flagSet {
@@ -181,14 +185,17 @@ func (fs *flagSet) parseFlagsOnly(args []string) error {
 	return err
 }
 
-// parse parses flags that may come before or after positional arguments;
-// everything after a "--" is positional, verbatim (a worker's command).
+// parse parses flags that may come before or after positional arguments
+// (unless flagsEndAtCommand); everything after a "--" is positional,
+// verbatim.
 func (fs *flagSet) parse(args []string) ([]string, error) {
 	var tail []string
-	for i, a := range args {
-		if a == "--" {
-			args, tail = args[:i], args[i+1:]
-			break
+	if !fs.flagsEndAtCommand {
+		for i, a := range args {
+			if a == "--" {
+				args, tail = args[:i], args[i+1:]
+				break
+			}
 		}
 	}
 	fs.VisitAll(func(f *flag.Flag) {
@@ -209,6 +216,12 @@ func (fs *flagSet) parse(args []string) ([]string, error) {
 		}
 		rest := fs.Args()
 		if len(rest) == 0 {
+			break
+		}
+		if fs.flagsEndAtCommand {
+			// The flag package stopped at the command, or consumed the "--"
+			// before it; a "--" after the command is the command's own.
+			pos = rest
 			break
 		}
 		pos = append(pos, rest[0])
