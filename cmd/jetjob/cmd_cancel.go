@@ -19,6 +19,7 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 	dryRun := fs.Bool("dry-run", false, "with --pending: list what would be canceled, change nothing")
 	all := fs.Bool("all", false, "with --pending and no --type, --tag, --meta or --meta-not: cancel every pending job")
 	filter := filterFlags(fs, false, 0)
+	fs.emptyOK = map[string]bool{"reason": true} // no reason given
 	pos, err := fs.parse(args)
 	if err != nil {
 		return err

@@ -50,9 +50,6 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 			perJob = append(perJob, "--"+f.Name)
 		}
 	})
-	if set["file"] && *file == "" {
-		return usageErr("--file is empty, expected a file name ('-' for stdin)")
-	}
 	var params []statemachine.SubmitParams
 	// lines[i] is the file line of params[i], for errors.
 	var lines []int
@@ -69,11 +66,6 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		}
 		if *typ == "" {
 			return usageErr("--type is required")
-		}
-		if set["key"] && *key == "" {
-			// Most likely an unset shell variable: without a key the submit
-			// would make a second job when run again.
-			return usageErr("--key is empty, expected a key, or no --key for a job without one")
 		}
 		p := statemachine.SubmitParams{Type: *typ, Tags: tags, Meta: meta, Priority: *priority, MaxAttempts: *maxAttempts, Key: *key}
 		switch {

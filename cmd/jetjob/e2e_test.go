@@ -111,11 +111,18 @@ func (s *serverProc) jetjob(args ...string) result {
 
 func runCLI(t *testing.T, url string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
+	// A command that should have refused its input may run on instead
+	// (a server started): fail the test rather than hang it.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+url)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("jetjob %v still ran after 2 minutes; stderr: %s", args, errb.String())
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
@@ -484,9 +491,9 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"ls", "--type", "a.b"}, 2, `--type "a.b", expected`},
 		{[]string{"cancel", "--pending", "--tag", "a*=1"}, 2, `--tag key "a*", expected`},
 		{[]string{"cancel", "--all"}, 2, "--all needs --pending"},
-		{[]string{"cancel", "--pending", "--type", ""}, 2, `--type "", expected`},
+		{[]string{"cancel", "--pending", "--type", ""}, 2, `--type is empty, expected a job type`},
 		{[]string{"cancel", "--pending", "--meta-not", "template_version="}, 2, "--meta-not template_version= has an empty value"},
-		{[]string{"ls", "--type", ""}, 2, `--type "", expected`},
+		{[]string{"ls", "--type", ""}, 2, `--type is empty, expected a job type`},
 		{[]string{"bench", "--server", "http://127.0.0.1:4222"}, 2, `has scheme "http"`},
 		{[]string{"bench", "--server", "nats://127.0.0.1:1", "--fsync", "always"}, 2, "drop --fsync"},
 		{[]string{"bench", "--workers", "4", "--processes", "5"}, 2, "--processes 5, expected at most --workers (4)"},
@@ -495,9 +502,25 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"bench", "--smoke", "--huge"}, 2, "give one of them"},
 		{[]string{"bench", "--n", "abc"}, 2, `--n "abc", expected a whole number`},
 		{[]string{"cancel", "--pending", "--all", "--type", "t"}, 2, "give it without --type"},
-		{[]string{"ls", "-o", ""}, 2, `-o "", expected text or json`},
+		{[]string{"ls", "-o", ""}, 2, `-o is empty, expected text or json`},
 		{[]string{"cancel", "01a20000-0000-7000-8000-000000000000", "--reason", "two\nlines"}, 2, "expected one line of text"},
 		{[]string{"worker", "--type", "t", "--id", "two\nlines", "--", "true"}, 2, "expected 1-128 bytes of one-line UTF-8 text"},
+		// An empty value given is refused, not read as no flag: "$D" with D
+		// unset ran the job now, "$URL" started a standalone server.
+		{[]string{"submit", "--type", "t", "--delay", ""}, 2, "--delay is empty, expected a duration"},
+		{[]string{"submit", "--type", "t", "--run-at="}, 2, "--run-at is empty, expected an RFC 3339 time"},
+		{[]string{"submit", "--type", "t", "--payload", ""}, 2, "--payload is empty, expected JSON"},
+		{[]string{"submit", "--type", "t", "--payload-file", ""}, 2, "--payload-file is empty, expected a file name"},
+		{[]string{"submit", "--type", "t", "--backoff-base", ""}, 2, "--backoff-base is empty, expected a duration"},
+		{[]string{"submit", "--type", "t", "--backoff-cap", ""}, 2, "--backoff-cap is empty, expected a duration"},
+		{[]string{"submit", "--type", "t", "--key", ""}, 2, "--key is empty, expected a key"},
+		{[]string{"submit", "--file", ""}, 2, "--file is empty, expected a file name"},
+		{[]string{"ls", "--after", ""}, 2, "--after is empty, expected a job ID"},
+		{[]string{"worker", "--type", "t", "--id", "", "--", "true"}, 2, "--id is empty, expected a worker ID"},
+		{[]string{"worker", "--type", "t", "--grace", "", "--", "true"}, 2, "--grace is empty, expected a value, or no --grace for its default, 10s"},
+		{[]string{"bench", "--cpuprofile", ""}, 2, "--cpuprofile is empty, expected a file name"},
+		{[]string{"server", "--nats", "", "--listen", freeAddr(t), "--data", t.TempDir()}, 2, "--nats is empty, expected a NATS URL"},
+		{[]string{"dev", "--nats", "", "--listen", freeAddr(t), "--data", t.TempDir()}, 2, "--nats is empty, expected a NATS URL"},
 	} {
 		r := s.jetjob(tc.args...)
 		require.Equal(t, tc.code, r.code, "%v: %s", tc.args, r.stderr)

@@ -141,6 +141,9 @@ type flagSet struct {
 	// are a command to run, verbatim, as after a "--": the command's own
 	// flags (echo -v, printf --id=x) are not this command's.
 	flagsEndAtCommand bool
+	// emptyOK names the string flags for which an empty value means
+	// something; parse refuses an empty value given to any other.
+	emptyOK map[string]bool
 }
 
 func newFlags(name, usageLine string, client bool) *flagSet {
@@ -227,6 +230,9 @@ func (fs *flagSet) parse(args []string) ([]string, error) {
 		pos = append(pos, rest[0])
 		args = rest[1:]
 	}
+	if err := fs.refuseEmpty(); err != nil {
+		return nil, err
+	}
 	if fs.hasOutput && fs.output != "text" && fs.output != "json" {
 		return nil, usageErr("-o %q, expected text or json", fs.output)
 	}
@@ -245,6 +251,56 @@ func (fs *flagSet) parse(args []string) ([]string, error) {
 }
 
 func (fs *flagSet) json() bool { return fs.output == "json" }
+
+// emptyExpected says what a flag expects instead of an empty value, where
+// more than its default can be said.
+var emptyExpected = map[string]string{
+	"after":        "a job ID, or no --after for the first page",
+	"backoff-base": "a duration such as 1s, or no --backoff-base for the default",
+	"backoff-cap":  "a duration such as 10m, or no --backoff-cap for the default",
+	"cpuprofile":   "a file name, or no --cpuprofile for no profile",
+	"delay":        "a duration such as 30s, or no --delay to run the job now",
+	"file":         "a file name ('-' for stdin)",
+	"id":           "a worker ID, or no --id for one made of host, pid and a random part",
+	"key":          "a key, or no --key for a job without one",
+	"nats":         "a NATS URL such as nats://127.0.0.1:4222, or no --nats for the embedded server",
+	"o":            "text or json",
+	"payload":      `JSON such as {"n":1}, or no --payload for a job without one`,
+	"payload-file": "a file name ('-' for stdin), or no --payload-file for a job without a payload",
+	"run-at":       "an RFC 3339 time such as 2026-01-02T15:04:05Z, or no --run-at to run the job now",
+	"server":       "a NATS URL such as nats://127.0.0.1:4222 (several: comma-separated)",
+	"type":         "a job type",
+}
+
+// refuseEmpty refuses a string flag given an empty value: the flag package
+// cannot tell it from a flag not given, and it is most likely "$VAR" with
+// VAR unset, which read as not given would do something else than asked
+// (--delay "$D" ran the job now, --nats "$URL" started a standalone server).
+func (fs *flagSet) refuseEmpty() (err error) {
+	fs.Visit(func(f *flag.Flag) {
+		v := f.Value
+		if o, ok := v.(*once); ok {
+			v = o.Value
+		}
+		g, ok := v.(flag.Getter)
+		if !ok || err != nil || fs.emptyOK[f.Name] {
+			return
+		}
+		if s, isString := g.Get().(string); !isString || s != "" {
+			return
+		}
+		expected := emptyExpected[f.Name]
+		switch {
+		case expected != "":
+		case f.DefValue != "":
+			expected = fmt.Sprintf("a value, or no %s for its default, %s", flagName(f.Name), f.DefValue)
+		default:
+			expected = fmt.Sprintf("a value, or no %s", flagName(f.Name))
+		}
+		err = usageErr("%s is empty, expected %s", flagName(f.Name), expected)
+	})
+	return err
+}
 
 func parseStates(in []string) ([]statemachine.State, error) {
 	var out []statemachine.State
