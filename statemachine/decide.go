@@ -183,7 +183,7 @@ func ValidateCancelReason(reason string) error {
 // listings: one line of UTF-8 text, at most WorkerIDLimit bytes.
 func ValidateWorkerID(id string) error {
 	if id == "" || len(id) > WorkerIDLimit || !utf8.ValidString(id) || strings.ContainsFunc(id, unicode.IsControl) {
-		return fmt.Errorf("%w: worker ID %q, expected 1-%d bytes of one-line UTF-8 text", ErrInvalid, id, WorkerIDLimit)
+		return fmt.Errorf("%w: worker ID %s, expected 1-%d bytes of one-line UTF-8 text", ErrInvalid, QuoteShort(id), WorkerIDLimit)
 	}
 	return nil
 }

@@ -39,7 +39,7 @@ func ParseState(s string) (State, error) {
 	for i, st := range States {
 		names[i] = string(st)
 	}
-	return "", fmt.Errorf("%w: unknown state %q, expected one of %s", ErrInvalid, s, strings.Join(names, ", "))
+	return "", fmt.Errorf("%w: unknown state %s, expected one of %s", ErrInvalid, QuoteShort(s), strings.Join(names, ", "))
 }
 
 // Finished reports whether no transition leaves the state.

@@ -84,28 +84,37 @@ type BackoffConfig struct {
 // ValidateToken checks a name that becomes part of a subject.
 func ValidateToken(what, s string) error {
 	if s == "" || len(s) > maxTagLen {
-		return fmt.Errorf("%w: %s %s, expected 1-%d letters, digits, '-' or '_'", ErrInvalid, what, quoteShort(s), maxTagLen)
+		return fmt.Errorf("%w: %s %s, expected 1-%d letters, digits, '-' or '_'", ErrInvalid, what, QuoteShort(s), maxTagLen)
 	}
 	for _, r := range s {
 		if !(r == '-' || r == '_' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')) {
-			return fmt.Errorf("%w: %s %s, expected 1-%d letters, digits, '-' or '_'", ErrInvalid, what, quoteShort(s), maxTagLen)
+			return fmt.Errorf("%w: %s %s, expected 1-%d letters, digits, '-' or '_'", ErrInvalid, what, QuoteShort(s), maxTagLen)
 		}
 	}
 	return nil
 }
 
-// quoteShort quotes s for an error line, its first 64 bytes and its length
-// when longer: a line that echoed a 10,000-byte name was no longer a line.
-func quoteShort(s string) string {
+// QuoteShort quotes s for an error line, at most its first 64 bytes (fewer
+// where quoting makes them longer: a byte of invalid UTF-8 is four) and its
+// length when cut: a line that echoed a 10,000-byte name was no longer a
+// line.
+func QuoteShort(s string) string {
 	const shown = 64
 	if len(s) <= shown {
-		return strconv.Quote(s)
+		if q := strconv.Quote(s); len(q) <= shown+2 {
+			return q
+		}
 	}
-	cut := shown
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
+	cut := min(len(s), shown)
+	for {
+		for cut > 0 && cut < len(s) && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		if q := strconv.Quote(s[:cut]); len(q) <= shown+2 || cut == 0 {
+			return fmt.Sprintf("%s… (%d bytes)", q, len(s))
+		}
 		cut--
 	}
-	return fmt.Sprintf("%q… (%d bytes)", s[:cut], len(s))
 }
 
 // ValidateLabels checks tags or metadata: keys are tokens; values are at most
@@ -130,7 +139,7 @@ func ValidateLabels(what string, m map[string]string) error {
 			return fmt.Errorf("%w: %s %s value has a control character, expected one line of text", ErrInvalid, what, k)
 		}
 		if what == "tag" && strings.ContainsRune(v, ',') {
-			return fmt.Errorf("%w: tag %s value %q has a ',', expected one k=v per tag (repeat --tag for more)", ErrInvalid, k, v)
+			return fmt.Errorf("%w: tag %s value %s has a ',', expected one k=v per tag (repeat --tag for more)", ErrInvalid, k, QuoteShort(v))
 		}
 	}
 	return nil
@@ -196,7 +205,7 @@ func (p *SubmitParams) validate(maxPayload int, backoff BackoffConfig) error {
 		return fmt.Errorf("%w: idempotency key is not valid UTF-8, expected UTF-8 text", ErrInvalid)
 	}
 	if strings.ContainsFunc(p.Key, unicode.IsControl) {
-		return fmt.Errorf("%w: idempotency key %q has a control character, expected one line of text", ErrInvalid, p.Key)
+		return fmt.Errorf("%w: idempotency key %s has a control character, expected one line of text", ErrInvalid, QuoteShort(p.Key))
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/statemachine"
 )
 
 // Exec handler defaults and conventions.
@@ -48,30 +49,32 @@ func CheckCommand(command []string) error {
 		return errors.New("no command given, expected a command name on $PATH or a path to an executable file")
 	}
 	name := command[0]
+	// Shortened: a command name pasted wrong may be a whole file.
+	shown := statemachine.QuoteShort(name)
 	if !strings.Contains(name, "/") {
 		_, err := exec.LookPath(name)
 		switch {
 		case err == nil:
 			return nil
 		case errors.Is(err, exec.ErrNotFound):
-			return fmt.Errorf("command %q is not on $PATH, expected a command name on $PATH or a path to an executable file", name)
+			return fmt.Errorf("command %s is not on $PATH, expected a command name on $PATH or a path to an executable file", shown)
 		case errors.Is(err, exec.ErrDot):
-			return fmt.Errorf("command %q is found on $PATH only relative to the current directory, expected it given as ./%s", name, name)
+			return fmt.Errorf("command %s is found on $PATH only relative to the current directory, expected it given as ./%s", shown, name)
 		}
-		return fmt.Errorf("command %q cannot be looked up on $PATH (%v), expected a command name on $PATH or a path to an executable file", name, err)
+		return fmt.Errorf("command %s cannot be looked up on $PATH (%v), expected a command name on $PATH or a path to an executable file", shown, errors.Unwrap(err))
 	}
 	fi, err := os.Stat(name)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("command %q does not exist, expected a path to an executable file", name)
+		return fmt.Errorf("command %s does not exist, expected a path to an executable file", shown)
 	case err != nil:
-		return fmt.Errorf("command %q cannot be checked (%v), expected a path to an executable file", name, err)
+		return fmt.Errorf("command %s cannot be checked (%v), expected a path to an executable file", shown, errors.Unwrap(err))
 	case fi.IsDir():
-		return fmt.Errorf("command %q is a directory, expected a path to an executable file", name)
+		return fmt.Errorf("command %s is a directory, expected a path to an executable file", shown)
 	case !fi.Mode().IsRegular():
-		return fmt.Errorf("command %q is not a regular file, expected a path to an executable file", name)
+		return fmt.Errorf("command %s is not a regular file, expected a path to an executable file", shown)
 	case fi.Mode().Perm()&0o111 == 0, syscall.Access(name, accessExecute) != nil:
-		return fmt.Errorf("command %q is not executable (mode %s), expected a path to an executable file", name, fi.Mode().Perm())
+		return fmt.Errorf("command %s is not executable (mode %s), expected a path to an executable file", shown, fi.Mode().Perm())
 	}
 	return nil
 }

@@ -37,7 +37,7 @@ func dial(ctx context.Context, url string) (*client, error) {
 		// A slow consumer under watch, say, is worth a line on stderr.
 		logging.NATSErrors(logging.New(false)))
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach the jetjob server at %s (start one with 'jetjob server' or 'jetjob dev', or set --server): %v", server.RedactURL(url), err)
+		return nil, fmt.Errorf("cannot reach the jetjob server at %s (start one with 'jetjob server' or 'jetjob dev', or set --server): %v", clip(server.RedactURL(url)), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -47,9 +47,9 @@ func dial(ctx context.Context, url string) (*client, error) {
 	if err := findLog(ctx, js); err != nil {
 		nc.Close()
 		if !provision.Transient(err) {
-			return nil, fmt.Errorf("no jetjob event log at %s (is a 'jetjob server' running there?): %v", server.RedactURL(url), err)
+			return nil, fmt.Errorf("no jetjob event log at %s (is a 'jetjob server' running there?): %v", clip(server.RedactURL(url)), err)
 		}
-		return nil, fmt.Errorf("the jetjob event log at %s did not answer within %s (a NATS cluster electing a leader takes seconds; try again): %v", server.RedactURL(url), findLogFor, err)
+		return nil, fmt.Errorf("the jetjob event log at %s did not answer within %s (a NATS cluster electing a leader takes seconds; try again): %v", clip(server.RedactURL(url)), findLogFor, err)
 	}
 	lg, err := events.Attach(js, events.Config{Relay: true})
 	if err != nil {
@@ -86,16 +86,16 @@ func checkNATSURL(flag, servers string) error {
 		u, err := url.Parse(s)
 		// An IPv6 address goes in brackets: "::::" is no host.
 		if err != nil || u.Hostname() == "" || strings.Contains(u.Hostname(), ":") && !strings.HasPrefix(u.Host, "[") {
-			return usageErr("%s %q is not a URL, %s", flag, server.RedactURL(servers), expected)
+			return usageErr("%s %s is not a URL, %s", flag, quoteShort(server.RedactURL(servers)), expected)
 		}
 		switch u.Scheme {
 		case "nats", "tls", "ws", "wss":
 		default:
-			return usageErr("%s %q has scheme %q, %s", flag, server.RedactURL(servers), u.Scheme, expected)
+			return usageErr("%s %s has scheme %s, %s", flag, quoteShort(server.RedactURL(servers)), quoteShort(u.Scheme), expected)
 		}
 		if p := u.Port(); p != "" {
 			if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-				return usageErr("%s %q has port %s, expected a port of 1-65535", flag, server.RedactURL(servers), p)
+				return usageErr("%s %s has port %s, expected a port of 1-65535", flag, quoteShort(server.RedactURL(servers)), clip(p))
 			}
 		}
 	}

@@ -51,16 +51,16 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	if *output != "text" && *output != "json" {
-		return usageErr("-o %q, expected text or json", *output)
+		return usageErr("-o %s, expected text or json", quoteShort(*output))
 	}
 	for _, s := range scenarios {
 		if !slices.Contains(bench.Scenarios, s) {
-			return usageErr("--scenario %q, expected one of %s", s, strings.Join(bench.Scenarios, ", "))
+			return usageErr("--scenario %s, expected one of %s", quoteShort(s), strings.Join(bench.Scenarios, ", "))
 		}
 	}
 	for _, f := range fsyncs {
 		if f != natsserver.FsyncAlways && f != natsserver.FsyncInterval {
-			return usageErr("--fsync %q, expected %s or %s", f, natsserver.FsyncAlways, natsserver.FsyncInterval)
+			return usageErr("--fsync %s, expected %s or %s", quoteShort(f), natsserver.FsyncAlways, natsserver.FsyncInterval)
 		}
 	}
 	var distinct strs

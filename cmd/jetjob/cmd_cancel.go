@@ -25,7 +25,7 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	if strings.ContainsFunc(*reason, unicode.IsControl) || !utf8.ValidString(*reason) {
-		return usageErr("--reason %q has a control character or is not UTF-8, expected one line of text", *reason)
+		return usageErr("--reason %s has a control character or is not UTF-8, expected one line of text", quoteShort(*reason))
 	}
 	var filters []string
 	selects := false

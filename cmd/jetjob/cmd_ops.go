@@ -137,7 +137,7 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil && ctx.Err() == nil && !c.nc.IsConnected() {
 			// Said as watch says it: what NATS said matters less than that
 			// the server is gone.
-			return fmt.Errorf("logs ended: lost the connection to the jetjob server at %s (%w)", server.RedactURL(fs.server), err)
+			return fmt.Errorf("logs ended: lost the connection to the jetjob server at %s (%w)", clip(server.RedactURL(fs.server)), err)
 		}
 		return err
 	})
@@ -163,7 +163,7 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 	for _, name := range states {
 		one, err := parseStates([]string{name})
 		if err != nil || !one[0].Finished() {
-			return usageErr("--state %q: only finished jobs are purged, expected succeeded, failed or canceled", name)
+			return usageErr("--state %s: only finished jobs are purged, expected succeeded, failed or canceled", quoteShort(name))
 		}
 		st = append(st, one[0])
 	}

@@ -294,7 +294,7 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 	defer c.close()
 	// Said on stderr, so that a dashboard knows a quiet watch may be a
 	// lost one, and stdout keeps one line per change.
-	at := server.RedactURL(fs.server)
+	at := clip(server.RedactURL(fs.server))
 	c.nc.SetDisconnectErrHandler(func(nc *nats.Conn, err error) {
 		if err == nil || nc.IsClosed() {
 			return // closed on purpose: the watch is ending
@@ -324,7 +324,7 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	if ctx.Err() == nil {
-		return fmt.Errorf("watch ended: lost the connection to the jetjob server at %s", server.RedactURL(fs.server))
+		return fmt.Errorf("watch ended: lost the connection to the jetjob server at %s", clip(server.RedactURL(fs.server)))
 	}
 	return nil
 }

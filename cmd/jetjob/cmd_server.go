@@ -55,10 +55,10 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 			return err
 		}
 		if o.Fsync != natsserver.FsyncAlways && o.Fsync != natsserver.FsyncInterval {
-			return usageErr("--fsync %q, expected always or interval", o.Fsync)
+			return usageErr("--fsync %s, expected always or interval", quoteShort(o.Fsync))
 		}
 		if o.BatchStaging != natsserver.BatchStagingMemory && o.BatchStaging != natsserver.BatchStagingDisk {
-			return usageErr("--batch-staging %q, expected memory or disk", o.BatchStaging)
+			return usageErr("--batch-staging %s, expected memory or disk", quoteShort(o.BatchStaging))
 		}
 		if o.Replicas < 0 || o.Replicas > provision.ReplicasMax {
 			return usageErr("--replicas %d, expected 1-%d (or 0: keep what each stream has)", o.Replicas, provision.ReplicasMax)
@@ -96,18 +96,18 @@ func stagedWhere(staging string) string {
 func checkEmbedded(o *server.Options) error {
 	host, port, err := net.SplitHostPort(o.Listen)
 	if err != nil {
-		return usageErr("--listen %q, expected HOST:PORT such as 127.0.0.1:4222", o.Listen)
+		return usageErr("--listen %s, expected HOST:PORT such as 127.0.0.1:4222", quoteShort(o.Listen))
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return usageErr("--listen %q: port %q, expected 0-65535", o.Listen, port)
+		return usageErr("--listen %s: port %s, expected 0-65535", quoteShort(o.Listen), quoteShort(port))
 	}
 	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
 		if _, err := net.LookupHost(host); err != nil {
-			return usageErr("--listen %q: unknown host %q, expected an IP address or a resolvable name", o.Listen, host)
+			return usageErr("--listen %s: unknown host %s, expected an IP address or a resolvable name", quoteShort(o.Listen), quoteShort(host))
 		}
 	}
 	if err := os.MkdirAll(o.DataDir, 0o755); err != nil {
-		return usageErr("--data %s: cannot create the data directory: %v", o.DataDir, err)
+		return usageErr("--data %s: cannot create the data directory: %v", clipPath(o.DataDir), pathless(err))
 	}
 	// The embedded NATS writes in jetstream/ below it: one not writable (made
 	// by another user) failed only after the start timeout, said as a
@@ -118,7 +118,7 @@ func checkEmbedded(o *server.Options) error {
 		}
 		probe, err := os.CreateTemp(dir, ".write-check-*")
 		if err != nil {
-			return usageErr("--data %s: cannot write in %s: %v", o.DataDir, dir, err)
+			return usageErr("--data %s: cannot write in %s: %v", clipPath(o.DataDir), clipPath(dir), pathless(err))
 		}
 		_ = probe.Close()
 		_ = os.Remove(probe.Name())

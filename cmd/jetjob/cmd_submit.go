@@ -81,7 +81,7 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 				return err
 			}
 			if !json.Valid(p.Payload) || !utf8.Valid(p.Payload) {
-				return usageErr("--payload-file %s does not hold valid JSON", *payloadFile)
+				return usageErr("--payload-file %s does not hold valid JSON", displayName(*payloadFile))
 			}
 		}
 		if p.RunAt, err = parseRunAt(*runAt, *delay); err != nil {
@@ -201,7 +201,7 @@ func openArg(name string) (io.ReadCloser, error) {
 	}
 	f, err := os.Open(name)
 	if err != nil {
-		return nil, usageErr("cannot read %s: %v", name, err)
+		return nil, usageErr("cannot read %s: %v", displayName(name), pathless(err))
 	}
 	return f, nil
 }
@@ -219,7 +219,7 @@ func readPayloadFile(ctx context.Context, name string) ([]byte, error) {
 		b, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
 		switch {
 		case err != nil:
-			return nil, usageErr("cannot read %s: %v", name, err)
+			return nil, usageErr("cannot read %s: %v", displayName(name), pathless(err))
 		case len(b) > limit:
 			return nil, fmt.Errorf("--payload-file %s: %w: over %d bytes, expected at most %d", displayName(name), statemachine.ErrPayloadTooLarge, limit, limit)
 		}
@@ -252,7 +252,17 @@ func displayName(name string) string {
 	if name == "-" {
 		return "stdin"
 	}
-	return name
+	return clipPath(name)
+}
+
+// pathless drops the path an os error repeats: the message names the file
+// already, shortened.
+func pathless(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 func parseRunAt(runAt, delay string) (*time.Time, error) {
@@ -262,7 +272,7 @@ func parseRunAt(runAt, delay string) (*time.Time, error) {
 	case runAt != "":
 		t, err := time.Parse(time.RFC3339, runAt)
 		if err != nil {
-			return nil, usageErr("--run-at %q, expected an RFC 3339 time such as 2026-01-02T15:04:05Z", runAt)
+			return nil, usageErr("--run-at %s, expected an RFC 3339 time such as 2026-01-02T15:04:05Z", quoteShort(runAt))
 		}
 		return &t, nil
 	case delay != "":
@@ -270,7 +280,7 @@ func parseRunAt(runAt, delay string) (*time.Time, error) {
 		if err != nil {
 			return nil, err
 		}
-		t, err := runAtAfter(d, "--delay "+delay)
+		t, err := runAtAfter(d, "--delay "+clip(delay))
 		if err != nil {
 			return nil, usageErr("%v", err)
 		}
@@ -465,7 +475,7 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 	case jl.RunAt != "":
 		t, err := time.Parse(time.RFC3339, jl.RunAt)
 		if err != nil {
-			return p, fmt.Errorf("run_at %q, expected an RFC 3339 time such as 2026-01-02T15:04:05Z", jl.RunAt)
+			return p, fmt.Errorf("run_at %s, expected an RFC 3339 time such as 2026-01-02T15:04:05Z", quoteShort(jl.RunAt))
 		}
 		p.RunAt = &t
 	case jl.Delay != "":
@@ -474,9 +484,9 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 			return p, fmt.Errorf("delay %s", durationProblem(jl.Delay, err, "30s or 5m"))
 		}
 		if d < 0 {
-			return p, fmt.Errorf("delay %q is negative, expected a duration of 0 or more such as 30s or 5m", jl.Delay)
+			return p, fmt.Errorf("delay %s is negative, expected a duration of 0 or more such as 30s or 5m", quoteShort(jl.Delay))
 		}
-		t, err := runAtAfter(d, fmt.Sprintf("delay %q", jl.Delay))
+		t, err := runAtAfter(d, "delay "+quoteShort(jl.Delay))
 		if err != nil {
 			return p, err
 		}
@@ -494,7 +504,7 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 			return p, fmt.Errorf("%s %s", b.field, durationProblem(b.v, err, "1s or 10m (0 for the default)"))
 		}
 		if d < 0 {
-			return p, fmt.Errorf("%s %q is negative, expected a duration such as 1s or 10m (0 for the default)", b.field, b.v)
+			return p, fmt.Errorf("%s %s is negative, expected a duration such as 1s or 10m (0 for the default)", b.field, quoteShort(b.v))
 		}
 		*b.to = d
 	}
@@ -521,7 +531,7 @@ func checkJobLineNames(line []byte) error {
 			}
 		}
 		if seen[f.name] {
-			return fmt.Errorf("field %q given twice, expected each field once", f.name)
+			return fmt.Errorf("field %s given twice, expected each field once", quoteShort(f.name))
 		}
 		seen[f.name] = true
 		if (f.name == "tags" || f.name == "meta") && bytes.HasPrefix(f.value, []byte("{")) {
@@ -532,11 +542,11 @@ func checkJobLineNames(line []byte) error {
 			inner := map[string]bool{}
 			for _, k := range keys {
 				if inner[k.name] {
-					return fmt.Errorf("%s key %q given twice, expected each key once", f.name, k.name)
+					return fmt.Errorf("%s key %s given twice, expected each key once", f.name, quoteShort(k.name))
 				}
 				if string(k.value) == "null" {
 					// encoding/json would store it as "".
-					return fmt.Errorf("%s key %q is null, expected a string", f.name, k.name)
+					return fmt.Errorf("%s key %s is null, expected a string", f.name, quoteShort(k.name))
 				}
 				inner[k.name] = true
 			}
@@ -591,7 +601,11 @@ func jobLineError(err error) error {
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return errors.New("the JSON object is cut short")
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return fmt.Errorf("%s, expected only %s", strings.TrimPrefix(err.Error(), "json: "), jobLineFields)
+		name, uerr := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
+		if uerr != nil {
+			name = strings.TrimPrefix(err.Error(), "json: unknown field ")
+		}
+		return fmt.Errorf("unknown field %s, expected only %s", quoteShort(name), jobLineFields)
 	}
 	return fmt.Errorf("%v, expected a JSON object with %s", err, jobLineFields)
 }

@@ -83,7 +83,7 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	nc, err := nats.Connect(fs.server, nats.Name("jetjob-worker"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
 		logging.NATSErrors(logger))
 	if err != nil {
-		return fmt.Errorf("cannot reach the jetjob server at %s: %v", server.RedactURL(fs.server), err)
+		return fmt.Errorf("cannot reach the jetjob server at %s: %v", clip(server.RedactURL(fs.server)), err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/statemachine"
@@ -62,10 +64,11 @@ func (l labels) String() string {
 func (l labels) Set(s string) error {
 	k, v, ok := strings.Cut(s, "=")
 	if !ok || k == "" {
-		return fmt.Errorf("%q is not k=v", s)
+		// plainFlagError names the value: not said here a second time.
+		return errors.New("not k=v, expected a key, '=' and a value")
 	}
 	if _, dup := l[k]; dup {
-		return fmt.Errorf("%q given twice", k)
+		return fmt.Errorf("key %s given twice, expected each key once", quoteShort(k))
 	}
 	l[k] = v
 	return nil
@@ -183,7 +186,7 @@ func (fs *flagSet) printUsage() {
 func (fs *flagSet) parseFlagsOnly(args []string) error {
 	pos, err := fs.parse(args)
 	if err == nil && len(pos) > 0 {
-		err = usageErr("unexpected argument %q", pos[0])
+		err = usageErr("unexpected argument %s", quoteShort(pos[0]))
 	}
 	return err
 }
@@ -234,7 +237,7 @@ func (fs *flagSet) parse(args []string) ([]string, error) {
 		return nil, err
 	}
 	if fs.hasOutput && fs.output != "text" && fs.output != "json" {
-		return nil, usageErr("-o %q, expected text or json", fs.output)
+		return nil, usageErr("-o %s, expected text or json", quoteShort(fs.output))
 	}
 	if fs.hasOutput && os.Getenv("JETJOB_SERVER") != "" {
 		given := false
@@ -324,14 +327,14 @@ func durationProblem(v string, err error, example string) string {
 	msg := err.Error()
 	switch {
 	case strings.Contains(msg, "missing unit"):
-		return fmt.Sprintf("%q has a number without a unit, expected a duration such as %s", v, example)
+		return fmt.Sprintf("%s has a number without a unit, expected a duration such as %s", quoteShort(v), example)
 	case strings.Contains(msg, "unknown unit"):
-		return fmt.Sprintf("%q has an unknown unit, expected one of ns, us, ms, s, m, h, as in %s", v, example)
+		return fmt.Sprintf("%s has an unknown unit, expected one of ns, us, ms, s, m, h, as in %s", quoteShort(v), example)
 	case wellFormedDuration.MatchString(v):
 		// Numbers and units as time.ParseDuration reads them: too large.
-		return fmt.Sprintf("%q is too long, expected at most %dh (about 292 years) such as %s", v, math.MaxInt64/int64(time.Hour), example)
+		return fmt.Sprintf("%s is too long, expected at most %dh (about 292 years) such as %s", quoteShort(v), math.MaxInt64/int64(time.Hour), example)
 	}
-	return fmt.Sprintf("%q, expected a duration such as %s", v, example)
+	return fmt.Sprintf("%s, expected a duration such as %s", quoteShort(v), example)
 }
 
 func parseDurationFlag(name, v string) (time.Duration, error) {
@@ -340,7 +343,7 @@ func parseDurationFlag(name, v string) (time.Duration, error) {
 	case err != nil:
 		return 0, usageErr("--%s %s", name, durationProblem(v, err, "30s or 5m"))
 	case d < 0:
-		return 0, usageErr("--%s %q is negative, expected a duration of 0 or more such as 30s or 5m", name, v)
+		return 0, usageErr("--%s %s is negative, expected a duration of 0 or more such as 30s or 5m", name, quoteShort(v))
 	}
 	return d, nil
 }
@@ -352,39 +355,101 @@ func parseDurationAtLeast(name, v string, least time.Duration, example string) (
 	case err != nil:
 		return 0, usageErr("--%s %s", name, durationProblem(v, err, example))
 	case d < least:
-		return 0, usageErr("--%s %s, expected a duration of at least %s such as %s", name, v, least, example)
+		return 0, usageErr("--%s %s, expected a duration of at least %s such as %s", name, clip(v), least, example)
 	}
 	return d, nil
 }
 
-// plainFlagError rewords the flag package's "invalid value ... parse error"
-// as what was expected.
+// plainFlagError rewords the flag package's errors ("invalid value ...
+// parse error") as what was expected, a value or a flag name that the user
+// gave shown shortened: it may be a whole file.
 func plainFlagError(err error) error {
-	var name, value string
-	if _, scanErr := fmt.Sscanf(err.Error(), "flag needs an argument: -%s", &name); scanErr == nil {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
 		return fmt.Errorf("%s needs a value", flagName(name))
 	}
-	if _, scanErr := fmt.Sscanf(err.Error(), "flag provided but not defined: -%s", &name); scanErr == nil {
-		return fmt.Errorf("unknown flag %s; -h lists the flags", flagName(strings.TrimLeft(name, "-")))
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return fmt.Errorf("unknown flag %s; -h lists the flags", shownFlag(strings.TrimLeft(name, "-")))
 	}
-	if _, scanErr := fmt.Sscanf(err.Error(), "invalid boolean value %q for -%s", &value, &name); scanErr == nil {
-		return fmt.Errorf("%s=%s, expected true or false (or the flag alone)", flagName(strings.TrimSuffix(name, ":")), value)
+	if arg, ok := strings.CutPrefix(msg, "bad flag syntax: "); ok {
+		return fmt.Errorf("bad flag syntax %s, expected -name or --name", quoteShort(arg))
 	}
-	if _, scanErr := fmt.Sscanf(err.Error(), "invalid boolean flag %s", &name); scanErr == nil {
+	// The rest name the flag after the value: a value holding " for -"
+	// would cut the text in the wrong place, so the quoted value is read
+	// as Go reads it.
+	var value, rest string
+	var bad error
+	switch {
+	case strings.HasPrefix(msg, "invalid boolean value "):
+		value, rest, bad = unquotePrefix(strings.TrimPrefix(msg, "invalid boolean value "))
+		if bad == nil {
+			name, why, _ := strings.Cut(strings.TrimPrefix(rest, " for -"), ": ")
+			if strings.HasPrefix(why, "given twice") {
+				return fmt.Errorf("%s: %s", flagName(name), why)
+			}
+			return fmt.Errorf("%s=%s, expected true or false (or the flag alone)", flagName(name), quoteShort(value))
+		}
+	case strings.HasPrefix(msg, "invalid boolean flag "):
 		// A bool flag's own error, e.g. given twice.
-		return fmt.Errorf("%s: %s", flagName(strings.TrimSuffix(name, ":")), err.Error()[strings.LastIndex(err.Error(), ": ")+2:])
+		name, why, _ := strings.Cut(strings.TrimPrefix(msg, "invalid boolean flag "), ": ")
+		return fmt.Errorf("%s: %s", flagName(name), why)
+	case strings.HasPrefix(msg, "invalid value "):
+		value, rest, bad = unquotePrefix(strings.TrimPrefix(msg, "invalid value "))
+		if bad == nil {
+			name, why, _ := strings.Cut(strings.TrimPrefix(rest, " for flag -"), ": ")
+			name = flagName(name)
+			switch why {
+			case "value out of range":
+				return fmt.Errorf("%s %s is out of range, expected a smaller whole number", name, quoteShort(value))
+			case "parse error":
+				return fmt.Errorf("%s %s, expected a whole number", name, quoteShort(value))
+			}
+			return fmt.Errorf("%s %s: %s", name, quoteShort(value), why)
+		}
 	}
-	if _, scanErr := fmt.Sscanf(err.Error(), "invalid value %q for flag -%s", &value, &name); scanErr != nil {
-		return err
+	return err
+}
+
+// unquotePrefix reads the Go-quoted string s begins with, and what follows.
+func unquotePrefix(s string) (value, rest string, err error) {
+	q, err := strconv.QuotedPrefix(s)
+	if err != nil {
+		return "", "", err
 	}
-	name = flagName(strings.TrimSuffix(name, ":"))
-	if strings.HasSuffix(err.Error(), "value out of range") {
-		return fmt.Errorf("%s %q is out of range, expected a smaller whole number", name, value)
+	value, err = strconv.Unquote(q)
+	return value, s[len(q):], err
+}
+
+// quoteShort quotes a user's value for an error line, shortened: an error
+// stays one short line whatever was given.
+func quoteShort(s string) string { return statemachine.QuoteShort(s) }
+
+// clip shortens a user's text for an error line as quoteShort does, for
+// text shown unquoted (a file name, a duration read well).
+func clip(s string) string { return clipAt(s, 64) }
+
+// clipPath shortens a file name as clip does, past what a path of a real
+// file takes: the message must still name it.
+func clipPath(s string) string { return clipAt(s, 160) }
+
+func clipAt(s string, shown int) string {
+	if len(s) <= shown {
+		return s
 	}
-	if strings.HasSuffix(err.Error(), "parse error") {
-		return fmt.Errorf("%s %q, expected a whole number", name, value)
+	cut := shown
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
 	}
-	return fmt.Errorf("%s %q: %s", name, value, err.Error()[strings.LastIndex(err.Error(), ": ")+2:])
+	return fmt.Sprintf("%s… (%d bytes)", s[:cut], len(s))
+}
+
+// shownFlag writes an unknown flag's name as flagName does, quoted and
+// shortened when it is long or not plain.
+func shownFlag(name string) string {
+	if len(name) <= 64 && !strings.ContainsFunc(name, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) {
+		return flagName(name)
+	}
+	return quoteShort(flagName(name))
 }
 
 // flagName writes a flag as the usage lines do: -o, --server.

@@ -94,7 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return exitCode(err)
 		}
 	}
-	fmt.Fprintf(stderr, "jetjob: unknown command %q, expected one of %s\n", args[0], commandNames())
+	fmt.Fprintf(stderr, "jetjob: unknown command %s, expected one of %s\n", quoteShort(args[0]), commandNames())
 	return exitUsage
 }
 

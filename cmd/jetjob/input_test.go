@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// deadServer is a NATS URL whose listener closes every connection: a
+// command that gets as far as dialing fails at once, and dials nothing
+// else (no fixed port, no server of anyone else's).
+func deadServer(tb testing.TB) string {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(tb, err)
+	tb.Cleanup(func() { _ = l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	return "nats://" + l.Addr().String()
+}
+
+// runInProcess runs the CLI in this process, as main does.
+func runInProcess(args ...string) (stdout, stderr string, code int) {
+	var out, errb bytes.Buffer
+	code = run(args, &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+// errLineMax bounds an error line whatever the input: a value is echoed
+// shortened (quoteShort), never whole.
+const errLineMax = 300
+
+// A 10 KB value made a 10-20 KB error line: echoed whole, some twice.
+func TestErrorLinesStayShort(t *testing.T) {
+	t.Setenv("JETJOB_SERVER", deadServer(t))
+	big := strings.Repeat("x", 10_000)
+	digits := strings.Repeat("1", 10_000)
+	// Files named short, for the line to measure the echo, not the path.
+	t.Chdir(t.TempDir())
+	files := 0
+	file := func(content string) string {
+		files++
+		name := fmt.Sprintf("j%d", files)
+		require.NoError(t, os.WriteFile(name, []byte(content), 0o600))
+		return name
+	}
+	for _, args := range [][]string{
+		{big},
+		{"ls", big},
+		{"ls", "--" + big},
+		{"ls", "--" + big + "\n"},
+		{"ls", "---" + big},
+		{"ls", "--state", big},
+		{"ls", "-o", big},
+		{"ls", "--server", "::" + big},
+		{"ls", "--server", big + "://host"},
+		{"ls", "--limit", digits},
+		{"ls", "--limit", big},
+		{"ls", "--after", big},
+		{"cancel", "--pending=" + big},
+		{"cancel", "01a20000-0000-7000-8000-000000000000", "--reason", big + "\n"},
+		{"submit", "--type", "t", "--run-at", big},
+		{"submit", "--type", "t", "--delay", big},
+		{"submit", "--type", "t", "--delay", digits},
+		{"submit", "--type", "t", "--delay", digits + "s"},
+		{"submit", "--type", "t", "--delay", "-" + big + "s"},
+		{"submit", "--type", "t", "--delay", "1" + strings.Repeat("0", 10_000) + "1ns"},
+		{"submit", "--type", "t", "--backoff-base", big},
+		{"submit", "--type", "t", "--tag", big},
+		{"submit", "--type", "t", "--meta", big},
+		{"submit", "--type", "t", "--tag", big + "=1", "--tag", big + "=1"},
+		{"submit", "--type", "t", "--tag", "k=" + big},
+		{"submit", "--type", "t", "--key", big + "\n"},
+		{"submit", "--type", "t", "--priority", digits},
+		{"submit", "--type", "t", "--payload-file", "/nonexistent/" + big},
+		{"submit", "--file", "/nonexistent/" + big},
+		{"submit", "--file", file(`{"type":"t","run_at":"` + big + `"}`)},
+		{"submit", "--file", file(`{"type":"t","delay":"` + big + `"}`)},
+		{"submit", "--file", file(`{"type":"t","delay":"-` + digits + `s"}`)},
+		{"submit", "--file", file(`{"type":"t","backoff_cap":"-` + digits + `s"}`)},
+		{"submit", "--file", file(`{"type":"t","` + big + `":1}`)},
+		{"submit", "--file", file(`{"type":"t","tags":{"` + big + `":"a","` + big + `":"a"}}`)},
+		{"purge", "--older-than", "1h", "--state", big},
+		{"worker", "--type", "t", "--id", big, "--", "true"},
+		{"worker", "--type", "t", "--grace", big, "--", "true"},
+		{"worker", "--type", big, "--", "true"},
+		{"worker", "--type", "t", "--", big},
+		{"worker", "--type", "t", "--", "/" + big},
+		{"server", "--fsync", big},
+		{"server", "--batch-staging", big},
+		{"server", "--listen", big},
+		{"server", "--listen", "127.0.0.1:" + digits},
+		{"server", "--retain", strings.Repeat("0", 10_000) + "s"},
+		{"server", "--nats", "::" + big},
+		{"bench", "--scenario", big},
+		{"bench", "--fsync", big},
+		{"bench", "-o", big},
+	} {
+		stdout, stderr, code := runInProcess(args...)
+		name := args[0]
+		if len(args) > 1 {
+			name += " " + args[1]
+		}
+		require.Equal(t, exitUsage, code, "%s: %s", name, stderr)
+		require.Empty(t, stdout, name)
+		require.Equal(t, 1, strings.Count(stderr, "\n"), "%s: one line: %q", name, stderr)
+		require.Less(t, len(stderr), errLineMax, "%s: %s", name, stderr)
+	}
+}
+
+// FuzzCLIArgs runs the commands that fail before or at the dial with any
+// arguments, against a server that closes every connection: never a panic,
+// a documented exit code, and a failure is one short line on stderr with
+// nothing on stdout.
+func FuzzCLIArgs(f *testing.F) {
+	f.Setenv("JETJOB_SERVER", deadServer(f))
+	for _, s := range []string{
+		"get\x00abc", "ls\x00--tag\x00k=v", "ls\x00--after\x00*", "cancel\x00--pending\x00--all",
+		"cancel\x00x\x00--reason\x00a\nb", "history\x00a.b", "purge\x00--older-than\x001h",
+		"ls\x00--state\x00pending\x00--limit\x00-1", "submit\x00--type\x00a\x00--tag\x00k=v=w",
+		"submit\x00--type\x00a\x00--delay\x009999999999h", "watch\x00--meta-not\x00a=b",
+		"logs\x00x\x00--raw", "submit\x00--type\x00a\x00--priority\x00010\x00--run-at\x002026-01-02T15:04:05Z",
+		"admin\x00rebuild\x00-o=json", "submit\x00--type\x00a\x00--delay\x00", "worker\x00--type\x00a\x00--id\x00",
+		"ls\x00---x", "cancel\x00--pending=maybe", "ls\x00-o\x00yaml", "ls\x00--state\x00" + strings.Repeat("\xff", 300),
+	} {
+		f.Add(s)
+	}
+	allowed := map[string]bool{"get": true, "ls": true, "watch": true, "history": true, "cancel": true, "purge": true,
+		"admin": true, "submit": true, "logs": true, "worker": true}
+	f.Fuzz(func(t *testing.T, s string) {
+		args := strings.Split(s, "\x00")
+		if !allowed[args[0]] || len(s) > 1<<16 {
+			return
+		}
+		for _, a := range args {
+			flagName, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			switch {
+			case strings.Contains(a, "file"), // reads files or stdin
+				strings.Contains(a, "server"),                             // dials elsewhere
+				flagName == "h" || flagName == "help",                     // prints the usage on os.Stdout
+				args[0] == "worker" && !strings.Contains(s, "--\x00true"): // would run a command
+				return
+			}
+		}
+		stdout, stderr, code := runInProcess(args...)
+		switch code {
+		case exitFailure, exitUsage, exitNotFound, exitRefused:
+		default:
+			t.Fatalf("%q: exit %d with no server; stderr %q", args, code, stderr)
+		}
+		if strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") {
+			t.Fatalf("%q: stderr not one line: %q", args, stderr)
+		}
+		if len(stderr) >= errLineMax {
+			t.Fatalf("%q: stderr line of %d bytes: %q", args, len(stderr), stderr)
+		}
+		if stdout != "" {
+			t.Fatalf("%q: stdout on failure: %q", args, stdout)
+		}
+	})
+}
