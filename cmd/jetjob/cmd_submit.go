@@ -320,6 +320,25 @@ const jobLineFields = "type, tags, meta, payload, priority, max_attempts, run_at
 // badLinesShown caps the bad lines a refused file lists.
 const badLinesShown = 20
 
+// badLinesMax bad lines make a file evidently not NDJSON (/dev/urandom, a
+// binary): reading it stops there rather than running on to its end,
+// which a device may not have.
+const badLinesMax = 1000
+
+// badLines counts a file's bad lines and keeps what is wrong with the
+// first badLinesShown, all that is shown.
+type badLines struct {
+	shown []string
+	n     int
+}
+
+func (b *badLines) add(name string, line int, err error) {
+	b.n++
+	if len(b.shown) < badLinesShown {
+		b.shown = append(b.shown, badLine(name, line, err))
+	}
+}
+
 // Bounds of a --file, whose jobs are all held and checked before the first
 // is sent: a line holds at most a payload at its limit and the job's other
 // fields.
@@ -336,19 +355,24 @@ type jobsFile struct {
 // readJobsFile reads and checks every line before anything is submitted, so
 // that a bad line submits nothing; every bad line is said, one per line.
 func readJobsFile(ctx context.Context, name string, validate func(*statemachine.SubmitParams) error) ([]statemachine.SubmitParams, []int, error) {
-	f, err := interruptible(ctx, name, func() (jobsFile, error) { return scanJobsFile(name, validate) })
+	f, err := interruptible(ctx, name, func() (jobsFile, error) {
+		r, err := openArg(name)
+		if err != nil {
+			return jobsFile{}, err
+		}
+		defer r.Close()
+		return scanJobs(name, r, validate, os.Stderr)
+	})
 	return f.params, f.lines, err
 }
 
-func scanJobsFile(name string, validate func(*statemachine.SubmitParams) error) (jobsFile, error) {
-	r, err := openArg(name)
-	if err != nil {
-		return jobsFile{}, err
-	}
-	defer r.Close()
+// scanJobs reads the jobs of the file name from r; the bad lines shown go
+// to errOut.
+func scanJobs(name string, r io.Reader, validate func(*statemachine.SubmitParams) error, errOut io.Writer) (jobsFile, error) {
 	var out []statemachine.SubmitParams
 	var lines []int
-	var bad []string
+	var bad badLines
+	stoppedAt := 0
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), maxJobLine)
 	n := 0
@@ -369,8 +393,15 @@ func scanJobsFile(name string, validate func(*statemachine.SubmitParams) error) 
 			err = validate(&p)
 		}
 		if err != nil {
-			bad = append(bad, badLine(name, n, err))
+			bad.add(name, n, err)
+			if bad.n == badLinesMax {
+				stoppedAt = n
+				break
+			}
 			continue
+		}
+		if bad.n > 0 {
+			continue // nothing is submitted: the jobs need not be kept
 		}
 		out = append(out, p)
 		lines = append(lines, n)
@@ -381,7 +412,7 @@ func scanJobsFile(name string, validate func(*statemachine.SubmitParams) error) 
 	case err != nil:
 		return jobsFile{}, usageErr("cannot read %s: %v", displayName(name), err)
 	}
-	if err := refuseBadLines(name, bad); err != nil {
+	if err := refuseBadLines(name, bad, stoppedAt, errOut); err != nil {
 		return jobsFile{}, err
 	}
 	if len(out) == 0 {
@@ -396,21 +427,26 @@ func badLine(name string, n int, err error) string {
 	return fmt.Sprintf("%s line %d: %s", displayName(name), n, strings.TrimPrefix(err.Error(), statemachine.ErrInvalid.Error()+": "))
 }
 
-// refuseBadLines says every bad line of a --file, each as "NAME line N:
-// problem", the first few one per line on stderr, and refuses the file.
-func refuseBadLines(name string, bad []string) error {
+// refuseBadLines says the bad lines of a --file, each as "NAME line N:
+// problem", the first few one per line on errOut, and refuses the file;
+// stoppedAt is the line reading stopped at, if it did.
+func refuseBadLines(name string, bad badLines, stoppedAt int, errOut io.Writer) error {
 	switch {
-	case len(bad) == 1:
-		return usageErr("%s; nothing was submitted", bad[0])
-	case len(bad) > 1:
-		for _, b := range bad[:min(len(bad), badLinesShown)] {
-			fmt.Fprintf(os.Stderr, "jetjob submit: %s\n", b)
+	case bad.n == 1:
+		return usageErr("%s; nothing was submitted", bad.shown[0])
+	case bad.n > 1:
+		for _, b := range bad.shown {
+			fmt.Fprintf(errOut, "jetjob submit: %s\n", b)
 		}
 		shown := "listed above"
-		if len(bad) > badLinesShown {
-			shown = fmt.Sprintf("the first %d above", badLinesShown)
+		if bad.n > len(bad.shown) {
+			shown = fmt.Sprintf("the first %d above", len(bad.shown))
 		}
-		return usageErr("%s: %d bad lines (%s); nothing was submitted", displayName(name), len(bad), shown)
+		if stoppedAt > 0 {
+			return usageErr("%s: %d bad lines of the first %d (%s), where reading stopped: expected one JSON job object per line; nothing was submitted",
+				displayName(name), bad.n, stoppedAt, shown)
+		}
+		return usageErr("%s: %d bad lines (%s); nothing was submitted", displayName(name), bad.n, shown)
 	}
 	return nil
 }
@@ -419,13 +455,13 @@ func refuseBadLines(name string, bad []string) error {
 // knows, its max_payload, so that one too large submits nothing, as it
 // does alone.
 func checkServerFits(m *statemachine.Machine, name string, params []statemachine.SubmitParams, lines []int) error {
-	var bad []string
+	var bad badLines
 	for i := range params {
 		if err := m.Validate(&params[i]); err != nil {
-			bad = append(bad, badLine(name, lines[i], err))
+			bad.add(name, lines[i], err)
 		}
 	}
-	return refuseBadLines(name, bad)
+	return refuseBadLines(name, bad, 0, os.Stderr)
 }
 
 // parseJobLine reads one line of a --file, saying in plain words what is

@@ -7,8 +7,11 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/statemachine"
 )
 
 // deadServer is a NATS URL whose listener closes every connection: a
@@ -170,4 +173,46 @@ func FuzzCLIArgs(f *testing.F) {
 			t.Fatalf("%q: stdout on failure: %q", args, stdout)
 		}
 	})
+}
+
+// endlessBadLines reads as a file of bad lines with no end (/dev/urandom).
+type endlessBadLines struct{}
+
+func (endlessBadLines) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = "x\n"[i%2]
+	}
+	return len(p), nil
+}
+
+// submit --file /dev/urandom kept every bad line's message, grew to 815 MB
+// and never ended.
+func TestSubmitFileStopsReadingWhatIsNotNDJSON(t *testing.T) {
+	type result struct {
+		err    error
+		errOut string
+	}
+	done := make(chan result, 1)
+	go func() {
+		var errOut bytes.Buffer
+		_, err := scanJobs("/dev/urandom", endlessBadLines{}, (*statemachine.SubmitParams).Validate, &errOut)
+		done <- result{err, errOut.String()}
+	}()
+	select {
+	case r := <-done:
+		require.ErrorIs(t, r.err, errUsage)
+		require.Contains(t, r.err.Error(), fmt.Sprintf("/dev/urandom: %d bad lines of the first %d (the first %d above), where reading stopped: expected one JSON job object per line", badLinesMax, badLinesMax, badLinesShown))
+		require.Equal(t, badLinesShown, strings.Count(r.errOut, "\n"), r.errOut)
+	case <-time.After(time.Minute):
+		t.Fatal("still reading an endless file of bad lines after a minute")
+	}
+}
+
+func TestSubmitFileCountsTheBadLinesItDoesNotShow(t *testing.T) {
+	var errOut bytes.Buffer
+	lines := strings.Repeat("{\"type\":\"a\"}\nnope\n", badLinesShown+5)
+	_, err := scanJobs("f", strings.NewReader(lines), (*statemachine.SubmitParams).Validate, &errOut)
+	require.ErrorContains(t, err, fmt.Sprintf("f: %d bad lines (the first %d above); nothing was submitted", badLinesShown+5, badLinesShown))
+	require.Equal(t, badLinesShown, strings.Count(errOut.String(), "\n"))
+	require.Contains(t, errOut.String(), "jetjob submit: f line 2: not valid JSON")
 }
