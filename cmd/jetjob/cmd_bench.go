@@ -162,7 +162,8 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
-			return fmt.Errorf("create CPU profile: %w", err)
+			// A path that cannot be written is bad input, as --file's is.
+			return usageErr("--cpuprofile %s: cannot create it: %v", clipPath(*cpuProfile), pathless(err))
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {

@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
 )
 
 func runCancel(ctx context.Context, args []string, out io.Writer) error {
@@ -26,6 +27,11 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if strings.ContainsFunc(*reason, unicode.IsControl) || !utf8.ValidString(*reason) {
 		return usageErr("--reason %s has a control character or is not UTF-8, expected one line of text", quoteShort(*reason))
+	}
+	// Before connecting: bad input is said as such (exit 2) even when the
+	// job is missing or no server answers.
+	if err := statemachine.ValidateCancelReason(*reason); err != nil {
+		return err
 	}
 	var filters []string
 	selects := false

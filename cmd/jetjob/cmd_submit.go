@@ -472,6 +472,10 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 		// keys would name one job.
 		return statemachine.SubmitParams{}, errors.New("not valid UTF-8, expected UTF-8 text")
 	}
+	if string(line) == "null" {
+		// encoding/json decodes it into an empty job, said as a missing type.
+		return statemachine.SubmitParams{}, fmt.Errorf("JSON null, expected a JSON object with %s", jobLineFields)
+	}
 	var jl jobLine
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()

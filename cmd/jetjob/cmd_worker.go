@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -50,9 +51,12 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if len(types) == 0 {
 		return usageErr("--type is required, before the command (flags after it are the command's own)")
 	}
-	for _, t := range types {
+	for i, t := range types {
 		if err := statemachine.ValidateToken("type", t); err != nil {
 			return err
+		}
+		if slices.Contains(types[:i], t) {
+			return usageErr("--type %s given twice, expected each type once", t)
 		}
 	}
 	if err := statemachine.ValidateLabels("tag", tags); err != nil {

@@ -521,6 +521,11 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"bench", "--cpuprofile", ""}, 2, "--cpuprofile is empty, expected a file name"},
 		{[]string{"server", "--nats", "", "--listen", freeAddr(t), "--data", t.TempDir()}, 2, "--nats is empty, expected a NATS URL"},
 		{[]string{"dev", "--nats", "", "--listen", freeAddr(t), "--data", t.TempDir()}, 2, "--nats is empty, expected a NATS URL"},
+		// Input is checked before connecting: exit 2, not 3 for the missing job.
+		{[]string{"cancel", "01a20000-0000-7000-8000-000000000000", "--reason", strings.Repeat("r", 2000)}, 2, "cancel reason is 2000 bytes, expected at most"},
+		{[]string{"bench", "--cpuprofile", "/nonexistent/x"}, 2, "--cpuprofile /nonexistent/x: cannot create it: no such file or directory"},
+		{[]string{"worker", "--type", "a", "--type", "b", "--type", "a", "--", "true"}, 2, "--type a given twice, expected each type once"},
+		{[]string{"submit", "--file", file("{\"type\":\"a\"}\nnull\n")}, 2, "f line 2: JSON null, expected a JSON object with type, tags"},
 	} {
 		r := s.jetjob(tc.args...)
 		require.Equal(t, tc.code, r.code, "%v: %s", tc.args, r.stderr)
