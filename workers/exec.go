@@ -128,6 +128,7 @@ func ExecHandler(cfg ExecConfig) Handler {
 		cmd.WaitDelay = execOutputDelay
 		startErr := make(chan error, 1)
 		exited := make(chan error, 1)
+		var unwatch func()
 		go func() {
 			// Linux sends the death signal when the thread that started the
 			// command ends, not the process: the thread stays with this
@@ -139,8 +140,14 @@ func ExecHandler(cfg ExecConfig) Handler {
 				startErr <- err
 				return
 			}
+			// Listed before it is reaped: until then its PID cannot name
+			// another process's group.
+			var err error
+			if unwatch, err = commandsWatchdog.watch(cmd.Process.Pid); err != nil {
+				logger.Warn("no watchdog: should this worker die, what its commands started runs on", zap.Error(err))
+			}
 			startErr <- nil
-			err := cmd.Wait()
+			err = cmd.Wait()
 			stdout.flush()
 			stderr.flush()
 			exited <- err
@@ -153,10 +160,6 @@ func ExecHandler(cfg ExecConfig) Handler {
 			// starting (a binary being redeployed, no processes or file
 			// descriptors left) may be gone by the next attempt.
 			return &CodedError{Code: ErrorCodeStart, Err: fmt.Errorf("start command: %w", err)}
-		}
-		unwatch, err := commandsWatchdog.watch(cmd.Process.Pid)
-		if err != nil {
-			logger.Warn("no watchdog: should this worker die, what its commands started runs on", zap.Error(err))
 		}
 		defer unwatch()
 		var waitErr error

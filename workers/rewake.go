@@ -37,6 +37,14 @@ func (e *Enqueuer) wake(queues map[string]wokenQueue) {
 	check := e.cfg.Now().Add(e.cfg.RewakeAfter)
 	e.wokenMu.Lock()
 	for name, w := range queues {
+		if cur := e.woken[name]; cur != nil && cur.backoff > e.cfg.RewakeAfter {
+			// Found still queued before (every pool busy, or none
+			// serving it): the new job keeps the queue's pace, or a
+			// submit a second would look it up and wake every pool as
+			// often.
+			cur.jobID = w.jobID
+			continue
+		}
 		w.check, w.backoff = check, e.cfg.RewakeAfter
 		e.woken[name] = &w
 	}

@@ -23,6 +23,9 @@ func TestWatchdogKillsTheGroupsListedAtTheEnd(t *testing.T) {
 		{"one left", "+10\n+11\n-10\n", []int{-11}},
 		{"all gone", "+10\n-10\n", nil},
 		{"added again", "+10\n-10\n+10\n", []int{-10}},
+		// A command's late "-" after its PID went to the next command.
+		{"listed twice, ended once", "+10\n+10\n-10\n", []int{-10}},
+		{"ended more often than listed", "+10\n-10\n-10\n+10\n", []int{-10}},
 		{"never every process or init", "+1\n+0\n+-5\n", nil},
 		{"junk", "hello\n+\n+x\n10\n", nil},
 	} {
@@ -56,10 +59,31 @@ func startGroup(t *testing.T) int {
 	return cmd.Process.Pid
 }
 
+func newWatchdog(t *testing.T) *watchdog {
+	d := &watchdog{groups: map[int]int{}}
+	t.Cleanup(func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.proc != nil {
+			d.drop()
+		}
+	})
+	return d
+}
+
+// closeAsAWorkerDies closes the worker's end of the pipe, as the kernel does
+// when the worker dies.
+func (d *watchdog) closeAsAWorkerDies(t *testing.T) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	require.NoError(t, d.pipe.Close())
+	d.pipe, d.proc = nil, nil
+}
+
 // A watchdog someone killed is started again with the next command, and
 // told of every group still running a command, not only the new one.
 func TestAWatchdogStartedAgainKnowsEveryGroup(t *testing.T) {
-	d := &watchdog{groups: map[int]bool{}}
+	d := newWatchdog(t)
 	first, second, done := startGroup(t), startGroup(t), startGroup(t)
 	_, err := d.watch(first)
 	require.NoError(t, err)
@@ -72,9 +96,52 @@ func TestAWatchdogStartedAgainKnowsEveryGroup(t *testing.T) {
 	_, err = d.watch(second)
 	require.NoError(t, err)
 	require.NotEqual(t, old.Pid, d.proc.Pid, "a new watchdog")
-	require.NoError(t, d.pipe.Close()) // as when the worker dies
+	d.closeAsAWorkerDies(t)
 	for _, pgid := range []int{first, second} {
 		natstest.Eventually(t, 10*time.Second, func() bool { return !groupRunning(pgid) }, "group %d killed", pgid)
 	}
 	require.True(t, groupRunning(done), "a group no longer listed is left alone")
+}
+
+// A watchdog that stopped reading (SIGSTOP, a debugger) is replaced once a
+// line waits on it: it filled its pipe, and every command start then
+// waited, holding the lock, so cancels and timeouts never came. The one
+// replaced is killed, so that it kills nothing when it resumes.
+func TestAStoppedWatchdogIsReplaced(t *testing.T) {
+	d := newWatchdog(t)
+	running := startGroup(t)
+	_, err := d.watch(running)
+	require.NoError(t, err)
+	stopped := d.proc
+	require.NoError(t, syscall.Kill(stopped.Pid, syscall.SIGSTOP))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 20000 { // past what a pipe holds
+			unwatch, _ := d.watch(100000 + i)
+			unwatch()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("command starts wait on a watchdog that stopped reading")
+	}
+	require.NotEqual(t, stopped.Pid, d.proc.Pid)
+	natstest.Eventually(t, 10*time.Second, func() bool { return syscall.Kill(stopped.Pid, 0) != nil }, "the stopped watchdog killed")
+	d.closeAsAWorkerDies(t)
+	natstest.Eventually(t, 10*time.Second, func() bool { return !groupRunning(running) }, "the new watchdog kills the group listed before")
+}
+
+// A binary that does not run as a watchdog (run through ld.so, whose
+// /proc/self/exe is the loader) is said once, and not started again for
+// every command.
+func TestABinaryThatIsNoWatchdogIsSaidOnce(t *testing.T) {
+	d := newWatchdog(t)
+	d.exe = "/bin/true"
+	_, err := d.watch(startGroup(t))
+	require.ErrorContains(t, err, "did not run as one")
+	_, err = d.watch(startGroup(t))
+	require.NoError(t, err, "said once")
+	require.Nil(t, d.proc, "not started again")
 }

@@ -2534,10 +2534,22 @@ func TestAQueueWhoseJobStaysQueuedIsWokenLessAndLessOften(t *testing.T) {
 		at(step.at)
 		require.Equal(t, step.woke, enq.rewakeLost(ctx), "at %s", step.at)
 	}
+	// A new job of the queue keeps its pace (next at 15 s), or a submit a
+	// second would wake every pool as often.
+	at(8 * time.Second)
+	later := f.submit(statemachine.SubmitParams{Type: "t"})
+	_, err = enq.runOnce(ctx)
+	require.NoError(t, err)
+	at(9500 * time.Millisecond)
+	require.Zero(t, enq.rewakeLost(ctx))
+	at(15 * time.Second)
+	require.Equal(t, 1, enq.rewakeLost(ctx))
 	key := queueKey{Type: "t", Tagset: noTags}
 	q, err := f.env.JS.Stream(ctx, key.stream())
 	require.NoError(t, err)
-	require.NoError(t, q.Purge(ctx, jetstream.WithPurgeSubject(key.subject(j.ID)))) // as a pool's take does
+	for _, id := range []string{j.ID, later.ID} {
+		require.NoError(t, q.Purge(ctx, jetstream.WithPurgeSubject(key.subject(id)))) // as a pool's take does
+	}
 	at(time.Hour)
 	require.Zero(t, enq.rewakeLost(ctx))
 	enq.wokenMu.Lock()
