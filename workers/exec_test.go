@@ -370,3 +370,19 @@ func TestLineGapsCountTheMissingNumbers(t *testing.T) {
 		})
 	}
 }
+
+// A command past its timeout that ignores SIGTERM is killed at the end of
+// its grace, and its attempt fails as timed out: the pool, whose grace is
+// the worker's too, failed it as unstopped in the same moment, and then
+// refused the exec handler's own result.
+func TestExecTimeoutKillsAndFailsAStubbornCommandOnce(t *testing.T) {
+	f := newFixture(t, true)
+	const grace = 300 * time.Millisecond
+	f.pool(PoolConfig{Types: []string{"stubborn"}, JobTimeout: 200 * time.Millisecond, ShutdownGrace: grace},
+		ExecHandler(ExecConfig{Command: []string{"sh", "-c", "trap '' TERM; sleep 30"}, Grace: grace}))
+	j := f.submit(statemachine.SubmitParams{Type: "stubborn", MaxAttempts: 1})
+	failed := f.waitState(j.ID, statemachine.StateFailed)
+	require.Equal(t, ErrorCodeTimeout, failed.ErrorCode)
+	require.NotContains(t, failed.Error, "did not stop", "failed by the pool, not by the handler's own end")
+}
+

@@ -86,7 +86,7 @@ type PoolConfig struct {
 	// canceled with ErrJobTimeout, and unless it then returns nil its
 	// attempt fails with ErrorCodeTimeout, retried while attempts remain.
 	// A handler that ignores its context and is still running ShutdownGrace
-	// after the timeout has its attempt failed so without waiting for it
+	// (and 2 s) after the timeout has its attempt failed so without waiting for it
 	// (it keeps its slot until it returns, and its result is dropped).
 	// Heartbeats prove a worker alive, not a handler making progress; this
 	// bounds a handler that hangs. 0 (the default) means no limit.
@@ -1352,7 +1352,7 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 		// A handler that ignores its context is failed without it, its
 		// slot kept until it returns.
 		abandoned := make(chan struct{})
-		abandon := time.AfterFunc(p.cfg.JobTimeout+p.cfg.ShutdownGrace, func() {
+		abandon := time.AfterFunc(p.cfg.JobTimeout+p.cfg.ShutdownGrace+abandonMargin, func() {
 			defer close(abandoned)
 			p.failUnstopped(held)
 		})
@@ -1433,13 +1433,19 @@ type attemptEnd struct {
 	result     json.RawMessage
 }
 
+// abandonMargin is how much longer than ShutdownGrace a handler past its
+// timeout is waited for: the exec handler SIGKILLs its command at the end
+// of its grace, the worker's too, and was failed as unstopped in the same
+// moment its command died, its own result refused.
+const abandonMargin = 2 * time.Second
+
 // failUnstopped fails an attempt whose handler ran past its timeout and did
 // not stop within the grace after it. The handler's own result, if it ever
 // returns, is refused: the attempt no longer holds the job.
 func (p *Pool) failUnstopped(held statemachine.Job) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	msg := fmt.Sprintf("ran past the job timeout of %s and did not stop within %s after it", p.cfg.JobTimeout, p.cfg.ShutdownGrace)
+	msg := fmt.Sprintf("ran past the job timeout of %s and did not stop within %s after it", p.cfg.JobTimeout, p.cfg.ShutdownGrace+abandonMargin)
 	recorded, err := p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout, Error: msg})
 	var illegal *statemachine.IllegalTransitionError
 	if errors.As(err, &illegal) && illegal.State == statemachine.StateCanceling {

@@ -635,7 +635,7 @@ func TestJobTimeoutFailsAHandlerThatIgnoresIt(t *testing.T) {
 	j := f.submit(statemachine.SubmitParams{Type: "deaf", MaxAttempts: 1})
 	failed := f.waitState(j.ID, statemachine.StateFailed)
 	require.Equal(t, ErrorCodeTimeout, failed.ErrorCode)
-	require.Contains(t, failed.Error, "did not stop within 200ms")
+	require.Contains(t, failed.Error, "did not stop within 2.2s")
 	select {
 	case r := <-results:
 		require.ErrorIs(t, r.Err, ErrJobTimeout)

@@ -93,8 +93,12 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 			return fmt.Errorf("submit demo job: %w", err)
 		}
 	}
+	where := ", data in " + o.DataDir
+	if o.NATSURL != "" {
+		where = " (an external NATS: its own storage)"
+	}
 	fmt.Fprintf(out, `
-jetjob dev is running: NATS on %s, data in %s.
+jetjob dev is running: NATS on %s%s.
 A demo worker (type demo, tags gpu=true,region=eu) is running 5 demo jobs:
 one fails its first attempt and is retried, one is scheduled %s ahead, and one
 (region=us) waits for a worker that never comes.
@@ -111,7 +115,7 @@ In another terminal:
   go test -race ./...
 
 Changes to demo jobs follow; Ctrl-C stops everything.
-`, s.URL, o.DataDir, in, s.URL)
+`, s.URL, where, in, s.URL)
 	// A view changes more often than this line does (a running job's
 	// heartbeats): a line is printed when what it shows changed.
 	shown := map[string]string{}

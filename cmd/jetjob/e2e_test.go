@@ -493,6 +493,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"cancel", "--all"}, 2, "--all needs --pending"},
 		{[]string{"cancel", "--pending", "--type", ""}, 2, `--type is empty, expected a job type`},
 		{[]string{"cancel", "--pending", "--meta-not", "template_version="}, 2, "--meta-not template_version= has an empty value"},
+		{[]string{"purge", "--older-than", ""}, 2, "--older-than is empty, expected a duration such as 720h"},
 		{[]string{"ls", "--type", ""}, 2, `--type is empty, expected a job type`},
 		{[]string{"bench", "--server", "http://127.0.0.1:4222"}, 2, `has scheme "http"`},
 		{[]string{"bench", "--server", "nats://127.0.0.1:1", "--fsync", "always"}, 2, "drop --fsync"},

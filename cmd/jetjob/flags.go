@@ -268,6 +268,7 @@ var emptyExpected = map[string]string{
 	"key":          "a key, or no --key for a job without one",
 	"nats":         "a NATS URL such as nats://127.0.0.1:4222, or no --nats for the embedded server",
 	"o":            "text or json",
+	"older-than":   "a duration such as 720h",
 	"payload":      `JSON such as {"n":1}, or no --payload for a job without one`,
 	"payload-file": "a file name ('-' for stdin), or no --payload-file for a job without a payload",
 	"run-at":       "an RFC 3339 time such as 2026-01-02T15:04:05Z, or no --run-at to run the job now",

@@ -121,6 +121,20 @@ func TestErrorLinesStayShort(t *testing.T) {
 		require.Equal(t, 1, strings.Count(stderr, "\n"), "%s: one line: %q", name, stderr)
 		require.Less(t, len(stderr), errLineMax, "%s: %s", name, stderr)
 	}
+	// A well-formed address with a long host: NATS's dial error names the
+	// host whole (a 5 KB line).
+	host := strings.Repeat("b", 5_000)
+	for _, args := range [][]string{
+		{"ls", "--server", "nats://" + host + ":1"},
+		{"get", "--server", "nats://127.0.0.1:1,nats://" + host + ":2", "01a20000-0000-7000-8000-000000000000"},
+	} {
+		_, stderr, code := runInProcess(args...)
+		require.Equal(t, exitFailure, code, stderr)
+		require.Equal(t, 1, strings.Count(stderr, "\n"), "one line: %q", stderr)
+		// Bounded, if above errLineMax: the address is said twice, the
+		// line's own and NATS's.
+		require.Less(t, len(stderr), 2*errLineMax, stderr)
+	}
 }
 
 // FuzzCLIArgs runs the commands that fail before or at the dial with any

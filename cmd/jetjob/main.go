@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"unicode/utf8"
 )
 
 // Exit codes, documented in the README.
@@ -106,8 +107,23 @@ func commandNames() string {
 	return strings.Join(names, ", ")
 }
 
+// longWord is the length past which a word of an error line is cut: the
+// values jetjob echoes are cut already, but an error of another library
+// (NATS's dial error names its host) may hold a user's value whole.
+const longWord = 96
+
 func oneLine(err error) string {
-	line := strings.Join(strings.Fields(err.Error()), " ")
+	words := strings.Fields(err.Error())
+	for i, w := range words {
+		if len(w) > longWord {
+			cut := 64
+			for cut > 0 && !utf8.RuneStart(w[cut]) {
+				cut--
+			}
+			words[i] = fmt.Sprintf("%s…(%d bytes)", w[:cut], len(w))
+		}
+	}
+	line := strings.Join(words, " ")
 	if strings.Contains(line, "insufficient resources") {
 		// nats-server's words for its storage full; the server's log says
 		// more, and what to do.
