@@ -385,4 +385,3 @@ func TestExecTimeoutKillsAndFailsAStubbornCommandOnce(t *testing.T) {
 	require.Equal(t, ErrorCodeTimeout, failed.ErrorCode)
 	require.NotContains(t, failed.Error, "did not stop", "failed by the pool, not by the handler's own end")
 }
-
