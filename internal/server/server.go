@@ -297,7 +297,11 @@ func (s *Server) untilAnswered(logger *zap.Logger) func(context.Context, func(co
 	return func(ctx context.Context, fn func(context.Context) error) error {
 		return provision.UntilAnswered(ctx, provision.ElectionWaitDefault, startTry, func(ctx context.Context) error {
 			err := fn(ctx)
-			if provision.Transient(err) {
+			switch {
+			case !provision.Transient(err):
+			case s.NC != nil && !s.NC.IsConnected():
+				logger.Info("NATS not reachable yet; trying again (is it running?)", zap.String("nats", RedactURL(s.URL)))
+			default:
 				logger.Info("JetStream did not answer; asking again (a NATS cluster electing a leader?)", zap.Error(err))
 			}
 			return err
