@@ -126,6 +126,9 @@ func ExecHandler(cfg ExecConfig) Handler {
 		// a process it left in the background may hold the pipes for hours,
 		// and the job must end when the command does.
 		cmd.WaitDelay = execOutputDelay
+		if err := commandsWatchdog.ensure(); err != nil {
+			logger.Warn("no watchdog: should this worker die, what its commands started runs on", zap.Error(err))
+		}
 		startErr := make(chan error, 1)
 		exited := make(chan error, 1)
 		var unwatch func()

@@ -106,6 +106,22 @@ type watchdog struct {
 // commandsWatchdog is the one watchdog of this process.
 var commandsWatchdog = &watchdog{groups: map[int]int{}}
 
+// ensure starts the watchdog if none runs, before a command starts: a
+// command is listed the moment it started, not after the watchdog's start
+// (a fork and a handshake), within which a worker killed left it unlisted.
+func (d *watchdog) ensure() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pipe != nil || d.failed != nil {
+		return nil
+	}
+	if err := d.start(); err != nil {
+		d.failed = err
+		return err
+	}
+	return nil
+}
+
 // watch lists a command in group pgid until the returned func is called.
 // An error says that no watchdog runs (it is returned once): the group is
 // then killed only with the command, when the worker dies.
