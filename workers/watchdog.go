@@ -170,6 +170,27 @@ func (d *watchdog) drop() {
 	d.pipe, d.proc = nil, nil
 }
 
+// restartWhenGone reaps the watchdog cmd and, unless it was dropped on
+// purpose, starts another at once, told of every group: one killed while a
+// long command ran left the worker unwatched until its next command, and a
+// worker dying then left that command's children running.
+func (d *watchdog) restartWhenGone(cmd *exec.Cmd) {
+	_ = cmd.Wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.proc != cmd.Process {
+		return // dropped, and replaced if need be
+	}
+	_ = d.pipe.Close()
+	d.pipe, d.proc = nil, nil
+	if len(d.groups) == 0 || d.failed != nil {
+		return // the next command starts one
+	}
+	if err := d.start(); err != nil {
+		d.failed = err
+	}
+}
+
 // start starts the watchdog and tells it every group listed; mu is held.
 func (d *watchdog) start() error {
 	exe := cmp.Or(d.exe, "/proc/self/exe") // this binary, even when replaced on disk since
@@ -202,7 +223,7 @@ func (d *watchdog) start() error {
 		_ = w.Close()
 		return fmt.Errorf("start the commands' watchdog: %w", err)
 	}
-	go func() { _ = cmd.Wait() }() // reaped when it exits
+	go d.restartWhenGone(cmd)
 	d.pipe, d.proc = w, cmd.Process
 	_ = ready.SetReadDeadline(time.Now().Add(watchdogStartTimeout))
 	got := make([]byte, len(watchdogReady))
