@@ -41,7 +41,17 @@
 // it, or it is passed on to every pool. A Pool is one domain (seed 004): it
 // fetches only when it has free slots, and when every consumer it serves
 // came back empty it waits for a wake-up or a slow backup pass, so an idle
-// pool sends no requests and a lost wake-up never strands a job.
+// pool sends no requests and a lost wake-up never strands a job. A
+// wake-up sent to a process that stopped reading is sent to every pool a
+// second later, if its job is still queued (rewake.go).
+//
+// # Commands
+//
+// ExecHandler runs a command per job in a process group of its own. A
+// process that runs commands starts its own binary again as their
+// watchdog (watchdog.go), which kills the commands' groups when the process
+// dies, SIGKILL included; a binary that imports this package runs as the
+// watchdog when started so, from its init, before its main.
 //
 // # Heartbeats and fencing
 //
