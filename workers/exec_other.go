@@ -8,7 +8,7 @@ import (
 )
 
 // dieWithWorker: only Linux kills a command when its parent dies; elsewhere
-// a command outlives a worker killed with SIGKILL.
+// the watchdog alone kills it, with its group, when the worker dies.
 func dieWithWorker(*syscall.SysProcAttr) {}
 
 // groupRunning reports whether group pgid has a process; a zombie counts.

@@ -3,6 +3,7 @@ package workers
 import (
 	"bufio"
 	"cmp"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -86,11 +87,26 @@ func runWatchdog(r io.Reader, kill func(pid int, sig syscall.Signal) error) int 
 // (it kills nothing then) and a new one is told every group.
 const watchdogWriteTimeout = time.Second
 
-// watchdogStartTimeout bounds the wait for a new watchdog to say it runs.
-const watchdogStartTimeout = 10 * time.Second
+// watchdogStartTimeout bounds the wait for a new watchdog to say it runs,
+// with the lock held: a Go binary says so within milliseconds.
+const watchdogStartTimeout = 3 * time.Second
+
+// Starts of a watchdog that failed for a passing cause (no file
+// descriptors or processes left, a start too slow), or that exited soon
+// after it started, are spaced from watchdogRetryMin, doubling to
+// watchdogRetryMax: one killed as soon as it starts must not be started
+// again in a tight loop.
+const (
+	watchdogRetryMin = time.Second
+	watchdogRetryMax = time.Minute
+)
+
+// errNotAWatchdog: the binary did not say it runs as a watchdog; it is not
+// started again.
+var errNotAWatchdog = errors.New("did not run as one (is it the binary that imports jetjob's workers package?)")
 
 // watchdog is the worker's side: the groups that run commands, and the
-// pipe to the watchdog process, started with the first command and again
+// pipe to the watchdog process, started before the first command and again
 // should it die or stop reading.
 type watchdog struct {
 	mu     sync.Mutex
@@ -98,9 +114,16 @@ type watchdog struct {
 	groups map[int]int // commands running, by process group
 	pipe   *os.File    // nil: no watchdog running
 	proc   *os.Process
-	// failed: the watchdog could not be started; said once, not tried
-	// again.
-	failed error
+	// started is when the last start began; retryAt, when a start may be
+	// tried after one that failed or did not last; backoff, the pause
+	// before that.
+	started, retryAt time.Time
+	backoff          time.Duration
+	// unsaid is a failure to start that no caller was told of yet (a
+	// restart's): the next one logs it.
+	unsaid error
+	// never: the binary is no watchdog; not started again.
+	never bool
 }
 
 // commandsWatchdog is the one watchdog of this process.
@@ -109,21 +132,15 @@ var commandsWatchdog = &watchdog{groups: map[int]int{}}
 // ensure starts the watchdog if none runs, before a command starts: a
 // command is listed the moment it started, not after the watchdog's start
 // (a fork and a handshake), within which a worker killed left it unlisted.
+// An error says that no watchdog runs, each failure once.
 func (d *watchdog) ensure() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.pipe != nil || d.failed != nil {
-		return nil
-	}
-	if err := d.start(); err != nil {
-		d.failed = err
-		return err
-	}
-	return nil
+	return d.startIfNone()
 }
 
 // watch lists a command in group pgid until the returned func is called.
-// An error says that no watchdog runs (it is returned once): the group is
+// An error says that no watchdog runs (each failure once): the group is
 // then killed only with the command, when the worker dies.
 func (d *watchdog) watch(pgid int) (unwatch func(), err error) {
 	d.mu.Lock()
@@ -152,14 +169,18 @@ func (d *watchdog) tell(line string) error {
 		// told every group.
 		d.drop()
 	}
-	if d.failed != nil {
-		return nil
+	return d.startIfNone()
+}
+
+// startIfNone starts a watchdog when none runs and one may be tried now,
+// and returns the failure no caller was told of yet; mu is held.
+func (d *watchdog) startIfNone() error {
+	if d.pipe == nil && !d.never && !time.Now().Before(d.retryAt) {
+		d.unsaid = d.start()
 	}
-	if err := d.start(); err != nil {
-		d.failed = err
-		return err
-	}
-	return nil
+	err := d.unsaid
+	d.unsaid = nil
+	return err
 }
 
 // drop kills the watchdog, so that it never kills the groups it was told
@@ -171,9 +192,10 @@ func (d *watchdog) drop() {
 }
 
 // restartWhenGone reaps the watchdog cmd and, unless it was dropped on
-// purpose, starts another at once, told of every group: one killed while a
-// long command ran left the worker unwatched until its next command, and a
-// worker dying then left that command's children running.
+// purpose, starts another, told of every group: one killed while a long
+// command ran left the worker unwatched until its next command, and a
+// worker dying then left that command's children running. One that did
+// not last is started again only after a pause.
 func (d *watchdog) restartWhenGone(cmd *exec.Cmd) {
 	_ = cmd.Wait()
 	d.mu.Lock()
@@ -183,16 +205,51 @@ func (d *watchdog) restartWhenGone(cmd *exec.Cmd) {
 	}
 	_ = d.pipe.Close()
 	d.pipe, d.proc = nil, nil
-	if len(d.groups) == 0 || d.failed != nil {
+	if time.Since(d.started) < watchdogRetryMin {
+		d.delayRetry()
+	} else {
+		d.backoff = 0
+	}
+	d.restartSoon()
+}
+
+// restartSoon starts a watchdog at once, or when the pause after a failed
+// one ends, while commands run; mu is held.
+func (d *watchdog) restartSoon() {
+	if len(d.groups) == 0 || d.never || d.pipe != nil {
 		return // the next command starts one
 	}
+	if wait := time.Until(d.retryAt); wait > 0 {
+		time.AfterFunc(wait, func() {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			d.restartSoon()
+		})
+		return
+	}
 	if err := d.start(); err != nil {
-		d.failed = err
+		d.unsaid = err
+		d.restartSoon()
 	}
 }
 
+// delayRetry pauses the next start, longer after each failure; mu is held.
+func (d *watchdog) delayRetry() {
+	d.backoff = min(max(2*d.backoff, watchdogRetryMin), watchdogRetryMax)
+	d.retryAt = time.Now().Add(d.backoff)
+}
+
 // start starts the watchdog and tells it every group listed; mu is held.
-func (d *watchdog) start() error {
+func (d *watchdog) start() (err error) {
+	d.started = time.Now()
+	defer func() {
+		switch {
+		case errors.Is(err, errNotAWatchdog):
+			d.never = true
+		case err != nil:
+			d.delayRetry()
+		}
+	}()
 	exe := cmp.Or(d.exe, "/proc/self/exe") // this binary, even when replaced on disk since
 	if d.exe == "" && runtime.GOOS != "linux" {
 		var err error
@@ -212,7 +269,8 @@ func (d *watchdog) start() error {
 	}
 	defer func() { _ = ready.Close() }()
 	cmd := exec.Command(exe)
-	// ps shows this command line (its name, from /proc/self/exe, is exe).
+	// ps shows this command line: the worker's name as it was started,
+	// then what this is (on Linux its name, from /proc/self/exe, is exe).
 	cmd.Args = []string{os.Args[0], "(jetjob exec watchdog)"}
 	cmd.Env = append(os.Environ(), watchdogEnv+"=1")
 	cmd.Stdin, cmd.Stdout = r, said
@@ -229,7 +287,10 @@ func (d *watchdog) start() error {
 	got := make([]byte, len(watchdogReady))
 	if _, err := io.ReadFull(ready, got); err != nil || string(got) != watchdogReady {
 		d.drop()
-		return fmt.Errorf("start the commands' watchdog: %s did not run as one (is it the binary that imports jetjob's workers package?)", exe)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("start the commands' watchdog: %s did not say it runs within %s", exe, watchdogStartTimeout)
+		}
+		return fmt.Errorf("start the commands' watchdog: %s %w", exe, errNotAWatchdog)
 	}
 	for pgid, n := range d.groups {
 		for range n {

@@ -1,8 +1,11 @@
 package workers
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -147,4 +150,52 @@ func TestABinaryThatIsNoWatchdogIsSaidOnce(t *testing.T) {
 	_, err = d.watch(startGroup(t))
 	require.NoError(t, err, "said once")
 	require.Nil(t, d.proc, "not started again")
+}
+
+// A start that failed for a passing cause (here a binary not there yet; no
+// file descriptors or processes left is another) is tried again after a
+// pause, and said once: it disabled the watchdog for good.
+func TestAWatchdogThatFailedToStartIsTriedAgain(t *testing.T) {
+	d := newWatchdog(t)
+	d.exe = filepath.Join(t.TempDir(), "not-yet")
+	require.Error(t, d.ensure())
+	require.NoError(t, d.ensure(), "said once, not tried again at once")
+	d.mu.Lock()
+	d.exe = "" // this binary
+	d.mu.Unlock()
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_ = d.ensure()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.proc != nil
+	}, "a watchdog started once the pause is over")
+}
+
+// A watchdog that exits as soon as it started is started again after a
+// growing pause, not in a tight loop (2,506 starts in 2 s).
+func TestAWatchdogThatDoesNotLastIsNotStartedInALoop(t *testing.T) {
+	dir := t.TempDir()
+	runs := filepath.Join(dir, "runs")
+	exe := filepath.Join(dir, "brief")
+	require.NoError(t, os.WriteFile(exe, []byte("#!/bin/sh\ndate +%s.%N >> "+runs+"\nprintf '"+strings.TrimSuffix(watchdogReady, "\n")+"\\n'\n"), 0o755))
+	d := newWatchdog(t)
+	d.exe = exe
+	_, err := d.watch(startGroup(t))
+	require.NoError(t, err)
+	var at []float64
+	natstest.Eventually(t, 20*time.Second, func() bool {
+		b, _ := os.ReadFile(runs)
+		at = at[:0]
+		for _, f := range strings.Fields(string(b)) {
+			v, err := strconv.ParseFloat(f, 64)
+			require.NoError(t, err)
+			at = append(at, v)
+		}
+		return len(at) >= 3
+	}, "started three times")
+	d.mu.Lock()
+	d.groups = map[int]int{} // no more restarts
+	d.mu.Unlock()
+	require.GreaterOrEqual(t, at[1]-at[0], 0.9, "a pause of a second")
+	require.GreaterOrEqual(t, at[2]-at[1], 1.9, "then of two")
 }

@@ -429,9 +429,22 @@ func quoteShort(s string) string { return statemachine.QuoteShort(s) }
 // text shown unquoted (a file name, a duration read well).
 func clip(s string) string { return clipAt(s, 64) }
 
-// clipPath shortens a file name as clip does, past what a path of a real
-// file takes: the message must still name it.
-func clipPath(s string) string { return clipAt(s, 160) }
+// clipPath shortens a long file name in its middle: the message must still
+// name the file, at its end. At most longWord bytes, which oneLine would
+// cut again.
+func clipPath(s string) string {
+	if len(s) <= longWord {
+		return s
+	}
+	head, tail := 30, len(s)-48
+	for head > 0 && !utf8.RuneStart(s[head]) {
+		head--
+	}
+	for tail < len(s) && !utf8.RuneStart(s[tail]) {
+		tail++
+	}
+	return fmt.Sprintf("%s…(%d bytes)…%s", s[:head], len(s), s[tail:])
+}
 
 func clipAt(s string, shown int) string {
 	if len(s) <= shown {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -135,6 +136,10 @@ func TestErrorLinesStayShort(t *testing.T) {
 		// line's own and NATS's.
 		require.Less(t, len(stderr), 2*errLineMax, stderr)
 	}
+	// A long path keeps its end, the file name.
+	long := filepath.Join(t.TempDir(), strings.Repeat("d", 150), "jobs.ndjson")
+	_, stderr, _ := runInProcess("submit", "--file", long)
+	require.Contains(t, stderr, "jobs.ndjson")
 }
 
 // FuzzCLIArgs runs the commands that fail before or at the dial with any

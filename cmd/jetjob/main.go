@@ -116,11 +116,16 @@ func oneLine(err error) string {
 	words := strings.Fields(err.Error())
 	for i, w := range words {
 		if len(w) > longWord {
-			cut := 64
-			for cut > 0 && !utf8.RuneStart(w[cut]) {
-				cut--
+			// Its middle: a path's file name, and the colon after it,
+			// are at its end.
+			head, tail := 40, len(w)-40
+			for head > 0 && !utf8.RuneStart(w[head]) {
+				head--
 			}
-			words[i] = fmt.Sprintf("%s…(%d bytes)", w[:cut], len(w))
+			for tail < len(w) && !utf8.RuneStart(w[tail]) {
+				tail++
+			}
+			words[i] = fmt.Sprintf("%s…(%d bytes)…%s", w[:head], len(w), w[tail:])
 		}
 	}
 	line := strings.Join(words, " ")
