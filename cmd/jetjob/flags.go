@@ -436,14 +436,20 @@ func clipPath(s string) string {
 	if len(s) <= longWord {
 		return s
 	}
-	head, tail := 30, len(s)-48
+	return cutMiddle(s, 30, 48)
+}
+
+// cutMiddle shows about head bytes of s, its length, and about its last
+// tail bytes, cut at rune starts.
+func cutMiddle(s string, head, tail int) string {
+	from := len(s) - tail
 	for head > 0 && !utf8.RuneStart(s[head]) {
 		head--
 	}
-	for tail < len(s) && !utf8.RuneStart(s[tail]) {
-		tail++
+	for from < len(s) && !utf8.RuneStart(s[from]) {
+		from++
 	}
-	return fmt.Sprintf("%s…(%d bytes)…%s", s[:head], len(s), s[tail:])
+	return fmt.Sprintf("%s…(%d bytes)…%s", s[:head], len(s), s[from:])
 }
 
 func clipAt(s string, shown int) string {

@@ -11,7 +11,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"unicode/utf8"
 )
 
 // Exit codes, documented in the README.
@@ -118,14 +117,7 @@ func oneLine(err error) string {
 		if len(w) > longWord {
 			// Its middle: a path's file name, and the colon after it,
 			// are at its end.
-			head, tail := 40, len(w)-40
-			for head > 0 && !utf8.RuneStart(w[head]) {
-				head--
-			}
-			for tail < len(w) && !utf8.RuneStart(w[tail]) {
-				tail++
-			}
-			words[i] = fmt.Sprintf("%s…(%d bytes)…%s", w[:head], len(w), w[tail:])
+			words[i] = cutMiddle(w, 40, 40)
 		}
 	}
 	line := strings.Join(words, " ")
