@@ -831,7 +831,7 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		if err := waitAcks(ctx, e.js, []jetstream.PubAckFuture{f}); err != nil {
 			return fail(err)
 		}
-		_ = e.nc.Publish(key.wake(), nil)
+		e.wake(map[string]wokenQueue{key.name(): {key: key, jobID: j.ID}})
 		res.Requeued = append(res.Requeued, j.ID)
 		e.logger.Info("re-enqueued a pending job whose queue message was lost", zap.String("job", j.ID))
 	}
