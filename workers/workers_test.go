@@ -1033,6 +1033,11 @@ func TestLostQueueMessageIsRepaired(t *testing.T) {
 	require.Equal(t, []string{j.ID}, res.Requeued)
 	_, err = q.GetLastMsgForSubject(ctx, key.subject(j.ID))
 	require.NoError(t, err)
+	enq.wokenMu.Lock()
+	woken := enq.woken[key.name()]
+	enq.wokenMu.Unlock()
+	require.NotNil(t, woken, "its wake-up remembered, sent again if lost")
+	require.Equal(t, j.ID, woken.jobID)
 	f.pool(PoolConfig{Types: []string{"t"}}, noop)
 	f.waitState(j.ID, statemachine.StateSucceeded)
 	// A second pass finds nothing to repair.
