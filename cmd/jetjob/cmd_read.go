@@ -11,7 +11,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -166,11 +165,7 @@ func resultText(result json.RawMessage) string {
 	if len(text) <= resultTextMax {
 		return text
 	}
-	cut := resultTextMax
-	for cut > 0 && !utf8.RuneStart(text[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s… (%d bytes; -o json prints all of it)", text[:cut], len(text))
+	return fmt.Sprintf("%s… (%d bytes; -o json prints all of it)", text[:runeCut(text, resultTextMax)], len(text))
 }
 
 // filterFlags adds the job filter flags: --state only when withStates, and

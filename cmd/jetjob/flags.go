@@ -443,24 +443,26 @@ func clipPath(s string) string {
 // tail bytes, cut at rune starts.
 func cutMiddle(s string, head, tail int) string {
 	from := len(s) - tail
-	for head > 0 && !utf8.RuneStart(s[head]) {
-		head--
-	}
 	for from < len(s) && !utf8.RuneStart(s[from]) {
 		from++
 	}
-	return fmt.Sprintf("%s…(%d bytes)…%s", s[:head], len(s), s[from:])
+	return fmt.Sprintf("%s…(%d bytes)…%s", s[:runeCut(s, head)], len(s), s[from:])
 }
 
 func clipAt(s string, shown int) string {
 	if len(s) <= shown {
 		return s
 	}
-	cut := shown
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	return fmt.Sprintf("%s… (%d bytes)", s[:runeCut(s, shown)], len(s))
+}
+
+// runeCut is the largest index at most n (n < len(s)) where s can be cut
+// without splitting a rune.
+func runeCut(s string, n int) int {
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
-	return fmt.Sprintf("%s… (%d bytes)", s[:cut], len(s))
+	return n
 }
 
 // shownFlag writes an unknown flag's name as flagName does, quoted and
