@@ -58,7 +58,8 @@ const (
 	beatEveryMin      = 10 * time.Millisecond
 )
 
-// PoolConfig configures a Pool.
+// PoolConfig configures a Pool. A zero duration takes its default; a
+// negative one is refused with ErrInvalidConfig.
 type PoolConfig struct {
 	// Types the pool serves. Required.
 	Types []string
@@ -80,7 +81,8 @@ type PoolConfig struct {
 	BackupPoll time.Duration
 	// ShutdownGrace: Stop lets running handlers finish within it, then
 	// cancels them and hands back the jobs of those that return an error
-	// (a nil return still succeeds the job). Default ShutdownGraceDefault.
+	// (a nil return still succeeds the job). Default ShutdownGraceDefault;
+	// a Stop whose ctx is already done gives them none.
 	ShutdownGrace time.Duration
 	// JobTimeout: a handler still running after this long has its context
 	// canceled with ErrJobTimeout, and unless it then returns nil its
@@ -157,17 +159,24 @@ func (c *PoolConfig) validate() error {
 	if err := statemachine.ValidateWorkerID(c.WorkerID); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	if c.HeartbeatInterval <= 0 {
-		c.HeartbeatInterval = HeartbeatIntervalDefault
-	}
-	if c.BackupPoll <= 0 {
-		c.BackupPoll = BackupPollDefault
-	}
-	if c.ShutdownGrace <= 0 {
-		c.ShutdownGrace = ShutdownGraceDefault
-	}
-	if c.CancelWatchDelay <= 0 {
-		c.CancelWatchDelay = CancelWatchDelayDefault
+	// A negative duration is refused, not read as its default: a
+	// ShutdownGrace of -1 meant as "none" gave handlers 30 s.
+	for _, d := range []struct {
+		name  string
+		value *time.Duration
+		def   time.Duration
+	}{
+		{"heartbeat interval", &c.HeartbeatInterval, HeartbeatIntervalDefault},
+		{"backup poll", &c.BackupPoll, BackupPollDefault},
+		{"shutdown grace", &c.ShutdownGrace, ShutdownGraceDefault},
+		{"cancel watch delay", &c.CancelWatchDelay, CancelWatchDelayDefault},
+	} {
+		if *d.value < 0 {
+			return fmt.Errorf("%w: %s %s, expected 0 (the default, %s) or more", ErrInvalidConfig, d.name, *d.value, d.def)
+		}
+		if *d.value == 0 {
+			*d.value = d.def
+		}
 	}
 	return nil
 }

@@ -1638,6 +1638,13 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 		"a worker ID of two lines": {Types: []string{"t"}, WorkerID: "a\nb"},
 		"a worker ID not UTF-8":    {Types: []string{"t"}, WorkerID: "w\xff"},
 		"a worker ID too long":     {Types: []string{"t"}, WorkerID: strings.Repeat("w", statemachine.WorkerIDLimit+1)},
+		// Negative durations were read as their defaults: a shutdown
+		// grace of -1 gave handlers 30 s.
+		"a negative job timeout":        {Types: []string{"t"}, JobTimeout: -time.Second},
+		"a negative shutdown grace":     {Types: []string{"t"}, ShutdownGrace: -1},
+		"a negative heartbeat interval": {Types: []string{"t"}, HeartbeatInterval: -time.Second},
+		"a negative backup poll":        {Types: []string{"t"}, BackupPoll: -time.Second},
+		"a negative cancel watch delay": {Types: []string{"t"}, CancelWatchDelay: -time.Millisecond},
 	} {
 		_, err := NewPool(f.env.JS, f.m, cfg, noop)
 		require.ErrorIs(t, err, ErrInvalidConfig, name)
