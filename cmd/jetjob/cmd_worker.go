@@ -74,6 +74,13 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if g == 0 {
+		// The pool and the command handler read a zero grace as their
+		// defaults (30 s and 10 s): --grace 0 gave a command ignoring
+		// SIGTERM 10 s, outlived the worker's wait on a stop and left its
+		// job running until the hang detector failed it.
+		return usageErr("--grace %s, expected a duration above 0 such as 10s", clip(*grace))
+	}
 	jobTimeout, err := parseDurationFlag("timeout", *timeout)
 	if err != nil {
 		return err

@@ -519,6 +519,10 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"ls", "--after", ""}, 2, "--after is empty, expected a job ID"},
 		{[]string{"worker", "--type", "t", "--id", "", "--", "true"}, 2, "--id is empty, expected a worker ID"},
 		{[]string{"worker", "--type", "t", "--grace", "", "--", "true"}, 2, "--grace is empty, expected a value, or no --grace for its default, 10s"},
+		// A zero grace was taken as the defaults (10 s to SIGKILL, 30 s to
+		// stop), not as none.
+		{[]string{"worker", "--type", "t", "--grace", "0", "--", "true"}, 2, "--grace 0, expected a duration above 0 such as 10s"},
+		{[]string{"worker", "--type", "t", "--grace", "0s", "--", "true"}, 2, "--grace 0s, expected a duration above 0 such as 10s"},
 		{[]string{"bench", "--cpuprofile", ""}, 2, "--cpuprofile is empty, expected a file name"},
 		{[]string{"server", "--nats", "", "--listen", freeAddr(t), "--data", t.TempDir()}, 2, "--nats is empty, expected a NATS URL"},
 		{[]string{"dev", "--nats", "", "--listen", freeAddr(t), "--data", t.TempDir()}, 2, "--nats is empty, expected a NATS URL"},
