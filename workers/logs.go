@@ -143,9 +143,11 @@ func (l *Logs) Read(ctx context.Context, jobID string) ([]LogLine, error) {
 
 // Follow passes a job's lines to fn, then new ones as they come, until finished
 // reports true (it is asked a few times a second) and every line stored by
-// then has been passed to fn, or until ctx ends. It rides out a server
-// restart, each line passed once; a server gone for more than 10 s ends it
-// with an error.
+// then has been passed to fn (it returns nil), or until ctx ends (it returns
+// an error matching ctx.Err(), since lines may be left unpassed). It rides
+// out a server restart, each line passed once; a server gone for more than
+// 10 s ends it with an error. With finished nil it passes the lines stored
+// when it was called, and returns.
 func (l *Logs) Follow(ctx context.Context, jobID string, finished func(context.Context) bool, fn func(LogLine)) error {
 	return l.follow(ctx, jobID, finished, fn)
 }
@@ -201,7 +203,9 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		}
 		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(250*time.Millisecond))
 		if ctx.Err() != nil {
-			return nil
+			// Not nil: a caller told nil would take the lines it got for
+			// all of them.
+			return fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
 		}
 		if err != nil {
 			if err := failed(err); err != nil {
@@ -238,7 +242,7 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 			return nil
 		}
 		if ctx.Err() != nil {
-			return nil
+			return fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
 		}
 	}
 }

@@ -562,6 +562,24 @@ func TestFollowRidesOutAServerRestart(t *testing.T) {
 	require.Equal(t, []string{"before", "after"}, got)
 }
 
+// A follow that its ctx ends says so: it returned nil, which a caller
+// takes for every line of a finished job.
+func TestFollowCutShortByItsContextSaysSo(t *testing.T) {
+	f := newFixture(t, false)
+	logs, err := AttachLogs(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	require.NoError(t, logs.Append(context.Background(), "job-1", LogLine{Time: time.Now().UTC(), Attempt: 1, Stream: StreamStdout, Line: "one"}))
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- logs.Follow(ctx, "job-1", func(context.Context) bool { return false }, func(l LogLine) { got <- l.Line })
+	}()
+	require.Equal(t, "one", <-got)
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+}
+
 // Progress outside 0-1 is clamped and NaN keeps only the message: JSON has
 // no NaN or infinity, and the line would be lost.
 func TestProgressOfAnyFractionIsRecorded(t *testing.T) {

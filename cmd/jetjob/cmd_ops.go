@@ -134,7 +134,11 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 			return errors.Is(err, events.ErrNotFound) || err == nil && j.State.Finished()
 		}
 		err = logs.Follow(ctx, id, finished, print)
-		if err != nil && ctx.Err() == nil && !c.nc.IsConnected() {
+		if ctx.Err() != nil {
+			// Ctrl-C ends a follow as asked, as it ends watch.
+			return nil
+		}
+		if err != nil && !c.nc.IsConnected() {
 			// Said as watch says it: what NATS said matters less than that
 			// the server is gone.
 			return fmt.Errorf("logs ended: lost the connection to the jetjob server at %s (%w)", clip(server.RedactURL(fs.server)), err)

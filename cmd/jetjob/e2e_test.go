@@ -742,6 +742,30 @@ func TestLogsFollowSaysWhenTheServerIsGone(t *testing.T) {
 	require.Contains(t, lines[0], "logs ended: lost the connection to the jetjob server at "+s.url)
 }
 
+// Ctrl-C ends a follow as asked, exit 0 with nothing said, as it ends a
+// watch (Logs.Follow now says when its ctx ended it).
+func TestLogsFollowEndsOnInterrupt(t *testing.T) {
+	s := startServerProc(t)
+	id := s.jetjob("submit", "--type", "talker").ok(t)
+	startWorker(t, s, "--type", "talker", "--", "sh", "-c", "echo hello; sleep 600")
+	cmd := exec.Command(binary, "logs", "-f", id)
+	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+s.url)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	line := make([]byte, 512)
+	n, err := stdout.Read(line)
+	require.NoError(t, err)
+	require.Contains(t, string(line[:n]), "hello")
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	require.NoError(t, cmd.Wait(), "stderr: %s", errb.String())
+	require.Empty(t, errb.String())
+}
+
 // A worker killed with SIGKILL takes its command with it, and what the
 // command started: the job is retried once the worker is found dead, and
 // must not run next to an orphan. The kernel kills the command itself; the
