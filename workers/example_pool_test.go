@@ -2,8 +2,11 @@ package workers_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -85,6 +88,70 @@ func ExampleJSONHandler() {
 	fmt.Println(r.Job.State, string(r.Job.Result))
 	// Output:
 	// succeeded {"url":"s3://thumbs/cat-128.png"}
+}
+
+// A pool has one handler for all its types: to serve two, each with its
+// own payload type, dispatch on the job's type. A handler's log lines and
+// progress are the job's log, which any process can read or follow.
+func ExampleNewPool() {
+	ctx := context.Background()
+	js, m, stop := exampleServer(ctx) // as in Example
+	defer stop()
+
+	type email struct {
+		To string `json:"to"`
+	}
+	type thumbnail struct {
+		Image string `json:"image"`
+	}
+	handlers := map[string]workers.Handler{
+		"email": workers.JSONHandler(func(ctx context.Context, j *workers.Job, a email) error {
+			if a.To == "" {
+				return workers.NoRetry(errors.New("no recipient")) // no retry would help
+			}
+			j.Logf("sent to %s", a.To)
+			return nil
+		}),
+		"thumbnail": workers.JSONHandler(func(ctx context.Context, j *workers.Job, a thumbnail) error {
+			for i := 1; i <= 2; i++ {
+				j.Progress(float64(i)/2, fmt.Sprintf("pass %d of 2", i))
+			}
+			return j.SetResult(map[string]string{"url": "s3://thumbs/" + a.Image})
+		}),
+	}
+	results := make(chan workers.Result, 3)
+	pool, _ := workers.NewPool(js, m, workers.PoolConfig{
+		Types: []string{"email", "thumbnail"}, OnResult: func(r workers.Result) { results <- r },
+	}, func(ctx context.Context, j *workers.Job) error {
+		return handlers[j.Type](ctx, j)
+	})
+	_ = pool.Start(ctx)
+
+	thumb, _, _ := m.Submit(ctx, statemachine.SubmitParams{Type: "thumbnail", Payload: []byte(`{"image":"cat"}`)})
+	_, _, _ = m.Submit(ctx, statemachine.SubmitParams{Type: "email", Payload: []byte(`{"to":"ann@example.com"}`)})
+	_, _, _ = m.Submit(ctx, statemachine.SubmitParams{Type: "email", Payload: []byte(`{}`)})
+	byType := map[string][]string{}
+	for range 3 {
+		r := <-results
+		byType[r.Job.Type] = append(byType[r.Job.Type], strings.TrimSpace(fmt.Sprintf("%s %s%s", r.Job.State, r.Job.Error, r.Job.Result)))
+	}
+	slices.Sort(byType["email"])
+	fmt.Println("email:", strings.Join(byType["email"], "; "))
+	fmt.Println("thumbnail:", byType["thumbnail"][0])
+
+	// Log lines are sent without waiting for their acks; Stop waits for
+	// them, so the thumbnail's lines are all stored once it returns.
+	_ = pool.Stop(ctx)
+	logs, _ := workers.AttachLogs(ctx, js)
+	lines, _ := logs.Read(ctx, thumb.ID)
+	for _, l := range lines {
+		fmt.Println(l.Stream, *l.Progress, l.Line)
+	}
+	// Output:
+	// email: failed no recipient; succeeded
+	// thumbnail: succeeded {"url":"s3://thumbs/cat"}
+	// progress 0.5 pass 1 of 2
+	// progress 1 pass 2 of 2
 }
 
 // exampleServer runs what a server runs (the log, the queue topology, the

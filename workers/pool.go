@@ -300,7 +300,10 @@ type poolQueue struct {
 	dropped atomic.Bool
 }
 
-// NewPool returns a pool; Start runs it.
+// NewPool returns a pool; Start runs it. The handler runs the jobs of every
+// type in cfg.Types: to give each type its own handler (each a JSONHandler
+// of its payload type, say), dispatch on Job.Type, as ExampleNewPool does,
+// or run a pool per type.
 func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, handler Handler) (*Pool, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
