@@ -26,7 +26,7 @@ const workersMax = workers.ConcurrencyMax
 // embedded servers (or an external NATS), a line per figure as it comes and
 // a table at the end.
 func runBench(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlags("bench", "[--server URL] [--n JOBS] [--scenario NAME]... [--fsync always|interval]... [-o json] [--smoke] [--huge] [--processes N]", false)
+	fs := newFlags("bench", "[--server URL] [--n JOBS] [--scenario NAME]... [--fsync always|interval]... [-o json] [--workers N] [--producers N] [--rate JOBS/S] [--cpuprofile FILE] [--smoke] [--huge] [--processes N]", false)
 	natsURL := fs.String("server", "", "measure on this NATS server instead of fresh embedded ones")
 	output := fs.String("o", "text", "output format: text (a line per figure and a table) or json (an object per figure)")
 	n := fs.Int("n", bench.JobsDefault, "jobs per e2e run; the ceiling sends n/4 messages per figure (at least 1,000), the tags scenario runs n/2 jobs")
