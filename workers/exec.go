@@ -87,6 +87,7 @@ type ExecConfig struct {
 	// Command and its arguments. Required.
 	Command []string
 	// Grace: after a cancel's SIGTERM, SIGKILL the process group after this.
+	// 0 or less takes ExecGraceDefault, not none.
 	Grace  time.Duration
 	Logger *zap.Logger
 }
