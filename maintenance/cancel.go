@@ -37,6 +37,14 @@ type BulkCancelResult struct {
 	// running?), or their projector's consumer (projector.DurableDefault)
 	// could not be read; a job submitted just before may be left pending.
 	ViewsBehind bool `json:"views_behind,omitempty"`
+	// Failed counts the skipped jobs whose cancel failed (NATS gone, the
+	// caller's ctx ended) rather than being refused by the job's state:
+	// those may or may not be canceled, and CancelPending returns an error
+	// with the result when there are any.
+	Failed int `json:"failed,omitempty"`
+	// NotTried counts the matching jobs left alone because ctx ended
+	// before their turn.
+	NotTried int `json:"not_tried,omitempty"`
 }
 
 // BulkCancelOptions tunes CancelPending.
@@ -65,6 +73,9 @@ type BulkCancelOptions struct {
 // pending job (the CLI asks for --all to do that). It decides on the
 // views, once they show every event the log held when it was called, so
 // that a job submitted just before is not missed (see ViewsWait).
+// When some cancels failed (Failed), or ctx ended before every job was
+// tried (NotTried), it returns the result together with an error, so that
+// a caller who checks only the error does not take them for canceled.
 func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Machine, f projector.Filter, opts BulkCancelOptions) (BulkCancelResult, error) {
 	// Checked before anything is dropped: a misspelt state left out would
 	// widen the cancel to every pending job.
@@ -110,8 +121,18 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 		return res, fmt.Errorf("bulk cancel: list pending jobs: %w", err)
 	}
 	tried := 0
-	for _, v := range page.Views {
+	var firstErr error
+	for i, v := range page.Views {
 		if limit > 0 && tried == limit {
+			break
+		}
+		if ctx.Err() != nil {
+			// Each cancel left would fail on the ended ctx and be listed
+			// as skipped: not tried is what happened to them.
+			res.NotTried = len(page.Views) - i
+			if limit > 0 {
+				res.NotTried = min(res.NotTried, limit-tried)
+			}
 			break
 		}
 		if v.StartedAt != nil {
@@ -133,13 +154,31 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 			defer mu.Unlock()
 			if err != nil {
 				res.Skipped = append(res.Skipped, Skipped{ID: v.ID, Reason: skipReason(err)})
+				if !refusedByState(err) {
+					res.Failed++
+					firstErr = cmp.Or(firstErr, err)
+				}
 				return
 			}
 			res.Canceled = append(res.Canceled, v.ID)
 		}(v)
 	}
 	wg.Wait()
+	switch {
+	case res.NotTried > 0:
+		return res, fmt.Errorf("bulk cancel stopped: %d canceled, %d failed (they may be canceled), %d not tried: %w", len(res.Canceled), res.Failed, res.NotTried, ctx.Err())
+	case res.Failed > 0:
+		return res, fmt.Errorf("bulk cancel: %d of %d cancels failed, those jobs may or may not be canceled (each is listed as skipped with its error): %w", res.Failed, tried, firstErr)
+	}
 	return res, nil
+}
+
+// refusedByState reports whether a cancel was refused because of the job
+// (taken, moved on, gone), not because it could not be made.
+func refusedByState(err error) bool {
+	var conflict *statemachine.ConflictError
+	var illegal *statemachine.IllegalTransitionError
+	return errors.Is(err, statemachine.ErrTakenBefore) || errors.As(err, &conflict) || errors.As(err, &illegal) || errors.Is(err, statemachine.ErrNotFound)
 }
 
 // skipTakenBefore is the reason given for a job that waits for a retry or

@@ -509,6 +509,51 @@ func TestBulkCancelSkipsJobsAcquiredMeanwhile(t *testing.T) {
 	}
 }
 
+// A bulk cancel whose cancels could not be made (NATS gone, the caller's
+// ctx ended) says so with an error beside its result: it returned nil, so
+// a caller (and the CLI's exit code) took a cancel that did nothing for
+// done, its failures buried among the jobs skipped for their state, and
+// one whose ctx ended tried every job left, each failing on the ctx.
+func TestBulkCancelFailuresAreAnError(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	var jobs []statemachine.Job
+	for i := 0; i < 20; i++ {
+		jobs = append(jobs, f.submit(statemachine.SubmitParams{Type: "build"}))
+	}
+	held, err := f.m.Acquire(ctx, jobs[0].ID, "w")
+	require.NoError(t, err)
+	f.projected(append([]statemachine.Job{held}, jobs[1:]...)...)
+
+	t.Run("connection closed", func(t *testing.T) {
+		nc, js := natstest.Connect(t, f.env.URL)
+		lg, err := events.Attach(js, events.Config{})
+		require.NoError(t, err)
+		m, err := statemachine.New(lg, statemachine.Config{})
+		require.NoError(t, err)
+		nc.Close()
+		res, err := CancelPending(ctx, f.reader, m, projector.Filter{Type: "build"}, BulkCancelOptions{})
+		require.ErrorIs(t, err, statemachine.ErrNotSent)
+		require.ErrorContains(t, err, "19 of 19 cancels failed")
+		require.Equal(t, 19, res.Failed)
+		require.Len(t, res.Skipped, 19, "the running job is not listed")
+		require.Empty(t, res.Canceled)
+	})
+	t.Run("ctx ended", func(t *testing.T) {
+		// The ctx ends as the first cancel is decided: the jobs after it
+		// are not tried.
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		m, err := statemachine.New(f.log, statemachine.Config{Now: func() time.Time { cancel(); return time.Now() }})
+		require.NoError(t, err)
+		res, err := CancelPending(cctx, f.reader, m, projector.Filter{Type: "build"}, BulkCancelOptions{Concurrency: 1})
+		require.ErrorIs(t, err, context.Canceled)
+		require.Positive(t, res.NotTried)
+		require.Equal(t, 19, len(res.Canceled)+res.Failed+res.NotTried, "%+v", res)
+		require.Less(t, len(res.Skipped), 4, "not tried is not skipped: %+v", res.Skipped)
+	})
+}
+
 // countRunningNotListed counts jobs acquired before the bulk cancel listed them.
 func countRunningNotListed(t *testing.T, f *fixture, jobs []statemachine.Job, res BulkCancelResult) int {
 	seen := map[string]bool{}

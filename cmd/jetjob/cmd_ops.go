@@ -55,14 +55,16 @@ func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason str
 		return err
 	}
 	res, err := maintenance.CancelPending(ctx, r, c.m, f, maintenance.BulkCancelOptions{Reason: reason, DryRun: dryRun, ViewsWait: viewsWait})
-	if err != nil {
+	// A cancel cut short, or some cancels failed: what was done is printed
+	// all the same, and the error (exit 1) says the rest is not done.
+	if err != nil && len(res.Canceled)+len(res.Skipped)+res.NotTried == 0 {
 		return err
 	}
 	if res.ViewsBehind {
 		viewsBehind("cancel", viewsWait)
 	}
 	if fs.json() {
-		return writeJSON(out, res)
+		return errors.Join(writeJSON(out, res), err)
 	}
 	verb := "canceled"
 	if dryRun {
@@ -74,8 +76,8 @@ func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason str
 	for _, s := range res.Skipped {
 		fmt.Fprintf(out, "skipped %s: %s\n", s.ID, s.Reason)
 	}
-	_, err = fmt.Fprintf(out, "%d %s, %d skipped\n", len(res.Canceled), verb, len(res.Skipped))
-	return err
+	_, werr := fmt.Fprintf(out, "%d %s, %d skipped\n", len(res.Canceled), verb, len(res.Skipped))
+	return errors.Join(werr, err)
 }
 
 func runLogs(ctx context.Context, args []string, out io.Writer) error {
