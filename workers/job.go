@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/jetjob/jetjob/statemachine"
 )
 
@@ -68,6 +70,9 @@ type Job struct {
 	// however many goroutines (a command's stdout and stderr) they come.
 	lineMu sync.Mutex
 	lines  int64
+	// lastLine is the ack to come of the attempt's last line sent: its
+	// result waits for it (see linesStored).
+	lastLine jetstream.PubAckFuture
 }
 
 // Log appends a line to the job's log. A line logged after the handler
@@ -87,7 +92,30 @@ func (j *Job) appendLine(l LogLine) {
 	defer j.lineMu.Unlock()
 	j.lines++
 	l.Time, l.Attempt, l.Number = time.Now().UTC(), j.Attempt, j.lines
-	j.logs.appendAsync(j.ID, l)
+	if ack := j.logs.appendAsync(j.ID, l); ack != nil {
+		j.lastLine = ack
+	}
+}
+
+// linesStored waits until the server has answered for the lines the
+// attempt sent so far, at most until ctx ends. A result recorded before
+// them would let a reader who saw the job end (`jetjob logs` after the
+// job failed, `logs -f` stopping at the end) miss its last lines. One
+// connection's lines to one stream are stored and answered in order, so
+// the last line's answer covers those before it; a line that failed is
+// said by the pool's lineLost.
+func (j *Job) linesStored(ctx context.Context) {
+	j.lineMu.Lock()
+	last := j.lastLine
+	j.lineMu.Unlock()
+	if last == nil {
+		return
+	}
+	select {
+	case <-last.Ok():
+	case <-last.Err():
+	case <-ctx.Done():
+	}
 }
 
 // ResultLimit bounds a job's result, as JSON: a result is stored with the

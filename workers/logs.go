@@ -128,10 +128,13 @@ func (l *Logs) Append(ctx context.Context, jobID string, line LogLine) error {
 
 // appendAsync stores a line without waiting, so a chatty job is not slowed
 // down by the round trip; lines of one job stay in order.
-func (l *Logs) appendAsync(jobID string, line LogLine) {
-	if _, err := l.js.PublishAsync(logSubject(jobID), encodeLine(line)); err != nil && l.lost != nil {
+// It returns the line's ack to come, nil when it could not be sent.
+func (l *Logs) appendAsync(jobID string, line LogLine) jetstream.PubAckFuture {
+	ack, err := l.js.PublishAsync(logSubject(jobID), encodeLine(line))
+	if err != nil && l.lost != nil {
 		l.lost(jobID, err) // too many lines unacknowledged, or the connection closed
 	}
+	return ack
 }
 
 // Read returns a job's stored lines in order.

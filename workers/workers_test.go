@@ -2586,3 +2586,46 @@ func TestAQueueWhoseJobStaysQueuedIsWokenLessAndLessOften(t *testing.T) {
 	defer enq.wokenMu.Unlock()
 	require.Empty(t, enq.woken, "the queue forgotten once its job was taken")
 }
+
+// An attempt's result is recorded only once the server has stored the
+// lines the attempt logged: a reader who sees the job end (`jetjob logs`
+// after it failed, `logs -f` stopping at its end) finds every line. Before,
+// the result went as the handler returned, and the last lines could land
+// after it.
+func TestAResultWaitsForItsAttemptsLogLines(t *testing.T) {
+	f := newFixture(t, true)
+	ctx := context.Background()
+	// The pool's lines go through a proxy the handler stalls; its machine,
+	// the fixture's, records the result over a connection of its own.
+	proxy := natstest.NewProxy(t, f.env.URL)
+	_, js := natstest.Connect(t, proxy.URL)
+	p, err := NewPool(js, f.m, PoolConfig{Types: []string{"lastwords"}, Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
+		j.Log("last words")
+		proxy.Stall()
+		time.AfterFunc(300*time.Millisecond, proxy.Restore) // the line delayed, not lost
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, p.Start(ctx))
+	t.Cleanup(func() {
+		proxy.Restore()
+		_ = p.Stop(context.Background())
+	})
+	logs, err := AttachLogs(ctx, f.env.JS)
+	require.NoError(t, err)
+
+	j := f.submit(statemachine.SubmitParams{Type: "lastwords"})
+	var linesAtTheEnd []LogLine
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		held, err := f.m.Load(ctx, j.ID)
+		require.NoError(t, err)
+		if held.State != statemachine.StateSucceeded {
+			return false
+		}
+		linesAtTheEnd, err = logs.Read(ctx, j.ID)
+		require.NoError(t, err)
+		return true
+	}, "job %s succeeded", j.ID)
+	require.Len(t, linesAtTheEnd, 1, "the lines stored when the job was seen to succeed")
+	require.Equal(t, "last words", linesAtTheEnd[0].Line)
+}
