@@ -683,9 +683,12 @@ func isLostAck(err error) bool {
 		errors.Is(err, nats.ErrConnectionReconnecting)
 }
 
-// findEvent looks for an event by ID in a job's history after a sequence.
+// findEvent looks for an event by ID in a job's history after a sequence,
+// which the stream, refusing an append that expected it to be the last,
+// said it holds more than: a read that finds nothing after it was answered
+// by a replica that has not caught up, and is asked again.
 func (l *Log) findEvent(ctx context.Context, jobID string, after uint64, eventID string) (uint64, bool) {
-	recs, err := l.LoadAfter(ctx, jobID, after)
+	recs, err := l.readPast(ctx, jobID, after, after)
 	if err != nil {
 		return 0, false
 	}
@@ -962,16 +965,96 @@ func (l *Log) publishAtomic(batch []*appendReq) (uint64, error) {
 	return 0, errors.New("empty batch")
 }
 
-// Load reads a job's whole history in order. A job with no events gives ErrNotFound.
+// Load reads a job's whole history in order. A job with no events gives
+// ErrNotFound.
+//
+// The reads are direct gets, which any replica of a clustered log may
+// answer, and one that has not caught up does not have a job submitted a
+// moment ago (on a 3-node cluster, a cancel right after its submit found no
+// job once in seven). A job no history is read for is asked of the stream's
+// leader (Holds), and read again until a replica has it.
 func (l *Log) Load(ctx context.Context, jobID string) ([]Record, error) {
 	recs, err := l.LoadAfter(ctx, jobID, 0)
 	if err != nil {
 		return nil, err
 	}
 	if len(recs) == 0 {
-		return nil, fmt.Errorf("load job %s: %w", jobID, ErrNotFound)
+		held, herr := l.Holds(ctx, jobID)
+		if herr != nil || !held {
+			// A leader that cannot be asked leaves the read as it was.
+			return nil, fmt.Errorf("load job %s: %w", jobID, ErrNotFound)
+		}
+		if recs, err = l.readPast(ctx, jobID, 0, 0); err != nil {
+			return nil, err
+		}
 	}
 	return recs, nil
+}
+
+// LoadPast reads a job's whole history, as Load does, when the log is known
+// to hold more of it than up to seq: the stream refused an append that
+// expected seq to be the job's last. A read that ends at or before seq was
+// answered by a replica that has not caught up, and deciding on it again
+// would only be refused again: it is asked again until it reads past seq.
+// A history that ends before seq for good (purged, or a log that lost its
+// tail in a crash) is returned as read after the publish timeout.
+func (l *Log) LoadPast(ctx context.Context, jobID string, seq uint64) ([]Record, error) {
+	recs, err := l.readPast(ctx, jobID, 0, seq)
+	var behind *behindError
+	if errors.As(err, &behind) {
+		if len(behind.recs) > 0 {
+			return behind.recs, nil
+		}
+		return l.Load(ctx, jobID) // none left: purged, or not read yet (the leader says)
+	}
+	return recs, err
+}
+
+// Pauses between the reads asked again of a replica that has not caught
+// up: most catch up within a millisecond or two of an append, one that was
+// cut off (a node paused or restarted) within seconds.
+const (
+	staleReadPauseFirst = time.Millisecond
+	staleReadPauseMax   = 50 * time.Millisecond
+)
+
+// behindError: the replicas answering reads did not catch up within the
+// publish timeout; recs is the last read.
+type behindError struct {
+	jobID string
+	recs  []Record
+}
+
+func (e *behindError) Error() string {
+	return fmt.Sprintf("load job %s: the stream's leader holds more of its history than the replica answering reads, which did not catch up: %v", e.jobID, ErrUnavailable)
+}
+
+func (e *behindError) Unwrap() error { return ErrUnavailable }
+
+// readPast reads the job's events after the sequence after until the read
+// ends past seq (holds any event, for seq 0), pausing between reads, for
+// up to the publish timeout; then it gives a *behindError.
+func (l *Log) readPast(ctx context.Context, jobID string, after, seq uint64) ([]Record, error) {
+	deadline := time.Now().Add(l.cfg.PublishTimeout)
+	pause := staleReadPauseFirst
+	for {
+		recs, err := l.LoadAfter(ctx, jobID, after)
+		if err != nil {
+			return nil, err
+		}
+		if n := len(recs); n > 0 && recs[n-1].Seq > seq {
+			return recs, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, &behindError{jobID: jobID, recs: recs}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("load job %s: %w", jobID, ctx.Err())
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, staleReadPauseMax)
+	}
 }
 
 // Holds reports whether the log holds any message of the job, as its

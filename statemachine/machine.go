@@ -90,6 +90,23 @@ func (m *Machine) Load(ctx context.Context, jobID string) (Job, error) {
 	if err != nil {
 		return Job{}, err
 	}
+	return m.fold(jobID, recs)
+}
+
+// loadPast folds a job's history after an append that expected seq to be
+// its last was refused: a read answered by a replica that had not caught
+// up would have the command decide on what it was refused for again, and
+// give up after its tries with a conflict, though a single other writer
+// got there first (a cancel racing an acquire was refused so).
+func (m *Machine) loadPast(ctx context.Context, jobID string, seq uint64) (Job, error) {
+	recs, err := m.log.LoadPast(ctx, jobID, seq)
+	if err != nil {
+		return Job{}, err
+	}
+	return m.fold(jobID, recs)
+}
+
+func (m *Machine) fold(jobID string, recs []events.Record) (Job, error) {
 	job, bad := Fold(recs)
 	// The projector warns of each such message once, when it quarantines
 	// it; warning here too would repeat it at every load of the job.
@@ -149,7 +166,7 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 			return job, err
 		}
 		conflicted = true
-		fresh, lerr := m.Load(ctx, jobID)
+		fresh, lerr := m.loadPast(ctx, jobID, job.Version)
 		if lerr != nil {
 			return job, lerr
 		}
