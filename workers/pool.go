@@ -274,7 +274,7 @@ type Pool struct {
 	// recordResult is report; tests hold results back through it.
 	recordResult func(ctx context.Context, held statemachine.Job, end attemptEnd)
 	// follow is followJob; tests make it fail through it.
-	follow func(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error
+	follow func(ctx context.Context, jobID string, lease uint64, from *uint64, cancel context.CancelCauseFunc) error
 	wake   chan struct{}
 	freed  chan struct{}
 	// leaveWakes stops this pool hearing wake-ups (joinWakeHub).
@@ -1893,7 +1893,7 @@ func (p *Pool) watchCancels(ctx context.Context, held statemachine.Job, cancel c
 	pause := watchRetryFirst
 	for {
 		began := time.Now()
-		err := p.follow(ctx, held.ID, &from, cancel)
+		err := p.follow(ctx, held.ID, held.Lease, &from, cancel)
 		if ctx.Err() != nil {
 			return
 		}
@@ -2000,7 +2000,7 @@ func (w *watchPlan) next(now time.Time) (time.Duration, bool) {
 // otherwise, and a consumer for each running job stopped cancels from
 // reaching the jobs past that, fleet-wide. A subscription to the job's
 // subject costs the server an entry in its interest table.
-func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error {
+func (p *Pool) followJob(ctx context.Context, jobID string, lease uint64, from *uint64, cancel context.CancelCauseFunc) error {
 	heard := make(chan *nats.Msg, watchHeardMax)
 	sub, err := p.nc.ChanSubscribe(p.m.Log().Subject(jobID), heard)
 	if err != nil {
@@ -2026,7 +2026,7 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 			reconnected = p.reconnected.wait()
 			plan.reconnected(time.Now())
 		}
-		recs, err := p.readNews(ctx, jobID, from)
+		recs, err := p.readNews(ctx, jobID, lease, from)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -2055,15 +2055,20 @@ func (p *Pool) followJob(ctx context.Context, jobID string, from *uint64, cancel
 // log that holds less of the job than was read (a server with fsync
 // interval lost its tail in a crash, and hands those sequences out again;
 // or a replica behind the one read before) is read again from its end, so
-// that an event stored at a sequence handed out again is not passed over.
-func (p *Pool) readNews(ctx context.Context, jobID string, from *uint64) ([]events.Record, error) {
+// that an event stored at a sequence handed out again is not passed over;
+// never from before the attempt's lease, though: a replica that had not
+// caught up with the acquire itself had the watch read the job's earlier
+// attempts again, and an earlier attempt's end (a hand-back, a retried
+// failure) canceled the running handler as having lost the job, its result
+// dropped and the job left running until the detector failed it as hung.
+func (p *Pool) readNews(ctx context.Context, jobID string, lease uint64, from *uint64) ([]events.Record, error) {
 	lg := p.m.Log()
 	last, err := lg.LastSeq(ctx, jobID)
 	if err != nil {
 		return nil, err
 	}
 	if last+1 < *from {
-		*from = last + 1
+		*from = max(last+1, lease+1)
 	}
 	if last < *from {
 		return nil, nil

@@ -1510,11 +1510,11 @@ func TestCancelReachesAHandlerWhoseWatchFailedAtFirst(t *testing.T) {
 	})
 	require.NoError(t, err)
 	var failures atomic.Int64
-	p.follow = func(ctx context.Context, jobID string, from *uint64, cancel context.CancelCauseFunc) error {
+	p.follow = func(ctx context.Context, jobID string, lease uint64, from *uint64, cancel context.CancelCauseFunc) error {
 		if failures.Add(1) <= 2 {
 			return errors.New("no responders")
 		}
-		return p.followJob(ctx, jobID, from, cancel)
+		return p.followJob(ctx, jobID, lease, from, cancel)
 	}
 	require.NoError(t, p.Start(context.Background()))
 	t.Cleanup(func() { _ = p.Stop(context.Background()) })
@@ -2099,17 +2099,59 @@ func TestAWatchReadsAgainFromTheEndOfALogThatLostItsTail(t *testing.T) {
 	held, err := f.m.Acquire(ctx, j.ID, "w")
 	require.NoError(t, err)
 	from := held.Lease + 100 // read past what the log now holds
-	recs, err := p.readNews(ctx, j.ID, &from)
+	recs, err := p.readNews(ctx, j.ID, held.Lease, &from)
 	require.NoError(t, err)
 	require.Empty(t, recs)
 	require.Equal(t, held.Lease+1, from)
 	canceling, err := f.m.Cancel(ctx, j.ID, "not needed")
 	require.NoError(t, err)
-	recs, err = p.readNews(ctx, j.ID, &from)
+	recs, err = p.readNews(ctx, j.ID, held.Lease, &from)
 	require.NoError(t, err)
 	require.Len(t, recs, 1)
 	require.Equal(t, canceling.Version, recs[0].Seq)
 	require.Equal(t, events.TypeCancelRequested, recs[0].Event.Type)
+}
+
+// A watch that reads a replica that has not caught up with the attempt's
+// acquire reads the job again from its end, but not from before the lease:
+// there it read the earlier attempt's hand-back and stopped the running
+// handler as having lost the job. A mirror with direct gets, filtered to
+// hold none of the jobs, answers about half the reads as such a replica
+// would.
+func TestAWatchOnALaggingReplicaDoesNotReadEarlierAttempts(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	lg := f.m.Log()
+	behind, err := f.env.JS.CreateStream(ctx, jetstream.StreamConfig{
+		Name: "JJ_EVENTS_BEHIND", MirrorDirect: true,
+		Mirror: &jetstream.StreamSource{Name: lg.Stream(), FilterSubject: lg.Subject("behind")},
+	})
+	require.NoError(t, err)
+	// A mirror answers direct gets once it has caught up: one message.
+	_, err = f.env.JS.Publish(ctx, lg.Subject("behind"), []byte("not an event"))
+	require.NoError(t, err)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		info, err := behind.Info(ctx)
+		return err == nil && info.State.Msgs == 1
+	}, "the mirror caught up")
+
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"t"}}, noop)
+	require.NoError(t, err)
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	first, err := f.m.Acquire(ctx, j.ID, "w1")
+	require.NoError(t, err)
+	_, err = f.m.Release(ctx, first, "worker shutting down")
+	require.NoError(t, err)
+	held, err := f.m.Acquire(ctx, j.ID, "w2")
+	require.NoError(t, err)
+	from := held.Lease + 1
+	for i := range 20 {
+		recs, err := p.readNews(ctx, j.ID, held.Lease, &from)
+		require.NoError(t, err)
+		for _, rec := range recs {
+			require.Greater(t, rec.Seq, held.Lease, "read %d: %s of an earlier attempt", i, rec.Event.Type)
+		}
+	}
 }
 
 // A fleet larger than nats-server's default consumer limit (1,000 a stream;
