@@ -139,8 +139,11 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 	for try := 0; ; try++ {
 		ev, err := decide(job, m.cfg.Now())
 		if err != nil && known != nil && !conflicted && try == 0 {
-			// The caller's copy may be stale: decide on the log's version.
-			fresh, lerr := m.Load(ctx, jobID)
+			// The caller's copy may be stale: decide on the log's version,
+			// read from a replica that holds at least as much of it as the
+			// copy (one that has not caught up would have the command
+			// refused on an older state than the caller's).
+			fresh, lerr := m.loadPast(ctx, jobID, max(known.Version, 1)-1)
 			if lerr != nil {
 				return job, lerr
 			}
