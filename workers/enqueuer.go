@@ -809,13 +809,13 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 			continue
 		}
 		key := queueKey{Type: j.Type, Tagset: TagsetID(j.Tags), Prio: j.Priority, Tags: j.Tags}
-		_, err := e.queues[key.shard()].GetLastMsgForSubject(ctx, key.subject(j.ID))
-		if err == nil {
+		queued, err := e.holdsQueueMessage(ctx, key, j.ID)
+		if err != nil {
+			return fail(fmt.Errorf("reconcile job %s: %w", j.ID, err))
+		}
+		if queued {
 			seen[j.ID] = true
 			continue
-		}
-		if !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return fail(fmt.Errorf("reconcile job %s: %w", j.ID, err))
 		}
 		// A job that moved since the listing (acquired, failed and pending
 		// again) has a new pending spell, whose message the enqueuer may
@@ -836,6 +836,29 @@ func (e *Enqueuer) Reconcile(ctx context.Context) (ReconcileResult, error) {
 		e.logger.Info("re-enqueued a pending job whose queue message was lost", zap.String("job", j.ID))
 	}
 	return res, restoreErr
+}
+
+// holdsQueueMessage reports whether the job's queue message is in its queue
+// stream. The look-up is a direct get, which any replica of a clustered
+// stream may answer; one that has not caught up (a node paused a while
+// ago) does not have a message published since, and a job re-enqueued on
+// its word is a second message in the queue. A message not found is asked
+// of the stream's leader.
+func (e *Enqueuer) holdsQueueMessage(ctx context.Context, key queueKey, jobID string) (bool, error) {
+	q := e.queues[key.shard()]
+	subject := key.subject(jobID)
+	_, err := q.GetLastMsgForSubject(ctx, subject)
+	if err == nil {
+		return true, nil
+	}
+	if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, err
+	}
+	info, err := q.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return false, err
+	}
+	return info.State.Subjects[subject] > 0, nil
 }
 
 // queuesOfPending names the queues of the pending jobs the reconcile pass

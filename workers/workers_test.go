@@ -2671,3 +2671,46 @@ func TestAResultWaitsForItsAttemptsLogLines(t *testing.T) {
 	require.Len(t, linesAtTheEnd, 1, "the lines stored when the job was seen to succeed")
 	require.Equal(t, "last words", linesAtTheEnd[0].Line)
 }
+
+// A reconcile pass asks the queue stream's leader before it takes a job's
+// queue message for lost: the look-up is a direct get, and on a cluster a
+// replica that has not caught up answered "not found" for messages it did
+// not have yet, and the pass enqueued those jobs a second time (52 after a
+// node was paused, in a cluster helper's run). A mirror with direct gets,
+// holding none of the jobs' messages, answers about half of the look-ups
+// here as such a replica would.
+func TestReconcileDoesNotTakeALaggingReplicasWordForALostMessage(t *testing.T) {
+	f := newFixture(t, false)
+	ctx := context.Background()
+	key := queueKey{Type: "t", Tagset: noTags}
+	behind, err := f.env.JS.CreateStream(ctx, jetstream.StreamConfig{
+		Name: "JJ_QUEUE_BEHIND", MirrorDirect: true,
+		Mirror: &jetstream.StreamSource{Name: key.stream(), FilterSubject: key.subject("behind")},
+	})
+	require.NoError(t, err)
+	// A mirror answers direct gets once it has caught up: one message.
+	_, err = f.env.JS.Publish(ctx, key.subject("behind"), []byte("not a job"))
+	require.NoError(t, err)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		info, err := behind.Info(ctx)
+		return err == nil && info.State.Msgs == 1
+	}, "the mirror caught up")
+
+	before := f.queued() // the mirror's message
+	var listed []QueuedJob
+	for range 20 {
+		j := f.submit(statemachine.SubmitParams{Type: "t"})
+		listed = append(listed, QueuedJob{ID: j.ID, Type: j.Type, State: j.State, UpdatedAt: j.UpdatedAt, Version: j.Version})
+	}
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_, err := f.enq.runOnce(ctx)
+		require.NoError(t, err)
+		return f.queued() == before+uint64(len(listed))
+	}, "every job enqueued")
+	lister := func(context.Context, []statemachine.State) ([]QueuedJob, error) { return listed, nil }
+	enq, err := NewEnqueuer(f.env.JS, f.m, EnqueuerConfig{Lister: lister, ReconcileAge: time.Nanosecond})
+	require.NoError(t, err)
+	res, err := enq.Reconcile(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.Requeued, "jobs re-enqueued beside their queue messages")
+}
