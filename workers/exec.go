@@ -13,7 +13,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -254,10 +253,9 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 		}
 		if !w.cut {
 			if room := maxLineBytes - len(w.buf); len(part) > room {
-				for room > 0 && !utf8.RuneStart(part[room]) {
-					room-- // not in the middle of a character
-				}
-				w.emit(string(append(w.buf, part[:room]...)) + "…")
+				// One byte past the limit, so that cutLine sees whether the
+				// cut falls in a character, also one a previous write began.
+				w.emit(cutLine(string(append(w.buf, part[:room+1]...))))
 				w.buf, w.cut = w.buf[:0], true
 			} else {
 				w.buf = append(w.buf, part...)

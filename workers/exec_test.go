@@ -3,6 +3,7 @@ package workers
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -218,6 +219,8 @@ func TestLineWriterSplitsAndCutsLines(t *testing.T) {
 			[]string{"before", long[:maxLineBytes] + "…", "after"}},
 		{"a cut never splits a character", []string{"x" + long[:maxLineBytes] + "\n"},
 			[]string{"x" + long[:maxLineBytes-2] + "…"}},
+		{"nor one split between two writes", []string{"x" + long[:maxLineBytes-1], long[1:4] + "\n"},
+			[]string{"x" + long[:maxLineBytes-2] + "…"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var got []string
@@ -229,6 +232,38 @@ func TestLineWriterSplitsAndCutsLines(t *testing.T) {
 			}
 			w.flush()
 			require.Equal(t, tc.want, got)
+		})
+	}
+}
+
+// A line is stored with no character cut in two, whether ExecHandler's
+// lineWriter cut it or a handler logged it whole: a line cut by the writer
+// was cut again as it was stored, in the middle of its mark or of a
+// character, and showed a replacement character before the mark.
+func TestStoredLinesAreCutBetweenCharacters(t *testing.T) {
+	odd := "x" + strings.Repeat("é", maxLineBytes) // a character across the limit
+	euros := strings.Repeat("€", maxLineBytes)     // three bytes each
+	cutByWriter := func(s string) string {
+		var got []string
+		w := &lineWriter{emit: func(l string) { got = append(got, l) }}
+		_, _ = w.Write([]byte(s + "\n"))
+		require.Len(t, got, 1)
+		return got[0]
+	}
+	for _, tc := range []struct {
+		name, line, want string
+	}{
+		{"cut by the exec writer, two-byte characters", cutByWriter(odd), odd[:maxLineBytes-1] + "…"},
+		{"cut by the exec writer, three-byte characters", cutByWriter(euros), euros[:maxLineBytes-1] + "…"},
+		{"logged whole, two-byte characters", odd, odd[:maxLineBytes-1] + "…"},
+		{"logged whole, three-byte characters", euros, euros[:maxLineBytes-1] + "…"},
+		{"at the limit, kept", euros[:maxLineBytes-1], euros[:maxLineBytes-1]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stored LogLine
+			require.NoError(t, json.Unmarshal(encodeLine(LogLine{Line: tc.line}), &stored))
+			require.Equal(t, tc.want, stored.Line)
+			require.NotContains(t, stored.Line, "\uFFFD")
 		})
 	}
 }

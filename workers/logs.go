@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -107,9 +108,30 @@ func AttachLogs(ctx context.Context, js jetstream.JetStream) (*Logs, error) {
 
 func logSubject(jobID string) string { return logPrefix + jobID }
 
+// lineCutMark ends a line that was cut.
+const lineCutMark = "…"
+
+// cutLine cuts a line over maxLineBytes to at most that many bytes, at the
+// start of a character, and marks it: cut in the middle of one, the line
+// shows a replacement character where the last one was.
+func cutLine(s string) string {
+	if len(s) <= maxLineBytes {
+		return s
+	}
+	n := maxLineBytes
+	// Back at most to the start of the character at the cut: bytes that are
+	// not UTF-8 cannot be split worse.
+	for back := 0; back < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); back++ {
+		n--
+	}
+	return s[:n] + lineCutMark
+}
+
 func encodeLine(l LogLine) []byte {
-	if len(l.Line) > maxLineBytes {
-		l.Line = l.Line[:maxLineBytes] + "…"
+	// A line cut already (by ExecHandler's lineWriter) is its bytes and the
+	// mark: cut again, the mark was split, shown as a replacement character.
+	if len(l.Line) > maxLineBytes+len(lineCutMark) {
+		l.Line = cutLine(l.Line)
 	}
 	b, _ := json.Marshal(l)
 	return b
