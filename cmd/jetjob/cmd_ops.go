@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -115,11 +116,7 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 				_ = writeJSONLine(out, l)
 				return
 			}
-			line := l.Line
-			if !*raw {
-				line = escapeControls(line)
-			}
-			fmt.Fprintf(out, "%s [%d %s] %s\n", l.Time.Local().Format("15:04:05.000"), l.Attempt, l.Stream, line)
+			fmt.Fprintln(out, logLineText(l, *raw))
 		}
 		if !*follow {
 			lines, err := logs.Read(ctx, id)
@@ -258,6 +255,21 @@ func runAdmin(ctx context.Context, args []string, out io.Writer) error {
 	_, err = fmt.Fprintf(out, "rebuilt %d job views from %d events of the log in %s (%.0f events/s); %d differed and were written, %d of jobs the log no longer has were removed\n",
 		stats.Jobs, stats.Events, time.Since(start).Round(time.Millisecond), stats.EventsPerSec, stats.Written, stats.Removed)
 	return err
+}
+
+// logLineText is a job's log line as logs prints it: a progress line
+// shows how far the job is (its fraction as a percentage) before its
+// message, which may be empty, since the fraction is what it is for.
+func logLineText(l workers.LogLine, raw bool) string {
+	line := l.Line
+	if !raw {
+		line = escapeControls(line)
+	}
+	if l.Progress != nil {
+		pct := strconv.FormatFloat(math.Round(*l.Progress*1000)/10, 'f', -1, 64) + "%"
+		line = strings.TrimSuffix(pct+" "+line, " ")
+	}
+	return fmt.Sprintf("%s [%d %s] %s", l.Time.Local().Format("15:04:05.000"), l.Attempt, l.Stream, line)
 }
 
 // escapeControls writes a job's output line with its control characters

@@ -9,11 +9,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/workers"
 )
 
 func TestHistoryShowsAJSONPayloadAsJSON(t *testing.T) {
@@ -154,6 +156,31 @@ func TestLogLinesShowControlCharactersEscaped(t *testing.T) {
 		{"", ""},
 	} {
 		require.Equal(t, tc.want, escapeControls(tc.line), "%q", tc.line)
+	}
+}
+
+// A progress line shows its fraction: printed as its message alone, as
+// before, a job's progress was seen only with -o json.
+func TestLogLinesShowProgress(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.Local)
+	frac := func(f float64) *float64 { return &f }
+	for _, tc := range []struct {
+		name string
+		line workers.LogLine
+		want string
+	}{
+		{"output", workers.LogLine{Stream: workers.StreamStdout, Line: "hello"}, "hello"},
+		{"progress with a message", workers.LogLine{Stream: workers.StreamProgress, Line: "step 2", Progress: frac(0.4)}, "40% step 2"},
+		{"progress alone", workers.LogLine{Stream: workers.StreamProgress, Progress: frac(1)}, "100%"},
+		{"a fraction of a percent", workers.LogLine{Stream: workers.StreamProgress, Line: "x", Progress: frac(1.0 / 3)}, "33.3% x"},
+		{"none", workers.LogLine{Stream: workers.StreamProgress, Progress: frac(0)}, "0%"},
+		{"a message without a fraction", workers.LogLine{Stream: workers.StreamProgress, Line: "waiting"}, "waiting"},
+		{"its message escaped", workers.LogLine{Stream: workers.StreamProgress, Line: "\x1b[2J", Progress: frac(0.5)}, `50% \x1b[2J`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.line.Time, tc.line.Attempt = at, 2
+			require.Equal(t, "03:04:05.006 [2 "+tc.line.Stream+"] "+tc.want, logLineText(tc.line, false))
+		})
 	}
 }
 
