@@ -88,6 +88,12 @@ type Detector struct {
 	// between two listings of every view look only at these (recheck).
 	watched   map[string]watchedJob
 	watchedBy time.Duration
+	// cancels holds the canceling jobs found since the last full pass (by
+	// it, or by a recheck of a job it found running), with the time each
+	// cancel was asked: the passes between two listings end those that
+	// are overdue. Without it a cancel whose worker died was ended only by
+	// a full pass, which with many views came minutes after its grace.
+	cancels map[string]time.Time
 	// listedAt and relistAfter pace the full passes: ten times the last
 	// listing, as the passes were before.
 	listedAt    time.Time
@@ -127,6 +133,7 @@ func (d *Detector) Start(ctx context.Context) error {
 		// A listing that took a tenth of Every or less is made every pass.
 		if !fresh && d.relistAfter > d.cfg.Every && time.Since(d.listedAt) < d.relistAfter {
 			_, err := d.recheck(ctx)
+			d.recheckCancels(ctx)
 			return 0, err
 		}
 		began := time.Now()
@@ -172,7 +179,7 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 	hangAfter := d.cfg.HangAfter
 	// What an earlier pass watched is not to be judged by once this one
 	// began: it may fail (and a leadership or hang-after may have changed).
-	d.watched, d.watchedBy = nil, 0
+	d.watched, d.watchedBy, d.cancels = nil, 0, nil
 	previous, err := d.hb.PublishHangAfter(ctx, hangAfter)
 	if err != nil && ctx.Err() != nil {
 		return res, ctx.Err() // stopping: nothing to say
@@ -250,40 +257,98 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 		}
 	}
 	budget := d.cfg.MaxPerPass
+	cancels := map[string]time.Time{}
 	for _, v := range canceling {
 		if budget == 0 {
 			res.scan = 0 // as for hung jobs above
 			break
 		}
-		job, err := d.m.Load(ctx, v.ID)
-		if errors.Is(err, events.ErrNotFound) {
-			d.forgetGhost(ctx, v.ID)
-			continue
+		c := d.endCancelIfOverdue(ctx, v.ID, now)
+		if c.tried {
+			budget--
 		}
-		if err != nil || job.State != statemachine.StateCanceling || job.CancelRequestedAt == nil {
-			continue
+		if c.ended {
+			res.CancelsTerminated = append(res.CancelsTerminated, v.ID)
 		}
-		asked := *job.CancelRequestedAt
-		if now.Sub(asked) >= d.cfg.CancelGrace || asked.After(now.Add(events.BeatAheadLimit)) {
-			// The request's time is its writer's clock, which may lag or
-			// run ahead.
-			if asked, err = d.heldToServer(ctx, job.ID, asked, true); err != nil {
-				continue
-			}
+		if c.waiting {
+			cancels[v.ID] = c.asked
 		}
-		if now.Sub(asked) < d.cfg.CancelGrace {
-			continue
-		}
-		budget--
-		d.systemLog(ctx, job.ID, job.Attempt, fmt.Sprintf("cancel requested at %s was not acknowledged by worker %s within %s; the job is canceled without it",
-			asked.Format(time.RFC3339), job.WorkerID, d.cfg.CancelGrace))
-		if _, err := d.m.TerminateCanceling(ctx, job.ID, ErrorCodeCancelTimeout); err != nil {
-			d.logger.Info("left a canceling job alone", zap.String("job", job.ID), zap.Error(err))
-			continue
-		}
-		res.CancelsTerminated = append(res.CancelsTerminated, job.ID)
 	}
+	d.cancels = cancels
 	return res, nil
+}
+
+// cancelCheck is what endCancelIfOverdue did with a job.
+type cancelCheck struct {
+	// tried: the cancel was overdue, and ending it was tried.
+	tried, ended bool
+	// waiting: the job is still canceling within its grace, asked then
+	// (or it could not be read, and is asked again).
+	waiting bool
+	asked   time.Time
+}
+
+// endCancelIfOverdue ends the cancel of a canceling job that no worker
+// acknowledged within CancelGrace.
+func (d *Detector) endCancelIfOverdue(ctx context.Context, id string, now time.Time) cancelCheck {
+	job, err := d.m.Load(ctx, id)
+	if errors.Is(err, events.ErrNotFound) {
+		d.forgetGhost(ctx, id)
+		return cancelCheck{}
+	}
+	if err != nil {
+		return cancelCheck{waiting: true, asked: now.Add(-d.cfg.CancelGrace)}
+	}
+	if job.State != statemachine.StateCanceling || job.CancelRequestedAt == nil {
+		return cancelCheck{}
+	}
+	asked := *job.CancelRequestedAt
+	if now.Sub(asked) >= d.cfg.CancelGrace || asked.After(now.Add(events.BeatAheadLimit)) {
+		// The request's time is its writer's clock, which may lag or
+		// run ahead.
+		if asked, err = d.heldToServer(ctx, job.ID, asked, true); err != nil {
+			return cancelCheck{waiting: true, asked: now.Add(-d.cfg.CancelGrace)}
+		}
+	}
+	if now.Sub(asked) < d.cfg.CancelGrace {
+		return cancelCheck{waiting: true, asked: asked}
+	}
+	d.systemLog(ctx, job.ID, job.Attempt, fmt.Sprintf("cancel requested at %s was not acknowledged by worker %s within %s; the job is canceled without it",
+		asked.Format(time.RFC3339), job.WorkerID, d.cfg.CancelGrace))
+	if _, err := d.m.TerminateCanceling(ctx, job.ID, ErrorCodeCancelTimeout); err != nil {
+		d.logger.Info("left a canceling job alone", zap.String("job", job.ID), zap.Error(err))
+		return cancelCheck{tried: true}
+	}
+	return cancelCheck{tried: true, ended: true}
+}
+
+// recheckCancels is the part of a pass between two listings that ends the
+// overdue cancels of the jobs in d.cancels, at most MaxPerPass of them.
+func (d *Detector) recheckCancels(ctx context.Context) []string {
+	now := d.cfg.Now()
+	budget := d.cfg.MaxPerPass
+	var ended []string
+	for id, asked := range d.cancels {
+		if budget == 0 {
+			break
+		}
+		if now.Sub(asked) < d.cfg.CancelGrace && !asked.After(now.Add(events.BeatAheadLimit)) {
+			continue
+		}
+		c := d.endCancelIfOverdue(ctx, id, now)
+		if c.tried {
+			budget--
+		}
+		if c.ended {
+			ended = append(ended, id)
+		}
+		if c.waiting {
+			d.cancels[id] = c.asked
+		} else {
+			delete(d.cancels, id)
+		}
+	}
+	return ended
 }
 
 // watchedJob is a job found running by the last full pass.
@@ -378,6 +443,14 @@ func (d *Detector) recheck(ctx context.Context) ([]string, error) {
 		}
 		if err != nil || v.State != statemachine.StateRunning || v.Lease != w.view.Lease {
 			delete(d.watched, id)
+			if err == nil && v.State == statemachine.StateCanceling && v.Lease == w.view.Lease && v.CancelRequestedAt != nil {
+				// Canceled since the listing, its worker silent: its cancel
+				// is ended once overdue, not at the next listing.
+				if d.cancels == nil {
+					d.cancels = map[string]time.Time{}
+				}
+				d.cancels[id] = *v.CancelRequestedAt
+			}
 			continue
 		}
 		hung = append(hung, hungCandidate{view: v, lastSign: last})

@@ -1297,3 +1297,44 @@ func TestAStartDuringAStopStartsThePassesAgain(t *testing.T) {
 	t.Cleanup(svc.stop)
 	natstest.Eventually(t, 5*time.Second, func() bool { return passes.Load() > 0 }, "passes after the second start")
 }
+
+// Between two listings of every view, the detector ends the overdue cancels
+// of the canceling jobs the last listing found, and of the jobs it found
+// running that were canceled since, their worker silent. Before, both
+// waited for the next listing, which with many views came minutes after
+// the cancel grace (103 s against a grace of 10 s, in a helper's run).
+func TestDetectorEndsCancelsBetweenListings(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	listedCanceling := f.abandonedJob()
+	cj, err := f.m.Cancel(ctx, listedCanceling.ID, "not needed")
+	require.NoError(t, err)
+	f.projected(cj)
+	canceledSince := f.abandonedJob()
+	var mu sync.Mutex
+	clock := time.Now()
+	d := f.detector("s1", func() time.Time { mu.Lock(); defer mu.Unlock(); return clock })
+	res, err := d.runOnce(ctx)
+	require.NoError(t, err)
+	require.Empty(t, res.CancelsTerminated, "within the grace")
+	require.Empty(t, res.Hung, "within the hang-after")
+
+	cj, err = f.m.Cancel(ctx, canceledSince.ID, "not needed either")
+	require.NoError(t, err)
+	f.projected(cj)
+	mu.Lock()
+	clock = clock.Add(2 * time.Minute) // past the fixture's grace and hang-after
+	mu.Unlock()
+	failed, err := d.recheck(ctx)
+	require.NoError(t, err)
+	require.Empty(t, failed, "a canceling job is not failed as hung")
+	ended := d.recheckCancels(ctx)
+	require.ElementsMatch(t, []string{listedCanceling.ID, canceledSince.ID}, ended)
+	for _, id := range ended {
+		cur, err := f.m.Load(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, statemachine.StateCanceled, cur.State)
+		require.Equal(t, events.CanceledByTimeout, cur.CanceledBy)
+	}
+	require.Empty(t, d.recheckCancels(ctx), "each cancel ended once")
+}
