@@ -1376,9 +1376,14 @@ func TestListEndsWhileViewsArePurged(t *testing.T) {
 				listed <- err
 			}()
 		}
+		// Each purge waits behind 8 listings of the bucket: on 2 loaded
+		// cores (the whole suite at once), one took longer than the
+		// client's default 5 s.
+		pctx, cancel := context.WithTimeout(ctx, time.Minute)
 		for _, id := range ids {
-			require.NoError(t, kv.Purge(ctx, id))
+			require.NoError(t, kv.Purge(pctx, id))
 		}
+		cancel()
 		for range cap(listed) {
 			select {
 			case err := <-listed:
