@@ -987,6 +987,9 @@ func (l *Log) Load(ctx context.Context, jobID string) ([]Record, error) {
 		if recs, err = l.readPast(ctx, jobID, 0, 0); err != nil {
 			return nil, err
 		}
+		if len(recs) == 0 { // purged since the leader was asked
+			return nil, fmt.Errorf("load job %s: %w", jobID, ErrNotFound)
+		}
 	}
 	return recs, nil
 }
@@ -997,7 +1000,7 @@ func (l *Log) Load(ctx context.Context, jobID string) ([]Record, error) {
 // answered by a replica that has not caught up, and deciding on it again
 // would only be refused again: it is asked again until it reads past seq.
 // A history that ends before seq for good (purged, or a log that lost its
-// tail in a crash) is returned as read after the publish timeout.
+// tail in a crash) is returned as the stream's leader holds it.
 func (l *Log) LoadPast(ctx context.Context, jobID string, seq uint64) ([]Record, error) {
 	recs, err := l.readPast(ctx, jobID, 0, seq)
 	var behind *behindError
@@ -1006,6 +1009,9 @@ func (l *Log) LoadPast(ctx context.Context, jobID string, seq uint64) ([]Record,
 			return behind.recs, nil
 		}
 		return l.Load(ctx, jobID) // none left: purged, or not read yet (the leader says)
+	}
+	if err == nil && len(recs) == 0 {
+		return nil, fmt.Errorf("load job %s: %w", jobID, ErrNotFound) // none left, the leader says
 	}
 	return recs, err
 }
@@ -1033,17 +1039,33 @@ func (e *behindError) Unwrap() error { return ErrUnavailable }
 
 // readPast reads the job's events after the sequence after until the read
 // ends past seq (holds any event, for seq 0), pausing between reads, for
-// up to the publish timeout; then it gives a *behindError.
+// up to the publish timeout; then it gives a *behindError. A read that
+// falls short asks the stream's leader, once, for the job's last sequence:
+// a history that ends at or before seq for good (purged, or a log that
+// lost its tail in a crash, even on a single server) is read up to that
+// end, and returned at once rather than after the publish timeout.
 func (l *Log) readPast(ctx context.Context, jobID string, after, seq uint64) ([]Record, error) {
 	deadline := time.Now().Add(l.cfg.PublishTimeout)
 	pause := staleReadPauseFirst
+	upTo := seq + 1 // the read is done once it holds a sequence this high
+	asked := false
 	for {
 		recs, err := l.LoadAfter(ctx, jobID, after)
 		if err != nil {
 			return nil, err
 		}
-		if n := len(recs); n > 0 && recs[n-1].Seq > seq {
+		if n := len(recs); n > 0 && recs[n-1].Seq >= upTo {
 			return recs, nil
+		}
+		if !asked {
+			asked = true
+			// Not answered (a cluster electing a leader), the reads go on.
+			if last, err := l.leaderLastSeq(ctx, jobID); err == nil && last < upTo {
+				upTo = last
+				if n := len(recs); upTo <= after || n > 0 && recs[n-1].Seq >= upTo {
+					return recs, nil
+				}
+			}
 		}
 		if time.Now().After(deadline) {
 			return nil, &behindError{jobID: jobID, recs: recs}
@@ -1055,6 +1077,39 @@ func (l *Log) readPast(ctx context.Context, jobID string, after, seq uint64) ([]
 		}
 		pause = min(2*pause, staleReadPauseMax)
 	}
+}
+
+// leaderLastSeq returns the sequence of the job's last message, 0 if it has
+// none, as the stream's leader says: unlike a direct get, a message get is
+// answered by the leader only, never by a replica that has not caught up.
+func (l *Log) leaderLastSeq(ctx context.Context, jobID string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.PublishTimeout)
+	defer cancel()
+	req, _ := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{l.Subject(jobID)})
+	m, err := l.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+l.cfg.Stream, req)
+	if err != nil {
+		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
+	}
+	var resp struct {
+		Message *struct {
+			Seq uint64 `json:"seq"`
+		} `json:"message"`
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return 0, nil
+	case resp.Error != nil:
+		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, resp.Error)
+	case resp.Message == nil:
+		return 0, fmt.Errorf("last sequence of job %s: the stream answered without a message", jobID)
+	}
+	return resp.Message.Seq, nil
 }
 
 // Holds reports whether the log holds any message of the job, as its

@@ -880,3 +880,54 @@ func TestCommandsDecideOnTheStreamsHistoryNotALaggingReplicas(t *testing.T) {
 		})
 	}
 }
+
+// A command on a copy of a job that the log's history no longer reaches
+// (the log lost its tail in a crash with --fsync interval, or the job was
+// purged) is decided on the history as it is, at once: the read that came
+// up short was asked again for the whole publish timeout, twice for a
+// worker's result (10 s), as if a replica had not caught up, though a
+// single server answered it.
+func TestACommandOnACopyAheadOfTheLogIsDecidedAtOnce(t *testing.T) {
+	m, lg, env := newMachine(t)
+	st, err := env.JS.Stream(testContext(t), lg.Stream())
+	require.NoError(t, err)
+	loseAcquire := func(ctx context.Context, held statemachine.Job) error { return st.DeleteMsg(ctx, held.Lease) }
+	purge := func(ctx context.Context, held statemachine.Job) error { return lg.Purge(ctx, held.ID, held.Version) }
+	succeed := func(ctx context.Context, held statemachine.Job) error {
+		_, err := m.Succeed(ctx, held, nil)
+		return err
+	}
+	cancelPending := func(ctx context.Context, held statemachine.Job) error {
+		_, err := m.CancelPendingFrom(ctx, held, "not needed")
+		return err
+	}
+	for _, tc := range []struct {
+		name string
+		// lose takes the history back from under the held copy.
+		lose    func(ctx context.Context, held statemachine.Job) error
+		command func(ctx context.Context, held statemachine.Job) error
+		wantErr error // nil: the command is made
+	}{
+		{"a result after the acquire was lost", loseAcquire, succeed, statemachine.ErrLeaseLost},
+		{"a cancel after the acquire was lost", loseAcquire, cancelPending, nil},
+		{"a result after the job was purged", purge, succeed, events.ErrNotFound},
+		{"a cancel after the job was purged", purge, cancelPending, events.ErrNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := submit(t, m, statemachine.SubmitParams{Type: "build"})
+			held, err := m.Acquire(testContext(t), j.ID, "w")
+			require.NoError(t, err)
+			require.NoError(t, tc.lose(testContext(t), held))
+			// Well under the publish timeout (5 s) the reads were asked
+			// again for.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			err = tc.command(ctx, held)
+			if tc.wantErr == nil {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, tc.wantErr)
+		})
+	}
+}
