@@ -2672,6 +2672,44 @@ func TestAResultWaitsForItsAttemptsLogLines(t *testing.T) {
 	require.Equal(t, "last words", linesAtTheEnd[0].Line)
 }
 
+// A Stop whose ctx ends does not hold a result back for its lines' acks:
+// the result is recorded, once, as Stop's ctx ending promises, and Stop
+// says nothing went unrecorded. Waiting for the acks until they timed out,
+// the result was recorded after Stop had returned (with "0 handlers had
+// not returned (jobs )"), or never if the process exited then, and the job
+// was left running for the hang detector to fail and run again.
+func TestAStopThatRunsOutOfTimeRecordsResultsWhoseLinesAreUnacknowledged(t *testing.T) {
+	f := newFixture(t, true)
+	ctx := context.Background()
+	// The pool's lines go through a proxy the handler stalls; its machine,
+	// the fixture's, records the result over a connection of its own.
+	proxy := natstest.NewProxy(t, f.env.URL)
+	_, js := natstest.Connect(t, proxy.URL)
+	returned := make(chan struct{})
+	p, err := NewPool(js, f.m, PoolConfig{Types: []string{"lastwords"}, Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
+		j.Log("last words")
+		proxy.Stall()
+		close(returned)
+		return nil
+	})
+	require.NoError(t, err)
+	p.logAckTimeout = time.Minute // the line's ack is not given up on meanwhile
+	require.NoError(t, p.Start(ctx))
+	t.Cleanup(func() {
+		proxy.Restore()
+		_ = p.Stop(context.Background())
+	})
+
+	j := f.submit(statemachine.SubmitParams{Type: "lastwords"})
+	<-returned
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	require.NoError(t, p.Stop(sctx))
+	done, err := f.m.Load(ctx, j.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateSucceeded, done.State, "the result recorded when Stop returned")
+}
+
 // A reconcile pass asks the queue stream's leader before it takes a job's
 // queue message for lost: the look-up is a direct get, and on a cluster a
 // replica that has not caught up answered "not found" for messages it did
