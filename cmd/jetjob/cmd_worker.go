@@ -70,16 +70,17 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if *concurrency < 1 || *concurrency > workers.ConcurrencyMax {
 		return usageErr("--concurrency %d, expected 1-%d", *concurrency, workers.ConcurrencyMax)
 	}
-	g, err := parseDurationFlag("grace", *grace)
-	if err != nil {
-		return err
-	}
-	if g == 0 {
+	if d, err := time.ParseDuration(*grace); err == nil && d <= 0 {
 		// The pool and the command handler read a zero grace as their
 		// defaults (30 s and 10 s): --grace 0 gave a command ignoring
 		// SIGTERM 10 s, outlived the worker's wait on a stop and left its
-		// job running until the hang detector failed it.
+		// job running until the hang detector failed it. A negative one
+		// is told the same, not "0 or more" as other durations are.
 		return usageErr("--grace %s, expected a duration above 0 such as 10s", clip(*grace))
+	}
+	g, err := parseDurationFlag("grace", *grace)
+	if err != nil {
+		return err
 	}
 	jobTimeout, err := parseDurationFlag("timeout", *timeout)
 	if err != nil {

@@ -523,6 +523,8 @@ func TestBadInputExitCodes(t *testing.T) {
 		// stop), not as none.
 		{[]string{"worker", "--type", "t", "--grace", "0", "--", "true"}, 2, "--grace 0, expected a duration above 0 such as 10s"},
 		{[]string{"worker", "--type", "t", "--grace", "0s", "--", "true"}, 2, "--grace 0s, expected a duration above 0 such as 10s"},
+		// A negative grace was told "0 or more", which 0 is not.
+		{[]string{"worker", "--type", "t", "--grace", "-1s", "--", "true"}, 2, "--grace -1s, expected a duration above 0 such as 10s"},
 		{[]string{"bench", "--cpuprofile", ""}, 2, "--cpuprofile is empty, expected a file name"},
 		{[]string{"server", "--nats", "", "--listen", freeAddr(t), "--data", t.TempDir()}, 2, "--nats is empty, expected a NATS URL"},
 		{[]string{"dev", "--nats", "", "--listen", freeAddr(t), "--data", t.TempDir()}, 2, "--nats is empty, expected a NATS URL"},
