@@ -98,15 +98,14 @@ func (j *Job) appendLine(l LogLine) {
 }
 
 // linesStored waits until the server has answered for the lines the
-// attempt sent so far, at most until ctx ends or stop is closed (Stop's
-// ctx ended: a result not recorded before the process exits is worse than
-// lines read late, as the job would be failed as hung and run again). A
-// result recorded before
-// them would let a reader who saw the job end (`jetjob logs` after the
-// job failed, `logs -f` stopping at the end) miss its last lines. One
-// connection's lines to one stream are stored and answered in order, so
-// the last line's answer covers those before it; a line that failed is
-// said by the pool's lineLost.
+// attempt sent so far, at most until ctx ends or stop is closed. A result
+// recorded before them would let a reader who saw the job end (`jetjob
+// logs` after the job failed, `logs -f` stopping at the end) miss its last
+// lines. Stop closes stop when its ctx ends: a result not recorded before
+// the process exits is worse than lines read late, as the job would be
+// failed as hung and run again. One connection's lines to one stream are
+// stored and answered in order, so the last line's answer covers those
+// before it; a line that failed is said by the pool's lineLost.
 func (j *Job) linesStored(ctx context.Context, stop <-chan struct{}) {
 	j.lineMu.Lock()
 	last := j.lastLine
