@@ -1048,7 +1048,13 @@ func (l *Log) readPast(ctx context.Context, jobID string, after, seq uint64) ([]
 	deadline := time.Now().Add(l.cfg.PublishTimeout)
 	pause := staleReadPauseFirst
 	upTo := seq + 1 // the read is done once it holds a sequence this high
-	asked := false
+	// The leader is asked beside the reads, not between them: one that does
+	// not answer (a cluster electing one) held the reads for the whole
+	// publish timeout, after which they gave up without reading again,
+	// though a replica that had caught up meanwhile would have answered.
+	var leader chan leaderAnswer
+	qctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	for {
 		recs, err := l.LoadAfter(ctx, jobID, after)
 		if err != nil {
@@ -1057,15 +1063,12 @@ func (l *Log) readPast(ctx context.Context, jobID string, after, seq uint64) ([]
 		if n := len(recs); n > 0 && recs[n-1].Seq >= upTo {
 			return recs, nil
 		}
-		if !asked {
-			asked = true
-			// Not answered (a cluster electing a leader), the reads go on.
-			if last, err := l.leaderLastSeq(ctx, jobID); err == nil && last < upTo {
-				upTo = last
-				if n := len(recs); upTo <= after || n > 0 && recs[n-1].Seq >= upTo {
-					return recs, nil
-				}
-			}
+		if leader == nil {
+			leader = make(chan leaderAnswer, 1)
+			go func() {
+				last, err := l.leaderLastSeq(qctx, jobID)
+				leader <- leaderAnswer{last: last, err: err}
+			}()
 		}
 		if time.Now().After(deadline) {
 			return nil, &behindError{jobID: jobID, recs: recs}
@@ -1073,10 +1076,25 @@ func (l *Log) readPast(ctx context.Context, jobID string, after, seq uint64) ([]
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("load job %s: %w", jobID, ctx.Err())
+		case a := <-leader:
+			// Not answered (a cluster electing a leader), the reads go on.
+			if a.err == nil && a.last < upTo {
+				upTo = a.last
+				if n := len(recs); upTo <= after || n > 0 && recs[n-1].Seq >= upTo {
+					return recs, nil
+				}
+			}
+			continue // read again at once: what the leader said may be there
 		case <-time.After(pause):
 		}
 		pause = min(2*pause, staleReadPauseMax)
 	}
+}
+
+// leaderAnswer is the stream leader's answer to readPast's question.
+type leaderAnswer struct {
+	last uint64
+	err  error
 }
 
 // leaderLastSeq returns the sequence of the job's last message, 0 if it has

@@ -931,3 +931,58 @@ func TestACommandOnACopyAheadOfTheLogIsDecidedAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// A read that comes up short asks the stream's leader where the job's
+// history ends; a leader that does not answer (a cluster electing one) must
+// not take the reads' whole time: they went on after the question, and
+// found the job on a replica that had it. Here the question is never
+// answered (its subject is denied to the log's user), as in an election,
+// and a mirror answers about half of the reads as a replica behind would.
+func TestAnUnansweredLeaderDoesNotStopTheReads(t *testing.T) {
+	ctx := testContext(t)
+	srv, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		Users: []*server.User{
+			{Username: "admin", Password: "a"},
+			{Username: "w", Password: "w", Permissions: &server.Permissions{
+				Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.MSG.GET.>"}},
+			}},
+		},
+	})
+	require.NoError(t, err)
+	srv.Start()
+	t.Cleanup(srv.Shutdown)
+	require.True(t, srv.ReadyForConnections(10*time.Second))
+	connect := func(user, pass string) jetstream.JetStream {
+		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, pass), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+		require.NoError(t, err)
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		require.NoError(t, err)
+		return js
+	}
+	admin, worker := connect("admin", "a"), connect("w", "w")
+	lg, err := events.Open(ctx, worker, events.Config{PublishTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	behind, err := admin.CreateStream(ctx, jetstream.StreamConfig{
+		Name: "JJ_EVENTS_BEHIND", MirrorDirect: true,
+		Mirror: &jetstream.StreamSource{Name: lg.Stream(), FilterSubject: lg.Subject("behind")},
+	})
+	require.NoError(t, err)
+	_, err = admin.Publish(ctx, lg.Subject("behind"), []byte("not an event"))
+	require.NoError(t, err)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		info, err := behind.Info(ctx)
+		return err == nil && info.State.Msgs == 1
+	}, "the mirror caught up")
+
+	for i := range 20 {
+		j := submit(t, m, statemachine.SubmitParams{Type: "build"})
+		canceled, err := m.Cancel(ctx, j.ID, "not needed")
+		require.NoError(t, err, "round %d", i)
+		require.Equal(t, statemachine.StateCanceled, canceled.State)
+	}
+}
