@@ -1379,11 +1379,11 @@ func TestListEndsWhileViewsArePurged(t *testing.T) {
 		// Each purge waits behind 8 listings of the bucket: on 2 loaded
 		// cores (the whole suite at once), one took longer than the
 		// client's default 5 s.
-		pctx, cancel := context.WithTimeout(ctx, time.Minute)
 		for _, id := range ids {
+			pctx, cancel := context.WithTimeout(ctx, time.Minute)
 			require.NoError(t, kv.Purge(pctx, id))
+			cancel()
 		}
-		cancel()
 		for range cap(listed) {
 			select {
 			case err := <-listed:
