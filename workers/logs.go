@@ -172,7 +172,7 @@ func (l *Logs) Read(ctx context.Context, jobID string) ([]LogLine, error) {
 // an error matching ctx.Err(), since lines may be left unpassed). It rides
 // out a server restart, each line passed once; a server gone for more than
 // 10 s ends it with an error. With finished nil it passes the lines stored
-// when it was called, and returns.
+// when it was called (riding out failed fetches the same way), and returns.
 func (l *Logs) Follow(ctx context.Context, jobID string, finished func(context.Context) bool, fn func(LogLine)) error {
 	return l.follow(ctx, jobID, finished, fn)
 }
@@ -211,7 +211,12 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		if failingSince.IsZero() {
 			failingSince = time.Now()
 		}
-		if finished == nil || time.Since(failingSince) > followOutage || errors.Is(err, nats.ErrConnectionClosed) {
+		// A read of the lines stored rides out a failed fetch too: on a
+		// cluster, the pull of a consumer just made is answered "no
+		// responders" until its node's interest reaches the one the client
+		// is on, and jetstream logs failed so now and then with the
+		// cluster at rest.
+		if time.Since(failingSince) > followOutage || errors.Is(err, nats.ErrConnectionClosed) {
 			return fmt.Errorf("read logs of job %s: %w", jobID, err)
 		}
 		select {

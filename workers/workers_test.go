@@ -28,6 +28,7 @@ import (
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/statemachine"
 )
 
@@ -2751,4 +2752,28 @@ func TestReconcileDoesNotTakeALaggingReplicasWordForALostMessage(t *testing.T) {
 	res, err := enq.Reconcile(ctx)
 	require.NoError(t, err)
 	require.Empty(t, res.Requeued, "jobs re-enqueued beside their queue messages")
+}
+
+// A read of a job's lines on a cluster rides out a fetch answered "no
+// responders": the pull of the consumer each read makes can reach a server
+// before the consumer's interest does, and jetjob logs exited 1 now and
+// then (3 reads in 60, with the cluster at rest) with the lines there.
+func TestLogsReadOnAClusterRidesOutAFetchWithNoResponders(t *testing.T) {
+	ctx := context.Background()
+	c := natstest.StartCluster(t, 3)
+	_, js := natstest.Connect(t, c.URL)
+	require.NoError(t, EnsureTopology(ctx, provision.WithReplicas(js, 3)))
+	logs, err := AttachLogs(ctx, js)
+	require.NoError(t, err)
+	require.NoError(t, logs.Append(ctx, "job-1", LogLine{Time: time.Now().UTC(), Attempt: 1, Number: 1, Stream: StreamStdout, Line: "stored"}))
+	for _, ns := range c.Servers {
+		_, js := natstest.Connect(t, ns.ClientURL())
+		logs, err := AttachLogs(ctx, js)
+		require.NoError(t, err)
+		for range 30 {
+			lines, err := logs.Read(ctx, "job-1")
+			require.NoError(t, err, "read from %s", ns.ClientURL())
+			require.Len(t, lines, 1)
+		}
+	}
 }
