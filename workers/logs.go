@@ -214,7 +214,7 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		// A read of the lines stored rides out a failed fetch too: on a
 		// cluster, the pull of a consumer just made is answered "no
 		// responders" until its node's interest reaches the one the client
-		// is on, and jetstream logs failed so now and then with the
+		// is on, and jetjob logs failed so now and then with the
 		// cluster at rest.
 		if time.Since(failingSince) > followOutage || errors.Is(err, nats.ErrConnectionClosed) {
 			return fmt.Errorf("read logs of job %s: %w", jobID, err)
