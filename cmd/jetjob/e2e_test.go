@@ -704,23 +704,11 @@ func TestWatchFailsWhenTheServerIsGone(t *testing.T) {
 // stderr lines after it exited 1.
 func endedByAKilledServer(t *testing.T, s *serverProc, first string, args ...string) []string {
 	t.Helper()
-	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+s.url)
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	var errb bytes.Buffer
-	cmd.Stderr = &errb
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	line := make([]byte, 512)
-	n, err := stdout.Read(line)
-	require.NoError(t, err)
-	require.Contains(t, string(line[:n]), first)
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-
+	cmd, errb := startedPrinting(t, s, first, args...)
 	s.kill()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	var err error
 	select {
 	case err = <-exited:
 	case <-time.After(60 * time.Second):
@@ -730,6 +718,26 @@ func endedByAKilledServer(t *testing.T, s *serverProc, first string, args ...str
 	require.ErrorAs(t, err, &ee)
 	require.Equal(t, 1, ee.ExitCode(), "stderr: %s", errb.String())
 	return strings.Split(strings.TrimSpace(errb.String()), "\n")
+}
+
+// startedPrinting starts a jetjob command on s and returns once it printed
+// first (in its first output), with its stderr.
+func startedPrinting(t *testing.T, s *serverProc, first string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+s.url)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	errb := &bytes.Buffer{}
+	cmd.Stderr = errb
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	line := make([]byte, 512)
+	n, err := stdout.Read(line)
+	require.NoError(t, err)
+	require.Contains(t, string(line[:n]), first)
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	return cmd, errb
 }
 
 // TestLogsFollowSaysWhenTheServerIsGone: following a job's log ends, as a
@@ -750,19 +758,7 @@ func TestLogsFollowEndsOnInterrupt(t *testing.T) {
 	s := startServerProc(t)
 	id := s.jetjob("submit", "--type", "talker").ok(t)
 	startWorker(t, s, "--type", "talker", "--", "sh", "-c", "echo hello; sleep 600")
-	cmd := exec.Command(binary, "logs", "-f", id)
-	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+s.url)
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	var errb bytes.Buffer
-	cmd.Stderr = &errb
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	line := make([]byte, 512)
-	n, err := stdout.Read(line)
-	require.NoError(t, err)
-	require.Contains(t, string(line[:n]), "hello")
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	cmd, errb := startedPrinting(t, s, "hello", "logs", "-f", id)
 	require.NoError(t, cmd.Process.Signal(os.Interrupt))
 	require.NoError(t, cmd.Wait(), "stderr: %s", errb.String())
 	require.Empty(t, errb.String())
