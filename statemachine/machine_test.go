@@ -830,19 +830,7 @@ func TestTheJobAWriterGetsIsTheJobTheLogFolds(t *testing.T) {
 func TestCommandsDecideOnTheStreamsHistoryNotALaggingReplicas(t *testing.T) {
 	ctx := testContext(t)
 	m, lg, env := newMachine(t)
-	behind, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{
-		Name: "JJ_EVENTS_BEHIND", MirrorDirect: true,
-		Mirror: &jetstream.StreamSource{Name: lg.Stream(), FilterSubject: lg.Subject("behind")},
-	})
-	require.NoError(t, err)
-	// A mirror answers direct gets once it has caught up with what it
-	// mirrors: one message.
-	_, err = env.JS.Publish(ctx, lg.Subject("behind"), []byte("not an event"))
-	require.NoError(t, err)
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		info, err := behind.Info(ctx)
-		return err == nil && info.State.Msgs == 1
-	}, "the mirror caught up")
+	natstest.LaggingReplica(t, env.JS, lg.Stream(), lg.Subject("behind"))
 
 	for _, tc := range []struct {
 		name string
@@ -967,17 +955,7 @@ func TestAnUnansweredLeaderDoesNotStopTheReads(t *testing.T) {
 	t.Cleanup(lg.Close)
 	m, err := statemachine.New(lg, statemachine.Config{})
 	require.NoError(t, err)
-	behind, err := admin.CreateStream(ctx, jetstream.StreamConfig{
-		Name: "JJ_EVENTS_BEHIND", MirrorDirect: true,
-		Mirror: &jetstream.StreamSource{Name: lg.Stream(), FilterSubject: lg.Subject("behind")},
-	})
-	require.NoError(t, err)
-	_, err = admin.Publish(ctx, lg.Subject("behind"), []byte("not an event"))
-	require.NoError(t, err)
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		info, err := behind.Info(ctx)
-		return err == nil && info.State.Msgs == 1
-	}, "the mirror caught up")
+	natstest.LaggingReplica(t, admin, lg.Stream(), lg.Subject("behind"))
 
 	for i := range 20 {
 		j := submit(t, m, statemachine.SubmitParams{Type: "build"})

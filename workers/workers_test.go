@@ -2123,18 +2123,7 @@ func TestAWatchOnALaggingReplicaDoesNotReadEarlierAttempts(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, false)
 	lg := f.m.Log()
-	behind, err := f.env.JS.CreateStream(ctx, jetstream.StreamConfig{
-		Name: "JJ_EVENTS_BEHIND", MirrorDirect: true,
-		Mirror: &jetstream.StreamSource{Name: lg.Stream(), FilterSubject: lg.Subject("behind")},
-	})
-	require.NoError(t, err)
-	// A mirror answers direct gets once it has caught up: one message.
-	_, err = f.env.JS.Publish(ctx, lg.Subject("behind"), []byte("not an event"))
-	require.NoError(t, err)
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		info, err := behind.Info(ctx)
-		return err == nil && info.State.Msgs == 1
-	}, "the mirror caught up")
+	natstest.LaggingReplica(t, f.env.JS, lg.Stream(), lg.Subject("behind"))
 
 	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"t"}}, noop)
 	require.NoError(t, err)
@@ -2722,18 +2711,7 @@ func TestReconcileDoesNotTakeALaggingReplicasWordForALostMessage(t *testing.T) {
 	f := newFixture(t, false)
 	ctx := context.Background()
 	key := queueKey{Type: "t", Tagset: noTags}
-	behind, err := f.env.JS.CreateStream(ctx, jetstream.StreamConfig{
-		Name: "JJ_QUEUE_BEHIND", MirrorDirect: true,
-		Mirror: &jetstream.StreamSource{Name: key.stream(), FilterSubject: key.subject("behind")},
-	})
-	require.NoError(t, err)
-	// A mirror answers direct gets once it has caught up: one message.
-	_, err = f.env.JS.Publish(ctx, key.subject("behind"), []byte("not a job"))
-	require.NoError(t, err)
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		info, err := behind.Info(ctx)
-		return err == nil && info.State.Msgs == 1
-	}, "the mirror caught up")
+	natstest.LaggingReplica(t, f.env.JS, key.stream(), key.subject("behind"))
 
 	before := f.queued() // the mirror's message
 	var listed []QueuedJob

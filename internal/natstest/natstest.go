@@ -3,6 +3,7 @@
 package natstest
 
 import (
+	"context"
 	"net/url"
 	"sync"
 	"testing"
@@ -103,4 +104,26 @@ func Locked(t testing.TB, mu *sync.Mutex, what string) {
 		}
 		return true
 	}, "%s", what)
+}
+
+// LaggingReplica puts beside stream a mirror that answers its direct gets
+// and holds none of its messages but one on subject, which it publishes:
+// about half of the stream's direct gets are then answered as by a replica
+// that has not caught up, which the embedded cluster never showed. A
+// mirror answers direct gets only once it has caught up with what it
+// mirrors, so it returns once the mirror holds that message.
+func LaggingReplica(t testing.TB, js jetstream.JetStream, stream, subject string) {
+	t.Helper()
+	ctx := context.Background()
+	behind, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: stream + "_BEHIND", MirrorDirect: true,
+		Mirror: &jetstream.StreamSource{Name: stream, FilterSubject: subject},
+	})
+	require.NoError(t, err)
+	_, err = js.Publish(ctx, subject, []byte("not a job's"))
+	require.NoError(t, err)
+	Eventually(t, 10*time.Second, func() bool {
+		info, err := behind.Info(ctx)
+		return err == nil && info.State.Msgs == 1
+	}, "the mirror of %s caught up", stream)
 }
