@@ -372,6 +372,9 @@ func TestAnAttemptsLinesAreNumberedInOrder(t *testing.T) {
 // lines are known, and is not counted twice when they come one by one.
 func TestLineGapsCountTheMissingNumbers(t *testing.T) {
 	line := func(attempt int, n int64) LogLine { return LogLine{Attempt: attempt, Number: n} }
+	leased := func(attempt int, lease uint64, n int64) LogLine {
+		return LogLine{Attempt: attempt, Lease: lease, Number: n}
+	}
 	for _, tc := range []struct {
 		name  string
 		lines []LogLine
@@ -390,6 +393,9 @@ func TestLineGapsCountTheMissingNumbers(t *testing.T) {
 		// numbered 9e18 kept `jetjob logs` busy for good.
 		{"a number near the limit", []LogLine{line(1, 1), line(1, 9e18), line(1, 5)}, []int64{0, 9e18 - 2, 0}, []int64{0, 9e18 - 3, 0}},
 		{"numbered twice", []LogLine{line(1, 1), line(1, 1), line(1, 4)}, []int64{0, 0, 2}, []int64{0, 0, 2}},
+		// A job handed back runs again under the same attempt number, its
+		// lines numbered from 1 again under a new lease.
+		{"an attempt run again after a hand-back", []LogLine{leased(1, 7, 1), leased(1, 7, 2), leased(1, 9, 1), leased(1, 9, 3)}, []int64{0, 0, 0, 1}, []int64{0, 0, 0, 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, c := range []struct {
@@ -402,6 +408,37 @@ func TestLineGapsCountTheMissingNumbers(t *testing.T) {
 				}
 				require.Equal(t, c.want, got)
 			}
+		})
+	}
+}
+
+// A line stored twice (sent again after its ack was lost, though it had
+// been stored) is read once; a line sent again that fills a gap, a line of
+// another lease under the same number, and the unleased lines of the
+// server and of older workers are each read.
+func TestReadLinesTellsASecondCopy(t *testing.T) {
+	line := func(lease uint64, n int64) LogLine { return LogLine{Attempt: 1, Lease: lease, Number: n} }
+	for _, tc := range []struct {
+		name  string
+		lines []LogLine
+		again []bool
+	}{
+		{"in order", []LogLine{line(5, 1), line(5, 2), line(5, 3)}, []bool{false, false, false}},
+		{"a copy of the last", []LogLine{line(5, 1), line(5, 2), line(5, 2)}, []bool{false, false, true}},
+		{"copies sent again after later lines", []LogLine{line(5, 1), line(5, 2), line(5, 3), line(5, 1), line(5, 2)}, []bool{false, false, false, true, true}},
+		{"lost lines sent again fill their gap once", []LogLine{line(5, 1), line(5, 5), line(5, 3), line(5, 2), line(5, 4), line(5, 3)}, []bool{false, false, false, false, false, true}},
+		{"a gap filled from its ends", []LogLine{line(5, 10), line(5, 1), line(5, 9), line(5, 1), line(5, 9)}, []bool{false, false, false, true, true}},
+		{"another lease, the same numbers", []LogLine{line(5, 1), line(5, 2), line(6, 1), line(6, 2)}, []bool{false, false, false, false}},
+		{"unleased lines", []LogLine{line(0, 1), line(0, 1), line(5, 0), line(5, 0)}, []bool{false, false, false, false}},
+		{"a number near the limit", []LogLine{line(5, 9e18), line(5, 1), line(5, 9e18), line(5, 1)}, []bool{false, false, true, true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			read := readLines{}
+			var got []bool
+			for _, l := range tc.lines {
+				got = append(got, read.again(l))
+			}
+			require.Equal(t, tc.again, got)
 		})
 	}
 }

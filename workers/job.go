@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -70,9 +71,11 @@ type Job struct {
 	// however many goroutines (a command's stdout and stderr) they come.
 	lineMu sync.Mutex
 	lines  int64
-	// lastLine is the ack to come of the attempt's last line sent: its
-	// result waits for it (see linesStored).
-	lastLine jetstream.PubAckFuture
+	// inFlight holds the attempt's lines whose acks are still to come, in
+	// the order sent; failed those whose acks failed, to be sent again
+	// before the result (see linesStored), the last linesResentMax of them.
+	inFlight []sentLine
+	failed   []LogLine
 }
 
 // Log appends a line to the job's log. A line logged after the handler
@@ -91,33 +94,116 @@ func (j *Job) appendLine(l LogLine) {
 	j.lineMu.Lock()
 	defer j.lineMu.Unlock()
 	j.lines++
-	l.Time, l.Attempt, l.Number = time.Now().UTC(), j.Attempt, j.lines
-	if ack := j.logs.appendAsync(j.ID, l); ack != nil {
-		j.lastLine = ack
+	l.Time, l.Attempt, l.Lease, l.Number = time.Now().UTC(), j.Attempt, j.Lease, j.lines
+	j.settleLines()
+	ack := j.logs.appendAsync(j.ID, l)
+	if ack == nil {
+		j.lineFailed(l)
+		return
+	}
+	j.inFlight = append(j.inFlight, sentLine{line: l, ack: ack})
+}
+
+// sentLine is a line sent without waiting, and its ack to come.
+type sentLine struct {
+	line LogLine
+	ack  jetstream.PubAckFuture
+}
+
+// settled reports whether the line's ack came, and whether it failed. An
+// ack is read once: its channels hold it for one reader.
+func (s sentLine) settled() (done, failed bool) {
+	select {
+	case <-s.ack.Ok():
+		return true, false
+	case <-s.ack.Err():
+		return true, true
+	default:
+		return false, false
 	}
 }
 
+// settleLines drops the lines stored from the front of inFlight and keeps
+// those that failed, so that a chatty job holds only the lines whose acks
+// are to come: one connection's lines to one stream are answered in order,
+// a timed-out one no later than those after it. Called with lineMu held.
+func (j *Job) settleLines() {
+	n := 0
+	for ; n < len(j.inFlight); n++ {
+		done, failed := j.inFlight[n].settled()
+		if !done {
+			break
+		}
+		if failed {
+			j.lineFailed(j.inFlight[n].line)
+		}
+	}
+	j.inFlight = slices.Delete(j.inFlight, 0, n)
+}
+
+// linesResentMax bounds the failed lines an attempt keeps to send again: a
+// job keeps only its last LogLinesPerJob lines anyway.
+const linesResentMax = LogLinesPerJob
+
+func (j *Job) lineFailed(l LogLine) {
+	if len(j.failed) == linesResentMax {
+		j.failed = slices.Delete(j.failed, 0, 1)
+	}
+	j.failed = append(j.failed, l)
+}
+
 // linesStored waits until the server has answered for the lines the
-// attempt sent so far, at most until ctx ends or stop is closed. A result
-// recorded before them would let a reader who saw the job end (`jetjob
-// logs` after the job failed, `logs -f` stopping at the end) miss its last
-// lines. Stop closes stop when its ctx ends: a result not recorded before
-// the process exits is worse than lines read late, as the job would be
-// failed as hung and run again. One connection's lines to one stream are
-// stored and answered in order, so the last line's answer covers those
-// before it; a line that failed is said by the pool's lineLost.
-func (j *Job) linesStored(ctx context.Context, stop <-chan struct{}) {
+// attempt sent so far, and sends again those whose ack failed (a NATS node
+// lost or paused, the connection cut: a worker connected to a node that
+// died lost every line it sent in the last seconds), in order, each until
+// it is stored or resendFor has passed. It gives up when ctx ends or stop
+// is closed: Stop closes stop when its ctx ends, and a result not recorded
+// before the process exits is worse than lines read late, as the job would
+// be failed as hung and run again. A result recorded before its lines would
+// let a reader who saw the job end (`jetjob logs` after the job failed,
+// `logs -f` stopping at the end) miss its last lines. A line sent again may
+// have been stored all the same, its ack lost: readers pass over a line of
+// a lease and number read before (see Logs.Read).
+func (j *Job) linesStored(ctx context.Context, stop <-chan struct{}, resendFor time.Duration) {
+	// Waited for and sent again without lineMu held: a goroutine the
+	// handler left running logs on meanwhile, its lines not waited for.
 	j.lineMu.Lock()
-	last := j.lastLine
+	sent := j.inFlight
+	j.inFlight = nil
 	j.lineMu.Unlock()
-	if last == nil {
+	var failed []LogLine
+	for _, s := range sent {
+		select {
+		case <-s.ack.Ok():
+		case <-s.ack.Err():
+			failed = append(failed, s.line)
+		case <-ctx.Done():
+			return
+		case <-stop:
+			return
+		}
+	}
+	j.lineMu.Lock()
+	failed = append(j.failed, failed...)
+	failed = failed[max(0, len(failed)-linesResentMax):]
+	j.failed = nil
+	j.lineMu.Unlock()
+	if len(failed) == 0 {
 		return
 	}
-	select {
-	case <-last.Ok():
-	case <-last.Err():
-	case <-ctx.Done():
-	case <-stop:
+	rctx, cancel := context.WithTimeout(ctx, resendFor)
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-rctx.Done():
+		}
+	}()
+	for _, l := range failed {
+		if err := j.logs.resend(rctx, j.ID, l); err != nil {
+			return
+		}
 	}
 }
 

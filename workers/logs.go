@@ -34,7 +34,14 @@ type LogLine struct {
 	// lines the server writes about an attempt (a hang, a cancel not
 	// acknowledged), and for those of workers from before lines were
 	// numbered.
-	Number   int64    `json:"n,omitempty"`
+	Number int64 `json:"n,omitempty"`
+	// Lease is the lease of the attempt that wrote the line (0 for the
+	// server's lines and those of workers from before it was written): a
+	// job handed back runs again under the same attempt number, its lines
+	// numbered from 1 again. A lease and a number name one line, stored
+	// twice when its worker sent it again after its ack was lost; readers
+	// pass over the second.
+	Lease    uint64   `json:"lease,omitempty"`
 	Stream   string   `json:"stream"`
 	Line     string   `json:"line"`
 	Progress *float64 `json:"progress,omitempty"`
@@ -45,22 +52,32 @@ type LogLine struct {
 // a worker cut off from the server may lose lines it writes meanwhile.
 // Lines without a number (the server's own, or a worker's from before
 // lines were numbered) are passed over, and the lines of each attempt are
-// counted apart, since a cut-off attempt may write on while its retry runs.
+// counted apart, since a cut-off attempt may write on while its retry runs
+// (and a job handed back runs again under the same attempt number, under
+// another lease).
 type LineGaps struct {
-	last  map[int]int64   // the highest number read, by attempt
-	known map[int][]int64 // every number there is to read, by attempt, sorted, once each
+	last  map[attemptLease]int64   // the highest number read, by attempt
+	known map[attemptLease][]int64 // every number there is to read, by attempt, sorted, once each
 }
+
+// attemptLease names one run of an attempt.
+type attemptLease struct {
+	attempt int
+	lease   uint64
+}
+
+func runOf(l LogLine) attemptLease { return attemptLease{l.Attempt, l.Lease} }
 
 // NewLineGaps counts gaps in lines as they come (all nil, as a follower
 // reads them) or in all of a job's lines, read at once, of which a line
 // stored after a later one (its publish tried again) is then no gap where
 // it was expected.
 func NewLineGaps(all []LogLine) *LineGaps {
-	g := &LineGaps{last: map[int]int64{}}
+	g := &LineGaps{last: map[attemptLease]int64{}}
 	if all != nil {
-		g.known = map[int][]int64{}
+		g.known = map[attemptLease][]int64{}
 		for _, l := range all {
-			g.known[l.Attempt] = append(g.known[l.Attempt], l.Number)
+			g.known[runOf(l)] = append(g.known[runOf(l)], l.Number)
 		}
 		for a, ns := range g.known {
 			slices.Sort(ns)
@@ -74,19 +91,78 @@ func NewLineGaps(all []LogLine) *LineGaps {
 // not walked: the numbers a worker writes are not bounded (a line may
 // name any), and an attempt that wrote a billion lines keeps only its last.
 func (g *LineGaps) Before(l LogLine) int64 {
-	last := g.last[l.Attempt]
+	run := runOf(l)
+	last := g.last[run]
 	if l.Number <= last {
 		return 0 // unnumbered, or stored after a later line
 	}
-	g.last[l.Attempt] = l.Number
+	g.last[run] = l.Number
 	if g.known == nil {
 		return l.Number - last - 1
 	}
 	// The known numbers strictly between last and l.Number are there.
-	ns := g.known[l.Attempt]
+	ns := g.known[run]
 	from, _ := slices.BinarySearch(ns, last+1)
 	to, _ := slices.BinarySearch(ns, l.Number)
 	return l.Number - last - 1 - int64(to-from)
+}
+
+// readLines tells a line read before: one of the same lease and number,
+// stored twice when its worker sent it again after its ack was lost. It
+// holds, for each lease, the highest number read and the numbers below it
+// not read yet, as spans: a line sent again fills one, and anything else
+// below the highest is a second copy.
+type readLines map[uint64]*leaseLines
+
+type leaseLines struct {
+	highest int64
+	holes   []numberSpan // sorted, apart
+}
+
+type numberSpan struct{ from, to int64 } // both included
+
+// again reports whether l was read before, and marks it read.
+func (r readLines) again(l LogLine) bool {
+	if l.Lease == 0 || l.Number <= 0 {
+		return false // the server's lines, and those of older workers
+	}
+	ll := r[l.Lease]
+	if ll == nil {
+		ll = &leaseLines{}
+		r[l.Lease] = ll
+	}
+	n := l.Number
+	if n > ll.highest {
+		if n > ll.highest+1 {
+			ll.holes = append(ll.holes, numberSpan{ll.highest + 1, n - 1})
+		}
+		ll.highest = n
+		return false
+	}
+	i, _ := slices.BinarySearchFunc(ll.holes, n, func(s numberSpan, n int64) int {
+		if s.to < n {
+			return -1
+		}
+		if s.from > n {
+			return 1
+		}
+		return 0
+	})
+	if i == len(ll.holes) || ll.holes[i].from > n {
+		return true
+	}
+	switch h := ll.holes[i]; {
+	case h.from == h.to:
+		ll.holes = slices.Delete(ll.holes, i, i+1)
+	case n == h.from:
+		ll.holes[i].from++
+	case n == h.to:
+		ll.holes[i].to--
+	default:
+		ll.holes[i].to = n - 1
+		ll.holes = slices.Insert(ll.holes, i+1, numberSpan{n + 1, h.to})
+	}
+	return false
 }
 
 // Logs stores and reads job log lines, at most LogLinesPerJob per job.
@@ -159,7 +235,37 @@ func (l *Logs) appendAsync(jobID string, line LogLine) jetstream.PubAckFuture {
 	return ack
 }
 
-// Read returns a job's stored lines in order.
+// resend stores again a line appendAsync sent whose ack failed, trying
+// until it is stored or ctx ends.
+func (l *Logs) resend(ctx context.Context, jobID string, line LogLine) error {
+	data := encodeLine(line)
+	pause := resendPauseMin
+	for {
+		_, err := l.js.Publish(ctx, logSubject(jobID), data)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if l.lost != nil {
+				l.lost(jobID, fmt.Errorf("sent again: %w", err))
+			}
+			return fmt.Errorf("append log line of job %s again: %w", jobID, err)
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, resendPauseMax)
+	}
+}
+
+// resendPauseMin and resendPauseMax pace the tries of a line sent again,
+// doubling: a NATS cluster elects a new leader within seconds.
+const (
+	resendPauseMin = 50 * time.Millisecond
+	resendPauseMax = time.Second
+)
+
+// Read returns a job's stored lines in order, each once (a line sent again
+// after its ack was lost may be stored twice).
 func (l *Logs) Read(ctx context.Context, jobID string) ([]LogLine, error) {
 	var out []LogLine
 	err := l.follow(ctx, jobID, nil, func(line LogLine) { out = append(out, line) })
@@ -169,7 +275,8 @@ func (l *Logs) Read(ctx context.Context, jobID string) ([]LogLine, error) {
 // Follow passes a job's lines to fn, then new ones as they come, until finished
 // reports true (it is asked a few times a second) and every line stored by
 // then has been passed to fn (it returns nil), or until ctx ends (it returns
-// an error matching ctx.Err(), since lines may be left unpassed). It rides
+// an error matching ctx.Err(), since lines may be left unpassed). A line
+// stored twice is passed once. It rides
 // out a server restart, each line passed once; a server gone for more than
 // 10 s ends it with an error. With finished nil it passes the lines stored
 // when it was called (riding out failed fetches the same way), and returns.
@@ -189,6 +296,7 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 	}
 	defer func() { _ = consume.DeleteOrdered(l.js, LogsStream, cons) }()
 	var delivered uint64
+	read := readLines{}
 	lastStored := func() uint64 {
 		m, err := l.stream.GetLastMsgForSubject(ctx, logSubject(jobID))
 		if err != nil {
@@ -247,7 +355,7 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		for m := range batch.Messages() {
 			got++
 			var line LogLine
-			if json.Unmarshal(m.Data(), &line) == nil {
+			if json.Unmarshal(m.Data(), &line) == nil && !read.again(line) {
 				fn(line)
 			}
 			if meta, err := m.Metadata(); err == nil {

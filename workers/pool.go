@@ -1435,7 +1435,7 @@ func (p *Pool) endAttempt(ctx context.Context, cancel context.CancelCauseFunc, h
 	result := job.result
 	job.over = true
 	job.resultMu.Unlock()
-	job.linesStored(rctx, p.reportsCtx.Done())
+	job.linesStored(rctx, p.reportsCtx.Done(), p.logAckTimeout)
 	p.recordResult(rctx, held, attemptEnd{cause: context.Cause(ctx), err: err, result: result})
 }
 

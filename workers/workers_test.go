@@ -2755,3 +2755,76 @@ func TestLogsReadOnAClusterRidesOutAFetchWithNoResponders(t *testing.T) {
 		}
 	}
 }
+
+// Lines whose acks failed with the connection cut are sent again before
+// the attempt's result is recorded, and each is read once: lost on their
+// way, they were missing from a finished job's log (a cluster soak saw 20
+// jobs of 2,178 end so, their workers connected to a node killed or
+// paused); stored with their answers lost, they are stored twice, and the
+// readers pass over the second copy.
+func TestLinesWhoseAcksFailedAreSentAgainBeforeTheResult(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		stall     func(*natstest.Proxy)
+		whileHeld int // copies stored while the stall holds bytes
+		stored    int // copies stored in all
+	}{
+		{"lost on their way", (*natstest.Proxy).Stall, 1, 3},
+		{"stored, their answers lost", (*natstest.Proxy).StallAnswers, 3, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, true)
+			ctx := context.Background()
+			// The pool's lines go through a proxy the test cuts; its
+			// machine, the fixture's, records the result over a
+			// connection of its own.
+			proxy := natstest.NewProxy(t, f.env.URL)
+			_, js := natstest.Connect(t, proxy.URL)
+			started, returning := make(chan *Job, 1), make(chan struct{})
+			p, err := NewPool(js, f.m, PoolConfig{Types: []string{"cutlines"}, Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
+				j.Log("first")
+				started <- j
+				<-returning
+				return nil
+			})
+			require.NoError(t, err)
+			p.logAckTimeout = 500 * time.Millisecond
+			require.NoError(t, p.Start(ctx))
+			t.Cleanup(func() {
+				proxy.Restore()
+				_ = p.Stop(context.Background())
+			})
+			logs, err := AttachLogs(ctx, f.env.JS)
+			require.NoError(t, err)
+			subject := logSubject(f.submit(statemachine.SubmitParams{Type: "cutlines"}).ID)
+			storedCopies := func() int {
+				info, err := logs.stream.Info(ctx, jetstream.WithSubjectFilter(subject))
+				require.NoError(t, err)
+				return int(info.State.Subjects[subject])
+			}
+
+			job := <-started
+			natstest.Eventually(t, 10*time.Second, func() bool { return storedCopies() == 1 }, "the first line stored")
+			tc.stall(proxy)
+			job.Log("second")
+			job.Log("third")
+			natstest.Eventually(t, 10*time.Second, func() bool { return proxy.Holding() && storedCopies() == tc.whileHeld }, "the lines held, or stored")
+			proxy.Cut() // what the stall held is lost
+			proxy.Restore()
+			close(returning)
+			f.waitState(job.ID, statemachine.StateSucceeded)
+
+			require.Equal(t, tc.stored, storedCopies(), "copies stored")
+			lines, err := logs.Read(ctx, job.ID)
+			require.NoError(t, err)
+			var got []string
+			for _, l := range lines {
+				got = append(got, l.Line)
+			}
+			require.Equal(t, []string{"first", "second", "third"}, got, "every line, each once, when the job ended")
+			var followed []string
+			require.NoError(t, logs.Follow(ctx, job.ID, func(context.Context) bool { return true }, func(l LogLine) { followed = append(followed, l.Line) }))
+			require.Equal(t, got, followed, "followed")
+		})
+	}
+}

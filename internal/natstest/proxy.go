@@ -10,9 +10,9 @@ import (
 )
 
 // Proxy relays TCP connections to a server, and can cut them (drop every
-// connection, open or new) or stall them (hold every byte, with the
-// connections left open, as a partition that drops packets does, until
-// Restore delivers them).
+// connection, open or new) or stall them (hold every byte, or only the
+// server's, with the connections left open, as a partition that drops
+// packets does, until Restore delivers them).
 type Proxy struct {
 	URL string
 
@@ -22,8 +22,11 @@ type Proxy struct {
 	resumed *sync.Cond
 	cut     bool
 	stalled bool
-	holding int // relays holding bytes in a stall
-	conns   map[net.Conn]bool
+	// answersStalled holds the server's bytes only: what clients send
+	// is done, and they hear nothing of it.
+	answersStalled bool
+	holding        int // relays holding bytes in a stall
+	conns          map[net.Conn]bool
 }
 
 // NewProxy relays to the server at url (nats://host:port); the test's
@@ -60,11 +63,20 @@ func (p *Proxy) Stall() {
 	p.stalled = true
 }
 
+// StallAnswers holds every byte the server sends until Restore: requests
+// reach it and are done, their answers held (and lost if the connection is
+// then cut).
+func (p *Proxy) StallAnswers() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.answersStalled = true
+}
+
 // Restore lets connections and bytes through again.
 func (p *Proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut, p.stalled = false, false
+	p.cut, p.stalled, p.answersStalled = false, false, false
 	p.resumed.Broadcast()
 }
 
@@ -74,7 +86,7 @@ func (p *Proxy) close() {
 	_ = p.ln.Close()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut, p.stalled = true, false
+	p.cut, p.stalled, p.answersStalled = true, false, false
 	for c := range p.conns {
 		_ = c.Close()
 	}
@@ -89,15 +101,16 @@ func (p *Proxy) Holding() bool {
 	return p.holding > 0
 }
 
-// waitUnstalled returns when bytes may pass.
-func (p *Proxy) waitUnstalled() {
+// waitUnstalled returns when bytes may pass, answers the server's.
+func (p *Proxy) waitUnstalled(answers bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.stalled {
+	held := func() bool { return p.stalled || answers && p.answersStalled }
+	if !held() {
 		return
 	}
 	p.holding++
-	for p.stalled {
+	for held() {
 		p.resumed.Wait()
 	}
 	p.holding--
@@ -126,7 +139,7 @@ func (p *Proxy) relay(client net.Conn) {
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)
-	pipe := func(dst, src net.Conn) {
+	pipe := func(dst, src net.Conn, answers bool) {
 		defer wg.Done()
 		// One side closed: close both, so the other copy ends too.
 		defer dst.Close()
@@ -135,7 +148,7 @@ func (p *Proxy) relay(client net.Conn) {
 		for {
 			n, err := src.Read(buf)
 			if n > 0 {
-				p.waitUnstalled()
+				p.waitUnstalled(answers)
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					return
 				}
@@ -145,8 +158,8 @@ func (p *Proxy) relay(client net.Conn) {
 			}
 		}
 	}
-	go pipe(server, client)
-	go pipe(client, server)
+	go pipe(server, client, false)
+	go pipe(client, server, true)
 	wg.Wait()
 	p.mu.Lock()
 	delete(p.conns, client)
