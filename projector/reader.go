@@ -342,6 +342,8 @@ const watchSeenLimit = 100_000
 // unchanged (a rebuild) is not sent again; a heartbeat of a running job is
 // a change (its HeartbeatAt and UpdatedAt move) at the same Version. After
 // a reconnect the watch is made again, and what changed meanwhile is sent.
+// A job purged is not sent: Forget leaves no delete marker, and the job's
+// last view sent is its finished one.
 func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	if err := f.Validate(); err != nil {
 		return nil, err
