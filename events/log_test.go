@@ -398,8 +398,13 @@ func requireOutcomes(t *testing.T, l *events.Log, ids []string, errs []error, ca
 	t.Helper()
 	failed := 0
 	for i := range ids {
-		_, lerr := l.Load(context.Background(), ids[i])
-		stored := lerr == nil
+		// Read as LoadAfter reads, without Load's question to the stream's
+		// leader before it says a job is not found: these tests run on one
+		// server, whose answer is the stream's, and thousands of appends
+		// not stored made the question take minutes under -race.
+		recs, lerr := l.LoadAfter(context.Background(), ids[i], 0)
+		require.NoError(t, lerr)
+		stored := len(recs) > 0
 		var unknown *events.OutcomeUnknownError
 		switch {
 		case errs[i] == nil:
@@ -565,7 +570,7 @@ func testAppendsCutByALostConnection(t *testing.T, cfg events.Config) {
 		l, err := events.Attach(js, cfg)
 		require.NoError(t, err)
 		ids, errs, answered, wait := appendAll(t, ctx, l, fmt.Sprintf("lost%d", round), 2000)
-		natstest.Eventually(t, 10*time.Second, func() bool { return answered.Load() >= int64(100*(round+1)) }, "appends answered")
+		natstest.Eventually(t, time.Minute, func() bool { return answered.Load() >= int64(100*(round+1)) }, "appends answered")
 		nc.Close() // mid-flight
 		natstest.Eventually(t, time.Minute, func() bool { return answered.Load() == 2000 }, "every append answered after the connection closed")
 		wait()
@@ -801,7 +806,7 @@ func TestAttachedLogsFollowTheRecordedAppends(t *testing.T) {
 	// Each switch happens with appends queued the other way.
 	switchWhileAppending := func(prefix string) {
 		ids, errs, answered, wait := appendAll(t, ctx, worker, prefix, 2000)
-		natstest.Eventually(t, 10*time.Second, func() bool { return answered.Load() >= 100 }, "appends answered")
+		natstest.Eventually(t, time.Minute, func() bool { return answered.Load() >= 100 }, "appends answered")
 		require.NoError(t, worker.Follow(ctx))
 		wait()
 		for i, err := range errs {

@@ -99,7 +99,7 @@ func TestAppendsGoStraightToTheStreamWithoutARelay(t *testing.T) {
 	stop, err := f.server.ServeRelay()
 	require.NoError(t, err)
 	ids, errs, answered, wait := appendAll(t, ctx, f.worker, "cut", 500)
-	natstest.Eventually(t, 10*time.Second, func() bool { return answered.Load() >= 100 }, "appends answered")
+	natstest.Eventually(t, time.Minute, func() bool { return answered.Load() >= 100 }, "appends answered")
 	stop()
 	f.server.Close()
 	wait()
