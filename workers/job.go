@@ -191,15 +191,8 @@ func (j *Job) linesStored(ctx context.Context, stop <-chan struct{}, resendFor t
 	if len(failed) == 0 {
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, resendFor)
+	rctx, cancel := timeoutOrClosed(ctx, resendFor, stop)
 	defer cancel()
-	go func() {
-		select {
-		case <-stop:
-			cancel()
-		case <-rctx.Done():
-		}
-	}()
 	for _, l := range failed {
 		if err := j.logs.resend(rctx, j.ID, l); err != nil {
 			return

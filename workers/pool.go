@@ -1808,20 +1808,27 @@ type beatAck struct {
 	err  error
 }
 
+// timeoutOrClosed is ctx with a timeout of d, ended also when done is
+// closed.
+func timeoutOrClosed(ctx context.Context, d time.Duration, done <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	go func() {
+		select {
+		case <-done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // beat records a heartbeat after the attempt's previous one, waiting for
 // its ack until the attempt is out of contact or abandon is closed (the
 // connection was made again).
 func (p *Pool) beat(ctx context.Context, held statemachine.Job, after uint64, abandon <-chan struct{}, acks chan<- beatAck) {
 	sent := time.Now()
-	bctx, cancel := context.WithTimeout(ctx, p.fenceAfter())
+	bctx, cancel := timeoutOrClosed(ctx, p.fenceAfter(), abandon)
 	defer cancel()
-	go func() {
-		select {
-		case <-abandon:
-			cancel()
-		case <-bctx.Done():
-		}
-	}()
 	seq, err := p.recordBeat(bctx, events.Beat{JobID: held.ID, Lease: held.Lease, WorkerID: p.cfg.WorkerID, At: sent.UTC()}, after)
 	acks <- beatAck{sent: sent, seq: seq, err: err}
 }

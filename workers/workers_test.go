@@ -1681,14 +1681,27 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 // goes through a proxy the test can cut or stall.
 func (f *fixture) proxiedPool(cfg PoolConfig, h Handler, before ...func(*Pool)) *natstest.Proxy {
 	f.t.Helper()
-	ctx := context.Background()
 	proxy := natstest.NewProxy(f.t, f.env.URL)
+	f.poolThrough(proxy, true, cfg, h, before...)
+	return proxy
+}
+
+// poolThrough runs a pool whose calls to the server go through proxy: with
+// machineToo, its machine's as well; without, the fixture's machine records
+// its results over a connection of its own, so that a stalled or cut proxy
+// holds back or loses only the pool's own traffic (its log lines).
+func (f *fixture) poolThrough(proxy *natstest.Proxy, machineToo bool, cfg PoolConfig, h Handler, before ...func(*Pool)) *Pool {
+	f.t.Helper()
+	ctx := context.Background()
 	_, js := natstest.Connect(f.t, proxy.URL)
-	lg, err := events.Open(ctx, js, f.proxiedLog)
-	require.NoError(f.t, err)
-	f.t.Cleanup(lg.Close)
-	m, err := statemachine.New(lg, statemachine.Config{})
-	require.NoError(f.t, err)
+	m := f.m
+	if machineToo {
+		lg, err := events.Open(ctx, js, f.proxiedLog)
+		require.NoError(f.t, err)
+		f.t.Cleanup(lg.Close)
+		m, err = statemachine.New(lg, statemachine.Config{})
+		require.NoError(f.t, err)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = zaptestLogger(f.t)
 	}
@@ -1702,7 +1715,7 @@ func (f *fixture) proxiedPool(cfg PoolConfig, h Handler, before ...func(*Pool)) 
 		proxy.Restore()
 		_ = p.Stop(context.Background())
 	})
-	return proxy
+	return p
 }
 
 func (f *fixture) publishHangAfter(d time.Duration) {
@@ -2627,21 +2640,12 @@ func TestAQueueWhoseJobStaysQueuedIsWokenLessAndLessOften(t *testing.T) {
 func TestAResultWaitsForItsAttemptsLogLines(t *testing.T) {
 	f := newFixture(t, true)
 	ctx := context.Background()
-	// The pool's lines go through a proxy the handler stalls; its machine,
-	// the fixture's, records the result over a connection of its own.
 	proxy := natstest.NewProxy(t, f.env.URL)
-	_, js := natstest.Connect(t, proxy.URL)
-	p, err := NewPool(js, f.m, PoolConfig{Types: []string{"lastwords"}, Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
+	f.poolThrough(proxy, false, PoolConfig{Types: []string{"lastwords"}}, func(ctx context.Context, j *Job) error {
 		j.Log("last words")
 		proxy.Stall()
 		time.AfterFunc(300*time.Millisecond, proxy.Restore) // the line delayed, not lost
 		return nil
-	})
-	require.NoError(t, err)
-	require.NoError(t, p.Start(ctx))
-	t.Cleanup(func() {
-		proxy.Restore()
-		_ = p.Stop(context.Background())
 	})
 	logs, err := AttachLogs(ctx, f.env.JS)
 	require.NoError(t, err)
@@ -2671,24 +2675,14 @@ func TestAResultWaitsForItsAttemptsLogLines(t *testing.T) {
 func TestAStopThatRunsOutOfTimeRecordsResultsWhoseLinesAreUnacknowledged(t *testing.T) {
 	f := newFixture(t, true)
 	ctx := context.Background()
-	// The pool's lines go through a proxy the handler stalls; its machine,
-	// the fixture's, records the result over a connection of its own.
 	proxy := natstest.NewProxy(t, f.env.URL)
-	_, js := natstest.Connect(t, proxy.URL)
 	returned := make(chan struct{})
-	p, err := NewPool(js, f.m, PoolConfig{Types: []string{"lastwords"}, Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
+	p := f.poolThrough(proxy, false, PoolConfig{Types: []string{"lastwords"}}, func(ctx context.Context, j *Job) error {
 		j.Log("last words")
 		proxy.Stall()
 		close(returned)
 		return nil
-	})
-	require.NoError(t, err)
-	p.logAckTimeout = time.Minute // the line's ack is not given up on meanwhile
-	require.NoError(t, p.Start(ctx))
-	t.Cleanup(func() {
-		proxy.Restore()
-		_ = p.Stop(context.Background())
-	})
+	}, func(p *Pool) { p.logAckTimeout = time.Minute }) // the line's ack not given up on meanwhile
 
 	j := f.submit(statemachine.SubmitParams{Type: "lastwords"})
 	<-returned
@@ -2775,25 +2769,14 @@ func TestLinesWhoseAcksFailedAreSentAgainBeforeTheResult(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, true)
 			ctx := context.Background()
-			// The pool's lines go through a proxy the test cuts; its
-			// machine, the fixture's, records the result over a
-			// connection of its own.
 			proxy := natstest.NewProxy(t, f.env.URL)
-			_, js := natstest.Connect(t, proxy.URL)
 			started, returning := make(chan *Job, 1), make(chan struct{})
-			p, err := NewPool(js, f.m, PoolConfig{Types: []string{"cutlines"}, Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
+			f.poolThrough(proxy, false, PoolConfig{Types: []string{"cutlines"}}, func(ctx context.Context, j *Job) error {
 				j.Log("first")
 				started <- j
 				<-returning
 				return nil
-			})
-			require.NoError(t, err)
-			p.logAckTimeout = 500 * time.Millisecond
-			require.NoError(t, p.Start(ctx))
-			t.Cleanup(func() {
-				proxy.Restore()
-				_ = p.Stop(context.Background())
-			})
+			}, func(p *Pool) { p.logAckTimeout = 500 * time.Millisecond })
 			logs, err := AttachLogs(ctx, f.env.JS)
 			require.NoError(t, err)
 			subject := logSubject(f.submit(statemachine.SubmitParams{Type: "cutlines"}).ID)
