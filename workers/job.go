@@ -185,9 +185,15 @@ func (j *Job) linesStored(ctx context.Context, stop <-chan struct{}, resendFor t
 	}
 	j.lineMu.Lock()
 	failed = append(j.failed, failed...)
-	failed = failed[max(0, len(failed)-linesResentMax):]
 	j.failed = nil
+	last := j.lines
 	j.lineMu.Unlock()
+	// Only the attempt's last LogLinesPerJob lines are sent again: the
+	// stream keeps a job's last LogLinesPerJob lines, and a line from
+	// before them, stored now, pushed one of them out (a job that wrote
+	// on for 10,000 lines after a cut lost its last ones to lines it
+	// wrote before the cut).
+	failed = slices.DeleteFunc(failed, func(l LogLine) bool { return l.Number <= last-LogLinesPerJob })
 	if len(failed) == 0 {
 		return
 	}

@@ -2,6 +2,7 @@ package workers
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -2810,4 +2811,64 @@ func TestLinesWhoseAcksFailedAreSentAgainBeforeTheResult(t *testing.T) {
 			require.Equal(t, got, followed, "followed")
 		})
 	}
+}
+
+// A line whose ack failed is sent again only if it is among its attempt's
+// last LogLinesPerJob lines: the stream keeps a job's last LogLinesPerJob
+// lines, and the lines an attempt lost before it wrote 10,000 more, sent
+// again at its end, pushed out as many of its last lines.
+func TestLinesSentAgainAreAmongTheAttemptsLast(t *testing.T) {
+	f := newFixture(t, true)
+	ctx := context.Background()
+	proxy := natstest.NewProxy(t, f.env.URL)
+	nc, js := natstest.Connect(t, proxy.URL)
+	started, returning := make(chan *Job, 1), make(chan struct{})
+	p, err := NewPool(js, f.m, PoolConfig{Types: []string{"cutlines"}, Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
+		j.Log("first")
+		started <- j
+		<-returning
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, p.Start(ctx))
+	t.Cleanup(func() {
+		proxy.Restore()
+		_ = p.Stop(context.Background())
+	})
+	logs, err := AttachLogs(ctx, f.env.JS)
+	require.NoError(t, err)
+	id := f.submit(statemachine.SubmitParams{Type: "cutlines"}).ID
+	subject := logSubject(id)
+	job := <-started
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		info, err := logs.stream.Info(ctx, jetstream.WithSubjectFilter(subject))
+		require.NoError(t, err)
+		return info.State.Subjects[subject] == 1
+	}, "the first line stored")
+	proxy.Stall()
+	job.Log("lost")
+	natstest.Eventually(t, 10*time.Second, proxy.Holding, "the line held")
+	proxy.Cut() // what the stall held is lost
+	natstest.Eventually(t, 10*time.Second, func() bool { return !nc.IsConnected() }, "the cut noticed")
+	proxy.Restore()
+	natstest.Eventually(t, 10*time.Second, nc.IsConnected, "connected again")
+	var want []string
+	for i := 1; i <= LogLinesPerJob; i++ {
+		want = append(want, fmt.Sprintf("late %d", i))
+		job.Log(want[len(want)-1])
+	}
+	close(returning)
+	f.waitState(id, statemachine.StateSucceeded)
+
+	lines, err := logs.Read(ctx, id)
+	require.NoError(t, err)
+	// A late line may be stored twice (its ack lost as the connection came
+	// back), the second copy then kept instead of the first: in number
+	// order, not the order read.
+	slices.SortFunc(lines, func(a, b LogLine) int { return cmp.Compare(a.Number, b.Number) })
+	got := make([]string, 0, len(lines))
+	for _, l := range lines {
+		got = append(got, l.Line)
+	}
+	require.Equal(t, want, got, "the attempt's last lines")
 }
