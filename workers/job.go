@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -194,6 +195,10 @@ func (j *Job) linesStored(ctx context.Context, stop <-chan struct{}, resendFor t
 	// on for 10,000 lines after a cut lost its last ones to lines it
 	// wrote before the cut).
 	failed = slices.DeleteFunc(failed, func(l LogLine) bool { return l.Number <= last-LogLinesPerJob })
+	// In the order written, not the order their acks failed: a line
+	// refused at once (too many awaiting their acks) failed before the
+	// earlier lines held with the server, and was stored before them.
+	slices.SortFunc(failed, func(a, b LogLine) int { return cmp.Compare(a.Number, b.Number) })
 	if len(failed) == 0 {
 		return
 	}

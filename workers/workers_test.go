@@ -2872,3 +2872,58 @@ func TestLinesSentAgainAreAmongTheAttemptsLast(t *testing.T) {
 	}
 	require.Equal(t, want, got, "the attempt's last lines")
 }
+
+// Lines whose acks failed are sent again in the order they were written,
+// whichever failed first: a line refused at once (too many lines awaiting
+// their acks) was sent again before the earlier lines whose acks then
+// failed, and jetjob logs showed it before them.
+func TestLinesSentAgainInTheirOrder(t *testing.T) {
+	f := newFixture(t, true)
+	ctx := context.Background()
+	proxy := natstest.NewProxy(t, f.env.URL)
+	nc, js := natstest.Connect(t, proxy.URL)
+	started, returning := make(chan *Job, 1), make(chan struct{})
+	p, err := NewPool(js, f.m, PoolConfig{Types: []string{"cutlines"}, Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
+		j.Log("first")
+		started <- j
+		<-returning
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, p.Start(ctx))
+	t.Cleanup(func() {
+		proxy.Restore()
+		_ = p.Stop(context.Background())
+	})
+	logs, err := AttachLogs(ctx, f.env.JS)
+	require.NoError(t, err)
+	id := f.submit(statemachine.SubmitParams{Type: "cutlines"}).ID
+	subject := logSubject(id)
+	job := <-started
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		info, err := logs.stream.Info(ctx, jetstream.WithSubjectFilter(subject))
+		require.NoError(t, err)
+		return info.State.Subjects[subject] == 1
+	}, "the first line stored")
+	proxy.Stall()
+	want := []string{"first"}
+	// One more than the publisher lets await their acks: the last is
+	// refused at once, the others held.
+	for i := 1; i <= 4001; i++ {
+		want = append(want, fmt.Sprintf("held %d", i))
+		job.Log(want[len(want)-1])
+	}
+	proxy.Cut() // what the stall held is lost
+	natstest.Eventually(t, 10*time.Second, func() bool { return !nc.IsConnected() }, "the cut noticed")
+	proxy.Restore()
+	close(returning)
+	f.waitState(id, statemachine.StateSucceeded)
+
+	lines, err := logs.Read(ctx, id)
+	require.NoError(t, err)
+	got := make([]string, 0, len(lines))
+	for _, l := range lines {
+		got = append(got, l.Line)
+	}
+	require.Equal(t, want, got)
+}
