@@ -1678,6 +1678,23 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 	require.ErrorIs(t, err, ErrInvalidConfig, "enqueuer without jetstream")
 }
 
+// firstLineStored submits a job of type cutlines and waits until its
+// first line is stored.
+func (f *fixture) firstLineStored(t *testing.T) (*Logs, string) {
+	t.Helper()
+	ctx := context.Background()
+	logs, err := AttachLogs(ctx, f.env.JS)
+	require.NoError(t, err)
+	id := f.submit(statemachine.SubmitParams{Type: "cutlines"}).ID
+	subject := logSubject(id)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		info, err := logs.stream.Info(ctx, jetstream.WithSubjectFilter(subject))
+		require.NoError(t, err)
+		return info.State.Subjects[subject] == 1
+	}, "the first line stored")
+	return logs, id
+}
+
 // proxiedPool runs a pool whose every call to the server (its machine's too)
 // goes through a proxy the test can cut or stall.
 func (f *fixture) proxiedPool(cfg PoolConfig, h Handler, before ...func(*Pool)) *natstest.Proxy {
@@ -2813,117 +2830,80 @@ func TestLinesWhoseAcksFailedAreSentAgainBeforeTheResult(t *testing.T) {
 	}
 }
 
-// A line whose ack failed is sent again only if it is among its attempt's
-// last LogLinesPerJob lines: the stream keeps a job's last LogLinesPerJob
-// lines, and the lines an attempt lost before it wrote 10,000 more, sent
-// again at its end, pushed out as many of its last lines.
-func TestLinesSentAgainAreAmongTheAttemptsLast(t *testing.T) {
-	f := newFixture(t, true)
-	ctx := context.Background()
-	proxy := natstest.NewProxy(t, f.env.URL)
-	nc, js := natstest.Connect(t, proxy.URL)
-	started, returning := make(chan *Job, 1), make(chan struct{})
-	p, err := NewPool(js, f.m, PoolConfig{Types: []string{"cutlines"}, Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
-		j.Log("first")
-		started <- j
-		<-returning
-		return nil
-	})
-	require.NoError(t, err)
-	require.NoError(t, p.Start(ctx))
-	t.Cleanup(func() {
-		proxy.Restore()
-		_ = p.Stop(context.Background())
-	})
-	logs, err := AttachLogs(ctx, f.env.JS)
-	require.NoError(t, err)
-	id := f.submit(statemachine.SubmitParams{Type: "cutlines"}).ID
-	subject := logSubject(id)
-	job := <-started
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		info, err := logs.stream.Info(ctx, jetstream.WithSubjectFilter(subject))
-		require.NoError(t, err)
-		return info.State.Subjects[subject] == 1
-	}, "the first line stored")
-	proxy.Stall()
-	job.Log("lost")
-	natstest.Eventually(t, 10*time.Second, proxy.Holding, "the line held")
-	proxy.Cut() // what the stall held is lost
-	natstest.Eventually(t, 10*time.Second, func() bool { return !nc.IsConnected() }, "the cut noticed")
-	proxy.Restore()
-	natstest.Eventually(t, 10*time.Second, nc.IsConnected, "connected again")
-	var want []string
-	for i := 1; i <= LogLinesPerJob; i++ {
-		want = append(want, fmt.Sprintf("late %d", i))
-		job.Log(want[len(want)-1])
-	}
-	close(returning)
-	f.waitState(id, statemachine.StateSucceeded)
-
-	lines, err := logs.Read(ctx, id)
-	require.NoError(t, err)
-	// A late line may be stored twice (its ack lost as the connection came
-	// back), the second copy then kept instead of the first: in number
-	// order, not the order read.
-	slices.SortFunc(lines, func(a, b LogLine) int { return cmp.Compare(a.Number, b.Number) })
-	got := make([]string, 0, len(lines))
-	for _, l := range lines {
-		got = append(got, l.Line)
-	}
-	require.Equal(t, want, got, "the attempt's last lines")
-}
-
 // Lines whose acks failed are sent again in the order they were written,
-// whichever failed first: a line refused at once (too many lines awaiting
-// their acks) was sent again before the earlier lines whose acks then
-// failed, and jetjob logs showed it before them.
-func TestLinesSentAgainInTheirOrder(t *testing.T) {
-	f := newFixture(t, true)
-	ctx := context.Background()
-	proxy := natstest.NewProxy(t, f.env.URL)
-	nc, js := natstest.Connect(t, proxy.URL)
-	started, returning := make(chan *Job, 1), make(chan struct{})
-	p, err := NewPool(js, f.m, PoolConfig{Types: []string{"cutlines"}, Logger: zaptestLogger(t)}, func(ctx context.Context, j *Job) error {
-		j.Log("first")
-		started <- j
-		<-returning
-		return nil
-	})
-	require.NoError(t, err)
-	require.NoError(t, p.Start(ctx))
-	t.Cleanup(func() {
-		proxy.Restore()
-		_ = p.Stop(context.Background())
-	})
-	logs, err := AttachLogs(ctx, f.env.JS)
-	require.NoError(t, err)
-	id := f.submit(statemachine.SubmitParams{Type: "cutlines"}).ID
-	subject := logSubject(id)
-	job := <-started
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		info, err := logs.stream.Info(ctx, jetstream.WithSubjectFilter(subject))
-		require.NoError(t, err)
-		return info.State.Subjects[subject] == 1
-	}, "the first line stored")
-	proxy.Stall()
-	want := []string{"first"}
-	// One more than the publisher lets await their acks: the last is
-	// refused at once, the others held.
-	for i := 1; i <= 4001; i++ {
-		want = append(want, fmt.Sprintf("held %d", i))
-		job.Log(want[len(want)-1])
-	}
-	proxy.Cut() // what the stall held is lost
-	natstest.Eventually(t, 10*time.Second, func() bool { return !nc.IsConnected() }, "the cut noticed")
-	proxy.Restore()
-	close(returning)
-	f.waitState(id, statemachine.StateSucceeded)
+// and only those among their attempt's last LogLinesPerJob lines:
+//   - a line refused at once (too many lines awaiting their acks) was sent
+//     again before the earlier lines whose acks then failed, and jetjob
+//     logs showed it before them;
+//   - the stream keeps a job's last LogLinesPerJob lines, and the lines an
+//     attempt lost before it wrote 10,000 more, sent again at its end,
+//     pushed out as many of its last lines.
+func TestLinesSentAgain(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// write logs lines of job, with the proxy stalled, and returns the
+		// lines the job's log must then hold.
+		write func(t *testing.T, job *Job, proxy *natstest.Proxy, nc *nats.Conn) []string
+		// byNumber: a line may be stored twice (its ack lost as the
+		// connection came back), the second copy then kept instead of the
+		// first, so the lines are compared in number order.
+		byNumber bool
+	}{
+		{"in their order", func(t *testing.T, job *Job, proxy *natstest.Proxy, nc *nats.Conn) []string {
+			want := []string{"first"}
+			// One more than the publisher lets await their acks: the last
+			// is refused at once, the others held.
+			for i := 1; i <= 4001; i++ {
+				want = append(want, fmt.Sprintf("held %d", i))
+				job.Log(want[len(want)-1])
+			}
+			proxy.Cut() // what the stall held is lost
+			natstest.Eventually(t, 10*time.Second, func() bool { return !nc.IsConnected() }, "the cut noticed")
+			proxy.Restore()
+			return want
+		}, false},
+		{"among the attempt's last", func(t *testing.T, job *Job, proxy *natstest.Proxy, nc *nats.Conn) []string {
+			job.Log("lost")
+			natstest.Eventually(t, 10*time.Second, proxy.Holding, "the line held")
+			proxy.Cut()
+			natstest.Eventually(t, 10*time.Second, func() bool { return !nc.IsConnected() }, "the cut noticed")
+			proxy.Restore()
+			natstest.Eventually(t, 10*time.Second, nc.IsConnected, "connected again")
+			var want []string
+			for i := 1; i <= LogLinesPerJob; i++ {
+				want = append(want, fmt.Sprintf("late %d", i))
+				job.Log(want[len(want)-1])
+			}
+			return want
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, true)
+			proxy := natstest.NewProxy(t, f.env.URL)
+			started, returning := make(chan *Job, 1), make(chan struct{})
+			p := f.poolThrough(proxy, false, PoolConfig{Types: []string{"cutlines"}}, func(ctx context.Context, j *Job) error {
+				j.Log("first")
+				started <- j
+				<-returning
+				return nil
+			})
+			logs, id := f.firstLineStored(t)
+			job := <-started
+			proxy.Stall()
+			want := tc.write(t, job, proxy, p.nc)
+			close(returning)
+			f.waitState(id, statemachine.StateSucceeded)
 
-	lines, err := logs.Read(ctx, id)
-	require.NoError(t, err)
-	got := make([]string, 0, len(lines))
-	for _, l := range lines {
-		got = append(got, l.Line)
+			lines, err := logs.Read(context.Background(), id)
+			require.NoError(t, err)
+			if tc.byNumber {
+				slices.SortFunc(lines, func(a, b LogLine) int { return cmp.Compare(a.Number, b.Number) })
+			}
+			got := make([]string, 0, len(lines))
+			for _, l := range lines {
+				got = append(got, l.Line)
+			}
+			require.Equal(t, want, got)
+		})
 	}
-	require.Equal(t, want, got)
 }
