@@ -25,6 +25,7 @@ import (
 	"github.com/jetjob/jetjob/internal/coretest"
 	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/natstest"
+	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/statemachine"
 )
 
@@ -1954,4 +1955,139 @@ func TestViewsLostAreProjectedAgainAfterAStartCutShort(t *testing.T) {
 	require.NoError(t, p.Start(ctx))
 	t.Cleanup(p.Stop)
 	f.requireFolded(t, ids)
+}
+
+// electingJS answers the first of each bind and watch of the views as a
+// NATS cluster that lost a node answers while it elects a leader.
+type electingJS struct {
+	jetstream.JetStream
+	kvDone, streamDone, watchDone atomic.Bool
+}
+
+// errElecting is nats-server's answer while its cluster has no meta leader.
+var errElecting = &jetstream.APIError{Code: 503, ErrorCode: provision.ErrCodeClusterNotAvailable, Description: "JetStream system temporarily unavailable"}
+
+func (e *electingJS) KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	if e.kvDone.CompareAndSwap(false, true) {
+		return nil, context.DeadlineExceeded // the bucket's leader died
+	}
+	kv, err := e.JetStream.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, err
+	}
+	return &electingKV{KeyValue: kv, e: e}, nil
+}
+
+func (e *electingJS) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	if e.streamDone.CompareAndSwap(false, true) {
+		return nil, context.DeadlineExceeded
+	}
+	return e.JetStream.Stream(ctx, name)
+}
+
+type electingKV struct {
+	jetstream.KeyValue
+	e *electingJS
+}
+
+func (k *electingKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	if k.e.watchDone.CompareAndSwap(false, true) {
+		return nil, errElecting // its consumer needs the meta leader
+	}
+	return k.KeyValue.WatchAll(ctx, opts...)
+}
+
+// TestReadsAskAgainWhileAClusterElects: binding to the views, listing
+// them and watching them ride out requests unanswered while a NATS cluster
+// elects a leader, as a listing's other requests do. Each failed at once:
+// on a 3-node cluster with one node killed, `jetjob ls`, `cancel --pending`
+// and `purge` exited 1 ("bind job views: context deadline exceeded", "list
+// jobs: nats: JetStream system temporarily unavailable") with the quorum
+// still there.
+func TestReadsAskAgainWhileAClusterElects(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	ids := f.projectedScenario(t)
+	for _, tc := range []struct {
+		name string
+		read func(t *testing.T, r *Reader)
+	}{
+		{"list", func(t *testing.T, r *Reader) {
+			page, err := r.List(ctx, Filter{})
+			require.NoError(t, err)
+			require.Len(t, page.Views, len(ids))
+		}},
+		{"watch", func(t *testing.T, r *Reader) {
+			wctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			ch, err := r.Watch(wctx, Filter{})
+			require.NoError(t, err)
+			select {
+			case v := <-ch:
+				require.Contains(t, ids, v.ID)
+			case <-time.After(within):
+				require.Fail(t, "no view watched")
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js := &electingJS{JetStream: f.env.JS}
+			r, err := NewReader(ctx, js)
+			require.NoError(t, err, "bound though its first requests went unanswered")
+			require.True(t, js.kvDone.Load() && js.streamDone.Load(), "both binds were refused once")
+			tc.read(t, r)
+			require.True(t, js.watchDone.Load(), "the watch was refused once")
+		})
+	}
+}
+
+// TestAListingRidesOutTheLossOfTheMetaLeader: on a 3-node cluster whose
+// meta leader dies while the views' own leader lives, a listing waits for
+// the next meta leader to make its watch's consumer; it failed after one
+// request's 5 s.
+func TestAListingRidesOutTheLossOfTheMetaLeader(t *testing.T) {
+	ctx := context.Background()
+	c := natstest.StartCluster(t, 3)
+	_, admin := natstest.Connect(t, c.URL)
+	kv, err := provision.KeyValue(ctx, provision.WithReplicas(admin, 3), provision.KeyValueConfig{Bucket: BucketDefault})
+	require.NoError(t, err)
+	_, err = kv.Put(ctx, "01a23765-0b41-7bd0-abd4-29818bf1578c", []byte(`{"id":"01a23765-0b41-7bd0-abd4-29818bf1578c","type":"t","state":"pending"}`))
+	require.NoError(t, err)
+	metaLeader := func() int {
+		for i, s := range c.Servers {
+			if s.JetStreamIsLeader() {
+				return i
+			}
+		}
+		return -1
+	}
+	viewsLeader := func() string {
+		st, err := admin.Stream(ctx, "KV_"+BucketDefault)
+		require.NoError(t, err)
+		return st.CachedInfo().Cluster.Leader
+	}
+	natstest.Eventually(t, within, func() bool { return metaLeader() >= 0 }, "a meta leader")
+	meta := metaLeader()
+	if viewsLeader() == c.Servers[meta].Name() {
+		_, err := admin.Conn().Request("$JS.API.STREAM.LEADER.STEPDOWN.KV_"+BucketDefault, nil, 5*time.Second)
+		require.NoError(t, err)
+		natstest.Eventually(t, within, func() bool {
+			l := viewsLeader()
+			return l != "" && l != c.Servers[meta].Name()
+		}, "the views' leader moved off the meta leader")
+	}
+	var at string
+	for _, s := range c.Servers {
+		if s.Name() == viewsLeader() {
+			at = s.ClientURL() // so that the reader's connection outlives the meta leader
+		}
+	}
+	_, js := natstest.Connect(t, at)
+	r, err := NewReader(ctx, js)
+	require.NoError(t, err)
+
+	c.Servers[meta].Shutdown()
+	page, err := r.List(ctx, Filter{})
+	require.NoError(t, err, "listed with two nodes of three")
+	require.Len(t, page.Views, 1)
 }

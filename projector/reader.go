@@ -51,18 +51,61 @@ func NewReader(ctx context.Context, js jetstream.JetStream, opts ...ReaderOption
 	for _, o := range opts {
 		o(r)
 	}
-	kv, err := js.KeyValue(ctx, r.bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
+	// Each bind is a request to the bucket's stream leader, which a NATS
+	// cluster that lost a node may be electing: asked again, as a
+	// listing's requests are, so that a command does not fail on a
+	// cluster that still has its quorum.
+	err := provision.UntilAnswered(ctx, provision.ElectionWaitDefault, listTry, func(ctx context.Context) (err error) {
+		if r.kv, err = js.KeyValue(ctx, r.bucket); err != nil {
+			return err
+		}
+		r.stream, err = js.Stream(ctx, "KV_"+r.bucket)
+		return err
+	})
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
 		return nil, ErrNoViews
-	}
-	if err != nil {
+	case err != nil && ctx.Err() == nil && provision.Transient(err):
+		return nil, fmt.Errorf("bind job views: NATS did not answer within %s (is the server up?): %w", provision.ElectionWaitDefault, err)
+	case err != nil:
 		return nil, fmt.Errorf("bind job views: %w", err)
 	}
-	r.kv, r.nc = kv, js.Conn()
-	if r.stream, err = js.Stream(ctx, "KV_"+r.bucket); err != nil {
-		return nil, fmt.Errorf("bind job views: %w", err)
-	}
+	r.nc = js.Conn()
 	return r, nil
+}
+
+// openWatch opens a watch of the views that lasts until ctx ends or it is
+// stopped. Its consumer is made by the NATS cluster's meta leader, which a
+// node's death takes away for seconds while the bucket's own leader still
+// answers, so it is asked again as listAsk asks, each try bounded by
+// listTry. A try cannot be given a deadline of its own: nats.go ends a
+// watch when the ctx it was made with ends.
+func (r *Reader) openWatch(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	var w jetstream.KeyWatcher
+	err := provision.UntilAnswered(ctx, provision.ElectionWaitDefault, listTry, func(try context.Context) error {
+		wctx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(try, cancel)
+		nw, err := r.kv.WatchAll(wctx, opts...)
+		if !stop() {
+			// The try ran out first: what it made ended with wctx.
+			if err == nil {
+				stopWatch(nw)
+			}
+			return try.Err()
+		}
+		if err != nil {
+			cancel()
+			return err
+		}
+		// Ends with ctx, as the watch does.
+		context.AfterFunc(ctx, cancel)
+		w = nw
+		return nil
+	})
+	if err != nil && ctx.Err() == nil && provision.Transient(err) {
+		return nil, fmt.Errorf("NATS did not answer within %s (is the server up?): %w", provision.ElectionWaitDefault, err)
+	}
+	return w, err
 }
 
 // Get returns a job's view: events.ErrInvalidJobID for an ID that cannot
@@ -113,8 +156,13 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 		return Page{}, err
 	}
 	// Delete and purge markers are delivered too, so that the listing knows
-	// how far it got (see nothingLeft); they list nothing.
-	w, err := r.kv.WatchAll(ctx)
+	// how far it got (see nothingLeft); they list nothing. The watch's
+	// subscription waits for its ctx to end: one ended with the listing
+	// lets it go when a long-lived caller (a server's passes) lists again
+	// and again.
+	ctx, endList := context.WithCancel(ctx)
+	defer endList()
+	w, err := r.openWatch(ctx)
 	if err != nil {
 		return Page{}, fmt.Errorf("list jobs: %w", err)
 	}
@@ -351,7 +399,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	// Each of the watch's subscriptions waits for its ctx to end: one
 	// ended with the watch lets them go also when the watch ends first.
 	ctx, endWatch := context.WithCancel(ctx)
-	w, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	w, err := r.openWatch(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		endWatch()
 		return nil, fmt.Errorf("watch jobs: %w", err)
