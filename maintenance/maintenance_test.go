@@ -1338,3 +1338,73 @@ func TestDetectorEndsCancelsBetweenListings(t *testing.T) {
 	}
 	require.Empty(t, d.recheckCancels(ctx), "each cancel ended once")
 }
+
+// electingStreams answers the first Info and the first Purge of each
+// stream it binds as a NATS cluster that lost the stream's leader does
+// while it elects another: not in time.
+type electingStreams struct {
+	jetstream.JetStream
+	refused atomic.Int64
+}
+
+func (e *electingStreams) Stream(ctx context.Context, name string) (jetstream.Stream, error) {
+	s, err := e.JetStream.Stream(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return &electingStream{Stream: s, e: e}, nil
+}
+
+type electingStream struct {
+	jetstream.Stream
+	e                   *electingStreams
+	infoDone, purgeDone atomic.Bool
+}
+
+func (s *electingStream) Info(ctx context.Context, opts ...jetstream.StreamInfoOpt) (*jetstream.StreamInfo, error) {
+	if s.infoDone.CompareAndSwap(false, true) {
+		s.e.refused.Add(1)
+		return nil, context.DeadlineExceeded
+	}
+	return s.Stream.Info(ctx, opts...)
+}
+
+func (s *electingStream) Purge(ctx context.Context, opts ...jetstream.StreamPurgeOpt) error {
+	if s.purgeDone.CompareAndSwap(false, true) {
+		s.e.refused.Add(1)
+		return context.DeadlineExceeded
+	}
+	return s.Stream.Purge(ctx, opts...)
+}
+
+// TestAPurgeAsksAgainWhileAClusterElects: a purge whose marks and deletes
+// go unanswered once each, as on a NATS cluster electing a stream's
+// leader, asks again and purges the job. On a 3-node cluster with one node
+// killed, `jetjob purge` failed half way ("forget view of job ...: context
+// deadline exceeded", "purge: mark views: ...") with the quorum still there.
+func TestAPurgeAsksAgainWhileAClusterElects(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	j := f.submit(statemachine.SubmitParams{Type: "t"})
+	j, err := f.m.Cancel(ctx, j.ID, "")
+	require.NoError(t, err)
+	require.NoError(t, f.logs.Append(ctx, j.ID, workers.LogLine{Time: time.Now(), Line: "hello"}))
+	f.projected(j)
+
+	js := &electingStreams{JetStream: f.env.JS}
+	r, err := projector.NewReader(ctx, js)
+	require.NoError(t, err)
+	logs, err := workers.AttachLogs(ctx, js)
+	require.NoError(t, err)
+	p, err := NewPurger(r, f.m, f.hb, logs, f.leftovers, nil, PurgerConfig{})
+	require.NoError(t, err)
+	res, err := p.Purge(ctx, 0, nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{j.ID}, res.Purged)
+	require.EqualValues(t, 4, js.refused.Load(), "each of the views' and the logs' marks and deletes was refused once")
+	_, err = f.reader.Get(ctx, j.ID)
+	require.ErrorIs(t, err, events.ErrNotFound)
+	lines, err := f.logs.Read(ctx, j.ID)
+	require.NoError(t, err)
+	require.Empty(t, lines)
+}

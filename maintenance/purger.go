@@ -13,6 +13,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/logging"
+	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
 	"github.com/jetjob/jetjob/workers"
@@ -287,14 +288,13 @@ type purgeMarks struct{ view, logs, beats uint64 }
 
 func takeMarks(ctx context.Context, reader *projector.Reader, logs *workers.Logs, hb *events.Heartbeats) (purgeMarks, error) {
 	var marks purgeMarks
-	var err error
-	if marks.view, err = reader.Mark(ctx); err != nil {
+	if err := askAgain(ctx, func(ctx context.Context) (err error) { marks.view, err = reader.Mark(ctx); return err }); err != nil {
 		return marks, err
 	}
-	if marks.logs, err = logs.Mark(ctx); err != nil {
+	if err := askAgain(ctx, func(ctx context.Context) (err error) { marks.logs, err = logs.Mark(ctx); return err }); err != nil {
 		return marks, err
 	}
-	marks.beats, err = hb.Mark(ctx)
+	err := askAgain(ctx, func(ctx context.Context) (err error) { marks.beats, err = hb.Mark(ctx); return err })
 	return marks, err
 }
 
@@ -302,13 +302,26 @@ func takeMarks(ctx context.Context, reader *projector.Reader, logs *workers.Logs
 // its log lines, its beats, and its view last, so that a crash half way
 // leaves a view that is found again.
 func forgetTraces(ctx context.Context, reader *projector.Reader, logs *workers.Logs, hb *events.Heartbeats, id string, marks purgeMarks) error {
-	if err := logs.Forget(ctx, id, marks.logs); err != nil {
+	if err := askAgain(ctx, func(ctx context.Context) error { return logs.Forget(ctx, id, marks.logs) }); err != nil {
 		return err
 	}
-	if err := hb.Forget(ctx, id, marks.beats); err != nil {
+	if err := askAgain(ctx, func(ctx context.Context) error { return hb.Forget(ctx, id, marks.beats) }); err != nil {
 		return err
 	}
-	return reader.Forget(ctx, id, marks.view)
+	return askAgain(ctx, func(ctx context.Context) error { return reader.Forget(ctx, id, marks.view) })
+}
+
+// purgeTry bounds each try of a purge's request: one sent to a stream
+// leader that has just died is never answered.
+const purgeTry = 5 * time.Second
+
+// askAgain makes one of a purge's requests, each safe to repeat (a mark
+// reads, and every delete is bounded by a sequence), asking again while a
+// NATS cluster elects a leader: `jetjob purge` on a 3-node cluster that
+// lost one node failed half way ("forget view of job ...: context deadline
+// exceeded") with the quorum still there.
+func askAgain(ctx context.Context, fn func(context.Context) error) error {
+	return provision.UntilAnswered(ctx, provision.ElectionWaitDefault, purgeTry, fn)
 }
 
 // purgeJob re-checks the job on its log, then deletes its queue leftovers and
@@ -329,10 +342,10 @@ func (p *Purger) purgeJob(ctx context.Context, id string, cutoff time.Time, stat
 	default:
 		// Before the history: while it exists, nothing can enqueue or arm a
 		// timer under this ID again.
-		if err := p.left.Forget(ctx, job); err != nil {
+		if err := askAgain(ctx, func(ctx context.Context) error { return p.left.Forget(ctx, job) }); err != nil {
 			return false, fmt.Errorf("purge job %s: %w", id, err)
 		}
-		if err := p.m.Log().Purge(ctx, id, job.Version); err != nil {
+		if err := askAgain(ctx, func(ctx context.Context) error { return p.m.Log().Purge(ctx, id, job.Version) }); err != nil {
 			return false, err
 		}
 	}
