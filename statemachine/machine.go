@@ -126,6 +126,14 @@ type decider func(j Job, now time.Time) (events.Event, error)
 // the event with the job's version as the expected sequence and, when the
 // history moved meanwhile, reloads and decides again.
 func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide decider) (Job, error) {
+	if known != nil && known.Version == 0 {
+		// No job's copy has version 0: a history starts with its submit,
+		// at a sequence of 1 or more. Appended with expected sequence 0,
+		// the event decided on such a copy (a value in the views bucket
+		// that no projector wrote, a made-up held job) would start a
+		// history of its own for an ID that names no job.
+		known = nil
+	}
 	var job Job
 	if known != nil {
 		job = *known

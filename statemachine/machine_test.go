@@ -606,6 +606,50 @@ func TestUnknownJobsAndBadInputGetClearErrors(t *testing.T) {
 	require.Equal(t, statemachine.MaxAttemptsDefault, p.MaxAttempts)
 }
 
+// A copy of a job with version 0 is no job's copy: every job's history
+// starts with its submit, at a sequence of 1 or more. A command decided on
+// one (a bulk cancel from a stored value in the views bucket that no
+// projector wrote, a report from a made-up held job) once appended its
+// event with expected sequence 0, which the log took as the first event of
+// a history of its own: a job.canceled with no submit before it, reported
+// canceled. It is decided on the log's history instead.
+func TestACommandOnACopyWithNoHistoryAppendsNothing(t *testing.T) {
+	ctx := testContext(t)
+	m, lg, _ := newMachine(t)
+	real, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build"})
+	require.NoError(t, err)
+
+	for name, cmd := range map[string]func(statemachine.Job) (statemachine.Job, error){
+		"cancel pending": func(j statemachine.Job) (statemachine.Job, error) { return m.CancelPendingFrom(ctx, j, "x") },
+		"acquire":        func(j statemachine.Job) (statemachine.Job, error) { return m.AcquireFrom(ctx, j, "w") },
+		"succeed": func(j statemachine.Job) (statemachine.Job, error) {
+			j.State, j.Lease, j.Attempt = statemachine.StateRunning, 7, 1
+			return m.Succeed(ctx, j, nil)
+		},
+		"fail": func(j statemachine.Job) (statemachine.Job, error) {
+			j.State, j.Lease, j.Attempt = statemachine.StateRunning, 7, 1
+			return m.Fail(ctx, j, statemachine.FailParams{Error: "x"})
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ghost := statemachine.Job{ID: statemachine.JobIDForKey("never submitted " + name), Type: "build",
+				State: statemachine.StatePending, MaxAttempts: 3}
+			_, err := cmd(ghost)
+			require.ErrorIs(t, err, statemachine.ErrNotFound)
+			recs, err := lg.Load(ctx, ghost.ID)
+			require.ErrorIs(t, err, events.ErrNotFound, "nothing appended for a job that was never submitted: %v", recs)
+		})
+	}
+
+	// A real job's copy with version 0 is decided on its history.
+	stale := real
+	stale.Version = 0
+	got, err := m.CancelPendingFrom(ctx, stale, "x")
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StateCanceled, got.State)
+	require.Equal(t, []string{events.TypeSubmitted, events.TypeCanceled}, history(t, lg, real.ID))
+}
+
 // A payload within the machine's limit whose event the NATS server cannot
 // take in one message is refused before it is sent, saying how much would
 // fit, and that much does; the other jobs of a batch with it are stored.
