@@ -11,6 +11,10 @@ var (
 	// truncated: the server's max_payload, less events.MessageRoom, is
 	// smaller than a few KiB.
 	ErrViewTooLarge = errors.New("job view too large for a NATS message")
+	// ErrNotAView: the value stored under a job's key is not a view a
+	// projector wrote (it names another job, or no version); the projector
+	// writes the job's view again on its next event, and a rebuild at once.
+	ErrNotAView = errors.New("the stored value is not a job view (written by something else; jetjob admin rebuild writes it again)")
 	// errStale: another writer moved the view since it was read; the write
 	// is decided again on the new view.
 	errStale = errors.New("view changed concurrently")

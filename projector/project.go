@@ -437,7 +437,7 @@ func (p *Projector) read(ctx context.Context, id string) (stored, error) {
 		return stored{rev: m.Sequence}, nil // deleted or purged
 	}
 	var v View
-	if err := json.Unmarshal(m.Data, &v); err != nil || v.ID != id {
+	if err := json.Unmarshal(m.Data, &v); err != nil || !isView(id, v) {
 		p.logger.Warn("unreadable view: folding the job again", zap.String("job", id), zap.Error(err))
 		return stored{rev: m.Sequence}, nil
 	}

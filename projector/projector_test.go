@@ -1367,7 +1367,7 @@ func TestListEndsWhileViewsArePurged(t *testing.T) {
 		ids := make([]string, 1000)
 		for i := range ids {
 			ids[i] = fmt.Sprintf("job-%d-%04d", round, i)
-			data, err := json.Marshal(View{ID: ids[i], Type: "t", State: statemachine.StateCanceled})
+			data, err := json.Marshal(View{ID: ids[i], Type: "t", State: statemachine.StateCanceled, Version: 1})
 			require.NoError(t, err)
 			_, err = kv.Put(ctx, ids[i], data)
 			require.NoError(t, err)
@@ -1407,7 +1407,7 @@ func TestALongListingListsEveryView(t *testing.T) {
 	const n = 30_000
 	for i := range n {
 		id := fmt.Sprintf("job-%06d", i)
-		data, err := json.Marshal(View{ID: id, Type: "t", State: statemachine.StatePending})
+		data, err := json.Marshal(View{ID: id, Type: "t", State: statemachine.StatePending, Version: 1})
 		require.NoError(t, err)
 		_, err = f.env.JS.PublishAsync("$KV."+BucketDefault+"."+id, data)
 		require.NoError(t, err)
@@ -1431,7 +1431,8 @@ func TestAListingAfterTheNewestViewsWereForgottenEnds(t *testing.T) {
 	ctx := context.Background()
 	kv, r := newFixture(t).viewsBucket(t)
 	for i := range 20 {
-		_, err := kv.Put(ctx, fmt.Sprintf("job-%02d", i), []byte(`{"id":"x"}`))
+		id := fmt.Sprintf("job-%02d", i)
+		_, err := kv.Put(ctx, id, []byte(`{"id":"`+id+`","version":1}`))
 		require.NoError(t, err)
 	}
 	for i := 15; i < 20; i++ {
@@ -1455,7 +1456,7 @@ func TestListHasEveryJobWhoseViewIsRewrittenMeanwhile(t *testing.T) {
 	views := make([][]byte, len(ids))
 	for i := range ids {
 		ids[i] = fmt.Sprintf("job-%04d", i)
-		data, err := json.Marshal(View{ID: ids[i], Type: "t", State: statemachine.StateRunning})
+		data, err := json.Marshal(View{ID: ids[i], Type: "t", State: statemachine.StateRunning, Version: 1})
 		require.NoError(t, err)
 		views[i] = data
 		_, err = kv.Put(ctx, ids[i], data)
@@ -1795,6 +1796,44 @@ func TestListCountsWhatIsNotAView(t *testing.T) {
 	require.Equal(t, 2, page.Unreadable)
 }
 
+// A value in the bucket that no projector wrote is not a view, even when it
+// decodes as one: one with no version (no history has a sequence 0), or
+// one under another job's key. The projector once took such a value for the
+// view of the job submitted under its key and applied the job's submit to
+// it: the submit was quarantined as illegal for the made-up state, and the
+// job kept the made-up view (another type, succeeded) until a rebuild, so
+// that ls and bulk cancels never saw it pending. Listings listed it, and a
+// bulk cancel canceled the job it named.
+func TestAValueNoProjectorWroteIsNotAView(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	kv, r := f.viewsBucket(t)
+	id := statemachine.JobIDForKey("made up")
+	_, err := kv.Put(ctx, id, []byte(`{"id":"`+id+`","type":"other","state":"succeeded"}`))
+	require.NoError(t, err)
+	other := "01a20000-0000-7000-8000-00000000bad3"
+	_, err = kv.Put(ctx, other, []byte(`{"id":"01a20000-0000-7000-8000-00000000bad4","type":"other","state":"pending","version":3}`))
+	require.NoError(t, err)
+	page, err := r.List(ctx, Filter{})
+	require.NoError(t, err)
+	require.Empty(t, page.Views)
+	require.Equal(t, 2, page.Unreadable)
+	for _, key := range []string{id, other} {
+		_, err = r.Get(ctx, key)
+		require.ErrorIs(t, err, ErrNotAView)
+	}
+
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "build", Key: "made up"})
+	require.NoError(t, err)
+	require.Equal(t, id, j.ID)
+	require.NoError(t, f.p.Start(ctx))
+	f.requireFolded(t, []string{id})
+	page, err = r.List(ctx, Filter{Type: "build", States: []statemachine.State{statemachine.StatePending}})
+	require.NoError(t, err)
+	require.Len(t, page.Views, 1)
+	require.Equal(t, id, page.Views[0].ID)
+}
+
 // CaughtUp says whether every event the log held has been projected: not
 // while one waits, at once after it is.
 func TestCaughtUpWaitsForEveryEventTheLogHeld(t *testing.T) {
@@ -1891,7 +1930,7 @@ func TestAListingAsksAgainWhenAnAnswerIsLost(t *testing.T) {
 	f := newFixture(t)
 	kv, _ := f.viewsBucket(t)
 	for i := range 3 {
-		data, err := json.Marshal(View{ID: fmt.Sprint("job-", i), Type: "t", State: statemachine.StatePending})
+		data, err := json.Marshal(View{ID: fmt.Sprint("job-", i), Type: "t", State: statemachine.StatePending, Version: 1})
 		require.NoError(t, err)
 		_, err = kv.Put(ctx, fmt.Sprint("job-", i), data)
 		require.NoError(t, err)

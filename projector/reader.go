@@ -125,6 +125,9 @@ func (r *Reader) Get(ctx context.Context, id string) (View, error) {
 	if err := json.Unmarshal(e.Value(), &v); err != nil {
 		return View{}, fmt.Errorf("get job %s: decode view: %w", id, err)
 	}
+	if !isView(id, v) {
+		return View{}, fmt.Errorf("get job %s: %w", id, ErrNotAView)
+	}
 	return v, nil
 }
 
@@ -184,7 +187,7 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 					continue
 				}
 				var v View
-				if err := json.Unmarshal(l.data, &v); err != nil || v.ID == "" {
+				if err := json.Unmarshal(l.data, &v); err != nil || !isView(l.key, v) {
 					unreadable[i]++ // not a view: the projector folds its job again on its next event
 					continue
 				}
@@ -467,7 +470,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 					continue // end of the current values
 				}
 				var v View
-				if err := json.Unmarshal(e.Value(), &v); err != nil {
+				if err := json.Unmarshal(e.Value(), &v); err != nil || !isView(e.Key(), v) {
 					continue
 				}
 				if !f.Matches(v) {

@@ -76,6 +76,14 @@ type View struct {
 // statemachine.ErrorTextLimit each.
 const ViewErrorsLimit = 20
 
+// isView reports whether v, stored under key, is a view a projector wrote:
+// each names the job of its key, at the version of a history (1 or more:
+// a history starts with its submit). A value that decodes as a view but is
+// not one, written into the bucket by something else, is no job's view:
+// projected on, an event would be applied to a made-up state, and listed,
+// a bulk cancel would cancel the job it names.
+func isView(key string, v View) bool { return v.ID == key && v.Version > 0 }
+
 // ViewOf renders a folded job and its last heartbeat (nil when none). It is
 // a pure function of its arguments, so a view rebuilt from the log is
 // byte-identical to the one projected live. The beat counts only while the
