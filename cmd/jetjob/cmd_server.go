@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -138,10 +139,38 @@ func runServer(ctx context.Context, args []string, out io.Writer) error {
 	}
 	o.Logger.Info(fmt.Sprintf("jetjob server ready on %s (%s); Ctrl-C stops it", server.RedactURL(s.URL), where))
 	<-ctx.Done()
-	o.Logger.Info("shutting down")
-	s.Stop()
+	o.Logger.Info("shutting down; a second Ctrl-C stops at once")
+	if err := stopServer(s); err != nil {
+		return err
+	}
 	o.Logger.Info("stopped")
 	return nil
+}
+
+// errStoppedAtOnce: a second stop signal came while the server stopped.
+var errStoppedAtOnce = errors.New("stopped at once on a second signal, before every service had stopped: what they held is delivered again to the next server (as after a crash)")
+
+// stopServer stops s, unless a second stop signal comes first: each service
+// waits out the requests it has in flight, and with the NATS gone (a
+// server on --nats) that took 25 s in all, while a second Ctrl-C was
+// ignored. Leaving then is leaving as a crash does, which a server
+// recovers from: the log is fsync'd (or the NATS's own), and what the
+// services held unacknowledged is delivered again.
+func stopServer(s *server.Server) error {
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, stopSignals()...)
+	defer signal.Stop(again)
+	stopped := make(chan struct{})
+	go func() {
+		s.Stop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		return nil
+	case <-again:
+		return errStoppedAtOnce
+	}
 }
 
 // startServer parses the flags that `jetjob server` and `jetjob dev` share
