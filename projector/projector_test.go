@@ -2090,7 +2090,7 @@ func TestAListingRidesOutTheLossOfTheMetaLeader(t *testing.T) {
 	_, admin := natstest.Connect(t, c.URL)
 	kv, err := provision.KeyValue(ctx, provision.WithReplicas(admin, 3), provision.KeyValueConfig{Bucket: BucketDefault})
 	require.NoError(t, err)
-	_, err = kv.Put(ctx, "01a23765-0b41-7bd0-abd4-29818bf1578c", []byte(`{"id":"01a23765-0b41-7bd0-abd4-29818bf1578c","type":"t","state":"pending"}`))
+	_, err = kv.Put(ctx, "01a23765-0b41-7bd0-abd4-29818bf1578c", []byte(`{"id":"01a23765-0b41-7bd0-abd4-29818bf1578c","type":"t","state":"pending","version":1}`))
 	require.NoError(t, err)
 	metaLeader := func() int {
 		for i, s := range c.Servers {
