@@ -499,7 +499,11 @@ func (r *Runner) defaultSizes(scenario string) bool {
 // the external NATS.
 func (r *Runner) withServer(ctx context.Context, fsync string, opts server.Options, fn func(*server.Server) error) error {
 	if r.cfg.NATSURL != "" {
-		opts.NATSURL = r.cfg.NATSURL
+		// A guest there: that deployment's own servers detect hung jobs
+		// and purge finished ones, by their settings; the bench's defaults
+		// (a hang-after of a second in the ops scenario, a week's
+		// retention) would fail and delete its jobs.
+		opts.NATSURL, opts.NoMaintenance = r.cfg.NATSURL, true
 	} else {
 		dir, err := os.MkdirTemp("", "jetjob-bench-")
 		if err != nil {

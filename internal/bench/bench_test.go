@@ -317,3 +317,49 @@ func benchQueuesLeft(ctx context.Context, t *testing.T, s *server.Server) int {
 	}
 	return left
 }
+
+// A run on a NATS that a deployment uses leaves hang detection and purging
+// to that deployment's servers, whose settings are not the bench's, even
+// while none of them is up to lead: the bench's own detector published its
+// hang-after of a second to that deployment's workers, and its purger
+// deleted a finished job the deployment retains for 30 days.
+func TestARunOnAServerLeavesItsMaintenanceToIt(t *testing.T) {
+	env := natstest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	deployment, err := server.Start(ctx, server.Options{NATSURL: env.URL, HangAfter: 30 * time.Minute, RetainFinished: 720 * time.Hour})
+	require.NoError(t, err)
+	// A job canceled ten days ago: within the deployment's retention, past
+	// the default one.
+	tenDaysAgo, err := statemachine.New(deployment.Log, statemachine.Config{Now: func() time.Time { return time.Now().Add(-240 * time.Hour) }})
+	require.NoError(t, err)
+	old, _, err := tenDaysAgo.Submit(ctx, statemachine.SubmitParams{Type: "invoice"})
+	require.NoError(t, err)
+	_, err = tenDaysAgo.Cancel(ctx, old.ID, "customer request")
+	require.NoError(t, err)
+	natstest.Eventually(t, time.Minute, func() bool {
+		v, err := deployment.Reader.Get(ctx, old.ID)
+		return err == nil && v.State == statemachine.StateCanceled
+	}, "the old job's view")
+	// The deployment's servers are down (a restart, an upgrade) while the
+	// bench runs.
+	deployment.Stop()
+
+	var out bytes.Buffer
+	_, err = Run(ctx, Config{NATSURL: env.URL, Scenarios: []string{ScenarioOps}, OpsJobs: 20, HangJobs: 5, Producers: 1}, &out)
+	require.NoError(t, err, out.String())
+
+	lg, err := events.Attach(env.JS, events.Config{})
+	require.NoError(t, err)
+	defer lg.Close()
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	j, err := m.Load(ctx, old.ID)
+	require.NoError(t, err, "the deployment's finished job was purged")
+	require.Equal(t, statemachine.StateCanceled, j.State)
+	settings, err := env.JS.KeyValue(ctx, events.SettingsBucketDefault)
+	require.NoError(t, err)
+	hangAfter, err := settings.Get(ctx, "hang_after")
+	require.NoError(t, err)
+	require.Equal(t, "30m0s", string(hangAfter.Value()), "the hang-after the deployment's workers follow")
+}

@@ -60,6 +60,14 @@ type Options struct {
 	QueueIdleAfter time.Duration
 	// DetectEvery overrides the detector's pause between passes.
 	DetectEvery time.Duration
+	// NoMaintenance starts no hang detector and no purger, for a process
+	// that borrows another deployment's NATS (the bench's --server): with
+	// settings not that deployment's, its detector would publish its own
+	// hang-after to that deployment's workers and judge their jobs by it,
+	// and its purger would delete finished jobs the deployment retains,
+	// whenever they took the lead (the deployment's servers down or
+	// restarting).
+	NoMaintenance bool
 	// Replicas of every stream, on an external NATS cluster
 	// (provision.WithReplicas); 0 keeps what each stream has, and gives a
 	// new one a single replica. An embedded server takes only 0 or 1.
@@ -245,6 +253,9 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, err
 	}
 	s.stops = append(s.stops, enq.Stop)
+	if o.NoMaintenance {
+		return s, nil
+	}
 
 	serverID := ID()
 	var detLead, purgeLead *maintenance.Leadership
