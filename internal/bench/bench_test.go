@@ -363,3 +363,37 @@ func TestARunOnAServerLeavesItsMaintenanceToIt(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "30m0s", string(hangAfter.Value()), "the hang-after the deployment's workers follow")
 }
+
+// A run on a user's NATS measures its ceiling on streams of its own, and
+// leaves that user's streams alone, whatever their names (one named
+// BENCH_WQ was deleted with its messages).
+func TestACeilingOnAServerLeavesTheUsersStreams(t *testing.T) {
+	env := natstest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	names := []string{"BENCH_WQ", "BENCH_CEILING"}
+	for _, name := range names {
+		_, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{"user." + name + ".>"}})
+		require.NoError(t, err)
+		_, err = env.JS.Publish(ctx, "user."+name+".order", []byte("kept"))
+		require.NoError(t, err)
+	}
+
+	var out bytes.Buffer
+	_, err := Run(ctx, Config{NATSURL: env.URL, Scenarios: []string{ScenarioCeiling}, Jobs: 100}, &out)
+	require.NoError(t, err, out.String())
+
+	var left []string
+	for name := range env.JS.StreamNames(ctx).Name() {
+		if strings.HasPrefix(name, "BENCH_") {
+			left = append(left, name)
+		}
+	}
+	require.ElementsMatch(t, names, left, "the user's streams, and none of the run's")
+	for _, name := range names {
+		st, err := env.JS.Stream(ctx, name)
+		require.NoError(t, err)
+		require.Equal(t, []string{"user." + name + ".>"}, st.CachedInfo().Config.Subjects)
+		require.Equal(t, uint64(1), st.CachedInfo().State.Msgs)
+	}
+}

@@ -27,10 +27,13 @@ const (
 	CeilingFetchAckAsync = "workqueue_async_fetch_ack"
 )
 
+// The ceiling's streams are named for the run (BENCH_CEILING_<run>), so
+// that on a user's NATS it makes, and deletes, none but its own: a stream
+// there named BENCH_WQ was deleted with its messages.
 const (
-	ceilingStream   = "BENCH_CEILING"
+	ceilingStream   = "BENCH_CEILING_"
 	ceilingPrefix   = "bench.ceiling."
-	workQueueStream = "BENCH_WQ"
+	workQueueStream = "BENCH_WQ_"
 	// pipelineWindow bounds the appends in flight, as the log's own
 	// pipelining does.
 	pipelineWindow = 1000
@@ -50,8 +53,7 @@ func (r *Runner) ceilingScenario(ctx context.Context) error {
 		err := r.withServer(ctx, fsync, server.Options{}, func(s *server.Server) error {
 			defer func() {
 				// Leave nothing behind on an external server.
-				_ = s.JS.DeleteStream(context.WithoutCancel(ctx), ceilingStream)
-				_ = s.JS.DeleteStream(context.WithoutCancel(ctx), workQueueStream)
+				_ = s.JS.DeleteStream(context.WithoutCancel(ctx), ceilingStream+r.run)
 			}()
 			return r.ceilingAppends(ctx, s, fsync, n)
 		})
@@ -65,18 +67,19 @@ func (r *Runner) ceilingScenario(ctx context.Context) error {
 func (r *Runner) ceilingAppends(ctx context.Context, s *server.Server, fsync string, n int) error {
 	// A stream of its own, configured as the event log, its batches staged
 	// as the log's are.
-	if _, err := s.JS.CreateOrUpdateStream(ctx, events.StreamConfig(ceilingStream, ceilingPrefix)); err != nil {
+	stream, prefix := ceilingStream+r.run, ceilingPrefix+r.run+"."
+	if _, err := s.JS.CreateStream(ctx, events.StreamConfig(stream, prefix)); err != nil {
 		return fmt.Errorf("create ceiling stream: %w", err)
 	}
 	staging := "staged in memory, as the log's"
-	if err := s.StageBatchesInMemory(ceilingStream); err != nil {
+	if err := s.StageBatchesInMemory(stream); err != nil {
 		staging = "staged on disk, as the log's"
 		if r.cfg.NATSURL != "" {
 			staging = "staged as the NATS server stages them"
 		}
 	}
 	msg := func(run string, i int) *nats.Msg {
-		m := nats.NewMsg(ceilingPrefix + run + "." + strconv.Itoa(i))
+		m := nats.NewMsg(prefix + run + "." + strconv.Itoa(i))
 		m.Data = ceilingEvent
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
 		return m
@@ -189,19 +192,20 @@ func (r *Runner) addCeiling(fsync, metric string, v float64, note string) {
 // ceilingFetchAck measures one consumer draining a work-queue stream, 100
 // messages per fetch, each acknowledged.
 func (r *Runner) ceilingFetchAck(ctx context.Context, js jetstream.JetStream, fsync string, n int, async bool) error {
-	cfg := jetstream.StreamConfig{Name: workQueueStream, Subjects: []string{"bench.wq.>"},
+	subject := "bench.wq." + r.run + "."
+	cfg := jetstream.StreamConfig{Name: workQueueStream + r.run, Subjects: []string{subject + ">"},
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage}
 	metric := CeilingFetchAck
 	if async {
 		cfg.PersistMode, metric = jetstream.AsyncPersistMode, CeilingFetchAckAsync
 	}
-	_ = js.DeleteStream(ctx, workQueueStream)
-	st, err := js.CreateOrUpdateStream(ctx, cfg)
+	st, err := js.CreateStream(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("create work-queue stream: %w", err)
 	}
+	defer func() { _ = js.DeleteStream(context.WithoutCancel(ctx), cfg.Name) }()
 	err = publishWindowed(js, n, func(i int) *nats.Msg {
-		m := nats.NewMsg("bench.wq." + strconv.Itoa(i))
+		m := nats.NewMsg(subject + strconv.Itoa(i))
 		m.Data = ceilingEvent
 		return m
 	})
