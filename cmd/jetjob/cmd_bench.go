@@ -93,7 +93,8 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		{"processes", []string{bench.ScenarioE2E, bench.ScenarioLatency}},
 		{"n", []string{bench.ScenarioCeiling, bench.ScenarioE2E, bench.ScenarioTags}},
 		{"workers", []string{bench.ScenarioE2E, bench.ScenarioLatency, bench.ScenarioBacklog, bench.ScenarioTags}},
-		{"producers", []string{bench.ScenarioE2E, bench.ScenarioBacklog, bench.ScenarioTags, bench.ScenarioOps, bench.ScenarioMemory}},
+		// The others submit in batches, from one producer.
+		{"producers", []string{bench.ScenarioE2E}},
 	} {
 		if set[f.flag] && !runs(f.scenarios...) {
 			return usageErr("--%s is for the %s scenario, which this run does not include", f.flag, strings.Join(f.scenarios, " or "))

@@ -500,6 +500,8 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"bench", "--workers", "4", "--processes", "5"}, 2, "--processes 5, expected at most --workers (4)"},
 		{[]string{"bench", "--scenario", "latency", "--n", "500"}, 2, "--n is for the ceiling or e2e or tags scenario"},
 		{[]string{"bench", "--scenario", "ceiling", "--workers", "5"}, 2, "--workers is for the"},
+		{[]string{"bench", "--scenario", "backlog", "--scenario", "tags", "--scenario", "ops", "--scenario", "memory", "--producers", "2"}, 2,
+			"--producers is for the e2e scenario, which this run does not include"},
 		{[]string{"bench", "--smoke", "--huge"}, 2, "give one of them"},
 		{[]string{"bench", "--n", "abc"}, 2, `--n "abc", expected a whole number`},
 		{[]string{"cancel", "--pending", "--all", "--type", "t"}, 2, "give it without --type"},
