@@ -313,6 +313,15 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 	}
 	r := &Runner{cfg: cfg, run: uuid.NewString()[:8], out: out, logger: logging.OrNop(cfg.Logger, "bench"), ceiling: map[string]float64{}}
 	if cfg.NATSURL != "" {
+		// Said at once: a server's start waits 30 s for a NATS that
+		// does not answer (a cluster electing a leader), silently here,
+		// and nothing listening at the URL is no election.
+		// Not err: the deferred cleanup below reads the run's.
+		nc, connectErr := nats.Connect(cfg.NATSURL, nats.Name("jetjob-bench"), nats.Timeout(3*time.Second), logging.NATSErrors(nil))
+		if connectErr != nil {
+			return nil, fmt.Errorf("cannot reach NATS at %s (is it running?): %v", server.RedactURL(cfg.NATSURL), connectErr)
+		}
+		nc.Close()
 		finished := false
 		defer func() {
 			if r.reached { // else there is nothing of this run's to clean up

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -396,4 +397,22 @@ func TestACeilingOnAServerLeavesTheUsersStreams(t *testing.T) {
 		require.Equal(t, []string{"user." + name + ".>"}, st.CachedInfo().Config.Subjects)
 		require.Equal(t, uint64(1), st.CachedInfo().State.Msgs)
 	}
+}
+
+// A run on a server that nothing answers at says so at once, not after the
+// 30 s a server's start waits out an election (silently, for the bench).
+func TestARunOnAnUnreachableServerFailsAtOnce(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	url := "nats://" + l.Addr().String()
+	require.NoError(t, l.Close())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	var out bytes.Buffer
+	_, err = Run(ctx, Config{NATSURL: url, Scenarios: []string{ScenarioE2E}, Jobs: 10}, &out)
+	require.Error(t, err)
+	require.NoError(t, ctx.Err(), "still trying after 10 s")
+	require.Contains(t, err.Error(), "cannot reach NATS at "+url+" (is it running?)")
+	require.Empty(t, out.String())
 }
