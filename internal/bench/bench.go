@@ -321,7 +321,16 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 		if connectErr != nil {
 			return nil, fmt.Errorf("cannot reach NATS at %s (is it running?): %v", server.RedactURL(cfg.NATSURL), connectErr)
 		}
+		found, lookErr := hasEventLog(ctx, nc)
 		nc.Close()
+		if lookErr != nil {
+			return nil, fmt.Errorf("NATS at %s: %w", server.RedactURL(cfg.NATSURL), lookErr)
+		}
+		if !found {
+			// What a run leaves there is said before it is made.
+			r.progress("no jetjob event log on the NATS at %s: this run makes jetjob's streams and buckets there (JJ_*, KV_jj_*), and they stay, with the jobs it ran, until removed",
+				server.RedactURL(cfg.NATSURL))
+		}
 		finished := false
 		defer func() {
 			if r.reached { // else there is nothing of this run's to clean up
@@ -380,6 +389,29 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 		r.table()
 	}
 	return r.figures, nil
+}
+
+// hasEventLog says whether jetjob's event log is on the NATS. A NATS
+// without JetStream is an error; one that does not answer in time (a
+// cluster electing a leader) counts as having it: the server's start waits
+// it out, and says what it found.
+func hasEventLog(ctx context.Context, nc *nats.Conn) (bool, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err = js.Stream(ctx, events.StreamDefault)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return false, nil
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrJetStreamNotEnabled):
+		return false, fmt.Errorf("no JetStream there, which jetjob needs (nats-server -js): %w", err)
+	}
+	return true, nil
 }
 
 // jobType is this run's job type for a scenario's jobs.

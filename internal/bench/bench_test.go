@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -415,4 +417,33 @@ func TestARunOnAnUnreachableServerFailsAtOnce(t *testing.T) {
 	require.NoError(t, ctx.Err(), "still trying after 10 s")
 	require.Contains(t, err.Error(), "cannot reach NATS at "+url+" (is it running?)")
 	require.Empty(t, out.String())
+}
+
+// A run on a NATS that holds no jetjob says, before it starts, that it makes
+// jetjob's streams there, which stay; a run on one without JetStream says
+// that it needs it, instead of "no responders".
+func TestARunSaysWhatItNeedsOfTheNATS(t *testing.T) {
+	env := natstest.StartStock(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := Config{NATSURL: env.URL, Scenarios: []string{ScenarioE2E}, Jobs: 10, Workers: 2, Producers: 1}
+	for _, run := range []struct {
+		name string
+		said bool
+	}{{"first run", true}, {"second run", false}} {
+		var out, progress bytes.Buffer
+		cfg.Progress = &progress
+		_, err := Run(ctx, cfg, &out)
+		require.NoError(t, err, out.String())
+		lines := strings.Split(progress.String(), "\n")
+		if run.said {
+			require.Equal(t, "bench: no jetjob event log on the NATS at "+env.URL+": this run makes jetjob's streams and buckets there (JJ_*, KV_jj_*), and they stay, with the jobs it ran, until removed", lines[0], run.name)
+		} else {
+			require.NotContains(t, progress.String(), "no jetjob event log", run.name)
+		}
+	}
+
+	bare := natstest.StartStock(t, func(o *natsd.Options) { o.JetStream = false })
+	_, err := Run(ctx, Config{NATSURL: bare.URL, Scenarios: []string{ScenarioE2E}, Jobs: 10}, io.Discard)
+	require.ErrorContains(t, err, "NATS at "+bare.URL+": no JetStream there, which jetjob needs (nats-server -js)")
 }
