@@ -22,6 +22,14 @@ import (
 // scenarios run them in one pool.
 const workersMax = workers.ConcurrencyMax
 
+// jobsMax and producersMax bound --n and --producers: the bench holds each
+// job's submit, and each producer's goroutine, in memory, and a larger one
+// ended the process with a Go runtime's out-of-memory dump.
+const (
+	jobsMax      = 10_000_000
+	producersMax = 10_000
+)
+
 // runBench runs `jetjob bench`: the scenarios of internal/bench on fresh
 // embedded servers (or an external NATS), a line per figure as it comes and
 // a table at the end.
@@ -110,6 +118,12 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		if v <= 0 {
 			return usageErr("--%s %d, expected a positive number", name, v)
 		}
+	}
+	if *n > jobsMax {
+		return usageErr("--n %d, expected at most %d (the bench holds every job in memory)", *n, jobsMax)
+	}
+	if *producers > producersMax {
+		return usageErr("--producers %d, expected at most %d", *producers, producersMax)
 	}
 	if *workers > workersMax {
 		return usageErr("--workers %d, expected at most %d (one pool's most)", *workers, workersMax)

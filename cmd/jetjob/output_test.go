@@ -88,6 +88,9 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"purge", "--older-than", "99999999999h"}, `--older-than "99999999999h" is too long`},
 		{[]string{"worker", "--type", "t", "--concurrency", "99999999999", "--", "true"}, `--concurrency 99999999999, expected 1-10000`},
 		{[]string{"bench", "--workers", "20000"}, `--workers 20000, expected at most 10000`},
+		// Sizes past what memory holds ended in a Go runtime's out-of-memory dump.
+		{[]string{"bench", "--scenario", "e2e", "--n", "2000000000"}, `--n 2000000000, expected at most 10000000 (the bench holds every job in memory)`},
+		{[]string{"bench", "--scenario", "e2e", "--n", "10", "--producers", "1000000000"}, `--producers 1000000000, expected at most 10000`},
 		{[]string{"purge", "--older-than", "1h", "--state", "succeeded", "--state", "bogus"}, `--state "bogus": only finished jobs are purged, expected succeeded, failed or canceled`},
 		{[]string{"get", strings.Repeat("a", 10_000)}, `invalid job ID "` + strings.Repeat("a", 64) + `"… (10000 bytes): expected 1-64 letters`},
 		{[]string{"server", "--purge-every", "999999999h"}, `--purge-every "999999999h" is too long`},
