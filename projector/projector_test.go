@@ -2130,3 +2130,69 @@ func TestAListingRidesOutTheLossOfTheMetaLeader(t *testing.T) {
 	require.NoError(t, err, "listed with two nodes of three")
 	require.Len(t, page.Views, 1)
 }
+
+// A listing cut short (its caller's ctx ended while the bucket was still
+// being delivered) lets its watch go: the watch's delivery blocks once
+// its buffer of 256 values is full, and with nobody to read them it held
+// its goroutine, and the values in it, for good.
+func TestAListingCutShortLeavesNothingRunning(t *testing.T) {
+	f := newFixture(t)
+	_, r := f.viewsBucket(t)
+	const n = 10_000
+	for i := range n {
+		id := fmt.Sprintf("job-%06d", i)
+		data, err := json.Marshal(View{ID: id, Type: "t", State: statemachine.StatePending, Version: 1})
+		require.NoError(t, err)
+		_, err = f.env.JS.PublishAsync("$KV."+BucketDefault+"."+id, data)
+		require.NoError(t, err)
+	}
+	select {
+	case <-f.env.JS.PublishAsyncComplete():
+	case <-time.After(within):
+		t.Fatal("views not stored")
+	}
+	// The goroutines delivering to a watch, and those of them waiting
+	// for room in its buffer.
+	stacks := func() []string {
+		buf := make([]byte, 1<<22)
+		return strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n")
+	}
+	deliveries := func() (n int) {
+		for _, g := range stacks() {
+			if strings.Contains(g, "(*kvs).WatchFiltered.func") {
+				n++
+			}
+		}
+		return n
+	}
+	blocked := func() (n int) {
+		for _, g := range stacks() {
+			if strings.Contains(g, "[chan send") && strings.Contains(g, "(*kvs).WatchFiltered.func") {
+				n++
+			}
+		}
+		return n
+	}
+	st, err := f.env.JS.Stream(context.Background(), "KV_"+BucketDefault)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		// Cut the listing short once its watch waits for room to deliver.
+		for ctx.Err() == nil {
+			if blocked() > 0 {
+				cancel()
+				return
+			}
+			time.Sleep(time.Millisecond) // a poll, not a wait
+		}
+	}()
+	_, err = r.List(ctx, Filter{})
+	require.ErrorIs(t, err, context.Canceled, "the listing was cut short")
+	natstest.Eventually(t, 5*time.Second, func() bool { return deliveries() == 0 },
+		"the listing's watch let go (%d deliveries blocked)", deliveries())
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		info, err := st.Info(context.Background())
+		return err == nil && info.State.Consumers == 0
+	}, "the listing's consumer is gone")
+}

@@ -169,7 +169,10 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 	if err != nil {
 		return Page{}, fmt.Errorf("list jobs: %w", err)
 	}
-	defer func() { _ = w.Stop() }()
+	// A listing that ends before its watch delivered everything (its ctx
+	// ended, an error, the rounds ran out) leaves the watch blocked on its
+	// full buffer: stopped and drained, it lets go of its goroutine.
+	defer stopWatch(w)
 	// Decoding the views is most of the cost of a listing: it is spread
 	// over every core while the stream delivers.
 	quick := f.prefilter()
