@@ -41,20 +41,34 @@ func demoHandler(ctx context.Context, job *workers.Job) error {
 	return nil
 }
 
-func runDev(ctx context.Context, args []string, out io.Writer) error {
+func runDev(ctx context.Context, args []string, out io.Writer) (err error) {
 	s, o, err := startServer(ctx, "dev", filepath.Join(".jetjob", "dev"), args)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = o.Logger.Sync() }()
+	var pool *workers.Pool
+	// The worker and the server stop as jetjob server's does: a second
+	// Ctrl-C leaves at once (with the NATS of --nats gone, stopping took
+	// 30 s while it was ignored).
 	defer func() {
-		s.Stop()
+		if serr := stopUnlessSignaled(func() {
+			if pool != nil {
+				stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = pool.Stop(stopCtx)
+			}
+			s.Stop()
+		}); serr != nil {
+			err = serr
+			return
+		}
 		if ctx.Err() != nil {
 			o.Logger.Info("stopped")
 		}
 	}()
 
-	pool, err := workers.NewPool(s.JS, s.Machine, workers.PoolConfig{
+	pool, err = workers.NewPool(s.JS, s.Machine, workers.PoolConfig{
 		Types: []string{"demo"}, Tags: map[string]string{"region": "eu", "gpu": "true"}, Concurrency: 2,
 		ShutdownGrace: 2 * time.Second, Logger: o.Logger,
 	}, demoHandler)
@@ -64,11 +78,6 @@ func runDev(ctx context.Context, args []string, out io.Writer) error {
 	if err := pool.Start(ctx); err != nil {
 		return err
 	}
-	defer func() {
-		stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = pool.Stop(stopCtx)
-	}()
 
 	reader, err := projector.NewReader(ctx, s.JS)
 	if err != nil {
@@ -128,7 +137,7 @@ Changes to demo jobs follow; Ctrl-C stops everything.
 		fmt.Fprintf(out, "%s  %s\n", v.UpdatedAt.Local().Format("15:04:05.000"), line)
 	}
 	if ctx.Err() != nil {
-		o.Logger.Info("shutting down") // as jetjob server answers a Ctrl-C
+		o.Logger.Info("shutting down; a second Ctrl-C stops at once") // as jetjob server answers a Ctrl-C
 	}
 	return nil
 }

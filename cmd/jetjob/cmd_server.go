@@ -156,13 +156,16 @@ var errStoppedAtOnce = errors.New("stopped at once on a second signal, before ev
 // ignored. Leaving then is leaving as a crash does, which a server
 // recovers from: the log is fsync'd (or the NATS's own), and what the
 // services held unacknowledged is delivered again.
-func stopServer(s *server.Server) error {
+func stopServer(s *server.Server) error { return stopUnlessSignaled(s.Stop) }
+
+// stopUnlessSignaled runs stop, unless a second stop signal comes first.
+func stopUnlessSignaled(stop func()) error {
 	again := make(chan os.Signal, 1)
 	signal.Notify(again, stopSignals()...)
 	defer signal.Stop(again)
 	stopped := make(chan struct{})
 	go func() {
-		s.Stop()
+		stop()
 		close(stopped)
 	}()
 	select {

@@ -1317,28 +1317,37 @@ func TestWorkerFlagsEndAtItsCommand(t *testing.T) {
 // the requests it has in flight: about 25 s in all); a second Ctrl-C leaves
 // at once, as it does for a worker, rather than being ignored.
 func TestASecondSignalStopsTheServerAtOnce(t *testing.T) {
-	nats := natstest.StartStock(t, nil)
-	proxy := natstest.NewProxy(t, nats.URL)
-	cmd := exec.Command(binary, "server", "--nats", proxy.URL)
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	natstest.Eventually(t, 30*time.Second, func() bool { return strings.Contains(out.String(), "server ready") }, "server up: %s", &out)
+	for _, tc := range []struct{ command, ready string }{
+		{"server", "server ready"},
+		// jetjob dev stops a worker and a server: a second Ctrl-C was
+		// ignored there.
+		{"dev", "jetjob dev is running"},
+	} {
+		t.Run(tc.command, func(t *testing.T) {
+			nats := natstest.StartStock(t, nil)
+			proxy := natstest.NewProxy(t, nats.URL)
+			cmd := exec.Command(binary, tc.command, "--nats", proxy.URL)
+			var out syncBuffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			require.NoError(t, cmd.Start())
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			t.Cleanup(func() { _ = cmd.Process.Kill() })
+			natstest.Eventually(t, 30*time.Second, func() bool { return strings.Contains(out.String(), tc.ready) }, "up: %s", &out)
 
-	proxy.Cut() // the NATS is gone
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	natstest.Eventually(t, 10*time.Second, func() bool { return strings.Contains(out.String(), "shutting down") }, "stopping: %s", &out)
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-exited:
-		var ee *exec.ExitError
-		require.ErrorAs(t, err, &ee, "output: %s", &out)
-		require.Equal(t, 1, ee.ExitCode())
-		require.Contains(t, out.String(), "stopped at once")
-	case <-time.After(5 * time.Second):
-		t.Fatalf("still stopping 5 s after a second signal: %s", &out)
+			proxy.Cut() // the NATS is gone
+			require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+			natstest.Eventually(t, 10*time.Second, func() bool { return strings.Contains(out.String(), "shutting down") }, "stopping: %s", &out)
+			require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+			select {
+			case err := <-exited:
+				var ee *exec.ExitError
+				require.ErrorAs(t, err, &ee, "output: %s", &out)
+				require.Equal(t, 1, ee.ExitCode())
+				require.Contains(t, out.String(), "stopped at once")
+			case <-time.After(5 * time.Second):
+				t.Fatalf("still stopping 5 s after a second signal: %s", &out)
+			}
+		})
 	}
 }
