@@ -1425,20 +1425,28 @@ func TestEventWithoutTypeHeaderIsEnqueued(t *testing.T) {
 }
 
 // Wake-ups arriving while a pool starts, for queues it has not seen, find
-// its registry bound (they read it to learn the queue).
+// its registry bound (they read it to learn the queue). The storm comes in
+// bursts, one wake-up per unknown queue, each burst once the server has
+// taken the last: unpaced, on the pool's own connection, it outran the
+// server under load, and the pool's start requests, queued behind it, went
+// unanswered for the whole election wait.
 func TestPoolStartsUnderAStormOfWakeUps(t *testing.T) {
 	f := newFixture(t, true)
+	storm, _ := natstest.Connect(t, f.env.URL)
 	stop := make(chan struct{})
 	stormed := make(chan struct{})
 	go func() {
 		defer close(stormed)
-		for i := 0; ; i++ {
+		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			_ = f.env.NC.Publish(fmt.Sprintf("%sbuild.unknown%d.0", wakePrefix, i%50), nil)
+			for i := range 50 {
+				_ = storm.Publish(fmt.Sprintf("%sbuild.unknown%d.0", wakePrefix, i), nil)
+			}
+			_ = storm.Flush()
 		}
 	}()
 	p := f.pool(PoolConfig{Types: []string{"build"}}, noop)
