@@ -2205,7 +2205,10 @@ func TestAFleetPastTheServersDefaultConsumerLimitRunsEveryJob(t *testing.T) {
 // handler is stopped at once, without waiting for the job's events.
 func TestAHandlerWhoseJobALaterAttemptBeatsIsStopped(t *testing.T) {
 	f := newFixture(t, true)
-	f.publishHangAfter(600 * time.Millisecond)
+	// Beats every 1.5 s, and stopped as out of contact after 4.5 s without
+	// an ack: with a hang-after of 600 ms (300 ms), a beat slow under load
+	// stopped the handler as out of contact before the later beat was seen.
+	f.publishHangAfter(9 * time.Second)
 	hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
 	require.NoError(t, err)
 	started := make(chan *Job, 1)
@@ -2236,7 +2239,11 @@ func TestAHandlerWhoseJobALaterAttemptBeatsIsStopped(t *testing.T) {
 // rather than waiting out the beat and being stopped as out of contact.
 func TestABeatLostWithTheConnectionDoesNotStopTheJob(t *testing.T) {
 	f := newFixture(t, true)
-	f.publishHangAfter(1200 * time.Millisecond)
+	// Beats every 1.5 s, and stopped as out of contact after 4.5 s without
+	// an ack: the reconnect and the beat after it have 3 s. With a
+	// hang-after of 1.2 s they had 400 ms, which a loaded machine overran.
+	// Waiting out the lost beat (the defect) takes the whole 4.5 s.
+	f.publishHangAfter(9 * time.Second)
 	hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
 	require.NoError(t, err)
 	var loseNext atomic.Bool
