@@ -798,7 +798,10 @@ func TestAttachedLogsFollowTheRecordedAppends(t *testing.T) {
 	require.NoError(t, onItsNATS.Follow(ctx))
 	require.Equal(t, events.AppendsStreamed, onItsNATS.Appends(), "the record outlived an Open that does not record")
 
-	worker, err := events.Attach(env.JS, events.Config{})
+	// A minute a try: 2,000 appends at once, streamed with fsync always,
+	// took more than the default 5 s a try for some under load (a load
+	// average of 40 on 2 cores), which then failed as of unknown outcome.
+	worker, err := events.Attach(env.JS, events.Config{PublishTimeout: time.Minute})
 	require.NoError(t, err)
 	t.Cleanup(worker.Close)
 	require.Equal(t, events.AppendsBatched, worker.Appends())
