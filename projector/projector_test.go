@@ -1398,6 +1398,28 @@ func TestListEndsWhileViewsArePurged(t *testing.T) {
 	}
 }
 
+// storePendingViews stores n views of pending jobs, job-000000 on, as a
+// projector would write them, a thousand in flight at most: more, and the
+// publisher refused them on a loaded machine ("too many outstanding async
+// published messages").
+func (f *fixture) storePendingViews(t *testing.T, n int) {
+	t.Helper()
+	for i := range n {
+		id := fmt.Sprintf("job-%06d", i)
+		data, err := json.Marshal(View{ID: id, Type: "t", State: statemachine.StatePending, Version: 1})
+		require.NoError(t, err)
+		_, err = f.env.JS.PublishAsync("$KV."+BucketDefault+"."+id, data)
+		require.NoError(t, err)
+		if (i+1)%1000 == 0 || i == n-1 {
+			select {
+			case <-f.env.JS.PublishAsyncComplete():
+			case <-time.After(within):
+				t.Fatal("views not stored")
+			}
+		}
+	}
+}
+
 // A listing longer than its checks for a stalled watcher (a bucket of many
 // views) lists them all; one ended at the first check, with a part.
 func TestALongListingListsEveryView(t *testing.T) {
@@ -1405,18 +1427,7 @@ func TestALongListingListsEveryView(t *testing.T) {
 	f := newFixture(t)
 	_, r := f.viewsBucket(t)
 	const n = 30_000
-	for i := range n {
-		id := fmt.Sprintf("job-%06d", i)
-		data, err := json.Marshal(View{ID: id, Type: "t", State: statemachine.StatePending, Version: 1})
-		require.NoError(t, err)
-		_, err = f.env.JS.PublishAsync("$KV."+BucketDefault+"."+id, data)
-		require.NoError(t, err)
-	}
-	select {
-	case <-f.env.JS.PublishAsyncComplete():
-	case <-time.After(within):
-		t.Fatal("views not stored")
-	}
+	f.storePendingViews(t, n)
 	for range 2 {
 		start := time.Now()
 		page, err := r.List(ctx, Filter{})
@@ -2139,18 +2150,7 @@ func TestAListingCutShortLeavesNothingRunning(t *testing.T) {
 	f := newFixture(t)
 	_, r := f.viewsBucket(t)
 	const n = 10_000
-	for i := range n {
-		id := fmt.Sprintf("job-%06d", i)
-		data, err := json.Marshal(View{ID: id, Type: "t", State: statemachine.StatePending, Version: 1})
-		require.NoError(t, err)
-		_, err = f.env.JS.PublishAsync("$KV."+BucketDefault+"."+id, data)
-		require.NoError(t, err)
-	}
-	select {
-	case <-f.env.JS.PublishAsyncComplete():
-	case <-time.After(within):
-		t.Fatal("views not stored")
-	}
+	f.storePendingViews(t, n)
 	// The goroutines delivering to a watch, and those of them waiting
 	// for room in its buffer.
 	stacks := func() []string {
