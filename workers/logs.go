@@ -297,20 +297,14 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 	defer func() { _ = consume.DeleteOrdered(l.js, LogsStream, cons) }()
 	var delivered uint64
 	read := readLines{}
-	lastStored := func() uint64 {
-		m, err := l.stream.GetLastMsgForSubject(ctx, logSubject(jobID))
-		if err != nil {
-			return 0
-		}
-		return m.Sequence
-	}
-	target := uint64(0)
-	if finished == nil {
-		target = lastStored()
-		if target == 0 {
-			return nil
-		}
-	}
+	// lastStored is 0 for a job without lines, asked of the stream's
+	// leader: a direct get may be answered by a replica that has not caught
+	// up (a node restarted serves them once 90% caught up), which holds
+	// none of a job's last lines, or not its last. A lookup that failed
+	// (the stream electing a leader, the connection cut) is an error, not
+	// "no lines". Either way jetjob logs printed nothing, or stopped short,
+	// and exited 0 for a finished job whose lines were all stored.
+	lastStored := func() (uint64, error) { return l.leaderLastSeq(ctx, jobID) }
 	// A follow rides out a server restart (the ordered consumer starts
 	// again after the last line delivered), as watch does; an outage longer
 	// than followOutage ends it.
@@ -333,9 +327,39 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		}
 		return nil
 	}
+	target := uint64(0)
+	if finished == nil {
+		for {
+			last, err := lastStored()
+			if err == nil {
+				target = last
+				break
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
+			}
+			if err := failed(err); err != nil {
+				return err
+			}
+		}
+		failingSince = time.Time{}
+		if target == 0 {
+			return nil
+		}
+	}
 	for {
 		if finished != nil && target == 0 && finished(ctx) {
-			if target = lastStored(); target == 0 || delivered >= target {
+			last, err := lastStored()
+			if err != nil {
+				if ctx.Err() != nil {
+					return fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
+				}
+				if err := failed(err); err != nil {
+					return err
+				}
+				continue
+			}
+			if target = last; target == 0 || delivered >= target {
 				return nil
 			}
 		}
@@ -365,7 +389,17 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		if got == 0 && target != 0 && delivered < target {
 			// The lines up to target may have been removed since (the job
 			// purged): a read waiting for them waited forever.
-			if target = lastStored(); target == 0 || delivered >= target {
+			last, err := lastStored()
+			if err != nil {
+				if ctx.Err() != nil {
+					return fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
+				}
+				if err := failed(err); err != nil {
+					return err
+				}
+				continue
+			}
+			if target = last; target == 0 || delivered >= target {
 				return nil
 			}
 		}
@@ -384,6 +418,42 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		}
 	}
 }
+
+// leaderLastSeq is the sequence of the job's last line as the stream's
+// leader holds it, 0 for none.
+func (l *Logs) leaderLastSeq(ctx context.Context, jobID string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, leaderAskTimeout)
+	defer cancel()
+	req, _ := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{logSubject(jobID)})
+	m, err := l.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+LogsStream, req)
+	if err != nil {
+		return 0, fmt.Errorf("last line of job %s: %w", jobID, err)
+	}
+	var resp struct {
+		Message *struct {
+			Seq uint64 `json:"seq"`
+		} `json:"message"`
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return 0, fmt.Errorf("last line of job %s: %w", jobID, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return 0, nil
+	case resp.Error != nil:
+		return 0, fmt.Errorf("last line of job %s: %w", jobID, resp.Error)
+	case resp.Message == nil:
+		return 0, fmt.Errorf("last line of job %s: the stream answered without a message", jobID)
+	}
+	return resp.Message.Seq, nil
+}
+
+// leaderAskTimeout bounds one question to the stream's leader; a follow
+// asks again, for up to followOutage, while none answers.
+const leaderAskTimeout = 5 * time.Second
 
 // followOutage is how long a follow waits for the server to answer again;
 // followRetryPause paces its tries meanwhile.

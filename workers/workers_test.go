@@ -2787,6 +2787,29 @@ func TestLogsReadOnAClusterRidesOutAFetchWithNoResponders(t *testing.T) {
 	}
 }
 
+// A read of a finished job's lines gets them all where a replica that has
+// not caught up answers direct gets (a node restarted serves them once 90%
+// caught up): the lookup of the job's last line, answered "none" by it,
+// read no line and returned no error, and jetjob logs printed nothing and
+// exited 0 for a job whose lines were all stored (a cluster soak read 1
+// job of 40 so, with a node restarted).
+func TestLogsReadOnALaggingReplicaReadsEveryLine(t *testing.T) {
+	env := natstest.Start(t)
+	ctx := context.Background()
+	require.NoError(t, EnsureTopology(ctx, env.JS))
+	natstest.LaggingReplica(t, env.JS, LogsStream, logSubject("other-job"))
+	logs, err := AttachLogs(ctx, env.JS)
+	require.NoError(t, err)
+	for n := range int64(3) {
+		require.NoError(t, logs.Append(ctx, "job-1", LogLine{Time: time.Now().UTC(), Attempt: 1, Number: n + 1, Lease: 5, Stream: StreamStdout, Line: "stored"}))
+	}
+	for range 30 {
+		lines, err := logs.Read(ctx, "job-1")
+		require.NoError(t, err)
+		require.Len(t, lines, 3)
+	}
+}
+
 // Lines whose acks failed with the connection cut are sent again before
 // the attempt's result is recorded, and each is read once: lost on their
 // way, they were missing from a finished job's log (a cluster soak saw 20
