@@ -45,15 +45,20 @@ func Transient(err error) bool {
 		apiErr.ErrorCode == ErrCodeNoSuitablePeers && strings.Contains(apiErr.Description, "peer offline")
 }
 
-// UntilAnswered calls fn, each call bounded by try (a request sent to a
-// leader that has just died is never answered), and calls it again while
-// it fails with a Transient error, for at most wait in all. It returns
+// UntilAnswered calls fn, the first call bounded by try (a request sent to
+// a leader that has just died is never answered), and calls it again while
+// it fails with a Transient error, for at most wait in all. Each call after
+// one that failed is given twice the time of the one before: fn may make
+// many requests (a server's start ensures some twenty streams, a look-up
+// and an update each, 4 s on a 3-node cluster at rest), and a busy cluster
+// took longer than try for them all, so that every call ran out of time
+// before its end and the server never started, its cluster up. It returns
 // fn's last error: nil, one that is not transient, or the last transient
 // one once wait passed or ctx ended.
 func UntilAnswered(ctx context.Context, wait, try time.Duration, fn func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	for {
+	for ; ; try *= 2 {
 		tctx, tcancel := context.WithTimeout(ctx, try)
 		err := fn(tctx)
 		tcancel()

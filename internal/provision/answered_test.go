@@ -51,3 +51,25 @@ func TestUntilAnsweredAsksAgainOnlyWhileTheClusterElects(t *testing.T) {
 	err := UntilAnswered(context.Background(), 600*time.Millisecond, time.Second, func(context.Context) error { return electing })
 	require.True(t, errors.Is(err, electing) && Transient(err))
 }
+
+// A call that makes more requests than fit in try (a server's start ensures
+// some twenty streams) gets more time each time it is made again: given try
+// each time, it ran out of time each time, and a server on a busy cluster,
+// every node up, never started ("look up stream JJ_QUEUE_07: context
+// deadline exceeded").
+func TestUntilAnsweredGivesALongCallMoreTimeEachTry(t *testing.T) {
+	const needs = 300 * time.Millisecond // what the call's requests take in all
+	var given []time.Duration
+	err := UntilAnswered(context.Background(), 10*time.Second, 100*time.Millisecond, func(ctx context.Context) error {
+		deadline, ok := ctx.Deadline()
+		require.True(t, ok, "each try is bounded")
+		left := time.Until(deadline)
+		given = append(given, left)
+		if left < needs {
+			return fmt.Errorf("update stream JJ_QUEUE_07: %w", context.DeadlineExceeded)
+		}
+		return nil
+	})
+	require.NoError(t, err, "tries given %v", given)
+	require.Len(t, given, 3, "100 ms, 200 ms, then 400 ms")
+}
