@@ -2928,13 +2928,19 @@ func TestLinesSentAgain(t *testing.T) {
 				started <- j
 				<-returning
 				return nil
-			})
+			}, func(p *Pool) { p.logAckTimeout = 2 * time.Second })
 			logs, id := f.firstLineStored(t)
 			job := <-started
 			proxy.Stall()
 			want := tc.write(t, job, proxy, p.nc)
 			close(returning)
-			f.waitState(id, statemachine.StateSucceeded)
+			// The result waits for the acks that fail, then for thousands
+			// of lines sent again one at a time: longer than waitState's
+			// 10 s on a loaded machine.
+			natstest.Eventually(t, 2*time.Minute, func() bool {
+				j, err := f.m.Load(context.Background(), id)
+				return err == nil && j.State == statemachine.StateSucceeded
+			}, "job %s succeeded", id)
 
 			lines, err := logs.Read(context.Background(), id)
 			require.NoError(t, err)
