@@ -2831,7 +2831,7 @@ func TestLinesWhoseAcksFailedAreSentAgainBeforeTheResult(t *testing.T) {
 			ctx := context.Background()
 			proxy := natstest.NewProxy(t, f.env.URL)
 			started, returning := make(chan *Job, 1), make(chan struct{})
-			f.poolThrough(proxy, false, PoolConfig{Types: []string{"cutlines"}}, func(ctx context.Context, j *Job) error {
+			p := f.poolThrough(proxy, false, PoolConfig{Types: []string{"cutlines"}}, func(ctx context.Context, j *Job) error {
 				j.Log("first")
 				started <- j
 				<-returning
@@ -2848,6 +2848,9 @@ func TestLinesWhoseAcksFailedAreSentAgainBeforeTheResult(t *testing.T) {
 
 			job := <-started
 			natstest.Eventually(t, 10*time.Second, func() bool { return storedCopies() == 1 }, "the first line stored")
+			// And acknowledged: held by the stall, its ack would fail too,
+			// and the line be stored again.
+			natstest.Eventually(t, 10*time.Second, func() bool { return p.logJS.PublishAsyncPending() == 0 }, "the first line acknowledged")
 			tc.stall(proxy)
 			job.Log("second")
 			job.Log("third")
