@@ -1103,31 +1103,11 @@ type leaderAnswer struct {
 func (l *Log) leaderLastSeq(ctx context.Context, jobID string) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.PublishTimeout)
 	defer cancel()
-	req, _ := json.Marshal(struct {
-		LastFor string `json:"last_by_subj"`
-	}{l.Subject(jobID)})
-	m, err := l.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+l.cfg.Stream, req)
+	last, err := consume.LastSeqOnLeader(ctx, l.nc, l.cfg.Stream, l.Subject(jobID))
 	if err != nil {
 		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
 	}
-	var resp struct {
-		Message *struct {
-			Seq uint64 `json:"seq"`
-		} `json:"message"`
-		Error *jetstream.APIError `json:"error"`
-	}
-	if err := json.Unmarshal(m.Data, &resp); err != nil {
-		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
-	}
-	switch {
-	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
-		return 0, nil
-	case resp.Error != nil:
-		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, resp.Error)
-	case resp.Message == nil:
-		return 0, fmt.Errorf("last sequence of job %s: the stream answered without a message", jobID)
-	}
-	return resp.Message.Seq, nil
+	return last, nil
 }
 
 // Holds reports whether the log holds any message of the job, as its

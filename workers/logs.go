@@ -327,19 +327,28 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		}
 		return nil
 	}
+	// askLast is lastStored, ok false after a lookup that failed and is
+	// to be tried again (failed paced it), an error once that is over.
+	askLast := func() (last uint64, ok bool, err error) {
+		last, err = lastStored()
+		switch {
+		case err == nil:
+			return last, true, nil
+		case ctx.Err() != nil:
+			return 0, false, fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
+		}
+		return 0, false, failed(err)
+	}
 	target := uint64(0)
 	if finished == nil {
 		for {
-			last, err := lastStored()
-			if err == nil {
+			last, ok, err := askLast()
+			if err != nil {
+				return err
+			}
+			if ok {
 				target = last
 				break
-			}
-			if ctx.Err() != nil {
-				return fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
-			}
-			if err := failed(err); err != nil {
-				return err
 			}
 		}
 		failingSince = time.Time{}
@@ -349,14 +358,11 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 	}
 	for {
 		if finished != nil && target == 0 && finished(ctx) {
-			last, err := lastStored()
+			last, ok, err := askLast()
 			if err != nil {
-				if ctx.Err() != nil {
-					return fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
-				}
-				if err := failed(err); err != nil {
-					return err
-				}
+				return err
+			}
+			if !ok {
 				continue
 			}
 			if target = last; target == 0 || delivered >= target {
@@ -389,14 +395,11 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		if got == 0 && target != 0 && delivered < target {
 			// The lines up to target may have been removed since (the job
 			// purged): a read waiting for them waited forever.
-			last, err := lastStored()
+			last, ok, err := askLast()
 			if err != nil {
-				if ctx.Err() != nil {
-					return fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
-				}
-				if err := failed(err); err != nil {
-					return err
-				}
+				return err
+			}
+			if !ok {
 				continue
 			}
 			if target = last; target == 0 || delivered >= target {
@@ -424,31 +427,11 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 func (l *Logs) leaderLastSeq(ctx context.Context, jobID string) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, leaderAskTimeout)
 	defer cancel()
-	req, _ := json.Marshal(struct {
-		LastFor string `json:"last_by_subj"`
-	}{logSubject(jobID)})
-	m, err := l.js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+LogsStream, req)
+	last, err := consume.LastSeqOnLeader(ctx, l.js.Conn(), LogsStream, logSubject(jobID))
 	if err != nil {
 		return 0, fmt.Errorf("last line of job %s: %w", jobID, err)
 	}
-	var resp struct {
-		Message *struct {
-			Seq uint64 `json:"seq"`
-		} `json:"message"`
-		Error *jetstream.APIError `json:"error"`
-	}
-	if err := json.Unmarshal(m.Data, &resp); err != nil {
-		return 0, fmt.Errorf("last line of job %s: %w", jobID, err)
-	}
-	switch {
-	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
-		return 0, nil
-	case resp.Error != nil:
-		return 0, fmt.Errorf("last line of job %s: %w", jobID, resp.Error)
-	case resp.Message == nil:
-		return 0, fmt.Errorf("last line of job %s: the stream answered without a message", jobID)
-	}
-	return resp.Message.Seq, nil
+	return last, nil
 }
 
 // leaderAskTimeout bounds one question to the stream's leader; a follow

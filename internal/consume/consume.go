@@ -1,7 +1,8 @@
 // Package consume reads JetStream streams through consumers for jetjob's
 // services: Loop feeds a durable consumer's messages, in batches, to the
 // long-running ones (projector, enqueuer); Pass reads a stream once, for a
-// rebuild or a purge.
+// rebuild or a purge; LastSeqOnLeader asks a stream's leader where a
+// subject ends.
 package consume
 
 import (
