@@ -340,6 +340,17 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		return 0, false, failed(err)
 	}
 	target := uint64(0)
+	// reachedLast sets target to the last line stored and reports whether
+	// the lines delivered reach it (or there are none), or that the lookup
+	// failed and is to be asked again.
+	reachedLast := func() (end, again bool, err error) {
+		last, ok, err := askLast()
+		if err != nil || !ok {
+			return false, err == nil, err
+		}
+		target = last
+		return target == 0 || delivered >= target, false, nil
+	}
 	if finished == nil {
 		for {
 			last, ok, err := askLast()
@@ -358,15 +369,12 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 	}
 	for {
 		if finished != nil && target == 0 && finished(ctx) {
-			last, ok, err := askLast()
-			if err != nil {
+			end, again, err := reachedLast()
+			if err != nil || end {
 				return err
 			}
-			if !ok {
+			if again {
 				continue
-			}
-			if target = last; target == 0 || delivered >= target {
-				return nil
 			}
 		}
 		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(250*time.Millisecond))
@@ -395,15 +403,12 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		if got == 0 && target != 0 && delivered < target {
 			// The lines up to target may have been removed since (the job
 			// purged): a read waiting for them waited forever.
-			last, ok, err := askLast()
-			if err != nil {
+			end, again, err := reachedLast()
+			if err != nil || end {
 				return err
 			}
-			if !ok {
+			if again {
 				continue
-			}
-			if target = last; target == 0 || delivered >= target {
-				return nil
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {

@@ -1686,6 +1686,21 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 	require.ErrorIs(t, err, ErrInvalidConfig, "enqueuer without jetstream")
 }
 
+// cutLinesPool starts a pool of type cutlines through proxy (see
+// poolThrough), its lines' acks waited for ackTimeout. Its handler logs
+// "first", sends its job on started, and returns once returning is closed.
+func (f *fixture) cutLinesPool(t *testing.T, proxy *natstest.Proxy, ackTimeout time.Duration) (*Pool, <-chan *Job, chan struct{}) {
+	t.Helper()
+	started, returning := make(chan *Job, 1), make(chan struct{})
+	p := f.poolThrough(proxy, false, PoolConfig{Types: []string{"cutlines"}}, func(ctx context.Context, j *Job) error {
+		j.Log("first")
+		started <- j
+		<-returning
+		return nil
+	}, func(p *Pool) { p.logAckTimeout = ackTimeout })
+	return p, started, returning
+}
+
 // firstLineStored submits a job of type cutlines and waits until its
 // first line is stored.
 func (f *fixture) firstLineStored(t *testing.T) (*Logs, string) {
@@ -2830,13 +2845,7 @@ func TestLinesWhoseAcksFailedAreSentAgainBeforeTheResult(t *testing.T) {
 			f := newFixture(t, true)
 			ctx := context.Background()
 			proxy := natstest.NewProxy(t, f.env.URL)
-			started, returning := make(chan *Job, 1), make(chan struct{})
-			p := f.poolThrough(proxy, false, PoolConfig{Types: []string{"cutlines"}}, func(ctx context.Context, j *Job) error {
-				j.Log("first")
-				started <- j
-				<-returning
-				return nil
-			}, func(p *Pool) { p.logAckTimeout = 500 * time.Millisecond })
+			p, started, returning := f.cutLinesPool(t, proxy, 500*time.Millisecond)
 			logs, err := AttachLogs(ctx, f.env.JS)
 			require.NoError(t, err)
 			subject := logSubject(f.submit(statemachine.SubmitParams{Type: "cutlines"}).ID)
@@ -2925,13 +2934,7 @@ func TestLinesSentAgain(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, true)
 			proxy := natstest.NewProxy(t, f.env.URL)
-			started, returning := make(chan *Job, 1), make(chan struct{})
-			p := f.poolThrough(proxy, false, PoolConfig{Types: []string{"cutlines"}}, func(ctx context.Context, j *Job) error {
-				j.Log("first")
-				started <- j
-				<-returning
-				return nil
-			}, func(p *Pool) { p.logAckTimeout = 2 * time.Second })
+			p, started, returning := f.cutLinesPool(t, proxy, 2*time.Second)
 			logs, id := f.firstLineStored(t)
 			job := <-started
 			proxy.Stall()
