@@ -206,11 +206,7 @@ func (j *Job) linesStored(ctx context.Context, stop <-chan struct{}, resendFor t
 	}
 	rctx, cancel := timeoutOrClosed(ctx, resendFor, stop)
 	defer cancel()
-	for _, l := range failed {
-		if err := j.logs.resend(rctx, j.ID, l); err != nil {
-			return
-		}
-	}
+	_ = j.logs.resend(rctx, j.ID, failed) // said to the pool's log
 }
 
 // ResultLimit bounds a job's result, as JSON: a result is stored with the

@@ -2884,6 +2884,22 @@ func TestLinesWhoseAcksFailedAreSentAgainBeforeTheResult(t *testing.T) {
 	}
 }
 
+// heldAndCut logs 4,001 lines while the proxy stalls, one more than the
+// publisher lets await their acks (the last is refused at once, the others
+// held), then cuts the connection so that what the stall held is lost, and
+// restores it. It returns the lines the job's log must then hold.
+func heldAndCut(t *testing.T, job *Job, proxy *natstest.Proxy, nc *nats.Conn) []string {
+	want := []string{"first"}
+	for i := 1; i <= 4001; i++ {
+		want = append(want, fmt.Sprintf("held %d", i))
+		job.Log(want[len(want)-1])
+	}
+	proxy.Cut()
+	natstest.Eventually(t, 10*time.Second, func() bool { return !nc.IsConnected() }, "the cut noticed")
+	proxy.Restore()
+	return want
+}
+
 // Lines whose acks failed are sent again in the order they were written,
 // and only those among their attempt's last LogLinesPerJob lines:
 //   - a line refused at once (too many lines awaiting their acks) was sent
@@ -2891,7 +2907,9 @@ func TestLinesWhoseAcksFailedAreSentAgainBeforeTheResult(t *testing.T) {
 //     logs showed it before them;
 //   - the stream keeps a job's last LogLinesPerJob lines, and the lines an
 //     attempt lost before it wrote 10,000 more, sent again at its end,
-//     pushed out as many of its last lines.
+//     pushed out as many of its last lines;
+//   - lines sent again one round trip after the other did not fit in the
+//     window a pool lets them (4,001 lines at 5 ms between nodes).
 func TestLinesSentAgain(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -2904,16 +2922,14 @@ func TestLinesSentAgain(t *testing.T) {
 		byNumber bool
 	}{
 		{"in their order", func(t *testing.T, job *Job, proxy *natstest.Proxy, nc *nats.Conn) []string {
-			want := []string{"first"}
-			// One more than the publisher lets await their acks: the last
-			// is refused at once, the others held.
-			for i := 1; i <= 4001; i++ {
-				want = append(want, fmt.Sprintf("held %d", i))
-				job.Log(want[len(want)-1])
-			}
-			proxy.Cut() // what the stall held is lost
-			natstest.Eventually(t, 10*time.Second, func() bool { return !nc.IsConnected() }, "the cut noticed")
-			proxy.Restore()
+			return heldAndCut(t, job, proxy, nc)
+		}, false},
+		{"within the window from a server a round trip away", func(t *testing.T, job *Job, proxy *natstest.Proxy, nc *nats.Conn) []string {
+			want := heldAndCut(t, job, proxy, nc)
+			// Each line sent again one round trip after the other took
+			// 4,001 x 5 ms, 20 s, against the 2 s the pool lets them.
+			natstest.Eventually(t, 10*time.Second, nc.IsConnected, "connected again")
+			proxy.DelayAnswers(5 * time.Millisecond)
 			return want
 		}, false},
 		{"among the attempt's last", func(t *testing.T, job *Job, proxy *natstest.Proxy, nc *nats.Conn) []string {

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -25,8 +26,12 @@ type Proxy struct {
 	// answersStalled holds the server's bytes only: what clients send
 	// is done, and they hear nothing of it.
 	answersStalled bool
-	holding        int // relays holding bytes in a stall
-	conns          map[net.Conn]bool
+	// answersDelay holds each read of the server's bytes this long, as a
+	// server a round trip away does: a client that waits for each answer
+	// before its next request pays it each time.
+	answersDelay time.Duration
+	holding      int // relays holding bytes in a stall
+	conns        map[net.Conn]bool
 }
 
 // NewProxy relays to the server at url (nats://host:port); the test's
@@ -72,11 +77,19 @@ func (p *Proxy) StallAnswers() {
 	p.answersStalled = true
 }
 
-// Restore lets connections and bytes through again.
+// DelayAnswers holds each read of the server's bytes for d before it is
+// passed on, until Restore.
+func (p *Proxy) DelayAnswers(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.answersDelay = d
+}
+
+// Restore lets connections and bytes through again, at once.
 func (p *Proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut, p.stalled, p.answersStalled = false, false, false
+	p.cut, p.stalled, p.answersStalled, p.answersDelay = false, false, false, 0
 	p.resumed.Broadcast()
 }
 
@@ -105,6 +118,11 @@ func (p *Proxy) Holding() bool {
 func (p *Proxy) waitUnstalled(answers bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if delay := p.answersDelay; answers && delay > 0 {
+		p.mu.Unlock()
+		time.Sleep(delay) // the latency a test asked for, not a wait for an event
+		p.mu.Lock()
+	}
 	held := func() bool { return p.stalled || answers && p.answersStalled }
 	if !held() {
 		return
