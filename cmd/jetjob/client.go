@@ -35,7 +35,7 @@ func dial(ctx context.Context, url string) (*client, error) {
 	nc, err := nats.Connect(url, nats.Name("jetjob-cli"), nats.Timeout(3*time.Second),
 		nats.RetryOnFailedConnect(false), nats.MaxReconnects(5),
 		// A slow consumer under watch, say, is worth a line on stderr.
-		logging.NATSErrors(logging.New(false)))
+		natsErrors(ctx, logging.New(false)))
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the jetjob server at %s (start one with 'jetjob server' or 'jetjob dev', or set --server): %v", clip(server.RedactURL(url)), err)
 	}

@@ -12,7 +12,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
@@ -190,7 +193,22 @@ func startServer(ctx context.Context, name, defaultDir string, args []string) (*
 		return nil, o, err
 	}
 	o.Logger = logging.New(*verbose)
+	// Only a refusal heard while the server starts ends it: once it runs
+	// it answers other clients' requests (the append relay), and a reply
+	// its user may not send (a client's own inbox prefix) is that
+	// client's to hear, as an unanswered request, not a reason to stop
+	// serving the others.
+	var started atomic.Bool
+	whileStarting, logged := natsErrorHandler(ctx, o.Logger), logging.NATSErrorHandler(o.Logger)
+	o.NATSErrors = func(nc *nats.Conn, sub *nats.Subscription, err error) {
+		if started.Load() {
+			logged(nc, sub, err)
+			return
+		}
+		whileStarting(nc, sub, err)
+	}
 	s, err := server.Start(ctx, o)
+	started.Store(true)
 	if errors.Is(err, server.ErrNotClustered) {
 		err = fmt.Errorf("%w: %w", errUsage, err)
 	}

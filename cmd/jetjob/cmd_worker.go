@@ -93,7 +93,7 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	defer func() { _ = logger.Sync() }()
 
 	nc, err := nats.Connect(fs.server, nats.Name("jetjob-worker"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
-		logging.NATSErrors(logger))
+		natsErrors(ctx, logger))
 	if err != nil {
 		return fmt.Errorf("cannot reach the jetjob server at %s: %v", clip(server.RedactURL(fs.server)), err)
 	}

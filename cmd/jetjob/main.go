@@ -26,23 +26,26 @@ type command struct {
 	name    string
 	summary string
 	run     func(ctx context.Context, args []string, out io.Writer) error
+	// changesJobs: a success it returns stands though a refusal was heard
+	// (see natsErrors); a caller told it failed would do it again.
+	changesJobs bool
 }
 
 func commands() []command {
 	return []command{
-		{"server", "run the embedded NATS server (or connect to --nats) with the projector and maintenance services", runServer},
-		{"dev", "start a local server with a demo worker and demo jobs", runDev},
-		{"submit", "submit a job (or many with --file)", runSubmit},
-		{"get", "show a job's current view", runGet},
-		{"ls", "list jobs", runList},
-		{"watch", "print every change of matching jobs", runWatch},
-		{"history", "show a job's events", runHistory},
-		{"cancel", "cancel a job, or every matching pending job with --pending", runCancel},
-		{"logs", "print a job's log lines", runLogs},
-		{"worker", "run a command once per job", runWorker},
-		{"purge", "delete finished jobs older than an age", runPurge},
-		{"admin", "administration: rebuild", runAdmin},
-		{"bench", "measure throughput and latency", runBench},
+		{"server", "run the embedded NATS server (or connect to --nats) with the projector and maintenance services", runServer, false},
+		{"dev", "start a local server with a demo worker and demo jobs", runDev, false},
+		{"submit", "submit a job (or many with --file)", runSubmit, true},
+		{"get", "show a job's current view", runGet, false},
+		{"ls", "list jobs", runList, false},
+		{"watch", "print every change of matching jobs", runWatch, false},
+		{"history", "show a job's events", runHistory, false},
+		{"cancel", "cancel a job, or every matching pending job with --pending", runCancel, true},
+		{"logs", "print a job's log lines", runLogs, false},
+		{"worker", "run a command once per job", runWorker, false},
+		{"purge", "delete finished jobs older than an age", runPurge, true},
+		{"admin", "administration: rebuild", runAdmin, true},
+		{"bench", "measure throughput and latency", runBench, false},
 	}
 }
 
@@ -75,12 +78,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), stopSignals()...)
 	defer stop()
+	ctx, deny := withDenial(ctx)
+	defer deny(nil)
 	for _, c := range commands() {
 		if c.name == args[0] {
 			// A command that printed as it went may not have checked each
 			// write: output lost (a full disk) is a failure all the same.
 			w := &checkedWriter{w: stdout}
 			err := c.run(ctx, args[1:], w)
+			if denied, ok := denial(ctx); ok && (err != nil || !c.changesJobs) {
+				// What failed after the refusal failed for it ("context
+				// canceled" says nothing), and a server, worker or watch
+				// that stopped for it did not succeed.
+				err = denied
+			}
 			if err == nil && w.err != nil {
 				err = fmt.Errorf("write output: %w", w.err)
 			}

@@ -37,12 +37,15 @@ func OrNop(l *zap.Logger, name string) *zap.Logger {
 }
 
 // NATSErrors routes the NATS client's asynchronous errors to l: without it
-// the client prints them on stderr in a format of its own. A consumer the
-// server forgot across a restart is made again by its owner, so that one is
-// only debug.
-func NATSErrors(l *zap.Logger) nats.Option {
+// the client prints them on stderr in a format of its own.
+func NATSErrors(l *zap.Logger) nats.Option { return nats.ErrorHandler(NATSErrorHandler(l)) }
+
+// NATSErrorHandler logs the NATS client's asynchronous errors to l, for a
+// handler that does more with them. A consumer the server forgot across a
+// restart is made again by its owner, so that one is only debug.
+func NATSErrorHandler(l *zap.Logger) nats.ErrHandler {
 	l = OrNop(l, "nats")
-	return nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+	return func(_ *nats.Conn, sub *nats.Subscription, err error) {
 		fields := []zap.Field{zap.Error(err)}
 		if sub != nil {
 			fields = append(fields, zap.String("subject", sub.Subject))
@@ -52,5 +55,5 @@ func NATSErrors(l *zap.Logger) nats.Option {
 			return
 		}
 		l.Warn("asynchronous error", fields...)
-	})
+	}
 }

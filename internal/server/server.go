@@ -73,6 +73,9 @@ type Options struct {
 	// new one a single replica. An embedded server takes only 0 or 1.
 	Replicas int
 	Logger   *zap.Logger
+	// NATSErrors, when set, hears the NATS client's asynchronous errors
+	// instead of the logger (a command that ends on a refused subject).
+	NATSErrors nats.ErrHandler
 	// firstAnswered, for tests, is called once the first request of the
 	// start was answered.
 	firstAnswered func()
@@ -119,8 +122,12 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	} else {
 		s.URL = o.NATSURL
 	}
+	asyncErrors := o.NATSErrors
+	if asyncErrors == nil {
+		asyncErrors = logging.NATSErrorHandler(o.Logger)
+	}
 	s.NC, err = nats.Connect(s.URL, nats.Name("jetjob-server"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
-		logging.NATSErrors(o.Logger))
+		nats.ErrorHandler(asyncErrors))
 	if err != nil {
 		return s, fmt.Errorf("connect to NATS at %s: %w", RedactURL(s.URL), err)
 	}
