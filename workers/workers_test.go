@@ -2927,7 +2927,7 @@ func TestLinesSentAgain(t *testing.T) {
 		{"within the window from a server a round trip away", func(t *testing.T, job *Job, proxy *natstest.Proxy, nc *nats.Conn) []string {
 			want := heldAndCut(t, job, proxy, nc)
 			// Each line sent again one round trip after the other took
-			// 4,001 x 5 ms, 20 s, against the 2 s the pool lets them.
+			// 4,001 x 5 ms, 20 s, against the 10 s the pool lets them.
 			natstest.Eventually(t, 10*time.Second, nc.IsConnected, "connected again")
 			proxy.DelayAnswers(5 * time.Millisecond)
 			return want
@@ -2950,15 +2950,21 @@ func TestLinesSentAgain(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, true)
 			proxy := natstest.NewProxy(t, f.env.URL)
-			p, started, returning := f.cutLinesPool(t, proxy, 2*time.Second)
+			// The default ack timeout, which is also the window the lines
+			// are sent again in: the held lines fail at the cut, not by it,
+			// and with 2 s the race detector on a loaded machine (2
+			// cores, load 35) sent 800 to 1,600 of the 4,001 lines in
+			// time, all their acks coming back. One round trip a line at
+			// 5 ms still takes 20 s.
+			p, started, returning := f.cutLinesPool(t, proxy, logAckTimeoutDefault)
 			logs, id := f.firstLineStored(t)
 			job := <-started
 			proxy.Stall()
 			want := tc.write(t, job, proxy, p.nc)
 			close(returning)
 			// The result waits for the acks that fail, then for thousands
-			// of lines sent again one at a time: longer than waitState's
-			// 10 s on a loaded machine.
+			// of lines sent again: longer than waitState's 10 s on a
+			// loaded machine.
 			natstest.Eventually(t, 2*time.Minute, func() bool {
 				j, err := f.m.Load(context.Background(), id)
 				return err == nil && j.State == statemachine.StateSucceeded
