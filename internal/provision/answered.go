@@ -37,12 +37,25 @@ func Transient(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
 		return true
 	}
+	var code jetstream.ErrorCode
+	var description string
 	var apiErr *jetstream.APIError
-	if !errors.As(err, &apiErr) {
+	// A KV watch makes its consumer through nats.go's older JetStream API,
+	// whose refusals are a *nats.APIError, another type with the same
+	// codes: a listing's or a watch's "temporarily unavailable" went
+	// unrecognized, and it failed at once rather than wait out the
+	// election.
+	var legacyErr *nats.APIError
+	switch {
+	case errors.As(err, &apiErr):
+		code, description = apiErr.ErrorCode, apiErr.Description
+	case errors.As(err, &legacyErr):
+		code, description = jetstream.ErrorCode(legacyErr.ErrorCode), legacyErr.Description
+	default:
 		return false
 	}
-	return apiErr.ErrorCode == ErrCodeClusterNotAvailable ||
-		apiErr.ErrorCode == ErrCodeNoSuitablePeers && strings.Contains(apiErr.Description, "peer offline")
+	return code == ErrCodeClusterNotAvailable ||
+		code == ErrCodeNoSuitablePeers && strings.Contains(description, "peer offline")
 }
 
 // UntilAnswered calls fn, the first call bounded by try (a request sent to

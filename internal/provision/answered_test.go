@@ -19,6 +19,12 @@ func TestUntilAnsweredAsksAgainOnlyWhileTheClusterElects(t *testing.T) {
 		Description: "no suitable peers for placement, peer offline"})
 	noRoom := fmt.Errorf("create stream: %w", &jetstream.APIError{Code: 400, ErrorCode: ErrCodeNoSuitablePeers,
 		Description: "no suitable peers for placement, insufficient storage"})
+	watchElecting := fmt.Errorf("list jobs: %w", &nats.APIError{Code: 503, ErrorCode: nats.ErrorCode(ErrCodeClusterNotAvailable),
+		Description: "JetStream system temporarily unavailable"})
+	watchPeerOffline := &nats.APIError{Code: 400, ErrorCode: nats.ErrorCode(ErrCodeNoSuitablePeers),
+		Description: "no suitable peers for placement, peer offline"}
+	watchNoRoom := &nats.APIError{Code: 400, ErrorCode: nats.ErrorCode(ErrCodeNoSuitablePeers),
+		Description: "no suitable peers for placement, insufficient storage"}
 	for _, tc := range []struct {
 		name    string
 		answers []error
@@ -31,6 +37,9 @@ func TestUntilAnsweredAsksAgainOnlyWhileTheClusterElects(t *testing.T) {
 		{"a node offline is waited for", []error{peerOffline, nil}, nil, 2},
 		{"a cluster too small is not waited for", []error{noRoom, nil}, noRoom, 1},
 		{"not enabled is not an election", []error{jetstream.ErrJetStreamNotEnabled, nil}, jetstream.ErrJetStreamNotEnabled, 1},
+		// A KV watch's consumer is made through nats.go's older API.
+		{"a watch's election is waited for", []error{watchElecting, watchPeerOffline, nil}, nil, 3},
+		{"a watch's refusal is not asked again", []error{watchNoRoom, nil}, watchNoRoom, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			calls := 0
