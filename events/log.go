@@ -585,8 +585,14 @@ func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 		if isWrongLastSeq(err) {
 			// The refused message may be a resend of one that landed (its
 			// ack lost here or by the caller): the history decides.
-			if seq, found := l.findEvent(ctx, r.ev.JobID, r.expected, r.ev.ID); found {
+			seq, found, err := l.findEvent(ctx, r.ev.JobID, r.expected, r.ev.ID)
+			switch {
+			case found:
 				return seq, nil
+			case err != nil:
+				// Not read back, it may be there all the same: a
+				// conflict would tell the caller it was not stored.
+				return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: err}
 			}
 			return 0, &ConflictError{JobID: r.ev.JobID, Expected: r.expected}
 		}
@@ -686,18 +692,20 @@ func isLostAck(err error) bool {
 // findEvent looks for an event by ID in a job's history after a sequence,
 // which the stream, refusing an append that expected it to be the last,
 // said it holds more than: a read that finds nothing after it was answered
-// by a replica that has not caught up, and is asked again.
-func (l *Log) findEvent(ctx context.Context, jobID string, after uint64, eventID string) (uint64, bool) {
+// by a replica that has not caught up, and is asked again. An error says
+// the history could not be read, so whether it holds the event is not
+// known.
+func (l *Log) findEvent(ctx context.Context, jobID string, after uint64, eventID string) (uint64, bool, error) {
 	recs, err := l.readPast(ctx, jobID, after, after)
 	if err != nil {
-		return 0, false
+		return 0, false, err
 	}
 	for _, rec := range recs {
 		if rec.ID == eventID {
-			return rec.Seq, true
+			return rec.Seq, true, nil
 		}
 	}
-	return 0, false
+	return 0, false, nil
 }
 
 // flushLoop takes whatever appends are waiting, up to MaxBatch, at most one

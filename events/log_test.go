@@ -112,6 +112,34 @@ func TestResentEventIsNotAConflict(t *testing.T) {
 	_ = env
 }
 
+// A resent event whose history cannot be read back (the reads go
+// unanswered, as on a machine too loaded to answer them in time) may have
+// landed: the resend says the outcome is unknown, not that another writer
+// moved the job. A failed read was taken for a history without the event,
+// and a submit that had landed, its batch's ack lost, was reported as a
+// conflict (TestManyJobsOverlappingTagSetsRunExactlyOnce, under load).
+func TestResentEventUnreadIsNotAConflict(t *testing.T) {
+	ctx := context.Background()
+	l, env := openLog(t, events.Config{MaxBatch: 1})
+	ev := mustEvent(t, "job1", events.TypeSubmitted)
+	_, err := l.Append(ctx, ev, 0)
+	require.NoError(t, err)
+	// No direct gets: each read of the history is answered "no responders"
+	// until the publish timeout.
+	st, err := env.JS.Stream(ctx, l.Stream())
+	require.NoError(t, err)
+	cfg := st.CachedInfo().Config
+	cfg.AllowDirect = false
+	_, err = env.JS.UpdateStream(ctx, cfg)
+	require.NoError(t, err)
+	resender, err := events.Attach(env.JS, events.Config{MaxBatch: 1, PublishTimeout: 300 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(resender.Close)
+	_, err = resender.Append(ctx, ev, 0)
+	require.ErrorIs(t, err, events.ErrOutcomeUnknown)
+	require.NotErrorIs(t, err, events.ErrConflict)
+}
+
 // appendModes are the ways a Log commits appends: one at a time, in atomic
 // batches (the default, for a server that fsyncs each append), streaming
 // each as it comes (the embedded server with fsync interval), and offered
