@@ -33,8 +33,13 @@ const (
 	// command never ran, so the attempt is retried while attempts remain.
 	ErrorCodeStart = "start"
 	// execOutputDelay bounds how long a command's output is still read
-	// after it exited.
+	// after it exited, once what it wrote itself has been: what a process
+	// it left in the background holds or writes is given up on then.
 	execOutputDelay = time.Second
+	// pipeBacklogMax is the most a pipe holds on Linux unless its owner
+	// raises /proc/sys/fs/pipe-max-size: what is known to be in a pipe
+	// when its size cannot be asked.
+	pipeBacklogMax = 1 << 20
 )
 
 // CheckCommand reports whether command[0] can be run: a name without a slash
@@ -99,11 +104,11 @@ type ExecConfig struct {
 // the attempt with ErrorCodeStart, retried while attempts remain. A cancel
 // sends SIGTERM to the command's process group and, after the grace
 // period, SIGKILL to whatever of the group is left, also once the command
-// itself exited. A job that ends on its own ends when the command exits,
-// whatever it left running in the background. When the worker dies, even
-// by SIGKILL, while a command runs, the command's process group is killed
-// (see watchdog.go): a job retried elsewhere does not run beside what its
-// earlier attempt started.
+// itself exited. A job that ends on its own ends when the command exits
+// and what it wrote is logged, whatever it left running in the background.
+// When the worker dies, even by SIGKILL, while a command runs, the
+// command's process group is killed (see watchdog.go): a job retried
+// elsewhere does not run beside what its earlier attempt started.
 func ExecHandler(cfg ExecConfig) Handler {
 	if cfg.Grace <= 0 {
 		cfg.Grace = ExecGraceDefault
@@ -119,18 +124,24 @@ func ExecHandler(cfg ExecConfig) Handler {
 			"JETJOB_JOB_ID="+job.ID, "JETJOB_TYPE="+job.Type, "JETJOB_ATTEMPT="+strconv.Itoa(job.Attempt))
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		dieWithWorker(cmd.SysProcAttr)
-		stdout := &lineWriter{emit: func(l string) { job.logStream(StreamStdout, l) }}
-		stderr := &lineWriter{emit: func(l string) { job.logStream(StreamStderr, l) }}
-		cmd.Stdout, cmd.Stderr = stdout, stderr
-		// Once the command exits, its output is read for at most this long:
-		// a process it left in the background may hold the pipes for hours,
-		// and the job must end when the command does.
+		// Our own pipes, not exec's copies of the output: exec stops reading
+		// WaitDelay after the command exits, however much is left in the
+		// pipe, and a worker slow to log the lines (a loaded machine, a
+		// server slow to store them) lost the end of the output.
+		outputs, err := openOutputs(job)
+		if err != nil {
+			return startFailed(job, logger, cfg.Command[0], err)
+		}
+		cmd.Stdout, cmd.Stderr = outputs[0].w, outputs[1].w
+		// Only the payload's copy to stdin is left to exec: once the
+		// command exits, a process it left in the background and that holds
+		// stdin unread does not keep the job running.
 		cmd.WaitDelay = execOutputDelay
 		if err := commandsWatchdog.ensure(); err != nil {
 			logger.Warn("no watchdog: should this worker die, what its commands started runs on", zap.Error(err))
 		}
 		startErr := make(chan error, 1)
-		exited := make(chan error, 1)
+		exited := make(chan commandExit, 1)
 		var unwatch func()
 		go func() {
 			// Linux sends the death signal when the thread that started the
@@ -139,35 +150,32 @@ func ExecHandler(cfg ExecConfig) Handler {
 			// while the command runs.
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
-			if err := cmd.Start(); err != nil {
+			err := cmd.Start()
+			for _, o := range outputs {
+				_ = o.w.Close() // the command's now: the pipe ends when its holders close it
+			}
+			if err != nil {
+				for _, o := range outputs {
+					_ = o.r.Close()
+				}
 				startErr <- err
 				return
 			}
 			// Listed before it is reaped: until then its PID cannot name
 			// another process's group.
-			var err error
 			if unwatch, err = commandsWatchdog.watch(cmd.Process.Pid); err != nil {
 				logger.Warn("no watchdog: should this worker die, what its commands started runs on", zap.Error(err))
 			}
 			startErr <- nil
-			err = cmd.Wait()
-			stdout.flush()
-			stderr.flush()
-			exited <- err
+			exited <- outputs.readWhile(cmd.Wait, ctx.Done())
 		}()
 		if err := <-startErr; err != nil {
-			job.logStream(StreamSystem, fmt.Sprintf("cannot start %q: %v", cfg.Command[0], err))
-			logger.Warn("cannot start the command; the attempt fails and is retried while attempts remain",
-				zap.String("job", job.ID), zap.Int("attempt", job.Attempt), zap.Error(err))
-			// Not NoRetry: the command never ran, and what kept it from
-			// starting (a binary being redeployed, no processes or file
-			// descriptors left) may be gone by the next attempt.
-			return &CodedError{Code: ErrorCodeStart, Err: fmt.Errorf("start command: %w", err)}
+			return startFailed(job, logger, cfg.Command[0], err)
 		}
 		defer unwatch()
-		var waitErr error
+		var ended commandExit
 		select {
-		case waitErr = <-exited:
+		case ended = <-exited:
 		case <-ctx.Done():
 			pgid := cmd.Process.Pid
 			job.logStream(StreamSystem, fmt.Sprintf("stopping the command: %v; SIGTERM to its process group, SIGKILL in %s", context.Cause(ctx), cfg.Grace))
@@ -175,7 +183,7 @@ func ExecHandler(cfg ExecConfig) Handler {
 			graceOver := time.NewTimer(cfg.Grace)
 			defer graceOver.Stop()
 			select {
-			case waitErr = <-exited:
+			case ended = <-exited:
 				// The command is gone, but what it started may not be: a
 				// canceled job's retry must not run next to it.
 				if !groupGone(pgid, graceOver.C) {
@@ -185,13 +193,17 @@ func ExecHandler(cfg ExecConfig) Handler {
 			case <-graceOver.C:
 				job.logStream(StreamSystem, fmt.Sprintf("the command outlived its grace of %s after SIGTERM: SIGKILL to its process group", cfg.Grace))
 				_ = syscall.Kill(-pgid, syscall.SIGKILL)
-				waitErr = <-exited
+				ended = <-exited
 			}
-			logger.Debug("command stopped", zap.String("job", job.ID), zap.Error(waitErr))
+			logger.Debug("command stopped", zap.String("job", job.ID), zap.Error(ended.err))
 			return context.Cause(ctx)
 		}
+		waitErr := ended.err
+		if ended.held {
+			job.logStream(StreamSystem, fmt.Sprintf("the command exited, but a process it started still held its output %s after: no longer reading it", execOutputDelay))
+		}
 		if errors.Is(waitErr, exec.ErrWaitDelay) {
-			job.logStream(StreamSystem, fmt.Sprintf("the command exited 0, but a process it started still held its output after %s: no longer reading it", execOutputDelay))
+			job.logStream(StreamSystem, fmt.Sprintf("the command exited 0, but a process it started still held its stdin %s after: no longer writing the payload to it", execOutputDelay))
 			return nil
 		}
 		var exitErr *exec.ExitError
@@ -212,6 +224,168 @@ func ExecHandler(cfg ExecConfig) Handler {
 		}
 		return waitErr
 	}
+}
+
+// startFailed fails an attempt whose command could not be started.
+func startFailed(job *Job, logger *zap.Logger, name string, err error) error {
+	job.logStream(StreamSystem, fmt.Sprintf("cannot start %q: %v", name, err))
+	logger.Warn("cannot start the command; the attempt fails and is retried while attempts remain",
+		zap.String("job", job.ID), zap.Int("attempt", job.Attempt), zap.Error(err))
+	// Not NoRetry: the command never ran, and what kept it from starting (a
+	// binary being redeployed, no processes or file descriptors left) may
+	// be gone by the next attempt.
+	return &CodedError{Code: ErrorCodeStart, Err: fmt.Errorf("start command: %w", err)}
+}
+
+// commandExit is how a command ended: Wait's error, and whether a process
+// it started still held its output once it exited (see commandOutput.read).
+type commandExit struct {
+	err  error
+	held bool
+}
+
+// commandOutput is one output stream of a command: a pipe whose write end
+// the command gets, and the lines read from it.
+type commandOutput struct {
+	r, w  *os.File
+	lines *lineWriter
+}
+
+// commandOutputs are a command's stdout and stderr.
+type commandOutputs [2]commandOutput
+
+// openOutputs opens the pipes of a command's stdout and stderr, their
+// lines logged to job.
+func openOutputs(job *Job) (commandOutputs, error) {
+	var outs commandOutputs
+	for i, stream := range []string{StreamStdout, StreamStderr} {
+		r, w, err := os.Pipe()
+		if err != nil {
+			for _, o := range outs[:i] {
+				_ = o.r.Close()
+				_ = o.w.Close()
+			}
+			return outs, fmt.Errorf("open a pipe for its %s: %w", stream, err)
+		}
+		outs[i] = commandOutput{r: r, w: w, lines: &lineWriter{emit: func(l string) { job.logStream(stream, l) }}}
+	}
+	return outs, nil
+}
+
+// readWhile reads the outputs while wait waits for the command, and after
+// it exited as long as read does, then closes them.
+func (outs commandOutputs) readWhile(wait func() error, hurry <-chan struct{}) commandExit {
+	exit := make(chan struct{})
+	var exitedAt time.Time
+	helds := make(chan bool, len(outs))
+	for _, o := range outs {
+		go func() { helds <- o.read(exit, &exitedAt, hurry) }()
+	}
+	err := wait()
+	exitedAt = time.Now()
+	for _, o := range outs {
+		// Wakes a read waiting on a pipe a background process holds; set
+		// before exit is closed, so that the reads know whose it is.
+		_ = o.r.SetReadDeadline(exitedAt.Add(execOutputDelay))
+	}
+	close(exit)
+	held := false
+	for range outs {
+		held = <-helds || held
+	}
+	for _, o := range outs {
+		_ = o.r.Close()
+	}
+	return commandExit{err: err, held: held}
+}
+
+// read logs the pipe's lines until every process holding its write end
+// closed it. Once the command exited (exit closed, at exitedAt), what it
+// left in the pipe is read however long logging it takes, as the pipe holds
+// no more than it wrote; what a process it left running writes is read
+// until execOutputDelay after the exit: such a process may hold the pipe,
+// or write to it, for hours, and the job ends when its command does. It
+// reports whether such a process still held the pipe when it gave up. Once
+// hurry is closed (the job canceled, or its worker stopping), what is left
+// is read only until execOutputDelay after the exit: the handler has a
+// grace to keep.
+func (o commandOutput) read(exit <-chan struct{}, exitedAt *time.Time, hurry <-chan struct{}) bool {
+	defer o.lines.flush()
+	buf := make([]byte, 32<<10)
+	for exited := false; !exited; {
+		n, err := o.r.Read(buf)
+		_, _ = o.lines.Write(buf[:n])
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			<-exit // set at the exit, just before exit closed
+			exited = true
+		case err != nil:
+			return false // io.EOF: no process holds the pipe any more
+		default:
+			select {
+			case <-exit:
+				exited = true
+			default:
+			}
+		}
+	}
+	// The command exited: what it left in the pipe is read, however long
+	// logging it takes (with what a process it started wrote before the
+	// exit was seen here: no more than the pipe holds).
+	for left := pipeBacklog(o.r); left > 0; {
+		select {
+		case <-hurry:
+			left = 0
+			continue
+		default:
+		}
+		_ = o.r.SetReadDeadline(time.Now().Add(execOutputDelay))
+		n, err := o.r.Read(buf[:min(left, len(buf))])
+		_, _ = o.lines.Write(buf[:n])
+		left -= n
+		if err != nil {
+			return errors.Is(err, os.ErrDeadlineExceeded)
+		}
+	}
+	// What a process it started writes after, until execOutputDelay after
+	// the exit.
+	if until := exitedAt.Add(execOutputDelay); time.Now().Before(until) {
+		_ = o.r.SetReadDeadline(until)
+		for {
+			n, err := o.r.Read(buf)
+			_, _ = o.lines.Write(buf[:n])
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			if err != nil {
+				return false
+			}
+		}
+	}
+	// A last look, without waiting, tells a pipe that ended (no process
+	// holds it) from one still held: a read past its deadline does not
+	// look.
+	_ = o.r.SetReadDeadline(time.Time{})
+	n, ended := readNow(o.r, buf)
+	_, _ = o.lines.Write(buf[:n])
+	return !ended
+}
+
+// readNow reads what f holds without waiting; ended reports that no process
+// holds its write end any more and nothing is left to read.
+func readNow(f *os.File, buf []byte) (n int, ended bool) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	_ = rc.Read(func(fd uintptr) bool {
+		var rerr error
+		n, rerr = syscall.Read(int(fd), buf)
+		ended = n == 0 && rerr == nil
+		n = max(n, 0)
+		return true // whatever it read, or EAGAIN: no wait
+	})
+	return n, ended
 }
 
 // groupPoll is how often groupGone looks for the processes of a group.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"unsafe"
 )
 
 // dieWithWorker has the kernel kill the command when the worker dies, so
@@ -52,4 +53,21 @@ func groupRunning(pgid int) bool {
 		}
 	}
 	return members == 0
+}
+
+// pipeBacklog is how many bytes are in pipe r, to be read (TIOCINQ is
+// FIONREAD).
+func pipeBacklog(r *os.File) int {
+	rc, err := r.SyscallConn()
+	if err != nil {
+		return pipeBacklogMax
+	}
+	n := pipeBacklogMax
+	_ = rc.Control(func(fd uintptr) {
+		var queued int32
+		if _, _, errno := syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCINQ, uintptr(unsafe.Pointer(&queued))); errno == 0 {
+			n = int(queued)
+		}
+	})
+	return n
 }

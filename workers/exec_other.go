@@ -4,6 +4,7 @@ package workers
 
 import (
 	"errors"
+	"os"
 	"syscall"
 )
 
@@ -15,3 +16,7 @@ func dieWithWorker(*syscall.SysProcAttr) {}
 func groupRunning(pgid int) bool {
 	return !errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH)
 }
+
+// pipeBacklog is at most how many bytes are in pipe r, to be read: the
+// most a pipe holds, not knowing better.
+func pipeBacklog(*os.File) int { return pipeBacklogMax }

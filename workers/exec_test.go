@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -278,6 +279,9 @@ func TestExecJobEndsWhenItsCommandExits(t *testing.T) {
 	done := f.waitState(j.ID, statemachine.StateSucceeded)
 	took := done.CompletedAt.Sub(*done.StartedAt)
 	require.Less(t, took, 10*time.Second, "the command exited at once, the job ran %s", took)
+	require.Equal(t, "started", f.waitLines(j.ID, StreamStdout, 1)[0].Line)
+	require.Equal(t, "the command exited, but a process it started still held its output 1s after: no longer reading it",
+		f.waitLines(j.ID, StreamSystem, 1)[0].Line)
 }
 
 // A line longer than a log line is cut; the lines after it are kept.
@@ -481,5 +485,77 @@ func BenchmarkLineFailed(b *testing.B) {
 	for b.Loop() {
 		j.lines++
 		j.lineFailed(LogLine{Number: j.lines})
+	}
+}
+
+// A command's output is read to its end however slowly its lines are
+// logged: the output delay counts only what a process the command left in
+// the background holds or writes. Counted from the command's exit, it threw
+// away what was still in the pipe a second after, and said a process held
+// the output: a job of `seq 1 10050` succeeded with its log ending at line
+// 6,775 on a loaded machine. Here, with the server's answers held, the
+// lines past the 4,000 awaiting their acks are logged 200 ms apart, the
+// command long exited.
+func TestExecReadsTheOutputToItsEndHoweverSlowlyItIsLogged(t *testing.T) {
+	// 4,000 short lines, then 12 of 4 kB logged 200 ms apart: a read takes
+	// at most 32 kB, so the last ones are still in the pipe over a second
+	// after the command exited.
+	const lines = 4012
+	seq := `seq 1 4000; pad=$(head -c 4000 /dev/zero | tr '\0' x); for i in $(seq 4001 4012); do echo "$i $pad"; done`
+	for _, tc := range []struct {
+		name, script string
+		held         bool // a background process holds the output
+	}{
+		{"the command alone", seq, false},
+		{"a background process holds the output", seq + "; sleep 30 &", true},
+		{"a background process writes on", seq + "; while :; do echo tick; sleep 0.2; done &", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, true)
+			proxy := natstest.NewProxy(t, f.env.URL)
+			h := ExecHandler(ExecConfig{Command: []string{"sh", "-c", tc.script}})
+			f.poolThrough(proxy, false, PoolConfig{Types: []string{"slowlog"}}, func(ctx context.Context, j *Job) error {
+				proxy.StallAnswers()
+				defer proxy.Restore() // the lines refused meanwhile are sent again before the result
+				return h(ctx, j)
+			}, func(p *Pool) { p.logAckTimeout = time.Minute }) // the 4,000 acks held not given up on, nor the lines sent again
+			j := f.submit(statemachine.SubmitParams{Type: "slowlog"})
+			// The result waits for the 4,000 acks held, then for the lines
+			// refused sent again: on a loaded machine, longer than
+			// waitState's 10 s.
+			natstest.Eventually(t, 2*time.Minute, func() bool {
+				done, err := f.m.Load(context.Background(), j.ID)
+				return err == nil && done.State == statemachine.StateSucceeded
+			}, "job %s succeeded", j.ID)
+			logs, err := AttachLogs(context.Background(), f.env.JS)
+			require.NoError(t, err)
+			all, err := logs.Read(context.Background(), j.ID)
+			require.NoError(t, err)
+			var numbers []int
+			var system []string
+			for _, l := range all {
+				if l.Stream == StreamSystem {
+					system = append(system, l.Line)
+					continue
+				}
+				require.Equal(t, StreamStdout, l.Stream, l.Line)
+				if l.Line == "tick" {
+					continue
+				}
+				n, err := strconv.Atoi(strings.Fields(l.Line)[0])
+				require.NoError(t, err)
+				numbers = append(numbers, n)
+			}
+			slices.Sort(numbers)
+			require.Equal(t, lines, len(numbers), "lines stored when the job succeeded")
+			for i, n := range numbers {
+				require.Equal(t, i+1, n)
+			}
+			if !tc.held {
+				require.Empty(t, system)
+				return
+			}
+			require.Equal(t, []string{"the command exited, but a process it started still held its output 1s after: no longer reading it"}, system)
+		})
 	}
 }
