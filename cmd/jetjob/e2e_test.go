@@ -556,7 +556,18 @@ func startWorker(t *testing.T, s *serverProc, args ...string) {
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		_ = cmd.Wait()
+		if t.Failed() { // what the worker said, to tell why
+			t.Logf("worker %v:\n%s", args, tail(out.String(), 8<<10))
+		}
 	})
+}
+
+// tail is the end of s, at most n bytes of it.
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
 }
 
 func waitView(t *testing.T, s *serverProc, id string, cond func(projector.View) bool, what string) projector.View {
