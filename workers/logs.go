@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -306,12 +307,50 @@ const (
 	resendWindow   = 400
 )
 
-// Read returns a job's stored lines in order, each once (a line sent again
-// after its ack was lost may be stored twice).
+// Read returns a job's stored lines, each once (a line sent again after
+// its ack was lost may be stored twice), in the order stored, but for the
+// numbered lines of each run of an attempt, which come in their numbers'
+// order: a line whose ack failed is sent again once the attempt ended,
+// after the lines that followed it were stored (those the connection held
+// while it was cut are flushed when it is made again), and jetjob logs
+// showed an attempt's first lines after its last. Follow passes lines as
+// they are stored.
 func (l *Logs) Read(ctx context.Context, jobID string) ([]LogLine, error) {
 	var out []LogLine
 	err := l.follow(ctx, jobID, nil, func(line LogLine) { out = append(out, line) })
+	inNumberOrder(out)
 	return out, err
+}
+
+// inNumberOrder sorts the numbered lines of each lease among the places
+// they hold, and leaves the other lines where they are: the lines of runs
+// that ran at the same time (a cut-off attempt writing on while its retry
+// runs) stay interleaved as stored, and the server's lines (a hang, a
+// cancel not acknowledged) stay between the lines they were written among.
+func inNumberOrder(lines []LogLine) {
+	places := map[uint64][]int{}
+	unsorted := map[uint64]bool{}
+	for i, l := range lines {
+		if l.Lease == 0 || l.Number <= 0 {
+			continue
+		}
+		at := places[l.Lease]
+		if len(at) > 0 && lines[at[len(at)-1]].Number > l.Number {
+			unsorted[l.Lease] = true
+		}
+		places[l.Lease] = append(at, i)
+	}
+	for lease := range unsorted {
+		at := places[lease]
+		run := make([]LogLine, len(at))
+		for k, i := range at {
+			run[k] = lines[i]
+		}
+		slices.SortStableFunc(run, func(a, b LogLine) int { return cmp.Compare(a.Number, b.Number) })
+		for k, i := range at {
+			lines[i] = run[k]
+		}
+	}
 }
 
 // Follow passes a job's lines to fn, then new ones as they come, until finished

@@ -2993,3 +2993,54 @@ func TestLinesSentAgain(t *testing.T) {
 		})
 	}
 }
+
+// A read of a job's lines gives each run's numbered lines in their numbers'
+// order, the other lines where they were stored: a line whose ack failed
+// is sent again when its attempt ends, after the lines that followed it
+// were stored (the connection flushes what it held when it is made again),
+// and jetjob logs showed a job's first lines after its last (a cluster
+// soak, a worker's node killed as its job began: lines 1-30 of 106 shown
+// after line 106).
+func TestLogsReadGivesEachRunsLinesInTheirOrder(t *testing.T) {
+	type stored struct {
+		lease  uint64
+		number int64
+	}
+	for _, tc := range []struct {
+		name         string
+		stored, read []stored
+	}{
+		{"first lines sent again at the end",
+			[]stored{{5, 3}, {5, 4}, {5, 5}, {5, 1}, {5, 2}},
+			[]stored{{5, 1}, {5, 2}, {5, 3}, {5, 4}, {5, 5}}},
+		{"a line stored twice read once",
+			[]stored{{5, 2}, {5, 3}, {5, 1}, {5, 2}},
+			[]stored{{5, 1}, {5, 2}, {5, 3}}},
+		{"runs interleaved stay in their places",
+			[]stored{{5, 2}, {9, 1}, {5, 3}, {9, 2}, {5, 1}},
+			[]stored{{5, 1}, {9, 1}, {5, 2}, {9, 2}, {5, 3}}},
+		{"the server's lines stay where they were stored",
+			[]stored{{5, 2}, {0, 0}, {5, 1}, {9, 1}},
+			[]stored{{5, 1}, {0, 0}, {5, 2}, {9, 1}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := natstest.Start(t)
+			ctx := context.Background()
+			require.NoError(t, EnsureTopology(ctx, env.JS))
+			logs, err := AttachLogs(ctx, env.JS)
+			require.NoError(t, err)
+			for _, s := range tc.stored {
+				line := LogLine{Time: time.Now().UTC(), Attempt: 1, Number: s.number, Lease: s.lease, Stream: StreamStdout, Line: fmt.Sprint(s.lease, "/", s.number)}
+				require.NoError(t, logs.Append(ctx, "job-1", line))
+			}
+			lines, err := logs.Read(ctx, "job-1")
+			require.NoError(t, err)
+			got := make([]stored, 0, len(lines))
+			for _, l := range lines {
+				require.Equal(t, fmt.Sprint(l.Lease, "/", l.Number), l.Line, "a line and its number kept together")
+				got = append(got, stored{l.Lease, l.Number})
+			}
+			require.Equal(t, tc.read, got)
+		})
+	}
+}
