@@ -369,13 +369,6 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 	if err := events.ValidateJobID(jobID); err != nil {
 		return err
 	}
-	// Each fetch makes the ordered consumer anew; without a bound on the
-	// tries, a fetch with the server gone would wait for it forever.
-	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{logSubject(jobID)}, MaxResetAttempts: 1})
-	if err != nil {
-		return fmt.Errorf("read logs of job %s: %w", jobID, err)
-	}
-	defer func() { _ = consume.DeleteOrdered(l.js, LogsStream, cons) }()
 	var delivered uint64
 	read := readLines{}
 	// lastStored is 0 for a job without lines, asked of the stream's
@@ -399,8 +392,15 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		// responders" until its node's interest reaches the one the client
 		// is on, and jetjob logs failed so now and then with the
 		// cluster at rest.
-		if time.Since(failingSince) > followOutage || errors.Is(err, nats.ErrConnectionClosed) {
+		if errors.Is(err, nats.ErrConnectionClosed) {
 			return fmt.Errorf("read logs of job %s: %w", jobID, err)
+		}
+		if time.Since(failingSince) > followOutage {
+			// Said as the commands say a log that does not answer: alone,
+			// NATS's "context deadline exceeded" told nothing of why, nor
+			// that trying again is what to do.
+			return fmt.Errorf("read logs of job %s: the logs stream did not answer for %s (a NATS cluster electing a leader takes seconds; try again): %w",
+				jobID, followOutage, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -408,6 +408,26 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		}
 		return nil
 	}
+	// Each fetch makes the ordered consumer anew; without a bound on the
+	// tries, a fetch with the server gone would wait for it forever. Its
+	// first making is asked again as a fetch is: made while the stream
+	// elects a leader, it failed at once, and jetjob logs with it.
+	var cons jetstream.Consumer
+	for cons == nil {
+		c, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{logSubject(jobID)}, MaxResetAttempts: 1})
+		switch {
+		case err == nil:
+			cons = c
+		case ctx.Err() != nil:
+			return fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
+		default:
+			if err := failed(err); err != nil {
+				return err
+			}
+		}
+	}
+	failingSince = time.Time{}
+	defer func() { _ = consume.DeleteOrdered(l.js, LogsStream, cons) }()
 	// askLast is lastStored, ok false after a lookup that failed and is
 	// to be tried again (failed paced it), an error once that is over.
 	askLast := func() (last uint64, ok bool, err error) {

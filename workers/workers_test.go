@@ -3044,3 +3044,23 @@ func TestLogsReadGivesEachRunsLinesInTheirOrder(t *testing.T) {
 		})
 	}
 }
+
+// A read of a job's lines that the server does not answer for
+// followOutage says so, and that a cluster electing a leader is why: with
+// the logs stream's leader paused, jetjob logs ended with "read logs of
+// job ID: context deadline exceeded" alone.
+func TestLogsReadThatIsNotAnsweredSaysWhy(t *testing.T) {
+	env := natstest.Start(t)
+	ctx := context.Background()
+	require.NoError(t, EnsureTopology(ctx, env.JS))
+	proxy := natstest.NewProxy(t, env.URL)
+	_, js := natstest.Connect(t, proxy.URL)
+	logs, err := AttachLogs(ctx, js)
+	require.NoError(t, err)
+	require.NoError(t, logs.Append(ctx, "job-1", LogLine{Time: time.Now().UTC(), Attempt: 1, Number: 1, Lease: 5, Stream: StreamStdout, Line: "stored"}))
+	proxy.StallAnswers()
+	_, err = logs.Read(ctx, "job-1")
+	require.ErrorContains(t, err, "the logs stream did not answer for 10s (a NATS cluster electing a leader takes seconds; try again)")
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	proxy.Restore()
+}
