@@ -18,6 +18,7 @@ import (
 	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/statemachine"
+	"github.com/jetjob/jetjob/workers"
 )
 
 // client is a short-lived connection to a jetjob server.
@@ -128,4 +129,20 @@ func findLog(ctx context.Context, js jetstream.JetStream) error {
 		_, err := js.Stream(ctx, events.StreamDefault)
 		return err
 	})
+}
+
+// attachLogs binds to the job logs stream, waiting for it as dial waits
+// for the event log: a stream electing a leader does not answer, and
+// jetjob logs failed at once with "bind job logs: context deadline
+// exceeded" alone (the event log's leader elsewhere, so dial found it).
+func attachLogs(ctx context.Context, c *client) (*workers.Logs, error) {
+	var logs *workers.Logs
+	err := provision.UntilAnswered(ctx, findLogFor, 5*time.Second, func(ctx context.Context) (err error) {
+		logs, err = workers.AttachLogs(ctx, c.js)
+		return err
+	})
+	if err != nil && provision.Transient(err) {
+		return nil, fmt.Errorf("the job logs stream did not answer within %s (a NATS cluster electing a leader takes seconds; try again): %w", findLogFor, err)
+	}
+	return logs, err
 }

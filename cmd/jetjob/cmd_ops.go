@@ -89,7 +89,7 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 		if _, err := c.m.Load(ctx, id); err != nil {
 			return err
 		}
-		logs, err := workers.AttachLogs(ctx, c.js)
+		logs, err := attachLogs(ctx, c)
 		if err != nil {
 			return err
 		}
@@ -183,7 +183,7 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	logs, err := workers.AttachLogs(ctx, c.js)
+	logs, err := attachLogs(ctx, c)
 	if err != nil {
 		return err
 	}

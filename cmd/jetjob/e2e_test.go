@@ -1362,3 +1362,18 @@ func TestASecondSignalStopsTheServerAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestLogsStreamThatDoesNotAnswerIsWaitedForAndSaid: jetjob logs waits for
+// the job logs stream as it waits for the event log, and says why it gave
+// up: with the logs stream's leader paused (the event log's elsewhere), it
+// failed within 5 s with "bind job logs: context deadline exceeded" alone.
+func TestLogsStreamThatDoesNotAnswerIsWaitedForAndSaid(t *testing.T) {
+	env := natstest.Start(t)
+	require.NoError(t, workers.EnsureTopology(context.Background(), env.JS))
+	proxy := natstest.NewProxy(t, env.URL)
+	_, js := natstest.Connect(t, proxy.URL)
+	proxy.StallAnswers()
+	t.Cleanup(proxy.Restore)
+	_, err := attachLogs(context.Background(), &client{js: js})
+	require.ErrorContains(t, err, "the job logs stream did not answer within 15s (a NATS cluster electing a leader takes seconds; try again)")
+}
