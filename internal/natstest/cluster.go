@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 )
 
@@ -43,8 +44,9 @@ func startClustered(t testing.TB, opts *server.Options) *server.Server {
 
 // StartStock starts one nats-server with JetStream as an operator would run
 // it outside jetjob (stock options, which adjust can change), with its store
-// in the test's temporary directory; the test's cleanup stops it.
-func StartStock(t testing.TB, adjust func(*server.Options)) *Env {
+// in the test's temporary directory; the test's cleanup stops it. The env's
+// client connects with connect, what a secured server asks of it.
+func StartStock(t testing.TB, adjust func(*server.Options), connect ...nats.Option) *Env {
 	t.Helper()
 	opts := &server.Options{
 		Host: "127.0.0.1", Port: freePort(t), JetStream: true,
@@ -55,7 +57,7 @@ func StartStock(t testing.TB, adjust func(*server.Options)) *Env {
 	}
 	ns := startClustered(t, opts)
 	env := &Env{URL: ns.ClientURL(), Dir: opts.StoreDir}
-	env.NC, env.JS = Connect(t, env.URL)
+	env.NC, env.JS = Connect(t, env.URL, connect...)
 	return env
 }
 

@@ -70,10 +70,11 @@ func (e *Env) Bounce(t testing.TB) {
 	e.Server = srv
 }
 
-// Connect opens a client connection that the test's cleanup closes.
-func Connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+// Connect opens a client connection that the test's cleanup closes; opts
+// add to its own (a secured server's credentials and TLS).
+func Connect(t testing.TB, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(url, append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond)}, opts...)...)
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)

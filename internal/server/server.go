@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -103,7 +104,26 @@ type Server struct {
 // Start starts everything; Stop stops it.
 func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	s := &Server{}
+	// A NATS that refuses the connection (credentials, TLS) refuses it
+	// again on every try: a refusal heard while starting closes the
+	// connection, which ends the start at once, and is its error; the
+	// start waited 30 s (TLS; 2 s for credentials) to say that the NATS
+	// was not reachable. Once started, a refusal on a reconnect is left to
+	// nats.go, which tries TLS again as it tries a NATS down again (a
+	// certificate being renewed).
+	var starting atomic.Bool
+	var refused atomic.Pointer[error]
+	starting.Store(true)
 	defer func() {
+		starting.Store(false)
+		if err != nil && s.NC != nil && ctx.Err() == nil {
+			for _, cause := range []error{loadErr(&refused), s.NC.LastError()} {
+				if Refused(cause) {
+					err = fmt.Errorf("connect to NATS at %s: %w", RedactURL(s.URL), cause)
+					break
+				}
+			}
+		}
 		if err != nil {
 			s.Stop()
 		}
@@ -126,8 +146,17 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if asyncErrors == nil {
 		asyncErrors = logging.NATSErrorHandler(o.Logger)
 	}
-	s.NC, err = nats.Connect(s.URL, nats.Name("jetjob-server"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
-		nats.ErrorHandler(asyncErrors))
+	connect := []nats.Option{nats.Name("jetjob-server"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
+		nats.ErrorHandler(asyncErrors),
+		// nats.go tells a first connect that failed, refused or not, as a
+		// failed reconnect.
+		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+			if starting.Load() && Refused(err) {
+				refused.CompareAndSwap(nil, &err)
+				nc.Close()
+			}
+		})}
+	s.NC, err = nats.Connect(s.URL, connect...)
 	if err != nil {
 		return s, fmt.Errorf("connect to NATS at %s: %w", RedactURL(s.URL), err)
 	}
@@ -298,6 +327,14 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	s.stops = append(s.stops, purger.Stop)
 	return s, nil
+}
+
+// loadErr reads an error stored once, or nil.
+func loadErr(p *atomic.Pointer[error]) error {
+	if e := p.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // startTry bounds each try of a request of the start on an external NATS:

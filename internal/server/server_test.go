@@ -229,3 +229,20 @@ func TestAStartWaitsOutAnElectionAfterItsFirstRequest(t *testing.T) {
 	_, _, err = s.Machine.Submit(context.Background(), statemachine.SubmitParams{Type: "after-election"})
 	require.NoError(t, err)
 }
+
+// A start on a NATS that refuses its user ends at once with that refusal,
+// where it waited for the NATS to say that it was not reachable (2 s for
+// credentials, 30 s for TLS), the refusal unsaid.
+func TestAStartOnANATSThatRefusesItsUserEndsAtOnce(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.StartStock(t, func(o *nserver.Options) {
+		o.Users = []*nserver.User{{Username: "jetjob", Password: "pw"}}
+	}, nats.UserInfo("jetjob", "pw"))
+	u, err := url.Parse(env.URL)
+	require.NoError(t, err)
+	u.User = url.UserPassword("jetjob", "wrong")
+	_, err = Start(ctx, Options{NATSURL: u.String()})
+	require.Error(t, err)
+	require.True(t, Refused(err), "told as a refusal: %v", err)
+	require.ErrorIs(t, err, nats.ErrAuthorization)
+}
