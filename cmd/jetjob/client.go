@@ -29,14 +29,18 @@ type client struct {
 	m  *statemachine.Machine
 }
 
-func dial(ctx context.Context, url string) (*client, error) {
+func dial(ctx context.Context, fs *flagSet) (*client, error) {
+	url := fs.server
 	if err := checkServerURL(url); err != nil {
 		return nil, err
 	}
-	nc, err := nats.Connect(url, nats.Name("jetjob-cli"), nats.Timeout(3*time.Second),
+	nc, err := nats.Connect(url, append([]nats.Option{nats.Name("jetjob-cli"), nats.Timeout(3 * time.Second),
 		nats.RetryOnFailedConnect(false), nats.MaxReconnects(5),
 		// A slow consumer under watch, say, is worth a line on stderr.
-		natsErrors(ctx, logging.New(false)))
+		natsErrors(ctx, logging.New(false))}, fs.natsOpts...)...)
+	if refused, ok := refusedConnect(url, err); ok {
+		return nil, refused
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the jetjob server at %s (start one with 'jetjob server' or 'jetjob dev', or set --server): %v", clip(server.RedactURL(url)), err)
 	}

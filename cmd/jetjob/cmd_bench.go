@@ -36,6 +36,7 @@ const (
 func runBench(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("bench", "[--server URL] [--n JOBS] [--scenario NAME]... [--fsync always|interval]... [-o json] [--workers N] [--producers N] [--rate JOBS/S] [--cpuprofile FILE] [--smoke] [--huge] [--processes N]", false)
 	natsURL := fs.String("server", "", "measure on this NATS server instead of fresh embedded ones")
+	auth := authFlags(fs, "the NATS of --server")
 	output := fs.String("o", "text", "output format: text (a line per figure and a table) or json (an object per figure)")
 	n := fs.Int("n", bench.JobsDefault, "jobs per e2e run; the ceiling sends n/4 messages per figure (at least 1,000), the tags scenario runs n/2 jobs")
 	producers := fs.Int("producers", bench.ProducersDefault, "producers submitting one at a time")
@@ -87,6 +88,11 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		if len(fsyncs) > 0 {
 			return usageErr("--fsync sets the embedded servers' durability; with --server the NATS server's own sync_interval decides: drop --fsync")
 		}
+	} else if given := auth.onCommandLine(); len(given) > 0 {
+		// Their variables, set for the CLI's commands, are no reason to
+		// refuse a run on embedded servers.
+		return usageErr("%s: for the NATS of --server only; the embedded servers take no credentials or TLS settings, expected no %s",
+			strings.Join(given, ", "), strings.Join(given, " or "))
 	}
 	// A flag that no scenario of the run reads is a mistake, not a no-op.
 	runs := func(names ...string) bool {
@@ -153,6 +159,11 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		cfg.BacklogLarge = bench.BacklogHuge
 	}
 	cfg.Processes = *processes
+	if set["server"] {
+		if cfg.NATSOptions, err = auth.options(); err != nil {
+			return err
+		}
+	}
 	cfg.Scenarios, cfg.Fsyncs, cfg.NATSURL, cfg.JSON = scenarios, fsyncs, *natsURL, *output == "json"
 	cfg.Progress = os.Stderr
 	// After a Ctrl-C the run cleans up an external server; a second one
@@ -187,6 +198,9 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		defer pprof.StopCPUProfile()
 	}
 	_, err = bench.Run(ctx, cfg, out)
+	if refused, ok := refusedConnect(*natsURL, err); ok {
+		return refused
+	}
 	if err != nil && ctx.Err() != nil {
 		// What was in flight when it stopped is the bench's own, and gone.
 		return errors.New("interrupted; the figures printed above were measured before it")

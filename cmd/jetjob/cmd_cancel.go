@@ -82,7 +82,7 @@ func runCancel(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := dial(ctx, fs.server)
+	c, err := dial(ctx, fs)
 	if err != nil {
 		return err
 	}

@@ -46,7 +46,7 @@ func viewsBehind(command string, wait time.Duration) {
 }
 
 func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason string, dryRun bool, out io.Writer) error {
-	c, err := dial(ctx, fs.server)
+	c, err := dial(ctx, fs)
 	if err != nil {
 		return err
 	}
@@ -170,7 +170,7 @@ func runPurge(ctx context.Context, args []string, out io.Writer) error {
 		}
 		st = append(st, one[0])
 	}
-	c, err := dial(ctx, fs.server)
+	c, err := dial(ctx, fs)
 	if err != nil {
 		return err
 	}
@@ -226,7 +226,7 @@ func runAdmin(ctx context.Context, args []string, out io.Writer) error {
 	if err := fs.parseFlagsOnly(args[1:]); err != nil {
 		return err
 	}
-	c, err := dial(ctx, fs.server)
+	c, err := dial(ctx, fs)
 	if err != nil {
 		return err
 	}

@@ -30,7 +30,7 @@ func jobCommand(ctx context.Context, fs *flagSet, args []string, fn func(c *clie
 	if err != nil {
 		return err
 	}
-	c, err := dial(ctx, fs.server)
+	c, err := dial(ctx, fs)
 	if err != nil {
 		return err
 	}
@@ -234,7 +234,7 @@ func runList(ctx context.Context, args []string, out io.Writer) error {
 		}
 		f.After = *after
 	}
-	c, err := dial(ctx, fs.server)
+	c, err := dial(ctx, fs)
 	if err != nil {
 		return err
 	}
@@ -282,7 +282,7 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := dial(ctx, fs.server)
+	c, err := dial(ctx, fs)
 	if err != nil {
 		return err
 	}

@@ -36,6 +36,7 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 	retain := fs.String("retain", maintenance.RetainFinishedDefault.String(), "finished jobs older than this are purged")
 	every := fs.String("purge-every", maintenance.PurgeEveryDefault.String(), "pause between background purges")
 	idle := fs.String("queue-idle-after", workers.QueueIdleAfterDefault.String(), "remove a queue (one per job type, tag set and priority) that holds no job and has not been used for this long; the next job for it makes it again; 0 keeps every queue")
+	auth := authFlags(fs, "the NATS of --nats")
 	fs.IntVar(&o.Replicas, "replicas", 0, "with --nats, on a NATS cluster: make and set every jetjob stream with this many replicas (1-5); 0 keeps what each has, one for a new stream")
 	return func() (err error) {
 		// Below a second, these turn a server into a busy loop (purges),
@@ -68,6 +69,12 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 			return usageErr("--replicas %d, expected 1-%d (or 0: keep what each stream has)", o.Replicas, provision.ReplicasMax)
 		}
 		if o.NATSURL == "" {
+			// Their variables, set for the CLI's commands, are no
+			// reason to refuse a server that needs none.
+			if given := auth.onCommandLine(); len(given) > 0 {
+				return usageErr("%s: for the NATS of --nats only; the embedded server takes no credentials or TLS settings, expected no %s",
+					strings.Join(given, ", "), strings.Join(given, " or "))
+			}
 			if o.Replicas > 1 {
 				return usageErr("--replicas %d needs --nats with a NATS cluster: the embedded server is one node", o.Replicas)
 			}
@@ -83,7 +90,11 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 			return usageErr("%s: for the embedded NATS server only; with --nats the external server's own settings apply, expected no %s",
 				strings.Join(embeddedOnly, ", "), strings.Join(embeddedOnly, " or "))
 		}
-		return checkNATSURL("--nats", o.NATSURL)
+		if err := checkNATSURL("--nats", o.NATSURL); err != nil {
+			return err
+		}
+		o.NATSOptions, err = auth.options()
+		return err
 	}
 }
 
@@ -182,7 +193,7 @@ func stopUnlessSignaled(stop func()) error {
 // startServer parses the flags that `jetjob server` and `jetjob dev` share
 // and starts a server with them; its options carry the logger made for it.
 func startServer(ctx context.Context, name, defaultDir string, args []string) (*server.Server, server.Options, error) {
-	fs := newFlags(name, "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] [--batch-staging memory|disk] | [--nats URL [--replicas N]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
+	fs := newFlags(name, "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] [--batch-staging memory|disk] | [--nats URL [--replicas N] [--creds F | --nkey F] [--tls-ca F] [--tls-cert F --tls-key F] [--tls-first]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
 	var o server.Options
 	finish := serverFlags(fs, &o, defaultDir)
 	verbose := fs.Bool("v", false, "debug logging, the embedded NATS server's own notices included (its warnings and errors are always logged)")
@@ -211,6 +222,9 @@ func startServer(ctx context.Context, name, defaultDir string, args []string) (*
 	started.Store(true)
 	if errors.Is(err, server.ErrNotClustered) {
 		err = fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if refused, ok := refusedConnect(o.NATSURL, err); ok {
+		err = refused
 	}
 	if err != nil {
 		_ = o.Logger.Sync()

@@ -104,7 +104,7 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 		}
 		params = []statemachine.SubmitParams{p}
 	}
-	c, err := dial(ctx, fs.server)
+	c, err := dial(ctx, fs)
 	if err != nil {
 		return err
 	}

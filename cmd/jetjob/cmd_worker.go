@@ -92,8 +92,11 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	logger := logging.New(*verbose)
 	defer func() { _ = logger.Sync() }()
 
-	nc, err := nats.Connect(fs.server, nats.Name("jetjob-worker"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
-		natsErrors(ctx, logger))
+	nc, err := nats.Connect(fs.server, append([]nats.Option{nats.Name("jetjob-worker"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+		natsErrors(ctx, logger)}, fs.natsOpts...)...)
+	if refused, ok := refusedConnect(fs.server, err); ok {
+		return refused
+	}
 	if err != nil {
 		return fmt.Errorf("cannot reach the jetjob server at %s: %v", clip(server.RedactURL(fs.server)), err)
 	}

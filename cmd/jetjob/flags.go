@@ -15,6 +15,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/statemachine"
 )
@@ -136,8 +138,12 @@ func (o *once) IsBoolFlag() bool {
 // flagSet builds a command's flags with the common client flags.
 type flagSet struct {
 	*flag.FlagSet
-	server    string
-	output    string
+	server string
+	output string
+	// auth: the credential and TLS flags of a command that connects to
+	// a NATS; natsOpts, what they ask of nats.go once parse checked them.
+	auth      *natsAuth
+	natsOpts  []nats.Option
 	hasOutput bool // the command takes -o
 	usageLine string
 	// flagsEndAtCommand: the first positional argument and all after it
@@ -160,6 +166,7 @@ func newFlags(name, usageLine string, client bool) *flagSet {
 		fs.StringVar(&fs.server, "server", def, "NATS URL of the jetjob server (env JETJOB_SERVER)")
 		fs.StringVar(&fs.output, "o", "text", "output format: text or json")
 		fs.hasOutput = true
+		fs.auth = authFlags(fs, "the NATS")
 	}
 	fs.usageLine = usageLine
 	// Parse calls Usage on every error: a bad flag gets one error line,
@@ -249,6 +256,14 @@ func (fs *flagSet) parse(args []string) ([]string, error) {
 			}
 		}
 	}
+	if fs.hasOutput {
+		// Checked before connecting, as the URL is: a file that cannot be
+		// read is bad input, not a NATS that refused the connection.
+		var err error
+		if fs.natsOpts, err = fs.auth.options(); err != nil {
+			return nil, err
+		}
+	}
 	pos = append(pos, tail...)
 	return pos, nil
 }
@@ -262,10 +277,12 @@ var emptyExpected = map[string]string{
 	"backoff-base": "a duration such as 1s, or no --backoff-base for the default",
 	"backoff-cap":  "a duration such as 10m, or no --backoff-cap for the default",
 	"cpuprofile":   "a file name, or no --cpuprofile for no profile",
+	"creds":        "a creds file name, or no --creds",
 	"delay":        "a duration such as 30s, or no --delay to run the job now",
 	"file":         "a file name ('-' for stdin)",
 	"id":           "a worker ID, or no --id for one made of host, pid and a random part",
 	"key":          "a key, or no --key for a job without one",
+	"nkey":         "a file name holding an NKey seed, or no --nkey",
 	"nats":         "a NATS URL such as nats://127.0.0.1:4222, or no --nats for the embedded server",
 	"o":            "text or json",
 	"older-than":   "a duration such as 720h",
@@ -273,6 +290,9 @@ var emptyExpected = map[string]string{
 	"payload-file": "a file name ('-' for stdin), or no --payload-file for a job without a payload",
 	"run-at":       "an RFC 3339 time such as 2026-01-02T15:04:05Z, or no --run-at to run the job now",
 	"server":       "a NATS URL such as nats://127.0.0.1:4222 (several: comma-separated)",
+	"tls-ca":       "a PEM file name, or no --tls-ca to trust the system's CAs",
+	"tls-cert":     "a PEM file name, or no --tls-cert for no client certificate",
+	"tls-key":      "a PEM file name, or no --tls-key for no client certificate",
 	"type":         "a job type",
 }
 

@@ -106,6 +106,9 @@ type Config struct {
 	Scenarios []string
 	// NATSURL runs against an external NATS instead of fresh embedded servers.
 	NATSURL string
+	// NATSOptions are added to every connection to the NATS at NATSURL:
+	// its credentials and TLS.
+	NATSOptions []nats.Option
 	// Fsyncs: the durability settings compared on embedded servers; default
 	// both, the default (always) first. Scenarios that measure one setting
 	// use the first.
@@ -317,9 +320,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 		// does not answer (a cluster electing a leader), silently here,
 		// and nothing listening at the URL is no election.
 		// Not err: the deferred cleanup below reads the run's.
-		nc, connectErr := nats.Connect(cfg.NATSURL, nats.Name("jetjob-bench"), nats.Timeout(3*time.Second), logging.NATSErrors(nil))
+		nc, connectErr := nats.Connect(cfg.NATSURL, append([]nats.Option{nats.Name("jetjob-bench"), nats.Timeout(3 * time.Second), logging.NATSErrors(nil)}, cfg.NATSOptions...)...)
 		if connectErr != nil {
-			return nil, fmt.Errorf("cannot reach NATS at %s (is it running?): %v", server.RedactURL(cfg.NATSURL), connectErr)
+			// %w: the CLI tells a refusal (credentials, TLS) by its cause.
+			return nil, fmt.Errorf("cannot reach NATS at %s (is it running?): %w", server.RedactURL(cfg.NATSURL), connectErr)
 		}
 		found, lookErr := hasEventLog(ctx, nc)
 		nc.Close()
@@ -544,7 +548,7 @@ func (r *Runner) withServer(ctx context.Context, fsync string, opts server.Optio
 		// and purge finished ones, by their settings; the bench's defaults
 		// (a hang-after of a second in the ops scenario, a week's
 		// retention) would fail and delete its jobs.
-		opts.NATSURL, opts.NoMaintenance = r.cfg.NATSURL, true
+		opts.NATSURL, opts.NATSOptions, opts.NoMaintenance = r.cfg.NATSURL, r.cfg.NATSOptions, true
 	} else {
 		dir, err := os.MkdirTemp("", "jetjob-bench-")
 		if err != nil {
@@ -589,7 +593,7 @@ func (r *Runner) cleanUpServer(ctx context.Context, cutShort bool) {
 	ctx, cancel := context.WithTimeout(cmp.Or(r.cfg.Cleanup, context.Background()), cleanUpTimeout)
 	defer cancel()
 	err := func() error {
-		nc, err := nats.Connect(r.cfg.NATSURL, nats.Name("jetjob-bench"), logging.NATSErrors(nil))
+		nc, err := nats.Connect(r.cfg.NATSURL, append([]nats.Option{nats.Name("jetjob-bench"), logging.NATSErrors(nil)}, r.cfg.NATSOptions...)...)
 		if err != nil {
 			return err
 		}

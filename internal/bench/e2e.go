@@ -167,7 +167,11 @@ func (r *Runner) startPools(ctx context.Context, s *server.Server, cfgs []worker
 // its own, relaying appends and following the server's record of how it
 // takes them.
 func (r *Runner) workerProcess(ctx context.Context, s *server.Server) (jetstream.JetStream, *statemachine.Machine, func(), error) {
-	nc, err := nats.Connect(s.URL, nats.Name("jetjob-bench-worker"), logging.NATSErrors(r.logger))
+	opts := []nats.Option{nats.Name("jetjob-bench-worker"), logging.NATSErrors(r.logger)}
+	if r.cfg.NATSURL != "" {
+		opts = append(opts, r.cfg.NATSOptions...)
+	}
+	nc, err := nats.Connect(s.URL, opts...)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("connect a worker: %w", err)
 	}

@@ -46,6 +46,10 @@ type Options struct {
 	Listen string
 	// NATSURL, when set, replaces the embedded server.
 	NATSURL string
+	// NATSOptions are added to the connection to the NATS at NATSURL: its
+	// credentials and TLS (nats.UserCredentials, nats.RootCAs...). The
+	// embedded server takes none.
+	NATSOptions []nats.Option
 	// Fsync is natsserver.FsyncAlways (default) or natsserver.FsyncInterval.
 	Fsync string
 	// BatchStaging is where the embedded server stages the event log's
@@ -156,6 +160,9 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 				nc.Close()
 			}
 		})}
+	if o.NATSURL != "" {
+		connect = append(connect, o.NATSOptions...)
+	}
 	s.NC, err = nats.Connect(s.URL, connect...)
 	if err != nil {
 		return s, fmt.Errorf("connect to NATS at %s: %w", RedactURL(s.URL), err)

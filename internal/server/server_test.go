@@ -246,3 +246,14 @@ func TestAStartOnANATSThatRefusesItsUserEndsAtOnce(t *testing.T) {
 	require.True(t, Refused(err), "told as a refusal: %v", err)
 	require.ErrorIs(t, err, nats.ErrAuthorization)
 }
+
+// A server on an external NATS connects with Options.NATSOptions: its
+// credentials and TLS.
+func TestAStartOnAnExternalNATSTakesItsOptions(t *testing.T) {
+	env := natstest.StartStock(t, func(o *nserver.Options) {
+		o.Users = []*nserver.User{{Username: "jetjob", Password: "pw"}}
+	}, nats.UserInfo("jetjob", "pw"))
+	s, err := Start(context.Background(), Options{NATSURL: env.URL, NATSOptions: []nats.Option{nats.UserInfo("jetjob", "pw")}})
+	require.NoError(t, err)
+	s.Stop()
+}

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+
+	"github.com/jetjob/jetjob/internal/server"
+)
+
+// natsAuth holds how a command proves who it is to a NATS, and which TLS
+// certificates it trusts and shows: the flags every command that connects
+// to a NATS takes, each with a JETJOB_ variable as its default, as
+// --server has JETJOB_SERVER.
+type natsAuth struct {
+	fs                                  *flagSet
+	creds, nkey, tlsCA, tlsCert, tlsKey string
+	tlsFirst                            bool
+	// tlsFirstEnv is JETJOB_TLS_FIRST as given, read in options: a bad
+	// value is a usage error, which a flag's default cannot return.
+	tlsFirstEnv string
+}
+
+// authEnv names the variable that gives each flag its default.
+var authEnv = map[string]string{
+	"creds":     "JETJOB_CREDS",
+	"nkey":      "JETJOB_NKEY",
+	"tls-ca":    "JETJOB_TLS_CA",
+	"tls-cert":  "JETJOB_TLS_CERT",
+	"tls-key":   "JETJOB_TLS_KEY",
+	"tls-first": "JETJOB_TLS_FIRST",
+}
+
+// authFlags defines the flags on fs; what says which NATS they are for.
+func authFlags(fs *flagSet, what string) *natsAuth {
+	a := &natsAuth{fs: fs, tlsFirstEnv: os.Getenv(authEnv["tls-first"])}
+	fs.StringVar(&a.creds, "creds", os.Getenv(authEnv["creds"]), "user credentials file (JWT and NKey seed, as NGS and operator mode issue them) for "+what+" (env JETJOB_CREDS)")
+	fs.StringVar(&a.nkey, "nkey", os.Getenv(authEnv["nkey"]), "file holding the user's NKey seed, for "+what+" (env JETJOB_NKEY)")
+	fs.StringVar(&a.tlsCA, "tls-ca", os.Getenv(authEnv["tls-ca"]), "PEM file of the CA certificate(s) to trust, instead of the system's, in TLS with "+what+" (env JETJOB_TLS_CA)")
+	fs.StringVar(&a.tlsCert, "tls-cert", os.Getenv(authEnv["tls-cert"]), "PEM client certificate shown to "+what+" (mutual TLS), with --tls-key (env JETJOB_TLS_CERT)")
+	fs.StringVar(&a.tlsKey, "tls-key", os.Getenv(authEnv["tls-key"]), "PEM private key of --tls-cert (env JETJOB_TLS_KEY)")
+	fs.BoolVar(&a.tlsFirst, "tls-first", false, "start the connection to "+what+" with the TLS handshake, as a NATS set to handshake_first asks (env JETJOB_TLS_FIRST)")
+	return a
+}
+
+// onCommandLine lists the flags given on the command line.
+func (a *natsAuth) onCommandLine() []string {
+	var out []string
+	a.fs.Visit(func(f *flag.Flag) {
+		if _, ok := authEnv[f.Name]; ok {
+			out = append(out, flagName(f.Name))
+		}
+	})
+	return out
+}
+
+// source names where a flag's value came from: the flag, or its variable.
+func (a *natsAuth) source(name string) string {
+	given := false
+	a.fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	if given {
+		return flagName(name)
+	}
+	return authEnv[name]
+}
+
+// options checks the files given before any connection is tried, so that
+// bad input is told as such (exit 2) rather than as a NATS that refused the
+// connection, and returns the nats.go options that apply them. nats.go
+// reads the files again at each connect, so that credentials renewed in
+// place are taken at the next reconnect.
+func (a *natsAuth) options() ([]nats.Option, error) {
+	if !a.sourceIsFlag("tls-first") && a.tlsFirstEnv != "" {
+		v, err := strconv.ParseBool(a.tlsFirstEnv)
+		if err != nil {
+			return nil, usageErr("JETJOB_TLS_FIRST=%s, expected true or false", quoteShort(a.tlsFirstEnv))
+		}
+		a.tlsFirst = v
+	}
+	var opts []nats.Option
+	if a.creds != "" && a.nkey != "" {
+		return nil, usageErr("%s and %s both given, expected one: a creds file holds its user's NKey seed", a.source("creds"), a.source("nkey"))
+	}
+	if a.creds != "" {
+		if err := checkCreds(a.source("creds"), a.creds); err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.UserCredentials(a.creds))
+	}
+	if a.nkey != "" {
+		if _, err := readAuthFile(a.source("nkey"), a.nkey); err != nil {
+			return nil, err
+		}
+		opt, err := nats.NkeyOptionFromSeed(a.nkey)
+		if err != nil {
+			return nil, usageErr("%s %s holds no user NKey seed (a line starting SU), expected the file nsc or nk -gen user wrote", a.source("nkey"), clipPath(a.nkey))
+		}
+		opts = append(opts, opt)
+	}
+	if a.tlsCA != "" {
+		pem, err := readAuthFile(a.source("tls-ca"), a.tlsCA)
+		if err != nil {
+			return nil, err
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return nil, usageErr("%s %s holds no PEM certificate, expected the CA's certificate(s) in PEM (-----BEGIN CERTIFICATE-----)", a.source("tls-ca"), clipPath(a.tlsCA))
+		}
+		opts = append(opts, nats.RootCAs(a.tlsCA))
+	}
+	switch {
+	case a.tlsCert != "" && a.tlsKey == "":
+		return nil, usageErr("%s given without --tls-key, expected both: the client certificate and its private key", a.source("tls-cert"))
+	case a.tlsKey != "" && a.tlsCert == "":
+		return nil, usageErr("%s given without --tls-cert, expected both: the client certificate and its private key", a.source("tls-key"))
+	case a.tlsCert != "":
+		for _, f := range []struct{ name, path string }{{"tls-cert", a.tlsCert}, {"tls-key", a.tlsKey}} {
+			if _, err := readAuthFile(a.source(f.name), f.path); err != nil {
+				return nil, err
+			}
+		}
+		if _, err := tls.LoadX509KeyPair(a.tlsCert, a.tlsKey); err != nil {
+			return nil, usageErr("%s %s and %s %s: %v, expected a PEM certificate and its PEM private key", a.source("tls-cert"), clipPath(a.tlsCert), a.source("tls-key"), clipPath(a.tlsKey), err)
+		}
+		opts = append(opts, nats.ClientCert(a.tlsCert, a.tlsKey))
+	}
+	if a.tlsFirst {
+		opts = append(opts, nats.TLSHandshakeFirst())
+	}
+	return opts, nil
+}
+
+func (a *natsAuth) sourceIsFlag(name string) bool { return a.source(name) == flagName(name) }
+
+// readAuthFile reads a file a flag names, or says why it cannot.
+func readAuthFile(from, path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usageErr("%s %s: cannot read it: %v", from, clipPath(path), pathless(err))
+	}
+	return b, nil
+}
+
+// checkCreds checks a creds file as the server would read it: a user JWT,
+// not expired, and the seed of the user it names.
+func checkCreds(from, path string) error {
+	b, err := readAuthFile(from, path)
+	if err != nil {
+		return err
+	}
+	expected := "expected a creds file as nsc or the NATS account's issuer wrote it (a user JWT and its NKey seed)"
+	token, err := nkeys.ParseDecoratedJWT(b)
+	if err != nil {
+		return usageErr("%s %s holds no user JWT, %s", from, clipPath(path), expected)
+	}
+	claims, err := jwt.DecodeUserClaims(token)
+	if err != nil {
+		return usageErr("%s %s holds no user JWT (%v), %s", from, clipPath(path), err, expected)
+	}
+	kp, err := nkeys.ParseDecoratedNKey(b)
+	if err != nil {
+		return usageErr("%s %s holds no NKey seed, %s", from, clipPath(path), expected)
+	}
+	defer kp.Wipe()
+	if pub, err := kp.PublicKey(); err != nil || pub != claims.Subject {
+		return usageErr("%s %s: its seed is not the key of the user its JWT names, %s", from, clipPath(path), expected)
+	}
+	if claims.Expires > 0 && time.Unix(claims.Expires, 0).Before(time.Now()) {
+		return usageErr("%s %s: its user JWT expired at %s, expected credentials in date: ask the account's issuer for new ones",
+			from, clipPath(path), time.Unix(claims.Expires, 0).UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// refusedConnect tells why a connection to the NATS at url failed when the
+// NATS refused it (its credentials, or TLS on either side), in one line
+// that says what to check; ok is false for any other failure.
+func refusedConnect(url string, err error) (_ error, ok bool) {
+	if !server.Refused(err) {
+		return err, false
+	}
+	// Said in NATS's or Go's words alone: what wraps it (a server's
+	// "connect to", bench's "is it running?") is said here in other words.
+	cause := err
+	for inner := errors.Unwrap(cause); inner != nil && server.Refused(inner); inner = errors.Unwrap(cause) {
+		cause = inner
+	}
+	at := clip(server.RedactURL(url))
+	var unknownCA x509.UnknownAuthorityError
+	var badHost x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	switch {
+	case errors.Is(err, nats.ErrAuthorization):
+		return fmt.Errorf("the NATS at %s refused this user (%v): check --creds, --nkey, or the user and password or token in the URL", at, cause), true
+	case errors.Is(err, nats.ErrAuthExpired):
+		return fmt.Errorf("the NATS at %s refused this user: its credentials expired (%v): ask the account's issuer for new ones", at, cause), true
+	case errors.Is(err, nats.ErrAuthRevoked):
+		return fmt.Errorf("the NATS at %s refused this user: its credentials were revoked (%v)", at, cause), true
+	case errors.As(err, &unknownCA):
+		return fmt.Errorf("the NATS at %s shows a TLS certificate this machine does not trust (%v): give the CA that signed it with --tls-ca", at, cause), true
+	case errors.As(err, &badHost):
+		return fmt.Errorf("the NATS at %s shows a TLS certificate for another host (%v): connect by a name the certificate holds", at, cause), true
+	case errors.As(err, &invalid):
+		return fmt.Errorf("the NATS at %s shows a TLS certificate that is not valid (%v)", at, cause), true
+	case errors.Is(err, nats.ErrSecureConnWanted):
+		return fmt.Errorf("the NATS at %s offers no TLS, which --tls-ca, --tls-cert, --tls-first or a tls:// URL ask for (%v)", at, cause), true
+	}
+	// The server's TLS refused ours: most often, no client certificate or
+	// one its CA did not sign. Over TLS 1.3 the client hears it only as
+	// the connection closed after the handshake.
+	return fmt.Errorf("the NATS at %s refused the TLS connection (%v): it may ask for a client certificate its CA signed: check --tls-cert and --tls-key", at, cause), true
+}
