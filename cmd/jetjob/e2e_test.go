@@ -111,12 +111,18 @@ func (s *serverProc) jetjob(args ...string) result {
 
 func runCLI(t *testing.T, url string, args ...string) result {
 	t.Helper()
+	return runCLIEnv(t, []string{"JETJOB_SERVER=" + url}, args...)
+}
+
+// runCLIEnv runs jetjob with env added to the test's environment.
+func runCLIEnv(t *testing.T, env []string, args ...string) result {
+	t.Helper()
 	// A command that should have refused its input may run on instead
 	// (a server started): fail the test rather than hang it.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = append(os.Environ(), "JETJOB_SERVER="+url)
+	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -56,8 +56,15 @@ func (n permissionedNATS) as(user string) string { return "nats://" + user + ":p
 // kills it.
 func startProc(t *testing.T, url string, args ...string) (*exec.Cmd, *syncBuffer) {
 	t.Helper()
+	return startProcEnv(t, []string{"JETJOB_SERVER=" + url}, args...)
+}
+
+// startProcEnv starts jetjob as startProc does, with env added to the
+// test's environment.
+func startProcEnv(t *testing.T, env []string, args ...string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
 	cmd := exec.Command(binary, args...)
-	cmd.Env = append(cmd.Environ(), "JETJOB_SERVER="+url)
+	cmd.Env = append(cmd.Environ(), env...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())
