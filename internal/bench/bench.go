@@ -576,6 +576,11 @@ func (r *Runner) withServer(ctx context.Context, fsync string, opts server.Optio
 // cleanUpTimeout bounds the cleanup of an external server after a run.
 const cleanUpTimeout = time.Minute
 
+// cleanUpStall: the cleanup stops waiting for the log's consumers once they
+// have not moved for this long. A jetjob server there moves them within a
+// second; none there, they stay as the run's own server left them.
+const cleanUpStall = 3 * time.Second
+
 // cleanUpServer removes this run's queues from the external server once every
 // scenario ran: their consumers, the messages of jobs canceled while
 // pending, and their tag set registrations, which would otherwise stay for
@@ -609,7 +614,7 @@ func (r *Runner) cleanUpServer(ctx context.Context, cutShort bool) {
 			errs = append(errs, r.cancelUnfinished(ctx, js))
 		}
 		// Best effort: on a busy server the enqueuers may never be idle.
-		_ = waitCaughtUp(ctx, js, events.StreamDefault, cleanUpTimeout/4)
+		_ = waitCaughtUp(ctx, js, events.StreamDefault, cleanUpTimeout/4, cleanUpStall)
 		_, err = workers.RemoveQueues(ctx, js, r.isJobType)
 		return errors.Join(append(errs, err)...)
 	}()
@@ -629,7 +634,7 @@ func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", ";
 // with this process) once the server's cancel grace is over.
 func (r *Runner) cancelUnfinished(ctx context.Context, js jetstream.JetStream) error {
 	// Best effort: the views a moment behind miss a job or two at most.
-	_ = waitCaughtUp(ctx, js, events.StreamDefault, cleanUpTimeout/4)
+	_ = waitCaughtUp(ctx, js, events.StreamDefault, cleanUpTimeout/4, cleanUpStall)
 	lg, err := events.Attach(js, events.Config{})
 	if err != nil {
 		return err

@@ -451,3 +451,45 @@ func TestARunSaysWhatItNeedsOfTheNATS(t *testing.T) {
 	_, err := Run(ctx, Config{NATSURL: bare.URL, Scenarios: []string{ScenarioE2E}, Jobs: 10}, io.Discard)
 	require.ErrorContains(t, err, "NATS at "+bare.URL+": no JetStream there, which jetjob needs (nats-server -js)")
 }
+
+// A run on a NATS where no jetjob server runs ends once its figures are in:
+// the messages its own projector held unacknowledged when its server
+// stopped wait the consumer's AckWait, and nobody takes them before it.
+// The cleanup waited them out, silently, for 15 s (30 s after a Ctrl-C)
+// before it gave up.
+func TestTheCleanupDoesNotWaitOnALogConsumerNobodyRuns(t *testing.T) {
+	env := natstest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := server.Start(ctx, server.Options{NATSURL: env.URL, NoMaintenance: true})
+	require.NoError(t, err)
+	s.Stop()
+	// A job submitted once the server is gone, its event handed to a
+	// projector that stopped before it acknowledged it.
+	lg, err := events.Attach(env.JS, events.Config{})
+	require.NoError(t, err)
+	defer lg.Close()
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	_, _, err = m.Submit(ctx, statemachine.SubmitParams{Type: "bench_e2e_abcd1234"})
+	require.NoError(t, err)
+	cons, err := env.JS.Consumer(ctx, events.StreamDefault, projector.DurableDefault)
+	require.NoError(t, err)
+	batch, err := cons.Fetch(1)
+	require.NoError(t, err)
+	for range batch.Messages() {
+	}
+	require.NoError(t, batch.Error())
+	info, err := cons.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, info.NumAckPending)
+
+	for _, cutShort := range []bool{false, true} {
+		var progress bytes.Buffer
+		r := &Runner{cfg: validConfig(t, Config{NATSURL: env.URL, Progress: &progress}), run: "abcd1234", out: io.Discard, ceiling: map[string]float64{}}
+		start := time.Now()
+		r.cleanUpServer(ctx, cutShort)
+		require.Less(t, time.Since(start), 10*time.Second, "cut short: %v", cutShort)
+		require.NotContains(t, progress.String(), "could not clean up")
+	}
+}

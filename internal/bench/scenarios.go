@@ -384,13 +384,17 @@ func (r *Runner) memoryScenario(ctx context.Context) error {
 // waitProjected waits until the log's consumers (projector, enqueuer) have
 // nothing left to process.
 func waitProjected(ctx context.Context, s *server.Server, within time.Duration) error {
-	return waitCaughtUp(ctx, s.JS, s.Log.Stream(), within)
+	return waitCaughtUp(ctx, s.JS, s.Log.Stream(), within, 0)
 }
 
 // waitCaughtUp waits until the log's consumers (projector, enqueuer) have
-// nothing left; another tool's consumer on the log is not waited for.
-func waitCaughtUp(ctx context.Context, js jetstream.JetStream, stream string, within time.Duration) error {
+// nothing left; another tool's consumer on the log is not waited for. With a
+// stall, it gives up once they have not moved for that long: a consumer that
+// no running process pulls from (the bench's own server stopped, no jetjob
+// server on that NATS) holds its unacknowledged messages for its AckWait.
+func waitCaughtUp(ctx context.Context, js jetstream.JetStream, stream string, within, stall time.Duration) error {
 	deadline := time.Now().Add(within)
+	last, since := uint64(0), time.Now()
 	for {
 		var behind uint64
 		for _, name := range []string{projector.DurableDefault, workers.EnqueuerDurableDefault} {
@@ -409,6 +413,11 @@ func waitCaughtUp(ctx context.Context, js jetstream.JetStream, stream string, wi
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("log consumers still %d messages behind after %s", behind, within)
+		}
+		if behind != last {
+			last, since = behind, time.Now()
+		} else if stall > 0 && time.Since(since) > stall {
+			return fmt.Errorf("log consumers %d messages behind, none processed in %s", behind, stall)
 		}
 		select {
 		case <-ctx.Done():
