@@ -334,6 +334,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 			// What a run leaves there is said before it is made.
 			r.progress("no jetjob event log on the NATS at %s: this run makes jetjob's streams and buckets there (JJ_*, KV_jj_*), and they stay, with the jobs it ran, until removed",
 				server.RedactURL(cfg.NATSURL))
+		} else {
+			// Perhaps a deployment's: its jobs and this run's share the
+			// views (jetjob ls) from now on.
+			r.progress("the NATS at %s holds a jetjob event log: this run's jobs (types bench_<scenario>_%s) stay in it and in the views until purged; it runs, counts and cancels none of the others",
+				server.RedactURL(cfg.NATSURL), r.run)
 		}
 		finished := false
 		defer func() {
