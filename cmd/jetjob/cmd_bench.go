@@ -30,6 +30,31 @@ const (
 	producersMax = 10_000
 )
 
+// benchNotes end bench's -h: what each scenario measures, and what a run
+// prints, which the flags' lines do not say.
+var benchNotes = fmt.Sprintf(`Scenarios, each on a fresh embedded server in a fresh temporary data directory (or on --server):
+  ceiling  the raw JetStream rates of this machine: appends one at a time, pipelined and in
+           atomic batches, and work-queue fetch+ack; the other figures are also given as a
+           ratio to them, so that runs on different machines compare
+  e2e      jobs/s from the first submit to the last success: --n no-op jobs submitted in
+           batches of %d, then one at a time by --producers, run by --workers meanwhile
+  latency  start latency (submit returned to handler started) and submit latency at --rate
+           jobs/s with idle workers, and cancel latency of running jobs: p50, p90, p99, max
+  backlog  submit rate while a backlog of %d and of %d pending jobs grows (--huge: %d),
+           then the rate at which --workers drain it
+  tags     throughput with 1 tag set and with %d, over %d pools with overlapping tag sets
+  ops      bulk cancel of %d pending jobs, projection rebuild, and hang detection of %d dead
+           jobs (that one not with --server)
+  memory   the process's memory holding %d pending jobs (not with --server)
+Each also gives the process's peak RSS. ceiling, e2e and latency run once per --fsync setting;
+the others on the first. At the default sizes a figure that the benchmark issue sets a target
+for prints it and the gap (docs/BENCHMARKS.md).
+Output: a line per figure as it is measured (bench scenario=... metric=... value=...), then a
+table and what each figure measured; -o json: a JSON object per figure, and no table.
+Exit codes: 0 ok, 1 a scenario failed or the run was interrupted, 2 bad usage.
+`, bench.SubmitBatch, bench.BacklogSmallDefault, bench.BacklogLargeDefault, bench.BacklogHuge,
+	bench.TagSetsDefault, bench.TagPools, bench.OpsJobsDefault, bench.HangJobsDefault, bench.BacklogLargeDefault)
+
 // runBench runs `jetjob bench`: the scenarios of internal/bench on fresh
 // embedded servers (or an external NATS), a line per figure as it comes and
 // a table at the end.
@@ -49,6 +74,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	smoke := fs.Bool("smoke", false, "every scenario with a few hundred jobs, for CI: that it works, not how fast")
 	huge := fs.Bool("huge", false, fmt.Sprintf("backlog and memory scenarios with %d pending jobs instead of %d (the backlog one: about 4 GiB of memory)", bench.BacklogHuge, bench.BacklogLargeDefault))
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run (server included) to this file")
+	fs.notes = benchNotes
 	// A bad flag gets one error line; the usage is for -h only.
 	usage := fs.Usage
 	fs.Usage = func() {}

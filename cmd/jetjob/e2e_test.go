@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/bench"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
@@ -1104,6 +1105,20 @@ func TestEveryCommandsHelpIsClean(t *testing.T) {
 		require.NotContains(t, r.stdout+r.stderr, "panic", "%s -h", c.name)
 	}
 	require.Contains(t, runCLI(t, "nats://127.0.0.1:1", "ls", "-h").stdout, "  -after string\n", "named by the flag's own type")
+}
+
+// TestBenchHelpSaysWhatEachScenarioMeasures: a newcomer's -h named the
+// scenarios and nothing of what they measure, which durability settings
+// each runs, or what a run prints.
+func TestBenchHelpSaysWhatEachScenarioMeasures(t *testing.T) {
+	r := runCLI(t, "nats://127.0.0.1:1", "bench", "-h")
+	require.Equal(t, 0, r.code, r.stderr)
+	for _, s := range bench.Scenarios {
+		require.Regexp(t, `(?m)^  `+s+` +\S`, r.stdout, "what %s measures", s)
+	}
+	for _, want := range []string{"once per --fsync", "ratio to", "target", "-o json", "Exit codes"} {
+		require.Contains(t, r.stdout, want)
+	}
 }
 
 // TestServerReplicatesOnACluster: on a 3-server NATS cluster, `server

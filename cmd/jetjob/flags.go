@@ -153,6 +153,9 @@ type flagSet struct {
 	// emptyOK names the string flags for which an empty value means
 	// something; parse refuses an empty value given to any other.
 	emptyOK map[string]bool
+	// notes, printed after the flags by -h, say what no single flag's
+	// line can (bench: what each scenario measures).
+	notes string
 }
 
 func newFlags(name, usageLine string, client bool) *flagSet {
@@ -187,6 +190,9 @@ func (fs *flagSet) printUsage() {
 	fs.SetOutput(os.Stdout)
 	fs.PrintDefaults()
 	fs.SetOutput(io.Discard)
+	if fs.notes != "" {
+		fmt.Fprintf(os.Stdout, "\n%s", fs.notes)
+	}
 }
 
 // parseFlagsOnly parses a command's flags and refuses any other argument.
