@@ -557,7 +557,14 @@ func (r *Runner) withServer(ctx context.Context, fsync string, opts server.Optio
 	} else {
 		dir, err := os.MkdirTemp("", "jetjob-bench-")
 		if err != nil {
-			return fmt.Errorf("create data dir: %w", err)
+			// The path named is a random one under TMPDIR, or TMPDIR itself:
+			// say which setting decides.
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return fmt.Errorf("cannot make a data directory for the embedded server in %s (TMPDIR): %w; set TMPDIR to a writable directory, or measure on a running server with --server",
+				os.TempDir(), err)
 		}
 		defer func() {
 			_ = os.RemoveAll(dir)

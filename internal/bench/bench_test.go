@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -496,4 +497,15 @@ func TestTheCleanupDoesNotWaitOnALogConsumerNobodyRuns(t *testing.T) {
 		require.Less(t, time.Since(start), 10*time.Second, "cut short: %v", cutShort)
 		require.NotContains(t, progress.String(), "could not clean up")
 	}
+}
+
+// An embedded run whose TMPDIR cannot hold its data directories says that
+// TMPDIR is the matter: it failed with "create data dir: stat /nonexistent:
+// no such file or directory", naming neither TMPDIR nor what would do.
+func TestARunWithAnUnusableTMPDIRSaysSo(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing")
+	t.Setenv("TMPDIR", missing)
+	_, err := Run(context.Background(), Config{Scenarios: []string{ScenarioCeiling}, Jobs: 100, Fsyncs: []string{natsserver.FsyncInterval}}, io.Discard)
+	require.EqualError(t, err, "scenario ceiling: cannot make a data directory for the embedded server in "+missing+
+		" (TMPDIR): no such file or directory; set TMPDIR to a writable directory, or measure on a running server with --server")
 }
