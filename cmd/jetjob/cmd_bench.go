@@ -160,8 +160,14 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	if *workers > workersMax {
 		return usageErr("--workers %d, expected at most %d (one pool's most)", *workers, workersMax)
 	}
-	if *processes > *workers {
-		return usageErr("--processes %d, expected at most --workers (%d): each process runs at least one", *processes, *workers)
+	// Against the workers the run will have: --smoke has fewer than the
+	// default unless --workers is given.
+	runWorkers, with := *workers, ""
+	if *smoke && !set["workers"] {
+		runWorkers, with = bench.Smoke().Workers, " with --smoke"
+	}
+	if *processes > runWorkers {
+		return usageErr("--processes %d, expected at most --workers (%d%s): each process runs at least one", *processes, runWorkers, with)
 	}
 
 	cfg := bench.Config{}

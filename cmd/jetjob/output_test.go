@@ -88,6 +88,9 @@ func TestFlagErrorsSayWhatIsExpected(t *testing.T) {
 		{[]string{"purge", "--older-than", "99999999999h"}, `--older-than "99999999999h" is too long`},
 		{[]string{"worker", "--type", "t", "--concurrency", "99999999999", "--", "true"}, `--concurrency 99999999999, expected 1-10000`},
 		{[]string{"bench", "--workers", "20000"}, `--workers 20000, expected at most 10000`},
+		// Held to the default 100 workers, where --smoke runs 20: it ran
+		// 20 pools and said so only in a note.
+		{[]string{"bench", "--smoke", "--scenario", "e2e", "--fsync", "interval", "--processes", "50"}, `--processes 50, expected at most --workers (20 with --smoke): each process runs at least one`},
 		// Sizes past what memory holds ended in a Go runtime's out-of-memory dump.
 		{[]string{"bench", "--scenario", "e2e", "--n", "2000000000"}, `--n 2000000000, expected at most 10000000 (the bench holds every job in memory)`},
 		{[]string{"bench", "--scenario", "e2e", "--n", "10", "--producers", "1000000000"}, `--producers 1000000000, expected at most 10000`},
