@@ -190,6 +190,14 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	if *huge {
 		cfg.BacklogLarge = bench.BacklogHuge
 	}
+	// Output nobody reads any more (piped into head, which exited) stops
+	// the run as a Ctrl-C does, which removes what it made: SIGPIPE killed
+	// the process at its next line, its data directories left in TMPDIR
+	// and, with --server, its queues on that server.
+	signal.Ignore(syscall.SIGPIPE)
+	ctx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	out = &stopOnWriteError{w: out, stop: stopRun}
 	cfg.Processes = *processes
 	if set["server"] {
 		if cfg.NATSOptions, err = auth.options(); err != nil {
@@ -230,6 +238,10 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		defer pprof.StopCPUProfile()
 	}
 	_, err = bench.Run(ctx, cfg, out)
+	var writeErr writeError
+	if errors.As(context.Cause(ctx), &writeErr) {
+		return fmt.Errorf("write output: %w; the run stopped", writeErr.err)
+	}
 	if refused, ok := refusedConnect(*natsURL, err); ok {
 		return refused
 	}
@@ -238,4 +250,23 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		return errors.New("interrupted; the figures printed above were measured before it")
 	}
 	return err
+}
+
+// writeError is why a run stopped whose output could not be written.
+type writeError struct{ err error }
+
+func (e writeError) Error() string { return "write output: " + e.err.Error() }
+
+// stopOnWriteError stops the run at the first output it cannot write.
+type stopOnWriteError struct {
+	w    io.Writer
+	stop context.CancelCauseFunc
+}
+
+func (s *stopOnWriteError) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil {
+		s.stop(writeError{err})
+	}
+	return n, err
 }

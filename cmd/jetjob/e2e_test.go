@@ -1121,6 +1121,38 @@ func TestBenchHelpSaysWhatEachScenarioMeasures(t *testing.T) {
 	}
 }
 
+// TestABenchWhoseOutputNobodyReadsCleansUp: piped into head, which exits
+// after the first line, the bench was killed by SIGPIPE at its next line
+// (exit 141) and left its embedded server's data directory in TMPDIR (and,
+// with --server, its queues on that server); it now stops as after a
+// Ctrl-C, cleaning up, and exits 1.
+func TestABenchWhoseOutputNobodyReadsCleansUp(t *testing.T) {
+	tmp := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, "bench", "--smoke", "--scenario", "e2e", "--scenario", "latency", "--fsync", "interval")
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	line := make([]byte, 1)
+	_, err = io.ReadFull(stdout, line) // its first figure, or part of it
+	require.NoError(t, err)
+	require.NoError(t, stdout.Close())
+	err = cmd.Wait()
+	require.NoError(t, ctx.Err(), "still running after 2 minutes")
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, stderr.String())
+	status := exit.Sys().(syscall.WaitStatus)
+	require.False(t, status.Signaled(), "killed by %v; stderr: %s", status.Signal(), stderr.String())
+	require.Equal(t, 1, status.ExitStatus(), stderr.String())
+	left, err := os.ReadDir(tmp)
+	require.NoError(t, err)
+	require.Empty(t, left, "left in TMPDIR")
+}
+
 // TestServerReplicatesOnACluster: on a 3-server NATS cluster, `server
 // --replicas 3` makes every jetjob stream with 3 replicas, and the queue
 // keeps working when one NATS server is gone.
