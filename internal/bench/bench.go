@@ -325,16 +325,17 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 			// %w: the CLI tells a refusal (credentials, TLS) by its cause.
 			return nil, fmt.Errorf("cannot reach NATS at %s (is it running?): %w", server.RedactURL(cfg.NATSURL), connectErr)
 		}
-		found, lookErr := hasEventLog(ctx, nc)
+		state, lookErr := eventLogState(ctx, nc)
 		nc.Close()
 		if lookErr != nil {
 			return nil, fmt.Errorf("NATS at %s: %w", server.RedactURL(cfg.NATSURL), lookErr)
 		}
-		if !found {
+		switch state {
+		case logAbsent:
 			// What a run leaves there is said before it is made.
 			r.progress("no jetjob event log on the NATS at %s: this run makes jetjob's streams and buckets there (JJ_*, KV_jj_*), and they stay, with the jobs it ran, until removed",
 				server.RedactURL(cfg.NATSURL))
-		} else {
+		case logPresent:
 			// Perhaps a deployment's: its jobs and this run's share the
 			// views (jetjob ls) from now on.
 			r.progress("the NATS at %s holds a jetjob event log: this run's jobs (types bench_<scenario>_%s) stay in it and in the views until purged; it runs, counts and cancels none of the others",
@@ -400,27 +401,40 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 	return r.figures, nil
 }
 
-// hasEventLog says whether jetjob's event log is on the NATS. A NATS
-// without JetStream is an error; one that does not answer in time (a
-// cluster electing a leader) counts as having it: the server's start waits
-// it out, and says what it found.
-func hasEventLog(ctx context.Context, nc *nats.Conn) (bool, error) {
+// What a NATS holds of jetjob's event log, as far as it answered.
+type logState int
+
+const (
+	// logUnknown: it did not answer in time (a cluster electing a leader);
+	// the server's start waits it out, and says what it found.
+	logUnknown logState = iota
+	logAbsent
+	logPresent
+)
+
+// eventLogState says whether jetjob's event log is on the NATS. A NATS, or
+// an account of it, without JetStream is an error.
+func eventLogState(ctx context.Context, nc *nats.Conn) (logState, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return false, err
+		return logUnknown, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	_, err = js.Stream(ctx, events.StreamDefault)
 	switch {
 	case err == nil:
-		return true, nil
+		return logPresent, nil
 	case errors.Is(err, jetstream.ErrStreamNotFound):
-		return false, nil
+		return logAbsent, nil
 	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrJetStreamNotEnabled):
-		return false, fmt.Errorf("no JetStream there, which jetjob needs (nats-server -js): %w", err)
+		return logUnknown, fmt.Errorf("no JetStream there, which jetjob needs (nats-server -js): %w", err)
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+		// The server has it, for other accounts: this connection's
+		// credentials (or no_auth_user) chose one without.
+		return logUnknown, fmt.Errorf("no JetStream for this connection's account there, which jetjob needs (jetstream: enabled in the account's configuration, or the credentials of an account that has it): %w", err)
 	}
-	return true, nil
+	return logUnknown, nil
 }
 
 // jobType is this run's job type for a scenario's jobs.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -508,4 +509,30 @@ func TestARunWithAnUnusableTMPDIRSaysSo(t *testing.T) {
 	_, err := Run(context.Background(), Config{Scenarios: []string{ScenarioCeiling}, Jobs: 100, Fsyncs: []string{natsserver.FsyncInterval}}, io.Discard)
 	require.EqualError(t, err, "scenario ceiling: cannot make a data directory for the embedded server in "+missing+
 		" (TMPDIR): no such file or directory; set TMPDIR to a writable directory, or measure on a running server with --server")
+}
+
+// A run on a NATS whose account the connection lands in has no JetStream
+// (the server has it, for other accounts) is refused as one without
+// JetStream: it was taken for a NATS holding jetjob's log, and failed in
+// its first scenario with "start server: look up stream JJ_EVENTS: ...
+// JetStream not enabled for account".
+func TestARunOnAnAccountWithoutJetStreamIsRefused(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "accounts.conf")
+	require.NoError(t, os.WriteFile(conf, []byte(`accounts {
+  JOBS: { jetstream: enabled, users: [{user: jobs, password: jobs}] }
+  OTHER: { users: [{user: other, password: other}] }
+}
+no_auth_user: other
+`), 0o600))
+	parsed, err := natsd.ProcessConfigFile(conf)
+	require.NoError(t, err)
+	env := natstest.StartStock(t, func(o *natsd.Options) {
+		o.Accounts, o.Users, o.NoAuthUser = parsed.Accounts, parsed.Users, parsed.NoAuthUser
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	_, err = Run(ctx, Config{NATSURL: env.URL, Scenarios: []string{ScenarioE2E}, Jobs: 10, Progress: &progress}, io.Discard)
+	require.ErrorContains(t, err, "NATS at "+env.URL+": no JetStream for this connection's account there, which jetjob needs")
+	require.Empty(t, progress.String())
 }
