@@ -206,6 +206,11 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	}
 	cfg.Scenarios, cfg.Fsyncs, cfg.NATSURL, cfg.JSON = scenarios, fsyncs, *natsURL, *output == "json"
 	cfg.Progress = os.Stderr
+	if set["server"] {
+		// A subject that NATS refuses this user ends the run and is named,
+		// instead of a request timing out 35 s later.
+		cfg.NATSErrors = natsErrorHandler(ctx, nil)
+	}
 	// After a Ctrl-C the run cleans up an external server; a second one
 	// leaves that undone.
 	cleanup, endCleanup := context.WithCancel(context.Background())

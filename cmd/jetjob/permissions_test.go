@@ -104,6 +104,8 @@ func TestUsersWithTheDocumentedPermissionsRunEveryCommand(t *testing.T) {
 	require.Contains(t, runCLI(t, url, "cancel", "--pending", "--type", "nobody").ok(t), "1 canceled")
 	require.Contains(t, runCLI(t, url, "purge", "--older-than", "0s").ok(t), "3 purged")
 	runCLI(t, url, "admin", "rebuild").ok(t)
+	// The bench runs a server of its own there: the server's user.
+	runCLI(t, url, "bench", "--server", n.as("server"), "--scenario", "e2e", "--n", "10", "--workers", "2", "--producers", "1").ok(t)
 	require.NotContains(t, serverOut.String()+workerOut.String(), "ermission", "no refusal logged")
 }
 
@@ -119,6 +121,9 @@ func TestACommandRefusedASubjectSaysSo(t *testing.T) {
 		{"cancel", "--pending", "--type", "t"},
 		{"worker", "--type", "t", "--", "true"},
 		{"server", "--nats", url},
+		// It waited 35 s, then said "start server: look up stream
+		// JJ_EVENTS: context deadline exceeded".
+		{"bench", "--server", url, "--scenario", "e2e", "--n", "10"},
 	} {
 		t.Run(args[0], func(t *testing.T) {
 			r := runCLI(t, url, args...)

@@ -125,6 +125,11 @@ type Config struct {
 	// Progress, when set, gets a line as each run starts (the CLI's stderr).
 	Progress io.Writer
 	Logger   *zap.Logger
+	// NATSErrors, when set, hears the asynchronous errors of the
+	// connections to an external NATS (the CLI's ends the run at a subject
+	// that NATS refuses its user, which nats.go hears as a request nobody
+	// answered).
+	NATSErrors nats.ErrHandler
 }
 
 // Smoke is small enough for CI: every scenario, each for a few hundred jobs,
@@ -320,7 +325,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 		// does not answer (a cluster electing a leader), silently here,
 		// and nothing listening at the URL is no election.
 		// Not err: the deferred cleanup below reads the run's.
-		nc, connectErr := nats.Connect(cfg.NATSURL, append([]nats.Option{nats.Name("jetjob-bench"), nats.Timeout(3 * time.Second), logging.NATSErrors(nil)}, cfg.NATSOptions...)...)
+		nc, connectErr := nats.Connect(cfg.NATSURL, append([]nats.Option{nats.Name("jetjob-bench"), nats.Timeout(3 * time.Second), r.natsErrors()}, cfg.NATSOptions...)...)
 		if connectErr != nil {
 			// %w: the CLI tells a refusal (credentials, TLS) by its cause.
 			return nil, fmt.Errorf("cannot reach NATS at %s (is it running?): %w", server.RedactURL(cfg.NATSURL), connectErr)
@@ -435,6 +440,15 @@ func eventLogState(ctx context.Context, nc *nats.Conn) (logState, error) {
 		return logUnknown, fmt.Errorf("no JetStream for this connection's account there, which jetjob needs (jetstream: enabled in the account's configuration, or the credentials of an account that has it): %w", err)
 	}
 	return logUnknown, nil
+}
+
+// natsErrors is the error handler of the run's connections to an external
+// NATS.
+func (r *Runner) natsErrors() nats.Option {
+	if r.cfg.NATSErrors != nil {
+		return nats.ErrorHandler(r.cfg.NATSErrors)
+	}
+	return logging.NATSErrors(r.logger)
 }
 
 // jobType is this run's job type for a scenario's jobs.
@@ -567,7 +581,7 @@ func (r *Runner) withServer(ctx context.Context, fsync string, opts server.Optio
 		// and purge finished ones, by their settings; the bench's defaults
 		// (a hang-after of a second in the ops scenario, a week's
 		// retention) would fail and delete its jobs.
-		opts.NATSURL, opts.NATSOptions, opts.NoMaintenance = r.cfg.NATSURL, r.cfg.NATSOptions, true
+		opts.NATSURL, opts.NATSOptions, opts.NoMaintenance, opts.NATSErrors = r.cfg.NATSURL, r.cfg.NATSOptions, true, r.cfg.NATSErrors
 	} else {
 		dir, err := os.MkdirTemp("", "jetjob-bench-")
 		if err != nil {
@@ -624,7 +638,7 @@ func (r *Runner) cleanUpServer(ctx context.Context, cutShort bool) {
 	ctx, cancel := context.WithTimeout(cmp.Or(r.cfg.Cleanup, context.Background()), cleanUpTimeout)
 	defer cancel()
 	err := func() error {
-		nc, err := nats.Connect(r.cfg.NATSURL, append([]nats.Option{nats.Name("jetjob-bench"), logging.NATSErrors(nil)}, r.cfg.NATSOptions...)...)
+		nc, err := nats.Connect(r.cfg.NATSURL, append([]nats.Option{nats.Name("jetjob-bench"), r.natsErrors()}, r.cfg.NATSOptions...)...)
 		if err != nil {
 			return err
 		}

@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
-	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/statemachine"
@@ -167,7 +166,7 @@ func (r *Runner) startPools(ctx context.Context, s *server.Server, cfgs []worker
 // its own, relaying appends and following the server's record of how it
 // takes them.
 func (r *Runner) workerProcess(ctx context.Context, s *server.Server) (jetstream.JetStream, *statemachine.Machine, func(), error) {
-	opts := []nats.Option{nats.Name("jetjob-bench-worker"), logging.NATSErrors(r.logger)}
+	opts := []nats.Option{nats.Name("jetjob-bench-worker"), r.natsErrors()}
 	if r.cfg.NATSURL != "" {
 		opts = append(opts, r.cfg.NATSOptions...)
 	}
