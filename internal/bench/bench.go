@@ -530,7 +530,7 @@ func (r *Runner) table() {
 	if r.cfg.NoTargets {
 		fmt.Fprintln(r.out, "no targets: they are for the default sizes, and this run's are smaller")
 	} else if len(r.unscored) > 0 {
-		fmt.Fprintf(r.out, "no targets for %s: they are for the default sizes (--n, --workers, --producers, --rate), and this run's differ\n",
+		fmt.Fprintf(r.out, "no targets for %s: they are for the default sizes (--n, --workers, --producers, --rate, no --huge), and this run's differ\n",
 			strings.Join(slices.Compact(r.unscored), ", "))
 	}
 	for i := 0; i < len(r.figures); {
@@ -565,7 +565,7 @@ func (r *Runner) defaultSizes(scenario string) bool {
 	case ScenarioLatency:
 		return c.Rate == RateDefault && c.Workers == WorkersDefault && c.LatencyJobs == LatencyJobsDefault
 	case ScenarioBacklog:
-		return c.Workers == WorkersDefault && c.BacklogSmall == BacklogSmallDefault
+		return c.Workers == WorkersDefault && c.BacklogSmall == BacklogSmallDefault && c.BacklogLarge == BacklogLargeDefault
 	case ScenarioTags:
 		return c.Jobs == JobsDefault && c.Workers == WorkersDefault && c.TagSets == TagSetsDefault
 	}
