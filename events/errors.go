@@ -23,9 +23,9 @@ var (
 	// ErrOutcomeUnknown instead (it may have been stored), or in ErrNoLog
 	// when the stream is not there at all.
 	ErrUnavailable = errors.New("the events stream does not answer: is JetStream up, and was a jetjob server started against this NATS?")
-	// ErrNoLog: an append found no events stream on the NATS it was sent
-	// to (a log attached where no jetjob server provisioned one); nothing
-	// was stored.
+	// ErrNoLog: an append, or Follow, found no events stream on the NATS
+	// it was sent to (a log attached where no jetjob server provisioned
+	// one, or a NATS without JetStream); nothing was stored.
 	ErrNoLog = errors.New("no events stream on this NATS: start a jetjob server against it, or open the log with events.Open")
 	// ErrInvalidConfig: a Config a Log cannot run with.
 	ErrInvalidConfig = errors.New("invalid events config")

@@ -441,6 +441,12 @@ func (l *Log) Follow(ctx context.Context) error {
 	}
 	l.following.Store(true)
 	s, err := l.js.Stream(ctx, l.cfg.Stream)
+	if isNoLog(err) {
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			err = fmt.Errorf("JetStream does not answer on this NATS, is it enabled? %w", err)
+		}
+		return fmt.Errorf("look up stream %s: %w (%v)", l.cfg.Stream, ErrNoLog, err)
+	}
 	if err != nil {
 		return fmt.Errorf("look up stream %s: %w", l.cfg.Stream, err)
 	}
@@ -651,7 +657,16 @@ func (l *Log) noStream(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, noStreamAsk)
 	defer cancel()
 	_, err := l.js.Stream(ctx, l.cfg.Stream)
-	return errors.Is(err, jetstream.ErrStreamNotFound)
+	return isNoLog(err)
+}
+
+// isNoLog says whether looking up the log's stream found that there is
+// none: the stream is not there, or nothing answers JetStream's API, which
+// every server with JetStream on serves, leader or not (nats.go takes the
+// same silence for JetStream not enabled).
+func isNoLog(err error) bool {
+	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)
 }
 
 // noStreamAsk bounds the question whether the log's stream exists.

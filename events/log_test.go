@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -974,6 +975,28 @@ func TestAReadAsksAgainWhenAnAnswerIsLost(t *testing.T) {
 			proxy.Cut() // and the request with it
 			proxy.Restore()
 			require.NoError(t, <-done)
+		})
+	}
+}
+
+// A log attached where no jetjob server provisioned one, or on a NATS
+// without JetStream, says so with ErrNoLog from Follow (the README's Go
+// snippet calls it first) and from an append, at once: with no JetStream to
+// take it, the append was not stored, and no leader election is coming.
+func TestNoLogSaysSoFromFollowAndAppend(t *testing.T) {
+	for name, jetStream := range map[string]bool{"no stream": true, "no JetStream": false} {
+		t.Run(name, func(t *testing.T) {
+			env := natstest.StartStock(t, func(o *server.Options) { o.JetStream = jetStream })
+			l, err := events.Attach(env.JS, events.Config{})
+			require.NoError(t, err)
+			t.Cleanup(l.Close)
+			ctx := context.Background()
+			require.ErrorIs(t, l.Follow(ctx), events.ErrNoLog)
+			start := time.Now()
+			_, err = l.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
+			require.ErrorIs(t, err, events.ErrNoLog)
+			require.NotErrorIs(t, err, events.ErrOutcomeUnknown)
+			require.Less(t, time.Since(start), 5*time.Second, "an append with no JetStream waited as for an election")
 		})
 	}
 }
