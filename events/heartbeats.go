@@ -90,6 +90,9 @@ func HeartbeatStreamConfig(stream, prefix string) jetstream.StreamConfig {
 
 // OpenHeartbeats provisions the heartbeat stream and the settings bucket.
 func OpenHeartbeats(ctx context.Context, js jetstream.JetStream) (*Heartbeats, error) {
+	if js == nil {
+		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
+	}
 	s, err := provision.Stream(ctx, js, HeartbeatStreamConfig(HeartbeatStreamDefault, HeartbeatSubjectPrefixDefault))
 	if err != nil {
 		return nil, err

@@ -650,6 +650,8 @@ func TestLogConfigThatCannotRunIsRefused(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrInvalidConfig)
 	_, err = events.Attach(nil, events.Config{})
 	require.ErrorIs(t, err, events.ErrInvalidConfig)
+	_, err = events.OpenHeartbeats(context.Background(), nil)
+	require.ErrorIs(t, err, events.ErrInvalidConfig, "heartbeats without jetstream")
 }
 
 // TestAppendWaitsOutALeaderElection: on a 3-server cluster, appends made

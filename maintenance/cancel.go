@@ -77,6 +77,9 @@ type BulkCancelOptions struct {
 // tried (NotTried), it returns the result together with an error, so that
 // a caller who checks only the error does not take them for canceled.
 func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Machine, f projector.Filter, opts BulkCancelOptions) (BulkCancelResult, error) {
+	if r == nil || m == nil {
+		return BulkCancelResult{}, fmt.Errorf("%w: bulk cancel: reader and machine are required", ErrInvalidConfig)
+	}
 	// Checked before anything is dropped: a misspelt state left out would
 	// widen the cancel to every pending job.
 	if err := f.Validate(); err != nil {

@@ -41,6 +41,9 @@ type Leadership struct {
 // keep the bucket's whatever ttl they ask for, so that no contender's renewal
 // falls behind an expiry another one set.
 func NewLeadership(ctx context.Context, js jetstream.JetStream, role, id string, ttl time.Duration) (*Leadership, error) {
+	if js == nil {
+		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
+	}
 	// Said here, not at the first TryLead: the role names a key, and an
 	// empty id would take any vacant key for its own.
 	if !validKey(role) {

@@ -97,6 +97,15 @@ func TestServicesWithoutTheirPartsAreRefused(t *testing.T) {
 	onDemand, err := NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, PurgerConfig{})
 	require.NoError(t, err)
 	require.ErrorIs(t, onDemand.Start(context.Background()), ErrInvalidConfig, "no leadership to take turns by")
+
+	// A nil part (a jetstream.New whose error went unchecked) is said, not
+	// a nil pointer panic.
+	_, err = NewLeadership(context.Background(), nil, "detector", "a", 0)
+	require.ErrorIs(t, err, ErrInvalidConfig, "leadership without jetstream")
+	_, err = CancelPending(context.Background(), nil, f.m, projector.Filter{Type: "t"}, BulkCancelOptions{})
+	require.ErrorIs(t, err, ErrInvalidConfig, "bulk cancel without reader")
+	_, err = CancelPending(context.Background(), f.reader, nil, projector.Filter{Type: "t"}, BulkCancelOptions{DryRun: true})
+	require.ErrorIs(t, err, ErrInvalidConfig, "bulk cancel without machine")
 }
 
 func TestDetectorFailsHungAttemptsAndFencesThem(t *testing.T) {

@@ -1221,6 +1221,12 @@ func TestNoReaderWithoutBucket(t *testing.T) {
 	env := natstest.Start(t)
 	_, err := NewReader(context.Background(), env.JS)
 	require.ErrorIs(t, err, ErrNoViews)
+	_, err = NewReader(context.Background(), nil)
+	require.ErrorIs(t, err, ErrInvalidConfig)
+	// A nil jetstream (a jetstream.New whose error went unchecked) is said,
+	// not a nil pointer panic.
+	_, err = CaughtUp(context.Background(), nil, events.StreamDefault)
+	require.ErrorIs(t, err, ErrInvalidConfig)
 }
 
 func TestConsumerOfAnOlderVersionIsReplacedWhereItWas(t *testing.T) {

@@ -603,6 +603,9 @@ func field(k, v string) []byte {
 // false when ctx ends first, and an error when the projector's consumer
 // cannot be read (no server ever ran on this NATS).
 func CaughtUp(ctx context.Context, js jetstream.JetStream, logStream string) (bool, error) {
+	if js == nil {
+		return false, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
+	}
 	st, err := js.Stream(ctx, logStream)
 	if err != nil {
 		return false, fmt.Errorf("wait for the views: %w", err)

@@ -30,6 +30,9 @@ type Leftovers struct {
 // AttachLeftovers binds to the queue and timers streams that EnsureTopology
 // created.
 func AttachLeftovers(ctx context.Context, js jetstream.JetStream) (*Leftovers, error) {
+	if js == nil {
+		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
+	}
 	l := &Leftovers{js: js, removalGrace: removalGraceDefault}
 	var err error
 	for shard := range l.queues {

@@ -176,6 +176,9 @@ type Logs struct {
 
 // AttachLogs binds to the logs stream that EnsureTopology created.
 func AttachLogs(ctx context.Context, js jetstream.JetStream) (*Logs, error) {
+	if js == nil {
+		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
+	}
 	s, err := js.Stream(ctx, LogsStream)
 	if err != nil {
 		return nil, fmt.Errorf("bind job logs: %w", err)

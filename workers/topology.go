@@ -109,6 +109,9 @@ func QueueStream(shard int) string { return fmt.Sprintf("%s%02d", queueStreamPre
 // canceled while pending, which stay until a worker fetches them or the
 // purger removes them.
 func Queued(ctx context.Context, js jetstream.JetStream) (uint64, error) {
+	if js == nil {
+		return 0, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
+	}
 	var n uint64
 	for _, name := range QueueStreams() {
 		st, err := js.Stream(ctx, name)
@@ -193,6 +196,9 @@ func checkQueues(ctx context.Context, js jetstream.JetStream) error {
 // follows the server's fsync setting; job log lines flush asynchronously
 // and are not rebuilt.
 func EnsureTopology(ctx context.Context, js jetstream.JetStream) error {
+	if js == nil {
+		return fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
+	}
 	if err := js.DeleteStream(ctx, legacyQueueStream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("delete the unsharded queue stream: %w", err)
 	}
@@ -255,6 +261,9 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream) error {
 // publish a later job of that type to a queue nobody consumes until it
 // restarts.
 func RemoveQueues(ctx context.Context, js jetstream.JetStream, match func(jobType string) bool) (int, error) {
+	if js == nil {
+		return 0, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
+	}
 	kv, err := js.KeyValue(ctx, TagsetsBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return 0, nil

@@ -1687,6 +1687,18 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 	require.ErrorIs(t, err, ErrInvalidConfig, "no machine")
 	_, err = NewEnqueuer(nil, f.m, EnqueuerConfig{})
 	require.ErrorIs(t, err, ErrInvalidConfig, "enqueuer without jetstream")
+	// The package's functions on a nil jetstream (a jetstream.New whose
+	// error went unchecked) say so rather than panic.
+	ctx := context.Background()
+	require.ErrorIs(t, EnsureTopology(ctx, nil), ErrInvalidConfig, "topology without jetstream")
+	_, err = AttachLogs(ctx, nil)
+	require.ErrorIs(t, err, ErrInvalidConfig, "logs without jetstream")
+	_, err = AttachLeftovers(ctx, nil)
+	require.ErrorIs(t, err, ErrInvalidConfig, "leftovers without jetstream")
+	_, err = Queued(ctx, nil)
+	require.ErrorIs(t, err, ErrInvalidConfig, "queued without jetstream")
+	_, err = RemoveQueues(ctx, nil, func(string) bool { return false })
+	require.ErrorIs(t, err, ErrInvalidConfig, "remove queues without jetstream")
 }
 
 // cutLinesPool starts a pool of type cutlines through proxy (see
