@@ -443,7 +443,7 @@ func (l *Log) Follow(ctx context.Context) error {
 	s, err := l.js.Stream(ctx, l.cfg.Stream)
 	if isNoLog(err) {
 		if !errors.Is(err, jetstream.ErrStreamNotFound) {
-			err = fmt.Errorf("JetStream does not answer on this NATS, is it enabled? %w", err)
+			err = fmt.Errorf("%s %w", provision.NoJetStreamSays, err)
 		}
 		return fmt.Errorf("look up stream %s: %w (%v)", l.cfg.Stream, ErrNoLog, err)
 	}
@@ -661,12 +661,9 @@ func (l *Log) noStream(ctx context.Context) bool {
 }
 
 // isNoLog says whether looking up the log's stream found that there is
-// none: the stream is not there, or nothing answers JetStream's API, which
-// every server with JetStream on serves, leader or not (nats.go takes the
-// same silence for JetStream not enabled).
+// none: the stream is not there, or JetStream is not.
 func isNoLog(err error) bool {
-	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)
+	return errors.Is(err, jetstream.ErrStreamNotFound) || provision.NoJetStream(err)
 }
 
 // noStreamAsk bounds the question whether the log's stream exists.

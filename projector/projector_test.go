@@ -1223,6 +1223,11 @@ func TestNoReaderWithoutBucket(t *testing.T) {
 	require.ErrorIs(t, err, ErrNoViews)
 	_, err = NewReader(context.Background(), nil)
 	require.ErrorIs(t, err, ErrInvalidConfig)
+	// On a NATS without JetStream there is no bucket either.
+	stock := natstest.StartStock(t, func(o *server.Options) { o.JetStream = false })
+	_, err = NewReader(context.Background(), stock.JS)
+	require.ErrorIs(t, err, ErrNoViews)
+	require.ErrorContains(t, err, "no JetStream on this NATS")
 	// A nil jetstream (a jetstream.New whose error went unchecked) is said,
 	// not a nil pointer panic.
 	_, err = CaughtUp(context.Background(), nil, events.StreamDefault)

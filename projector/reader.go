@@ -65,6 +65,8 @@ func NewReader(ctx context.Context, js jetstream.JetStream, opts ...ReaderOption
 	switch {
 	case errors.Is(err, jetstream.ErrBucketNotFound):
 		return nil, ErrNoViews
+	case provision.NoJetStream(err):
+		return nil, fmt.Errorf("%w: %s %v", ErrNoViews, provision.NoJetStreamSays, err)
 	case err != nil && ctx.Err() == nil && provision.Transient(err):
 		return nil, fmt.Errorf("bind job views: NATS did not answer within %s (is the server up?): %w", provision.ElectionWaitDefault, err)
 	case err != nil:

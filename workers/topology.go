@@ -181,6 +181,8 @@ func checkQueues(ctx context.Context, js jetstream.JetStream) error {
 	switch {
 	case err == nil:
 		return nil
+	case provision.NoJetStream(err):
+		return fmt.Errorf("%w: %s %v", ErrNoQueues, provision.NoJetStreamSays, err)
 	case !errors.Is(err, jetstream.ErrStreamNotFound):
 		return fmt.Errorf("look up the work queue: %w", err)
 	}

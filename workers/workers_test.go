@@ -1334,6 +1334,22 @@ func TestPoolNeedsAServersQueues(t *testing.T) {
 	require.ErrorContains(t, err, "older jetjob server")
 }
 
+// A pool started on a NATS without JetStream says it finds no work queue,
+// as on one where no jetjob server ran, and that JetStream does not answer.
+func TestPoolOnANATSWithoutJetStreamFindsNoQueues(t *testing.T) {
+	env := natstest.StartStock(t, func(o *server.Options) { o.JetStream = false })
+	lg, err := events.Attach(env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	p, err := NewPool(env.JS, m, PoolConfig{Types: []string{"build"}}, func(context.Context, *Job) error { return nil })
+	require.NoError(t, err)
+	err = p.Start(context.Background())
+	require.ErrorIs(t, err, ErrNoQueues)
+	require.ErrorContains(t, err, "no JetStream on this NATS")
+}
+
 // TestQueueShards: a queue's shard is part of its subjects on disk, so it
 // never changes between versions, and tag sets spread over every shard.
 func TestQueueShards(t *testing.T) {

@@ -85,3 +85,15 @@ func UntilAnswered(ctx context.Context, wait, try time.Duration, fn func(context
 		}
 	}
 }
+
+// NoJetStream reports whether err is what a JetStream request gets from a
+// NATS where JetStream is not enabled: no responders, since every server
+// with JetStream serves its API, leader or not (nats.go takes the same
+// silence for ErrJetStreamNotEnabled), or that refusal itself.
+func NoJetStream(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)
+}
+
+// NoJetStreamSays is what an error on a NATS without JetStream adds.
+const NoJetStreamSays = "no JetStream on this NATS, which jetjob needs (nats-server -js):"
