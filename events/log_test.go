@@ -999,6 +999,14 @@ func TestNoLogSaysSoFromFollowAndAppend(t *testing.T) {
 			require.ErrorIs(t, err, events.ErrNoLog)
 			require.NotErrorIs(t, err, events.ErrOutcomeUnknown)
 			require.Less(t, time.Since(start), 5*time.Second, "an append with no JetStream waited as for an election")
+			if !jetStream {
+				// Provisioning there says why it cannot, as a server
+				// started with --nats on it does.
+				_, err = events.Open(ctx, env.JS, events.Config{})
+				require.ErrorContains(t, err, "no JetStream on this NATS")
+				_, err = events.OpenHeartbeats(ctx, env.JS)
+				require.ErrorContains(t, err, "no JetStream on this NATS")
+			}
 		})
 	}
 }

@@ -201,7 +201,11 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream) error {
 	if js == nil {
 		return fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
 	}
-	if err := js.DeleteStream(ctx, legacyQueueStream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+	err := js.DeleteStream(ctx, legacyQueueStream)
+	switch {
+	case provision.NoJetStream(err):
+		return fmt.Errorf("lay out the work queue: %s %w", provision.NoJetStreamSays, err)
+	case err != nil && !errors.Is(err, jetstream.ErrStreamNotFound):
 		return fmt.Errorf("delete the unsharded queue stream: %w", err)
 	}
 	var streams []jetstream.StreamConfig
@@ -251,7 +255,7 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream) error {
 			return err
 		}
 	}
-	_, err := provision.KeyValue(ctx, js, provision.KeyValueConfig{Bucket: TagsetsBucket, AsyncPersist: true})
+	_, err = provision.KeyValue(ctx, js, provision.KeyValueConfig{Bucket: TagsetsBucket, AsyncPersist: true})
 	return err
 }
 

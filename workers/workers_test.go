@@ -1348,6 +1348,9 @@ func TestPoolOnANATSWithoutJetStreamFindsNoQueues(t *testing.T) {
 	err = p.Start(context.Background())
 	require.ErrorIs(t, err, ErrNoQueues)
 	require.ErrorContains(t, err, "no JetStream on this NATS")
+	// Laying the queue out there says why it cannot, not which of its
+	// steps (an upgrade's removal of an older stream) met the silence.
+	require.ErrorContains(t, EnsureTopology(context.Background(), env.JS), "no JetStream on this NATS")
 }
 
 // TestQueueShards: a queue's shard is part of its subjects on disk, so it

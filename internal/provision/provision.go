@@ -114,6 +114,8 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 			return nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
 		}
 		return s, nil
+	case NoJetStream(err):
+		return nil, fmt.Errorf("look up stream %s: %s %w", cfg.Name, NoJetStreamSays, err)
 	case err != nil:
 		return nil, fmt.Errorf("look up stream %s: %w", cfg.Name, err)
 	}
