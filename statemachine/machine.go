@@ -393,8 +393,14 @@ func (m *Machine) AcquireFrom(ctx context.Context, snapshot Job, workerID string
 	})
 }
 
-// Succeed records the success of the attempt that holds the job.
+// Succeed records the success of the attempt that holds the job, with
+// result (JSON, or nil for none) as its result; one that is not JSON is
+// refused with an error matching ErrInvalid.
 func (m *Machine) Succeed(ctx context.Context, held Job, result json.RawMessage) (Job, error) {
+	if len(result) > 0 && !json.Valid(result) {
+		var probe any // for the syntax error, which Valid does not give
+		return Job{}, fmt.Errorf("%w: result of job %s is not JSON: %v", ErrInvalid, held.ID, json.Unmarshal(result, &probe))
+	}
 	return m.apply(ctx, held.ID, &held, func(j Job, now time.Time) (events.Event, error) {
 		return decideSucceed(j, held.Lease, result, now)
 	})

@@ -526,6 +526,12 @@ func TestStaleWorkerIsFenced(t *testing.T) {
 	}
 	require.Equal(t, before, history(t, lg, job.ID), "nothing recorded for the stale attempt")
 
+	// A result that is not JSON is invalid input, refused before anything
+	// is appended, as Submit refuses a bad parameter.
+	_, err = m.Succeed(ctx, second, []byte(`{bad`))
+	require.ErrorIs(t, err, statemachine.ErrInvalid)
+	require.Equal(t, before, history(t, lg, job.ID), "nothing recorded for a result that is not JSON")
+
 	done, err := m.Succeed(ctx, second, []byte(`{"ok":true}`))
 	require.NoError(t, err)
 	require.Equal(t, statemachine.StateSucceeded, done.State)
