@@ -663,6 +663,12 @@ func TestPurgeRemovesOnlyOldFinishedJobs(t *testing.T) {
 	require.ErrorIs(t, err, statemachine.ErrInvalid)
 	_, err = p.WouldPurge(ctx, time.Minute, []statemachine.State{statemachine.StatePending})
 	require.ErrorIs(t, err, statemachine.ErrInvalid)
+	// A negative age puts the cutoff in the future: every finished job,
+	// however recent, would go.
+	_, err = p.Purge(ctx, -time.Hour, nil)
+	require.ErrorIs(t, err, statemachine.ErrInvalid)
+	_, err = p.WouldPurge(ctx, -time.Hour, nil)
+	require.ErrorIs(t, err, statemachine.ErrInvalid)
 }
 
 // TestPurgeTakesItsJobsFromTheHeadOfTheLog: after its first pass, a purger

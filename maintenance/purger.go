@@ -116,8 +116,13 @@ type PurgeResult struct {
 	DryRun bool `json:"dry_run,omitempty"`
 }
 
-// finishedStates checks that states are finished ones; none means all.
-func finishedStates(states []statemachine.State) ([]statemachine.State, error) {
+// finishedStates checks a purge's arguments: an age of 0 or more, and
+// finished states (none means all of them).
+func finishedStates(olderThan time.Duration, states []statemachine.State) ([]statemachine.State, error) {
+	if olderThan < 0 {
+		// The cutoff would be in the future: every finished job would go.
+		return nil, fmt.Errorf("%w: purge of jobs finished %s ago: expected an age of 0 or more", statemachine.ErrInvalid, olderThan)
+	}
 	if len(states) == 0 {
 		return []statemachine.State{statemachine.StateSucceeded, statemachine.StateFailed, statemachine.StateCanceled}, nil
 	}
@@ -135,7 +140,7 @@ func finishedStates(states []statemachine.State) ([]statemachine.State, error) {
 // again before it purges it.)
 func (p *Purger) WouldPurge(ctx context.Context, olderThan time.Duration, states []statemachine.State) (PurgeResult, error) {
 	res := PurgeResult{Purged: []string{}, DryRun: true}
-	states, err := finishedStates(states)
+	states, err := finishedStates(olderThan, states)
 	if err != nil {
 		return res, err
 	}
@@ -167,7 +172,7 @@ func (p *Purger) Purge(ctx context.Context, olderThan time.Duration, states []st
 // it left jobs for that reason.
 func (p *Purger) purge(ctx context.Context, olderThan time.Duration, states []statemachine.State, budget time.Duration) (_ PurgeResult, more bool, err error) {
 	res := PurgeResult{Purged: []string{}}
-	if states, err = finishedStates(states); err != nil {
+	if states, err = finishedStates(olderThan, states); err != nil {
 		return res, false, err
 	}
 	cutoff := p.cfg.Now().Add(-olderThan)
