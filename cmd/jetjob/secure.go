@@ -197,6 +197,7 @@ func refusedConnect(url string, err error) (_ error, ok bool) {
 	var unknownCA x509.UnknownAuthorityError
 	var badHost x509.HostnameError
 	var invalid x509.CertificateInvalidError
+	var notTLS tls.RecordHeaderError
 	switch {
 	case errors.Is(err, nats.ErrAuthorization):
 		return fmt.Errorf("the NATS at %s refused this user (%v): check --creds, --nkey, or the user and password or token in the URL", at, cause), true
@@ -212,6 +213,10 @@ func refusedConnect(url string, err error) (_ error, ok bool) {
 		return fmt.Errorf("the NATS at %s shows a TLS certificate that is not valid (%v)", at, cause), true
 	case errors.Is(err, nats.ErrSecureConnWanted):
 		return fmt.Errorf("the NATS at %s offers no TLS, which --tls-ca, --tls-cert, --tls-first or a tls:// URL ask for (%v)", at, cause), true
+	case errors.As(err, &notTLS):
+		// Our handshake came first and the NATS answered in plain text (its
+		// INFO): only --tls-first starts a handshake before reading that.
+		return fmt.Errorf("the NATS at %s answered the TLS handshake in plain text (%v): it is not set to handshake_first: leave out --tls-first (or JETJOB_TLS_FIRST)", at, cause), true
 	}
 	// The server's TLS refused ours: most often, no client certificate or
 	// one its CA did not sign. Over TLS 1.3 the client hears it only as

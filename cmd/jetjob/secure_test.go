@@ -178,6 +178,18 @@ func TestTLSWithAPrivateCA(t *testing.T) {
 		})
 	}
 	serverRefused(t, env, n.URL, nil, "does not trust", "--tls-ca")
+
+	// --tls-first to a NATS that sends its INFO before TLS: what to drop
+	// is --tls-first, not a client certificate to add.
+	first := []string{"--tls-ca", p.ca, "--tls-first"}
+	for _, args := range [][]string{append([]string{"ls"}, first...), append(append([]string{"worker"}, first...), "--type", "sec", "--", "true")} {
+		t.Run(args[0]+" --tls-first", func(t *testing.T) {
+			r := runCLIEnv(t, env, args...)
+			refusedInOneLine(t, r, "handshake_first", "--tls-first")
+			require.NotContains(t, r.stderr, "--tls-cert")
+		})
+	}
+	serverRefused(t, env, n.URL, first, "handshake_first", "--tls-first")
 }
 
 // A NATS set to handshake_first: the variable serves every command.
