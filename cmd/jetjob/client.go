@@ -41,6 +41,9 @@ func dial(ctx context.Context, fs *flagSet) (*client, error) {
 	if refused, ok := refusedConnect(url, err); ok {
 		return nil, refused
 	}
+	if silent, ok := silentNATS(fs.auth, url, err); ok {
+		return nil, silent
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the jetjob server at %s (start one with 'jetjob server' or 'jetjob dev', or set --server): %v", clip(server.RedactURL(url)), err)
 	}

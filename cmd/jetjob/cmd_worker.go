@@ -97,6 +97,9 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if refused, ok := refusedConnect(fs.server, err); ok {
 		return refused
 	}
+	if silent, ok := silentNATS(fs.auth, fs.server, err); ok {
+		return silent
+	}
 	if err != nil {
 		return fmt.Errorf("cannot reach the jetjob server at %s: %v", clip(server.RedactURL(fs.server)), err)
 	}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"strconv"
 	"time"
@@ -222,4 +224,19 @@ func refusedConnect(url string, err error) (_ error, ok bool) {
 	// one its CA did not sign. Over TLS 1.3 the client hears it only as
 	// the connection closed after the handshake.
 	return fmt.Errorf("the NATS at %s refused the TLS connection (%v): it may ask for a client certificate its CA signed: check --tls-cert and --tls-key", at, cause), true
+}
+
+// silentNATS tells a connection that the NATS took and then said nothing
+// on (its INFO), to a command not given --tls-first: a NATS set to
+// handshake_first waits for a TLS handshake first, and closes the
+// connection at its TLS timeout, which said "EOF" or "i/o timeout" and
+// sent the user to start a jetjob server. ok is false for any other
+// failure.
+func silentNATS(a *natsAuth, url string, err error) (_ error, ok bool) {
+	var read *net.OpError
+	if a == nil || a.tlsFirst || !errors.Is(err, io.EOF) && !(errors.As(err, &read) && read.Op == "read") {
+		return err, false
+	}
+	return fmt.Errorf("the NATS at %s said nothing after taking the connection (%v): if it is set to handshake_first, give --tls-first (or JETJOB_TLS_FIRST=true)",
+		clip(server.RedactURL(url)), err), true
 }

@@ -200,6 +200,17 @@ func TestTLSHandshakeFirst(t *testing.T) {
 		o.TLS, o.TLSTimeout, o.TLSHandshakeFirst = true, 10, true
 	}, nats.RootCAs(p.ca), nats.TLSHandshakeFirst())
 	runsAJob(t, n, []string{"JETJOB_TLS_FIRST=true"}, "--tls-ca", p.ca)
+
+	// Without --tls-first such a NATS says nothing until it gives up on a
+	// handshake: told as that, not as no jetjob server to start.
+	env := []string{"JETJOB_SERVER=" + n.URL, "JETJOB_TLS_CA=" + p.ca}
+	for _, args := range [][]string{{"ls"}, {"worker", "--type", "sec", "--", "true"}} {
+		t.Run(args[0]+" without --tls-first", func(t *testing.T) {
+			r := runCLIEnv(t, env, args...)
+			refusedInOneLine(t, r, "said nothing", "handshake_first", "--tls-first")
+			require.NotContains(t, r.stderr, "start one")
+		})
+	}
 }
 
 func TestMutualTLS(t *testing.T) {
