@@ -42,7 +42,7 @@ func demoHandler(ctx context.Context, job *workers.Job) error {
 }
 
 func runDev(ctx context.Context, args []string, out io.Writer) (err error) {
-	s, o, err := startServer(ctx, "dev", filepath.Join(".jetjob", "dev"), args)
+	s, o, auth, err := startServer(ctx, "dev", filepath.Join(".jetjob", "dev"), args)
 	if err != nil {
 		return err
 	}
@@ -103,8 +103,12 @@ func runDev(ctx context.Context, args []string, out io.Writer) (err error) {
 		}
 	}
 	where := ", data in " + o.DataDir
+	export := "export JETJOB_SERVER=" + shellWord(s.URL)
 	if o.NATSURL != "" {
 		where = " (an external NATS: its own storage)"
+		for _, e := range auth.exports() {
+			export += "\n  export " + e
+		}
 	}
 	fmt.Fprintf(out, `
 jetjob dev is running: NATS on %s%s.
@@ -113,7 +117,7 @@ one fails its first attempt and is retried, one is scheduled %s ahead, and one
 (region=us) waits for a worker that never comes.
 
 In another terminal:
-  export JETJOB_SERVER=%s
+  %s
   go build -o jetjob ./cmd/jetjob
   ./jetjob ls
   ./jetjob submit --type demo --tag region=eu --payload '{"steps":5}'
@@ -124,7 +128,7 @@ In another terminal:
   go test -race ./...
 
 Changes to demo jobs follow; Ctrl-C stops everything.
-`, s.URL, where, in, s.URL)
+`, s.URL, where, in, export)
 	// A view changes more often than this line does (a running job's
 	// heartbeats): a line is printed when what it shows changed.
 	shown := map[string]string{}

@@ -25,7 +25,9 @@ import (
 	"github.com/jetjob/jetjob/workers"
 )
 
-func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() error {
+// serverFlags defines a server's flags on fs; the auth it returns holds
+// the credential and TLS settings for the NATS of --nats.
+func serverFlags(fs *flagSet, o *server.Options, defaultData string) (func() error, *natsAuth) {
 	fs.StringVar(&o.DataDir, "data", defaultData, "data directory of the embedded NATS server")
 	fs.StringVar(&o.Listen, "listen", natsserver.ListenDefault, "HOST:PORT the embedded NATS server listens on")
 	fs.StringVar(&o.NATSURL, "nats", "", "use the NATS server at this URL instead of an embedded one")
@@ -95,7 +97,7 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) func() erro
 		}
 		o.NATSOptions, err = auth.options()
 		return err
-	}
+	}, auth
 }
 
 // stagedWhere says where the embedded server stages the log's batches.
@@ -142,7 +144,7 @@ func checkEmbedded(o *server.Options) error {
 }
 
 func runServer(ctx context.Context, args []string, out io.Writer) error {
-	s, o, err := startServer(ctx, "server", "jetjob-data", args)
+	s, o, _, err := startServer(ctx, "server", "jetjob-data", args)
 	if err != nil {
 		return err
 	}
@@ -192,16 +194,16 @@ func stopUnlessSignaled(stop func()) error {
 
 // startServer parses the flags that `jetjob server` and `jetjob dev` share
 // and starts a server with them; its options carry the logger made for it.
-func startServer(ctx context.Context, name, defaultDir string, args []string) (*server.Server, server.Options, error) {
+func startServer(ctx context.Context, name, defaultDir string, args []string) (*server.Server, server.Options, *natsAuth, error) {
 	fs := newFlags(name, "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] [--batch-staging memory|disk] | [--nats URL [--replicas N] [--creds F | --nkey F] [--tls-ca F] [--tls-cert F --tls-key F] [--tls-first]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
 	var o server.Options
-	finish := serverFlags(fs, &o, defaultDir)
+	finish, auth := serverFlags(fs, &o, defaultDir)
 	verbose := fs.Bool("v", false, "debug logging, the embedded NATS server's own notices included (its warnings and errors are always logged)")
 	if err := fs.parseFlagsOnly(args); err != nil {
-		return nil, o, err
+		return nil, o, nil, err
 	}
 	if err := finish(); err != nil {
-		return nil, o, err
+		return nil, o, nil, err
 	}
 	o.Logger = logging.New(*verbose)
 	// Only a refusal heard while the server starts ends it: once it runs
@@ -228,7 +230,7 @@ func startServer(ctx context.Context, name, defaultDir string, args []string) (*
 	}
 	if err != nil {
 		_ = o.Logger.Sync()
-		return nil, o, err
+		return nil, o, nil, err
 	}
-	return s, o, nil
+	return s, o, auth, nil
 }

@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -239,4 +241,37 @@ func silentNATS(a *natsAuth, url string, err error) (_ error, ok bool) {
 	}
 	return fmt.Errorf("the NATS at %s said nothing after taking the connection (%v): if it is set to handshake_first, give --tls-first (or JETJOB_TLS_FIRST=true)",
 		clip(server.RedactURL(url)), err), true
+}
+
+// exports gives the settings in use as the variables that set them, for
+// jetjob dev's lines to run in another terminal: the commands it suggests
+// need them as much as the URL. Paths are made absolute, so that they
+// hold from another directory.
+func (a *natsAuth) exports() []string {
+	var out []string
+	for _, v := range []struct{ name, value string }{
+		{"creds", a.creds}, {"nkey", a.nkey}, {"tls-ca", a.tlsCA}, {"tls-cert", a.tlsCert}, {"tls-key", a.tlsKey},
+	} {
+		if v.value == "" {
+			continue
+		}
+		path, err := filepath.Abs(v.value)
+		if err != nil {
+			path = v.value
+		}
+		out = append(out, authEnv[v.name]+"="+shellWord(path))
+	}
+	if a.tlsFirst {
+		out = append(out, authEnv["tls-first"]+"=true")
+	}
+	return out
+}
+
+// shellWord quotes s for a POSIX shell when it holds more than letters,
+// digits and the punctuation of paths and URLs.
+func shellWord(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:@%+,=") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

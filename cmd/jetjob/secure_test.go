@@ -453,15 +453,33 @@ func TestAuthVariablesAreNotTheEmbeddedServers(t *testing.T) {
 	t.Setenv("JETJOB_CREDS", filepath.Join(t.TempDir(), "none.creds"))
 	fs := newFlags("server", "", false)
 	var o server.Options
-	finish := serverFlags(fs, &o, t.TempDir())
+	finish, _ := serverFlags(fs, &o, t.TempDir())
 	require.NoError(t, fs.parseFlagsOnly([]string{"--listen", "127.0.0.1:0"}))
 	require.NoError(t, finish())
 	require.Empty(t, o.NATSOptions)
 
 	fs = newFlags("server", "", false)
-	finish = serverFlags(fs, &o, t.TempDir())
+	finish, _ = serverFlags(fs, &o, t.TempDir())
 	require.NoError(t, fs.parseFlagsOnly([]string{"--nats", "nats://127.0.0.1:1"}))
 	err := finish()
 	require.ErrorIs(t, err, errUsage)
 	require.Contains(t, err.Error(), "JETJOB_CREDS")
+}
+
+// jetjob dev on a NATS of --nats says what to export in another terminal:
+// its credential and TLS settings as well as the URL, so that the
+// commands it suggests reach that NATS as it does.
+func TestDevOnASecuredNATSSaysWhatToExport(t *testing.T) {
+	p := newPKI(t)
+	n := startTLSNATS(t, p, true)
+	_, out := startProcEnv(t, nil, "dev", "--nats", n.URL, "--tls-ca", p.ca, "--tls-cert", p.clientCert, "--tls-key", p.clientKey)
+	natstest.Eventually(t, 60*time.Second, func() bool { return strings.Contains(out.String(), "Changes to demo jobs follow") }, "dev started: %s", out)
+	var env []string
+	for _, line := range strings.Split(out.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, "  export "); ok {
+			env = append(env, v)
+		}
+	}
+	r := runCLIEnv(t, env, "ls", "--type", "demo")
+	require.Equal(t, 0, r.code, "with %q: %s", env, r.stderr)
 }
