@@ -1,0 +1,136 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	nserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/jetjob/jetjob/internal/natstest"
+)
+
+// startTLSNATS starts a stock NATS serving TLS with a certificate for
+// 127.0.0.1 of its own, and returns it and the file a client trusts it by.
+func startTLSNATS(t *testing.T) (*natstest.Env, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "nats"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true,
+		KeyUsage:    x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	require.NoError(t, os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	cfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
+	env := natstest.StartStock(t, func(o *nserver.Options) {
+		// A loaded machine under -race takes more than the default half
+		// second for a handshake.
+		o.TLSConfig, o.TLS, o.TLSTimeout = cfg, true, 10
+	}, nats.RootCAs(ca))
+	return env, ca
+}
+
+// flakyFront stands before the NATS at target as a cluster's node in a
+// rolling restart does: its first connection gets the NATS's INFO (TLS
+// required) and then, during the TLS handshake, is dropped (cut) or never
+// answered (stalled); every later one is relayed to the NATS.
+func flakyFront(t *testing.T, target string, stall bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	track := func(c net.Conn) {
+		mu.Lock()
+		defer mu.Unlock()
+		conns = append(conns, c)
+	}
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for first := true; ; first = false {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			track(c)
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			track(up)
+			if first {
+				info, err := bufio.NewReader(up).ReadString('\n')
+				_ = up.Close()
+				if err == nil {
+					_, _ = io.WriteString(c, info)
+				}
+				if !stall {
+					// What the client sent unread: the close resets it.
+					_ = c.(*net.TCPConn).SetLinger(0)
+					_ = c.Close()
+				}
+				continue
+			}
+			wg.Add(2)
+			go func() { defer wg.Done(); _, _ = io.Copy(up, c); _ = up.Close() }()
+			go func() { defer wg.Done(); _, _ = io.Copy(c, up); _ = c.Close() }()
+		}
+	}()
+	return "tls://" + ln.Addr().String()
+}
+
+// A TLS handshake cut short by the network (a node of the cluster going
+// down mid-connect, or too loaded to answer within nats.go's timeout) is
+// no refusal: the start tries again and starts. Every failed handshake is
+// nats.ErrTLS, so Refused took these for refusals, and the start ended at
+// once with "connect to NATS at ...: nats: tls error: read tcp ...:
+// connection reset by peer" (or "i/o timeout").
+func TestAStartRidesOutATLSHandshakeCutShort(t *testing.T) {
+	env, ca := startTLSNATS(t)
+	target := strings.TrimPrefix(strings.TrimPrefix(env.URL, "nats://"), "tls://")
+	for name, stall := range map[string]bool{"reset": false, "timed out": true} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			s, err := Start(ctx, Options{NATSURL: flakyFront(t, target, stall), NoMaintenance: true, NATSOptions: []nats.Option{nats.RootCAs(ca)}})
+			require.NoError(t, err)
+			s.Stop()
+		})
+	}
+}
