@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -1032,6 +1033,14 @@ func stopWorkerRunning(t *testing.T, script, grace string, sig os.Signal) string
 	cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "stopped", "--grace", grace, "--", path)
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	if sig == syscall.SIGHUP && signal.Ignored(syscall.SIGHUP) {
+		// The tests run under nohup: the worker would inherit the ignored
+		// hangup, and rightly not stop on it. A signal this process
+		// handles is reset to its default in the worker it starts.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	id := s.jetjob("submit", "--type", "stopped", "--max-attempts", "1").ok(t)
@@ -1039,7 +1048,16 @@ func stopWorkerRunning(t *testing.T, script, grace string, sig os.Signal) string
 		return strings.Contains(s.jetjob("logs", id).stdout, "started")
 	}, "the command started: %s", &out)
 	require.NoError(t, cmd.Process.Signal(sig))
-	require.NoError(t, cmd.Wait(), "worker output: %s", out.String())
+	// A worker that does not stop fails the test with what it said, not
+	// the package at its timeout with nothing.
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		require.NoError(t, err, "worker output: %s", out.String())
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("worker still running 2 minutes after %v; it said: %s", sig, out.String())
+	}
 	v := waitView(t, s, id, func(v projector.View) bool { return v.State != "running" }, "handed back")
 	require.Equal(t, statemachine.StatePending, v.State, "handed back without using up its one attempt")
 	require.Equal(t, 0, v.Attempt)
