@@ -42,6 +42,11 @@ func TestLogLinesTheServerRefusesAreSaid(t *testing.T) {
 		defer close(done)
 		j.Log("a line no stream takes")
 		return nil
+	}, func(p *Pool) {
+		// The refusal is said at once; the line is then sent again for
+		// the ack timeout before the result, which the test's end waits
+		// out: 10 s by default.
+		p.logAckTimeout = time.Second
 	})
 	require.NoError(t, f.env.JS.DeleteStream(context.Background(), LogsStream))
 	f.submit(statemachine.SubmitParams{Type: "chatty"})
