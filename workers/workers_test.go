@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -2831,16 +2832,25 @@ func TestLogsReadOnAClusterRidesOutAFetchWithNoResponders(t *testing.T) {
 	logs, err := AttachLogs(ctx, js)
 	require.NoError(t, err)
 	require.NoError(t, logs.Append(ctx, "job-1", LogLine{Time: time.Now().UTC(), Attempt: 1, Number: 1, Stream: StreamStdout, Line: "stored"}))
+	// The servers' reads run side by side: each read waits out its fetch
+	// (a quarter second), and one after the other they took 25 s.
+	var wg sync.WaitGroup
 	for _, ns := range c.Servers {
 		_, js := natstest.Connect(t, ns.ClientURL())
 		logs, err := AttachLogs(ctx, js)
 		require.NoError(t, err)
-		for range 30 {
-			lines, err := logs.Read(ctx, "job-1")
-			require.NoError(t, err, "read from %s", ns.ClientURL())
-			require.Len(t, lines, 1)
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 30 {
+				lines, err := logs.Read(ctx, "job-1")
+				if !assert.NoError(t, err, "read from %s", ns.ClientURL()) || !assert.Len(t, lines, 1, "read from %s", ns.ClientURL()) {
+					return
+				}
+			}
+		}()
 	}
+	wg.Wait()
 }
 
 // A read of a finished job's lines gets them all where a replica that has
