@@ -48,6 +48,9 @@ func TestWorkerRefusesACommandItCannotRun(t *testing.T) {
 // TestServerSecretsStayOutOfErrors: a password or token in --server is not
 // printed when the server cannot be reached or the URL is refused.
 func TestServerSecretsStayOutOfErrors(t *testing.T) {
+	// Its server waits 30 s for a NATS that is not there: run beside the
+	// other tests that mostly wait.
+	t.Parallel()
 	closed := freeAddr(t)
 	for _, tc := range []struct {
 		server string

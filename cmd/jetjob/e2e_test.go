@@ -711,6 +711,7 @@ func TestSubmitWithAKeyAlreadyUsedSaysSo(t *testing.T) {
 // TestWatchFailsWhenTheServerIsGone: a dashboard must tell a lost server
 // from a watch that was stopped.
 func TestWatchFailsWhenTheServerIsGone(t *testing.T) {
+	t.Parallel() // waits for the watch to give up on its server
 	s := startServerProc(t)
 	id := s.jetjob("submit", "--type", "watched").ok(t)
 	// The watch is under way once it printed the current view.
@@ -764,6 +765,7 @@ func startedPrinting(t *testing.T, s *serverProc, first string, args ...string) 
 // TestLogsFollowSaysWhenTheServerIsGone: following a job's log ends, as a
 // watch does, naming the lost server rather than only what NATS said.
 func TestLogsFollowSaysWhenTheServerIsGone(t *testing.T) {
+	t.Parallel() // waits for the follow to give up on its server
 	s := startServerProc(t)
 	id := s.jetjob("submit", "--type", "talker").ok(t)
 	startWorker(t, s, "--type", "talker", "--", "sh", "-c", "echo hello; sleep 600")
@@ -1011,6 +1013,7 @@ while :; do sleep 0.05; done
 // a grace over about 7 s, the worker gave up before the SIGKILL and left the
 // job running, to be failed as hung and lose an attempt.
 func TestAStoppedWorkerHandsBackTheJobOfACommandThatIgnoresSIGTERM(t *testing.T) {
+	t.Parallel() // waits out a grace twice
 	out := stopWorkerRunning(t, "#!/bin/sh\ntrap '' TERM\necho started\nwhile :; do sleep 0.05; done\n", "6s", syscall.SIGTERM)
 	require.Contains(t, out, "running commands get 6s to finish")
 }
@@ -1439,6 +1442,7 @@ func TestASecondSignalStopsTheServerAtOnce(t *testing.T) {
 // up: with the logs stream's leader paused (the event log's elsewhere), it
 // failed within 5 s with "bind job logs: context deadline exceeded" alone.
 func TestLogsStreamThatDoesNotAnswerIsWaitedForAndSaid(t *testing.T) {
+	t.Parallel() // waits out the 15 s given to the logs stream
 	env := natstest.Start(t)
 	require.NoError(t, workers.EnsureTopology(context.Background(), env.JS))
 	proxy := natstest.NewProxy(t, env.URL)
