@@ -2825,6 +2825,7 @@ func TestReconcileDoesNotTakeALaggingReplicasWordForALostMessage(t *testing.T) {
 // before the consumer's interest does, and jetjob logs exited 1 now and
 // then (3 reads in 60, with the cluster at rest) with the lines there.
 func TestLogsReadOnAClusterRidesOutAFetchWithNoResponders(t *testing.T) {
+	t.Parallel() // its reads mostly wait out their fetches
 	ctx := context.Background()
 	c := natstest.StartCluster(t, 3)
 	_, js := natstest.Connect(t, c.URL)
@@ -2860,6 +2861,7 @@ func TestLogsReadOnAClusterRidesOutAFetchWithNoResponders(t *testing.T) {
 // exited 0 for a job whose lines were all stored (a cluster soak read 1
 // job of 40 so, with a node restarted).
 func TestLogsReadOnALaggingReplicaReadsEveryLine(t *testing.T) {
+	t.Parallel() // its reads mostly wait out their fetches
 	env := natstest.Start(t)
 	ctx := context.Background()
 	require.NoError(t, EnsureTopology(ctx, env.JS))
@@ -3091,6 +3093,7 @@ func TestLogsReadGivesEachRunsLinesInTheirOrder(t *testing.T) {
 // the logs stream's leader paused, jetjob logs ended with "read logs of
 // job ID: context deadline exceeded" alone.
 func TestLogsReadThatIsNotAnsweredSaysWhy(t *testing.T) {
+	t.Parallel() // waits out the follow's outage, 10 s
 	env := natstest.Start(t)
 	ctx := context.Background()
 	require.NoError(t, EnsureTopology(ctx, env.JS))
