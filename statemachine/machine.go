@@ -21,7 +21,8 @@ import (
 // appends, losing a race each time, before it returns a *ConflictError.
 const ConflictRetriesDefault = 5
 
-// Config configures a Machine.
+// Config configures a Machine. A zero field takes its default; a negative
+// one is refused with ErrInvalidConfig.
 type Config struct {
 	// MaxPayload is the largest payload Submit accepts. Default MaxPayloadDefault.
 	MaxPayload int
@@ -42,14 +43,28 @@ func (c *Config) validate() error {
 	if c.MaxPayload < 0 {
 		return fmt.Errorf("%w: max payload %d, expected > 0", ErrInvalidConfig, c.MaxPayload)
 	}
-	if c.ConflictRetries <= 0 {
+	// A negative is refused, not read as its default: it means nothing
+	// here, and a caller who wrote one meant something else.
+	if c.ConflictRetries < 0 {
+		return fmt.Errorf("%w: conflict retries %d, expected 0 (the default, %d) or more", ErrInvalidConfig, c.ConflictRetries, ConflictRetriesDefault)
+	}
+	if c.ConflictRetries == 0 {
 		c.ConflictRetries = ConflictRetriesDefault
 	}
-	if c.Backoff.Base <= 0 {
-		c.Backoff.Base = BackoffBaseDefault
-	}
-	if c.Backoff.Cap <= 0 {
-		c.Backoff.Cap = BackoffCapDefault
+	for _, d := range []struct {
+		name  string
+		value *time.Duration
+		def   time.Duration
+	}{
+		{"backoff base", &c.Backoff.Base, BackoffBaseDefault},
+		{"backoff cap", &c.Backoff.Cap, BackoffCapDefault},
+	} {
+		if *d.value < 0 {
+			return fmt.Errorf("%w: %s %s, expected 0 (the default, %s) or more", ErrInvalidConfig, d.name, *d.value, d.def)
+		}
+		if *d.value == 0 {
+			*d.value = d.def
+		}
 	}
 	if c.Backoff.Base > c.Backoff.Cap {
 		return fmt.Errorf("%w: backoff base %s is above its cap %s, expected base <= cap", ErrInvalidConfig, c.Backoff.Base, c.Backoff.Cap)

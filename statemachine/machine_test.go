@@ -815,6 +815,10 @@ func TestConfigThatCannotRunIsRefused(t *testing.T) {
 		"no log":                {nil, statemachine.Config{}},
 		"negative max payload":  {lg, statemachine.Config{MaxPayload: -1}},
 		"backoff base over cap": {lg, statemachine.Config{Backoff: statemachine.BackoffConfig{Base: time.Hour, Cap: time.Minute}}},
+		// Negatives were read as their defaults, not refused.
+		"negative conflict retries": {lg, statemachine.Config{ConflictRetries: -1}},
+		"negative backoff base":     {lg, statemachine.Config{Backoff: statemachine.BackoffConfig{Base: -time.Second}}},
+		"negative backoff cap":      {lg, statemachine.Config{Backoff: statemachine.BackoffConfig{Cap: -time.Second}}},
 	} {
 		_, err := statemachine.New(tc.log, tc.cfg)
 		require.ErrorIs(t, err, statemachine.ErrInvalidConfig, name)
