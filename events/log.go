@@ -36,7 +36,8 @@ const (
 	unavailablePause = 50 * time.Millisecond
 )
 
-// Config configures a Log.
+// Config configures a Log. A zero field takes its default; a negative one
+// is refused with ErrInvalidConfig, except Linger's, which turns it off.
 type Config struct {
 	// Stream is the events stream name. Default StreamDefault.
 	Stream string
@@ -112,11 +113,23 @@ func (c *Config) validate() error {
 	if c.MaxBatch < 1 || c.MaxBatch > MaxBatchLimit {
 		return fmt.Errorf("%w: max batch %d, expected 1-%d", ErrInvalidConfig, c.MaxBatch, MaxBatchLimit)
 	}
-	if c.MinBatch <= 0 {
-		c.MinBatch = MinBatchDefault
-	}
-	if c.Flushers <= 0 {
-		c.Flushers = FlushersDefault
+	// A negative is refused, not read as its default: it means nothing
+	// here (Linger's negative alone turns something off).
+	for _, n := range []struct {
+		name  string
+		value *int
+		def   int
+	}{
+		{"min batch", &c.MinBatch, MinBatchDefault},
+		{"flushers", &c.Flushers, FlushersDefault},
+		{"publish retries", &c.PublishRetries, PublishRetriesDefault},
+	} {
+		if *n.value < 0 {
+			return fmt.Errorf("%w: %s %d, expected 0 (the default, %d) or more", ErrInvalidConfig, n.name, *n.value, n.def)
+		}
+		if *n.value == 0 {
+			*n.value = n.def
+		}
 	}
 	if c.Linger == 0 {
 		c.Linger = LingerDefault
@@ -124,11 +137,11 @@ func (c *Config) validate() error {
 	if c.Linger > LingerLimit {
 		return fmt.Errorf("%w: linger %s, expected at most %s", ErrInvalidConfig, c.Linger, LingerLimit)
 	}
-	if c.PublishTimeout <= 0 {
-		c.PublishTimeout = PublishTimeoutDefault
+	if c.PublishTimeout < 0 {
+		return fmt.Errorf("%w: publish timeout %s, expected 0 (the default, %s) or more", ErrInvalidConfig, c.PublishTimeout, PublishTimeoutDefault)
 	}
-	if c.PublishRetries <= 0 {
-		c.PublishRetries = PublishRetriesDefault
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = PublishTimeoutDefault
 	}
 	return nil
 }

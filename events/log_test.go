@@ -661,6 +661,16 @@ func TestLogConfigThatCannotRunIsRefused(t *testing.T) {
 	env := natstest.Start(t)
 	_, err := events.Open(context.Background(), env.JS, events.Config{MaxBatch: events.MaxBatchLimit + 1})
 	require.ErrorIs(t, err, events.ErrInvalidConfig)
+	// Negatives were read as their defaults, not refused.
+	for name, cfg := range map[string]events.Config{
+		"negative min batch":       {MinBatch: -1},
+		"negative flushers":        {Flushers: -1},
+		"negative publish timeout": {PublishTimeout: -time.Second},
+		"negative publish retries": {PublishRetries: -1},
+	} {
+		_, err = events.Attach(env.JS, cfg)
+		require.ErrorIs(t, err, events.ErrInvalidConfig, name)
+	}
 	_, err = events.Open(context.Background(), nil, events.Config{})
 	require.ErrorIs(t, err, events.ErrInvalidConfig)
 	_, err = events.Attach(nil, events.Config{})
