@@ -82,7 +82,9 @@ const ViewFormat = 1
 // the ViewFormat of its views.
 const viewFormatKey = "jetjob.view_format"
 
-// Config configures a Projector. Zero values take the defaults.
+// Config configures a Projector. A zero field takes its default; a negative
+// one is refused with ErrInvalidConfig, except Linger's and Cache's, which
+// turn them off.
 type Config struct {
 	// Bucket holds the views. Default BucketDefault.
 	Bucket string
@@ -139,17 +141,29 @@ func (c *Config) validate() error {
 	if c.Linger > LingerLimit {
 		return fmt.Errorf("%w: linger %s, expected at most %s", ErrInvalidConfig, c.Linger, LingerLimit)
 	}
-	if c.Writers <= 0 {
+	// A negative is refused, not read as its default: it means nothing
+	// here (Linger's and Cache's alone turn something off).
+	if c.Writers < 0 {
+		return fmt.Errorf("%w: writers %d, expected 0 (the default, %d) or more", ErrInvalidConfig, c.Writers, WritersDefault)
+	}
+	if c.Writers == 0 {
 		c.Writers = WritersDefault
 	}
-	if c.AckWait <= 0 {
-		c.AckWait = AckWaitDefault
-	}
-	if c.WriteTimeout <= 0 {
-		c.WriteTimeout = WriteTimeoutDefault
-	}
-	if c.CheckEvery <= 0 {
-		c.CheckEvery = CheckEveryDefault
+	for _, d := range []struct {
+		name  string
+		value *time.Duration
+		def   time.Duration
+	}{
+		{"ack wait", &c.AckWait, AckWaitDefault},
+		{"write timeout", &c.WriteTimeout, WriteTimeoutDefault},
+		{"check every", &c.CheckEvery, CheckEveryDefault},
+	} {
+		if *d.value < 0 {
+			return fmt.Errorf("%w: %s %s, expected 0 (the default, %s) or more", ErrInvalidConfig, d.name, *d.value, d.def)
+		}
+		if *d.value == 0 {
+			*d.value = d.def
+		}
 	}
 	if c.Cache == 0 {
 		c.Cache = CacheDefault

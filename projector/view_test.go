@@ -213,9 +213,17 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 		{Durable: "same", HeartbeatDurable: "same"},
 		{Batch: BatchLimit + 1},
 		{Batch: -1},
+		// Negatives were read as their defaults, not refused (Linger's and
+		// Cache's turn them off, as documented).
+		{Writers: -1},
+		{AckWait: -time.Second},
+		{WriteTimeout: -time.Second},
+		{CheckEvery: -time.Second},
 	} {
 		require.ErrorIs(t, bad.validate(), ErrInvalidConfig, "%+v", bad)
 	}
+	off := Config{Linger: -1, Cache: -1}
+	require.NoError(t, off.validate(), "a negative linger or cache turns it off")
 }
 
 func TestCacheKeepsTheViewsStillMoving(t *testing.T) {
