@@ -21,16 +21,23 @@ const (
 	HangAfterDefault   = events.HangAfterDefault
 	CancelGraceDefault = time.Minute
 	MaxPerPassDefault  = 100
+	// HangAfterMin is the shortest hang-after, the CLI's too: workers beat
+	// six times per hang-after but not more often than every 10 ms, and stop
+	// a job out of contact for half of it, so that below a second one beat
+	// late on a loaded network fails a running job as hung, and at a
+	// millisecond every running job is.
+	HangAfterMin = time.Second
 	// ErrorCodeHung is the error code of an attempt failed as hung.
 	ErrorCodeHung = "hung"
 	// ErrorCodeCancelTimeout is the reason of a cancel no worker acknowledged.
 	ErrorCodeCancelTimeout = "cancel_timeout"
 )
 
-// DetectorConfig configures a Detector.
+// DetectorConfig configures a Detector. A zero field takes its default; a
+// negative one is refused with ErrInvalidConfig.
 type DetectorConfig struct {
 	// HangAfter: a running job with no sign of life for this long is hung.
-	// Default HangAfterDefault.
+	// Default HangAfterDefault; at least HangAfterMin.
 	HangAfter time.Duration
 	// CancelGrace: a canceling job that no worker acknowledged for this long
 	// is canceled by the detector. Default CancelGraceDefault.
@@ -57,13 +64,23 @@ func (c *DetectorConfig) validate() error {
 	if c.CancelGrace == 0 {
 		c.CancelGrace = CancelGraceDefault
 	}
-	if c.HangAfter < 0 || c.CancelGrace < 0 {
-		return fmt.Errorf("%w: negative hang-after or cancel grace", ErrInvalidConfig)
+	if c.HangAfter < HangAfterMin {
+		return fmt.Errorf("%w: hang-after %s, expected 0 (the default, %s) or at least %s", ErrInvalidConfig, c.HangAfter, HangAfterDefault, HangAfterMin)
 	}
-	if c.Every <= 0 {
+	if c.CancelGrace < 0 {
+		return fmt.Errorf("%w: cancel grace %s, expected 0 (the default, %s) or more", ErrInvalidConfig, c.CancelGrace, CancelGraceDefault)
+	}
+	// A negative is refused, not read as its default: it means nothing here.
+	if c.Every < 0 {
+		return fmt.Errorf("%w: pause between passes %s, expected 0 (the default, a tenth of the hang-after within 1-30 s) or more", ErrInvalidConfig, c.Every)
+	}
+	if c.Every == 0 {
 		c.Every = min(max(c.HangAfter/10, time.Second), 30*time.Second)
 	}
-	if c.MaxPerPass <= 0 {
+	if c.MaxPerPass < 0 {
+		return fmt.Errorf("%w: max per pass %d, expected 0 (the default, %d) or more", ErrInvalidConfig, c.MaxPerPass, MaxPerPassDefault)
+	}
+	if c.MaxPerPass == 0 {
 		c.MaxPerPass = MaxPerPassDefault
 	}
 	if c.Now == nil {

@@ -98,6 +98,31 @@ func TestServicesWithoutTheirPartsAreRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.ErrorIs(t, onDemand.Start(context.Background()), ErrInvalidConfig, "no leadership to take turns by")
 
+	// Negatives were read as their defaults, not refused; and a hang-after
+	// of a millisecond was taken, which fails every running job faster than
+	// a heartbeat can cross the network.
+	lead, err := NewLeadership(context.Background(), f.env.JS, "detector", "a", 0)
+	require.NoError(t, err)
+	for name, cfg := range map[string]DetectorConfig{
+		"a negative pause between passes": {Every: -time.Second},
+		"a negative max per pass":         {MaxPerPass: -1},
+		"a hang-after under its minimum":  {HangAfter: HangAfterMin - time.Millisecond},
+		"a hang-after of a millisecond":   {HangAfter: time.Millisecond},
+	} {
+		_, err = NewDetector(f.reader, f.m, f.hb, f.logs, lead, cfg)
+		require.ErrorIs(t, err, ErrInvalidConfig, name)
+	}
+	_, err = NewDetector(f.reader, f.m, f.hb, f.logs, lead, DetectorConfig{HangAfter: HangAfterMin})
+	require.NoError(t, err, "a hang-after at its minimum")
+	for name, cfg := range map[string]PurgerConfig{
+		"a negative purge pause": {Every: -time.Second},
+	} {
+		_, err = NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, cfg)
+		require.ErrorIs(t, err, ErrInvalidConfig, name)
+	}
+	_, err = NewPurger(f.reader, f.m, f.hb, f.logs, f.leftovers, nil, PurgerConfig{QueueIdleAfter: -1})
+	require.NoError(t, err, "a negative queue idle-after keeps every queue")
+
 	// A nil part (a jetstream.New whose error went unchecked) is said, not
 	// a nil pointer panic.
 	_, err = NewLeadership(context.Background(), nil, "detector", "a", 0)

@@ -25,7 +25,9 @@ const (
 	PurgeEveryDefault     = time.Minute
 )
 
-// PurgerConfig configures a Purger.
+// PurgerConfig configures a Purger. A zero field takes its default; a
+// negative one is refused with ErrInvalidConfig, except QueueIdleAfter's,
+// which keeps every queue.
 type PurgerConfig struct {
 	// OlderThan: finished jobs that completed longer ago are purged. Default RetainFinishedDefault.
 	OlderThan time.Duration
@@ -52,7 +54,12 @@ func (c *PurgerConfig) validate() error {
 	if c.OlderThan < 0 {
 		return fmt.Errorf("%w: negative retention %s", ErrInvalidConfig, c.OlderThan)
 	}
-	if c.Every <= 0 {
+	// A negative is refused, not read as its default: it means nothing here
+	// (QueueIdleAfter's alone keeps every queue).
+	if c.Every < 0 {
+		return fmt.Errorf("%w: pause between passes %s, expected 0 (the default, %s) or more", ErrInvalidConfig, c.Every, PurgeEveryDefault)
+	}
+	if c.Every == 0 {
 		c.Every = PurgeEveryDefault
 	}
 	if c.QueueIdleAfter == 0 {
