@@ -59,7 +59,8 @@ type QueuedJob struct {
 // JobLister lists the jobs in some states (the projector's views).
 type JobLister func(ctx context.Context, states []statemachine.State) ([]QueuedJob, error)
 
-// EnqueuerConfig configures an Enqueuer.
+// EnqueuerConfig configures an Enqueuer. A zero field takes its default; a
+// negative one is refused with ErrInvalidConfig.
 type EnqueuerConfig struct {
 	// Durable names the consumer over the event log, shared by every
 	// server so that they split the work. Default EnqueuerDurableDefault.
@@ -94,17 +95,28 @@ func (c *EnqueuerConfig) validate() error {
 	if c.TimersDurable == "" {
 		c.TimersDurable = TimersDurableDefault
 	}
-	if c.Batch <= 0 {
+	// A negative is refused, not read as its default, as PoolConfig's are.
+	if c.Batch < 0 {
+		return fmt.Errorf("%w: enqueuer batch %d, expected 0 (the default, %d) or more", ErrInvalidConfig, c.Batch, EnqueueBatchDefault)
+	}
+	if c.Batch == 0 {
 		c.Batch = EnqueueBatchDefault
 	}
-	if c.ReconcileEvery <= 0 {
-		c.ReconcileEvery = ReconcileEveryDefault
-	}
-	if c.ReconcileAge <= 0 {
-		c.ReconcileAge = ReconcileAgeDefault
-	}
-	if c.RewakeAfter <= 0 {
-		c.RewakeAfter = RewakeAfterDefault
+	for _, d := range []struct {
+		name  string
+		value *time.Duration
+		def   time.Duration
+	}{
+		{"reconcile every", &c.ReconcileEvery, ReconcileEveryDefault},
+		{"reconcile age", &c.ReconcileAge, ReconcileAgeDefault},
+		{"rewake after", &c.RewakeAfter, RewakeAfterDefault},
+	} {
+		if *d.value < 0 {
+			return fmt.Errorf("%w: %s %s, expected 0 (the default, %s) or more", ErrInvalidConfig, d.name, *d.value, d.def)
+		}
+		if *d.value == 0 {
+			*d.value = d.def
+		}
 	}
 	if c.Now == nil {
 		c.Now = time.Now

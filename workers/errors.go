@@ -30,6 +30,9 @@ var (
 	// laid out the work queue: none has run on that NATS yet, or an older
 	// one keeps its queue otherwise. Such a pool would serve nothing.
 	ErrNoQueues = errors.New("no jetjob work queue on this NATS server")
+	// ErrNoLogs: AttachLogs where no jetjob server laid out the job logs
+	// stream: none has run on that NATS yet.
+	ErrNoLogs = errors.New("no jetjob job logs stream on this NATS server")
 	// ErrNotRecorded: Stop could not record the result of some handlers, or
 	// hand back their jobs; those jobs stay running until the hang detector
 	// fails their attempt.

@@ -174,13 +174,17 @@ type Logs struct {
 	lost func(jobID string, err error)
 }
 
-// AttachLogs binds to the logs stream that EnsureTopology created.
+// AttachLogs binds to the logs stream that EnsureTopology created;
+// ErrNoLogs without it.
 func AttachLogs(ctx context.Context, js jetstream.JetStream) (*Logs, error) {
 	if js == nil {
 		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
 	}
 	s, err := js.Stream(ctx, LogsStream)
-	if err != nil {
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, fmt.Errorf("%w: stream %s is missing; start the jetjob server first", ErrNoLogs, LogsStream)
+	case err != nil:
 		return nil, fmt.Errorf("bind job logs: %w", err)
 	}
 	return &Logs{js: js, stream: s}, nil

@@ -1707,12 +1707,26 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 	require.ErrorIs(t, err, ErrInvalidConfig, "no machine")
 	_, err = NewEnqueuer(nil, f.m, EnqueuerConfig{})
 	require.ErrorIs(t, err, ErrInvalidConfig, "enqueuer without jetstream")
+	// Negatives were read as their defaults, not refused.
+	for name, cfg := range map[string]EnqueuerConfig{
+		"a negative enqueuer batch":  {Batch: -1},
+		"a negative reconcile every": {ReconcileEvery: -time.Second},
+		"a negative reconcile age":   {ReconcileAge: -time.Second},
+		"a negative rewake after":    {RewakeAfter: -time.Second},
+	} {
+		_, err = NewEnqueuer(f.env.JS, f.m, cfg)
+		require.ErrorIs(t, err, ErrInvalidConfig, name)
+	}
 	// The package's functions on a nil jetstream (a jetstream.New whose
 	// error went unchecked) say so rather than panic.
 	ctx := context.Background()
 	require.ErrorIs(t, EnsureTopology(ctx, nil), ErrInvalidConfig, "topology without jetstream")
 	_, err = AttachLogs(ctx, nil)
 	require.ErrorIs(t, err, ErrInvalidConfig, "logs without jetstream")
+	// On a NATS with JetStream but no jetjob, the job logs stream is
+	// missing: said with a sentinel, as ErrNoQueues is, not a raw 404.
+	_, err = AttachLogs(ctx, natstest.Start(t).JS)
+	require.ErrorIs(t, err, ErrNoLogs, "logs where no server laid them out")
 	_, err = AttachLeftovers(ctx, nil)
 	require.ErrorIs(t, err, ErrInvalidConfig, "leftovers without jetstream")
 	_, err = Queued(ctx, nil)
