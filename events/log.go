@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/internal/consume"
+	"github.com/jetjob/jetjob/internal/jsapi"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/provision"
 )
@@ -173,14 +174,18 @@ func StreamConfig(stream, subjectPrefix string) jetstream.StreamConfig {
 
 // Log appends events to jobs' histories and reads them back.
 type Log struct {
-	nc        *nats.Conn
-	js        jetstream.JetStream
-	cfg       Config
-	logger    *zap.Logger
-	reqs      chan *appendReq
-	done      chan struct{}
-	closeOnce sync.Once // closes done
-	closed    chan struct{}
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	cfg Config
+	// directGet and msgGet are the stream's direct get and message get
+	// subjects under js's API prefix (a domain's, through a leaf node),
+	// which the reads publish to on the connection.
+	directGet, msgGet string
+	logger            *zap.Logger
+	reqs              chan *appendReq
+	done              chan struct{}
+	closeOnce         sync.Once // closes done
+	closed            chan struct{}
 	// connClosed is closed when the connection closes: the acks of the
 	// appends published on their own and still in flight then never come
 	// (nats.go drops them without an error), so nobody waits for them.
@@ -266,13 +271,15 @@ func Attach(js jetstream.JetStream, cfg Config) (*Log, error) {
 
 func newLog(js jetstream.JetStream, cfg Config) *Log {
 	l := &Log{
-		nc:     js.Conn(),
-		js:     js,
-		cfg:    cfg,
-		logger: logging.OrNop(cfg.Logger, "events"),
-		reqs:   make(chan *appendReq, cfg.MaxBatch*cfg.Flushers*4),
-		done:   make(chan struct{}),
-		closed: make(chan struct{}),
+		nc:        js.Conn(),
+		js:        js,
+		cfg:       cfg,
+		directGet: jsapi.Prefix(js) + "DIRECT.GET." + cfg.Stream,
+		msgGet:    consume.MsgGetSubject(js, cfg.Stream),
+		logger:    logging.OrNop(cfg.Logger, "events"),
+		reqs:      make(chan *appendReq, cfg.MaxBatch*cfg.Flushers*4),
+		done:      make(chan struct{}),
+		closed:    make(chan struct{}),
 	}
 	l.streamed.Store(cfg.appends() == AppendsStreamed)
 	l.watchConn()
@@ -1136,7 +1143,7 @@ type leaderAnswer struct {
 func (l *Log) leaderLastSeq(ctx context.Context, jobID string) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.PublishTimeout)
 	defer cancel()
-	last, err := consume.LastSeqOnLeader(ctx, l.nc, l.cfg.Stream, l.Subject(jobID))
+	last, err := consume.LastSeqOnLeader(ctx, l.nc, l.msgGet, l.Subject(jobID))
 	if err != nil {
 		return 0, fmt.Errorf("last sequence of job %s: %w", jobID, err)
 	}
@@ -1184,7 +1191,7 @@ func (l *Log) LoadAfter(ctx context.Context, jobID string, after uint64) ([]Reco
 			NextFor string `json:"next_by_subj"`
 			Batch   int    `json:"batch"`
 		}{from, subject, loadPageSize})
-		if err := l.nc.PublishRequest("$JS.API.DIRECT.GET."+l.cfg.Stream, in.subject, req); err != nil {
+		if err := l.nc.PublishRequest(l.directGet, in.subject, req); err != nil {
 			return nil, fmt.Errorf("load job %s: %w", jobID, err)
 		}
 		more := false
@@ -1372,7 +1379,7 @@ func (l *Log) last(ctx context.Context, jobID, what string) (uint64, time.Time, 
 	defer func() { in.close() }()
 	var unavailableSince time.Time
 	for {
-		if err := l.nc.PublishRequest("$JS.API.DIRECT.GET."+l.cfg.Stream+"."+l.Subject(jobID), in.subject, nil); err != nil {
+		if err := l.nc.PublishRequest(l.directGet+"."+l.Subject(jobID), in.subject, nil); err != nil {
 			return 0, time.Time{}, fmt.Errorf("%s of job %s: %w", what, jobID, err)
 		}
 		m, err := l.answer(ctx, in)

@@ -449,7 +449,7 @@ func (p *Projector) read(ctx context.Context, id string) (stored, error) {
 // kvMsg is a write of a view that the bucket accepts only if the key is
 // still at rev (0: the key has no entry), as the bucket's own Update does.
 func (p *Projector) kvMsg(id string, data []byte, rev uint64) *nats.Msg {
-	m := nats.NewMsg(p.kvSubject(id))
+	m := nats.NewMsg(p.kvPut + id)
 	m.Data = data
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
 	return m

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/consume"
+	"github.com/jetjob/jetjob/internal/jsapi"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/statemachine"
@@ -178,6 +179,10 @@ type Projector struct {
 	hb     *events.Heartbeats
 	cfg    Config
 	logger *zap.Logger
+	// kvPut prefixes the subjects views are written to: under js's API
+	// prefix when it has its own (a domain's, through a leaf node, where
+	// $KV.> is denied), as nats.go's KeyValue writes.
+	kvPut string
 	// folded, when set (by tests), runs between a rebuild's fold and its
 	// writes, where other writers may act.
 	folded func()
@@ -218,7 +223,7 @@ func New(js jetstream.JetStream, log *events.Log, hb *events.Heartbeats, cfg Con
 		return nil, fmt.Errorf("%w: jetstream, log and heartbeats are required", ErrInvalidConfig)
 	}
 	return &Projector{js: js, log: log, hb: hb, cfg: cfg, logger: logging.OrNop(cfg.Logger, "projector"),
-		cache: map[string]stored{}}, nil
+		kvPut: jsapi.KVPut(js, cfg.Bucket), cache: map[string]stored{}}, nil
 }
 
 func (p *Projector) kvSubject(id string) string { return "$KV." + p.cfg.Bucket + "." + id }

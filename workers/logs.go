@@ -170,6 +170,8 @@ func (r readLines) again(l LogLine) bool {
 type Logs struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
+	// msgGet is the stream's message get subject under js's API prefix.
+	msgGet string
 	// lost hears a line appendAsync could not send; nil for none.
 	lost func(jobID string, err error)
 }
@@ -187,7 +189,7 @@ func AttachLogs(ctx context.Context, js jetstream.JetStream) (*Logs, error) {
 	case err != nil:
 		return nil, fmt.Errorf("bind job logs: %w", err)
 	}
-	return &Logs{js: js, stream: s}, nil
+	return &Logs{js: js, stream: s, msgGet: consume.MsgGetSubject(js, LogsStream)}, nil
 }
 
 func logSubject(jobID string) string { return logPrefix + jobID }
@@ -540,7 +542,7 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 func (l *Logs) leaderLastSeq(ctx context.Context, jobID string) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, leaderAskTimeout)
 	defer cancel()
-	last, err := consume.LastSeqOnLeader(ctx, l.js.Conn(), LogsStream, logSubject(jobID))
+	last, err := consume.LastSeqOnLeader(ctx, l.js.Conn(), l.msgGet, logSubject(jobID))
 	if err != nil {
 		return 0, fmt.Errorf("last line of job %s: %w", jobID, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/jsapi"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/statemachine"
@@ -357,9 +358,11 @@ func (p *Pool) Start(ctx context.Context) error {
 	}
 	// Log lines are sent without waiting for their acks: the failures are
 	// heard here, or a job's lines went missing unsaid. A server whose disk
-	// is full does not answer, hence the timeout.
+	// is full does not answer, hence the timeout. The handle is the pool's
+	// own, for these options, under the API prefix of the one it was given
+	// (a domain's, through a leaf node).
 	lineLost := func(jobID string, err error) { p.lineTrouble.add(err, zap.String("job", jobID)) }
-	logJS, err := jetstream.New(p.nc, jetstream.WithPublishAsyncTimeout(p.logAckTimeout),
+	logJS, err := jsapi.New(p.nc, p.js, jetstream.WithPublishAsyncTimeout(p.logAckTimeout),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
 			lineLost(m.Subject[len(logPrefix):], err)
 		}))

@@ -221,3 +221,29 @@ func TestABatchFailingAgainIsSaidOnce(t *testing.T) {
 	require.Equal(t, "a failed batch went through", logs.All()[1].Message)
 	require.Equal(t, int64(4), logs.All()[1].ContextMap()["tries"])
 }
+
+// The leader's message get goes by the handle's API prefix: through a leaf
+// node, a domain's, the plain $JS.API. being denied there.
+func TestLastSeqOnLeaderGoesByTheHandlesDomain(t *testing.T) {
+	ctx := context.Background()
+	leafed := natstest.StartLeafed(t, "hub")
+	nc, js := leafed.Connect(t)
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "LEADER", Subjects: []string{"leader.>"}})
+	require.NoError(t, err)
+	for range 2 {
+		_, err := js.Publish(ctx, "leader.a", nil)
+		require.NoError(t, err)
+	}
+	msgGet := MsgGetSubject(js, "LEADER")
+	require.Equal(t, "$JS.hub.API.STREAM.MSG.GET.LEADER", msgGet)
+	last, err := LastSeqOnLeader(ctx, nc, msgGet, "leader.a")
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), last)
+	last, err = LastSeqOnLeader(ctx, nc, msgGet, "leader.none")
+	require.NoError(t, err)
+	require.Zero(t, last)
+
+	// Without a domain, as before.
+	_, plain := natstest.Connect(t, leafed.HubURL)
+	require.Equal(t, "$JS.API.STREAM.MSG.GET.LEADER", MsgGetSubject(plain, "LEADER"))
+}
