@@ -47,13 +47,16 @@ func dial(ctx context.Context, fs *flagSet) (*client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the jetjob server at %s (start one with 'jetjob server' or 'jetjob dev', or set --server): %v", clip(server.RedactURL(url)), err)
 	}
-	js, err := jetstream.New(nc)
+	js, err := fs.auth.jetStream(nc)
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	if err := findLog(ctx, js); err != nil {
 		nc.Close()
+		if provision.NoJetStream(err) {
+			return nil, fmt.Errorf("no JetStream answered at %s, which jetjob needs: %w", clip(server.RedactURL(url)), err)
+		}
 		if !provision.Transient(err) {
 			return nil, fmt.Errorf("no jetjob event log at %s (is a 'jetjob server' running there?): %v", clip(server.RedactURL(url)), err)
 		}

@@ -117,7 +117,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	} else if given := auth.onCommandLine(); len(given) > 0 {
 		// Their variables, set for the CLI's commands, are no reason to
 		// refuse a run on embedded servers.
-		return usageErr("%s: for the NATS of --server only; the embedded servers take no credentials or TLS settings, expected no %s",
+		return usageErr("%s: for the NATS of --server only; the embedded servers take no credentials, TLS settings or JetStream domain, expected no %s",
 			strings.Join(given, ", "), strings.Join(given, " or "))
 	}
 	// A flag that no scenario of the run reads is a mistake, not a no-op.
@@ -203,6 +203,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		if cfg.NATSOptions, err = auth.options(); err != nil {
 			return err
 		}
+		cfg.JSDomain = auth.jsDomain
 	}
 	cfg.Scenarios, cfg.Fsyncs, cfg.NATSURL, cfg.JSON = scenarios, fsyncs, *natsURL, *output == "json"
 	cfg.Progress = os.Stderr

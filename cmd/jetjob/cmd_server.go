@@ -74,7 +74,7 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) (func() err
 			// Their variables, set for the CLI's commands, are no
 			// reason to refuse a server that needs none.
 			if given := auth.onCommandLine(); len(given) > 0 {
-				return usageErr("%s: for the NATS of --nats only; the embedded server takes no credentials or TLS settings, expected no %s",
+				return usageErr("%s: for the NATS of --nats only; the embedded server takes no credentials, TLS settings or JetStream domain, expected no %s",
 					strings.Join(given, ", "), strings.Join(given, " or "))
 			}
 			if o.Replicas > 1 {
@@ -96,6 +96,7 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) (func() err
 			return err
 		}
 		o.NATSOptions, err = auth.options()
+		o.JSDomain = auth.jsDomain
 		return err
 	}, auth
 }
@@ -195,7 +196,7 @@ func stopUnlessSignaled(stop func()) error {
 // startServer parses the flags that `jetjob server` and `jetjob dev` share
 // and starts a server with them; its options carry the logger made for it.
 func startServer(ctx context.Context, name, defaultDir string, args []string) (*server.Server, server.Options, *natsAuth, error) {
-	fs := newFlags(name, "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] [--batch-staging memory|disk] | [--nats URL [--replicas N] [--creds F | --nkey F] [--tls-ca F] [--tls-cert F --tls-key F] [--tls-first]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
+	fs := newFlags(name, "[--data DIR] [--listen HOST:PORT] [--fsync always|interval] [--batch-staging memory|disk] | [--nats URL [--replicas N] [--creds F | --nkey F] [--tls-ca F] [--tls-cert F --tls-key F] [--tls-first] [--js-domain D]] [--hang-after D] [--cancel-grace D] [--retain D] [--purge-every D] [--queue-idle-after D] [-v]", false)
 	var o server.Options
 	finish, auth := serverFlags(fs, &o, defaultDir)
 	verbose := fs.Bool("v", false, "debug logging, the embedded NATS server's own notices included (its warnings and errors are always logged)")

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
@@ -104,7 +103,7 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("cannot reach the jetjob server at %s: %v", clip(server.RedactURL(fs.server)), err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := fs.auth.jetStream(nc)
 	if err != nil {
 		return err
 	}

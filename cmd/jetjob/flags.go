@@ -287,6 +287,7 @@ var emptyExpected = map[string]string{
 	"delay":        "a duration such as 30s, or no --delay to run the job now",
 	"file":         "a file name ('-' for stdin)",
 	"id":           "a worker ID, or no --id for one made of host, pid and a random part",
+	"js-domain":    "a JetStream domain such as hub, or no --js-domain for the plain JetStream API",
 	"key":          "a key, or no --key for a job without one",
 	"nkey":         "a file name holding an NKey seed, or no --nkey",
 	"nats":         "a NATS URL such as nats://127.0.0.1:4222, or no --nats for the embedded server",

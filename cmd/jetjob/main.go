@@ -11,6 +11,9 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Exit codes, documented in the README.
@@ -101,6 +104,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			if errors.Is(err, errHelp) {
 				return exitOK
 			}
+			err = leafHint(err)
 			fmt.Fprintf(stderr, "jetjob %s: %s\n", c.name, oneLine(err))
 			return exitCode(err)
 		}
@@ -163,4 +167,15 @@ func stopSignals() []os.Signal {
 		sigs = append(sigs, syscall.SIGHUP)
 	}
 	return sigs
+}
+
+// leafHint adds to an error of a JetStream that did not answer at all what
+// a NATS reached through a leaf node needs: there the plain API goes
+// unanswered, and JetStream answers only by its domain's, which no error
+// of nats.go's names.
+func leafHint(err error) error {
+	if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
+		return err
+	}
+	return fmt.Errorf("%w (a JetStream reached through a leaf node answers only by its domain: check --js-domain or JETJOB_JS_DOMAIN)", err)
 }

@@ -13,22 +13,28 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/jetjob/jetjob/internal/server"
 )
 
-// natsAuth holds how a command proves who it is to a NATS, and which TLS
-// certificates it trusts and shows: the flags every command that connects
-// to a NATS takes, each with a JETJOB_ variable as its default, as
-// --server has JETJOB_SERVER.
+// natsAuth holds how a command proves who it is to a NATS, which TLS
+// certificates it trusts and shows, and the JetStream domain it reaches
+// JetStream by: the flags every command that connects to a NATS takes,
+// each with a JETJOB_ variable as its default, as --server has
+// JETJOB_SERVER.
 type natsAuth struct {
 	fs                                  *flagSet
 	creds, nkey, tlsCA, tlsCert, tlsKey string
 	tlsFirst                            bool
+	// jsDomain: JetStream is reached by $JS.<jsDomain>.API., as through a
+	// leaf node, rather than by $JS.API.; empty for the plain API.
+	jsDomain string
 	// tlsFirstEnv is JETJOB_TLS_FIRST as given, read in options: a bad
 	// value is a usage error, which a flag's default cannot return.
 	tlsFirstEnv string
@@ -42,6 +48,7 @@ var authEnv = map[string]string{
 	"tls-cert":  "JETJOB_TLS_CERT",
 	"tls-key":   "JETJOB_TLS_KEY",
 	"tls-first": "JETJOB_TLS_FIRST",
+	"js-domain": "JETJOB_JS_DOMAIN",
 }
 
 // authFlags defines the flags on fs; what says which NATS they are for.
@@ -53,6 +60,7 @@ func authFlags(fs *flagSet, what string) *natsAuth {
 	fs.StringVar(&a.tlsCert, "tls-cert", os.Getenv(authEnv["tls-cert"]), "PEM client certificate shown to "+what+" (mutual TLS), with --tls-key (env JETJOB_TLS_CERT)")
 	fs.StringVar(&a.tlsKey, "tls-key", os.Getenv(authEnv["tls-key"]), "PEM private key of --tls-cert (env JETJOB_TLS_KEY)")
 	fs.BoolVar(&a.tlsFirst, "tls-first", false, "start the connection to "+what+" with the TLS handshake, as a NATS set to handshake_first asks (env JETJOB_TLS_FIRST)")
+	fs.StringVar(&a.jsDomain, "js-domain", os.Getenv(authEnv["js-domain"]), "JetStream domain of the jetjob server's JetStream, reached through "+what+" as through a leaf node (env JETJOB_JS_DOMAIN)")
 	return a
 }
 
@@ -89,6 +97,11 @@ func (a *natsAuth) options() ([]nats.Option, error) {
 			return nil, usageErr("JETJOB_TLS_FIRST=%s, expected true or false", quoteShort(a.tlsFirstEnv))
 		}
 		a.tlsFirst = v
+	}
+	if a.jsDomain != "" && strings.ContainsFunc(a.jsDomain, func(r rune) bool {
+		return r == '.' || r == '*' || r == '>' || unicode.IsSpace(r) || !unicode.IsPrint(r)
+	}) {
+		return nil, usageErr("%s %s is no JetStream domain, expected the name the hub's jetstream block gives (domain: hub), without ., *, > or spaces", a.source("js-domain"), quoteShort(a.jsDomain))
 	}
 	var opts []nats.Option
 	if a.creds != "" && a.nkey != "" {
@@ -143,6 +156,16 @@ func (a *natsAuth) options() ([]nats.Option, error) {
 }
 
 func (a *natsAuth) sourceIsFlag(name string) bool { return a.source(name) == flagName(name) }
+
+// jetStream makes the JetStream handle of a connection made with options'
+// options: by the domain's API prefix when --js-domain gives one, and
+// everything jetjob builds on the handle goes that way.
+func (a *natsAuth) jetStream(nc *nats.Conn, opts ...jetstream.JetStreamOpt) (jetstream.JetStream, error) {
+	if a != nil && a.jsDomain != "" {
+		return jetstream.NewWithDomain(nc, a.jsDomain, opts...)
+	}
+	return jetstream.New(nc, opts...)
+}
 
 // readAuthFile reads a file a flag names, or says why it cannot.
 func readAuthFile(from, path string) ([]byte, error) {
@@ -263,6 +286,9 @@ func (a *natsAuth) exports() []string {
 	}
 	if a.tlsFirst {
 		out = append(out, authEnv["tls-first"]+"=true")
+	}
+	if a.jsDomain != "" {
+		out = append(out, authEnv["js-domain"]+"="+shellWord(a.jsDomain))
 	}
 	return out
 }

@@ -109,6 +109,9 @@ type Config struct {
 	// NATSOptions are added to every connection to the NATS at NATSURL:
 	// its credentials and TLS.
 	NATSOptions []nats.Option
+	// JSDomain is the JetStream domain of the NATS at NATSURL (its API
+	// $JS.<domain>.API., as through a leaf node); empty for the plain API.
+	JSDomain string
 	// Fsyncs: the durability settings compared on embedded servers; default
 	// both, the default (always) first. Scenarios that measure one setting
 	// use the first.
@@ -194,6 +197,9 @@ func (c *Config) validate() error {
 	}
 	if len(c.Fsyncs) == 0 {
 		c.Fsyncs = []string{natsserver.FsyncAlways, natsserver.FsyncInterval}
+	}
+	if c.JSDomain != "" && c.NATSURL == "" {
+		return fmt.Errorf("bench config: JetStream domain %q without a NATS URL: the embedded servers have none", c.JSDomain)
 	}
 	if c.NATSURL != "" {
 		// The external server's own setting decides.
@@ -330,7 +336,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 			// %w: the CLI tells a refusal (credentials, TLS) by its cause.
 			return nil, fmt.Errorf("cannot reach NATS at %s (is it running?): %w", server.RedactURL(cfg.NATSURL), connectErr)
 		}
-		state, lookErr := eventLogState(ctx, nc)
+		state, lookErr := eventLogState(ctx, nc, cfg.JSDomain)
 		nc.Close()
 		if lookErr != nil {
 			return nil, fmt.Errorf("NATS at %s: %w", server.RedactURL(cfg.NATSURL), lookErr)
@@ -419,8 +425,8 @@ const (
 
 // eventLogState says whether jetjob's event log is on the NATS. A NATS, or
 // an account of it, without JetStream is an error.
-func eventLogState(ctx context.Context, nc *nats.Conn) (logState, error) {
-	js, err := jetstream.New(nc)
+func eventLogState(ctx context.Context, nc *nats.Conn, jsDomain string) (logState, error) {
+	js, err := jetStream(nc, jsDomain)
 	if err != nil {
 		return logUnknown, err
 	}
@@ -582,6 +588,7 @@ func (r *Runner) withServer(ctx context.Context, fsync string, opts server.Optio
 		// (a hang-after of a second in the ops scenario, a week's
 		// retention) would fail and delete its jobs.
 		opts.NATSURL, opts.NATSOptions, opts.NoMaintenance, opts.NATSErrors = r.cfg.NATSURL, r.cfg.NATSOptions, true, r.cfg.NATSErrors
+		opts.JSDomain = r.cfg.JSDomain
 	} else {
 		dir, err := os.MkdirTemp("", "jetjob-bench-")
 		if err != nil {
@@ -643,7 +650,7 @@ func (r *Runner) cleanUpServer(ctx context.Context, cutShort bool) {
 			return err
 		}
 		defer nc.Close()
-		js, err := jetstream.New(nc)
+		js, err := jetStream(nc, r.cfg.JSDomain)
 		if err != nil {
 			return err
 		}
@@ -768,4 +775,13 @@ func procStatus(field string) float64 {
 		}
 	}
 	return 0
+}
+
+// jetStream is the JetStream handle of a connection to the NATS, by the
+// domain's API prefix when the run is given one.
+func jetStream(nc *nats.Conn, domain string) (jetstream.JetStream, error) {
+	if domain != "" {
+		return jetstream.NewWithDomain(nc, domain)
+	}
+	return jetstream.New(nc)
 }

@@ -539,3 +539,10 @@ no_auth_user: other
 	require.ErrorContains(t, err, "NATS at "+env.URL+": no JetStream for this connection's account there, which jetjob needs")
 	require.Empty(t, progress.String())
 }
+
+// A JetStream domain is an external NATS's: the embedded servers have none.
+func TestADomainNeedsAnExternalNATS(t *testing.T) {
+	cfg := Config{JSDomain: "hub"}
+	require.ErrorContains(t, cfg.validate(), `JetStream domain "hub" without a NATS URL`)
+	validConfig(t, Config{NATSURL: "nats://127.0.0.1:4222", JSDomain: "hub"})
+}

@@ -174,7 +174,7 @@ func (r *Runner) workerProcess(ctx context.Context, s *server.Server) (jetstream
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("connect a worker: %w", err)
 	}
-	js, err := jetstream.New(nc)
+	js, err := jetStream(nc, r.cfg.JSDomain)
 	if err == nil {
 		var lg *events.Log
 		if lg, err = events.Attach(js, events.Config{Relay: true, Logger: r.logger}); err == nil {

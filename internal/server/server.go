@@ -50,6 +50,10 @@ type Options struct {
 	// credentials and TLS (nats.UserCredentials, nats.RootCAs...). The
 	// embedded server takes none.
 	NATSOptions []nats.Option
+	// JSDomain is the JetStream domain of the NATS at NATSURL, whose API
+	// is then $JS.<domain>.API., as a NATS reached through a leaf node
+	// serves it; empty for the plain API. The embedded server has none.
+	JSDomain string
 	// Fsync is natsserver.FsyncAlways (default) or natsserver.FsyncInterval.
 	Fsync string
 	// BatchStaging is where the embedded server stages the event log's
@@ -135,6 +139,9 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	if o.Replicas < 0 || o.Replicas > provision.ReplicasMax || o.NATSURL == "" && o.Replicas > 1 {
 		return s, fmt.Errorf("%w: %d replicas, expected 0-%d, and at most 1 on the embedded server", ErrInvalidOptions, o.Replicas, provision.ReplicasMax)
 	}
+	if o.NATSURL == "" && o.JSDomain != "" {
+		return s, fmt.Errorf("%w: JetStream domain %q without a NATS URL: the embedded server has no domain", ErrInvalidOptions, o.JSDomain)
+	}
 	if o.NATSURL == "" {
 		srv, err := natsserver.Start(natsserver.Config{DataDir: o.DataDir, Listen: o.Listen, Fsync: o.Fsync, BatchStaging: o.BatchStaging, Logger: o.Logger})
 		if err != nil {
@@ -168,7 +175,12 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		return s, fmt.Errorf("connect to NATS at %s: %w", RedactURL(s.URL), err)
 	}
 	s.stops = append(s.stops, s.NC.Close)
-	js, err := jetstream.New(s.NC, jetstream.WithPublishAsyncMaxPending(1<<16))
+	var js jetstream.JetStream
+	if o.JSDomain != "" {
+		js, err = jetstream.NewWithDomain(s.NC, o.JSDomain, jetstream.WithPublishAsyncMaxPending(1<<16))
+	} else {
+		js, err = jetstream.New(s.NC, jetstream.WithPublishAsyncMaxPending(1<<16))
+	}
 	if err != nil {
 		return s, err
 	}

@@ -257,3 +257,26 @@ func TestAStartOnAnExternalNATSTakesItsOptions(t *testing.T) {
 	require.NoError(t, err)
 	s.Stop()
 }
+
+// A server on a NATS reached through a leaf node makes and serves
+// everything by the hub's JetStream domain; the embedded server, which has
+// none, refuses one.
+func TestAStartThroughALeafNodeGoesByItsDomain(t *testing.T) {
+	l := natstest.StartLeafed(t, "hub")
+	// Generous: through the leaf, the hub queues each API request, and a
+	// loaded machine answers them slowly.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	s, err := Start(ctx, Options{NATSURL: l.LeafURL, JSDomain: "hub", NoMaintenance: true})
+	require.NoError(t, err)
+	defer s.Stop()
+	j, _, err := s.Machine.Submit(ctx, statemachine.SubmitParams{Type: "leaf"})
+	require.NoError(t, err)
+	natstest.Eventually(t, time.Minute, func() bool {
+		v, err := s.Reader.Get(ctx, j.ID)
+		return err == nil && v.State == statemachine.StatePending
+	}, "the view of job %s", j.ID)
+
+	_, err = Start(ctx, Options{DataDir: t.TempDir(), Listen: "127.0.0.1:0", JSDomain: "hub"})
+	require.ErrorIs(t, err, ErrInvalidOptions)
+}
