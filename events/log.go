@@ -1,6 +1,7 @@
 package events
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/jetjob/jetjob/internal/config"
 	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/internal/jsapi"
 	"github.com/jetjob/jetjob/internal/logging"
@@ -114,23 +116,13 @@ func (c *Config) validate() error {
 	if c.MaxBatch < 1 || c.MaxBatch > MaxBatchLimit {
 		return fmt.Errorf("%w: max batch %d, expected 1-%d", ErrInvalidConfig, c.MaxBatch, MaxBatchLimit)
 	}
-	// A negative is refused, not read as its default: it means nothing
-	// here (Linger's negative alone turns something off).
-	for _, n := range []struct {
-		name  string
-		value *int
-		def   int
-	}{
-		{"min batch", &c.MinBatch, MinBatchDefault},
-		{"flushers", &c.Flushers, FlushersDefault},
-		{"publish retries", &c.PublishRetries, PublishRetriesDefault},
-	} {
-		if *n.value < 0 {
-			return fmt.Errorf("%w: %s %d, expected 0 (the default, %d) or more", ErrInvalidConfig, n.name, *n.value, n.def)
-		}
-		if *n.value == 0 {
-			*n.value = n.def
-		}
+	// Linger's negative alone turns something off; theirs are refused.
+	if err := cmp.Or(
+		config.Default(ErrInvalidConfig, "min batch", &c.MinBatch, MinBatchDefault),
+		config.Default(ErrInvalidConfig, "flushers", &c.Flushers, FlushersDefault),
+		config.Default(ErrInvalidConfig, "publish retries", &c.PublishRetries, PublishRetriesDefault),
+	); err != nil {
+		return err
 	}
 	if c.Linger == 0 {
 		c.Linger = LingerDefault
@@ -138,13 +130,7 @@ func (c *Config) validate() error {
 	if c.Linger > LingerLimit {
 		return fmt.Errorf("%w: linger %s, expected at most %s", ErrInvalidConfig, c.Linger, LingerLimit)
 	}
-	if c.PublishTimeout < 0 {
-		return fmt.Errorf("%w: publish timeout %s, expected 0 (the default, %s) or more", ErrInvalidConfig, c.PublishTimeout, PublishTimeoutDefault)
-	}
-	if c.PublishTimeout == 0 {
-		c.PublishTimeout = PublishTimeoutDefault
-	}
-	return nil
+	return config.Default(ErrInvalidConfig, "publish timeout", &c.PublishTimeout, PublishTimeoutDefault)
 }
 
 // StreamConfig is the events stream: limits retention, file storage, one

@@ -1,6 +1,7 @@
 package maintenance
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/config"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
@@ -61,27 +63,16 @@ func (c *DetectorConfig) validate() error {
 	if c.HangAfter == 0 {
 		c.HangAfter = HangAfterDefault
 	}
-	if c.CancelGrace == 0 {
-		c.CancelGrace = CancelGraceDefault
-	}
 	if c.HangAfter < HangAfterMin {
 		return fmt.Errorf("%w: hang-after %s, expected 0 (the default, %s) or at least %s", ErrInvalidConfig, c.HangAfter, HangAfterDefault, HangAfterMin)
 	}
-	if c.CancelGrace < 0 {
-		return fmt.Errorf("%w: cancel grace %s, expected 0 (the default, %s) or more", ErrInvalidConfig, c.CancelGrace, CancelGraceDefault)
-	}
-	// A negative is refused, not read as its default: it means nothing here.
-	if c.Every < 0 {
-		return fmt.Errorf("%w: pause between passes %s, expected 0 (the default, a tenth of the hang-after within 1-30 s) or more", ErrInvalidConfig, c.Every)
-	}
-	if c.Every == 0 {
-		c.Every = min(max(c.HangAfter/10, time.Second), 30*time.Second)
-	}
-	if c.MaxPerPass < 0 {
-		return fmt.Errorf("%w: max per pass %d, expected 0 (the default, %d) or more", ErrInvalidConfig, c.MaxPerPass, MaxPerPassDefault)
-	}
-	if c.MaxPerPass == 0 {
-		c.MaxPerPass = MaxPerPassDefault
+	if err := cmp.Or(
+		config.Default(ErrInvalidConfig, "cancel grace", &c.CancelGrace, CancelGraceDefault),
+		config.DefaultSaid(ErrInvalidConfig, "pause between passes", &c.Every,
+			min(max(c.HangAfter/10, time.Second), 30*time.Second), "a tenth of the hang-after within 1-30 s"),
+		config.Default(ErrInvalidConfig, "max per pass", &c.MaxPerPass, MaxPerPassDefault),
+	); err != nil {
+		return err
 	}
 	if c.Now == nil {
 		c.Now = time.Now

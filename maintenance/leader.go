@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/jetjob/jetjob/internal/config"
 	"github.com/jetjob/jetjob/internal/provision"
 )
 
@@ -52,11 +53,8 @@ func NewLeadership(ctx context.Context, js jetstream.JetStream, role, id string,
 	if id == "" {
 		return nil, fmt.Errorf("%w: leadership contender id is empty", ErrInvalidConfig)
 	}
-	if ttl < 0 {
-		return nil, fmt.Errorf("%w: leadership ttl %s, expected 0 (the default) or more", ErrInvalidConfig, ttl)
-	}
-	if ttl == 0 {
-		ttl = LeaderTTLDefault
+	if err := config.Default(ErrInvalidConfig, "leadership ttl", &ttl, LeaderTTLDefault); err != nil {
+		return nil, err
 	}
 	if existing, err := js.KeyValue(ctx, LeadersBucketDefault); err == nil {
 		status, err := existing.Status(ctx)

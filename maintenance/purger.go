@@ -1,6 +1,7 @@
 package maintenance
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/config"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/provision"
 	"github.com/jetjob/jetjob/projector"
@@ -48,19 +50,12 @@ type PurgerConfig struct {
 }
 
 func (c *PurgerConfig) validate() error {
-	if c.OlderThan == 0 {
-		c.OlderThan = RetainFinishedDefault
-	}
-	if c.OlderThan < 0 {
-		return fmt.Errorf("%w: negative retention %s", ErrInvalidConfig, c.OlderThan)
-	}
-	// A negative is refused, not read as its default: it means nothing here
-	// (QueueIdleAfter's alone keeps every queue).
-	if c.Every < 0 {
-		return fmt.Errorf("%w: pause between passes %s, expected 0 (the default, %s) or more", ErrInvalidConfig, c.Every, PurgeEveryDefault)
-	}
-	if c.Every == 0 {
-		c.Every = PurgeEveryDefault
+	// QueueIdleAfter's negative alone keeps every queue; theirs are refused.
+	if err := cmp.Or(
+		config.Default(ErrInvalidConfig, "retention", &c.OlderThan, RetainFinishedDefault),
+		config.Default(ErrInvalidConfig, "pause between passes", &c.Every, PurgeEveryDefault),
+	); err != nil {
+		return err
 	}
 	if c.QueueIdleAfter == 0 {
 		c.QueueIdleAfter = workers.QueueIdleAfterDefault

@@ -1,6 +1,7 @@
 package projector
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/config"
 	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/internal/jsapi"
 	"github.com/jetjob/jetjob/internal/logging"
@@ -142,29 +144,15 @@ func (c *Config) validate() error {
 	if c.Linger > LingerLimit {
 		return fmt.Errorf("%w: linger %s, expected at most %s", ErrInvalidConfig, c.Linger, LingerLimit)
 	}
-	// A negative is refused, not read as its default: it means nothing
-	// here (Linger's and Cache's alone turn something off).
-	if c.Writers < 0 {
-		return fmt.Errorf("%w: writers %d, expected 0 (the default, %d) or more", ErrInvalidConfig, c.Writers, WritersDefault)
-	}
-	if c.Writers == 0 {
-		c.Writers = WritersDefault
-	}
-	for _, d := range []struct {
-		name  string
-		value *time.Duration
-		def   time.Duration
-	}{
-		{"ack wait", &c.AckWait, AckWaitDefault},
-		{"write timeout", &c.WriteTimeout, WriteTimeoutDefault},
-		{"check every", &c.CheckEvery, CheckEveryDefault},
-	} {
-		if *d.value < 0 {
-			return fmt.Errorf("%w: %s %s, expected 0 (the default, %s) or more", ErrInvalidConfig, d.name, *d.value, d.def)
-		}
-		if *d.value == 0 {
-			*d.value = d.def
-		}
+	// Linger's and Cache's negatives alone turn something off; theirs are
+	// refused.
+	if err := cmp.Or(
+		config.Default(ErrInvalidConfig, "writers", &c.Writers, WritersDefault),
+		config.Default(ErrInvalidConfig, "ack wait", &c.AckWait, AckWaitDefault),
+		config.Default(ErrInvalidConfig, "write timeout", &c.WriteTimeout, WriteTimeoutDefault),
+		config.Default(ErrInvalidConfig, "check every", &c.CheckEvery, CheckEveryDefault),
+	); err != nil {
+		return err
 	}
 	if c.Cache == 0 {
 		c.Cache = CacheDefault

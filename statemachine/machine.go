@@ -1,6 +1,7 @@
 package statemachine
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/config"
 	"github.com/jetjob/jetjob/internal/logging"
 )
 
@@ -37,34 +39,13 @@ type Config struct {
 }
 
 func (c *Config) validate() error {
-	if c.MaxPayload == 0 {
-		c.MaxPayload = MaxPayloadDefault
-	}
-	if c.MaxPayload < 0 {
-		return fmt.Errorf("%w: max payload %d, expected > 0", ErrInvalidConfig, c.MaxPayload)
-	}
-	// A negative is refused, not read as its default: it means nothing
-	// here, and a caller who wrote one meant something else.
-	if c.ConflictRetries < 0 {
-		return fmt.Errorf("%w: conflict retries %d, expected 0 (the default, %d) or more", ErrInvalidConfig, c.ConflictRetries, ConflictRetriesDefault)
-	}
-	if c.ConflictRetries == 0 {
-		c.ConflictRetries = ConflictRetriesDefault
-	}
-	for _, d := range []struct {
-		name  string
-		value *time.Duration
-		def   time.Duration
-	}{
-		{"backoff base", &c.Backoff.Base, BackoffBaseDefault},
-		{"backoff cap", &c.Backoff.Cap, BackoffCapDefault},
-	} {
-		if *d.value < 0 {
-			return fmt.Errorf("%w: %s %s, expected 0 (the default, %s) or more", ErrInvalidConfig, d.name, *d.value, d.def)
-		}
-		if *d.value == 0 {
-			*d.value = d.def
-		}
+	if err := cmp.Or(
+		config.Default(ErrInvalidConfig, "max payload", &c.MaxPayload, MaxPayloadDefault),
+		config.Default(ErrInvalidConfig, "conflict retries", &c.ConflictRetries, ConflictRetriesDefault),
+		config.Default(ErrInvalidConfig, "backoff base", &c.Backoff.Base, BackoffBaseDefault),
+		config.Default(ErrInvalidConfig, "backoff cap", &c.Backoff.Cap, BackoffCapDefault),
+	); err != nil {
+		return err
 	}
 	if c.Backoff.Base > c.Backoff.Cap {
 		return fmt.Errorf("%w: backoff base %s is above its cap %s, expected base <= cap", ErrInvalidConfig, c.Backoff.Base, c.Backoff.Cap)

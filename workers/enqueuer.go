@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/config"
 	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/provision"
@@ -95,28 +97,13 @@ func (c *EnqueuerConfig) validate() error {
 	if c.TimersDurable == "" {
 		c.TimersDurable = TimersDurableDefault
 	}
-	// A negative is refused, not read as its default, as PoolConfig's are.
-	if c.Batch < 0 {
-		return fmt.Errorf("%w: enqueuer batch %d, expected 0 (the default, %d) or more", ErrInvalidConfig, c.Batch, EnqueueBatchDefault)
-	}
-	if c.Batch == 0 {
-		c.Batch = EnqueueBatchDefault
-	}
-	for _, d := range []struct {
-		name  string
-		value *time.Duration
-		def   time.Duration
-	}{
-		{"reconcile every", &c.ReconcileEvery, ReconcileEveryDefault},
-		{"reconcile age", &c.ReconcileAge, ReconcileAgeDefault},
-		{"rewake after", &c.RewakeAfter, RewakeAfterDefault},
-	} {
-		if *d.value < 0 {
-			return fmt.Errorf("%w: %s %s, expected 0 (the default, %s) or more", ErrInvalidConfig, d.name, *d.value, d.def)
-		}
-		if *d.value == 0 {
-			*d.value = d.def
-		}
+	if err := cmp.Or(
+		config.Default(ErrInvalidConfig, "enqueuer batch", &c.Batch, EnqueueBatchDefault),
+		config.Default(ErrInvalidConfig, "reconcile every", &c.ReconcileEvery, ReconcileEveryDefault),
+		config.Default(ErrInvalidConfig, "reconcile age", &c.ReconcileAge, ReconcileAgeDefault),
+		config.Default(ErrInvalidConfig, "rewake after", &c.RewakeAfter, RewakeAfterDefault),
+	); err != nil {
+		return err
 	}
 	if c.Now == nil {
 		c.Now = time.Now

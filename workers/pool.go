@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/config"
 	"github.com/jetjob/jetjob/internal/jsapi"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/provision"
@@ -160,26 +162,14 @@ func (c *PoolConfig) validate() error {
 	if err := statemachine.ValidateWorkerID(c.WorkerID); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	// A negative duration is refused, not read as its default: a
-	// ShutdownGrace of -1 meant as "none" gave handlers 30 s.
-	for _, d := range []struct {
-		name  string
-		value *time.Duration
-		def   time.Duration
-	}{
-		{"heartbeat interval", &c.HeartbeatInterval, HeartbeatIntervalDefault},
-		{"backup poll", &c.BackupPoll, BackupPollDefault},
-		{"shutdown grace", &c.ShutdownGrace, ShutdownGraceDefault},
-		{"cancel watch delay", &c.CancelWatchDelay, CancelWatchDelayDefault},
-	} {
-		if *d.value < 0 {
-			return fmt.Errorf("%w: %s %s, expected 0 (the default, %s) or more", ErrInvalidConfig, d.name, *d.value, d.def)
-		}
-		if *d.value == 0 {
-			*d.value = d.def
-		}
-	}
-	return nil
+	// Refused, not read as its default, a ShutdownGrace of -1 meant as
+	// "none" would give handlers 30 s.
+	return cmp.Or(
+		config.Default(ErrInvalidConfig, "heartbeat interval", &c.HeartbeatInterval, HeartbeatIntervalDefault),
+		config.Default(ErrInvalidConfig, "backup poll", &c.BackupPoll, BackupPollDefault),
+		config.Default(ErrInvalidConfig, "shutdown grace", &c.ShutdownGrace, ShutdownGraceDefault),
+		config.Default(ErrInvalidConfig, "cancel watch delay", &c.CancelWatchDelay, CancelWatchDelayDefault),
+	)
 }
 
 // Pool runs a handler on the jobs its types and tags can serve.
