@@ -174,3 +174,39 @@ func exampleServer(ctx context.Context) (jetstream.JetStream, *statemachine.Mach
 		_ = os.RemoveAll(dir)
 	}
 }
+
+// Canceling a running job cancels its handler's context, with ErrCanceled
+// as the cause: the handler stops, and whatever it returns, the pool
+// acknowledges the cancel and the job ends canceled, by its worker.
+func Example_cancel() {
+	ctx := context.Background()
+	js, m, stop := exampleServer(ctx) // as in Example
+	defer stop()
+
+	started := make(chan struct{})
+	results := make(chan workers.Result, 1)
+	pool, _ := workers.NewPool(js, m, workers.PoolConfig{
+		Types: []string{"export"}, OnResult: func(r workers.Result) { results <- r },
+	}, func(ctx context.Context, j *workers.Job) error {
+		close(started)
+		<-ctx.Done() // a long export, until it is told to stop
+		return context.Cause(ctx)
+	})
+	_ = pool.Start(ctx)
+	defer pool.Stop(ctx)
+
+	job, _, _ := m.Submit(ctx, statemachine.SubmitParams{Type: "export"})
+	<-started
+	// A running job waits in canceling for its worker to stop it (or for
+	// the hang detector's cancel grace, if the worker is gone).
+	asked, _ := m.Cancel(ctx, job.ID, "wrong account")
+	fmt.Println("asked:", asked.State)
+
+	r := <-results
+	fmt.Println("handler returned:", r.Err, errors.Is(r.Err, workers.ErrCanceled))
+	fmt.Println("state:", r.Job.State, "by:", r.Job.CanceledBy, "reason:", r.Job.CancelReason)
+	// Output:
+	// asked: canceling
+	// handler returned: job canceled true
+	// state: canceled by: worker reason: wrong account
+}
