@@ -49,10 +49,13 @@ type BulkCancelResult struct {
 
 // BulkCancelOptions tunes CancelPending.
 type BulkCancelOptions struct {
+	// Reason is recorded with each cancel (the jobs' CancelReason); at most
+	// statemachine.CancelReasonLimit bytes of one line. Default none.
 	Reason string
 	// DryRun lists what would be canceled and changes nothing.
 	DryRun bool
-	// Concurrency: see BulkCancelConcurrencyDefault.
+	// Concurrency: see BulkCancelConcurrencyDefault, which 0 or less
+	// takes.
 	Concurrency int
 	// ViewsWait bounds the wait for the views to show every job the log
 	// held when the cancel began (default BulkCancelViewsWaitDefault;

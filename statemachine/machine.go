@@ -30,7 +30,8 @@ type Config struct {
 	MaxPayload int
 	// ConflictRetries: see ConflictRetriesDefault.
 	ConflictRetries int
-	// Backoff is the retry delay for jobs that set none. Default 1 s base, 10 min cap.
+	// Backoff is the retry delay of jobs that set none. Default
+	// BackoffBaseDefault base, BackoffCapDefault cap.
 	Backoff BackoffConfig
 	// Now is the clock; default time.Now.
 	Now func() time.Time

@@ -58,7 +58,8 @@ type SubmitParams struct {
 	Meta map[string]string
 	// Payload is handed to the worker; at most Config.MaxPayload bytes.
 	Payload []byte
-	// Priority: PriorityMin-PriorityMax, higher runs first.
+	// Priority: PriorityMin-PriorityMax, higher runs first. Default
+	// PriorityDefault.
 	Priority int
 	// MaxAttempts: how many times the job may run; 0 means MaxAttemptsDefault.
 	MaxAttempts int
@@ -70,15 +71,21 @@ type SubmitParams struct {
 	// Key: with it, every submit with the same key returns the first job,
 	// until that job is purged.
 	Key string
-	// Backoff before a retry; zero fields take the defaults.
+	// Backoff before a retry; zero fields take the Machine's
+	// (Config.Backoff).
 	Backoff BackoffConfig
 }
 
 // BackoffConfig sets the retry delay: Base doubled per attempt, at most Cap,
 // with jitter.
 type BackoffConfig struct {
+	// Base is the delay after a job's first failed attempt, before jitter.
+	// Zero takes the default: in SubmitParams, the Machine's
+	// Config.Backoff.Base; in the Config, BackoffBaseDefault.
 	Base time.Duration
-	Cap  time.Duration
+	// Cap bounds the delay. Zero takes the default: in SubmitParams, the
+	// Machine's Config.Backoff.Cap; in the Config, BackoffCapDefault.
+	Cap time.Duration
 }
 
 // ValidateToken checks a name that becomes part of a subject.

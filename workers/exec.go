@@ -92,7 +92,8 @@ type ExecConfig struct {
 	Command []string
 	// Grace: after a cancel's SIGTERM, SIGKILL the process group after this.
 	// 0 or less takes ExecGraceDefault, not none.
-	Grace  time.Duration
+	Grace time.Duration
+	// Logger; nil means no logging.
 	Logger *zap.Logger
 }
 

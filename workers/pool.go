@@ -61,8 +61,8 @@ const (
 	beatEveryMin      = 10 * time.Millisecond
 )
 
-// PoolConfig configures a Pool. A zero duration takes its default; a
-// negative one is refused with ErrInvalidConfig.
+// PoolConfig configures a Pool. A zero field takes its default (JobTimeout's
+// is no limit); a negative one is refused with ErrInvalidConfig.
 type PoolConfig struct {
 	// Types the pool serves. Required.
 	Types []string
