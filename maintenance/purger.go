@@ -158,7 +158,7 @@ func (p *Purger) WouldPurge(ctx context.Context, olderThan time.Duration, states
 // when none) that completed more than olderThan ago.
 //
 // A purger's first pass, the first after it took the leadership, the pass
-// after one that failed, and every purgeFullEvery-th pass list every
+// after one that failed, and every tenth pass list every
 // finished view: a purge cut short (here, by another server, or by a
 // `jetjob purge` killed half way) may have left a view whose history is
 // gone. Every other pass takes its jobs from the head of the log, the jobs
@@ -232,7 +232,8 @@ func (p *Purger) finishedViews(ctx context.Context, cutoff time.Time, states []s
 	return ids, nil
 }
 
-// purgeFullEvery: every this many passes, a pass lists the finished views.
+// purgeFullEvery: every this many passes, a pass lists the finished views
+// (every tenth in Purge's doc).
 const purgeFullEvery = 10
 
 // purgeWidth is how many jobs a pass purges at once: each takes several

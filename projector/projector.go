@@ -47,12 +47,13 @@ const (
 	// arrive within it is written once, not once per event, which under
 	// load was about a tenth more jobs through the whole system
 	// (docs/BENCHMARKS.md). Views then trail the log by up to this much
-	// more, and only under load: after a batch of fewer than lingerAfter
-	// events, the next is projected as soon as it arrives. LingerLimit
-	// bounds it.
+	// more, and only under load: after a batch of fewer than 16 events,
+	// the next is projected as soon as it arrives. LingerLimit bounds it.
 	LingerDefault = 20 * time.Millisecond
 	LingerLimit   = time.Second
-	lingerAfter   = 16
+	// lingerAfter is the smallest batch after which the projector
+	// lingers, 16 in LingerDefault's doc.
+	lingerAfter = 16
 	// WritersDefault is how many histories or views are read concurrently
 	// when a batch needs them.
 	WritersDefault = 32

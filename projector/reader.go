@@ -148,8 +148,8 @@ type Page struct {
 // that is submit order for jobs without a key (their IDs are time-ordered
 // UUIDs), while a key's ID is derived from the key. It reads the bucket's
 // current values in one pass over its stream, never the event log, and
-// then the views written meanwhile (see listRoundsMax): a job whose view
-// changes while it reads is listed once, as one of the views it had
+// then the views written meanwhile, in up to 8 more rounds: a job whose
+// view changes while it reads is listed once, as one of the views it had
 // during the listing. A key is not an index, so each page costs a pass:
 // for everything at once, use no limit.
 func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
@@ -316,7 +316,7 @@ func (r *Reader) List(ctx context.Context, f Filter) (Page, error) {
 const listIdleCheck = 250 * time.Millisecond
 
 // listRoundsMax bounds the rounds a listing reads views written after it
-// began.
+// began (8 in List's doc).
 const listRoundsMax = 8
 
 // listedValue is a value a listing read, at the revision it was read at;

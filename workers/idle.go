@@ -28,11 +28,11 @@ const QueueIdleAfterDefault = time.Hour
 // registry entries go first, as deletes that pools and enqueuers watching
 // the registry see: pools stop asking the queues, enqueuers forget they
 // made them. Then the consumers go. An enqueuer that has not seen a delete
-// yet may still enqueue a job to its queue, so after removalGrace the
-// removed queues are looked at again, and those holding a job are made
-// again. A job enqueued later still, by an enqueuer cut off from the
-// registry for longer, is found by that enqueuer's reconcile pass, which
-// makes the queue of every pending job missing from the registry.
+// yet may still enqueue a job to its queue, so 2 s later the removed
+// queues are looked at again, and those holding a job are made again. A
+// job enqueued later still, by an enqueuer cut off from the registry for
+// longer, is found by that enqueuer's reconcile pass, which makes the
+// queue of every pending job missing from the registry.
 //
 // It returns the names of the queues removed.
 func (l *Leftovers) ForgetIdleQueues(ctx context.Context, idleFor time.Duration, now time.Time) ([]string, error) {
@@ -132,7 +132,8 @@ func (l *Leftovers) idleQueues(ctx context.Context, idleFor time.Duration, now t
 }
 
 // removalGraceDefault is long enough for a removal to reach every enqueuer
-// on a healthy NATS, and for what they published before to land.
+// on a healthy NATS, and for what they published before to land (2 s in
+// ForgetIdleQueues' doc).
 const removalGraceDefault = 2 * time.Second
 
 // recheckTimeout bounds the look for jobs after a removal.

@@ -209,6 +209,46 @@ func TestConfigFieldsSayTheirDefaults(t *testing.T) {
 	}
 }
 
+// go doc shows no unexported name, so an exported doc that gives a number
+// or a bound by one leaves its reader with a name to look up in the source.
+func TestExportedDocsNameNothingUnexported(t *testing.T) {
+	camel := regexp.MustCompile(`^[a-z]+[A-Z][A-Za-z0-9]*$`)
+	for _, p := range load(t) {
+		hidden := map[string]bool{}
+		for _, f := range p.files {
+			ast.Inspect(f, func(n ast.Node) bool {
+				var names []*ast.Ident
+				switch n := n.(type) {
+				case *ast.ValueSpec:
+					names = n.Names
+				case *ast.TypeSpec:
+					names = []*ast.Ident{n.Name}
+				case *ast.FuncDecl:
+					if n.Recv == nil {
+						names = []*ast.Ident{n.Name}
+					}
+				case *ast.Field:
+					names = n.Names
+				}
+				for _, id := range names {
+					if !id.IsExported() && camel.MatchString(id.Name) {
+						hidden[id.Name] = true
+					}
+				}
+				return true
+			})
+		}
+		word := regexp.MustCompile(`\b[a-z]+[A-Z][A-Za-z0-9]*\b`)
+		exportedDocs(p, func(file, what string, doc *ast.CommentGroup, params []string) {
+			for _, w := range word.FindAllString(doc.Text(), -1) {
+				if hidden[w] && !slices.Contains(params, w) {
+					t.Errorf("%s/%s: the doc of %s names %s, which go doc does not show: say what it stands for", p.name, file, what, w)
+				}
+			}
+		})
+	}
+}
+
 // Each package's errors are in one place, its errors.go, where a caller
 // looks for what to match with errors.Is and errors.As.
 func TestExportedErrorsAreInErrorsGo(t *testing.T) {
