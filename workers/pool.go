@@ -107,9 +107,11 @@ type PoolConfig struct {
 	// ran the handler, holding a result slot, or the timer that fails a
 	// handler ignoring its timeout), so it must be safe for concurrent use
 	// and should return quickly; once Stop has returned nil, every call has
-	// returned. An outcome whose append failed, or came back with no answer
-	// (the server unreachable for 30 s), is logged and not passed on, though
-	// an unanswered one may be in the log.
+	// returned. An outcome the server refused (the attempt no longer held
+	// the job) or never recorded is logged and not passed on, though one
+	// whose last try went unanswered may be in the log. A failed append is
+	// tried again for up to 15 minutes, or until Stop's ctx ends; the fail
+	// of a handler that ignored its timeout is tried once, for up to 30 s.
 	OnResult func(Result)
 	// Logger; nil means no logging.
 	Logger *zap.Logger
