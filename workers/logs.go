@@ -174,6 +174,9 @@ type Logs struct {
 	msgGet string
 	// lost hears a line appendAsync could not send; nil for none.
 	lost func(jobID string, err error)
+	// fetchWait is how long a fetch of a read or follow waits for lines;
+	// logsFetchWait but in tests that show what a read does not wait for.
+	fetchWait time.Duration
 }
 
 // AttachLogs binds to the logs stream that EnsureTopology created;
@@ -189,7 +192,7 @@ func AttachLogs(ctx context.Context, js jetstream.JetStream) (*Logs, error) {
 	case err != nil:
 		return nil, fmt.Errorf("bind job logs: %w", err)
 	}
-	return &Logs{js: js, stream: s, msgGet: consume.MsgGetSubject(js, LogsStream)}, nil
+	return &Logs{js: js, stream: s, msgGet: consume.MsgGetSubject(js, LogsStream), fetchWait: logsFetchWait}, nil
 }
 
 func logSubject(jobID string) string { return logPrefix + jobID }
@@ -487,7 +490,7 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 				continue
 			}
 		}
-		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(250*time.Millisecond))
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(l.fetchWait))
 		if ctx.Err() != nil {
 			// Not nil: a caller told nil would take the lines it got for
 			// all of them.
@@ -508,6 +511,13 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 			}
 			if meta, err := m.Metadata(); err == nil {
 				delivered = meta.Sequence.Stream
+			}
+			if target != 0 && delivered >= target {
+				// Every line asked for is passed: the fetch would wait out
+				// the rest of its quarter second for lines not asked for,
+				// and every jetjob logs took that long at least. The
+				// consumer's delete ends the fetch.
+				return nil
 			}
 		}
 		if got == 0 && target != 0 && delivered < target {
@@ -552,6 +562,10 @@ func (l *Logs) leaderLastSeq(ctx context.Context, jobID string) (uint64, error) 
 // leaderAskTimeout bounds one question to the stream's leader; a follow
 // asks again, for up to followOutage, while none answers.
 const leaderAskTimeout = 5 * time.Second
+
+// logsFetchWait bounds a fetch of a follow, which asks whether the job
+// has finished between fetches, a few times a second.
+const logsFetchWait = 250 * time.Millisecond
 
 // followOutage is how long a follow waits for the server to answer again;
 // followRetryPause paces its tries meanwhile.

@@ -3102,6 +3102,109 @@ func TestLogsReadGivesEachRunsLinesInTheirOrder(t *testing.T) {
 	}
 }
 
+// A read of a job's lines returns once it has every line stored when it
+// was called, and a read of a job without lines at once: it waited out its
+// fetch (a quarter second) after the last line came, and every jetjob logs,
+// and every test that reads a log, took that long at least. Here a fetch
+// would wait an hour.
+func TestLogsReadEndsWithTheLastLineStored(t *testing.T) {
+	env := natstest.Start(t)
+	ctx := context.Background()
+	require.NoError(t, EnsureTopology(ctx, env.JS))
+	logs, err := AttachLogs(ctx, env.JS)
+	require.NoError(t, err)
+	logs.fetchWait = time.Hour
+	// More than a fetch takes, so that the last fetch is the one cut short.
+	const n = 300
+	for i := range int64(n) {
+		require.NoError(t, logs.Append(ctx, "job-1", LogLine{Time: time.Now().UTC(), Attempt: 1, Number: i + 1, Lease: 5, Stream: StreamStdout, Line: fmt.Sprint(i + 1)}))
+	}
+	require.NoError(t, logs.Append(ctx, "job-2", LogLine{Time: time.Now().UTC(), Attempt: 1, Number: 1, Lease: 6, Stream: StreamStdout, Line: "another job's"}))
+	// A fetch does not hear the read's context: the read runs apart, and
+	// one that waits out its fetch is left behind.
+	read := func(jobID string) ([]LogLine, error) {
+		type result struct {
+			lines []LogLine
+			err   error
+		}
+		done := make(chan result, 1)
+		go func() {
+			lines, err := logs.Read(ctx, jobID)
+			done <- result{lines, err}
+		}()
+		select {
+		case r := <-done:
+			return r.lines, r.err
+		case <-time.After(10 * time.Second):
+			require.FailNow(t, "the read waited out its fetch after the last line", "job %s", jobID)
+			return nil, nil
+		}
+	}
+	lines, err := read("job-1")
+	require.NoError(t, err)
+	require.Len(t, lines, n)
+	for i, l := range lines {
+		require.Equal(t, int64(i+1), l.Number)
+	}
+	lines, err = read("job-3")
+	require.NoError(t, err, "a job without lines")
+	require.Empty(t, lines)
+	// The fetch cut short ends with its consumer: it held a subscription
+	// and a goroutine for as long as it would have waited.
+	subs := env.NC.NumSubscriptions()
+	_, err = read("job-1")
+	require.NoError(t, err)
+	natstest.Eventually(t, 10*time.Second, func() bool { return env.NC.NumSubscriptions() == subs },
+		"the read's fetch lets go of its subscription (%d, %d before)", env.NC.NumSubscriptions(), subs)
+}
+
+// A read while the job's worker still writes returns, without error, the
+// lines stored before it was called and maybe some stored after, in their
+// order, none missing between: it reads up to the last line stored when it
+// began.
+func TestLogsReadWhileLinesAreWrittenReturnsWhatWasStored(t *testing.T) {
+	env := natstest.Start(t)
+	ctx := context.Background()
+	require.NoError(t, EnsureTopology(ctx, env.JS))
+	logs, err := AttachLogs(ctx, env.JS)
+	require.NoError(t, err)
+	var stored atomic.Int64
+	writing, stop := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := int64(1); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if !assert.NoError(t, logs.Append(ctx, "job-1", LogLine{Time: time.Now().UTC(), Attempt: 1, Number: i, Lease: 5, Stream: StreamStdout, Line: fmt.Sprint(i)})) {
+				return
+			}
+			stored.Store(i)
+			if i == 50 {
+				close(writing)
+			}
+		}
+	}()
+	defer wg.Wait()
+	defer close(stop)
+	<-writing
+	for range 20 {
+		before := stored.Load()
+		readCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		lines, err := logs.Read(readCtx, "job-1")
+		cancel()
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, int64(len(lines)), before, "the lines stored before the read")
+		for i, l := range lines {
+			require.Equal(t, int64(i+1), l.Number, "lines in order, none missing")
+		}
+	}
+}
+
 // A read of a job's lines that the server does not answer for
 // followOutage says so, and that a cluster electing a leader is why: with
 // the logs stream's leader paused, jetjob logs ended with "read logs of
