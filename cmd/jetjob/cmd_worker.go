@@ -92,7 +92,7 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	defer func() { _ = logger.Sync() }()
 
 	nc, err := nats.Connect(fs.server, append([]nats.Option{nats.Name("jetjob-worker"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
-		natsErrors(ctx, logger)}, fs.natsOpts...)...)
+		natsErrors(ctx, logger), server.KeepReconnecting(logger, fs.server)}, fs.natsOpts...)...)
 	if refused, ok := refusedConnect(fs.server, err); ok {
 		return refused
 	}

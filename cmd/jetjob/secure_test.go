@@ -483,3 +483,54 @@ func TestDevOnASecuredNATSSaysWhatToExport(t *testing.T) {
 	r := runCLIEnv(t, env, "ls", "--type", "demo")
 	require.Equal(t, 0, r.code, "with %q: %s", env, r.stderr)
 }
+
+// A NATS that refuses a running server's and worker's user for a while (its
+// configuration reloaded with the password changed, then changed back):
+// both log each refusal and keep trying, and serve again once it takes
+// them. nats.go gives up after the same refusal twice, by default, and
+// closes the connection for good.
+func TestServerAndWorkerOutlastARefusalOfTheirUser(t *testing.T) {
+	dir := t.TempDir()
+	conf, addr := filepath.Join(dir, "nats.conf"), freeAddr(t)
+	setPassword := func(password string) {
+		t.Helper()
+		require.NoError(t, os.WriteFile(conf, []byte(fmt.Sprintf("listen: %q\njetstream: {store_dir: %q}\nauthorization: {user: jj, password: %s}\n",
+			addr, filepath.Join(dir, "js"), password)), 0o600))
+	}
+	setPassword("pw")
+	loaded, err := nserver.ProcessConfigFile(conf)
+	require.NoError(t, err)
+	n := natstest.StartStock(t, func(o *nserver.Options) {
+		loaded.NoSigs, loaded.NoLog = true, true
+		*o = *loaded
+	}, nats.UserInfo("jj", "pw"), nats.IgnoreAuthErrorAbort(), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	url := "nats://jj:pw@" + addr
+	env := []string{"JETJOB_SERVER=" + url}
+	_, serverOut := startProcEnv(t, env, "server", "--nats", url)
+	natstest.Eventually(t, 30*time.Second, func() bool { return strings.Contains(serverOut.String(), "jetjob server ready") }, "server up: %s", serverOut)
+	_, workerOut := startProcEnv(t, env, "worker", "--type", "rotated", "--", "echo", "from the worker")
+	natstest.Eventually(t, 30*time.Second, func() bool { return strings.Contains(workerOut.String(), "worker serving") }, "worker started: %s", workerOut)
+
+	setPassword("rotated")
+	require.NoError(t, n.Stock.Reload())
+	// Three refusals each: nats.go's default gave up at the second.
+	refusals := func(out *syncBuffer) int {
+		return strings.Count(strings.ToLower(out.String()), "authorization violation")
+	}
+	natstest.Eventually(t, 60*time.Second, func() bool { return refusals(serverOut) >= 3 && refusals(workerOut) >= 3 },
+		"each refusal logged, and tried again: server: %s\nworker: %s", serverOut, workerOut)
+	setPassword("pw")
+	require.NoError(t, n.Stock.Reload())
+
+	id := runCLIEnv(t, env, "submit", "--type", "rotated").ok(t)
+	natstest.Eventually(t, 60*time.Second, func() bool {
+		var v projector.View
+		r := runCLIEnv(t, env, "get", id, "-o", "json")
+		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &v) == nil && v.State == "succeeded"
+	}, "job %s run after the refusal: server: %s\nworker: %s", id, serverOut, workerOut)
+	require.Contains(t, runCLIEnv(t, env, "logs", id).ok(t), "from the worker")
+	for _, out := range []*syncBuffer{serverOut, workerOut} {
+		require.Contains(t, out.String(), "NATS refused this connection's user")
+		require.Contains(t, out.String(), "reconnected to NATS")
+	}
+}

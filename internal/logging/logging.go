@@ -42,7 +42,8 @@ func NATSErrors(l *zap.Logger) nats.Option { return nats.ErrorHandler(NATSErrorH
 
 // NATSErrorHandler logs the NATS client's asynchronous errors to l, for a
 // handler that does more with them. A consumer the server forgot across a
-// restart is made again by its owner, so that one is only debug.
+// restart is made again by its owner, so that one is only debug; a refusal
+// of the connection's user says so.
 func NATSErrorHandler(l *zap.Logger) nats.ErrHandler {
 	l = OrNop(l, "nats")
 	return func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -54,6 +55,18 @@ func NATSErrorHandler(l *zap.Logger) nats.ErrHandler {
 			l.Debug("asynchronous error", fields...)
 			return
 		}
+		if refusedUser(err) {
+			// Heard on a reconnect: the NATS's users changed under a
+			// running process (a configuration reloaded, credentials
+			// rotated or revoked).
+			l.Warn("NATS refused this connection's user on reconnecting: check its credentials against the NATS's configuration", fields...)
+			return
+		}
 		l.Warn("asynchronous error", fields...)
 	}
+}
+
+func refusedUser(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
+		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired)
 }

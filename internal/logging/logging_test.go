@@ -19,14 +19,17 @@ func TestNATSErrorsGoToTheLogger(t *testing.T) {
 
 	opts.AsyncErrorCB(nil, &nats.Subscription{Subject: "$KV.jj_settings.hang_after"}, nats.ErrConsumerNotActive)
 	opts.AsyncErrorCB(nil, nil, errors.New("slow consumer"))
+	opts.AsyncErrorCB(nil, nil, nats.ErrAuthorization)
 
 	entries := logs.AllUntimed()
-	require.Len(t, entries, 2)
+	require.Len(t, entries, 3)
 	require.Equal(t, zapcore.DebugLevel, entries[0].Level, "a consumer its owner makes again")
 	require.Equal(t, "nats", entries[0].LoggerName)
 	require.Equal(t, "$KV.jj_settings.hang_after", entries[0].ContextMap()["subject"])
 	require.Equal(t, zapcore.WarnLevel, entries[1].Level)
 	require.Equal(t, "slow consumer", entries[1].ContextMap()["error"])
+	require.Equal(t, zapcore.WarnLevel, entries[2].Level)
+	require.Contains(t, entries[2].Message, "NATS refused this connection's user", "a refusal says so")
 
 	// Without a logger, they go nowhere rather than to stderr.
 	quiet := nats.GetDefaultOptions()

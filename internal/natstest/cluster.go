@@ -56,7 +56,7 @@ func StartStock(t testing.TB, adjust func(*server.Options), connect ...nats.Opti
 		adjust(opts)
 	}
 	ns := startClustered(t, opts)
-	env := &Env{URL: ns.ClientURL(), Dir: opts.StoreDir}
+	env := &Env{URL: ns.ClientURL(), Dir: opts.StoreDir, Stock: ns}
 	env.NC, env.JS = Connect(t, env.URL, connect...)
 	return env
 }

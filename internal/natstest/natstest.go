@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -23,6 +24,9 @@ type Env struct {
 	NC     *nats.Conn
 	JS     jetstream.JetStream
 	Dir    string
+	// Stock is the nats-server StartStock started (nil otherwise), for a
+	// test that reloads its configuration.
+	Stock *server.Server
 }
 
 // Start starts a fresh server on a random port; the test's cleanup stops it.

@@ -116,9 +116,9 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	// again on every try: a refusal heard while starting closes the
 	// connection, which ends the start at once, and is its error; the
 	// start waited 30 s (TLS; 2 s for credentials) to say that the NATS
-	// was not reachable. Once started, a refusal on a reconnect is left to
-	// nats.go, which tries TLS again as it tries a NATS down again (a
-	// certificate being renewed).
+	// was not reachable. Once started, a refusal on a reconnect is tried
+	// again, as a NATS down is (a certificate being renewed, a password
+	// rotated): see KeepReconnecting.
 	var starting atomic.Bool
 	var refused atomic.Pointer[error]
 	starting.Store(true)
@@ -158,7 +158,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		asyncErrors = logging.NATSErrorHandler(o.Logger)
 	}
 	connect := []nats.Option{nats.Name("jetjob-server"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
-		nats.ErrorHandler(asyncErrors),
+		nats.ErrorHandler(asyncErrors), KeepReconnecting(o.Logger, s.URL),
 		// nats.go tells a first connect that failed, refused or not, as a
 		// failed reconnect.
 		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
@@ -346,6 +346,24 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	s.stops = append(s.stops, purger.Stop)
 	return s, nil
+}
+
+// KeepReconnecting makes a long-running process's connection (a server's,
+// a worker's) try again after the NATS refused its user on a reconnect, as
+// it tries again after the NATS went down, and says in the log when it is
+// back. nats.go gives up after the same refusal twice and closes the
+// connection for good: a NATS whose configuration was reloaded with a user
+// changed, then changed back, left the process running and serving
+// nothing. Each refusal reaches the connection's error handler, which logs
+// it. A refusal of the first connect still ends the start: trying again
+// cannot change it, and the user is there to fix it.
+func KeepReconnecting(logger *zap.Logger, url string) nats.Option {
+	logger = logging.OrNop(logger, "nats")
+	return func(o *nats.Options) error {
+		o.IgnoreAuthErrorAbort = true
+		o.ReconnectedCB = func(*nats.Conn) { logger.Info("reconnected to NATS", zap.String("nats", RedactURL(url))) }
+		return nil
+	}
 }
 
 // loadErr reads an error stored once, or nil.
