@@ -211,7 +211,8 @@ func checkCreds(from, path string) error {
 // NATS refused it (its credentials, or TLS on either side), in one line
 // that says what to check; ok is false for any other failure.
 func refusedConnect(url string, err error) (_ error, ok bool) {
-	if !server.Refused(err) {
+	kind := server.RefusalOf(err)
+	if kind == server.NotRefused {
 		return err, false
 	}
 	// Said in NATS's or Go's words alone: what wraps it (a server's
@@ -220,35 +221,26 @@ func refusedConnect(url string, err error) (_ error, ok bool) {
 	for inner := errors.Unwrap(cause); inner != nil && server.Refused(inner); inner = errors.Unwrap(cause) {
 		cause = inner
 	}
-	at := clip(server.RedactURL(url))
-	var unknownCA x509.UnknownAuthorityError
-	var badHost x509.HostnameError
-	var invalid x509.CertificateInvalidError
-	var notTLS tls.RecordHeaderError
-	switch {
-	case errors.Is(err, nats.ErrAuthorization):
-		return fmt.Errorf("the NATS at %s refused this user (%v): check --creds, --nkey, or the user and password or token in the URL", at, cause), true
-	case errors.Is(err, nats.ErrAuthExpired):
-		return fmt.Errorf("the NATS at %s refused this user: its credentials expired (%v): ask the account's issuer for new ones", at, cause), true
-	case errors.Is(err, nats.ErrAuthRevoked):
-		return fmt.Errorf("the NATS at %s refused this user: its credentials were revoked (%v)", at, cause), true
-	case errors.As(err, &unknownCA):
-		return fmt.Errorf("the NATS at %s shows a TLS certificate this machine does not trust (%v): give the CA that signed it with --tls-ca", at, cause), true
-	case errors.As(err, &badHost):
-		return fmt.Errorf("the NATS at %s shows a TLS certificate for another host (%v): connect by a name the certificate holds", at, cause), true
-	case errors.As(err, &invalid):
-		return fmt.Errorf("the NATS at %s shows a TLS certificate that is not valid (%v)", at, cause), true
-	case errors.Is(err, nats.ErrSecureConnWanted):
-		return fmt.Errorf("the NATS at %s offers no TLS, which --tls-ca, --tls-cert, --tls-first or a tls:// URL ask for (%v)", at, cause), true
-	case errors.As(err, &notTLS):
-		// Our handshake came first and the NATS answered in plain text (its
-		// INFO): only --tls-first starts a handshake before reading that.
-		return fmt.Errorf("the NATS at %s answered the TLS handshake in plain text (%v): it is not set to handshake_first: leave out --tls-first (or JETJOB_TLS_FIRST)", at, cause), true
-	}
-	// The server's TLS refused ours: most often, no client certificate or
-	// one its CA did not sign. Over TLS 1.3 the client hears it only as
-	// the connection closed after the handshake.
-	return fmt.Errorf("the NATS at %s refused the TLS connection (%v): it may ask for a client certificate its CA signed: check --tls-cert and --tls-key", at, cause), true
+	return fmt.Errorf(refusalSays[kind], clip(server.RedactURL(url)), cause), true
+}
+
+// refusalSays words each kind of refusal (server.RefusalOf), given the
+// NATS's URL and the refusal, with what to check.
+var refusalSays = map[server.Refusal]string{
+	server.RefusedUser:        "the NATS at %s refused this user (%v): check --creds, --nkey, or the user and password or token in the URL",
+	server.RefusedExpired:     "the NATS at %s refused this user: its credentials expired (%v): ask the account's issuer for new ones",
+	server.RefusedRevoked:     "the NATS at %s refused this user: its credentials were revoked (%v)",
+	server.RefusedUnknownCA:   "the NATS at %s shows a TLS certificate this machine does not trust (%v): give the CA that signed it with --tls-ca",
+	server.RefusedHostname:    "the NATS at %s shows a TLS certificate for another host (%v): connect by a name the certificate holds",
+	server.RefusedCertificate: "the NATS at %s shows a TLS certificate that is not valid (%v)",
+	server.RefusedNoTLS:       "the NATS at %s offers no TLS, which --tls-ca, --tls-cert, --tls-first or a tls:// URL ask for (%v)",
+	// Our handshake came first and the NATS answered in plain text (its
+	// INFO): only --tls-first starts a handshake before reading that.
+	server.RefusedPlainText: "the NATS at %s answered the TLS handshake in plain text (%v): it is not set to handshake_first: leave out --tls-first (or JETJOB_TLS_FIRST)",
+	// Most often, no client certificate or one its CA did not sign. Over
+	// TLS 1.3 the client hears it only as the connection closed after the
+	// handshake.
+	server.RefusedTLS: "the NATS at %s refused the TLS connection (%v): it may ask for a client certificate its CA signed: check --tls-cert and --tls-key",
 }
 
 // silentNATS tells a connection that the NATS took and then said nothing

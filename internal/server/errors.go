@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"io"
@@ -17,21 +18,84 @@ var ErrInvalidOptions = errors.New("invalid server options")
 // ErrNotClustered: replicas were asked of a NATS that is one server.
 var ErrNotClustered = errors.New("replicas need a NATS cluster")
 
-// Refused says whether err is a NATS's refusal of a connection, which
-// trying again does not change: of its user's credentials, or of TLS on
-// either side (a certificate not trusted, or none shown where one is
-// asked for).
-func Refused(err error) bool {
+// Refusal is the kind of a NATS's refusal of a connection: what the CLI
+// words its hint by. Here alone is it told which errors are refusals, so
+// that a kind added reaches both the starting server's stop and the CLI's
+// message.
+type Refusal int
+
+const (
+	// NotRefused: any other failure (a NATS down, a handshake cut short),
+	// which trying again may mend.
+	NotRefused Refusal = iota
+	// RefusedUser: the user's credentials (nats.ErrAuthorization).
+	RefusedUser
+	// RefusedExpired: the user's credentials expired (nats.ErrAuthExpired).
+	RefusedExpired
+	// RefusedRevoked: the user's credentials were revoked
+	// (nats.ErrAuthRevoked).
+	RefusedRevoked
+	// RefusedUnknownCA: the NATS's certificate is signed by a CA not
+	// trusted here.
+	RefusedUnknownCA
+	// RefusedHostname: the NATS's certificate is another host's.
+	RefusedHostname
+	// RefusedCertificate: the NATS's certificate is not valid (expired,
+	// not for a server).
+	RefusedCertificate
+	// RefusedNoTLS: TLS was asked for of a NATS that offers none
+	// (nats.ErrSecureConnWanted).
+	RefusedNoTLS
+	// RefusedPlainText: our handshake came first and the NATS answered in
+	// plain text (its INFO): it is not set to handshake_first.
+	RefusedPlainText
+	// RefusedTLS: the NATS's TLS refused ours (a TLS alert, or the
+	// connection closed after the handshake): most often no client
+	// certificate, or one its CA did not sign.
+	RefusedTLS
+)
+
+// Refusals lists every kind of refusal, NotRefused left out.
+var Refusals = []Refusal{RefusedUser, RefusedExpired, RefusedRevoked, RefusedUnknownCA, RefusedHostname,
+	RefusedCertificate, RefusedNoTLS, RefusedPlainText, RefusedTLS}
+
+// RefusalOf tells whether err is a NATS's refusal of a connection, which
+// trying again does not change, and of what kind: of its user's
+// credentials, or of TLS on either side (a certificate not trusted, or
+// none shown where one is asked for). An error of several kinds is of the
+// first listed.
+func RefusalOf(err error) Refusal {
 	var unknownCA x509.UnknownAuthorityError
 	var badHost x509.HostnameError
 	var invalid x509.CertificateInvalidError
 	var remote *net.OpError
-	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) ||
-		errors.Is(err, nats.ErrSecureConnWanted) ||
-		errors.As(err, &unknownCA) || errors.As(err, &badHost) || errors.As(err, &invalid) ||
-		errors.As(err, &remote) && remote.Op == "remote error" || // a TLS alert
-		tlsRefused(err)
+	var notTLS tls.RecordHeaderError
+	switch {
+	case errors.Is(err, nats.ErrAuthorization):
+		return RefusedUser
+	case errors.Is(err, nats.ErrAuthExpired):
+		return RefusedExpired
+	case errors.Is(err, nats.ErrAuthRevoked):
+		return RefusedRevoked
+	case errors.As(err, &unknownCA):
+		return RefusedUnknownCA
+	case errors.As(err, &badHost):
+		return RefusedHostname
+	case errors.As(err, &invalid):
+		return RefusedCertificate
+	case errors.Is(err, nats.ErrSecureConnWanted):
+		return RefusedNoTLS
+	case !(errors.As(err, &remote) && remote.Op == "remote error") && !tlsRefused(err): // a TLS alert, or a handshake refused
+		return NotRefused
+	case errors.As(err, &notTLS):
+		return RefusedPlainText
+	}
+	return RefusedTLS
 }
+
+// Refused says whether err is a NATS's refusal of a connection (see
+// RefusalOf).
+func Refused(err error) bool { return RefusalOf(err) != NotRefused }
 
 // tlsRefused tells, of the errors nats.go gives as nats.ErrTLS (every
 // handshake that failed), those that say the NATS refused ours: not a
