@@ -229,6 +229,12 @@ func startServer(ctx context.Context, name, defaultDir string, args []string) (*
 	if refused, ok := refusedConnect(o.NATSURL, err); ok {
 		err = refused
 	}
+	if errors.Is(err, server.ErrHandshakeFirst) {
+		// As the client commands say a NATS that said nothing, knowing
+		// more: the start looked whether it answers a TLS handshake.
+		err = fmt.Errorf("the NATS at %s said nothing after taking the connection, and answers a TLS handshake sent first: it is set to handshake_first: give --tls-first (or JETJOB_TLS_FIRST=true)",
+			clip(server.RedactURL(o.NATSURL)))
+	}
 	if err != nil {
 		_ = o.Logger.Sync()
 		return nil, o, nil, err

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -250,8 +248,7 @@ var refusalSays = map[server.Refusal]string{
 // sent the user to start a jetjob server. ok is false for any other
 // failure.
 func silentNATS(a *natsAuth, url string, err error) (_ error, ok bool) {
-	var read *net.OpError
-	if a == nil || a.tlsFirst || !errors.Is(err, io.EOF) && !(errors.As(err, &read) && read.Op == "read") {
+	if a == nil || a.tlsFirst || !server.SaidNothing(err) {
 		return err, false
 	}
 	return fmt.Errorf("the NATS at %s said nothing after taking the connection (%v): if it is set to handshake_first, give --tls-first (or JETJOB_TLS_FIRST=true)",

@@ -211,6 +211,9 @@ func TestTLSHandshakeFirst(t *testing.T) {
 			require.NotContains(t, r.stderr, "start one")
 		})
 	}
+	// A starting server heard the silence as a NATS not reachable, and
+	// said so after trying for 30 s.
+	serverRefused(t, env, n.URL, nil, "said nothing", "handshake_first", "--tls-first")
 }
 
 func TestMutualTLS(t *testing.T) {

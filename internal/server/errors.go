@@ -18,6 +18,21 @@ var ErrInvalidOptions = errors.New("invalid server options")
 // ErrNotClustered: replicas were asked of a NATS that is one server.
 var ErrNotClustered = errors.New("replicas need a NATS cluster")
 
+// ErrHandshakeFirst: the NATS took the connection and said nothing, and
+// answers a TLS handshake sent first: it is set to handshake_first, and the
+// connection was not (nats.TLSHandshakeFirst).
+var ErrHandshakeFirst = errors.New("the NATS said nothing after taking the connection, and answers a TLS handshake sent first: it is set to handshake_first")
+
+// SaidNothing says whether a connection failed because the NATS took it
+// and then said nothing (no INFO): the read timed out, or the NATS closed
+// the connection, as one set to handshake_first does when no TLS
+// handshake comes (at its TLS timeout). A NATS too loaded to answer, or a
+// proxy with no NATS behind it, fails so too.
+func SaidNothing(err error) bool {
+	var read *net.OpError
+	return errors.Is(err, io.EOF) || errors.As(err, &read) && read.Op == "read"
+}
+
 // Refusal is the kind of a NATS's refusal of a connection: what the CLI
 // words its hint by. Here alone is it told which errors are refusals, so
 // that a kind added reaches both the starting server's stop and the CLI's

@@ -29,7 +29,7 @@ import (
 
 // startTLSNATS starts a stock NATS serving TLS with a certificate for
 // 127.0.0.1 of its own, and returns it and the file a client trusts it by.
-func startTLSNATS(t *testing.T) (*natstest.Env, string) {
+func startTLSNATS(t *testing.T, adjust func(*nserver.Options)) (*natstest.Env, string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
@@ -50,8 +50,24 @@ func startTLSNATS(t *testing.T) (*natstest.Env, string) {
 		// A loaded machine under -race takes more than the default half
 		// second for a handshake.
 		o.TLSConfig, o.TLS, o.TLSTimeout = cfg, true, 10
-	}, nats.RootCAs(ca))
+		if adjust != nil {
+			adjust(o)
+		}
+	}, connect(ca, adjust)...)
 	return env, ca
+}
+
+// connect is how the test's own client connects to a NATS adjust set up:
+// with the handshake first, where it asks for that.
+func connect(ca string, adjust func(*nserver.Options)) []nats.Option {
+	var o nserver.Options
+	if adjust != nil {
+		adjust(&o)
+	}
+	if o.TLSHandshakeFirst {
+		return []nats.Option{nats.RootCAs(ca), nats.TLSHandshakeFirst()}
+	}
+	return []nats.Option{nats.RootCAs(ca)}
 }
 
 // flakyFront stands before the NATS at target as a cluster's node in a
@@ -122,7 +138,7 @@ func flakyFront(t *testing.T, target string, stall bool) string {
 // once with "connect to NATS at ...: nats: tls error: read tcp ...:
 // connection reset by peer" (or "i/o timeout").
 func TestAStartRidesOutATLSHandshakeCutShort(t *testing.T) {
-	env, ca := startTLSNATS(t)
+	env, ca := startTLSNATS(t, nil)
 	target := strings.TrimPrefix(strings.TrimPrefix(env.URL, "nats://"), "tls://")
 	for name, stall := range map[string]bool{"reset": false, "timed out": true} {
 		t.Run(name, func(t *testing.T) {
@@ -132,5 +148,48 @@ func TestAStartRidesOutATLSHandshakeCutShort(t *testing.T) {
 			require.NoError(t, err)
 			s.Stop()
 		})
+	}
+}
+
+// A start without nats.TLSHandshakeFirst on a NATS set to handshake_first
+// ends at once with ErrHandshakeFirst: the NATS says nothing until it
+// gives up on a handshake, and the start tried again for 30 s to say that
+// it was not reachable.
+func TestAStartOnAHandshakeFirstNATSSaysSo(t *testing.T) {
+	env, ca := startTLSNATS(t, func(o *nserver.Options) { o.TLSHandshakeFirst = true })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, err := Start(ctx, Options{NATSURL: env.URL, NoMaintenance: true, NATSOptions: []nats.Option{nats.RootCAs(ca)}})
+	require.ErrorIs(t, err, ErrHandshakeFirst)
+	require.NotContains(t, err.Error(), "not reachable")
+
+	s, err := Start(ctx, Options{NATSURL: env.URL, NoMaintenance: true, NATSOptions: []nats.Option{nats.RootCAs(ca), nats.TLSHandshakeFirst()}})
+	require.NoError(t, err)
+	s.Stop()
+}
+
+// Only a NATS that answers a TLS handshake sent first is told as set to
+// handshake_first: one that sends its INFO first (in plain text, TLS or
+// not), or something that says nothing at all, is not.
+func TestHandshakeFirstIsLookedFor(t *testing.T) {
+	first, _ := startTLSNATS(t, func(o *nserver.Options) { o.TLSHandshakeFirst = true })
+	tlsNATS, _ := startTLSNATS(t, nil)
+	plain := natstest.StartStock(t, nil)
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = silent.Close() })
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { _ = c.Close() })
+		}
+	}()
+	require.True(t, handshakeFirst([]string{first.URL}, 5*time.Second), first.URL)
+	require.True(t, handshakeFirst([]string{"nats://" + silent.Addr().String(), first.URL}, 5*time.Second), "any of several")
+	for name, url := range map[string]string{"TLS": tlsNATS.URL, "plain": plain.URL, "silent": "nats://" + silent.Addr().String(), "a websocket": "ws://" + silent.Addr().String()} {
+		require.False(t, handshakeFirst([]string{url}, time.Second), name)
 	}
 }

@@ -6,8 +6,10 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -116,9 +118,11 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	// again on every try: a refusal heard while starting closes the
 	// connection, which ends the start at once, and is its error; the
 	// start waited 30 s (TLS; 2 s for credentials) to say that the NATS
-	// was not reachable. Once started, a refusal on a reconnect is tried
-	// again, as a NATS down is (a certificate being renewed, a password
-	// rotated): see KeepReconnecting.
+	// was not reachable. So does a NATS set to handshake_first, to a
+	// start without nats.TLSHandshakeFirst (ErrHandshakeFirst). Once
+	// started, a refusal on a reconnect is tried again, as a NATS down is
+	// (a certificate being renewed, a password rotated): see
+	// KeepReconnecting.
 	var starting atomic.Bool
 	var refused atomic.Pointer[error]
 	starting.Store(true)
@@ -126,7 +130,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		starting.Store(false)
 		if err != nil && s.NC != nil && ctx.Err() == nil {
 			for _, cause := range []error{loadErr(&refused), s.NC.LastError()} {
-				if Refused(cause) {
+				if Refused(cause) || errors.Is(cause, ErrHandshakeFirst) {
 					err = fmt.Errorf("connect to NATS at %s: %w", RedactURL(s.URL), cause)
 					break
 				}
@@ -162,10 +166,23 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 		// nats.go tells a first connect that failed, refused or not, as a
 		// failed reconnect.
 		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
-			if starting.Load() && Refused(err) {
-				refused.CompareAndSwap(nil, &err)
-				nc.Close()
+			if !starting.Load() {
+				return
 			}
+			if !Refused(err) {
+				// A NATS set to handshake_first says nothing to a
+				// connection that does not start with a TLS handshake,
+				// on every try, and the start waited 30 s to say that
+				// it was not reachable. A NATS that said nothing may as
+				// well have been too loaded to answer, which is worth
+				// trying again: hence the look at what it answers.
+				if !SaidNothing(err) || nc.Opts.TLSHandshakeFirst || !handshakeFirst(nc.Servers(), nc.Opts.Timeout) {
+					return
+				}
+				err = fmt.Errorf("%w (%w)", ErrHandshakeFirst, err)
+			}
+			refused.CompareAndSwap(nil, &err)
+			nc.Close()
 		})}
 	if o.NATSURL != "" {
 		connect = append(connect, o.NATSOptions...)
@@ -364,6 +381,39 @@ func KeepReconnecting(logger *zap.Logger, url string) nats.Option {
 		o.ReconnectedCB = func(*nats.Conn) { logger.Info("reconnected to NATS", zap.String("nats", RedactURL(url))) }
 		return nil
 	}
+}
+
+// handshakeFirst says whether a NATS of servers answers a TLS handshake
+// sent before it said anything, as one set to handshake_first does; any
+// other sends its INFO first, in plain text. It only looks: the handshake
+// trusts any certificate, and nothing is sent over it.
+func handshakeFirst(servers []string, timeout time.Duration) bool {
+	for _, s := range servers {
+		u, err := url.Parse(s)
+		if err != nil || u.Scheme != "nats" && u.Scheme != "tls" || u.Hostname() == "" {
+			continue // a websocket starts with HTTP
+		}
+		host := u.Host
+		if u.Port() == "" {
+			host = net.JoinHostPort(u.Hostname(), "4222")
+		}
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout},
+			Config: &tls.Config{InsecureSkipVerify: true, ServerName: u.Hostname()}} //nolint:gosec // only looks whether TLS answers
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		conn, err := d.DialContext(ctx, "tcp", host)
+		cancel()
+		if err == nil {
+			_ = conn.Close()
+			return true
+		}
+		// An alert is TLS too: a NATS asking for a client certificate.
+		var alert tls.AlertError
+		var remote *net.OpError
+		if errors.As(err, &alert) || errors.As(err, &remote) && remote.Op == "remote error" {
+			return true
+		}
+	}
+	return false
 }
 
 // loadErr reads an error stored once, or nil.
