@@ -15,4 +15,14 @@
 // worker's log that batches relays its appends to a server's log
 // (Config.Relay, ServeRelay), so that the appends of many processes meet in
 // one server's batches.
+//
+// NATS tells a publish or a subscription that the connection's user may
+// not make only to the connection's error handler (nats.ErrorHandler): a
+// request it refused goes unanswered, and looks like one lost. An append
+// so refused ends, once its tries are over (PublishRetries times
+// PublishTimeout), in ErrPermission, wrapping the violation; nothing was
+// stored. To hear a refusal at once, give the connection an error handler
+// that ends the caller's context with the violation as its cause
+// (context.WithCancelCause, on errors.Is(err, nats.ErrPermissionViolation)),
+// and read context.Cause(ctx) when a call ends: jetjob's commands do so.
 package events

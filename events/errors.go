@@ -40,6 +40,12 @@ var (
 	// ErrTooLarge: an event that, encoded, does not fit in one NATS message
 	// with MessageRoom to spare; it was not sent.
 	ErrTooLarge = errors.New("event too large for the NATS server's max_payload")
+	// ErrPermission: NATS refused the connection's user the subject an
+	// append publishes to (its permissions): nothing was stored. It wraps
+	// the violation (nats.ErrPermissionViolation), which names the subject.
+	// It is told once the append's tries are over; to hear it at once, see
+	// the package's documentation.
+	ErrPermission = errors.New("NATS refused this user the subject")
 	// ErrOutcomeUnknown: an append was sent but its answer never came (the
 	// caller's context ended, or acks were lost): it may have been stored.
 	ErrOutcomeUnknown = errors.New("outcome unknown: the append may have been stored")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -578,6 +579,10 @@ func (l *Log) msg(r *appendReq) *nats.Msg {
 // appendOne publishes one event on its own, resending it if its ack is lost.
 func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 	var lastErr error
+	// nats.go tells a publish its user may not make only to the
+	// connection's error handler, and as its last error: a violation
+	// there that was not there before these tries is theirs.
+	before := l.nc.LastError()
 	// No stream leader answering (a cluster electing one, which takes a few
 	// seconds) costs no try: nothing took the message. It is published again
 	// after a pause, for up to the time the tries would take.
@@ -652,7 +657,17 @@ func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 		}
 		l.logger.Debug("append ack lost, resending", zap.String("job", r.ev.JobID), zap.Error(err))
 	}
+	if denied := l.nc.LastError(); denied != before && refusedPublish(denied, l.Subject(r.ev.JobID)) {
+		return 0, fmt.Errorf("append to job %s: %w: %w; nothing was stored", r.ev.JobID, ErrPermission, denied)
+	}
 	return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: fmt.Errorf("no ack after %d tries: %w", l.cfg.PublishRetries, lastErr)}
+}
+
+// refusedPublish says whether err is NATS's refusal of a publish to
+// subject: a message it refused is not stored. Each violation nats.go
+// hears is an error of its own, naming the subject.
+func refusedPublish(err error, subject string) bool {
+	return errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `Publish to "`+subject+`"`)
 }
 
 // noStream reports whether the stream is known not to exist, rather than
