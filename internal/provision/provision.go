@@ -113,6 +113,9 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 		if err != nil {
 			return nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
 		}
+		if err := visible(ctx, js, cfg.Name); err != nil {
+			return nil, err
+		}
 		return s, nil
 	case NoJetStream(err):
 		return nil, fmt.Errorf("look up stream %s: %s %w", cfg.Name, NoJetStreamSays, err)
@@ -136,7 +139,43 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 	if err != nil {
 		return nil, fmt.Errorf("update stream %s: %w", cfg.Name, err)
 	}
+	if err := visible(ctx, js, cfg.Name); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// VisibleWaitMax bounds how long Stream waits for a stream it made or
+// updated to be found by a lookup.
+const VisibleWaitMax = 5 * time.Second
+
+// visible waits until a lookup finds the stream. On a NATS cluster, a
+// stream made (by this process or by another making it at the same time)
+// can be "not found" for a few milliseconds after its creation was
+// answered: two jetjob servers started together on a fresh cluster, one
+// exited with "look up stream JJ_EVENTS: no events stream on this NATS"
+// from the lookup right after its own provisioning, and a bucket bound
+// right after it is made can meet the same.
+func visible(ctx context.Context, js jetstream.JetStream, name string) error {
+	pause := 5 * time.Millisecond
+	deadline := time.Now().Add(VisibleWaitMax)
+	for {
+		_, err := js.Stream(ctx, name)
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			// Found, or a failure that is not about this stream: what
+			// provisioning did stands, and the next request meets the rest.
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("stream %s made but not found for %v: %w", name, VisibleWaitMax, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for stream %s to be found: %w", name, ctx.Err())
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 100*time.Millisecond)
+	}
 }
 
 // KeyValueConfig describes a bucket that provision lays out itself, so that

@@ -3,6 +3,8 @@ package provision_test
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -145,4 +147,43 @@ func TestStreamsAllowConsumersMax(t *testing.T) {
 	_, err = provision.Stream(ctx, env.JS, jetstream.StreamConfig{Name: "SET", Subjects: []string{"set.>"}, MaxConsumers: 7})
 	require.NoError(t, err)
 	require.Equal(t, 7, maxConsumers("SET"))
+}
+
+// Servers started together on a fresh cluster provision the same streams
+// at once, each through its own node; each one's next request, right after
+// its provisioning returned, must find the stream. A lookup there could be
+// told "stream not found" for a few milliseconds: a jetjob server started
+// beside another on a fresh 3-node cluster in a soak exited with "look up
+// stream JJ_EVENTS: no events stream on this NATS".
+func TestAStreamProvisionedAtOnceOnEveryNodeIsFoundRightAfter(t *testing.T) {
+	ctx := context.Background()
+	c := natstest.StartCluster(t, 3)
+	var jss []jetstream.JetStream
+	for _, u := range strings.Split(c.URL, ",") {
+		_, js := natstest.Connect(t, u)
+		jss = append(jss, provision.WithReplicas(js, 3))
+	}
+	for round := range 10 {
+		cfg := jetstream.StreamConfig{Name: fmt.Sprintf("S%d", round), Subjects: []string{fmt.Sprintf("s%d.>", round)}}
+		var wg sync.WaitGroup
+		errs := make([]error, len(jss))
+		for i, js := range jss {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := provision.Stream(ctx, js, cfg); err != nil {
+					if provision.Transient(err) {
+						return // a loaded machine's slow answer: not what this looks at
+					}
+					errs[i] = err
+					return
+				}
+				_, errs[i] = js.Stream(ctx, cfg.Name)
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			require.NoError(t, err, "round %d, provisioned through node %d, then looked up", round, i)
+		}
+	}
 }
