@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -144,6 +145,7 @@ func ExecHandler(cfg ExecConfig) Handler {
 		startErr := make(chan error, 1)
 		exited := make(chan commandExit, 1)
 		var unwatch func()
+		var reaped atomic.Bool // cmd.Wait returned: the command exited
 		go func() {
 			// Linux sends the death signal when the thread that started the
 			// command ends, not the process: the thread stays with this
@@ -168,7 +170,11 @@ func ExecHandler(cfg ExecConfig) Handler {
 				logger.Warn("no watchdog: should this worker die, what its commands started runs on", zap.Error(err))
 			}
 			startErr <- nil
-			exited <- outputs.readWhile(cmd.Wait, ctx.Done())
+			exited <- outputs.readWhile(func() error {
+				err := cmd.Wait()
+				reaped.Store(true)
+				return err
+			}, ctx.Done())
 		}()
 		if err := <-startErr; err != nil {
 			return startFailed(job, logger, cfg.Command[0], err)
@@ -178,6 +184,17 @@ func ExecHandler(cfg ExecConfig) Handler {
 		select {
 		case ended = <-exited:
 		case <-ctx.Done():
+			if reaped.Load() || commandExited(cmd.Process.Pid) {
+				// The command exited on its own before it was told to stop:
+				// its exit says how the attempt ended. A worker paused
+				// (SIGSTOP) while its command ran woke with the command gone
+				// and its beats silent past the fence, which stopped the
+				// handler before the exit was read; a command that had
+				// exited 0 had its attempt failed as lost_contact and ran
+				// again.
+				ended = <-exited
+				break
+			}
 			pgid := cmd.Process.Pid
 			job.logStream(StreamSystem, fmt.Sprintf("stopping the command: %v; SIGTERM to its process group, SIGKILL in %s", context.Cause(ctx), cfg.Grace))
 			_ = syscall.Kill(-pgid, syscall.SIGTERM)

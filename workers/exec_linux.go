@@ -3,6 +3,7 @@ package workers
 import (
 	"bytes"
 	"errors"
+	"io/fs"
 	"os"
 	"strconv"
 	"syscall"
@@ -70,4 +71,26 @@ func pipeBacklog(r *os.File) int {
 		}
 	})
 	return n
+}
+
+// commandExited reports whether the command of process pid has exited: a
+// zombie, or reaped (by its cmd.Wait, just before the caller could hear of
+// it: only its parent reaps it) while /proc shows processes.
+func commandExited(pid int) bool {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	// ESRCH: reaped between the open and the read, as when the worker
+	// wakes from a pause and its Wait runs at the same moment.
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+		_, err := os.Stat("/proc/self/stat")
+		return err == nil
+	}
+	if err != nil {
+		return false // cannot tell: as if running
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return false
+	}
+	fields := bytes.Fields(stat[i+1:])
+	return len(fields) > 0 && string(fields[0]) == "Z"
 }

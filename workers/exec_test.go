@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -558,4 +559,42 @@ func TestExecReadsTheOutputToItsEndHoweverSlowlyItIsLogged(t *testing.T) {
 			require.Equal(t, []string{"the command exited, but a process it started still held its output 1s after: no longer reading it"}, system)
 		})
 	}
+}
+
+// A command that exited on its own before its handler was told to stop
+// keeps its exit: a worker paused (SIGSTOP) while its command ran, and
+// woken after the command had exited 0, stopped the handler as cut off
+// from the server before reading the exit, and the attempt was failed as
+// lost_contact and ran again (a chaos soak: 17 such jobs in 20 minutes).
+// Here the stop comes while a background process holds the command's
+// output, so its exit is read only later.
+func TestExecCommandThatExitedBeforeItsStopKeepsItsExit(t *testing.T) {
+	f := newFixture(t, true)
+	mark := filepath.Join(t.TempDir(), "pid")
+	h := ExecHandler(ExecConfig{Command: []string{"sh", "-c", `sleep 5 & echo $$ > "$0.tmp" && mv "$0.tmp" "$0"; exit 0`, mark}})
+	returned := make(chan error, 1)
+	f.pool(PoolConfig{Types: []string{"woken"}}, func(ctx context.Context, j *Job) error {
+		hctx, stop := context.WithCancelCause(ctx)
+		defer stop(nil)
+		go func() {
+			// Stopped once the command has exited, as the fence stops a
+			// handler whose worker was paused past it.
+			deadline := time.Now().Add(30 * time.Second)
+			for time.Now().Before(deadline) {
+				b, err := os.ReadFile(mark)
+				if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && perr == nil &&
+					!runningProcess(pid) {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+			stop(fmt.Errorf("%w: paused", ErrLostContact))
+		}()
+		err := h(hctx, j)
+		returned <- err
+		return err
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "woken"})
+	require.NoError(t, <-returned, "the command exited 0 before the stop")
+	f.waitState(j.ID, statemachine.StateSucceeded)
 }
