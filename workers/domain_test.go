@@ -7,7 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/coretest"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
@@ -27,13 +27,7 @@ func TestTheGoAPIRunsThroughALeafNodeByDomain(t *testing.T) {
 	leafed := natstest.StartLeafed(t, "hub")
 	_, js := leafed.Connect(t)
 
-	lg, err := events.Open(ctx, js, events.Config{})
-	require.NoError(t, err)
-	t.Cleanup(lg.Close)
-	hb, err := events.OpenHeartbeats(ctx, js)
-	require.NoError(t, err)
-	m, err := statemachine.New(lg, statemachine.Config{})
-	require.NoError(t, err)
+	lg, hb, m := coretest.Open(t, js)
 	require.NoError(t, workers.EnsureTopology(ctx, js))
 	logs, err := workers.AttachLogs(ctx, js)
 	require.NoError(t, err)
