@@ -193,6 +193,17 @@ func ExecHandler(cfg ExecConfig) Handler {
 				// exited 0 had its attempt failed as lost_contact and ran
 				// again.
 				ended = <-exited
+				// What it started may still run: a stop stops it, as any
+				// stop does, so that a retry never runs next to it.
+				if pgid := cmd.Process.Pid; groupRunning(pgid) {
+					job.logStream(StreamSystem, fmt.Sprintf("the command exited before the stop (%v), but processes it started still run: SIGTERM to its process group, SIGKILL in %s", context.Cause(ctx), cfg.Grace))
+					_ = syscall.Kill(-pgid, syscall.SIGTERM)
+					graceOver := time.NewTimer(cfg.Grace)
+					defer graceOver.Stop()
+					if !groupGone(pgid, graceOver.C) {
+						_ = syscall.Kill(-pgid, syscall.SIGKILL)
+					}
+				}
 				break
 			}
 			pgid := cmd.Process.Pid

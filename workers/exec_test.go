@@ -571,7 +571,9 @@ func TestExecReadsTheOutputToItsEndHoweverSlowlyItIsLogged(t *testing.T) {
 func TestExecCommandThatExitedBeforeItsStopKeepsItsExit(t *testing.T) {
 	f := newFixture(t, true)
 	mark := filepath.Join(t.TempDir(), "pid")
-	h := ExecHandler(ExecConfig{Command: []string{"sh", "-c", `sleep 5 & echo $$ > "$0.tmp" && mv "$0.tmp" "$0"; exit 0`, mark}})
+	// The background sleep holds the command's output, so its exit is read
+	// late; and a stop must still end it.
+	h := ExecHandler(ExecConfig{Command: []string{"sh", "-c", `sleep 60 & echo $! > "$0.bg"; echo $$ > "$0.tmp" && mv "$0.tmp" "$0"; exit 0`, mark}})
 	returned := make(chan error, 1)
 	f.pool(PoolConfig{Types: []string{"woken"}}, func(ctx context.Context, j *Job) error {
 		hctx, stop := context.WithCancelCause(ctx)
@@ -597,4 +599,10 @@ func TestExecCommandThatExitedBeforeItsStopKeepsItsExit(t *testing.T) {
 	j := f.submit(statemachine.SubmitParams{Type: "woken"})
 	require.NoError(t, <-returned, "the command exited 0 before the stop")
 	f.waitState(j.ID, statemachine.StateSucceeded)
+	b, err := os.ReadFile(mark + ".bg")
+	require.NoError(t, err)
+	bg, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return !runningProcess(bg) }, 10*time.Second, 5*time.Millisecond,
+		"the process the command left running outlived the handler's stop")
 }
