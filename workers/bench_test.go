@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/jetjob/jetjob/internal/natstest"
 )
 
 // BenchmarkLogsRead measures a read of a finished job's lines, as jetjob
@@ -16,11 +14,8 @@ import (
 func BenchmarkLogsRead(b *testing.B) {
 	for _, n := range []int{10, 1_000} {
 		b.Run(fmt.Sprintf("lines=%d", n), func(b *testing.B) {
-			env := natstest.Start(b)
+			env, logs := startLogs(b)
 			ctx := context.Background()
-			require.NoError(b, EnsureTopology(ctx, env.JS))
-			logs, err := AttachLogs(ctx, env.JS)
-			require.NoError(b, err)
 			for i := range n {
 				logs.appendAsync("job-1", LogLine{Time: time.Now().UTC(), Attempt: 1, Number: int64(i + 1), Lease: 5, Stream: StreamStdout, Line: fmt.Sprint("line ", i+1)})
 			}

@@ -2875,7 +2875,7 @@ func TestLogsReadOnAClusterRidesOutAFetchWithNoResponders(t *testing.T) {
 // exited 0 for a job whose lines were all stored (a cluster soak read 1
 // job of 40 so, with a node restarted).
 func TestLogsReadOnALaggingReplicaReadsEveryLine(t *testing.T) {
-	t.Parallel() // its reads mostly wait out their fetches
+	t.Parallel() // its reads wait on the lagging replica
 	env := natstest.Start(t)
 	ctx := context.Background()
 	require.NoError(t, EnsureTopology(ctx, env.JS))
@@ -3081,11 +3081,8 @@ func TestLogsReadGivesEachRunsLinesInTheirOrder(t *testing.T) {
 			[]stored{{5, 1}, {0, 0}, {5, 2}, {9, 1}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			env := natstest.Start(t)
+			_, logs := startLogs(t)
 			ctx := context.Background()
-			require.NoError(t, EnsureTopology(ctx, env.JS))
-			logs, err := AttachLogs(ctx, env.JS)
-			require.NoError(t, err)
 			for _, s := range tc.stored {
 				line := LogLine{Time: time.Now().UTC(), Attempt: 1, Number: s.number, Lease: s.lease, Stream: StreamStdout, Line: fmt.Sprint(s.lease, "/", s.number)}
 				require.NoError(t, logs.Append(ctx, "job-1", line))
@@ -3108,11 +3105,8 @@ func TestLogsReadGivesEachRunsLinesInTheirOrder(t *testing.T) {
 // and every test that reads a log, took that long at least. Here a fetch
 // would wait an hour.
 func TestLogsReadEndsWithTheLastLineStored(t *testing.T) {
-	env := natstest.Start(t)
+	env, logs := startLogs(t)
 	ctx := context.Background()
-	require.NoError(t, EnsureTopology(ctx, env.JS))
-	logs, err := AttachLogs(ctx, env.JS)
-	require.NoError(t, err)
 	logs.fetchWait = time.Hour
 	// More than a fetch takes, so that the last fetch is the one cut short.
 	const n = 300
@@ -3166,11 +3160,8 @@ func TestLogsReadEndsWithTheLastLineStored(t *testing.T) {
 // order, none missing between: it reads up to the last line stored when it
 // began.
 func TestLogsReadWhileLinesAreWrittenReturnsWhatWasStored(t *testing.T) {
-	env := natstest.Start(t)
+	_, logs := startLogs(t)
 	ctx := context.Background()
-	require.NoError(t, EnsureTopology(ctx, env.JS))
-	logs, err := AttachLogs(ctx, env.JS)
-	require.NoError(t, err)
 	var stored atomic.Int64
 	writing, stop := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
@@ -3227,4 +3218,15 @@ func TestLogsReadThatIsNotAnsweredSaysWhy(t *testing.T) {
 	require.ErrorContains(t, err, "the logs stream did not answer for 10s (a NATS cluster electing a leader takes seconds; try again)")
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	proxy.Restore()
+}
+
+// startLogs starts a server with jetjob's streams and attaches to its job
+// logs.
+func startLogs(tb testing.TB) (*natstest.Env, *Logs) {
+	tb.Helper()
+	env := natstest.Start(tb)
+	require.NoError(tb, EnsureTopology(context.Background(), env.JS))
+	logs, err := AttachLogs(context.Background(), env.JS)
+	require.NoError(tb, err)
+	return env, logs
 }
