@@ -658,6 +658,16 @@ func (l *Log) appendOne(ctx context.Context, r *appendReq) (uint64, error) {
 		l.logger.Debug("append ack lost, resending", zap.String("job", r.ev.JobID), zap.Error(err))
 	}
 	if denied := l.nc.LastError(); denied != before && refusedPublish(denied, l.Subject(r.ev.JobID)) {
+		// Which try was refused is not told: an earlier one may have been
+		// stored, its ack lost, before the user's permissions changed. The
+		// history decides.
+		seq, found, err := l.findEvent(ctx, r.ev.JobID, r.expected, r.ev.ID)
+		switch {
+		case found:
+			return seq, nil
+		case err != nil:
+			return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: fmt.Errorf("%w; reading the job's history back: %w", denied, err)}
+		}
 		return 0, fmt.Errorf("append to job %s: %w: %w; nothing was stored", r.ev.JobID, ErrPermission, denied)
 	}
 	return 0, &OutcomeUnknownError{JobID: r.ev.JobID, Cause: fmt.Errorf("no ack after %d tries: %w", l.cfg.PublishRetries, lastErr)}
