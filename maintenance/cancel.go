@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jetjob/jetjob/internal/config"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
 )
@@ -54,8 +55,8 @@ type BulkCancelOptions struct {
 	Reason string
 	// DryRun lists what would be canceled and changes nothing.
 	DryRun bool
-	// Concurrency: see BulkCancelConcurrencyDefault, which 0 or less
-	// takes.
+	// Concurrency: how many cancels are in flight at once. Default
+	// BulkCancelConcurrencyDefault; a negative is refused.
 	Concurrency int
 	// ViewsWait bounds the wait for the views to show every job the log
 	// held when the cancel began (default BulkCancelViewsWaitDefault;
@@ -96,8 +97,8 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 	if err := statemachine.ValidateCancelReason(opts.Reason); err != nil {
 		return BulkCancelResult{}, err
 	}
-	if opts.Concurrency <= 0 {
-		opts.Concurrency = BulkCancelConcurrencyDefault
+	if err := config.Default(ErrInvalidConfig, "concurrency", &opts.Concurrency, BulkCancelConcurrencyDefault); err != nil {
+		return BulkCancelResult{}, fmt.Errorf("bulk cancel: %w", err)
 	}
 	if len(f.States) == 0 {
 		f.States = []statemachine.State{statemachine.StatePending, statemachine.StateScheduled}

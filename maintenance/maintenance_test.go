@@ -507,6 +507,20 @@ func TestBulkCancelStatesNarrowOrAreRefused(t *testing.T) {
 	}
 }
 
+// A negative concurrency means nothing; a caller who wrote one meant
+// something else than the default it would silently get.
+func TestBulkCancelRefusesANegativeConcurrency(t *testing.T) {
+	f := newFixture(t)
+	job := f.submit(statemachine.SubmitParams{Type: "build"})
+	_, err := CancelPending(context.Background(), f.reader, f.m, projector.Filter{}, BulkCancelOptions{Concurrency: -1})
+	require.ErrorIs(t, err, ErrInvalidConfig)
+	require.ErrorContains(t, err, "concurrency -1, expected 0 (the default, 512) or more")
+	f.projected(job)
+	cur, err := f.m.Load(context.Background(), job.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StatePending, cur.State, "a refused bulk cancel cancels nothing")
+}
+
 func TestBulkCancelSkipsJobsAcquiredMeanwhile(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
