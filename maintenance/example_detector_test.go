@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
-	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/maintenance"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
@@ -80,12 +81,17 @@ func ExampleNewDetector() {
 }
 
 // embeddedServer starts a NATS server with JetStream in a temporary
-// directory, as jetjob's dev mode does.
+// directory, embedded with nats-server's own package: any NATS with
+// JetStream serves jetjob, and `jetjob dev` runs one for a shell.
 func embeddedServer() (jetstream.JetStream, func()) {
 	dir, err := os.MkdirTemp("", "jetjob-example")
 	check(err)
-	srv, err := natsserver.Start(natsserver.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: dir, NoSigs: true})
 	check(err)
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		panic("the embedded NATS did not start")
+	}
 	nc, err := nats.Connect(srv.ClientURL())
 	check(err)
 	js, err := jetstream.New(nc)

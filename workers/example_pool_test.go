@@ -7,12 +7,13 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/events"
-	"github.com/jetjob/jetjob/internal/natsserver"
 	"github.com/jetjob/jetjob/statemachine"
 	"github.com/jetjob/jetjob/workers"
 )
@@ -23,8 +24,12 @@ func Example() {
 	ctx := context.Background()
 	dir, _ := os.MkdirTemp("", "jetjob-example")
 	defer os.RemoveAll(dir)
-	srv, _ := natsserver.Start(natsserver.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	// Any NATS with JetStream serves; this one is embedded with
+	// nats-server's own package (`jetjob dev` runs one for a shell).
+	srv, _ := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: dir, NoSigs: true})
+	srv.Start()
 	defer srv.Shutdown()
+	srv.ReadyForConnections(10 * time.Second)
 	nc, _ := nats.Connect(srv.ClientURL())
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
@@ -158,7 +163,9 @@ func ExampleNewPool() {
 // enqueuer) on an embedded NATS in a temporary directory.
 func exampleServer(ctx context.Context) (jetstream.JetStream, *statemachine.Machine, func()) {
 	dir, _ := os.MkdirTemp("", "jetjob-example")
-	srv, _ := natsserver.Start(natsserver.Config{DataDir: dir, Listen: "127.0.0.1:0"})
+	srv, _ := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: dir, NoSigs: true})
+	srv.Start()
+	srv.ReadyForConnections(10 * time.Second)
 	nc, _ := nats.Connect(srv.ClientURL())
 	js, _ := jetstream.New(nc)
 	lg, _ := events.Open(ctx, js, events.Config{})
