@@ -15,6 +15,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/consume"
+	"github.com/jetjob/jetjob/internal/provision"
 )
 
 // Log line streams.
@@ -189,6 +190,10 @@ func AttachLogs(ctx context.Context, js jetstream.JetStream) (*Logs, error) {
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		return nil, fmt.Errorf("%w: stream %s is missing; start the jetjob server first", ErrNoLogs, LogsStream)
+	case provision.NoJetStream(err):
+		// No jetjob server laid the stream out there either: the caller
+		// matching ErrNoLogs must not take it for a NATS that did not answer.
+		return nil, fmt.Errorf("%w: %s %v", ErrNoLogs, provision.NoJetStreamSays, err)
 	case err != nil:
 		return nil, fmt.Errorf("bind job logs: %w", err)
 	}

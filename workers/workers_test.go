@@ -1354,6 +1354,16 @@ func TestPoolOnANATSWithoutJetStreamFindsNoQueues(t *testing.T) {
 	require.ErrorContains(t, EnsureTopology(context.Background(), env.JS), "no JetStream on this NATS")
 }
 
+// TestLogsOnANATSWithoutJetStreamAreNoLogs: AttachLogs on a NATS without
+// JetStream says ErrNoLogs, as Pool.Start says ErrNoQueues there, not a
+// raw "no responders" that errors.Is cannot tell from an outage.
+func TestLogsOnANATSWithoutJetStreamAreNoLogs(t *testing.T) {
+	env := natstest.StartStock(t, func(o *server.Options) { o.JetStream = false })
+	_, err := AttachLogs(context.Background(), env.JS)
+	require.ErrorIs(t, err, ErrNoLogs)
+	require.ErrorContains(t, err, "no JetStream on this NATS")
+}
+
 // TestQueueShards: a queue's shard is part of its subjects on disk, so it
 // never changes between versions, and tag sets spread over every shard.
 func TestQueueShards(t *testing.T) {
