@@ -393,10 +393,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 		}
 		// The embedded server shares the process: this is server, clients
 		// and workers together.
-		note := "whole process: embedded server, projector, enqueuer, clients and workers"
-		if cfg.NATSURL != "" {
-			note = "this process: projector, enqueuer, clients and workers; not the external server"
-		}
+		note := r.processNote()
 		// The kernel's peak can lag a part's own reading by a page or two.
 		peak := peakRSS()
 		for _, f := range r.figures {
@@ -755,6 +752,25 @@ func resetPeakRSS() {
 func settle() {
 	runtime.GC()
 	debug.FreeOSMemory()
+}
+
+// processCPU is the CPU time the process has used so far, user and system,
+// over all its threads.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// processNote says what this process's figures (its CPU time, its memory)
+// cover.
+func (r *Runner) processNote() string {
+	if r.cfg.NATSURL != "" {
+		return "this process: projector, enqueuer, clients and workers; not the external server"
+	}
+	return "whole process: embedded server, projector, enqueuer, clients and workers"
 }
 
 // peakRSS is the process's peak resident set since the last reset, in MiB.

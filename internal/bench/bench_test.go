@@ -51,6 +51,20 @@ func TestSmokeRunsEveryScenario(t *testing.T) {
 	}
 	text := out.String()
 	require.Contains(t, text, "bench scenario=e2e fsync=interval metric=jobs_per_s_batch value=")
+	// The CPU a job cost, for each submit mode: no target, never zero (a
+	// run of 100 jobs takes milliseconds of CPU).
+	for _, mode := range []string{ModeBatch, ModeOneAtATime} {
+		var cpu *Figure
+		for i, f := range figures {
+			if f.Scenario == ScenarioE2E && f.Metric == "cpu_us_per_job_"+mode {
+				cpu = &figures[i]
+			}
+		}
+		require.NotNil(t, cpu, "no cpu_us_per_job_%s", mode)
+		require.Positive(t, cpu.Value)
+		require.Zero(t, cpu.Target)
+	}
+	require.Contains(t, text, "cpu_us_per_job_batch: CPU time (user+sys) from the first submit to the last success, per job; whole process")
 	// Its sizes are not the targets' sizes: nothing is scored.
 	require.NotContains(t, text, "target=")
 	require.NotContains(t, text, "MISSED")
@@ -167,10 +181,11 @@ func BenchmarkSubmitAcquireSucceed(b *testing.B) {
 			r := &Runner{cfg: Config{Producers: ProducersDefault, Stall: StallDefault}, ceiling: map[string]float64{}}
 			params := jobs(b.N, statemachine.SubmitParams{Type: "noop"})
 			b.ResetTimer()
-			rate, err := r.throughput(context.Background(), s, params,
+			got, err := r.throughput(context.Background(), s, params,
 				[]workers.PoolConfig{{Types: []string{"noop"}, Concurrency: WorkersDefault}}, ModeBatch, false)
 			require.NoError(b, err)
-			b.ReportMetric(rate, "jobs/s")
+			b.ReportMetric(got.rate, "jobs/s")
+			b.ReportMetric(got.cpuPerJob, "cpu-µs/job")
 		})
 	}
 }

@@ -191,11 +191,11 @@ func (r *Runner) tagsScenario(ctx context.Context) error {
 				}
 				var got []float64
 				for range runs {
-					rate, err := r.throughput(ctx, s, params, r.tagPools(), ModeBatch, false)
+					run, err := r.throughput(ctx, s, params, r.tagPools(), ModeBatch, false)
 					if err != nil {
 						return fmt.Errorf("%d tag sets, %s: %w", sets, phase, err)
 					}
-					got = append(got, rate)
+					got = append(got, run.rate)
 				}
 				rate := median(got)
 				rates[phase] = append(rates[phase], rate)
