@@ -21,7 +21,9 @@
 // request it refused goes unanswered, and looks like one lost. An append
 // so refused ends, once its tries are over (PublishRetries times
 // PublishTimeout), in ErrPermission, wrapping the violation; nothing was
-// stored. To hear a refusal at once, give the connection an error handler
+// stored. Its history is read first, since an earlier try may have been
+// stored before the user lost the subject: found there, the append
+// succeeded; not readable, it ends in ErrOutcomeUnknown. To hear a refusal at once, give the connection an error handler
 // that ends the caller's context with the violation as its cause
 // (context.WithCancelCause, on errors.Is(err, nats.ErrPermissionViolation)),
 // and read context.Cause(ctx) when a call ends: jetjob's commands do so.

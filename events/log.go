@@ -732,12 +732,13 @@ func isLostAck(err error) bool {
 		errors.Is(err, nats.ErrConnectionReconnecting)
 }
 
-// findEvent looks for an event by ID in a job's history after a sequence,
-// which the stream, refusing an append that expected it to be the last,
-// said it holds more than: a read that finds nothing after it was answered
-// by a replica that has not caught up, and is asked again. An error says
-// the history could not be read, so whether it holds the event is not
-// known.
+// findEvent looks for an event by ID in a job's history after a sequence.
+// After a conflict the stream said it holds more than that sequence: a
+// read that finds nothing after it was answered by a replica that has not
+// caught up, and is asked again. After a permission refusal nothing says
+// so: the leader's last sequence for the job ends the wait when it is not
+// past that sequence. An error says the history could not be read, so
+// whether it holds the event is not known.
 func (l *Log) findEvent(ctx context.Context, jobID string, after uint64, eventID string) (uint64, bool, error) {
 	recs, err := l.readPast(ctx, jobID, after, after)
 	if err != nil {
