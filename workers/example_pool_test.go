@@ -29,7 +29,9 @@ func Example() {
 	srv, _ := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: dir, NoSigs: true})
 	srv.Start()
 	defer srv.Shutdown()
-	srv.ReadyForConnections(10 * time.Second)
+	if !srv.ReadyForConnections(10 * time.Second) {
+		panic("the embedded NATS did not start")
+	}
 	nc, _ := nats.Connect(srv.ClientURL())
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
@@ -165,7 +167,9 @@ func exampleServer(ctx context.Context) (jetstream.JetStream, *statemachine.Mach
 	dir, _ := os.MkdirTemp("", "jetjob-example")
 	srv, _ := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: dir, NoSigs: true})
 	srv.Start()
-	srv.ReadyForConnections(10 * time.Second)
+	if !srv.ReadyForConnections(10 * time.Second) {
+		panic("the embedded NATS did not start")
+	}
 	nc, _ := nats.Connect(srv.ClientURL())
 	js, _ := jetstream.New(nc)
 	lg, _ := events.Open(ctx, js, events.Config{})
