@@ -375,8 +375,10 @@ func inNumberOrder(lines []LogLine) {
 // then has been passed to fn (it returns nil), or until ctx ends (it returns
 // an error matching ctx.Err(), since lines may be left unpassed). A line
 // stored twice is passed once. It rides
-// out a server restart, each line passed once; a server gone for more than
-// 10 s ends it with an error. With finished nil it passes the lines stored
+// out a server restart, each line passed once, for as long as its
+// connection tries to reconnect: a connection closed ends it with an error,
+// and so does a server that does not answer, the connection up, for more
+// than 10 s. With finished nil it passes the lines stored
 // when it was called (riding out failed fetches the same way), and returns.
 func (l *Logs) Follow(ctx context.Context, jobID string, finished func(context.Context) bool, fn func(LogLine)) error {
 	return l.follow(ctx, jobID, finished, fn)
@@ -411,6 +413,13 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		// cluster at rest.
 		if errors.Is(err, nats.ErrConnectionClosed) {
 			return fmt.Errorf("read logs of job %s: %w", jobID, err)
+		}
+		if nc := l.js.Conn(); !nc.IsConnected() && !nc.IsClosed() {
+			// The connection is away (the NATS down, or refusing its
+			// user): how long to wait for it is its own to say, and it
+			// closes once it gives up, which ends the follow. A follow
+			// ended after 10 s of a refusal its connection outlasted.
+			failingSince = time.Now()
 		}
 		if time.Since(failingSince) > followOutage {
 			// Said as the commands say a log that does not answer: alone,

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -29,15 +31,59 @@ type client struct {
 	m  *statemachine.Machine
 }
 
-func dial(ctx context.Context, fs *flagSet) (*client, error) {
+func dial(ctx context.Context, fs *flagSet) (*client, error) { return dialAs(ctx, fs, "") }
+
+// followTries is how many reconnects in a row a following command (watch,
+// logs -f) tries on a NATS gone, at nats.go's 2 s apart, before it ends
+// saying so.
+const followTries = 5
+
+// dialFollowing dials for a command that follows something until stopped
+// (watch, logs -f), named command in what it says on stderr. It rides out
+// a refusal of its user on a reconnect, as a server and a worker do, each
+// said on stderr: nats.go gave up at the second refusal, and the command
+// ended as if its server were gone. A server gone still ends it, after
+// followTries reconnects none of which the NATS refused.
+func dialFollowing(ctx context.Context, fs *flagSet, command string) (*client, error) {
+	return dialAs(ctx, fs, command)
+}
+
+func dialAs(ctx context.Context, fs *flagSet, following string) (*client, error) {
 	url := fs.server
 	if err := checkServerURL(url); err != nil {
 		return nil, err
 	}
-	nc, err := nats.Connect(url, append([]nats.Option{nats.Name("jetjob-cli"), nats.Timeout(3 * time.Second),
-		nats.RetryOnFailedConnect(false), nats.MaxReconnects(5),
-		// A slow consumer under watch, say, is worth a line on stderr.
-		natsErrors(ctx, logging.New(false))}, fs.natsOpts...)...)
+	// A slow consumer under watch, say, is worth a line on stderr.
+	errs := natsErrorHandler(ctx, logging.New(false))
+	opts := []nats.Option{nats.Name("jetjob-cli"), nats.Timeout(3 * time.Second),
+		nats.RetryOnFailedConnect(false), nats.MaxReconnects(5)}
+	var conn atomic.Pointer[nats.Conn]
+	if following != "" {
+		say := func(format string, args ...any) {
+			fmt.Fprintf(os.Stderr, "jetjob "+following+": "+format+"\n", args...)
+		}
+		logged := errs
+		errs = func(nc *nats.Conn, sub *nats.Subscription, err error) {
+			if refused, ok := refusedConnect(url, err); ok && sub == nil {
+				say("%v; trying again", refused)
+				return
+			}
+			logged(nc, sub, err)
+		}
+		opts = append(opts, nats.MaxReconnects(-1), nats.ErrorHandler(errs),
+			// After the error handler, which it wraps.
+			server.KeepReconnecting(nil, url, server.GiveUpAfter(followTries, func() {
+				if nc := conn.Load(); nc != nil {
+					nc.Close()
+				}
+			})),
+			// After KeepReconnecting, whose own is for a logger.
+			nats.ReconnectHandler(func(*nats.Conn) { say("reconnected to %s", clip(server.RedactURL(url))) }))
+	} else {
+		opts = append(opts, nats.ErrorHandler(errs))
+	}
+	nc, err := nats.Connect(url, append(opts, fs.natsOpts...)...)
+	conn.Store(nc)
 	if refused, ok := refusedConnect(url, err); ok {
 		return nil, refused
 	}

@@ -85,7 +85,13 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("logs", "ID [-f] [--raw]", true)
 	follow := fs.Bool("f", false, "follow until the job ends")
 	raw := fs.Bool("raw", false, "print control characters (terminal escapes) as the command wrote them")
-	return jobCommand(ctx, fs, args, func(c *client, id string) error {
+	following := func() string {
+		if *follow {
+			return "logs"
+		}
+		return ""
+	}
+	return jobCommandFollowing(ctx, fs, args, following, func(c *client, id string) error {
 		if _, err := c.m.Load(ctx, id); err != nil {
 			return err
 		}

@@ -22,6 +22,13 @@ import (
 
 // jobCommand parses a command that takes one job ID, connects, and runs fn.
 func jobCommand(ctx context.Context, fs *flagSet, args []string, fn func(c *client, id string) error) error {
+	return jobCommandFollowing(ctx, fs, args, nil, fn)
+}
+
+// jobCommandFollowing is jobCommand for a command that may follow the job
+// until stopped: following, asked once the flags are parsed, names it for
+// dialFollowing, or is empty for a one-shot command.
+func jobCommandFollowing(ctx context.Context, fs *flagSet, args []string, following func() string, fn func(c *client, id string) error) error {
 	pos, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -30,7 +37,11 @@ func jobCommand(ctx context.Context, fs *flagSet, args []string, fn func(c *clie
 	if err != nil {
 		return err
 	}
-	c, err := dial(ctx, fs)
+	name := ""
+	if following != nil {
+		name = following()
+	}
+	c, err := dialAs(ctx, fs, name)
 	if err != nil {
 		return err
 	}
@@ -282,7 +293,7 @@ func runWatch(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := dial(ctx, fs)
+	c, err := dialFollowing(ctx, fs, "watch")
 	if err != nil {
 		return err
 	}

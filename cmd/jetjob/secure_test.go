@@ -493,37 +493,18 @@ func TestDevOnASecuredNATSSaysWhatToExport(t *testing.T) {
 // them. nats.go gives up after the same refusal twice, by default, and
 // closes the connection for good.
 func TestServerAndWorkerOutlastARefusalOfTheirUser(t *testing.T) {
-	dir := t.TempDir()
-	conf, addr := filepath.Join(dir, "nats.conf"), freeAddr(t)
-	setPassword := func(password string) {
-		t.Helper()
-		require.NoError(t, os.WriteFile(conf, []byte(fmt.Sprintf("listen: %q\njetstream: {store_dir: %q}\nauthorization: {user: jj, password: %s}\n",
-			addr, filepath.Join(dir, "js"), password)), 0o600))
-	}
-	setPassword("pw")
-	loaded, err := nserver.ProcessConfigFile(conf)
-	require.NoError(t, err)
-	n := natstest.StartStock(t, func(o *nserver.Options) {
-		loaded.NoSigs, loaded.NoLog = true, true
-		*o = *loaded
-	}, nats.UserInfo("jj", "pw"), nats.IgnoreAuthErrorAbort(), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
-	url := "nats://jj:pw@" + addr
-	env := []string{"JETJOB_SERVER=" + url}
+	n := startRotatingNATS(t)
+	url, env := n.url, n.env
 	_, serverOut := startProcEnv(t, env, "server", "--nats", url)
 	natstest.Eventually(t, 30*time.Second, func() bool { return strings.Contains(serverOut.String(), "jetjob server ready") }, "server up: %s", serverOut)
 	_, workerOut := startProcEnv(t, env, "worker", "--type", "rotated", "--", "echo", "from the worker")
 	natstest.Eventually(t, 30*time.Second, func() bool { return strings.Contains(workerOut.String(), "worker serving") }, "worker started: %s", workerOut)
 
-	setPassword("rotated")
-	require.NoError(t, n.Stock.Reload())
+	n.setPassword("rotated")
 	// Three refusals each: nats.go's default gave up at the second.
-	refusals := func(out *syncBuffer) int {
-		return strings.Count(strings.ToLower(out.String()), "authorization violation")
-	}
 	natstest.Eventually(t, 60*time.Second, func() bool { return refusals(serverOut) >= 3 && refusals(workerOut) >= 3 },
 		"each refusal logged, and tried again: server: %s\nworker: %s", serverOut, workerOut)
-	setPassword("pw")
-	require.NoError(t, n.Stock.Reload())
+	n.setPassword("pw")
 
 	id := runCLIEnv(t, env, "submit", "--type", "rotated").ok(t)
 	natstest.Eventually(t, 60*time.Second, func() bool {
@@ -535,5 +516,94 @@ func TestServerAndWorkerOutlastARefusalOfTheirUser(t *testing.T) {
 	for _, out := range []*syncBuffer{serverOut, workerOut} {
 		require.Contains(t, out.String(), "NATS refused this connection's user")
 		require.Contains(t, out.String(), "reconnected to NATS")
+	}
+}
+
+// rotatingNATS is a nats-server with one user, jj, whose password a test
+// changes by reloading its configuration, as an operator rotating it does.
+type rotatingNATS struct {
+	url string   // with the password the NATS started with
+	env []string // JETJOB_SERVER=url
+	// setPassword writes the configuration with password and reloads it.
+	setPassword func(password string)
+}
+
+func startRotatingNATS(t *testing.T) *rotatingNATS {
+	t.Helper()
+	dir := t.TempDir()
+	conf, addr := filepath.Join(dir, "nats.conf"), freeAddr(t)
+	write := func(password string) {
+		t.Helper()
+		require.NoError(t, os.WriteFile(conf, []byte(fmt.Sprintf("listen: %q\njetstream: {store_dir: %q}\nauthorization: {user: jj, password: %s}\n",
+			addr, filepath.Join(dir, "js"), password)), 0o600))
+	}
+	write("pw")
+	loaded, err := nserver.ProcessConfigFile(conf)
+	require.NoError(t, err)
+	n := natstest.StartStock(t, func(o *nserver.Options) {
+		loaded.NoSigs, loaded.NoLog = true, true
+		*o = *loaded
+	}, nats.UserInfo("jj", "pw"), nats.IgnoreAuthErrorAbort(), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	url := "nats://jj:pw@" + addr
+	return &rotatingNATS{url: url, env: []string{"JETJOB_SERVER=" + url}, setPassword: func(password string) {
+		t.Helper()
+		write(password)
+		require.NoError(t, n.Stock.Reload())
+	}}
+}
+
+// refusals counts the refusals of a user said in out.
+func refusals(out *syncBuffer) int {
+	return strings.Count(strings.ToLower(out.String()), "authorization violation")
+}
+
+// A watch and a log followed outlast a refusal of their user, as a server
+// and a worker do: each refusal said on stderr, and what changed meanwhile
+// shown once the NATS takes them again. nats.go's default gave up at the
+// second refusal, and ended both. A first connect refused still ends them
+// at once, saying so.
+func TestWatchAndFollowOutlastARefusalOfTheirUser(t *testing.T) {
+	n := startRotatingNATS(t)
+	_, serverOut := startProcEnv(t, n.env, "server", "--nats", n.url)
+	natstest.Eventually(t, 30*time.Second, func() bool { return strings.Contains(serverOut.String(), "jetjob server ready") }, "server up: %s", serverOut)
+	gate := filepath.Join(t.TempDir(), "gate")
+	_, workerOut := startProcEnv(t, n.env, "worker", "--type", "rotated", "--", "sh", "-c",
+		"echo before; while [ ! -f "+gate+" ]; do sleep 0.1; done; echo after")
+	id := runCLIEnv(t, n.env, "submit", "--type", "rotated").ok(t)
+	_, watchOut := startProcEnv(t, n.env, "watch", "--type", "rotated")
+	follow, followOut := startProcEnv(t, n.env, "logs", "-f", id)
+	natstest.Eventually(t, 60*time.Second, func() bool {
+		return strings.Contains(watchOut.String(), id+" running") && strings.Contains(followOut.String(), "before")
+	}, "the watch and the follow under way: watch: %s\nlogs -f: %s\nworker: %s", watchOut, followOut, workerOut)
+
+	n.setPassword("rotated")
+	natstest.Eventually(t, 60*time.Second, func() bool { return refusals(watchOut) >= 3 && refusals(followOut) >= 3 },
+		"each refusal said, and tried again: watch: %s\nlogs -f: %s", watchOut, followOut)
+	n.setPassword("pw")
+	require.NoError(t, os.WriteFile(gate, nil, 0o600))
+
+	followed := make(chan error, 1)
+	go func() { followed <- follow.Wait() }()
+	select {
+	case err := <-followed:
+		require.NoError(t, err, "logs -f: %s", followOut)
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("logs -f still running 2 minutes after the job could end: %s\nworker: %s", followOut, workerOut)
+	}
+	require.Contains(t, followOut.String(), "after", "the line written after the refusal")
+	natstest.Eventually(t, 60*time.Second, func() bool { return strings.Contains(watchOut.String(), id+" succeeded") },
+		"the watch shows the job's end: %s", watchOut)
+	for _, out := range []*syncBuffer{watchOut, followOut} {
+		require.Contains(t, out.String(), "refused this user", "said as a refusal: %s", out)
+		require.NotContains(t, out.String(), "ended", "%s", out)
+	}
+
+	// Refused at the first connect: one line, at once.
+	bad := []string{"JETJOB_SERVER=" + strings.Replace(n.url, ":pw@", ":wrong@", 1)}
+	for _, args := range [][]string{{"watch"}, {"logs", "-f", id}} {
+		r := runCLIEnv(t, bad, args...)
+		require.Equal(t, 1, r.code, "%v: %s", args, r.stderr)
+		require.Equal(t, 1, strings.Count(strings.TrimSpace(r.stderr), "\n")+1, "%v: one line: %s", args, r.stderr)
+		require.Contains(t, r.stderr, "refused this user", "%v", args)
 	}
 }

@@ -365,24 +365,6 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	return s, nil
 }
 
-// KeepReconnecting makes a long-running process's connection (a server's,
-// a worker's) try again after the NATS refused its user on a reconnect, as
-// it tries again after the NATS went down, and says in the log when it is
-// back. nats.go gives up after the same refusal twice and closes the
-// connection for good: a NATS whose configuration was reloaded with a user
-// changed, then changed back, left the process running and serving
-// nothing. Each refusal reaches the connection's error handler, which logs
-// it. A refusal of the first connect still ends the start: trying again
-// cannot change it, and the user is there to fix it.
-func KeepReconnecting(logger *zap.Logger, url string) nats.Option {
-	logger = logging.OrNop(logger, "nats")
-	return func(o *nats.Options) error {
-		o.IgnoreAuthErrorAbort = true
-		o.ReconnectedCB = func(*nats.Conn) { logger.Info("reconnected to NATS", zap.String("nats", RedactURL(url))) }
-		return nil
-	}
-}
-
 // handshakeFirst says whether a NATS of servers answers a TLS handshake
 // sent before it said anything, as one set to handshake_first does; any
 // other sends its INFO first, in plain text. It only looks: the handshake
