@@ -607,3 +607,40 @@ func TestWatchAndFollowOutlastARefusalOfTheirUser(t *testing.T) {
 		require.Contains(t, r.stderr, "refused this user", "%v", args)
 	}
 }
+
+// A worker refused for good backs off: it tried every 250 ms and logged
+// each refusal, four lines a second into its logs for as long as it ran
+// misconfigured. Fixed credentials are still taken within a bound.
+func TestARefusedWorkerBacksOff(t *testing.T) {
+	n := startRotatingNATS(t)
+	_, serverOut := startProcEnv(t, n.env, "server", "--nats", n.url)
+	natstest.Eventually(t, 30*time.Second, func() bool { return strings.Contains(serverOut.String(), "jetjob server ready") }, "server up: %s", serverOut)
+	_, workerOut := startProcEnv(t, n.env, "worker", "--type", "backoff", "--", "true")
+	natstest.Eventually(t, 30*time.Second, func() bool { return strings.Contains(workerOut.String(), "worker serving") }, "worker started: %s", workerOut)
+
+	n.setPassword("rotated")
+	natstest.Eventually(t, 90*time.Second, func() bool { return refusals(workerOut) >= 6 }, "six refusals logged: %s", workerOut)
+	// By the times the worker logged them: a loaded machine slows the
+	// tries, it cannot hasten them.
+	var at []time.Time
+	for _, line := range strings.Split(workerOut.String(), "\n") {
+		if !strings.Contains(strings.ToLower(line), "authorization violation") {
+			continue
+		}
+		stamp, _, _ := strings.Cut(line, "\t")
+		when, err := time.Parse("15:04:05.000", stamp)
+		require.NoError(t, err, "the time of %q", line)
+		at = append(at, when)
+	}
+	require.GreaterOrEqual(t, at[5].Sub(at[0]), 5*time.Second, "the first six refusals, each tried 250 ms after the last: %s", workerOut)
+
+	n.setPassword("pw")
+	natstest.Eventually(t, 15*time.Second, func() bool { return strings.Contains(workerOut.String(), "reconnected to NATS") },
+		"the worker takes the fixed password: %s", workerOut)
+	id := runCLIEnv(t, n.env, "submit", "--type", "backoff").ok(t)
+	natstest.Eventually(t, 60*time.Second, func() bool {
+		var v projector.View
+		r := runCLIEnv(t, n.env, "get", id, "-o", "json")
+		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &v) == nil && v.State == "succeeded"
+	}, "job %s run after the refusal: worker: %s", id, workerOut)
+}

@@ -11,6 +11,13 @@ import (
 	"github.com/jetjob/jetjob/internal/logging"
 )
 
+// RefusedWaitMax caps the wait between reconnects while the NATS refuses
+// the connection's user: each refusal doubles the connection's reconnect
+// wait, up to this. A worker refused for good tried every 250 ms and
+// logged each refusal, four lines a second; fixed credentials are still
+// taken within this of the NATS's reload.
+const RefusedWaitMax = 5 * time.Second
+
 // ReconnectOption adjusts KeepReconnecting.
 type ReconnectOption func(*reconnects)
 
@@ -31,9 +38,12 @@ func GiveUpAfter(tries int, giveUp func()) ReconnectOption {
 // closes the connection for good: a NATS whose configuration was reloaded
 // with a user changed, then changed back, left the process running and
 // serving nothing. Each refusal reaches the connection's error handler,
-// which logs it. Give it after the error handler (nats.ErrorHandler),
-// which it wraps to hear the refusals. A refusal of the first connect still ends the start:
-// trying again cannot change it, and the user is there to fix it.
+// which logs it, and doubles the wait before the next try, up to
+// RefusedWaitMax, so that a process refused for good does not flood its
+// log (a NATS down is tried at the connection's ReconnectWait). Give it
+// after the error handler (nats.ErrorHandler), which it wraps to hear the
+// refusals. A refusal of the first connect still ends the start: trying
+// again cannot change it, and the user is there to fix it.
 func KeepReconnecting(logger *zap.Logger, url string, opts ...ReconnectOption) nats.Option {
 	logger = logging.OrNop(logger, "nats")
 	r := &reconnects{}
@@ -71,12 +81,15 @@ type reconnects struct {
 	giveUpAfter int
 	giveUp      func()
 	gaveUp      atomic.Bool
-	// quiet counts the tries of this run of reconnects since the last
-	// refusal (or since the run began).
-	quiet atomic.Int64
+	// refusals heard in this run of reconnects; quiet counts its tries
+	// since the last (or since the run began).
+	refusals, quiet atomic.Int64
 }
 
-func (r *reconnects) refused() { r.quiet.Store(0) }
+func (r *reconnects) refused() {
+	r.refusals.Add(1)
+	r.quiet.Store(0)
+}
 
 // wait is the wait before the passes-th pass over the NATS's servers of a
 // run of reconnects (from 1: nats.go waits before its first try, and a
@@ -86,6 +99,7 @@ func (r *reconnects) wait(passes int, base, jitter time.Duration) time.Duration 
 		// A refusal is heard after the try it ended (the error handler
 		// runs apart), so one from the last run cannot come now: it
 		// ended with the NATS taking the connection.
+		r.refusals.Store(0)
 		r.quiet.Store(0)
 	} else if q := r.quiet.Add(1); r.giveUpAfter > 0 && q >= int64(r.giveUpAfter) && r.gaveUp.CompareAndSwap(false, true) {
 		// Not here: nats.go calls this in its reconnect loop, which a
@@ -93,6 +107,12 @@ func (r *reconnects) wait(passes int, base, jitter time.Duration) time.Duration 
 		go r.giveUp()
 	}
 	d := base
+	for n := r.refusals.Load(); n > 0 && d < RefusedWaitMax; n-- {
+		d *= 2
+	}
+	if d > RefusedWaitMax && base < RefusedWaitMax {
+		d = RefusedWaitMax
+	}
 	if jitter > 0 {
 		d += rand.N(jitter)
 	}
