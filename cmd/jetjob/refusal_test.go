@@ -36,6 +36,7 @@ func TestEveryRefusalIsWorded(t *testing.T) {
 		{"user", fmt.Errorf("connect to NATS at x: %w", nats.ErrAuthorization), server.RefusedUser, "refused this user (nats: authorization violation): check --creds"},
 		{"expired", nats.ErrAuthExpired, server.RefusedExpired, "its credentials expired"},
 		{"revoked", nats.ErrAuthRevoked, server.RefusedRevoked, "its credentials were revoked"},
+		{"account expired", nats.ErrAccountAuthExpired, server.RefusedAccountExpired, "its account expired"},
 		{"unknown CA", verify(x509.UnknownAuthorityError{}), server.RefusedUnknownCA, "does not trust"},
 		{"another host", verify(x509.HostnameError{Certificate: &x509.Certificate{}, Host: "h"}), server.RefusedHostname, "for another host"},
 		{"invalid", verify(x509.CertificateInvalidError{Cert: &x509.Certificate{}, Reason: x509.Expired}), server.RefusedCertificate, "not valid"},

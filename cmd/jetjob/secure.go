@@ -225,13 +225,16 @@ func refusedConnect(url string, err error) (_ error, ok bool) {
 // refusalSays words each kind of refusal (server.RefusalOf), given the
 // NATS's URL and the refusal, with what to check.
 var refusalSays = map[server.Refusal]string{
-	server.RefusedUser:        "the NATS at %s refused this user (%v): check --creds, --nkey, or the user and password or token in the URL",
-	server.RefusedExpired:     "the NATS at %s refused this user: its credentials expired (%v): ask the account's issuer for new ones",
-	server.RefusedRevoked:     "the NATS at %s refused this user: its credentials were revoked (%v)",
-	server.RefusedUnknownCA:   "the NATS at %s shows a TLS certificate this machine does not trust (%v): give the CA that signed it with --tls-ca",
-	server.RefusedHostname:    "the NATS at %s shows a TLS certificate for another host (%v): connect by a name the certificate holds",
-	server.RefusedCertificate: "the NATS at %s shows a TLS certificate that is not valid (%v)",
-	server.RefusedNoTLS:       "the NATS at %s offers no TLS, which --tls-ca, --tls-cert, --tls-first or a tls:// URL ask for (%v)",
+	server.RefusedUser:    "the NATS at %s refused this user (%v): check --creds, --nkey, or the user and password or token in the URL",
+	server.RefusedExpired: "the NATS at %s refused this user: its credentials expired (%v): ask the account's issuer for new ones",
+	server.RefusedRevoked: "the NATS at %s refused this user: its credentials were revoked (%v)",
+	// The account's JWT, which its operator issues: the user's own
+	// credentials may be in date.
+	server.RefusedAccountExpired: "the NATS at %s refused this user: its account expired (%v): ask the NATS's operator to renew the account's JWT",
+	server.RefusedUnknownCA:      "the NATS at %s shows a TLS certificate this machine does not trust (%v): give the CA that signed it with --tls-ca",
+	server.RefusedHostname:       "the NATS at %s shows a TLS certificate for another host (%v): connect by a name the certificate holds",
+	server.RefusedCertificate:    "the NATS at %s shows a TLS certificate that is not valid (%v)",
+	server.RefusedNoTLS:          "the NATS at %s offers no TLS, which --tls-ca, --tls-cert, --tls-first or a tls:// URL ask for (%v)",
 	// Our handshake came first and the NATS answered in plain text (its
 	// INFO): only --tls-first starts a handshake before reading that.
 	server.RefusedPlainText: "the NATS at %s answered the TLS handshake in plain text (%v): it is not set to handshake_first: leave out --tls-first (or JETJOB_TLS_FIRST)",

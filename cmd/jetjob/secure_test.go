@@ -283,6 +283,8 @@ func TestNKeyUser(t *testing.T) {
 // account's, and one account with JetStream.
 type operator struct {
 	op, sys, account nkeys.KeyPair
+	// accountExpires, when set, is when the account's JWT expires.
+	accountExpires time.Time
 }
 
 func newOperator(t *testing.T) operator {
@@ -319,6 +321,9 @@ func (o operator) conf(t *testing.T) string {
 	sys := jwt.NewAccountClaims(pub(o.sys))
 	acc := jwt.NewAccountClaims(pub(o.account))
 	acc.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+	if !o.accountExpires.IsZero() {
+		acc.Expires = o.accountExpires.Unix()
+	}
 	return fmt.Sprintf("operator: %s\nsystem_account: %s\nresolver: MEM\nresolver_preload: {\n  %s: %s\n  %s: %s\n}\n",
 		encode(op, o.op), pub(o.sys), pub(o.sys), encode(sys, o.op), pub(o.account), encode(acc, o.op))
 }
@@ -643,4 +648,36 @@ func TestARefusedWorkerBacksOff(t *testing.T) {
 		r := runCLIEnv(t, n.env, "get", id, "-o", "json")
 		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &v) == nil && v.State == "succeeded"
 	}, "job %s run after the refusal: worker: %s", id, workerOut)
+}
+
+// The account of a running watch's user expires: the NATS says "Account
+// Authentication Expired" to its connections, which the watch says as the
+// refusal it is, in its own words, and tries again. It was no refusal to
+// jetjob (server.RefusalOf), and came as a log line of nats.go's error.
+func TestAWatchSaysItsAccountExpired(t *testing.T) {
+	o := newOperator(t)
+	// Long enough for the server and the watch to start on a loaded
+	// machine; checked below.
+	o.accountExpires = time.Now().Add(30 * time.Second)
+	conf := filepath.Join(t.TempDir(), "nats.conf")
+	require.NoError(t, os.WriteFile(conf, []byte(o.conf(t)), 0o600))
+	loaded, err := nserver.ProcessConfigFile(conf)
+	require.NoError(t, err)
+	file := creds(t, o.account, time.Time{})
+	n := natstest.StartStock(t, func(opts *nserver.Options) {
+		loaded.Host, loaded.Port, loaded.JetStream, loaded.StoreDir, loaded.NoSigs, loaded.NoLog = opts.Host, opts.Port, true, opts.StoreDir, true, true
+		*opts = *loaded
+	}, nats.UserCredentials(file), nats.IgnoreAuthErrorAbort(), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	env := []string{"JETJOB_SERVER=" + n.URL, "JETJOB_CREDS=" + file}
+	_, serverOut := startProcEnv(t, env, "server", "--nats", n.URL)
+	natstest.Eventually(t, 25*time.Second, func() bool { return strings.Contains(serverOut.String(), "jetjob server ready") }, "server up: %s", serverOut)
+	id := runCLIEnv(t, env, "submit", "--type", "expiring").ok(t)
+	_, watchOut := startProcEnv(t, env, "watch", "--type", "expiring")
+	natstest.Eventually(t, 25*time.Second, func() bool { return strings.Contains(watchOut.String(), id+" pending") }, "the watch under way: %s", watchOut)
+	require.True(t, time.Now().Before(o.accountExpires), "the watch started before the account expired: %s", watchOut)
+
+	natstest.Eventually(t, time.Until(o.accountExpires)+30*time.Second, func() bool {
+		return strings.Contains(watchOut.String(), "its account expired")
+	}, "the expiry said as such: %s", watchOut)
+	require.Contains(t, watchOut.String(), "jetjob watch: the NATS at "+n.URL+" refused this user: its account expired (nats: account authentication expired)")
 }

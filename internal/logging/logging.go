@@ -55,18 +55,30 @@ func NATSErrorHandler(l *zap.Logger) nats.ErrHandler {
 			l.Debug("asynchronous error", fields...)
 			return
 		}
-		if refusedUser(err) {
-			// Heard on a reconnect: the NATS's users changed under a
-			// running process (a configuration reloaded, credentials
-			// rotated or revoked).
-			l.Warn("NATS refused this connection's user on reconnecting: check its credentials against the NATS's configuration", fields...)
-			return
+		for _, r := range refusedUser {
+			if errors.Is(err, r.err) {
+				// Heard on a running connection or its reconnect: the
+				// NATS's users changed under a running process (a
+				// configuration reloaded, credentials rotated, revoked
+				// or expired).
+				l.Warn("NATS refused this connection's user"+r.says, fields...)
+				return
+			}
 		}
 		l.Warn("asynchronous error", fields...)
 	}
 }
 
-func refusedUser(err error) bool {
-	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
-		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired)
+// refusedUser words each refusal of a connection's user nats.go reports
+// (internal/server.RefusalOf tells them too; it imports this package).
+var refusedUser = []struct {
+	err  error
+	says string
+}{
+	{nats.ErrAuthorization, " on reconnecting: check its credentials against the NATS's configuration"},
+	{nats.ErrAuthExpired, ": its credentials expired: renew them (a creds file renewed in place is read at the next reconnect)"},
+	{nats.ErrAuthRevoked, ": its credentials were revoked"},
+	// The account's JWT, which the operator issues: the user's own
+	// credentials may be in date.
+	{nats.ErrAccountAuthExpired, ": its account expired: ask the NATS's operator to renew the account's JWT"},
 }

@@ -20,9 +20,10 @@ func TestNATSErrorsGoToTheLogger(t *testing.T) {
 	opts.AsyncErrorCB(nil, &nats.Subscription{Subject: "$KV.jj_settings.hang_after"}, nats.ErrConsumerNotActive)
 	opts.AsyncErrorCB(nil, nil, errors.New("slow consumer"))
 	opts.AsyncErrorCB(nil, nil, nats.ErrAuthorization)
+	opts.AsyncErrorCB(nil, nil, nats.ErrAccountAuthExpired)
 
 	entries := logs.AllUntimed()
-	require.Len(t, entries, 3)
+	require.Len(t, entries, 4)
 	require.Equal(t, zapcore.DebugLevel, entries[0].Level, "a consumer its owner makes again")
 	require.Equal(t, "nats", entries[0].LoggerName)
 	require.Equal(t, "$KV.jj_settings.hang_after", entries[0].ContextMap()["subject"])
@@ -30,6 +31,7 @@ func TestNATSErrorsGoToTheLogger(t *testing.T) {
 	require.Equal(t, "slow consumer", entries[1].ContextMap()["error"])
 	require.Equal(t, zapcore.WarnLevel, entries[2].Level)
 	require.Contains(t, entries[2].Message, "NATS refused this connection's user", "a refusal says so")
+	require.Contains(t, entries[3].Message, "NATS refused this connection's user: its account expired", "an account's expiry says so")
 
 	// Without a logger, they go nowhere rather than to stderr.
 	quiet := nats.GetDefaultOptions()

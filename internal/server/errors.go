@@ -50,6 +50,11 @@ const (
 	// RefusedRevoked: the user's credentials were revoked
 	// (nats.ErrAuthRevoked).
 	RefusedRevoked
+	// RefusedAccountExpired: the JWT of the user's account expired
+	// (nats.ErrAccountAuthExpired), said by an operator-mode NATS to the
+	// account's connections when it does; their reconnects are then
+	// refused as RefusedUser.
+	RefusedAccountExpired
 	// RefusedUnknownCA: the NATS's certificate is signed by a CA not
 	// trusted here.
 	RefusedUnknownCA
@@ -71,7 +76,7 @@ const (
 )
 
 // Refusals lists every kind of refusal, NotRefused left out.
-var Refusals = []Refusal{RefusedUser, RefusedExpired, RefusedRevoked, RefusedUnknownCA, RefusedHostname,
+var Refusals = []Refusal{RefusedUser, RefusedExpired, RefusedRevoked, RefusedAccountExpired, RefusedUnknownCA, RefusedHostname,
 	RefusedCertificate, RefusedNoTLS, RefusedPlainText, RefusedTLS}
 
 // RefusalOf tells whether err is a NATS's refusal of a connection, which
@@ -92,6 +97,8 @@ func RefusalOf(err error) Refusal {
 		return RefusedExpired
 	case errors.Is(err, nats.ErrAuthRevoked):
 		return RefusedRevoked
+	case errors.Is(err, nats.ErrAccountAuthExpired):
+		return RefusedAccountExpired
 	case errors.As(err, &unknownCA):
 		return RefusedUnknownCA
 	case errors.As(err, &badHost):
