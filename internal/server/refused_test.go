@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -192,4 +193,50 @@ func TestHandshakeFirstIsLookedFor(t *testing.T) {
 	for name, url := range map[string]string{"TLS": tlsNATS.URL, "plain": plain.URL, "silent": "nats://" + silent.Addr().String(), "a websocket": "ws://" + silent.Addr().String()} {
 		require.False(t, handshakeFirst([]string{url}, time.Second), name)
 	}
+}
+
+// dialCounter is a dialer that says when its first dial was tried.
+type dialCounter struct {
+	once  sync.Once
+	tried chan struct{}
+}
+
+func (d *dialCounter) Dial(network, address string) (net.Conn, error) {
+	d.once.Do(func() { close(d.tried) })
+	return (&net.Dialer{Timeout: 2 * time.Second}).Dial(network, address)
+}
+
+// A NATS set to handshake_first that comes up after a start's first try
+// (started together, the NATS the slower) is told as such too: only the
+// first try's failure was looked at, and a later one, the NATS saying
+// nothing, is no error nats.go reports, so the start tried for 30 s to say
+// that the NATS was not reachable.
+func TestAStartOnAHandshakeFirstNATSUpLaterSaysSo(t *testing.T) {
+	addr := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer l.Close()
+		return l.Addr().String()
+	}()
+	host, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	dialer := &dialCounter{tried: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	started := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		_, err := Start(ctx, Options{NATSURL: "nats://" + addr, NoMaintenance: true, NATSOptions: []nats.Option{nats.SetCustomDialer(dialer)}})
+		done <- err
+	}()
+	<-dialer.tried
+	startTLSNATS(t, func(o *nserver.Options) {
+		o.TLSHandshakeFirst = true
+		o.Host = host
+		o.Port, err = strconv.Atoi(port)
+	})
+	require.NoError(t, err)
+	err = <-done
+	require.ErrorIs(t, err, ErrHandshakeFirst)
+	require.Less(t, time.Since(started), 25*time.Second, "told before the start's 30 s")
 }

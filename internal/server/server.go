@@ -205,12 +205,29 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	// Checked before any stream is changed: a deployment moving to
 	// replicas must not be left half moved, and is told everything at once.
 	ours := func(name string) bool { return strings.HasPrefix(name, "JJ_") || strings.HasPrefix(name, "KV_jj_") }
+	// A NATS set to handshake_first that came up after the first try
+	// (started with jetjob): its silence on the later tries is no error
+	// nats.go reports to the handler above, and the start waited out its
+	// 30 s to say that the NATS was not reachable. Looked at only when a
+	// request of the start failed with the connection down, so that no
+	// ordinary start pays for it; a NATS down answers no handshake, at
+	// once.
+	handshakeFirstLater := func(err error) error {
+		if err == nil || !provision.Transient(err) || s.NC.IsConnected() || s.NC.IsClosed() || s.NC.Opts.TLSHandshakeFirst ||
+			!handshakeFirst(s.NC.Servers(), s.NC.Opts.Timeout) {
+			return err
+		}
+		// Not wrapped: a request timed out is tried again.
+		err = fmt.Errorf("%w (%v)", ErrHandshakeFirst, err)
+		refused.CompareAndSwap(nil, &err)
+		return err
+	}
 	// The first request: a server started while its cluster elects a
 	// leader waits for it.
 	var stuck []string
 	err = provision.UntilAnswered(ctx, provision.ElectionWaitDefault, 5*time.Second, func(ctx context.Context) (err error) {
 		stuck, err = provision.Unreplicable(ctx, js, o.Replicas, ours)
-		return err
+		return handshakeFirstLater(err)
 	})
 	if err != nil {
 		if !s.NC.IsConnected() {
@@ -241,7 +258,7 @@ func Start(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	// Every later request of the start waits out an election too: the
 	// first one answered says only that a leader was there then.
-	ask := s.untilAnswered(o.Logger)
+	ask := s.untilAnswered(o.Logger, handshakeFirstLater)
 	if err = ask(ctx, func(ctx context.Context) (err error) {
 		s.Log, err = events.Open(ctx, s.JS, logConfig(o))
 		return err
@@ -412,15 +429,16 @@ const startTry = 5 * time.Second
 
 // untilAnswered returns how the start makes its requests: on an external
 // NATS, asked again while its cluster elects a leader, and said so in the
-// log; on the embedded server, which has no election, once.
-func (s *Server) untilAnswered(logger *zap.Logger) func(context.Context, func(context.Context) error) error {
+// log; on the embedded server, which has no election, once. look is given
+// each try's error, and returns the error to go on with.
+func (s *Server) untilAnswered(logger *zap.Logger, look func(error) error) func(context.Context, func(context.Context) error) error {
 	if s.embedded != nil {
 		return func(ctx context.Context, fn func(context.Context) error) error { return fn(ctx) }
 	}
 	logger = logging.OrNop(logger, "server")
 	return func(ctx context.Context, fn func(context.Context) error) error {
 		return provision.UntilAnswered(ctx, provision.ElectionWaitDefault, startTry, func(ctx context.Context) error {
-			err := fn(ctx)
+			err := look(fn(ctx))
 			switch {
 			case !provision.Transient(err):
 			case s.NC != nil && !s.NC.IsConnected():
