@@ -151,9 +151,17 @@ func (h *Heartbeats) FollowHangAfter(ctx context.Context, set func(time.Duration
 	// The watch ends with ctx, and callers pass the ctx of their start,
 	// often one with a timeout: it is given one that stop ends instead.
 	watchCtx, endWatch := context.WithCancel(context.WithoutCancel(ctx))
+	// Until the watch is under way, ctx ends it too: its consumer's
+	// making, which a NATS refusing the user never answers, waited out
+	// nats.go's 5 s whatever ctx said.
+	detach := context.AfterFunc(ctx, endWatch)
 	w, err := h.settings.Watch(watchCtx, hangAfterKey, jetstream.IgnoreDeletes())
 	if err != nil {
+		detach()
 		endWatch()
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
 		return nil, fmt.Errorf("follow hang-after: %w", err)
 	}
 	stop = func() {
@@ -181,6 +189,11 @@ func (h *Heartbeats) FollowHangAfter(ctx context.Context, set func(time.Duration
 				apply(e)
 			}
 		}
+	}
+	if !detach() {
+		// ctx ended meanwhile, and the watch with it.
+		stop()
+		return nil, fmt.Errorf("follow hang-after: %w", ctx.Err())
 	}
 	go func() {
 		for e := range w.Updates() {

@@ -335,7 +335,10 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 // and, for jobs to reach the queue, an Enqueuer running somewhere on the
 // same NATS (a jetjob server runs one). ctx bounds the start only: the
 // pool runs until Stop. Safe to call twice; after Stop it returns
-// ErrStopped.
+// ErrStopped. A request or subscription of the start that NATS refuses the
+// pool's user ends it at once in events.ErrPermission, wrapping the
+// violation (nats.ErrPermissionViolation), which names the subject; so
+// does any other violation the connection hears meanwhile.
 func (p *Pool) Start(ctx context.Context) error {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()
@@ -362,6 +365,19 @@ func (p *Pool) Start(ctx context.Context) error {
 		return err
 	}
 	p.logJS = logJS
+	// A request NATS refuses the pool's user goes unanswered: Start waited
+	// out its 30 s for JetStream, and a subscription refused was not said
+	// at all. Each refusal is told only to the connection's error handler
+	// (the caller's) and as its last error, which Start watches.
+	denials := startDenials(p.nc)
+	ctx, stopWatching := denials.watch(ctx)
+	defer stopWatching()
+	refusedOr := func(err error) error {
+		if denied := denials.heard(); denied != nil {
+			return fmt.Errorf("start worker pool: %w", denied)
+		}
+		return err
+	}
 	// A pool started while its NATS cluster elects a leader (a node just
 	// lost) waits for one: each of these requests may go unanswered or be
 	// refused as "temporarily unavailable" meanwhile.
@@ -375,7 +391,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		return said(p.bind(ctx, logJS))
 	})
 	if err != nil {
-		return err
+		return refusedOr(err)
 	}
 	p.logs.lost = lineLost
 	kv := p.registry
@@ -395,7 +411,7 @@ func (p *Pool) Start(ctx context.Context) error {
 	})
 	if err != nil {
 		cancel()
-		return err
+		return refusedOr(err)
 	}
 	// Take the registry as it is before the first pass.
 	for e := range p.watch.Updates() {
@@ -411,11 +427,20 @@ func (p *Pool) Start(ctx context.Context) error {
 	for t := range p.types {
 		types = append(types, t)
 	}
-	if p.leaveWakes, err = joinWakeHub(p, types); err != nil {
+	if p.leaveWakes, err = joinWakeHub(p, types); err == nil {
+		// A subscription refused is said after the SUB: the flush's
+		// answer comes after it.
+		if err = p.nc.FlushTimeout(startTry); err == nil || denials.heard() != nil {
+			if err = refusedOr(nil); err != nil {
+				p.leaveWakes()
+			}
+		}
+	}
+	if err != nil {
 		cancel()
 		_ = p.watch.Stop()
 		p.stopFollowHang()
-		return err
+		return refusedOr(err)
 	}
 	p.mu.Lock()
 	p.started = true
@@ -2189,3 +2214,51 @@ type runningJob struct {
 
 // handBackReserve is the time Stop keeps for handing running jobs back.
 const handBackReserve = 2 * time.Second
+
+// denials are the permission violations a connection hears from a point
+// on: nats.go tells each only to the connection's error handler and as
+// its last error, and a request refused goes unanswered.
+type denials struct {
+	nc     *nats.Conn
+	before error
+}
+
+func startDenials(nc *nats.Conn) denials { return denials{nc: nc, before: nc.LastError()} }
+
+// heard returns the last violation heard since, as events.ErrPermission
+// wrapping it (which names the subject), or nil. Each violation is an
+// error of its own, so an old one is never taken for a new one.
+func (d denials) heard() error {
+	if err := d.nc.LastError(); err != d.before && errors.Is(err, nats.ErrPermissionViolation) {
+		return fmt.Errorf("%w: %w", events.ErrPermission, err)
+	}
+	return nil
+}
+
+// watch returns ctx, ended once a violation is heard, so that what waits
+// on an answer the NATS will never send ends with it; looked at every
+// denialsPoll, since the error handler is the caller's. stop ends the
+// watch.
+func (d denials) watch(ctx context.Context) (_ context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		tick := time.NewTicker(denialsPoll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if err := d.heard(); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		}
+	}()
+	return ctx, func() { cancel(nil) }
+}
+
+// denialsPoll paces denials.watch: a refusal is said within it, not after
+// a request's 5 s.
+const denialsPoll = 25 * time.Millisecond
