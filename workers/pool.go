@@ -431,9 +431,12 @@ func (p *Pool) Start(ctx context.Context) error {
 		// A subscription refused is said after the SUB: the flush's
 		// answer comes after it.
 		if err = p.nc.FlushTimeout(startTry); err == nil || denials.heard() != nil {
-			if err = refusedOr(nil); err != nil {
-				p.leaveWakes()
-			}
+			err = refusedOr(nil)
+		} else {
+			err = fmt.Errorf("start worker pool: join wake-ups: %w", err)
+		}
+		if err != nil {
+			p.leaveWakes()
 		}
 	}
 	if err != nil {
