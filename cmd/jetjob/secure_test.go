@@ -351,19 +351,26 @@ func creds(t *testing.T, account nkeys.KeyPair, expires time.Time) string {
 	return file
 }
 
-func TestCredsUserInOperatorMode(t *testing.T) {
-	o := newOperator(t)
+// start runs a NATS in the operator's mode, its env's client connecting
+// with connect.
+func (o *operator) start(t *testing.T, connect ...nats.Option) *natstest.Env {
+	t.Helper()
 	conf := filepath.Join(t.TempDir(), "nats.conf")
 	require.NoError(t, os.WriteFile(conf, []byte(o.conf(t)), 0o600))
 	loaded, err := nserver.ProcessConfigFile(conf)
 	require.NoError(t, err)
-	file := creds(t, o.account, time.Time{})
-	n := natstest.StartStock(t, func(opts *nserver.Options) {
+	return natstest.StartStock(t, func(opts *nserver.Options) {
 		// The configuration's, resolver preloads included, which only a
 		// configuration file sets.
 		loaded.Host, loaded.Port, loaded.JetStream, loaded.StoreDir, loaded.NoSigs, loaded.NoLog = opts.Host, opts.Port, true, opts.StoreDir, true, true
 		*opts = *loaded
-	}, nats.UserCredentials(file))
+	}, connect...)
+}
+
+func TestCredsUserInOperatorMode(t *testing.T) {
+	o := newOperator(t)
+	file := creds(t, o.account, time.Time{})
+	n := o.start(t, nats.UserCredentials(file))
 	runsAJob(t, n, []string{"JETJOB_CREDS=" + file})
 
 	unknown, err := nkeys.CreateAccount()
@@ -659,15 +666,8 @@ func TestAWatchSaysItsAccountExpired(t *testing.T) {
 	// Long enough for the server and the watch to start on a loaded
 	// machine; checked below.
 	o.accountExpires = time.Now().Add(30 * time.Second)
-	conf := filepath.Join(t.TempDir(), "nats.conf")
-	require.NoError(t, os.WriteFile(conf, []byte(o.conf(t)), 0o600))
-	loaded, err := nserver.ProcessConfigFile(conf)
-	require.NoError(t, err)
 	file := creds(t, o.account, time.Time{})
-	n := natstest.StartStock(t, func(opts *nserver.Options) {
-		loaded.Host, loaded.Port, loaded.JetStream, loaded.StoreDir, loaded.NoSigs, loaded.NoLog = opts.Host, opts.Port, true, opts.StoreDir, true, true
-		*opts = *loaded
-	}, nats.UserCredentials(file), nats.IgnoreAuthErrorAbort(), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	n := o.start(t, nats.UserCredentials(file), nats.IgnoreAuthErrorAbort(), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	env := []string{"JETJOB_SERVER=" + n.URL, "JETJOB_CREDS=" + file}
 	_, serverOut := startProcEnv(t, env, "server", "--nats", n.URL)
 	natstest.Eventually(t, 25*time.Second, func() bool { return strings.Contains(serverOut.String(), "jetjob server ready") }, "server up: %s", serverOut)
