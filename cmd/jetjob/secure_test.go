@@ -575,6 +575,7 @@ func refusals(out *syncBuffer) int {
 // second refusal, and ended both. A first connect refused still ends them
 // at once, saying so.
 func TestWatchAndFollowOutlastARefusalOfTheirUser(t *testing.T) {
+	t.Parallel() // waits out refusals and a reconnect
 	n := startRotatingNATS(t)
 	_, serverOut := startProcEnv(t, n.env, "server", "--nats", n.url)
 	natstest.Eventually(t, 30*time.Second, func() bool { return strings.Contains(serverOut.String(), "jetjob server ready") }, "server up: %s", serverOut)
@@ -624,6 +625,7 @@ func TestWatchAndFollowOutlastARefusalOfTheirUser(t *testing.T) {
 // each refusal, four lines a second into its logs for as long as it ran
 // misconfigured. Fixed credentials are still taken within a bound.
 func TestARefusedWorkerBacksOff(t *testing.T) {
+	t.Parallel() // waits out the backoff between refusals
 	n := startRotatingNATS(t)
 	_, serverOut := startProcEnv(t, n.env, "server", "--nats", n.url)
 	natstest.Eventually(t, 30*time.Second, func() bool { return strings.Contains(serverOut.String(), "jetjob server ready") }, "server up: %s", serverOut)
@@ -662,6 +664,7 @@ func TestARefusedWorkerBacksOff(t *testing.T) {
 // refusal it is, in its own words, and tries again. It was no refusal to
 // jetjob (server.RefusalOf), and came as a log line of nats.go's error.
 func TestAWatchSaysItsAccountExpired(t *testing.T) {
+	t.Parallel() // waits for the account to expire
 	o := newOperator(t)
 	// Long enough for the server and the watch to start on a loaded
 	// machine; checked below.
