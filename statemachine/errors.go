@@ -37,7 +37,8 @@ var (
 	ErrNotDue = errors.New("the job's run-at has not come")
 	// ErrInvalidConfig: a Config a Machine cannot run with.
 	ErrInvalidConfig = errors.New("invalid statemachine config")
-	// ErrInvalid: a command's input is invalid.
+	// ErrInvalid: a command's input is invalid; a job ID that cannot name a
+	// job matches it too, and events.ErrInvalidJobID, which says why.
 	ErrInvalid = errors.New("invalid input")
 	// ErrPayloadTooLarge: a payload over the configured limit; matches ErrInvalid.
 	ErrPayloadTooLarge = fmt.Errorf("%w: payload too large", ErrInvalid)
@@ -112,3 +113,11 @@ func (e *NotDueError) Error() string {
 
 // Is makes errors.Is(err, ErrNotDue) true.
 func (e *NotDueError) Is(target error) bool { return target == ErrNotDue }
+
+// invalidJobIDError is events' refusal of a job ID, said in its words, that
+// also matches ErrInvalid: a command's caller checks its input by that.
+type invalidJobIDError struct{ err error }
+
+func (e invalidJobIDError) Error() string        { return e.err.Error() }
+func (e invalidJobIDError) Unwrap() error        { return e.err }
+func (e invalidJobIDError) Is(target error) bool { return target == ErrInvalid }

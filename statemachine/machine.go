@@ -83,6 +83,9 @@ func (m *Machine) MaxPayload() int { return m.cfg.MaxPayload }
 
 // Load folds a job's history.
 func (m *Machine) Load(ctx context.Context, jobID string) (Job, error) {
+	if err := validJobID(jobID); err != nil {
+		return Job{}, err
+	}
 	recs, err := m.log.Load(ctx, jobID)
 	if err != nil {
 		return Job{}, err
@@ -123,6 +126,9 @@ type decider func(j Job, now time.Time) (events.Event, error)
 // the event with the job's version as the expected sequence and, when the
 // history moved meanwhile, reloads and decides again.
 func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide decider) (Job, error) {
+	if err := validJobID(jobID); err != nil {
+		return Job{}, err
+	}
 	if known != nil && known.Version == 0 {
 		// No job's copy has version 0: a history starts with its submit,
 		// at a sequence of 1 or more. Appended with expected sequence 0,
@@ -492,4 +498,13 @@ func payloadTooLarge(big *events.TooLargeError, payload int) error {
 	fits := max(base64.StdEncoding.DecodedLen(big.Max-rest), 0)
 	return fmt.Errorf("%w: %d bytes make an event of %d bytes encoded, over the %d the NATS server's max_payload leaves for one; at most about %d bytes of payload fit (raise max_payload, or send a reference to the data)",
 		ErrPayloadTooLarge, payload, big.Size, big.Max, fits)
+}
+
+// validJobID refuses an ID that cannot name a job, matching both ErrInvalid
+// and events.ErrInvalidJobID.
+func validJobID(id string) error {
+	if err := events.ValidateJobID(id); err != nil {
+		return invalidJobIDError{err}
+	}
+	return nil
 }

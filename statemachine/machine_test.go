@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -1016,5 +1017,25 @@ func TestAnUnansweredLeaderDoesNotStopTheReads(t *testing.T) {
 		canceled, err := m.Cancel(ctx, j.ID, "not needed")
 		require.NoError(t, err, "round %d", i)
 		require.Equal(t, statemachine.StateCanceled, canceled.State)
+	}
+}
+
+// A job ID that cannot name a job is a command's invalid input, as every
+// other: it matches ErrInvalid, and events.ErrInvalidJobID, which says why.
+func TestACommandOnAnInvalidJobIDIsInvalidInput(t *testing.T) {
+	m, _, _ := newMachine(t)
+	ctx := testContext(t)
+	for name, call := range map[string]func(id string) error{
+		"load":      func(id string) error { _, err := m.Load(ctx, id); return err },
+		"cancel":    func(id string) error { _, err := m.Cancel(ctx, id, ""); return err },
+		"acquire":   func(id string) error { _, err := m.Acquire(ctx, id, "w"); return err },
+		"promote":   func(id string) error { _, err := m.Promote(ctx, id); return err },
+		"terminate": func(id string) error { _, err := m.TerminateCanceling(ctx, id, ""); return err },
+	} {
+		for _, id := range []string{"", "a.b", "a*", "x>", strings.Repeat("a", 65)} {
+			err := call(id)
+			require.ErrorIs(t, err, statemachine.ErrInvalid, "%s %q", name, id)
+			require.ErrorIs(t, err, events.ErrInvalidJobID, "%s %q", name, id)
+		}
 	}
 }
