@@ -35,6 +35,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if file := os.Getenv(natsConfigEnv); file != "" {
+		runNATS(file) // this process is a test's NATS (startRotatingNATS)
+	}
 	dir, err := os.MkdirTemp("", "jetjob-e2e")
 	if err != nil {
 		panic(err)

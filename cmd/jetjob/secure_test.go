@@ -15,8 +15,10 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -533,11 +535,40 @@ func TestServerAndWorkerOutlastARefusalOfTheirUser(t *testing.T) {
 
 // rotatingNATS is a nats-server with one user, jj, whose password a test
 // changes by reloading its configuration, as an operator rotating it does.
+// It runs in a process of its own (this test binary, see TestMain): a
+// reload in this process raced, under -race, with nats-server's own
+// direct gets (server.setOpts against stream.getDirectRequest reading
+// s.opts.MaxPending unlocked, in v2.15.3), and failed the test for a
+// race that is not jetjob's.
 type rotatingNATS struct {
 	url string   // with the password the NATS started with
 	env []string // JETJOB_SERVER=url
-	// setPassword writes the configuration with password and reloads it.
+	// setPassword writes the configuration with password and reloads it,
+	// returning once the NATS takes the new password.
 	setPassword func(password string)
+}
+
+// natsConfigEnv names the configuration file with which TestMain runs a
+// nats-server instead of the tests.
+const natsConfigEnv = "JETJOB_TEST_NATS_CONFIG"
+
+// runNATS serves the nats-server configuration in file until the process
+// is killed; SIGHUP reloads it, as it does a nats-server.
+func runNATS(file string) {
+	opts, err := nserver.ProcessConfigFile(file)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nats config:", err)
+		os.Exit(2)
+	}
+	opts.NoLog, opts.NoSigs = true, false
+	s, err := nserver.NewServer(opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nats server:", err)
+		os.Exit(2)
+	}
+	s.Start()
+	s.WaitForShutdown()
+	os.Exit(0)
 }
 
 func startRotatingNATS(t *testing.T) *rotatingNATS {
@@ -550,17 +581,28 @@ func startRotatingNATS(t *testing.T) *rotatingNATS {
 			addr, filepath.Join(dir, "js"), password)), 0o600))
 	}
 	write("pw")
-	loaded, err := nserver.ProcessConfigFile(conf)
-	require.NoError(t, err)
-	n := natstest.StartStock(t, func(o *nserver.Options) {
-		loaded.NoSigs, loaded.NoLog = true, true
-		*o = *loaded
-	}, nats.UserInfo("jj", "pw"), nats.IgnoreAuthErrorAbort(), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), natsConfigEnv+"="+conf)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	// takes reports whether the NATS takes password now.
+	takes := func(password string) bool {
+		nc, err := nats.Connect("nats://"+addr, nats.UserInfo("jj", password), nats.Timeout(time.Second))
+		if err != nil {
+			return false
+		}
+		nc.Close()
+		return true
+	}
+	natstest.Eventually(t, 30*time.Second, func() bool { return takes("pw") }, "the NATS up: %s", out)
 	url := "nats://jj:pw@" + addr
 	return &rotatingNATS{url: url, env: []string{"JETJOB_SERVER=" + url}, setPassword: func(password string) {
 		t.Helper()
 		write(password)
-		require.NoError(t, n.Stock.Reload())
+		require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
+		natstest.Eventually(t, 30*time.Second, func() bool { return takes(password) }, "the NATS reloaded with the new password: %s", out)
 	}}
 }
 
