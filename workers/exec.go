@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/jetjob/jetjob/internal/config"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/statemachine"
 )
@@ -87,15 +88,25 @@ func CheckCommand(command []string) error {
 // accessExecute is X_OK for access(2).
 const accessExecute = 0x1
 
-// ExecConfig configures ExecHandler.
+// ExecConfig configures ExecHandler, which refuses one that cannot run
+// with ErrInvalidConfig.
 type ExecConfig struct {
 	// Command and its arguments. Required.
 	Command []string
 	// Grace: after a cancel's SIGTERM, SIGKILL the process group after this.
-	// 0 or less takes ExecGraceDefault, not none.
+	// Default ExecGraceDefault: 0 takes it, and is not "none". A negative
+	// grace is refused: meant as "SIGKILL at once", it was read as the
+	// default and gave the command 10 s.
 	Grace time.Duration
 	// Logger; nil means no logging.
 	Logger *zap.Logger
+}
+
+func (c *ExecConfig) validate() error {
+	if len(c.Command) == 0 {
+		return fmt.Errorf("%w: no command", ErrInvalidConfig)
+	}
+	return config.Default(ErrInvalidConfig, "exec grace", &c.Grace, ExecGraceDefault)
 }
 
 // ExecHandler runs a command once per job: the payload on its stdin,
@@ -110,16 +121,15 @@ type ExecConfig struct {
 // and what it wrote is logged, whatever it left running in the background.
 // When the worker dies, even by SIGKILL, while a command runs, the
 // command's process group is killed (see watchdog.go): a job retried
-// elsewhere does not run beside what its earlier attempt started.
-func ExecHandler(cfg ExecConfig) Handler {
-	if cfg.Grace <= 0 {
-		cfg.Grace = ExecGraceDefault
+// elsewhere does not run beside what its earlier attempt started. A config
+// without a command, or with a negative Grace, is refused with
+// ErrInvalidConfig.
+func ExecHandler(cfg ExecConfig) (Handler, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	logger := logging.OrNop(cfg.Logger, "exec")
 	return func(ctx context.Context, job *Job) error {
-		if len(cfg.Command) == 0 {
-			return NoRetry(errors.New("no command to run"))
-		}
 		cmd := exec.Command(cfg.Command[0], cfg.Command[1:]...)
 		cmd.Stdin = bytes.NewReader(job.Payload)
 		cmd.Env = append(os.Environ(),
@@ -252,7 +262,7 @@ func ExecHandler(cfg ExecConfig) Handler {
 			return &CodedError{Code: ErrorCodeExit, Err: fmt.Errorf("exit status %d", code)}
 		}
 		return waitErr
-	}
+	}, nil
 }
 
 // startFailed fails an attempt whose command could not be started.

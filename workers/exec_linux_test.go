@@ -33,7 +33,7 @@ func TestExecCancelDoesNotWaitForZombies(t *testing.T) {
 		}
 	})
 	f := newFixture(t, true)
-	f.pool(PoolConfig{Types: []string{"orphans"}}, ExecHandler(ExecConfig{
+	f.pool(PoolConfig{Types: []string{"orphans"}}, execHandler(t, ExecConfig{
 		Command: []string{"sh", "-c", "sleep 300 >/dev/null 2>&1 & echo ready; wait"}, Grace: time.Minute}))
 	j := f.submit(statemachine.SubmitParams{Type: "orphans"})
 	f.waitLines(j.ID, StreamStdout, 1)

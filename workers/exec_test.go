@@ -57,6 +57,31 @@ func TestCheckCommand(t *testing.T) {
 	}
 }
 
+// An exec config that cannot run is refused when the handler is made. A
+// negative grace was read as its default: -1 meant as "SIGKILL at once"
+// gave a command 10 s after its SIGTERM.
+func TestExecConfigThatCannotRunIsRefused(t *testing.T) {
+	for name, cfg := range map[string]ExecConfig{
+		"a negative grace": {Command: []string{"true"}, Grace: -1},
+		"no command":       {},
+	} {
+		_, err := ExecHandler(cfg)
+		require.ErrorIs(t, err, ErrInvalidConfig, name)
+	}
+	_, err := ExecHandler(ExecConfig{Command: []string{"true"}, Grace: -time.Second})
+	require.EqualError(t, err, "invalid workers config: exec grace -1s, expected 0 (the default, 10s) or more")
+	_, err = ExecHandler(ExecConfig{Command: []string{"true"}})
+	require.NoError(t, err, "a zero grace takes its default")
+}
+
+// execHandler is ExecHandler for a config that can run.
+func execHandler(t testing.TB, cfg ExecConfig) Handler {
+	t.Helper()
+	h, err := ExecHandler(cfg)
+	require.NoError(t, err)
+	return h
+}
+
 // startFailures wraps ExecHandler and keeps what it returned per attempt;
 // after is called once the attempt's handler has returned.
 type startFailures struct {
@@ -64,8 +89,8 @@ type startFailures struct {
 	errs map[int]error
 }
 
-func (s *startFailures) handler(cfg ExecConfig, after func(*Job)) Handler {
-	h := ExecHandler(cfg)
+func (s *startFailures) handler(t testing.TB, cfg ExecConfig, after func(*Job)) Handler {
+	h := execHandler(t, cfg)
 	s.errs = map[int]error{}
 	return func(ctx context.Context, j *Job) error {
 		err := h(ctx, j)
@@ -99,7 +124,7 @@ func TestExecStartFailureIsRetried(t *testing.T) {
 	f := newFixture(t, true)
 	missing := filepath.Join(t.TempDir(), "gone", "cmd")
 	var sf startFailures
-	f.pool(PoolConfig{Types: []string{"nx"}}, sf.handler(ExecConfig{Command: []string{missing}}, nil))
+	f.pool(PoolConfig{Types: []string{"nx"}}, sf.handler(t, ExecConfig{Command: []string{missing}}, nil))
 	j := f.submit(statemachine.SubmitParams{Type: "nx", MaxAttempts: 3,
 		Backoff: statemachine.BackoffConfig{Base: 20 * time.Millisecond, Cap: 50 * time.Millisecond}})
 	done := f.waitState(j.ID, statemachine.StateFailed)
@@ -138,7 +163,7 @@ func TestExecStartFailureIsRetried(t *testing.T) {
 // non-zero exit, or a signal, fails the attempt and is retried.
 func TestExecExitCodesDecideTheRetry(t *testing.T) {
 	f := newFixture(t, true)
-	f.pool(PoolConfig{Types: []string{"exits"}}, ExecHandler(ExecConfig{Command: []string{"sh", "-c", `eval "$(cat)"`}}))
+	f.pool(PoolConfig{Types: []string{"exits"}}, execHandler(t, ExecConfig{Command: []string{"sh", "-c", `eval "$(cat)"`}}))
 	backoff := statemachine.BackoffConfig{Base: 10 * time.Millisecond, Cap: 20 * time.Millisecond}
 	for script, want := range map[string]struct {
 		err      string
@@ -163,7 +188,7 @@ func TestExecStartFailureThenSuccess(t *testing.T) {
 	f := newFixture(t, true)
 	script := filepath.Join(t.TempDir(), "run.sh")
 	var sf startFailures
-	h := sf.handler(ExecConfig{Command: []string{script}}, func(j *Job) {
+	h := sf.handler(t, ExecConfig{Command: []string{script}}, func(j *Job) {
 		if j.Attempt != 1 {
 			return
 		}
@@ -274,7 +299,7 @@ func TestStoredLinesAreCutBetweenCharacters(t *testing.T) {
 // its output ends its job when it exits, not when that process does.
 func TestExecJobEndsWhenItsCommandExits(t *testing.T) {
 	f := newFixture(t, true)
-	f.pool(PoolConfig{Types: []string{"bg"}}, ExecHandler(ExecConfig{
+	f.pool(PoolConfig{Types: []string{"bg"}}, execHandler(t, ExecConfig{
 		Command: []string{"sh", "-c", "(sleep 30 &); echo started; exit 0"}}))
 	j := f.submit(statemachine.SubmitParams{Type: "bg"})
 	done := f.waitState(j.ID, statemachine.StateSucceeded)
@@ -288,7 +313,7 @@ func TestExecJobEndsWhenItsCommandExits(t *testing.T) {
 // A line longer than a log line is cut; the lines after it are kept.
 func TestExecKeepsTheLinesAfterALongOne(t *testing.T) {
 	f := newFixture(t, true)
-	f.pool(PoolConfig{Types: []string{"longline"}}, ExecHandler(ExecConfig{
+	f.pool(PoolConfig{Types: []string{"longline"}}, execHandler(t, ExecConfig{
 		Command: []string{"sh", "-c", "echo before; head -c 2000000 /dev/zero | tr '\\0' x; echo; echo after"}}))
 	j := f.submit(statemachine.SubmitParams{Type: "longline"})
 	f.waitState(j.ID, statemachine.StateSucceeded)
@@ -302,7 +327,7 @@ func TestExecKeepsTheLinesAfterALongOne(t *testing.T) {
 // job's log says so.
 func TestExecCommandThatIgnoresSIGTERMIsKilledAndTheLogSaysSo(t *testing.T) {
 	f := newFixture(t, true)
-	f.pool(PoolConfig{Types: []string{"stubborn"}}, ExecHandler(ExecConfig{
+	f.pool(PoolConfig{Types: []string{"stubborn"}}, execHandler(t, ExecConfig{
 		Command: []string{"sh", "-c", "trap '' TERM; echo ready; sleep 30"}, Grace: 100 * time.Millisecond}))
 	j := f.submit(statemachine.SubmitParams{Type: "stubborn"})
 	f.waitLines(j.ID, StreamStdout, 1)
@@ -321,7 +346,7 @@ func TestExecCancelKillsWhatTheCommandLeftAfterTheGrace(t *testing.T) {
 	f := newFixture(t, true)
 	pidFile := filepath.Join(t.TempDir(), "child.pid")
 	script := `sh -c 'trap "" TERM; echo $$ > ` + pidFile + `; exec sleep 300 >/dev/null 2>&1' & echo ready; wait`
-	f.pool(PoolConfig{Types: []string{"leaves"}}, ExecHandler(ExecConfig{
+	f.pool(PoolConfig{Types: []string{"leaves"}}, execHandler(t, ExecConfig{
 		Command: []string{"sh", "-c", script}, Grace: 200 * time.Millisecond}))
 	j := f.submit(statemachine.SubmitParams{Type: "leaves"})
 	f.waitLines(j.ID, StreamStdout, 1)
@@ -354,7 +379,7 @@ func runningProcess(pid int) bool {
 // they are stored, however its command interleaves stdout and stderr.
 func TestAnAttemptsLinesAreNumberedInOrder(t *testing.T) {
 	f := newFixture(t, true)
-	f.pool(PoolConfig{Types: []string{"both"}}, ExecHandler(ExecConfig{
+	f.pool(PoolConfig{Types: []string{"both"}}, execHandler(t, ExecConfig{
 		Command: []string{"sh", "-c", "for i in $(seq 1 200); do echo out$i; echo err$i >&2; done"}}))
 	j := f.submit(statemachine.SubmitParams{Type: "both"})
 	f.waitState(j.ID, statemachine.StateSucceeded)
@@ -456,7 +481,7 @@ func TestExecTimeoutKillsAndFailsAStubbornCommandOnce(t *testing.T) {
 	f := newFixture(t, true)
 	const grace = 300 * time.Millisecond
 	f.pool(PoolConfig{Types: []string{"stubborn"}, JobTimeout: 200 * time.Millisecond, ShutdownGrace: grace},
-		ExecHandler(ExecConfig{Command: []string{"sh", "-c", "trap '' TERM; sleep 30"}, Grace: grace}))
+		execHandler(t, ExecConfig{Command: []string{"sh", "-c", "trap '' TERM; sleep 30"}, Grace: grace}))
 	j := f.submit(statemachine.SubmitParams{Type: "stubborn", MaxAttempts: 1})
 	failed := f.waitState(j.ID, statemachine.StateFailed)
 	require.Equal(t, ErrorCodeTimeout, failed.ErrorCode)
@@ -514,7 +539,7 @@ func TestExecReadsTheOutputToItsEndHoweverSlowlyItIsLogged(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, true)
 			proxy := natstest.NewProxy(t, f.env.URL)
-			h := ExecHandler(ExecConfig{Command: []string{"sh", "-c", tc.script}})
+			h := execHandler(t, ExecConfig{Command: []string{"sh", "-c", tc.script}})
 			f.poolThrough(proxy, false, PoolConfig{Types: []string{"slowlog"}}, func(ctx context.Context, j *Job) error {
 				proxy.StallAnswers()
 				defer proxy.Restore() // the lines refused meanwhile are sent again before the result
@@ -573,7 +598,7 @@ func TestExecCommandThatExitedBeforeItsStopKeepsItsExit(t *testing.T) {
 	mark := filepath.Join(t.TempDir(), "pid")
 	// The background sleep holds the command's output, so its exit is read
 	// late; and a stop must still end it.
-	h := ExecHandler(ExecConfig{Command: []string{"sh", "-c", `sleep 60 & echo $! > "$0.bg"; echo $$ > "$0.tmp" && mv "$0.tmp" "$0"; exit 0`, mark}})
+	h := execHandler(t, ExecConfig{Command: []string{"sh", "-c", `sleep 60 & echo $! > "$0.bg"; echo $$ > "$0.tmp" && mv "$0.tmp" "$0"; exit 0`, mark}})
 	returned := make(chan error, 1)
 	f.pool(PoolConfig{Types: []string{"woken"}}, func(ctx context.Context, j *Job) error {
 		hctx, stop := context.WithCancelCause(ctx)

@@ -90,6 +90,10 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	}
 	logger := logging.New(*verbose)
 	defer func() { _ = logger.Sync() }()
+	handler, err := workers.ExecHandler(workers.ExecConfig{Command: pos, Grace: g, Logger: logger})
+	if err != nil {
+		return err
+	}
 
 	nc, err := nats.Connect(fs.server, append([]nats.Option{nats.Name("jetjob-worker"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
 		natsErrors(ctx, logger), server.KeepReconnecting(logger, fs.server)}, fs.natsOpts...)...)
@@ -120,7 +124,6 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	handler := workers.ExecHandler(workers.ExecConfig{Command: pos, Grace: g, Logger: logger})
 	pool, err := workers.NewPool(js, m, workers.PoolConfig{
 		Types: types, Tags: tags, Concurrency: *concurrency, WorkerID: *id, ShutdownGrace: g, JobTimeout: jobTimeout, Logger: logger,
 	}, handler)
