@@ -398,9 +398,9 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 	// "no lines". Either way jetjob logs printed nothing, or stopped short,
 	// and exited 0 for a finished job whose lines were all stored.
 	lastStored := func() (uint64, error) { return l.leaderLastSeq(ctx, jobID) }
-	// A follow rides out a server restart (the ordered consumer starts
-	// again after the last line delivered), as watch does; an outage longer
-	// than followOutage ends it.
+	// A follow rides out a server restart (the consumer is made again,
+	// from the line after the last one passed), as watch does; an outage
+	// longer than followOutage ends it.
 	var failingSince time.Time
 	failed := func(err error) error {
 		if failingSince.IsZero() {
@@ -434,26 +434,49 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		}
 		return nil
 	}
-	// Each fetch makes the ordered consumer anew; without a bound on the
-	// tries, a fetch with the server gone would wait for it forever. Its
-	// first making is asked again as a fetch is: made while the stream
-	// elects a leader, it failed at once, and jetjob logs with it.
+	// The consumer is made once, and made again, from the line after the
+	// last one passed, only when a fetch failed or lines went missing
+	// between fetches (a reconnect lost what was sent meanwhile): what
+	// nats.go's ordered consumer does at every fetch. It made one when it
+	// was made and another at its first fetch, and one more at each fetch
+	// after: two for every read, and four a second for as long as a
+	// follow waited for lines.
 	var cons jetstream.Consumer
-	for cons == nil {
-		c, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{logSubject(jobID)}, MaxResetAttempts: 1})
+	var consumed uint64 // the consumer's sequence of the last line it delivered
+	defer func() {
+		if cons != nil {
+			_ = consume.DeleteOrdered(l.js, LogsStream, cons)
+		}
+	}()
+	// remake drops the consumer, for the next fetch to make it anew. Its
+	// delete is not waited for: the NATS may be away.
+	remake := func() {
+		old := cons
+		cons = nil
+		go func() { _ = consume.DeleteOrdered(l.js, LogsStream, old) }()
+	}
+	// makeConsumer is made at the first fetch (a read of a job without
+	// lines makes none), and asked again as a fetch is: made while the
+	// stream elects a leader, it failed at once, and jetjob logs with it.
+	makeConsumer := func() (retry bool, err error) {
+		c, err := l.stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
+			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:       delivered + 1,
+			FilterSubject:     logSubject(jobID),
+			AckPolicy:         jetstream.AckNonePolicy,
+			InactiveThreshold: 5 * time.Minute,
+			Replicas:          1,
+			MemoryStorage:     true,
+		})
 		switch {
 		case err == nil:
-			cons = c
+			cons, consumed = c, 0
+			return false, nil
 		case ctx.Err() != nil:
-			return fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
-		default:
-			if err := failed(err); err != nil {
-				return err
-			}
+			return false, fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
 		}
+		return true, failed(err)
 	}
-	failingSince = time.Time{}
-	defer func() { _ = consume.DeleteOrdered(l.js, LogsStream, cons) }()
 	// askLast is lastStored, ok false after a lookup that failed and is
 	// to be tried again (failed paced it), an error once that is over.
 	askLast := func() (last uint64, ok bool, err error) {
@@ -504,6 +527,14 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 				continue
 			}
 		}
+		if cons == nil {
+			if retry, err := makeConsumer(); err != nil || retry {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+		}
 		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(l.fetchWait))
 		if ctx.Err() != nil {
 			// Not nil: a caller told nil would take the lines it got for
@@ -511,21 +542,32 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 			return fmt.Errorf("read logs of job %s: %w", jobID, ctx.Err())
 		}
 		if err != nil {
+			remake()
 			if err := failed(err); err != nil {
 				return err
 			}
 			continue
 		}
-		got := 0
+		got, skipped := 0, false
 		for m := range batch.Messages() {
 			got++
+			meta, err := m.Metadata()
+			if err != nil || meta.Sequence.Consumer != consumed+1 {
+				// Lines sent and lost (or a consumer made again by the
+				// server, counting anew): they are read again from the
+				// line after the last one passed.
+				skipped = true
+				break
+			}
+			consumed = meta.Sequence.Consumer
+			if meta.Sequence.Stream <= delivered {
+				continue // passed already
+			}
 			var line LogLine
 			if json.Unmarshal(m.Data(), &line) == nil && !read.again(line) {
 				fn(line)
 			}
-			if meta, err := m.Metadata(); err == nil {
-				delivered = meta.Sequence.Stream
-			}
+			delivered = meta.Sequence.Stream
 			if target != 0 && delivered >= target {
 				// Every line asked for is passed: the fetch would wait out
 				// the rest of its quarter second for lines not asked for,
@@ -545,7 +587,12 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 				continue
 			}
 		}
+		if skipped {
+			remake()
+			continue
+		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
+			remake()
 			if err := failed(err); err != nil {
 				return err
 			}

@@ -3165,6 +3165,58 @@ func TestLogsReadEndsWithTheLastLineStored(t *testing.T) {
 		"the read's fetch lets go of its subscription (%d, %d before)", env.NC.NumSubscriptions(), subs)
 }
 
+// A read of a job's lines makes one consumer, and so does a follow however
+// many fetches it waits through: nats.go's ordered consumer made one when
+// it was made and another at each fetch, the first included, so a read
+// made two and a follow four a second while it waited.
+func TestLogsReadAndFollowMakeOneConsumer(t *testing.T) {
+	env, logs := startLogs(t)
+	ctx := context.Background()
+	logs.fetchWait = 20 * time.Millisecond
+	for i := range int64(3) {
+		require.NoError(t, logs.Append(ctx, "job-1", LogLine{Time: time.Now().UTC(), Attempt: 1, Number: i + 1, Lease: 5, Stream: StreamStdout, Line: fmt.Sprint(i + 1)}))
+	}
+	// Every consumer creation nats.go asks for, named (with or without the
+	// filter in the subject) or not.
+	nc, _ := natstest.Connect(t, env.URL)
+	var subs []*nats.Subscription
+	for _, subject := range []string{"$JS.API.CONSUMER.CREATE." + LogsStream, "$JS.API.CONSUMER.CREATE." + LogsStream + ".>"} {
+		sub, err := nc.SubscribeSync(subject)
+		require.NoError(t, err)
+		subs = append(subs, sub)
+	}
+	require.NoError(t, nc.Flush())
+	// A create is sent before its reply, which the call waits for: once
+	// this connection's round trip is done, it has every create made.
+	creates := func() int {
+		t.Helper()
+		require.NoError(t, nc.Flush())
+		n := 0
+		for _, sub := range subs {
+			for {
+				if _, err := sub.NextMsg(0); err != nil {
+					break
+				}
+				n++
+			}
+		}
+		return n
+	}
+	lines, err := logs.Read(ctx, "job-1")
+	require.NoError(t, err)
+	require.Len(t, lines, 3)
+	require.Equal(t, 1, creates(), "consumers made by a read")
+
+	asked := 0
+	var followed []string
+	require.NoError(t, logs.Follow(ctx, "job-1", func(context.Context) bool {
+		asked++
+		return asked > 5 // five fetches waited out
+	}, func(l LogLine) { followed = append(followed, l.Line) }))
+	require.Equal(t, []string{"1", "2", "3"}, followed)
+	require.Equal(t, 1, creates(), "consumers made by a follow")
+}
+
 // A read while the job's worker still writes returns, without error, the
 // lines stored before it was called and maybe some stored after, in their
 // order, none missing between: it reads up to the last line stored when it
