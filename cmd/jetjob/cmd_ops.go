@@ -101,6 +101,7 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 		}
 		shown, numbered := 0, false
 		gaps := workers.NewLineGaps(nil)
+		runs := leaseRuns{load: func() ([]events.Record, error) { return c.lg.Load(ctx, id) }, run: map[uint64]int{}}
 		// On stderr, so that the lines themselves stay parseable.
 		defer func() {
 			if shown >= workers.LogLinesPerJob && !numbered {
@@ -122,7 +123,7 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 				_ = writeJSONLine(out, l)
 				return
 			}
-			fmt.Fprintln(out, logLineText(l, *raw))
+			fmt.Fprintln(out, logLineText(l, *raw, runs.of(l)))
 		}
 		if !*follow {
 			lines, err := logs.Read(ctx, id)
@@ -263,10 +264,48 @@ func runAdmin(ctx context.Context, args []string, out io.Writer) error {
 	return err
 }
 
+// leaseRuns numbers the runs of each attempt, for logs' text: a job
+// handed back (its worker stopping) runs again under the same attempt
+// number, and the lines of both runs showed as one run's. They are told
+// from the job's history, read when a line names a lease not read of it
+// yet (a follow sees the job acquired again).
+type leaseRuns struct {
+	load func() ([]events.Record, error)
+	run  map[uint64]int // by lease: 1 for an attempt's first run, 0 not known
+}
+
+// of is the run of its attempt that wrote l: 0 for a line of no lease (the
+// server's, a worker's from before leases were written) or one whose
+// lease the history does not hold (the job purged meanwhile).
+func (r *leaseRuns) of(l workers.LogLine) int {
+	if l.Lease == 0 {
+		return 0
+	}
+	if n, ok := r.run[l.Lease]; ok {
+		return n
+	}
+	if recs, err := r.load(); err == nil {
+		// Folded as the state machine folds it: an acquire it refused
+		// leased nothing.
+		job, runs := statemachine.Job{State: statemachine.StateNew}, map[int]int{}
+		for _, rec := range recs {
+			if job.Apply(rec) == nil && rec.Type == events.TypeAcquired {
+				runs[job.Attempt]++
+				r.run[job.Lease] = runs[job.Attempt]
+			}
+		}
+	}
+	n := r.run[l.Lease]
+	r.run[l.Lease] = n // not asked of the history again
+	return n
+}
+
 // logLineText is a job's log line as logs prints it: a progress line
 // shows how far the job is (its fraction as a percentage) before its
-// message, which may be empty, since the fraction is what it is for.
-func logLineText(l workers.LogLine, raw bool) string {
+// message, which may be empty, since the fraction is what it is for. A
+// line of an attempt's second run or later (run, from leaseRuns) says so,
+// as [1 run 2 stdout]; an attempt's only run is shown as [1 stdout].
+func logLineText(l workers.LogLine, raw bool, run int) string {
 	line := l.Line
 	if !raw {
 		line = escapeControls(line)
@@ -275,7 +314,11 @@ func logLineText(l workers.LogLine, raw bool) string {
 		pct := strconv.FormatFloat(math.Round(*l.Progress*1000)/10, 'f', -1, 64) + "%"
 		line = strings.TrimSuffix(pct+" "+line, " ")
 	}
-	return fmt.Sprintf("%s [%d %s] %s", l.Time.Local().Format("15:04:05.000"), l.Attempt, l.Stream, line)
+	attempt := strconv.Itoa(l.Attempt)
+	if run > 1 {
+		attempt += " run " + strconv.Itoa(run)
+	}
+	return fmt.Sprintf("%s [%s %s] %s", l.Time.Local().Format("15:04:05.000"), attempt, l.Stream, line)
 }
 
 // escapeControls writes a job's output line with its control characters

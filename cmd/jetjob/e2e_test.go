@@ -946,6 +946,43 @@ func TestLogsCountsDroppedLinesByAttempt(t *testing.T) {
 		"jetjob logs: 1 line of attempt 2 missing here: a job keeps its last 10000 lines, and a worker cut off from the server may lose lines\n", r.stderr)
 }
 
+// TestLogsTellsARerunFromTheFirstRun: a job handed back (its worker
+// stopping) runs again under the same attempt number. The text form showed
+// the lines of both runs as [1 stdout]; only -o json's lease told them
+// apart. The second run's lines now say so; the first run's, and the
+// server's own, are shown as before.
+func TestLogsTellsARerunFromTheFirstRun(t *testing.T) {
+	ctx := context.Background()
+	s := startServerProc(t)
+	id := s.jetjob("submit", "--type", "rerun").ok(t)
+	_, js := natstest.Connect(t, s.url)
+	lg, err := events.Open(ctx, js, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	m, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	logs, err := workers.AttachLogs(ctx, js)
+	require.NoError(t, err)
+	first, err := m.Acquire(ctx, id, "w1")
+	require.NoError(t, err)
+	require.NoError(t, logs.Append(ctx, id, workers.LogLine{Time: time.Now(), Attempt: first.Attempt, Number: 1, Lease: first.Lease, Stream: "stdout", Line: "first run"}))
+	_, err = m.Release(ctx, first, "worker stopping")
+	require.NoError(t, err)
+	require.NoError(t, logs.Append(ctx, id, workers.LogLine{Time: time.Now(), Attempt: first.Attempt, Stream: "system", Line: "the server's"}))
+	second, err := m.Acquire(ctx, id, "w2")
+	require.NoError(t, err)
+	require.Equal(t, first.Attempt, second.Attempt, "a job handed back runs again under its attempt number")
+	require.NotEqual(t, first.Lease, second.Lease)
+	require.NoError(t, logs.Append(ctx, id, workers.LogLine{Time: time.Now(), Attempt: second.Attempt, Number: 1, Lease: second.Lease, Stream: "stdout", Line: "second run"}))
+
+	out := s.jetjob("logs", id).ok(t)
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	require.Len(t, lines, 3, out)
+	require.Regexp(t, `^\S+ \[1 stdout\] first run$`, lines[0])
+	require.Regexp(t, `^\S+ \[1 system\] the server's$`, lines[1])
+	require.Regexp(t, `^\S+ \[1 run 2 stdout\] second run$`, lines[2])
+}
+
 // TestLogsSaysWhenEarlyLinesAreGone: a job that wrote more lines than a job
 // keeps shows its last ones, and stderr says how many were dropped before
 // them.

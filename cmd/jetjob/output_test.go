@@ -185,9 +185,20 @@ func TestLogLinesShowProgress(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.line.Time, tc.line.Attempt = at, 2
-			require.Equal(t, "03:04:05.006 [2 "+tc.line.Stream+"] "+tc.want, logLineText(tc.line, false))
+			require.Equal(t, "03:04:05.006 [2 "+tc.line.Stream+"] "+tc.want, logLineText(tc.line, false, 1))
 		})
 	}
+}
+
+// A line of an attempt handed back and run again says which run wrote it;
+// the first run's, and a line whose run is not known, are shown as before.
+func TestLogLinesOfALaterRunSayWhichRun(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 6e6, time.Local)
+	line := workers.LogLine{Time: at, Attempt: 1, Lease: 7, Stream: workers.StreamStdout, Line: "hello"}
+	require.Equal(t, "03:04:05.006 [1 stdout] hello", logLineText(line, false, 0))
+	require.Equal(t, "03:04:05.006 [1 stdout] hello", logLineText(line, false, 1))
+	require.Equal(t, "03:04:05.006 [1 run 2 stdout] hello", logLineText(line, false, 2))
+	require.Equal(t, "03:04:05.006 [1 run 3 stderr] hello", logLineText(workers.LogLine{Time: at, Attempt: 1, Lease: 9, Stream: workers.StreamStderr, Line: "hello"}, false, 3))
 }
 
 func TestNoCommandPrintsTheUsageOnStderr(t *testing.T) {
