@@ -164,14 +164,17 @@ func (c *client) close() {
 	c.nc.Close()
 }
 
+// writeJSON writes v as indented JSON, as it is (past textOut): a
+// program reads it, and its strings hold what was stored.
 func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
+	enc := json.NewEncoder(rawOut(w))
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
 
+// writeJSONLine writes v as one line of JSON, as writeJSON does.
 func writeJSONLine(w io.Writer, v any) error {
-	return json.NewEncoder(w).Encode(v)
+	return json.NewEncoder(rawOut(w)).Encode(v)
 }
 
 // findLogFor bounds how long a command waits for the event log to answer:

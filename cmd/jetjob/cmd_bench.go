@@ -197,6 +197,9 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	signal.Ignore(syscall.SIGPIPE)
 	ctx, stopRun := context.WithCancelCause(ctx)
 	defer stopRun(nil)
+	if *output == "json" {
+		out = rawOut(out) // as writeJSON writes
+	}
 	out = &stopOnWriteError{w: out, stop: stopRun}
 	cfg.Processes = *processes
 	if set["server"] {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/server"
@@ -123,7 +124,12 @@ func runLogs(ctx context.Context, args []string, out io.Writer) error {
 				_ = writeJSONLine(out, l)
 				return
 			}
-			fmt.Fprintln(out, logLineText(l, *raw, runs.of(l)))
+			if *raw {
+				// The command's own bytes, escapes and all, as asked.
+				fmt.Fprintln(rawOut(out), logLineText(l, true, runs.of(l)))
+				return
+			}
+			fmt.Fprintln(out, logLineText(l, false, runs.of(l)))
 		}
 		if !*follow {
 			lines, err := logs.Read(ctx, id)
@@ -321,24 +327,24 @@ func logLineText(l workers.LogLine, raw bool, run int) string {
 	return fmt.Sprintf("%s [%s %s] %s", l.Time.Local().Format("15:04:05.000"), attempt, l.Stream, line)
 }
 
-// escapeControls writes a job's output line with its control characters
-// (but tab) as Go escapes: a command's output is not the operator's, and an
-// escape sequence in it could move the cursor, retitle the terminal or hide
-// the lines around it. Lines are stored as valid UTF-8.
+// escapeControls writes a value, or a job's output line, with its control
+// characters (but tab) and bidirectional overrides as Go escapes: a
+// command's output is not the operator's, and an escape sequence in it
+// could move the cursor, retitle the terminal or hide the lines around it.
+// Lines are stored as valid UTF-8. textOut escapes them in all text
+// output; escaped here too, a value's newline does not break its row, and
+// a table's columns are sized for what is shown.
 func escapeControls(line string) string {
-	if !strings.ContainsFunc(line, isEscaped) {
+	if !strings.ContainsFunc(line, isEscaped) && utf8.ValidString(line) {
 		return line
 	}
-	var b strings.Builder
-	for _, r := range line {
-		if !isEscaped(r) {
-			b.WriteRune(r)
-			continue
-		}
-		q := strconv.QuoteRune(r) // '\x1b', '\r', '\u0085'
-		b.WriteString(q[1 : len(q)-1])
-	}
-	return b.String()
+	return string(escapeText([]byte(line), false))
 }
 
-func isEscaped(r rune) bool { return r != '\t' && unicode.IsControl(r) }
+// isEscaped tells the characters text output shows escaped: the C0 and C1
+// controls and DEL but tab, and the bidirectional embeddings, overrides
+// and isolates (U+202A-U+202E, U+2066-U+2069), which reorder what follows
+// them on screen.
+func isEscaped(r rune) bool {
+	return r != '\t' && unicode.IsControl(r) || r >= '\u202a' && r <= '\u202e' || r >= '\u2066' && r <= '\u2069'
+}

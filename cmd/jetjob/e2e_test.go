@@ -327,6 +327,30 @@ func TestHistoryShowsAForeignEventEscaped(t *testing.T) {
 	require.Contains(t, raw[2], "time")
 }
 
+// TestTextOutputShowsBidiOverridesEscaped: a tag, meta or cancel reason
+// holding a bidirectional override (U+202E turns the rest of a line
+// around; it is no control character, so it is taken) is shown escaped by
+// get, ls and history, and as stored by -o json.
+func TestTextOutputShowsBidiOverridesEscaped(t *testing.T) {
+	s := startServerProc(t)
+	id := s.jetjob("submit", "--type", "build", "--tag", "who=\u202eevil", "--meta", "note=\u2066x\u2069").ok(t)
+	s.jetjob("cancel", id, "--reason", "\u202ereason").ok(t)
+	for _, args := range [][]string{{"get", id}, {"ls"}, {"history", id}} {
+		out := s.jetjob(args...).ok(t)
+		require.NotContains(t, out, "\u202e", "%v: %s", args, out)
+		require.NotContains(t, out, "\u2066", "%v: %s", args, out)
+		require.Contains(t, out, `\u202eevil`, args) // who=… in get and ls, JSON in history
+	}
+	require.Contains(t, s.jetjob("ls").ok(t), `who=\u202eevil`)
+	get := s.jetjob("get", id).ok(t)
+	require.Contains(t, get, `note=\u2066x\u2069`)
+	require.Contains(t, get, `\u202ereason`)
+	var v projector.View
+	require.NoError(t, json.Unmarshal([]byte(s.jetjob("get", id, "-o", "json").ok(t)), &v))
+	require.Equal(t, "\u202eevil", v.Tags["who"])
+	require.Contains(t, s.jetjob("ls", "-o", "json").ok(t), "\u202eevil", "JSON as stored")
+}
+
 func TestCanceledJobViewAndHistoryAgree(t *testing.T) {
 	s := startServerProc(t)
 	id := s.jetjob("submit", "--type", "build", "--tag", "region=eu", "--meta", "template_version=v1").ok(t)

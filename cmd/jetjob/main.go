@@ -9,8 +9,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -88,7 +90,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			// A command that printed as it went may not have checked each
 			// write: output lost (a full disk) is a failure all the same.
 			w := &checkedWriter{w: stdout}
-			err := c.run(ctx, args[1:], w)
+			text := &textOut{w: w}
+			err := c.run(ctx, args[1:], text)
+			_ = text.flush() // its error is w's
 			if denied, ok := denial(ctx); ok && (err != nil || !c.changesJobs) {
 				// What failed after the refusal failed for it ("context
 				// canceled" says nothing), and a server, worker or watch
@@ -156,6 +160,107 @@ func (c *checkedWriter) Write(p []byte) (int, error) {
 		c.err = err
 	}
 	return n, err
+}
+
+// textOut is every command's standard output, the one place text output
+// is made safe for a terminal: a value it shows (a tag, meta, a type, a
+// cancel reason, an attempt's error, a line of a job's output) comes from
+// whoever wrote the job, and a control character in it (an escape
+// sequence, a carriage return) or a bidirectional override (U+202E turns
+// the rest of its line around) could rewrite what an operator sees. Those
+// (isEscaped, but for the newline, which ends the commands' own lines) are
+// written as Go escapes them, \x1b or \u202e, and a byte that is not UTF-8
+// as \xff; all else is written as it is, byte for byte. JSON (writeJSON)
+// and logs --raw are written past it (rawOut).
+type textOut struct {
+	w io.Writer
+	// held is the start of a character the last write cut: written with
+	// the next write, or escaped by flush.
+	held []byte
+}
+
+func (t *textOut) Write(p []byte) (int, error) {
+	n := len(p)
+	if len(t.held) > 0 {
+		p = append(t.held, p...)
+		t.held = nil
+	}
+	// A character cut at the end is held for the next write to finish.
+	if start := lastRuneStart(p); start >= 0 && !utf8.FullRune(p[start:]) {
+		t.held = append([]byte(nil), p[start:]...)
+		p = p[:start]
+	}
+	if len(p) == 0 {
+		return n, nil
+	}
+	if _, err := t.w.Write(escapeText(p, true)); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// flush writes a character cut and never finished, escaped.
+func (t *textOut) flush() error {
+	if len(t.held) == 0 {
+		return nil
+	}
+	held := t.held
+	t.held = nil
+	_, err := t.w.Write(escapeText(held, true))
+	return err
+}
+
+// lastRuneStart is where the last character of p starts, -1 for none.
+func lastRuneStart(p []byte) int {
+	for i := len(p) - 1; i >= 0 && i >= len(p)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(p[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
+// escapeText is p with what isEscaped names, and bytes that are not
+// UTF-8, escaped (newlines too unless newline); p itself when there is
+// nothing to escape.
+func escapeText(p []byte, newline bool) []byte {
+	var out []byte // nil until there is something to escape
+	for i := 0; i < len(p); {
+		r, size := rune(p[i]), 1
+		if r >= utf8.RuneSelf {
+			r, size = utf8.DecodeRune(p[i:])
+		}
+		bad := r == utf8.RuneError && size == 1
+		if !bad && (r == '\n' && newline || !isEscaped(r)) {
+			if out != nil {
+				out = append(out, p[i:i+size]...)
+			}
+			i += size
+			continue
+		}
+		if out == nil {
+			out = append(make([]byte, 0, len(p)+16), p[:i]...)
+		}
+		if bad {
+			out = fmt.Appendf(out, `\x%02x`, p[i])
+		} else {
+			q := strconv.QuoteRune(r) // '\x1b', '\r', '\u202e'
+			out = append(out, q[1:len(q)-1]...)
+		}
+		i += size
+	}
+	if out == nil {
+		return p
+	}
+	return out
+}
+
+// rawOut is the writer past textOut, for what is written as it is.
+func rawOut(w io.Writer) io.Writer {
+	if t, ok := w.(*textOut); ok {
+		return t.w
+	}
+	return w
 }
 
 // stopSignals end a command as Ctrl-C does. A hangup (its terminal closed)

@@ -159,10 +159,50 @@ func TestLogLinesShowControlCharactersEscaped(t *testing.T) {
 		{"50%\r100%", `50%\r100%`},
 		{"bell\a, NUL\x00, DEL\x7f", `bell\a, NUL\x00, DEL\x7f`},
 		{"C1 \u009b31m and ünïcode ✓", `C1 \u009b31m and ünïcode ✓`},
+		{"bidi \u202eevil, a newline\n, not UTF-8 \xff", `bidi \u202eevil, a newline\n, not UTF-8 \xff`},
 		{"", ""},
 	} {
 		require.Equal(t, tc.want, escapeControls(tc.line), "%q", tc.line)
 	}
+}
+
+// Text output shows control characters and bidirectional overrides as Go
+// escapes them, wherever they come from (a tag, a reason, an error), and
+// passes ordinary text, newlines and tabs as written; JSON passes as
+// written. A tag with U+202E reached the terminal raw, and turned the rest
+// of its line around.
+func TestTextOutputShowsControlsAndBidiOverridesEscaped(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"ID\tTYPE  é … ✓ 日本\n", "ID\tTYPE  é … ✓ 日本\n"},
+		{"tag=\u202eevil\n", `tag=\u202eevil` + "\n"},
+		{"\u202a\u202b\u202c\u202d \u2066\u2067\u2068\u2069\n", `\u202a\u202b\u202c\u202d \u2066\u2067\u2068\u2069` + "\n"},
+		{"\x1b[2J\r\a\x00\x7f \u0085\u009b\n", `\x1b[2J\r\a\x00\x7f \u0085\u009b` + "\n"},
+		{"not UTF-8 \xff\xc3\n", `not UTF-8 \xff\xc3` + "\n"},
+	} {
+		var b bytes.Buffer
+		out := &textOut{w: &b}
+		n, err := out.Write([]byte(tc.in))
+		require.NoError(t, err)
+		require.Equal(t, len(tc.in), n)
+		require.NoError(t, out.flush())
+		require.Equal(t, tc.want, b.String(), "%q", tc.in)
+	}
+	// A character cut between two writes is written whole; one never
+	// finished is written escaped when the command ends.
+	var b bytes.Buffer
+	out := &textOut{w: &b}
+	rlo := []byte("\u202e")
+	for _, part := range [][]byte{[]byte("a"), rlo[:1], rlo[1:2], append(rlo[2:], 'b'), []byte("é")[:1]} {
+		_, err := out.Write(part)
+		require.NoError(t, err)
+	}
+	require.Equal(t, `a\u202eb`, b.String())
+	require.NoError(t, out.flush())
+	require.Equal(t, `a\u202eb\xc3`, b.String())
+	// JSON, and logs --raw, write past it.
+	b.Reset()
+	require.NoError(t, writeJSONLine(out, map[string]string{"tag": "\u202eevil"}))
+	require.Equal(t, "{\"tag\":\"\u202eevil\"}\n", b.String())
 }
 
 // A progress line shows its fraction: printed as its message alone, as
