@@ -220,7 +220,10 @@ func decideFail(j Job, lease uint64, p FailParams, cfg BackoffConfig, now time.T
 
 // RetryDelay is the backoff after the job's current attempt: base doubled
 // per attempt, capped, with equal jitter (half fixed, half random), so that
-// delays grow from one attempt to the next and retries spread out.
+// retries spread out. A delay is at least the one before while the doubled
+// base stays under the cap; from the attempt whose doubled base reaches the
+// cap on, each delay is anywhere from half the cap to the cap, and can be
+// shorter than the one before.
 func RetryDelay(j Job, defaults BackoffConfig) time.Duration {
 	base, limit := j.Backoff.Base, j.Backoff.Cap
 	if base <= 0 {
