@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -131,7 +132,7 @@ func printView(out io.Writer, v projector.View) error {
 		row("run at", v.RunAt.Format(time.RFC3339))
 	}
 	if v.Error != "" {
-		row("error", fmt.Sprintf("%s (%s)", v.Error, v.ErrorCode))
+		row("error", v.Error+parenthesized(v.ErrorCode))
 	}
 	if len(v.Result) > 0 {
 		row("result", resultText(v.Result))
@@ -139,9 +140,9 @@ func printView(out io.Writer, v projector.View) error {
 	for _, e := range v.Errors {
 		by := ""
 		if e.WorkerID != "" {
-			by = ", on " + e.WorkerID
+			by = "on " + e.WorkerID
 		}
-		row(fmt.Sprintf("attempt %d", e.Attempt), fmt.Sprintf("%s: %s (%s%s)", e.At.Format(time.RFC3339), e.Error, e.Code, by))
+		row(fmt.Sprintf("attempt %d", e.Attempt), fmt.Sprintf("%s: %s", e.At.Format(time.RFC3339), e.Error)+parenthesized(e.Code, by))
 	}
 	if v.CancelReason != "" {
 		row("cancel reason", v.CancelReason)
@@ -159,6 +160,16 @@ func printView(out io.Writer, v projector.View) error {
 	}
 	row("version", v.Version)
 	return tw.Flush()
+}
+
+// parenthesized is " (a, b)" of the parts given, or "" when none is: an
+// error a handler returned plainly has no code.
+func parenthesized(parts ...string) string {
+	parts = slices.DeleteFunc(parts, func(p string) bool { return p == "" })
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 // resultTextMax is how much of a result get prints as text: a line, not a

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/projector"
+	"github.com/jetjob/jetjob/statemachine"
 	"github.com/jetjob/jetjob/workers"
 )
 
@@ -284,4 +285,33 @@ func TestGetPrintsTheResult(t *testing.T) {
 	var out strings.Builder
 	require.NoError(t, printView(&out, projector.View{ID: "j"}))
 	require.NotContains(t, out.String(), "result:")
+}
+
+// get shows an error's code and worker in parentheses when it has them:
+// an error a Go handler returned plainly has no code, and printed as
+// "boom ()" and "(, on w1)".
+func TestGetLeavesOutAnErrorCodeItDoesNotHave(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	var out strings.Builder
+	require.NoError(t, printView(&out, projector.View{ID: "j", Error: "boom", Errors: []statemachine.AttemptError{
+		{Attempt: 1, Error: "boom", WorkerID: "w1", At: at},
+		{Attempt: 2, Error: "exit status 1", Code: "exit", WorkerID: "w2", At: at},
+		{Attempt: 3, Error: "exit status 2", Code: "exit", At: at},
+		{Attempt: 4, Error: "boom", At: at},
+	}}))
+	lines := map[string]string{}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			lines[k] = strings.TrimSpace(v)
+		}
+	}
+	require.Equal(t, "boom", lines["error"])
+	require.Equal(t, "2026-01-02T03:04:05Z: boom (on w1)", lines["attempt 1"])
+	require.Equal(t, "2026-01-02T03:04:05Z: exit status 1 (exit, on w2)", lines["attempt 2"])
+	require.Equal(t, "2026-01-02T03:04:05Z: exit status 2 (exit)", lines["attempt 3"])
+	require.Equal(t, "2026-01-02T03:04:05Z: boom", lines["attempt 4"])
+
+	out.Reset()
+	require.NoError(t, printView(&out, projector.View{ID: "j", Error: "exit status 1", ErrorCode: "exit"}))
+	require.Contains(t, out.String(), "exit status 1 (exit)\n")
 }
