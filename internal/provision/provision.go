@@ -4,6 +4,9 @@ package provision
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -77,6 +80,13 @@ const ConsumersMax = 100_000
 // own; its replicas are set as WithReplicas says; its metadata keeps every
 // entry cfg does not set (an entry another part of jetjob recorded, such as
 // the views' format, outlives the next start); everything else is upgraded.
+// A stream that Stream last set to this same cfg is left as it is: each
+// start updated every stream, and an update racing a consumer's creation
+// on the same stream is a data race inside nats-server (v2.15.3,
+// fileStore.UpdateConfig against ConsumerStore), seen under -race in tests
+// where a server started beside running workers; on a cluster each update
+// is also a round through the meta leader. What Stream set is recorded as
+// a hash in the stream's metadata (ConfigMetadataKey).
 func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	if cfg.MaxConsumers <= 0 {
 		cfg.MaxConsumers = ConsumersMax
@@ -94,6 +104,7 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 			// replicates it; what async persistence saved there is moot.
 			cfg.PersistMode = jetstream.DefaultPersistMode
 		}
+		cfg.Metadata = withConfigHash(cfg.Metadata, configHash(cfg))
 		s, err := js.CreateStream(ctx, cfg)
 		for pause := 50 * time.Millisecond; isStoreFailure(err) && pause <= 200*time.Millisecond; pause *= 2 {
 			// The server could not make the stream's store this time (seen
@@ -124,14 +135,20 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 	}
 	cfg.PersistMode = existing.CachedInfo().Config.PersistMode
 	cfg.Replicas = existing.CachedInfo().Config.Replicas
-	if kept := existing.CachedInfo().Config.Metadata; len(kept) > 0 {
+	if want > 0 {
+		cfg.Replicas = want
+	}
+	hash := configHash(cfg)
+	kept := existing.CachedInfo().Config.Metadata
+	if hash != "" && kept[ConfigMetadataKey] == hash {
+		return existing, nil
+	}
+	if len(kept) > 0 {
 		merged := maps.Clone(kept)
 		maps.Copy(merged, cfg.Metadata)
 		cfg.Metadata = merged
 	}
-	if want > 0 {
-		cfg.Replicas = want
-	}
+	cfg.Metadata = withConfigHash(cfg.Metadata, hash)
 	if cfg.Replicas > 1 && cfg.PersistMode == jetstream.AsyncPersistMode {
 		return nil, fmt.Errorf("update stream %s to %d replicas: %w", cfg.Name, cfg.Replicas, ErrAsyncNotReplicable)
 	}
@@ -143,6 +160,35 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 		return nil, err
 	}
 	return s, nil
+}
+
+// ConfigMetadataKey is the stream metadata entry in which Stream records
+// a hash of the configuration it last set.
+const ConfigMetadataKey = "jetjob_config"
+
+// configHash is a hash of cfg as Stream sets it, but for the metadata
+// entries the stream keeps from before (only cfg's own count).
+func configHash(cfg jetstream.StreamConfig) string {
+	cfg.Metadata = maps.Clone(cfg.Metadata)
+	delete(cfg.Metadata, ConfigMetadataKey)
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		// A StreamConfig always marshals; an empty hash matches no
+		// stream, which is then updated, as before the hash.
+		return ""
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:12])
+}
+
+// withConfigHash is metadata, copied, with the hash recorded.
+func withConfigHash(metadata map[string]string, hash string) map[string]string {
+	out := maps.Clone(metadata)
+	if out == nil {
+		out = map[string]string{}
+	}
+	out[ConfigMetadataKey] = hash
+	return out
 }
 
 // VisibleWaitMax bounds how long Stream waits for a stream it made or

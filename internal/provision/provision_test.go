@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -188,4 +189,62 @@ func TestAStreamProvisionedAtOnceOnEveryNodeIsFoundRightAfter(t *testing.T) {
 			require.NoError(t, err, "round %d, provisioned through node %d, then looked up", round, i)
 		}
 	}
+}
+
+// A start that finds a stream as Stream last set it leaves it alone: each
+// start updated every stream, and an update racing a consumer's creation
+// on that stream is a data race inside nats-server (fileStore.UpdateConfig
+// against ConsumerStore). A changed configuration, a stream made or
+// changed by someone else, and one set to other replicas are still
+// updated.
+func TestAStreamAsLastSetIsNotUpdatedAgain(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	updates, err := env.NC.SubscribeSync("$JS.API.STREAM.UPDATE.S")
+	require.NoError(t, err)
+	require.NoError(t, env.NC.Flush())
+	// updated counts the updates asked for since the last call: a
+	// Stream call waits for its update's answer, sent after the request.
+	updated := func() int {
+		t.Helper()
+		require.NoError(t, env.NC.Flush())
+		n := 0
+		for {
+			if _, err := updates.NextMsg(0); err != nil {
+				return n
+			}
+			n++
+		}
+	}
+	cfg := jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}, MaxAge: time.Hour, Metadata: map[string]string{"mine": "1"}}
+	_, err = provision.Stream(ctx, env.JS, cfg)
+	require.NoError(t, err)
+	require.Zero(t, updated(), "made, not updated")
+	_, err = provision.Stream(ctx, env.JS, cfg)
+	require.NoError(t, err)
+	require.Zero(t, updated(), "found as set: left alone")
+
+	cfg.MaxAge = 2 * time.Hour
+	s, err := provision.Stream(ctx, env.JS, cfg)
+	require.NoError(t, err)
+	require.Equal(t, 1, updated(), "a changed configuration is set")
+	require.Equal(t, 2*time.Hour, s.CachedInfo().Config.MaxAge)
+	_, err = provision.Stream(ctx, env.JS, cfg)
+	require.NoError(t, err)
+	require.Zero(t, updated(), "and then left alone")
+
+	// Changed by someone else, its metadata replaced (the hash with it):
+	// set again.
+	info, err := env.JS.Stream(ctx, "S")
+	require.NoError(t, err)
+	other := info.CachedInfo().Config
+	other.Metadata = map[string]string{"mine": "2"}
+	_, err = env.JS.UpdateStream(ctx, other)
+	require.NoError(t, err)
+	require.Equal(t, 1, updated())
+	s, err = provision.Stream(ctx, env.JS, cfg)
+	require.NoError(t, err)
+	require.Equal(t, 1, updated(), "a stream whose hash is gone is set again")
+	require.Equal(t, "1", s.CachedInfo().Config.Metadata["mine"])
+	require.NotEmpty(t, s.CachedInfo().Config.Metadata[provision.ConfigMetadataKey])
 }
