@@ -911,6 +911,10 @@ func TestListFiltersAndPages(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrNotFound)
 	_, err = r.Get(ctx, "bad.id")
 	require.ErrorIs(t, err, events.ErrInvalidJobID)
+	// As a List or Watch of a filter no job can match is, and as the
+	// Machine's commands refuse such an ID: a caller checks its input by
+	// statemachine.ErrInvalid.
+	require.ErrorIs(t, err, statemachine.ErrInvalid)
 }
 
 // nextView is the next view a watch sends, failing the test after within.
@@ -1188,6 +1192,7 @@ func TestForget(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, info.State.Msgs, "no delete marker left behind")
 	require.ErrorIs(t, r.Forget(ctx, "bad.id", mark), events.ErrInvalidJobID)
+	require.ErrorIs(t, r.Forget(ctx, "bad.id", mark), statemachine.ErrInvalid)
 
 	// A view written after the mark stays: it is a new job's under the same
 	// key, so the same ID.

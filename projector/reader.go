@@ -16,6 +16,7 @@ import (
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/provision"
+	"github.com/jetjob/jetjob/statemachine"
 )
 
 // Reader reads job views. It needs no projector in its process: CLI
@@ -110,10 +111,11 @@ func (r *Reader) openWatch(ctx context.Context, opts ...jetstream.WatchOpt) (jet
 	return w, err
 }
 
-// Get returns a job's view: events.ErrInvalidJobID for an ID that cannot
-// name a job, events.ErrNotFound when the job has no view.
+// Get returns a job's view: events.ErrInvalidJobID (which matches
+// statemachine.ErrInvalid too) for an ID that cannot name a job,
+// events.ErrNotFound when the job has no view.
 func (r *Reader) Get(ctx context.Context, id string) (View, error) {
-	if err := events.ValidateJobID(id); err != nil {
+	if err := statemachine.ValidateJobID(id); err != nil {
 		return View{}, err
 	}
 	e, err := r.kv.Get(ctx, id)
@@ -543,7 +545,7 @@ func (r *Reader) Mark(ctx context.Context) (uint64, error) {
 // written after the mark, stays. The key is purged from the bucket's stream
 // without leaving a delete marker, so purged jobs do not slow List down.
 func (r *Reader) Forget(ctx context.Context, id string, mark uint64) error {
-	if err := events.ValidateJobID(id); err != nil {
+	if err := statemachine.ValidateJobID(id); err != nil {
 		return err
 	}
 	if err := r.stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+r.bucket+"."+id), jetstream.WithPurgeSequence(mark+1)); err != nil {

@@ -502,7 +502,13 @@ func payloadTooLarge(big *events.TooLargeError, payload int) error {
 
 // validJobID refuses an ID that cannot name a job, matching both ErrInvalid
 // and events.ErrInvalidJobID.
-func validJobID(id string) error {
+func validJobID(id string) error { return ValidateJobID(id) }
+
+// ValidateJobID checks that id can name a job, with an error that matches
+// both ErrInvalid and events.ErrInvalidJobID (which says why), as every
+// package above events refuses such an ID: the projector's reads and the
+// workers' job logs as the Machine's commands.
+func ValidateJobID(id string) error {
 	if err := events.ValidateJobID(id); err != nil {
 		return invalidJobIDError{err}
 	}

@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/consume"
 	"github.com/jetjob/jetjob/internal/provision"
+	"github.com/jetjob/jetjob/statemachine"
 )
 
 // Log line streams.
@@ -233,7 +233,7 @@ func encodeLine(l LogLine) []byte {
 
 // Append stores a line and waits for it to be stored.
 func (l *Logs) Append(ctx context.Context, jobID string, line LogLine) error {
-	if err := events.ValidateJobID(jobID); err != nil {
+	if err := statemachine.ValidateJobID(jobID); err != nil {
 		return err
 	}
 	if _, err := l.js.Publish(ctx, logSubject(jobID), encodeLine(line)); err != nil {
@@ -385,7 +385,7 @@ func (l *Logs) Follow(ctx context.Context, jobID string, finished func(context.C
 }
 
 func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.Context) bool, fn func(LogLine)) error {
-	if err := events.ValidateJobID(jobID); err != nil {
+	if err := statemachine.ValidateJobID(jobID); err != nil {
 		return err
 	}
 	var delivered uint64

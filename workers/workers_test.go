@@ -3292,3 +3292,24 @@ func startLogs(tb testing.TB) (*natstest.Env, *Logs) {
 	require.NoError(tb, err)
 	return env, logs
 }
+
+// A job's log given an ID that cannot name a job is invalid input, as the
+// Machine's commands and projector.Reader.Get say it: a caller checks its
+// input by statemachine.ErrInvalid.
+func TestLogsOfAnInvalidJobIDAreInvalidInput(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	logs, err := AttachLogs(ctx, f.env.JS)
+	require.NoError(t, err)
+	for _, id := range []string{"", "a.b", "a*", "x>", strings.Repeat("a", 65)} {
+		_, err := logs.Read(ctx, id)
+		require.ErrorIs(t, err, statemachine.ErrInvalid, "read %q", id)
+		require.ErrorIs(t, err, events.ErrInvalidJobID, "read %q", id)
+		err = logs.Follow(ctx, id, nil, func(LogLine) {})
+		require.ErrorIs(t, err, statemachine.ErrInvalid, "follow %q", id)
+		err = logs.Append(ctx, id, LogLine{Time: time.Now(), Attempt: 1, Stream: StreamStdout, Line: "x"})
+		require.ErrorIs(t, err, statemachine.ErrInvalid, "append %q", id)
+		_, err = logs.Read(ctx, id)
+		require.ErrorIs(t, err, events.ErrInvalidJobID, "read %q", id)
+	}
+}
