@@ -19,10 +19,25 @@ import (
 	"github.com/jetjob/jetjob/workers"
 )
 
+// workerNotes end worker -h: what a script's author needs from it, the
+// command's side of the contract, which the flags do not say.
+var workerNotes = fmt.Sprintf(`CMD runs once per job, with the job's payload on its stdin and JETJOB_JOB_ID,
+JETJOB_TYPE and JETJOB_ATTEMPT in its environment; each line of its stdout and
+stderr becomes a line of the job's log (jetjob logs ID).
+  exit 0      succeeds the job
+  exit %d     fails the job without retry (EX_DATAERR), attempts left or not
+  any other   fails the attempt ("exit status N"; a signal, "signal: NAME"),
+              retried after a backoff while the job has attempts left
+A cancel sends SIGTERM to the command's process group, then SIGKILL after
+--grace; the job ends canceled whatever the exit. Ctrl-C takes no more jobs,
+gives running commands --grace, then stops them and hands their jobs back.
+`, workers.ExitNoRetry)
+
 func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("worker", "--type T [--tag k=v]... [--concurrency N] [--grace D] [--timeout D] [--id ID] [-v] [--] CMD [ARGS...]", true)
 	fs.flagsEndAtCommand = true
 	fs.Lookup("o").Usage = "not taken: a worker prints only its log, on stderr"
+	fs.notes = workerNotes
 	var types strs
 	tags := labels{}
 	fs.Var(&types, "type", "job type to serve (repeatable)")

@@ -1516,3 +1516,15 @@ func TestLogsStreamThatDoesNotAnswerIsWaitedForAndSaid(t *testing.T) {
 	_, err := attachLogs(context.Background(), &client{js: js})
 	require.ErrorContains(t, err, "the job logs stream did not answer within 15s (a NATS cluster electing a leader takes seconds; try again)")
 }
+
+// TestWorkerHelpSaysHowTheCommandIsRun: a script's author reads worker -h,
+// which listed the flags only: not what the command gets (the payload on
+// stdin, the job in its environment) nor what its exit status does, exit 65
+// failing the job without retry among it.
+func TestWorkerHelpSaysHowTheCommandIsRun(t *testing.T) {
+	r := runCLI(t, "nats://127.0.0.1:1", "worker", "-h")
+	require.Equal(t, 0, r.code, r.stderr)
+	for _, want := range []string{"stdin", "JETJOB_JOB_ID", "JETJOB_TYPE", "JETJOB_ATTEMPT", "exit 0", fmt.Sprintf("exit %d", workers.ExitNoRetry), "without retry", "SIGTERM"} {
+		require.Contains(t, r.stdout, want)
+	}
+}
