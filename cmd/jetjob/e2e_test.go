@@ -1528,3 +1528,15 @@ func TestWorkerHelpSaysHowTheCommandIsRun(t *testing.T) {
 		require.Contains(t, r.stdout, want)
 	}
 }
+
+// TestHelpOfACommandIsItsHelp: `jetjob help submit` printed the list of
+// commands, the argument dropped without a word, as `go help build` does not.
+func TestHelpOfACommandIsItsHelp(t *testing.T) {
+	r := runCLI(t, "nats://127.0.0.1:1", "help", "submit")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.True(t, strings.HasPrefix(r.stdout, "usage: jetjob submit"), r.stdout)
+	r = runCLI(t, "nats://127.0.0.1:1", "help", "bogus")
+	require.Equal(t, exitUsage, r.code)
+	require.Contains(t, r.stderr, `unknown command "bogus"`)
+	require.Empty(t, r.stdout)
+}

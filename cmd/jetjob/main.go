@@ -77,6 +77,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return exitUsage
 	}
+	if args[0] == "help" && len(args) == 2 {
+		// As `go help build`: the command's own help.
+		return run([]string{args[1], "-h"}, stdout, stderr)
+	}
 	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stdout)
 		return exitOK
