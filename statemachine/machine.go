@@ -26,7 +26,10 @@ const ConflictRetriesDefault = 5
 // Config configures a Machine. A zero field takes its default; a negative
 // one is refused with ErrInvalidConfig.
 type Config struct {
-	// MaxPayload is the largest payload Submit accepts. Default MaxPayloadDefault.
+	// MaxPayload is the largest payload Submit accepts, when its event also
+	// fits in one message of the connected NATS server (Machine.Validate):
+	// stored base64-encoded, about 780,000 bytes fit a NATS with the
+	// default max_payload of 1 MiB. Default MaxPayloadDefault.
 	MaxPayload int
 	// ConflictRetries: see ConflictRetriesDefault.
 	ConflictRetries int
@@ -78,7 +81,9 @@ func New(log *events.Log, cfg Config) (*Machine, error) {
 // Log is the event log the machine appends to.
 func (m *Machine) Log() *events.Log { return m.log }
 
-// MaxPayload is the largest payload Submit accepts.
+// MaxPayload is Config.MaxPayload: the largest payload Submit accepts when
+// its event also fits in one message of the connected NATS server, which
+// on a NATS with the default max_payload takes less (see Validate).
 func (m *Machine) MaxPayload() int { return m.cfg.MaxPayload }
 
 // Load folds a job's history.

@@ -56,7 +56,8 @@ type SubmitParams struct {
 	Tags map[string]string
 	// Meta is free-form metadata for filtering (for example a template version).
 	Meta map[string]string
-	// Payload is handed to the worker; at most Config.MaxPayload bytes.
+	// Payload is handed to the worker; at most Config.MaxPayload bytes,
+	// and its event must fit in one NATS message (Machine.Validate).
 	Payload []byte
 	// Priority: PriorityMin-PriorityMax, higher runs first. Default
 	// PriorityDefault.
