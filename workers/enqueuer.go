@@ -623,8 +623,12 @@ func (e *Enqueuer) ensureQueue(ctx context.Context, key queueKey) error {
 func registerQueue(ctx context.Context, js jetstream.JetStream, registry jetstream.KeyValue, key queueKey) error {
 	// Create, or find unchanged, in one request; provision handles what
 	// that cannot (a consumer of an older version to replace).
-	if _, err := js.CreateOrUpdateConsumer(ctx, key.stream(), key.consumerConfig()); err != nil {
-		if _, _, err := provision.Consumer(ctx, js, key.stream(), key.consumerConfig()); err != nil {
+	cfg, err := queueConsumerConfig(ctx, js, key)
+	if err != nil {
+		return fmt.Errorf("queue %s: %w", key.name(), err)
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, key.stream(), cfg); err != nil {
+		if _, _, err := provision.Consumer(ctx, js, key.stream(), cfg); err != nil {
 			return fmt.Errorf("queue %s: %w", key.name(), err)
 		}
 	}

@@ -544,7 +544,10 @@ func (p *Pool) bindQueue(ctx context.Context, e jetstream.KeyValueEntry, hot boo
 	cons, err := p.js.Consumer(ctx, key.stream(), key.consumer())
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		// Held in memory, it did not outlive a restart of its server.
-		cons, _, err = provision.Consumer(ctx, p.js, key.stream(), key.consumerConfig())
+		var cfg jetstream.ConsumerConfig
+		if cfg, err = queueConsumerConfig(ctx, p.js, key); err == nil {
+			cons, _, err = provision.Consumer(ctx, p.js, key.stream(), cfg)
+		}
 	}
 	if err != nil {
 		p.logger.Warn("bind queue consumer", zap.String("queue", key.name()), zap.Error(err))
@@ -1196,7 +1199,11 @@ func (p *Pool) remakeConsumer(ctx context.Context, q *poolQueue) {
 		p.dropQueue(q.name, q)
 		return
 	}
-	if _, _, err := provision.Consumer(ctx, p.js, q.key.stream(), q.key.consumerConfig()); err != nil {
+	cfg, err := queueConsumerConfig(ctx, p.js, q.key)
+	if err == nil {
+		_, _, err = provision.Consumer(ctx, p.js, q.key.stream(), cfg)
+	}
+	if err != nil {
 		// A cluster electing leaders refuses at once; every fetch of the
 		// queue would ask again, and fetches follow each wake-up.
 		if time.Since(time.Unix(0, q.remakeNotBefore.Load())) > 2*remakeBackoffMax {

@@ -133,23 +133,37 @@ func QueueStreams() []string {
 }
 func (k queueKey) wake() string { return wakePrefix + k.name() }
 
-// consumerConfig is the consumer of the queue. Its state is held in memory,
-// not on disk: the queue stream is a work queue, so a message acknowledged
-// is gone from the stream, and one that was not is delivered again by a
-// consumer made anew after a restart, which is all a stored state would
-// have said (the state machine fences a second delivery of a job in hand).
-// Storing it cost every consumer a file write per flush, fsync'd on a
-// durable server: with many tag sets, more of the server's time than
-// anything else.
 // queueMaxFetch is the most messages one fetch from a queue may ask for.
 const queueMaxFetch = 1000
 
-func (k queueKey) consumerConfig() jetstream.ConsumerConfig {
+// consumerConfig is the consumer of the queue. On a queue stream of one
+// replica its state is held in memory, not on disk: the queue stream is a
+// work queue, so a message acknowledged is gone from the stream, and one
+// that was not is delivered again by a consumer made anew after a restart,
+// which is all a stored state would have said (the state machine fences a
+// second delivery of a job in hand). Storing it cost every consumer a file
+// write per flush, fsync'd on a durable server: with many tag sets, more of
+// the server's time than anything else. A replicated consumer is a group of
+// its own, and one held in memory does not outlive a restart of one of its
+// servers: with another server down, the restarted one came back with no
+// state, and the group stayed without a leader, its jobs pending, until the
+// third came back. So on a replicated stream the state is stored.
+func (k queueKey) consumerConfig(memory bool) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable: k.consumer(), FilterSubject: k.filter(), AckPolicy: jetstream.AckExplicitPolicy,
 		AckWait: QueueAckWait, MaxDeliver: -1, MaxAckPending: 100_000,
-		MaxRequestBatch: queueMaxFetch, InactiveThreshold: 0, MemoryStorage: true,
+		MaxRequestBatch: queueMaxFetch, InactiveThreshold: 0, MemoryStorage: memory,
 	}
+}
+
+// queueConsumerConfig is the consumer of the queue, held in memory if its
+// stream has one replica (see consumerConfig).
+func queueConsumerConfig(ctx context.Context, js jetstream.JetStream, k queueKey) (jetstream.ConsumerConfig, error) {
+	st, err := js.Stream(ctx, k.stream())
+	if err != nil {
+		return jetstream.ConsumerConfig{}, fmt.Errorf("look up queue stream %s: %w", k.stream(), err)
+	}
+	return k.consumerConfig(st.CachedInfo().Config.Replicas <= 1), nil
 }
 
 func parseKeyName(name string) (queueKey, bool) {

@@ -1395,7 +1395,7 @@ func TestQueueConsumerOfAnOlderVersionIsReplaced(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, true)
 	key := queueKey{Type: "build", Tagset: noTags}
-	old := key.consumerConfig()
+	old := key.consumerConfig(true)
 	old.MemoryStorage = false
 	_, err := f.env.JS.CreateOrUpdateConsumer(ctx, key.stream(), old)
 	require.NoError(t, err)
@@ -1406,6 +1406,37 @@ func TestQueueConsumerOfAnOlderVersionIsReplaced(t *testing.T) {
 	c, err := f.env.JS.Consumer(ctx, key.stream(), key.consumer())
 	require.NoError(t, err)
 	require.True(t, c.CachedInfo().Config.MemoryStorage)
+}
+
+// TestQueueConsumerOnAReplicatedStreamIsStored: on a queue stream with
+// replicas, a queue's consumer stores its state, and one an earlier
+// version made in memory there is replaced as the queue is registered: a
+// replicated consumer in memory came back from a restart of one of its
+// servers with nothing, and with another server down stayed without a
+// leader, its jobs pending, until the third came back.
+func TestQueueConsumerOnAReplicatedStreamIsStored(t *testing.T) {
+	ctx := context.Background()
+	c := natstest.StartCluster(t, 3)
+	_, js := natstest.Connect(t, c.URL)
+	require.NoError(t, EnsureTopology(ctx, provision.WithReplicas(js, 3)))
+	registry, err := js.KeyValue(ctx, TagsetsBucket)
+	require.NoError(t, err)
+	stored := func(key queueKey) bool {
+		t.Helper()
+		cons, err := js.Consumer(ctx, key.stream(), key.consumer())
+		require.NoError(t, err)
+		return !cons.CachedInfo().Config.MemoryStorage
+	}
+
+	fresh := queueKey{Type: "build", Tagset: noTags}
+	require.NoError(t, registerQueue(ctx, js, registry, fresh))
+	require.True(t, stored(fresh), "a new queue's consumer stored")
+
+	older := queueKey{Type: "render", Tagset: noTags}
+	_, err = js.CreateOrUpdateConsumer(ctx, older.stream(), older.consumerConfig(true))
+	require.NoError(t, err)
+	require.NoError(t, registerQueue(ctx, js, registry, older))
+	require.True(t, stored(older), "a consumer in memory replaced by one stored")
 }
 
 // TestEnqueuerMakesItsLostConsumerAgain: an enqueuer whose durable over the
