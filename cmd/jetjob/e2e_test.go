@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -34,9 +35,25 @@ import (
 
 var binary string
 
+// waitingTestsAtOnce is how many of the package's parallel tests run at
+// once when no -parallel is given. They are the ones that mostly wait on a
+// clock (a server's 30 s for a NATS that is not there, an account's expiry,
+// a refusal's backoff, a follow's outage), not on the CPU: go test's
+// default, GOMAXPROCS at a time, ran them two by two on CI's 2 cores, one
+// pair after the other.
+const waitingTestsAtOnce = 16
+
 func TestMain(m *testing.M) {
 	if file := os.Getenv(natsConfigEnv); file != "" {
 		runNATS(file) // this process is a test's NATS (startRotatingNATS)
+	}
+	flag.Parse()
+	parallelGiven := false
+	flag.Visit(func(f *flag.Flag) { parallelGiven = parallelGiven || f.Name == "test.parallel" })
+	if !parallelGiven {
+		if err := flag.Set("test.parallel", strconv.Itoa(waitingTestsAtOnce)); err != nil {
+			panic(err)
+		}
 	}
 	dir, err := os.MkdirTemp("", "jetjob-e2e")
 	if err != nil {

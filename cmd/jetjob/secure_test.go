@@ -196,6 +196,7 @@ func TestTLSWithAPrivateCA(t *testing.T) {
 
 // A NATS set to handshake_first: the variable serves every command.
 func TestTLSHandshakeFirst(t *testing.T) {
+	t.Parallel() // waits out connects the NATS does not answer
 	p := newPKI(t)
 	n := natstest.StartStock(t, func(o *nserver.Options) {
 		o.TLSConfig = &tls.Config{Certificates: []tls.Certificate{p.server}, MinVersion: tls.VersionTLS12}
@@ -507,6 +508,7 @@ func TestDevOnASecuredNATSSaysWhatToExport(t *testing.T) {
 // them. nats.go gives up after the same refusal twice, by default, and
 // closes the connection for good.
 func TestServerAndWorkerOutlastARefusalOfTheirUser(t *testing.T) {
+	t.Parallel() // waits out refusals and a reconnect
 	n := startRotatingNATS(t)
 	url, env := n.url, n.env
 	_, serverOut := startProcEnv(t, env, "server", "--nats", url)
