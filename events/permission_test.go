@@ -39,6 +39,9 @@ func TestAnAppendItsUserMayNotPublishSaysSo(t *testing.T) {
 		"streamed":   {MinBatch: events.MaxBatchLimit + 1},
 	} {
 		t.Run(name, func(t *testing.T) {
+			// Each waits out its tries, on a connection and a log of its
+			// own: side by side.
+			t.Parallel()
 			// Kept short: the refusal comes at once, the tries' waits do not.
 			cfg.PublishTimeout = time.Second
 			_, js := natstest.Connect(t, env.URL, nats.UserInfo("denied", "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
