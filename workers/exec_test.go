@@ -537,6 +537,9 @@ func TestExecReadsTheOutputToItsEndHoweverSlowlyItIsLogged(t *testing.T) {
 		{"a background process writes on", seq + "; while :; do echo tick; sleep 0.2; done &", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// Each waits out its lines logged 200 ms apart and the output
+			// delay, on a server and a proxy of its own.
+			t.Parallel()
 			f := newFixture(t, true)
 			proxy := natstest.NewProxy(t, f.env.URL)
 			h := execHandler(t, ExecConfig{Command: []string{"sh", "-c", tc.script}})
