@@ -1667,17 +1667,33 @@ func reportWorthRetrying(err error) bool {
 	return true
 }
 
-// reportLanded reads whether this attempt's end was recorded: by this
-// worker, under its lease, and no longer running. The detector fails an
-// attempt under its lease too, once silent for the hang-after; with a
-// hang-after under 60 s a report may be tried that long, and OnResult then
-// gets the job as the detector left it.
+// reportLanded reads whether this attempt's end was recorded: an event of
+// the job's history that ended the attempt under its lease. The detector
+// fails an attempt under its lease too, once silent for the hang-after;
+// with a hang-after under 60 s a report may be tried that long, and
+// OnResult then gets the job as the detector left it. The history is read,
+// not the job as it now is: a recorded failure clears the job's lease, and
+// a failure recorded by an earlier try was taken for a refusal.
 func (p *Pool) reportLanded(held statemachine.Job) (statemachine.Job, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), acquireTimeout)
 	defer cancel()
-	job, err := p.m.Load(ctx, held.ID)
-	if err != nil || job.Lease != held.Lease || job.WorkerID != p.cfg.WorkerID ||
-		job.State == statemachine.StateRunning || job.State == statemachine.StateCanceling {
+	recs, err := p.m.Log().Load(ctx, held.ID)
+	if err != nil {
+		return statemachine.Job{}, false
+	}
+	job, ended := statemachine.Job{State: statemachine.StateNew}, false
+	for _, rec := range recs {
+		before := job
+		if job.Apply(rec) != nil {
+			job = before // an event the fold refuses changes nothing
+			continue
+		}
+		inAttempt := before.State == statemachine.StateRunning || before.State == statemachine.StateCanceling
+		if inAttempt && before.Lease == held.Lease && job.State != statemachine.StateRunning && job.State != statemachine.StateCanceling {
+			ended = true
+		}
+	}
+	if !ended {
 		return statemachine.Job{}, false
 	}
 	return job, true

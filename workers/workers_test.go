@@ -1929,6 +1929,59 @@ func TestAResultTheServerCouldNotRecordIsTriedAgain(t *testing.T) {
 	natstest.Eventually(t, 10*time.Second, func() bool { return logs.FilterMessageSnippet("result recorded").Len() == 1 }, "the late record said")
 }
 
+// A result whose first try was stored, its answer lost, is refused at the
+// next try (the attempt is over), and is then read from the job's history:
+// OnResult gets the job as recorded, and the log says the earlier try
+// recorded it. A failure was taken for a refusal, "result refused: the
+// attempt no longer holds the job", and OnResult never called: a recorded
+// failure clears the job's lease, which the history's read compared.
+func TestAResultStoredWithItsAnswerLostIsPassedOn(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		err   error
+		state statemachine.State
+	}{
+		{"success", nil, statemachine.StateSucceeded},
+		{"failure with attempts left", errors.New("boom"), statemachine.StateScheduled},
+		{"failure without retry", NoRetry(errors.New("boom")), statemachine.StateFailed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, true)
+			f.proxiedLog.PublishTimeout = 300 * time.Millisecond // the report's first try gives up sooner
+			results := make(chan Result, 4)
+			logger, logs := observedLogger(t)
+			started, returning := make(chan struct{}, 1), make(chan struct{})
+			proxy := f.proxiedPool(PoolConfig{Types: []string{"answerlost"}, Logger: logger, OnResult: func(r Result) { results <- r }},
+				func(ctx context.Context, j *Job) error {
+					started <- struct{}{}
+					<-returning
+					return tc.err
+				})
+			j := f.submit(statemachine.SubmitParams{Type: "answerlost", MaxAttempts: 3, Backoff: statemachine.BackoffConfig{Base: time.Hour, Cap: time.Hour}})
+			<-started // the acquire answered: stalled, the job would never start
+			proxy.StallAnswers()
+			close(returning)
+			f.waitState(j.ID, tc.state) // stored, its answer held
+			natstest.Eventually(t, 30*time.Second, func() bool {
+				return logs.FilterMessageSnippet("report result; trying again").Len() > 0
+			}, "the first try's outcome unknown")
+			proxy.Restore()
+			select {
+			case r := <-results:
+				require.Equal(t, j.ID, r.Job.ID)
+				require.Equal(t, tc.state, r.Job.State, "the job as recorded")
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no result passed on; logs: %v", logs.All())
+			}
+			require.Equal(t, 1, logs.FilterMessageSnippet("result recorded by an earlier try").Len())
+			require.Zero(t, logs.FilterMessageSnippet("result refused").Len())
+			hist, err := f.m.Log().Load(context.Background(), j.ID)
+			require.NoError(t, err)
+			require.Len(t, hist, 3, "submitted, acquired and one result")
+		})
+	}
+}
+
 // An attempt beats until its result is recorded, not only while its
 // handler runs: a result the server cannot record yet is tried again, and
 // before, its attempt went silent meanwhile, for the detector to fail.
