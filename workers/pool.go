@@ -1673,7 +1673,8 @@ func reportWorthRetrying(err error) bool {
 // with a hang-after under 60 s a report may be tried that long, and
 // OnResult then gets the job as the detector left it. The history is read,
 // not the job as it now is: a recorded failure clears the job's lease, and
-// a failure recorded by an earlier try was taken for a refusal.
+// a failure recorded by an earlier try was taken for a refusal. The job is
+// returned as that event left it, not as it is by the time of the read.
 func (p *Pool) reportLanded(held statemachine.Job) (statemachine.Job, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), acquireTimeout)
 	defer cancel()
@@ -1681,7 +1682,7 @@ func (p *Pool) reportLanded(held statemachine.Job) (statemachine.Job, bool) {
 	if err != nil {
 		return statemachine.Job{}, false
 	}
-	job, ended := statemachine.Job{State: statemachine.StateNew}, false
+	job := statemachine.Job{State: statemachine.StateNew}
 	for _, rec := range recs {
 		before := job
 		if job.Apply(rec) != nil {
@@ -1690,13 +1691,12 @@ func (p *Pool) reportLanded(held statemachine.Job) (statemachine.Job, bool) {
 		}
 		inAttempt := before.State == statemachine.StateRunning || before.State == statemachine.StateCanceling
 		if inAttempt && before.Lease == held.Lease && job.State != statemachine.StateRunning && job.State != statemachine.StateCanceling {
-			ended = true
+			// The job as this event left it, as Result says: by now it
+			// may have been retried and taken by another attempt.
+			return job, true
 		}
 	}
-	if !ended {
-		return statemachine.Job{}, false
-	}
-	return job, true
+	return statemachine.Job{}, false
 }
 
 func (p *Pool) passResult(recorded statemachine.Job, err error) {

@@ -3397,3 +3397,34 @@ func TestLogsOfAnInvalidJobIDAreInvalidInput(t *testing.T) {
 		require.ErrorIs(t, err, events.ErrInvalidJobID, "read %q", id)
 	}
 }
+
+// reportLanded passes on the job as the event that ended the attempt left
+// it, as Result documents (its State is the outcome), not as the job is by
+// the time of the read: a job failed under the lease, retried and taken
+// by another worker since, was passed on running, another's attempt.
+func TestReportLandedGivesTheJobAsTheAttemptsEndLeftIt(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "moved", MaxAttempts: 3,
+		Backoff: statemachine.BackoffConfig{Base: time.Millisecond, Cap: time.Millisecond}})
+	require.NoError(t, err)
+	held, err := f.m.Acquire(ctx, j.ID, "w1")
+	require.NoError(t, err)
+	_, err = f.m.Fail(ctx, held, statemachine.FailParams{Error: "boom"})
+	require.NoError(t, err)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_, err := f.m.Promote(ctx, j.ID)
+		return err == nil
+	}, "the retry promoted")
+	again, err := f.m.Acquire(ctx, j.ID, "w2")
+	require.NoError(t, err)
+	require.NotEqual(t, held.Lease, again.Lease)
+
+	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"moved"}, WorkerID: "w1"}, noop)
+	require.NoError(t, err)
+	got, ok := p.reportLanded(held)
+	require.True(t, ok, "the attempt was ended under its lease")
+	require.Equal(t, statemachine.StateScheduled, got.State, "the outcome of the attempt")
+	require.Equal(t, "boom", got.Error)
+	require.Equal(t, 1, got.Attempt)
+}
