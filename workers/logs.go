@@ -586,6 +586,15 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 			if again {
 				continue
 			}
+			// Lines stored past those passed, and the consumer has none
+			// to give: it sent them and they were lost on the way (a
+			// connection dropped), and it needs no acks, so it never sends
+			// them again. No later line shows the gap when they were the
+			// last: they are read again from the line after the last one
+			// passed. A fetch that failed is paced as such below.
+			if err := batch.Error(); err == nil || errors.Is(err, jetstream.ErrNoMessages) {
+				skipped = true
+			}
 		}
 		if skipped {
 			remake()

@@ -3428,3 +3428,60 @@ func TestReportLandedGivesTheJobAsTheAttemptsEndLeftIt(t *testing.T) {
 	require.Equal(t, "boom", got.Error)
 	require.Equal(t, 1, got.Attempt)
 }
+
+// A follow whose last line was lost on its way (sent by the server as the
+// connection dropped) reads it again once the job is finished: its
+// consumer, which needs no acks, had delivered the line and never sent it
+// again, and the follow, finding a line stored past those passed, fetched
+// nothing from it over and over until its ctx ended.
+func TestAFollowReadsAgainALastLineLostOnItsWay(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := newFixture(t, false)
+	proxy := natstest.NewProxy(t, f.env.URL)
+	_, pjs := natstest.Connect(t, proxy.URL)
+	follower, err := AttachLogs(ctx, pjs)
+	require.NoError(t, err)
+	writer, err := AttachLogs(ctx, f.env.JS)
+	require.NoError(t, err)
+	line := func(n int64, s string) LogLine {
+		return LogLine{Time: time.Now().UTC(), Attempt: 1, Lease: 7, Number: n, Stream: StreamStdout, Line: s}
+	}
+	require.NoError(t, writer.Append(ctx, "job-1", line(1, "one")))
+
+	var finished atomic.Bool
+	got := make(chan string, 4)
+	done := make(chan error, 1)
+	go func() {
+		done <- follower.Follow(ctx, "job-1", func(context.Context) bool { return finished.Load() },
+			func(l LogLine) { got <- l.Line })
+	}()
+	require.Equal(t, "one", <-got)
+
+	proxy.StallAnswers()
+	require.NoError(t, writer.Append(ctx, "job-1", line(2, "two")))
+	last, err := writer.leaderLastSeq(ctx, "job-1")
+	require.NoError(t, err)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		st, err := f.env.JS.Stream(ctx, LogsStream)
+		require.NoError(t, err)
+		consumers := st.ListConsumers(ctx)
+		for info := range consumers.Info() {
+			if info.Config.FilterSubject == logSubject("job-1") && info.Delivered.Stream >= last {
+				return true
+			}
+		}
+		return false
+	}, "the last line sent to the follow, held on its way")
+	proxy.Cut() // the line with it
+	proxy.Restore()
+	finished.Store(true)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-ctx.Done():
+		t.Fatal("the follow did not return")
+	}
+	require.Len(t, got, 1)
+	require.Equal(t, "two", <-got)
+}
