@@ -80,7 +80,8 @@ const ConsumersMax = 100_000
 // own; its replicas are set as WithReplicas says; its metadata keeps every
 // entry cfg does not set (an entry another part of jetjob recorded, such as
 // the views' format, outlives the next start); everything else is upgraded.
-// A stream that Stream last set to this same cfg is left as it is: each
+// A stream that Stream last set to this same cfg, and that has the
+// replicas asked for, is left as it is: each
 // start updated every stream, and an update racing a consumer's creation
 // on the same stream is a data race inside nats-server (v2.15.3,
 // fileStore.UpdateConfig against ConsumerStore), seen under -race in tests
@@ -140,7 +141,11 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 	}
 	hash := configHash(cfg)
 	kept := existing.CachedInfo().Config.Metadata
-	if hash != "" && kept[ConfigMetadataKey] == hash {
+	// The replicas asked for (WithReplicas) are checked against the
+	// stream as it is, not only against the hash: lowered by hand since,
+	// its metadata kept, a stream was left on fewer nodes than the start
+	// asked for.
+	if hash != "" && kept[ConfigMetadataKey] == hash && existing.CachedInfo().Config.Replicas == cfg.Replicas {
 		return existing, nil
 	}
 	if len(kept) > 0 {

@@ -248,3 +248,29 @@ func TestAStreamAsLastSetIsNotUpdatedAgain(t *testing.T) {
 	require.Equal(t, "1", s.CachedInfo().Config.Metadata["mine"])
 	require.NotEmpty(t, s.CachedInfo().Config.Metadata[provision.ConfigMetadataKey])
 }
+
+// A start with replicas asked for (--replicas 3) sets a stream to them even
+// when the stream's recorded configuration hash matches: the replicas were
+// lowered by hand since, the metadata kept (as nats stream edit keeps it),
+// and the start left the stream at one replica, its data on one node,
+// though README says --replicas sets existing streams to that many.
+func TestReplicasAskedForAreSetOnAStreamLoweredByHand(t *testing.T) {
+	ctx := context.Background()
+	c := natstest.StartCluster(t, 3)
+	_, js := natstest.Connect(t, c.URL)
+	cfg := jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}}
+	_, err := provision.Stream(ctx, provision.WithReplicas(js, 3), cfg)
+	require.NoError(t, err)
+
+	s, err := js.Stream(ctx, "S")
+	require.NoError(t, err)
+	lowered := s.CachedInfo().Config
+	require.Equal(t, 3, lowered.Replicas)
+	lowered.Replicas = 1
+	_, err = js.UpdateStream(ctx, lowered)
+	require.NoError(t, err)
+
+	s, err = provision.Stream(ctx, provision.WithReplicas(js, 3), cfg)
+	require.NoError(t, err)
+	require.Equal(t, 3, s.CachedInfo().Config.Replicas)
+}
