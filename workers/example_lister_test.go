@@ -78,7 +78,7 @@ func ExampleEnqueuerConfig_lister() {
 }
 
 // exampleNATS runs an embedded NATS with JetStream in a temporary
-// directory, as in Example.
+// directory, for the examples.
 func exampleNATS() (jetstream.JetStream, func()) {
 	dir, _ := os.MkdirTemp("", "jetjob-example")
 	srv, _ := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: dir, NoSigs: true})

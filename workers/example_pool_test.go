@@ -164,14 +164,7 @@ func ExampleNewPool() {
 // exampleServer runs what a server runs (the log, the queue topology, the
 // enqueuer) on an embedded NATS in a temporary directory.
 func exampleServer(ctx context.Context) (jetstream.JetStream, *statemachine.Machine, func()) {
-	dir, _ := os.MkdirTemp("", "jetjob-example")
-	srv, _ := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: dir, NoSigs: true})
-	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		panic("the embedded NATS did not start")
-	}
-	nc, _ := nats.Connect(srv.ClientURL())
-	js, _ := jetstream.New(nc)
+	js, stopNATS := exampleNATS()
 	lg, _ := events.Open(ctx, js, events.Config{})
 	m, _ := statemachine.New(lg, statemachine.Config{})
 	_ = workers.EnsureTopology(ctx, js)
@@ -180,9 +173,7 @@ func exampleServer(ctx context.Context) (jetstream.JetStream, *statemachine.Mach
 	return js, m, func() {
 		enq.Stop()
 		lg.Close()
-		nc.Close()
-		srv.Shutdown()
-		_ = os.RemoveAll(dir)
+		stopNATS()
 	}
 }
 
