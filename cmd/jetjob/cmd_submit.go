@@ -265,12 +265,18 @@ func pathless(err error) error {
 	return err
 }
 
+// parseRFC3339 reads an RFC 3339 time, its "T" and "Z" in either case, as
+// the RFC allows (section 5.6); Go's layout takes only upper case.
+func parseRFC3339(s string) (time.Time, error) {
+	return time.Parse(time.RFC3339, strings.ToUpper(s))
+}
+
 func parseRunAt(runAt, delay string) (*time.Time, error) {
 	switch {
 	case runAt != "" && delay != "":
 		return nil, usageErr("give --run-at or --delay, not both")
 	case runAt != "":
-		t, err := time.Parse(time.RFC3339, runAt)
+		t, err := parseRFC3339(runAt)
 		if err != nil {
 			return nil, usageErr("--run-at %s, expected an RFC 3339 time such as 2026-01-02T15:04:05Z", quoteShort(runAt))
 		}
@@ -513,7 +519,7 @@ func parseJobLine(line []byte) (statemachine.SubmitParams, error) {
 	case jl.RunAt != "" && jl.Delay != "":
 		return p, errors.New("give run_at or delay, not both")
 	case jl.RunAt != "":
-		t, err := time.Parse(time.RFC3339, jl.RunAt)
+		t, err := parseRFC3339(jl.RunAt)
 		if err != nil {
 			return p, fmt.Errorf("run_at %s, expected an RFC 3339 time such as 2026-01-02T15:04:05Z", quoteShort(jl.RunAt))
 		}

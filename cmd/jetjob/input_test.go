@@ -235,3 +235,20 @@ func TestSubmitFileCountsTheBadLinesItDoesNotShow(t *testing.T) {
 	require.Equal(t, badLinesShown, strings.Count(errOut.String(), "\n"))
 	require.Contains(t, errOut.String(), "jetjob submit: f line 2: not valid JSON")
 }
+
+// A run-at takes what RFC 3339 allows: its "T" and "Z" in lower case too
+// (section 5.6), in --run-at and in a --file line's run_at. Both were
+// refused, "expected an RFC 3339 time".
+func TestRunAtTakesRFC3339InLowerCase(t *testing.T) {
+	want := time.Date(2030, 1, 2, 15, 4, 5, 0, time.UTC)
+	for _, s := range []string{"2030-01-02T15:04:05Z", "2030-01-02t15:04:05z", "2030-01-02t16:04:05+01:00"} {
+		got, err := parseRunAt(s, "")
+		require.NoError(t, err, s)
+		require.True(t, want.Equal(*got), "%s: %s", s, got)
+		p, err := parseJobLine([]byte(`{"type":"t","run_at":"` + s + `"}`))
+		require.NoError(t, err, s)
+		require.True(t, want.Equal(*p.RunAt), "%s in a line: %s", s, p.RunAt)
+	}
+	_, err := parseRunAt("2030-01-02x15:04:05z", "")
+	require.Error(t, err)
+}
