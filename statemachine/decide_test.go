@@ -706,6 +706,14 @@ func TestSubmitValidation(t *testing.T) {
 		{"negative delay", SubmitParams{Type: "t", Delay: -time.Second}, ErrInvalid, "delay -1s"},
 		{"a delay and a run-at", SubmitParams{Type: "t", Delay: time.Second, RunAt: ptr(time.Now())}, ErrInvalid, "expected one of them"},
 		{"delay past what a timer can hold", SubmitParams{Type: "t", Delay: time.Duration(1<<63 - 1)}, ErrInvalid, "expected a shorter delay"},
+		// The base not given is said to be the default, and to be given:
+		// "backoff base 1s is above its cap" named a base the caller never set.
+		{"a cap under the default base", SubmitParams{Type: "t", Backoff: BackoffConfig{Cap: 500 * time.Millisecond}}, ErrInvalid,
+			"backoff base 1s (the default) is above its cap 500ms, expected base <= cap: give a base too"},
+		{"a base over the default cap", SubmitParams{Type: "t", Backoff: BackoffConfig{Base: 11 * time.Minute}}, ErrInvalid,
+			"backoff base 11m0s is above its cap 10m0s (the default), expected base <= cap: give a cap too"},
+		{"a base over its cap", SubmitParams{Type: "t", Backoff: BackoffConfig{Base: 2 * time.Second, Cap: time.Second}}, ErrInvalid,
+			"backoff base 2s is above its cap 1s, expected base <= cap"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.p.validate(10, defaultBackoff)

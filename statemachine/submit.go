@@ -204,7 +204,15 @@ func (p *SubmitParams) validate(maxPayload int, backoff BackoffConfig) error {
 	}
 	base, limit := cmp.Or(p.Backoff.Base, backoff.Base), cmp.Or(p.Backoff.Cap, backoff.Cap)
 	if base > limit {
-		return fmt.Errorf("%w: backoff base %s is above its cap %s, expected base <= cap", ErrInvalid, base, limit)
+		// Said as the default when not given: the caller set the other.
+		baseSaid, capSaid, hint := base.String(), limit.String(), ""
+		switch {
+		case p.Backoff.Base == 0:
+			baseSaid, hint = baseSaid+" (the default)", ": give a base too"
+		case p.Backoff.Cap == 0:
+			capSaid, hint = capSaid+" (the default)", ": give a cap too"
+		}
+		return fmt.Errorf("%w: backoff base %s is above its cap %s, expected base <= cap%s", ErrInvalid, baseSaid, capSaid, hint)
 	}
 	if p.Key != "" && len(p.Key) > 256 {
 		return fmt.Errorf("%w: idempotency key is %d bytes, expected at most 256", ErrInvalid, len(p.Key))
