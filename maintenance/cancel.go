@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,7 +29,7 @@ type Skipped struct {
 	Reason string `json:"reason"`
 }
 
-// BulkCancelResult lists what a bulk cancel did.
+// BulkCancelResult lists what a bulk cancel did, each list in job ID order.
 type BulkCancelResult struct {
 	Canceled []string  `json:"canceled"`
 	Skipped  []Skipped `json:"skipped"`
@@ -171,6 +173,10 @@ func CancelPending(ctx context.Context, r *projector.Reader, m *statemachine.Mac
 		}(v)
 	}
 	wg.Wait()
+	// In ID order, as the views were listed and as a dry run lists them,
+	// not in the order the cancels finished.
+	slices.Sort(res.Canceled)
+	slices.SortFunc(res.Skipped, func(a, b Skipped) int { return strings.Compare(a.ID, b.ID) })
 	switch {
 	case res.NotTried > 0:
 		return res, fmt.Errorf("bulk cancel stopped: %d canceled, %d failed (they may be canceled), %d not tried: %w", len(res.Canceled), res.Failed, res.NotTried, ctx.Err())

@@ -433,8 +433,10 @@ func TestBulkCancelByTemplateVersion(t *testing.T) {
 		want = append(want, j.ID)
 	}
 	sort.Strings(want)
-	sort.Strings(res.Canceled)
+	// In ID order, as a dry run lists them: the cancels were listed in
+	// the order they finished.
 	require.Equal(t, want, res.Canceled)
+	require.Equal(t, dry.Canceled, res.Canceled, "a dry run lists what a cancel would, in the same order")
 	require.Empty(t, res.Skipped)
 	for _, j := range running {
 		cur, err := f.m.Load(ctx, j.ID)
