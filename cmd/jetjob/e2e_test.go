@@ -1607,4 +1607,9 @@ func TestHelpOfACommandIsItsHelp(t *testing.T) {
 	require.Equal(t, exitUsage, r.code)
 	require.Contains(t, r.stderr, `unknown command "bogus"`)
 	require.Empty(t, r.stdout)
+	// More than one command: said, not the list printed for it.
+	r = runCLI(t, "nats://127.0.0.1:1", "help", "submit", "cancel")
+	require.Equal(t, exitUsage, r.code)
+	require.Equal(t, "jetjob: help takes one command, as in jetjob help submit; got 2\n", r.stderr)
+	require.Empty(t, r.stdout)
 }

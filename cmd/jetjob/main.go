@@ -81,6 +81,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// As `go help build`: the command's own help.
 		return run([]string{args[1], "-h"}, stdout, stderr)
 	}
+	if args[0] == "help" && len(args) > 2 {
+		fmt.Fprintf(stderr, "jetjob: help takes one command, as in jetjob help submit; got %d\n", len(args)-1)
+		return exitUsage
+	}
 	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stdout)
 		return exitOK
