@@ -56,8 +56,12 @@ func ExampleEnqueuerConfig_lister() {
 	defer enq.Stop()
 
 	job, _, _ := m.Submit(ctx, statemachine.SubmitParams{Type: "report"})
-	for n, _ := workers.Queued(ctx, js); n == 0; n, _ = workers.Queued(ctx, js) {
-		time.Sleep(10 * time.Millisecond)
+	// Enqueued: polled, with a deadline, since the example has no hook to
+	// wait on.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if n, _ := workers.Queued(ctx, js); n > 0 {
+			break
+		}
 	}
 	// The queue message is lost.
 	for _, name := range workers.QueueStreams() {
