@@ -435,8 +435,9 @@ func (l *Logs) follow(ctx context.Context, jobID string, finished func(context.C
 		return nil
 	}
 	// The consumer is made once, and made again, from the line after the
-	// last one passed, only when a fetch failed or lines went missing
-	// between fetches (a reconnect lost what was sent meanwhile): what
+	// last one passed, only when a fetch failed or lines went missing (a
+	// gap in its sequence, or lines stored past the last one passed that
+	// it has none of: a reconnect lost what was sent meanwhile): what
 	// nats.go's ordered consumer does at every fetch. It made one when it
 	// was made and another at its first fetch, and one more at each fetch
 	// after: two for every read, and four a second for as long as a
