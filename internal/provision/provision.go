@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"sort"
 	"time"
 
@@ -141,11 +142,14 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 	}
 	hash := configHash(cfg)
 	kept := existing.CachedInfo().Config.Metadata
-	// The replicas asked for (WithReplicas) are checked against the
-	// stream as it is, not only against the hash: lowered by hand since,
-	// its metadata kept, a stream was left on fewer nodes than the start
-	// asked for.
-	if hash != "" && kept[ConfigMetadataKey] == hash && existing.CachedInfo().Config.Replicas == cfg.Replicas {
+	// The hash says only what was last set through Stream. The stream as
+	// it is is checked too: lowered by hand since, its metadata kept, a
+	// stream was left on fewer replicas than the start asked for; and a
+	// version from before the hash updates a stream keeping its metadata,
+	// so that after a rollback and a new upgrade the hash matched a
+	// configuration the stream no longer had.
+	if hash != "" && kept[ConfigMetadataKey] == hash && existing.CachedInfo().Config.Replicas == cfg.Replicas &&
+		holds(existing.CachedInfo().Config, cfg) {
 		return existing, nil
 	}
 	if len(kept) > 0 {
@@ -184,6 +188,30 @@ func configHash(cfg jetstream.StreamConfig) string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:12])
+}
+
+// holds reports whether the stream's configuration has every field want
+// sets (is not zero in want) as want sets it, and each of want's metadata
+// entries. A field want leaves zero is the server's default or the
+// operator's, and not looked at; so are replicas and persist mode, which
+// Stream settles apart.
+func holds(stream, want jetstream.StreamConfig) bool {
+	sv, wv := reflect.ValueOf(stream), reflect.ValueOf(want)
+	for i := range wv.NumField() {
+		switch wv.Type().Field(i).Name {
+		case "Metadata", "Replicas", "PersistMode":
+			continue
+		}
+		if f := wv.Field(i); !f.IsZero() && !reflect.DeepEqual(f.Interface(), sv.Field(i).Interface()) {
+			return false
+		}
+	}
+	for k, v := range want.Metadata {
+		if got, ok := stream.Metadata[k]; k != ConfigMetadataKey && (!ok || got != v) {
+			return false
+		}
+	}
+	return true
 }
 
 // withConfigHash is metadata, copied, with the hash recorded.

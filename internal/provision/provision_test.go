@@ -11,8 +11,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/internal/provision"
+	"github.com/jetjob/jetjob/workers"
 )
 
 // TestConsumerReplacedWithoutLosingMessages: a consumer whose ack policy or
@@ -273,4 +275,76 @@ func TestReplicasAskedForAreSetOnAStreamLoweredByHand(t *testing.T) {
 	s, err = provision.Stream(ctx, provision.WithReplicas(js, 3), cfg)
 	require.NoError(t, err)
 	require.Equal(t, 3, s.CachedInfo().Config.Replicas)
+}
+
+// A version from before the hash updates a stream to its own configuration
+// keeping the metadata, hash and all: after a rollback to it and a new
+// upgrade, the hash matched and the stream kept the older version's
+// configuration. What the configuration sets is checked on the stream as
+// it is; a field it leaves to the server or the operator is not.
+func TestAStreamChangedWithItsHashKeptIsSetAgain(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	cfg := jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}, MaxAge: time.Hour, Metadata: map[string]string{"mine": "1"}}
+	_, err := provision.Stream(ctx, env.JS, cfg)
+	require.NoError(t, err)
+
+	change := func(edit func(*jetstream.StreamConfig)) {
+		t.Helper()
+		s, err := env.JS.Stream(ctx, "S")
+		require.NoError(t, err)
+		older := s.CachedInfo().Config
+		edit(&older)
+		_, err = env.JS.UpdateStream(ctx, older)
+		require.NoError(t, err)
+	}
+	change(func(c *jetstream.StreamConfig) { c.MaxAge = 3 * time.Hour; c.Subjects = []string{"s.>", "t.>"} })
+	s, err := provision.Stream(ctx, env.JS, cfg)
+	require.NoError(t, err)
+	require.Equal(t, time.Hour, s.CachedInfo().Config.MaxAge)
+	require.Equal(t, []string{"s.>"}, s.CachedInfo().Config.Subjects)
+
+	change(func(c *jetstream.StreamConfig) { c.Metadata["mine"] = "2" })
+	s, err = provision.Stream(ctx, env.JS, cfg)
+	require.NoError(t, err)
+	require.Equal(t, "1", s.CachedInfo().Config.Metadata["mine"])
+
+	change(func(c *jetstream.StreamConfig) { c.Description = "the operator's"; c.MaxMsgs = 1000 })
+	s, err = provision.Stream(ctx, env.JS, cfg)
+	require.NoError(t, err)
+	require.Equal(t, "the operator's", s.CachedInfo().Config.Description, "a field the configuration does not set is left alone")
+	require.EqualValues(t, 1000, s.CachedInfo().Config.MaxMsgs)
+}
+
+// jetjob's own streams and buckets, laid out a second time, are found as
+// set: none is updated. A field the server stores other than as given
+// would update it at every start, as before the hash.
+func TestJetjobsLayoutIsLeftAloneTheSecondTime(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	layOut := func() {
+		t.Helper()
+		_, err := events.Open(ctx, env.JS, events.Config{})
+		require.NoError(t, err)
+		_, err = events.OpenHeartbeats(ctx, env.JS)
+		require.NoError(t, err)
+		require.NoError(t, workers.EnsureTopology(ctx, env.JS))
+		_, err = provision.KeyValue(ctx, env.JS, provision.KeyValueConfig{Bucket: "B", TTL: time.Minute, Metadata: map[string]string{"format": "1"}})
+		require.NoError(t, err)
+	}
+	layOut()
+	updates, err := env.NC.SubscribeSync("$JS.API.STREAM.UPDATE.>")
+	require.NoError(t, err)
+	require.NoError(t, env.NC.Flush())
+	layOut()
+	require.NoError(t, env.NC.Flush())
+	var updated []string
+	for {
+		msg, err := updates.NextMsg(0)
+		if err != nil {
+			break
+		}
+		updated = append(updated, strings.TrimPrefix(msg.Subject, "$JS.API.STREAM.UPDATE."))
+	}
+	require.Empty(t, updated)
 }
