@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -164,11 +165,19 @@ func (h *Heartbeats) FollowHangAfter(ctx context.Context, set func(time.Duration
 		}
 		return nil, fmt.Errorf("follow hang-after: %w", err)
 	}
+	// Ending watchCtx ends the watch: nats.go then unsubscribes at once and
+	// deletes its consumer in the background. w.Stop would wait for that
+	// delete's answer, up to nats.go's 5 s on a stalled connection, and
+	// stop has no ctx to bound it (a pool's Stop overran its ctx by that).
+	var stopped atomic.Bool
 	stop = func() {
-		_ = w.Stop()
+		stopped.Store(true)
 		endWatch()
 	}
 	apply := func(e jetstream.KeyValueEntry) {
+		if stopped.Load() {
+			return
+		}
 		if d, err := time.ParseDuration(string(e.Value())); err == nil && d > 0 {
 			set(d)
 		}

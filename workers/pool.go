@@ -440,8 +440,7 @@ func (p *Pool) Start(ctx context.Context) error {
 		}
 	}
 	if err != nil {
-		cancel()
-		_ = p.watch.Stop()
+		cancel() // ends the registry watch too: see Stop
 		p.stopFollowHang()
 		return refusedOr(err)
 	}
@@ -2159,7 +2158,10 @@ func (p *Pool) Stop(ctx context.Context) error {
 	<-loopDone
 	p.passes.Wait()
 	p.unsubscribe()
-	_ = p.watch.Stop()
+	// The registry watch ended with the loop's ctx: nats.go unsubscribes
+	// then, and deletes its consumer in the background. p.watch.Stop here
+	// would wait for that delete's answer (nats.go's 5 s on a stalled
+	// connection, whatever ctx says) whenever it came first.
 	// Handlers still running after Stop returns keep fencing by the last
 	// hang-after known.
 	defer p.stopFollowHang()

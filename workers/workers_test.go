@@ -2892,6 +2892,51 @@ func TestAStopThatRunsOutOfTimeRecordsResultsWhoseLinesAreUnacknowledged(t *test
 	require.Equal(t, statemachine.StateSucceeded, done.State, "the result recorded when Stop returned")
 }
 
+// Stop returns by its ctx's deadline when the connection is stalled, or 2 s
+// after it with a job to hand back (as documented): the hang-after watch
+// was stopped with a call that waits for its consumer's delete, for
+// nats.go's 5 s whatever ctx said, and an idle pool's Stop with 3 s left
+// took 5 s, one with a running job 10 s.
+func TestStopEndsByItsCtxOnAStalledConnection(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		running bool
+		past    time.Duration // how long after the deadline Stop may return
+	}{
+		{"idle", false, 0},
+		{"a job running", true, handBackReserve},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, true)
+			proxy := natstest.NewProxy(t, f.env.URL)
+			started := make(chan struct{}, 1)
+			p := f.poolThrough(proxy, true, PoolConfig{Types: []string{"stalledstop"}}, func(ctx context.Context, j *Job) error {
+				started <- struct{}{}
+				<-ctx.Done()
+				return context.Cause(ctx)
+			})
+			if tc.running {
+				f.submit(statemachine.SubmitParams{Type: "stalledstop"})
+				<-started
+			}
+			proxy.Stall()
+			const within = 3 * time.Second
+			ctx, cancel := context.WithTimeout(context.Background(), within)
+			defer cancel()
+			began := time.Now()
+			err := p.Stop(ctx)
+			took := time.Since(began)
+			if tc.running {
+				require.ErrorIs(t, err, ErrNotRecorded, "the hand-back could not be recorded")
+			} else {
+				require.NoError(t, err)
+			}
+			margin := time.Second // a loaded machine's
+			require.Less(t, took, within+tc.past+margin, "Stop returned %s after its deadline", took-within)
+		})
+	}
+}
+
 // A reconcile pass asks the queue stream's leader before it takes a job's
 // queue message for lost: the look-up is a direct get, and on a cluster a
 // replica that has not caught up answered "not found" for messages it did
