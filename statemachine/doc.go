@@ -10,5 +10,8 @@
 //
 // Results from workers are fenced: each acquisition gives the job a lease
 // (the stream sequence of its acquired event) and every later report must
-// carry it, so a worker that lost the job cannot record anything for it.
+// carry it, so a worker that lost the job cannot record anything for it. Such
+// a report gets a *LeaseLostError (ErrLeaseLost) carrying the job as it now
+// is, also when it lost a race to the change that fenced it: it does not
+// match ErrConflict, since no retry can record it.
 package statemachine

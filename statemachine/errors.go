@@ -18,6 +18,8 @@ var (
 	ErrNotFound = events.ErrNotFound
 	// ErrLeaseLost: a worker reported for an attempt that is no longer the
 	// job's current one (the job was canceled, declared dead or retried).
+	// Never ErrConflict as well, even when the report raced the change that
+	// fenced it: the attempt is over, and no retry records its report.
 	ErrLeaseLost = errors.New("lease lost: the job is no longer held by this attempt")
 	// ErrOutcomeUnknown: the command's event was sent but its answer never
 	// came (the context ended, the acks were lost, or no stream answered):

@@ -167,7 +167,12 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 			ev, err = decide(job, m.cfg.Now())
 		}
 		if err != nil {
-			if conflicted {
+			// A lost lease stays one after a lost race: the attempt is
+			// fenced, which no retry can change, while ErrConflict tells a
+			// caller the job moved under it. It carries the job as it now
+			// is itself.
+			var lost *LeaseLostError
+			if conflicted && !errors.As(err, &lost) {
 				return job, &ConflictError{JobID: jobID, Job: job, Cause: err}
 			}
 			return job, err

@@ -518,6 +518,10 @@ func TestStaleWorkerIsFenced(t *testing.T) {
 	} {
 		err := report()
 		require.ErrorIs(t, err, statemachine.ErrLeaseLost, name)
+		// The reports decide on their stale copy and lose the append:
+		// still a fenced attempt, which no retry can help, not a conflict.
+		require.NotErrorIs(t, err, statemachine.ErrConflict, name)
+		require.NotContains(t, err.Error(), "concurrently", name)
 		var lost *statemachine.LeaseLostError
 		require.ErrorAs(t, err, &lost, name)
 		require.Equal(t, job.ID, lost.JobID)
