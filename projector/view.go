@@ -174,15 +174,21 @@ func beatCounts(j statemachine.Job, beat *events.Beat) bool {
 // job's history again. Only the payload itself is not kept (its size is), nor
 // the errors ErrorsOmitted counts, nor a result the view left out.
 func (v View) Job() statemachine.Job {
+	// None is nil in the fold, and {} or [] in a view (ViewOf's, and so
+	// every stored one): restored as the fold has it, so that the job
+	// equals Machine.Load's, and encodes as it does, empty fields left out.
 	j := statemachine.Job{
-		ID: v.ID, Type: v.Type, Tags: v.Tags, Meta: v.Meta, PayloadSize: v.PayloadSize, Priority: v.Priority,
+		ID: v.ID, Type: v.Type, Tags: nilIfEmpty(v.Tags), Meta: nilIfEmpty(v.Meta), PayloadSize: v.PayloadSize, Priority: v.Priority,
 		MaxAttempts: v.MaxAttempts, Key: v.Key, State: v.State, Attempt: v.Attempt, Lease: v.Lease,
-		// Clipped: the fold appends to Errors, and must not write into an
-		// array another copy of this view shares.
-		WorkerID: v.WorkerID, RunAt: v.RunAt, Error: v.Error, ErrorCode: v.ErrorCode, Errors: slices.Clip(v.Errors),
+		WorkerID: v.WorkerID, RunAt: v.RunAt, Error: v.Error, ErrorCode: v.ErrorCode,
 		CancelReason: v.CancelReason, CanceledBy: v.CanceledBy, Result: v.Result, CreatedAt: v.CreatedAt, StartedAt: v.StartedAt,
 		UpdatedAt: v.LastEventAt, CompletedAt: v.CompletedAt, CanceledAt: v.CanceledAt,
 		CancelRequestedAt: v.CancelRequestedAt, Version: v.Version, Events: v.Events, Quarantined: v.Quarantined,
+	}
+	if len(v.Errors) > 0 {
+		// Clipped: the fold appends to Errors, and must not write into an
+		// array another copy of this view shares.
+		j.Errors = slices.Clip(v.Errors)
 	}
 	if v.Backoff != nil {
 		j.Backoff = *v.Backoff
@@ -203,6 +209,13 @@ func (v View) beat() *events.Beat {
 		return nil
 	}
 	return &events.Beat{JobID: v.ID, Lease: v.Lease, At: *v.HeartbeatAt}
+}
+
+func nilIfEmpty(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	return m
 }
 
 func nonNil(m map[string]string) map[string]string {

@@ -164,6 +164,46 @@ func TestViewRestoresItsFold(t *testing.T) {
 	require.Len(t, stored.Errors, 1, "the stored view is not written through")
 }
 
+// A stored view restores its fold field for field (but the payload, which
+// it does not keep): tags, meta and errors that the job has none of are nil,
+// as the fold has them, whether the view was read from the bucket (where it
+// holds {} and []) or made in memory. Read from the bucket they came back
+// empty and not nil, so a job restored from a view was not the job
+// Machine.Load gives, and encoded (as a queue message encodes a job, its
+// zero fields left out) it carried "Tags":{},"Meta":{},"Errors":[].
+func TestViewRestoresItsFoldFieldForField(t *testing.T) {
+	for name, job := range map[string]statemachine.Job{
+		"no tags, meta or errors": foldOf(t, "job-1",
+			event(t, events.TypeSubmitted, t0, events.Submitted{Type: "build", MaxAttempts: 1, Payload: []byte("{}")})),
+		"tags, meta and an error": foldOf(t, "job-1",
+			event(t, events.TypeSubmitted, t0, events.Submitted{Type: "build", MaxAttempts: 3,
+				Tags: map[string]string{"region": "eu"}, Meta: map[string]string{"v": "2"}}),
+			event(t, events.TypeAcquired, t0.Add(time.Second), events.Acquired{WorkerID: "w1", Attempt: 1}),
+			event(t, events.TypeAttemptFailed, t0.Add(2*time.Second), events.AttemptFailed{Lease: 20, Attempt: 1, Error: "boom", RetryAt: t0.Add(time.Hour)})),
+	} {
+		t.Run(name, func(t *testing.T) {
+			want := job
+			want.Payload = nil
+			raw, err := json.Marshal(ViewOf(job, nil))
+			require.NoError(t, err)
+			var stored View
+			require.NoError(t, json.Unmarshal(raw, &stored))
+			require.Equal(t, want, stored.Job(), "read from the bucket")
+			require.Equal(t, want, ViewOf(job, nil).Job(), "made in memory")
+			wantJSON, err := json.Marshal(want)
+			require.NoError(t, err)
+			gotJSON, err := json.Marshal(stored.Job())
+			require.NoError(t, err)
+			require.JSONEq(t, string(wantJSON), string(gotJSON))
+			// The view written again from the restored job is the same
+			// bytes: still "tags":{} and "errors":[], as get and ls show.
+			again, err := json.Marshal(ViewOf(stored.Job(), nil))
+			require.NoError(t, err)
+			require.Equal(t, string(raw), string(again))
+		})
+	}
+}
+
 func TestFilterMatches(t *testing.T) {
 	v := View{State: statemachine.StatePending, Type: "build",
 		Tags: map[string]string{"region": "eu", "gpu": "true"}, Meta: map[string]string{"template_version": "v1"}}
