@@ -60,6 +60,21 @@ func (e *IllegalTransitionError) Error() string {
 // Is makes errors.Is(err, ErrIllegalTransition) true.
 func (e *IllegalTransitionError) Is(target error) bool { return target == ErrIllegalTransition }
 
+// NoSubmitError: a job ID whose history holds messages but no valid submit
+// (junk some other publisher put on its subject, each quarantined) names
+// no job. It matches ErrNotFound, as a history with nothing in it does.
+type NoSubmitError struct {
+	JobID    string
+	Messages int // in the history, none a valid submit
+}
+
+func (e *NoSubmitError) Error() string {
+	return fmt.Sprintf("job %s not found: its history holds %d messages, none a valid submit (each is quarantined)", e.JobID, e.Messages)
+}
+
+// Is makes errors.Is(err, ErrNotFound) true.
+func (e *NoSubmitError) Is(target error) bool { return target == ErrNotFound }
+
 // LeaseLostError names the lease a worker reported with and the job's state.
 type LeaseLostError struct {
 	JobID string

@@ -120,7 +120,7 @@ func (m *Machine) fold(jobID string, recs []events.Record) (Job, error) {
 			zap.Uint64("seq", q.Record.Seq), zap.Error(q.Reason))
 	}
 	if job.State == StateNew {
-		return Job{}, fmt.Errorf("load job %s: no valid submit event: %w", jobID, events.ErrNotFound)
+		return Job{}, &NoSubmitError{JobID: jobID, Messages: len(recs)}
 	}
 	return job, nil
 }

@@ -391,7 +391,7 @@ func runHistory(ctx context.Context, args []string, out io.Writer) error {
 		}
 		// Marked as the fold skips them: unreadable, or a transition the
 		// job's state did not allow when it was appended.
-		_, skipped := statemachine.Fold(recs)
+		job, skipped := statemachine.Fold(recs)
 		why := map[uint64]string{}
 		for _, q := range skipped {
 			why[q.Record.Seq] = q.Reason.Error()
@@ -404,8 +404,18 @@ func runHistory(ctx context.Context, args []string, out io.Writer) error {
 			}
 			hist = append(hist, h)
 		}
+		// Messages with no valid submit among them name no job, as get
+		// says (exit 3); they are shown all the same, since history is
+		// where an operator sees what was put on the subject.
+		var none error
+		if job.State == statemachine.StateNew {
+			none = &statemachine.NoSubmitError{JobID: id, Messages: len(recs)}
+		}
 		if fs.json() {
-			return writeJSON(out, hist)
+			if err := writeJSON(out, hist); err != nil {
+				return err
+			}
+			return none
 		}
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SEQ\tTIME\tTYPE\tDATA")
@@ -421,7 +431,10 @@ func runHistory(ctx context.Context, args []string, out io.Writer) error {
 			// A quarantined event's type and data are whatever was published.
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", h.Seq, at, escapeControls(h.Type), escapeControls(data))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		return none
 	})
 }
 

@@ -344,6 +344,36 @@ func TestHistoryShowsAForeignEventEscaped(t *testing.T) {
 	require.Contains(t, raw[2], "time")
 }
 
+// TestJunkOnlySubjectIsNotFoundByGetAndHistory: a job ID whose subject
+// holds only messages that are no event (junk some other publisher put
+// there) names no job. get said so with exit 3; history printed the junk
+// with exit 0, as if the job existed. Both exit 3 now, with one line
+// saying what the subject holds; history still shows the messages.
+func TestJunkOnlySubjectIsNotFoundByGetAndHistory(t *testing.T) {
+	s := startServerProc(t)
+	nc, err := nats.Connect(s.url)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	id := "01a20000-0000-7000-8000-000000000bad"
+	for _, junk := range []string{"not json", `{"v":1,"type":"job.bogus"}`} {
+		_, err = js.Publish(context.Background(), events.SubjectPrefixDefault+id, []byte(junk))
+		require.NoError(t, err)
+	}
+	for _, args := range [][]string{{"get", id}, {"history", id}, {"history", id, "-o", "json"}} {
+		r := s.jetjob(args...)
+		require.Equal(t, 3, r.code, "%v: stdout %q, stderr %q", args, r.stdout, r.stderr)
+		require.Equal(t, 1, strings.Count(r.stderr, "\n"), "%v: one line: %q", args, r.stderr)
+		require.Contains(t, r.stderr, "job "+id+" not found: its history holds 2 messages, none a valid submit (each is quarantined)", args)
+	}
+	var h []historyEntry
+	require.NoError(t, json.Unmarshal([]byte(s.jetjob("history", id, "-o", "json").stdout), &h))
+	require.Len(t, h, 2, "the messages are still shown")
+	require.NotEmpty(t, h[0].Quarantined)
+	require.NotEmpty(t, h[1].Quarantined)
+}
+
 // TestTextOutputShowsBidiOverridesEscaped: a tag, meta or cancel reason
 // holding a bidirectional override (U+202E turns the rest of a line
 // around; it is no control character, so it is taken) is shown escaped by
