@@ -318,6 +318,11 @@ func (h *Heartbeats) Mark(ctx context.Context) (uint64, error) {
 // a job submitted again under the same key has the same ID, and its beats,
 // stored after the mark, stay.
 func (h *Heartbeats) Forget(ctx context.Context, jobID string, mark uint64) error {
+	// The ID goes into a purge's subject filter, where a wildcard would
+	// name every job's beats.
+	if err := ValidateJobID(jobID); err != nil {
+		return err
+	}
 	if err := h.stream.Purge(ctx, jetstream.WithPurgeSubject(h.Subject(jobID)), jetstream.WithPurgeSequence(mark+1)); err != nil {
 		return fmt.Errorf("forget beats of job %s: %w", jobID, err)
 	}

@@ -202,3 +202,21 @@ func TestABeatCountsFromTheWorkersTimeHeldToTheServers(t *testing.T) {
 		require.Equal(t, tc.want, events.Beat{At: tc.at, StoredAt: tc.storedAt}.Sent(), tc.name)
 	}
 }
+
+// Forget takes a job ID: one that cannot name a job (a wildcard above all,
+// which names every job's subject) is refused, and no other job's beat goes.
+func TestForgetOfAnInvalidJobIDKeepsEveryBeat(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	hb, err := events.OpenHeartbeats(ctx, env.JS)
+	require.NoError(t, err)
+	require.NoError(t, hb.Record(ctx, events.Beat{JobID: "job-1", Lease: 1, WorkerID: "w", At: time.Now().UTC()}))
+	mark, err := hb.Mark(ctx)
+	require.NoError(t, err)
+	for _, id := range []string{">", "*", "", "a.b"} {
+		require.ErrorIs(t, hb.Forget(ctx, id, mark), events.ErrInvalidJobID, "%q", id)
+	}
+	_, ok, err := hb.Last(ctx, "job-1")
+	require.NoError(t, err)
+	require.True(t, ok, "job-1's beat was forgotten by another ID's Forget")
+}
