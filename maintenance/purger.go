@@ -139,7 +139,7 @@ func finishedStates(olderThan time.Duration, states []statemachine.State) ([]sta
 // WouldPurge lists, and purges none of, the jobs that Purge with the same
 // arguments would purge now: those whose views say they finished, in one
 // of the states, more than olderThan ago. (Purge checks each job's history
-// again before it purges it.)
+// again before it purges it.) Like Purge, it reads the views as they are.
 func (p *Purger) WouldPurge(ctx context.Context, olderThan time.Duration, states []statemachine.State) (PurgeResult, error) {
 	res := PurgeResult{Purged: []string{}, DryRun: true}
 	states, err := finishedStates(olderThan, states)
@@ -156,6 +156,11 @@ func (p *Purger) WouldPurge(ctx context.Context, olderThan time.Duration, states
 
 // Purge deletes the finished jobs (of the given states, all finished states
 // when none) that completed more than olderThan ago.
+//
+// It finds them in the views as they are, without waiting for the views to
+// show what the log holds (as CancelPending does): a job finished a moment
+// before may be left for a later purge. To include it, wait first with
+// projector.CaughtUp, as `jetjob purge` does.
 //
 // A purger's first pass, the first after it took the leadership, the pass
 // after one that failed, and every tenth pass list every
