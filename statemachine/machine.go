@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
@@ -125,6 +126,18 @@ func (m *Machine) fold(jobID string, recs []events.Record) (Job, error) {
 	return job, nil
 }
 
+// notSent marks a read a command made before its append that failed
+// because the connection closed: its event was never sent, so the command
+// may be sent again, as ErrNotSent says of a submit on a closed
+// connection. A caller checking ErrNotSent for that got the raw nats error
+// from every command that reads the job first.
+func notSent(err error) error {
+	if errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, ErrNotSent) {
+		return fmt.Errorf("%w: %w", ErrNotSent, err)
+	}
+	return err
+}
+
 type decider func(j Job, now time.Time) (events.Event, error)
 
 // apply decides on the job (on known when given, else as loaded), appends
@@ -148,7 +161,7 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 	} else {
 		var err error
 		if job, err = m.Load(ctx, jobID); err != nil {
-			return Job{}, err
+			return Job{}, notSent(err)
 		}
 	}
 	conflicted := false
@@ -161,7 +174,7 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 			// refused on an older state than the caller's).
 			fresh, lerr := m.loadPast(ctx, jobID, max(known.Version, 1)-1)
 			if lerr != nil {
-				return job, lerr
+				return job, notSent(lerr)
 			}
 			job = fresh
 			ev, err = decide(job, m.cfg.Now())
@@ -192,7 +205,8 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 		conflicted = true
 		fresh, lerr := m.loadPast(ctx, jobID, job.Version)
 		if lerr != nil {
-			return job, lerr
+			// The append was refused: nothing of this command is stored.
+			return job, notSent(lerr)
 		}
 		job = fresh
 		if try+1 >= m.cfg.ConflictRetries {

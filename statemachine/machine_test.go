@@ -1043,3 +1043,39 @@ func TestACommandOnAnInvalidJobIDIsInvalidInput(t *testing.T) {
 		}
 	}
 }
+
+// A command made after the connection closed sent nothing, whether it
+// failed on its append or on the read of the job before it: both match
+// ErrNotSent, which says the command may be sent again. A Cancel by ID
+// (which reads the job first) gave the raw "nats: connection closed".
+func TestACommandAfterTheConnectionClosedIsNotSent(t *testing.T) {
+	ctx := testContext(t)
+	env := natstest.Start(t)
+	m, _ := openMachine(t, env, statemachine.Config{})
+	pending, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build"})
+	require.NoError(t, err)
+	scheduled, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "build", Delay: time.Hour})
+	require.NoError(t, err)
+
+	nc, js := natstest.Connect(t, env.URL)
+	lg, err := events.Attach(js, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	closed, err := statemachine.New(lg, statemachine.Config{})
+	require.NoError(t, err)
+	nc.Close()
+	for name, command := range map[string]func() error{
+		"submit":         func() error { _, _, err := closed.Submit(ctx, statemachine.SubmitParams{Type: "build"}); return err },
+		"cancel":         func() error { _, err := closed.Cancel(ctx, pending.ID, ""); return err },
+		"cancel pending": func() error { _, err := closed.CancelPending(ctx, pending.ID, ""); return err },
+		"acquire":        func() error { _, err := closed.Acquire(ctx, pending.ID, "w"); return err },
+		"promote":        func() error { _, err := closed.Promote(ctx, scheduled.ID); return err },
+	} {
+		err := command()
+		require.ErrorIs(t, err, statemachine.ErrNotSent, name)
+	}
+	// The jobs are as they were.
+	j, err := m.Load(ctx, pending.ID)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.StatePending, j.State)
+}
