@@ -658,6 +658,11 @@ func (l *Logs) Mark(ctx context.Context) (uint64, error) {
 // a job submitted again under the same key has the same ID, and its lines,
 // stored after the mark, stay.
 func (l *Logs) Forget(ctx context.Context, jobID string, mark uint64) error {
+	// The ID goes into a purge's subject filter, where a wildcard would
+	// name every job's lines.
+	if err := statemachine.ValidateJobID(jobID); err != nil {
+		return err
+	}
 	if err := l.stream.Purge(ctx, jetstream.WithPurgeSubject(logSubject(jobID)), jetstream.WithPurgeSequence(mark+1)); err != nil {
 		return fmt.Errorf("forget logs of job %s: %w", jobID, err)
 	}

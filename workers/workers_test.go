@@ -3530,3 +3530,22 @@ func TestAFollowReadsAgainALastLineLostOnItsWay(t *testing.T) {
 	require.Len(t, got, 1)
 	require.Equal(t, "two", <-got)
 }
+
+// Forget takes a job ID: one that cannot name a job (a wildcard above all,
+// which names every job's subject) is refused as Read refuses it, and no
+// other job's lines go.
+func TestForgetOfAnInvalidJobIDKeepsEveryLine(t *testing.T) {
+	ctx := context.Background()
+	_, logs := startLogs(t)
+	require.NoError(t, logs.Append(ctx, "job-1", LogLine{Time: time.Now(), Attempt: 1, Stream: StreamStdout, Line: "x"}))
+	mark, err := logs.Mark(ctx)
+	require.NoError(t, err)
+	for _, id := range []string{">", "*", "", "a.b"} {
+		err := logs.Forget(ctx, id, mark)
+		require.ErrorIs(t, err, statemachine.ErrInvalid, "%q", id)
+		require.ErrorIs(t, err, events.ErrInvalidJobID, "%q", id)
+	}
+	lines, err := logs.Read(ctx, "job-1")
+	require.NoError(t, err)
+	require.Len(t, lines, 1, "job-1's lines were forgotten by another ID's Forget")
+}
