@@ -7,7 +7,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/statemachine"
 )
 
@@ -53,7 +52,7 @@ func AttachLeftovers(ctx context.Context, js jetstream.JetStream) (*Leftovers, e
 // must run while the job's history still exists: until then no job can be
 // submitted again under its ID and enqueue a message Forget would delete.
 func (l *Leftovers) Forget(ctx context.Context, job statemachine.Job) error {
-	if err := events.ValidateJobID(job.ID); err != nil {
+	if err := statemachine.ValidateJobID(job.ID); err != nil {
 		return err
 	}
 	if !job.State.Finished() {

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/statemachine"
 )
@@ -118,4 +119,18 @@ func TestRemoveQueuesRemovesOnlyTheMatchingTypes(t *testing.T) {
 	again, err := RemoveQueues(ctx, f.env.JS, func(jobType string) bool { return jobType == "gone" })
 	require.NoError(t, err)
 	require.Zero(t, again, "removing twice is harmless")
+}
+
+// A job whose ID cannot name a job is invalid input, as the Machine's
+// commands and the job logs say it: a caller checks by statemachine.ErrInvalid.
+func TestLeftoversOfAnInvalidJobIDAreInvalidInput(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, false)
+	l, err := AttachLeftovers(ctx, f.env.JS)
+	require.NoError(t, err)
+	for _, id := range []string{"", "a.b", ">", "*"} {
+		err := l.Forget(ctx, statemachine.Job{ID: id, Type: "build", State: statemachine.StateCanceled})
+		require.ErrorIs(t, err, statemachine.ErrInvalid, "%q", id)
+		require.ErrorIs(t, err, events.ErrInvalidJobID, "%q", id)
+	}
 }
