@@ -62,7 +62,8 @@ type QueuedJob struct {
 type JobLister func(ctx context.Context, states []statemachine.State) ([]QueuedJob, error)
 
 // EnqueuerConfig configures an Enqueuer. A zero field takes its default; a
-// negative one is refused with ErrInvalidConfig.
+// negative one, or a durable that is not a token (statemachine.ValidateToken),
+// is refused with ErrInvalidConfig.
 type EnqueuerConfig struct {
 	// Durable names the consumer over the event log, shared by every
 	// server so that they split the work. Default EnqueuerDurableDefault.
@@ -96,6 +97,12 @@ func (c *EnqueuerConfig) validate() error {
 	}
 	if c.TimersDurable == "" {
 		c.TimersDurable = TimersDurableDefault
+	}
+	// Refused here, as a projector's are, rather than by NATS at Start.
+	for _, d := range []struct{ what, name string }{{"durable", c.Durable}, {"timers durable", c.TimersDurable}} {
+		if err := statemachine.ValidateToken(d.what, d.name); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
 	}
 	if err := cmp.Or(
 		config.Default(ErrInvalidConfig, "enqueuer batch", &c.Batch, EnqueueBatchDefault),

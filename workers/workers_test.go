@@ -1754,6 +1754,10 @@ func TestPoolConfigThatCannotRunIsRefused(t *testing.T) {
 		"a negative reconcile every": {ReconcileEvery: -time.Second},
 		"a negative reconcile age":   {ReconcileAge: -time.Second},
 		"a negative rewake after":    {RewakeAfter: -time.Second},
+		// A name no consumer can have was taken, and refused only at Start
+		// by NATS, not with ErrInvalidConfig as a projector's is.
+		"a durable with a dot":          {Durable: "a.b"},
+		"a timers durable with a space": {TimersDurable: "a b"},
 	} {
 		_, err = NewEnqueuer(f.env.JS, f.m, cfg)
 		require.ErrorIs(t, err, ErrInvalidConfig, name)
