@@ -833,6 +833,10 @@ func TestConfigThatCannotRunIsRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, m.Validate(&statemachine.SubmitParams{Type: "t", Backoff: statemachine.BackoffConfig{Base: 20 * time.Minute}}))
 	require.ErrorIs(t, m.Validate(nil), statemachine.ErrInvalid, "no parameters: an error, not a panic")
+	// So for the Validate of tools that check input before they connect.
+	var none *statemachine.SubmitParams
+	require.NotPanics(t, func() { err = none.Validate() })
+	require.ErrorIs(t, err, statemachine.ErrInvalid, "no parameters: an error, not a panic")
 }
 
 // The machine folds the events it appends from the values it encoded, not

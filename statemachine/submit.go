@@ -163,6 +163,9 @@ func (p *SubmitParams) Validate() error {
 // validate checks p against a payload limit and the backoff that its zero
 // backoff fields take.
 func (p *SubmitParams) validate(maxPayload int, backoff BackoffConfig) error {
+	if p == nil {
+		return fmt.Errorf("%w: no submit parameters", ErrInvalid)
+	}
 	if err := ValidateToken("type", p.Type); err != nil {
 		return err
 	}
