@@ -103,7 +103,9 @@ type ExecConfig struct {
 }
 
 func (c *ExecConfig) validate() error {
-	if len(c.Command) == 0 {
+	// An empty name is no command either, as CheckCommand says: taken, it
+	// failed every attempt as a command that could not start.
+	if len(c.Command) == 0 || c.Command[0] == "" {
 		return fmt.Errorf("%w: no command", ErrInvalidConfig)
 	}
 	return config.Default(ErrInvalidConfig, "exec grace", &c.Grace, ExecGraceDefault)

@@ -64,6 +64,9 @@ func TestExecConfigThatCannotRunIsRefused(t *testing.T) {
 	for name, cfg := range map[string]ExecConfig{
 		"a negative grace": {Command: []string{"true"}, Grace: -1},
 		"no command":       {},
+		// CheckCommand says "no command given" of it; the handler took it
+		// and failed every attempt as a command that could not start.
+		"an empty command name": {Command: []string{""}},
 	} {
 		_, err := ExecHandler(cfg)
 		require.ErrorIs(t, err, ErrInvalidConfig, name)
