@@ -159,7 +159,9 @@ func StreamConfig(stream, subjectPrefix string) jetstream.StreamConfig {
 	}
 }
 
-// Log appends events to jobs' histories and reads them back.
+// Log appends events to jobs' histories and reads them back. It is safe
+// for concurrent use, and meant for it: concurrent appends are what it
+// coalesces into atomic batches.
 type Log struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream

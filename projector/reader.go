@@ -20,7 +20,7 @@ import (
 )
 
 // Reader reads job views. It needs no projector in its process: CLI
-// commands use it against a server's bucket.
+// commands use it against a server's bucket. It is safe for concurrent use.
 type Reader struct {
 	bucket string
 	js     jetstream.JetStream

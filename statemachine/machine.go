@@ -61,7 +61,9 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Machine runs commands against jobs in an event log.
+// Machine runs commands against jobs in an event log. It is safe for
+// concurrent use: one Machine serves a process, and its Log coalesces
+// the appends of concurrent commands.
 type Machine struct {
 	log    *events.Log
 	cfg    Config

@@ -46,7 +46,9 @@ func JSONHandler[T any](h func(ctx context.Context, job *Job, args T) error) Han
 	}
 }
 
-// Job is the running attempt a handler gets.
+// Job is the running attempt a handler gets. Its methods (Log, Logf,
+// Progress, SetResult) are safe for concurrent use, from goroutines the
+// handler starts.
 type Job struct {
 	ID       string
 	Type     string

@@ -168,6 +168,7 @@ func (r readLines) again(l LogLine) bool {
 }
 
 // Logs stores and reads job log lines, at most LogLinesPerJob per job.
+// It is safe for concurrent use.
 type Logs struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream

@@ -174,7 +174,9 @@ func (c *PoolConfig) validate() error {
 	)
 }
 
-// Pool runs a handler on the jobs its types and tags can serve.
+// Pool runs a handler on the jobs its types and tags can serve. Its
+// methods are safe for concurrent use; the handler runs on up to
+// Concurrency jobs at once.
 type Pool struct {
 	js jetstream.JetStream
 	nc *nats.Conn
