@@ -536,6 +536,11 @@ func (r *Runner) table() {
 		fmt.Fprintf(r.out, "no targets for %s: they are for the default sizes (--n, --workers, --producers, --rate, no --huge), and this run's differ\n",
 			strings.Join(slices.Compact(r.unscored), ", "))
 	}
+	// An empty VS CEILING column read as a fault: the ratios need the
+	// ceiling measured in the same run.
+	if !slices.Contains(r.cfg.Scenarios, ScenarioCeiling) && slices.ContainsFunc(r.figures, func(f Figure) bool { return f.CeilingMetric != "" && f.Ceiling == 0 }) {
+		fmt.Fprintln(r.out, "no ratios to the ceiling: the ceiling scenario was not in this run (add --scenario ceiling)")
+	}
 	for i := 0; i < len(r.figures); {
 		f, metrics := r.figures[i], []string{r.figures[i].Metric}
 		j := i + 1

@@ -561,3 +561,33 @@ func TestADomainNeedsAnExternalNATS(t *testing.T) {
 	require.ErrorContains(t, cfg.validate(), `JetStream domain "hub" without a NATS URL`)
 	validConfig(t, Config{NATSURL: "nats://127.0.0.1:4222", JSDomain: "hub"})
 }
+
+// A run without the ceiling scenario (--scenario e2e alone) prints no
+// ratios to it; its notes say why, and how to have them, where a newcomer
+// read the empty column as a fault.
+func TestNotesSayWhyNoRatioWithoutTheCeiling(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		scenarios []string
+		ceiling   map[string]float64
+		says      bool
+	}{
+		{"no ceiling in the run", []string{ScenarioE2E, ScenarioLatency}, map[string]float64{}, true},
+		{"the ceiling ran", nil, map[string]float64{"always/" + CeilingBatched: 20_000}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			r := &Runner{cfg: validConfig(t, Config{Scenarios: tc.scenarios}), out: &out, ceiling: tc.ceiling}
+			r.add(Figure{Scenario: ScenarioE2E, Fsync: "always", Metric: "jobs_per_s_batch", Value: 7_000, Unit: "jobs/s", CeilingMetric: CeilingBatched})
+			r.add(Figure{Scenario: ScenarioLatency, Fsync: "always", Metric: "start_p50_ms", Value: 1, Unit: "ms"})
+			r.table()
+			const note = "no ratios to the ceiling: the ceiling scenario was not in this run (add --scenario ceiling)"
+			if tc.says {
+				require.Contains(t, out.String(), note)
+			} else {
+				require.NotContains(t, out.String(), "no ratios")
+				require.Contains(t, out.String(), "0.35 x appends_batched")
+			}
+		})
+	}
+}
