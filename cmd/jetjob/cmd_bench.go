@@ -45,10 +45,10 @@ var benchNotes = fmt.Sprintf(`Scenarios, each on a fresh embedded server in a fr
   tags     throughput with 1 tag set and with %d, over %d pools with overlapping tag sets
   ops      bulk cancel of %d pending jobs, projection rebuild, and hang detection of %d dead
            jobs (that one not with --server)
-  memory   the process's memory holding %d pending jobs (not with --server)
-Each also gives the process's peak RSS. ceiling, e2e and latency run once per --fsync setting;
-the others on the first. At the default sizes a figure that the benchmark issue sets a target
-for prints it and the gap (docs/BENCHMARKS.md).
+  memory   the process's memory holding %d pending jobs (on Linux; not with --server)
+Each also gives the process's peak RSS (on Linux). ceiling, e2e and latency run
+once per --fsync setting; the others on the first. At the default sizes a figure that the
+benchmark issue sets a target for prints it and the gap (docs/BENCHMARKS.md).
 Output: a line per figure as it is measured (bench scenario=... metric=... value=...), then a
 table and what each figure measured; -o json: a JSON object per figure, and no table.
 Exit codes: 0 ok, 1 a scenario failed or the run was interrupted, 2 bad usage.

@@ -317,6 +317,9 @@ type Runner struct {
 	// unscored lists the scenarios whose targets were left out, since
 	// their sizes were not the defaults.
 	unscored []string
+	// noRSS says that the scenarios' peak resident sets were left out:
+	// this system does not give them.
+	noRSS bool
 }
 
 // Run runs the configured scenarios, each on fresh servers, printing each
@@ -370,6 +373,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 			r.progress("memory: skipped on an external server; it measures the embedded server holding the backlog")
 			continue
 		}
+		if s == ScenarioMemory && !rssReadable() {
+			// Its figures would be zeros, after holding 100,000 jobs.
+			r.progress("memory: skipped: %s", noRSS)
+			r.noRSS = true
+			continue
+		}
 		resetPeakRSS()
 		var err error
 		switch s {
@@ -390,6 +399,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (_ []Figure, err error)
 		}
 		if err != nil {
 			return r.figures, fmt.Errorf("scenario %s: %w", s, err)
+		}
+		if !rssReadable() {
+			// A peak of 0 MiB read as a measurement.
+			r.noRSS = true
+			continue
 		}
 		// The embedded server shares the process: this is server, clients
 		// and workers together.
@@ -535,6 +549,9 @@ func (r *Runner) table() {
 	} else if len(r.unscored) > 0 {
 		fmt.Fprintf(r.out, "no targets for %s: they are for the default sizes (--n, --workers, --producers, --rate, no --huge), and this run's differ\n",
 			strings.Join(slices.Compact(r.unscored), ", "))
+	}
+	if r.noRSS {
+		fmt.Fprintf(r.out, "no memory figures: %s\n", noRSS)
 	}
 	// An empty VS CEILING column read as a fault: the ratios need the
 	// ceiling measured in the same run.
@@ -784,8 +801,22 @@ func peakRSS() float64 { return procStatus("VmHWM:") }
 // rss is the process's resident set now, in MiB.
 func rss() float64 { return procStatus("VmRSS:") }
 
+// procSelfStatus is where Linux gives the process's resident set; a
+// variable for the tests of a system without it.
+var procSelfStatus = "/proc/self/status"
+
+// noRSS says why a run has no memory figures.
+const noRSS = "the process's resident set is read from /proc/self/status (Linux), which this system does not have"
+
+// rssReadable says whether this system gives the process's resident set
+// (macOS and the BSDs have no /proc/self/status).
+func rssReadable() bool {
+	_, err := os.Stat(procSelfStatus)
+	return err == nil
+}
+
 func procStatus(field string) float64 {
-	b, err := os.ReadFile("/proc/self/status")
+	b, err := os.ReadFile(procSelfStatus)
 	if err != nil {
 		return 0
 	}

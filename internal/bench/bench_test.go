@@ -591,3 +591,26 @@ func TestNotesSayWhyNoRatioWithoutTheCeiling(t *testing.T) {
 		})
 	}
 }
+
+// Where the process's resident set cannot be read (no /proc/self/status:
+// macOS, the BSDs), the run prints no memory figures, and says so, where it
+// printed a peak RSS of 0 MiB for every scenario, and the memory scenario
+// held 100,000 jobs to print two more zeros.
+func TestNoMemoryFiguresWhereTheResidentSetCannotBeRead(t *testing.T) {
+	saved := procSelfStatus
+	procSelfStatus = filepath.Join(t.TempDir(), "no-such-status")
+	t.Cleanup(func() { procSelfStatus = saved })
+	var out, progress bytes.Buffer
+	cfg := Smoke()
+	cfg.Jobs, cfg.BacklogLarge = 100, 200
+	cfg.Scenarios, cfg.Fsyncs, cfg.Progress = []string{ScenarioE2E, ScenarioMemory}, []string{natsserver.FsyncInterval}, &progress
+	figures, err := Run(context.Background(), cfg, &out)
+	require.NoError(t, err, out.String())
+	for _, f := range figures {
+		require.NotEqual(t, "MiB", f.Unit, "a memory figure: %+v", f)
+		require.NotEqual(t, ScenarioMemory, f.Scenario, "a memory scenario figure: %+v", f)
+	}
+	require.NotContains(t, out.String(), "peak_rss_mib")
+	require.Contains(t, out.String(), "no memory figures: the process's resident set is read from /proc/self/status (Linux), which this system does not have")
+	require.Contains(t, progress.String(), "memory: skipped: the process's resident set is read from /proc/self/status (Linux), which this system does not have")
+}
