@@ -614,3 +614,23 @@ func TestNoMemoryFiguresWhereTheResidentSetCannotBeRead(t *testing.T) {
 	require.Contains(t, out.String(), "no memory figures: the process's resident set is read from /proc/self/status (Linux), which this system does not have")
 	require.Contains(t, progress.String(), "memory: skipped: the process's resident set is read from /proc/self/status (Linux), which this system does not have")
 }
+
+// On a server the ops scenario rebuilds into a bucket of its own, empty at
+// first, so every view is written: its note said "N views written, the
+// others were current" of a rebuild with no others.
+func TestRebuildNoteOnAServerSaysEveryViewWasWritten(t *testing.T) {
+	ctx, s := startServer(t)
+	var out bytes.Buffer
+	cfg := Config{NATSURL: s.URL, Scenarios: []string{ScenarioOps}, OpsJobs: 50, HangJobs: 10, Producers: 2}
+	figures, err := Run(ctx, cfg, &out)
+	require.NoError(t, err, out.String())
+	var note string
+	for _, f := range figures {
+		if f.Metric == "rebuild_events_per_s" {
+			note = f.Note
+		}
+	}
+	require.NotEmpty(t, note, out.String())
+	require.NotContains(t, note, "the others were current")
+	require.Regexp(t, `; every view written, none was current$`, note)
+}

@@ -263,7 +263,7 @@ func (r *Runner) opsScenario(ctx context.Context) error {
 			return fmt.Errorf("rebuild: %w", err)
 		}
 		r.add(Figure{Scenario: ScenarioOps, Fsync: fsync, Metric: "rebuild_events_per_s", Value: stats.EventsPerSec, Unit: "events/s",
-			Target: 50_000, Higher: true, Note: fmt.Sprintf("%d events of %d jobs in %.2fs; %d views written, the others were current", stats.Events, stats.Jobs, stats.Seconds, stats.Written)})
+			Target: 50_000, Higher: true, Note: fmt.Sprintf("%d events of %d jobs in %.2fs; %s", stats.Events, stats.Jobs, stats.Seconds, viewsWritten(stats.Written, stats.Jobs))})
 
 		if r.cfg.NATSURL != "" {
 			// That server's detector holds the lead with its own hang-after;
@@ -274,6 +274,16 @@ func (r *Runner) opsScenario(ctx context.Context) error {
 		}
 		return r.hangDetection(ctx, s, fsync, hangAfter, every)
 	})
+}
+
+// viewsWritten says how many of a rebuild's views differed from the log: on
+// the embedded server most are current, and on --server, where the rebuild
+// fills a bucket of its own, none is.
+func viewsWritten(written, jobs int) string {
+	if written == jobs && jobs > 0 {
+		return "every view written, none was current"
+	}
+	return fmt.Sprintf("%d views written, the others were current", written)
 }
 
 // hangDetection: jobs acquired by a worker that then says nothing, until the
