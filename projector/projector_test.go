@@ -2212,3 +2212,88 @@ func TestAListingCutShortLeavesNothingRunning(t *testing.T) {
 		return err == nil && info.State.Consumers == 0
 	}, "the listing's consumer is gone")
 }
+
+// TestAWatchHearsAgainSoonAfterTheNodeOfItsConsumerDies: on a 3-node
+// cluster, a watch whose own connection lives while the node holding its
+// consumer dies hears the next view within a few seconds. Nothing told it:
+// its connection never dropped (so no reconnect made it watch again) and
+// no stream was made; nats.go's ordered consumer noticed only once its
+// heartbeats were missed, and the watch, a dashboard, heard nothing for
+// about 20 s, though the view was written at once (the chaos soak of
+// 2026-12-03 saw dashboards 10 s behind after a node's kill -9).
+func TestAWatchHearsAgainSoonAfterTheNodeOfItsConsumerDies(t *testing.T) {
+	ctx := context.Background()
+	c := natstest.StartCluster(t, 3)
+	_, admin := natstest.Connect(t, c.URL)
+	kv, err := provision.KeyValue(ctx, provision.WithReplicas(admin, 3), provision.KeyValueConfig{Bucket: BucketDefault})
+	require.NoError(t, err)
+	const id = "01a23765-0b41-7bd0-abd4-29818bf1578c"
+	view := func(version int) []byte {
+		return fmt.Appendf(nil, `{"id":%q,"type":"t","state":"pending","version":%d}`, id, version)
+	}
+	_, err = kv.Put(ctx, id, view(1))
+	require.NoError(t, err)
+	st, err := admin.Stream(ctx, "KV_"+BucketDefault)
+	require.NoError(t, err)
+	// The node of the watch's consumer, once the watch has one.
+	consumerNode := func() string {
+		for ci := range st.ListConsumers(ctx).Info() {
+			if ci.Cluster != nil {
+				return ci.Cluster.Leader
+			}
+		}
+		return ""
+	}
+	// Where the consumer goes is the cluster's choice: watch from each
+	// node in turn until the consumer is on another node than the watch's
+	// connection, which then outlives it.
+	var ch <-chan View
+	var dies int
+	for try := 0; try < 30 && ch == nil; try++ {
+		at := try % len(c.Servers)
+		_, js := natstest.Connect(t, c.Servers[at].ClientURL())
+		r, err := NewReader(ctx, js)
+		require.NoError(t, err)
+		wctx, cancel := context.WithCancel(ctx)
+		t.Cleanup(cancel)
+		w, err := r.Watch(wctx, Filter{})
+		require.NoError(t, err)
+		select {
+		case v := <-w:
+			require.Equal(t, uint64(1), v.Version)
+		case <-time.After(within):
+			require.Fail(t, "the view was not watched")
+		}
+		var node string
+		natstest.Eventually(t, within, func() bool { node = consumerNode(); return node != "" }, "the watch's consumer")
+		if node != c.Servers[at].Name() {
+			ch = w
+			for i, s := range c.Servers {
+				if s.Name() == node {
+					dies = i
+				}
+			}
+			break
+		}
+		cancel()
+		natstest.Eventually(t, within, func() bool { return consumerNode() == "" }, "the watch's consumer gone")
+	}
+	require.NotNil(t, ch, "no watch with its consumer on another node than its connection's")
+
+	c.Servers[dies].Shutdown()
+	natstest.Eventually(t, within, func() bool {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := kv.Put(pctx, id, view(2))
+		return err == nil
+	}, "the view written with a node down")
+	written := time.Now()
+	const soon = 8 * time.Second // nats.go alone took about 20 s
+	select {
+	case v := <-ch:
+		require.Equal(t, uint64(2), v.Version)
+		t.Logf("heard %s after the write", time.Since(written))
+	case <-time.After(soon):
+		require.Fail(t, "the watch did not hear the view", "within %s of its write", soon)
+	}
+}

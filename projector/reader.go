@@ -29,6 +29,10 @@ type Reader struct {
 	nc     *nats.Conn
 }
 
+// watchProbeEvery: a watch that heard nothing for this long asks whether
+// the bucket moved on without it (see Watch).
+const watchProbeEvery = time.Second
+
 // watchRetryWait: a watch made again after a reconnect that the server
 // refused is tried again after this.
 const watchRetryWait = 250 * time.Millisecond
@@ -399,7 +403,9 @@ const watchSeenLimit = 100_000
 // intermediate versions of a view, never the last. A view written again
 // unchanged (a rebuild) is not sent again; a heartbeat of a running job is
 // a change (its HeartbeatAt and UpdatedAt move) at the same Version. After
-// a reconnect the watch is made again, and what changed meanwhile is sent.
+// a reconnect the watch is made again, and what changed meanwhile is sent;
+// so it is, within about 3 s, after the loss of the cluster node holding
+// the watch's consumer while the watch's own connection lives.
 // A job purged is not sent: Forget leaves no delete marker, and the job's
 // last view sent is its finished one.
 func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
@@ -433,6 +439,19 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 			}
 		})
 	}
+	// A watch whose consumer's node dies while its own connection lives
+	// is told by nothing: no reconnect, no stream made, and nats.go's
+	// ordered consumer notices only once its heartbeats are missed, about
+	// 20 s later. So while it hears nothing, the watch asks the bucket's
+	// last revision every watchProbeEvery; a bucket ahead of what it heard
+	// for a whole interval is watched again from the revision after the
+	// last one heard. A busy watch hears, and never asks.
+	probe := time.NewTicker(watchProbeEvery)
+	var (
+		heard      uint64 // the last revision heard, view or not
+		heardSince bool   // something was heard since the last probe
+		ahead      uint64 // the bucket's last revision, past heard at the last probe
+	)
 	out := make(chan View, 256)
 	type sent struct {
 		version uint64
@@ -442,6 +461,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	go func() {
 		defer close(out)
 		defer endWatch()
+		defer probe.Stop()
 		defer func() { stopWatch(w) }()
 		if reconnected != nil {
 			defer r.nc.RemoveStatusListener(reconnected)
@@ -469,6 +489,32 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 				again = nil
 				stopWatch(w)
 				w = nw
+				// The revisions start over in a bucket made again.
+				heard, ahead = 0, 0
+			case <-probe.C:
+				switch {
+				case heardSince:
+					heardSince, ahead = false, 0
+				case ahead > heard:
+					// What was written before the last probe would
+					// have been heard by now: the consumer is gone.
+					nw, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes(), jetstream.ResumeFromRevision(heard+1))
+					if err != nil {
+						continue // asked again at the next probe
+					}
+					stopWatch(w)
+					w = nw
+					// A delete marker, which the watch does not
+					// deliver, is not waited for again.
+					heard, ahead = ahead, 0
+				default:
+					pctx, cancel := context.WithTimeout(ctx, watchProbeEvery)
+					info, err := r.stream.Info(pctx)
+					cancel()
+					if err == nil && info.State.LastSeq > heard {
+						ahead = info.State.LastSeq
+					}
+				}
 			case e, ok := <-w.Updates():
 				if !ok {
 					return
@@ -476,6 +522,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 				if e == nil {
 					continue // end of the current values
 				}
+				heard, heardSince = max(heard, e.Revision()), true
 				var v View
 				if err := json.Unmarshal(e.Value(), &v); err != nil || !isView(e.Key(), v) {
 					continue
