@@ -445,8 +445,15 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	// 20 s later. So while it hears nothing, the watch asks the bucket's
 	// last revision every watchProbeEvery; a bucket ahead of what it heard
 	// for a whole interval is watched again from the revision after the
-	// last one heard. A busy watch hears, and never asks.
+	// last one heard. A busy watch hears, and never asks. Nor does a
+	// watch on a NATS that is no cluster (the embedded server): there its
+	// consumer and its connection end together, which the watch hears as
+	// a reconnect, and its idle dashboards put no request a second on it.
 	probe := time.NewTicker(watchProbeEvery)
+	var probed <-chan time.Time
+	if info := r.stream.CachedInfo(); info != nil && info.Cluster != nil && info.Cluster.Name != "" {
+		probed = probe.C
+	}
 	var (
 		heard      uint64 // the last revision heard, view or not
 		heardSince bool   // something was heard since the last probe
@@ -491,7 +498,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 				w = nw
 				// The revisions start over in a bucket made again.
 				heard, ahead = 0, 0
-			case <-probe.C:
+			case <-probed:
 				switch {
 				case heardSince:
 					heardSince, ahead = false, 0
