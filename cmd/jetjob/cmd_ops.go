@@ -277,7 +277,7 @@ func runAdmin(ctx context.Context, args []string, out io.Writer) error {
 // yet (a follow sees the job acquired again).
 type leaseRuns struct {
 	load func() ([]events.Record, error)
-	run  map[uint64]int // by lease: 1 for an attempt's first run, 0 not known
+	run  map[uint64]int // by lease: 1 for an attempt's first run, 0 none of this job's
 }
 
 // of is the run of its attempt that wrote l: 0 for a line of no lease (the
@@ -300,10 +300,16 @@ func (r *leaseRuns) of(l workers.LogLine) int {
 				r.run[job.Lease] = runs[job.Attempt]
 			}
 		}
+		if _, ok := r.run[l.Lease]; !ok && len(recs) > 0 && recs[len(recs)-1].Seq >= l.Lease {
+			// The history holds the lease's sequence and no acquire
+			// there: it never will, so it is not asked of the history
+			// again. One it does not reach yet (a read from a replica
+			// behind, the line faster than the read) is asked again at
+			// the next line.
+			r.run[l.Lease] = 0
+		}
 	}
-	n := r.run[l.Lease]
-	r.run[l.Lease] = n // not asked of the history again
-	return n
+	return r.run[l.Lease]
 }
 
 // logLineText is a job's log line as logs prints it: a progress line

@@ -11,10 +11,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/coretest"
 	"github.com/jetjob/jetjob/internal/natstest"
 	"github.com/jetjob/jetjob/projector"
 	"github.com/jetjob/jetjob/statemachine"
+	"github.com/jetjob/jetjob/workers"
 )
 
 // get and ls show what the commands before them did, also while the views
@@ -103,4 +105,33 @@ func TestWatchLinesSayEachChangeOnce(t *testing.T) {
 	require.NoError(t, running.write(&out, view(statemachine.StateRunning, 2, 1)))
 	require.NoError(t, running.write(&out, view(statemachine.StateCanceling, 3, 2)))
 	require.Empty(t, running.shown, "nothing kept of a job that stopped matching")
+}
+
+// A line whose lease the history does not hold yet (its acquire not read
+// yet: a replica behind, a read that failed) is shown with its run once
+// the acquire is read. Its run was kept as unknown, and every later line
+// of the attempt lost its "run N" for as long as logs -f ran.
+func TestALeaseNotInTheHistoryYetIsAskedAgain(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	lg, _, m := coretest.Open(t, env.JS)
+	job, _, err := m.Submit(ctx, statemachine.SubmitParams{Type: "t", MaxAttempts: 1})
+	require.NoError(t, err)
+	runs := leaseRuns{load: func() ([]events.Record, error) { return lg.Load(ctx, job.ID) }, run: map[uint64]int{}}
+	held, err := m.Acquire(ctx, job.ID, "w")
+	require.NoError(t, err)
+	_, err = m.Release(ctx, held, "shutting down")
+	require.NoError(t, err)
+	// The second run's lease, before its acquire is stored: the log
+	// holds nothing but this job's events, so the acquire comes next.
+	next := held.Lease + 2
+	require.Zero(t, runs.of(workers.LogLine{Attempt: 1, Lease: next}), "not in the history yet")
+	again, err := m.Acquire(ctx, job.ID, "w")
+	require.NoError(t, err)
+	require.Equal(t, next, again.Lease)
+	require.Equal(t, 2, runs.of(workers.LogLine{Attempt: 1, Lease: next}), "the acquire read now")
+	require.Equal(t, 1, runs.of(workers.LogLine{Attempt: 1, Lease: held.Lease}))
+	// A lease the history has gone past without an acquire at it is no
+	// run of this job's.
+	require.Zero(t, runs.of(workers.LogLine{Attempt: 1, Lease: held.Lease + 1}))
 }
