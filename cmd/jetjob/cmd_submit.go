@@ -29,7 +29,7 @@ func runSubmit(ctx context.Context, args []string, out io.Writer) error {
 	fs.Var(tags, "tag", "tag k=v the worker must have (repeatable)")
 	fs.Var(meta, "meta", "metadata k=v for filtering (repeatable)")
 	payload := fs.String("payload", "", "payload as JSON")
-	payloadFile := fs.String("payload-file", "", "read the JSON payload from a file ('-' for stdin)")
+	payloadFile := fs.String("payload-file", "", "read the JSON payload from a file ('-' for stdin), its bytes as they are (a trailing newline too)")
 	priority := fs.Int("priority", statemachine.PriorityDefault, fmt.Sprintf("priority %d-%d, higher runs first", statemachine.PriorityMin, statemachine.PriorityMax))
 	maxAttempts := fs.Int("max-attempts", statemachine.MaxAttemptsDefault, "how many times the job may run")
 	runAt := fs.String("run-at", "", "run not before this RFC 3339 time")

@@ -252,3 +252,21 @@ func TestRunAtTakesRFC3339InLowerCase(t *testing.T) {
 	_, err := parseRunAt("2030-01-02x15:04:05z", "")
 	require.Error(t, err)
 }
+
+// --payload-file's payload is the file's bytes as they are, whitespace and
+// trailing newline too, as curl --data-binary @F sends a file: the CLI
+// checks that a payload is JSON but does not rewrite it (a pretty-printed
+// file keeps its indentation), and a handler or command gets what was
+// given. The help says so.
+func TestPayloadFileIsTakenAsItIs(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "payload.json")
+	written := []byte("{\n  \"frame\": 7\n}\n")
+	require.NoError(t, os.WriteFile(name, written, 0o600))
+	got, err := readPayloadFile(t.Context(), name)
+	require.NoError(t, err)
+	require.Equal(t, written, got)
+
+	r := runCLI(t, "nats://127.0.0.1:1", "help", "submit")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "its bytes as they are (a trailing newline too)")
+}
