@@ -255,8 +255,9 @@ type Pool struct {
 	// claimed holds the leases of the attempts acquired for this pool's
 	// takes, until each attempt's result is recorded: two takes of one job
 	// (its queue message delivered again while the first acquire went
-	// unanswered) must not both run it.
-	claimed map[uint64]bool
+	// unanswered) must not both run it. By lease, the job's ID: Stop names
+	// the jobs whose results it could not wait for.
+	claimed map[uint64]string
 
 	busy atomic.Int64
 	// backingUp is set while a backup pass lists the queue streams, which
@@ -316,7 +317,7 @@ func NewPool(js jetstream.JetStream, m *statemachine.Machine, cfg PoolConfig, ha
 	p := &Pool{js: js, nc: js.Conn(), m: m, cfg: cfg, handler: handler,
 		logger: logging.OrNop(cfg.Logger, "pool").With(zap.String("worker", cfg.WorkerID)), types: types,
 		queues: map[string]*poolQueue{}, hot: map[string]bool{}, recheck: map[string]int{}, woken: map[string]uint64{},
-		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]runningJob{}, claimed: map[uint64]bool{}, claims: map[string]*wakeClaim{},
+		unserved: map[string]bool{}, looking: map[string]bool{}, running: map[uint64]runningJob{}, claimed: map[uint64]string{}, claims: map[string]*wakeClaim{},
 		reporting: make(chan struct{}, cfg.Concurrency), claimWindow: claimWindowDefault,
 		wake: make(chan struct{}, 1), freed: make(chan struct{}, 1),
 		hangChanged: newBroadcast(), reconnected: newBroadcast()}
@@ -1267,7 +1268,7 @@ func (p *Pool) take(ctx context.Context, q *poolQueue, msg jetstream.Msg) {
 			return
 		}
 		held = mine
-	} else if !p.claimLease(held.Lease) {
+	} else if !p.claimLease(held.Lease, held.ID) {
 		_ = msg.Ack()
 		return
 	}
@@ -1306,7 +1307,7 @@ func (p *Pool) acquiredAnyway(jobID string, after uint64) (statemachine.Job, boo
 		return job, err == nil && job.State == statemachine.StateRunning && job.WorkerID == p.cfg.WorkerID && job.Lease > after
 	}
 	job, ok := held()
-	if !ok || !p.claimLease(job.Lease) {
+	if !ok || !p.claimLease(job.Lease, job.ID) {
 		return statemachine.Job{}, false
 	}
 	// Read again once claimed: the take that ran the attempt may have
@@ -1325,13 +1326,13 @@ func (p *Pool) acquiredAnyway(jobID string, after uint64) (statemachine.Job, boo
 // until run has recorded its result; false when another take of this pool
 // has it: the one whose acquire it was, or one whose acquire also went
 // unanswered and found the same lease.
-func (p *Pool) claimLease(lease uint64) bool {
+func (p *Pool) claimLease(lease uint64, jobID string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.claimed[lease] {
+	if _, ok := p.claimed[lease]; ok {
 		return false
 	}
-	p.claimed[lease] = true
+	p.claimed[lease] = jobID
 	return true
 }
 
@@ -2212,13 +2213,32 @@ func (p *Pool) Stop(ctx context.Context) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	ids := make([]string, 0, len(p.running))
-	for _, r := range p.running {
-		ids = append(ids, r.id)
+	// A run is a handler that has not returned, or one that has and whose
+	// result or hand-back is under way (a server that does not answer):
+	// said apart, as "0 handlers had not returned (jobs )" said nothing.
+	var running, recording []string
+	for lease, id := range p.claimed {
+		if _, ok := p.running[lease]; ok {
+			running = append(running, id)
+		} else {
+			recording = append(recording, id)
+		}
 	}
-	slices.Sort(ids)
-	return fmt.Errorf("stop pool: %w: %w: %d handlers had not returned (jobs %s): their jobs stay running until they return, or until the hang detector takes them if the process ends first",
-		ErrNotRecorded, ctx.Err(), len(ids), strings.Join(ids, ", "))
+	slices.Sort(running)
+	slices.Sort(recording)
+	var why []string
+	if len(running) > 0 {
+		why = append(why, fmt.Sprintf("%d handlers had not returned (jobs %s): their jobs stay running until they return, or until the hang detector takes them if the process ends first",
+			len(running), strings.Join(running, ", ")))
+	}
+	if len(recording) > 0 {
+		why = append(why, fmt.Sprintf("the results or hand-backs of %d jobs were still being recorded (jobs %s): recorded if the server answers before the process ends, else the hang detector takes their jobs",
+			len(recording), strings.Join(recording, ", ")))
+	}
+	if len(why) == 0 {
+		why = append(why, "jobs being acquired as it stopped were not handed back yet: the hang detector takes them if the process ends first")
+	}
+	return fmt.Errorf("stop pool: %w: %w: %s", ErrNotRecorded, ctx.Err(), strings.Join(why, "; "))
 }
 
 // closeLogs lets the log lines in flight be acknowledged (for at most their

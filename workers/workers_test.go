@@ -2691,7 +2691,7 @@ func TestAnAttemptFoundByTwoTakesRunsOnce(t *testing.T) {
 	require.Equal(t, stored.Lease, found.Lease)
 	_, ok = p.acquiredAnyway(j.ID, j.Version)
 	require.False(t, ok, "the second finds it claimed")
-	require.False(t, p.claimLease(stored.Lease), "as the take whose acquire was answered would")
+	require.False(t, p.claimLease(stored.Lease, j.ID), "as the take whose acquire was answered would")
 
 	// The first take's run ended: its result recorded, its claim given up.
 	_, err = f.m.Succeed(context.Background(), stored, nil)
@@ -2919,8 +2919,9 @@ func TestStopEndsByItsCtxOnAStalledConnection(t *testing.T) {
 				<-ctx.Done()
 				return context.Cause(ctx)
 			})
+			var j statemachine.Job
 			if tc.running {
-				f.submit(statemachine.SubmitParams{Type: "stalledstop"})
+				j = f.submit(statemachine.SubmitParams{Type: "stalledstop"})
 				<-started
 			}
 			proxy.Stall()
@@ -2932,6 +2933,11 @@ func TestStopEndsByItsCtxOnAStalledConnection(t *testing.T) {
 			took := time.Since(began)
 			if tc.running {
 				require.ErrorIs(t, err, ErrNotRecorded, "the hand-back could not be recorded")
+				// Its handler returned: the error names the job as one
+				// whose hand-back was under way. It said "0 handlers had
+				// not returned (jobs )".
+				require.Contains(t, err.Error(), "the results or hand-backs of 1 jobs were still being recorded (jobs "+j.ID+")")
+				require.NotContains(t, err.Error(), "handlers had not returned")
 			} else {
 				require.NoError(t, err)
 			}
