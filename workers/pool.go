@@ -2228,17 +2228,23 @@ func (p *Pool) Stop(ctx context.Context) error {
 	slices.Sort(recording)
 	var why []string
 	if len(running) > 0 {
-		why = append(why, fmt.Sprintf("%d handlers had not returned (jobs %s): their jobs stay running until they return, or until the hang detector takes them if the process ends first",
-			len(running), strings.Join(running, ", ")))
+		why = append(why, "the handlers of "+jobsNamed(running)+" had not returned: they stay running until their handlers return, or until the hang detector takes them if the process ends first")
 	}
 	if len(recording) > 0 {
-		why = append(why, fmt.Sprintf("the results or hand-backs of %d jobs were still being recorded (jobs %s): recorded if the server answers before the process ends, else the hang detector takes their jobs",
-			len(recording), strings.Join(recording, ", ")))
+		why = append(why, "the results or hand-backs of "+jobsNamed(recording)+" were still being recorded: recorded if the server answers before the process ends, else the hang detector takes those jobs")
 	}
 	if len(why) == 0 {
 		why = append(why, "jobs being acquired as it stopped were not handed back yet: the hang detector takes them if the process ends first")
 	}
 	return fmt.Errorf("stop pool: %w: %w: %s", ErrNotRecorded, ctx.Err(), strings.Join(why, "; "))
+}
+
+// jobsNamed is "job A", or "2 jobs (A, B)".
+func jobsNamed(ids []string) string {
+	if len(ids) == 1 {
+		return "job " + ids[0]
+	}
+	return fmt.Sprintf("%d jobs (%s)", len(ids), strings.Join(ids, ", "))
 }
 
 // closeLogs lets the log lines in flight be acknowledged (for at most their
