@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -222,7 +223,10 @@ func (l *Log) eventsStream(ctx context.Context) (jetstream.Stream, error) {
 }
 
 // Open provisions the events stream (creating or upgrading it) and returns a
-// Log on it. Close stops its flushers.
+// Log on it. A stream that exists with other subjects (made with another
+// SubjectPrefix) is refused with ErrInvalidConfig and left as it is: moved,
+// its jobs' histories would be on subjects it no longer takes. Close stops
+// its flushers.
 func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error) {
 	if js == nil {
 		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
@@ -231,6 +235,15 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Log, error)
 		return nil, err
 	}
 	scfg := StreamConfig(cfg.Stream, cfg.SubjectPrefix)
+	// A stream's subjects are where its jobs' histories are: provisioning
+	// another prefix over them left every history on subjects the stream no
+	// longer takes, and every other log's appends unanswered.
+	if s, err := js.Stream(ctx, cfg.Stream); err == nil {
+		if have := s.CachedInfo().Config.Subjects; !slices.Equal(have, scfg.Subjects) {
+			return nil, fmt.Errorf("%w: stream %s takes subjects %s, not %s: give its subject prefix, or another stream",
+				ErrInvalidConfig, cfg.Stream, strings.Join(have, " "), strings.Join(scfg.Subjects, " "))
+		}
+	}
 	if cfg.RecordAppends {
 		scfg.Metadata = map[string]string{AppendsMetadataKey: cfg.appends()}
 	}

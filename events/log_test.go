@@ -1035,3 +1035,28 @@ func TestNoLogSaysSoFromFollowAndAppend(t *testing.T) {
 		})
 	}
 }
+
+// A stream's subjects are where its jobs' histories are. Open with another
+// subject prefix on an existing stream rewrote them: every history was left
+// on subjects the stream no longer takes, and every other log's appends
+// went unanswered. It is refused, and the stream left as it was.
+func TestOpenWithAnotherPrefixLeavesTheStreamAlone(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	lg, err := events.Open(ctx, env.JS, events.Config{})
+	require.NoError(t, err)
+	t.Cleanup(lg.Close)
+	ev, err := events.New("job-1", events.TypeSubmitted, events.Submitted{Type: "build", MaxAttempts: 1})
+	require.NoError(t, err)
+	_, err = lg.Append(ctx, ev, 0)
+	require.NoError(t, err)
+
+	_, err = events.Open(ctx, env.JS, events.Config{SubjectPrefix: "other."})
+	require.ErrorIs(t, err, events.ErrInvalidConfig)
+	s, err := env.JS.Stream(ctx, events.StreamDefault)
+	require.NoError(t, err)
+	require.Equal(t, []string{events.SubjectPrefixDefault + ">"}, s.CachedInfo().Config.Subjects)
+	recs, err := lg.Load(ctx, "job-1")
+	require.NoError(t, err)
+	require.Len(t, recs, 1)
+}
