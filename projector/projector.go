@@ -250,7 +250,15 @@ func (p *Projector) provisionStorage(ctx context.Context) (storage, error) {
 		found.format = ViewFormat
 		meta = map[string]string{viewFormatKey: strconv.Itoa(ViewFormat)}
 	} else {
-		found.format, _ = strconv.Atoi(existing.CachedInfo().Config.Metadata[viewFormatKey])
+		recorded, ok := existing.CachedInfo().Config.Metadata[viewFormatKey]
+		found.format, _ = strconv.Atoi(recorded)
+		if ok {
+			// Laid out with the format it records, as the bucket was made:
+			// without it, the configuration's hash differed from the one
+			// recorded at the making, and every second start updated the
+			// bucket. Only a rebuild records another format (recordFormat).
+			meta = map[string]string{viewFormatKey: recorded}
+		}
 	}
 	// Views are derived from the log and can be rebuilt, so they need no
 	// fsync before the ack.

@@ -280,3 +280,35 @@ func TestAStartThroughALeafNodeGoesByItsDomain(t *testing.T) {
 	_, err = Start(ctx, Options{DataDir: t.TempDir(), Listen: "127.0.0.1:0", JSDomain: "hub"})
 	require.ErrorIs(t, err, ErrInvalidOptions)
 }
+
+// A server started again finds every stream and bucket as the first start
+// left it, and updates none: the views bucket was updated at every second
+// start, made with its format in its metadata, and then laid out without
+// it (its configuration's hash differing). Each update is a round through
+// a cluster's meta leader, and one racing a consumer's creation (a
+// dashboard's watch of the views) is a data race inside nats-server.
+func TestASecondStartUpdatesNoStream(t *testing.T) {
+	env := natstest.StartStock(t, nil)
+	o := Options{NATSURL: env.URL, HangAfter: time.Minute, CancelGrace: time.Minute, RetainFinished: time.Hour, PurgeEvery: time.Minute}
+	s, err := Start(context.Background(), o)
+	require.NoError(t, err)
+	s.Stop()
+	updates, err := env.NC.SubscribeSync("$JS.API.STREAM.UPDATE.>")
+	require.NoError(t, err)
+	require.NoError(t, env.NC.Flush())
+	s, err = Start(context.Background(), o)
+	require.NoError(t, err)
+	s.Stop()
+	// Each update request went through this server to the subscription
+	// before its answer came: the flush's answer comes after them all.
+	require.NoError(t, env.NC.Flush())
+	var updated []string
+	for {
+		msg, err := updates.NextMsg(0)
+		if err != nil {
+			break
+		}
+		updated = append(updated, strings.TrimPrefix(msg.Subject, "$JS.API.STREAM.UPDATE."))
+	}
+	require.Empty(t, updated, "streams updated by the second start")
+}
