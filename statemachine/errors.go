@@ -69,6 +69,9 @@ type NoSubmitError struct {
 }
 
 func (e *NoSubmitError) Error() string {
+	if e.Messages == 1 {
+		return fmt.Sprintf("job %s not found: its history holds 1 message, not a valid submit (it is quarantined)", e.JobID)
+	}
 	return fmt.Sprintf("job %s not found: its history holds %d messages, none a valid submit (each is quarantined)", e.JobID, e.Messages)
 }
 

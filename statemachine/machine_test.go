@@ -1083,3 +1083,13 @@ func TestACommandAfterTheConnectionClosedIsNotSent(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, statemachine.StatePending, j.State)
 }
+
+// The line a junk-only ID gets (get, history, cancel) counts its messages
+// in English: "holds 1 messages" was said of a single one.
+func TestNoSubmitErrorCountsItsMessages(t *testing.T) {
+	one := (&statemachine.NoSubmitError{JobID: "j", Messages: 1}).Error()
+	require.Equal(t, "job j not found: its history holds 1 message, not a valid submit (it is quarantined)", one)
+	two := (&statemachine.NoSubmitError{JobID: "j", Messages: 2}).Error()
+	require.Equal(t, "job j not found: its history holds 2 messages, none a valid submit (each is quarantined)", two)
+	require.ErrorIs(t, &statemachine.NoSubmitError{JobID: "j", Messages: 1}, statemachine.ErrNotFound)
+}
