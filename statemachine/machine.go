@@ -21,7 +21,9 @@ import (
 )
 
 // ConflictRetriesDefault is how many times in all a command decides and
-// appends, losing a race each time, before it returns a *ConflictError.
+// appends, losing a race each time, before it returns a *ConflictError
+// (or, when the job as it then is refuses the command, that refusal: a
+// *LeaseLostError, or a *ConflictError wrapping the cause).
 const ConflictRetriesDefault = 5
 
 // Config configures a Machine. A zero field takes its default; a negative
@@ -167,6 +169,17 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 		}
 	}
 	conflicted := false
+	refused := func(job Job, err error) (Job, error) {
+		// A lost lease stays one after a lost race: the attempt is
+		// fenced, which no retry can change, while ErrConflict tells a
+		// caller the job moved under it. It carries the job as it now
+		// is itself.
+		var lost *LeaseLostError
+		if conflicted && !errors.As(err, &lost) {
+			return job, &ConflictError{JobID: jobID, Job: job, Cause: err}
+		}
+		return job, err
+	}
 	for try := 0; ; try++ {
 		ev, err := decide(job, m.cfg.Now())
 		if err != nil && known != nil && !conflicted && try == 0 {
@@ -182,15 +195,7 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 			ev, err = decide(job, m.cfg.Now())
 		}
 		if err != nil {
-			// A lost lease stays one after a lost race: the attempt is
-			// fenced, which no retry can change, while ErrConflict tells a
-			// caller the job moved under it. It carries the job as it now
-			// is itself.
-			var lost *LeaseLostError
-			if conflicted && !errors.As(err, &lost) {
-				return job, &ConflictError{JobID: jobID, Job: job, Cause: err}
-			}
-			return job, err
+			return refused(job, err)
 		}
 		seq, err := m.log.Append(ctx, ev, job.Version)
 		if err == nil {
@@ -212,6 +217,13 @@ func (m *Machine) apply(ctx context.Context, jobID string, known *Job, decide de
 		}
 		job = fresh
 		if try+1 >= m.cfg.ConflictRetries {
+			// Out of tries, the job as it now is still says why the
+			// command cannot go through when it cannot: a report whose
+			// lease the change it lost to fenced got a bare conflict, not
+			// the lost lease it gets with a try left.
+			if _, err := decide(job, m.cfg.Now()); err != nil {
+				return refused(job, err)
+			}
 			return job, &ConflictError{JobID: jobID, Job: job}
 		}
 	}

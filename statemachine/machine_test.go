@@ -1093,3 +1093,28 @@ func TestNoSubmitErrorCountsItsMessages(t *testing.T) {
 	require.Equal(t, "job j not found: its history holds 2 messages, none a valid submit (each is quarantined)", two)
 	require.ErrorIs(t, &statemachine.NoSubmitError{JobID: "j", Messages: 1}, statemachine.ErrNotFound)
 }
+
+// A stale report that loses its append on its last try is still a lost
+// lease, not a conflict: with ConflictRetries 1 (a report's one try used
+// by the lost append), it got a bare *ConflictError, matching ErrConflict
+// and not ErrLeaseLost, though deciding on the job read after the refusal
+// says the attempt is fenced, which no retry can change.
+func TestAStaleReportOnItsLastTryIsALostLease(t *testing.T) {
+	ctx := testContext(t)
+	env := natstest.Start(t)
+	m, _ := openMachine(t, env, statemachine.Config{ConflictRetries: 1})
+	job := submit(t, m, statemachine.SubmitParams{Type: "build", MaxAttempts: 3})
+	first, err := m.Acquire(ctx, job.ID, "w1")
+	require.NoError(t, err)
+	_, err = m.Release(ctx, first, "handed back")
+	require.NoError(t, err)
+	second, err := m.Acquire(ctx, job.ID, "w2")
+	require.NoError(t, err)
+
+	_, err = m.Succeed(ctx, first, []byte(`"late"`))
+	require.ErrorIs(t, err, statemachine.ErrLeaseLost)
+	require.NotErrorIs(t, err, statemachine.ErrConflict)
+	var lost *statemachine.LeaseLostError
+	require.ErrorAs(t, err, &lost)
+	require.Equal(t, second.Lease, lost.Job.Lease)
+}
