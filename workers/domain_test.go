@@ -20,6 +20,7 @@ import (
 // reads and writes jetjob makes itself, on raw subjects (direct gets, the
 // leader's message get, the views' writes), go by the handle's prefix.
 func TestTheGoAPIRunsThroughALeafNodeByDomain(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	// Generous: through the leaf, the hub queues each API request, and a
 	// loaded machine answers them slowly.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

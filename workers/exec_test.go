@@ -124,6 +124,7 @@ func (s *startFailures) requireStartError(t *testing.T, attempt int) {
 // attempt with the start code, and the job is retried until its attempts are
 // used up, then fails.
 func TestExecStartFailureIsRetried(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	missing := filepath.Join(t.TempDir(), "gone", "cmd")
 	var sf startFailures
@@ -165,6 +166,7 @@ func TestExecStartFailureIsRetried(t *testing.T) {
 // A command that exits 65 fails its job at once, and says so; another
 // non-zero exit, or a signal, fails the attempt and is retried.
 func TestExecExitCodesDecideTheRetry(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	f.pool(PoolConfig{Types: []string{"exits"}}, execHandler(t, ExecConfig{Command: []string{"sh", "-c", `eval "$(cat)"`}}))
 	backoff := statemachine.BackoffConfig{Base: 10 * time.Millisecond, Cap: 20 * time.Millisecond}
@@ -301,6 +303,7 @@ func TestStoredLinesAreCutBetweenCharacters(t *testing.T) {
 // A command that exits 0 but leaves a process in the background holding
 // its output ends its job when it exits, not when that process does.
 func TestExecJobEndsWhenItsCommandExits(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	f.pool(PoolConfig{Types: []string{"bg"}}, execHandler(t, ExecConfig{
 		Command: []string{"sh", "-c", "(sleep 30 &); echo started; exit 0"}}))
@@ -329,6 +332,7 @@ func TestExecKeepsTheLinesAfterALongOne(t *testing.T) {
 // A command that ignores SIGTERM is killed at the end of its grace, and its
 // job's log says so.
 func TestExecCommandThatIgnoresSIGTERMIsKilledAndTheLogSaysSo(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	f.pool(PoolConfig{Types: []string{"stubborn"}}, execHandler(t, ExecConfig{
 		Command: []string{"sh", "-c", "trap '' TERM; echo ready; sleep 30"}, Grace: 100 * time.Millisecond}))
@@ -381,6 +385,7 @@ func runningProcess(pid int) bool {
 // An attempt's lines are numbered from 1 over all its streams, in the order
 // they are stored, however its command interleaves stdout and stderr.
 func TestAnAttemptsLinesAreNumberedInOrder(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	f.pool(PoolConfig{Types: []string{"both"}}, execHandler(t, ExecConfig{
 		Command: []string{"sh", "-c", "for i in $(seq 1 200); do echo out$i; echo err$i >&2; done"}}))
@@ -481,6 +486,7 @@ func TestReadLinesTellsASecondCopy(t *testing.T) {
 // the worker's too, failed it as unstopped in the same moment, and then
 // refused the exec handler's own result.
 func TestExecTimeoutKillsAndFailsAStubbornCommandOnce(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	const grace = 300 * time.Millisecond
 	f.pool(PoolConfig{Types: []string{"stubborn"}, JobTimeout: 200 * time.Millisecond, ShutdownGrace: grace},
@@ -526,6 +532,7 @@ func BenchmarkLineFailed(b *testing.B) {
 // lines past the 4,000 awaiting their acks are logged 200 ms apart, the
 // command long exited.
 func TestExecReadsTheOutputToItsEndHoweverSlowlyItIsLogged(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	// 4,000 short lines, then 12 of 4 kB logged 200 ms apart: a read takes
 	// at most 32 kB, so the last ones are still in the pipe over a second
 	// after the command exited.
@@ -600,6 +607,7 @@ func TestExecReadsTheOutputToItsEndHoweverSlowlyItIsLogged(t *testing.T) {
 // Here the stop comes while a background process holds the command's
 // output, so its exit is read only later.
 func TestExecCommandThatExitedBeforeItsStopKeepsItsExit(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	mark := filepath.Join(t.TempDir(), "pid")
 	// The background sleep holds the command's output, so its exit is read

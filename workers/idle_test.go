@@ -98,6 +98,7 @@ func usedQueueUnwatched(t *testing.T) (*fixture, *Pool, queueKey) {
 // heard of a removal yet enqueues to the queue; its reconcile pass makes the
 // queue again.
 func TestAQueueRemovedUnderAnEnqueuerIsMadeAgain(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f, p, key := usedQueueUnwatched(t)
 
@@ -132,6 +133,7 @@ func TestAQueueRemovedUnderAnEnqueuerIsMadeAgain(t *testing.T) {
 // seen a removal enqueues a job to the queue while it is being removed; the
 // removal looks for jobs after a grace, and makes the queue again.
 func TestAQueueThatGotAJobWhileRemovedStays(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f, p, key := usedQueueUnwatched(t)
 

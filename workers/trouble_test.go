@@ -35,6 +35,7 @@ func TestARepeatedFailureIsSaidWithItsCount(t *testing.T) {
 // Log lines the server refuses (here, no stream takes them) are said in the
 // worker's log; before, they went missing without a word.
 func TestLogLinesTheServerRefusesAreSaid(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	core, logs := observer.New(zapcore.WarnLevel)
 	done := make(chan struct{})

@@ -88,6 +88,7 @@ func (d *watchdog) closeAsAWorkerDies(t *testing.T) {
 // command, it left a worker with one long command unwatched, and the
 // worker's death then left the command's children running.
 func TestAKilledWatchdogIsStartedAgainAtOnce(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	d := newWatchdog(t)
 	long, done := startGroup(t), startGroup(t)
 	_, err := d.watch(long)
@@ -114,6 +115,7 @@ func TestAKilledWatchdogIsStartedAgainAtOnce(t *testing.T) {
 // waited, holding the lock, so cancels and timeouts never came. The one
 // replaced is killed, so that it kills nothing when it resumes.
 func TestAStoppedWatchdogIsReplaced(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	d := newWatchdog(t)
 	running := startGroup(t)
 	_, err := d.watch(running)
@@ -156,6 +158,7 @@ func TestABinaryThatIsNoWatchdogIsSaidOnce(t *testing.T) {
 // file descriptors or processes left is another) is tried again after a
 // pause, and said once: it disabled the watchdog for good.
 func TestAWatchdogThatFailedToStartIsTriedAgain(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	d := newWatchdog(t)
 	d.exe = filepath.Join(t.TempDir(), "not-yet")
 	require.Error(t, d.ensure())

@@ -504,6 +504,7 @@ func panicInHandler() { panic("the stack says where") }
 // and panics with nothing: its attempt fails and is retried, where it used
 // to stay running until the hang detector failed it.
 func TestAHandlerThatExitsItsGoroutineFailsItsAttempt(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	logger, said := observedLogger(t)
 	var attempts atomic.Int32
@@ -530,6 +531,7 @@ func TestAHandlerThatExitsItsGoroutineFailsItsAttempt(t *testing.T) {
 // Following a job's log rides out a clean server restart (it used to end
 // with "server shutdown"), each line passed once.
 func TestFollowRidesOutAServerRestart(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t, false)
 	logs, err := AttachLogs(ctx, f.env.JS)
@@ -589,6 +591,7 @@ func TestFollowCutShortByItsContextSaysSo(t *testing.T) {
 // Progress outside 0-1 is clamped and NaN keeps only the message: JSON has
 // no NaN or infinity, and the line would be lost.
 func TestProgressOfAnyFractionIsRecorded(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	f.pool(PoolConfig{Types: []string{"p"}}, func(_ context.Context, j *Job) error {
 		j.Progress(math.NaN(), "nan")
@@ -612,6 +615,7 @@ func TestProgressOfAnyFractionIsRecorded(t *testing.T) {
 // with ErrJobTimeout, and its attempt fails with code timeout and is
 // retried; one that returns nil when told still succeeds.
 func TestJobTimeoutFailsAHungAttempt(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	var mu sync.Mutex
 	causes := map[int]error{}
@@ -642,6 +646,7 @@ func TestJobTimeoutFailsAHungAttempt(t *testing.T) {
 // it has its attempt failed without waiting for it; its late result is
 // dropped.
 func TestJobTimeoutFailsAHandlerThatIgnoresIt(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	release := make(chan struct{})
 	returned := make(chan struct{})
@@ -687,6 +692,7 @@ func TestJobTimeoutFailsAHandlerThatIgnoresIt(t *testing.T) {
 // A job canceled while its handler ignores both the cancel and the
 // timeout is finished as canceled once the grace after the timeout is over.
 func TestJobTimeoutFinishesACancelTheHandlerIgnored(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	release := make(chan struct{})
 	running := make(chan struct{})
@@ -708,6 +714,7 @@ func TestJobTimeoutFinishesACancelTheHandlerIgnored(t *testing.T) {
 // every attempt however long its earlier attempts' errors were: its queue
 // message leaves them out, and each is cut to ErrorTextLimit.
 func TestRetriesOfAJobNearTheMaxPayloadAreQueued(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := fixtureOn(t, natstest.StartStock(t, func(o *server.Options) { o.MaxPayload = 64 << 10 }), true)
 	f.pool(PoolConfig{Types: []string{"big"}}, func(context.Context, *Job) error {
 		return errors.New(strings.Repeat("e", 3*statemachine.ErrorTextLimit))
@@ -723,6 +730,7 @@ func TestRetriesOfAJobNearTheMaxPayloadAreQueued(t *testing.T) {
 }
 
 func TestRetryAfterBackoff(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	var mu sync.Mutex
 	var starts []time.Time
@@ -779,6 +787,7 @@ func TestStaleWorkerCannotReport(t *testing.T) {
 }
 
 func TestStopReleasesJobsPastTheGrace(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	running := make(chan struct{}, 1)
 	p1, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"slow"}, ShutdownGrace: 100 * time.Millisecond}, func(ctx context.Context, j *Job) error {
@@ -883,6 +892,7 @@ func TestStopRecordsASuccessThatCameAfterTheGrace(t *testing.T) {
 // A pool stopped while it acquires leaves no job running that it never ran:
 // each job it took is run, or handed back unrun.
 func TestStopWhileAcquiringLeavesNoJobRunningUnrun(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	var ids []string
 	for range 400 {
@@ -1131,6 +1141,7 @@ func TestFirstReconcilePassComesSoonAfterStart(t *testing.T) {
 // looked up on every pass, but is after the connection comes back (the
 // server may have lost its queue's tail).
 func TestReconcileLooksAgainAfterAReconnect(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, false)
 	ctx := context.Background()
 	j := f.submit(statemachine.SubmitParams{Type: "t"})
@@ -1199,6 +1210,7 @@ func (f *fixture) queued() uint64 {
 // in memory, so a restart of the server loses them; the jobs queued before
 // it still run, each once.
 func TestQueuedJobsRunAfterTheServerRestarts(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	tags := map[string]string{"os": "linux"}
 	var ids []string
@@ -1415,6 +1427,7 @@ func TestQueueConsumerOfAnOlderVersionIsReplaced(t *testing.T) {
 // servers with nothing, and with another server down stayed without a
 // leader, its jobs pending, until the third came back.
 func TestQueueConsumerOnAReplicatedStreamIsStored(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	c := natstest.StartCluster(t, 3)
 	_, js := natstest.Connect(t, c.URL)
@@ -1443,6 +1456,7 @@ func TestQueueConsumerOnAReplicatedStreamIsStored(t *testing.T) {
 // log is deleted under it makes it again, from after the last event it
 // handled, and goes on enqueuing without waiting for the reconcile pass.
 func TestEnqueuerMakesItsLostConsumerAgain(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t, true)
 	first := f.submit(statemachine.SubmitParams{Type: "build"})
@@ -1525,6 +1539,7 @@ func TestPoolStartsUnderAStormOfWakeUps(t *testing.T) {
 // waits in the queue, though no new job wakes the pool: a pool that fetches
 // for several slots at once must not leave one idle beside pending work.
 func TestFreedSlotTakesAWaitingJobWhileOthersRun(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	const concurrency = 16 // fetches wait for 2 free slots while jobs run
 	for range concurrency + 1 {
@@ -1624,6 +1639,7 @@ func TestPoolWithThousandsOfSlotsGetsJobs(t *testing.T) {
 // timers consumer made anew) does not start a retry before its time; the
 // job's own timer does.
 func TestStaleTimerDoesNotPromoteEarly(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t, false)
 	j := f.submit(statemachine.SubmitParams{Type: "later", MaxAttempts: 3,
@@ -1693,6 +1709,7 @@ func TestStartAfterStop(t *testing.T) {
 // Stop says when it could not hand a running job back: the job then waits
 // for the hang detector, and a worker's exit status should show it.
 func TestStopSaysWhatItCouldNotHandBack(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t, true)
 	nc, js := natstest.Connect(t, f.env.URL)
@@ -1908,6 +1925,7 @@ func TestAHandlerCutOffFromTheServerIsStopped(t *testing.T) {
 // returned) is tried again until it is: before, it was dropped, and the job
 // stayed running until the detector failed it, to run again.
 func TestAResultTheServerCouldNotRecordIsTriedAgain(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	f.proxiedLog.PublishTimeout = 300 * time.Millisecond // the report's first try fails sooner
 	started, finish := make(chan struct{}, 1), make(chan struct{})
@@ -1940,6 +1958,7 @@ func TestAResultTheServerCouldNotRecordIsTriedAgain(t *testing.T) {
 // attempt no longer holds the job", and OnResult never called: a recorded
 // failure clears the job's lease, which the history's read compared.
 func TestAResultStoredWithItsAnswerLostIsPassedOn(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	for _, tc := range []struct {
 		name  string
 		err   error
@@ -2017,6 +2036,7 @@ func TestAnAttemptBeatsUntilItsResultIsRecorded(t *testing.T) {
 // the timeout went on running after the handler returned, failed the
 // attempt as one that would not stop, and the job ran again.
 func TestAJobTimeoutEndsWhenTheHandlerReturns(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t, true)
 	var runs atomic.Int32
@@ -2066,6 +2086,7 @@ func TestAStopWithItsCtxEndedStillHandsBack(t *testing.T) {
 // jobs stay running, as results not recorded; the handler's late success
 // is recorded all the same.
 func TestAStopCutShortNamesTheJobsLeftRunning(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t, true)
 	started, release := make(chan struct{}, 1), make(chan struct{})
@@ -2105,6 +2126,7 @@ func observedLogger(t *testing.T) (*zap.Logger, *observer.ObservedLogs) {
 // Log lines the server never answers (its disk full, it stores nothing and
 // says nothing) are said in the worker's log once their acks are overdue.
 func TestLogLinesTheServerDoesNotAnswerAreSaid(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	logger, logs := observedLogger(t)
 	started, logged := make(chan *Job, 1), make(chan struct{})
@@ -2242,6 +2264,7 @@ func TestBeatsKeepPaceWithTheServersHangAfter(t *testing.T) {
 // quick) each hear their cancel: a job's watch makes no consumer on the
 // log, so running jobs leave its consumers as they were.
 func TestEveryOneOfMoreRunningJobsThanAStreamHasConsumersHearsItsCancel(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	const limit, jobs = 16, 40
 	env := natstest.StartStock(t, func(o *server.Options) { o.JetStreamLimits.DefaultMaxConsumers = limit })
 	f := fixtureOn(t, env, true)
@@ -2293,6 +2316,7 @@ func TestEveryOneOfMoreRunningJobsThanAStreamHasConsumersHearsItsCancel(t *testi
 // again) reads from the log's end, so that a cancel stored at a sequence
 // handed out again is seen.
 func TestAWatchReadsAgainFromTheEndOfALogThatLostItsTail(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t, false)
 	p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"t"}}, noop)
@@ -2321,6 +2345,7 @@ func TestAWatchReadsAgainFromTheEndOfALogThatLostItsTail(t *testing.T) {
 // hold none of the jobs, answers about half the reads as such a replica
 // would.
 func TestAWatchOnALaggingReplicaDoesNotReadEarlierAttempts(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t, false)
 	lg := f.m.Log()
@@ -2350,6 +2375,7 @@ func TestAWatchOnALaggingReplicaDoesNotReadEarlierAttempts(t *testing.T) {
 // every tag set's queue has a consumer in its shard, so past the limit a
 // pool could not start and a new tag set's jobs stayed pending.
 func TestAFleetPastTheServersDefaultConsumerLimitRunsEveryJob(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	env := natstest.StartStock(t, func(o *server.Options) { o.JetStreamLimits.DefaultMaxConsumers = 3 })
 	f := fixtureOn(t, env, true)
 	var ids []string
@@ -2366,6 +2392,7 @@ func TestAFleetPastTheServersDefaultConsumerLimitRunsEveryJob(t *testing.T) {
 // An attempt whose beat finds a later attempt's beat has lost the job: its
 // handler is stopped at once, without waiting for the job's events.
 func TestAHandlerWhoseJobALaterAttemptBeatsIsStopped(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	// Beats every 1.5 s, and stopped as out of contact after 4.5 s without
 	// an ack: with a hang-after of 600 ms (300 ms), a beat slow under load
@@ -2400,6 +2427,7 @@ func TestAHandlerWhoseJobALaterAttemptBeatsIsStopped(t *testing.T) {
 // beats back once the connection is made again: the attempt beats at once,
 // rather than waiting out the beat and being stopped as out of contact.
 func TestABeatLostWithTheConnectionDoesNotStopTheJob(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	// Beats every 1.5 s, and stopped as out of contact after 4.5 s without
 	// an ack: the reconnect and the beat after it have 3 s. With a
@@ -2455,6 +2483,7 @@ func TestABeatLostWithTheConnectionDoesNotStopTheJob(t *testing.T) {
 // no free slot or does not serve the job's tags: the job starts at once on
 // a pool that can run it, not at the next backup poll (an hour here).
 func TestASharedWakeUpReachesAPoolThatCanRunTheJob(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	block := make(chan struct{})
 	busyStarted := make(chan struct{}, 1)
@@ -2540,6 +2569,7 @@ func TestIdlePoolsShareAWakeUp(t *testing.T) {
 // OnResult hears of every outcome once, after its event is in the log,
 // whatever the outcome was.
 func TestOnResultPassesEachRecordedOutcome(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	results := make(chan Result, 16)
 	running := make(chan struct{})
@@ -2618,6 +2648,7 @@ func TestOnResultPassesEachRecordedOutcome(t *testing.T) {
 // (the second returned at once, and after a Start the first then waited
 // for the new run too), and a Start after them runs it anew.
 func TestASecondStopOfTheEnqueuerReturnsOnceItEnded(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, false)
 	entered := make(chan struct{}, 8)
 	release := make(chan struct{})
@@ -2654,6 +2685,7 @@ func TestASecondStopOfTheEnqueuerReturnsOnceItEnded(t *testing.T) {
 // leave none of their subscriptions behind: each left the one its job log
 // lines' acks came back on, with a goroutine.
 func TestStoppedPoolsLeaveNoSubscriptionsBehind(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	run := func() {
 		p, err := NewPool(f.env.JS, f.m, PoolConfig{Types: []string{"cycled"}, Logger: zaptestLogger(t)},
@@ -2721,6 +2753,7 @@ func (k *keyValueUnanswered) KeyValue(ctx context.Context, bucket string) (jetst
 // asks during an election; the second Start skipped the setup left and
 // dereferenced the unbound tag sets.
 func TestAnEnqueuerStartedAgainAfterAFailedStartStartsWhole(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, false)
 	counted := &keyValueUnanswered{JetStream: f.env.JS}
 	probe, err := NewEnqueuer(counted, f.m, EnqueuerConfig{})
@@ -2785,6 +2818,7 @@ func TestAWakeUpLostWithAFrozenWorkerIsSentToEveryPool(t *testing.T) {
 // serving it) is woken again at growing intervals, and forgotten once the
 // job's message is taken.
 func TestAQueueWhoseJobStaysQueuedIsWokenLessAndLessOften(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t, false)
 	now := time.Now()
@@ -2875,6 +2909,7 @@ func TestAResultWaitsForItsAttemptsLogLines(t *testing.T) {
 // not returned (jobs )"), or never if the process exited then, and the job
 // was left running for the hang detector to fail and run again.
 func TestAStopThatRunsOutOfTimeRecordsResultsWhoseLinesAreUnacknowledged(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
 	ctx := context.Background()
 	proxy := natstest.NewProxy(t, f.env.URL)
@@ -3048,6 +3083,7 @@ func TestLogsReadOnALaggingReplicaReadsEveryLine(t *testing.T) {
 // paused); stored with their answers lost, they are stored twice, and the
 // readers pass over the second copy.
 func TestLinesWhoseAcksFailedAreSentAgainBeforeTheResult(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	for _, tc := range []struct {
 		name      string
 		stall     func(*natstest.Proxy)
@@ -3127,6 +3163,7 @@ func heldAndCut(t *testing.T, job *Job, proxy *natstest.Proxy, nc *nats.Conn) []
 //   - lines sent again one round trip after the other did not fit in the
 //     window a pool lets them (4,001 lines at 5 ms between nodes).
 func TestLinesSentAgain(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	for _, tc := range []struct {
 		name string
 		// write logs lines of job, with the proxy stalled, and returns the
@@ -3208,6 +3245,7 @@ func TestLinesSentAgain(t *testing.T) {
 // soak, a worker's node killed as its job began: lines 1-30 of 106 shown
 // after line 106).
 func TestLogsReadGivesEachRunsLinesInTheirOrder(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	type stored struct {
 		lease  uint64
 		number int64
@@ -3254,6 +3292,7 @@ func TestLogsReadGivesEachRunsLinesInTheirOrder(t *testing.T) {
 // and every test that reads a log, took that long at least. Here a fetch
 // would wait an hour.
 func TestLogsReadEndsWithTheLastLineStored(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	env, logs := startLogs(t)
 	ctx := context.Background()
 	logs.fetchWait = time.Hour
@@ -3309,6 +3348,7 @@ func TestLogsReadEndsWithTheLastLineStored(t *testing.T) {
 // it was made and another at each fetch, the first included, so a read
 // made two and a follow four a second while it waited.
 func TestLogsReadAndFollowMakeOneConsumer(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	env, logs := startLogs(t)
 	ctx := context.Background()
 	logs.fetchWait = 20 * time.Millisecond
@@ -3361,6 +3401,7 @@ func TestLogsReadAndFollowMakeOneConsumer(t *testing.T) {
 // order, none missing between: it reads up to the last line stored when it
 // began.
 func TestLogsReadWhileLinesAreWrittenReturnsWhatWasStored(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	_, logs := startLogs(t)
 	ctx := context.Background()
 	var stored atomic.Int64
@@ -3490,6 +3531,7 @@ func TestReportLandedGivesTheJobAsTheAttemptsEndLeftIt(t *testing.T) {
 // again, and the follow, finding a line stored past those passed, fetched
 // nothing from it over and over until its ctx ended.
 func TestAFollowReadsAgainALastLineLostOnItsWay(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	f := newFixture(t, false)
