@@ -234,6 +234,7 @@ func scenario(t *testing.T, m *statemachine.Machine, between func()) []string {
 }
 
 func TestViewsEqualTheFoldProjectedIncrementally(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t)
 	ids := scenario(t, f.m, func() { f.run(t) })
 	f.requireFolded(t, ids)
@@ -343,6 +344,7 @@ func TestAGarbageFloodOverManySubjectsIsNotFoldedAgain(t *testing.T) {
 // later ones too, and so did every batch after it, since no view records
 // how far the history was read.
 func TestEventsOfASubjectWithNoSubmitAreQuarantinedByTheirOwnBatch(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	core, logs := observer.New(zap.WarnLevel)
@@ -519,6 +521,7 @@ func TestGarbageIsQuarantinedAndNeverStalls(t *testing.T) {
 // long as they may be, still gets its view on a server whose max_payload is
 // far below all of them, and the projector goes on with the other jobs.
 func TestAViewShowsTheLastErrorsOfAJobThatFailedManyTimes(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	// Room for the errors a view shows (about 84 KiB), not for twice as many.
 	f, clock := newSmallFixture(t, 128<<10)
@@ -557,6 +560,7 @@ func TestAViewShowsTheLastErrorsOfAJobThatFailedManyTimes(t *testing.T) {
 // in one view together, gets a view without them (the history keeps them),
 // and the projector goes on with the other jobs.
 func TestAViewLeavesOutWhatDoesNotFitInOneMessage(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f, clock := newSmallFixture(t, 128<<10)
 	m := f.m
@@ -610,6 +614,7 @@ func TestAViewLeavesOutWhatDoesNotFitInOneMessage(t *testing.T) {
 // truncated, and the projector goes on with the other jobs; a rebuild
 // writes the same bytes.
 func TestATruncatedViewKeepsTheProjectorGoing(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f, _ := newSmallFixture(t, 64<<10)
 	m := f.m
@@ -663,6 +668,7 @@ func TestATruncatedViewKeepsTheProjectorGoing(t *testing.T) {
 // Views that leave something out stay equal to their fold as more events
 // and beats come, and a rebuild writes the same bytes.
 func TestPartialViewsStayFolded(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f, clock := newSmallFixture(t, 128<<10)
 	m := f.m
@@ -725,6 +731,7 @@ func TestPartialViewsStayFolded(t *testing.T) {
 }
 
 func TestLostBucketIsProjectedAgainIdentically(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	ids := scenario(t, f.m, func() {})
@@ -775,6 +782,7 @@ func TestBucketDeletedWhileRunningIsProjectedAgain(t *testing.T) {
 // A watch goes on with the bucket a server makes again after it was
 // deleted: its revisions start over, and no job written there is skipped.
 func TestWatchFollowsABucketMadeAgain(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	f := newFixture(t)
@@ -807,6 +815,7 @@ func TestWatchFollowsABucketMadeAgain(t *testing.T) {
 }
 
 func TestRebuildWhileSubmitting(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	require.NoError(t, f.p.Start(ctx))
@@ -933,6 +942,7 @@ func nextView(t *testing.T, ch <-chan View) View {
 // is, so that a dashboard of the matching jobs can drop it; a job that
 // never matched is not sent.
 func TestWatchSendsAJobOnceMoreWhenItLeavesTheFilter(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	f := newFixture(t)
@@ -971,6 +981,7 @@ func TestWatchSendsAJobOnceMoreWhenItLeavesTheFilter(t *testing.T) {
 }
 
 func TestWatchSendsCurrentValuesThenEveryChangeInOrder(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	f := newFixture(t)
@@ -1048,6 +1059,7 @@ func TestAWatchEndedByItsConnectionLeavesNothingRunning(t *testing.T) {
 }
 
 func TestHeartbeatsMoveUpdatedAt(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t"})
@@ -1093,6 +1105,7 @@ func TestHeartbeatsMoveUpdatedAt(t *testing.T) {
 }
 
 func TestBeatAheadOfTheEventsIsNotLost(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	beatsOnly := func() {
@@ -1125,6 +1138,7 @@ func TestBeatAheadOfTheEventsIsNotLost(t *testing.T) {
 }
 
 func TestTwoProjectorsAgree(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	// Two servers share the durable consumers; a third projector has its
@@ -1171,6 +1185,7 @@ func TestARefoldOnAHistoryBehindTheEventsIsRefused(t *testing.T) {
 }
 
 func TestForget(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "t", Key: "k"})
@@ -1209,6 +1224,7 @@ func TestForget(t *testing.T) {
 }
 
 func TestStartAndStopTwice(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	require.NoError(t, f.p.Start(ctx))
@@ -1276,6 +1292,7 @@ func TestConsumerOfAnOlderVersionIsReplacedWhereItWas(t *testing.T) {
 }
 
 func TestAnotherBucket(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	p := f.projector(t, Config{Bucket: "other_views", Durable: "other", HeartbeatDurable: "other_hb"})
@@ -1312,6 +1329,7 @@ func (s *stallingJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) 
 }
 
 func TestWritesWaitForAFullPublishWindow(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	p, err := New(&stallingJS{JetStream: f.env.JS}, f.log, f.hb, Config{})
@@ -1335,6 +1353,7 @@ func TestWritesWaitForAFullPublishWindow(t *testing.T) {
 }
 
 func TestConsumerDeletedWhileRunningIsRecreated(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	p := f.projector(t, Config{CheckEvery: 20 * time.Millisecond})
@@ -1377,6 +1396,7 @@ func (f *fixture) viewsBucket(t *testing.T) (jetstream.KeyValue, *Reader) {
 // without the fix here), and is kept small: at 3 rounds of 3,000 purges
 // and 8 listings it ran 15-100 s and timed out on 2 loaded cores.
 func TestListEndsWhileViewsArePurged(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	kv, r := newFixture(t).viewsBucket(t)
 	for round := range 2 {
@@ -1439,6 +1459,7 @@ func (f *fixture) storePendingViews(t *testing.T, n int) {
 // A listing longer than its checks for a stalled watcher (a bucket of many
 // views) lists them all; one ended at the first check, with a part.
 func TestALongListingListsEveryView(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	_, r := f.viewsBucket(t)
@@ -1477,6 +1498,7 @@ func TestAListingAfterTheNewestViewsWereForgottenEnds(t *testing.T) {
 // lists every job once: a view rewritten before the listing reached it
 // loses the revision the listing was to read, and is read at its new one.
 func TestListHasEveryJobWhoseViewIsRewrittenMeanwhile(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	kv, r := newFixture(t).viewsBucket(t)
 	ids := make([]string, 300)
@@ -1726,6 +1748,7 @@ func TestRebuildLeavesAPurgedJobGone(t *testing.T) {
 // wrote (the bucket records an older format, or none) are rebuilt when a
 // projector starts; views of the current format are left as they are.
 func TestViewsOfAnOlderFormatAreRebuiltBeforeProjecting(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	ids := f.projectedScenario(t)
@@ -2071,6 +2094,7 @@ func (k *electingKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (
 // jobs: nats: JetStream system temporarily unavailable") with the quorum
 // still there.
 func TestReadsAskAgainWhileAClusterElects(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newFixture(t)
 	ids := f.projectedScenario(t)
@@ -2112,6 +2136,7 @@ func TestReadsAskAgainWhileAClusterElects(t *testing.T) {
 // the next meta leader to make its watch's consumer; it failed after one
 // request's 5 s.
 func TestAListingRidesOutTheLossOfTheMetaLeader(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	c := natstest.StartCluster(t, 3)
 	_, admin := natstest.Connect(t, c.URL)
