@@ -305,7 +305,6 @@ func TestSameJobAppendsInOneFlushAreOrdered(t *testing.T) {
 }
 
 func TestLoadPagesThroughLongHistories(t *testing.T) {
-	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	l, env := openLog(t, events.Config{})
 	const n = 1300 // more than two pages of 512
@@ -485,7 +484,6 @@ func TestSubjects(t *testing.T) {
 // TestAcknowledgedAppendsSurviveARestart: an append that returned is in
 // the log after the server crashes and restarts.
 func TestAcknowledgedAppendsSurviveARestart(t *testing.T) {
-	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	l, env := openLog(t, events.Config{})
 	var wg sync.WaitGroup
@@ -686,7 +684,6 @@ func TestLogConfigThatCannotRunIsRefused(t *testing.T) {
 // stored once one comes back and a leader is elected, not failed at once as
 // of unknown outcome.
 func TestAppendWaitsOutALeaderElection(t *testing.T) {
-	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	for _, cfg := range []events.Config{{MaxBatch: 1, PublishRetries: 2}, {PublishRetries: 2}} {
 		c := natstest.StartCluster(t, 3)
@@ -845,7 +842,6 @@ func TestJobsStoredBefore(t *testing.T) {
 // that provisioned the stream recorded appends are best sent, also while
 // appends are in flight, and a server that does not know leaves the record.
 func TestAttachedLogsFollowTheRecordedAppends(t *testing.T) {
-	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	env := natstest.Start(t)
 	embedded, err := events.Open(ctx, env.JS, events.Config{MinBatch: events.MaxBatchLimit + 1, RecordAppends: true})
@@ -937,7 +933,6 @@ func TestAFollowingLogFollowsAgainAfterAReconnect(t *testing.T) {
 // switched, is answered before Close returns: a closed log's ErrClosed
 // means not stored.
 func TestCloseAnswersAppendsQueuedAcrossASwitch(t *testing.T) {
-	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	env := natstest.Start(t)
 	setup := recordAppends(t, env.JS, events.AppendsStreamed)

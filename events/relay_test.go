@@ -94,7 +94,6 @@ func TestRelayedAppendsAreStoredAndExpectTheLastSequence(t *testing.T) {
 // With a server that stops relaying with appends in flight, or none
 // relaying, every append still lands, straight on the stream.
 func TestAppendsGoStraightToTheStreamWithoutARelay(t *testing.T) {
-	t.Parallel() // mostly waits (see TestMain)
 	ctx := context.Background()
 	f := newRelayFixture(t, events.Config{})
 	stop, err := f.server.ServeRelay()
