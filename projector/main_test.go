@@ -3,8 +3,9 @@ package projector
 import (
 	"flag"
 	"os"
-	"strconv"
 	"testing"
+
+	"github.com/jetjob/jetjob/internal/natstest"
 )
 
 // waitingTestsAtOnce is how many of the package's parallel tests run at
@@ -18,12 +19,6 @@ const waitingTestsAtOnce = 8
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	parallelGiven := false
-	flag.Visit(func(f *flag.Flag) { parallelGiven = parallelGiven || f.Name == "test.parallel" })
-	if !parallelGiven {
-		if err := flag.Set("test.parallel", strconv.Itoa(waitingTestsAtOnce)); err != nil {
-			panic(err)
-		}
-	}
+	natstest.ParallelUnlessGiven(waitingTestsAtOnce)
 	os.Exit(m.Run())
 }

@@ -48,13 +48,7 @@ func TestMain(m *testing.M) {
 		runNATS(file) // this process is a test's NATS (startRotatingNATS)
 	}
 	flag.Parse()
-	parallelGiven := false
-	flag.Visit(func(f *flag.Flag) { parallelGiven = parallelGiven || f.Name == "test.parallel" })
-	if !parallelGiven {
-		if err := flag.Set("test.parallel", strconv.Itoa(waitingTestsAtOnce)); err != nil {
-			panic(err)
-		}
-	}
+	natstest.ParallelUnlessGiven(waitingTestsAtOnce)
 	dir, err := os.MkdirTemp("", "jetjob-e2e")
 	if err != nil {
 		panic(err)
