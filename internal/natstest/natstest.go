@@ -5,6 +5,7 @@ package natstest
 import (
 	"context"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -131,4 +132,28 @@ func LaggingReplica(t testing.TB, js jetstream.JetStream, stream, subject string
 		info, err := behind.Info(ctx)
 		return err == nil && info.State.Msgs == 1
 	}, "the mirror of %s caught up", stream)
+}
+
+// StreamUpdates starts counting the stream updates asked of the server
+// through nc, and returns what says which streams were asked since its last
+// call. A request reaches the subscription before the update's answer goes
+// out, so a call made after the updates were answered sees them all.
+func StreamUpdates(t testing.TB, nc *nats.Conn) func() []string {
+	t.Helper()
+	const prefix = "$JS.API.STREAM.UPDATE."
+	sub, err := nc.SubscribeSync(prefix + ">")
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+	return func() []string {
+		t.Helper()
+		require.NoError(t, nc.Flush())
+		var streams []string
+		for {
+			msg, err := sub.NextMsg(0)
+			if err != nil {
+				return streams
+			}
+			streams = append(streams, strings.TrimPrefix(msg.Subject, prefix))
+		}
+	}
 }

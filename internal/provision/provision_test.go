@@ -202,24 +202,15 @@ func TestAStreamProvisionedAtOnceOnEveryNodeIsFoundRightAfter(t *testing.T) {
 func TestAStreamAsLastSetIsNotUpdatedAgain(t *testing.T) {
 	ctx := context.Background()
 	env := natstest.Start(t)
-	updates, err := env.NC.SubscribeSync("$JS.API.STREAM.UPDATE.S")
-	require.NoError(t, err)
-	require.NoError(t, env.NC.Flush())
+	updates := natstest.StreamUpdates(t, env.NC)
 	// updated counts the updates asked for since the last call: a
 	// Stream call waits for its update's answer, sent after the request.
 	updated := func() int {
 		t.Helper()
-		require.NoError(t, env.NC.Flush())
-		n := 0
-		for {
-			if _, err := updates.NextMsg(0); err != nil {
-				return n
-			}
-			n++
-		}
+		return len(updates())
 	}
 	cfg := jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}, MaxAge: time.Hour, Metadata: map[string]string{"mine": "1"}}
-	_, err = provision.Stream(ctx, env.JS, cfg)
+	_, err := provision.Stream(ctx, env.JS, cfg)
 	require.NoError(t, err)
 	require.Zero(t, updated(), "made, not updated")
 	_, err = provision.Stream(ctx, env.JS, cfg)
@@ -333,18 +324,7 @@ func TestJetjobsLayoutIsLeftAloneTheSecondTime(t *testing.T) {
 		require.NoError(t, err)
 	}
 	layOut()
-	updates, err := env.NC.SubscribeSync("$JS.API.STREAM.UPDATE.>")
-	require.NoError(t, err)
-	require.NoError(t, env.NC.Flush())
+	updated := natstest.StreamUpdates(t, env.NC)
 	layOut()
-	require.NoError(t, env.NC.Flush())
-	var updated []string
-	for {
-		msg, err := updates.NextMsg(0)
-		if err != nil {
-			break
-		}
-		updated = append(updated, strings.TrimPrefix(msg.Subject, "$JS.API.STREAM.UPDATE."))
-	}
-	require.Empty(t, updated)
+	require.Empty(t, updated())
 }

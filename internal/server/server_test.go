@@ -293,22 +293,9 @@ func TestASecondStartUpdatesNoStream(t *testing.T) {
 	s, err := Start(context.Background(), o)
 	require.NoError(t, err)
 	s.Stop()
-	updates, err := env.NC.SubscribeSync("$JS.API.STREAM.UPDATE.>")
-	require.NoError(t, err)
-	require.NoError(t, env.NC.Flush())
+	updated := natstest.StreamUpdates(t, env.NC)
 	s, err = Start(context.Background(), o)
 	require.NoError(t, err)
 	s.Stop()
-	// Each update request went through this server to the subscription
-	// before its answer came: the flush's answer comes after them all.
-	require.NoError(t, env.NC.Flush())
-	var updated []string
-	for {
-		msg, err := updates.NextMsg(0)
-		if err != nil {
-			break
-		}
-		updated = append(updated, strings.TrimPrefix(msg.Subject, "$JS.API.STREAM.UPDATE."))
-	}
-	require.Empty(t, updated, "streams updated by the second start")
+	require.Empty(t, updated(), "streams updated by the second start")
 }
