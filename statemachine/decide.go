@@ -142,8 +142,9 @@ func decideSucceed(j Job, lease uint64, result json.RawMessage, now time.Time) (
 
 // Limits of the text a job's view shows, which is one NATS message: an
 // attempt's error and its code are cut past them (a worker's report is
-// never refused for its length), a cancel reason over its limit is refused,
-// and a worker ID must fit in its own.
+// never refused for its length, nor is a hand-back's reason, cut past
+// CancelReasonLimit), a cancel reason over its limit is refused, and a
+// worker ID must fit in its own.
 const (
 	ErrorTextLimit    = 4 << 10
 	ErrorCodeLimit    = 128
@@ -279,5 +280,5 @@ func decideRelease(j Job, lease uint64, reason string, now time.Time) (events.Ev
 	if _, err := Next(j.ID, j.State, TransitionRelease); err != nil {
 		return events.Event{}, err
 	}
-	return newEvent(j.ID, events.TypeReleased, events.Released{Lease: lease, Reason: reason}, now)
+	return newEvent(j.ID, events.TypeReleased, events.Released{Lease: lease, Reason: ClipText(reason, CancelReasonLimit)}, now)
 }

@@ -812,8 +812,8 @@ func TestErrorTextIsCutAtACharacter(t *testing.T) {
 }
 
 // What a worker or the hang detector reports is never refused for its
-// length: an error code, and the reason of a cancel the detector finishes,
-// are cut instead.
+// length: an error code, a hand-back's reason, and the reason of a cancel
+// the detector finishes, are cut instead.
 func TestReportedTextIsCutNotRefused(t *testing.T) {
 	running := fold(t, given(t, hist(submitted, acquired1)...))
 	ev, err := decideFail(running, running.Lease, FailParams{Error: "e", Code: strings.Repeat("c", ErrorCodeLimit+10), NoRetry: true}, BackoffConfig{}, now)
@@ -829,6 +829,14 @@ func TestReportedTextIsCutNotRefused(t *testing.T) {
 	var canceled events.Canceled
 	require.NoError(t, json.Unmarshal(ev.Data, &canceled))
 	require.Less(t, len(canceled.Reason), CancelReasonLimit+40)
+
+	// A hand-back's reason (Machine.Release takes any) was kept whole: a
+	// 100 KB one was appended, and kept for as long as the job.
+	ev, err = decideRelease(running, running.Lease, strings.Repeat("r", 100_000), now)
+	require.NoError(t, err)
+	var released events.Released
+	require.NoError(t, json.Unmarshal(ev.Data, &released))
+	require.Equal(t, ClipText(strings.Repeat("r", 100_000), CancelReasonLimit), released.Reason)
 }
 
 // A command that lost a race to a change that made it illegal says so once:

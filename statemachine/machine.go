@@ -463,6 +463,8 @@ func (m *Machine) AcknowledgeCancel(ctx context.Context, held Job) (Job, error) 
 }
 
 // Release hands a running job back unfinished; it does not use up an attempt.
+// A reason past CancelReasonLimit bytes is cut, as a failure's error is: it
+// is kept in the job's history for as long as the job.
 func (m *Machine) Release(ctx context.Context, held Job, reason string) (Job, error) {
 	return m.apply(ctx, held.ID, &held, func(j Job, now time.Time) (events.Event, error) {
 		return decideRelease(j, held.Lease, reason, now)
