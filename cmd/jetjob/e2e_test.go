@@ -92,19 +92,16 @@ func (s *serverProc) start() {
 	s.t.Helper()
 	args := append([]string{"server", "--data", s.dir, "--listen", s.addr}, s.args...)
 	s.cmd = exec.Command(binary, args...)
-	var out bytes.Buffer
-	s.cmd.Stdout, s.cmd.Stderr = &out, &out
+	out := &syncBuffer{}
+	s.cmd.Stdout, s.cmd.Stderr = out, out
 	require.NoError(s.t, s.cmd.Start())
+	// The server says it is ready once every stream, bucket and service is
+	// up. The views bucket, which this waited for before, is there long
+	// before that on a restart (it is recovered with the data dir), so a
+	// test could go on while the enqueuer and the detector were starting.
 	natstest.Eventually(s.t, 20*time.Second, func() bool {
-		nc, err := nats.Connect(s.url)
-		if err != nil {
-			return false
-		}
-		defer nc.Close()
-		js, _ := jetstream.New(nc)
-		_, err = projector.NewReader(context.Background(), js)
-		return err == nil
-	}, "server up: %s", &out)
+		return strings.Contains(out.String(), "jetjob server ready")
+	}, "server up: %s", out)
 }
 
 func (s *serverProc) kill() {
