@@ -67,7 +67,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	producers := fs.Int("producers", bench.ProducersDefault, "producers submitting one at a time")
 	workers := fs.Int("workers", bench.WorkersDefault, "concurrent no-op handlers")
 	processes := fs.Int("processes", 1, "e2e and start latency: the workers split over this many pools, each with its own connection and log as a jetjob worker process has (1: one pool on the server's own)")
-	rate := fs.Int("rate", bench.RateDefault, "submit rate of the latency scenario, jobs/s")
+	rate := fs.Int("rate", bench.RateDefault, fmt.Sprintf("submit rate of the latency scenario, jobs/s: it submits %d jobs for each fsync setting (%d with --smoke), so each takes %d/rate seconds", bench.LatencyJobsDefault, bench.Smoke().LatencyJobs, bench.LatencyJobsDefault))
 	var scenarios, fsyncs strs
 	fs.Var(&scenarios, "scenario", "scenario to run, repeatable: "+strings.Join(bench.Scenarios, ", ")+" (default all)")
 	fs.Var(&fsyncs, "fsync", "durability setting to measure, repeatable: always, interval (default both)")
