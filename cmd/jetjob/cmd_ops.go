@@ -46,27 +46,36 @@ func viewsBehind(command string, wait time.Duration) {
 	fmt.Fprintf(os.Stderr, "jetjob %s: the views are still behind the event log after %s (is a jetjob server running? a NATS cluster electing a leader also holds them back); going on with them\n", command, wait)
 }
 
+// bulkCancelJSON is what cancel --pending -o json prints: the result, and
+// the error that cut it short, if one did.
+type bulkCancelJSON struct {
+	maintenance.BulkCancelResult
+	Error string `json:"error,omitempty"`
+}
+
 func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason string, dryRun bool, out io.Writer) error {
-	c, err := dial(ctx, fs)
-	if err != nil {
-		return err
+	res, err := cancelPending(ctx, fs, f, reason, dryRun)
+	if fs.json() {
+		// Once the input was taken, a script reading stdout gets a result
+		// whatever happened, as when some cancels failed: what was done
+		// (perhaps nothing: the server not reached, the jobs not listed),
+		// and the error, which exits 1 as stderr says.
+		if res.Canceled == nil {
+			res.Canceled = []string{}
+		}
+		if res.Skipped == nil {
+			res.Skipped = []maintenance.Skipped{}
+		}
+		doc := bulkCancelJSON{BulkCancelResult: res}
+		if err != nil {
+			doc.Error = oneLine(err)
+		}
+		return errors.Join(writeJSON(out, doc), err)
 	}
-	defer c.close()
-	r, err := projector.NewReader(ctx, c.js)
-	if err != nil {
-		return err
-	}
-	res, err := maintenance.CancelPending(ctx, r, c.m, f, maintenance.BulkCancelOptions{Reason: reason, DryRun: dryRun, ViewsWait: viewsWait})
 	// A cancel cut short, or some cancels failed: what was done is printed
 	// all the same, and the error (exit 1) says the rest is not done.
 	if err != nil && len(res.Canceled)+len(res.Skipped)+res.NotTried == 0 {
 		return err
-	}
-	if res.ViewsBehind {
-		viewsBehind("cancel", viewsWait)
-	}
-	if fs.json() {
-		return errors.Join(writeJSON(out, res), err)
 	}
 	verb := "canceled"
 	if dryRun {
@@ -80,6 +89,23 @@ func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason str
 	}
 	_, werr := fmt.Fprintf(out, "%d %s, %d skipped\n", len(res.Canceled), verb, len(res.Skipped))
 	return errors.Join(werr, err)
+}
+
+func cancelPending(ctx context.Context, fs *flagSet, f projector.Filter, reason string, dryRun bool) (maintenance.BulkCancelResult, error) {
+	c, err := dial(ctx, fs)
+	if err != nil {
+		return maintenance.BulkCancelResult{}, err
+	}
+	defer c.close()
+	r, err := projector.NewReader(ctx, c.js)
+	if err != nil {
+		return maintenance.BulkCancelResult{}, err
+	}
+	res, err := maintenance.CancelPending(ctx, r, c.m, f, maintenance.BulkCancelOptions{Reason: reason, DryRun: dryRun, ViewsWait: viewsWait})
+	if res.ViewsBehind {
+		viewsBehind("cancel", viewsWait)
+	}
+	return res, err
 }
 
 func runLogs(ctx context.Context, args []string, out io.Writer) error {
