@@ -39,7 +39,7 @@ func serverFlags(fs *flagSet, o *server.Options, defaultData string) (func() err
 	every := fs.String("purge-every", maintenance.PurgeEveryDefault.String(), "pause between background purges")
 	idle := fs.String("queue-idle-after", workers.QueueIdleAfterDefault.String(), "remove a queue (one per job type, tag set and priority) that holds no job and has not been used for this long; the next job for it makes it again; 0 keeps every queue")
 	auth := authFlags(fs, "the NATS of --nats")
-	fs.IntVar(&o.Replicas, "replicas", 0, "with --nats, on a NATS cluster: make and set every jetjob stream with this many replicas (1-5); 0 keeps what each has, one for a new stream")
+	fs.IntVar(&o.Replicas, "replicas", 0, "with --nats, on a NATS cluster: make every jetjob stream with this many replicas (1-5), and raise those with fewer (one with more keeps them); 0 keeps what each has, one for a new stream")
 	return func() (err error) {
 		// Below a second, these turn a server into a busy loop (purges),
 		// or fail every job faster than a heartbeat can cross the network.

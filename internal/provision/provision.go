@@ -34,10 +34,11 @@ type replicated struct {
 }
 
 // WithReplicas returns js, through which Stream (and KeyValue) makes every
-// stream it creates with n replicas, and sets every stream it updates to n:
-// on a NATS cluster, what survives the loss of a node. n 0 returns js as it
-// is: a new stream gets one replica, and an existing one keeps its own, so
-// that replicas an operator raised by hand are never lowered.
+// stream it creates with n replicas, and raises to n every stream that has
+// fewer: on a NATS cluster, what survives the loss of a node. A stream with
+// more (an operator raised them by hand) keeps them: replicas are never
+// lowered. n 0 returns js as it is: a new stream gets one replica, and an
+// existing one keeps its own.
 func WithReplicas(js jetstream.JetStream, n int) jetstream.JetStream {
 	if n <= 0 {
 		return js
@@ -55,7 +56,7 @@ func Unreplicable(ctx context.Context, js jetstream.JetStream, n int, match func
 	var out []string
 	streams := js.ListStreams(ctx)
 	for info := range streams.Info() {
-		if match(info.Config.Name) && info.Config.PersistMode == jetstream.AsyncPersistMode && info.Config.Replicas != n {
+		if match(info.Config.Name) && info.Config.PersistMode == jetstream.AsyncPersistMode && info.Config.Replicas < n {
 			out = append(out, info.Config.Name)
 		}
 	}
@@ -78,7 +79,7 @@ const ConsumersMax = 100_000
 // Stream creates the stream, or updates it to cfg when it exists, allowing
 // ConsumersMax consumers unless cfg says otherwise. The server
 // refuses to change a stream's persist mode, so an existing stream keeps its
-// own; its replicas are set as WithReplicas says; its metadata keeps every
+// own; its replicas are raised as WithReplicas says, never lowered; its metadata keeps every
 // entry cfg does not set (an entry another part of jetjob recorded, such as
 // the views' format, outlives the next start); everything else is upgraded.
 // A stream that Stream last set to this same cfg, and that has the
@@ -136,10 +137,10 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 		return nil, fmt.Errorf("look up stream %s: %w", cfg.Name, err)
 	}
 	cfg.PersistMode = existing.CachedInfo().Config.PersistMode
-	cfg.Replicas = existing.CachedInfo().Config.Replicas
-	if want > 0 {
-		cfg.Replicas = want
-	}
+	// Replicas asked for are a floor: more, raised by hand, are the
+	// operator's redundancy, which a start does not take away (as River
+	// or Temporal do not lower what an operator set); fewer are raised.
+	cfg.Replicas = max(existing.CachedInfo().Config.Replicas, want)
 	hash := configHash(cfg)
 	kept := existing.CachedInfo().Config.Metadata
 	// The hash says only what was last set through Stream. The stream as

@@ -268,6 +268,38 @@ func TestReplicasAskedForAreSetOnAStreamLoweredByHand(t *testing.T) {
 	require.Equal(t, 3, s.CachedInfo().Config.Replicas)
 }
 
+// A start asking for fewer replicas than a stream has (raised by hand,
+// with `nats stream edit`, say) leaves them: a start does not take away
+// redundancy an operator gave, where it set the stream back to what it
+// asked for. It still raises a stream that has fewer.
+func TestReplicasRaisedByHandAreNotLowered(t *testing.T) {
+	ctx := context.Background()
+	c := natstest.StartCluster(t, 3)
+	_, js := natstest.Connect(t, c.URL)
+	cfg := jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}}
+	_, err := provision.Stream(ctx, provision.WithReplicas(js, 1), cfg)
+	require.NoError(t, err)
+
+	s, err := js.Stream(ctx, "S")
+	require.NoError(t, err)
+	raised := s.CachedInfo().Config
+	require.Equal(t, 1, raised.Replicas)
+	raised.Replicas = 3
+	_, err = js.UpdateStream(ctx, raised)
+	require.NoError(t, err)
+
+	for _, n := range []int{1, 2} {
+		s, err = provision.Stream(ctx, provision.WithReplicas(js, n), cfg)
+		require.NoError(t, err)
+		require.Equal(t, 3, s.CachedInfo().Config.Replicas, "a start with --replicas %d", n)
+	}
+	cfg.Description = "an upgrade"
+	s, err = provision.Stream(ctx, provision.WithReplicas(js, 1), cfg)
+	require.NoError(t, err)
+	require.Equal(t, "an upgrade", s.CachedInfo().Config.Description)
+	require.Equal(t, 3, s.CachedInfo().Config.Replicas, "an upgrade keeps them too")
+}
+
 // A version from before the hash updates a stream to its own configuration
 // keeping the metadata, hash and all: after a rollback to it and a new
 // upgrade, the hash matched and the stream kept the older version's

@@ -80,8 +80,9 @@ type Options struct {
 	// restarting).
 	NoMaintenance bool
 	// Replicas of every stream, on an external NATS cluster
-	// (provision.WithReplicas); 0 keeps what each stream has, and gives a
-	// new one a single replica. An embedded server takes only 0 or 1.
+	// (provision.WithReplicas): at least this many, a stream with more
+	// keeping its own; 0 keeps what each stream has, and gives a new one
+	// a single replica. An embedded server takes only 0 or 1.
 	Replicas int
 	Logger   *zap.Logger
 	// NATSErrors, when set, hears the NATS client's asynchronous errors
