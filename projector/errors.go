@@ -5,6 +5,9 @@ import "errors"
 var (
 	// ErrNoViews: the job views bucket does not exist (no server provisioned it yet).
 	ErrNoViews = errors.New("no job views bucket: is a jetjob server running against this NATS? (a running one makes it again within seconds when it was deleted)")
+	// ErrNoProjector: the event log has no projector's consumer
+	// (DurableDefault): no jetjob server has projected it into views yet.
+	ErrNoProjector = errors.New("no projector reads this event log: is a jetjob server running against this NATS?")
 	// ErrInvalidConfig: a Config that cannot run a projector.
 	ErrInvalidConfig = errors.New("invalid projector config")
 	// ErrViewTooLarge: a job's view does not fit in a NATS message even

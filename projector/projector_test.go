@@ -2322,3 +2322,27 @@ func TestAWatchHearsAgainSoonAfterTheNodeOfItsConsumerDies(t *testing.T) {
 		require.Fail(t, "the watch did not hear the view", "within %s of its write", soon)
 	}
 }
+
+// TestCaughtUpWhereNoServerRanSaysSo: CaughtUp on a NATS where jetjob was
+// never set up says there is no event log (events.ErrNoLog), and on a log
+// no projector ever read, that no projector runs (ErrNoProjector), not
+// JetStream's raw "stream not found" or "consumer not found".
+func TestCaughtUpWhereNoServerRanSaysSo(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	_, err := CaughtUp(ctx, env.JS, events.StreamDefault)
+	require.ErrorIs(t, err, events.ErrNoLog)
+	require.ErrorContains(t, err, events.StreamDefault)
+	require.ErrorIs(t, err, jetstream.ErrStreamNotFound, "JetStream's error is kept")
+
+	coretest.Open(t, env.JS)
+	_, err = CaughtUp(ctx, env.JS, events.StreamDefault)
+	require.ErrorIs(t, err, ErrNoProjector)
+	require.ErrorContains(t, err, DurableDefault)
+	require.ErrorIs(t, err, jetstream.ErrConsumerNotFound, "JetStream's error is kept")
+
+	stock := natstest.StartStock(t, func(o *server.Options) { o.JetStream = false })
+	_, err = CaughtUp(ctx, stock.JS, events.StreamDefault)
+	require.ErrorIs(t, err, events.ErrNoLog)
+	require.ErrorContains(t, err, "no JetStream on this NATS")
+}

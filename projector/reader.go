@@ -659,18 +659,30 @@ func field(k, v string) []byte {
 // has acknowledged them all. A decision taken on the views after it (a bulk
 // cancel, a purge) sees every job submitted or finished before. It reports
 // false when ctx ends first, and an error when the projector's consumer
-// cannot be read (no server ever ran on this NATS).
+// cannot be read: events.ErrNoLog where there is no event log (jetjob was
+// never set up on this NATS, or it has no JetStream), ErrNoProjector where
+// no projector ever read it.
 func CaughtUp(ctx context.Context, js jetstream.JetStream, logStream string) (bool, error) {
 	if js == nil {
 		return false, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
 	}
 	st, err := js.Stream(ctx, logStream)
-	if err != nil {
+	switch {
+	case provision.NoJetStream(err):
+		return false, fmt.Errorf("wait for the views: %w: %s %w", events.ErrNoLog, provision.NoJetStreamSays, err)
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		// JetStream's error stays in the chain, for a caller that looked
+		// for it before.
+		return false, fmt.Errorf("wait for the views: %w: stream %s is missing (%w)", events.ErrNoLog, logStream, err)
+	case err != nil:
 		return false, fmt.Errorf("wait for the views: %w", err)
 	}
 	through := st.CachedInfo().State.LastSeq
 	cons, err := js.Consumer(ctx, logStream, DurableDefault)
-	if err != nil {
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		return false, fmt.Errorf("wait for the views: %w: stream %s has no consumer %s (%w)", ErrNoProjector, logStream, DurableDefault, err)
+	case err != nil:
 		return false, fmt.Errorf("wait for the views: %w", err)
 	}
 	tick := time.NewTicker(20 * time.Millisecond)

@@ -27,7 +27,7 @@ type Leftovers struct {
 }
 
 // AttachLeftovers binds to the queue and timers streams that EnsureTopology
-// created.
+// created; ErrNoQueues, naming the one missing, where none did.
 func AttachLeftovers(ctx context.Context, js jetstream.JetStream) (*Leftovers, error) {
 	if js == nil {
 		return nil, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
@@ -36,14 +36,14 @@ func AttachLeftovers(ctx context.Context, js jetstream.JetStream) (*Leftovers, e
 	var err error
 	for shard := range l.queues {
 		if l.queues[shard], err = js.Stream(ctx, QueueStream(shard)); err != nil {
-			return nil, fmt.Errorf("bind queue: %w", err)
+			return nil, fmt.Errorf("bind queue: %w", notLaidOut(err, QueueStream(shard)))
 		}
 	}
 	if l.timers, err = js.Stream(ctx, TimersStream); err != nil {
-		return nil, fmt.Errorf("bind timers: %w", err)
+		return nil, fmt.Errorf("bind timers: %w", notLaidOut(err, TimersStream))
 	}
 	if l.registry, err = js.KeyValue(ctx, TagsetsBucket); err != nil {
-		return nil, fmt.Errorf("bind tag sets: %w", err)
+		return nil, fmt.Errorf("bind tag sets: %w", notLaidOut(err, "bucket "+TagsetsBucket))
 	}
 	return l, nil
 }

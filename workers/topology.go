@@ -107,7 +107,8 @@ func QueueStream(shard int) string { return fmt.Sprintf("%s%02d", queueStreamPre
 // Queued counts the messages in the work queue: the jobs waiting for a
 // worker, those fetched but not yet acquired, and the messages of jobs
 // canceled while pending, which stay until a worker fetches them or the
-// purger removes them.
+// purger removes them. ErrNoQueues where no jetjob server laid out the
+// queue.
 func Queued(ctx context.Context, js jetstream.JetStream) (uint64, error) {
 	if js == nil {
 		return 0, fmt.Errorf("%w: no jetstream", ErrInvalidConfig)
@@ -116,7 +117,7 @@ func Queued(ctx context.Context, js jetstream.JetStream) (uint64, error) {
 	for _, name := range QueueStreams() {
 		st, err := js.Stream(ctx, name)
 		if err != nil {
-			return 0, fmt.Errorf("count queued jobs: %w", err)
+			return 0, fmt.Errorf("count queued jobs: %w", notLaidOut(err, name))
 		}
 		n += st.CachedInfo().State.Msgs
 	}
@@ -186,6 +187,22 @@ func subsetOf(job, worker map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// notLaidOut is err, from looking up stream name, as ErrNoQueues when the
+// stream is not there (no jetjob server of this version laid out the work
+// queue on this NATS) or JetStream does not answer at all: a caller can
+// tell it from an outage with errors.Is.
+func notLaidOut(err error, name string) error {
+	switch {
+	case provision.NoJetStream(err):
+		return fmt.Errorf("%w: %s %w", ErrNoQueues, provision.NoJetStreamSays, err)
+	case errors.Is(err, jetstream.ErrStreamNotFound), errors.Is(err, jetstream.ErrBucketNotFound):
+		// JetStream's error stays in the chain, for a caller that looked
+		// for it before.
+		return fmt.Errorf("%w: %s is missing; start the jetjob server first (%w)", ErrNoQueues, name, err)
+	}
+	return err
 }
 
 // checkQueues returns ErrNoQueues unless a jetjob server of this version

@@ -1376,6 +1376,37 @@ func TestLogsOnANATSWithoutJetStreamAreNoLogs(t *testing.T) {
 	require.ErrorContains(t, err, "no JetStream on this NATS")
 }
 
+// TestQueueReadersWhereNoServerRanSayNoQueues: Queued and AttachLeftovers
+// on a NATS where no jetjob server laid out the work queue say so
+// (ErrNoQueues), naming what is missing, not with JetStream's raw
+// "stream not found", which errors.Is cannot tell from an outage.
+func TestQueueReadersWhereNoServerRanSayNoQueues(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	_, err := Queued(ctx, env.JS)
+	require.ErrorIs(t, err, ErrNoQueues)
+	require.ErrorContains(t, err, QueueStream(0))
+	_, err = AttachLeftovers(ctx, env.JS)
+	require.ErrorIs(t, err, ErrNoQueues)
+	require.ErrorContains(t, err, QueueStream(0))
+
+	// The queue laid out but for the timers stream: that is named.
+	require.NoError(t, EnsureTopology(ctx, env.JS))
+	require.NoError(t, env.JS.DeleteStream(ctx, TimersStream))
+	_, err = AttachLeftovers(ctx, env.JS)
+	require.ErrorIs(t, err, ErrNoQueues)
+	require.ErrorContains(t, err, TimersStream)
+	require.ErrorIs(t, err, jetstream.ErrStreamNotFound, "JetStream's error is kept")
+
+	stock := natstest.StartStock(t, func(o *server.Options) { o.JetStream = false })
+	_, err = Queued(ctx, stock.JS)
+	require.ErrorIs(t, err, ErrNoQueues)
+	require.ErrorContains(t, err, "no JetStream on this NATS")
+	_, err = AttachLeftovers(ctx, stock.JS)
+	require.ErrorIs(t, err, ErrNoQueues)
+	require.ErrorContains(t, err, "no JetStream on this NATS")
+}
+
 // TestQueueShards: a queue's shard is part of its subjects on disk, so it
 // never changes between versions, and tag sets spread over every shard.
 func TestQueueShards(t *testing.T) {
