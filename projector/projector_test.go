@@ -2346,3 +2346,22 @@ func TestCaughtUpWhereNoServerRanSaysSo(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrNoLog)
 	require.ErrorContains(t, err, "no JetStream on this NATS")
 }
+
+// TestReaderRefusesABadBucketName: WithBucket takes the names a projector's
+// Config.Bucket takes, refused by NewReader as one clear error that says
+// what is expected (ErrInvalidConfig, and statemachine.ErrInvalid as for a
+// bad Config), not NATS's "invalid bucket name"; an empty one is the
+// default, as in Config.
+func TestReaderRefusesABadBucketName(t *testing.T) {
+	ctx := context.Background()
+	env := natstest.Start(t)
+	for _, bad := range []string{"a.b", "a*", "a>", "a b", strings.Repeat("b", 1000)} {
+		_, err := NewReader(ctx, env.JS, WithBucket(bad))
+		require.ErrorIs(t, err, ErrInvalidConfig, bad)
+		require.ErrorIs(t, err, statemachine.ErrInvalid, bad)
+		require.ErrorContains(t, err, "expected 1-", bad)
+		require.Less(t, len(err.Error()), 300, "the name is cut in the error")
+	}
+	_, err := NewReader(ctx, env.JS, WithBucket(""))
+	require.ErrorIs(t, err, ErrNoViews, "the default bucket, never made here")
+}

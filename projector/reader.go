@@ -2,6 +2,7 @@ package projector
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,9 +42,11 @@ const watchRetryWait = 250 * time.Millisecond
 type ReaderOption func(*Reader)
 
 // WithBucket reads another bucket than BucketDefault (a projector's
-// Config.Bucket).
+// Config.Bucket): 1-128 letters, digits, '-' or '_', as Config takes
+// (NewReader refuses another with ErrInvalidConfig); empty is
+// BucketDefault.
 func WithBucket(bucket string) ReaderOption {
-	return func(r *Reader) { r.bucket = bucket }
+	return func(r *Reader) { r.bucket = cmp.Or(bucket, BucketDefault) }
 }
 
 // NewReader binds to the views bucket; ErrNoViews when no server has
@@ -55,6 +58,12 @@ func NewReader(ctx context.Context, js jetstream.JetStream, opts ...ReaderOption
 	r := &Reader{bucket: BucketDefault, js: js}
 	for _, o := range opts {
 		o(r)
+	}
+	// Checked here, as Config checks it: NATS would refuse a name with a
+	// dot or a wildcard only as "invalid bucket name", naming neither the
+	// name nor what it takes.
+	if err := statemachine.ValidateToken("bucket", r.bucket); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	// Each bind is a request to the bucket's stream leader, which a NATS
 	// cluster that lost a node may be electing: asked again, as a
