@@ -27,7 +27,8 @@ var (
 	// it was sent to (a log attached where no jetjob server provisioned
 	// one, or a NATS without JetStream); nothing was stored.
 	ErrNoLog = errors.New("no events stream on this NATS: start a jetjob server against it, or open the log with events.Open")
-	// ErrInvalidConfig: a Config a Log cannot run with.
+	// ErrInvalidConfig: a Config a Log cannot run with, or a setting out of
+	// range (a hang-after not above 0).
 	ErrInvalidConfig = errors.New("invalid events config")
 	// ErrClosed: the log was closed.
 	ErrClosed = errors.New("event log closed")

@@ -109,10 +109,10 @@ func OpenHeartbeats(ctx context.Context, js jetstream.JetStream) (*Heartbeats, e
 // judges beats by, and returns the one it replaced (0 if none). Workers read
 // it to beat often enough, and to stop a handler whose beats no longer reach
 // the server before the detector fails its attempt and a retry runs beside
-// it.
+// it. A hangAfter not above 0 is refused with ErrInvalidConfig.
 func (h *Heartbeats) PublishHangAfter(ctx context.Context, hangAfter time.Duration) (previous time.Duration, err error) {
 	if hangAfter <= 0 {
-		return 0, fmt.Errorf("publish hang-after %s: expected a duration above 0", hangAfter)
+		return 0, fmt.Errorf("%w: publish hang-after %s: expected a duration above 0", ErrInvalidConfig, hangAfter)
 	}
 	e, err := h.settings.Get(ctx, hangAfterKey)
 	switch {
@@ -136,7 +136,7 @@ func (h *Heartbeats) PublishHangAfter(ctx context.Context, hangAfter time.Durati
 // server's detector leads leaves that one's in place.
 func (h *Heartbeats) PublishHangAfterIfNone(ctx context.Context, hangAfter time.Duration) error {
 	if hangAfter <= 0 {
-		return fmt.Errorf("publish hang-after %s: expected a duration above 0", hangAfter)
+		return fmt.Errorf("%w: publish hang-after %s: expected a duration above 0", ErrInvalidConfig, hangAfter)
 	}
 	_, err := h.settings.Create(ctx, hangAfterKey, []byte(hangAfter.String()))
 	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {

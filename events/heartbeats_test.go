@@ -75,8 +75,21 @@ func TestWorkersFollowThePublishedHangAfter(t *testing.T) {
 	stop2()
 	require.Equal(t, 2*time.Minute, current)
 
-	_, err = hb.PublishHangAfter(ctx, 0)
-	require.Error(t, err)
+	// A hang-after that is no duration above 0 is refused as a setting
+	// out of range (ErrInvalidConfig), saying what is expected, by both
+	// publishers, and the published one stays.
+	for _, bad := range []time.Duration{0, -time.Second} {
+		_, err = hb.PublishHangAfter(ctx, bad)
+		require.ErrorIs(t, err, events.ErrInvalidConfig)
+		require.ErrorContains(t, err, "expected a duration above 0")
+		err = hb.PublishHangAfterIfNone(ctx, bad)
+		require.ErrorIs(t, err, events.ErrInvalidConfig)
+		require.ErrorContains(t, err, "expected a duration above 0")
+	}
+	stop3, err := hb.FollowHangAfter(ctx, func(d time.Duration) { current = d })
+	require.NoError(t, err)
+	stop3()
+	require.Equal(t, 2*time.Minute, current)
 }
 
 // A follower goes on after the ctx it started with ends: callers start with
