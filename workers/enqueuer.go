@@ -208,7 +208,7 @@ func (e *Enqueuer) setup(ctx context.Context) error {
 	}
 	var queues [QueueShards]jetstream.Stream
 	for shard := range queues {
-		if queues[shard], err = e.js.Stream(ctx, QueueStream(shard)); err != nil {
+		if queues[shard], err = e.js.Stream(ctx, queueStream(shard)); err != nil {
 			return fmt.Errorf("bind queue: %w", err)
 		}
 	}

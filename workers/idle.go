@@ -113,7 +113,7 @@ func (l *Leftovers) idleQueues(ctx context.Context, idleFor time.Duration, now t
 			idle = append(idle, idleQueue{key: key, hasConsumer: true})
 		}
 		if err := list.Err(); err != nil {
-			return nil, fmt.Errorf("forget idle queues: list consumers of %s: %w", QueueStream(shard), err)
+			return nil, fmt.Errorf("forget idle queues: list consumers of %s: %w", queueStream(shard), err)
 		}
 	}
 	// Registered queues without a consumer: consumers live in memory, so a

@@ -35,8 +35,8 @@ func AttachLeftovers(ctx context.Context, js jetstream.JetStream) (*Leftovers, e
 	l := &Leftovers{js: js, removalGrace: removalGraceDefault}
 	var err error
 	for shard := range l.queues {
-		if l.queues[shard], err = js.Stream(ctx, QueueStream(shard)); err != nil {
-			return nil, fmt.Errorf("bind queue: %w", notLaidOut(err, QueueStream(shard)))
+		if l.queues[shard], err = js.Stream(ctx, queueStream(shard)); err != nil {
+			return nil, fmt.Errorf("bind queue: %w", notLaidOut(err, queueStream(shard)))
 		}
 	}
 	if l.timers, err = js.Stream(ctx, TimersStream); err != nil {

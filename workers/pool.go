@@ -630,7 +630,7 @@ func (p *Pool) queuesHolding(ctx context.Context, qs []*poolQueue) []*poolQueue 
 // queuesWithMessages returns the subject prefixes of the queues holding
 // messages in a queue stream, or nil if it could not tell.
 func queuesWithMessages(ctx context.Context, js jetstream.JetStream, shard int) (map[string]bool, error) {
-	st, err := js.Stream(ctx, QueueStream(shard))
+	st, err := js.Stream(ctx, queueStream(shard))
 	if err != nil {
 		return nil, err
 	}

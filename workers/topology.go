@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/jetjob/jetjob/internal/provision"
+	"github.com/jetjob/jetjob/statemachine"
 )
 
 // Stream, bucket and subject names, stable across versions.
@@ -99,10 +100,20 @@ func (k queueKey) shard() int {
 	return int(h.Sum32() % QueueShards)
 }
 
-func (k queueKey) stream() string { return QueueStream(k.shard()) }
+func (k queueKey) stream() string { return queueStream(k.shard()) }
 
-// QueueStream names the work-queue stream of one shard.
-func QueueStream(shard int) string { return fmt.Sprintf("%s%02d", queueStreamPrefix, shard) }
+// QueueStream names the work-queue stream of one shard, 0 to QueueShards-1
+// (the <shard> of a queue subject); another is refused with
+// statemachine.ErrInvalid, since no server makes its stream.
+func QueueStream(shard int) (string, error) {
+	if shard < 0 || shard >= QueueShards {
+		return "", fmt.Errorf("%w: work queue shard %d, expected 0-%d", statemachine.ErrInvalid, shard, QueueShards-1)
+	}
+	return queueStream(shard), nil
+}
+
+// queueStream is QueueStream of a shard known to be in range.
+func queueStream(shard int) string { return fmt.Sprintf("%s%02d", queueStreamPrefix, shard) }
 
 // Queued counts the messages in the work queue: the jobs waiting for a
 // worker, those fetched but not yet acquired, and the messages of jobs
@@ -128,7 +139,7 @@ func Queued(ctx context.Context, js jetstream.JetStream) (uint64, error) {
 func QueueStreams() []string {
 	names := make([]string, QueueShards)
 	for i := range names {
-		names[i] = QueueStream(i)
+		names[i] = queueStream(i)
 	}
 	return names
 }
@@ -208,7 +219,7 @@ func notLaidOut(err error, name string) error {
 // checkQueues returns ErrNoQueues unless a jetjob server of this version
 // has laid out the work queue on this NATS.
 func checkQueues(ctx context.Context, js jetstream.JetStream) error {
-	_, err := js.Stream(ctx, QueueStream(0))
+	_, err := js.Stream(ctx, queueStream(0))
 	switch {
 	case err == nil:
 		return nil
@@ -220,7 +231,7 @@ func checkQueues(ctx context.Context, js jetstream.JetStream) error {
 	if _, err := js.Stream(ctx, legacyQueueStream); err == nil {
 		return fmt.Errorf("%w: it is the single stream %s of an older jetjob server; upgrade the servers before their workers", ErrNoQueues, legacyQueueStream)
 	}
-	return fmt.Errorf("%w: stream %s is missing; start the jetjob server first", ErrNoQueues, QueueStream(0))
+	return fmt.Errorf("%w: stream %s is missing; start the jetjob server first", ErrNoQueues, queueStream(0))
 }
 
 // EnsureTopology creates or upgrades the queue, timers and logs streams and
@@ -242,7 +253,7 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream) error {
 	var streams []jetstream.StreamConfig
 	for shard := range QueueShards {
 		streams = append(streams, jetstream.StreamConfig{
-			Name:              QueueStream(shard),
+			Name:              queueStream(shard),
 			Description:       "jetjob work queue: one message per pending job",
 			Subjects:          []string{shardPrefix(shard) + ">"},
 			Retention:         jetstream.WorkQueuePolicy,

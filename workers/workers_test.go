@@ -1385,10 +1385,10 @@ func TestQueueReadersWhereNoServerRanSayNoQueues(t *testing.T) {
 	env := natstest.Start(t)
 	_, err := Queued(ctx, env.JS)
 	require.ErrorIs(t, err, ErrNoQueues)
-	require.ErrorContains(t, err, QueueStream(0))
+	require.ErrorContains(t, err, queueStream(0))
 	_, err = AttachLeftovers(ctx, env.JS)
 	require.ErrorIs(t, err, ErrNoQueues)
-	require.ErrorContains(t, err, QueueStream(0))
+	require.ErrorContains(t, err, queueStream(0))
 
 	// The queue laid out but for the timers stream: that is named.
 	require.NoError(t, EnsureTopology(ctx, env.JS))
@@ -1428,6 +1428,19 @@ func TestQueueShards(t *testing.T) {
 	require.Len(t, seen, QueueShards)
 	for shard, n := range seen {
 		require.Greater(t, n, 1000/QueueShards/2, "shard %d has %d of 1,000 tag sets", shard, n)
+	}
+
+	// QueueStream names the streams there are, and refuses a shard out of
+	// range, where it named JJ_QUEUE_99 and JJ_QUEUE_-1, which no server
+	// makes.
+	name, err := QueueStream(15)
+	require.NoError(t, err)
+	require.Equal(t, "JJ_QUEUE_15", name)
+	for _, bad := range []int{-1, QueueShards, 99} {
+		name, err := QueueStream(bad)
+		require.ErrorIs(t, err, statemachine.ErrInvalid, "shard %d", bad)
+		require.ErrorContains(t, err, fmt.Sprintf("shard %d, expected 0-%d", bad, QueueShards-1))
+		require.Empty(t, name)
 	}
 }
 
