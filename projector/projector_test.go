@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -2364,4 +2365,28 @@ func TestReaderRefusesABadBucketName(t *testing.T) {
 	}
 	_, err := NewReader(ctx, env.JS, WithBucket(""))
 	require.ErrorIs(t, err, ErrNoViews, "the default bucket, never made here")
+}
+
+// TestWatchSendsEveryMatchingJobWhateverLimitAndAfter: Limit and After
+// page a List; a watch, which has no pages, sends every matching job
+// whatever they say (as its documentation says).
+func TestWatchSendsEveryMatchingJobWhateverLimitAndAfter(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFixture(t)
+	var ids []string
+	for range 3 {
+		j, _, err := f.m.Submit(ctx, statemachine.SubmitParams{Type: "watched"})
+		require.NoError(t, err)
+		ids = append(ids, j.ID)
+	}
+	f.run(t)
+	slices.Sort(ids)
+	ch, err := f.reader(t).Watch(ctx, Filter{Type: "watched", Limit: 1, After: ids[1]})
+	require.NoError(t, err)
+	var seen []string
+	for range ids {
+		seen = append(seen, nextView(t, ch).ID)
+	}
+	require.ElementsMatch(t, ids, seen)
 }

@@ -416,7 +416,10 @@ const watchSeenLimit = 100_000
 // so it is, within about 3 s, after the loss of the cluster node holding
 // the watch's consumer while the watch's own connection lives.
 // A job purged is not sent: Forget leaves no delete marker, and the job's
-// last view sent is its finished one.
+// last view sent is its finished one. The filter's Limit and After are not
+// used: they page a List, and a watch, which has no pages, sends every
+// matching job (a limit on the views first sent would leave a dashboard
+// with jobs it never hears of, their changes sent all the same).
 func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 	if err := f.Validate(); err != nil {
 		return nil, err

@@ -239,9 +239,10 @@ type Filter struct {
 	// without k does not match, as in SQL's meta->>'k' <> 'v': a bulk cancel
 	// by template version must not take the jobs that have none.
 	MetaNot map[string]string
-	// Limit caps a List page; 0 means no limit.
+	// Limit caps a List page; 0 means no limit. Watch does not use it.
 	Limit int
-	// After continues a List after this job ID (a Page's Next).
+	// After continues a List after this job ID (a Page's Next). Watch
+	// does not use it.
 	After string
 }
 
