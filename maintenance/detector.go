@@ -46,8 +46,9 @@ type DetectorConfig struct {
 	CancelGrace time.Duration
 	// Every is the pause between passes. Default HangAfter/10, within 1-30 s.
 	// After a pass whose listing of the views took longer than a tenth of
-	// it, the next listing waits ten times the listing, and the passes
-	// until then look only at the jobs that listing found running.
+	// it, and so did the listing before (the first listing has none), the
+	// next listing waits ten times the shorter of the two, and the passes
+	// until then look only at the jobs the last listing found running.
 	Every time.Duration
 	// MaxPerPass bounds the hung attempts one pass fails, the longest
 	// silent first, and apart from them the unacknowledged cancels it
@@ -102,10 +103,12 @@ type Detector struct {
 	// are overdue. Without it a cancel whose worker died was ended only by
 	// a full pass, which with many views came minutes after its grace.
 	cancels map[string]time.Time
-	// listedAt and relistAfter pace the full passes: ten times the last
-	// listing, as the passes were before.
+	// listedAt and relistAfter pace the full passes: ten times the shorter
+	// of the last two listings. lastListing is the last listing that
+	// succeeded, however long; 0 before the first.
 	listedAt    time.Time
 	relistAfter time.Duration
+	lastListing time.Duration
 	cfg         DetectorConfig
 	reader      *projector.Reader
 	m           *statemachine.Machine
@@ -146,13 +149,24 @@ func (d *Detector) Start(ctx context.Context) error {
 		}
 		began := time.Now()
 		res, err := d.runOnce(ctx)
-		d.listedAt, d.relistAfter = began, pauseAfter(d.cfg.Every, res.scan)
+		// A listing that waited on NATS (a stall, a leader election, this
+		// process paused) is long without costing the server anything:
+		// paced by it alone, one such listing put off the next ten times
+		// its length, and a job started meanwhile, which only a listing
+		// finds, was failed that much after its hang-after. The shorter of
+		// the last two listings still follows views that grew, one
+		// listing later; the first listing, with none before it to tell,
+		// is followed by the next at once.
+		pace := min(res.scan, d.lastListing)
+		d.listedAt, d.relistAfter = began, pauseAfter(d.cfg.Every, pace)
 		if err != nil {
 			d.relistAfter = 0 // the next pass lists again
+		} else {
+			d.lastListing = res.listing
 		}
-		if d.relistAfter > d.cfg.Every {
+		if res.listing > d.cfg.Every/10 {
 			d.logger.Debug("a long listing: the passes until the next one recheck the jobs it found running",
-				zap.Duration("listing", res.scan), zap.Duration("next_listing_in", d.relistAfter))
+				zap.Duration("listing", res.listing), zap.Duration("next_listing_in", d.relistAfter))
 		}
 		// Paced here, not by the service: the passes between listings
 		// follow at Every.
@@ -168,8 +182,9 @@ func (d *Detector) Stop() { d.svc.stop() }
 type passResult struct {
 	Hung              []string
 	CancelsTerminated []string
-	// scan is how long the listing of the views took.
-	scan time.Duration
+	// listing is how long the listing of the views took; scan paces the
+	// next listing by it, 0 when the pass left work for the next.
+	listing, scan time.Duration
 }
 
 type hungCandidate struct {
@@ -216,7 +231,8 @@ func (d *Detector) runOnce(ctx context.Context) (passResult, error) {
 	}
 	began := time.Now()
 	listed, err := d.listAll(ctx, states)
-	res.scan = time.Since(began)
+	res.listing = time.Since(began)
+	res.scan = res.listing
 	if err != nil {
 		return res, err
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/jetjob/jetjob/events"
 	"github.com/jetjob/jetjob/internal/coretest"
@@ -1463,4 +1465,59 @@ func TestAPurgeAsksAgainWhileAClusterElects(t *testing.T) {
 	lines, err := f.logs.Read(ctx, j.ID)
 	require.NoError(t, err)
 	require.Empty(t, lines)
+}
+
+// A listing of the views that NATS was slow to answer (a stall, a leader
+// election, a paused server) cost the server nothing while it waited: it
+// must not put off the next listing ten times its length, or a job started
+// after it is failed as hung that much after its hang-after (a soak on a
+// 3-node cluster saw one failed 39 s after its last sign of life, with a
+// hang-after of 20 s, passes every 2 s; here one was failed 28 s after it
+// started, with a hang-after of 2 s).
+func TestASlowListingDoesNotPutOffTheNextOne(t *testing.T) {
+	for _, first := range []bool{true, false} {
+		name := "the first listing"
+		if !first {
+			name = "a later listing"
+		}
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t)
+			p := natstest.NewProxy(t, f.env.URL)
+			_, js := natstest.Connect(t, p.URL)
+			r, err := projector.NewReader(ctx, js)
+			require.NoError(t, err)
+			lead, err := NewLeadership(ctx, f.env.JS, "detector", "s1", 2*time.Second)
+			require.NoError(t, err)
+			core, seen := observer.New(zapcore.DebugLevel)
+			const hangAfter = 2 * time.Second // passes every second
+			d, err := NewDetector(r, f.m, f.hb, f.logs, lead, DetectorConfig{HangAfter: hangAfter, Logger: zap.New(core)})
+			require.NoError(t, err)
+			failedInTime := func(what string) {
+				t.Helper()
+				held := f.abandonedJob()
+				natstest.Eventually(t, hangAfter+4*time.Second, func() bool {
+					cur, err := f.m.Load(ctx, held.ID)
+					return err == nil && cur.State == statemachine.StateFailed
+				}, "%s is failed within the hang-after and a few passes", what)
+			}
+			if first {
+				p.StallAnswers()
+			}
+			require.NoError(t, d.Start(ctx))
+			t.Cleanup(d.Stop)
+			if !first {
+				failedInTime("a job started before the slow listing")
+				p.StallAnswers()
+			}
+			natstest.Eventually(t, 10*time.Second, p.Holding, "a listing waits for its answers")
+			stalled := time.Now()
+			natstest.Eventually(t, 10*time.Second, func() bool { return time.Since(stalled) > 3*time.Second }, "the listing held 3 s")
+			p.Restore()
+			natstest.Eventually(t, 10*time.Second, func() bool {
+				return seen.FilterMessageSnippet("a long listing").Len() > 0
+			}, "the held listing ended")
+			failedInTime("a job started after the slow listing")
+		})
+	}
 }
