@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -46,7 +47,9 @@ const (
 
 // CheckCommand reports whether command[0] can be run: a name without a slash
 // must be an executable file on $PATH, a path (absolute or relative to the
-// working directory) an executable regular file. Its error is one line
+// working directory) an executable regular file, and either one a script
+// whose #! line names an interpreter that can run (on Linux, a program
+// binary if not a script; see checkProgram). Its error is one line
 // saying what was wrong and what is expected. A worker checks its command
 // once before taking jobs; a command that stops being runnable later fails
 // attempts with ErrorCodeStart.
@@ -58,10 +61,10 @@ func CheckCommand(command []string) error {
 	// Shortened: a command name pasted wrong may be a whole file.
 	shown := statemachine.QuoteShort(name)
 	if !strings.Contains(name, "/") {
-		_, err := exec.LookPath(name)
+		path, err := exec.LookPath(name)
 		switch {
 		case err == nil:
-			return nil
+			return checkProgram(path, shown)
 		case errors.Is(err, exec.ErrNotFound):
 			return fmt.Errorf("command %s is not on $PATH, expected a command name on $PATH or a path to an executable file", shown)
 		case errors.Is(err, exec.ErrDot):
@@ -82,7 +85,55 @@ func CheckCommand(command []string) error {
 	case fi.Mode().Perm()&0o111 == 0, syscall.Access(name, accessExecute) != nil:
 		return fmt.Errorf("command %s is not executable (mode %s), expected a path to an executable file", shown, fi.Mode().Perm())
 	}
+	return checkProgram(name, shown)
+}
+
+// checkProgram refuses an executable file that the kernel would not start
+// all the same, whatever its mode says: a script whose #! line names an
+// interpreter that is missing or cannot run (the start fails with "no
+// such file or directory" of a file that is there), or, on Linux, a file
+// that is neither a script nor a program binary (a script without its #!
+// line: "exec format error"). Taken, such a command failed every attempt
+// of every job with ErrorCodeStart.
+func checkProgram(path, shown string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil // executable but not readable: a binary may run all the same
+	}
+	defer func() { _ = f.Close() }()
+	// The kernel reads a #! line from the file's first 256 bytes.
+	head := make([]byte, 256)
+	n, _ := io.ReadFull(f, head)
+	head = head[:n]
+	interp, ok := bytes.CutPrefix(head, []byte("#!"))
+	if !ok {
+		return checkBinary(head, shown)
+	}
+	if end := bytes.IndexByte(interp, '\n'); end >= 0 {
+		interp = interp[:end]
+	}
+	fields := strings.Fields(string(interp))
+	if len(fields) == 0 {
+		return fmt.Errorf("command %s: its #! line names no interpreter, expected one such as #!/bin/sh", shown)
+	}
+	name := statemachine.QuoteShort(fields[0])
+	fi, err := os.Stat(fields[0])
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("command %s: its #! line names %s, which does not exist, expected the path of an installed interpreter", shown, name)
+	case err != nil:
+		return nil // the kernel may see it where this process cannot
+	case fi.IsDir():
+		return fmt.Errorf("command %s: its #! line names %s, which is a directory, expected the path of an interpreter", shown, name)
+	case fi.Mode().Perm()&0o111 == 0, syscall.Access(fields[0], accessExecute) != nil:
+		return fmt.Errorf("command %s: its #! line names %s, which is not executable (mode %s), expected the path of an interpreter", shown, name, fi.Mode().Perm())
+	}
 	return nil
+}
+
+// errNoProgram says what to do with a file the kernel cannot start.
+func errNoProgram(shown string) error {
+	return fmt.Errorf("command %s has no #! line and is no program binary, so it cannot be started (exec format error), expected a script that begins with its interpreter, as #!/bin/sh, or the interpreter as the command, as -- sh %s", shown, shown)
 }
 
 // accessExecute is X_OK for access(2).

@@ -94,3 +94,21 @@ func commandExited(pid int) bool {
 	fields := bytes.Fields(stat[i+1:])
 	return len(fields) > 0 && string(fields[0]) == "Z"
 }
+
+// checkBinary refuses a file that begins with no #! line and is no ELF
+// binary, as the kernel does (ENOEXEC), unless binfmt_misc has formats
+// registered: one of those may run it (a jar, a foreign binary), and which
+// is not worth telling here.
+func checkBinary(head []byte, shown string) error {
+	if bytes.HasPrefix(head, []byte("\x7fELF")) {
+		return nil
+	}
+	if entries, err := os.ReadDir("/proc/sys/fs/binfmt_misc"); err == nil {
+		for _, e := range entries {
+			if name := e.Name(); name != "register" && name != "status" {
+				return nil
+			}
+		}
+	}
+	return errNoProgram(shown)
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,11 +30,37 @@ func TestCheckCommand(t *testing.T) {
 	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\nexit 0\n"), 0o755))
 	plain := filepath.Join(dir, "plain.txt")
 	require.NoError(t, os.WriteFile(plain, []byte("not a program\n"), 0o644))
+	spaced := filepath.Join(dir, "spaced.sh")
+	require.NoError(t, os.WriteFile(spaced, []byte("#! /bin/sh -e\nexit 0\n"), 0o755))
+	// Executable by their mode, yet the kernel starts none of them.
+	noShebang := filepath.Join(dir, "no-shebang.sh")
+	require.NoError(t, os.WriteFile(noShebang, []byte("echo hi\n"), 0o755))
+	empty := filepath.Join(dir, "empty.sh")
+	require.NoError(t, os.WriteFile(empty, nil, 0o755))
+	badInterp := filepath.Join(dir, "bad-interp.sh")
+	require.NoError(t, os.WriteFile(badInterp, []byte("#!/nonexistent/interp\necho hi\n"), 0o755))
+	dirInterp := filepath.Join(dir, "dir-interp.sh")
+	require.NoError(t, os.WriteFile(dirInterp, []byte("#!"+dir+"\n"), 0o755))
+	plainInterp := filepath.Join(dir, "plain-interp.sh")
+	require.NoError(t, os.WriteFile(plainInterp, []byte("#!"+plain+"\n"), 0o755))
+	noInterp := filepath.Join(dir, "no-interp.sh")
+	require.NoError(t, os.WriteFile(noInterp, []byte("#!  \necho hi\n"), 0o755))
+	pathDir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(pathDir, "jetjob-bad-script"), []byte("#!/nonexistent/interp\n"), 0o755))
+	t.Setenv("PATH", os.Getenv("PATH")+string(os.PathListSeparator)+pathDir)
 	for _, tc := range []struct {
 		name    string
 		command []string
 		want    string // "" for no error
 	}{
+		{"#! with a space and an argument", []string{spaced}, ""},
+		{"the test binary, a program", []string{os.Args[0]}, ""},
+		{"empty file", []string{empty}, "has no #! line"},
+		{"missing interpreter", []string{badInterp}, `its #! line names "/nonexistent/interp", which does not exist`},
+		{"interpreter a directory", []string{dirInterp}, "which is a directory"},
+		{"interpreter not executable", []string{plainInterp}, "which is not executable"},
+		{"#! without an interpreter", []string{noInterp}, "its #! line names no interpreter"},
+		{"name on PATH, missing interpreter", []string{"jetjob-bad-script"}, "which does not exist"},
 		{"name on PATH", []string{"sh", "-c", "true"}, ""},
 		{"executable path", []string{script}, ""},
 		{"no command", nil, "no command given"},
@@ -42,8 +69,12 @@ func TestCheckCommand(t *testing.T) {
 		{"name not on PATH", []string{"jetjob-no-such-command"}, "is not on $PATH"},
 		{"not executable", []string{plain}, "is not executable"},
 		{"directory", []string{dir}, "is a directory"},
+		{"no #! line", []string{noShebang}, "has no #! line"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.command != nil && (tc.command[0] == noShebang || tc.command[0] == empty) && runtime.GOOS != "linux" {
+				t.Skip("refused on Linux only, where binfmt_misc tells what else the kernel runs")
+			}
 			err := CheckCommand(tc.command)
 			if tc.want == "" {
 				require.NoError(t, err)

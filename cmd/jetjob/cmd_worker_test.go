@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -18,16 +19,29 @@ func TestWorkerRefusesACommandItCannotRun(t *testing.T) {
 	dir := t.TempDir()
 	plain := filepath.Join(dir, "plain.txt")
 	require.NoError(t, os.WriteFile(plain, []byte("not a program\n"), 0o644))
-	for _, tc := range []struct {
+	// Executable by their mode, but no program the kernel can start: each
+	// job's start failed ("exec format error", or "no such file or
+	// directory" of a file that is there), every attempt of every job.
+	noShebang := filepath.Join(dir, "no-shebang.sh")
+	require.NoError(t, os.WriteFile(noShebang, []byte("echo hi\n"), 0o755))
+	badInterp := filepath.Join(dir, "bad-interp.sh")
+	require.NoError(t, os.WriteFile(badInterp, []byte("#!/nonexistent/interp -x\necho hi\n"), 0o755))
+	type testCase struct {
 		command []string
 		want    string
-	}{
+	}
+	cases := []testCase{
+		{[]string{badInterp}, `its #! line names "/nonexistent/interp", which does not exist`},
 		{[]string{"/nonexistent/cmd"}, `command "/nonexistent/cmd" does not exist`},
 		{[]string{"/nonexistent/cmd", "arg"}, `command "/nonexistent/cmd" does not exist`},
 		{[]string{"jetjob-no-such-command"}, `command "jetjob-no-such-command" is not on $PATH`},
 		{[]string{plain}, "is not executable"},
 		{[]string{dir}, "is a directory"},
-	} {
+	}
+	if runtime.GOOS == "linux" { // elsewhere a file without #! is left to its start
+		cases = append(cases, testCase{[]string{noShebang}, "has no #! line"})
+	}
+	for _, tc := range cases {
 		args := append([]string{"worker", "--server", url, "--type", "nx", "--"}, tc.command...)
 		r := runCLI(t, url, args...)
 		require.Equal(t, exitUsage, r.code, "%v: stderr %q", tc.command, r.stderr)
