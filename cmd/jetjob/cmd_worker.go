@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/jetjob/jetjob/events"
+	"github.com/jetjob/jetjob/internal/config"
 	"github.com/jetjob/jetjob/internal/logging"
 	"github.com/jetjob/jetjob/internal/server"
 	"github.com/jetjob/jetjob/statemachine"
@@ -162,7 +163,7 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	// time to hand the jobs back after, or a command that ignores SIGTERM
 	// leaves its job running until the hang detector fails it, an attempt
 	// spent.
-	stopFor := 2*g + shutdownReserve
+	stopFor := config.SumDurations(g, g, shutdownReserve)
 	stopCtx, cancel := context.WithTimeout(context.Background(), stopFor)
 	defer cancel()
 	logger.Info(fmt.Sprintf("stopping: no more jobs are taken; running commands get %s to finish, then SIGTERM, then SIGKILL %s later, and their jobs are handed back; a second Ctrl-C stops at once", g, g))

@@ -1120,6 +1120,39 @@ func TestAStoppedWorkerHandsBackTheJobOfACommandThatIgnoresSIGTERM(t *testing.T)
 	require.Contains(t, out, "running commands get 6s to finish")
 }
 
+// A stopped worker lets a running command finish within its grace, however
+// long the grace. Before, a --grace over about 1,281,000 h (146 years, given
+// for "never kill") overflowed the worker's wait on the stop (twice the
+// grace and 5 s) into the past: the first Ctrl-C handed the job back at
+// once, its command SIGTERMed, as a second Ctrl-C does.
+func TestAStoppedWorkerWithAHugeGraceLetsItsCommandFinish(t *testing.T) {
+	t.Parallel()
+	s := startServerProc(t)
+	path := filepath.Join(t.TempDir(), "command.sh")
+	require.NoError(t, os.WriteFile(path, []byte("#!/bin/sh\necho started\nsleep 1\necho finished\n"), 0o755))
+	cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "hugegrace", "--grace", "2000000h", "--", path)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	id := s.jetjob("submit", "--type", "hugegrace", "--max-attempts", "1").ok(t)
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		return strings.Contains(s.jetjob("logs", id).stdout, "started")
+	}, "the command started: %s", &out)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		require.NoError(t, err, "worker output: %s", out.String())
+	case <-time.After(time.Minute):
+		t.Fatalf("worker still running a minute after SIGTERM; it said: %s", out.String())
+	}
+	v := waitView(t, s, id, func(v projector.View) bool { return v.State != "running" }, "finished")
+	require.Equal(t, statemachine.StateSucceeded, v.State, "the command finished within its grace; the worker said: %s", out.String())
+	require.Contains(t, s.jetjob("logs", id).stdout, "finished")
+}
+
 // A worker whose terminal closes (SIGHUP) stops as on Ctrl-C and hands its
 // job back; it used to die at once, its job running until the hang-after.
 func TestAHungUpWorkerHandsBackItsJob(t *testing.T) {

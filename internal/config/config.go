@@ -7,7 +7,11 @@
 // its value and what 0 stands for.
 package config
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+	"time"
+)
 
 // Number is a count or a duration (time.Duration is an int64).
 type Number interface {
@@ -33,4 +37,20 @@ func DefaultSaid[T Number](invalid error, name string, v *T, def T, said string)
 		*v = def
 	}
 	return nil
+}
+
+// SumDurations adds durations of 0 or more, capped at the longest a
+// time.Duration holds: a wait made of a long one given for "never" (a
+// grace of a century, a timeout of math.MaxInt64) and a margin must stay
+// that long, where the plain sum wrapped to a negative and a timer made of
+// it fired at once.
+func SumDurations(ds ...time.Duration) time.Duration {
+	var sum time.Duration
+	for _, d := range ds {
+		if d > math.MaxInt64-sum {
+			return math.MaxInt64
+		}
+		sum += d
+	}
+	return sum
 }

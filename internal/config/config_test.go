@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"math"
 	"testing"
 	"time"
 
@@ -38,4 +39,13 @@ func TestZeroTakesTheDefaultAndANegativeIsRefused(t *testing.T) {
 	err = DefaultSaid(errInvalid, "pause", &d, 2*time.Second, "a tenth of the hang-after")
 	require.ErrorIs(t, err, errInvalid)
 	require.EqualError(t, err, "invalid test config: pause -1ms, expected 0 (the default, a tenth of the hang-after) or more")
+}
+
+func TestSumDurationsStopsAtTheLongest(t *testing.T) {
+	require.Equal(t, 12*time.Second, SumDurations(10*time.Second, 2*time.Second))
+	require.Equal(t, time.Duration(0), SumDurations())
+	longest := time.Duration(math.MaxInt64)
+	require.Equal(t, longest, SumDurations(longest, 2*time.Second))
+	require.Equal(t, longest, SumDurations(2000000*time.Hour, 2000000*time.Hour, 5*time.Second))
+	require.Equal(t, longest, SumDurations(longest-time.Second, time.Second))
 }
