@@ -1396,7 +1396,7 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 		// A handler that ignores its context is failed without it, its
 		// slot kept until it returns.
 		abandoned := make(chan struct{})
-		abandon := time.AfterFunc(p.cfg.JobTimeout+p.cfg.ShutdownGrace+abandonMargin, func() {
+		abandon := time.AfterFunc(config.SumDurations(p.cfg.JobTimeout, p.cfg.ShutdownGrace, abandonMargin), func() {
 			defer close(abandoned)
 			p.failUnstopped(held)
 		})
@@ -1490,7 +1490,7 @@ const abandonMargin = 2 * time.Second
 func (p *Pool) failUnstopped(held statemachine.Job) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	msg := fmt.Sprintf("ran past the job timeout of %s and did not stop within %s after it", p.cfg.JobTimeout, p.cfg.ShutdownGrace+abandonMargin)
+	msg := fmt.Sprintf("ran past the job timeout of %s and did not stop within %s after it", p.cfg.JobTimeout, config.SumDurations(p.cfg.ShutdownGrace, abandonMargin))
 	recorded, err := p.m.Fail(ctx, held, statemachine.FailParams{Code: ErrorCodeTimeout, Error: msg})
 	var illegal *statemachine.IllegalTransitionError
 	if errors.As(err, &illegal) && illegal.State == statemachine.StateCanceling {

@@ -642,6 +642,33 @@ func TestJobTimeoutFailsAHungAttempt(t *testing.T) {
 	require.ErrorIs(t, causes[2], ErrJobTimeout)
 }
 
+// A JobTimeout of the longest duration, given for "no timeout", is none.
+// Before, the wait after which a handler past its timeout is failed
+// without it (the timeout, ShutdownGrace and a margin) wrapped to a
+// negative, and every attempt was failed as it started: "ran past the job
+// timeout of 2562047h47m16.854775807s". `jetjob worker --timeout
+// 2562047h47m16s` did the same.
+func TestJobTimeoutOfTheLongestDurationIsNoTimeout(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
+	f := newFixture(t, true)
+	f.pool(PoolConfig{Types: []string{"endless"}, JobTimeout: math.MaxInt64}, func(ctx context.Context, j *Job) error {
+		select { // a little work, not cut short
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(300 * time.Millisecond):
+			return nil
+		}
+	})
+	j := f.submit(statemachine.SubmitParams{Type: "endless", MaxAttempts: 1})
+	var done statemachine.Job
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		var err error
+		done, err = f.m.Load(context.Background(), j.ID)
+		return err == nil && done.State.Finished()
+	}, "job %s finished", j.ID)
+	require.Equal(t, statemachine.StateSucceeded, done.State, "errors: %+v", done.Errors)
+}
+
 // A handler that ignores its context past the timeout and the grace after
 // it has its attempt failed without waiting for it; its late result is
 // dropped.
