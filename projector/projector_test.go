@@ -1828,7 +1828,8 @@ func formatOf(t *testing.T, f *fixture) string {
 }
 
 // A stored value that is not a view (something else wrote into the bucket)
-// is left out of a listing, and counted, so that ls can say so.
+// is left out of a listing, and counted, so that ls can say so; Get says
+// ErrNotAView of it, JSON or not.
 func TestListCountsWhatIsNotAView(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
@@ -1845,6 +1846,10 @@ func TestListCountsWhatIsNotAView(t *testing.T) {
 	require.Len(t, page.Views, 1)
 	require.Equal(t, j.ID, page.Views[0].ID)
 	require.Equal(t, 2, page.Unreadable)
+	for _, key := range []string{"01a20000-0000-7000-8000-00000000bad1", "01a20000-0000-7000-8000-00000000bad2"} {
+		_, err = r.Get(ctx, key)
+		require.ErrorIs(t, err, ErrNotAView, key)
+	}
 }
 
 // A value in the bucket that no projector wrote is not a view, even when it

@@ -126,7 +126,8 @@ func (r *Reader) openWatch(ctx context.Context, opts ...jetstream.WatchOpt) (jet
 
 // Get returns a job's view: events.ErrInvalidJobID (which matches
 // statemachine.ErrInvalid too) for an ID that cannot name a job,
-// events.ErrNotFound when the job has no view.
+// events.ErrNotFound when the job has no view, ErrNotAView when what is
+// stored under its key is not one.
 func (r *Reader) Get(ctx context.Context, id string) (View, error) {
 	if err := statemachine.ValidateJobID(id); err != nil {
 		return View{}, err
@@ -140,7 +141,9 @@ func (r *Reader) Get(ctx context.Context, id string) (View, error) {
 	}
 	var v View
 	if err := json.Unmarshal(e.Value(), &v); err != nil {
-		return View{}, fmt.Errorf("get job %s: decode view: %w", id, err)
+		// Not JSON is not a view either: List counts it as Unreadable,
+		// and a caller checks ErrNotAView, not the decoder's error.
+		return View{}, fmt.Errorf("get job %s: %w (%v)", id, ErrNotAView, err)
 	}
 	if !isView(id, v) {
 		return View{}, fmt.Errorf("get job %s: %w", id, ErrNotAView)
