@@ -92,7 +92,8 @@ type PoolConfig struct {
 	// attempt fails with ErrorCodeTimeout, retried while attempts remain.
 	// A handler that ignores its context and is still running ShutdownGrace
 	// (and 2 s) after the timeout has its attempt failed so without waiting for it
-	// (it keeps its slot until it returns, and its result is dropped).
+	// (it keeps its slot until it returns, its result is dropped, and Stop
+	// does not wait for it).
 	// Heartbeats prove a worker alive, not a handler making progress; this
 	// bounds a handler that hangs. 0 (the default) means no limit.
 	JobTimeout time.Duration
@@ -1227,7 +1228,7 @@ func (p *Pool) take(ctx context.Context, q *poolQueue, msg jetstream.Msg) {
 	slot := &slot{p: p}
 	defer func() {
 		slot.free()
-		p.runningWG.Done()
+		slot.leave()
 	}()
 	subject := msg.Subject()
 	jobID := subject[strings.LastIndexByte(subject, '.')+1:]
@@ -1341,7 +1342,13 @@ func (p *Pool) claimLease(lease uint64, jobID string) bool {
 type slot struct {
 	p     *Pool
 	freed bool
+	left  sync.Once
 }
+
+// leave tells Stop that it need not wait for the slot's take any more:
+// when it returns, or once its handler's attempt was failed without it
+// (JobTimeout), though the handler may never return.
+func (s *slot) leave() { s.left.Do(s.p.runningWG.Done) }
 
 func (s *slot) free() {
 	if s.freed {
@@ -1387,6 +1394,11 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 	job := &Job{ID: held.ID, Type: held.Type, Tags: held.Tags, Meta: held.Meta, Payload: held.Payload, Priority: held.Priority,
 		Attempt: held.Attempt, MaxAttempts: held.MaxAttempts, Lease: held.Lease, WorkerID: p.cfg.WorkerID, held: held, logs: p.logs}
 
+	// The attempt beats until its result is recorded, not only while its
+	// handler runs: a result the server cannot record yet is tried again,
+	// and its attempt must not look hung meanwhile.
+	beatCtx, stopBeats := context.WithCancel(context.Background())
+
 	// handlerReturned ends the job timeout once the handler returned: its
 	// result may take long to record (a server that cannot write), and a
 	// timeout firing meanwhile failed an attempt whose work was done.
@@ -1398,7 +1410,18 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 		abandoned := make(chan struct{})
 		abandon := time.AfterFunc(config.SumDurations(p.cfg.JobTimeout, p.cfg.ShutdownGrace, abandonMargin), func() {
 			defer close(abandoned)
-			p.failUnstopped(held)
+			if p.failUnstopped(held) {
+				// Its attempt is over, its outcome recorded: Stop does
+				// not wait for a handler that may never return, nor
+				// name its job as one left running, and nothing beats
+				// for the attempt any more.
+				stopBeats()
+				p.mu.Lock()
+				delete(p.claimed, held.Lease)
+				delete(p.running, held.Lease)
+				p.mu.Unlock()
+				slot.leave()
+			}
 		})
 		var once sync.Once
 		handlerReturned = func() {
@@ -1412,10 +1435,6 @@ func (p *Pool) run(held statemachine.Job, slot *slot) {
 			})
 		}
 	}
-	// The attempt beats until its result is recorded, not only while its
-	// handler runs: a result the server cannot record yet is tried again,
-	// and its attempt must not look hung meanwhile.
-	beatCtx, stopBeats := context.WithCancel(context.Background())
 	watchDone := make(chan struct{})
 	defer func() {
 		stopBeats()
@@ -1486,8 +1505,10 @@ const abandonMargin = 2 * time.Second
 
 // failUnstopped fails an attempt whose handler ran past its timeout and did
 // not stop within the grace after it. The handler's own result, if it ever
-// returns, is refused: the attempt no longer holds the job.
-func (p *Pool) failUnstopped(held statemachine.Job) {
+// returns, is refused: the attempt no longer holds the job. It reports
+// whether the attempt is over: failed (or its cancel acknowledged) now, or
+// ended before by someone else.
+func (p *Pool) failUnstopped(held statemachine.Job) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	msg := fmt.Sprintf("ran past the job timeout of %s and did not stop within %s after it", p.cfg.JobTimeout, config.SumDurations(p.cfg.ShutdownGrace, abandonMargin))
@@ -1502,7 +1523,9 @@ func (p *Pool) failUnstopped(held statemachine.Job) {
 		p.passResult(recorded, ErrJobTimeout)
 	case !errors.Is(err, statemachine.ErrLeaseLost):
 		p.logger.Warn("fail an attempt that ignored its timeout", zap.String("job", held.ID), zap.Error(err))
+		return false
 	}
+	return true
 }
 
 func (p *Pool) callHandler(ctx context.Context, job *Job) (err error) {
@@ -2140,8 +2163,10 @@ func (p *Pool) readNews(ctx context.Context, jobID string, lease uint64, from *u
 // that could not be recorded (the connection lost, say) makes it return
 // ErrNotRecorded, as do handlers that had not returned 2 s after ctx ended
 // (the error names their jobs, which stay running: a handler's late result
-// is still recorded). Safe to call twice; a pool stopped before it started
-// does not start.
+// is still recorded). A handler whose attempt JobTimeout already failed
+// without it is not waited for: its job's outcome is recorded, and it may
+// never return. Safe to call twice; a pool stopped before it started does
+// not start.
 func (p *Pool) Stop(ctx context.Context) error {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()

@@ -716,6 +716,50 @@ func TestJobTimeoutFailsAHandlerThatIgnoresIt(t *testing.T) {
 	require.Empty(t, results, "the refused success was passed on too")
 }
 
+// A handler whose attempt the pool failed past its timeout is not waited
+// for by Stop: its job's outcome is recorded, and the handler may never
+// return (a call that ignores its context). Stop waited for it, forever
+// with a ctx without deadline, and with one said ErrNotRecorded, naming
+// the failed job as one that stays running.
+func TestStopDoesNotWaitForAHandlerItsTimeoutFailed(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
+	f := newFixture(t, true)
+	release := make(chan struct{})
+	results := make(chan Result, 2)
+	pool := f.pool(PoolConfig{Types: []string{"deaf"}, JobTimeout: 100 * time.Millisecond, ShutdownGrace: 100 * time.Millisecond,
+		HeartbeatInterval: 20 * time.Millisecond, OnResult: func(r Result) { results <- r }},
+		func(ctx context.Context, j *Job) error {
+			<-release
+			return nil
+		})
+	t.Cleanup(func() { close(release) })
+	j := f.submit(statemachine.SubmitParams{Type: "deaf", MaxAttempts: 1})
+	f.waitState(j.ID, statemachine.StateFailed)
+	select {
+	case r := <-results:
+		require.ErrorIs(t, r.Err, ErrJobTimeout)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the failure was not passed to OnResult within 10s")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, pool.Stop(ctx), "every outcome was recorded")
+	require.NoError(t, ctx.Err(), "Stop waited for the handler its timeout failed")
+
+	// Nor does anything beat for the failed attempt while its handler runs
+	// on: ten beat intervals, and the last beat stays as it was.
+	hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
+	require.NoError(t, err)
+	last := func() events.Beat {
+		b, _, err := hb.Last(context.Background(), j.ID)
+		require.NoError(t, err)
+		return b
+	}
+	before := last()
+	time.Sleep(200 * time.Millisecond) // ten beat intervals: nothing to wait on for a beat that must not come
+	require.Equal(t, before, last(), "the failed attempt still beats")
+}
+
 // A job canceled while its handler ignores both the cancel and the
 // timeout is finished as canceled once the grace after the timeout is over.
 func TestJobTimeoutFinishesACancelTheHandlerIgnored(t *testing.T) {
