@@ -17,6 +17,15 @@
 // over a newer one: a refused write is decided again on the stored view. A
 // second consumer carries heartbeats into the views of running jobs.
 //
+// Views trail the log: a command returns once its event is stored, and its
+// job's view is written after, usually within a millisecond (up to
+// Config.Linger more under load). So a Get right after a Submit may find
+// no view yet (events.ErrNotFound), and one after any command the view
+// before it. To read a write of one's own, wait until the view's Version
+// reaches the Version of the statemachine.Job the command returned (Watch
+// sends it), or call CaughtUp, or read the job's history
+// (statemachine.Machine.Load) instead.
+//
 // A message on an event subject that is not a valid event of its job
 // (malformed, of an unknown type, or an illegal transition) is logged,
 // copied to the quarantine stream and skipped; the view's version still
