@@ -692,9 +692,12 @@ func TestSubmitValidation(t *testing.T) {
 		{"payload over the limit", SubmitParams{Type: "t", Payload: make([]byte, 11)}, ErrPayloadTooLarge, "11 bytes, the limit is 10"},
 		{"priority above range", SubmitParams{Type: "t", Priority: PriorityMax + 1}, ErrInvalid, "priority"},
 		{"priority below range", SubmitParams{Type: "t", Priority: PriorityMin - 1}, ErrInvalid, "priority"},
-		{"negative max attempts", SubmitParams{Type: "t", MaxAttempts: -1}, ErrInvalid, "max attempts"},
-		{"too many attempts", SubmitParams{Type: "t", MaxAttempts: 1001}, ErrInvalid, "max attempts"},
-		{"negative backoff", SubmitParams{Type: "t", Backoff: BackoffConfig{Base: -1}}, ErrInvalid, "backoff"},
+		// 0 is the default, so a message saying 1-1000 hid it.
+		{"negative max attempts", SubmitParams{Type: "t", MaxAttempts: -1}, ErrInvalid, "max attempts -1, expected 0 (the default, 3) to 1000"},
+		{"too many attempts", SubmitParams{Type: "t", MaxAttempts: 1001}, ErrInvalid, "max attempts 1001, expected 0 (the default, 3) to 1000"},
+		// "negative backoff" named neither the field nor what it takes.
+		{"negative backoff", SubmitParams{Type: "t", Backoff: BackoffConfig{Base: -1}}, ErrInvalid, "backoff base -1ns, expected 0 (the default) or more"},
+		{"negative backoff cap", SubmitParams{Type: "t", Backoff: BackoffConfig{Cap: -time.Second}}, ErrInvalid, "backoff cap -1s, expected 0 (the default) or more"},
 		{"key too long", SubmitParams{Type: "t", Key: strings.Repeat("k", 257)}, ErrInvalid, "idempotency key"},
 		{"key not UTF-8", SubmitParams{Type: "t", Key: "k\xff"}, ErrInvalid, "not valid UTF-8"},
 		{"tag value not UTF-8", SubmitParams{Type: "t", Tags: map[string]string{"k": "\xff"}}, ErrInvalid, "not valid UTF-8"},

@@ -182,13 +182,16 @@ func (p *SubmitParams) validate(maxPayload int, backoff BackoffConfig) error {
 		return fmt.Errorf("%w: priority %d, expected %d-%d", ErrInvalid, p.Priority, PriorityMin, PriorityMax)
 	}
 	if p.MaxAttempts < 0 || p.MaxAttempts > MaxAttemptsLimit {
-		return fmt.Errorf("%w: max attempts %d, expected 1-%d", ErrInvalid, p.MaxAttempts, MaxAttemptsLimit)
+		return fmt.Errorf("%w: max attempts %d, expected 0 (the default, %d) to %d", ErrInvalid, p.MaxAttempts, MaxAttemptsDefault, MaxAttemptsLimit)
 	}
 	if p.MaxAttempts == 0 {
 		p.MaxAttempts = MaxAttemptsDefault
 	}
-	if p.Backoff.Base < 0 || p.Backoff.Cap < 0 {
-		return fmt.Errorf("%w: negative backoff", ErrInvalid)
+	if p.Backoff.Base < 0 {
+		return fmt.Errorf("%w: backoff base %s, expected 0 (the default) or more", ErrInvalid, p.Backoff.Base)
+	}
+	if p.Backoff.Cap < 0 {
+		return fmt.Errorf("%w: backoff cap %s, expected 0 (the default) or more", ErrInvalid, p.Backoff.Cap)
 	}
 	if p.Backoff.Base > BackoffLimit || p.Backoff.Cap > BackoffLimit {
 		return fmt.Errorf("%w: backoff of %s, expected at most %s", ErrInvalid, max(p.Backoff.Base, p.Backoff.Cap), BackoffLimit)
