@@ -71,7 +71,11 @@ type PoolConfig struct {
 	// Concurrency is how many jobs run at once. Default ConcurrencyDefault.
 	Concurrency int
 	// WorkerID names the pool in events; default host-pid-random. See
-	// statemachine.ValidateWorkerID.
+	// statemachine.ValidateWorkerID. Give each pool its own, not one per
+	// host or process: a pool whose acquire's answer was lost finds out
+	// from the job's history whether the acquire landed, and takes an
+	// attempt recorded under its ID for its own, so two pools sharing an
+	// ID could both run a job.
 	WorkerID string
 	// HeartbeatInterval is how often a running job's heartbeat is sent, at
 	// most: a sixth of the server's hang-after when that is shorter. Default
@@ -2165,8 +2169,10 @@ func (p *Pool) readNews(ctx context.Context, jobID string, lease uint64, from *u
 // (the error names their jobs, which stay running: a handler's late result
 // is still recorded). A handler whose attempt JobTimeout already failed
 // without it is not waited for: its job's outcome is recorded, and it may
-// never return. Safe to call twice; a pool stopped before it started does
-// not start.
+// never return. Called from a handler (to stop the worker on a fatal
+// error), it waits for that handler too, until ctx ends: with no deadline,
+// forever; call it from a goroutine of its own. Safe to call twice; a pool
+// stopped before it started does not start.
 func (p *Pool) Stop(ctx context.Context) error {
 	p.startMu.Lock()
 	defer p.startMu.Unlock()
