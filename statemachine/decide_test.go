@@ -702,7 +702,7 @@ func TestSubmitValidation(t *testing.T) {
 		{"key not UTF-8", SubmitParams{Type: "t", Key: "k\xff"}, ErrInvalid, "not valid UTF-8"},
 		{"tag value not UTF-8", SubmitParams{Type: "t", Tags: map[string]string{"k": "\xff"}}, ErrInvalid, "not valid UTF-8"},
 		{"meta value not UTF-8", SubmitParams{Type: "t", Meta: map[string]string{"k": "\xfe"}}, ErrInvalid, "not valid UTF-8"},
-		{"tag value with a comma", SubmitParams{Type: "t", Tags: map[string]string{"gpu": "true,region=eu"}}, ErrInvalid, "one k=v per tag"},
+		{"tag value with a comma", SubmitParams{Type: "t", Tags: map[string]string{"gpu": "true,region=eu"}}, ErrInvalid, "each tag its own k=v"},
 		{"backoff base over the limit", SubmitParams{Type: "t", Backoff: BackoffConfig{Base: BackoffLimit + 1}}, ErrInvalid, "backoff"},
 		{"backoff cap over the limit", SubmitParams{Type: "t", Backoff: BackoffConfig{Cap: time.Duration(1<<63 - 1)}}, ErrInvalid, "backoff"},
 		{"run-at past what a timer can hold", SubmitParams{Type: "t", RunAt: ptr(time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC))}, ErrInvalid, "run-at 2300"},

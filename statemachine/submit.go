@@ -147,7 +147,7 @@ func ValidateLabels(what string, m map[string]string) error {
 			return fmt.Errorf("%w: %s %s value has a control character, expected one line of text", ErrInvalid, what, k)
 		}
 		if what == "tag" && strings.ContainsRune(v, ',') {
-			return fmt.Errorf("%w: tag %s value %s has a ',', expected one k=v per tag (repeat --tag for more)", ErrInvalid, k, QuoteShort(v))
+			return fmt.Errorf("%w: tag %s value %s has a ',', expected one value per tag (each tag its own k=v)", ErrInvalid, k, QuoteShort(v))
 		}
 	}
 	return nil

@@ -550,7 +550,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{[]string{"submit", "--type", "t", "--run-at", "2300-01-01T00:00:00Z"}, 2, "expected a time before 2262"},
 		{[]string{"submit", "--type", "t", "--delay", "2562047h"}, 2, "runs the job after 2262-01-01, expected a shorter delay"},
 		{[]string{"submit", "--type", "t", "--backoff-cap", "100000h"}, 2, "backoff of 100000h0m0s, expected at most 8760h"},
-		{[]string{"submit", "--type", "t", "--tag", "gpu=true,region=eu"}, 2, "one k=v per tag"},
+		{[]string{"submit", "--type", "t", "--tag", "gpu=true,region=eu"}, 2, "each tag its own k=v"},
 		{[]string{"submit", "--type", "t", "--meta", "k=\xff"}, 2, "not valid UTF-8"},
 		{[]string{"submit", "--type", "t", "--priority", "010"}, 2, "priority 10, expected 0-9"},
 		{[]string{"submit", "--type", "t", "--max-attempts", "0x3"}, 2, `--max-attempts "0x3", expected a whole number`},
