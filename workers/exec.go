@@ -49,7 +49,8 @@ const (
 // must be an executable file on $PATH, a path (absolute or relative to the
 // working directory) an executable regular file, and either one a script
 // whose #! line names an interpreter that can run (on Linux, a program
-// binary if not a script; see checkProgram). Its error is one line
+// binary if not a script, which the kernel would refuse with "exec format
+// error" at every attempt). Its error is one line
 // saying what was wrong and what is expected. A worker checks its command
 // once before taking jobs; a command that stops being runnable later fails
 // attempts with ErrorCodeStart.
