@@ -46,7 +46,8 @@ const (
 type Config struct {
 	// Stream is the events stream name. Default StreamDefault.
 	Stream string
-	// SubjectPrefix prefixes each job ID. Default SubjectPrefixDefault.
+	// SubjectPrefix prefixes each job ID: tokens of letters, digits, '-'
+	// or '_', each ending in '.'. Default SubjectPrefixDefault.
 	SubjectPrefix string
 	// MaxBatch caps how many concurrent appends go into one atomic batch;
 	// 1 turns coalescing off. Default MaxBatchDefault (at most 1,000, the
@@ -111,6 +112,9 @@ func (c *Config) validate() error {
 	}
 	if c.SubjectPrefix == "" {
 		c.SubjectPrefix = SubjectPrefixDefault
+	}
+	if err := cmp.Or(validateStreamName(c.Stream), validateSubjectPrefix(c.SubjectPrefix)); err != nil {
+		return err
 	}
 	if c.MaxBatch == 0 {
 		c.MaxBatch = MaxBatchDefault

@@ -667,6 +667,18 @@ func TestLogConfigThatCannotRunIsRefused(t *testing.T) {
 		"negative flushers":        {Flushers: -1},
 		"negative publish timeout": {PublishTimeout: -time.Second},
 		"negative publish retries": {PublishRetries: -1},
+		// Names NATS would refuse only at the first request, or, for a
+		// prefix without its closing dot, take and make a log no append
+		// reaches (its subjects "x>" match no job's "xID").
+		"stream with a dot":          {Stream: "a.b"},
+		"stream with a space":        {Stream: "a b"},
+		"stream with a wildcard":     {Stream: "a*"},
+		"prefix without a dot":       {SubjectPrefix: "x"},
+		"prefix of a wildcard":       {SubjectPrefix: "*."},
+		"prefix of a full wildcard":  {SubjectPrefix: "a.>."},
+		"prefix with an empty token": {SubjectPrefix: "a..b."},
+		"prefix with a space":        {SubjectPrefix: "a b."},
+		"prefix a system subject":    {SubjectPrefix: "$JS.ev."},
 	} {
 		_, err = events.Attach(env.JS, cfg)
 		require.ErrorIs(t, err, events.ErrInvalidConfig, name)

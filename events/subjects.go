@@ -1,6 +1,10 @@
 package events
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+	"unicode"
+)
 
 // Stream and subject names, stable across versions.
 const (
@@ -25,6 +29,39 @@ func ValidateJobID(id string) error {
 		ok := r == '-' || r == '_' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')
 		if !ok {
 			return fmt.Errorf("%w %q: expected 1-%d letters, digits, '-' or '_'", ErrInvalidJobID, id, maxJobIDLen)
+		}
+	}
+	return nil
+}
+
+// validateStreamName refuses what NATS refuses in a stream's name, before
+// the first request would: the name is a token of the JetStream API's
+// subjects and a directory of the server's store.
+func validateStreamName(name string) error {
+	if strings.ContainsAny(name, ".*>/\\") || strings.ContainsFunc(name, unicode.IsSpace) || strings.ContainsFunc(name, unicode.IsControl) {
+		return fmt.Errorf("%w: stream %q, expected a name without '.', '*', '>', '/', '\\' or spaces, such as %s", ErrInvalidConfig, name, StreamDefault)
+	}
+	return nil
+}
+
+// validateSubjectPrefix refuses a prefix that would not make each job's
+// subject a literal one of its own: one without its closing dot made
+// subjects that the stream's "prefix>" never matched, and one with a
+// wildcard or an empty token was refused by NATS only at the stream's
+// creation, in its own words.
+func validateSubjectPrefix(prefix string) error {
+	const expected = "expected tokens of letters, digits, '-' or '_', each ending in '.', such as " + SubjectPrefixDefault
+	if !strings.HasSuffix(prefix, ".") {
+		return fmt.Errorf("%w: subject prefix %q does not end in '.', %s", ErrInvalidConfig, prefix, expected)
+	}
+	for _, token := range strings.Split(strings.TrimSuffix(prefix, "."), ".") {
+		for _, r := range token {
+			if !(r == '-' || r == '_' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')) {
+				return fmt.Errorf("%w: subject prefix %q, %s", ErrInvalidConfig, prefix, expected)
+			}
+		}
+		if token == "" {
+			return fmt.Errorf("%w: subject prefix %q has an empty token, %s", ErrInvalidConfig, prefix, expected)
 		}
 	}
 	return nil
