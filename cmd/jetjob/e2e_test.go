@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -1151,6 +1153,55 @@ func TestAStoppedWorkerWithAHugeGraceLetsItsCommandFinish(t *testing.T) {
 	v := waitView(t, s, id, func(v projector.View) bool { return v.State != "running" }, "finished")
 	require.Equal(t, statemachine.StateSucceeded, v.State, "the command finished within its grace; the worker said: %s", out.String())
 	require.Contains(t, s.jetjob("logs", id).stdout, "finished")
+}
+
+// A worker whose log nobody reads any more (piped into head, or into a log
+// shipper that died) runs on, and on SIGTERM hands its job back. Before,
+// SIGPIPE killed it at its next log line: here the "stopping" line of its
+// SIGTERM, so the job was never handed back and stayed running until the
+// hang detector failed it, an attempt spent (and, started as `jetjob worker
+// ... | head -1`, it died before it took a job).
+func TestAWorkerWhoseLogNobodyReadsHandsBackItsJob(t *testing.T) {
+	t.Parallel()
+	s := startServerProc(t)
+	path := filepath.Join(t.TempDir(), "command.sh")
+	require.NoError(t, os.WriteFile(path, []byte("#!/bin/sh\necho started\nexec sleep 60\n"), 0o755))
+	cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "unread", "--grace", "1s", "--", path)
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	cmd.Stdout, cmd.Stderr = w, w
+	require.NoError(t, cmd.Start())
+	require.NoError(t, w.Close())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var said bytes.Buffer
+	line := bufio.NewReader(r)
+	for !strings.Contains(said.String(), "worker serving") {
+		l, err := line.ReadString('\n')
+		said.WriteString(l)
+		require.NoError(t, err, "the worker said: %s", &said)
+	}
+	require.NoError(t, r.Close()) // nobody reads its log from now on
+	id := s.jetjob("submit", "--type", "unread", "--max-attempts", "1").ok(t)
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		return strings.Contains(s.jetjob("logs", id).stdout, "started")
+	}, "the command started")
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			status := exit.Sys().(syscall.WaitStatus)
+			require.False(t, status.Signaled(), "worker killed by %v", status.Signal())
+		}
+		require.NoError(t, err)
+	case <-time.After(time.Minute):
+		t.Fatal("worker still running a minute after SIGTERM")
+	}
+	v := waitView(t, s, id, func(v projector.View) bool { return v.State != "running" }, "handed back")
+	require.Equal(t, statemachine.StatePending, v.State, "handed back without using up its one attempt")
+	require.Equal(t, 0, v.Attempt)
 }
 
 // A worker whose terminal closes (SIGHUP) stops as on Ctrl-C and hands its
