@@ -206,6 +206,9 @@ func startServer(ctx context.Context, name, defaultDir string, args []string) (*
 	if err := finish(); err != nil {
 		return nil, o, nil, err
 	}
+	// A server whose log nobody reads any more died at its next line,
+	// and with it the queue's enqueuer, projector and detector.
+	outliveItsLog() // for as long as the process runs: a server ends with it
 	o.Logger = logging.New(*verbose)
 	// Only a refusal heard while the server starts ends it: once it runs
 	// it answers other clients' requests (the append relay), and a reply

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -105,14 +104,9 @@ func runWorker(ctx context.Context, args []string, out io.Writer) error {
 	if err := checkServerURL(fs.server); err != nil {
 		return err
 	}
-	// A log nobody reads any more (piped into head, a log shipper gone)
-	// must not kill the worker: SIGPIPE at its next line on stderr killed
-	// it mid-job, its jobs not handed back, left running until failed as
-	// hung. Caught, not ignored: an ignored signal stays ignored in the
-	// commands it starts, where a shell pipeline expects the default.
-	brokenPipe := make(chan os.Signal, 1)
-	signal.Notify(brokenPipe, syscall.SIGPIPE)
-	defer signal.Stop(brokenPipe)
+	// SIGPIPE at its next line killed it mid-job, its jobs not handed
+	// back, left running until failed as hung.
+	defer outliveItsLog()()
 	logger := logging.New(*verbose)
 	defer func() { _ = logger.Sync() }()
 	handler, err := workers.ExecHandler(workers.ExecConfig{Command: pos, Grace: g, Logger: logger})

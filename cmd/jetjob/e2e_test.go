@@ -1204,6 +1204,48 @@ func TestAWorkerWhoseLogNobodyReadsHandsBackItsJob(t *testing.T) {
 	require.Equal(t, 0, v.Attempt)
 }
 
+// A server whose log nobody reads any more serves on, and stops cleanly on
+// SIGTERM. Before, SIGPIPE killed it at its next log line (here the
+// "shutting down" of its SIGTERM; in service, any warning or hang it
+// logged), and with it the queue's enqueuer, projector and detector.
+func TestAServerWhoseLogNobodyReadsRunsOn(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	url := "nats://" + addr
+	cmd := exec.Command(binary, "server", "--data", t.TempDir(), "--listen", addr)
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	cmd.Stdout, cmd.Stderr = w, w
+	require.NoError(t, cmd.Start())
+	require.NoError(t, w.Close())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var said bytes.Buffer
+	line := bufio.NewReader(r)
+	for !strings.Contains(said.String(), "jetjob server ready") {
+		l, err := line.ReadString('\n')
+		said.WriteString(l)
+		require.NoError(t, err, "the server said: %s", &said)
+	}
+	require.NoError(t, r.Close()) // nobody reads its log from now on
+	s := &serverProc{t: t, url: url}
+	id := s.jetjob("submit", "--type", "unread").ok(t)
+	require.Contains(t, s.jetjob("get", id).stdout, "pending")
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			status := exit.Sys().(syscall.WaitStatus)
+			require.False(t, status.Signaled(), "server killed by %v", status.Signal())
+		}
+		require.NoError(t, err)
+	case <-time.After(time.Minute):
+		t.Fatal("server still running a minute after SIGTERM")
+	}
+}
+
 // A worker whose terminal closes (SIGHUP) stops as on Ctrl-C and hands its
 // job back; it used to die at once, its job running until the hang-after.
 func TestAHungUpWorkerHandsBackItsJob(t *testing.T) {

@@ -274,6 +274,19 @@ func rawOut(w io.Writer) io.Writer {
 // stopSignals end a command as Ctrl-C does. A hangup (its terminal closed)
 // too, so that a worker hands its jobs back and a server stops cleanly,
 // unless the command was started to ignore it (nohup).
+// outliveItsLog keeps a long-running command (a server, a worker) running
+// when nobody reads its log any more, its stderr piped into head or into a
+// log shipper that died: Go kills a process that writes to a broken pipe
+// on fd 1 or 2, and it died at its next log line. Its lines are lost
+// instead (the writes fail with EPIPE). SIGPIPE is caught, not ignored: an
+// ignored signal stays ignored in the commands a worker starts, where a
+// shell pipeline expects the default. The func returned stops catching it.
+func outliveItsLog() (stop func()) {
+	brokenPipe := make(chan os.Signal, 1)
+	signal.Notify(brokenPipe, syscall.SIGPIPE)
+	return func() { signal.Stop(brokenPipe) }
+}
+
 func stopSignals() []os.Signal {
 	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM}
 	if !signal.Ignored(syscall.SIGHUP) {
