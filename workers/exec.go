@@ -96,8 +96,8 @@ func CheckCommand(command []string) error {
 // that is neither a script nor a program binary (a script without its #!
 // line: "exec format error"). Taken, such a command failed every attempt
 // of every job with ErrorCodeStart.
-func checkProgram(path, shown string) error {
-	f, err := os.Open(path)
+func checkProgram(file, shown string) error {
+	f, err := os.Open(file)
 	if err != nil {
 		return nil // executable but not readable: a binary may run all the same
 	}
@@ -113,20 +113,25 @@ func checkProgram(path, shown string) error {
 	if end := bytes.IndexByte(interp, '\n'); end >= 0 {
 		interp = interp[:end]
 	}
-	fields := strings.Fields(string(interp))
-	if len(fields) == 0 {
+	// Read as the kernel reads it: the name ends at a space or a tab, so
+	// the \r of a Windows line ending is part of it, and no such file is.
+	interpreter, _, _ := strings.Cut(strings.TrimLeft(string(interp), " \t"), " ")
+	interpreter, _, _ = strings.Cut(interpreter, "\t")
+	if interpreter == "" {
 		return fmt.Errorf("command %s: its #! line names no interpreter, expected one such as #!/bin/sh", shown)
 	}
-	name := statemachine.QuoteShort(fields[0])
-	fi, err := os.Stat(fields[0])
+	name := statemachine.QuoteShort(interpreter)
+	fi, err := os.Stat(interpreter)
 	switch {
+	case errors.Is(err, fs.ErrNotExist) && strings.HasSuffix(interpreter, "\r"):
+		return fmt.Errorf("command %s: its #! line names %s, which does not exist: the file has Windows line endings (\\r\\n), expected Unix ones (dos2unix converts it)", shown, name)
 	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("command %s: its #! line names %s, which does not exist, expected the path of an installed interpreter", shown, name)
 	case err != nil:
 		return nil // the kernel may see it where this process cannot
 	case fi.IsDir():
 		return fmt.Errorf("command %s: its #! line names %s, which is a directory, expected the path of an interpreter", shown, name)
-	case fi.Mode().Perm()&0o111 == 0, syscall.Access(fields[0], accessExecute) != nil:
+	case fi.Mode().Perm()&0o111 == 0, syscall.Access(interpreter, accessExecute) != nil:
 		return fmt.Errorf("command %s: its #! line names %s, which is not executable (mode %s), expected the path of an interpreter", shown, name, fi.Mode().Perm())
 	}
 	return nil

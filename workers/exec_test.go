@@ -45,6 +45,9 @@ func TestCheckCommand(t *testing.T) {
 	require.NoError(t, os.WriteFile(plainInterp, []byte("#!"+plain+"\n"), 0o755))
 	noInterp := filepath.Join(dir, "no-interp.sh")
 	require.NoError(t, os.WriteFile(noInterp, []byte("#!  \necho hi\n"), 0o755))
+	// The kernel takes the \r of a Windows line ending as the name's end.
+	crlf := filepath.Join(dir, "crlf.sh")
+	require.NoError(t, os.WriteFile(crlf, []byte("#!/bin/sh\r\nexit 0\r\n"), 0o755))
 	pathDir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(pathDir, "jetjob-bad-script"), []byte("#!/nonexistent/interp\n"), 0o755))
 	t.Setenv("PATH", os.Getenv("PATH")+string(os.PathListSeparator)+pathDir)
@@ -60,6 +63,7 @@ func TestCheckCommand(t *testing.T) {
 		{"interpreter a directory", []string{dirInterp}, "which is a directory"},
 		{"interpreter not executable", []string{plainInterp}, "which is not executable"},
 		{"#! without an interpreter", []string{noInterp}, "its #! line names no interpreter"},
+		{"Windows line endings", []string{crlf}, `its #! line names "/bin/sh\r", which does not exist: the file has Windows line endings`},
 		{"name on PATH, missing interpreter", []string{"jetjob-bad-script"}, "which does not exist"},
 		{"name on PATH", []string{"sh", "-c", "true"}, ""},
 		{"executable path", []string{script}, ""},
