@@ -40,3 +40,15 @@ func TestBulkCancelPrintsJSONWhenItCannotList(t *testing.T) {
 		})
 	}
 }
+
+// A --server that is no NATS URL is bad input, refused (exit 2) with
+// nothing on stdout, as the README says of bad flags under -o json: it was
+// found only by the dial, whose error then printed a JSON result, exit 2.
+func TestBulkCancelJSONRefusesABadServerWithNothingOnStdout(t *testing.T) {
+	var stdout, stderr strings.Builder
+	code := run([]string{"cancel", "--pending", "--all", "-o", "json", "--server", "http://localhost:4222"}, &stdout, &stderr)
+	require.Equal(t, exitUsage, code, "stderr: %s", stderr.String())
+	require.Empty(t, stdout.String())
+	require.Contains(t, stderr.String(), "--server")
+	require.Equal(t, 1, strings.Count(strings.TrimSpace(stderr.String()), "\n")+1, "one line: %q", stderr.String())
+}

@@ -55,7 +55,11 @@ type bulkCancelJSON struct {
 
 func bulkCancel(ctx context.Context, fs *flagSet, f projector.Filter, reason string, dryRun bool, out io.Writer) error {
 	res, err := cancelPending(ctx, fs, f, reason, dryRun)
-	if fs.json() {
+	// Bad input found only on the way (a --server that is no NATS URL,
+	// refused by the dial) is refused as bad flags are: exit 2, nothing
+	// on stdout.
+	refused := exitCode(err) == exitUsage && len(res.Canceled)+len(res.Skipped)+res.NotTried == 0
+	if fs.json() && !refused {
 		// Once the input was taken, a script reading stdout gets a result
 		// whatever happened, as when some cancels failed: what was done
 		// (perhaps nothing: the server not reached, the jobs not listed),
