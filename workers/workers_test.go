@@ -726,13 +726,32 @@ func TestStopDoesNotWaitForAHandlerItsTimeoutFailed(t *testing.T) {
 	f := newFixture(t, true)
 	release := make(chan struct{})
 	results := make(chan Result, 2)
+	lateResult := make(chan struct{})
 	pool := f.pool(PoolConfig{Types: []string{"deaf"}, JobTimeout: 100 * time.Millisecond, ShutdownGrace: 100 * time.Millisecond,
 		HeartbeatInterval: 20 * time.Millisecond, OnResult: func(r Result) { results <- r }},
 		func(ctx context.Context, j *Job) error {
 			<-release
 			return nil
+		}, func(p *Pool) {
+			record := p.recordResult
+			p.recordResult = func(ctx context.Context, held statemachine.Job, end attemptEnd) {
+				record(ctx, held, end)
+				close(lateResult)
+			}
 		})
-	t.Cleanup(func() { close(release) })
+	// The handler returns, and its late result is refused, before the
+	// test ends and its NATS with it: its goroutine outlives Stop, and
+	// its "report result" line, logged after the test by the test's
+	// logger, panicked the package ("Log in goroutine after ... has
+	// completed") under -count 2.
+	t.Cleanup(func() {
+		close(release)
+		select {
+		case <-lateResult:
+		case <-time.After(10 * time.Second):
+			t.Error("the released handler's late result was not handled within 10s")
+		}
+	})
 	j := f.submit(statemachine.SubmitParams{Type: "deaf", MaxAttempts: 1})
 	f.waitState(j.ID, statemachine.StateFailed)
 	select {
