@@ -486,11 +486,22 @@ func (p *Projector) abandon(jobs []*jobWork) {
 	}
 }
 
+// writeStall: a batch whose writes have had no answer for this long has
+// lost some, and is tried again, without waiting out WriteTimeout. A write
+// is lost with no word when the bucket's leader freezes (SIGSTOP, a
+// partition), or takes it as it thaws, still believing itself leader:
+// each such loss left the views 10 s behind the log, on top of the
+// election. A server that answers, however loaded, answers some write of a
+// batch within it.
+const writeStall = 3 * time.Second
+
 // collect waits for the answers to the writes sent, and returns the jobs
 // whose key had moved since their view was read.
 func (p *Projector) collect(ctx context.Context, jobs []*jobWork) ([]*jobWork, error) {
 	timeout := time.NewTimer(p.cfg.WriteTimeout)
 	defer timeout.Stop()
+	stall := time.NewTimer(writeStall)
+	defer stall.Stop()
 	var stale []*jobWork
 	for _, jw := range jobs {
 		f := jw.future
@@ -501,6 +512,7 @@ func (p *Projector) collect(ctx context.Context, jobs []*jobWork) ([]*jobWork, e
 		select {
 		case ack := <-f.Ok():
 			p.remember(jw.id, stored{view: jw.view, rev: ack.Sequence, ok: true})
+			stall.Reset(writeStall)
 		case err := <-f.Err():
 			p.forget(jw.id)
 			if !isWrongLastSeq(err) {
@@ -508,6 +520,10 @@ func (p *Projector) collect(ctx context.Context, jobs []*jobWork) ([]*jobWork, e
 				return nil, fmt.Errorf("write view of job %s: %w", jw.id, err)
 			}
 			stale = append(stale, jw)
+			stall.Reset(writeStall)
+		case <-stall.C:
+			p.abandon(jobs)
+			return nil, fmt.Errorf("write view of job %s: no answer to any write for %s", jw.id, writeStall)
 		case <-timeout.C:
 			p.abandon(jobs)
 			return nil, fmt.Errorf("write view of job %s: no answer within %s", jw.id, p.cfg.WriteTimeout)
@@ -547,7 +563,7 @@ func (p *Projector) writeAll(ctx context.Context, jobs []*jobWork) ([]*jobWork, 
 
 // writeOne writes one view and waits; errStale when the key moved.
 func (p *Projector) writeOne(ctx context.Context, jw *jobWork) error {
-	wctx, cancel := context.WithTimeout(ctx, p.cfg.WriteTimeout)
+	wctx, cancel := context.WithTimeout(ctx, min(p.cfg.WriteTimeout, writeStall))
 	defer cancel()
 	ack, err := p.js.PublishMsg(wctx, p.kvMsg(jw.id, jw.data, jw.cur.rev))
 	if err != nil {

@@ -429,7 +429,8 @@ func (p *Projector) supervise(ctx context.Context, done chan struct{}) {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			consume.Loop(loopCtx, ev, consume.Batching{Max: p.cfg.Batch, Linger: p.cfg.Linger, LingerAfter: lingerAfter}, p.logger, p.processEvents)
+			consume.Loop(loopCtx, ev, consume.Batching{Max: p.cfg.Batch, Linger: p.cfg.Linger, LingerAfter: lingerAfter,
+				LeaderLost: p.redeliver(p.log.Stream(), p.cfg.Durable)}, p.logger, p.processEvents)
 			ended <- struct{}{}
 		}()
 		go func() {
@@ -437,7 +438,8 @@ func (p *Projector) supervise(ctx context.Context, done chan struct{}) {
 			// Beats wait until the events are caught up: a beat for a view
 			// not projected yet costs a read of the job's history.
 			if p.waitCaughtUp(loopCtx, ev) {
-				consume.Loop(loopCtx, hb, consume.Batching{Max: p.cfg.Batch}, p.logger, p.processBeats)
+				consume.Loop(loopCtx, hb, consume.Batching{Max: p.cfg.Batch, LeaderLost: p.redeliver(p.hb.Stream(), p.cfg.HeartbeatDurable)},
+					p.logger, p.processBeats)
 			}
 			ended <- struct{}{}
 		}()
@@ -463,6 +465,39 @@ func (p *Projector) supervise(ctx context.Context, done chan struct{}) {
 		}
 		if ctx.Err() != nil {
 			return
+		}
+	}
+}
+
+// redeliverTimeout bounds a request of redeliver, which asks again, a
+// redeliverTimeout apart, for at most AckWait: a leader lost is not
+// always replaced when the loss is noticed, and past AckWait the consumer
+// delivers again by itself.
+const redeliverTimeout = 2 * time.Second
+
+// redeliver returns what a consume loop calls when its consumer's leader
+// changed or stopped answering: it has the consumer deliver again, now,
+// every message not acknowledged. A leader that froze (SIGSTOP, a
+// partition) may have told its followers of a delivery that never reached
+// the projector; its successor delivers such a message again only after
+// AckWait (30 s), and the job's view lagged the log that long. What is
+// delivered again and was projected already writes nothing. A NATS too old
+// to reset a consumer leaves it to AckWait.
+func (p *Projector) redeliver(stream, durable string) func(context.Context) {
+	return func(ctx context.Context) {
+		for start := time.Now(); ctx.Err() == nil && time.Since(start) < p.cfg.AckWait; {
+			rctx, cancel := context.WithTimeout(ctx, redeliverTimeout)
+			_, err := p.js.ResetConsumer(rctx, stream, durable)
+			cancel()
+			var refused *jetstream.APIError
+			if err == nil || errors.As(err, &refused) && refused.Code < 500 {
+				return // done, or refused by a NATS that answers (one too old to reset)
+			}
+			p.logger.Debug("deliver the unacknowledged messages again", zap.String("consumer", durable), zap.Error(err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(redeliverTimeout):
+			}
 		}
 	}
 }

@@ -2395,3 +2395,162 @@ func TestWatchSendsEveryMatchingJobWhateverLimitAndAfter(t *testing.T) {
 	}
 	require.ElementsMatch(t, ids, seen)
 }
+
+// TestViewsCatchUpSoonAfterANodeFreezes: on a 3-node cluster whose node
+// leading the projector's consumer of the log freezes, under load, the
+// views catch up with the log within a few seconds: of the freeze when the
+// projector's connection is to another node, of the thaw when it is to the
+// frozen one. A node shut down does not stand for a frozen one: its
+// consumer tells its waiting pull requests as it stops.
+func TestViewsCatchUpSoonAfterANodeFreezes(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
+	for _, tc := range []struct {
+		name     string
+		onFrozen bool // the projector's connection is to the frozen node
+	}{{"another node", false}, {"the frozen node", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			viewsCatchUpAfterAFreeze(t, tc.onFrozen)
+		})
+	}
+}
+
+func viewsCatchUpAfterAFreeze(t *testing.T, onFrozen bool) {
+	ctx := context.Background()
+	c := natstest.StartFreezableCluster(t, 3)
+	_, admin := natstest.Connect(t, c.URL)
+	admin = provision.WithReplicas(admin, 3)
+	lg, hb, _ := coretest.Open(t, admin)
+	// Set up once, to learn where the cluster puts the consumer.
+	first, err := New(admin, lg, hb, Config{})
+	require.NoError(t, err)
+	require.NoError(t, first.Start(ctx))
+	first.Stop()
+	var leader string
+	natstest.Eventually(t, within, func() bool {
+		cons, err := admin.Consumer(ctx, lg.Stream(), DurableDefault)
+		if err == nil && cons.CachedInfo().Cluster != nil {
+			leader = cons.CachedInfo().Cluster.Leader
+		}
+		return leader != ""
+	}, "the consumer's leader")
+	freezes, lives := -1, -1
+	for i, s := range c.Servers {
+		if s.Name() == leader {
+			freezes = i
+		} else {
+			lives = i
+		}
+	}
+	require.GreaterOrEqual(t, freezes, 0)
+	// The jobs are submitted, and checked, on a node that lives.
+	_, js := natstest.Connect(t, c.Servers[lives].ClientURL())
+	js = provision.WithReplicas(js, 3)
+	lg, hb, m := coretest.Open(t, js)
+	f := &fixture{env: &natstest.Env{JS: js}, log: lg, hb: hb, m: m}
+	projectorJS := js
+	var client *natstest.Proxy
+	if onFrozen {
+		// Frozen with its node: the proxy holds what either side sends.
+		client = natstest.NewProxy(t, c.Servers[freezes].ClientURL())
+		_, projectorJS = natstest.Connect(t, client.URL)
+		projectorJS = provision.WithReplicas(projectorJS, 3)
+	}
+	p, err := New(projectorJS, lg, hb, Config{})
+	require.NoError(t, err)
+	t.Cleanup(p.Stop)
+	require.NoError(t, p.Start(ctx))
+	var (
+		mu   sync.Mutex
+		jobs []string
+	)
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	loaded := make(chan struct{})
+	go func() {
+		defer close(loaded)
+		// As fast as the log takes them: the more in flight when the node
+		// freezes, the likelier a delivery or a pull request is lost.
+		for n := 0; loadCtx.Err() == nil; n++ {
+			sctx, cancel := context.WithTimeout(loadCtx, 2*time.Second)
+			j, _, err := m.Submit(sctx, statemachine.SubmitParams{Type: "build", Key: fmt.Sprintf("job-%d", n)})
+			cancel()
+			if err != nil {
+				n-- // the same key again: it may have been taken
+				continue
+			}
+			mu.Lock()
+			jobs = append(jobs, j.ID)
+			mu.Unlock()
+		}
+	}()
+	// Asked of the bucket's leader, all at once: a direct get, which any
+	// replica answers, was as often sent to the frozen one, and never
+	// answered.
+	kvStream, err := js.Stream(ctx, "KV_"+BucketDefault)
+	require.NoError(t, err)
+	missing := func(ids []string) []string {
+		ictx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		info, err := kvStream.Info(ictx, jetstream.WithSubjectFilter("$KV."+BucketDefault+".>"))
+		if err != nil {
+			return ids
+		}
+		var out []string
+		for _, id := range ids {
+			if info.State.Subjects["$KV."+BucketDefault+"."+id] == 0 {
+				out = append(out, id)
+			}
+		}
+		return out
+	}
+	// projected waits until every job's view is stored, at most until by.
+	projected := func(ids []string, since time.Time, by time.Duration, what string) {
+		t.Helper()
+		var left []string
+		for {
+			if left = missing(ids); len(left) == 0 {
+				break
+			}
+			if time.Since(since) > by {
+				info, err := js.Consumer(ctx, lg.Stream(), DurableDefault)
+				require.NoError(t, err)
+				require.Failf(t, "views not projected", "%d of %d jobs not projected %s after %s; the consumer: %+v",
+					len(left), len(ids), by, what, info.CachedInfo())
+			}
+			time.Sleep(20 * time.Millisecond) // a poll
+		}
+		t.Logf("%d jobs projected %s after %s", len(ids), time.Since(since), what)
+	}
+	taken := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(jobs)
+	}
+	// Timed as the soak did: load, a freeze of some seconds, load.
+	time.Sleep(time.Second) // a stretch of load, not a wait for an event
+	c.Freeze(freezes)
+	if client != nil {
+		client.Stall()
+	}
+	frozen := time.Now()
+	if !onFrozen {
+		// The cluster elects the consumer's next leader (up to about 9 s),
+		// the projector asks it (2 s), and, if the bucket's leader froze
+		// too, writes there again (3 s). nats.go's defaults took 27-35 s.
+		time.Sleep(3 * time.Second) // a stretch of load with the node frozen
+		projected(taken(), frozen, 18*time.Second, "the freeze")
+	}
+	time.Sleep(time.Until(frozen.Add(20 * time.Second))) // the freeze lasts
+	c.Thaw(freezes)
+	if client != nil {
+		client.Restore()
+	}
+	thawed := time.Now()
+	// nats.go's defaults took 14-40 s.
+	projected(taken(), thawed, 10*time.Second, "the thaw")
+	time.Sleep(time.Second) // a stretch of load
+	stopLoad()
+	<-loaded
+	projected(jobs, time.Now(), 10*time.Second, "the end of the load")
+	f.requireFolded(t, jobs)
+}

@@ -23,6 +23,43 @@ type Cluster struct {
 	URL  string
 	t    testing.TB
 	opts []*server.Options
+	// routes[i][j] relays the routes server i solicits to server j, in a
+	// cluster started by StartFreezableCluster.
+	routes [][]*Proxy
+}
+
+// Freeze holds every byte of the routes between server i and the others,
+// their connections left open, until Thaw: the others see it as a node
+// stopped with SIGSTOP, which answers nothing, tells nothing (it leaves no
+// route closed, as a shutdown does, and a shut down consumer leader tells
+// its waiting pull requests) and is still there. Only in a cluster started
+// by StartFreezableCluster; server i itself runs on, alone.
+func (c *Cluster) Freeze(i int) {
+	c.t.Helper()
+	require.NotNil(c.t, c.routes, "Freeze needs StartFreezableCluster")
+	for _, p := range c.routesOf(i) {
+		p.Stall()
+	}
+}
+
+// Thaw delivers what Freeze held, and lets the routes of server i through
+// again.
+func (c *Cluster) Thaw(i int) {
+	c.t.Helper()
+	require.NotNil(c.t, c.routes, "Thaw needs StartFreezableCluster")
+	for _, p := range c.routesOf(i) {
+		p.Restore()
+	}
+}
+
+func (c *Cluster) routesOf(i int) []*Proxy {
+	var out []*Proxy
+	for j := range c.routes {
+		if j != i {
+			out = append(out, c.routes[i][j], c.routes[j][i])
+		}
+	}
+	return out
 }
 
 // Restart starts server i again, shut down before, on its own store and
@@ -68,15 +105,51 @@ func StartStock(t testing.TB, adjust func(*server.Options), connect ...nats.Opti
 // other.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return startCluster(t, n, false)
+}
+
+// StartFreezableCluster is StartCluster with each route relayed by a Proxy
+// of its own, so that Freeze can cut a server off as SIGSTOP does. A server
+// soliciting a route to another goes through the relay of that pair; the
+// address each advertises for routes refuses connections, so that none is
+// made around the relays from what the servers tell each other.
+func StartFreezableCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	return startCluster(t, n, true)
+}
+
+func startCluster(t testing.TB, n int, freezable bool) *Cluster {
+	t.Helper()
 	ports := make([]int, n)
 	for i := range ports {
 		ports[i] = freePort(t)
 	}
-	var routes []*url.URL
-	for _, p := range ports {
-		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", p)})
-	}
 	c := &Cluster{t: t}
+	routesOf := func(i int) []*url.URL {
+		var routes []*url.URL
+		for j, p := range ports {
+			host := fmt.Sprintf("127.0.0.1:%d", p)
+			if freezable {
+				if j == i {
+					continue
+				}
+				host = hostPort(c.routes[i][j].URL)
+			}
+			routes = append(routes, &url.URL{Scheme: "nats", Host: host})
+		}
+		return routes
+	}
+	if freezable {
+		c.routes = make([][]*Proxy, n)
+		for i := range n {
+			c.routes[i] = make([]*Proxy, n)
+			for j, p := range ports {
+				if j != i {
+					c.routes[i][j] = NewProxy(t, fmt.Sprintf("nats://127.0.0.1:%d", p))
+				}
+			}
+		}
+	}
 	var urls []string
 	for i := range n {
 		opts := &server.Options{
@@ -88,7 +161,12 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			NoSigs:     true,
 			NoLog:      true,
 			Cluster:    server.ClusterOpts{Name: "jetjob-test", Host: "127.0.0.1", Port: ports[i]},
-			Routes:     routes,
+			Routes:     routesOf(i),
+		}
+		if freezable {
+			// Nothing listens there: a server told of another makes no
+			// route of its own to it, around the relays.
+			opts.Cluster.Advertise = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		}
 		ns := startClustered(t, opts)
 		c.opts = append(c.opts, opts)
