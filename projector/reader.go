@@ -98,28 +98,63 @@ func NewReader(ctx context.Context, js jetstream.JetStream, opts ...ReaderOption
 // watch when the ctx it was made with ends.
 func (r *Reader) openWatch(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
 	var w jetstream.KeyWatcher
-	err := provision.UntilAnswered(ctx, provision.ElectionWaitDefault, listTry, func(try context.Context) error {
-		wctx, cancel := context.WithCancel(ctx)
-		stop := context.AfterFunc(try, cancel)
-		nw, err := r.kv.WatchAll(wctx, opts...)
-		if !stop() {
-			// The try ran out first: what it made ended with wctx.
-			if err == nil {
-				stopWatch(nw)
-			}
-			return try.Err()
-		}
-		if err != nil {
-			cancel()
-			return err
-		}
-		// Ends with ctx, as the watch does.
-		context.AfterFunc(ctx, cancel)
-		w = nw
-		return nil
+	err := provision.UntilAnswered(ctx, provision.ElectionWaitDefault, listTry, func(try context.Context) (err error) {
+		w, err = r.watchTry(ctx, try, opts...)
+		return err
 	})
 	if err != nil && ctx.Err() == nil && provision.Transient(err) {
 		return nil, fmt.Errorf("NATS did not answer within %s (is the server up?): %w", provision.ElectionWaitDefault, err)
+	}
+	return w, err
+}
+
+// watchTry makes a watch that lasts until ctx ends, giving up when try ends
+// first. The watch cannot be made with try: nats.go ends a watch when the
+// ctx it was made with ends.
+func (r *Reader) watchTry(ctx, try context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(try, cancel)
+	w, err := r.kv.WatchAll(wctx, opts...)
+	if !stop() {
+		// The try ran out first: what it made ended with wctx.
+		if err == nil {
+			stopWatch(w)
+		}
+		return nil, try.Err()
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	// Ends with ctx, as the watch does.
+	context.AfterFunc(ctx, cancel)
+	return w, nil
+}
+
+// rewatchTries bounds each try of a running watch to make itself again: it
+// starts at rewatchTryFirst and doubles, to listTry, after each that ran
+// out, so that a cluster too busy to answer within a second is still
+// answered. Unbounded, a try waited out nats.go's 5 s for a request that
+// a lost meta leader would never answer (about 5 s of a watch deaf in the
+// failure soak of 2026-12-03), while the next try, sent once another was
+// elected, would have been answered at once.
+type rewatchTries struct{ d time.Duration }
+
+const rewatchTryFirst = watchProbeEvery
+
+// watch makes the watch again, within the current bound.
+func (t *rewatchTries) watch(ctx context.Context, r *Reader, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	if t.d == 0 {
+		t.d = rewatchTryFirst
+	}
+	try, cancel := context.WithTimeout(ctx, t.d)
+	defer cancel()
+	w, err := r.watchTry(ctx, try, opts...)
+	switch {
+	case err == nil:
+		t.d = rewatchTryFirst
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		t.d = min(2*t.d, listTry)
 	}
 	return w, err
 }
@@ -492,6 +527,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 			defer func() { _ = remadeSub.Unsubscribe() }()
 		}
 		var again <-chan time.Time
+		var tries rewatchTries
 		for {
 			select {
 			case <-ctx.Done():
@@ -503,7 +539,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 			case <-again:
 				// From the current values: what was sent already is not
 				// sent again, what changed meanwhile is.
-				nw, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+				nw, err := tries.watch(ctx, r, jetstream.IgnoreDeletes())
 				if err != nil {
 					again = time.After(watchRetryWait) // its JetStream may not be up yet
 					continue
@@ -520,7 +556,7 @@ func (r *Reader) Watch(ctx context.Context, f Filter) (<-chan View, error) {
 				case ahead > heard:
 					// What was written before the last probe would
 					// have been heard by now: the consumer is gone.
-					nw, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes(), jetstream.ResumeFromRevision(heard+1))
+					nw, err := tries.watch(ctx, r, jetstream.IgnoreDeletes(), jetstream.ResumeFromRevision(heard+1))
 					if err != nil {
 						continue // asked again at the next probe
 					}
