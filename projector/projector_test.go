@@ -2604,3 +2604,61 @@ func viewsCatchUpAfterAFreeze(t *testing.T, onFrozen bool) {
 	projected(jobs, time.Now(), 10*time.Second, "the end of the load")
 	f.requireFolded(t, jobs)
 }
+
+// TestAWatchOnAFrozenNodeHearsAgainOnceItsConnectionGivesItUp: a watch
+// whose own connection is to a node that froze hears nothing until its
+// connection gives the node up (nats.go's pings, here every second, two
+// unanswered) and reconnects to another, after which it catches up as
+// after any reconnect. Its probe can do no better: it asks through the
+// same connection. With nats.go's default pings (every 2 min) that is
+// minutes, or the node's thaw (see Watch).
+func TestAWatchOnAFrozenNodeHearsAgainOnceItsConnectionGivesItUp(t *testing.T) {
+	t.Parallel() // mostly waits (see TestMain)
+	ctx := context.Background()
+	c := natstest.StartFreezableCluster(t, 3)
+	_, admin := natstest.Connect(t, c.Servers[0].ClientURL())
+	kv, err := provision.KeyValue(ctx, provision.WithReplicas(admin, 3), provision.KeyValueConfig{Bucket: BucketDefault})
+	require.NoError(t, err)
+	const id = "01a23765-0b41-7bd0-abd4-29818bf1578c"
+	view := func(version int) []byte {
+		return fmt.Appendf(nil, `{"id":%q,"type":"t","state":"pending","version":%d}`, id, version)
+	}
+	_, err = kv.Put(ctx, id, view(1))
+	require.NoError(t, err)
+	// The watch's connection goes to node 2 through a proxy, and every
+	// other server it is told of too, so that its reconnect has somewhere
+	// to go.
+	proxy := natstest.NewProxy(t, c.Servers[2].ClientURL())
+	_, js := natstest.Connect(t, proxy.URL+","+c.Servers[1].ClientURL(), nats.DontRandomize(),
+		nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))
+	r, err := NewReader(ctx, js)
+	require.NoError(t, err)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch, err := r.Watch(wctx, Filter{})
+	require.NoError(t, err)
+	select {
+	case v := <-ch:
+		require.Equal(t, uint64(1), v.Version)
+	case <-time.After(within):
+		require.Fail(t, "the view was not watched")
+	}
+
+	c.Freeze(2)
+	proxy.Stall()
+	defer proxy.Restore()
+	natstest.Eventually(t, 2*within, func() bool {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := kv.Put(pctx, id, view(2))
+		return err == nil
+	}, "the view written with a node frozen")
+	written := time.Now()
+	select {
+	case v := <-ch:
+		require.Equal(t, uint64(2), v.Version)
+		t.Logf("heard %s after the write", time.Since(written))
+	case <-time.After(2 * within):
+		require.Fail(t, "the watch did not hear the view", "within %s of its write", 2*within)
+	}
+}

@@ -453,6 +453,16 @@ const watchSeenLimit = 100_000
 // a reconnect the watch is made again, and what changed meanwhile is sent;
 // so it is, within about 3 s, after the loss of the cluster node holding
 // the watch's consumer while the watch's own connection lives.
+// A watch whose own connection is to a node that froze (SIGSTOP, a
+// partition that drops packets) hears nothing until that connection gives
+// the node up: its probe, and any watch made again, go through the same
+// connection, and only a reconnect to another node helps, after which the
+// watch catches up. nats.go gives a connection up once MaxPingsOutstanding
+// (2) pings, sent every PingInterval (2 min by default), go unanswered: with
+// the defaults, which jetjob's own connections keep, minutes, or the node's
+// thaw. A caller that needs sooner gives its connection a shorter
+// nats.PingInterval: with a second, the watch heard about 2 s after a
+// write made during the freeze (TestAWatchOnAFrozenNodeHearsAgainOnceItsConnectionGivesItUp).
 // A job purged is not sent: Forget leaves no delete marker, and the job's
 // last view sent is its finished one. The filter's Limit and After are not
 // used: they page a List, and a watch, which has no pages, sends every
