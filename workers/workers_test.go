@@ -2563,11 +2563,12 @@ func TestAHandlerWhoseJobALaterAttemptBeatsIsStopped(t *testing.T) {
 func TestABeatLostWithTheConnectionDoesNotStopTheJob(t *testing.T) {
 	t.Parallel() // mostly waits (see TestMain)
 	f := newFixture(t, true)
-	// Beats every 1.5 s, and stopped as out of contact after 4.5 s without
-	// an ack: the reconnect and the beat after it have 3 s. With a
-	// hang-after of 1.2 s they had 400 ms, which a loaded machine overran.
-	// Waiting out the lost beat (the defect) takes the whole 4.5 s.
-	f.publishHangAfter(9 * time.Second)
+	// Beats every 2.5 s, and stopped as out of contact after 7.5 s without
+	// an ack: the reconnect and the beat after it have 5 s. With 3 s (a
+	// hang-after of 9 s) a CI run beside another test run overran them
+	// by 0.2 s; with 400 ms (1.2 s) a loaded machine did. Waiting out the
+	// lost beat (the defect) takes the whole 7.5 s.
+	f.publishHangAfter(15 * time.Second)
 	hb, err := events.OpenHeartbeats(context.Background(), f.env.JS)
 	require.NoError(t, err)
 	var loseNext atomic.Bool
