@@ -33,6 +33,7 @@ type Batching struct {
 	// call at a time, until Loop's ctx ends) when the consumer's leader
 	// changed or stopped answering: the messages the old leader delivered
 	// that never arrived are otherwise delivered again only after AckWait.
+	// Its ctx ends as Loop returns, and Loop returns once the call has.
 	LeaderLost func(context.Context)
 }
 
@@ -71,13 +72,22 @@ func Loop(ctx context.Context, cons jetstream.Consumer, b Batching, logger *zap.
 	// missed heartbeats before it was running).
 	leaderLost := make(chan struct{}, 1)
 	if b.LeaderLost != nil {
+		// Waited for as Loop returns, also when it ends with ctx live (its
+		// consumer gone): a call must not outlive the loop it serves.
+		lostCtx, cancel := context.WithCancel(ctx)
+		ended := make(chan struct{})
+		defer func() {
+			cancel()
+			<-ended
+		}()
 		go func() {
+			defer close(ended)
 			for {
 				select {
-				case <-ctx.Done():
+				case <-lostCtx.Done():
 					return
 				case <-leaderLost:
-					b.LeaderLost(ctx)
+					b.LeaderLost(lostCtx)
 				}
 			}
 		}()

@@ -247,3 +247,65 @@ func TestLastSeqOnLeaderGoesByTheHandlesDomain(t *testing.T) {
 	_, plain := natstest.Connect(t, leafed.HubURL)
 	require.Equal(t, "$JS.API.STREAM.MSG.GET.LEADER", MsgGetSubject(plain, "LEADER"))
 }
+
+// Loop returns only once its LeaderLost call in progress has: a projector's
+// Stop otherwise returned with a reset of its consumer still running, which
+// then logged (a zaptest logger panics at a line after its test) and, had
+// Loop ended with its ctx live (its consumer deleted), reset a consumer
+// nobody consumed for up to AckWait.
+func TestLoopReturnsOnceItsLeaderLostCallHasEnded(t *testing.T) {
+	ctx := context.Background()
+	env, _ := slowRedeliveryConsumer(t)
+	proxy := natstest.NewProxy(t, env.URL)
+	_, js := natstest.Connect(t, proxy.URL)
+	cons, err := js.Consumer(ctx, "S", "d")
+	require.NoError(t, err)
+
+	called, release, finished := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	loopCtx, stop := context.WithCancel(ctx)
+	returned := make(chan struct{})
+	go func() {
+		defer close(returned)
+		Loop(loopCtx, cons, Batching{Max: 4, LeaderLost: func(ctx context.Context) {
+			first := false
+			once.Do(func() { first = true; close(called) })
+			if !first {
+				return
+			}
+			<-ctx.Done()
+			<-release
+			close(finished)
+		}}, zap.NewNop(), func(_ context.Context, batch []jetstream.Msg) error {
+			for _, m := range batch {
+				_ = m.Ack()
+			}
+			return nil
+		})
+	}()
+	// The server's heartbeats held: missed after 2 s, as from a frozen leader.
+	proxy.StallAnswers()
+	select {
+	case <-called:
+	case <-time.After(20 * time.Second):
+		t.Fatal("LeaderLost not called within 20s of the heartbeats' loss")
+	}
+	proxy.Restore()
+	stop()
+	select {
+	case <-returned:
+		t.Fatal("Loop returned while its LeaderLost call was still running")
+	case <-time.After(3 * time.Second):
+	}
+	close(release)
+	select {
+	case <-returned:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Loop did not return within 20s of its LeaderLost call's end")
+	}
+	select {
+	case <-finished:
+	default:
+		t.Fatal("LeaderLost's call had not ended when Loop returned")
+	}
+}
