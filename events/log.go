@@ -46,8 +46,9 @@ const (
 type Config struct {
 	// Stream is the events stream name. Default StreamDefault.
 	Stream string
-	// SubjectPrefix prefixes each job ID: tokens of letters, digits, '-'
-	// or '_', each ending in '.'. Default SubjectPrefixDefault.
+	// SubjectPrefix prefixes each job ID: tokens without spaces, '*' or
+	// '>', each ending in '.', not starting with '$'. Default
+	// SubjectPrefixDefault.
 	SubjectPrefix string
 	// MaxBatch caps how many concurrent appends go into one atomic batch;
 	// 1 turns coalescing off. Default MaxBatchDefault (at most 1,000, the

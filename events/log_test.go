@@ -691,6 +691,27 @@ func TestLogConfigThatCannotRunIsRefused(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrInvalidConfig, "heartbeats without jetstream")
 }
 
+// A prefix that NATS takes for a literal subject, with characters beyond
+// letters, digits, '-' and '_' (a ':' or a '@' of a naming scheme, a
+// letter not in ASCII), made a log that appends and loads before its check
+// came: it is still taken.
+func TestLogTakesAPrefixNATSTakes(t *testing.T) {
+	env := natstest.Start(t)
+	ctx := context.Background()
+	for i, prefix := range []string{"acme:jobs.", "jobs@eu.v1.", "jöbs.", "a+b=c."} {
+		stream := fmt.Sprintf("S%d", i)
+		l, err := events.Open(ctx, env.JS, events.Config{Stream: stream, SubjectPrefix: prefix})
+		require.NoError(t, err, prefix)
+		seq, err := l.Append(ctx, mustEvent(t, "job1", events.TypeSubmitted), 0)
+		require.NoError(t, err, prefix)
+		recs, err := l.Load(ctx, "job1")
+		require.NoError(t, err, prefix)
+		require.Len(t, recs, 1, prefix)
+		require.Equal(t, seq, recs[0].Seq, prefix)
+		l.Close()
+	}
+}
+
 // TestAppendWaitsOutALeaderElection: on a 3-server cluster, appends made
 // while the log's stream has no leader (two servers of three down) are
 // stored once one comes back and a leader is elected, not failed at once as

@@ -47,18 +47,22 @@ func validateStreamName(name string) error {
 // validateSubjectPrefix refuses a prefix that would not make each job's
 // subject a literal one of its own: one without its closing dot made
 // subjects that the stream's "prefix>" never matched, and one with a
-// wildcard or an empty token was refused by NATS only at the stream's
-// creation, in its own words.
+// wildcard, an empty token or a space was refused by NATS only at the
+// stream's creation, in its own words. Any other character NATS takes in a
+// subject is taken (a ':' of a naming scheme, a letter not in ASCII):
+// such prefixes made working logs before this check. A leading '$' is
+// the namespace of NATS's own subjects ($JS, $KV).
 func validateSubjectPrefix(prefix string) error {
-	const expected = "expected tokens of letters, digits, '-' or '_', each ending in '.', such as " + SubjectPrefixDefault
+	const expected = "expected dot-separated tokens without spaces, '*' or '>', ending in '.', such as " + SubjectPrefixDefault
 	if !strings.HasSuffix(prefix, ".") {
 		return fmt.Errorf("%w: subject prefix %q does not end in '.', %s", ErrInvalidConfig, prefix, expected)
 	}
+	if strings.HasPrefix(prefix, "$") {
+		return fmt.Errorf("%w: subject prefix %q starts with '$', which NATS keeps for its own subjects, %s", ErrInvalidConfig, prefix, expected)
+	}
 	for _, token := range strings.Split(strings.TrimSuffix(prefix, "."), ".") {
-		for _, r := range token {
-			if !(r == '-' || r == '_' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z')) {
-				return fmt.Errorf("%w: subject prefix %q, %s", ErrInvalidConfig, prefix, expected)
-			}
+		if strings.ContainsAny(token, "*>") || strings.ContainsFunc(token, unicode.IsSpace) || strings.ContainsFunc(token, unicode.IsControl) {
+			return fmt.Errorf("%w: subject prefix %q, %s", ErrInvalidConfig, prefix, expected)
 		}
 		if token == "" {
 			return fmt.Errorf("%w: subject prefix %q has an empty token, %s", ErrInvalidConfig, prefix, expected)
