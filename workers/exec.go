@@ -134,6 +134,12 @@ func checkProgram(file, shown string) error {
 	case fi.Mode().Perm()&0o111 == 0, syscall.Access(interpreter, accessExecute) != nil:
 		return fmt.Errorf("command %s: its #! line names %s, which is not executable (mode %s), expected the path of an interpreter", shown, name, fi.Mode().Perm())
 	}
+	if strings.HasSuffix(strings.TrimRight(string(interp), " \t"), "\r") {
+		// The \r of a Windows line ending ends the argument instead, which
+		// the interpreter refuses at every start: env finds no "sh\r", sh
+		// has no option "-\r".
+		return fmt.Errorf("command %s: its #! line ends in \\r: the file has Windows line endings (\\r\\n), expected Unix ones (dos2unix converts it)", shown)
+	}
 	return nil
 }
 

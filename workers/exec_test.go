@@ -48,6 +48,12 @@ func TestCheckCommand(t *testing.T) {
 	// The kernel takes the \r of a Windows line ending as the name's end.
 	crlf := filepath.Join(dir, "crlf.sh")
 	require.NoError(t, os.WriteFile(crlf, []byte("#!/bin/sh\r\nexit 0\r\n"), 0o755))
+	// There the \r ends the argument, which the interpreter then refuses:
+	// env finds no "sh\r", sh has no option "-\r".
+	crlfEnv := filepath.Join(dir, "crlf-env.sh")
+	require.NoError(t, os.WriteFile(crlfEnv, []byte("#!/usr/bin/env sh\r\nexit 0\r\n"), 0o755))
+	crlfArg := filepath.Join(dir, "crlf-arg.sh")
+	require.NoError(t, os.WriteFile(crlfArg, []byte("#!/bin/sh -e\r\nexit 0\r\n"), 0o755))
 	pathDir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(pathDir, "jetjob-bad-script"), []byte("#!/nonexistent/interp\n"), 0o755))
 	t.Setenv("PATH", os.Getenv("PATH")+string(os.PathListSeparator)+pathDir)
@@ -64,6 +70,8 @@ func TestCheckCommand(t *testing.T) {
 		{"interpreter not executable", []string{plainInterp}, "which is not executable"},
 		{"#! without an interpreter", []string{noInterp}, "its #! line names no interpreter"},
 		{"Windows line endings", []string{crlf}, `its #! line names "/bin/sh\r", which does not exist: the file has Windows line endings`},
+		{"Windows line endings, through env", []string{crlfEnv}, `the file has Windows line endings`},
+		{"Windows line endings, an argument", []string{crlfArg}, `the file has Windows line endings`},
 		{"name on PATH, missing interpreter", []string{"jetjob-bad-script"}, "which does not exist"},
 		{"name on PATH", []string{"sh", "-c", "true"}, ""},
 		{"executable path", []string{script}, ""},
