@@ -1167,38 +1167,12 @@ func TestAWorkerWhoseLogNobodyReadsHandsBackItsJob(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "command.sh")
 	require.NoError(t, os.WriteFile(path, []byte("#!/bin/sh\necho started\nexec sleep 60\n"), 0o755))
 	cmd := exec.Command(binary, "worker", "--server", s.url, "--type", "unread", "--grace", "1s", "--", path)
-	r, w, err := os.Pipe()
-	require.NoError(t, err)
-	cmd.Stdout, cmd.Stderr = w, w
-	require.NoError(t, cmd.Start())
-	require.NoError(t, w.Close())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	var said bytes.Buffer
-	line := bufio.NewReader(r)
-	for !strings.Contains(said.String(), "worker serving") {
-		l, err := line.ReadString('\n')
-		said.WriteString(l)
-		require.NoError(t, err, "the worker said: %s", &said)
-	}
-	require.NoError(t, r.Close()) // nobody reads its log from now on
+	startUnread(t, cmd, "worker serving")
 	id := s.jetjob("submit", "--type", "unread", "--max-attempts", "1").ok(t)
 	natstest.Eventually(t, 15*time.Second, func() bool {
 		return strings.Contains(s.jetjob("logs", id).stdout, "started")
 	}, "the command started")
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	select {
-	case err := <-exited:
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			status := exit.Sys().(syscall.WaitStatus)
-			require.False(t, status.Signaled(), "worker killed by %v", status.Signal())
-		}
-		require.NoError(t, err)
-	case <-time.After(time.Minute):
-		t.Fatal("worker still running a minute after SIGTERM")
-	}
+	stopsOnSIGTERM(t, cmd)
 	v := waitView(t, s, id, func(v projector.View) bool { return v.State != "running" }, "handed back")
 	require.Equal(t, statemachine.StatePending, v.State, "handed back without using up its one attempt")
 	require.Equal(t, 0, v.Attempt)
@@ -1213,6 +1187,17 @@ func TestAServerWhoseLogNobodyReadsRunsOn(t *testing.T) {
 	addr := freeAddr(t)
 	url := "nats://" + addr
 	cmd := exec.Command(binary, "server", "--data", t.TempDir(), "--listen", addr)
+	startUnread(t, cmd, "jetjob server ready")
+	s := &serverProc{t: t, url: url}
+	id := s.jetjob("submit", "--type", "unread").ok(t)
+	require.Contains(t, s.jetjob("get", id).stdout, "pending")
+	stopsOnSIGTERM(t, cmd)
+}
+
+// startUnread starts cmd with its output on a pipe that is read until a
+// line says ready, then closed: nobody reads its log from then on.
+func startUnread(t *testing.T, cmd *exec.Cmd, ready string) {
+	t.Helper()
 	r, w, err := os.Pipe()
 	require.NoError(t, err)
 	cmd.Stdout, cmd.Stderr = w, w
@@ -1221,15 +1206,18 @@ func TestAServerWhoseLogNobodyReadsRunsOn(t *testing.T) {
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	var said bytes.Buffer
 	line := bufio.NewReader(r)
-	for !strings.Contains(said.String(), "jetjob server ready") {
+	for !strings.Contains(said.String(), ready) {
 		l, err := line.ReadString('\n')
 		said.WriteString(l)
-		require.NoError(t, err, "the server said: %s", &said)
+		require.NoError(t, err, "%s said: %s", cmd.Args[1], &said)
 	}
-	require.NoError(t, r.Close()) // nobody reads its log from now on
-	s := &serverProc{t: t, url: url}
-	id := s.jetjob("submit", "--type", "unread").ok(t)
-	require.Contains(t, s.jetjob("get", id).stdout, "pending")
+	require.NoError(t, r.Close())
+}
+
+// stopsOnSIGTERM sends cmd SIGTERM and requires it to exit 0 within a
+// minute, not killed by a signal.
+func stopsOnSIGTERM(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -1238,11 +1226,11 @@ func TestAServerWhoseLogNobodyReadsRunsOn(t *testing.T) {
 		var exit *exec.ExitError
 		if errors.As(err, &exit) {
 			status := exit.Sys().(syscall.WaitStatus)
-			require.False(t, status.Signaled(), "server killed by %v", status.Signal())
+			require.False(t, status.Signaled(), "%s killed by %v", cmd.Args[1], status.Signal())
 		}
 		require.NoError(t, err)
 	case <-time.After(time.Minute):
-		t.Fatal("server still running a minute after SIGTERM")
+		t.Fatalf("%s still running a minute after SIGTERM", cmd.Args[1])
 	}
 }
 
