@@ -84,16 +84,8 @@ func (f *fixture) reader(t *testing.T) *Reader {
 	return r
 }
 
-// folded is the view the log says the job should have: the fold of its
-// history and its last beat.
-func (f *fixture) folded(t *testing.T, id string) string {
-	t.Helper()
-	v, err := f.tryFolded(t, id)
-	require.NoError(t, err)
-	return v
-}
-
-// tryFolded is folded for a caller that asks again on an error: on a
+// tryFolded is the view the log says the job should have: the fold of its
+// history and its last beat. Its caller asks again on an error: on a
 // cluster, a read can reach a replica that has not caught up yet.
 func (f *fixture) tryFolded(t *testing.T, id string) (string, error) {
 	t.Helper()
