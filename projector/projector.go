@@ -482,7 +482,9 @@ const redeliverTimeout = 2 * time.Second
 // the projector; its successor delivers such a message again only after
 // AckWait (30 s), and the job's view lagged the log that long. What is
 // delivered again and was projected already writes nothing. A NATS too old
-// to reset a consumer leaves it to AckWait.
+// to reset a consumer leaves it to AckWait: one that refuses the request
+// ends the tries at once, one where nothing answers it is asked a
+// redeliverTimeout apart until AckWait has passed.
 func (p *Projector) redeliver(stream, durable string) func(context.Context) {
 	return func(ctx context.Context) {
 		for start := time.Now(); ctx.Err() == nil && time.Since(start) < p.cfg.AckWait; {

@@ -271,9 +271,6 @@ func rawOut(w io.Writer) io.Writer {
 	return w
 }
 
-// stopSignals end a command as Ctrl-C does. A hangup (its terminal closed)
-// too, so that a worker hands its jobs back and a server stops cleanly,
-// unless the command was started to ignore it (nohup).
 // outliveItsLog keeps a long-running command (a server, a worker) running
 // when nobody reads its log any more, its stderr piped into head or into a
 // log shipper that died: Go kills a process that writes to a broken pipe
@@ -287,6 +284,9 @@ func outliveItsLog() (stop func()) {
 	return func() { signal.Stop(brokenPipe) }
 }
 
+// stopSignals end a command as Ctrl-C does. A hangup (its terminal closed)
+// too, so that a worker hands its jobs back and a server stops cleanly,
+// unless the command was started to ignore it (nohup).
 func stopSignals() []os.Signal {
 	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM}
 	if !signal.Ignored(syscall.SIGHUP) {
